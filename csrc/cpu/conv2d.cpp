@@ -1,0 +1,291 @@
+// 2-D convolution (cross-correlation) on the CPU: im2col + GEMM in bounded blocks.
+//
+// Index math, for sample n, group g (C_g = C_in/groups input channels, O_g =
+// C_out/groups output channels), K = C_g*kH*kW rows and P = H_out*W_out columns:
+//
+//   columns[(c*kH + i)*kW + j, oh*W_out + ow]
+//       = x[n, g*C_g + c, oh*sH - pH + i*dH, ow*sW - pW + j*dW]   (0 in the padding)
+//   y[n, g*O_g + o, :] = bias[g*O_g + o] + sum_k W_g[o, k] * columns[k, :]
+//
+// so the forward pass is one matrix product W_g [O_g, K] @ columns [K, P] per
+// sample and group. Backward runs the same products transposed:
+//
+//   grad_columns = W_g^T @ grad_y[n, g]          then col2im adds them back: grad_x
+//   grad_W_g    += grad_y[n, g] @ columns^T
+//
+// Blocking: columns are built for a block of output rows at a time, at most
+// kColumnsBudget elements, so the workspace per thread stays ~4 MB however
+// large the image (im2col of a whole VGG layer would take gigabytes).
+// A 1x1 kernel with stride 1 and no padding needs no columns at all: the input
+// planes already are the [C_g, H*W] matrix (the book's corr2d_multi_in_out_1x1).
+//
+// Threads: samples are split across at::parallel_for; the weight gradient is
+// summed per thread over a fixed split of the batch and the partial sums are
+// added in a fixed order, so results are deterministic.
+// The matrix products are BLAS calls through at::mm / addmm_ (the one place
+// cuconv's CPU path uses a library kernel; im2col/col2im are our own).
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../ops.h"
+#include "../shape.h"
+
+namespace cuconv {
+namespace {
+
+constexpr int64_t kColumnsBudget = int64_t{1} << 20;  // elements of the columns workspace
+
+// Geometry of one convolution, in plain int64 for the loops below.
+struct ConvGeometry {
+  int64_t batch, channels_per_group, height, width;
+  int64_t out_channels_per_group, kernel_h, kernel_w, out_h, out_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+
+  ConvGeometry(const Conv2dShape<int64_t>& s, IntArrayRef stride, IntArrayRef padding,
+               IntArrayRef dilation)
+      : batch(s.batch), channels_per_group(s.in_channels / s.groups), height(s.in_h),
+        width(s.in_w), out_channels_per_group(s.out_channels / s.groups), kernel_h(s.kernel_h),
+        kernel_w(s.kernel_w), out_h(s.out_h), out_w(s.out_w), stride_h(stride[0]),
+        stride_w(stride[1]), pad_h(padding[0]), pad_w(padding[1]), dilation_h(dilation[0]),
+        dilation_w(dilation[1]), groups(s.groups) {}
+
+  int64_t column_rows() const { return channels_per_group * kernel_h * kernel_w; }
+  // 1x1, stride 1, no padding: the input plane is its own column matrix.
+  bool is_pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
+           pad_w == 0;
+  }
+  // Output rows per block so that the columns fit the workspace budget.
+  int64_t rows_per_block() const {
+    if (is_pointwise()) return out_h;
+    return std::clamp<int64_t>(kColumnsBudget / std::max<int64_t>(1, column_rows() * out_w), 1, out_h);
+  }
+};
+
+// Walks the valid (ih, iw) of column row (c, i, j) for output rows [row_begin, row_end),
+// calling visit(column_offset, input_offset, count) for each run of valid pixels
+// and pad(column_offset, count) for the padding. With stride 1 a run is a whole row.
+template <typename Visit, typename Pad>
+void for_each_column_row(const ConvGeometry& g, int64_t c, int64_t i, int64_t j, int64_t row_begin,
+                         int64_t row_end, Visit visit, Pad pad) {
+  const int64_t iw_offset = j * g.dilation_w - g.pad_w;
+  // Output columns whose input column lies inside [0, width).
+  const int64_t ow_lo = std::min(g.out_w, iw_offset >= 0 ? 0 : (-iw_offset + g.stride_w - 1) / g.stride_w);
+  const int64_t ow_hi = std::clamp<int64_t>(
+      (g.width - 1 - iw_offset) >= 0 ? (g.width - 1 - iw_offset) / g.stride_w + 1 : 0, ow_lo, g.out_w);
+  for (int64_t oh = row_begin; oh < row_end; ++oh) {
+    const int64_t col = (oh - row_begin) * g.out_w;
+    const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+    if (ih < 0 || ih >= g.height) {
+      pad(col, g.out_w);
+      continue;
+    }
+    const int64_t in_row = (c * g.height + ih) * g.width;
+    pad(col, ow_lo);
+    if (g.stride_w == 1) {
+      visit(col + ow_lo, in_row + ow_lo + iw_offset, ow_hi - ow_lo, int64_t{1});
+    } else {
+      visit(col + ow_lo, in_row + ow_lo * g.stride_w + iw_offset, ow_hi - ow_lo, g.stride_w);
+    }
+    pad(col + ow_hi, g.out_w - ow_hi);
+  }
+}
+
+// columns[K, rows*W_out] <- the input pixels that output rows [row_begin, row_end) see.
+// `x` points at the group's first input channel of one sample.
+template <typename scalar_t>
+void im2col(const ConvGeometry& g, const scalar_t* x, int64_t row_begin, int64_t row_end,
+            scalar_t* columns) {
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  for (int64_t c = 0; c < g.channels_per_group; ++c)
+    for (int64_t i = 0; i < g.kernel_h; ++i)
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        scalar_t* dst = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * width;
+        for_each_column_row(
+            g, c, i, j, row_begin, row_end,
+            [&](int64_t col, int64_t src, int64_t count, int64_t step) {
+              if (step == 1) {
+                std::memcpy(dst + col, x + src, count * sizeof(scalar_t));
+              } else {
+                for (int64_t k = 0; k < count; ++k) dst[col + k] = x[src + k * step];
+              }
+            },
+            [&](int64_t col, int64_t count) { std::fill_n(dst + col, count, scalar_t(0)); });
+      }
+}
+
+// grad_x += col2im(grad_columns): each column entry goes back to the pixel it came from.
+template <typename scalar_t>
+void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t row_begin, int64_t row_end,
+                scalar_t* grad_x) {
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  for (int64_t c = 0; c < g.channels_per_group; ++c)
+    for (int64_t i = 0; i < g.kernel_h; ++i)
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const scalar_t* src = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * width;
+        for_each_column_row(
+            g, c, i, j, row_begin, row_end,
+            [&](int64_t col, int64_t dst, int64_t count, int64_t step) {
+              for (int64_t k = 0; k < count; ++k) grad_x[dst + k * step] += src[col + k];
+            },
+            [](int64_t, int64_t) {});
+      }
+}
+
+// The [C_g*kH*kW, rows*W_out] column matrix of one sample and group, for output
+// rows [row_begin, row_end): a view of the input when the kernel is pointwise,
+// else built in `workspace`.
+at::Tensor columns_of(const ConvGeometry& g, const at::Tensor& x_group, int64_t row_begin,
+                      int64_t row_end, at::Tensor& workspace) {
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  if (g.is_pointwise()) {
+    return x_group.view({g.channels_per_group, g.height * g.width}).narrow(1, row_begin * g.out_w, width);
+  }
+  at::Tensor columns = workspace.narrow(0, 0, g.column_rows() * width).view({g.column_rows(), width});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_group.scalar_type(), "im2col", [&] {
+    im2col<scalar_t>(g, x_group.const_data_ptr<scalar_t>(), row_begin, row_end,
+                     columns.mutable_data_ptr<scalar_t>());
+  });
+  return columns;
+}
+
+at::Tensor make_workspace(const ConvGeometry& g, const at::Tensor& like) {
+  if (g.is_pointwise()) return at::Tensor();
+  return at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options());
+}
+
+// [O_g, rows*W_out] block of output plane rows [row_begin, row_end) of sample n, group gi.
+at::Tensor output_block(const ConvGeometry& g, const at::Tensor& y_sample, int64_t gi,
+                        int64_t row_begin, int64_t row_end) {
+  return y_sample.narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
+      .view({g.out_channels_per_group, g.out_h * g.out_w})
+      .narrow(1, row_begin * g.out_w, (row_end - row_begin) * g.out_w);
+}
+
+at::Tensor input_group(const ConvGeometry& g, const at::Tensor& x_sample, int64_t gi) {
+  return x_sample.narrow(0, gi * g.channels_per_group, g.channels_per_group);
+}
+
+}  // namespace
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, IntArrayRef stride,
+                              IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const auto shape = check_conv2d<int64_t>("cuconv.conv2d", input, weight, bias, stride, padding,
+                                           dilation, groups);
+  const ConvGeometry g(shape, stride, padding, dilation);
+  const at::Tensor x = input.contiguous();
+  // W_g as [groups, O_g, K]
+  const at::Tensor w = weight.contiguous().view({groups, g.out_channels_per_group, g.column_rows()});
+  const bool has_bias = bias.has_value() && bias->defined();
+  at::Tensor y = at::empty({shape.batch, shape.out_channels, g.out_h, g.out_w}, input.options());
+  if (has_bias) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
+
+  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    at::Tensor workspace = make_workspace(g, x);
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const at::Tensor x_group = input_group(g, x[n], gi);
+        for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
+          const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
+          // beta = 0 ignores (does not read) the uninitialised output.
+          output_block(g, y[n], gi, r, r_end)
+              .addmm_(w[gi], columns_of(g, x_group, r, r_end, workspace), has_bias ? 1 : 0, 1);
+        }
+      }
+    }
+  });
+  return y;
+}
+
+at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     IntArrayRef input_size, IntArrayRef stride,
+                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "cuconv.conv2d_backward_input";
+  check_same_dtype_device(op, "grad_output", grad_output, "weight", weight);
+  const auto shape = conv2d_shape<int64_t>(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_grad_output<int64_t>(op, grad_output.sizes(),
+                             {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
+  const ConvGeometry g(shape, stride, padding, dilation);
+  const at::Tensor dy = grad_output.contiguous();
+  // W_g^T as [groups, K, O_g]
+  const at::Tensor w_t = weight.contiguous()
+                             .view({groups, g.out_channels_per_group, g.column_rows()})
+                             .transpose(1, 2);
+  at::Tensor dx = at::zeros(input_size, grad_output.options());
+
+  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    at::Tensor workspace = make_workspace(g, dy);
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        at::Tensor dx_group = input_group(g, dx[n], gi);
+        for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
+          const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
+          const at::Tensor dy_block = output_block(g, dy[n], gi, r, r_end);
+          if (g.is_pointwise()) {
+            // The gradient columns are the input gradient itself.
+            at::Tensor dx_block = columns_of(g, dx_group, r, r_end, workspace);
+            dx_block.addmm_(w_t[gi], dy_block, 0, 1);
+            continue;
+          }
+          const int64_t width = (r_end - r) * g.out_w;
+          at::Tensor grad_columns = workspace.narrow(0, 0, g.column_rows() * width).view({g.column_rows(), width});
+          at::mm_out(grad_columns, w_t[gi], dy_block);
+          AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "col2im", [&] {
+            col2im_add<scalar_t>(g, grad_columns.const_data_ptr<scalar_t>(), r, r_end,
+                                 dx_group.mutable_data_ptr<scalar_t>());
+          });
+        }
+      }
+    }
+  });
+  return dx;
+}
+
+at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      IntArrayRef weight_size, IntArrayRef stride,
+                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "cuconv.conv2d_backward_weight";
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  const auto shape = conv2d_shape<int64_t>(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output<int64_t>(op, grad_output.sizes(),
+                             {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
+  const ConvGeometry g(shape, stride, padding, dilation);
+  const at::Tensor x = input.contiguous();
+  const at::Tensor dy = grad_output.contiguous();
+
+  // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
+  at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
+  at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+    at::Tensor workspace = make_workspace(g, x);
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      for (int64_t n = p * g.batch / parts; n < (p + 1) * g.batch / parts; ++n) {
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          at::Tensor dw = partial[p][gi];
+          const at::Tensor x_group = input_group(g, x[n], gi);
+          for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
+            const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
+            dw.addmm_(output_block(g, dy[n], gi, r, r_end),
+                      columns_of(g, x_group, r, r_end, workspace).t());
+          }
+        }
+      }
+    }
+  });
+  return partial.sum(0).view(weight_size);
+}
+
+at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output) {
+  check_image_batch<int64_t>("cuconv.conv2d_backward_bias", "grad_output", grad_output.sizes());
+  return grad_output.sum({0, 2, 3});
+}
+
+}  // namespace cuconv

@@ -1,0 +1,118 @@
+// Meta kernels: output shapes and dtypes without data, for torch.compile's fake
+// tensors and for opcheck. They run the same checks as the real kernels
+// (shape.h) on symbolic sizes, so a traced graph rejects what eager rejects.
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "ops.h"
+#include "shape.h"
+
+namespace cuconv {
+namespace {
+
+using c10::SymInt;
+using c10::SymIntArrayRef;
+
+at::Tensor conv2d_forward_meta(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, IntArrayRef stride,
+                               IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  auto s = check_conv2d<SymInt>("cuconv.conv2d", input, weight, bias, stride, padding, dilation, groups);
+  return at::empty_symint({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+}
+
+at::Tensor conv2d_backward_input_meta(const at::Tensor& grad_output, const at::Tensor& weight,
+                                      SymIntArrayRef input_size, IntArrayRef stride,
+                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "cuconv.conv2d_backward_input";
+  check_same_dtype_device(op, "grad_output", grad_output, "weight", weight);
+  auto s = conv2d_shape<SymInt>(op, input_size, weight.sym_sizes(), stride, padding, dilation, groups);
+  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.out_channels, s.out_h, s.out_w});
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+at::Tensor conv2d_backward_weight_meta(const at::Tensor& grad_output, const at::Tensor& input,
+                                       SymIntArrayRef weight_size, IntArrayRef stride,
+                                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "cuconv.conv2d_backward_weight";
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  auto s = conv2d_shape<SymInt>(op, input.sym_sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.out_channels, s.out_h, s.out_w});
+  return at::empty_symint(weight_size, grad_output.options());
+}
+
+at::Tensor conv2d_backward_bias_meta(const at::Tensor& grad_output) {
+  check_image_batch<SymInt>("cuconv.conv2d_backward_bias", "grad_output", grad_output.sym_sizes());
+  return at::empty_symint({grad_output.sym_size(1)}, grad_output.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_meta(const at::Tensor& input,
+                                                           IntArrayRef kernel_size,
+                                                           IntArrayRef stride, IntArrayRef padding,
+                                                           IntArrayRef dilation, bool ceil_mode) {
+  const char* op = "cuconv.max_pool2d";
+  check_floating(op, "input", input);
+  auto s = pool2d_shape<SymInt>(op, input.sym_sizes(), kernel_size, stride, padding, dilation, ceil_mode);
+  std::vector<SymInt> out_size{s.batch, s.channels, s.out_h, s.out_w};
+  return {at::empty_symint(out_size, input.options()),
+          at::empty_symint(out_size, input.options().dtype(at::kLong))};
+}
+
+at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Tensor& indices,
+                                    SymIntArrayRef input_size, IntArrayRef kernel_size,
+                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                    bool ceil_mode) {
+  const char* op = "cuconv.max_pool2d_backward";
+  auto s = pool2d_shape<SymInt>(op, input_size, kernel_size, stride, padding, dilation, ceil_mode);
+  std::vector<SymInt> out_size{s.batch, s.channels, s.out_h, s.out_w};
+  check_grad_output<SymInt>(op, grad_output.sym_sizes(), out_size);
+  TORCH_CHECK_VALUE(indices.sym_sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
+                    ": expected int64 indices of shape ", out_size, ", but got ",
+                    indices.scalar_type(), " of shape ", indices.sym_sizes());
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+at::Tensor avg_pool2d_forward_meta(const at::Tensor& input, IntArrayRef kernel_size,
+                                   IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
+                                   bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const char* op = "cuconv.avg_pool2d";
+  check_floating(op, "input", input);
+  check_divisor_override(op, divisor_override);
+  auto s = pool2d_shape<SymInt>(op, input.sym_sizes(), kernel_size, stride, padding, {1, 1}, ceil_mode);
+  return at::empty_symint({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+}
+
+at::Tensor avg_pool2d_backward_meta(const at::Tensor& grad_output, SymIntArrayRef input_size,
+                                    IntArrayRef kernel_size, IntArrayRef stride,
+                                    IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                    std::optional<int64_t> divisor_override) {
+  const char* op = "cuconv.avg_pool2d_backward";
+  check_divisor_override(op, divisor_override);
+  auto s = pool2d_shape<SymInt>(op, input_size, kernel_size, stride, padding, {1, 1}, ceil_mode);
+  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.channels, s.out_h, s.out_w});
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, IntArrayRef output_size) {
+  const char* op = "cuconv.adaptive_avg_pool2d";
+  check_floating(op, "input", input);
+  check_adaptive_output_size<SymInt>(op, input.sym_sizes(), output_size);
+  return at::empty_symint({input.sym_size(0), input.sym_size(1), output_size[0], output_size[1]},
+                          input.options());
+}
+
+at::Tensor adaptive_avg_pool2d_backward_meta(const at::Tensor& grad_output, SymIntArrayRef input_size) {
+  const char* op = "cuconv.adaptive_avg_pool2d_backward";
+  check_image_batch<SymInt>(op, "input_size", input_size);
+  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.sym_size(0) == input_size[0] &&
+                        grad_output.sym_size(1) == input_size[1],
+                    op, ": expected grad_output's batch and channels to match input_size ",
+                    input_size, ", but got grad_output of shape ", grad_output.sym_sizes());
+  return at::empty_symint(input_size, grad_output.options());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cuconv, Meta, m) { CUCONV_REGISTER_KERNELS(m, meta); }
+
+}  // namespace cuconv

@@ -1,0 +1,140 @@
+"""cuconv.functional: torch.nn.functional's convolution and pooling, on cuconv's kernels.
+
+Same signatures and defaults as torch.nn.functional. This module only turns the
+Python arguments into the ops' canonical form (pairs of ints, 4-D input); every
+check that depends on tensor shapes lives with the kernels in csrc/shape.h.
+"""
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from ._ops import ops
+
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _pair(op, name, value, allow_single=False):
+    """An int or a sequence of two ints (or one, where torch allows it) as a tuple of two ints."""
+    if _is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list, torch.Size)) and all(_is_int(v) for v in value):
+        if len(value) == 2:
+            return (int(value[0]), int(value[1]))
+        if len(value) == 1 and allow_single:
+            return (int(value[0]), int(value[0]))
+        expected = "an int or a sequence of 1 or 2 ints" if allow_single else "an int or a pair of ints"
+        raise ValueError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(value)!r} "
+                         f"({len(value)} values)")
+    raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, but got "
+                    f"{type(value).__name__} {value!r}")
+
+
+def _check_tensor(op, name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: expected {name} to be a torch.Tensor, but got {type(value).__name__}")
+
+
+def _batched(op, input):
+    """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too."""
+    _check_tensor(op, "input", input)
+    if input.dim() == 4:
+        return input, False
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), but got "
+                     f"{input.dim()}-D with shape {tuple(input.shape)}")
+
+
+def _same_padding(input, weight, dilation):
+    """Symmetric padding for padding='same', and input padded on the bottom/right when the
+    total padding d*(k-1) is odd (as torch does)."""
+    if weight.dim() != 4:
+        return input, (0, 0)  # the op reports the malformed weight
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    padding = (total[0] // 2, total[1] // 2)
+    extra_h, extra_w = total[0] - 2 * padding[0], total[1] - 2 * padding[1]
+    if extra_h or extra_w:
+        input = F.pad(input, (0, extra_w, 0, extra_h))
+    return input, padding
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
+    op = "cuconv.conv2d"
+    x, unbatched = _batched(op, input)
+    _check_tensor(op, "weight", weight)
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+    stride = _pair(op, "stride", stride)
+    dilation = _pair(op, "dilation", dilation)
+    if not _is_int(groups):
+        raise TypeError(f"{op}: expected groups to be an int, but got {type(groups).__name__} {groups!r}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions, "
+                                 f"but got stride={stride}")
+            x, padding = _same_padding(x, weight, dilation)
+        else:
+            raise ValueError(f"{op}: expected padding to be 'valid', 'same', an int or a pair of ints, "
+                             f"but got {padding!r}")
+    else:
+        padding = _pair(op, "padding", padding)
+    y = ops.conv2d(x, weight, bias, stride, padding, dilation, int(groups))
+    return y.squeeze(0) if unbatched else y
+
+
+def _pool_args(op, kernel_size, stride, padding):
+    kernel_size = _pair(op, "kernel_size", kernel_size, allow_single=True)
+    # torch treats stride=None and stride=[] as "stride = kernel_size".
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = kernel_size
+    return kernel_size, _pair(op, "stride", stride, allow_single=True), _pair(
+        op, "padding", padding, allow_single=True)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d."""
+    op = "cuconv.max_pool2d"
+    x, unbatched = _batched(op, input)
+    kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
+    dilation = _pair(op, "dilation", dilation, allow_single=True)
+    y, indices = ops.max_pool2d(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    if unbatched:
+        y, indices = y.squeeze(0), indices.squeeze(0)
+    return (y, indices) if return_indices else y
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d."""
+    op = "cuconv.avg_pool2d"
+    x, unbatched = _batched(op, input)
+    kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
+    if divisor_override is not None and not _is_int(divisor_override):
+        raise TypeError(f"{op}: expected divisor_override to be an int or None, but got "
+                        f"{type(divisor_override).__name__} {divisor_override!r}")
+    y = ops.avg_pool2d(x, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
+                       divisor_override)
+    return y.squeeze(0) if unbatched else y
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
+    output_size: an int, or (H, W) where None keeps the input's size."""
+    op = "cuconv.adaptive_avg_pool2d"
+    x, unbatched = _batched(op, input)
+    if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2:
+        output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
+    output_size = _pair(op, "output_size", output_size, allow_single=True)
+    y = ops.adaptive_avg_pool2d(x, output_size)
+    return y.squeeze(0) if unbatched else y

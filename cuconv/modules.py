@@ -1,0 +1,87 @@
+"""Drop-in nn modules: torch.nn's layers with cuconv's kernels underneath.
+
+Each class subclasses its torch.nn twin and replaces only the computation, so
+constructor arguments, defaults, parameter names, initialisation, padding_mode,
+repr and state_dict keys are torch.nn's own, and `isinstance(m, nn.Conv2d)`
+still holds for code (such as torchvision's weight init) that asks.
+"""
+
+import torch
+from torch import nn
+
+from . import functional as CF
+
+__all__ = ["Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "convert"]
+
+
+class Conv2d(nn.Conv2d):
+    """torch.nn.Conv2d on cuconv's convolution kernels."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            # As torch.nn.Conv2d: pad explicitly in the requested mode, then convolve unpadded.
+            input = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return CF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return CF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class LazyConv2d(nn.LazyConv2d, Conv2d):
+    """torch.nn.LazyConv2d that becomes a cuconv.Conv2d once in_channels is known."""
+
+    cls_to_become = Conv2d
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """torch.nn.MaxPool2d on cuconv's max-pooling kernels."""
+
+    def forward(self, input):
+        return CF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """torch.nn.AvgPool2d on cuconv's average-pooling kernels."""
+
+    def forward(self, input):
+        return CF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d on cuconv's adaptive-pooling kernels."""
+
+    def forward(self, input):
+        return CF.adaptive_avg_pool2d(input, self.output_size)
+
+
+# torch.nn class -> its cuconv twin. Exact types only: a user's subclass may
+# override forward, and swapping its class would silently drop that.
+_TWINS = {
+    nn.Conv2d: Conv2d,
+    nn.LazyConv2d: LazyConv2d,
+    nn.MaxPool2d: MaxPool2d,
+    nn.AvgPool2d: AvgPool2d,
+    nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+}
+
+
+def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Return `model` with every nn.Conv2d, nn.LazyConv2d, nn.MaxPool2d, nn.AvgPool2d and
+    nn.AdaptiveAvgPool2d running on cuconv's kernels.
+
+    The twins add no state, so each layer keeps its parameters, buffers, hooks and
+    state_dict keys; only its class changes. With inplace=False (default) a deep
+    copy is converted and the original model is left as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"cuconv.convert: expected model to be a torch.nn.Module, but got "
+                        f"{type(model).__name__}")
+    if not inplace:
+        import copy
+
+        model = copy.deepcopy(model)
+    for module in model.modules():
+        twin = _TWINS.get(type(module))
+        if twin is not None:
+            module.__class__ = twin
+    return model
