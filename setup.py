@@ -48,6 +48,8 @@ def _cuda_build_wanted():
         print("cuconv: CUCONV_CPU_ONLY is set: building the CPU kernels only")
         return False
     reasons = []
+    if not CUDA_SOURCES:
+        reasons.append("there are no CUDA sources in csrc/cuda/")
     if torch.version.cuda is None:
         reasons.append(f"torch {torch.__version__} is not a CUDA build")
     if cpp_extension.CUDA_HOME is None or shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is None:
@@ -74,12 +76,13 @@ class BuildExtension(cpp_extension.BuildExtension):
             f.write(f"cuda_arch_list = {os.environ.get('TORCH_CUDA_ARCH_LIST', '')!r}\n")
 
 
+CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 WITH_CUDA = _cuda_build_wanted()
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = [("CUCONV_TORCH_VERSION", f'"{torch.__version__}"')]
 extra_compile_args = {"cxx": ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]}
 if WITH_CUDA:
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    sources += CUDA_SOURCES
     define_macros.append(("CUCONV_WITH_CUDA", None))
     extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall"]
     if _flag("CUCONV_PTXAS_VERBOSE"):
