@@ -1,0 +1,346 @@
+"""Every cuconv op against torch.nn.functional: random sweeps over the parameter
+space (forward and every gradient), layouts, dtypes, gradcheck, opcheck and
+torch.compile."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cuconv
+import cuconv.functional as CF
+from conftest import DEVICES, TOLERANCES
+
+ops = torch.ops.cuconv
+
+
+def assert_matches(actual, expected, dtype):
+    """Close to torch within the dtype's tolerance, relative to the tensor's scale."""
+    tol = TOLERANCES[dtype]
+    scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                               check_dtype=True, equal_nan=True)
+
+
+def forward_and_grads(fn, tensors, seed=1):
+    """fn(*tensors) and the gradients of a random projection of it w.r.t. every tensor."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    out = fn(*leaves)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    grads = torch.autograd.grad((out * weights).sum(), [t for t in leaves if t.requires_grad])
+    return out.detach(), grads
+
+
+def compare_with_torch(ours, theirs, tensors, dtype):
+    out, grads = forward_and_grads(ours, tensors)
+    ref_out, ref_grads = forward_and_grads(theirs, tensors)
+    assert out.shape == ref_out.shape
+    assert_matches(out, ref_out, dtype)
+    for g, ref_g in zip(grads, ref_grads):
+        assert_matches(g, ref_g, dtype)
+
+
+# --- random parameter sweeps --------------------------------------------------------------
+
+def random_conv_cases(count, seed):
+    """Convolutions over the whole parameter space: groups, kernels, stride, padding,
+    dilation, bias, non-square everything. Input sizes are drawn so the kernel fits."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        groups = rng.choice([1, 1, 1, 2, 3])
+        kh, kw = rng.randint(1, 5), rng.randint(1, 5)
+        dh, dw = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
+        ph, pw = rng.randint(0, 3), rng.randint(0, 3)
+        h_min, w_min = max(1, dh * (kh - 1) + 1 - 2 * ph), max(1, dw * (kw - 1) + 1 - 2 * pw)
+        cases.append(dict(
+            batch=rng.choice([1, 2, 3]), in_channels=groups * rng.randint(1, 3),
+            out_channels=groups * rng.randint(1, 3), groups=groups, kernel=(kh, kw),
+            stride=(rng.randint(1, 3), rng.randint(1, 3)), padding=(ph, pw), dilation=(dh, dw),
+            size=(h_min + rng.randint(0, 7), w_min + rng.randint(0, 7)), bias=rng.random() < 0.7))
+    return cases
+
+
+def conv_tensors(case, dtype, device):
+    x = torch.randn(case["batch"], case["in_channels"], *case["size"], dtype=dtype, device=device)
+    w = torch.randn(case["out_channels"], case["in_channels"] // case["groups"], *case["kernel"],
+                    dtype=dtype, device=device)
+    b = torch.randn(case["out_channels"], dtype=dtype, device=device) if case["bias"] else None
+    return x, w, b
+
+
+def conv_fns(case, has_bias):
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    if has_bias:
+        return (lambda x, w, b: CF.conv2d(x, w, b, *args)), (lambda x, w, b: F.conv2d(x, w, b, *args))
+    return (lambda x, w: CF.conv2d(x, w, None, *args)), (lambda x, w: F.conv2d(x, w, None, *args))
+
+
+CONV_CASES = random_conv_cases(40, seed=2024)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "g{groups}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
+def test_conv2d_matches_torch(case, dtype, device):
+    x, w, b = conv_tensors(case, dtype, device)
+    ours, theirs = conv_fns(case, b is not None)
+    compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
+
+
+def random_pool_cases(count, seed, with_dilation):
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        dh, dw = (rng.choice([1, 2]), rng.choice([1, 2])) if with_dilation else (1, 1)
+        cases.append(dict(
+            kernel=(kh, kw), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+            padding=(rng.randint(0, kh // 2), rng.randint(0, kw // 2)), dilation=(dh, dw),
+            ceil_mode=rng.random() < 0.5, size=(dh * (kh - 1) + 1 + rng.randint(0, 8), dw * (kw - 1) + 1 + rng.randint(0, 8)),
+            batch=rng.choice([1, 2]), channels=rng.choice([1, 3])))
+    return cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", random_pool_cases(30, seed=7, with_dilation=True),
+                         ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}c{ceil_mode}".format(**c))
+def test_max_pool2d_matches_torch(case, dtype, device):
+    x = torch.randn(case["batch"], case["channels"], *case["size"], dtype=dtype, device=device)
+    args = (case["kernel"], case["stride"], case["padding"], case["dilation"], case["ceil_mode"])
+    compare_with_torch(lambda t: CF.max_pool2d(t, *args), lambda t: F.max_pool2d(t, *args), [x], dtype)
+    _, idx = CF.max_pool2d(x, *args, return_indices=True)
+    _, ref_idx = F.max_pool2d(x, *args, return_indices=True)
+    assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("divisor_override", [None, 3])
+@pytest.mark.parametrize("case", random_pool_cases(12, seed=11, with_dilation=False),
+                         ids=lambda c: "k{kernel}s{stride}p{padding}c{ceil_mode}".format(**c))
+def test_avg_pool2d_matches_torch(case, divisor_override, count_include_pad, dtype, device):
+    x = torch.randn(case["batch"], case["channels"], *case["size"], dtype=dtype, device=device)
+    args = (case["kernel"], case["stride"], case["padding"], case["ceil_mode"], count_include_pad, divisor_override)
+    compare_with_torch(lambda t: CF.avg_pool2d(t, *args), lambda t: F.avg_pool2d(t, *args), [x], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("in_size,out_size", [
+    ((7, 9), (3, 4)), ((8, 8), (1, 1)), ((5, 6), (5, 6)), ((4, 5), (7, 9)), ((13, 3), (4, None)),
+    ((6, 6), 2), ((1, 1), (3, 2)),
+])
+def test_adaptive_avg_pool2d_matches_torch(in_size, out_size, dtype, device):
+    x = torch.randn(2, 3, *in_size, dtype=dtype, device=device)
+    compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, out_size),
+                       lambda t: F.adaptive_avg_pool2d(t, out_size), [x], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adaptive_avg_pool2d_to_empty_output(device):
+    """output_size 0 is allowed: an empty result, and a zero gradient (torch's own backward
+    rejects this case, so only the forward is compared)."""
+    x = torch.randn(2, 3, 10, 7, device=device, requires_grad=True)
+    out = CF.adaptive_avg_pool2d(x, (0, 3))
+    assert out.shape == F.adaptive_avg_pool2d(x, (0, 3)).shape == (2, 3, 0, 3)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+# --- layouts, batch sizes and dtypes ------------------------------------------------------
+
+LAYOUTS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+    "transposed_hw": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+    "sliced": lambda t: torch.cat([t, t], dim=3)[..., ::2],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_layout_gives_torch_results(layout, device):
+    to_layout = LAYOUTS[layout]
+    x = to_layout(torch.randn(2, 4, 9, 11, dtype=torch.float64, device=device))
+    w = to_layout(torch.randn(6, 2, 3, 3, dtype=torch.float64, device=device))
+    b = torch.randn(6, dtype=torch.float64, device=device)
+    assert layout == "contiguous" or not x.is_contiguous()
+    compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, 2, 1, 1, 2),
+                       lambda x, w, b: F.conv2d(x, w, b, 2, 1, 1, 2), [x, w, b], torch.float64)
+    compare_with_torch(lambda t: CF.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x], torch.float64)
+    compare_with_torch(lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2), [x], torch.float64)
+    compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3), [x], torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_gives_empty_results(device):
+    x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    outs = [CF.conv2d(x, w, b, padding=1), CF.max_pool2d(x, 2), CF.avg_pool2d(x, 2), CF.adaptive_avg_pool2d(x, 3)]
+    refs = [F.conv2d(x, w, b, padding=1), F.max_pool2d(x, 2), F.avg_pool2d(x, 2), F.adaptive_avg_pool2d(x, 3)]
+    for out, ref in zip(outs, refs):
+        assert out.shape == ref.shape and out.numel() == 0
+    sum(o.sum() for o in outs).backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv2d_large_layer_spans_several_workspace_blocks(device):
+    """128 input channels x 3x3 over 96 columns: the CPU columns workspace holds ~9 output
+    rows, so the 48 rows take several blocks (and 5 samples split unevenly over threads)."""
+    x = torch.randn(5, 128, 48, 96, device=device)
+    w = torch.randn(16, 128, 3, 3, device=device) / 30
+    b = torch.randn(16, device=device)
+    compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, padding=1), lambda x, w, b: F.conv2d(x, w, b, padding=1),
+                       [x, w, b], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_is_the_book_matrix_product(stride, device):
+    """1x1 kernels take the matrix-product path; it must equal the book's K @ X."""
+    x = torch.randn(3, 8, 10, 12, dtype=torch.float64, device=device)
+    w = torch.randn(5, 8, 1, 1, dtype=torch.float64, device=device)
+    xs = x[:, :, ::stride, ::stride]
+    expected = torch.einsum("oc,nchw->nohw", w[:, :, 0, 0], xs)
+    assert_matches(CF.conv2d(x, w, stride=stride), expected, torch.float64)
+    compare_with_torch(lambda x, w: CF.conv2d(x, w, None, stride), lambda x, w: F.conv2d(x, w, None, stride),
+                       [x, w], torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_types(dtype, device):
+    """Half types against torch in float64 (the exact answer), with half-type tolerance."""
+    x = torch.randn(2, 6, 10, 10, device=device)
+    w = torch.randn(4, 3, 3, 3, device=device) / 5
+    b = torch.randn(4, device=device)
+    cast = lambda *ts: [t.to(dtype) for t in ts]  # noqa: E731
+    xh, wh, bh = cast(x, w, b)
+    exact = lambda fn, *ts: fn(*[t.double() for t in ts]).to(dtype)  # noqa: E731
+    pairs = [
+        (CF.conv2d(xh, wh, bh, 1, 1, 1, 2), exact(lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, 2), xh, wh, bh)),
+        (CF.max_pool2d(xh, 3, 2, 1), exact(lambda t: F.max_pool2d(t, 3, 2, 1), xh)),
+        (CF.avg_pool2d(xh, 3, 2, 1), exact(lambda t: F.avg_pool2d(t, 3, 2, 1), xh)),
+        (CF.adaptive_avg_pool2d(xh, 3), exact(lambda t: F.adaptive_avg_pool2d(t, 3), xh)),
+    ]
+    for out, ref in pairs:
+        assert out.dtype == dtype
+        assert_matches(out, ref, dtype)
+
+
+# --- gradcheck, opcheck, compile -----------------------------------------------------------
+
+def _gradcheck_cases(device):
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    w1 = torch.randn(5, 4, 1, 1, dtype=torch.float64, device=device, requires_grad=True)
+    return {
+        "conv2d": (lambda x, w, b: CF.conv2d(x, w, b, (2, 1), (1, 2), (2, 1), 2), (x, w, b)),
+        "conv2d_1x1_stride2": (lambda x, w: CF.conv2d(x, w, None, 2), (x, w1)),
+        "max_pool2d": (lambda x: CF.max_pool2d(x, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True), (x,)),
+        "avg_pool2d": (lambda x: CF.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,)),
+        "avg_pool2d_divisor": (lambda x: CF.avg_pool2d(x, 2, 1, 1, divisor_override=3), (x,)),
+        "adaptive_avg_pool2d": (lambda x: CF.adaptive_avg_pool2d(x, (4, 3)), (x,)),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(_gradcheck_cases("cpu")))
+def test_gradcheck(name, device):
+    fn, inputs = _gradcheck_cases(device)[name]
+    # Max pooling is only differentiable away from ties: random inputs have none.
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def _opcheck_samples(device, requires_grad):
+    def rand(*shape):
+        return torch.randn(*shape, device=device, requires_grad=requires_grad)
+
+    x, w, b = rand(2, 4, 9, 8), rand(6, 2, 3, 3), rand(6)
+    conv_args = ([2, 1], [1, 1], [1, 2], 2)
+    y = CF.conv2d(x.detach(), w.detach(), b.detach(), *conv_args)
+    grad_conv = torch.randn_like(y)
+    pool = ([3, 3], [2, 2], [1, 1], [1, 1], True)
+    out, idx = ops.max_pool2d(x.detach(), *pool)
+    avg = ([3, 2], [2, 2], [1, 1], True, False, None)
+    avg_out = ops.avg_pool2d(x.detach(), *avg)
+    return [
+        (ops.conv2d, (x, w, b, *conv_args)),
+        (ops.conv2d, (x, rand(3, 4, 1, 1), None, [2, 2], [0, 0], [1, 1], 1)),  # 1x1, no bias
+        (ops.conv2d_backward_input, (grad_conv, w.detach(), list(x.shape), *conv_args)),
+        (ops.conv2d_backward_weight, (grad_conv, x.detach(), list(w.shape), *conv_args)),
+        (ops.conv2d_backward_bias, (grad_conv,)),
+        (ops.max_pool2d, (x, *pool)),
+        (ops.max_pool2d_backward, (torch.randn_like(out), idx, list(x.shape), *pool)),
+        (ops.avg_pool2d, (x, *avg)),
+        (ops.avg_pool2d, (x, [2, 2], [1, 1], [0, 0], False, True, 5)),
+        (ops.avg_pool2d_backward, (torch.randn_like(avg_out), list(x.shape), *avg)),
+        (ops.adaptive_avg_pool2d, (x, [4, 3])),
+        (ops.adaptive_avg_pool2d_backward, (torch.randn(2, 4, 4, 3, device=device), list(x.shape))),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index", range(12))
+def test_opcheck(index, device):
+    op, args = _opcheck_samples(device, requires_grad=True)[index]
+    torch.library.opcheck(op, args)
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding="same", groups=2), nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True),
+            nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_matches_eager(dynamic):
+    torch._dynamo.reset()
+    model = cuconv.convert(SmallNet())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    for batch in (4, 3):  # a second batch size exercises the symbolic-shape (meta) kernels
+        x = torch.randn(batch, 3, 16, 16)
+        eager_out, eager_grads = forward_and_grads(model, [x])
+        out, grads = forward_and_grads(compiled, [x])
+        torch.testing.assert_close(out, eager_out)
+        torch.testing.assert_close(grads, eager_grads)
+        params_eager = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
+        params_compiled = torch.autograd.grad(compiled(x).square().sum(), list(model.parameters()))
+        torch.testing.assert_close(params_compiled, params_eager)
+
+
+# --- the kernels are ours ----------------------------------------------------------------
+
+TORCH_KERNELS = ("conv", "pool", "im2col", "col2im", "unfold", "mkldnn", "cudnn")
+
+
+def torch_kernels_called(fn):
+    """Names of torch's own convolution / pooling / im2col ops that ran inside fn()."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {event.name for event in prof.events()}
+    return sorted(n for n in names if n.startswith("aten::") and any(k in n for k in TORCH_KERNELS))
+
+
+def test_cuconv_path_never_calls_torch_convolution_or_pooling():
+    model = SmallNet()
+    x = torch.randn(2, 3, 16, 16)
+    # The check can fail: the torch.nn model does call torch's kernels.
+    assert torch_kernels_called(lambda: model(x).sum().backward())
+    converted = cuconv.convert(model)
+    assert torch_kernels_called(lambda: converted(x).sum().backward()) == []
