@@ -1,0 +1,131 @@
+"""Turns pytest-benchmark JSON into a markdown table of cuconv/torch time ratios and a bar chart.
+
+    python benchmarks/report.py bench.json [--markdown out.md] [--plot out.png]
+
+Per case: the median time of each implementation, the ratio cuconv/torch of the medians (below 1:
+cuconv is faster), the spread of that ratio (from the quartiles), and the achieved GFLOP/s
+(convolutions) or GB/s (pooling) next to the machine's ceilings measured in the same run.
+"""
+
+import argparse
+import json
+import math
+import platform
+from collections import defaultdict
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows = defaultdict(dict)
+    ceilings = {}
+    for bench in data["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        if info["mode"] == "ceiling":
+            work = info.get("flops") or info.get("bytes")
+            ceilings[(info["device"], info["case"])] = work / stats["median"] / 1e9
+            continue
+        key = (info["case"], info["mode"], info["device"], info["dtype"])
+        rows[key][info["impl"]] = dict(median=stats["median"], q1=stats["q1"], q3=stats["q3"],
+                                       flops=info.get("flops"), bytes=info.get("bytes"))
+    return data, rows, ceilings
+
+
+def ratio_table(rows, ceilings):
+    lines = [
+        "| case | mode | device | dtype | cuconv ms | torch ms | cuconv/torch | spread | cuconv | torch |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    ratios = []
+    for (case, mode, device, dtype), impls in rows.items():
+        if "cuconv" not in impls or "torch" not in impls:
+            continue
+        ours, theirs = impls["cuconv"], impls["torch"]
+        ratio = ours["median"] / theirs["median"]
+        low, high = ours["q1"] / theirs["q3"], ours["q3"] / theirs["q1"]
+        ratios.append(((case, mode, device, dtype), ratio))
+        lines.append(f"| {case} | {mode} | {device} | {dtype} | {ours['median'] * 1e3:.2f} | "
+                     f"{theirs['median'] * 1e3:.2f} | **{ratio:.2f}** | {low:.2f}-{high:.2f} | "
+                     f"{throughput(ours)} | {throughput(theirs)} |")
+    lines.append("")
+    for device in sorted({k[0] for k in ceilings}):
+        parts = []
+        if (device, "sgemm") in ceilings:
+            parts.append(f"sgemm {ceilings[(device, 'sgemm')]:.0f} GFLOP/s")
+        if (device, "copy") in ceilings:
+            parts.append(f"copy {ceilings[(device, 'copy')]:.1f} GB/s")
+        lines.append(f"Ceilings on {device}, measured through torch in the same run: {', '.join(parts)}.")
+    return "\n".join(lines), ratios
+
+
+def throughput(entry):
+    if entry.get("flops"):
+        return f"{entry['flops'] / entry['median'] / 1e9:.1f} GFLOP/s"
+    if entry.get("bytes"):
+        return f"{entry['bytes'] / entry['median'] / 1e9:.1f} GB/s"
+    return ""
+
+
+def geometric_mean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summary(ratios):
+    """Geometric means of the ratio per model family and mode."""
+    groups = defaultdict(list)
+    for (case, mode, device, dtype), ratio in ratios:
+        family = case.split(".")[0]
+        groups[(family, "conv" if "conv" in case or "stem" in case or "shortcut" in case else "pool",
+                mode, device, dtype)].append(ratio)
+    lines = ["| family | kind | mode | device | dtype | cases | geomean cuconv/torch | worst |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for key in sorted(groups):
+        values = groups[key]
+        lines.append("| " + " | ".join(key) + f" | {len(values)} | {geometric_mean(values):.2f} | {max(values):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(ratios, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{case} ({'fwd' if mode == 'forward' else 'fwd+bwd'}, {device})" for (case, mode, device, _), _ in ratios]
+    values = [r for _, r in ratios]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(values) + 1.5))
+    colors = ["tab:green" if v <= 1 else "tab:red" for v in values]
+    ax.barh(range(len(values)), values, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(values)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("time cuconv / time torch (below 1: cuconv faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json")
+    parser.add_argument("--markdown", help="write the tables here (default: print)")
+    parser.add_argument("--plot", help="write a PNG bar chart of the ratios here")
+    args = parser.parse_args()
+    data, rows, ceilings = load(args.json)
+    table, ratios = ratio_table(rows, ceilings)
+    machine = data.get("machine_info", {})
+    header = (f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
+              f"{machine.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}; "
+              f"torch {__import__('torch').__version__}.")
+    text = "\n\n".join([header, summary(ratios), table])
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    if args.plot:
+        plot(ratios, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Every op, forward and forward+backward, cuconv next to torch.nn.functional.
+
+Each pair shares a pytest-benchmark group ("<case> <mode> <device> <dtype>"), so the two
+rows print together; report.py turns the JSON into cuconv/torch ratios.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuconv.functional as CF
+from cases import CONV_CASES, POOL_CASES
+from conftest import synchronize
+
+IMPLS = {"cuconv": CF, "torch": F}
+MODES = ["forward", "forward+backward"]
+
+
+def run(benchmark, fn, inputs, mode, device):
+    def step():
+        out = fn(*inputs)
+        if mode == "forward+backward":
+            out.backward(torch.ones_like(out))
+        synchronize(device)
+
+    step()  # warm-up outside the timing (allocator, thread pool)
+    benchmark.pedantic(step, rounds=benchmark_rounds(), warmup_rounds=1, iterations=1)
+
+
+def benchmark_rounds():
+    return 5
+
+
+def label(benchmark, case, mode, device, dtype, impl, **extra):
+    benchmark.group = f"{case.name} {mode} {device} {dtype}"
+    benchmark.extra_info.update(case=case.name, mode=mode, device=device, dtype=dtype, impl=impl, **extra)
+
+
+def skip_unless_selected(case, quick):
+    if quick and not case.quick:
+        pytest.skip("not in the quick subset")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
+def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
+    skip_unless_selected(case, quick)
+    dt = getattr(torch, dtype)
+    x = torch.randn(batch, case.in_channels, case.size, case.size, device=device, dtype=dt)
+    w = torch.randn(case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel,
+                    device=device, dtype=dt)
+    b = torch.randn(case.out_channels, device=device, dtype=dt)
+    if mode == "forward+backward":
+        for t in (x, w, b):
+            t.requires_grad_()
+    flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
+    label(benchmark, case, mode, device, dtype, impl, flops=flops)
+    conv = IMPLS[impl].conv2d
+    run(benchmark, lambda x, w, b: conv(x, w, b, case.stride, case.padding, 1, case.groups), (x, w, b),
+        mode, device)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: c.name)
+def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
+    skip_unless_selected(case, quick)
+    dt = getattr(torch, dtype)
+    x = torch.randn(batch, case.channels, case.size, case.size, device=device, dtype=dt,
+                    requires_grad=mode == "forward+backward")
+    moved = case.bytes_moved(batch, x.element_size()) * (3 if mode == "forward+backward" else 1)
+    label(benchmark, case, mode, device, dtype, impl, bytes=moved)
+    api = IMPLS[impl]
+    if case.kind == "max":
+        fn = lambda x: api.max_pool2d(x, case.kernel, case.stride, case.padding)  # noqa: E731
+    elif case.kind == "avg":
+        fn = lambda x: api.avg_pool2d(x, case.kernel, case.stride, case.padding)  # noqa: E731
+    else:
+        fn = lambda x: api.adaptive_avg_pool2d(x, case.output)  # noqa: E731
+    run(benchmark, fn, (x,), mode, device)
+
+
+# --- the machine's ceilings, measured through torch in the same run --------------------------
+
+def test_ceiling_sgemm(benchmark, device):
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    benchmark.group = f"ceiling {device}"
+    benchmark.extra_info.update(case="sgemm", mode="ceiling", device=device, dtype="float32", impl="torch",
+                                flops=2 * n ** 3)
+
+    def step():
+        torch.mm(a, b)
+        synchronize(device)
+
+    step()
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+
+
+def test_ceiling_copy(benchmark, device):
+    x = torch.randn(64 * 2 ** 20, device=device)  # 256 MiB
+    y = torch.empty_like(x)
+    benchmark.group = f"ceiling {device}"
+    benchmark.extra_info.update(case="copy", mode="ceiling", device=device, dtype="float32", impl="torch",
+                                bytes=2 * x.numel() * x.element_size())
+
+    def step():
+        y.copy_(x)
+        synchronize(device)
+
+    step()
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
