@@ -13,15 +13,18 @@
 //   grad_columns = W_g^T @ grad_y[n, g]          then col2im adds them back: grad_x
 //   grad_W_g    += grad_y[n, g] @ columns^T
 //
-// Blocking: columns are built for a block of output rows at a time, at most
-// kColumnsBudget elements, so the workspace per thread stays ~4 MB however
-// large the image (im2col of a whole VGG layer would take gigabytes).
-// A 1x1 kernel with stride 1 and no padding needs no columns at all: the input
-// planes already are the [C_g, H*W] matrix (the book's corr2d_multi_in_out_1x1).
+// Blocking: columns are built for a block of output rows at a time, counted
+// across samples (row = n*H_out + oh), at most kColumnsBudget elements, so the
+// workspace per thread stays ~4 MB however large the image (im2col of a whole
+// VGG layer would take gigabytes), and small images (ResNet's 3x3 layers) still
+// give the GEMM wide matrices. A 1x1 kernel with stride 1 and no padding needs no
+// columns at all: the input planes already are the [C_g, H*W] matrix (the book's
+// corr2d_multi_in_out_1x1).
 //
-// Threads: samples are split across at::parallel_for; the weight gradient is
-// summed per thread over a fixed split of the batch and the partial sums are
-// added in a fixed order, so results are deterministic.
+// Threads: at::parallel_for gives each thread whole samples, so no two threads
+// write the same output or input-gradient pixel. The weight gradient is summed
+// per thread over a fixed split of the batch and the partial sums are added in
+// a fixed order, so results are deterministic.
 // The matrix products are BLAS calls through at::mm / addmm_ (the one place
 // cuconv's CPU path uses a library kernel; im2col/col2im are our own).
 
@@ -62,10 +65,10 @@ struct ConvGeometry {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
            pad_w == 0;
   }
-  // Output rows per block so that the columns fit the workspace budget.
+  // Output rows per block (counted across samples) so the columns fit the budget.
   int64_t rows_per_block() const {
-    if (is_pointwise()) return out_h;
-    return std::clamp<int64_t>(kColumnsBudget / std::max<int64_t>(1, column_rows() * out_w), 1, out_h);
+    return std::clamp<int64_t>(kColumnsBudget / std::max<int64_t>(1, column_rows() * out_w), 1,
+                               std::max<int64_t>(1, batch * out_h));
   }
 };
 
@@ -98,16 +101,16 @@ void for_each_column_row(const ConvGeometry& g, int64_t c, int64_t i, int64_t j,
   }
 }
 
-// columns[K, rows*W_out] <- the input pixels that output rows [row_begin, row_end) see.
-// `x` points at the group's first input channel of one sample.
+// columns[:, col0 : col0 + rows*W_out] <- the input pixels that output rows
+// [row_begin, row_end) of one sample see. `x` points at the group's first input
+// channel of that sample; `columns` at column col0 of row 0; `ld` is the row stride.
 template <typename scalar_t>
 void im2col(const ConvGeometry& g, const scalar_t* x, int64_t row_begin, int64_t row_end,
-            scalar_t* columns) {
-  const int64_t width = (row_end - row_begin) * g.out_w;
+            scalar_t* columns, int64_t ld) {
   for (int64_t c = 0; c < g.channels_per_group; ++c)
     for (int64_t i = 0; i < g.kernel_h; ++i)
       for (int64_t j = 0; j < g.kernel_w; ++j) {
-        scalar_t* dst = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * width;
+        scalar_t* dst = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * ld;
         for_each_column_row(
             g, c, i, j, row_begin, row_end,
             [&](int64_t col, int64_t src, int64_t count, int64_t step) {
@@ -122,14 +125,14 @@ void im2col(const ConvGeometry& g, const scalar_t* x, int64_t row_begin, int64_t
 }
 
 // grad_x += col2im(grad_columns): each column entry goes back to the pixel it came from.
+// Same layout arguments as im2col.
 template <typename scalar_t>
-void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t row_begin, int64_t row_end,
-                scalar_t* grad_x) {
-  const int64_t width = (row_end - row_begin) * g.out_w;
+void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t ld, int64_t row_begin,
+                int64_t row_end, scalar_t* grad_x) {
   for (int64_t c = 0; c < g.channels_per_group; ++c)
     for (int64_t i = 0; i < g.kernel_h; ++i)
       for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const scalar_t* src = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * width;
+        const scalar_t* src = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * ld;
         for_each_column_row(
             g, c, i, j, row_begin, row_end,
             [&](int64_t col, int64_t dst, int64_t count, int64_t step) {
@@ -139,38 +142,99 @@ void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t row_begi
       }
 }
 
-// The [C_g*kH*kW, rows*W_out] column matrix of one sample and group, for output
-// rows [row_begin, row_end): a view of the input when the kernel is pointwise,
-// else built in `workspace`.
-at::Tensor columns_of(const ConvGeometry& g, const at::Tensor& x_group, int64_t row_begin,
-                      int64_t row_end, at::Tensor& workspace) {
-  const int64_t width = (row_end - row_begin) * g.out_w;
-  if (g.is_pointwise()) {
-    return x_group.view({g.channels_per_group, g.height * g.width}).narrow(1, row_begin * g.out_w, width);
+// A block is a run of output rows counted across samples, [row_begin, row_end)
+// with row = n*H_out + oh, so that small images (ResNet's 3x3 and 6x6 layers)
+// still give the GEMM wide matrices. Its columns are [K, (row_end-row_begin)*W_out].
+// A segment is the part of a block inside one sample.
+struct Segment {
+  int64_t n, oh_begin, oh_end, column;  // sample, its output rows, first column in the block
+};
+
+template <typename F>
+void for_each_segment(const ConvGeometry& g, int64_t row_begin, int64_t row_end, F f) {
+  for (int64_t r = row_begin; r < row_end;) {
+    const int64_t n = r / g.out_h, oh = r % g.out_h;
+    const int64_t oh_end = std::min(g.out_h, oh + (row_end - r));
+    f(Segment{n, oh, oh_end, (r - row_begin) * g.out_w});
+    r += oh_end - oh;
   }
-  at::Tensor columns = workspace.narrow(0, 0, g.column_rows() * width).view({g.column_rows(), width});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_group.scalar_type(), "im2col", [&] {
-    im2col<scalar_t>(g, x_group.const_data_ptr<scalar_t>(), row_begin, row_end,
-                     columns.mutable_data_ptr<scalar_t>());
+}
+
+// Per-thread scratch: the column matrix and one [O_g, width] matrix for blocks
+// that span samples (whose output is not one strided matrix in NCHW).
+struct Workspace {
+  at::Tensor columns, matrix;
+  Workspace(const ConvGeometry& g, const at::Tensor& like)
+      : columns(at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options())),
+        matrix(at::empty({g.out_channels_per_group * g.rows_per_block() * g.out_w}, like.options())) {}
+};
+
+at::Tensor as_matrix(at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// [O_g, oh_end-oh_begin rows * W_out] of sample n, group gi: a strided view of an NCHW tensor.
+at::Tensor output_rows(const ConvGeometry& g, const at::Tensor& y, const Segment& s, int64_t gi) {
+  return y[s.n]
+      .narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
+      .view({g.out_channels_per_group, g.out_h * g.out_w})
+      .narrow(1, s.oh_begin * g.out_w, (s.oh_end - s.oh_begin) * g.out_w);
+}
+
+// The group's input channels of sample n, [C_g, H, W].
+at::Tensor input_group(const ConvGeometry& g, const at::Tensor& x, int64_t n, int64_t gi) {
+  return x[n].narrow(0, gi * g.channels_per_group, g.channels_per_group);
+}
+
+bool single_sample(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
+  return row_begin / g.out_h == (row_end - 1) / g.out_h;
+}
+
+// The [K, width] column matrix of a block for group gi: for a pointwise kernel
+// within one sample, a view of the input itself; else im2col into the workspace.
+at::Tensor block_columns(const ConvGeometry& g, const at::Tensor& x, int64_t gi, int64_t row_begin,
+                         int64_t row_end, Workspace& ws) {
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  if (g.is_pointwise() && single_sample(g, row_begin, row_end)) {
+    const int64_t oh = row_begin % g.out_h;
+    return input_group(g, x, row_begin / g.out_h, gi)
+        .view({g.channels_per_group, g.height * g.width})
+        .narrow(1, oh * g.out_w, width);
+  }
+  at::Tensor columns = as_matrix(ws.columns, g.column_rows(), width);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "im2col", [&] {
+    scalar_t* dst = columns.mutable_data_ptr<scalar_t>();
+    for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
+      im2col<scalar_t>(g, input_group(g, x, s.n, gi).const_data_ptr<scalar_t>(), s.oh_begin,
+                       s.oh_end, dst + s.column, width);
+    });
   });
   return columns;
 }
 
-at::Tensor make_workspace(const ConvGeometry& g, const at::Tensor& like) {
-  if (g.is_pointwise()) return at::Tensor();
-  return at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options());
+// grad_output of a block for group gi as one [O_g, width] matrix: a view within
+// one sample, gathered into the workspace across samples.
+at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_t gi,
+                             int64_t row_begin, int64_t row_end, Workspace& ws) {
+  if (single_sample(g, row_begin, row_end)) {
+    return output_rows(g, dy, Segment{row_begin / g.out_h, row_begin % g.out_h,
+                                      (row_end - 1) % g.out_h + 1, 0}, gi);
+  }
+  at::Tensor matrix = as_matrix(ws.matrix, g.out_channels_per_group, (row_end - row_begin) * g.out_w);
+  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
+    const at::Tensor rows = output_rows(g, dy, s, gi);
+    matrix.narrow(1, s.column, rows.size(1)).copy_(rows);
+  });
+  return matrix;
 }
 
-// [O_g, rows*W_out] block of output plane rows [row_begin, row_end) of sample n, group gi.
-at::Tensor output_block(const ConvGeometry& g, const at::Tensor& y_sample, int64_t gi,
-                        int64_t row_begin, int64_t row_end) {
-  return y_sample.narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
-      .view({g.out_channels_per_group, g.out_h * g.out_w})
-      .narrow(1, row_begin * g.out_w, (row_end - row_begin) * g.out_w);
-}
-
-at::Tensor input_group(const ConvGeometry& g, const at::Tensor& x_sample, int64_t gi) {
-  return x_sample.narrow(0, gi * g.channels_per_group, g.channels_per_group);
+// Calls f(row_begin, row_end) for the blocks of samples [n_begin, n_end).
+template <typename F>
+void for_each_block(const ConvGeometry& g, int64_t n_begin, int64_t n_end, F f) {
+  const int64_t last = n_end * g.out_h;
+  for (int64_t r = n_begin * g.out_h; r < last; r += g.rows_per_block()) {
+    f(r, std::min(r + g.rows_per_block(), last));
+  }
 }
 
 }  // namespace
@@ -188,19 +252,27 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor y = at::empty({shape.batch, shape.out_channels, g.out_h, g.out_w}, input.options());
   if (has_bias) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
 
+  // Threads take whole samples, so no two write the same output.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-    at::Tensor workspace = make_workspace(g, x);
-    for (int64_t n = n_begin; n < n_end; ++n) {
+    Workspace ws(g, x);
+    for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
       for (int64_t gi = 0; gi < groups; ++gi) {
-        const at::Tensor x_group = input_group(g, x[n], gi);
-        for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
-          const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
-          // beta = 0 ignores (does not read) the uninitialised output.
-          output_block(g, y[n], gi, r, r_end)
-              .addmm_(w[gi], columns_of(g, x_group, r, r_end, workspace), has_bias ? 1 : 0, 1);
+        const at::Tensor columns = block_columns(g, x, gi, r0, r1, ws);
+        if (single_sample(g, r0, r1)) {
+          // Straight into the output; beta = 0 ignores (does not read) unset memory.
+          output_rows(g, y, Segment{r0 / g.out_h, r0 % g.out_h, (r1 - 1) % g.out_h + 1, 0}, gi)
+              .addmm_(w[gi], columns, has_bias ? 1 : 0, 1);
+          continue;
         }
+        at::Tensor product = as_matrix(ws.matrix, g.out_channels_per_group, columns.size(1));
+        at::mm_out(product, w[gi], columns);
+        for_each_segment(g, r0, r1, [&](const Segment& s) {
+          at::Tensor out = output_rows(g, y, s, gi);
+          const at::Tensor part = product.narrow(1, s.column, out.size(1));
+          has_bias ? out.add_(part) : out.copy_(part);
+        });
       }
-    }
+    });
   });
   return y;
 }
@@ -221,30 +293,28 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
                              .transpose(1, 2);
   at::Tensor dx = at::zeros(input_size, grad_output.options());
 
+  // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-    at::Tensor workspace = make_workspace(g, dy);
-    for (int64_t n = n_begin; n < n_end; ++n) {
+    Workspace ws(g, dy);
+    for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
       for (int64_t gi = 0; gi < groups; ++gi) {
-        at::Tensor dx_group = input_group(g, dx[n], gi);
-        for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
-          const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
-          const at::Tensor dy_block = output_block(g, dy[n], gi, r, r_end);
-          if (g.is_pointwise()) {
-            // The gradient columns are the input gradient itself.
-            at::Tensor dx_block = columns_of(g, dx_group, r, r_end, workspace);
-            dx_block.addmm_(w_t[gi], dy_block, 0, 1);
-            continue;
-          }
-          const int64_t width = (r_end - r) * g.out_w;
-          at::Tensor grad_columns = workspace.narrow(0, 0, g.column_rows() * width).view({g.column_rows(), width});
-          at::mm_out(grad_columns, w_t[gi], dy_block);
-          AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "col2im", [&] {
-            col2im_add<scalar_t>(g, grad_columns.const_data_ptr<scalar_t>(), r, r_end,
-                                 dx_group.mutable_data_ptr<scalar_t>());
-          });
+        const at::Tensor dy_block = block_grad_output(g, dy, gi, r0, r1, ws);
+        if (g.is_pointwise() && single_sample(g, r0, r1)) {
+          // The gradient columns are the input gradient itself.
+          block_columns(g, dx, gi, r0, r1, ws).addmm_(w_t[gi], dy_block, 0, 1);
+          continue;
         }
+        at::Tensor grad_columns = as_matrix(ws.columns, g.column_rows(), dy_block.size(1));
+        at::mm_out(grad_columns, w_t[gi], dy_block);
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "col2im", [&] {
+          const scalar_t* src = grad_columns.const_data_ptr<scalar_t>();
+          for_each_segment(g, r0, r1, [&](const Segment& s) {
+            col2im_add<scalar_t>(g, src + s.column, grad_columns.size(1), s.oh_begin, s.oh_end,
+                                 input_group(g, dx, s.n, gi).mutable_data_ptr<scalar_t>());
+          });
+        });
       }
-    }
+    });
   });
   return dx;
 }
@@ -265,19 +335,14 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
   at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
   at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
-    at::Tensor workspace = make_workspace(g, x);
+    Workspace ws(g, x);
     for (int64_t p = p_begin; p < p_end; ++p) {
-      for (int64_t n = p * g.batch / parts; n < (p + 1) * g.batch / parts; ++n) {
+      for_each_block(g, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
         for (int64_t gi = 0; gi < groups; ++gi) {
-          at::Tensor dw = partial[p][gi];
-          const at::Tensor x_group = input_group(g, x[n], gi);
-          for (int64_t r = 0; r < g.out_h; r += g.rows_per_block()) {
-            const int64_t r_end = std::min(r + g.rows_per_block(), g.out_h);
-            dw.addmm_(output_block(g, dy[n], gi, r, r_end),
-                      columns_of(g, x_group, r, r_end, workspace).t());
-          }
+          const at::Tensor dy_block = block_grad_output(g, dy, gi, r0, r1, ws);
+          partial[p][gi].addmm_(dy_block, block_columns(g, x, gi, r0, r1, ws).t());
         }
-      }
+      });
     }
   });
   return partial.sum(0).view(weight_size);
