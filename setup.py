@@ -80,7 +80,10 @@ CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 WITH_CUDA = _cuda_build_wanted()
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = [("CUCONV_TORCH_VERSION", f'"{torch.__version__}"')]
-extra_compile_args = {"cxx": ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]}
+# -fopenmp: at::parallel_for is a header template that this torch build implements with
+# `#pragma omp parallel`; without the flag our loops would silently run on one thread.
+extra_compile_args = {"cxx": ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fopenmp"]}
+extra_link_args = ["-fopenmp"]
 if WITH_CUDA:
     sources += CUDA_SOURCES
     define_macros.append(("CUCONV_WITH_CUDA", None))
@@ -98,6 +101,7 @@ setup(
             sources,
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
         )
     ],
     cmdclass={"build_ext": BuildExtension},
