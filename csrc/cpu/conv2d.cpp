@@ -25,11 +25,15 @@
 // write the same output or input-gradient pixel. The weight gradient is summed
 // per thread over a fixed split of the batch and the partial sums are added in
 // a fixed order, so results are deterministic.
+// parallel_workers_note: worker threads do not inherit the caller's dispatch
+// state, so each one steps below autograd itself before calling at::mm on
+// tensors (weights) that require grad.
 // The matrix products are BLAS calls through at::mm / addmm_ (the one place
 // cuconv's CPU path uses a library kernel; im2col/col2im are our own).
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -254,6 +258,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 
   // Threads take whole samples, so no two write the same output.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
     Workspace ws(g, x);
     for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
       for (int64_t gi = 0; gi < groups; ++gi) {
@@ -295,6 +300,7 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
 
   // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
     Workspace ws(g, dy);
     for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
       for (int64_t gi = 0; gi < groups; ++gi) {
@@ -335,6 +341,7 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
   at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
   at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
     Workspace ws(g, x);
     for (int64_t p = p_begin; p < p_end; ++p) {
       for_each_block(g, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
