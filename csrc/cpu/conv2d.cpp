@@ -43,6 +43,7 @@
 
 #include "../ops.h"
 #include "../shape.h"
+#include "window.h"
 
 namespace cuconv {
 namespace {
@@ -84,9 +85,7 @@ void for_each_column_row(const ConvGeometry& g, int64_t c, int64_t i, int64_t j,
                          int64_t row_end, Visit visit, Pad pad) {
   const int64_t iw_offset = j * g.dilation_w - g.pad_w;
   // Output columns whose input column lies inside [0, width).
-  const int64_t ow_lo = std::min(g.out_w, iw_offset >= 0 ? 0 : (-iw_offset + g.stride_w - 1) / g.stride_w);
-  const int64_t ow_hi = std::clamp<int64_t>(
-      (g.width - 1 - iw_offset) >= 0 ? (g.width - 1 - iw_offset) / g.stride_w + 1 : 0, ow_lo, g.out_w);
+  const auto [ow_lo, ow_hi] = in_bounds_outputs(iw_offset, g.stride_w, g.width, g.out_w);
   for (int64_t oh = row_begin; oh < row_end; ++oh) {
     const int64_t col = (oh - row_begin) * g.out_w;
     const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;

@@ -7,9 +7,13 @@
 //   rows [floor(oh*H/H_out), ceil((oh+1)*H/H_out)), likewise for columns.
 //
 // Layout and threads: the input is made NCHW-contiguous and the N*C planes are
-// split across threads; each plane is read once, row by row. Backward passes
-// scatter each output gradient into its window within the same plane, so no two
-// threads touch the same memory and the sums are deterministic.
+// split across threads. Within a plane, each output row is computed for all
+// its columns at once: for every kernel offset (i, j) the loop runs over the
+// output columns ow, reading input row ih = oh*sH - pH + i*dH at
+// ow*sW - pW + j*dW. That inner loop streams memory and vectorises, where a
+// loop over one window at a time would not. Backward passes scatter each
+// output gradient into its window within the same plane, so no two threads
+// touch the same memory and the sums are deterministic.
 // Accumulation is in at::opmath_type (float for bfloat16/half).
 
 #include <ATen/Dispatch.h>
@@ -21,9 +25,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../ops.h"
 #include "../shape.h"
+#include "window.h"
 
 namespace cuconv {
 namespace {
@@ -46,6 +52,13 @@ inline AvgWindow avg_window(int64_t o, int64_t kernel, int64_t stride, int64_t p
   int64_t end = std::min(start + kernel, in + pad);
   const int64_t padded_size = end - start;
   return {std::max<int64_t>(start, 0), std::min(end, in), padded_size};
+}
+
+std::vector<AvgWindow> avg_windows(int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t in) {
+  std::vector<AvgWindow> windows;
+  windows.reserve(out);
+  for (int64_t o = 0; o < out; ++o) windows.push_back(avg_window(o, kernel, stride, pad, in));
+  return windows;
 }
 
 // The divisor torch.nn.functional.avg_pool2d uses for one window.
@@ -72,41 +85,63 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& inpu
   const int64_t kH = kernel_size[0], kW = kernel_size[1], sH = stride[0], sW = stride[1];
   const int64_t pH = padding[0], pW = padding[1], dH = dilation[0], dW = dilation[1];
 
+  // As torch, a window whose values are all -inf reports its first in-bounds pixel:
+  // first_w[ow] is that column (the window start, moved right past the padding).
+  std::vector<int64_t> first_w(Wo);
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    int64_t w0 = ow * sW - pW;
+    while (w0 < 0) w0 += dW;
+    first_w[ow] = w0;
+  }
+  // The running argmax is kept in 32 bits when the plane allows: a float value and an
+  // int32 index share a vector lane width, so the select below vectorises.
+  const bool small_plane = H * W <= std::numeric_limits<int32_t>::max();
+
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* xp = x_data + plane * H * W;
-        for (int64_t oh = 0; oh < Ho; ++oh) {
-          // First in-bounds row of the window, and one past the last.
-          int64_t h0 = oh * sH - pH;
-          const int64_t h1 = std::min(h0 + (kH - 1) * dH + 1, H);
-          while (h0 < 0) h0 += dH;
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            int64_t w0 = ow * sW - pW;
-            const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, W);
-            while (w0 < 0) w0 += dW;
-            // As torch: the first in-bounds pixel wins ties and all -inf windows, NaN wins always.
-            int64_t best = h0 * W + w0;
-            acc_t best_value = -std::numeric_limits<acc_t>::infinity();
-            for (int64_t ih = h0; ih < h1; ih += dH)
-              for (int64_t iw = w0; iw < w1; iw += dW) {
-                const acc_t v = static_cast<acc_t>(xp[ih * W + iw]);
-                if (v > best_value || std::isnan(v)) {
-                  best_value = v;
-                  best = ih * W + iw;
+    auto run = [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      using acc_t = at::opmath_type<scalar_t>;
+      at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> best(Wo);
+        std::vector<index_t> best_index(Wo);
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const scalar_t* xp = x_data + plane * H * W;
+          for (int64_t oh = 0; oh < Ho; ++oh) {
+            int64_t h0 = oh * sH - pH;
+            while (h0 < 0) h0 += dH;
+            std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
+            for (int64_t ow = 0; ow < Wo; ++ow) best_index[ow] = static_cast<index_t>(h0 * W + first_w[ow]);
+            // Window pixels in torch's order (rows, then columns): the first maximum
+            // wins, and NaN always wins, so it propagates. Branch-free for vectorising.
+            for (int64_t ih = h0; ih < std::min(oh * sH - pH + (kH - 1) * dH + 1, H); ih += dH) {
+              const scalar_t* row = xp + ih * W;
+              for (int64_t j = 0; j < kW; ++j) {
+                const int64_t offset = j * dW - pW;
+                const auto [ow_begin, ow_end] = in_bounds_outputs(offset, sW, W, Wo);
+                const index_t base = static_cast<index_t>(ih * W + offset);
+                acc_t* __restrict__ b = best.data();
+                index_t* __restrict__ bi = best_index.data();
+                for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
+                  const acc_t v = static_cast<acc_t>(row[ow * sW + offset]);
+                  const bool take = v > b[ow] || v != v;
+                  b[ow] = take ? v : b[ow];
+                  bi[ow] = take ? static_cast<index_t>(base + ow * sW) : bi[ow];
                 }
               }
-            const int64_t o = plane * Ho * Wo + oh * Wo + ow;
-            y_data[o] = static_cast<scalar_t>(best_value);
-            idx_data[o] = best;
+            }
+            const int64_t o = (plane * Ho + oh) * Wo;
+            for (int64_t ow = 0; ow < Wo; ++ow) {
+              y_data[o + ow] = static_cast<scalar_t>(best[ow]);
+              idx_data[o + ow] = best_index[ow];
+            }
           }
         }
-      }
-    });
+      });
+    };
+    small_plane ? run(int32_t{0}) : run(int64_t{0});
   });
   return {y, indices};
 }
@@ -157,27 +192,34 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef kernel_si
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
 
+  const std::vector<AvgWindow> col_windows = avg_windows(Wo, kernel_size[1], stride[1], padding[1], W);
+
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum(Wo);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* xp = x_data + plane * H * W;
         scalar_t* yp = y_data + plane * Ho * Wo;
         for (int64_t oh = 0; oh < Ho; ++oh) {
           const AvgWindow wh = avg_window(oh, kernel_size[0], stride[0], padding[0], H);
+          std::fill(sum.begin(), sum.end(), acc_t(0));
+          for (int64_t ih = wh.start; ih < wh.end; ++ih) {
+            const scalar_t* row = xp + ih * W;
+            for (int64_t j = 0; j < kernel_size[1]; ++j) {
+              const int64_t offset = j - padding[1];
+              const auto [ow_begin, ow_end] = in_bounds_outputs(offset, stride[1], W, Wo);
+              for (int64_t ow = ow_begin; ow < ow_end; ++ow) sum[ow] += static_cast<acc_t>(row[ow * stride[1] + offset]);
+            }
+          }
           for (int64_t ow = 0; ow < Wo; ++ow) {
-            const AvgWindow ww = avg_window(ow, kernel_size[1], stride[1], padding[1], W);
-            acc_t sum = 0;
-            for (int64_t ih = wh.start; ih < wh.end; ++ih)
-              for (int64_t iw = ww.start; iw < ww.end; ++iw) sum += static_cast<acc_t>(xp[ih * W + iw]);
+            const AvgWindow& ww = col_windows[ow];
             // A window wholly in the ceil-mode overhang averages nothing: 0, as torch.
             const bool empty = wh.start >= wh.end || ww.start >= ww.end;
-            yp[oh * Wo + ow] = empty ? scalar_t(0)
-                                     : static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(
-                                                                        wh, ww, count_include_pad,
-                                                                        divisor_override)));
+            const acc_t divisor = static_cast<acc_t>(avg_divisor(wh, ww, count_include_pad, divisor_override));
+            yp[oh * Wo + ow] = empty ? scalar_t(0) : static_cast<scalar_t>(sum[ow] / divisor);
           }
         }
       }
@@ -198,24 +240,36 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef in
   at::Tensor dx = at::zeros(input_size, grad_output.options());
   const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
 
+  const std::vector<AvgWindow> col_windows = avg_windows(Wo, kernel_size[1], stride[1], padding[1], W);
+
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> share(Wo);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* dyp = dy_data + plane * Ho * Wo;
         scalar_t* dxp = dx_data + plane * H * W;
         for (int64_t oh = 0; oh < Ho; ++oh) {
           const AvgWindow wh = avg_window(oh, kernel_size[0], stride[0], padding[0], H);
           for (int64_t ow = 0; ow < Wo; ++ow) {
-            const AvgWindow ww = avg_window(ow, kernel_size[1], stride[1], padding[1], W);
-            if (wh.start >= wh.end || ww.start >= ww.end) continue;
-            const acc_t share = static_cast<acc_t>(dyp[oh * Wo + ow]) /
-                                static_cast<acc_t>(avg_divisor(wh, ww, count_include_pad, divisor_override));
-            for (int64_t ih = wh.start; ih < wh.end; ++ih)
-              for (int64_t iw = ww.start; iw < ww.end; ++iw)
-                dxp[ih * W + iw] = static_cast<scalar_t>(static_cast<acc_t>(dxp[ih * W + iw]) + share);
+            const AvgWindow& ww = col_windows[ow];
+            share[ow] = static_cast<acc_t>(dyp[oh * Wo + ow]) /
+                        static_cast<acc_t>(avg_divisor(wh, ww, count_include_pad, divisor_override));
+          }
+          // Each pixel of the window gets the output's share; for a fixed j the
+          // columns ow*sW + j - pW are distinct, so the inner loop has no conflicts.
+          for (int64_t ih = wh.start; ih < wh.end; ++ih) {
+            scalar_t* row = dxp + ih * W;
+            for (int64_t j = 0; j < kernel_size[1]; ++j) {
+              const int64_t offset = j - padding[1];
+              const auto [ow_begin, ow_end] = in_bounds_outputs(offset, stride[1], W, Wo);
+              for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
+                scalar_t& target = row[ow * stride[1] + offset];
+                target = static_cast<scalar_t>(static_cast<acc_t>(target) + share[ow]);
+              }
+            }
           }
         }
       }
