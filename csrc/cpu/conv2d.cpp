@@ -32,6 +32,7 @@
 // cuconv's CPU path uses a library kernel; im2col/col2im are our own).
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
@@ -148,9 +149,12 @@ void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t ld, int6
 // A block is a run of output rows counted across samples, [row_begin, row_end)
 // with row = n*H_out + oh, so that small images (ResNet's 3x3 and 6x6 layers)
 // still give the GEMM wide matrices. Its columns are [K, (row_end-row_begin)*W_out].
-// A segment is the part of a block inside one sample.
+// A segment is the part of a block inside one sample. Segment loops use raw
+// pointers: with 10x10 images a block holds dozens of samples, and a tensor
+// view per segment would cost more than the copy it describes.
 struct Segment {
   int64_t n, oh_begin, oh_end, column;  // sample, its output rows, first column in the block
+  int64_t length(int64_t out_w) const { return (oh_end - oh_begin) * out_w; }
 };
 
 template <typename F>
@@ -163,72 +167,8 @@ void for_each_segment(const ConvGeometry& g, int64_t row_begin, int64_t row_end,
   }
 }
 
-// Per-thread scratch: the column matrix and one [O_g, width] matrix for blocks
-// that span samples (whose output is not one strided matrix in NCHW).
-struct Workspace {
-  at::Tensor columns, matrix;
-  Workspace(const ConvGeometry& g, const at::Tensor& like)
-      : columns(at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options())),
-        matrix(at::empty({g.out_channels_per_group * g.rows_per_block() * g.out_w}, like.options())) {}
-};
-
-at::Tensor as_matrix(at::Tensor& buffer, int64_t rows, int64_t cols) {
-  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
-}
-
-// [O_g, oh_end-oh_begin rows * W_out] of sample n, group gi: a strided view of an NCHW tensor.
-at::Tensor output_rows(const ConvGeometry& g, const at::Tensor& y, const Segment& s, int64_t gi) {
-  return y[s.n]
-      .narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
-      .view({g.out_channels_per_group, g.out_h * g.out_w})
-      .narrow(1, s.oh_begin * g.out_w, (s.oh_end - s.oh_begin) * g.out_w);
-}
-
-// The group's input channels of sample n, [C_g, H, W].
-at::Tensor input_group(const ConvGeometry& g, const at::Tensor& x, int64_t n, int64_t gi) {
-  return x[n].narrow(0, gi * g.channels_per_group, g.channels_per_group);
-}
-
 bool single_sample(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
   return row_begin / g.out_h == (row_end - 1) / g.out_h;
-}
-
-// The [K, width] column matrix of a block for group gi: for a pointwise kernel
-// within one sample, a view of the input itself; else im2col into the workspace.
-at::Tensor block_columns(const ConvGeometry& g, const at::Tensor& x, int64_t gi, int64_t row_begin,
-                         int64_t row_end, Workspace& ws) {
-  const int64_t width = (row_end - row_begin) * g.out_w;
-  if (g.is_pointwise() && single_sample(g, row_begin, row_end)) {
-    const int64_t oh = row_begin % g.out_h;
-    return input_group(g, x, row_begin / g.out_h, gi)
-        .view({g.channels_per_group, g.height * g.width})
-        .narrow(1, oh * g.out_w, width);
-  }
-  at::Tensor columns = as_matrix(ws.columns, g.column_rows(), width);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "im2col", [&] {
-    scalar_t* dst = columns.mutable_data_ptr<scalar_t>();
-    for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
-      im2col<scalar_t>(g, input_group(g, x, s.n, gi).const_data_ptr<scalar_t>(), s.oh_begin,
-                       s.oh_end, dst + s.column, width);
-    });
-  });
-  return columns;
-}
-
-// grad_output of a block for group gi as one [O_g, width] matrix: a view within
-// one sample, gathered into the workspace across samples.
-at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_t gi,
-                             int64_t row_begin, int64_t row_end, Workspace& ws) {
-  if (single_sample(g, row_begin, row_end)) {
-    return output_rows(g, dy, Segment{row_begin / g.out_h, row_begin % g.out_h,
-                                      (row_end - 1) % g.out_h + 1, 0}, gi);
-  }
-  at::Tensor matrix = as_matrix(ws.matrix, g.out_channels_per_group, (row_end - row_begin) * g.out_w);
-  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
-    const at::Tensor rows = output_rows(g, dy, s, gi);
-    matrix.narrow(1, s.column, rows.size(1)).copy_(rows);
-  });
-  return matrix;
 }
 
 // Calls f(row_begin, row_end) for the blocks of samples [n_begin, n_end).
@@ -239,6 +179,82 @@ void for_each_block(const ConvGeometry& g, int64_t n_begin, int64_t n_end, F f) 
     f(r, std::min(r + g.rows_per_block(), last));
   }
 }
+
+// Offsets into NCHW-contiguous tensors: the group's first input channel of
+// sample n, and output channel o of the group at row oh.
+int64_t input_offset(const ConvGeometry& g, int64_t n, int64_t gi) {
+  return (n * g.groups + gi) * g.channels_per_group * g.height * g.width;
+}
+int64_t output_offset(const ConvGeometry& g, int64_t n, int64_t gi, int64_t o, int64_t oh) {
+  return (((n * g.groups + gi) * g.out_channels_per_group + o) * g.out_h + oh) * g.out_w;
+}
+
+// Per-thread scratch: the column matrix, and an [O_g, width] matrix for blocks
+// that span samples (whose output is not one strided matrix in NCHW).
+struct Workspace {
+  at::Tensor columns, matrix;
+  Workspace(const ConvGeometry& g, const at::Tensor& like)
+      : columns(at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options())),
+        matrix(at::empty({g.out_channels_per_group * g.rows_per_block() * g.out_w}, like.options())) {}
+};
+
+at::Tensor as_matrix(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// The block's [O_g, width] rows of an NCHW tensor when the block lies in one sample.
+at::Tensor output_view(const ConvGeometry& g, const at::Tensor& y, int64_t gi, int64_t row_begin,
+                       int64_t row_end) {
+  const int64_t n = row_begin / g.out_h, oh = row_begin % g.out_h;
+  return y[n]
+      .narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
+      .view({g.out_channels_per_group, g.out_h * g.out_w})
+      .narrow(1, oh * g.out_w, (row_end - row_begin) * g.out_w);
+}
+
+// The [K, width] column matrix of a block for group gi: for a pointwise kernel
+// within one sample, a view of the input itself; else im2col into the workspace.
+template <typename scalar_t>
+at::Tensor block_columns(const ConvGeometry& g, const at::Tensor& x, int64_t gi, int64_t row_begin,
+                         int64_t row_end, Workspace& ws) {
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  if (g.is_pointwise() && single_sample(g, row_begin, row_end)) {
+    const int64_t n = row_begin / g.out_h, oh = row_begin % g.out_h;
+    return x[n]
+        .narrow(0, gi * g.channels_per_group, g.channels_per_group)
+        .view({g.channels_per_group, g.height * g.width})
+        .narrow(1, oh * g.out_w, width);
+  }
+  at::Tensor columns = as_matrix(ws.columns, g.column_rows(), width);
+  scalar_t* dst = columns.mutable_data_ptr<scalar_t>();
+  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
+    im2col<scalar_t>(g, x_data + input_offset(g, s.n, gi), s.oh_begin, s.oh_end, dst + s.column, width);
+  });
+  return columns;
+}
+
+// grad_output of a block for group gi as one [O_g, width] matrix: a view within
+// one sample, gathered into the workspace across samples.
+template <typename scalar_t>
+at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_t gi,
+                             int64_t row_begin, int64_t row_end, Workspace& ws) {
+  if (single_sample(g, row_begin, row_end)) return output_view(g, dy, gi, row_begin, row_end);
+  const int64_t width = (row_end - row_begin) * g.out_w;
+  at::Tensor matrix = as_matrix(ws.matrix, g.out_channels_per_group, width);
+  scalar_t* dst = matrix.mutable_data_ptr<scalar_t>();
+  const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
+  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
+    for (int64_t o = 0; o < g.out_channels_per_group; ++o) {
+      std::memcpy(dst + o * width + s.column, dy_data + output_offset(g, s.n, gi, o, s.oh_begin),
+                  s.length(g.out_w) * sizeof(scalar_t));
+    }
+  });
+  return matrix;
+}
+
+#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 }  // namespace
 
@@ -251,31 +267,41 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor x = input.contiguous();
   // W_g as [groups, O_g, K]
   const at::Tensor w = weight.contiguous().view({groups, g.out_channels_per_group, g.column_rows()});
-  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({shape.batch, shape.out_channels, g.out_h, g.out_w}, input.options());
-  if (has_bias) y.copy_(bias->view({1, -1, 1, 1}).expand_as(y));
 
-  // Threads take whole samples, so no two write the same output.
-  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-    Workspace ws(g, x);
-    for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
-      for (int64_t gi = 0; gi < groups; ++gi) {
-        const at::Tensor columns = block_columns(g, x, gi, r0, r1, ws);
-        if (single_sample(g, r0, r1)) {
-          // Straight into the output; beta = 0 ignores (does not read) unset memory.
-          output_rows(g, y, Segment{r0 / g.out_h, r0 % g.out_h, (r1 - 1) % g.out_h + 1, 0}, gi)
-              .addmm_(w[gi], columns, has_bias ? 1 : 0, 1);
-          continue;
+  CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
+    // Threads take whole samples, so no two write the same output.
+    at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
+      Workspace ws(g, x);
+      for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const at::Tensor columns = block_columns<scalar_t>(g, x, gi, r0, r1, ws);
+          const int64_t width = columns.size(1);
+          // Within one sample the product goes straight into the output; across
+          // samples into the workspace, then out to each sample's rows.
+          const bool direct = single_sample(g, r0, r1);
+          at::Tensor product = direct ? output_view(g, y, gi, r0, r1)
+                                      : as_matrix(ws.matrix, g.out_channels_per_group, width);
+          at::mm_out(product, w[gi], columns);
+          const scalar_t* p_data = product.const_data_ptr<scalar_t>();
+          const int64_t p_stride = product.stride(0);
+          for_each_segment(g, r0, r1, [&](const Segment& s) {
+            for (int64_t o = 0; o < g.out_channels_per_group; ++o) {
+              const acc_t bias_o = b_data ? static_cast<acc_t>(b_data[gi * g.out_channels_per_group + o]) : acc_t(0);
+              const scalar_t* src = p_data + o * p_stride + s.column;
+              scalar_t* dst = y_data + output_offset(g, s.n, gi, o, s.oh_begin);
+              const int64_t len = s.length(g.out_w);
+              if (direct && !b_data) continue;  // already in place
+              for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(static_cast<acc_t>(src[k]) + bias_o);
+            }
+          });
         }
-        at::Tensor product = as_matrix(ws.matrix, g.out_channels_per_group, columns.size(1));
-        at::mm_out(product, w[gi], columns);
-        for_each_segment(g, r0, r1, [&](const Segment& s) {
-          at::Tensor out = output_rows(g, y, s, gi);
-          const at::Tensor part = product.narrow(1, s.column, out.size(1));
-          has_bias ? out.add_(part) : out.copy_(part);
-        });
-      }
+      });
     });
   });
   return y;
@@ -297,28 +323,30 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
                              .transpose(1, 2);
   at::Tensor dx = at::zeros(input_size, grad_output.options());
 
-  // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
-  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-    Workspace ws(g, dy);
-    for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
-      for (int64_t gi = 0; gi < groups; ++gi) {
-        const at::Tensor dy_block = block_grad_output(g, dy, gi, r0, r1, ws);
-        if (g.is_pointwise() && single_sample(g, r0, r1)) {
-          // The gradient columns are the input gradient itself.
-          block_columns(g, dx, gi, r0, r1, ws).addmm_(w_t[gi], dy_block, 0, 1);
-          continue;
-        }
-        at::Tensor grad_columns = as_matrix(ws.columns, g.column_rows(), dy_block.size(1));
-        at::mm_out(grad_columns, w_t[gi], dy_block);
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "col2im", [&] {
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
+    scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
+    // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
+    at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
+      Workspace ws(g, dy);
+      for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const at::Tensor dy_block = block_grad_output<scalar_t>(g, dy, gi, r0, r1, ws);
+          if (g.is_pointwise() && single_sample(g, r0, r1)) {
+            // The gradient columns are the input gradient itself.
+            at::Tensor dx_block = block_columns<scalar_t>(g, dx, gi, r0, r1, ws);
+            at::mm_out(dx_block, w_t[gi], dy_block);
+            continue;
+          }
+          at::Tensor grad_columns = as_matrix(ws.columns, g.column_rows(), dy_block.size(1));
+          at::mm_out(grad_columns, w_t[gi], dy_block);
           const scalar_t* src = grad_columns.const_data_ptr<scalar_t>();
           for_each_segment(g, r0, r1, [&](const Segment& s) {
             col2im_add<scalar_t>(g, src + s.column, grad_columns.size(1), s.oh_begin, s.oh_end,
-                                 input_group(g, dx, s.n, gi).mutable_data_ptr<scalar_t>());
+                                 dx_data + input_offset(g, s.n, gi));
           });
-        });
-      }
+        }
+      });
     });
   });
   return dx;
@@ -339,17 +367,19 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
   at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
-  at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-    Workspace ws(g, x);
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      for_each_block(g, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
-        for (int64_t gi = 0; gi < groups; ++gi) {
-          const at::Tensor dy_block = block_grad_output(g, dy, gi, r0, r1, ws);
-          partial[p][gi].addmm_(dy_block, block_columns(g, x, gi, r0, r1, ws).t());
-        }
-      });
-    }
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+    at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
+      Workspace ws(g, x);
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        for_each_block(g, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
+          for (int64_t gi = 0; gi < groups; ++gi) {
+            const at::Tensor dy_block = block_grad_output<scalar_t>(g, dy, gi, r0, r1, ws);
+            partial[p][gi].addmm_(dy_block, block_columns<scalar_t>(g, x, gi, r0, r1, ws).t());
+          }
+        });
+      }
+    });
   });
   return partial.sum(0).view(weight_size);
 }
