@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Everything issue 3 needs from a lent GPU machine, in one command (the device tool's `run`):
+# build against the machine's own torch, the whole test suite on cuda, compute-sanitizer
+# (memcheck + racecheck) over a short subset, and the benchmark suite side by side with cuDNN.
+#   run: bash benchmarks/gpu_run.sh      (logs and JSON land in $OUT, or ./gpu-run without it)
+set -uo pipefail
+out=${OUT:-gpu-run}
+mkdir -p "$out"
+{
+  date -u; nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
+} > "$out/machine.txt" 2>&1
+export MAX_JOBS=16 CUCONV_REQUIRE_CUDA=1
+python3 -m pip install --no-build-isolation --no-deps . > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+cd /tmp  # import the installed package, not the source tree
+src=$OLDPWD
+python3 -m pytest "$src/tests" -q -x -p no:cacheprovider -rs 2>&1 | tee "$out/tests.log" | tail -5
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 1 python3 -m pytest "$src/tests/test_cuda.py" -q -x \
+    -p no:cacheprovider -k "agree or stream or deterministic" > "$out/sanitizer-$tool.log" 2>&1
+  echo "compute-sanitizer $tool: exit $?" | tee -a "$out/tests.log"
+done
+python3 -m pytest "$src/benchmarks" -q -p no:cacheprovider --devices cuda --benchmark-json="$out/bench-cuda.json" \
+  > "$out/bench.log" 2>&1
+python3 "$src/benchmarks/report.py" "$out/bench-cuda.json" --markdown "$out/bench-cuda.md" --plot "$out/bench-cuda.png"
+tail -3 "$out/bench.log"

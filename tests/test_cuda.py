@@ -1,0 +1,134 @@
+"""CUDA-only checks beyond the device-parametrised suite (test_ops.py runs everything on cuda
+too): agreement with the CPU kernels, streams, devices, determinism, large and odd shapes.
+Skipped where there is no GPU or cuconv was built without its CUDA kernels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuconv
+import cuconv.functional as CF
+from conftest import HAS_CUDA
+from test_ops import assert_matches, compare_with_torch, forward_and_grads
+
+pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (or cuconv built CPU-only)")
+
+
+@pytest.fixture(autouse=True)
+def _exact_reference():
+    """Compare against full-precision cuDNN/cuBLAS, not TF32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def all_ops(x, w, b):
+    return [
+        CF.conv2d(x, w, b, 2, 1, 1, 1),
+        CF.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+        CF.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+        CF.adaptive_avg_pool2d(x, (5, 3)),
+        CF.adaptive_avg_pool2d(x, 1),
+    ]
+
+
+def test_cuda_kernels_agree_with_cpu_kernels():
+    x = torch.randn(3, 5, 17, 13, dtype=torch.float64)
+    w = torch.randn(7, 5, 3, 3, dtype=torch.float64)
+    b = torch.randn(7, dtype=torch.float64)
+    for cpu, gpu in zip(all_ops(x, w, b), all_ops(x.cuda(), w.cuda(), b.cuda())):
+        assert_matches(gpu.cpu(), cpu, torch.float64)
+
+
+def test_non_default_stream():
+    x = torch.randn(4, 8, 32, 32, device="cuda")
+    w = torch.randn(16, 8, 3, 3, device="cuda")
+    b = torch.randn(16, device="cuda")
+    expected = all_ops(x, w, b)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = all_ops(x, w, b)
+    torch.cuda.current_stream().wait_stream(stream)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_device():
+    x = torch.randn(2, 4, 16, 16, device="cuda:1", dtype=torch.float64)
+    w = torch.randn(6, 4, 3, 3, device="cuda:1", dtype=torch.float64)
+    b = torch.randn(6, device="cuda:1", dtype=torch.float64)
+    for out, ref in zip(all_ops(x, w, b), all_ops(x.cpu(), w.cpu(), b.cpu())):
+        assert out.device == x.device
+        assert_matches(out.cpu(), ref, torch.float64)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_backward_is_bitwise_deterministic(groups):
+    x = torch.randn(8, 16, 40, 40, device="cuda")
+    w = torch.randn(32, 16 // groups, 3, 3, device="cuda")
+    b = torch.randn(32, device="cuda")
+
+    def grads():
+        out, g = forward_and_grads(lambda x, w, b: CF.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b])
+        pooled, gp = forward_and_grads(lambda t: CF.max_pool2d(t, 3, 2, 1), [x])
+        return [out, *g, pooled, *gp]
+
+    first = grads()
+    for _ in range(3):
+        for a, b_ in zip(grads(), first):
+            assert torch.equal(a, b_)
+
+
+@pytest.mark.slow
+def test_vgg_layer_at_224_batch_128():
+    x = torch.randn(128, 64, 224, 224, device="cuda")
+    w = torch.randn(64, 64, 3, 3, device="cuda") / 24
+    b = torch.randn(64, device="cuda")
+    compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, padding=1), lambda x, w, b: F.conv2d(x, w, b, padding=1),
+                       [x, w, b], torch.float32)
+    compare_with_torch(lambda t: CF.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2), [x], torch.float32)
+
+
+@pytest.mark.parametrize("shape,weight,stride,padding,groups", [
+    ((2, 3, 1, 1), (4, 3, 1, 1), 1, 0, 1),          # 1x1 images
+    ((2, 3, 1, 1), (4, 3, 3, 3), 1, 1, 1),          # 3x3 kernel on a 1x1 image, padded
+    ((2, 2, 4, 5), (3, 2, 7, 7), 1, 3, 1),          # 7x7 kernel on a tiny input
+    ((3, 1, 29, 31), (5, 1, 5, 5), 2, 2, 1),        # 1 input channel
+    ((2, 513, 9, 9), (513, 513, 3, 3), 1, 1, 1),    # 513 channels: no tile multiple
+    ((2, 513, 9, 9), (513, 1, 3, 3), 1, 1, 513),    # depthwise, 513 channels
+    ((2, 32, 15, 15), (64, 1, 5, 5), 2, 2, 32),     # depthwise with multiplier 2
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_odd_sizes(shape, weight, stride, padding, groups, dtype):
+    x = torch.randn(*shape, device="cuda")
+    w = torch.randn(*weight, device="cuda") / weight[1] ** 0.5
+    b = torch.randn(weight[0], device="cuda")
+    if dtype in (torch.float16, torch.bfloat16):
+        # Half types against the float64 answer rounded to the half type.
+        xh, wh, bh = (t.to(dtype) for t in (x, w, b))
+        out = CF.conv2d(xh, wh, bh, stride, padding, 1, groups)
+        exact = F.conv2d(xh.double(), wh.double(), bh.double(), stride, padding, 1, groups).to(dtype)
+        assert_matches(out, exact, dtype)
+        return
+    x, w, b = (t.to(dtype) for t in (x, w, b))
+    compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, stride, padding, 1, groups),
+                       lambda x, w, b: F.conv2d(x, w, b, stride, padding, 1, groups), [x, w, b], dtype)
+
+
+def test_cuda_path_never_calls_cudnn_or_cublas():
+    from test_ops import SmallNet, torch_kernels_called
+
+    model = cuconv.convert(SmallNet()).cuda()
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model(x).sum().backward()
+        torch.cuda.synchronize()
+    names = {e.name.lower() for e in prof.events()}
+    vendor = sorted(n for n in names if any(k in n for k in ("cudnn", "cublas", "cutlass", "xmma", "sm90_", "sm80_")))
+    # The Linear head legitimately uses cuBLAS: only conv/pool layers are ours to check.
+    assert torch_kernels_called(lambda: model(x).sum().backward()) == []
+    assert not [n for n in vendor if "conv" in n or "pool" in n]
