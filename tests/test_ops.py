@@ -193,8 +193,8 @@ def test_empty_batch_gives_empty_results(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv2d_large_layer_spans_several_workspace_blocks(device):
-    """128 input channels x 3x3 over 96 columns: the CPU columns workspace holds ~9 output
-    rows, so the 48 rows take several blocks (and 5 samples split unevenly over threads)."""
+    """128 input channels x 3x3 over 96 columns: the CPU columns workspace holds one output
+    row, so each sample takes 48 blocks (and 5 samples split unevenly over threads)."""
     x = torch.randn(5, 128, 48, 96, device=device)
     w = torch.randn(16, 128, 3, 3, device=device) / 30
     b = torch.randn(16, device=device)
