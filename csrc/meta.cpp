@@ -67,7 +67,7 @@ at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Ten
   std::vector<SymInt> out_size{s.batch, s.channels, s.out_h, s.out_w};
   check_grad_output<SymInt>(op, grad_output.sym_sizes(), out_size);
   TORCH_CHECK_VALUE(indices.sym_sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
-                    ": expected int64 indices of shape ", out_size, ", but got ",
+                    ": expected int64 indices of shape ", c10::ArrayRef(out_size), ", but got ",
                     indices.scalar_type(), " of shape ", indices.sym_sizes());
   return at::empty_symint(input_size, grad_output.options());
 }
@@ -103,11 +103,7 @@ at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, IntArrayRef
 
 at::Tensor adaptive_avg_pool2d_backward_meta(const at::Tensor& grad_output, SymIntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
-  check_image_batch<SymInt>(op, "input_size", input_size);
-  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.sym_size(0) == input_size[0] &&
-                        grad_output.sym_size(1) == input_size[1],
-                    op, ": expected grad_output's batch and channels to match input_size ",
-                    input_size, ", but got grad_output of shape ", grad_output.sym_sizes());
+  check_adaptive_backward<SymInt>(op, grad_output.sym_sizes(), input_size);
   return at::empty_symint(input_size, grad_output.options());
 }
 

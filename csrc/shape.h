@@ -189,10 +189,27 @@ inline void check_divisor_override(const char* op, std::optional<int64_t> diviso
                     ": expected divisor_override to be a non-zero int or None, but got 0");
 }
 
+// Adaptive pooling, like torch, also takes inputs with zero channels (only H and W must be > 0).
+template <typename T>
+void check_adaptive_input(const char* op, const char* name, c10::ArrayRef<T> input_size) {
+  TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[2] > 0 && input_size[3] > 0, op, ": expected ",
+                    name, " to be 4-D (batch, channels, height, width) with non-zero height and width, "
+                    "but got ", input_size.size(), "-D with shape ", input_size);
+}
+
 template <typename T>
 void check_adaptive_output_size(const char* op, c10::ArrayRef<T> input_size, IntArrayRef output_size) {
   check_pair(op, "output_size", output_size, 0);
-  check_image_batch(op, "input", input_size);
+  check_adaptive_input(op, "input", input_size);
+}
+
+// The backward pass restores the input shape; grad_output is [N, C, any, any].
+template <typename T>
+void check_adaptive_backward(const char* op, c10::ArrayRef<T> grad_size, c10::ArrayRef<T> input_size) {
+  check_adaptive_input(op, "input_size", input_size);
+  TORCH_CHECK_VALUE(grad_size.size() == 4 && grad_size[0] == input_size[0] && grad_size[1] == input_size[1],
+                    op, ": expected grad_output's batch and channels to match input_size ", input_size,
+                    ", but got grad_output of shape ", grad_size);
 }
 
 // Adaptive pooling window of output cell i over an input of length `in` split

@@ -71,8 +71,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_tensor(op, "weight", weight)
     if bias is not None:
         _check_tensor(op, "bias", bias)
-    stride = _pair(op, "stride", stride)
-    dilation = _pair(op, "dilation", dilation)
+    stride = _pair(op, "stride", stride, allow_single=True)
+    dilation = _pair(op, "dilation", dilation, allow_single=True)
     if not _is_int(groups):
         raise TypeError(f"{op}: expected groups to be an int, but got {type(groups).__name__} {groups!r}")
     if isinstance(padding, str):
@@ -87,7 +87,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise ValueError(f"{op}: expected padding to be 'valid', 'same', an int or a pair of ints, "
                              f"but got {padding!r}")
     else:
-        padding = _pair(op, "padding", padding)
+        padding = _pair(op, "padding", padding, allow_single=True)
     y = ops.conv2d(x, weight, bias, stride, padding, dilation, int(groups))
     return y.squeeze(0) if unbatched else y
 
@@ -135,6 +135,6 @@ def adaptive_avg_pool2d(input, output_size):
     x, unbatched = _batched(op, input)
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2:
         output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
-    output_size = _pair(op, "output_size", output_size, allow_single=True)
+    output_size = _pair(op, "output_size", output_size)
     y = ops.adaptive_avg_pool2d(x, output_size)
     return y.squeeze(0) if unbatched else y

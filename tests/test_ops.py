@@ -143,12 +143,14 @@ def test_adaptive_avg_pool2d_matches_torch(in_size, out_size, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_adaptive_avg_pool2d_to_empty_output(device):
-    """output_size 0 is allowed: an empty result, and a zero gradient (torch's own backward
-    rejects this case, so only the forward is compared)."""
-    x = torch.randn(2, 3, 10, 7, device=device, requires_grad=True)
-    out = CF.adaptive_avg_pool2d(x, (0, 3))
-    assert out.shape == F.adaptive_avg_pool2d(x, (0, 3)).shape == (2, 3, 0, 3)
+@pytest.mark.parametrize("channels,output_size", [(3, (0, 3)), (0, (2, 3))])
+def test_adaptive_avg_pool2d_empty_cases(channels, output_size, device):
+    """output_size 0 and zero channels are allowed, as in torch: an empty result and a zero
+    gradient (torch's own backward rejects both, so only the forward is compared)."""
+    x = torch.randn(2, channels, 10, 7, device=device, requires_grad=True)
+    out = CF.adaptive_avg_pool2d(x, output_size)
+    assert out.shape == F.adaptive_avg_pool2d(x, output_size).shape
+    assert out.numel() == 0
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
 

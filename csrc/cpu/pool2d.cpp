@@ -155,7 +155,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const std::vector<int64_t> out_size{s.batch, s.channels, s.out_h, s.out_w};
   check_grad_output<int64_t>(op, grad_output.sizes(), out_size);
   TORCH_CHECK_VALUE(indices.sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
-                    ": expected int64 indices of shape ", out_size, ", but got ",
+                    ": expected int64 indices of shape ", c10::ArrayRef(out_size), ", but got ",
                     indices.scalar_type(), " of shape ", indices.sizes());
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor idx = indices.contiguous();
@@ -312,11 +312,7 @@ at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef 
 
 at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
-  check_image_batch<int64_t>(op, "input_size", input_size);
-  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.size(0) == input_size[0] &&
-                        grad_output.size(1) == input_size[1],
-                    op, ": expected grad_output's batch and channels to match input_size ",
-                    input_size, ", but got grad_output of shape ", grad_output.sizes());
+  check_adaptive_backward<int64_t>(op, grad_output.sizes(), input_size);
   const at::Tensor dy = grad_output.contiguous();
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
   const int64_t Ho = dy.size(2), Wo = dy.size(3);

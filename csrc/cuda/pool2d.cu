@@ -444,11 +444,7 @@ at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
-  check_image_batch<int64_t>(op, "input_size", input_size);
-  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.size(0) == input_size[0] &&
-                        grad_output.size(1) == input_size[1],
-                    op, ": expected grad_output's batch and channels to match input_size ",
-                    input_size, ", but got grad_output of shape ", grad_output.sizes());
+  check_adaptive_backward<int64_t>(op, grad_output.sizes(), input_size);
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
   const int64_t H = input_size[2], W = input_size[3];
