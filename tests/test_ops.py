@@ -245,8 +245,10 @@ def _gradcheck_cases(device):
     w = torch.randn(6, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
     w1 = torch.randn(5, 4, 1, 1, dtype=torch.float64, device=device, requires_grad=True)
+    w_depthwise = torch.randn(8, 1, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     return {
         "conv2d": (lambda x, w, b: CF.conv2d(x, w, b, (2, 1), (1, 2), (2, 1), 2), (x, w, b)),
+        "conv2d_depthwise": (lambda x, w: CF.conv2d(x, w, None, (1, 2), 1, (2, 1), 4), (x, w_depthwise)),
         "conv2d_1x1_stride2": (lambda x, w: CF.conv2d(x, w, None, 2), (x, w1)),
         "max_pool2d": (lambda x: CF.max_pool2d(x, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True), (x,)),
         "avg_pool2d": (lambda x: CF.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,)),

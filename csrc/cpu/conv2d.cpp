@@ -41,6 +41,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../ops.h"
 #include "../shape.h"
@@ -255,6 +256,126 @@ at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_
   return matrix;
 }
 
+// ---------------------------------------------------------------------------
+// Depthwise convolution (one input channel per group, groups > 1: MobileNet's
+// layers). Here a GEMM per group would have a single row, so each plane is
+// convolved directly, one output row at a time:
+//
+//   y[n, o, oh, :] = bias[o] + sum_{i,j} w[o, 0, i, j] * x[n, gi, oh*sH - pH + i*dH, (:)*sW - pW + j*dW]
+//
+// for the O_g outputs o of group gi, with the output column innermost (an axpy
+// over a row, which the compiler vectorises). Backward input scatters the same
+// taps back into the group's plane; backward weight reduces each tap over
+// (n, oh, ow) in a fixed order. Work items are (sample, group) planes, or groups
+// for the weight gradient, so no two threads write the same memory.
+
+bool is_depthwise(const ConvGeometry& g) { return g.channels_per_group == 1 && g.groups > 1; }
+
+template <typename scalar_t>
+void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias,
+                       scalar_t* y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t taps = g.kernel_h * g.kernel_w, plane_out = g.out_h * g.out_w;
+  at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(plane_out);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.groups, gi = item % g.groups;
+      const scalar_t* xp = x + input_offset(g, n, gi);
+      for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
+        const int64_t o = gi * g.out_channels_per_group + m;
+        std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[o]) : acc_t(0));
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          acc_t* __restrict__ a = acc.data() + oh * g.out_w;
+          for (int64_t i = 0; i < g.kernel_h; ++i) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+            if (ih < 0 || ih >= g.height) continue;
+            const scalar_t* row = xp + ih * g.width;
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+              const int64_t offset = j * g.dilation_w - g.pad_w;
+              const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
+              const acc_t wv = static_cast<acc_t>(w[o * taps + i * g.kernel_w + j]);
+              for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * static_cast<acc_t>(row[ow * g.stride_w + offset]);
+            }
+          }
+        }
+        scalar_t* yp = y + output_offset(g, n, gi, m, 0);
+        for (int64_t k = 0; k < plane_out; ++k) yp[k] = static_cast<scalar_t>(acc[k]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void depthwise_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t taps = g.kernel_h * g.kernel_w, plane_in = g.height * g.width;
+  at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(plane_in);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.groups, gi = item % g.groups;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      const int64_t o0 = gi * g.out_channels_per_group;
+      for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
+        const scalar_t* dyp = dy + output_offset(g, n, gi, m, 0);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const scalar_t* dy_row = dyp + oh * g.out_w;
+          for (int64_t i = 0; i < g.kernel_h; ++i) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+            if (ih < 0 || ih >= g.height) continue;
+            acc_t* __restrict__ row = acc.data() + ih * g.width;
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+              const int64_t offset = j * g.dilation_w - g.pad_w;
+              const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
+              const acc_t wv = static_cast<acc_t>(w[(o0 + m) * taps + i * g.kernel_w + j]);
+              // For a fixed tap the columns ow*sW + offset are distinct: no conflicts.
+              for (int64_t ow = lo; ow < hi; ++ow) row[ow * g.stride_w + offset] += wv * static_cast<acc_t>(dy_row[ow]);
+            }
+          }
+        }
+      }
+      scalar_t* dxp = dx + input_offset(g, n, gi);
+      for (int64_t k = 0; k < plane_in; ++k) dxp[k] = static_cast<scalar_t>(acc[k]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void depthwise_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  // Threads take whole groups; each sums its taps over the batch in order.
+  at::parallel_for(0, g.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(g.out_channels_per_group * taps);
+    for (int64_t gi = begin; gi < end; ++gi) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const scalar_t* xp = x + input_offset(g, n, gi);
+        for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
+          const scalar_t* dyp = dy + output_offset(g, n, gi, m, 0);
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            const scalar_t* dy_row = dyp + oh * g.out_w;
+            for (int64_t i = 0; i < g.kernel_h; ++i) {
+              const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+              if (ih < 0 || ih >= g.height) continue;
+              const scalar_t* row = xp + ih * g.width;
+              for (int64_t j = 0; j < g.kernel_w; ++j) {
+                const int64_t offset = j * g.dilation_w - g.pad_w;
+                const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
+                acc_t sum = 0;
+                for (int64_t ow = lo; ow < hi; ++ow) sum += static_cast<acc_t>(dy_row[ow]) * static_cast<acc_t>(row[ow * g.stride_w + offset]);
+                acc[m * taps + i * g.kernel_w + j] += sum;
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < g.out_channels_per_group * taps; ++k) {
+        dw[gi * g.out_channels_per_group * taps + k] = static_cast<scalar_t>(acc[k]);
+      }
+    }
+  });
+}
+
 #define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
@@ -276,6 +397,10 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
+    if (is_depthwise(g)) {
+      depthwise_forward<scalar_t>(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b_data, y_data);
+      return;
+    }
     // Threads take whole samples, so no two write the same output.
     at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
@@ -319,14 +444,17 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
                              {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
   const ConvGeometry g(shape, stride, padding, dilation);
   const at::Tensor dy = grad_output.contiguous();
+  const at::Tensor w = weight.contiguous();
   // W_g^T as [groups, K, O_g]
-  const at::Tensor w_t = weight.contiguous()
-                             .view({groups, g.out_channels_per_group, g.column_rows()})
-                             .transpose(1, 2);
+  const at::Tensor w_t = w.view({groups, g.out_channels_per_group, g.column_rows()}).transpose(1, 2);
   at::Tensor dx = at::zeros(input_size, grad_output.options());
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
+    if (is_depthwise(g)) {
+      depthwise_backward_input<scalar_t>(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx_data);
+      return;
+    }
     // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
     at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
@@ -366,6 +494,14 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_output.contiguous();
 
+  if (is_depthwise(g)) {
+    at::Tensor dw = at::empty(weight_size, dy.options());
+    CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+      depthwise_backward_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                          dw.mutable_data_ptr<scalar_t>());
+    });
+    return dw;
+  }
   // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
   at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
