@@ -157,6 +157,24 @@ T pool_output_size(T in, int64_t kernel, int64_t stride, int64_t pad, int64_t di
   return out;
 }
 
+// With dilation, a window that starts in the padding can step over the whole
+// input (e.g. size 1, padding 1, dilation 3): it has no pixel to pool, and its
+// max-pool index would point outside it. torch gives such windows undefined
+// results (its own backward corrupts memory), so cuconv rejects them. Only
+// windows starting in the left padding can miss: o < ceil(padding/stride)+1.
+template <typename T>
+void check_windows_reach_input(const char* op, const char* axis, T in, T out, int64_t stride,
+                               int64_t pad, int64_t dilation) {
+  for (int64_t o = 0; o * stride < pad && o < out; ++o) {
+    const int64_t start = o * stride - pad;  // < 0
+    const int64_t first_inside = start + (-start + dilation - 1) / dilation * dilation;
+    TORCH_CHECK_VALUE(first_inside < in, op, ": the pooling window of output ", axis, " index ", o,
+                      " lies entirely in the padding (input ", axis, " ", in, ", padding ", pad,
+                      ", dilation ", dilation, ", stride ", stride,
+                      "): use less padding or dilation so that every window covers the input");
+  }
+}
+
 template <typename T>
 struct Pool2dShape {
   T batch, channels, in_h, in_w, out_h, out_w;
@@ -181,6 +199,8 @@ Pool2dShape<T> pool2d_shape(const char* op, c10::ArrayRef<T> input_size, IntArra
                     " is too small for kernel_size=", kernel_size, ", stride=", stride,
                     ", padding=", padding, ", dilation=", dilation, ": the output would be ",
                     s.out_h, " x ", s.out_w);
+  check_windows_reach_input(op, "height", s.in_h, s.out_h, stride[0], padding[0], dilation[0]);
+  check_windows_reach_input(op, "width", s.in_w, s.out_w, stride[1], padding[1], dilation[1]);
   return s;
 }
 

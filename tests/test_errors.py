@@ -812,3 +812,14 @@ def test_empty_batch_lazy_conv():
     out = lazy(torch.randn(0, 5, 4, 4))
     assert out.shape == (0, 6, 4, 4)
     assert type(lazy) is cuconv.Conv2d and lazy.in_channels == 5 and lazy.weight.shape == (6, 5, 3, 3)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation", [
+    ((1, 1, 7, 1), (1, 2), (4, 1), (0, 1), (1, 2)),
+    ((1, 1, 2, 5), (2, 1), 1, (1, 0), (3, 1)),
+])
+def test_max_pool2d_rejects_windows_that_miss_the_input(shape, kernel, stride, padding, dilation):
+    """With dilation a window can start in the padding and step over the whole input; torch gives
+    it an index outside the window (and its backward corrupts memory), cuconv rejects it."""
+    with pytest.raises(ValueError, match=r"pooling window of output (height|width) index 0 lies entirely in the padding"):
+        CF.max_pool2d(torch.randn(shape), kernel, stride, padding, dilation)

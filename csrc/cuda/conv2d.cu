@@ -90,6 +90,13 @@ ConvParams make_conv_params(const char* op, const Conv2dShape<int64_t>& s, IntAr
                     s.out_channels * (s.in_channels / s.groups) * s.kernel_h * s.kernel_w);
   check_int32_index(op, "batch * height * width", s.batch * s.in_h * s.in_w);
   check_int32_index(op, "batch * out_height * out_width", s.batch * s.out_h * s.out_w);
+  // Index sums the kernels form in 32 bits: the padded input and the reach of the last window.
+  check_int32_index(op, "padded height", s.in_h + 2 * padding[0]);
+  check_int32_index(op, "padded width", s.in_w + 2 * padding[1]);
+  check_int32_index(op, "the last window's reach in height",
+                    (s.out_h - 1) * stride[0] + dilation[0] * (s.kernel_h - 1) + 1);
+  check_int32_index(op, "the last window's reach in width",
+                    (s.out_w - 1) * stride[1] + dilation[1] * (s.kernel_w - 1) + 1);
   ConvParams p;
   p.batch = static_cast<int>(s.batch);
   p.in_channels = static_cast<int>(s.in_channels);
@@ -194,7 +201,8 @@ struct KFastestMap {
 struct GemmShape {
   int m, n, k;         // per group
   int k_per_split;     // multiple of BK
-  int splits;          // blockIdx.z = group * splits + split
+  int splits;          // blockIdx.z = (group - group_base) * splits + split
+  int group_base;      // first group of this launch (grids hold at most 65535 z-blocks)
   int m_tiles, n_tiles;
 };
 
@@ -247,8 +255,9 @@ __global__ void __launch_bounds__(Config::kThreads, sizeof(typename Problem::acc
 
   const int tile_n = static_cast<int>(blockIdx.x % shape.n_tiles);
   const int tile_m = static_cast<int>(blockIdx.x / shape.n_tiles);
-  const int group = static_cast<int>(blockIdx.z) / shape.splits;
-  const int split = static_cast<int>(blockIdx.z) - group * shape.splits;
+  const int group_in_launch = static_cast<int>(blockIdx.z) / shape.splits;
+  const int split = static_cast<int>(blockIdx.z) - group_in_launch * shape.splits;
+  const int group = shape.group_base + group_in_launch;
   const int m0 = tile_m * BM, n0 = tile_n * BN;
   const int k_begin = split * shape.k_per_split;
   const int k_end = min(shape.k, k_begin + shape.k_per_split);
@@ -648,12 +657,17 @@ void launch_implicit_gemm(const Problem& problem, int m, int n, int k, int group
   shape.m_tiles = ceil_div(m, Config::kBlockM);
   shape.n_tiles = ceil_div(n, Config::kBlockN);
   const int64_t tiles = static_cast<int64_t>(shape.m_tiles) * shape.n_tiles;
-  TORCH_CHECK(tiles <= cuda_detail::kMaxInt32Index && static_cast<int64_t>(groups) * splits <= 65535,
-              "cuconv: convolution too large for one launch (", tiles, " tiles x ", groups,
-              " groups x ", splits, " splits)");
-  const dim3 grid(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * splits));
-  implicit_gemm_kernel<Config, Problem><<<grid, Config::kThreads, 0, stream>>>(problem, shape);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  TORCH_CHECK(tiles <= cuda_detail::kMaxInt32Index && splits <= 65535,
+              "cuconv: convolution too large for one launch (", tiles, " tiles x ", splits, " splits)");
+  // gridDim.z is limited to 65535: launch the groups in chunks of that many (group, split) pairs.
+  const int groups_per_launch = std::max(1, 65535 / splits);
+  for (int base = 0; base < groups; base += groups_per_launch) {
+    shape.group_base = base;
+    const int launch_groups = std::min(groups_per_launch, groups - base);
+    const dim3 grid(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(launch_groups * splits));
+    implicit_gemm_kernel<Config, Problem><<<grid, Config::kThreads, 0, stream>>>(problem, shape);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -972,7 +986,7 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
     const int m = p.out_per_group, n = p.in_per_group * p.taps, k = positions;
     const int64_t tiles = static_cast<int64_t>(ceil_div(m, ConvGemm::kBlockM)) * ceil_div(n, ConvGemm::kBlockN) * groups;
     const int64_t k_steps = ceil_div<int64_t>(k, ConvGemm::kBlockK);
-    const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), 65535 / groups, sm_count);
+    const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), 65535, sm_count);
     at::Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
     const BackwardWeightGemm<scalar_t, ConvGemm> problem{
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),

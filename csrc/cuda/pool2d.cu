@@ -53,6 +53,11 @@ PoolParams make_pool_params(const char* op, int64_t in_h, int64_t in_w, int64_t 
   check_int32_index(op, "output height * width", out_h * out_w);
   for (IntArrayRef pair : {kernel_size, stride, padding, dilation})
     for (int64_t v : pair) check_int32_index(op, "a kernel_size/stride/padding/dilation value", v);
+  // Index sums formed in 32 bits: the reach of the last window in each direction.
+  check_int32_index(op, "the last window's reach in height",
+                    (out_h - 1) * stride[0] + dilation[0] * (kernel_size[0] - 1) + 1);
+  check_int32_index(op, "the last window's reach in width",
+                    (out_w - 1) * stride[1] + dilation[1] * (kernel_size[1] - 1) + 1);
   return PoolParams{static_cast<int>(in_h),           static_cast<int>(in_w),
                     static_cast<int>(out_h),          static_cast<int>(out_w),
                     static_cast<int>(kernel_size[0]), static_cast<int>(kernel_size[1]),
