@@ -240,27 +240,32 @@ class Dataset:
         return -(-len(self.split(split)[1]) // batch_size)
 
     def batches(self, split, batch_size, device="cpu", resize=None, generator=None, shuffle=None,
-                rank=0, world_size=1):
+                rank=0, world_size=1, dtype=torch.float32):
         """Yield (X, y) batches: X float32 (B, 1, H, W) = pixel / 255 on `device`, resized there to
         resize x resize (bilinear, no antialias) when `resize` is not 28; y int64.
 
         Training batches are shuffled (a fresh permutation per call, drawn from `generator`),
-        validation batches are in order, as the book's loaders. With world_size > 1 each global
-        batch of `batch_size` is cut into world_size nearly equal consecutive shards and this rank
-        gets shard `rank`; global batches with fewer than world_size examples are dropped.
+        validation batches are in order, as the book's loaders. With world_size > 1 and shuffling,
+        each global batch of `batch_size` is cut into world_size nearly equal consecutive shards and
+        this rank gets shard `rank` (global batches with fewer than world_size examples are dropped),
+        so that the ranks together take the same optimisation steps as one process; without
+        shuffling (evaluation) this rank takes every world_size-th example, so that the ranks
+        together cover the split exactly once.
         """
         images, labels = self.split(split)
         n = len(labels)
         if shuffle is None:
             shuffle = split == "train"
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if world_size > 1 and not shuffle:
+            order, n = order[rank::world_size], len(order[rank::world_size])
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            if world_size > 1:
+            if world_size > 1 and shuffle:
                 if len(idx) < world_size:
                     break
                 idx = torch.tensor_split(idx, world_size)[rank]
-            X = images[idx].to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+            X = images[idx].to(device, non_blocking=True).unsqueeze(1).to(dtype).div_(255)
             yield resize_batch(X, resize), labels[idx].to(device, non_blocking=True)
 
 
