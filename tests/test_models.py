@@ -177,3 +177,22 @@ def test_build_model_and_defaults():
     assert models.MODEL_DEFAULTS["lenet"]["lr"] == 0.1 and models.MODEL_DEFAULTS["resnet18"]["resize"] == 96
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model("alexnet")
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg", "resnet18"])
+def test_backends_train_mode_gradients_agree_in_float64(name):
+    torch.manual_seed(0)
+    a, shape = _build(name, "cuconv")
+    b, _ = _build(name, "torch")
+    models.apply_init(a, shape)
+    models.apply_init(b, shape, init=None)
+    b.load_state_dict(a.state_dict())
+    a.double().train()
+    b.double().train()
+    X = torch.randn(shape, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    for model in (a, b):
+        torch.manual_seed(3)  # the same dropout masks
+        nn.functional.cross_entropy(model(X), y).backward()
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-8, atol=1e-10, msg=n)
