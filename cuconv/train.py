@@ -215,11 +215,13 @@ def plot_curves(metrics, path):
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for (backend, run), colour in zip(metrics["runs"].items(), ("tab:blue", "tab:orange", "tab:green")):
+    for i, ((backend, run), colour) in enumerate(zip(metrics["runs"].items(), ("tab:blue", "tab:orange", "tab:green"))):
         epochs = [r["epoch"] for r in run["epochs"]]
-        ax_loss.plot(epochs, [r["train_loss"] for r in run["epochs"]], "-", color=colour, label=f"{backend} train loss")
-        ax_loss.plot(epochs, [r["val_loss"] for r in run["epochs"]], "--", color=colour, label=f"{backend} val loss")
-        ax_acc.plot(epochs, [r["val_acc"] for r in run["epochs"]], "-o", color=colour, ms=3, label=f"{backend} val acc")
+        width = 4 - 2 * i if len(metrics["runs"]) > 1 else 1.5  # the first run drawn wider: equal curves stay visible
+        style = dict(color=colour, lw=width, alpha=0.8)
+        ax_loss.plot(epochs, [r["train_loss"] for r in run["epochs"]], "-", label=f"{backend} train loss", **style)
+        ax_loss.plot(epochs, [r["val_loss"] for r in run["epochs"]], "--", label=f"{backend} val loss", **style)
+        ax_acc.plot(epochs, [r["val_acc"] for r in run["epochs"]], "-o", ms=3, label=f"{backend} val acc", **style)
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
