@@ -1,0 +1,363 @@
+"""Train the book's models on cuconv layers and on torch.nn layers, and compare them.
+
+    python -m cuconv train --model lenet --backend both --data-dir DIR --epochs 10 --out runs/lenet
+    torchrun --nproc_per_node 2 -m cuconv train --model lenet ...      # data-parallel (DDP)
+
+The book's recipe (d2l 7.6, 8.2, 8.6): Xavier-initialised lazy models, plain minibatch
+SGD on the mean cross-entropy, 10 epochs, batch 128, learning rate and input size per
+model (LeNet 0.1 at 28x28, VGG 0.01 at 224x224, ResNet-18 0.01 at 96x96).
+
+With --backend both, both runs start from the same weights (the cuconv model is built
+and initialised, and its state_dict is loaded into the torch model), and each run
+draws its batch order and dropout masks from generators reset to the same seed, so
+their curves differ only by floating-point rounding in the kernels.
+
+Under torchrun each process trains a DistributedDataParallel copy (gloo on the CPU,
+nccl on GPUs) on its shard of every global batch of --batch-size examples; the loss
+is scaled so that DDP's gradient average is exactly the gradient of the global batch's
+mean loss. Only rank 0 prints and writes files.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import data as cdata
+from . import models as cmodels
+
+__all__ = ["initial_state", "make_model", "batch_loss", "fit", "evaluate", "run", "main", "build_parser"]
+
+_MODEL_TITLES = {"lenet": "LeNet", "vgg": "VGG", "resnet18": "ResNet-18"}
+
+
+def initial_state(model_name, seed=0, resize=None, vgg_arch=cmodels.VGG_ARCH_SMALL, num_classes=10):
+    """The book's initial weights for `model_name`: a cuconv model, seeded, given its lazy shapes
+    by one forward pass on a (1, 1, resize, resize) input, Xavier-initialised; its state_dict."""
+    resize = resize or cmodels.MODEL_DEFAULTS[model_name]["resize"]
+    torch.manual_seed(seed)
+    model = cmodels.build_model(model_name, "cuconv", num_classes, vgg_arch)
+    cmodels.apply_init(model, (1, 1, resize, resize))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_model(model_name, backend, state, resize=None, device="cpu", dtype=None,
+               vgg_arch=cmodels.VGG_ARCH_SMALL, num_classes=10):
+    """A `backend` model with the weights `state` (from initial_state), on `device`."""
+    resize = resize or cmodels.MODEL_DEFAULTS[model_name]["resize"]
+    model = cmodels.build_model(model_name, backend, num_classes, vgg_arch)
+    cmodels.apply_init(model, (1, 1, resize, resize), init=None)
+    model.load_state_dict(state)
+    return model.to(device=device, dtype=dtype)
+
+
+def batch_loss(model, X, y, global_batch_size, world_size=1):
+    """(loss to backpropagate, summed cross-entropy of this shard).
+
+    The loss is this shard's summed cross-entropy * world_size / global_batch_size: one process
+    gets the book's mean over the batch, and DDP's average over world_size ranks gets the same
+    mean over the whole global batch even when the shards are of unequal size.
+    """
+    total = F.cross_entropy(model(X), y, reduction="sum")
+    return total * (world_size / global_batch_size), total.detach()
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _all_reduce(values, world_size, device):
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(model, dataset, batch_size, device="cpu", resize=None, rank=0, world_size=1, dtype=torch.float32):
+    """(mean cross-entropy, accuracy) on the validation split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for X, y in dataset.batches("val", batch_size, device, resize, shuffle=False, rank=rank,
+                                    world_size=world_size, dtype=dtype):
+            out = model(X)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += float((out.argmax(1) == y).sum())
+            count += len(y)
+    model.train(was_training)
+    loss_sum, correct, count = _all_reduce([loss_sum, correct, count], world_size, device)
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def fit(model, dataset, epochs, batch_size, lr, device="cpu", resize=None, seed=0, label="",
+        progress=True, rank=0, world_size=1, dtype=torch.float32):
+    """Train with plain SGD on the mean cross-entropy; returns one dict per epoch:
+    {epoch, train_loss, val_loss, val_acc, seconds, images_per_second}.
+
+    `seconds` is the wall time of the epoch's training pass (the evaluation is timed apart, as
+    `val_seconds`); `images_per_second` counts the images of all ranks. The batch order comes
+    from a generator seeded with `seed`, and the global RNG (dropout) is reseeded with it too.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    n_train = len(dataset.train_labels)
+    steps = dataset.num_batches("train", batch_size)
+    if world_size > 1 and n_train % batch_size and n_train % batch_size < world_size:
+        steps -= 1  # batches() drops a last global batch too small to shard
+    n_seen = min(n_train, steps * batch_size)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum = 0.0
+        _sync(device)
+        start = time.perf_counter()
+        batches = dataset.batches("train", batch_size, device, resize, generator=generator, rank=rank,
+                                  world_size=world_size, dtype=dtype)
+        bar = tqdm(batches, total=steps, desc=f"{label} epoch {epoch}/{epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        for step, (X, y) in enumerate(bar):
+            global_batch = min(batch_size, n_train - step * batch_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss, shard_sum = batch_loss(model, X, y, global_batch, world_size)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(shard_sum)
+            if progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{float(shard_sum) / max(len(y), 1):.4f}")
+        bar.close()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        (loss_sum,) = _all_reduce([loss_sum], world_size, device)
+        eval_start = time.perf_counter()
+        val_loss, val_acc = evaluate(model, dataset, batch_size, device, resize, rank, world_size, dtype)
+        row = dict(epoch=epoch, train_loss=loss_sum / n_seen, val_loss=val_loss, val_acc=val_acc,
+                   seconds=seconds, images_per_second=n_seen / seconds,
+                   val_seconds=time.perf_counter() - eval_start)
+        history.append(row)
+        if progress:
+            tqdm.write(f"{label} epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, val loss "
+                       f"{val_loss:.4f}, val acc {val_acc:.4f}, {seconds:.2f} s, "
+                       f"{row['images_per_second']:.0f} img/s", file=sys.stderr)
+        if not all(math.isfinite(v) for v in (row["train_loss"], val_loss)):
+            print(f"{label}: the loss is not finite in epoch {epoch}; stopping this run (lower --lr?)",
+                  file=sys.stderr)
+            break
+    return history
+
+
+def _resolve_device(requested, backends, local_rank=0):
+    import cuconv
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    cuda_ok = torch.cuda.is_available()
+    kernels_ok = cuconv.with_cuda or "cuconv" not in backends
+    if requested == "cuda":
+        if not cuda_ok:
+            raise SystemExit("cuconv train: --device cuda, but torch sees no CUDA GPU")
+        if not kernels_ok:
+            raise SystemExit("cuconv train: --device cuda, but cuconv was built without its CUDA kernels "
+                             "(rebuild without CUCONV_CPU_ONLY, with nvcc available)")
+        return torch.device("cuda", local_rank)
+    if cuda_ok and kernels_ok:
+        return torch.device("cuda", local_rank)
+    if cuda_ok:
+        print("cuconv train: a GPU is present but cuconv was built without CUDA kernels; training on the CPU",
+              file=sys.stderr)
+    return torch.device("cpu")
+
+
+def format_tables(metrics):
+    """The end-of-run tables, as text: one per backend, then a summary with the time ratio."""
+    lines = [f"{metrics['title']} on {metrics['dataset_description']}, device {metrics['device']}, "
+             f"batch {metrics['config']['batch_size']}, lr {metrics['config']['lr']}, "
+             f"input {metrics['config']['resize']}x{metrics['config']['resize']}"]
+    head = f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'s/epoch':>8}  {'img/s':>8}"
+    for backend, run in metrics["runs"].items():
+        lines += ["", f"[{metrics['dataset']}] backend {backend}", head]
+        for r in run["epochs"]:
+            lines.append(f"{r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>9.4f}  {r['val_acc']:>7.4f}  "
+                         f"{r['seconds']:>8.2f}  {r['images_per_second']:>8.0f}")
+    lines += ["", f"[{metrics['dataset']}] summary (last epoch; time: mean over epochs)",
+              f"{'backend':>7}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'s/epoch':>8}  {'img/s':>8}"]
+    for backend, run in metrics["runs"].items():
+        if not run["epochs"]:
+            continue
+        last = run["epochs"][-1]
+        lines.append(f"{backend:>7}  {last['train_loss']:>10.4f}  {last['val_loss']:>9.4f}  {last['val_acc']:>7.4f}  "
+                     f"{run['mean_seconds']:>8.2f}  {run['mean_images_per_second']:>8.0f}")
+    if metrics.get("time_ratio") is not None:
+        lines.append(f"cuconv/torch time ratio (s/epoch): {metrics['time_ratio']:.2f}")
+    if metrics["dataset"] == "synthetic":  # say so on every line, so no excerpt passes for Fashion-MNIST
+        lines = [f"[synthetic] {line}" if line and not line.startswith("[synthetic]") else line for line in lines]
+    return "\n".join(lines)
+
+
+def plot_curves(metrics, path):
+    """Loss (train solid, val dashed) and validation accuracy against epochs, one colour per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, ((backend, run), colour) in enumerate(zip(metrics["runs"].items(), ("tab:blue", "tab:orange", "tab:green"))):
+        epochs = [r["epoch"] for r in run["epochs"]]
+        width = 4 - 2 * i if len(metrics["runs"]) > 1 else 1.5  # the first run drawn wider: equal curves stay visible
+        style = dict(color=colour, lw=width, alpha=0.8)
+        ax_loss.plot(epochs, [r["train_loss"] for r in run["epochs"]], "-", label=f"{backend} train loss", **style)
+        ax_loss.plot(epochs, [r["val_loss"] for r in run["epochs"]], "--", label=f"{backend} val loss", **style)
+        ax_acc.plot(epochs, [r["val_acc"] for r in run["epochs"]], "-o", ms=3, label=f"{backend} val acc", **style)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{metrics['title']}, {metrics['dataset_description']}, {metrics['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args):
+    """Train as `args` (from build_parser) says; returns the metrics dict (on every rank)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    main_rank = rank == 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = ["cuconv", "torch"] if args.backend == "both" else [args.backend]
+    device = _resolve_device(args.device, backends, local_rank)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    defaults = cmodels.MODEL_DEFAULTS[args.model]
+    lr = args.lr if args.lr is not None else defaults["lr"]
+    resize = args.resize or defaults["resize"]
+    batch_size = args.batch_size or defaults["batch_size"]
+    epochs = args.epochs if args.epochs is not None else defaults["epochs"]
+    vgg_arch = cmodels.VGG_ARCH_FULL if args.vgg_arch == "full" else cmodels.VGG_ARCH_SMALL
+
+    if args.dataset == "synthetic":
+        dataset = cdata.synthetic_dataset(args.seed)
+    else:
+        try:
+            dataset = cdata.load_fashion_mnist(args.data_dir, download=not args.no_download,
+                                               timeout=args.download_timeout)
+        except (cdata.DataNotFoundError, cdata.IDXError) as error:
+            raise SystemExit(f"cuconv train: {error}") from None
+    dataset = dataset.limit(args.limit_train, args.limit_val)
+    if len(dataset.train_labels) == 0 or len(dataset.val_labels) == 0:
+        raise SystemExit("cuconv train: no training or validation images left (check --limit-train/--limit-val)")
+    title = _MODEL_TITLES[args.model] + (" (full VGG-11 widths)" if args.model == "vgg" and args.vgg_arch == "full" else "")
+    description = dataset.describe() + (f", {world_size} processes (DDP)" if world_size > 1 else "")
+    tag = "[synthetic] " if dataset.name == "synthetic" else ""
+    progress = main_rank and not args.no_progress
+    if main_rank:
+        print(f"{tag}cuconv train: {title}, backend(s) {', '.join(backends)}, on {description}; device {device}, "
+              f"{epochs} epochs, batch {batch_size}, lr {lr}, input {resize}x{resize}, seed {args.seed}, "
+              f"{torch.get_num_threads()} CPU threads", flush=True)
+        if dataset.name == "synthetic":
+            print("cuconv train: [synthetic] the data are generated, not Fashion-MNIST", flush=True)
+
+    state = initial_state(args.model, args.seed, resize, vgg_arch)
+    metrics = dict(model=args.model, title=title, device=str(device) if device.type == "cpu" else
+                   f"{device} ({torch.cuda.get_device_name(device)})",
+                   dataset=dataset.name, dataset_description=description, world_size=world_size,
+                   torch_version=torch.__version__, cpu_threads=torch.get_num_threads(),
+                   config=dict(epochs=epochs, batch_size=batch_size, lr=lr, resize=resize, seed=args.seed,
+                               limit_train=args.limit_train, limit_val=args.limit_val,
+                               vgg_arch=[list(b) for b in vgg_arch] if args.model == "vgg" else None),
+                   runs={})
+    for backend in backends:
+        model = make_model(args.model, backend, state, resize, device, vgg_arch=vgg_arch)
+        if world_size > 1:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        history = fit(model, dataset, epochs, batch_size, lr, device, resize, args.seed,
+                      label=f"[{dataset.name}] {backend}", progress=progress, rank=rank, world_size=world_size)
+        timed = history[1:] if len(history) > 1 else history  # the first epoch includes warm-up
+        metrics["runs"][backend] = dict(
+            epochs=history,
+            mean_seconds=sum(r["seconds"] for r in timed) / max(len(timed), 1),
+            mean_images_per_second=sum(r["images_per_second"] for r in timed) / max(len(timed), 1))
+    runs = metrics["runs"]
+    metrics["time_ratio"] = (runs["cuconv"]["mean_seconds"] / runs["torch"]["mean_seconds"]
+                             if "cuconv" in runs and "torch" in runs and runs["torch"]["mean_seconds"] else None)
+    if main_rank:
+        print(format_tables(metrics), flush=True)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            plot_curves(metrics, out / "curves.png")
+            print(f"{tag}cuconv train: [{dataset.name}] wrote {out / 'metrics.json'} and {out / 'curves.png'}")
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return metrics
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="cuconv train", description=__doc__.split("\n\n")[0])
+    a = parser.add_argument
+    a("--model", choices=tuple(cmodels.MODEL_DEFAULTS), default="lenet", help="which of the book's models (default lenet)")
+    a("--backend", choices=("cuconv", "torch", "both"), default="both",
+      help="cuconv layers, torch.nn layers (oneDNN/cuDNN), or both from the same weights (default both)")
+    a("--epochs", type=int, default=None, help="default 10 (the book)")
+    a("--batch-size", type=int, default=None, help="global batch size (default 128, the book)")
+    a("--lr", type=float, default=None, help="SGD learning rate (default: lenet 0.1, vgg 0.01, resnet18 0.01)")
+    a("--resize", type=int, default=None, help="input side in pixels (default: lenet 28, vgg 224, resnet18 96)")
+    a("--vgg-arch", choices=("small", "full"), default="small",
+      help="VGG widths: the book's Fashion-MNIST 'small' ((1,16),(1,32),(2,64),(2,128),(2,128)) or 'full' VGG-11")
+    a("--dataset", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
+      help="Fashion-MNIST (default) or a generated synthetic stand-in that needs no files")
+    a("--data-dir", default=None, help="folder with the four Fashion-MNIST IDX files (.gz or not); default: "
+      "$CUCONV_DATA_DIR or ~/.cache/cuconv/fashion-mnist, downloaded there if missing")
+    a("--no-download", action="store_true", help="never download; fail if the files are missing")
+    a("--download-timeout", type=float, default=30.0, help="seconds per download request (default 30)")
+    a("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
+    a("--limit-val", type=int, default=None, metavar="N", help="use only the first N validation images")
+    a("--seed", type=int, default=0, help="seed for the initial weights, batch order and dropout (default 0)")
+    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
+    a("--out", default=None, metavar="DIR", help="write DIR/metrics.json and DIR/curves.png")
+    a("--threads", type=int, default=None, metavar="N",
+      help="CPU threads for torch and cuconv (default: torch's default; on a busy shared machine 1 is often faster)")
+    a("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    return parser
+
+
+def main(argv=None):
+    """`cuconv train` on its own: parse argv (default sys.argv[1:]) and train."""
+    return main_with_args(build_parser().parse_args(argv))
+
+
+def main_with_args(args):
+    try:
+        run(args)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0

@@ -1,0 +1,206 @@
+"""cuconv.train: the trainer on tiny data, both backends in lockstep, the CLI end to end, DDP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cuconv
+from cuconv import data, train
+from cuconv.__main__ import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSET = ROOT.parent / "shared" / "data" / "fashion-mnist-subset"
+needs_subset = pytest.mark.skipif(not (SUBSET / "train-images-idx3-ubyte.gz").is_file(),
+                                  reason=f"the Fashion-MNIST subset is not at {SUBSET} (../shared beside the repository)")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small shared test machines: OpenMP barriers over busy cores cost far more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env():
+    """Environment for child processes: import the cuconv this test imported (the installed one in CI,
+    the in-place build in a checkout), one thread each, no progress-bar noise."""
+    env = dict(os.environ)
+    package_parent = str(Path(cuconv.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the trainer -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["cuconv", "torch"])
+def test_lenet_loss_decreases_on_tiny_data(backend):
+    # The book's sigmoid LeNet sits on a plateau near ln(10) for ~1,000 steps before it learns
+    # (see benchmarks/RESULTS.md); on a tiny set it gets only as far as that plateau, from above.
+    dataset = data.synthetic_dataset(0, n_train=128, n_val=64)
+    model = train.make_model("lenet", backend, train.initial_state("lenet", 0))
+    initial_loss, _ = train.evaluate(model, dataset, 64)
+    history = train.fit(model, dataset, epochs=3, batch_size=16, lr=0.9, progress=False)
+    assert len(history) == 3
+    assert set(history[0]) >= {"epoch", "train_loss", "val_loss", "val_acc", "seconds", "images_per_second"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < initial_loss - 0.1
+
+
+def test_resnet18_loss_decreases_on_tiny_data():
+    dataset = data.synthetic_dataset(0, n_train=64, n_val=16)
+    model = train.make_model("resnet18", "cuconv", train.initial_state("resnet18", 0, resize=28), resize=28)
+    history = train.fit(model, dataset, epochs=3, batch_size=16, lr=0.05, resize=28, progress=False)
+    losses = [r["train_loss"] for r in history]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize("name, resize, batch", [("lenet", 28, 16), ("vgg", 32, 4), ("resnet18", 32, 4)])
+def test_both_backends_take_the_same_first_steps(name, resize, batch):
+    dataset = data.synthetic_dataset(0, n_train=3 * batch, n_val=4)
+    state = train.initial_state(name, seed=1, resize=resize)
+    losses = {}
+    for backend in ("cuconv", "torch"):
+        model = train.make_model(name, backend, state, resize)
+        torch.manual_seed(1)  # dropout masks (VGG), as fit() does per run
+        generator = torch.Generator().manual_seed(1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        losses[backend] = []
+        for X, y in dataset.batches("train", batch, resize=resize, generator=generator):
+            optimizer.zero_grad()
+            loss, _ = train.batch_loss(model, X, y, len(y))
+            loss.backward()
+            optimizer.step()
+            losses[backend].append(float(loss.detach()))
+    assert losses["cuconv"][0] == pytest.approx(losses["torch"][0], rel=2e-5)  # same weights, same batch: float32 rounding only
+    if name != "resnet18":  # BatchNorm over 4 examples at 1x1 resolution amplifies float32 rounding step by step
+        assert losses["cuconv"] == pytest.approx(losses["torch"], rel=1e-4, abs=1e-4)
+
+
+def test_fit_both_identical_first_epoch():
+    dataset = data.synthetic_dataset(0, n_train=64, n_val=32)
+    state = train.initial_state("lenet", 0)
+    runs = {b: train.fit(train.make_model("lenet", b, state), dataset, 1, 16, 0.1, seed=5, progress=False)
+            for b in ("cuconv", "torch")}
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert runs["cuconv"][0][key] == pytest.approx(runs["torch"][0][key], rel=1e-5, abs=1e-6)
+
+
+def test_make_model_copies_the_initial_weights():
+    state = train.initial_state("resnet18", 0, resize=32)
+    for backend in ("cuconv", "torch"):
+        model = train.make_model("resnet18", backend, state, 32)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key]), key
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+def test_cli_synthetic_vgg_and_resnet_in_process(tmp_path, capsys):
+    for model in ("vgg", "resnet18"):
+        out = tmp_path / model
+        assert cli_main(["train", "--model", model, "--dataset", "synthetic", "--backend", "both", "--epochs", "1",
+                         "--batch-size", "4", "--resize", "32", "--limit-train", "8", "--limit-val", "4",
+                         "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["dataset"] == "synthetic" and metrics["model"] == model
+        assert metrics["config"]["lr"] == 0.01 and metrics["config"]["resize"] == 32
+        printed = capsys.readouterr().out
+        assert all("synthetic" in line for line in printed.splitlines() if line.strip()), printed
+        assert "cuconv/torch time ratio" in printed
+
+
+def test_cli_no_data_no_network(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [sys.executable, "-m", "cuconv", "train", "--data-dir", str(missing), "--epochs", "1"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Looked in" in result.stderr and str(missing) in result.stderr
+    assert "--dataset synthetic" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_subset
+def test_cli_end_to_end_on_the_real_subset(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "cuconv", "train", "--model", "lenet", "--backend", "both", "--data-dir", str(SUBSET),
+         "--epochs", "3", "--batch-size", "32", "--lr", "0.9", "--device", "cpu", "--threads", "1", "--out", str(out)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"model", "device", "dataset", "runs"}
+    assert metrics["model"] == "lenet" and metrics["device"] == "cpu"
+    assert metrics["dataset"] == "fashion-mnist subset"
+    assert set(metrics["runs"]) == {"cuconv", "torch"}
+    for run in metrics["runs"].values():
+        assert [r["epoch"] for r in run["epochs"]] == [1, 2, 3]
+        for r in run["epochs"]:
+            assert set(r) >= {"epoch", "train_loss", "val_loss", "val_acc", "seconds", "images_per_second"}
+            assert r["seconds"] > 0 and r["images_per_second"] > 0
+    first = [metrics["runs"][b]["epochs"][0]["train_loss"] for b in ("cuconv", "torch")]
+    assert first[0] == pytest.approx(first[1], rel=1e-4)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cuconv/torch time ratio" in result.stdout and "3443 train / 1000 val" in result.stdout
+    assert "epoch 1/3" in result.stderr  # tqdm bars and per-epoch lines go to stderr
+
+
+# --- data-parallel training --------------------------------------------------------------------------
+
+
+def test_ddp_two_processes_match_single_process_gradients(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"grads-{r}.pt") for r in range(2)]
+    assert [r["shard"] for r in ranks] == [8, 7] and ranks[0]["world_size"] == 2
+
+    # One process, the whole global batch of 15, same weights, same order.
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import ddp_worker
+    finally:
+        sys.path.pop(0)
+    model = train.make_model("lenet", "cuconv", train.initial_state("lenet", seed=0), dtype=torch.float64)
+    dataset = data.synthetic_dataset(0, n_train=40, n_val=4)
+    X, y = next(dataset.batches("train", ddp_worker.GLOBAL_BATCH, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float64))
+    loss, _ = train.batch_loss(model, X, y, ddp_worker.GLOBAL_BATCH)
+    loss.backward()
+    for name, p in model.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_cli_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "cuconv", "train", "--model", "lenet", "--dataset", "synthetic",
+         "--backend", "both", "--epochs", "2", "--batch-size", "32", "--limit-train", "200", "--limit-val", "50",
+         "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("cuconv/torch time ratio") == 1  # only rank 0 prints
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and "2 processes (DDP)" in metrics["dataset_description"]
+    losses = [metrics["runs"][b]["epochs"][0]["train_loss"] for b in ("cuconv", "torch")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
