@@ -195,4 +195,7 @@ def test_backends_train_mode_gradients_agree_in_float64(name):
         torch.manual_seed(3)  # the same dropout masks
         nn.functional.cross_entropy(model(X), y).backward()
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-8, atol=1e-10, msg=n)
+        # Train-mode BatchNorm over 2 tiny images amplifies float64 rounding (gradients reach
+        # 1e4 in ResNet-18's stem), so the tolerance is relative to each gradient's scale.
+        scale = max(1.0, pb.grad.abs().max().item())
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-8, atol=1e-10 * scale, msg=n)
