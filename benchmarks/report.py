@@ -27,7 +27,8 @@ def load(path):
             continue
         key = (info["case"], info["mode"], info["device"], info["dtype"])
         rows[key][info["impl"]] = dict(median=stats["median"], q1=stats["q1"], q3=stats["q3"],
-                                       flops=info.get("flops"), bytes=info.get("bytes"))
+                                       flops=info.get("flops"), bytes=info.get("bytes"),
+                                       images=info.get("images"))
     return data, rows, ceilings
 
 
@@ -63,6 +64,8 @@ def throughput(entry):
         return f"{entry['flops'] / entry['median'] / 1e9:.1f} GFLOP/s"
     if entry.get("bytes"):
         return f"{entry['bytes'] / entry['median'] / 1e9:.1f} GB/s"
+    if entry.get("images"):
+        return f"{entry['images'] / entry['median']:.0f} img/s"
     return ""
 
 
@@ -75,8 +78,11 @@ def summary(ratios):
     groups = defaultdict(list)
     for (case, mode, device, dtype), ratio in ratios:
         family = case.split(".")[0]
-        groups[(family, "conv" if "conv" in case or "stem" in case or "shortcut" in case else "pool",
-                mode, device, dtype)].append(ratio)
+        if mode == "training step":
+            kind = "model"
+        else:
+            kind = "conv" if any(k in case for k in ("conv", "stem", "shortcut")) and "pool" not in case else "pool"
+        groups[(family, kind, mode, device, dtype)].append(ratio)
     lines = ["| family | kind | mode | device | dtype | cases | geomean cuconv/torch | worst |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
     for key in sorted(groups):
