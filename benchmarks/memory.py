@@ -31,8 +31,15 @@ print(json.dumps({"peak_mib": (peak - before) / 1024}))
 
 
 def measure(name, backend, batch, resize):
+    import os
+    import tempfile
+
+    import cuconv
+
+    # The child imports the same cuconv as this process, whatever the working directory holds.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(cuconv.__file__)))
     out = subprocess.run([sys.executable, "-c", CHILD, name, backend, str(batch), str(resize)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir())
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 

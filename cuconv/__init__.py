@@ -14,11 +14,18 @@ def _check_build():
     try:
         from . import _build_info
     except ImportError as error:
-        raise ImportError(
-            "cuconv: the compiled extension cuconv._C is missing. Build it against your torch with\n"
-            "    pip install --no-build-isolation .\n"
-            "from the cuconv source folder (see README.md)."
-        ) from error
+        import os
+
+        package = os.path.dirname(os.path.abspath(__file__))
+        if os.path.exists(os.path.join(package, os.pardir, "setup.py")):
+            hint = (f"Python imported cuconv from its source folder {package}, which holds no build "
+                    "(running `python -m ...` from the repository root does that). Run from another "
+                    "folder or use the `cuconv` command, or build in place with\n"
+                    "    pip install --no-build-isolation -e .\n")
+        else:
+            hint = ("Build it against your torch with\n    pip install --no-build-isolation .\n"
+                    "from the cuconv source folder (see README.md).")
+        raise ImportError("cuconv: the compiled extension cuconv._C is missing. " + hint) from error
     if _build_info.torch_version != _torch.__version__:
         raise ImportError(
             f"cuconv: cuconv._C was built against torch {_build_info.torch_version}, but torch "
