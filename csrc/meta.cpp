@@ -25,9 +25,7 @@ at::Tensor conv2d_backward_input_meta(const at::Tensor& grad_output, const at::T
                                       SymIntArrayRef input_size, IntArrayRef stride,
                                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_input";
-  check_same_dtype_device(op, "grad_output", grad_output, "weight", weight);
-  auto s = conv2d_shape<SymInt>(op, input_size, weight.sym_sizes(), stride, padding, dilation, groups);
-  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.out_channels, s.out_h, s.out_w});
+  check_conv2d_backward_input<SymInt>(op, grad_output, weight, input_size, stride, padding, dilation, groups);
   return at::empty_symint(input_size, grad_output.options());
 }
 
@@ -35,9 +33,7 @@ at::Tensor conv2d_backward_weight_meta(const at::Tensor& grad_output, const at::
                                        SymIntArrayRef weight_size, IntArrayRef stride,
                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_weight";
-  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
-  auto s = conv2d_shape<SymInt>(op, input.sym_sizes(), weight_size, stride, padding, dilation, groups);
-  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.out_channels, s.out_h, s.out_w});
+  check_conv2d_backward_weight<SymInt>(op, grad_output, input, weight_size, stride, padding, dilation, groups);
   return at::empty_symint(weight_size, grad_output.options());
 }
 
@@ -51,8 +47,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_meta(const at::Tensor& inp
                                                            IntArrayRef stride, IntArrayRef padding,
                                                            IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
-  check_floating(op, "input", input);
-  auto s = pool2d_shape<SymInt>(op, input.sym_sizes(), kernel_size, stride, padding, dilation, ceil_mode);
+  auto s = check_max_pool2d<SymInt>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   std::vector<SymInt> out_size{s.batch, s.channels, s.out_h, s.out_w};
   return {at::empty_symint(out_size, input.options()),
           at::empty_symint(out_size, input.options().dtype(at::kLong))};
@@ -63,12 +58,8 @@ at::Tensor max_pool2d_backward_meta(const at::Tensor& grad_output, const at::Ten
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     bool ceil_mode) {
   const char* op = "cuconv.max_pool2d_backward";
-  auto s = pool2d_shape<SymInt>(op, input_size, kernel_size, stride, padding, dilation, ceil_mode);
-  std::vector<SymInt> out_size{s.batch, s.channels, s.out_h, s.out_w};
-  check_grad_output<SymInt>(op, grad_output.sym_sizes(), out_size);
-  TORCH_CHECK_VALUE(indices.sym_sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
-                    ": expected int64 indices of shape ", c10::ArrayRef(out_size), ", but got ",
-                    indices.scalar_type(), " of shape ", indices.sym_sizes());
+  check_max_pool2d_backward<SymInt>(op, grad_output, indices, input_size, kernel_size, stride, padding,
+                                    dilation, ceil_mode);
   return at::empty_symint(input_size, grad_output.options());
 }
 
@@ -76,9 +67,7 @@ at::Tensor avg_pool2d_forward_meta(const at::Tensor& input, IntArrayRef kernel_s
                                    IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  check_floating(op, "input", input);
-  check_divisor_override(op, divisor_override);
-  auto s = pool2d_shape<SymInt>(op, input.sym_sizes(), kernel_size, stride, padding, {1, 1}, ceil_mode);
+  auto s = check_avg_pool2d<SymInt>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
   return at::empty_symint({s.batch, s.channels, s.out_h, s.out_w}, input.options());
 }
 
@@ -87,16 +76,14 @@ at::Tensor avg_pool2d_backward_meta(const at::Tensor& grad_output, SymIntArrayRe
                                     IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                     std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d_backward";
-  check_divisor_override(op, divisor_override);
-  auto s = pool2d_shape<SymInt>(op, input_size, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_grad_output<SymInt>(op, grad_output.sym_sizes(), {s.batch, s.channels, s.out_h, s.out_w});
+  check_avg_pool2d_backward<SymInt>(op, grad_output, input_size, kernel_size, stride, padding, ceil_mode,
+                                    divisor_override);
   return at::empty_symint(input_size, grad_output.options());
 }
 
 at::Tensor adaptive_avg_pool2d_forward_meta(const at::Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
-  check_floating(op, "input", input);
-  check_adaptive_output_size<SymInt>(op, input.sym_sizes(), output_size);
+  check_adaptive_avg_pool2d<SymInt>(op, input, output_size);
   return at::empty_symint({input.sym_size(0), input.sym_size(1), output_size[0], output_size[1]},
                           input.options());
 }

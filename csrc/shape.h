@@ -14,6 +14,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
+#include <vector>
 
 namespace cuconv {
 
@@ -218,9 +219,10 @@ void check_adaptive_input(const char* op, const char* name, c10::ArrayRef<T> inp
 }
 
 template <typename T>
-void check_adaptive_output_size(const char* op, c10::ArrayRef<T> input_size, IntArrayRef output_size) {
+void check_adaptive_avg_pool2d(const char* op, const at::Tensor& input, IntArrayRef output_size) {
+  check_floating(op, "input", input);
   check_pair(op, "output_size", output_size, 0);
-  check_adaptive_input(op, "input", input_size);
+  check_adaptive_input<T>(op, "input", sizes_of<T>(input));
 }
 
 // The backward pass restores the input shape; grad_output is [N, C, any, any].
@@ -236,5 +238,75 @@ void check_adaptive_backward(const char* op, c10::ArrayRef<T> grad_size, c10::Ar
 // into `out` cells: [floor(i*in/out), ceil((i+1)*in/out)).
 inline int64_t adaptive_start(int64_t i, int64_t out, int64_t in) { return (i * in) / out; }
 inline int64_t adaptive_end(int64_t i, int64_t out, int64_t in) { return ((i + 1) * in + out - 1) / out; }
+
+// ---------------------------------------------------------------------------
+// Whole-op checks: every entry point (CPU, CUDA, meta) starts with exactly one of
+// these, so the ops accept and reject the same inputs on every backend.
+
+template <typename T>
+Conv2dShape<T> check_conv2d_backward_input(const char* op, const at::Tensor& grad_output,
+                                           const at::Tensor& weight, c10::ArrayRef<T> input_size,
+                                           IntArrayRef stride, IntArrayRef padding,
+                                           IntArrayRef dilation, int64_t groups) {
+  check_same_dtype_device(op, "grad_output", grad_output, "weight", weight);
+  auto s = conv2d_shape<T>(op, input_size, sizes_of<T>(weight), stride, padding, dilation, groups);
+  check_grad_output<T>(op, sizes_of<T>(grad_output), {s.batch, s.out_channels, s.out_h, s.out_w});
+  return s;
+}
+
+template <typename T>
+Conv2dShape<T> check_conv2d_backward_weight(const char* op, const at::Tensor& grad_output,
+                                            const at::Tensor& input, c10::ArrayRef<T> weight_size,
+                                            IntArrayRef stride, IntArrayRef padding,
+                                            IntArrayRef dilation, int64_t groups) {
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  auto s = conv2d_shape<T>(op, sizes_of<T>(input), weight_size, stride, padding, dilation, groups);
+  check_grad_output<T>(op, sizes_of<T>(grad_output), {s.batch, s.out_channels, s.out_h, s.out_w});
+  return s;
+}
+
+template <typename T>
+Pool2dShape<T> check_max_pool2d(const char* op, const at::Tensor& input, IntArrayRef kernel_size,
+                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                bool ceil_mode) {
+  check_floating(op, "input", input);
+  return pool2d_shape<T>(op, sizes_of<T>(input), kernel_size, stride, padding, dilation, ceil_mode);
+}
+
+template <typename T>
+Pool2dShape<T> check_max_pool2d_backward(const char* op, const at::Tensor& grad_output,
+                                         const at::Tensor& indices, c10::ArrayRef<T> input_size,
+                                         IntArrayRef kernel_size, IntArrayRef stride,
+                                         IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+  auto s = pool2d_shape<T>(op, input_size, kernel_size, stride, padding, dilation, ceil_mode);
+  const std::vector<T> out_size{s.batch, s.channels, s.out_h, s.out_w};
+  check_grad_output<T>(op, sizes_of<T>(grad_output), out_size);
+  TORCH_CHECK_VALUE(sizes_of<T>(indices).equals(out_size) && indices.scalar_type() == at::kLong, op,
+                    ": expected int64 indices of shape ", c10::ArrayRef<T>(out_size), ", but got ",
+                    indices.scalar_type(), " of shape ", sizes_of<T>(indices));
+  TORCH_CHECK(indices.device() == grad_output.device(), op, ": expected indices on ",
+              grad_output.device(), " (the device of grad_output), but got ", indices.device());
+  return s;
+}
+
+template <typename T>
+Pool2dShape<T> check_avg_pool2d(const char* op, const at::Tensor& input, IntArrayRef kernel_size,
+                                IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
+                                std::optional<int64_t> divisor_override) {
+  check_floating(op, "input", input);
+  check_divisor_override(op, divisor_override);
+  return pool2d_shape<T>(op, sizes_of<T>(input), kernel_size, stride, padding, {1, 1}, ceil_mode);
+}
+
+template <typename T>
+Pool2dShape<T> check_avg_pool2d_backward(const char* op, const at::Tensor& grad_output,
+                                         c10::ArrayRef<T> input_size, IntArrayRef kernel_size,
+                                         IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
+                                         std::optional<int64_t> divisor_override) {
+  check_divisor_override(op, divisor_override);
+  auto s = pool2d_shape<T>(op, input_size, kernel_size, stride, padding, {1, 1}, ceil_mode);
+  check_grad_output<T>(op, sizes_of<T>(grad_output), {s.batch, s.channels, s.out_h, s.out_w});
+  return s;
+}
 
 }  // namespace cuconv

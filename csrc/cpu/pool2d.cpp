@@ -76,8 +76,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& inpu
                                                           IntArrayRef stride, IntArrayRef padding,
                                                           IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
-  check_floating(op, "input", input);
-  const auto s = pool2d_shape<int64_t>(op, input.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
+  const auto s = check_max_pool2d<int64_t>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   at::Tensor indices = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
@@ -151,12 +150,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                    bool ceil_mode) {
   const char* op = "cuconv.max_pool2d_backward";
-  const auto s = pool2d_shape<int64_t>(op, input_size, kernel_size, stride, padding, dilation, ceil_mode);
-  const std::vector<int64_t> out_size{s.batch, s.channels, s.out_h, s.out_w};
-  check_grad_output<int64_t>(op, grad_output.sizes(), out_size);
-  TORCH_CHECK_VALUE(indices.sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
-                    ": expected int64 indices of shape ", c10::ArrayRef(out_size), ", but got ",
-                    indices.scalar_type(), " of shape ", indices.sizes());
+  const auto s = check_max_pool2d_backward<int64_t>(op, grad_output, indices, input_size, kernel_size,
+                                                    stride, padding, dilation, ceil_mode);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor idx = indices.contiguous();
   at::Tensor dx = at::zeros(input_size, grad_output.options());
@@ -185,9 +180,7 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef kernel_si
                                   IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                   bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  check_floating(op, "input", input);
-  check_divisor_override(op, divisor_override);
-  const auto s = pool2d_shape<int64_t>(op, input.sizes(), kernel_size, stride, padding, {1, 1}, ceil_mode);
+  const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
@@ -233,9 +226,8 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef in
                                    IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d_backward";
-  check_divisor_override(op, divisor_override);
-  const auto s = pool2d_shape<int64_t>(op, input_size, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_grad_output<int64_t>(op, grad_output.sizes(), {s.batch, s.channels, s.out_h, s.out_w});
+  const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
+                                                    ceil_mode, divisor_override);
   const at::Tensor dy = grad_output.contiguous();
   at::Tensor dx = at::zeros(input_size, grad_output.options());
   const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
@@ -280,8 +272,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef in
 
 at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
-  check_floating(op, "input", input);
-  check_adaptive_output_size<int64_t>(op, input.sizes(), output_size);
+  check_adaptive_avg_pool2d<int64_t>(op, input, output_size);
   const at::Tensor x = input.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];

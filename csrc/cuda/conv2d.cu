@@ -915,10 +915,8 @@ at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::T
                                       IntArrayRef input_size, IntArrayRef stride,
                                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_input";
-  check_same_dtype_device(op, "grad_output", grad_output, "weight", weight);
-  const auto shape = conv2d_shape<int64_t>(op, input_size, weight.sizes(), stride, padding, dilation, groups);
-  check_grad_output<int64_t>(op, grad_output.sizes(),
-                             {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
+  const auto shape = check_conv2d_backward_input<int64_t>(op, grad_output, weight, input_size, stride,
+                                                         padding, dilation, groups);
   c10::cuda::CUDAGuard guard(grad_output.device());
   // Every element is written (pixels no output sees get 0), so no zero fill is needed.
   at::Tensor dx = at::empty(input_size, grad_output.options());
@@ -954,10 +952,8 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
                                        IntArrayRef weight_size, IntArrayRef stride,
                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_weight";
-  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
-  const auto shape = conv2d_shape<int64_t>(op, input.sizes(), weight_size, stride, padding, dilation, groups);
-  check_grad_output<int64_t>(op, grad_output.sizes(),
-                             {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
+  const auto shape = check_conv2d_backward_weight<int64_t>(op, grad_output, input, weight_size, stride,
+                                                          padding, dilation, groups);
   c10::cuda::CUDAGuard guard(grad_output.device());
   at::Tensor dw = at::empty(weight_size, grad_output.options());
   if (dw.numel() == 0) return dw;

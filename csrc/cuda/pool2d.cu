@@ -318,8 +318,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& inp
                                                            IntArrayRef stride, IntArrayRef padding,
                                                            IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
-  check_floating(op, "input", input);
-  const auto s = pool2d_shape<int64_t>(op, input.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
+  const auto s = check_max_pool2d<int64_t>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
@@ -342,16 +341,8 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     bool ceil_mode) {
   const char* op = "cuconv.max_pool2d_backward";
-  const auto s = pool2d_shape<int64_t>(op, input_size, kernel_size, stride, padding, dilation, ceil_mode);
-  const std::vector<int64_t> out_size{s.batch, s.channels, s.out_h, s.out_w};
-  check_grad_output<int64_t>(op, grad_output.sizes(), out_size);
-  TORCH_CHECK_VALUE(indices.sizes().equals(out_size) && indices.scalar_type() == at::kLong, op,
-                    ": expected int64 indices of shape ", out_size, ", but got ",
-                    indices.scalar_type(), " of shape ", indices.sizes());
-  // The kernel reads both; the CPU kernel has no device to mix up.
-  TORCH_CHECK(indices.device() == grad_output.device(), op,
-              ": expected indices on the device of grad_output (", grad_output.device(),
-              "), but got ", indices.device());
+  const auto s = check_max_pool2d_backward<int64_t>(op, grad_output, indices, input_size, kernel_size,
+                                                    stride, padding, dilation, ceil_mode);
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor idx = indices.contiguous();
@@ -374,9 +365,7 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef kernel_s
                                    IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  check_floating(op, "input", input);
-  check_divisor_override(op, divisor_override);
-  const auto s = pool2d_shape<int64_t>(op, input.sizes(), kernel_size, stride, padding, {1, 1}, ceil_mode);
+  const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
@@ -399,9 +388,8 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef i
                                     IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                     std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d_backward";
-  check_divisor_override(op, divisor_override);
-  const auto s = pool2d_shape<int64_t>(op, input_size, kernel_size, stride, padding, {1, 1}, ceil_mode);
-  check_grad_output<int64_t>(op, grad_output.sizes(), {s.batch, s.channels, s.out_h, s.out_w});
+  const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
+                                                    ceil_mode, divisor_override);
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
   at::Tensor dx = at::empty(input_size, grad_output.options());  // fully written by the gather
@@ -421,8 +409,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef i
 
 at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
-  check_floating(op, "input", input);
-  check_adaptive_output_size<int64_t>(op, input.sizes(), output_size);
+  check_adaptive_avg_pool2d<int64_t>(op, input, output_size);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
