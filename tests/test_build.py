@@ -15,9 +15,14 @@ def test_build_info_names_this_torch():
     assert isinstance(cuconv.with_cuda, bool)
 
 
+# Imports the copy in package_dir. An editable install's finder would fill in files the
+# copy lacks from the source tree, so it is taken off the import path first.
+_IMPORT_COPY = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; import cuconv"
+
+
 def _import_in_subprocess(package_dir):
     env = dict(os.environ, PYTHONPATH=str(package_dir.parent))
-    return subprocess.run([sys.executable, "-c", "import cuconv"], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", _IMPORT_COPY], env=env, capture_output=True,
                           text=True, cwd=package_dir.parent)
 
 

@@ -91,6 +91,52 @@ def test_conv2d_matches_torch(case, dtype, device):
     compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
 
 
+def random_direct_conv_cases(count, seed):
+    """float32, groups 1, 4..16 output channels: the CPU's direct (im2col-free) kernels,
+    over stride, padding, dilation, widths that leave partial register tiles, and
+    kernel rows that fall wholly in the padding."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        kh, kw = rng.randint(1, 5), rng.randint(1, 5)
+        dh, dw = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
+        ph, pw = rng.randint(0, 4), rng.randint(0, 3)
+        h_min, w_min = max(1, dh * (kh - 1) + 1 - 2 * ph), max(1, dw * (kw - 1) + 1 - 2 * pw)
+        cases.append(dict(
+            batch=rng.choice([1, 2, 5]), in_channels=rng.randint(1, 7), out_channels=rng.randint(4, 16),
+            groups=1, kernel=(kh, kw), stride=(rng.randint(1, 3), rng.randint(1, 3)), padding=(ph, pw),
+            dilation=(dh, dw), size=(h_min + rng.randint(0, 9), w_min + rng.randint(0, 20)),
+            bias=rng.random() < 0.7))
+    return cases
+
+
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "im2col"])
+@pytest.mark.parametrize("case", random_direct_conv_cases(24, seed=99),
+                         ids=lambda c: "o{out_channels}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
+def test_conv2d_cpu_direct_and_im2col_paths_match_torch(case, direct, monkeypatch):
+    """CUCONV_CPU_DIRECT=0 sends the same layers through im2col + GEMM; both must match."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    x, w, b = conv_tensors(case, torch.float32, "cpu")
+    ours, theirs = conv_fns(case, b is not None)
+    compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], torch.float32)
+
+
+def test_conv2d_cpu_direct_switch_changes_the_path(monkeypatch):
+    """Guards the test above: on LeNet's second layer the two paths sum in different
+    orders, so float32 results differ in the last bits (if the switch did nothing,
+    they would be identical and the test above would cover one path twice)."""
+    torch.manual_seed(3)
+    x, w, b = torch.randn(8, 6, 14, 14), torch.randn(16, 6, 5, 5), torch.randn(16)
+    dy = torch.randn(8, 16, 10, 10)
+    results = {}
+    for direct in ("1", "0"):
+        monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+        results[direct] = (CF.conv2d(x, w, b), ops.conv2d_backward_weight(dy, x, list(w.shape), [1, 1], [0, 0], [1, 1], 1))
+    for on, off in zip(results["1"], results["0"]):
+        assert_matches(on, off, torch.float32)
+        assert not torch.equal(on, off)
+
+
 def random_pool_cases(count, seed, with_dilation):
     rng = random.Random(seed)
     cases = []

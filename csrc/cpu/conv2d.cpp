@@ -30,6 +30,10 @@
 // tensors (weights) that require grad.
 // The matrix products are BLAS calls through at::mm / addmm_ (the one place
 // cuconv's CPU path uses a library kernel; im2col/col2im are our own).
+//
+// Two layer kinds skip im2col: depthwise layers (direct row loops below) and float32
+// layers with 4..16 output channels, whose forward pass and weight gradient run the
+// AVX2 register-tiled kernels of direct_conv.cpp.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -41,10 +45,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
 #include "../shape.h"
+#include "direct_conv.h"
 #include "window.h"
 
 namespace cuconv {
@@ -121,10 +127,14 @@ void im2col(const ConvGeometry& g, const scalar_t* x, int64_t row_begin, int64_t
         for_each_column_row(
             g, c, i, j, row_begin, row_end,
             [&](int64_t col, int64_t src, int64_t count, int64_t step) {
+              // A plain loop, not memcpy: LeNet-sized rows are 10-28 values, where the
+              // call costs more than the copy.
+              scalar_t* __restrict__ d = dst + col;
+              const scalar_t* __restrict__ s = x + src;
               if (step == 1) {
-                std::memcpy(dst + col, x + src, count * sizeof(scalar_t));
+                for (int64_t k = 0; k < count; ++k) d[k] = s[k];
               } else {
-                for (int64_t k = 0; k < count; ++k) dst[col + k] = x[src + k * step];
+                for (int64_t k = 0; k < count; ++k) d[k] = s[k * step];
               }
             },
             [&](int64_t col, int64_t count) { std::fill_n(dst + col, count, scalar_t(0)); });
@@ -143,7 +153,13 @@ void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t ld, int6
         for_each_column_row(
             g, c, i, j, row_begin, row_end,
             [&](int64_t col, int64_t dst, int64_t count, int64_t step) {
-              for (int64_t k = 0; k < count; ++k) grad_x[dst + k * step] += src[col + k];
+              scalar_t* __restrict__ d = grad_x + dst;
+              const scalar_t* __restrict__ s = src + col;
+              if (step == 1) {  // the common case, kept separate so it vectorises
+                for (int64_t k = 0; k < count; ++k) d[k] += s[k];
+              } else {
+                for (int64_t k = 0; k < count; ++k) d[k * step] += s[k];
+              }
             },
             [](int64_t, int64_t) {});
       }
@@ -270,6 +286,13 @@ at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_
 // for the weight gradient, so no two threads write the same memory.
 
 bool is_depthwise(const ConvGeometry& g) { return g.channels_per_group == 1 && g.groups > 1; }
+
+// The direct float32 kernels (direct_conv.h) for groups = 1 and few output channels.
+DirectConv direct_problem(const ConvGeometry& g) {
+  return DirectConv{g.batch,    g.channels_per_group,     g.height,   g.width,    g.out_channels_per_group,
+                    g.out_h,    g.out_w,                  g.kernel_h, g.kernel_w, g.stride_h,
+                    g.stride_w, g.pad_h,                  g.pad_w,    g.dilation_h, g.dilation_w};
+}
 
 template <typename scalar_t>
 void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias,
@@ -401,6 +424,14 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
       depthwise_forward<scalar_t>(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b_data, y_data);
       return;
     }
+    if (std::is_same_v<scalar_t, float>) {
+      if (groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+        direct_conv_forward(direct_problem(g), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                            b.defined() ? b.const_data_ptr<float>() : nullptr,
+                            y.mutable_data_ptr<float>());
+        return;
+      }
+    }
     // Threads take whole samples, so no two write the same output.
     at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
@@ -496,6 +527,12 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
       depthwise_backward_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                           dw.mutable_data_ptr<scalar_t>());
     });
+    return dw;
+  }
+  if (dy.scalar_type() == at::kFloat && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+    at::Tensor dw = at::empty(weight_size, dy.options());
+    direct_conv_backward_weight(direct_problem(g), x.const_data_ptr<float>(), dy.const_data_ptr<float>(),
+                                dw.mutable_data_ptr<float>());
     return dw;
   }
   // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
