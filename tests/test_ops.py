@@ -137,6 +137,63 @@ def test_conv2d_cpu_direct_switch_changes_the_path(monkeypatch):
         assert not torch.equal(on, off)
 
 
+# Layers large enough to cross every blocking boundary of the CPU GEMM path (csrc/cpu/conv2d.cpp,
+# gemm.h): K = C_g*kH*kW over one K slice (256) and over the input-gradient row and
+# weight-gradient tap chunks (192), output channels that are no multiple of any register
+# tile's MR (8, 6, 4) and more than one K slice of them, blocks of many samples (3x3
+# outputs) and samples of many blocks, groups, stride, dilation and padding.
+GEMM_BLOCKING_CASES = [
+    dict(batch=3, in_channels=40, out_channels=70, groups=1, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), size=(30, 29), bias=True),
+    dict(batch=37, in_channels=33, out_channels=20, groups=1, kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+         dilation=(1, 1), size=(6, 6), bias=True),
+    dict(batch=2, in_channels=60, out_channels=18, groups=2, kernel=(3, 3), stride=(2, 1), padding=(2, 0),
+         dilation=(2, 1), size=(25, 40), bias=False),
+    dict(batch=4, in_channels=12, out_channels=33, groups=1, kernel=(5, 5), stride=(1, 2), padding=(2, 1),
+         dilation=(1, 1), size=(20, 21), bias=True),
+    dict(batch=2, in_channels=3, out_channels=300, groups=1, kernel=(1, 1), stride=(1, 1), padding=(0, 0),
+         dilation=(1, 1), size=(9, 11), bias=True),
+    dict(batch=5, in_channels=64, out_channels=24, groups=1, kernel=(1, 1), stride=(2, 2), padding=(0, 0),
+         dilation=(1, 1), size=(13, 13), bias=False),
+]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", GEMM_BLOCKING_CASES,
+                         ids=lambda c: "n{batch}c{in_channels}o{out_channels}g{groups}k{kernel}s{stride}".format(**c))
+def test_conv2d_cpu_gemm_blocking_matches_torch(case, dtype, isa, monkeypatch):
+    """Every microkernel (CUCONV_CPU_ISA asks for a lesser one than the CPU has; on a CPU
+    without it the best one it has runs) against torch, across the blocking boundaries."""
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    x, w, b = conv_tensors(case, dtype, "cpu")
+    ours, theirs = conv_fns(case, b is not None)
+    compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
+
+
+def test_conv2d_cpu_isa_switch_changes_the_kernel(monkeypatch):
+    """Guards the test above: the portable microkernel rounds a*b and the sum apart where
+    the vector ones fuse them, so float32 results differ in the last bits (if the switch
+    did nothing, the test above would run one kernel three times)."""
+    case = GEMM_BLOCKING_CASES[0]
+    x, w, _ = conv_tensors(case, torch.float32, "cpu")
+    results = {}
+    for isa in ("avx512", "generic"):
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        results[isa] = CF.conv2d(x, w, None, 1, 1)
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX"):
+        pytest.skip("this CPU has no vector microkernel to compare the portable one with")
+    assert_matches(results["avx512"], results["generic"], torch.float32)
+    assert not torch.equal(results["avx512"], results["generic"])
+
+
+def test_conv2d_cpu_isa_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("CUCONV_CPU_ISA", "sse9")
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(20, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"CUCONV_CPU_ISA to be avx512, avx2 or generic, but got 'sse9'"):
+        CF.conv2d(x, w)
+
+
 def random_pool_cases(count, seed, with_dilation):
     rng = random.Random(seed)
     cases = []

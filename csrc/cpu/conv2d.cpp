@@ -1,4 +1,5 @@
-// 2-D convolution (cross-correlation) on the CPU: im2col + GEMM in bounded blocks.
+// 2-D convolution (cross-correlation) on the CPU: im2col into packed GEMM panels,
+// multiplied by cuconv's own GEMM (gemm.h).
 //
 // Index math, for sample n, group g (C_g = C_in/groups input channels, O_g =
 // C_out/groups output channels), K = C_g*kH*kW rows and P = H_out*W_out columns:
@@ -7,29 +8,28 @@
 //       = x[n, g*C_g + c, oh*sH - pH + i*dH, ow*sW - pW + j*dW]   (0 in the padding)
 //   y[n, g*O_g + o, :] = bias[g*O_g + o] + sum_k W_g[o, k] * columns[k, :]
 //
-// so the forward pass is one matrix product W_g [O_g, K] @ columns [K, P] per
-// sample and group. Backward runs the same products transposed:
+// so the forward pass is the matrix product W_g [O_g, K] @ columns [K, P] per sample
+// and group. Backward runs the same products transposed:
 //
 //   grad_columns = W_g^T @ grad_y[n, g]          then col2im adds them back: grad_x
 //   grad_W_g    += grad_y[n, g] @ columns^T
 //
-// Blocking: columns are built for a block of output rows at a time, counted
-// across samples (row = n*H_out + oh), at most kColumnsBudget elements, so the
-// workspace per thread stays ~512 KB however large the image (im2col of a whole
-// VGG layer would take gigabytes), and small images (ResNet's 3x3 layers) still
-// give the GEMM wide matrices. A 1x1 kernel with stride 1 and no padding needs no
-// columns at all: the input planes already are the [C_g, H*W] matrix (the book's
-// corr2d_multi_in_out_1x1).
+// Blocking: the columns are never stored whole. Output rows are taken in blocks,
+// counted across samples (row = n*H_out + oh), of about kBlockColumns pixels, so that
+// small images (ResNet's 3x3 layers) still give wide products. For each block, im2col
+// writes a slice of K rows straight into the GEMM's packed B panels (pack_columns), or
+// for the weight gradient the transposed columns (pack_columns_transposed), and the
+// GEMM multiplies the slice while it is in L2. The weights are packed once per call.
 //
-// Threads: at::parallel_for gives each thread whole samples, so no two threads
-// write the same output or input-gradient pixel. The weight gradient is summed
-// per thread over a fixed split of the batch and the partial sums are added in
-// a fixed order, so results are deterministic.
-// parallel_workers_note: worker threads do not inherit the caller's dispatch
-// state, so each one steps below autograd itself before calling at::mm on
-// tensors (weights) that require grad.
-// The matrix products are BLAS calls through at::mm / addmm_ (the one place
-// cuconv's CPU path uses a library kernel; im2col/col2im are our own).
+//                 A (packed once)          B (packed per block)      C
+//   forward       W_g      [O_g, K]        columns   [K, block]      y block (in place)
+//   input grad    W_g^T    [K, O_g]        grad_y    [O_g, block]    grad_columns -> col2im
+//   weight grad   grad_y   [O_g, block]    columns^T [block, K]      partial grad_W_g
+//
+// Threads: at::parallel_for gives each thread whole samples, so no two threads write
+// the same output or input-gradient pixel. The weight gradient is summed per thread
+// over a fixed split of the batch and the partial sums are added in a fixed order,
+// so results are deterministic. Half types are packed as float and computed in float.
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and float32
 // layers with 4..16 output channels, whose forward pass and weight gradient run the
@@ -38,27 +38,30 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
-#include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
 #include "../ops.h"
 #include "../shape.h"
 #include "direct_conv.h"
+#include "gemm.h"
 #include "window.h"
 
 namespace cuconv {
 namespace {
 
-// Elements of the columns workspace: 512 KB of float, so a block stays in L2 between
-// im2col writing it and the GEMM reading it (measured best of 32K..1M on LeNet/VGG/ResNet).
-constexpr int64_t kColumnsBudget = int64_t{1} << 17;
+// Output pixels per block: a B slice (depth x block) of the GEMM stays in L2 beside
+// its A slice. Tried 192..768 on the VGG and ResNet layers; 384 was best.
+constexpr int64_t kBlockColumns = 384;
+// Input-gradient rows (of K) per GEMM before col2im, and weight-gradient taps (of K)
+// per packed B: multiples of every microkernel's MR and NR.
+constexpr int64_t kGradientRows = 192;
+constexpr int64_t kWeightTaps = 192;
 
 // Geometry of one convolution, in plain int64 for the loops below.
 struct ConvGeometry {
@@ -75,20 +78,20 @@ struct ConvGeometry {
         dilation_w(dilation[1]), groups(s.groups) {}
 
   int64_t column_rows() const { return channels_per_group * kernel_h * kernel_w; }
-  // 1x1, stride 1, no padding: the input plane is its own column matrix.
-  bool is_pointwise() const {
-    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
-           pad_w == 0;
-  }
-  // Output rows per block (counted across samples) so the columns fit the budget.
-  int64_t rows_per_block() const {
-    return std::clamp<int64_t>(kColumnsBudget / std::max<int64_t>(1, column_rows() * out_w), 1,
-                               std::max<int64_t>(1, batch * out_h));
+  int64_t out_plane() const { return out_h * out_w; }
+  // Output rows per block (counted across samples): about kBlockColumns pixels, and a
+  // whole number of nr-wide B panels where the row width allows it.
+  int64_t rows_per_block(int64_t nr) const {
+    const int64_t aligned = nr / std::gcd(nr, out_w);  // fewest rows that fill whole panels
+    const int64_t rows = aligned * out_w <= 2 * kBlockColumns
+                             ? aligned * std::max<int64_t>(1, kBlockColumns / (aligned * out_w))
+                             : (kBlockColumns + out_w - 1) / out_w;
+    return std::clamp<int64_t>(rows, 1, std::max<int64_t>(1, batch * out_h));
   }
 };
 
 // Walks the valid (ih, iw) of column row (c, i, j) for output rows [row_begin, row_end),
-// calling visit(column_offset, input_offset, count) for each run of valid pixels
+// calling visit(column_offset, input_offset, count, step) for each run of valid pixels
 // and pad(column_offset, count) for the padding. With stride 1 a run is a whole row.
 template <typename Visit, typename Pad>
 void for_each_column_row(const ConvGeometry& g, int64_t c, int64_t i, int64_t j, int64_t row_begin,
@@ -105,72 +108,15 @@ void for_each_column_row(const ConvGeometry& g, int64_t c, int64_t i, int64_t j,
     }
     const int64_t in_row = (c * g.height + ih) * g.width;
     pad(col, ow_lo);
-    if (g.stride_w == 1) {
-      visit(col + ow_lo, in_row + ow_lo + iw_offset, ow_hi - ow_lo, int64_t{1});
-    } else {
-      visit(col + ow_lo, in_row + ow_lo * g.stride_w + iw_offset, ow_hi - ow_lo, g.stride_w);
-    }
+    visit(col + ow_lo, in_row + ow_lo * g.stride_w + iw_offset, ow_hi - ow_lo, g.stride_w);
     pad(col + ow_hi, g.out_w - ow_hi);
   }
 }
 
-// columns[:, col0 : col0 + rows*W_out] <- the input pixels that output rows
-// [row_begin, row_end) of one sample see. `x` points at the group's first input
-// channel of that sample; `columns` at column col0 of row 0; `ld` is the row stride.
-template <typename scalar_t>
-void im2col(const ConvGeometry& g, const scalar_t* x, int64_t row_begin, int64_t row_end,
-            scalar_t* columns, int64_t ld) {
-  for (int64_t c = 0; c < g.channels_per_group; ++c)
-    for (int64_t i = 0; i < g.kernel_h; ++i)
-      for (int64_t j = 0; j < g.kernel_w; ++j) {
-        scalar_t* dst = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * ld;
-        for_each_column_row(
-            g, c, i, j, row_begin, row_end,
-            [&](int64_t col, int64_t src, int64_t count, int64_t step) {
-              // A plain loop, not memcpy: LeNet-sized rows are 10-28 values, where the
-              // call costs more than the copy.
-              scalar_t* __restrict__ d = dst + col;
-              const scalar_t* __restrict__ s = x + src;
-              if (step == 1) {
-                for (int64_t k = 0; k < count; ++k) d[k] = s[k];
-              } else {
-                for (int64_t k = 0; k < count; ++k) d[k] = s[k * step];
-              }
-            },
-            [&](int64_t col, int64_t count) { std::fill_n(dst + col, count, scalar_t(0)); });
-      }
-}
-
-// grad_x += col2im(grad_columns): each column entry goes back to the pixel it came from.
-// Same layout arguments as im2col.
-template <typename scalar_t>
-void col2im_add(const ConvGeometry& g, const scalar_t* columns, int64_t ld, int64_t row_begin,
-                int64_t row_end, scalar_t* grad_x) {
-  for (int64_t c = 0; c < g.channels_per_group; ++c)
-    for (int64_t i = 0; i < g.kernel_h; ++i)
-      for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const scalar_t* src = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * ld;
-        for_each_column_row(
-            g, c, i, j, row_begin, row_end,
-            [&](int64_t col, int64_t dst, int64_t count, int64_t step) {
-              scalar_t* __restrict__ d = grad_x + dst;
-              const scalar_t* __restrict__ s = src + col;
-              if (step == 1) {  // the common case, kept separate so it vectorises
-                for (int64_t k = 0; k < count; ++k) d[k] += s[k];
-              } else {
-                for (int64_t k = 0; k < count; ++k) d[k * step] += s[k];
-              }
-            },
-            [](int64_t, int64_t) {});
-      }
-}
-
 // A block is a run of output rows counted across samples, [row_begin, row_end)
-// with row = n*H_out + oh, so that small images (ResNet's 3x3 and 6x6 layers)
-// still give the GEMM wide matrices. Its columns are [K, (row_end-row_begin)*W_out].
-// A segment is the part of a block inside one sample. Segment loops use raw
-// pointers: with 10x10 images a block holds dozens of samples, and a tensor
-// view per segment would cost more than the copy it describes.
+// with row = n*H_out + oh; its columns are [K, (row_end-row_begin)*W_out]. A segment
+// is the part of a block inside one sample. Segment loops use raw pointers: with
+// 3x3 images a block holds dozens of samples.
 struct Segment {
   int64_t n, oh_begin, oh_end, column;  // sample, its output rows, first column in the block
   int64_t length(int64_t out_w) const { return (oh_end - oh_begin) * out_w; }
@@ -190,13 +136,11 @@ bool single_sample(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
   return row_begin / g.out_h == (row_end - 1) / g.out_h;
 }
 
-// Calls f(row_begin, row_end) for the blocks of samples [n_begin, n_end).
+// Calls f(row_begin, row_end) for the blocks of `rows` output rows of samples [n_begin, n_end).
 template <typename F>
-void for_each_block(const ConvGeometry& g, int64_t n_begin, int64_t n_end, F f) {
+void for_each_block(const ConvGeometry& g, int64_t rows, int64_t n_begin, int64_t n_end, F f) {
   const int64_t last = n_end * g.out_h;
-  for (int64_t r = n_begin * g.out_h; r < last; r += g.rows_per_block()) {
-    f(r, std::min(r + g.rows_per_block(), last));
-  }
+  for (int64_t r = n_begin * g.out_h; r < last; r += rows) f(r, std::min(r + rows, last));
 }
 
 // Offsets into NCHW-contiguous tensors: the group's first input channel of
@@ -208,68 +152,283 @@ int64_t output_offset(const ConvGeometry& g, int64_t n, int64_t gi, int64_t o, i
   return (((n * g.groups + gi) * g.out_channels_per_group + o) * g.out_h + oh) * g.out_w;
 }
 
-// Per-thread scratch: the column matrix, and an [O_g, width] matrix for blocks
-// that span samples (whose output is not one strided matrix in NCHW).
-struct Workspace {
-  at::Tensor columns, matrix;
-  Workspace(const ConvGeometry& g, const at::Tensor& like)
-      : columns(at::empty({g.column_rows() * g.rows_per_block() * g.out_w}, like.options())),
-        matrix(at::empty({g.out_channels_per_group * g.rows_per_block() * g.out_w}, like.options())) {}
+// ---------------------------------------------------------------------------
+// im2col and col2im against packed GEMM operands.
+//
+// A block's column matrix repeats one pattern per kernel position (i, j): column
+// row (c, i, j) reads the same pixels of every input channel c, shifted by c*H*W.
+// BlockPlan works the pattern out once per block, as runs of block columns that
+// either copy a (strided) input row segment or lie in the padding, cut where a
+// run would cross a B panel (nr columns) or an output row. The packers then only
+// copy runs: no bounds checks or divisions per pixel.
+
+struct ColumnRun {
+  int64_t column, count;  // block columns [column, column + count)
+  int64_t source;         // input offset of the first pixel, channel 0 of group 0 (padding: unused)
+  int64_t panel, lane;    // column / nr and column % nr
 };
 
-at::Tensor as_matrix(const at::Tensor& buffer, int64_t rows, int64_t cols) {
-  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
-}
+struct BlockPlan {
+  int64_t columns = 0;                           // block width
+  std::vector<std::vector<ColumnRun>> copy, pad;  // per kernel position i*kW + j
+  std::vector<ColumnRun> output;                 // the block's pixels in grad_y (channel 0 of group 0)
 
-// The block's [O_g, width] rows of an NCHW tensor when the block lies in one sample.
-at::Tensor output_view(const ConvGeometry& g, const at::Tensor& y, int64_t gi, int64_t row_begin,
-                       int64_t row_end) {
-  const int64_t n = row_begin / g.out_h, oh = row_begin % g.out_h;
-  return y[n]
-      .narrow(0, gi * g.out_channels_per_group, g.out_channels_per_group)
-      .view({g.out_channels_per_group, g.out_h * g.out_w})
-      .narrow(1, oh * g.out_w, (row_end - row_begin) * g.out_w);
-}
+  BlockPlan(const ConvGeometry& g) : copy(g.kernel_h * g.kernel_w), pad(g.kernel_h * g.kernel_w) {}
 
-// The [K, width] column matrix of a block for group gi: for a pointwise kernel
-// within one sample, a view of the input itself; else im2col into the workspace.
-template <typename scalar_t>
-at::Tensor block_columns(const ConvGeometry& g, const at::Tensor& x, int64_t gi, int64_t row_begin,
-                         int64_t row_end, Workspace& ws) {
-  const int64_t width = (row_end - row_begin) * g.out_w;
-  if (g.is_pointwise() && single_sample(g, row_begin, row_end)) {
-    const int64_t n = row_begin / g.out_h, oh = row_begin % g.out_h;
-    return x[n]
-        .narrow(0, gi * g.channels_per_group, g.channels_per_group)
-        .view({g.channels_per_group, g.height * g.width})
-        .narrow(1, oh * g.out_w, width);
+  void build(const ConvGeometry& g, int64_t row_begin, int64_t row_end, int64_t nr) {
+    columns = (row_end - row_begin) * g.out_w;
+    for (auto& runs : copy) runs.clear();
+    for (auto& runs : pad) runs.clear();
+    output.clear();
+    // Appends [column, column + count) cut at panel boundaries; the source moves by `step`.
+    auto add = [nr](std::vector<ColumnRun>& runs, int64_t column, int64_t count, int64_t source, int64_t step) {
+      while (count > 0) {
+        const int64_t piece = std::min(count, nr - column % nr);
+        runs.push_back({column, piece, source, column / nr, column % nr});
+        column += piece, count -= piece, source += piece * step;
+      }
+    };
+    for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
+      const int64_t sample_in = s.n * g.groups * g.channels_per_group * g.height * g.width;
+      for (int64_t i = 0; i < g.kernel_h; ++i)
+        for (int64_t j = 0; j < g.kernel_w; ++j) {
+          const int64_t position = i * g.kernel_w + j;
+          for_each_column_row(
+              g, /*c=*/0, i, j, s.oh_begin, s.oh_end,
+              [&](int64_t col, int64_t src, int64_t count, int64_t step) {
+                add(copy[position], s.column + col, count, sample_in + src, step);
+              },
+              [&](int64_t col, int64_t count) { add(pad[position], s.column + col, count, 0, 0); });
+        }
+      add(output, s.column, s.length(g.out_w), output_offset(g, s.n, 0, 0, s.oh_begin), 1);
+    });
   }
-  at::Tensor columns = as_matrix(ws.columns, g.column_rows(), width);
-  scalar_t* dst = columns.mutable_data_ptr<scalar_t>();
-  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
-    im2col<scalar_t>(g, x_data + input_offset(g, s.n, gi), s.oh_begin, s.oh_end, dst + s.column, width);
-  });
-  return columns;
+};
+
+template <typename acc_t, typename scalar_t>
+void copy_run(acc_t* __restrict__ dst, int64_t dst_step, const scalar_t* __restrict__ src, int64_t src_step,
+              int64_t count) {
+  if (dst_step == 1 && src_step == 1) {  // the common case, kept apart so it vectorises
+    for (int64_t q = 0; q < count; ++q) dst[q] = static_cast<acc_t>(src[q]);
+  } else {
+    for (int64_t q = 0; q < count; ++q) dst[q * dst_step] = static_cast<acc_t>(src[q * src_step]);
+  }
 }
 
-// grad_output of a block for group gi as one [O_g, width] matrix: a view within
-// one sample, gathered into the workspace across samples.
+template <typename acc_t>
+void zero_run(acc_t* dst, int64_t dst_step, int64_t count) {
+  for (int64_t q = 0; q < count; ++q) dst[q * dst_step] = acc_t(0);
+}
+
+// B panels (depth `depth`) of column rows [k0, k0 + depth) of the planned block:
+// element (k - k0, col) = columns[k, col]. `x` points at the group's channel 0.
+template <typename acc_t, typename scalar_t>
+void pack_columns(const ConvGeometry& g, const BlockPlan& plan, const scalar_t* x, int64_t k0, int64_t depth,
+                  int64_t nr, acc_t* b) {
+  const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width;
+  zero_last_b_panel(b, nr, depth, plan.columns);
+  for (int64_t k = k0; k < k0 + depth; ++k) {
+    const int64_t position = k % positions, row = k - k0;
+    const scalar_t* x_channel = x + k / positions * plane;
+    for (const ColumnRun& r : plan.copy[position])
+      copy_run(b + (r.panel * depth + row) * nr + r.lane, 1, x_channel + r.source, g.stride_w, r.count);
+    for (const ColumnRun& r : plan.pad[position]) zero_run(b + (r.panel * depth + row) * nr + r.lane, 1, r.count);
+  }
+}
+
+// B panels of the transposed columns, for the weight gradient: depth = the block's
+// pixels, N = column rows [k0, k0 + taps); element (col, k - k0) = columns[k, col].
+template <typename acc_t, typename scalar_t>
+void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const scalar_t* x, int64_t k0,
+                             int64_t taps, int64_t nr, acc_t* b) {
+  const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width, depth = plan.columns;
+  zero_last_b_panel(b, nr, depth, taps);
+  for (int64_t k = k0; k < k0 + taps; ++k) {
+    const int64_t position = k % positions;
+    const scalar_t* x_channel = x + k / positions * plane;
+    acc_t* lane = b + packed_index(0, k - k0, nr, depth);  // this column row's lane of its panel
+    for (const ColumnRun& r : plan.copy[position])
+      copy_run(lane + r.column * nr, nr, x_channel + r.source, g.stride_w, r.count);
+    for (const ColumnRun& r : plan.pad[position]) zero_run(lane + r.column * nr, nr, r.count);
+  }
+}
+
+// grad_x += col2im of column rows [k_begin, k_end) of the planned block: each entry
+// goes back to the pixel it came from. `columns` holds row k at (k - k_begin)*columns
+// of the block; `grad_x` points at the group's channel 0.
+template <typename scalar_t, typename acc_t>
+void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* columns, int64_t k_begin,
+                int64_t k_end, scalar_t* grad_x) {
+  const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width;
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const acc_t* row = columns + (k - k_begin) * plan.columns;
+    scalar_t* channel = grad_x + k / positions * plane;
+    for (const ColumnRun& r : plan.copy[k % positions]) {
+      scalar_t* __restrict__ d = channel + r.source;
+      const acc_t* __restrict__ s = row + r.column;
+      if (g.stride_w == 1) {  // the common case, kept apart so it vectorises
+        for (int64_t q = 0; q < r.count; ++q) d[q] = static_cast<scalar_t>(static_cast<acc_t>(d[q]) + s[q]);
+      } else {
+        for (int64_t q = 0; q < r.count; ++q) {
+          d[q * g.stride_w] = static_cast<scalar_t>(static_cast<acc_t>(d[q * g.stride_w]) + s[q]);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The three products (see the table at the top).
+
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> to_acc(const scalar_t* data, int64_t count) {
+  return std::vector<acc_t>(data, data + count);
+}
+
 template <typename scalar_t>
-at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_t gi,
-                             int64_t row_begin, int64_t row_end, Workspace& ws) {
-  if (single_sample(g, row_begin, row_end)) return output_view(g, dy, gi, row_begin, row_end);
-  const int64_t width = (row_end - row_begin) * g.out_w;
-  at::Tensor matrix = as_matrix(ws.matrix, g.out_channels_per_group, width);
-  scalar_t* dst = matrix.mutable_data_ptr<scalar_t>();
-  const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
-  for_each_segment(g, row_begin, row_end, [&](const Segment& s) {
-    for (int64_t o = 0; o < g.out_channels_per_group; ++o) {
-      std::memcpy(dst + o * width + s.column, dy_data + output_offset(g, s.n, gi, o, s.oh_begin),
-                  s.length(g.out_w) * sizeof(scalar_t));
+void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
+  const int64_t a_size = packed_size(O, kernel.mr, K);
+  std::vector<acc_t> a(g.groups * a_size);
+  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, K, 0, w + gi * O * K, O, K, K, 1);
+  const std::vector<acc_t> bias_acc = bias ? to_acc<acc_t>(bias, g.groups * O) : std::vector<acc_t>();
+
+  const int64_t group_in = g.channels_per_group * g.height * g.width;
+
+  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    BlockPlan plan(g);
+    std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
+    std::vector<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
+    for_each_block(g, rows, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+      plan.build(g, r0, r1, kernel.nr);
+      const int64_t block = plan.columns;
+      // Within one sample, in the output's own type, the tiles write straight into y.
+      const bool in_place = std::is_same_v<scalar_t, acc_t> && single_sample(g, r0, r1);
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        acc_t* out = nullptr;
+        int64_t ldc = 0;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          out = y + output_offset(g, r0 / g.out_h, gi, 0, r0 % g.out_h);
+          ldc = g.out_plane();
+        }
+        if (!in_place) {
+          c.resize(O * block);
+          out = c.data();
+          ldc = block;
+        }
+        for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
+          const int64_t depth = std::min(kernel.depth, K - k0);
+          pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data());
+          gemm_packed(kernel, O, block, depth, a.data() + gi * a_size + k0 * kernel.mr, K * kernel.mr, b.data(),
+                      depth * kernel.nr, out, ldc, /*accumulate=*/k0 > 0,
+                      k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr);
+        }
+        if (in_place) continue;
+        for_each_segment(g, r0, r1, [&](const Segment& s) {
+          for (int64_t o = 0; o < O; ++o) {
+            const acc_t* src = c.data() + o * block + s.column;
+            scalar_t* dst = y + output_offset(g, s.n, gi, o, s.oh_begin);
+            for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>(src[q]);
+          }
+        });
+      }
+    });
+  });
+}
+
+template <typename scalar_t>
+void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
+  if (O == 0) return;  // no output channels: the input gradient stays zero
+  // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
+  const int64_t a_size = packed_size(K, kernel.mr, O);
+  std::vector<acc_t> a(g.groups * a_size);
+  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, O, 0, w + gi * O * K, K, O, 1, K);
+
+  const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
+
+  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+    BlockPlan plan(g);
+    std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
+    std::vector<acc_t> grad_columns(kGradientRows * rows * g.out_w);
+    for_each_block(g, rows, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+      plan.build(g, r0, r1, kernel.nr);
+      const int64_t block = plan.columns;
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        // B = grad_y of the block, [O_g, block], packed whole (depth O_g).
+        zero_last_b_panel(b.data(), kernel.nr, O, block);
+        for (int64_t o = 0; o < O; ++o) {
+          const scalar_t* dy_channel = dy + gi * group_out + o * g.out_plane();
+          for (const ColumnRun& r : plan.output)
+            copy_run(b.data() + (r.panel * O + o) * kernel.nr + r.lane, 1, dy_channel + r.source, 1, r.count);
+        }
+        for (int64_t m0 = 0; m0 < K; m0 += kGradientRows) {
+          const int64_t m_count = std::min(kGradientRows, K - m0);
+          for (int64_t o0 = 0; o0 < O; o0 += kernel.depth) {
+            gemm_packed(kernel, m_count, block, std::min(kernel.depth, O - o0),
+                        a.data() + gi * a_size + m0 * O + o0 * kernel.mr, O * kernel.mr, b.data() + o0 * kernel.nr,
+                        O * kernel.nr, grad_columns.data(), block, /*accumulate=*/o0 > 0, nullptr);
+          }
+          col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, dx + gi * group_in);
+        }
+      }
+    });
+  });
+}
+
+template <typename scalar_t>
+void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
+  const int64_t weights = g.groups * O * K;
+  // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
+  std::vector<acc_t> partial(parts * weights, acc_t(0));
+
+  const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
+
+  at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+    BlockPlan plan(g);
+    std::vector<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
+    std::vector<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      for_each_block(g, rows, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
+        plan.build(g, r0, r1, kernel.nr);
+        const int64_t block = plan.columns;  // the product's depth
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          // A = grad_y of the block, [O_g, block] (rows past O_g stay zero from the first pack).
+          for (int64_t o = 0; o < O; ++o) {
+            const scalar_t* dy_channel = dy + gi * group_out + o * g.out_plane();
+            acc_t* lane = a.data() + packed_index(0, o, kernel.mr, block);
+            for (const ColumnRun& r : plan.output)
+              copy_run(lane + r.column * kernel.mr, kernel.mr, dy_channel + r.source, 1, r.count);
+          }
+          acc_t* grad = partial.data() + p * weights + gi * O * K;
+          for (int64_t t0 = 0; t0 < K; t0 += kWeightTaps) {
+            const int64_t taps = std::min(kWeightTaps, K - t0);
+            pack_columns_transposed(g, plan, x + gi * group_in, t0, taps, kernel.nr, b.data());
+            for (int64_t d0 = 0; d0 < block; d0 += kernel.depth) {
+              gemm_packed(kernel, O, taps, std::min(kernel.depth, block - d0), a.data() + d0 * kernel.mr,
+                          block * kernel.mr, b.data() + d0 * kernel.nr, block * kernel.nr, grad + t0, K,
+                          /*accumulate=*/true, nullptr);
+            }
+          }
+        }
+      });
     }
   });
-  return matrix;
+  at::parallel_for(0, weights, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc_t total = partial[i];
+      for (int64_t p = 1; p < parts; ++p) total += partial[p * weights + i];
+      dw[i] = static_cast<scalar_t>(total);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -286,13 +445,6 @@ at::Tensor block_grad_output(const ConvGeometry& g, const at::Tensor& dy, int64_
 // for the weight gradient, so no two threads write the same memory.
 
 bool is_depthwise(const ConvGeometry& g) { return g.channels_per_group == 1 && g.groups > 1; }
-
-// The direct float32 kernels (direct_conv.h) for groups = 1 and few output channels.
-DirectConv direct_problem(const ConvGeometry& g) {
-  return DirectConv{g.batch,    g.channels_per_group,     g.height,   g.width,    g.out_channels_per_group,
-                    g.out_h,    g.out_w,                  g.kernel_h, g.kernel_w, g.stride_h,
-                    g.stride_w, g.pad_h,                  g.pad_w,    g.dilation_h, g.dilation_w};
-}
 
 template <typename scalar_t>
 void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias,
@@ -399,6 +551,14 @@ void depthwise_backward_weight(const ConvGeometry& g, const scalar_t* dy, const 
   });
 }
 
+// The direct float32 kernels (direct_conv.h) for groups = 1 and few output channels.
+DirectConv direct_problem(const ConvGeometry& g) {
+  return DirectConv{g.batch,    g.channels_per_group,     g.height,   g.width,    g.out_channels_per_group,
+                    g.out_h,    g.out_w,                  g.kernel_h, g.kernel_w, g.stride_h,
+                    g.stride_w, g.pad_h,                  g.pad_w,    g.dilation_h, g.dilation_w};
+}
+
+
 #define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
@@ -411,56 +571,23 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                            dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   const at::Tensor x = input.contiguous();
-  // W_g as [groups, O_g, K]
-  const at::Tensor w = weight.contiguous().view({groups, g.out_channels_per_group, g.column_rows()});
+  const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({shape.batch, shape.out_channels, g.out_h, g.out_w}, input.options());
 
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
     const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
-      depthwise_forward<scalar_t>(g, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b_data, y_data);
-      return;
+      depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
+    } else if (std::is_same_v<scalar_t, float> && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+      direct_conv_forward(direct_problem(g), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                          b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>());
+    } else {
+      gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
     }
-    if (std::is_same_v<scalar_t, float>) {
-      if (groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
-        direct_conv_forward(direct_problem(g), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                            b.defined() ? b.const_data_ptr<float>() : nullptr,
-                            y.mutable_data_ptr<float>());
-        return;
-      }
-    }
-    // Threads take whole samples, so no two write the same output.
-    at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-      Workspace ws(g, x);
-      for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
-        for (int64_t gi = 0; gi < groups; ++gi) {
-          const at::Tensor columns = block_columns<scalar_t>(g, x, gi, r0, r1, ws);
-          const int64_t width = columns.size(1);
-          // Within one sample the product goes straight into the output; across
-          // samples into the workspace, then out to each sample's rows.
-          const bool direct = single_sample(g, r0, r1);
-          at::Tensor product = direct ? output_view(g, y, gi, r0, r1)
-                                      : as_matrix(ws.matrix, g.out_channels_per_group, width);
-          at::mm_out(product, w[gi], columns);
-          const scalar_t* p_data = product.const_data_ptr<scalar_t>();
-          const int64_t p_stride = product.stride(0);
-          for_each_segment(g, r0, r1, [&](const Segment& s) {
-            for (int64_t o = 0; o < g.out_channels_per_group; ++o) {
-              const acc_t bias_o = b_data ? static_cast<acc_t>(b_data[gi * g.out_channels_per_group + o]) : acc_t(0);
-              const scalar_t* src = p_data + o * p_stride + s.column;
-              scalar_t* dst = y_data + output_offset(g, s.n, gi, o, s.oh_begin);
-              const int64_t len = s.length(g.out_w);
-              if (direct && !b_data) continue;  // already in place
-              for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(static_cast<acc_t>(src[k]) + bias_o);
-            }
-          });
-        }
-      });
-    });
   });
   return y;
 }
@@ -474,39 +601,17 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
   const ConvGeometry g(shape, stride, padding, dilation);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
-  // W_g^T as [groups, K, O_g]
-  const at::Tensor w_t = w.view({groups, g.out_channels_per_group, g.column_rows()}).transpose(1, 2);
   at::Tensor dx = at::zeros(input_size, grad_output.options());
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
+    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
+    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
-      depthwise_backward_input<scalar_t>(g, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx_data);
-      return;
+      depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
+    } else {
+      gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
     }
-    // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
-    at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-      Workspace ws(g, dy);
-      for_each_block(g, n_begin, n_end, [&](int64_t r0, int64_t r1) {
-        for (int64_t gi = 0; gi < groups; ++gi) {
-          const at::Tensor dy_block = block_grad_output<scalar_t>(g, dy, gi, r0, r1, ws);
-          if (g.is_pointwise() && single_sample(g, r0, r1)) {
-            // The gradient columns are the input gradient itself.
-            at::Tensor dx_block = block_columns<scalar_t>(g, dx, gi, r0, r1, ws);
-            at::mm_out(dx_block, w_t[gi], dy_block);
-            continue;
-          }
-          at::Tensor grad_columns = as_matrix(ws.columns, g.column_rows(), dy_block.size(1));
-          at::mm_out(grad_columns, w_t[gi], dy_block);
-          const scalar_t* src = grad_columns.const_data_ptr<scalar_t>();
-          for_each_segment(g, r0, r1, [&](const Segment& s) {
-            col2im_add<scalar_t>(g, src + s.column, grad_columns.size(1), s.oh_begin, s.oh_end,
-                                 dx_data + input_offset(g, s.n, gi));
-          });
-        }
-      });
-    });
   });
   return dx;
 }
@@ -520,39 +625,22 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   const ConvGeometry g(shape, stride, padding, dilation);
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_output.contiguous();
+  at::Tensor dw = at::empty(weight_size, dy.options());
 
-  if (is_depthwise(g)) {
-    at::Tensor dw = at::empty(weight_size, dy.options());
-    CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
-      depthwise_backward_weight<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                          dw.mutable_data_ptr<scalar_t>());
-    });
-    return dw;
-  }
-  if (dy.scalar_type() == at::kFloat && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
-    at::Tensor dw = at::empty(weight_size, dy.options());
-    direct_conv_backward_weight(direct_problem(g), x.const_data_ptr<float>(), dy.const_data_ptr<float>(),
-                                dw.mutable_data_ptr<float>());
-    return dw;
-  }
-  // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
-  at::Tensor partial = at::zeros({parts, groups, g.out_channels_per_group, g.column_rows()}, dy.options());
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
-    at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see parallel_workers_note
-      Workspace ws(g, x);
-      for (int64_t p = p_begin; p < p_end; ++p) {
-        for_each_block(g, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
-          for (int64_t gi = 0; gi < groups; ++gi) {
-            const at::Tensor dy_block = block_grad_output<scalar_t>(g, dy, gi, r0, r1, ws);
-            partial[p][gi].addmm_(dy_block, block_columns<scalar_t>(g, x, gi, r0, r1, ws).t());
-          }
-        });
-      }
-    });
+    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
+    if (is_depthwise(g)) {
+      depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
+    } else if (std::is_same_v<scalar_t, float> && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+      direct_conv_backward_weight(direct_problem(g), x.const_data_ptr<float>(), dy.const_data_ptr<float>(),
+                                  dw.mutable_data_ptr<float>());
+    } else {
+      gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
+    }
   });
-  return partial.sum(0).view(weight_size);
+  return dw;
 }
 
 at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output) {

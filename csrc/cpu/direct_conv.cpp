@@ -23,6 +23,7 @@
 // The input gradient keeps the im2col + GEMM + col2im path of conv2d.cpp.
 
 #include "direct_conv.h"
+#include "gemm.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -217,15 +218,10 @@ __attribute__((target("avx2,fma"))) void weight_samples(const DirectConv& p, con
   }
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 }  // namespace
 
 bool direct_conv_suits(int64_t out_channels) {
-  return !direct_conv_switched_off() && cpu_has_avx2_fma() && out_channels >= 4 && out_channels <= 2 * kLanes;
+  return !direct_conv_switched_off() && cpu_isa() >= CpuIsa::kAvx2 && out_channels >= 4 && out_channels <= 2 * kLanes;
 }
 
 void direct_conv_forward(const DirectConv& p, const float* in, const float* weight,

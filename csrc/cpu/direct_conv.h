@@ -20,7 +20,8 @@ struct DirectConv {
 
 // Whether this CPU has the instructions and the layer suits the kernels
 // (4..16 output channels, so one or two 8-float vectors are at least half used).
-// CUCONV_CPU_DIRECT=0 in the environment turns the direct path off (for comparisons).
+// CUCONV_CPU_DIRECT=0 in the environment turns the direct path off (for comparisons),
+// and so does CUCONV_CPU_ISA=generic (gemm.h).
 bool direct_conv_suits(int64_t out_channels);
 
 // Forward pass; `weight` is [out_channels, in_channels, kH, kW], `bias` may be null.

@@ -1,0 +1,125 @@
+// cuconv's GEMM driver (gemm.h): the loop over register tiles, the choice of
+// microkernel for this CPU, and the portable microkernel.
+
+#include "gemm.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace cuconv {
+
+// Defined in gemm_avx512.cpp and gemm_avx2.cpp (x86-64 only).
+Microkernel<float> avx512_microkernel_float();
+Microkernel<double> avx512_microkernel_double();
+Microkernel<float> avx2_microkernel_float();
+Microkernel<double> avx2_microkernel_double();
+
+namespace {
+
+// The largest register tile of any microkernel (AVX-512 float: 8 x 48), for edge tiles.
+constexpr int64_t kMaxTileElements = 8 * 48;
+
+// Portable register tile: plain loops the compiler may vectorise for the baseline ISA.
+template <typename T, int MR, int NR>
+void portable_tile(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, bool accumulate, const T* bias) {
+  T acc[MR][NR] = {};
+  for (int64_t k = 0; k < depth; ++k, a += MR, b += NR)
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) {
+      T& out = c[r * ldc + j];
+      out = accumulate ? out + acc[r][j] : (bias != nullptr ? acc[r][j] + bias[r] : acc[r][j]);
+    }
+}
+
+CpuIsa best_isa_of_this_cpu() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const CpuIsa best = __builtin_cpu_supports("avx512f") ? CpuIsa::kAvx512
+                             : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CpuIsa::kAvx2
+                                                                                               : CpuIsa::kGeneric;
+  return best;
+#else
+  return CpuIsa::kGeneric;
+#endif
+}
+
+}  // namespace
+
+CpuIsa cpu_isa() {
+  const char* setting = std::getenv("CUCONV_CPU_ISA");
+  CpuIsa wanted = CpuIsa::kAvx512;
+  if (setting != nullptr && *setting != '\0') {
+    const std::string value(setting);
+    TORCH_CHECK_VALUE(value == "avx512" || value == "avx2" || value == "generic",
+                      "cuconv: expected the environment variable CUCONV_CPU_ISA to be avx512, avx2 or "
+                      "generic, but got '", value, "'");
+    wanted = value == "avx512" ? CpuIsa::kAvx512 : value == "avx2" ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
+  }
+  return std::min(wanted, best_isa_of_this_cpu());
+}
+
+template <>
+Microkernel<float> cpu_microkernel<float>() {
+  switch (cpu_isa()) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    case CpuIsa::kAvx512: return avx512_microkernel_float();
+    case CpuIsa::kAvx2: return avx2_microkernel_float();
+#endif
+    default: return {4, 16, 256, &portable_tile<float, 4, 16>, "generic"};
+  }
+}
+
+template <>
+Microkernel<double> cpu_microkernel<double>() {
+  switch (cpu_isa()) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    case CpuIsa::kAvx512: return avx512_microkernel_double();
+    case CpuIsa::kAvx2: return avx2_microkernel_double();
+#endif
+    default: return {4, 8, 256, &portable_tile<double, 4, 8>, "generic"};
+  }
+}
+
+// Tiles in row-panel order: one A panel (MR x depth, L1) meets every B panel of the
+// slice (depth x N, L2) before the next A panel is read. Edge tiles (past M or N) run
+// the same kernel into a local tile, and only its valid part is added to C.
+template <typename T>
+void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
+                 int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
+                 bool accumulate, const std::type_identity_t<T>* bias) {
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
+  alignas(64) T edge[kMaxTileElements];
+  for (int64_t m0 = 0; m0 < M; m0 += mr) {
+    const T* a_panel = a + m0 / mr * a_panel_stride;
+    const int64_t rows = std::min(mr, M - m0);
+    const T* row_bias = bias != nullptr ? bias + m0 : nullptr;
+    for (int64_t n0 = 0; n0 < N; n0 += nr) {
+      const T* b_panel = b + n0 / nr * b_panel_stride;
+      const int64_t cols = std::min(nr, N - n0);
+      T* tile = c + m0 * ldc + n0;
+      if (rows == mr && cols == nr) {
+        kernel.tile(depth, a_panel, b_panel, tile, ldc, accumulate, row_bias);
+        continue;
+      }
+      kernel.tile(depth, a_panel, b_panel, edge, nr, false, nullptr);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+          T& out = tile[r * ldc + j];
+          const T sum = edge[r * nr + j];
+          out = accumulate ? out + sum : (row_bias != nullptr ? sum + row_bias[r] : sum);
+        }
+    }
+  }
+}
+
+template void gemm_packed<float>(const Microkernel<float>&, int64_t, int64_t, int64_t, const float*, int64_t,
+                                 const float*, int64_t, float*, int64_t, bool, const float*);
+template void gemm_packed<double>(const Microkernel<double>&, int64_t, int64_t, int64_t, const double*, int64_t,
+                                  const double*, int64_t, double*, int64_t, bool, const double*);
+
+}  // namespace cuconv

@@ -1,0 +1,97 @@
+#pragma once
+// cuconv's own matrix product for the CPU convolutions, on packed operands (the
+// BLIS scheme; see siboehm's and the BLIS papers' worklogs):
+//
+//   C[M, N] (+)= A[M, K] @ B[K, N]
+//
+// Packed layouts, with (MR, NR) the register tile of the microkernel:
+//   A: ceil(M/MR) panels, panel p = rows [p*MR, p*MR + MR) stored [K][MR]
+//   B: ceil(N/NR) panels, panel q = cols [q*NR, q*NR + NR) stored [K][NR]
+// (rows / columns past M / N are zeros), so the microkernel reads both panels front
+// to back, one k at a time:
+//
+//   for k:  acc[r][:] += A[k][r] * B[k][:]      (MR x NR accumulators in registers)
+//
+// The convolutions (conv2d.cpp) pack straight from the image: im2col writes B panels,
+// so no row-major column matrix is ever stored. Callers cut K into slices of
+// `depth` so that one slice of A and B stays in L2 while the tiles run.
+//
+// Microkernels: AVX-512 (gemm_avx512.cpp), AVX2 + FMA (gemm_avx2.cpp) and portable
+// C++ (gemm.cpp), for float and double; the best one the CPU has is used, and
+// CUCONV_CPU_ISA=avx2|generic in the environment asks for a lesser one (tests, and
+// comparisons). Half types are packed as float and use the float kernels.
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace cuconv {
+
+// The vector instructions cuconv's CPU kernels use: the best this CPU has, or a lesser
+// one that CUCONV_CPU_ISA=avx2|generic asks for (read on every call, so tests can switch
+// it; any other value is an error).
+enum class CpuIsa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+CpuIsa cpu_isa();
+
+// One register tile: c[r*ldc + j] = (accumulate ? c[r*ldc + j] : 0) + sum_k a[k*MR + r] * b[k*NR + j]
+// (+ bias[r] when given) for r < MR, j < NR.
+template <typename T>
+using TileKernel = void (*)(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, bool accumulate,
+                            const T* bias);
+
+template <typename T>
+struct Microkernel {
+  int64_t mr, nr;      // register tile
+  int64_t depth;       // K slice: an MR x depth A panel stays in L1
+  TileKernel<T> tile;
+  const char* isa;     // "avx512", "avx2" or "generic"
+};
+
+// The microkernel for this CPU (and CUCONV_CPU_ISA), for T = float or double.
+template <typename T>
+Microkernel<T> cpu_microkernel();
+
+// Elements of a packed A (rows x depth) or B (depth x cols) buffer.
+inline int64_t packed_size(int64_t count, int64_t tile, int64_t depth) {
+  return (count + tile - 1) / tile * tile * depth;
+}
+
+// Position of element (k, n) of a packed B with panels of depth `depth` (also A, with m for n).
+inline int64_t packed_index(int64_t k, int64_t n, int64_t tile, int64_t depth) {
+  return (n / tile * depth + k) * tile + n % tile;
+}
+
+// Packs A element (m, k0 + k) = src[m*row_stride + k*col_stride] for m < rows, k < count
+// into A panels of depth `depth`, zeroing the panel rows past `rows`. S -> T converts
+// (half types are packed as float).
+template <typename T, typename S>
+void pack_a(T* dst, int64_t mr, int64_t depth, int64_t k0, const S* src, int64_t rows, int64_t count,
+            int64_t row_stride, int64_t col_stride) {
+  for (int64_t m0 = 0; m0 < rows; m0 += mr) {
+    T* panel = dst + m0 * depth + k0 * mr;  // panel m0/mr starts at (m0/mr)*mr*depth
+    const int64_t valid = std::min(mr, rows - m0);
+    for (int64_t k = 0; k < count; ++k) {
+      const S* column = src + m0 * row_stride + k * col_stride;
+      T* d = panel + k * mr;
+      for (int64_t r = 0; r < valid; ++r) d[r] = static_cast<T>(column[r * row_stride]);
+      for (int64_t r = valid; r < mr; ++r) d[r] = T(0);
+    }
+  }
+}
+
+// Zeroes the last B panel when `cols` columns do not fill it (call before packing), so
+// its padding lanes hold zeros rather than stale values.
+template <typename T>
+void zero_last_b_panel(T* dst, int64_t nr, int64_t depth, int64_t cols) {
+  if (cols % nr != 0) std::fill_n(dst + cols / nr * nr * depth, nr * depth, T(0));
+}
+
+// C[M, N] (row stride ldc) = (accumulate ? C : 0) + A @ B (+ bias[m] when given), over one
+// K slice of `depth`: `a` / `b` point at the slice in panel 0, and consecutive panels
+// are `a_panel_stride` / `b_panel_stride` elements apart.
+template <typename T>
+void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
+                 int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
+                 bool accumulate, const std::type_identity_t<T>* bias);
+
+}  // namespace cuconv

@@ -1,0 +1,56 @@
+// The AVX2 + FMA register tiles of cuconv's GEMM (gemm.h): 6 rows x 2 vectors, i.e.
+// 6 x 16 floats or 6 x 8 doubles, in 12 of the 16 ymm registers (the B row and the
+// broadcast take 3 more).
+
+#include "gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+// Everything below is compiled for AVX2 + FMA; it is only called when the CPU has them.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace cuconv {
+namespace {
+
+struct Avx2Float {
+  using T = float;
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+};
+
+struct Avx2Double {
+  using T = double;
+  using V = __m256d;
+  static constexpr int kLanes = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+};
+
+#include "gemm_tile.h"
+
+}  // namespace
+
+Microkernel<float> avx2_microkernel_float() {
+  return {6, 16, 256, &register_tile<Avx2Float, 6, 2>, "avx2"};
+}
+Microkernel<double> avx2_microkernel_double() {
+  return {6, 8, 256, &register_tile<Avx2Double, 6, 2>, "avx2"};
+}
+
+}  // namespace cuconv
+
+#pragma GCC pop_options
+
+#endif

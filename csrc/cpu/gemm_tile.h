@@ -1,0 +1,54 @@
+// The register tile of cuconv's GEMM (gemm.h), written once for every vector ISA.
+//
+// Included by gemm_avx512.cpp and gemm_avx2.cpp *after* their `#pragma GCC target`,
+// so each instantiation is compiled for that ISA. It must not include any header
+// itself: an inline library function compiled here with AVX-512 could be the copy
+// the linker keeps for the whole program (and crash on a CPU without AVX-512).
+//
+// Isa provides: T (element), V (vector), kLanes, zero(), load(p), store(p, v),
+// set1(x), fma(a, b, c) = a*b + c, add(a, b).
+//
+// Tile: MR rows x NV vectors (NR = NV * kLanes columns). Per k, NV loads of B and MR
+// broadcasts of A feed MR*NV independent FMAs; MR*NV + NV + 1 vector registers must
+// fit the ISA's register file (32 for AVX-512, 16 for AVX2).
+
+template <class Isa, int MR, int NV>
+void register_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T* b,
+                   typename Isa::T* c, int64_t ldc, bool accumulate, const typename Isa::T* bias) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+
+  for (int64_t k = 0; k < depth; ++k) {
+    V bk[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bk[v] = Isa::load(b + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Isa::set1(a[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Isa::fma(ar, bk[v], acc[r][v]);
+    }
+    a += MR;
+    b += NV * L;
+  }
+
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    typename Isa::T* row = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V out = acc[r][v];
+      if (accumulate) {
+        out = Isa::add(Isa::load(row + v * L), out);
+      } else if (bias != nullptr) {
+        out = Isa::add(out, Isa::set1(bias[r]));
+      }
+      Isa::store(row + v * L, out);
+    }
+  }
+}
