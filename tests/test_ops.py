@@ -237,12 +237,54 @@ def test_avg_pool2d_matches_torch(case, divisor_override, count_include_pad, dty
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("in_size,out_size", [
     ((7, 9), (3, 4)), ((8, 8), (1, 1)), ((5, 6), (5, 6)), ((4, 5), (7, 9)), ((13, 3), (4, None)),
-    ((6, 6), 2), ((1, 1), (3, 2)),
+    ((6, 6), 2), ((1, 1), (3, 2)), ((12, 10), (6, 5)), ((9, 6), (3, 2)), ((3, 3), 1),
 ])
 def test_adaptive_avg_pool2d_matches_torch(in_size, out_size, dtype, device):
     x = torch.randn(2, 3, *in_size, dtype=dtype, device=device)
     compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, out_size),
                        lambda t: F.adaptive_avg_pool2d(t, out_size), [x], dtype)
+
+
+# The CPU pools 2x2 windows with stride 2 inside the input by a kernel of their own
+# (csrc/cpu/pool2d.cpp, tiled_2x2); these configs run it (even and odd sizes, ceil_mode
+# that does or does not add a window) next to the general kernel.
+TIE_CONFIGS = [
+    dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True), dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(2, 3), stride=(1, 2)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(8, 10), (9, 7)])
+@pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_max_pool2d_ties_take_torch_s_index(config, size, device):
+    """Windows full of equal values: the first maximum in (row, column) order wins."""
+    x = torch.randint(0, 3, (2, 3, *size), device=device).double()
+    out, idx = CF.max_pool2d(x, return_indices=True, **config)
+    ref_out, ref_idx = F.max_pool2d(x, return_indices=True, **config)
+    assert torch.equal(out, ref_out) and torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(8, 10), (9, 7)])
+@pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, device):
+    """max_pool2d_backward adds each gradient at its index, as torch does, also where an
+    index is not a pixel of its own window (the 2x2 kernel's write-once pass must then
+    give way to the general scatter): compared with scatter_add."""
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+    out, idx = CF.max_pool2d(x, return_indices=True, **config)
+    gen = torch.Generator().manual_seed(5)
+    idx = idx.clone()
+    idx.view(-1)[::3] = torch.randint(0, size[0] * size[1], idx.view(-1)[::3].shape, generator=gen).to(device)
+    dy = torch.randn(out.shape, dtype=torch.float64, device=device)
+    full = dict(dict(stride=None, padding=0, dilation=1, ceil_mode=False), **config)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    kernel = pair(full["kernel_size"])
+    grad = ops.max_pool2d_backward(dy, idx, list(x.shape), kernel, pair(full["stride"] or full["kernel_size"]),
+                                   pair(full["padding"]), pair(full["dilation"]), full["ceil_mode"])
+    expected = torch.zeros_like(x).flatten(2).scatter_add_(2, idx.flatten(2), dy.flatten(2)).view_as(x)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

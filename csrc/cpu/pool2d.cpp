@@ -7,20 +7,25 @@
 //   rows [floor(oh*H/H_out), ceil((oh+1)*H/H_out)), likewise for columns.
 //
 // Layout and threads: the input is made NCHW-contiguous and the N*C planes are
-// split across threads. Within a plane, each output row is computed for all
-// its columns at once: for every kernel offset (i, j) the loop runs over the
-// output columns ow, reading input row ih = oh*sH - pH + i*dH at
-// ow*sW - pW + j*dW. That inner loop streams memory and vectorises, where a
-// loop over one window at a time would not. Backward passes scatter each
-// output gradient into its window within the same plane, so no two threads
+// split across threads; each plane is one call of a *_plane function below.
+// Forward: each output row is computed for all its columns at once: for every
+// kernel offset (i, j) the loop runs over the output columns ow, reading input row
+// ih = oh*sH - pH + i*dH at ow*sW - pW + j*dW. That inner loop streams memory and
+// vectorises, where a loop over one window at a time would not. Everything that does
+// not change from row to row (which outputs a kernel column reaches, divisors,
+// adaptive windows) is worked out once per call.
+// Backward: each plane of the input gradient is zeroed and filled while it is in
+// cache (one write of grad_input to memory, not a zero pass and a scatter pass),
+// each output gradient going into its window within the plane, so no two threads
 // touch the same memory and the sums are deterministic.
+// The *_plane functions are compiled for AVX-512, AVX2 and the baseline x86-64, and
+// the best one the CPU has runs (CUCONV_VECTOR_CLONES).
 // Accumulation is in at::opmath_type (float for bfloat16/half).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -30,6 +35,13 @@
 #include "../ops.h"
 #include "../shape.h"
 #include "window.h"
+
+// Clones of a function for wider vector units, chosen when the library loads.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CUCONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CUCONV_VECTOR_CLONES
+#endif
 
 namespace cuconv {
 namespace {
@@ -42,31 +54,414 @@ int64_t plane_grain(int64_t plane_elements) {
 #define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
+// The window geometry of max / average pooling, with what does not change from row
+// to row worked out once.
+struct PoolGeometry {
+  int64_t H, W, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW;
+  std::vector<OutputRange> reach;  // per kernel column j: the outputs ow whose column is in [0, W)
+
+  PoolGeometry(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel,
+               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation)
+      : H(in_h), W(in_w), Ho(out_h), Wo(out_w), kH(kernel[0]), kW(kernel[1]), sH(stride[0]),
+        sW(stride[1]), pH(padding[0]), pW(padding[1]), dH(dilation[0]), dW(dilation[1]) {
+    for (int64_t j = 0; j < kW; ++j) reach.push_back(in_bounds_outputs(column_offset(j), sW, W, Wo));
+  }
+  // Input column of output column ow at kernel column j is ow*sW + column_offset(j).
+  int64_t column_offset(int64_t j) const { return j * dW - pW; }
+  // Window rows of output row oh inside the input: first_row, first_row + dH, ... < end_row.
+  int64_t first_row(int64_t oh) const {
+    const int64_t h0 = oh * sH - pH;
+    return h0 >= 0 ? h0 : h0 + (-h0 + dH - 1) / dH * dH;
+  }
+  int64_t end_row(int64_t oh) const { return std::min(oh * sH - pH + (kH - 1) * dH + 1, H); }
+};
+
+// ---------------------------------------------------------------------------
+// Max pooling
+
+// One plane. `first_column[ow]` is the first in-bounds column of window ow: as torch, a
+// window whose values are all -inf reports its first in-bounds pixel. `best` and
+// `best_index` are scratch rows of Wo.
+template <typename scalar_t, typename index_t>
+CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* first_column, const scalar_t* x,
+                                         scalar_t* y, int64_t* indices, at::opmath_type<scalar_t>* __restrict__ best,
+                                         index_t* __restrict__ best_index) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t sW = g.sW;
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t h0 = g.first_row(oh), h1 = g.end_row(oh);
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      best[ow] = -std::numeric_limits<acc_t>::infinity();
+      best_index[ow] = static_cast<index_t>(h0 * g.W + first_column[ow]);
+    }
+    // Window pixels in torch's order (rows, then columns): the first maximum wins,
+    // and NaN always wins, so it propagates. Branch-free so that it vectorises.
+    for (int64_t ih = h0; ih < h1; ih += g.dH) {
+      const scalar_t* row = x + ih * g.W;
+      for (int64_t j = 0; j < g.kW; ++j) {
+        const int64_t offset = g.column_offset(j);
+        const index_t base = static_cast<index_t>(ih * g.W + offset);
+        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) {
+          const acc_t v = static_cast<acc_t>(row[ow * sW + offset]);
+          const bool take = (v > best[ow]) | (v != v);  // | rather than ||: no branches
+          best[ow] = take ? v : best[ow];
+          best_index[ow] = take ? static_cast<index_t>(base + ow * sW) : best_index[ow];
+        }
+      }
+    }
+    scalar_t* __restrict__ y_row = y + oh * g.Wo;
+    int64_t* __restrict__ index_row = indices + oh * g.Wo;
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      y_row[ow] = static_cast<scalar_t>(best[ow]);
+      index_row[ow] = best_index[ow];
+    }
+  }
+}
+
+// One plane of the input gradient: zero, then each output gradient to its argmax.
+template <typename scalar_t>
+void max_unpool_plane(const char* op, int64_t plane_in, int64_t plane_out, const scalar_t* dy,
+                      const int64_t* indices, scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::fill_n(dx, plane_in, scalar_t(0));
+  for (int64_t o = 0; o < plane_out; ++o) {
+    const int64_t target = indices[o];
+    TORCH_CHECK_INDEX(target >= 0 && target < plane_in, op, ": index ", target,
+                      " in indices is outside the input plane of ", plane_in, " pixels");
+    dx[target] = static_cast<scalar_t>(static_cast<acc_t>(dx[target]) + static_cast<acc_t>(dy[o]));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Average pooling
+
 // Clipped window [start, end) of one output index along one axis (dilation 1),
 // and the window length counted with the padding (for count_include_pad).
 struct AvgWindow {
   int64_t start, end, padded_size;
+  bool empty() const { return start >= end; }
 };
-inline AvgWindow avg_window(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t in) {
-  int64_t start = o * stride - pad;
-  int64_t end = std::min(start + kernel, in + pad);
-  const int64_t padded_size = end - start;
-  return {std::max<int64_t>(start, 0), std::min(end, in), padded_size};
+AvgWindow avg_window(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t in) {
+  const int64_t start = o * stride - pad;
+  const int64_t end = std::min(start + kernel, in + pad);
+  return {std::max<int64_t>(start, 0), std::min(end, in), end - start};
 }
 
-std::vector<AvgWindow> avg_windows(int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t in) {
-  std::vector<AvgWindow> windows;
-  windows.reserve(out);
-  for (int64_t o = 0; o < out; ++o) windows.push_back(avg_window(o, kernel, stride, pad, in));
-  return windows;
+// The windows of every output row and column, and the divisor
+// torch.nn.functional.avg_pool2d uses: divisor_override, or row_factor[oh] * col_factor[ow]
+// (window sizes with or without the padding). A window wholly in the ceil-mode
+// overhang averages nothing: its sum is 0, and its divisor is taken as 1.
+struct AvgPlan {
+  std::vector<AvgWindow> rows, cols;
+  std::vector<double> row_factor, col_factor;
+  double divisor_override;  // 0: none
+
+  AvgPlan(const PoolGeometry& g, bool count_include_pad, std::optional<int64_t> divisor_override)
+      : divisor_override(divisor_override.value_or(0)) {
+    for (int64_t oh = 0; oh < g.Ho; ++oh) rows.push_back(avg_window(oh, g.kH, g.sH, g.pH, g.H));
+    for (int64_t ow = 0; ow < g.Wo; ++ow) cols.push_back(avg_window(ow, g.kW, g.sW, g.pW, g.W));
+    auto factor = [&](const AvgWindow& w) { return w.empty() ? 0.0 : count_include_pad ? w.padded_size : w.end - w.start; };
+    for (const AvgWindow& r : rows) row_factor.push_back(factor(r));
+    for (const AvgWindow& c : cols) col_factor.push_back(factor(c));
+  }
+  // Divisor of window (oh, ow), given row_factor[oh]; written to vectorise over ow.
+  double divisor(double row, int64_t ow) const {
+    const double size = row * col_factor[ow];
+    return divisor_override != 0 ? divisor_override : size == 0 ? 1.0 : size;
+  }
+};
+
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_pool_plane(const PoolGeometry& g, const AvgPlan& plan, const scalar_t* x,
+                                         scalar_t* y, at::opmath_type<scalar_t>* __restrict__ sum) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::fill_n(sum, g.Wo, acc_t(0));
+    for (int64_t ih = plan.rows[oh].start; ih < plan.rows[oh].end; ++ih) {
+      const scalar_t* row = x + ih * g.W;
+      for (int64_t j = 0; j < g.kW; ++j) {
+        const int64_t offset = g.column_offset(j);
+        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) sum[ow] += static_cast<acc_t>(row[ow * g.sW + offset]);
+      }
+    }
+    scalar_t* __restrict__ y_row = y + oh * g.Wo;
+    const double row = plan.row_factor[oh];
+    for (int64_t ow = 0; ow < g.Wo; ++ow) y_row[ow] = static_cast<scalar_t>(sum[ow] / static_cast<acc_t>(plan.divisor(row, ow)));
+  }
 }
 
-// The divisor torch.nn.functional.avg_pool2d uses for one window.
-inline int64_t avg_divisor(const AvgWindow& h, const AvgWindow& w, bool count_include_pad,
-                           std::optional<int64_t> divisor_override) {
-  if (divisor_override.has_value()) return *divisor_override;
-  if (count_include_pad) return h.padded_size * w.padded_size;
-  return (h.end - h.start) * (w.end - w.start);
+// One plane of the input gradient: each pixel of a window gets the output's share.
+// For a fixed kernel column j the columns ow*sW + j - pW are distinct, so the inner
+// loop has no conflicts.
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_unpool_plane(const PoolGeometry& g, const AvgPlan& plan, const scalar_t* dy,
+                                           scalar_t* dx, at::opmath_type<scalar_t>* share) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::fill_n(dx, g.H * g.W, scalar_t(0));
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const double row = plan.row_factor[oh];
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      share[ow] = static_cast<acc_t>(dy[oh * g.Wo + ow]) / static_cast<acc_t>(plan.divisor(row, ow));
+    }
+    for (int64_t ih = plan.rows[oh].start; ih < plan.rows[oh].end; ++ih) {
+      scalar_t* row = dx + ih * g.W;
+      for (int64_t j = 0; j < g.kW; ++j) {
+        const int64_t offset = g.column_offset(j);
+        const acc_t* __restrict__ s = share;
+        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) {
+          scalar_t& target = row[ow * g.sW + offset];
+          target = static_cast<scalar_t>(static_cast<acc_t>(target) + s[ow]);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 2x2 windows with stride 2, no padding, each inside the input (LeNet's average
+// pooling, VGG's max pooling, adaptive pooling that halves): every output reads two
+// pixels of two rows, unrolled, so the loop over ow is one vector loop. Same order
+// of operations as the general kernels above, so the same results.
+
+bool tiled_2x2(const PoolGeometry& g) {
+  return g.kH == 2 && g.kW == 2 && g.sH == 2 && g.sW == 2 && g.pH == 0 && g.pW == 0 && g.dH == 1 &&
+         g.dW == 1 && 2 * g.Ho <= g.H && 2 * g.Wo <= g.W && g.H * g.W <= std::numeric_limits<int32_t>::max();
+}
+
+// Output rows of the 2x2 kernels: r0 and r1 are the window's two input rows, `top` is
+// r0's index in the plane. (Row functions with __restrict__ parameters: GCC vectorises
+// these loops only when it knows that outputs and inputs do not overlap.)
+template <typename scalar_t>
+inline void max_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __restrict__ r1, int32_t top,
+                             int32_t W, int64_t Wo, scalar_t* __restrict__ y, int64_t* __restrict__ indices) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const int32_t left = static_cast<int32_t>(2 * ow), first = top + left;
+    const acc_t v1 = static_cast<acc_t>(r0[left + 1]), v2 = static_cast<acc_t>(r1[left]);
+    const acc_t v3 = static_cast<acc_t>(r1[left + 1]);
+    acc_t best = static_cast<acc_t>(r0[left]);  // what -inf turns into after the first pixel
+    int32_t at = first;
+    // The first maximum wins, and NaN always wins (| rather than ||: no branches).
+    bool take = (v1 > best) | (v1 != v1);
+    best = take ? v1 : best;
+    at = take ? first + 1 : at;
+    take = (v2 > best) | (v2 != v2);
+    best = take ? v2 : best;
+    at = take ? first + W : at;
+    take = (v3 > best) | (v3 != v3);
+    best = take ? v3 : best;
+    at = take ? first + W + 1 : at;
+    y[ow] = static_cast<scalar_t>(best);
+    indices[ow] = at;
+  }
+}
+
+// Writes both input rows once: each output gradient at its argmax, zero elsewhere.
+// Returns how many indices were found in their windows.
+template <typename scalar_t>
+inline int64_t max_unpool_row_2x2(const scalar_t* __restrict__ dy, const int64_t* __restrict__ indices,
+                                  int64_t top, int64_t W, int64_t Wo, scalar_t* __restrict__ r0,
+                                  scalar_t* __restrict__ r1) {
+  int64_t matched = 0;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const int64_t at = indices[ow], first = top + 2 * ow;
+    const scalar_t grad = dy[ow];
+    matched += (at == first) + (at == first + 1) + (at == first + W) + (at == first + W + 1);
+    r0[2 * ow] = at == first ? grad : scalar_t(0);
+    r0[2 * ow + 1] = at == first + 1 ? grad : scalar_t(0);
+    r1[2 * ow] = at == first + W ? grad : scalar_t(0);
+    r1[2 * ow + 1] = at == first + W + 1 ? grad : scalar_t(0);
+  }
+  return matched;
+}
+
+template <typename scalar_t>
+inline void avg_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __restrict__ r1,
+                             at::opmath_type<scalar_t> divisor, int64_t Wo, scalar_t* __restrict__ y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const acc_t sum = acc_t(0) + static_cast<acc_t>(r0[2 * ow]) + static_cast<acc_t>(r0[2 * ow + 1]) +
+                      static_cast<acc_t>(r1[2 * ow]) + static_cast<acc_t>(r1[2 * ow + 1]);
+    y[ow] = static_cast<scalar_t>(sum / divisor);
+  }
+}
+
+template <typename scalar_t>
+inline void avg_unpool_row_2x2(const scalar_t* __restrict__ dy, at::opmath_type<scalar_t> divisor, int64_t Wo,
+                               scalar_t* __restrict__ r0, scalar_t* __restrict__ r1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const scalar_t share = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[ow]) / divisor);
+    r0[2 * ow] = r0[2 * ow + 1] = r1[2 * ow] = r1[2 * ow + 1] = share;
+  }
+}
+
+// An odd last column or row is in no window: its gradient is zero.
+template <typename scalar_t>
+void zero_outside_2x2(const PoolGeometry& g, scalar_t* dx) {
+  for (int64_t ih = 0; ih < 2 * g.Ho; ++ih) std::fill(dx + ih * g.W + 2 * g.Wo, dx + (ih + 1) * g.W, scalar_t(0));
+  std::fill(dx + 2 * g.Ho * g.W, dx + g.H * g.W, scalar_t(0));
+}
+
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void max_pool_plane_2x2(const PoolGeometry& g, const scalar_t* x, scalar_t* y,
+                                             int64_t* indices) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t top = 2 * oh * g.W;
+    max_pool_row_2x2(x + top, x + top + g.W, static_cast<int32_t>(top), static_cast<int32_t>(g.W), g.Wo,
+                     y + oh * g.Wo, indices + oh * g.Wo);
+  }
+}
+
+// Writes every pixel of the plane once. Returns false, having written a partial
+// plane, when an index is not a pixel of its own window (the caller then scatters
+// the plane in general, as torch would).
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES bool max_unpool_plane_2x2(const PoolGeometry& g, const scalar_t* dy, const int64_t* indices,
+                                               scalar_t* dx) {
+  int64_t matched = 0;
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t top = 2 * oh * g.W;
+    matched += max_unpool_row_2x2(dy + oh * g.Wo, indices + oh * g.Wo, top, g.W, g.Wo, dx + top, dx + top + g.W);
+  }
+  zero_outside_2x2(g, dx);
+  return matched == g.Ho * g.Wo;
+}
+
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_pool_plane_2x2(const PoolGeometry& g, double divisor, const scalar_t* x, scalar_t* y) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t top = 2 * oh * g.W;
+    avg_pool_row_2x2(x + top, x + top + g.W, static_cast<at::opmath_type<scalar_t>>(divisor), g.Wo, y + oh * g.Wo);
+  }
+}
+
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_unpool_plane_2x2(const PoolGeometry& g, double divisor, const scalar_t* dy,
+                                               scalar_t* dx) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t top = 2 * oh * g.W;
+    avg_unpool_row_2x2(dy + oh * g.Wo, static_cast<at::opmath_type<scalar_t>>(divisor), g.Wo, dx + top,
+                       dx + top + g.W);
+  }
+  zero_outside_2x2(g, dx);
+}
+
+// ---------------------------------------------------------------------------
+// All planes of one op: threads take whole planes.
+
+template <typename scalar_t>
+void avg_pool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* x, scalar_t* y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(g.Wo);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const scalar_t* x_plane = x + plane * g.H * g.W;
+      scalar_t* y_plane = y + plane * g.Ho * g.Wo;
+      if (tiled_2x2(g)) {
+        avg_pool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), x_plane, y_plane);
+      } else {
+        avg_pool_plane(g, plan, x_plane, y_plane, sum.data());
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* dy,
+                       scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> share(g.Wo);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
+      scalar_t* dx_plane = dx + plane * g.H * g.W;
+      if (tiled_2x2(g)) {
+        avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
+      } else {
+        avg_unpool_plane(g, plan, dy_plane, dx_plane, share.data());
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Adaptive average pooling. Where the output size divides the input size, the
+// windows are plain pooling windows (kernel = stride = in / out) and the average
+// pooling kernels above run; a 1x1 output (global pooling) sums whole planes.
+
+struct AdaptiveWindows {
+  std::vector<int64_t> start, end;
+  AdaptiveWindows(int64_t out, int64_t in) {
+    for (int64_t o = 0; o < out; ++o) {
+      start.push_back(adaptive_start(o, out, in));
+      end.push_back(adaptive_end(o, out, in));
+    }
+  }
+};
+
+template <typename scalar_t>
+void adaptive_pool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& cols, int64_t W,
+                         const scalar_t* x, scalar_t* y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t Ho = rows.start.size(), Wo = cols.start.size();
+  for (int64_t oh = 0; oh < Ho; ++oh)
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      acc_t sum = 0;
+      for (int64_t ih = rows.start[oh]; ih < rows.end[oh]; ++ih)
+        for (int64_t iw = cols.start[ow]; iw < cols.end[ow]; ++iw) sum += static_cast<acc_t>(x[ih * W + iw]);
+      const int64_t count = (rows.end[oh] - rows.start[oh]) * (cols.end[ow] - cols.start[ow]);
+      y[oh * Wo + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>(count));
+    }
+}
+
+template <typename scalar_t>
+void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& cols, int64_t H, int64_t W,
+                           const scalar_t* dy, scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t Ho = rows.start.size(), Wo = cols.start.size();
+  std::fill_n(dx, H * W, scalar_t(0));
+  for (int64_t oh = 0; oh < Ho; ++oh)
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t count = (rows.end[oh] - rows.start[oh]) * (cols.end[ow] - cols.start[ow]);
+      const acc_t share = static_cast<acc_t>(dy[oh * Wo + ow]) / static_cast<acc_t>(count);
+      for (int64_t ih = rows.start[oh]; ih < rows.end[oh]; ++ih)
+        for (int64_t iw = cols.start[ow]; iw < cols.end[ow]; ++iw)
+          dx[ih * W + iw] = static_cast<scalar_t>(static_cast<acc_t>(dx[ih * W + iw]) + share);
+    }
+}
+
+// Global average pooling: plane p of x (size `plane`) averages to y[p]; the sum runs
+// in row-major order, as the general kernel's.
+template <typename scalar_t>
+void global_pool(int64_t planes, int64_t plane, const scalar_t* x, scalar_t* y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* values = x + p * plane;
+      acc_t sum = 0;
+      for (int64_t k = 0; k < plane; ++k) sum += static_cast<acc_t>(values[k]);
+      y[p] = static_cast<scalar_t>(sum / static_cast<acc_t>(plane));
+    }
+  });
+}
+
+template <typename scalar_t>
+void global_unpool(int64_t planes, int64_t plane, const scalar_t* dy, scalar_t* dx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t share = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[p]) / static_cast<acc_t>(plane));
+      std::fill_n(dx + p * plane, plane, share);
+    }
+  });
+}
+
+// Adaptive windows as plain pooling windows, when the output size divides the input size.
+std::optional<PoolGeometry> adaptive_as_pooling(int64_t H, int64_t W, int64_t Ho, int64_t Wo) {
+  if (Ho == 0 || Wo == 0 || H % Ho != 0 || W % Wo != 0) return std::nullopt;
+  const int64_t kernel[] = {H / Ho, W / Wo}, zero[] = {0, 0}, one[] = {1, 1};
+  return PoolGeometry(H, W, Ho, Wo, kernel, kernel, zero, one);
 }
 
 }  // namespace
@@ -80,62 +475,36 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& inpu
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   at::Tensor indices = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
-  const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
-  const int64_t kH = kernel_size[0], kW = kernel_size[1], sH = stride[0], sW = stride[1];
-  const int64_t pH = padding[0], pW = padding[1], dH = dilation[0], dW = dilation[1];
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
 
-  // As torch, a window whose values are all -inf reports its first in-bounds pixel:
-  // first_w[ow] is that column (the window start, moved right past the padding).
-  std::vector<int64_t> first_w(Wo);
-  for (int64_t ow = 0; ow < Wo; ++ow) {
-    int64_t w0 = ow * sW - pW;
-    while (w0 < 0) w0 += dW;
-    first_w[ow] = w0;
+  std::vector<int64_t> first_column(g.Wo);
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    int64_t w0 = ow * g.sW - g.pW;
+    while (w0 < 0) w0 += g.dW;
+    first_column[ow] = w0;
   }
   // The running argmax is kept in 32 bits when the plane allows: a float value and an
-  // int32 index share a vector lane width, so the select below vectorises.
-  const bool small_plane = H * W <= std::numeric_limits<int32_t>::max();
+  // int32 index share a vector lane width, so the select vectorises.
+  const bool small_plane = g.H * g.W <= std::numeric_limits<int32_t>::max();
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
     auto run = [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      using acc_t = at::opmath_type<scalar_t>;
-      at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> best(Wo);
-        std::vector<index_t> best_index(Wo);
+      at::parallel_for(0, s.batch * s.channels, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> best(g.Wo);
+        std::vector<index_t> best_index(g.Wo);
         for (int64_t plane = begin; plane < end; ++plane) {
-          const scalar_t* xp = x_data + plane * H * W;
-          for (int64_t oh = 0; oh < Ho; ++oh) {
-            int64_t h0 = oh * sH - pH;
-            while (h0 < 0) h0 += dH;
-            std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
-            for (int64_t ow = 0; ow < Wo; ++ow) best_index[ow] = static_cast<index_t>(h0 * W + first_w[ow]);
-            // Window pixels in torch's order (rows, then columns): the first maximum
-            // wins, and NaN always wins, so it propagates. Branch-free for vectorising.
-            for (int64_t ih = h0; ih < std::min(oh * sH - pH + (kH - 1) * dH + 1, H); ih += dH) {
-              const scalar_t* row = xp + ih * W;
-              for (int64_t j = 0; j < kW; ++j) {
-                const int64_t offset = j * dW - pW;
-                const auto [ow_begin, ow_end] = in_bounds_outputs(offset, sW, W, Wo);
-                const index_t base = static_cast<index_t>(ih * W + offset);
-                acc_t* __restrict__ b = best.data();
-                index_t* __restrict__ bi = best_index.data();
-                for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
-                  const acc_t v = static_cast<acc_t>(row[ow * sW + offset]);
-                  const bool take = v > b[ow] || v != v;
-                  b[ow] = take ? v : b[ow];
-                  bi[ow] = take ? static_cast<index_t>(base + ow * sW) : bi[ow];
-                }
-              }
-            }
-            const int64_t o = (plane * Ho + oh) * Wo;
-            for (int64_t ow = 0; ow < Wo; ++ow) {
-              y_data[o + ow] = static_cast<scalar_t>(best[ow]);
-              idx_data[o + ow] = best_index[ow];
-            }
+          const scalar_t* x_plane = x_data + plane * g.H * g.W;
+          const int64_t out = plane * g.Ho * g.Wo;
+          if (tiled_2x2(g)) {
+            max_pool_plane_2x2(g, x_plane, y_data + out, idx_data + out);
+          } else {
+            max_pool_plane(g, first_column.data(), x_plane, y_data + out, idx_data + out, best.data(),
+                           best_index.data());
           }
         }
       });
@@ -154,22 +523,21 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                                     stride, padding, dilation, ceil_mode);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor idx = indices.contiguous();
-  at::Tensor dx = at::zeros(input_size, grad_output.options());
-  const int64_t plane_in = s.in_h * s.in_w, plane_out = s.out_h * s.out_w;
+  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
+  const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.batch * s.channels, plane_grain(plane_out), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        scalar_t* dxp = dx_data + plane * plane_in;
-        for (int64_t o = plane * plane_out; o < (plane + 1) * plane_out; ++o) {
-          const int64_t target = idx_data[o];
-          TORCH_CHECK_INDEX(target >= 0 && target < plane_in, op, ": index ", target,
-                            " in indices is outside the input plane of ", plane_in, " pixels");
-          dxp[target] += dy_data[o];
-        }
+        const scalar_t* dy_plane = dy_data + plane * plane_out;
+        const int64_t* idx_plane = idx_data + plane * plane_out;
+        scalar_t* dx_plane = dx_data + plane * plane_in;
+        if (tiled_2x2(g) && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
+        max_unpool_plane(op, plane_in, plane_out, dy_plane, idx_plane, dx_plane);
       }
     });
   });
@@ -183,40 +551,12 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef kernel_si
   const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
-  const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
-
-  const std::vector<AvgWindow> col_windows = avg_windows(Wo, kernel_size[1], stride[1], padding[1], W);
+  const int64_t no_dilation[] = {1, 1};
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
+  const AvgPlan plan(g, count_include_pad, divisor_override);
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> sum(Wo);
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* xp = x_data + plane * H * W;
-        scalar_t* yp = y_data + plane * Ho * Wo;
-        for (int64_t oh = 0; oh < Ho; ++oh) {
-          const AvgWindow wh = avg_window(oh, kernel_size[0], stride[0], padding[0], H);
-          std::fill(sum.begin(), sum.end(), acc_t(0));
-          for (int64_t ih = wh.start; ih < wh.end; ++ih) {
-            const scalar_t* row = xp + ih * W;
-            for (int64_t j = 0; j < kernel_size[1]; ++j) {
-              const int64_t offset = j - padding[1];
-              const auto [ow_begin, ow_end] = in_bounds_outputs(offset, stride[1], W, Wo);
-              for (int64_t ow = ow_begin; ow < ow_end; ++ow) sum[ow] += static_cast<acc_t>(row[ow * stride[1] + offset]);
-            }
-          }
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const AvgWindow& ww = col_windows[ow];
-            // A window wholly in the ceil-mode overhang averages nothing: 0, as torch.
-            const bool empty = wh.start >= wh.end || ww.start >= ww.end;
-            const acc_t divisor = static_cast<acc_t>(avg_divisor(wh, ww, count_include_pad, divisor_override));
-            yp[oh * Wo + ow] = empty ? scalar_t(0) : static_cast<scalar_t>(sum[ow] / divisor);
-          }
-        }
-      }
-    });
+    avg_pool_planes(g, plan, s.batch * s.channels, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -229,43 +569,13 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef in
   const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
                                                     ceil_mode, divisor_override);
   const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dx = at::zeros(input_size, grad_output.options());
-  const int64_t H = s.in_h, W = s.in_w, Ho = s.out_h, Wo = s.out_w;
-
-  const std::vector<AvgWindow> col_windows = avg_windows(Wo, kernel_size[1], stride[1], padding[1], W);
+  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const int64_t no_dilation[] = {1, 1};
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
+  const AvgPlan plan(g, count_include_pad, divisor_override);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
-    scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.batch * s.channels, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> share(Wo);
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* dyp = dy_data + plane * Ho * Wo;
-        scalar_t* dxp = dx_data + plane * H * W;
-        for (int64_t oh = 0; oh < Ho; ++oh) {
-          const AvgWindow wh = avg_window(oh, kernel_size[0], stride[0], padding[0], H);
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const AvgWindow& ww = col_windows[ow];
-            share[ow] = static_cast<acc_t>(dyp[oh * Wo + ow]) /
-                        static_cast<acc_t>(avg_divisor(wh, ww, count_include_pad, divisor_override));
-          }
-          // Each pixel of the window gets the output's share; for a fixed j the
-          // columns ow*sW + j - pW are distinct, so the inner loop has no conflicts.
-          for (int64_t ih = wh.start; ih < wh.end; ++ih) {
-            scalar_t* row = dxp + ih * W;
-            for (int64_t j = 0; j < kernel_size[1]; ++j) {
-              const int64_t offset = j - padding[1];
-              const auto [ow_begin, ow_end] = in_bounds_outputs(offset, stride[1], W, Wo);
-              for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
-                scalar_t& target = row[ow * stride[1] + offset];
-                target = static_cast<scalar_t>(static_cast<acc_t>(target) + share[ow]);
-              }
-            }
-          }
-        }
-      }
-    });
+    avg_unpool_planes(g, plan, s.batch * s.channels, dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
   });
   return dx;
 }
@@ -277,26 +587,23 @@ at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef 
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
   at::Tensor y = at::empty({N, C, Ho, Wo}, input.options());
+  const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* xp = x_data + plane * H * W;
-        for (int64_t oh = 0; oh < Ho; ++oh) {
-          const int64_t h0 = adaptive_start(oh, Ho, H), h1 = adaptive_end(oh, Ho, H);
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const int64_t w0 = adaptive_start(ow, Wo, W), w1 = adaptive_end(ow, Wo, W);
-            acc_t sum = 0;
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc_t>(xp[ih * W + iw]);
-            y_data[(plane * Ho + oh) * Wo + ow] = static_cast<scalar_t>(sum / static_cast<acc_t>((h1 - h0) * (w1 - w0)));
-          }
+    if (Ho == 1 && Wo == 1) {
+      global_pool(N * C, H * W, x_data, y_data);
+    } else if (as_pooling.has_value()) {
+      avg_pool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, x_data, y_data);
+    } else {
+      const AdaptiveWindows rows(Ho, H), cols(Wo, W);
+      at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          adaptive_pool_plane(rows, cols, W, x_data + plane * H * W, y_data + plane * Ho * Wo);
         }
-      }
-    });
+      });
+    }
   });
   return y;
 }
@@ -307,28 +614,24 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntAr
   const at::Tensor dy = grad_output.contiguous();
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
   const int64_t Ho = dy.size(2), Wo = dy.size(3);
-  at::Tensor dx = at::zeros(input_size, grad_output.options());
+  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        scalar_t* dxp = dx_data + plane * H * W;
-        for (int64_t oh = 0; oh < Ho; ++oh) {
-          const int64_t h0 = adaptive_start(oh, Ho, H), h1 = adaptive_end(oh, Ho, H);
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const int64_t w0 = adaptive_start(ow, Wo, W), w1 = adaptive_end(ow, Wo, W);
-            const acc_t share = static_cast<acc_t>(dy_data[(plane * Ho + oh) * Wo + ow]) /
-                                static_cast<acc_t>((h1 - h0) * (w1 - w0));
-            for (int64_t ih = h0; ih < h1; ++ih)
-              for (int64_t iw = w0; iw < w1; ++iw)
-                dxp[ih * W + iw] = static_cast<scalar_t>(static_cast<acc_t>(dxp[ih * W + iw]) + share);
-          }
+    if (Ho == 1 && Wo == 1) {
+      global_unpool(N * C, H * W, dy_data, dx_data);
+    } else if (as_pooling.has_value()) {
+      avg_unpool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, dy_data, dx_data);
+    } else {
+      const AdaptiveWindows rows(Ho, H), cols(Wo, W);
+      at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          adaptive_unpool_plane(rows, cols, H, W, dy_data + plane * Ho * Wo, dx_data + plane * H * W);
         }
-      }
-    });
+      });
+    }
   });
   return dx;
 }
