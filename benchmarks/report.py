@@ -91,6 +91,38 @@ def summary(ratios):
     return "\n".join(lines)
 
 
+# The CPU goals of the benchmark issue, as cuconv/torch time ratios of the median times.
+def _conv_layer(case, mode):
+    return mode == "forward+backward" and case.split(".")[0] in ("vgg", "resnet") and "pool" not in case
+
+
+GOALS = [
+    ("max, average and adaptive pooling, forward+backward, every case", "max", 0.5,
+     lambda case, mode: mode == "forward+backward" and "pool" in case),
+    ("LeNet's two conv layers (batch 128), forward+backward, each", "max", 1.0,
+     lambda case, mode: mode == "forward+backward" and case in ("lenet.conv1", "lenet.conv2")),
+    ("a whole LeNet training step", "max", 1.0,
+     lambda case, mode: mode == "training step" and case.startswith("lenet.")),
+    ("ResNet-18 and VGG conv layers, forward+backward, geometric mean", "geomean", 1.3, _conv_layer),
+    ("ResNet-18 and VGG conv layers, forward+backward, worst layer", "max", 2.0, _conv_layer),
+]
+
+
+def goals(ratios):
+    """One line per CPU goal (float32): the measured statistic next to its limit."""
+    lines = ["| goal (cuconv time / torch time, cpu, float32) | limit | measured | met |",
+             "| --- | ---: | ---: | --- |"]
+    for text, statistic, limit, selects in GOALS:
+        values = [r for (case, mode, device, dtype), r in ratios
+                  if device == "cpu" and dtype == "float32" and selects(case, mode)]
+        if not values:
+            lines.append(f"| {text} | {limit:.1f} | not run | |")
+            continue
+        value = geometric_mean(values) if statistic == "geomean" else max(values)
+        lines.append(f"| {text} | {limit:.1f} | {value:.2f} ({len(values)} cases) | {'yes' if value <= limit else '**no**'} |")
+    return "\n".join(lines)
+
+
 def plot(ratios, path):
     import matplotlib
 
@@ -120,10 +152,11 @@ def main():
     data, rows, ceilings = load(args.json)
     table, ratios = ratio_table(rows, ceilings)
     machine = data.get("machine_info", {})
+    batches = sorted({b["extra_info"].get("batch") for b in data["benchmarks"]} - {None})
     header = (f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
               f"{machine.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}; "
-              f"torch {__import__('torch').__version__}.")
-    text = "\n\n".join([header, summary(ratios), table])
+              f"torch {__import__('torch').__version__}; batch {', '.join(map(str, batches)) or '?'}.")
+    text = "\n\n".join([header, goals(ratios), summary(ratios), table])
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")

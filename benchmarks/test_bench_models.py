@@ -47,6 +47,6 @@ def test_training_step(benchmark, model_name, backend, device, dtype, batch, qui
 
     benchmark.group = f"{model_name} training step {device} {dtype}"
     benchmark.extra_info.update(case=f"{model_name}.train_step@{resize}", mode="training step", device=device,
-                                dtype=dtype, impl=backend, images=batch)
+                                dtype=dtype, impl=backend, images=batch, batch=batch)
     step()  # warm-up
     benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)

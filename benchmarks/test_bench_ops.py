@@ -55,7 +55,7 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
         for t in (x, w, b):
             t.requires_grad_()
     flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
-    label(benchmark, case, mode, device, dtype, impl, flops=flops)
+    label(benchmark, case, mode, device, dtype, impl, flops=flops, batch=batch)
     conv = IMPLS[impl].conv2d
     run(benchmark, lambda x, w, b: conv(x, w, b, case.stride, case.padding, 1, case.groups), (x, w, b),
         mode, device)
@@ -70,7 +70,7 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     x = torch.randn(batch, case.channels, case.size, case.size, device=device, dtype=dt,
                     requires_grad=mode == "forward+backward")
     moved = case.bytes_moved(batch, x.element_size()) * (3 if mode == "forward+backward" else 1)
-    label(benchmark, case, mode, device, dtype, impl, bytes=moved)
+    label(benchmark, case, mode, device, dtype, impl, bytes=moved, batch=batch)
     api = IMPLS[impl]
     if case.kind == "max":
         fn = lambda x: api.max_pool2d(x, case.kernel, case.stride, case.padding)  # noqa: E731
