@@ -4,6 +4,8 @@ Each pair shares a pytest-benchmark group ("<case> <mode> <device> <dtype>"), so
 rows print together; report.py turns the JSON into cuconv/torch ratios.
 """
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,16 @@ def run(benchmark, fn, inputs, mode, device):
         synchronize(device)
 
     step()  # warm-up outside the timing (allocator, thread pool)
-    benchmark.pedantic(step, rounds=benchmark_rounds(), warmup_rounds=1, iterations=1)
+    benchmark.pedantic(step, rounds=rounds_for(step), warmup_rounds=1, iterations=1)
 
 
-def benchmark_rounds():
-    return 5
+def rounds_for(step, budget_s=0.25, fewest=5, most=200):
+    """Enough rounds for a stable median: about budget_s of work, at least `fewest`
+    (sub-millisecond cases get many, whole VGG layers a few)."""
+    start = time.perf_counter()
+    step()
+    once = time.perf_counter() - start
+    return int(min(most, max(fewest, budget_s / max(once, 1e-9))))
 
 
 def label(benchmark, case, mode, device, dtype, impl, **extra):
