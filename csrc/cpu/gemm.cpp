@@ -90,7 +90,7 @@ Microkernel<double> cpu_microkernel<double>() {
 template <typename T>
 void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
                  int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
-                 bool accumulate, const std::type_identity_t<T>* bias) {
+                 bool accumulate, const typename Element<T>::type* bias) {
   const int64_t mr = kernel.mr, nr = kernel.nr;
   TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
   alignas(64) T edge[kMaxTileElements];

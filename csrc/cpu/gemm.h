@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 namespace cuconv {
 
@@ -86,12 +85,18 @@ void zero_last_b_panel(T* dst, int64_t nr, int64_t depth, int64_t cols) {
   if (cols % nr != 0) std::fill_n(dst + cols / nr * nr * depth, nr * depth, T(0));
 }
 
+// T itself, in a form that template argument deduction ignores (so a nullptr bias works).
+template <typename T>
+struct Element {
+  using type = T;
+};
+
 // C[M, N] (row stride ldc) = (accumulate ? C : 0) + A @ B (+ bias[m] when given), over one
 // K slice of `depth`: `a` / `b` point at the slice in panel 0, and consecutive panels
 // are `a_panel_stride` / `b_panel_stride` elements apart.
 template <typename T>
 void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
                  int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
-                 bool accumulate, const std::type_identity_t<T>* bias);
+                 bool accumulate, const typename Element<T>::type* bias);
 
 }  // namespace cuconv
