@@ -92,9 +92,10 @@ def test_conv2d_matches_torch(case, dtype, device):
 
 
 def random_direct_conv_cases(count, seed):
-    """float32, groups 1, 4..16 output channels: the CPU's direct (im2col-free) kernels,
-    over stride, padding, dilation, widths that leave partial register tiles, and
-    kernel rows that fall wholly in the padding."""
+    """float32, groups 1: the CPU's direct (im2col-free) kernels, over output channels
+    that fill several channel panels or part of a vector, stride, padding, dilation,
+    rows that leave a short last register tile, and kernel rows that fall wholly in the
+    padding."""
     rng = random.Random(seed)
     cases = []
     for _ in range(count):
@@ -102,36 +103,55 @@ def random_direct_conv_cases(count, seed):
         dh, dw = rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2])
         ph, pw = rng.randint(0, 4), rng.randint(0, 3)
         h_min, w_min = max(1, dh * (kh - 1) + 1 - 2 * ph), max(1, dw * (kw - 1) + 1 - 2 * pw)
+        stride = rng.choice([(1, 1), (1, 1), (rng.randint(1, 3), rng.randint(1, 3))])
         cases.append(dict(
-            batch=rng.choice([1, 2, 5]), in_channels=rng.randint(1, 7), out_channels=rng.randint(4, 16),
-            groups=1, kernel=(kh, kw), stride=(rng.randint(1, 3), rng.randint(1, 3)), padding=(ph, pw),
-            dilation=(dh, dw), size=(h_min + rng.randint(0, 9), w_min + rng.randint(0, 20)),
+            batch=rng.choice([1, 2, 5]), in_channels=rng.randint(1, 9), out_channels=rng.choice([1, 3, 6, 16, 17, 40, 70]),
+            groups=1, kernel=(kh, kw), stride=stride, padding=(ph, pw),
+            dilation=(dh, dw), size=(h_min + rng.randint(0, 9), w_min + rng.randint(0, 30)),
             bias=rng.random() < 0.7))
     return cases
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "im2col"])
-@pytest.mark.parametrize("case", random_direct_conv_cases(24, seed=99),
+@pytest.mark.parametrize("case", random_direct_conv_cases(30, seed=99),
                          ids=lambda c: "o{out_channels}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
-def test_conv2d_cpu_direct_and_im2col_paths_match_torch(case, direct, monkeypatch):
-    """CUCONV_CPU_DIRECT=0 sends the same layers through im2col + GEMM; both must match."""
+def test_conv2d_cpu_direct_and_im2col_paths_match_torch(case, direct, isa, monkeypatch):
+    """CUCONV_CPU_DIRECT=1 runs every pass the direct kernels can take through them (the
+    input gradient where the stride is 1), =0 none; both must match torch, with the
+    AVX-512 and the AVX2 register tiles (a CPU without one runs the best it has)."""
     monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
     x, w, b = conv_tensors(case, torch.float32, "cpu")
     ours, theirs = conv_fns(case, b is not None)
     compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], torch.float32)
 
 
+def test_conv2d_cpu_direct_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "yes")
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(20, 3, 3, 3)
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX"):
+        pytest.skip("no direct kernels on this CPU, so the setting is not read")
+    with pytest.raises(ValueError, match=r"CUCONV_CPU_DIRECT to be 0 or 1, but got 'yes'"):
+        CF.conv2d(x, w)
+
+
 def test_conv2d_cpu_direct_switch_changes_the_path(monkeypatch):
-    """Guards the test above: on LeNet's second layer the two paths sum in different
-    orders, so float32 results differ in the last bits (if the switch did nothing,
-    they would be identical and the test above would cover one path twice)."""
+    """Guards the test above: the two paths sum in different orders, so float32 results
+    differ in the last bits, for every pass (if the switch did nothing, the test above
+    would cover one path twice). K = 360 taps, more than one GEMM depth slice (with one
+    slice both forward passes would sum in the same order)."""
     torch.manual_seed(3)
-    x, w, b = torch.randn(8, 6, 14, 14), torch.randn(16, 6, 5, 5), torch.randn(16)
-    dy = torch.randn(8, 16, 10, 10)
+    x, w, b = torch.randn(4, 40, 12, 12), torch.randn(20, 40, 3, 3), torch.randn(20)
+    dy = torch.randn(4, 20, 12, 12)
     results = {}
     for direct in ("1", "0"):
         monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
-        results[direct] = (CF.conv2d(x, w, b), ops.conv2d_backward_weight(dy, x, list(w.shape), [1, 1], [0, 0], [1, 1], 1))
+        results[direct] = (CF.conv2d(x, w, b, padding=1),
+                           ops.conv2d_backward_weight(dy, x, list(w.shape), [1, 1], [1, 1], [1, 1], 1),
+                           ops.conv2d_backward_input(dy, w, list(x.shape), [1, 1], [1, 1], [1, 1], 1))
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX"):
+        pytest.skip("no direct kernels on this CPU")
     for on, off in zip(results["1"], results["0"]):
         assert_matches(on, off, torch.float32)
         assert not torch.equal(on, off)

@@ -31,9 +31,9 @@
 // over a fixed split of the batch and the partial sums are added in a fixed order,
 // so results are deterministic. Half types are packed as float and computed in float.
 //
-// Two layer kinds skip im2col: depthwise layers (direct row loops below) and float32
-// layers with 4..16 output channels, whose forward pass and weight gradient run the
-// AVX2 register-tiled kernels of direct_conv.cpp.
+// Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
+// pass, float32 layers that the direct kernels of direct_conv.h run faster
+// (direct_choice below).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -551,13 +551,36 @@ void depthwise_backward_weight(const ConvGeometry& g, const scalar_t* dy, const 
   });
 }
 
-// The direct float32 kernels (direct_conv.h) for groups = 1 and few output channels.
+// The direct float32 kernels (direct_conv.h), groups = 1.
 DirectConv direct_problem(const ConvGeometry& g) {
   return DirectConv{g.batch,    g.channels_per_group,     g.height,   g.width,    g.out_channels_per_group,
                     g.out_h,    g.out_w,                  g.kernel_h, g.kernel_w, g.stride_h,
                     g.stride_w, g.pad_h,                  g.pad_w,    g.dilation_h, g.dilation_w};
 }
 
+
+// Which passes of a float32 layer run the direct kernels rather than im2col + GEMM.
+// The rules come from timing both paths on the book's layers (benchmarks/NOTES.md, on
+// AVX-512): the direct kernels win where their register tiles fill up and their
+// scattered output stores are amortised, that is with many taps per output (K) and
+// rows of at least a few pixels; the GEMM wins where K is small (its packing is then
+// cheap), on 3x3 and 6x6 images, and for the input gradient of layers with few input
+// channels (whose output-channel vectors the direct kernel would fill 1/16).
+struct DirectChoice {
+  bool forward = false, weight = false, input = false;
+};
+
+DirectChoice direct_choice(const ConvGeometry& g) {
+  DirectChoice choice;
+  const DirectMode mode = direct_conv_mode();
+  if (g.groups != 1 || mode == DirectMode::kNever) return choice;
+  const bool always = mode == DirectMode::kAlways;
+  const int64_t K = g.column_rows(), O = g.out_channels_per_group, C = g.channels_per_group;
+  choice.forward = always || (g.out_w >= 6 && (K >= 256 || (O <= 16 && K >= 16)));
+  choice.weight = always || g.out_w >= 8 || K < 256;
+  choice.input = direct_conv_backward_input_suits(direct_problem(g)) && (always || (C >= 64 && g.width >= 8));
+  return choice;
+}
 
 #define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
@@ -582,7 +605,7 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
-    } else if (std::is_same_v<scalar_t, float> && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+    } else if (std::is_same_v<scalar_t, float> && direct_choice(g).forward) {
       direct_conv_forward(direct_problem(g), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                           b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>());
     } else {
@@ -601,7 +624,10 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
   const ConvGeometry g(shape, stride, padding, dilation);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
-  at::Tensor dx = at::zeros(input_size, grad_output.options());
+  const bool direct = dy.scalar_type() == at::kFloat && !is_depthwise(g) && direct_choice(g).input;
+  // The depthwise and direct kernels write every element; col2im adds into zeros.
+  at::Tensor dx = is_depthwise(g) || direct ? at::empty(input_size, grad_output.options())
+                                            : at::zeros(input_size, grad_output.options());
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
@@ -609,6 +635,9 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
+    } else if (std::is_same_v<scalar_t, float> && direct) {
+      direct_conv_backward_input(direct_problem(g), dy.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                 dx.mutable_data_ptr<float>());
     } else {
       gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
     }
@@ -633,7 +662,7 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
     scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
-    } else if (std::is_same_v<scalar_t, float> && groups == 1 && direct_conv_suits(g.out_channels_per_group)) {
+    } else if (std::is_same_v<scalar_t, float> && direct_choice(g).weight) {
       direct_conv_backward_weight(direct_problem(g), x.const_data_ptr<float>(), dy.const_data_ptr<float>(),
                                   dw.mutable_data_ptr<float>());
     } else {

@@ -1,29 +1,25 @@
-// Direct float32 convolution with AVX2 register tiles, for layers with 4..16
-// output channels (see direct_conv.h for when and why).
+// Direct float32 convolution: the drivers around the register tiles of direct_tile.h.
 //
 // Layout: the input is zero-padded once into [N, C, Hp, Wp], so every tap of every
-// output pixel is in bounds. A tap k = (c*kH + i)*kW + j (the weight's own order)
-// sits at the fixed offset
+// output pixel is in bounds. Tap k = (c*kH + i)*kW + j (the weight's own order) sits at
 //   taps[k] = (c*Hp + i*dH)*Wp + j*dW
-// from the pixel's window origin (oh*sH)*Wp + ow*sW, and the weights are packed as
-// [K][V*8]: tap-major, output channels along the 8-float lanes of V = 1 or 2
-// vectors (zeros past C_out). Taps over the padding are multiplied like any other,
-// as in the im2col path, so Inf/NaN weights give the NaNs torch gives (0 * Inf).
+// from the window origin (oh*sH)*Wp + ow*sW of its pixel. Output channels go in panels
+// of NV vectors (up to 4 x 16 with AVX-512, 2 x 8 with AVX2), and the weights are
+// packed per panel as [K][NV*lanes], tap-major with zeros past the last channel. Taps
+// over the padding are multiplied like any other, as in the im2col path, so Inf/NaN
+// weights give the NaNs torch gives (0 * Inf).
 //
-// Forward tile (kPixels output pixels of one row x all output channels):
-//   for each tap k:  w = packed[k]  (V vectors)
-//                    for each pixel q: acc[q] += w * broadcast(x[origin_q + taps[k]])
-// 6 pixels x 2 vectors = 12 accumulators + 2 weights + 1 broadcast = 15 of the 16
-// ymm registers; every weight load feeds 6 FMAs, every input load 1 or 2.
-//
-// Weight-gradient tile (kTaps taps x all output channels), summed over a sample:
-//   for each pixel p: g = grad_out[p] (V vectors, from a [P][V*8] transposed copy)
-//                     for each tap t: acc[t] += g * broadcast(x[origin_p + taps[t]])
-//
-// The input gradient keeps the im2col + GEMM + col2im path of conv2d.cpp.
+// Forward: threads take output rows (row = n*H_out + oh); each row is cut into tiles of
+// Q pixels (the last one shorter), and each tile runs once per panel.
+// Weight gradient: threads take a fixed split of the batch; per image, grad_output is
+// transposed to [panel][pixel][NV*lanes] and each tile of T taps sums over the whole
+// image; the partial sums of the split are added in order (deterministic).
+// Input gradient (stride 1): grad_input[n, c] = sum_{o,i,j} w[o, c, kH-1-i, kW-1-j] *
+// grad_padded[n, o, ih + i*dH, iw + j*dW] with grad_output padded by dH*(kH-1) - pH
+// (likewise in width): the forward pass with in and out channels swapped and the
+// kernel flipped.
 
 #include "direct_conv.h"
-#include "gemm.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -33,28 +29,36 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CUCONV_DIRECT_X86 1
-#include <immintrin.h>
-#else
-#define CUCONV_DIRECT_X86 0  // other CPUs take the im2col path
-#endif
+#include "gemm.h"
 
 namespace cuconv {
 
-#if CUCONV_DIRECT_X86
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+DirectTiles avx512_direct_tiles();  // simd_avx512.cpp
+DirectTiles avx2_direct_tiles();    // simd_avx2.cpp
+#endif
+
 namespace {
 
-bool direct_conv_switched_off() {
-  const char* setting = std::getenv("CUCONV_CPU_DIRECT");
-  return setting != nullptr && std::strcmp(setting, "0") == 0;
+// The tiles for this CPU (and CUCONV_CPU_ISA), or null where there are none.
+const DirectTiles* cpu_direct_tiles() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const DirectTiles avx512 = avx512_direct_tiles(), avx2 = avx2_direct_tiles();
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return &avx512;
+    case CpuIsa::kAvx2: return &avx2;
+    default: break;
+  }
+#endif
+  return nullptr;
 }
 
-constexpr int64_t kLanes = 8;   // floats per ymm register
-constexpr int kPixels = 6;      // output pixels per forward tile
-constexpr int kTaps = 6;        // taps per weight-gradient tile
+const DirectTiles& tiles_or_fail() {
+  const DirectTiles* tiles = cpu_direct_tiles();
+  TORCH_CHECK(tiles != nullptr, "cuconv: the direct convolution kernels need AVX2 or AVX-512");
+  return *tiles;
+}
 
-int64_t vectors_for(int64_t channels) { return channels > kLanes ? 2 : 1; }
 int64_t taps_of(const DirectConv& p) { return p.in_channels * p.kernel_h * p.kernel_w; }
 int64_t padded_h(const DirectConv& p) { return p.height + 2 * p.pad_h; }
 int64_t padded_w(const DirectConv& p) { return p.width + 2 * p.pad_w; }
@@ -73,213 +77,185 @@ std::vector<int64_t> tap_offsets(const DirectConv& p) {
 const float* padded_input(const DirectConv& p, const float* in, std::vector<float>& buffer) {
   if (p.pad_h == 0 && p.pad_w == 0) return in;
   const int64_t hp = padded_h(p), wp = padded_w(p), planes = p.batch * p.in_channels;
-  buffer.assign(planes * hp * wp, 0.f);
+  buffer.resize(planes * hp * wp);
   at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane)
-      for (int64_t h = 0; h < p.height; ++h)
-        std::memcpy(&buffer[(plane * hp + h + p.pad_h) * wp + p.pad_w],
-                    in + (plane * p.height + h) * p.width, p.width * sizeof(float));
+    for (int64_t plane = begin; plane < end; ++plane) {
+      float* dst = buffer.data() + plane * hp * wp;
+      std::fill_n(dst, p.pad_h * wp, 0.f);
+      for (int64_t h = 0; h < p.height; ++h) {
+        float* row = dst + (h + p.pad_h) * wp;
+        std::fill_n(row, p.pad_w, 0.f);
+        std::memcpy(row + p.pad_w, in + (plane * p.height + h) * p.width, p.width * sizeof(float));
+        std::fill_n(row + p.pad_w + p.width, p.pad_w, 0.f);
+      }
+      std::fill_n(dst + (p.pad_h + p.height) * wp, p.pad_h * wp, 0.f);
+    }
   });
   return buffer.data();
 }
 
-// Weights as [K][V*8], output channels along the lanes.
-std::vector<float> packed_weights(const DirectConv& p, const float* weight) {
-  const int64_t lanes = vectors_for(p.out_channels) * kLanes, k_count = taps_of(p);
-  std::vector<float> packed(k_count * lanes, 0.f);
-  for (int64_t o = 0; o < p.out_channels; ++o)
-    for (int64_t k = 0; k < k_count; ++k) packed[k * lanes + o] = weight[o * k_count + k];
+// Output channels [first, first + count), in `vectors` vectors.
+struct Panel {
+  int64_t first, count, vectors;
+};
+
+std::vector<Panel> channel_panels(int64_t channels, const DirectTiles& tiles) {
+  std::vector<Panel> panels;
+  const int64_t width = tiles.max_vectors * tiles.lanes;
+  for (int64_t first = 0; first < channels; first += width) {
+    const int64_t count = std::min(width, channels - first);
+    panels.push_back({first, count, (count + tiles.lanes - 1) / tiles.lanes});
+  }
+  return panels;
+}
+
+// Each panel's weights as [K][NV*lanes], output channels along the lanes.
+std::vector<std::vector<float>> packed_weights(const DirectConv& p, const float* weight,
+                                               const std::vector<Panel>& panels, const DirectTiles& tiles) {
+  const int64_t k_count = taps_of(p);
+  std::vector<std::vector<float>> packed;
+  for (const Panel& panel : panels) {
+    const int64_t width = panel.vectors * tiles.lanes;
+    std::vector<float> w(k_count * width, 0.f);
+    for (int64_t o = 0; o < panel.count; ++o)
+      for (int64_t k = 0; k < k_count; ++k) w[k * width + o] = weight[(panel.first + o) * k_count + k];
+    packed.push_back(std::move(w));
+  }
   return packed;
 }
 
-template <int V, int Q>
-__attribute__((target("avx2,fma"))) inline void forward_tile(const float* origin, int64_t stride_w,
-                                                             const int64_t* taps, int64_t k_count,
-                                                             const float* w, const float* bias,
-                                                             float* tile) {
-  __m256 acc[Q][V];
-#pragma GCC unroll 2
-  for (int v = 0; v < V; ++v) {
-    const __m256 b = _mm256_loadu_ps(bias + v * kLanes);
-#pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) acc[q][v] = b;
-  }
-  for (int64_t k = 0; k < k_count; ++k) {
-    const float* x = origin + taps[k];
-    __m256 wv[V];
-#pragma GCC unroll 2
-    for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(w + (k * V + v) * kLanes);
-#pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) {
-      const __m256 xq = _mm256_broadcast_ss(x + q * stride_w);
-#pragma GCC unroll 2
-      for (int v = 0; v < V; ++v) acc[q][v] = _mm256_fmadd_ps(wv[v], xq, acc[q][v]);
-    }
-  }
-  for (int q = 0; q < Q; ++q)
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(tile + (q * V + v) * kLanes, acc[q][v]);
-}
-
-// Output rows [row_begin, row_end), counted across samples (row = n*H_out + oh).
-template <int V>
-__attribute__((target("avx2,fma"))) void forward_rows(const DirectConv& p, const float* xp,
-                                                      const int64_t* taps, const float* w,
-                                                      const float* bias, float* out,
-                                                      int64_t row_begin, int64_t row_end) {
-  alignas(32) float tile[kPixels * V * kLanes];
-  const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
-  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t n = row / p.out_h, oh = row % p.out_h;
-    const float* x_row = xp + n * sample_in + oh * p.stride_h * padded_w(p);
-    float* y_row = out + n * p.out_channels * plane + oh * p.out_w;
-    for (int64_t ow = 0; ow < p.out_w; ow += kPixels) {
-      const float* origin = x_row + ow * p.stride_w;
-      const int64_t q_count = std::min<int64_t>(kPixels, p.out_w - ow);
-      switch (q_count) {  // full tiles, then the row's remainder
-        case 6: forward_tile<V, 6>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-        case 5: forward_tile<V, 5>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-        case 4: forward_tile<V, 4>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-        case 3: forward_tile<V, 3>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-        case 2: forward_tile<V, 2>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-        default: forward_tile<V, 1>(origin, p.stride_w, taps, k_count, w, bias, tile); break;
-      }
-      for (int64_t o = 0; o < p.out_channels; ++o)
-        for (int64_t q = 0; q < q_count; ++q) y_row[o * plane + ow + q] = tile[q * V * kLanes + o];
-    }
-  }
-}
-
-// Plain scalar arguments and fully unrolled tile loops keep the accumulators in
-// registers (GCC spilled them to the stack after every FMA otherwise).
-template <int V, int T>
-__attribute__((target("avx2,fma"))) inline void weight_tile(const float* x_sample, int64_t out_h, int64_t out_w,
-                                                            int64_t row_step, int64_t stride_w,
-                                                            const int64_t* taps, const float* grad_t,
-                                                            float* partial) {
-  __m256 acc[T][V];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t)
-#pragma GCC unroll 2
-    for (int v = 0; v < V; ++v) acc[t][v] = _mm256_setzero_ps();
-  int64_t tap[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) tap[t] = taps[t];
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    const float* x_row = x_sample + oh * row_step;
-    const float* g_row = grad_t + oh * out_w * V * kLanes;
-    for (int64_t ow = 0; ow < out_w; ++ow) {
-      const float* origin = x_row + ow * stride_w;
-      __m256 g[V];
-#pragma GCC unroll 2
-      for (int v = 0; v < V; ++v) g[v] = _mm256_loadu_ps(g_row + (ow * V + v) * kLanes);
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        const __m256 xt = _mm256_broadcast_ss(origin + tap[t]);
-#pragma GCC unroll 2
-        for (int v = 0; v < V; ++v) acc[t][v] = _mm256_fmadd_ps(g[v], xt, acc[t][v]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t)
-#pragma GCC unroll 2
-    for (int v = 0; v < V; ++v) {
-      float* dst = partial + (t * V + v) * kLanes;
-      _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), acc[t][v]));
-    }
-}
-
-// Adds samples [n_begin, n_end)'s weight gradient into partial [K][V*8].
-template <int V>
-__attribute__((target("avx2,fma"))) void weight_samples(const DirectConv& p, const float* xp,
-                                                        const int64_t* taps, const float* grad_out,
-                                                        int64_t n_begin, int64_t n_end, float* partial) {
-  const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
-  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
-  const int64_t row_step = p.stride_h * padded_w(p);
-  std::vector<float> grad_t(plane * V * kLanes, 0.f);  // lanes past C_out stay 0
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const float* g = grad_out + n * p.out_channels * plane;
-    for (int64_t o = 0; o < p.out_channels; ++o)
-      for (int64_t pix = 0; pix < plane; ++pix) grad_t[pix * V * kLanes + o] = g[o * plane + pix];
-    const float* x_sample = xp + n * sample_in;
-    for (int64_t k = 0; k < k_count; k += kTaps) {
-      float* dst = partial + k * V * kLanes;
-      switch (std::min<int64_t>(kTaps, k_count - k)) {
-        case 6: weight_tile<V, 6>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-        case 5: weight_tile<V, 5>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-        case 4: weight_tile<V, 4>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-        case 3: weight_tile<V, 3>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-        case 2: weight_tile<V, 2>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-        default: weight_tile<V, 1>(x_sample, p.out_h, p.out_w, row_step, p.stride_w, taps + k, grad_t.data(), dst); break;
-      }
-    }
-  }
+// The input gradient's problem: grad_output (O channels) in, grad_input (C channels) out.
+DirectConv transposed(const DirectConv& p) {
+  return DirectConv{p.batch,    p.out_channels, p.out_h,    p.out_w,    p.in_channels,
+                    p.height,   p.width,        p.kernel_h, p.kernel_w, 1,
+                    1,          p.dilation_h * (p.kernel_h - 1) - p.pad_h,
+                    p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w};
 }
 
 }  // namespace
 
-bool direct_conv_suits(int64_t out_channels) {
-  return !direct_conv_switched_off() && cpu_isa() >= CpuIsa::kAvx2 && out_channels >= 4 && out_channels <= 2 * kLanes;
+DirectMode direct_conv_mode() {
+  if (cpu_direct_tiles() == nullptr) return DirectMode::kNever;
+  const char* setting = std::getenv("CUCONV_CPU_DIRECT");
+  if (setting == nullptr || *setting == '\0') return DirectMode::kAuto;
+  TORCH_CHECK_VALUE(std::strcmp(setting, "0") == 0 || std::strcmp(setting, "1") == 0,
+                    "cuconv: expected the environment variable CUCONV_CPU_DIRECT to be 0 or 1, but got '", setting,
+                    "'");
+  return *setting == '1' ? DirectMode::kAlways : DirectMode::kNever;
 }
 
-void direct_conv_forward(const DirectConv& p, const float* in, const float* weight,
-                         const float* bias, float* out) {
-  const int64_t vectors = vectors_for(p.out_channels);
-  std::vector<float> padded, bias_lanes(vectors * kLanes, 0.f);
-  if (bias != nullptr) std::copy(bias, bias + p.out_channels, bias_lanes.begin());
-  const float* xp = padded_input(p, in, padded);
+void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
+                         float* out) {
+  const DirectTiles& tiles = tiles_or_fail();
+  const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
+  const std::vector<std::vector<float>> w = packed_weights(p, weight, panels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
-  const std::vector<float> w = packed_weights(p, weight);
+  std::vector<float> padded;
+  const float* xp = padded_input(p, in, padded);
+  const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
+  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1.
-  at::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t begin, int64_t end) {
-    if (vectors == 2) {
-      forward_rows<2>(p, xp, taps.data(), w.data(), bias_lanes.data(), out, begin, end);
-    } else {
-      forward_rows<1>(p, xp, taps.data(), w.data(), bias_lanes.data(), out, begin, end);
+  at::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
+    std::vector<float> tile(16 * tiles.max_vectors * tiles.lanes);
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const int64_t n = row / p.out_h, oh = row % p.out_h;
+      const float* x_row = xp + n * sample_in + oh * p.stride_h * padded_w(p);
+      for (size_t pi = 0; pi < panels.size(); ++pi) {
+        const Panel& panel = panels[pi];
+        const int64_t width = panel.vectors * tiles.lanes;
+        const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
+                                                          : tiles.forward[panel.vectors];
+        float* y_row = out + (n * p.out_channels + panel.first) * plane + oh * p.out_w;
+        for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
+          const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
+          run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(), tile.data());
+          for (int64_t o = 0; o < panel.count; ++o) {
+            const float b = bias != nullptr ? bias[panel.first + o] : 0.f;
+            float* y = y_row + o * plane + ow;
+            for (int64_t q = 0; q < q_count; ++q) y[q] = tile[q * width + o] + b;
+          }
+        }
+      }
     }
   });
 }
 
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
                                  float* grad_weight) {
-  const int64_t vectors = vectors_for(p.out_channels), lanes = vectors * kLanes, k_count = taps_of(p);
+  const DirectTiles& tiles = tiles_or_fail();
+  const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
+  const std::vector<int64_t> taps = tap_offsets(p);
   std::vector<float> padded;
   const float* xp = padded_input(p, in, padded);
-  const std::vector<int64_t> taps = tap_offsets(p);
+  const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
+  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
+  // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
+  // into rows that are never read), and where the panel starts in the arrays.
+  std::vector<int64_t> rows(panels.size()), partial_at(panels.size() + 1, 0), grad_at(panels.size() + 1, 0);
+  for (size_t pi = 0; pi < panels.size(); ++pi) {
+    const int64_t t = tiles.taps[panels[pi].vectors], width = panels[pi].vectors * tiles.lanes;
+    rows[pi] = (k_count + t - 1) / t * t;
+    partial_at[pi + 1] = partial_at[pi] + rows[pi] * width;
+    grad_at[pi + 1] = grad_at[pi] + plane * width;
+  }
   // A fixed split of the batch, one partial sum each, added in order: deterministic.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), p.batch));
-  std::vector<float> partial(parts * k_count * lanes, 0.f);
-  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t part = begin; part < end; ++part) {
-      const int64_t n_begin = part * p.batch / parts, n_end = (part + 1) * p.batch / parts;
-      float* sum = partial.data() + part * k_count * lanes;
-      if (vectors == 2) {
-        weight_samples<2>(p, xp, taps.data(), grad_out, n_begin, n_end, sum);
-      } else {
-        weight_samples<1>(p, xp, taps.data(), grad_out, n_begin, n_end, sum);
+  std::vector<float> partial(parts * partial_at.back(), 0.f);
+  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+    std::vector<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
+    std::vector<int64_t> tile_taps(16);
+    for (int64_t part = part_begin; part < part_end; ++part) {
+      float* sums = partial.data() + part * partial_at.back();
+      for (int64_t n = part * p.batch / parts; n < (part + 1) * p.batch / parts; ++n) {
+        const float* g = grad_out + n * p.out_channels * plane;
+        for (size_t pi = 0; pi < panels.size(); ++pi) {
+          const Panel& panel = panels[pi];
+          const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
+          float* panel_grad = grad_t.data() + grad_at[pi];
+          for (int64_t o = 0; o < panel.count; ++o)
+            for (int64_t pix = 0; pix < plane; ++pix) panel_grad[pix * width + o] = g[(panel.first + o) * plane + pix];
+          for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
+            for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
+            tiles.weight[panel.vectors](xp + n * sample_in, p.out_h, p.out_w, row_step, p.stride_w, tile_taps.data(),
+                                        panel_grad, sums + partial_at[pi] + k0 * width);
+          }
+        }
       }
     }
   });
-  for (int64_t o = 0; o < p.out_channels; ++o)
-    for (int64_t k = 0; k < k_count; ++k) {
-      float total = 0.f;
-      for (int64_t part = 0; part < parts; ++part) total += partial[(part * k_count + k) * lanes + o];
-      grad_weight[o * k_count + k] = total;
+  at::parallel_for(0, p.out_channels, 1, [&](int64_t o_begin, int64_t o_end) {
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      size_t pi = 0;
+      while (panels[pi].first + panels[pi].count <= o) ++pi;
+      const int64_t width = panels[pi].vectors * tiles.lanes, lane = o - panels[pi].first;
+      for (int64_t k = 0; k < k_count; ++k) {
+        float total = 0.f;
+        for (int64_t part = 0; part < parts; ++part) {
+          total += partial[part * partial_at.back() + partial_at[pi] + k * width + lane];
+        }
+        grad_weight[o * k_count + k] = total;
+      }
     }
+  });
 }
 
-#else  // !CUCONV_DIRECT_X86
-
-bool direct_conv_suits(int64_t) { return false; }
-void direct_conv_forward(const DirectConv&, const float*, const float*, const float*, float*) {
-  TORCH_CHECK(false, "cuconv: the direct convolution kernels need an x86-64 CPU");
-}
-void direct_conv_backward_weight(const DirectConv&, const float*, const float*, float*) {
-  TORCH_CHECK(false, "cuconv: the direct convolution kernels need an x86-64 CPU");
+bool direct_conv_backward_input_suits(const DirectConv& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dilation_h * (p.kernel_h - 1) &&
+         p.pad_w <= p.dilation_w * (p.kernel_w - 1);
 }
 
-#endif  // CUCONV_DIRECT_X86
+void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
+  TORCH_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
+  // flipped[c, o, i, j] = weight[o, c, kH-1-i, kW-1-j]
+  const int64_t kh = p.kernel_h, kw = p.kernel_w;
+  std::vector<float> flipped(p.in_channels * p.out_channels * kh * kw);
+  for (int64_t o = 0; o < p.out_channels; ++o)
+    for (int64_t c = 0; c < p.in_channels; ++c)
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j)
+          flipped[((c * p.out_channels + o) * kh + i) * kw + j] =
+              weight[((o * p.in_channels + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+  direct_conv_forward(transposed(p), grad_out, flipped.data(), nullptr, grad_in);
+}
 
 }  // namespace cuconv

@@ -1,10 +1,11 @@
 #pragma once
-// Direct (im2col-free) float32 convolution, forward and weight gradient, for layers
-// with few output channels: LeNet's two layers, VGG's first layer. There the im2col +
-// GEMM path spends more time writing the 25x-expanded column matrix than multiplying
-// it (the GEMM has only 6-16 rows); see benchmarks/NOTES.md. AVX2 + FMA only; other
-// CPUs, other dtypes, groups > 1 and the input gradient take the im2col path in
-// conv2d.cpp.
+// Direct (im2col-free) float32 convolution on the CPU, groups = 1: forward, weight
+// gradient, and input gradient for stride 1. A matrix product whose pixel operand is
+// read in place (direct_tile.h): no column matrix and no packing of the input, only a
+// zero-padded copy of it, the weights packed along output channels and, for the weight
+// gradient, grad_output transposed. Vector register tiles for AVX-512 and AVX2
+// (simd_avx512.cpp, simd_avx2.cpp); other CPUs and dtypes take the im2col path.
+// conv2d.cpp decides per pass which path runs (direct_conv_choice there).
 
 #include <cstdint>
 
@@ -18,19 +19,42 @@ struct DirectConv {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
-// Whether this CPU has the instructions and the layer suits the kernels
-// (4..16 output channels, so one or two 8-float vectors are at least half used).
-// CUCONV_CPU_DIRECT=0 in the environment turns the direct path off (for comparisons),
-// and so does CUCONV_CPU_ISA=generic (gemm.h).
-bool direct_conv_suits(int64_t out_channels);
+// When the direct kernels run: where conv2d.cpp's rules expect them to be faster (auto),
+// wherever they can (always: CUCONV_CPU_DIRECT=1, for tests and comparisons), or never
+// (CUCONV_CPU_DIRECT=0, or a CPU without AVX2, or CUCONV_CPU_ISA=generic). Any other
+// value of CUCONV_CPU_DIRECT is an error.
+enum class DirectMode { kAuto, kAlways, kNever };
+DirectMode direct_conv_mode();
 
 // Forward pass; `weight` is [out_channels, in_channels, kH, kW], `bias` may be null.
-void direct_conv_forward(const DirectConv& p, const float* in, const float* weight,
-                         const float* bias, float* out);
+void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
+                         float* out);
 
-// Weight gradient: grad_w[o, c, i, j] = sum_{n,oh,ow} grad_out[n, o, oh, ow] * in_padded[...]
+// Weight gradient: grad_w[o, c, i, j] = sum_{n,oh,ow} grad_out[n, o, oh, ow] * in_padded[...],
 // summed in a fixed order (deterministic for a given thread count).
-void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
-                                 float* grad_weight);
+void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
+
+// Whether the input gradient can run as a direct convolution: stride 1, and padding no
+// larger than the dilated kernel's reach (direct_conv_available() aside).
+bool direct_conv_backward_input_suits(const DirectConv& p);
+
+// Input gradient for stride 1: the forward convolution of grad_out, padded by
+// dilation*(k-1) - padding, with the weights transposed and flipped.
+void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in);
+
+// The register tiles of one vector ISA (simd_avx512.cpp, simd_avx2.cpp), indexed by
+// NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward
+// tiles by the pixels q = 1..Q they take (a row's last tile may be short).
+struct DirectTiles {
+  using Forward = void (*)(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
+                           const float* weights, float* tile);
+  using Weight = void (*)(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
+                          const int64_t* taps, const float* grad_t, float* partial);
+  static constexpr int kMaxVectors = 4, kMaxPixels = 12;
+  int64_t lanes = 0, max_vectors = 0;
+  int64_t pixels[kMaxVectors + 1] = {}, taps[kMaxVectors + 1] = {};  // Q and T for each NV
+  Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {};
+  Weight weight[kMaxVectors + 1] = {};
+};
 
 }  // namespace cuconv

@@ -11,7 +11,7 @@
 
 namespace cuconv {
 
-// Defined in gemm_avx512.cpp and gemm_avx2.cpp (x86-64 only).
+// Defined in simd_avx512.cpp and simd_avx2.cpp (x86-64 only).
 Microkernel<float> avx512_microkernel_float();
 Microkernel<double> avx512_microkernel_double();
 Microkernel<float> avx2_microkernel_float();

@@ -16,7 +16,7 @@
 // so no row-major column matrix is ever stored. Callers cut K into slices of
 // `depth` so that one slice of A and B stays in L2 while the tiles run.
 //
-// Microkernels: AVX-512 (gemm_avx512.cpp), AVX2 + FMA (gemm_avx2.cpp) and portable
+// Microkernels: AVX-512 (simd_avx512.cpp), AVX2 + FMA (simd_avx2.cpp) and portable
 // C++ (gemm.cpp), for float and double; the best one the CPU has is used, and
 // CUCONV_CPU_ISA=avx2|generic in the environment asks for a lesser one (tests, and
 // comparisons). Half types are packed as float and use the float kernels.

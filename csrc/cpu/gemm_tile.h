@@ -1,6 +1,6 @@
 // The register tile of cuconv's GEMM (gemm.h), written once for every vector ISA.
 //
-// Included by gemm_avx512.cpp and gemm_avx2.cpp *after* their `#pragma GCC target`,
+// Included by simd_avx512.cpp and simd_avx2.cpp *after* their `#pragma GCC target`,
 // so each instantiation is compiled for that ISA. It must not include any header
 // itself: an inline library function compiled here with AVX-512 could be the copy
 // the linker keeps for the whole program (and crash on a CPU without AVX-512).

@@ -1,7 +1,9 @@
-// The AVX2 + FMA register tiles of cuconv's GEMM (gemm.h): 6 rows x 2 vectors, i.e.
-// 6 x 16 floats or 6 x 8 doubles, in 12 of the 16 ymm registers (the B row and the
-// broadcast take 3 more).
+// The AVX2 + FMA register tiles of cuconv's CPU kernels (16 ymm registers):
+// - GEMM (gemm.h): 6 rows x 2 vectors, i.e. 6 x 16 floats or 6 x 8 doubles, in 12
+//   registers (the B row and the broadcast take 3 more).
+// - direct convolution (direct_conv.h): 6 pixels or 6 taps x NV = 1 or 2 channel vectors.
 
+#include "direct_conv.h"
 #include "gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -38,7 +40,24 @@ struct Avx2Double {
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
 };
 
+#include "direct_tile.h"
 #include "gemm_tile.h"
+
+// table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
+template <class Isa, int NV, int Q, int kStride>
+void fill_forward_tiles(DirectTiles::Forward* table) {
+  table[Q] = &direct_forward_tile<Isa, NV, Q, kStride>;
+  if constexpr (Q > 1) fill_forward_tiles<Isa, NV, Q - 1, kStride>(table);
+}
+
+template <class Isa, int NV, int Q, int T>
+void fill_direct_tiles(DirectTiles& tiles) {
+  tiles.pixels[NV] = Q;
+  tiles.taps[NV] = T;
+  fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
+  fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
+  tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
+}
 
 }  // namespace
 
@@ -47,6 +66,15 @@ Microkernel<float> avx2_microkernel_float() {
 }
 Microkernel<double> avx2_microkernel_double() {
   return {6, 8, 256, &register_tile<Avx2Double, 6, 2>, "avx2"};
+}
+
+DirectTiles avx2_direct_tiles() {
+  DirectTiles t;
+  t.lanes = 8;
+  t.max_vectors = 2;
+  fill_direct_tiles<Avx2Float, 1, 6, 6>(t);
+  fill_direct_tiles<Avx2Float, 2, 6, 6>(t);
+  return t;
 }
 
 }  // namespace cuconv

@@ -1,8 +1,11 @@
-// The AVX-512 register tiles of cuconv's GEMM (gemm.h): 8 rows x 3 vectors, i.e.
-// 8 x 48 floats or 8 x 24 doubles, in 24 of the 32 zmm registers. Measured on a
-// Zen 5 core, the float tile runs at ~283 GFLOP/s with its panels in L2 (the core's
-// FMA peak is ~276 at the clock it held).
+// The AVX-512 register tiles of cuconv's CPU kernels (32 zmm registers):
+// - GEMM (gemm.h): 8 rows x 3 vectors, i.e. 8 x 48 floats or 8 x 24 doubles, in 24
+//   registers. Measured on a Zen 5 core, the float tile runs at ~283 GFLOP/s with its
+//   panels in L2 (the core's FMA peak is ~276 at the clock it held).
+// - direct convolution (direct_conv.h): Q pixels or T taps x NV channel vectors, 24
+//   accumulators for NV = 2..4 (12 x 2, 8 x 3, 6 x 4), 12 x 1.
 
+#include "direct_conv.h"
 #include "gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -39,7 +42,24 @@ struct Avx512Double {
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
 };
 
+#include "direct_tile.h"
 #include "gemm_tile.h"
+
+// table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
+template <class Isa, int NV, int Q, int kStride>
+void fill_forward_tiles(DirectTiles::Forward* table) {
+  table[Q] = &direct_forward_tile<Isa, NV, Q, kStride>;
+  if constexpr (Q > 1) fill_forward_tiles<Isa, NV, Q - 1, kStride>(table);
+}
+
+template <class Isa, int NV, int Q, int T>
+void fill_direct_tiles(DirectTiles& tiles) {
+  tiles.pixels[NV] = Q;
+  tiles.taps[NV] = T;
+  fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
+  fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
+  tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
+}
 
 }  // namespace
 
@@ -48,6 +68,17 @@ Microkernel<float> avx512_microkernel_float() {
 }
 Microkernel<double> avx512_microkernel_double() {
   return {8, 24, 256, &register_tile<Avx512Double, 8, 3>, "avx512"};
+}
+
+DirectTiles avx512_direct_tiles() {
+  DirectTiles t;
+  t.lanes = 16;
+  t.max_vectors = 4;
+  fill_direct_tiles<Avx512Float, 1, 12, 12>(t);
+  fill_direct_tiles<Avx512Float, 2, 12, 12>(t);
+  fill_direct_tiles<Avx512Float, 3, 8, 8>(t);
+  fill_direct_tiles<Avx512Float, 4, 6, 6>(t);
+  return t;
 }
 
 }  // namespace cuconv

@@ -1,0 +1,88 @@
+// The register tiles of cuconv's direct convolution (direct_conv.h), written once for
+// every vector ISA. Included by simd_avx512.cpp and simd_avx2.cpp *after* their
+// `#pragma GCC target`; like gemm_tile.h it must not include any header itself.
+//
+// Isa provides: V (vector of floats), kLanes, zero(), load(p), store(p, v), set1(x),
+// fma(a, b, c) = a*b + c, add(a, b).
+//
+// The direct convolution is a matrix product whose pixel operand is never packed:
+// every use of an input pixel is a broadcast, and a broadcast can read from anywhere.
+// Vectors run along output channels (NV vectors of kLanes channels: a channel panel).
+//
+// Forward tile, Q consecutive output pixels of a row x NV channel vectors:
+//   for each tap k:  w = weights[k] (NV vectors)
+//                    for q: acc[q][:] += w * x[origin + q*stride + taps[k]]
+// Weight tile, T taps x NV channel vectors, summed over the output pixels of an image:
+//   for each pixel:  g = grad_t[pixel] (NV vectors, grad_output transposed)
+//                    for t: acc[t][:] += g * x[origin(pixel) + taps[t]]
+// Q*NV (or T*NV) accumulators + NV + 1 vectors must fit the register file.
+
+// kStride: the column stride when known at compile time (1), else 0 and `stride` is used.
+template <class Isa, int NV, int Q, int kStride>
+void direct_forward_tile(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
+                         const float* weights, float* tile) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  const int64_t step = kStride > 0 ? kStride : stride;
+  V acc[Q][NV];
+#pragma GCC unroll 16
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[q][v] = Isa::zero();
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* x = origin + taps[k];
+    V w[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) w[v] = Isa::load(weights + (k * NV + v) * L);
+#pragma GCC unroll 16
+    for (int q = 0; q < Q; ++q) {
+      const V xq = Isa::set1(x[q * step]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[q][v] = Isa::fma(w[v], xq, acc[q][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Isa::store(tile + (q * NV + v) * L, acc[q][v]);
+}
+
+// Adds one image's sums into partial[T][NV*kLanes]. The taps live in a local array and
+// every loop over t and v is unrolled, so the accumulators stay in registers.
+template <class Isa, int NV, int T>
+void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
+                        const int64_t* taps, const float* grad_t, float* partial) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[T][NV];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[t][v] = Isa::zero();
+  int64_t tap[T];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) tap[t] = taps[t];
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    const float* x_row = x_image + oh * row_step;
+    const float* g_row = grad_t + oh * out_w * NV * L;
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const float* origin = x_row + ow * stride;
+      V g[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) g[v] = Isa::load(g_row + (ow * NV + v) * L);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        const V xt = Isa::set1(origin[tap[t]]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[t][v] = Isa::fma(g[v], xt, acc[t][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* sum = partial + (t * NV + v) * L;
+      Isa::store(sum, Isa::add(Isa::load(sum), acc[t][v]));
+    }
+}
