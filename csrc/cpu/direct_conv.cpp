@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -74,13 +75,14 @@ std::vector<int64_t> tap_offsets(const DirectConv& p) {
 }
 
 // The input with its zero border, [N, C, Hp, Wp]; the input itself when unpadded.
-const float* padded_input(const DirectConv& p, const float* in, std::vector<float>& buffer) {
+// `buffer` receives the copy (left uninitialised by new[]: every element is written).
+const float* padded_input(const DirectConv& p, const float* in, std::unique_ptr<float[]>& buffer) {
   if (p.pad_h == 0 && p.pad_w == 0) return in;
   const int64_t hp = padded_h(p), wp = padded_w(p), planes = p.batch * p.in_channels;
-  buffer.resize(planes * hp * wp);
+  buffer.reset(new float[planes * hp * wp]);
   at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      float* dst = buffer.data() + plane * hp * wp;
+      float* dst = buffer.get() + plane * hp * wp;
       std::fill_n(dst, p.pad_h * wp, 0.f);
       for (int64_t h = 0; h < p.height; ++h) {
         float* row = dst + (h + p.pad_h) * wp;
@@ -91,7 +93,7 @@ const float* padded_input(const DirectConv& p, const float* in, std::vector<floa
       std::fill_n(dst + (p.pad_h + p.height) * wp, p.pad_h * wp, 0.f);
     }
   });
-  return buffer.data();
+  return buffer.get();
 }
 
 // Output channels [first, first + count), in `vectors` vectors.
@@ -150,7 +152,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<std::vector<float>> w = packed_weights(p, weight, panels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
-  std::vector<float> padded;
+  std::unique_ptr<float[]> padded;
   const float* xp = padded_input(p, in, padded);
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
@@ -185,7 +187,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   const DirectTiles& tiles = tiles_or_fail();
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
-  std::vector<float> padded;
+  std::unique_ptr<float[]> padded;
   const float* xp = padded_input(p, in, padded);
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
