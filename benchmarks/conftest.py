@@ -4,6 +4,8 @@
     pytest benchmarks --benchmark-json=out.json && python benchmarks/report.py out.json
 """
 
+import time
+
 import pytest
 import torch
 
@@ -43,3 +45,12 @@ def quick(request):
 def synchronize(device):
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def rounds_for(step, budget_s=0.25, fewest=5, most=200):
+    """Enough rounds for a stable median: about budget_s of work, at least `fewest`
+    (sub-millisecond cases get many, whole VGG layers a few)."""
+    start = time.perf_counter()
+    step()
+    once = time.perf_counter() - start
+    return int(min(most, max(fewest, budget_s / max(once, 1e-9))))

@@ -4,15 +4,13 @@ Each pair shares a pytest-benchmark group ("<case> <mode> <device> <dtype>"), so
 rows print together; report.py turns the JSON into cuconv/torch ratios.
 """
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cuconv.functional as CF
 from cases import CONV_CASES, POOL_CASES
-from conftest import synchronize
+from conftest import rounds_for, synchronize
 
 IMPLS = {"cuconv": CF, "torch": F}
 MODES = ["forward", "forward+backward"]
@@ -27,15 +25,6 @@ def run(benchmark, fn, inputs, mode, device):
 
     step()  # warm-up outside the timing (allocator, thread pool)
     benchmark.pedantic(step, rounds=rounds_for(step), warmup_rounds=1, iterations=1)
-
-
-def rounds_for(step, budget_s=0.25, fewest=5, most=200):
-    """Enough rounds for a stable median: about budget_s of work, at least `fewest`
-    (sub-millisecond cases get many, whole VGG layers a few)."""
-    start = time.perf_counter()
-    step()
-    once = time.perf_counter() - start
-    return int(min(most, max(fewest, budget_s / max(once, 1e-9))))
 
 
 def label(benchmark, case, mode, device, dtype, impl, **extra):
