@@ -179,13 +179,19 @@ GEMM_BLOCKING_CASES = [
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype,direct", [(torch.float64, "0"), (torch.float32, "0"), (torch.float32, "1")],
+                         ids=["float64", "float32-gemm", "float32-direct"])
 @pytest.mark.parametrize("case", GEMM_BLOCKING_CASES,
                          ids=lambda c: "n{batch}c{in_channels}o{out_channels}g{groups}k{kernel}s{stride}".format(**c))
-def test_conv2d_cpu_gemm_blocking_matches_torch(case, dtype, isa, monkeypatch):
+def test_conv2d_cpu_gemm_blocking_matches_torch(case, dtype, direct, isa, monkeypatch):
     """Every microkernel (CUCONV_CPU_ISA asks for a lesser one than the CPU has; on a CPU
-    without it the best one it has runs) against torch, across the blocking boundaries."""
+    without it the best one it has runs) against torch, across the blocking boundaries:
+    the GEMM path (CUCONV_CPU_DIRECT=0), and for float32 also the direct kernels on the
+    same large layers (=1: several channel panels, hundreds of taps)."""
+    if isa == "generic" and direct == "1":
+        pytest.skip("the direct kernels are vector code: CUCONV_CPU_ISA=generic turns them off")
     monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
     x, w, b = conv_tensors(case, dtype, "cpu")
     ours, theirs = conv_fns(case, b is not None)
     compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
@@ -197,6 +203,7 @@ def test_conv2d_cpu_isa_switch_changes_the_kernel(monkeypatch):
     did nothing, the test above would run one kernel three times)."""
     case = GEMM_BLOCKING_CASES[0]
     x, w, _ = conv_tensors(case, torch.float32, "cpu")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "0")  # the GEMM's microkernels, not the direct kernels
     results = {}
     for isa in ("avx512", "generic"):
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
