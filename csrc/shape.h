@@ -95,6 +95,10 @@ Conv2dShape<T> conv2d_shape(const char* op, c10::ArrayRef<T> input_size, c10::Ar
                    weight_size[0], weight_size[2], weight_size[3], T(0), T(0), groups};
   TORCH_CHECK_VALUE(s.kernel_h > 0 && s.kernel_w > 0, op,
                     ": expected a kernel of at least 1x1, but got weight of shape ", weight_size);
+  // torch returns an empty tensor with 0 channels here; a sum over no channels would be
+  // the bias alone. Neither is a convolution anyone means, so it is refused.
+  TORCH_CHECK_VALUE(s.in_channels > 0, op, ": expected input to have at least one channel, but got shape ",
+                    input_size);
   TORCH_CHECK_VALUE(s.out_channels % groups == 0, op, ": expected out_channels (weight.shape[0]=",
                     s.out_channels, ") to be divisible by groups=", groups);
   TORCH_CHECK_VALUE(s.in_channels == weight_size[1] * groups, op, ": given groups=", groups,

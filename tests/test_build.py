@@ -45,3 +45,48 @@ def test_import_without_the_extension_says_how_to_build(tmp_path):
     result = _import_in_subprocess(package)
     assert result.returncode != 0
     assert "cuconv._C is missing" in result.stderr and "pip install --no-build-isolation" in result.stderr
+
+
+# Runs under valgrind, whose virtual CPU has AVX2 but no AVX-512: cuconv must choose its
+# AVX2 code there and never execute an AVX-512 instruction (SIGILL on such a CPU, for
+# instance in a table built eagerly by code compiled for AVX-512), and still match torch.
+_WITHOUT_AVX512 = r"""
+import os, torch, cuconv, cuconv.functional as CF, torch.nn.functional as F
+torch.manual_seed(0)
+torch.set_num_threads(1)
+print("capability", torch.backends.cpu.get_cpu_capability(), flush=True)
+
+def check(ours, theirs, *tensors, tol=1e-4):
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    refs = [t.clone().requires_grad_() for t in tensors]
+    out, ref = ours(*leaves), theirs(*refs)
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    out.sum().backward(); ref.sum().backward()
+    for a, b in zip(leaves, refs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=tol, atol=tol)
+
+for direct in ("1", "0", ""):  # the direct kernels, the GEMM, and the rules
+    os.environ["CUCONV_CPU_DIRECT"] = direct
+    for dtype in (torch.float32, torch.float64):
+        x, w = torch.randn(2, 5, 9, 11, dtype=dtype), torch.randn(20, 5, 3, 3, dtype=dtype)
+        check(lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), x, w)
+x = torch.randn(2, 3, 9, 8)
+check(lambda x: CF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), x)
+check(lambda x: CF.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), x)
+check(lambda x: CF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), x)
+check(lambda x: CF.adaptive_avg_pool2d(x, 1), lambda x: F.adaptive_avg_pool2d(x, 1), x)
+print("ok", flush=True)
+"""
+
+
+def test_runs_on_a_cpu_without_avx512():
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        import pytest
+        pytest.skip("valgrind is not installed")
+    package_parent = os.path.dirname(os.path.dirname(cuconv.__file__))
+    env = dict(os.environ, PYTHONPATH=package_parent)
+    result = subprocess.run([valgrind, "--tool=none", "-q", sys.executable, "-c", _WITHOUT_AVX512], env=env,
+                            capture_output=True, text=True, timeout=900, cwd=package_parent)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "capability AVX512" not in result.stdout  # valgrind did hide AVX-512

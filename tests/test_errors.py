@@ -53,6 +53,9 @@ CONV_CASES = [
      r"weight of shape \[6, 3, 3, 3\].*input of shape \[2, 4, 8, 8\] to have 3 channels, but got 4"),
     ("channel-mismatch-unbatched", lambda f: f(x4(5, 8, 8), w4()), ValueError,
      r"input of shape \[1, 5, 8, 8\] to have 4 channels, but got 5"),
+    # torch returns an empty [2, 0, 6, 6] here; cuconv refuses a convolution over no channels
+    ("no-input-channels", lambda f: f(x4(2, 0, 8, 8), w4(6, 0, 3, 3)), ValueError,
+     r"input to have at least one channel, but got shape \[2, 0, 8, 8\]"),
     ("groups-not-dividing-in", lambda f: f(x4(2, 5, 8, 8), w4(6, 2, 3, 3), groups=2), ValueError,
      r"groups=2 .*to have 4 channels, but got 5"),
     ("groups-not-dividing-out", lambda f: f(x4(), w4(5, 2, 3, 3), groups=2), ValueError,
@@ -143,7 +146,8 @@ def _raw_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
 
 # Rejected by design although torch accepts them: integer tensors (torch has integer kernels
 # for some of these ops; cuconv's are floating-point only).
-STRICTER_THAN_TORCH = {"integer-input", "int32-input", "uint8-input", "integer-input-float-weight", "bool-input"}
+STRICTER_THAN_TORCH = {"integer-input", "int32-input", "uint8-input", "integer-input-float-weight", "bool-input",
+                       "no-input-channels"}
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
 # in both): that case is tested as valid in test_ops.py instead.
 VALID_FOR_ADAPTIVE = {"empty-channels"}

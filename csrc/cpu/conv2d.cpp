@@ -26,10 +26,11 @@
 //   input grad    W_g^T    [K, O_g]        grad_y    [O_g, block]    grad_columns -> col2im
 //   weight grad   grad_y   [O_g, block]    columns^T [block, K]      partial grad_W_g
 //
-// Threads: at::parallel_for gives each thread whole samples, so no two threads write
-// the same output or input-gradient pixel. The weight gradient is summed per thread
-// over a fixed split of the batch and the partial sums are added in a fixed order,
-// so results are deterministic. Half types are packed as float and computed in float.
+// Threads: at::parallel_for gives each thread whole blocks (forward) or whole samples
+// (input gradient, whose col2im adds neighbouring rows into the same pixels), so no two
+// threads write the same memory. The weight gradient is summed per thread over a fixed
+// split of the blocks and the partial sums are added in a fixed order, so results are
+// deterministic. Half types are packed as float and computed in float.
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
 // pass, float32 layers that the direct kernels of direct_conv.h run faster
@@ -136,12 +137,14 @@ bool single_sample(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
   return row_begin / g.out_h == (row_end - 1) / g.out_h;
 }
 
-// Calls f(row_begin, row_end) for the blocks of `rows` output rows of samples [n_begin, n_end).
+// Calls f(row_begin, row_end) for the blocks of `rows` output rows that cut rows
+// [first, last) (counted across samples), the last block shorter.
 template <typename F>
-void for_each_block(const ConvGeometry& g, int64_t rows, int64_t n_begin, int64_t n_end, F f) {
-  const int64_t last = n_end * g.out_h;
-  for (int64_t r = n_begin * g.out_h; r < last; r += rows) f(r, std::min(r + rows, last));
+void for_each_block(int64_t first, int64_t last, int64_t rows, F f) {
+  for (int64_t r = first; r < last; r += rows) f(r, std::min(r + rows, last));
 }
+
+int64_t block_count(const ConvGeometry& g, int64_t rows) { return (g.batch * g.out_h + rows - 1) / rows; }
 
 // Offsets into NCHW-contiguous tensors: the group's first input channel of
 // sample n, and output channel o of the group at row oh.
@@ -292,16 +295,18 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
   const int64_t a_size = packed_size(O, kernel.mr, K);
   std::vector<acc_t> a(g.groups * a_size);
-  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, K, 0, w + gi * O * K, O, K, K, 1);
+  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, K, w + gi * O * K, O, K, 1);
   const std::vector<acc_t> bias_acc = bias ? to_acc<acc_t>(bias, g.groups * O) : std::vector<acc_t>();
 
   const int64_t group_in = g.channels_per_group * g.height * g.width;
 
-  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+  // Threads take whole blocks: no two write the same output row (batch 1 splits too).
+  const int64_t total_rows = g.batch * g.out_h;
+  at::parallel_for(0, block_count(g, rows), 1, [&](int64_t block_begin, int64_t block_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
     std::vector<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
-    for_each_block(g, rows, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+    for_each_block(block_begin * rows, std::min(block_end * rows, total_rows), rows, [&](int64_t r0, int64_t r1) {
       plan.build(g, r0, r1, kernel.nr);
       const int64_t block = plan.columns;
       // Within one sample, in the output's own type, the tiles write straight into y.
@@ -347,15 +352,16 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
   const int64_t a_size = packed_size(K, kernel.mr, O);
   std::vector<acc_t> a(g.groups * a_size);
-  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, O, 0, w + gi * O * K, K, O, 1, K);
+  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, O, w + gi * O * K, K, 1, K);
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
 
+  // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
     std::vector<acc_t> grad_columns(kGradientRows * rows * g.out_w);
-    for_each_block(g, rows, n_begin, n_end, [&](int64_t r0, int64_t r1) {
+    for_each_block(n_begin * g.out_h, n_end * g.out_h, rows, [&](int64_t r0, int64_t r1) {
       plan.build(g, r0, r1, kernel.nr);
       const int64_t block = plan.columns;
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -386,8 +392,9 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
   const int64_t weights = g.groups * O * K;
-  // A fixed split of the batch into `parts`, one partial gradient each, summed in order.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.batch));
+  // A fixed split of the blocks into `parts`, one partial gradient each, summed in order.
+  const int64_t blocks = block_count(g, rows), total_rows = g.batch * g.out_h;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
   std::vector<acc_t> partial(parts * weights, acc_t(0));
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
@@ -397,11 +404,13 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
     std::vector<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
     std::vector<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
     for (int64_t p = p_begin; p < p_end; ++p) {
-      for_each_block(g, rows, p * g.batch / parts, (p + 1) * g.batch / parts, [&](int64_t r0, int64_t r1) {
+      const int64_t first = p * blocks / parts * rows, last = std::min((p + 1) * blocks / parts * rows, total_rows);
+      for_each_block(first, last, rows, [&](int64_t r0, int64_t r1) {
         plan.build(g, r0, r1, kernel.nr);
         const int64_t block = plan.columns;  // the product's depth
         for (int64_t gi = 0; gi < g.groups; ++gi) {
-          // A = grad_y of the block, [O_g, block] (rows past O_g stay zero from the first pack).
+          // A = grad_y of the block, [O_g, block]. (Panel rows past O_g hold stale values
+          // when a shorter block reuses the buffer; the GEMM's edge tiles never read them.)
           for (int64_t o = 0; o < O; ++o) {
             const scalar_t* dy_channel = dy + gi * group_out + o * g.out_plane();
             acc_t* lane = a.data() + packed_index(0, o, kernel.mr, block);

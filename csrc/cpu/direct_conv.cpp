@@ -31,23 +31,31 @@
 #include <vector>
 
 #include "gemm.h"
+#include "simd.h"
 
 namespace cuconv {
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
 DirectTiles avx512_direct_tiles();  // simd_avx512.cpp
 DirectTiles avx2_direct_tiles();    // simd_avx2.cpp
 #endif
 
 namespace {
 
-// The tiles for this CPU (and CUCONV_CPU_ISA), or null where there are none.
+// The tiles for this CPU (and CUCONV_CPU_ISA), or null where there are none. Each table
+// is built on first use only: its builder is compiled for its ISA (and would raise
+// SIGILL on a CPU without it).
 const DirectTiles* cpu_direct_tiles() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const DirectTiles avx512 = avx512_direct_tiles(), avx2 = avx2_direct_tiles();
+#if CUCONV_X86_SIMD
   switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return &avx512;
-    case CpuIsa::kAvx2: return &avx2;
+    case CpuIsa::kAvx512: {
+      static const DirectTiles avx512 = avx512_direct_tiles();
+      return &avx512;
+    }
+    case CpuIsa::kAvx2: {
+      static const DirectTiles avx2 = avx2_direct_tiles();
+      return &avx2;
+    }
     default: break;
   }
 #endif

@@ -5,7 +5,7 @@
 // zero-padded copy of it, the weights packed along output channels and, for the weight
 // gradient, grad_output transposed. Vector register tiles for AVX-512 and AVX2
 // (simd_avx512.cpp, simd_avx2.cpp); other CPUs and dtypes take the im2col path.
-// conv2d.cpp decides per pass which path runs (direct_conv_choice there).
+// conv2d.cpp decides per pass which path runs (direct_choice there).
 
 #include <cstdint>
 
@@ -35,7 +35,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
 
 // Whether the input gradient can run as a direct convolution: stride 1, and padding no
-// larger than the dilated kernel's reach (direct_conv_available() aside).
+// larger than the dilated kernel's reach (direct_conv_mode() aside).
 bool direct_conv_backward_input_suits(const DirectConv& p);
 
 // Input gradient for stride 1: the forward convolution of grad_out, padded by

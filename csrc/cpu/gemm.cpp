@@ -2,11 +2,11 @@
 // microkernel for this CPU, and the portable microkernel.
 
 #include "gemm.h"
+#include "simd.h"
 
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace cuconv {
@@ -37,7 +37,7 @@ void portable_tile(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, boo
 }
 
 CpuIsa best_isa_of_this_cpu() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
   static const CpuIsa best = __builtin_cpu_supports("avx512f") ? CpuIsa::kAvx512
                              : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CpuIsa::kAvx2
                                                                                                : CpuIsa::kGeneric;
@@ -65,7 +65,7 @@ CpuIsa cpu_isa() {
 template <>
 Microkernel<float> cpu_microkernel<float>() {
   switch (cpu_isa()) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
     case CpuIsa::kAvx512: return avx512_microkernel_float();
     case CpuIsa::kAvx2: return avx2_microkernel_float();
 #endif
@@ -76,7 +76,7 @@ Microkernel<float> cpu_microkernel<float>() {
 template <>
 Microkernel<double> cpu_microkernel<double>() {
   switch (cpu_isa()) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
     case CpuIsa::kAvx512: return avx512_microkernel_double();
     case CpuIsa::kAvx2: return avx2_microkernel_double();
 #endif

@@ -32,8 +32,8 @@ namespace cuconv {
 enum class CpuIsa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 CpuIsa cpu_isa();
 
-// One register tile: c[r*ldc + j] = (accumulate ? c[r*ldc + j] : 0) + sum_k a[k*MR + r] * b[k*NR + j]
-// (+ bias[r] when given) for r < MR, j < NR.
+// One register tile: c[r*ldc + j] = sum_k a[k*MR + r] * b[k*NR + j] plus c[r*ldc + j] when
+// accumulating, else plus bias[r] when a bias is given, for r < MR, j < NR.
 template <typename T>
 using TileKernel = void (*)(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, bool accumulate,
                             const T* bias);
@@ -60,16 +60,16 @@ inline int64_t packed_index(int64_t k, int64_t n, int64_t tile, int64_t depth) {
   return (n / tile * depth + k) * tile + n % tile;
 }
 
-// Packs A element (m, k0 + k) = src[m*row_stride + k*col_stride] for m < rows, k < count
-// into A panels of depth `depth`, zeroing the panel rows past `rows`. S -> T converts
-// (half types are packed as float).
+// Packs A element (m, k) = src[m*row_stride + k*col_stride] for m < rows, k < depth into
+// A panels, zeroing the panel rows past `rows`. S -> T converts (half types are packed
+// as float).
 template <typename T, typename S>
-void pack_a(T* dst, int64_t mr, int64_t depth, int64_t k0, const S* src, int64_t rows, int64_t count,
-            int64_t row_stride, int64_t col_stride) {
+void pack_a(T* dst, int64_t mr, int64_t depth, const S* src, int64_t rows, int64_t row_stride,
+            int64_t col_stride) {
   for (int64_t m0 = 0; m0 < rows; m0 += mr) {
-    T* panel = dst + m0 * depth + k0 * mr;  // panel m0/mr starts at (m0/mr)*mr*depth
+    T* panel = dst + m0 * depth;  // panel m0/mr starts at (m0/mr)*mr*depth
     const int64_t valid = std::min(mr, rows - m0);
-    for (int64_t k = 0; k < count; ++k) {
+    for (int64_t k = 0; k < depth; ++k) {
       const S* column = src + m0 * row_stride + k * col_stride;
       T* d = panel + k * mr;
       for (int64_t r = 0; r < valid; ++r) d[r] = static_cast<T>(column[r * row_stride]);

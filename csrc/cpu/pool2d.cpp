@@ -36,10 +36,11 @@
 
 #include "../ops.h"
 #include "../shape.h"
+#include "simd.h"
 #include "window.h"
 
 // Clones of a function for wider vector units, chosen when the library loads.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
 #define CUCONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define CUCONV_VECTOR_CLONES
@@ -428,12 +429,13 @@ template <typename scalar_t>
 void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* dy,
                        scalar_t* dx) {
   using acc_t = at::opmath_type<scalar_t>;
+  const bool tiled = tiled_2x2(g);
   at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> share(g.Wo);
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
       scalar_t* dx_plane = dx + plane * g.H * g.W;
-      if (tiled_2x2(g)) {
+      if (tiled) {
         avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
       } else {
         avg_unpool_plane(g, plan, dy_plane, dx_plane, share.data());
@@ -586,6 +588,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 
+  const bool tiled = tiled_2x2(g);
+
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
@@ -595,7 +599,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
         const scalar_t* dy_plane = dy_data + plane * plane_out;
         const int64_t* idx_plane = idx_data + plane * plane_out;
         scalar_t* dx_plane = dx_data + plane * plane_in;
-        if (tiled_2x2(g) && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
+        if (tiled && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
         max_unpool_plane(op, plane_in, plane_out, dy_plane, idx_plane, dx_plane);
       }
     });

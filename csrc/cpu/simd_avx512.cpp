@@ -7,8 +7,9 @@
 
 #include "direct_conv.h"
 #include "gemm.h"
+#include "simd.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if CUCONV_X86_SIMD
 #include <immintrin.h>
 
 // Everything below is compiled for AVX-512; it is only called when the CPU has it.
