@@ -11,9 +11,10 @@
 //
 // Forward: threads take output rows (row = n*H_out + oh); each row is cut into tiles of
 // Q pixels (the last one shorter), and each tile runs once per panel.
-// Weight gradient: threads take a fixed split of the batch; per image, grad_output is
-// transposed to [panel][pixel][NV*lanes] and each tile of T taps sums over the whole
-// image; the partial sums of the split are added in order (deterministic).
+// Weight gradient: threads take a fixed split of the output rows (counted across
+// images); per image's share of rows, grad_output is transposed to
+// [panel][pixel][NV*lanes] and each tile of T taps sums over those rows; the partial
+// sums of the split are added in order (deterministic).
 // Input gradient (stride 1): grad_input[n, c] = sum_{o,i,j} w[o, c, kH-1-i, kW-1-j] *
 // grad_padded[n, o, ih + i*dH, iw + j*dW] with grad_output padded by dH*(kH-1) - pH
 // (likewise in width): the forward pass with in and out channels swapped and the
@@ -208,28 +209,36 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
     partial_at[pi + 1] = partial_at[pi] + rows[pi] * width;
     grad_at[pi + 1] = grad_at[pi] + plane * width;
   }
-  // A fixed split of the batch, one partial sum each, added in order: deterministic.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), p.batch));
+  // A fixed split of the output rows (counted across images, so one image splits too),
+  // one partial sum each, added in order: deterministic.
+  const int64_t total_rows = p.batch * p.out_h;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_rows));
   std::vector<float> partial(parts * partial_at.back(), 0.f);
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* sums = partial.data() + part * partial_at.back();
-      for (int64_t n = part * p.batch / parts; n < (part + 1) * p.batch / parts; ++n) {
-        const float* g = grad_out + n * p.out_channels * plane;
+      const int64_t last = (part + 1) * total_rows / parts;
+      for (int64_t row = part * total_rows / parts; row < last;) {
+        // Output rows [oh_begin, oh_end) of image n.
+        const int64_t n = row / p.out_h, oh_begin = row % p.out_h;
+        const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row)), pixels = (oh_end - oh_begin) * p.out_w;
+        const float* g = grad_out + n * p.out_channels * plane + oh_begin * p.out_w;
+        const float* x_rows = xp + n * sample_in + oh_begin * row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
           float* panel_grad = grad_t.data() + grad_at[pi];
           for (int64_t o = 0; o < panel.count; ++o)
-            for (int64_t pix = 0; pix < plane; ++pix) panel_grad[pix * width + o] = g[(panel.first + o) * plane + pix];
+            for (int64_t pix = 0; pix < pixels; ++pix) panel_grad[pix * width + o] = g[(panel.first + o) * plane + pix];
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
             for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
-            tiles.weight[panel.vectors](xp + n * sample_in, p.out_h, p.out_w, row_step, p.stride_w, tile_taps.data(),
+            tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, row_step, p.stride_w, tile_taps.data(),
                                         panel_grad, sums + partial_at[pi] + k0 * width);
           }
         }
+        row += oh_end - oh_begin;
       }
     }
   });
