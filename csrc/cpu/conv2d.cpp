@@ -26,11 +26,10 @@
 //   input grad    W_g^T    [K, O_g]        grad_y    [O_g, block]    grad_columns -> col2im
 //   weight grad   grad_y   [O_g, block]    columns^T [block, K]      partial grad_W_g
 //
-// Threads: at::parallel_for gives each thread whole blocks (forward) or whole samples
-// (input gradient, whose col2im adds neighbouring rows into the same pixels), so no two
-// threads write the same memory. The weight gradient is summed per thread over a fixed
-// split of the blocks and the partial sums are added in a fixed order, so results are
-// deterministic. Half types are packed as float and computed in float.
+// Threads: each takes an equal run of output rows (forward, weight gradient) or whole
+// samples (input gradient, whose col2im adds neighbouring rows into the same pixels),
+// so no two threads write the same memory. The weight gradient is summed per thread
+// and the partial sums are added in a fixed order, so results are deterministic. Half types are packed as float and computed in float.
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
 // pass, float32 layers that the direct kernels of direct_conv.h run faster
@@ -144,7 +143,8 @@ void for_each_block(int64_t first, int64_t last, int64_t rows, F f) {
   for (int64_t r = first; r < last; r += rows) f(r, std::min(r + rows, last));
 }
 
-int64_t block_count(const ConvGeometry& g, int64_t rows) { return (g.batch * g.out_h + rows - 1) / rows; }
+// How many equal runs of `rows` output rows the threads take: one per thread.
+int64_t thread_parts(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)); }
 
 // Offsets into NCHW-contiguous tensors: the group's first input channel of
 // sample n, and output channel o of the group at row oh.
@@ -300,13 +300,14 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
 
   const int64_t group_in = g.channels_per_group * g.height * g.width;
 
-  // Threads take whole blocks: no two write the same output row (batch 1 splits too).
-  const int64_t total_rows = g.batch * g.out_h;
-  at::parallel_for(0, block_count(g, rows), 1, [&](int64_t block_begin, int64_t block_end) {
+  // Threads take equal runs of output rows (batch 1 splits too), cut into blocks: no two
+  // write the same output row.
+  const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
+  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
     std::vector<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
-    for_each_block(block_begin * rows, std::min(block_end * rows, total_rows), rows, [&](int64_t r0, int64_t r1) {
+    for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
       plan.build(g, r0, r1, kernel.nr);
       const int64_t block = plan.columns;
       // Within one sample, in the output's own type, the tiles write straight into y.
@@ -392,9 +393,8 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr);
   const int64_t weights = g.groups * O * K;
-  // A fixed split of the blocks into `parts`, one partial gradient each, summed in order.
-  const int64_t blocks = block_count(g, rows), total_rows = g.batch * g.out_h;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+  // A fixed split of the output rows into `parts`, one partial gradient each, summed in order.
+  const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
   std::vector<acc_t> partial(parts * weights, acc_t(0));
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
@@ -404,8 +404,7 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
     std::vector<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
     std::vector<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
     for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t first = p * blocks / parts * rows, last = std::min((p + 1) * blocks / parts * rows, total_rows);
-      for_each_block(first, last, rows, [&](int64_t r0, int64_t r1) {
+      for_each_block(p * total_rows / parts, (p + 1) * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
         plan.build(g, r0, r1, kernel.nr);
         const int64_t block = plan.columns;  // the product's depth
         for (int64_t gi = 0; gi < g.groups; ++gi) {
