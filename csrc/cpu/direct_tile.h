@@ -3,7 +3,7 @@
 // `#pragma GCC target`; like gemm_tile.h it must not include any header itself.
 //
 // Isa provides: V (vector of floats), kLanes, zero(), load(p), store(p, v), set1(x),
-// fma(a, b, c) = a*b + c, add(a, b).
+// fma(a, b, c) = a*b + c, add(a, b). DirectTiles (direct_conv.h) must be declared before.
 //
 // The direct convolution is a matrix product whose pixel operand is never packed:
 // every use of an input pixel is a broadcast, and a broadcast can read from anywhere.
@@ -85,4 +85,21 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
       float* sum = partial + (t * NV + v) * L;
       Isa::store(sum, Isa::add(Isa::load(sum), acc[t][v]));
     }
+}
+
+// table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
+template <class Isa, int NV, int Q, int kStride>
+void fill_forward_tiles(DirectTiles::Forward* table) {
+  table[Q] = &direct_forward_tile<Isa, NV, Q, kStride>;
+  if constexpr (Q > 1) fill_forward_tiles<Isa, NV, Q - 1, kStride>(table);
+}
+
+// Fills the entries of `tiles` for NV channel vectors: Q pixels (forward), T taps (weight).
+template <class Isa, int NV, int Q, int T>
+void fill_direct_tiles(DirectTiles& tiles) {
+  tiles.pixels[NV] = Q;
+  tiles.taps[NV] = T;
+  fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
+  fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
+  tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
 }

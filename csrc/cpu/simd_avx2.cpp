@@ -44,22 +44,6 @@ struct Avx2Double {
 #include "direct_tile.h"
 #include "gemm_tile.h"
 
-// table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
-template <class Isa, int NV, int Q, int kStride>
-void fill_forward_tiles(DirectTiles::Forward* table) {
-  table[Q] = &direct_forward_tile<Isa, NV, Q, kStride>;
-  if constexpr (Q > 1) fill_forward_tiles<Isa, NV, Q - 1, kStride>(table);
-}
-
-template <class Isa, int NV, int Q, int T>
-void fill_direct_tiles(DirectTiles& tiles) {
-  tiles.pixels[NV] = Q;
-  tiles.taps[NV] = T;
-  fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
-  fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
-  tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
-}
-
 }  // namespace
 
 Microkernel<float> avx2_microkernel_float() {
