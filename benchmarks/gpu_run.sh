@@ -6,11 +6,12 @@
 set -uo pipefail
 out=${OUT:-gpu-run}
 mkdir -p "$out"
+# At most 8 files come back from $OUT: the machine's description heads build.log.
 {
   date -u; nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
-} > "$out/machine.txt" 2>&1
+} > "$out/build.log" 2>&1
 export MAX_JOBS=16 CUCONV_REQUIRE_CUDA=1
-python3 -m pip install --no-build-isolation --no-deps . > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+python3 -m pip install --no-build-isolation --no-deps . >> "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 cd /tmp  # import the installed package, not the source tree
 src=$OLDPWD
 python3 -m pytest "$src/tests" -q -x -p no:cacheprovider -rs 2>&1 | tee "$out/tests.log" | tail -5

@@ -167,7 +167,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1.
   at::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
-    std::vector<float> tile(16 * tiles.max_vectors * tiles.lanes);
+    std::vector<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t n = row / p.out_h, oh = row % p.out_h;
       const float* x_row = xp + n * sample_in + oh * p.stride_h * padded_w(p);
