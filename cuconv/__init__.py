@@ -39,6 +39,7 @@ _check_build()
 from . import functional  # noqa: E402
 from ._build_info import torch_version as built_with_torch, with_cuda  # noqa: E402
 from ._ops import ops  # noqa: E402
+from . import _batching  # noqa: E402,F401  (vmap rules)
 from .book import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1, pool2d  # noqa: E402
 from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, LazyConv2d, MaxPool2d, convert  # noqa: E402
 

@@ -1,15 +1,74 @@
 """The compiled ops (torch.ops.cuconv.*) with autograd attached.
 
 Each forward op has a backward op of its own (CPU, CUDA and meta kernels in
-csrc/); here torch.library.register_autograd wires them together. Tensors are
-saved for backward only when the gradient that needs them is requested.
+csrc/); here torch.library.register_autograd wires them together. The backward
+ops are differentiable too (double backward: gradient penalties, Hessian-vector
+products), each expressed with cuconv's own ops:
+
+    conv2d_backward_input  dx = conv^T(dy, w)      d/d dy = conv(ggx, w)           d/dw = backward_weight(dy, ggx)
+    conv2d_backward_weight dw = corr(dy, x)        d/d dy = conv(x, ggw)           d/dx = backward_input(dy, ggw)
+    conv2d_backward_bias   db = sum(dy)            d/d dy = ggb broadcast over (N, H, W)
+    avg_pool2d_backward    dx = avg^T(dy)          d/d dy = avg_pool2d(ggx)        (the adjoint of the adjoint)
+    adaptive_..._backward  dx = adaptive^T(dy)     d/d dy = adaptive_avg_pool2d(ggx)
+    max_pool2d_backward    dx = scatter(dy, idx)   d/d dy = ggx gathered at idx
+
+Tensors are saved for backward only when the gradient that needs them is requested.
+
+Each op is differentiable in two ways that share these formulas: its Autograd kernel
+(torch.library.register_autograd), for code that calls torch.ops.cuconv.* directly,
+and an autograd.Function in the form torch.func accepts (forward without ctx,
+setup_context, vmap rules generated from the ops' own in _batching.py), which
+cuconv.functional and the backward formulas call as `differentiable.<op>(...)`.
+The second exists because torch.func refuses the autograd.Function that
+register_autograd builds (it has no setup_context), so torch.func.grad, jacrev and
+vmap(grad(...)) (per-sample gradients) need it; in plain eager mode both are the same,
+and under torch.compile differentiable.<op> is the op itself.
 """
+
+import types
 
 import torch
 
 from . import _C  # noqa: F401  (loading the extension registers torch.ops.cuconv)
+from . import _autocast
 
 ops = torch.ops.cuconv
+differentiable = types.SimpleNamespace()
+_lib = torch.library.Library("cuconv", "IMPL")  # owns the autocast kernels for the module's lifetime
+
+
+def _saved_if(needed, tensor):
+    return tensor if needed else None
+
+
+def _register_autograd(name, backward, setup_context, autocast=False):
+    """Attach backward(ctx, *grads) to cuconv::name, and publish differentiable.<name>.
+    autocast: the op follows torch's convolution under torch.autocast (_autocast.py)."""
+    op = getattr(ops, name)
+    torch.library.register_autograd(f"cuconv::{name}", backward, setup_context=setup_context)
+    if autocast:
+        _autocast.register_kernels(_lib, name, op.default)
+
+    class Function(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*args):
+            return op(*args)  # autograd is off inside forward: this reaches the kernels
+
+    Function.__name__ = Function.__qualname__ = f"{name}_function"
+    Function.setup_context = staticmethod(setup_context)
+    Function.backward = staticmethod(backward)
+
+    def apply(*args):
+        # torch.compile's tracer cannot follow an autograd.Function whose backward applies
+        # another one (double backward); there the op's own Autograd kernel does the job.
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return Function.apply(*(_autocast.cast_args(args) if autocast else args))
+
+    apply.__name__ = name
+    setattr(differentiable, name, apply)
 
 
 # conv2d -----------------------------------------------------------------------
@@ -20,25 +79,75 @@ def _conv2d_setup_context(ctx, inputs, output):
     ctx.input_shape = input.shape
     ctx.weight_shape = weight.shape
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(
-        input if ctx.needs_input_grad[1] else None,
-        weight if ctx.needs_input_grad[0] else None,
-    )
+    ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], input), _saved_if(ctx.needs_input_grad[0], weight))
 
 
 def _conv2d_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_input = ops.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
+        grad_input = differentiable.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
-        grad_weight = ops.conv2d_backward_weight(grad_output, input, ctx.weight_shape, *ctx.conv_args)
+        grad_weight = differentiable.conv2d_backward_weight(grad_output, input, ctx.weight_shape, *ctx.conv_args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = ops.conv2d_backward_bias(grad_output)
+        grad_bias = differentiable.conv2d_backward_bias(grad_output)
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-torch.library.register_autograd("cuconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+_register_autograd("conv2d", _conv2d_backward, _conv2d_setup_context, autocast=True)
+
+
+def _conv2d_backward_input_setup_context(ctx, inputs, output):
+    grad_output, weight, _input_size, *conv_args = inputs
+    ctx.conv_args = conv_args
+    ctx.weight_shape = weight.shape
+    ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], grad_output),
+                          _saved_if(ctx.needs_input_grad[0], weight))
+
+
+def _conv2d_backward_input_backward(ctx, grad_grad_input):
+    grad_output, weight = ctx.saved_tensors
+    grad_grad_output = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_output = differentiable.conv2d(grad_grad_input, weight, None, *ctx.conv_args)
+    if ctx.needs_input_grad[1]:
+        grad_weight = differentiable.conv2d_backward_weight(grad_output, grad_grad_input, ctx.weight_shape, *ctx.conv_args)
+    return grad_grad_output, grad_weight, None, None, None, None, None
+
+
+_register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _conv2d_backward_input_setup_context)
+
+
+def _conv2d_backward_weight_setup_context(ctx, inputs, output):
+    grad_output, input, _weight_size, *conv_args = inputs
+    ctx.conv_args = conv_args
+    ctx.input_shape = input.shape
+    ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], grad_output),
+                          _saved_if(ctx.needs_input_grad[0], input))
+
+
+def _conv2d_backward_weight_backward(ctx, grad_grad_weight):
+    grad_output, input = ctx.saved_tensors
+    grad_grad_output = grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_output = differentiable.conv2d(input, grad_grad_weight, None, *ctx.conv_args)
+    if ctx.needs_input_grad[1]:
+        grad_input = differentiable.conv2d_backward_input(grad_output, grad_grad_weight, ctx.input_shape, *ctx.conv_args)
+    return grad_grad_output, grad_input, None, None, None, None, None
+
+
+_register_autograd("conv2d_backward_weight", _conv2d_backward_weight_backward, _conv2d_backward_weight_setup_context)
+
+
+def _conv2d_backward_bias_setup_context(ctx, inputs, output):
+    ctx.grad_output_shape = inputs[0].shape
+
+
+def _conv2d_backward_bias_backward(ctx, grad_grad_bias):
+    return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+_register_autograd("conv2d_backward_bias", _conv2d_backward_bias_backward, _conv2d_backward_bias_setup_context)
 
 
 # max_pool2d ---------------------------------------------------------------------
@@ -48,17 +157,30 @@ def _max_pool2d_setup_context(ctx, inputs, output):
     ctx.pool_args = pool_args
     ctx.input_shape = input.shape
     ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
 
 
 def _max_pool2d_backward(ctx, grad_output, _grad_indices):
     (indices,) = ctx.saved_tensors
-    grad_input = ops.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.pool_args)
+    grad_input = differentiable.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.pool_args)
     return grad_input, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "cuconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
-)
+_register_autograd("max_pool2d", _max_pool2d_backward, _max_pool2d_setup_context)
+
+
+def _max_pool2d_backward_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _max_pool2d_backward_backward(ctx, grad_grad_input):
+    # dx[p] = sum of dy[o] with idx[o] == p, so d<ggx, dx>/d dy[o] = ggx[idx[o]].
+    (indices,) = ctx.saved_tensors
+    grad_grad_output = grad_grad_input.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    return (grad_grad_output,) + (None,) * 7
+
+
+_register_autograd("max_pool2d_backward", _max_pool2d_backward_backward, _max_pool2d_backward_setup_context)
 
 
 # avg_pool2d ---------------------------------------------------------------------
@@ -70,13 +192,23 @@ def _avg_pool2d_setup_context(ctx, inputs, output):
 
 
 def _avg_pool2d_backward(ctx, grad_output):
-    grad_input = ops.avg_pool2d_backward(grad_output, ctx.input_shape, *ctx.pool_args)
+    grad_input = differentiable.avg_pool2d_backward(grad_output, ctx.input_shape, *ctx.pool_args)
     return (grad_input,) + (None,) * len(ctx.pool_args)
 
 
-torch.library.register_autograd(
-    "cuconv::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup_context
-)
+_register_autograd("avg_pool2d", _avg_pool2d_backward, _avg_pool2d_setup_context)
+
+
+def _avg_pool2d_backward_setup_context(ctx, inputs, output):
+    _grad_output, _input_size, *pool_args = inputs
+    ctx.pool_args = pool_args
+
+
+def _avg_pool2d_backward_backward(ctx, grad_grad_input):
+    return (differentiable.avg_pool2d(grad_grad_input, *ctx.pool_args),) + (None,) * 7
+
+
+_register_autograd("avg_pool2d_backward", _avg_pool2d_backward_backward, _avg_pool2d_backward_setup_context)
 
 
 # adaptive_avg_pool2d --------------------------------------------------------------
@@ -86,11 +218,18 @@ def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
 
 
 def _adaptive_avg_pool2d_backward(ctx, grad_output):
-    return ops.adaptive_avg_pool2d_backward(grad_output, ctx.input_shape), None
+    return differentiable.adaptive_avg_pool2d_backward(grad_output, ctx.input_shape), None
 
 
-torch.library.register_autograd(
-    "cuconv::adaptive_avg_pool2d",
-    _adaptive_avg_pool2d_backward,
-    setup_context=_adaptive_avg_pool2d_setup_context,
-)
+_register_autograd("adaptive_avg_pool2d", _adaptive_avg_pool2d_backward, _adaptive_avg_pool2d_setup_context)
+
+
+def _adaptive_avg_pool2d_backward_setup_context(ctx, inputs, output):
+    ctx.output_size = inputs[0].shape[2:]
+
+
+def _adaptive_avg_pool2d_backward_backward(ctx, grad_grad_input):
+    return differentiable.adaptive_avg_pool2d(grad_grad_input, ctx.output_size), None
+
+
+_register_autograd("adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_backward, _adaptive_avg_pool2d_backward_setup_context)

@@ -7,7 +7,7 @@ float dtype, as the book's torch.zeros does.
 
 import torch
 
-from ._ops import ops
+from ._ops import differentiable
 
 __all__ = ["corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1", "pool2d"]
 
@@ -35,7 +35,7 @@ def corr2d(X, K):
     _expect_dims("X", "corr2d", X, 2, "(height, width)")
     _expect_dims("K", "corr2d", K, 2, "(kh, kw)")
     X, K = _floating(X, K)
-    return ops.conv2d(X[None, None], K[None, None], None, _ONE, _ZERO, _ONE, 1)[0, 0]
+    return differentiable.conv2d(X[None, None], K[None, None], None, _ONE, _ZERO, _ONE, 1)[0, 0]
 
 
 def corr2d_multi_in(X, K):
@@ -43,7 +43,7 @@ def corr2d_multi_in(X, K):
     _expect_dims("X", "corr2d_multi_in", X, 3, "(c_i, height, width)")
     _expect_dims("K", "corr2d_multi_in", K, 3, "(c_i, kh, kw)")
     X, K = _floating(X, K)
-    return ops.conv2d(X[None], K[None], None, _ONE, _ZERO, _ONE, 1)[0, 0]
+    return differentiable.conv2d(X[None], K[None], None, _ONE, _ZERO, _ONE, 1)[0, 0]
 
 
 def corr2d_multi_in_out(X, K):
@@ -51,7 +51,7 @@ def corr2d_multi_in_out(X, K):
     _expect_dims("X", "corr2d_multi_in_out", X, 3, "(c_i, height, width)")
     _expect_dims("K", "corr2d_multi_in_out", K, 4, "(c_o, c_i, kh, kw)")
     X, K = _floating(X, K)
-    return ops.conv2d(X[None], K, None, _ONE, _ZERO, _ONE, 1)[0]
+    return differentiable.conv2d(X[None], K, None, _ONE, _ZERO, _ONE, 1)[0]
 
 
 def corr2d_multi_in_out_1x1(X, K):
@@ -63,7 +63,7 @@ def corr2d_multi_in_out_1x1(X, K):
         raise ValueError(f"cuconv.corr2d_multi_in_out_1x1: expected K of shape (c_o, c_i, 1, 1), but got "
                          f"{tuple(K.shape)}")
     X, K = _floating(X, K)
-    return ops.conv2d(X[None], K, None, _ONE, _ZERO, _ONE, 1)[0]
+    return differentiable.conv2d(X[None], K, None, _ONE, _ZERO, _ONE, 1)[0]
 
 
 def pool2d(X, pool_size, mode="max"):
@@ -76,5 +76,5 @@ def pool2d(X, pool_size, mode="max"):
     size = _pair("cuconv.pool2d", "pool_size", pool_size)
     (X,) = _floating(X)
     if mode == "max":
-        return ops.max_pool2d(X[None, None], size, _ONE, _ZERO, _ONE, False)[0][0, 0]
-    return ops.avg_pool2d(X[None, None], size, _ONE, _ZERO, False, True, None)[0, 0]
+        return differentiable.max_pool2d(X[None, None], size, _ONE, _ZERO, _ONE, False)[0][0, 0]
+    return differentiable.avg_pool2d(X[None, None], size, _ONE, _ZERO, False, True, None)[0, 0]

@@ -10,7 +10,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ._ops import ops
+from ._ops import differentiable
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -88,7 +88,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
-    y = ops.conv2d(x, weight, bias, stride, padding, dilation, int(groups))
+    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups))
     return y.squeeze(0) if unbatched else y
 
 
@@ -108,7 +108,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched(op, input)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
-    y, indices = ops.max_pool2d(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    y, indices = differentiable.max_pool2d(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return (y, indices) if return_indices else y
@@ -123,7 +123,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if divisor_override is not None and not _is_int(divisor_override):
         raise TypeError(f"{op}: expected divisor_override to be an int or None, but got "
                         f"{type(divisor_override).__name__} {divisor_override!r}")
-    y = ops.avg_pool2d(x, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
+    y = differentiable.avg_pool2d(x, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
                        divisor_override)
     return y.squeeze(0) if unbatched else y
 
@@ -136,5 +136,5 @@ def adaptive_avg_pool2d(input, output_size):
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2:
         output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
     output_size = _pair(op, "output_size", output_size)
-    y = ops.adaptive_avg_pool2d(x, output_size)
+    y = differentiable.adaptive_avg_pool2d(x, output_size)
     return y.squeeze(0) if unbatched else y
