@@ -10,7 +10,9 @@ Environment switches:
     CUCONV_REQUIRE_CUDA=1   fail if the CUDA sources cannot be compiled (CI)
     CUCONV_PTXAS_VERBOSE=1  print ptxas register / spill reports for every kernel
     CUDA_HOME               the CUDA toolkit (default /usr/local/cuda if it exists)
-    TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0" (needed when no GPU is present)
+    TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0"; default: the visible GPUs', or, with
+                            none visible, DEFAULT_CUDA_ARCHS (A100 and H100 code, plus PTX that
+                            newer GPUs compile at load time)
 """
 
 import glob
@@ -73,11 +75,20 @@ class BuildExtension(cpp_extension.BuildExtension):
             f.write("# Written by setup.py when cuconv._C was compiled.\n")
             f.write(f"torch_version = {torch.__version__!r}\n")
             f.write(f"with_cuda = {WITH_CUDA!r}\n")
-            f.write(f"cuda_arch_list = {os.environ.get('TORCH_CUDA_ARCH_LIST', '')!r}\n")
+            archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+            if WITH_CUDA and not archs:  # torch chose them from the visible GPUs
+                archs = " ".join(flag.split("code=")[-1] for flag in cpp_extension._get_cuda_arch_flags())
+            f.write(f"cuda_arch_list = {archs!r}\n")
 
 
 CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 WITH_CUDA = _cuda_build_wanted()
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    # torch would look for a GPU to choose the architectures and fail with a bare IndexError.
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    print(f"cuconv: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for "
+          f"{DEFAULT_CUDA_ARCHS} (set TORCH_CUDA_ARCH_LIST to choose others)")
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = [("CUCONV_TORCH_VERSION", f'"{torch.__version__}"')]
 # -fopenmp: at::parallel_for is a header template that this torch build implements with

@@ -7,6 +7,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/direct_conv.h"
+#include "cpu/gemm.h"
 #include "ops.h"
 
 TORCH_LIBRARY(cuconv, m) {
@@ -43,10 +45,51 @@ TORCH_LIBRARY_IMPL(cuconv, CUDA, m) { CUCONV_REGISTER_KERNELS(m, cuda); }
 #define CUCONV_TORCH_VERSION "unknown"
 #endif
 
+namespace {
+
+const char* isa_name(cuconv::CpuIsa isa) {
+  switch (isa) {
+    case cuconv::CpuIsa::kAvx512: return "avx512";
+    case cuconv::CpuIsa::kAvx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+const char* direct_mode_name(cuconv::DirectMode mode) {
+  switch (mode) {
+    case cuconv::DirectMode::kAlways: return "always";
+    case cuconv::DirectMode::kNever: return "never";
+    default: return "auto";
+  }
+}
+
+// cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
+// {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never"}.
+// A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
+PyObject* cpu_kernels(PyObject*, PyObject*) {
+  try {
+    const char* isa = isa_name(cuconv::cpu_isa());
+    const char* gemm_float = cuconv::cpu_microkernel<float>().isa;
+    const char* gemm_double = cuconv::cpu_microkernel<double>().isa;
+    const char* direct = direct_mode_name(cuconv::direct_conv_mode());
+    return Py_BuildValue("{s:s,s:s,s:s,s:s}", "isa", isa, "gemm_float", gemm_float, "gemm_double", gemm_double,
+                         "direct_conv", direct);
+  } catch (const c10::ValueError& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+PyMethodDef cuconv_methods[] = {
+    {"cpu_kernels", cpu_kernels, METH_NOARGS, "The CPU kernels cuconv chooses now (instruction set, paths)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 // Importing cuconv._C registers the ops above (static initialisers) and exposes
 // how the extension was built, so cuconv/__init__.py can catch a torch mismatch.
 static PyModuleDef cuconv_module = {
-    PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, nullptr, nullptr, nullptr, nullptr,
+    PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, cuconv_methods, nullptr, nullptr, nullptr,
     nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {

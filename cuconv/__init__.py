@@ -43,7 +43,17 @@ from . import _batching  # noqa: E402,F401  (vmap rules)
 from .book import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1, pool2d  # noqa: E402
 from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, LazyConv2d, MaxPool2d, convert  # noqa: E402
 
-__version__ = "0.1.0"
+
+def _version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("cuconv")
+    except metadata.PackageNotFoundError:  # an in-place build that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "functional", "ops", "Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",

@@ -40,8 +40,9 @@ def register_kernels(lib, name, op):
         key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device_type))
 
         def autocast_kernel(*args, key=key):
+            args = cast_args(args)  # before the guard: autocast reads as disabled under it
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-                return op(*cast_args(args))
+                return op(*args)
 
         # The same kernel for the C++ dispatcher (eager) and torch's Python dispatcher (tracing).
         op.py_impl(key)(autocast_kernel)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from . import modules as _cm
 
 __all__ = [
-    "BACKENDS", "Classifier", "LeNet", "vgg_block", "VGG", "Residual", "ResNet", "ResNet18",
+    "BACKENDS", "Classifier", "LeNet", "BNLeNet", "vgg_block", "VGG", "Residual", "ResNet", "ResNet18",
     "VGG_ARCH_SMALL", "VGG_ARCH_FULL", "init_cnn", "apply_init", "build_model", "MODEL_DEFAULTS",
 ]
 
@@ -97,6 +97,23 @@ class LeNet(Classifier):
             nn.Flatten(),
             nn.LazyLinear(120), nn.Sigmoid(),
             nn.LazyLinear(84), nn.Sigmoid(),
+            nn.LazyLinear(num_classes))
+
+
+class BNLeNet(Classifier):
+    """LeNet with batch normalization (d2l 8.5.4): BatchNorm before every sigmoid, which lets it
+    leave the sigmoid plateau at once (the plain LeNet sits at chance for many epochs at first)."""
+
+    def __init__(self, lr=0.1, num_classes=10, backend="cuconv"):
+        super().__init__(lr, num_classes, backend)
+        L = _layers(backend)
+        self.net = nn.Sequential(
+            L["LazyConv2d"](6, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(),
+            L["AvgPool2d"](kernel_size=2, stride=2),
+            L["LazyConv2d"](16, kernel_size=5), nn.LazyBatchNorm2d(), nn.Sigmoid(),
+            L["AvgPool2d"](kernel_size=2, stride=2), nn.Flatten(),
+            nn.LazyLinear(120), nn.LazyBatchNorm1d(), nn.Sigmoid(),
+            nn.LazyLinear(84), nn.LazyBatchNorm1d(), nn.Sigmoid(),
             nn.LazyLinear(num_classes))
 
 
@@ -222,6 +239,7 @@ def apply_init(model, inputs, init=init_cnn):
 # Per-model training defaults from the book (d2l 7.6, 8.2, 8.6): 10 epochs, batch 128, plain SGD.
 MODEL_DEFAULTS = {
     "lenet": dict(lr=0.1, resize=28, batch_size=128, epochs=10),
+    "lenet-bn": dict(lr=0.1, resize=28, batch_size=128, epochs=10),
     "vgg": dict(lr=0.01, resize=224, batch_size=128, epochs=10),
     "resnet18": dict(lr=0.01, resize=96, batch_size=128, epochs=10),
 }
@@ -231,6 +249,8 @@ def build_model(name, backend="cuconv", num_classes=10, vgg_arch=VGG_ARCH_SMALL)
     """A fresh (uninitialised, lazy) model by CLI name: 'lenet', 'vgg' or 'resnet18'."""
     if name == "lenet":
         return LeNet(MODEL_DEFAULTS[name]["lr"], num_classes, backend)
+    if name == "lenet-bn":
+        return BNLeNet(MODEL_DEFAULTS[name]["lr"], num_classes, backend)
     if name == "vgg":
         return VGG(vgg_arch, MODEL_DEFAULTS[name]["lr"], num_classes, backend)
     if name == "resnet18":

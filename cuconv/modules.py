@@ -14,7 +14,19 @@ from . import functional as CF
 __all__ = ["Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "convert"]
 
 
-class Conv2d(nn.Conv2d):
+class _NotScriptable:
+    """torch.jit.script calls __prepare_scriptable__ on every submodule before compiling it:
+    TorchScript cannot compile cuconv's argument handling (cuconv.functional), so say what
+    to use instead rather than fail inside it."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"cuconv.{type(self).__name__} does not support torch.jit.script. Use torch.jit.trace(model, "
+            "example_inputs) or torch.export.export(model, (example_input,)) instead: both record cuconv's "
+            "ops, and cuconv.onnx.export writes the model as ONNX.")
+
+
+class Conv2d(_NotScriptable, nn.Conv2d):
     """torch.nn.Conv2d on cuconv's convolution kernels."""
 
     def _conv_forward(self, input, weight, bias):
@@ -31,7 +43,7 @@ class LazyConv2d(nn.LazyConv2d, Conv2d):
     cls_to_become = Conv2d
 
 
-class MaxPool2d(nn.MaxPool2d):
+class MaxPool2d(_NotScriptable, nn.MaxPool2d):
     """torch.nn.MaxPool2d on cuconv's max-pooling kernels."""
 
     def forward(self, input):
@@ -39,7 +51,7 @@ class MaxPool2d(nn.MaxPool2d):
                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
-class AvgPool2d(nn.AvgPool2d):
+class AvgPool2d(_NotScriptable, nn.AvgPool2d):
     """torch.nn.AvgPool2d on cuconv's average-pooling kernels."""
 
     def forward(self, input):
@@ -47,7 +59,7 @@ class AvgPool2d(nn.AvgPool2d):
                              self.count_include_pad, self.divisor_override)
 
 
-class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(_NotScriptable, nn.AdaptiveAvgPool2d):
     """torch.nn.AdaptiveAvgPool2d on cuconv's adaptive-pooling kernels."""
 
     def forward(self, input):

@@ -33,9 +33,10 @@ from torch.nn import functional as F
 from . import data as cdata
 from . import models as cmodels
 
-__all__ = ["initial_state", "make_model", "batch_loss", "fit", "evaluate", "run", "main", "build_parser"]
+__all__ = ["initial_state", "make_model", "batch_loss", "fit", "evaluate", "run", "main", "build_parser", "check_args",
+           "plot_curves", "curves_figure"]
 
-_MODEL_TITLES = {"lenet": "LeNet", "vgg": "VGG", "resnet18": "ResNet-18"}
+_MODEL_TITLES = {"lenet": "LeNet", "lenet-bn": "LeNet with batch norm", "vgg": "VGG", "resnet18": "ResNet-18"}
 
 
 def initial_state(model_name, seed=0, resize=None, vgg_arch=cmodels.VGG_ARCH_SMALL, num_classes=10):
@@ -208,29 +209,51 @@ def format_tables(metrics):
 
 
 def plot_curves(metrics, path):
-    """Loss (train solid, val dashed) and validation accuracy against epochs, one colour per backend."""
+    """Write curves_figure(metrics) to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(metrics)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(metrics):
+    """Three panels against epochs, one colour per backend: loss (train solid, val dashed),
+    validation accuracy, and training throughput (images/s), with a marker on every epoch
+    and integer epoch ticks, so that a 1-2 epoch run reads as well as a long one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc, ax_speed) = plt.subplots(1, 3, figsize=(14, 4))
     for i, ((backend, run), colour) in enumerate(zip(metrics["runs"].items(), ("tab:blue", "tab:orange", "tab:green"))):
         epochs = [r["epoch"] for r in run["epochs"]]
         width = 4 - 2 * i if len(metrics["runs"]) > 1 else 1.5  # the first run drawn wider: equal curves stay visible
-        style = dict(color=colour, lw=width, alpha=0.8)
-        ax_loss.plot(epochs, [r["train_loss"] for r in run["epochs"]], "-", label=f"{backend} train loss", **style)
-        ax_loss.plot(epochs, [r["val_loss"] for r in run["epochs"]], "--", label=f"{backend} val loss", **style)
-        ax_acc.plot(epochs, [r["val_acc"] for r in run["epochs"]], "-o", ms=3, label=f"{backend} val acc", **style)
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        style = dict(color=colour, lw=width, alpha=0.8, marker="os"[i % 2], ms=7 - 3 * i)
+        ax_loss.plot(epochs, [r["train_loss"] for r in run["epochs"]], "-", label=f"{backend} train", **style)
+        ax_loss.plot(epochs, [r["val_loss"] for r in run["epochs"]], "--", label=f"{backend} val", **style)
+        ax_acc.plot(epochs, [r["val_acc"] for r in run["epochs"]], "-", label=backend, **style)
+        ax_speed.plot(epochs, [r["images_per_second"] for r in run["epochs"]], "-", label=backend, **style)
+    last_epoch = max((len(run["epochs"]) for run in metrics["runs"].values()), default=1)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "validation accuracy"), (ax_speed, "training images / s")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
+        ax.set_xlim(0.5, last_epoch + 0.5)
+        if last_epoch <= 12:
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    ax_speed.set_ylim(bottom=0)
+    ratio = metrics.get("time_ratio")
+    if ratio is not None:
+        ax_speed.set_title(f"cuconv/torch time ratio {ratio:.2f}", fontsize=9)
     fig.suptitle(f"{metrics['title']}, {metrics['dataset_description']}, {metrics['device']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def run(args):
@@ -317,16 +340,38 @@ def run(args):
     return metrics
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` (int or float) greater than 0."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(prog="cuconv train", description=__doc__.split("\n\n")[0])
+    if parser is None:
+        from .__main__ import ArgumentParser
+
+        parser = ArgumentParser(prog="cuconv train", description=__doc__.split("\n\n")[0])
     a = parser.add_argument
-    a("--model", choices=tuple(cmodels.MODEL_DEFAULTS), default="lenet", help="which of the book's models (default lenet)")
+    positive_int, positive_float = _positive(int), _positive(float)
+    a("--model", choices=tuple(cmodels.MODEL_DEFAULTS), default="lenet",
+      help="which of the book's models (default lenet; lenet-bn is the batch-normalised LeNet of d2l 8.5)")
     a("--backend", choices=("cuconv", "torch", "both"), default="both",
       help="cuconv layers, torch.nn layers (oneDNN/cuDNN), or both from the same weights (default both)")
-    a("--epochs", type=int, default=None, help="default 10 (the book)")
-    a("--batch-size", type=int, default=None, help="global batch size (default 128, the book)")
-    a("--lr", type=float, default=None, help="SGD learning rate (default: lenet 0.1, vgg 0.01, resnet18 0.01)")
-    a("--resize", type=int, default=None, help="input side in pixels (default: lenet 28, vgg 224, resnet18 96)")
+    a("--epochs", type=positive_int, default=None, help="default 10 (the book)")
+    a("--batch-size", type=positive_int, default=None, help="global batch size (default 128, the book)")
+    a("--lr", type=positive_float, default=None,
+      help="SGD learning rate (default: lenet and lenet-bn 0.1, vgg 0.01, resnet18 0.01)")
+    a("--resize", type=positive_int, default=None,
+      help="input side in pixels (default: lenet and lenet-bn 28, vgg 224, resnet18 96)")
     a("--vgg-arch", choices=("small", "full"), default="small",
       help="VGG widths: the book's Fashion-MNIST 'small' ((1,16),(1,32),(2,64),(2,128),(2,128)) or 'full' VGG-11")
     a("--dataset", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
@@ -334,21 +379,57 @@ def build_parser(parser=None):
     a("--data-dir", default=None, help="folder with the four Fashion-MNIST IDX files (.gz or not); default: "
       "$CUCONV_DATA_DIR or ~/.cache/cuconv/fashion-mnist, downloaded there if missing")
     a("--no-download", action="store_true", help="never download; fail if the files are missing")
-    a("--download-timeout", type=float, default=30.0, help="seconds per download request (default 30)")
-    a("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
-    a("--limit-val", type=int, default=None, metavar="N", help="use only the first N validation images")
+    a("--download-timeout", type=positive_float, default=30.0, help="seconds per download request (default 30)")
+    a("--limit-train", type=positive_int, default=None, metavar="N", help="use only the first N training images")
+    a("--limit-val", type=positive_int, default=None, metavar="N", help="use only the first N validation images")
     a("--seed", type=int, default=0, help="seed for the initial weights, batch order and dropout (default 0)")
     a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     a("--out", default=None, metavar="DIR", help="write DIR/metrics.json and DIR/curves.png")
-    a("--threads", type=int, default=None, metavar="N",
+    a("--threads", type=positive_int, default=None, metavar="N",
       help="CPU threads for torch and cuconv (default: torch's default; on a busy shared machine 1 is often faster)")
     a("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
     return parser
 
 
+def _smallest_input(model_name, vgg_arch, start):
+    """The smallest input side from `start` up that the model accepts (its torch.nn twin, no gradients)."""
+    model = cmodels.build_model(model_name, "torch", 10, vgg_arch).eval()
+    for side in range(start, 1025):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 1, side, side))
+            return side
+        except RuntimeError:
+            continue
+    return None
+
+
+def check_args(parser, args):
+    """The checks argparse cannot make alone, before any data is read or model trained: an input
+    size the model can take, and an --out folder that can be written. Errors exit with code 2."""
+    if args.resize is not None:
+        vgg_arch = cmodels.VGG_ARCH_FULL if args.vgg_arch == "full" else cmodels.VGG_ARCH_SMALL
+        smallest = _smallest_input(args.model, vgg_arch, args.resize)
+        if smallest != args.resize:
+            parser.error(f"argument --resize: {args.model} needs inputs of at least {smallest} x {smallest} "
+                         f"pixels, got {args.resize}")
+    if args.out is not None:
+        import tempfile
+
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=args.out):
+                pass
+        except OSError as error:
+            parser.error(f"argument --out: cannot write to {args.out!r} ({error.strerror or error})")
+
+
 def main(argv=None):
-    """`cuconv train` on its own: parse argv (default sys.argv[1:]) and train."""
-    return main_with_args(build_parser().parse_args(argv))
+    """`cuconv train` on its own: parse argv (default sys.argv[1:]), check and train."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return main_with_args(args)
 
 
 def main_with_args(args):

@@ -106,12 +106,14 @@ def test_residual_shapes_as_the_book(backend):
 def _build(name, backend):
     if name == "lenet":
         return models.LeNet(backend=backend), (2, 1, 28, 28)
+    if name == "lenet-bn":
+        return models.BNLeNet(backend=backend), (2, 1, 28, 28)
     if name == "vgg":
         return models.VGG(models.VGG_ARCH_SMALL, backend=backend), (2, 1, 32, 32)
     return models.ResNet18(backend=backend), (2, 1, 32, 32)
 
 
-@pytest.mark.parametrize("name", ["lenet", "vgg", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "lenet-bn", "vgg", "resnet18"])
 def test_backends_share_keys_and_compute_the_same(name):
     torch.manual_seed(0)
     a, shape = _build(name, "cuconv")
@@ -127,7 +129,7 @@ def test_backends_share_keys_and_compute_the_same(name):
     torch.testing.assert_close(a(X), b(X), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["lenet", "vgg", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "lenet-bn", "vgg", "resnet18"])
 def test_backend_layer_types(name):
     a, shape = _build(name, "cuconv")
     b, _ = _build(name, "torch")
@@ -171,6 +173,7 @@ def test_apply_init_leaves_batchnorm_statistics_alone():
 
 def test_build_model_and_defaults():
     assert isinstance(models.build_model("lenet", "torch"), models.LeNet)
+    assert isinstance(models.build_model("lenet-bn"), models.BNLeNet)
     assert models.build_model("vgg").arch == models.VGG_ARCH_SMALL
     assert models.build_model("vgg", vgg_arch=models.VGG_ARCH_FULL).arch == models.VGG_ARCH_FULL
     assert isinstance(models.build_model("resnet18"), models.ResNet18)
@@ -179,7 +182,7 @@ def test_build_model_and_defaults():
         models.build_model("alexnet")
 
 
-@pytest.mark.parametrize("name", ["lenet", "vgg", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "lenet-bn", "vgg", "resnet18"])
 def test_backends_train_mode_gradients_agree_in_float64(name):
     torch.manual_seed(0)
     a, shape = _build(name, "cuconv")

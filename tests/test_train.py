@@ -204,3 +204,79 @@ def test_cli_under_torchrun(tmp_path):
     assert metrics["world_size"] == 2 and "2 processes (DDP)" in metrics["dataset_description"]
     losses = [metrics["runs"][b]["epochs"][0]["train_loss"] for b in ("cuconv", "torch")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+# --- first contact: the quick start, argument checks, curves, version and info ---------------------
+
+
+@needs_subset
+def test_quick_start_recipe_learns_with_identical_curves(tmp_path):
+    """The README's main job: the book's batch-normalised LeNet at its defaults (10 epochs, batch
+    128, lr 0.1) on the subset leaves chance accuracy far behind, on both backends alike."""
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", "lenet-bn", "--data-dir", str(SUBSET), "--device", "cpu", "--no-progress",
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    runs = metrics["runs"]
+    assert metrics["config"] == dict(metrics["config"], epochs=10, batch_size=128, lr=0.1)
+    for backend in ("cuconv", "torch"):
+        assert runs[backend]["epochs"][-1]["val_acc"] >= 0.6
+    for ours, theirs in zip(runs["cuconv"]["epochs"], runs["torch"]["epochs"]):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
+        assert ours["val_acc"] == pytest.approx(theirs["val_acc"], abs=0.01)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "argument --epochs: expected a positive int, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive int, got '0'"),
+    (["--batch-size", "-4"], "argument --batch-size: expected a positive int, got '-4'"),
+    (["--lr", "-0.1"], "argument --lr: expected a positive float, got '-0.1'"),
+    (["--threads", "0"], "argument --threads: expected a positive int, got '0'"),
+    (["--limit-train", "0"], "argument --limit-train: expected a positive int, got '0'"),
+    (["--resize", "8"], "argument --resize: lenet needs inputs of at least 12 x 12 pixels, got 8"),
+    (["--model", "vgg", "--resize", "20"], "argument --resize: vgg needs inputs of at least 32 x 32 pixels, got 20"),
+    (["--out", "/proc/cuconv-cannot-write-here"], "argument --out: cannot write to '/proc/cuconv-cannot-write-here'"),
+])
+def test_cli_rejects_bad_arguments_before_training(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--dataset", "synthetic", *args])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert captured.err.startswith("cuconv train: error: ")
+    assert "epoch" not in captured.out + captured.err.replace("--epochs", "")  # nothing trained
+
+
+def test_curves_have_integer_epoch_ticks_markers_and_a_throughput_panel():
+    epoch = dict(train_loss=1.0, val_loss=1.1, val_acc=0.5, seconds=1.0, images_per_second=900.0)
+    metrics = dict(title="LeNet", dataset_description="test", device="cpu", time_ratio=0.9,
+                   runs={b: dict(epochs=[dict(epoch, epoch=1, images_per_second=s)]) for b, s in
+                         (("cuconv", 1000.0), ("torch", 800.0))})
+    fig = train.curves_figure(metrics)
+    loss, acc, speed = fig.axes
+    assert "images" in speed.get_ylabel()
+    assert [line.get_ydata()[0] for line in speed.get_lines()] == [1000.0, 800.0]
+    for ax in (loss, acc, speed):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0]
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+
+
+def test_cli_version_and_info(capsys):
+    assert cli_main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"cuconv {cuconv.__version__} (torch {torch.__version__}")
+    assert cli_main(["info"]) == 0
+    report = capsys.readouterr().out
+    for expected in ("torch: running", "built against", "CUDA kernels:", "GPUs:", "CPU kernels: instruction set",
+                     "direct float32 convolution", "threads:"):
+        assert expected in report
+    assert cli_main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cpu_kernels"]["isa"] in ("avx512", "avx2", "generic")
+    assert info["cuda_kernels_compiled"] == cuconv.with_cuda
+
+
+def test_cli_without_a_command_says_so(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([])
+    assert exit_info.value.code == 2 and "a command is required: train or info" in capsys.readouterr().err

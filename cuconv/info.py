@@ -1,0 +1,64 @@
+"""`cuconv info`: what this cuconv is and which kernels it runs, the first thing to paste
+into a bug report. `cuconv.info.collect()` returns the same as a dict."""
+
+import os
+import platform
+
+import torch
+
+__all__ = ["collect", "format_report"]
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect():
+    """A dict describing the build, the running torch, the GPU and the CPU kernels chosen now."""
+    import cuconv
+    from cuconv import _build_info, _C
+
+    gpus = [torch.cuda.get_device_name(i) + f" (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "cuconv": cuconv.__version__,
+        "location": os.path.dirname(cuconv.__file__),
+        "torch_running": torch.__version__,
+        "torch_built_against": _build_info.torch_version,
+        "torch_cuda": torch.version.cuda,
+        "cuda_kernels_compiled": bool(_build_info.with_cuda),
+        "cuda_architectures": _build_info.cuda_arch_list if _build_info.with_cuda else None,
+        "gpus": gpus,
+        "cpu": _cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kernels": _C.cpu_kernels(),
+        "settings": {k: os.environ[k] for k in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT") if k in os.environ},
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def format_report(info):
+    kernels = info["cpu_kernels"]
+    cuda = (f"compiled for {info['cuda_architectures'] or 'torch default architectures'}"
+            if info["cuda_kernels_compiled"] else "not compiled (CPU-only build)")
+    lines = [
+        f"cuconv {info['cuconv']} at {info['location']}",
+        f"torch: running {info['torch_running']} (CUDA {info['torch_cuda'] or 'none'}), "
+        f"cuconv built against {info['torch_built_against']}",
+        f"CUDA kernels: {cuda}",
+        f"GPUs: {', '.join(info['gpus']) if info['gpus'] else 'none visible'}",
+        f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']})",
+        f"CPU kernels: instruction set {kernels['isa']}; GEMM microkernels {kernels['gemm_float']} (float), "
+        f"{kernels['gemm_double']} (double); direct float32 convolution: {kernels['direct_conv']}",
+        f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (CUCONV_CPU_ISA, CUCONV_CPU_DIRECT unset)'}",
+        f"threads: {info['threads']}; Python {info['python']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Leaving eager PyTorch with a cuconv model: torch.compile (inductor), torch.export with a
+dynamic batch, an AOTInductor package, torch.jit.trace, and the clear refusal of
+torch.jit.script. ONNX: test_onnx.py."""
+
+import pytest
+import torch
+
+import cuconv
+from test_ops import SmallNet, forward_and_grads
+
+
+def _model():
+    torch.manual_seed(0)
+    return cuconv.convert(SmallNet()).eval()
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_matches_eager():
+    torch._dynamo.reset()
+    model = _model()
+    compiled = torch.compile(model, fullgraph=True)
+    for batch in (4, 3):
+        x = torch.randn(batch, 3, 16, 16)
+        out, grads = forward_and_grads(compiled, [x])
+        ref, ref_grads = forward_and_grads(model, [x])
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(grads, ref_grads)
+
+
+def _exported(model):
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return torch.export.export(model, (torch.randn(4, 3, 16, 16),), dynamic_shapes={"x": {0: batch}})
+
+
+def test_torch_export_with_a_dynamic_batch_records_cuconv_ops():
+    model = _model()
+    program = _exported(model)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"cuconv.conv2d.default", "cuconv.max_pool2d.default", "cuconv.avg_pool2d.default",
+            "cuconv.adaptive_avg_pool2d.default"} <= targets
+    assert not any("aten.conv" in t or "aten.max_pool" in t or "aten.avg_pool" in t for t in targets)
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 16, 16)
+        torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_runs_with_another_batch(tmp_path):
+    model = _model()
+    path = torch._inductor.aoti_compile_and_package(_exported(model), package_path=str(tmp_path / "model.pt2"))
+    loaded = torch._inductor.aoti_load_package(path)
+    for batch in (2, 9):
+        x = torch.randn(batch, 3, 16, 16)
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_jit_trace_works_and_jit_script_says_what_to_use():
+    model = _model()
+    x = torch.randn(2, 3, 16, 16)
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), model(x))
+    with pytest.raises(RuntimeError, match=r"cuconv.Conv2d does not support torch.jit.script. Use torch.jit.trace"):
+        torch.jit.script(model)

@@ -1,0 +1,288 @@
+"""Everything torch does to a layer besides calling it: double backward, autocast, torch.func
+(vmap, grad, per-sample gradients, jacrev), against torch.nn.functional on the same inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+import cuconv
+import cuconv.functional as CF
+from conftest import DEVICES
+from test_ops import CONV_CASES, SmallNet, assert_matches, conv_tensors, random_pool_cases
+
+ops = torch.ops.cuconv
+
+
+# --- double backward ------------------------------------------------------------------------
+
+def second_order_grads(fn, tensors, seed=3):
+    """Gradients of a gradient penalty: with L = sum(r * fn(tensors)^2) and g = dL/dtensors
+    (create_graph), the gradients of sum(s * g) w.r.t. every tensor. Every second-order term
+    of fn appears: the squared output makes dL/dy depend on the tensors again."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    gen = torch.Generator().manual_seed(seed)
+    out = fn(*leaves)
+    r = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    first = torch.autograd.grad((r * out.square()).sum(), leaves, create_graph=True)
+    penalty = sum((torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g) * g).sum() for g in first)
+    return torch.autograd.grad(penalty, leaves)
+
+
+def assert_second_order_matches(ours, theirs, tensors):
+    got, expected = second_order_grads(ours, tensors), second_order_grads(theirs, tensors)
+    assert any(e.abs().max() > 0 for e in expected)  # the comparison can fail: torch's answer is not zero
+    for g, e in zip(got, expected):
+        assert_matches(g, e, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CONV_CASES[:16],
+                         ids=lambda c: "g{groups}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
+def test_conv2d_double_backward_matches_torch(case, device):
+    x, w, b = conv_tensors(case, torch.float64, device)
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    if b is None:
+        assert_second_order_matches(lambda x, w: CF.conv2d(x, w, None, *args),
+                                    lambda x, w: F.conv2d(x, w, None, *args), [x, w])
+    else:
+        assert_second_order_matches(lambda x, w, b: CF.conv2d(x, w, b, *args),
+                                    lambda x, w, b: F.conv2d(x, w, b, *args), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", random_pool_cases(10, seed=21, with_dilation=True),
+                         ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}c{ceil_mode}".format(**c))
+def test_max_pool2d_double_backward_matches_torch(case, device):
+    x = torch.randn(case["batch"], case["channels"], *case["size"], dtype=torch.float64, device=device)
+    args = (case["kernel"], case["stride"], case["padding"], case["dilation"], case["ceil_mode"])
+    assert_second_order_matches(lambda t: CF.max_pool2d(t, *args), lambda t: F.max_pool2d(t, *args), [x])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("count_include_pad,divisor_override", [(True, None), (False, None), (True, 3)])
+@pytest.mark.parametrize("case", random_pool_cases(6, seed=22, with_dilation=False),
+                         ids=lambda c: "k{kernel}s{stride}p{padding}c{ceil_mode}".format(**c))
+def test_avg_pool2d_double_backward_matches_torch(case, count_include_pad, divisor_override, device):
+    x = torch.randn(case["batch"], case["channels"], *case["size"], dtype=torch.float64, device=device)
+    args = (case["kernel"], case["stride"], case["padding"], case["ceil_mode"], count_include_pad, divisor_override)
+    assert_second_order_matches(lambda t: CF.avg_pool2d(t, *args), lambda t: F.avg_pool2d(t, *args), [x])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("in_size,out_size", [((7, 9), (3, 4)), ((8, 8), 1), ((4, 5), (7, 9))])
+def test_adaptive_avg_pool2d_double_backward_matches_torch(in_size, out_size, device):
+    x = torch.randn(2, 3, *in_size, dtype=torch.float64, device=device)
+    assert_second_order_matches(lambda t: CF.adaptive_avg_pool2d(t, out_size),
+                                lambda t: F.adaptive_avg_pool2d(t, out_size), [x])
+
+
+def _gradgradcheck_cases(device):
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+
+    x, w, b, w_depthwise = rand(2, 4, 7, 6), rand(6, 2, 3, 2), rand(6), rand(8, 1, 3, 3)
+    return {
+        "conv2d": (lambda x, w, b: CF.conv2d(x, w, b, (2, 1), (1, 2), (2, 1), 2), (x, w, b)),
+        "conv2d_depthwise": (lambda x, w: CF.conv2d(x, w, None, (1, 2), 1, (2, 1), 4), (x, w_depthwise)),
+        "max_pool2d": (lambda x: CF.max_pool2d(x, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True), (x,)),
+        "avg_pool2d": (lambda x: CF.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,)),
+        "avg_pool2d_divisor": (lambda x: CF.avg_pool2d(x, 2, 1, 1, divisor_override=3), (x,)),
+        "adaptive_avg_pool2d": (lambda x: CF.adaptive_avg_pool2d(x, (4, 3)), (x,)),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(_gradgradcheck_cases("cpu")))
+def test_gradgradcheck(name, device):
+    fn, inputs = _gradgradcheck_cases(device)[name]
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_backward_ops_are_differentiable(device):
+    """The backward ops called directly (torch.ops.cuconv.*, their Autograd kernels) have
+    gradients too: gradcheck of each w.r.t. every tensor argument."""
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+
+    conv = ([2, 1], [1, 1], [1, 2], 2)
+    x, w, dy = rand(2, 4, 9, 8), rand(6, 2, 3, 3), rand(2, 6, 5, 6)
+    _, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
+    pool = ([3, 3], [2, 2], [1, 1], [1, 1], True)
+    avg = ([3, 2], [2, 2], [1, 1], True, False, None)
+    checks = [
+        (lambda dy, w: ops.conv2d_backward_input(dy, w, [2, 4, 9, 8], *conv), (dy, w)),
+        (lambda dy, x: ops.conv2d_backward_weight(dy, x, [6, 2, 3, 3], *conv), (dy, x)),
+        (ops.conv2d_backward_bias, (dy,)),
+        (lambda g: ops.max_pool2d_backward(g, idx, [2, 4, 9, 8], *pool), (rand(*idx.shape),)),
+        (lambda g: ops.avg_pool2d_backward(g, [2, 4, 9, 8], *avg), (rand(2, 4, 5, 5),)),
+        (lambda g: ops.adaptive_avg_pool2d_backward(g, [2, 4, 9, 8]), (rand(2, 4, 4, 3),)),
+    ]
+    for fn, inputs in checks:
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+# --- autocast --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16), ("cpu", torch.float16)]
+                         + [pytest.param("cuda", d, marks=DEVICES[1].marks) for d in (torch.float16, torch.bfloat16)])
+def test_autocast_layers_return_torch_s_dtypes(device, dtype):
+    """Under torch.autocast every cuconv layer returns the dtype its torch.nn twin returns,
+    the backward pass runs, and the parameters' gradients keep the parameters' dtype."""
+    model = SmallNet().to(device)
+    twin = cuconv.convert(model)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    with torch.autocast(device, dtype=dtype):
+        dtypes = {}
+        for name, net in (("torch", model), ("cuconv", twin)):
+            h, dtypes[name] = x, []
+            for layer in net.features:
+                h = layer(h)
+                dtypes[name].append(h.dtype)
+        out, ref = twin(x), model(x)
+    assert dtypes["cuconv"] == dtypes["torch"]
+    assert dtype in dtypes["torch"]  # autocast did change something
+    assert_matches(out, ref, dtype)
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == p.dtype for p in twin.parameters())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_leaves_float64_and_raw_ops_follow_it(device):
+    """float64 convolutions stay float64 under autocast (as torch's), and the raw op casts
+    too, for code that calls torch.ops.cuconv.conv2d directly."""
+    x64, w64 = torch.randn(1, 2, 6, 6, dtype=torch.float64, device=device), torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device)
+    x, w = x64.float(), w64.float()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert CF.conv2d(x64, w64).dtype == F.conv2d(x64, w64).dtype == torch.float64
+        assert ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1).dtype == torch.bfloat16
+        assert CF.max_pool2d(x, 2).dtype == F.max_pool2d(x, 2).dtype == torch.float32
+    assert CF.conv2d(x, w).dtype == torch.float32  # outside the region nothing is cast
+
+
+# --- torch.func -----------------------------------------------------------------------------
+
+def per_sample_grads(model, x, target):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(params, sample, label):
+        out = functional_call(model, params, (sample.unsqueeze(0),))
+        return F.cross_entropy(out, label.unsqueeze(0))
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, target)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_sample_gradients_equal_torch_s(device):
+    """DP-SGD's vmap(grad(loss)) over a model with every cuconv layer (grouped and 'same'
+    padded convolutions, max / average / adaptive pooling) equals torch.nn's."""
+    model = SmallNet().double().to(device)
+    twin = cuconv.convert(model)
+    x = torch.randn(5, 3, 16, 16, dtype=torch.float64, device=device)
+    target = torch.randint(0, 10, (5,), device=device)
+    ours, theirs = per_sample_grads(twin, x, target), per_sample_grads(model, x, target)
+    for name in theirs:
+        assert ours[name].shape == (5, *dict(model.named_parameters())[name].shape)
+        assert_matches(ours[name], theirs[name], torch.float64)
+    # and they sum to the batch gradient (mean loss -> mean of per-sample gradients)
+    F.cross_entropy(twin(x), target).backward()
+    for name, p in twin.named_parameters():
+        assert_matches(ours[name].mean(0), p.grad, torch.float64)
+
+
+def _loop(fn, in_dims, args):
+    """vmap's definition: fn applied to each slice, stacked on dim 0."""
+    size = next(a.shape[d] for a, d in zip(args, in_dims) if d is not None)
+    outs = [fn(*[a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]) for i in range(size)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(o) for o in zip(*outs))
+    return torch.stack(outs)
+
+
+def _vmap_cases(device):
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device)
+
+    conv = ([2, 1], [1, 1], [1, 2], 2)
+    pool = ([3, 3], [2, 2], [1, 1], [1, 1], True)
+    avg = ([3, 2], [2, 2], [1, 1], True, False, None)
+    B = 3
+    x, w, b = rand(B, 2, 4, 9, 8), rand(B, 6, 2, 3, 3), rand(B, 6)
+    dy = rand(B, 2, 6, 5, 6)
+    idx = torch.stack([ops.max_pool2d(x[i], *pool)[1] for i in range(B)])
+    return [
+        ("conv2d x", lambda x, w, b: ops.conv2d(x, w, b, *conv), (0, None, None), (x, w[0], b[0])),
+        ("conv2d w", lambda x, w, b: ops.conv2d(x, w, b, *conv), (None, 0, None), (x[0], w, b[0])),
+        ("conv2d x,w,b", lambda x, w, b: ops.conv2d(x, w, b, *conv), (0, 0, 0), (x, w, b)),
+        ("conv2d b", lambda x, w, b: ops.conv2d(x, w, b, *conv), (0, None, 0), (x, w[0], b)),
+        ("conv2d x on dim 2", lambda x, w: ops.conv2d(x, w, None, *conv), (2, None), (x.movedim(0, 2), w[0])),
+        ("backward_input dy", lambda dy, w: ops.conv2d_backward_input(dy, w, [2, 4, 9, 8], *conv), (0, None), (dy, w[0])),
+        ("backward_input w", lambda dy, w: ops.conv2d_backward_input(dy, w, [2, 4, 9, 8], *conv), (None, 0), (dy[0], w)),
+        ("backward_input dy,w", lambda dy, w: ops.conv2d_backward_input(dy, w, [2, 4, 9, 8], *conv), (0, 0), (dy, w)),
+        ("backward_weight dy,x", lambda dy, x: ops.conv2d_backward_weight(dy, x, [6, 2, 3, 3], *conv), (0, 0), (dy, x)),
+        ("backward_weight x", lambda dy, x: ops.conv2d_backward_weight(dy, x, [6, 2, 3, 3], *conv), (None, 0), (dy[0], x)),
+        ("backward_bias", ops.conv2d_backward_bias, (1,), (dy.movedim(0, 1),)),
+        ("max_pool2d", lambda x: ops.max_pool2d(x, *pool), (0,), (x,)),
+        ("max_pool2d_backward", lambda g, i: ops.max_pool2d_backward(g, i, [2, 4, 9, 8], *pool), (0, 0),
+         (rand(*idx.shape), idx)),
+        ("max_pool2d_backward shared idx", lambda g, i: ops.max_pool2d_backward(g, i, [2, 4, 9, 8], *pool), (0, None),
+         (rand(*idx.shape), idx[0])),
+        ("avg_pool2d", lambda x: ops.avg_pool2d(x, *avg), (0,), (x,)),
+        ("avg_pool2d_backward", lambda g: ops.avg_pool2d_backward(g, [2, 4, 9, 8], *avg), (0,), (rand(B, 2, 4, 5, 5),)),
+        ("adaptive_avg_pool2d", lambda x: ops.adaptive_avg_pool2d(x, [4, 3]), (0,), (x,)),
+        ("adaptive_avg_pool2d_backward", lambda g: ops.adaptive_avg_pool2d_backward(g, [2, 4, 9, 8]), (0,),
+         (rand(B, 2, 4, 4, 3),)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index", range(len(_vmap_cases("cpu"))), ids=[c[0] for c in _vmap_cases("cpu")])
+def test_vmap_rules_equal_a_loop(index, device):
+    _, fn, in_dims, args = _vmap_cases(device)[index]
+    got, expected = vmap(fn, in_dims=in_dims)(*args), _loop(fn, in_dims, args)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        assert g.shape == e.shape
+        assert_matches(g, e, torch.float64) if g.is_floating_point() else torch.testing.assert_close(g, e)
+
+
+def test_vmap_of_weights_runs_one_grouped_convolution():
+    """A vmapped weight is one grouped kernel call, not a Python loop over the copies."""
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(5, 6, 4, 3, 3)
+    with torch.profiler.profile() as prof:
+        vmap(lambda w: CF.conv2d(x, w), in_dims=0)(w)
+    calls = [e for e in prof.events() if e.name == "cuconv::conv2d"]
+    assert len(calls) == 2  # the vmapped call and the one grouped kernel call it becomes (a loop: 1 + 5)
+
+
+def test_jacrev_and_hessian_vector_products_equal_torch_s():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+
+    def f(conv, pool):
+        return lambda x, w: pool(torch.tanh(conv(x, w, None, 1, 1)), 2).sum()
+
+    ours, theirs = f(CF.conv2d, CF.max_pool2d), f(F.conv2d, F.max_pool2d)
+    for argnums in (0, 1):
+        assert_matches(jacrev(jacrev(ours, argnums), argnums)(x, w), jacrev(jacrev(theirs, argnums), argnums)(x, w),
+                       torch.float64)
+
+
+def test_nn_module_double_backward_through_a_model():
+    """WGAN-GP's penalty through a whole model converted to cuconv equals torch's."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 3, stride=2),
+                          nn.Softplus(), nn.AvgPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    twin = cuconv.convert(model)
+    x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    results = []
+    for net in (model, twin):
+        xi = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(net(xi).sum(), xi, create_graph=True)
+        penalty = (gx.flatten(1).norm(dim=1) - 1).square().mean()
+        results.append(torch.autograd.grad(penalty, list(net.parameters())))
+    for ours, theirs in zip(results[1], results[0]):
+        assert theirs.abs().max() > 0
+        assert_matches(ours, theirs, torch.float64)
