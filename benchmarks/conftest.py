@@ -2,9 +2,15 @@
 
     pytest benchmarks --quick                  # a subset of shapes at batch 16, a few minutes
     pytest benchmarks --benchmark-json=out.json && python benchmarks/report.py out.json
+
+Every case is timed only after its cuconv result (output and gradients) has been checked
+against torch's on the same seeded inputs, which both backends' rows share (check_against_torch).
+On CUDA the TF32 setting of torch's convolutions is fixed by --tf32 (default off: cuconv's
+float32 kernels do not use TF32) and recorded in every row.
 """
 
 import time
+import zlib
 
 import pytest
 import torch
@@ -16,6 +22,18 @@ def pytest_addoption(parser):
     group.addoption("--batch", type=int, default=None, help="batch size (default 128, quick: 16)")
     group.addoption("--devices", default="cpu,cuda", help="comma-separated devices to run (those present)")
     group.addoption("--dtypes", default="float32", help="comma-separated dtypes, e.g. float32,bfloat16")
+    group.addoption("--tf32", action="store_true",
+                    help="let torch's CUDA convolutions and matmuls use TF32 (default: strict float32)")
+
+
+def pytest_configure(config):
+    tf32 = config.getoption("--tf32", default=False)
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def pytest_report_header(config):
+    return f"torch TF32 on CUDA: {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (--tf32)"
 
 
 def _devices(config):
@@ -54,3 +72,36 @@ def rounds_for(step, budget_s=0.25, fewest=5, most=200):
     step()
     once = time.perf_counter() - start
     return int(min(most, max(fewest, budget_s / max(once, 1e-9))))
+
+
+def seeded_generator(*key):
+    """A CPU generator seeded from `key` (case name, batch...): the same inputs for both backends' rows."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def random_tensor(shape, generator, device, dtype, scale=1.0):
+    return (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
+
+
+# Relative to each tensor's largest value: float32 sums of thousands of products differ from
+# torch's in the last bits; the half types by their rounding step.
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+
+
+def check_against_torch(ours, theirs, inputs, backward, what):
+    """Fail the benchmark unless ours(*inputs) and, with `backward`, its gradients (for a seeded
+    random projection of the output) match theirs(*inputs) on the same inputs."""
+    def results(fn):
+        leaves = [t.detach().clone().requires_grad_(backward and t.is_floating_point()) for t in inputs]
+        out = fn(*leaves)
+        if not backward:
+            return [out.detach()]
+        projection = torch.randn(out.shape, generator=seeded_generator(what)).to(out)
+        return [out.detach(), *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], projection)]
+
+    for name, got, expected in zip(["output", "grad 0", "grad 1", "grad 2"], results(ours), results(theirs)):
+        tolerance = CHECK_TOLERANCE[expected.dtype] * max(1.0, expected.abs().max().item())
+        error = (got.float() - expected.float()).abs().max().item()
+        if not error <= tolerance:  # also catches NaN
+            pytest.fail(f"{what}: cuconv's {name} differs from torch's by {error:.3g} (allowed {tolerance:.3g}); "
+                        "not timed")

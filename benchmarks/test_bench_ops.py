@@ -1,7 +1,8 @@
 """Every op, forward and forward+backward, cuconv next to torch.nn.functional.
 
 Each pair shares a pytest-benchmark group ("<case> <mode> <device> <dtype>"), so the two
-rows print together; report.py turns the JSON into cuconv/torch ratios.
+rows print together; report.py turns the JSON into cuconv/torch ratios. Both rows time the
+same seeded inputs, and cuconv's row is timed only once its results match torch's.
 """
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import cuconv.functional as CF
 from cases import CONV_CASES, POOL_CASES
-from conftest import rounds_for, synchronize
+from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, synchronize
 
 IMPLS = {"cuconv": CF, "torch": F}
 MODES = ["forward", "forward+backward"]
@@ -29,7 +30,15 @@ def run(benchmark, fn, inputs, mode, device):
 
 def label(benchmark, case, mode, device, dtype, impl, **extra):
     benchmark.group = f"{case.name} {mode} {device} {dtype}"
-    benchmark.extra_info.update(case=case.name, mode=mode, device=device, dtype=dtype, impl=impl, **extra)
+    benchmark.extra_info.update(case=case.name, mode=mode, device=device, dtype=dtype, impl=impl,
+                                tf32=torch.backends.cudnn.allow_tf32 if device == "cuda" else None, **extra)
+
+
+def checked(impl, make_fn, inputs, mode, what):
+    """make_fn(api) for this impl, after cuconv's version has been checked against torch's."""
+    if impl == "cuconv":
+        check_against_torch(make_fn(CF), make_fn(F), inputs, mode == "forward+backward", what)
+    return make_fn(IMPLS[impl])
 
 
 def skip_unless_selected(case, quick):
@@ -43,18 +52,20 @@ def skip_unless_selected(case, quick):
 def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
-    x = torch.randn(batch, case.in_channels, case.size, case.size, device=device, dtype=dt)
-    w = torch.randn(case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel,
-                    device=device, dtype=dt)
-    b = torch.randn(case.out_channels, device=device, dtype=dt)
+    gen = seeded_generator(case.name, batch)
+    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt)
+    fan_in = case.in_channels // case.groups * case.kernel ** 2
+    w = random_tensor((case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel), gen, device, dt,
+                      scale=fan_in ** -0.5)
+    b = random_tensor((case.out_channels,), gen, device, dt)
+    flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
+    label(benchmark, case, mode, device, dtype, impl, flops=flops, batch=batch)
+    conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
+                   (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
     if mode == "forward+backward":
         for t in (x, w, b):
             t.requires_grad_()
-    flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
-    label(benchmark, case, mode, device, dtype, impl, flops=flops, batch=batch)
-    conv = IMPLS[impl].conv2d
-    run(benchmark, lambda x, w, b: conv(x, w, b, case.stride, case.padding, 1, case.groups), (x, w, b),
-        mode, device)
+    run(benchmark, conv, (x, w, b), mode, device)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -63,17 +74,19 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
 def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
-    x = torch.randn(batch, case.channels, case.size, case.size, device=device, dtype=dt,
-                    requires_grad=mode == "forward+backward")
+    x = random_tensor((batch, case.channels, case.size, case.size), seeded_generator(case.name, batch), device, dt)
     moved = case.bytes_moved(batch, x.element_size()) * (3 if mode == "forward+backward" else 1)
     label(benchmark, case, mode, device, dtype, impl, bytes=moved, batch=batch)
-    api = IMPLS[impl]
-    if case.kind == "max":
-        fn = lambda x: api.max_pool2d(x, case.kernel, case.stride, case.padding)  # noqa: E731
-    elif case.kind == "avg":
-        fn = lambda x: api.avg_pool2d(x, case.kernel, case.stride, case.padding)  # noqa: E731
-    else:
-        fn = lambda x: api.adaptive_avg_pool2d(x, case.output)  # noqa: E731
+
+    def make(api):
+        if case.kind == "max":
+            return lambda x: api.max_pool2d(x, case.kernel, case.stride, case.padding)
+        if case.kind == "avg":
+            return lambda x: api.avg_pool2d(x, case.kernel, case.stride, case.padding)
+        return lambda x: api.adaptive_avg_pool2d(x, case.output)
+
+    fn = checked(impl, make, (x,), mode, f"{case.name} {mode} {device} {dtype}")
+    x.requires_grad_(mode == "forward+backward")
     run(benchmark, fn, (x,), mode, device)
 
 

@@ -64,7 +64,9 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 }
 
 // cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
-// {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never"}.
+// {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never",
+//  "last_gemm": ..., "last_direct": ...} where the last two name the instruction set of the
+// kernels the GEMM and direct paths ran last (None before their first use).
 // A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
   try {
@@ -72,8 +74,11 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* gemm_float = cuconv::cpu_microkernel<float>().isa;
     const char* gemm_double = cuconv::cpu_microkernel<double>().isa;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
-    return Py_BuildValue("{s:s,s:s,s:s,s:s}", "isa", isa, "gemm_float", gemm_float, "gemm_double", gemm_double,
-                         "direct_conv", direct);
+    // "z": None for a null pointer.
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
+                         gemm_double, "direct_conv", direct, "last_gemm",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDirect));
   } catch (const c10::ValueError& error) {
     PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
     return nullptr;

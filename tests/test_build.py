@@ -15,6 +15,20 @@ def test_build_info_names_this_torch():
     assert isinstance(cuconv.with_cuda, bool)
 
 
+def test_cuda_build_records_its_architectures():
+    """With CUDA kernels compiled, the build says for which GPUs: the visible ones', the list given,
+    or, with no GPU and no TORCH_CUDA_ARCH_LIST (README's install command as written), setup.py's
+    default, so that the build did not depend on torch finding a GPU."""
+    from cuconv import _build_info
+
+    if not cuconv.with_cuda:
+        import pytest
+        pytest.skip("cuconv was built without its CUDA kernels")
+    assert _build_info.cuda_arch_list
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        assert _build_info.cuda_arch_list == "8.0;9.0+PTX"
+
+
 # Imports the copy in package_dir. An editable install's finder would fill in files the
 # copy lacks from the source tree, so it is taken off the import path first.
 _IMPORT_COPY = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; import cuconv"

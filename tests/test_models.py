@@ -80,14 +80,25 @@ def test_vgg_summary(backend, capsys):
 
 
 def test_full_vgg_block_shapes_as_the_book():
-    # The book's VGG-11 on 224 x 224: the five blocks' shapes, without building the 25088x4096 head.
-    X = torch.zeros(1, 1, 224, 224)
-    shapes = []
+    # The book's VGG-11 on 224 x 224: the five blocks' shapes, without building the 25088x4096 head,
+    # on both backends from the same weights and a random image, with the same outputs.
+    torch.manual_seed(0)
+    X = {backend: torch.rand(1, 1, 224, 224) for backend in models.BACKENDS}
+    X["cuconv"] = X["torch"].clone()
+    shapes = {backend: [] for backend in models.BACKENDS}
     with torch.no_grad():
         for num_convs, channels in models.VGG_ARCH_FULL:
-            X = models.vgg_block(num_convs, channels, backend="torch")(X)
-            shapes.append(tuple(X.shape))
-    assert shapes == [(1, 64, 112, 112), (1, 128, 56, 56), (1, 256, 28, 28), (1, 512, 14, 14), (1, 512, 7, 7)]
+            blocks = {backend: models.vgg_block(num_convs, channels, backend=backend) for backend in models.BACKENDS}
+            blocks["torch"](X["torch"][:, :, :8, :8])  # lazy shapes, then the same weights for both
+            blocks["cuconv"](X["cuconv"][:, :, :8, :8])
+            blocks["cuconv"].load_state_dict(blocks["torch"].state_dict())
+            for backend, block in blocks.items():
+                X[backend] = block(X[backend])
+                shapes[backend].append(tuple(X[backend].shape))
+            torch.testing.assert_close(X["cuconv"], X["torch"], rtol=1e-4, atol=1e-4)
+            assert X["torch"].abs().max() > 0
+    assert shapes["cuconv"] == shapes["torch"] == [
+        (1, 64, 112, 112), (1, 128, 56, 56), (1, 256, 28, 28), (1, 512, 14, 14), (1, 512, 7, 7)]
 
 
 def test_vgg_block_layers():

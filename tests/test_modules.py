@@ -655,9 +655,9 @@ def test_book_corr2d_multi_in_out_1x1():
     X = torch.normal(0, 1, (3, 3, 3))
     K = torch.normal(0, 1, (2, 3, 1, 1))
     Y1 = cuconv.corr2d_multi_in_out_1x1(X, K)
-    Y2 = cuconv.corr2d_multi_in_out(X, K)
+    Y2 = torch.nn.functional.conv2d(X[None], K)[0]  # torch's convolution, not another cuconv helper
     assert Y1.shape == Y2.shape == (2, 3, 3)
-    assert float(torch.abs(Y1 - Y2).sum()) < 1e-6
+    assert float(torch.abs(Y1 - Y2).sum()) < 1e-5
     # The book's own definition: a matrix product over channels.
     torch.testing.assert_close(Y1, (K.reshape(2, 3) @ X.reshape(3, 9)).reshape(2, 3, 3))
 

@@ -30,7 +30,7 @@
 // samples (input gradient, whose col2im adds neighbouring rows into the same pixels),
 // so no two threads write the same memory. The weight gradient is summed per thread
 // and the partial sums are added in a fixed order, so results are deterministic.
-// Half types are packed as float and computed in float.
+// Half types are packed as float, computed in float and rounded once per element.
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
 // pass, float32 layers that the direct kernels of direct_conv.h run faster
@@ -265,23 +265,24 @@ void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const
 
 // grad_x += col2im of column rows [k_begin, k_end) of the planned block: each entry
 // goes back to the pixel it came from. `columns` holds row k at (k - k_begin)*columns
-// of the block; `grad_x` points at the group's channel 0.
-template <typename scalar_t, typename acc_t>
+// of the block; `grad_x` points at the group's channel 0 of the sample at input offset
+// `origin` (plan offsets count from sample 0, so a one-sample buffer passes its sample's).
+// grad_x is of the op-math type (float for half types, which would round after every
+// kernel tap: gemm_backward_input sums those in a float buffer).
+template <typename acc_t>
 void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* columns, int64_t k_begin,
-                int64_t k_end, scalar_t* grad_x) {
+                int64_t k_end, int64_t origin, acc_t* grad_x) {
   const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width;
   for (int64_t k = k_begin; k < k_end; ++k) {
     const acc_t* row = columns + (k - k_begin) * plan.columns;
-    scalar_t* channel = grad_x + k / positions * plane;
+    const int64_t channel = k / positions * plane - origin;
     for (const ColumnRun& r : plan.copy[k % positions]) {
-      scalar_t* __restrict__ d = channel + r.source;
+      acc_t* __restrict__ d = grad_x + (channel + r.source);
       const acc_t* __restrict__ s = row + r.column;
       if (g.stride_w == 1) {  // the common case, kept apart so it vectorises
-        for (int64_t q = 0; q < r.count; ++q) d[q] = static_cast<scalar_t>(static_cast<acc_t>(d[q]) + s[q]);
+        for (int64_t q = 0; q < r.count; ++q) d[q] += s[q];
       } else {
-        for (int64_t q = 0; q < r.count; ++q) {
-          d[q * g.stride_w] = static_cast<scalar_t>(static_cast<acc_t>(d[q * g.stride_w]) + s[q]);
-        }
+        for (int64_t q = 0; q < r.count; ++q) d[q * g.stride_w] += s[q];
       }
     }
   }
@@ -299,6 +300,7 @@ template <typename scalar_t>
 void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y) {
   using acc_t = at::opmath_type<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
   const int64_t a_size = packed_size(O, kernel.mr, K);
   std::vector<acc_t> a(g.groups * a_size);
@@ -354,7 +356,11 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
 template <typename scalar_t>
 void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
   using acc_t = at::opmath_type<scalar_t>;
+  // Half types: each sample's gradient is summed in a float buffer and rounded once
+  // (adding every kernel tap into a half-typed dx would round kH*kW times).
+  constexpr bool kRoundOnce = !std::is_same_v<scalar_t, acc_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
   if (O == 0) return;  // no output channels: the input gradient stays zero
   // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
@@ -363,13 +369,15 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, O, w + gi * O * K, K, 1, K);
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
+  const int64_t sample_in = g.groups * group_in;
 
   // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
   at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
     std::vector<acc_t> grad_columns(kGradientRows * rows * g.out_w);
-    for_each_block(n_begin * g.out_h, n_end * g.out_h, rows, [&](int64_t r0, int64_t r1) {
+    // grad_x of output rows [r0, r1) added into `target`, which holds the input from offset `origin` on.
+    auto add_block = [&](int64_t r0, int64_t r1, acc_t* target, int64_t origin) {
       plan.build(g, r0, r1, kernel.nr);
       const int64_t block = plan.columns;
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -387,10 +395,22 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
                         a.data() + gi * a_size + m0 * O + o0 * kernel.mr, O * kernel.mr, b.data() + o0 * kernel.nr,
                         O * kernel.nr, grad_columns.data(), block, /*accumulate=*/o0 > 0, nullptr);
           }
-          col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, dx + gi * group_in);
+          col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, origin, target + gi * group_in);
         }
       }
-    });
+    };
+    if constexpr (kRoundOnce) {
+      std::vector<acc_t> sample(sample_in);
+      for (int64_t n = n_begin; n < n_end; ++n) {
+        std::fill(sample.begin(), sample.end(), acc_t(0));
+        for_each_block(n * g.out_h, (n + 1) * g.out_h, rows,
+                       [&](int64_t r0, int64_t r1) { add_block(r0, r1, sample.data(), n * sample_in); });
+        std::transform(sample.begin(), sample.end(), dx + n * sample_in, [](acc_t v) { return static_cast<scalar_t>(v); });
+      }
+    } else {
+      for_each_block(n_begin * g.out_h, n_end * g.out_h, rows,
+                     [&](int64_t r0, int64_t r1) { add_block(r0, r1, dx, 0); });
+    }
   });
 }
 
@@ -398,6 +418,7 @@ template <typename scalar_t>
 void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
   using acc_t = at::opmath_type<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/false);
   const int64_t weights = g.groups * O * K;
   // A fixed split of the output rows into `parts`, one partial gradient each, summed in order.
@@ -640,9 +661,10 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
   const bool direct = dy.scalar_type() == at::kFloat && !is_depthwise(g) && direct_choice(g).input;
-  // The depthwise and direct kernels write every element; col2im adds into zeros.
-  at::Tensor dx = is_depthwise(g) || direct ? at::empty(input_size, grad_output.options())
-                                            : at::zeros(input_size, grad_output.options());
+  // The depthwise and direct kernels, and col2im for half types (through a float buffer per
+  // sample), write every element; col2im in float and double adds into zeros.
+  const bool writes_all = is_depthwise(g) || direct || dy.scalar_type() == at::kHalf || dy.scalar_type() == at::kBFloat16;
+  at::Tensor dx = writes_all ? at::empty(input_size, grad_output.options()) : at::zeros(input_size, grad_output.options());
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();

@@ -63,9 +63,11 @@ const DirectTiles* cpu_direct_tiles() {
   return nullptr;
 }
 
+// The tiles a direct pass runs (noted as the direct path's last use).
 const DirectTiles& tiles_or_fail() {
   const DirectTiles* tiles = cpu_direct_tiles();
   TORCH_CHECK(tiles != nullptr, "cuconv: the direct convolution kernels need AVX2 or AVX-512");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
   return *tiles;
 }
 

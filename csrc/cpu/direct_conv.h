@@ -51,6 +51,7 @@ struct DirectTiles {
   using Weight = void (*)(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
                           const int64_t* taps, const float* grad_t, float* partial);
   static constexpr int kMaxVectors = 4, kMaxPixels = 12;
+  const char* isa = nullptr;  // "avx512" or "avx2"
   int64_t lanes = 0, max_vectors = 0;
   int64_t pixels[kMaxVectors + 1] = {}, taps[kMaxVectors + 1] = {};  // Q and T for each NV
   Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {};

@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -61,6 +62,15 @@ CpuIsa cpu_isa() {
   }
   return std::min(wanted, best_isa_of_this_cpu());
 }
+
+namespace {
+std::atomic<const char*> last_use[2] = {nullptr, nullptr};  // per KernelPath; names are string literals
+}  // namespace
+
+void note_kernel_use(KernelPath path, const char* isa) {
+  last_use[static_cast<int>(path)].store(isa, std::memory_order_relaxed);
+}
+const char* last_kernel_use(KernelPath path) { return last_use[static_cast<int>(path)].load(std::memory_order_relaxed); }
 
 template <>
 Microkernel<float> cpu_microkernel<float>() {

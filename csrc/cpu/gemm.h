@@ -50,6 +50,14 @@ struct Microkernel {
 template <typename T>
 Microkernel<T> cpu_microkernel();
 
+// The instruction set of the kernels each CPU convolution path ran last (one note per op
+// call), as the kernels themselves name it: cuconv._C.cpu_kernels() reports it, and the
+// tests check with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512
+// results are bitwise identical, so no numeric test can tell them apart).
+enum class KernelPath { kGemm = 0, kDirect = 1 };
+void note_kernel_use(KernelPath path, const char* isa);
+const char* last_kernel_use(KernelPath path);  // nullptr before the first use
+
 // Elements of a packed A (rows x depth) or B (depth x cols) buffer.
 inline int64_t packed_size(int64_t count, int64_t tile, int64_t depth) {
   return (count + tile - 1) / tile * tile * depth;

@@ -20,7 +20,8 @@
 // touch the same memory and the sums are deterministic.
 // The *_plane functions are compiled for AVX-512, AVX2 and the baseline x86-64, and
 // the best one the CPU has runs (CUCONV_VECTOR_CLONES).
-// Accumulation is in at::opmath_type (float for bfloat16/half).
+// Accumulation is in at::opmath_type (float for bfloat16/half), and every output
+// element is rounded to its type once.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -158,17 +159,34 @@ CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* f
   }
 }
 
+// The scatter kernels below add several outputs' gradients into one input pixel where
+// windows overlap. They sum in the op-math type: into dx itself for float and double,
+// and for half types into a float plane rounded into dx once (rounding after every add
+// would make the error grow with the overlap). unpool(target) fills one plane.
+template <typename scalar_t, typename Unpool>
+void unpool_in_opmath(int64_t plane_in, scalar_t* dx, std::vector<at::opmath_type<scalar_t>>& buffer,
+                      Unpool unpool) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    unpool(dx);
+  } else {
+    buffer.resize(plane_in);
+    unpool(buffer.data());
+    std::transform(buffer.begin(), buffer.end(), dx, [](acc_t v) { return static_cast<scalar_t>(v); });
+  }
+}
+
 // One plane of the input gradient: zero, then each output gradient to its argmax.
 template <typename scalar_t>
 void max_unpool_plane(const char* op, int64_t plane_in, int64_t plane_out, const scalar_t* dy,
-                      const int64_t* indices, scalar_t* dx) {
+                      const int64_t* indices, at::opmath_type<scalar_t>* dx) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::fill_n(dx, plane_in, scalar_t(0));
+  std::fill_n(dx, plane_in, acc_t(0));
   for (int64_t o = 0; o < plane_out; ++o) {
     const int64_t target = indices[o];
     TORCH_CHECK_INDEX(target >= 0 && target < plane_in, op, ": index ", target,
                       " in indices is outside the input plane of ", plane_in, " pixels");
-    dx[target] = static_cast<scalar_t>(static_cast<acc_t>(dx[target]) + static_cast<acc_t>(dy[o]));
+    dx[target] += static_cast<acc_t>(dy[o]);
   }
 }
 
@@ -235,23 +253,20 @@ CUCONV_VECTOR_CLONES void avg_pool_plane(const PoolGeometry& g, const AvgPlan& p
 // loop has no conflicts.
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_unpool_plane(const PoolGeometry& g, const AvgPlan& plan, const scalar_t* dy,
-                                           scalar_t* dx, at::opmath_type<scalar_t>* share) {
+                                           at::opmath_type<scalar_t>* dx, at::opmath_type<scalar_t>* share) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::fill_n(dx, g.H * g.W, scalar_t(0));
+  std::fill_n(dx, g.H * g.W, acc_t(0));
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const double row = plan.row_factor[oh];
     for (int64_t ow = 0; ow < g.Wo; ++ow) {
       share[ow] = static_cast<acc_t>(dy[oh * g.Wo + ow]) / static_cast<acc_t>(plan.divisor(row, ow));
     }
     for (int64_t ih = plan.rows[oh].start; ih < plan.rows[oh].end; ++ih) {
-      scalar_t* row = dx + ih * g.W;
+      acc_t* row = dx + ih * g.W;
       for (int64_t j = 0; j < g.kW; ++j) {
         const int64_t offset = g.column_offset(j);
         const acc_t* __restrict__ s = share;
-        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) {
-          scalar_t& target = row[ow * g.sW + offset];
-          target = static_cast<scalar_t>(static_cast<acc_t>(target) + s[ow]);
-        }
+        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] += s[ow];
       }
     }
   }
@@ -431,14 +446,15 @@ void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t plane
   using acc_t = at::opmath_type<scalar_t>;
   const bool tiled = tiled_2x2(g);
   at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> share(g.Wo);
+    std::vector<acc_t> share(g.Wo), buffer;
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
       scalar_t* dx_plane = dx + plane * g.H * g.W;
       if (tiled) {
         avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
       } else {
-        avg_unpool_plane(g, plan, dy_plane, dx_plane, share.data());
+        unpool_in_opmath(g.H * g.W, dx_plane, buffer,
+                         [&](acc_t* target) { avg_unpool_plane(g, plan, dy_plane, target, share.data()); });
       }
     }
   });
@@ -476,17 +492,16 @@ void adaptive_pool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& col
 
 template <typename scalar_t>
 void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& cols, int64_t H, int64_t W,
-                           const scalar_t* dy, scalar_t* dx) {
+                           const scalar_t* dy, at::opmath_type<scalar_t>* dx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Ho = rows.start.size(), Wo = cols.start.size();
-  std::fill_n(dx, H * W, scalar_t(0));
+  std::fill_n(dx, H * W, acc_t(0));
   for (int64_t oh = 0; oh < Ho; ++oh)
     for (int64_t ow = 0; ow < Wo; ++ow) {
       const int64_t count = (rows.end[oh] - rows.start[oh]) * (cols.end[ow] - cols.start[ow]);
       const acc_t share = static_cast<acc_t>(dy[oh * Wo + ow]) / static_cast<acc_t>(count);
       for (int64_t ih = rows.start[oh]; ih < rows.end[oh]; ++ih)
-        for (int64_t iw = cols.start[ow]; iw < cols.end[ow]; ++iw)
-          dx[ih * W + iw] = static_cast<scalar_t>(static_cast<acc_t>(dx[ih * W + iw]) + share);
+        for (int64_t iw = cols.start[ow]; iw < cols.end[ow]; ++iw) dx[ih * W + iw] += share;
     }
 }
 
@@ -595,12 +610,15 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
+      std::vector<at::opmath_type<scalar_t>> buffer;
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* dy_plane = dy_data + plane * plane_out;
         const int64_t* idx_plane = idx_data + plane * plane_out;
         scalar_t* dx_plane = dx_data + plane * plane_in;
         if (tiled && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
-        max_unpool_plane(op, plane_in, plane_out, dy_plane, idx_plane, dx_plane);
+        unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
+          max_unpool_plane(op, plane_in, plane_out, dy_plane, idx_plane, target);
+        });
       }
     });
   });
@@ -690,8 +708,12 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntAr
     } else {
       const AdaptiveWindows rows(Ho, H), cols(Wo, W);
       at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+        std::vector<at::opmath_type<scalar_t>> buffer;
         for (int64_t plane = begin; plane < end; ++plane) {
-          adaptive_unpool_plane(rows, cols, H, W, dy_data + plane * Ho * Wo, dx_data + plane * H * W);
+          const scalar_t* dy_plane = dy_data + plane * Ho * Wo;
+          unpool_in_opmath(H * W, dx_data + plane * H * W, buffer, [&](auto* target) {
+            adaptive_unpool_plane(rows, cols, H, W, dy_plane, target);
+          });
         }
       });
     }

@@ -55,6 +55,7 @@ Microkernel<double> avx2_microkernel_double() {
 
 DirectTiles avx2_direct_tiles() {
   DirectTiles t;
+  t.isa = "avx2";
   t.lanes = 8;
   t.max_vectors = 2;
   fill_direct_tiles<Avx2Float, 1, 6, 6>(t);

@@ -57,6 +57,7 @@ Microkernel<double> avx512_microkernel_double() {
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
+  t.isa = "avx512";
   t.lanes = 16;
   t.max_vectors = 4;
   fill_direct_tiles<Avx512Float, 1, 12, 12>(t);

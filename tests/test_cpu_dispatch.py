@@ -1,0 +1,99 @@
+"""How the CPU kernels are run: with 1, 3 and 7 threads (code that splits work by the thread
+count, checked with more than two parts), bitwise repeatably at each count, and with the
+instruction set that CUCONV_CPU_ISA asks for actually running (AVX2 and AVX-512 results are
+bitwise identical, so only the kernels' own record can tell them apart)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuconv
+import cuconv.functional as CF
+from test_ops import assert_matches, forward_and_grads
+
+ISAS = ("generic", "avx2", "avx512")  # in order of capability
+
+
+@pytest.fixture(params=[1, 3, 7], ids=lambda n: f"{n}threads")
+def threads(request):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
+def _conv(stride=1, padding=1, dilation=1, groups=1):
+    return (lambda x, w, b: CF.conv2d(x, w, b, stride, padding, dilation, groups),
+            lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups))
+
+
+# Sizes with more rows, samples, planes and blocks than 7 threads take, so that every split
+# (rows of the forward and weight-gradient GEMM, samples of the input gradient, planes of the
+# pooling kernels, rows of the direct kernels) has several uneven parts.
+THREAD_CASES = {
+    "conv-gemm": (_conv(), [(9, 20, 13, 11), (24, 20, 3, 3), (24,)], "0"),
+    "conv-direct": (_conv(), [(9, 20, 13, 11), (24, 20, 3, 3), (24,)], "1"),
+    "conv-rules": (_conv(2, 1), [(8, 40, 17, 16), (70, 40, 3, 3), (70,)], ""),
+    "conv-grouped-dilated": (_conv((2, 1), 2, (2, 1), 2), [(7, 12, 15, 14), (10, 6, 3, 3), (10,)], ""),
+    "conv-depthwise": (_conv(1, 1, 1, 12), [(9, 12, 10, 9), (24, 1, 3, 3), (24,)], ""),
+    "conv-1x1-batch1": (_conv(1, 0), [(1, 64, 23, 19), (48, 64, 1, 1), (48,)], ""),
+    "max-pool-2x2": ((lambda t: CF.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2)), [(5, 7, 12, 10)], ""),
+    "max-pool-3s2": ((lambda t: CF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
+                      lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True)), [(5, 7, 13, 11)], ""),
+    "avg-pool-2x2": ((lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2)), [(5, 7, 12, 10)], ""),
+    "avg-pool-3s1": ((lambda t: CF.avg_pool2d(t, 3, 1, 1), lambda t: F.avg_pool2d(t, 3, 1, 1)), [(5, 7, 9, 10)], ""),
+    "adaptive-global": ((lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
+                        [(5, 7, 9, 10)], ""),
+    "adaptive": ((lambda t: CF.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
+                 [(5, 7, 9, 10)], ""),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", THREAD_CASES)
+def test_ops_match_torch_and_repeat_bitwise_at_any_thread_count(case, dtype, threads, monkeypatch):
+    (ours, theirs), shapes, direct = THREAD_CASES[case]
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    gen = torch.Generator().manual_seed(len(case))
+    tensors = [torch.randn(*s, generator=gen, dtype=dtype) for s in shapes]
+    out, grads = forward_and_grads(ours, tensors)
+    ref, ref_grads = forward_and_grads(theirs, tensors)
+    assert_matches(out, ref, dtype)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r, dtype)
+    again, again_grads = forward_and_grads(ours, tensors)
+    assert torch.equal(again, out) and all(torch.equal(a, g) for a, g in zip(again_grads, grads))
+
+
+def _expected_isa(requested, best):
+    return ISAS[min(ISAS.index(requested), ISAS.index(best))]
+
+
+@pytest.mark.parametrize("requested", ISAS)
+def test_cpu_isa_setting_reaches_the_kernels_that_run(requested, monkeypatch):
+    monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
+    best = cuconv._C.cpu_kernels()["isa"]
+    monkeypatch.setenv("CUCONV_CPU_ISA", requested)
+    expected = _expected_isa(requested, best)
+    x, w = torch.randn(2, 8, 12, 12), torch.randn(16, 8, 3, 3)
+    for dtype, name in ((torch.float32, "gemm_float"), (torch.float64, "gemm_double")):
+        monkeypatch.setenv("CUCONV_CPU_DIRECT", "0")
+        CF.conv2d(x.to(dtype), w.to(dtype), padding=1)
+        kernels = cuconv._C.cpu_kernels()
+        assert kernels["isa"] == kernels[name] == kernels["last_gemm"] == expected, kernels
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    CF.conv2d(x, w, padding=1)
+    kernels = cuconv._C.cpu_kernels()
+    if expected == "generic":  # the direct kernels are vector code: the GEMM runs instead
+        assert kernels["direct_conv"] == "never" and kernels["last_gemm"] == "generic"
+    else:
+        assert kernels["direct_conv"] == "always" and kernels["last_direct"] == expected, kernels
+
+
+def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
+    monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
+    capability = torch.backends.cpu.get_cpu_capability()  # torch's own reading of the CPU
+    expected = {"AVX512": "avx512", "AVX2": "avx2"}.get(capability)
+    if expected is None:
+        pytest.skip(f"torch reports {capability}; cuconv's choice there is not pinned down here")
+    assert cuconv._C.cpu_kernels()["isa"] == expected
