@@ -9,6 +9,10 @@ Environment switches:
     CUCONV_CPU_ONLY=1       skip the CUDA sources (fast local iteration)
     CUCONV_REQUIRE_CUDA=1   fail if the CUDA sources cannot be compiled (CI)
     CUCONV_PTXAS_VERBOSE=1  print ptxas register / spill reports for every kernel
+    CUCONV_EMULATED_CUDA=1  also build cuconv._C_emulated: the CUDA kernels compiled as host C++
+                            for the emulated device the tests run them on (csrc/emulation/);
+                            =asan adds cuconv._C_emulated_asan, built with AddressSanitizer and
+                            UBSan. Test-only: never part of a normal build.
     CUDA_HOME               the CUDA toolkit (default /usr/local/cuda if it exists)
     TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0"; default: the visible GPUs', or, with
                             none visible, DEFAULT_CUDA_ARCHS (A100 and H100 code, plus PTX that
@@ -105,15 +109,38 @@ if WITH_CUDA:
 else:
     Extension = cpp_extension.CppExtension
 
-setup(
-    ext_modules=[
-        Extension(
-            "cuconv._C",
-            sources,
-            define_macros=define_macros,
-            extra_compile_args=extra_compile_args,
-            extra_link_args=extra_link_args,
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
-)
+ext_modules = [
+    Extension(
+        "cuconv._C",
+        sources,
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
+    )
+]
+
+
+def _emulated_extension(name, sanitize):
+    """The CUDA sources as host C++ against the emulated device (csrc/emulation/device.h)."""
+    flags = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+    link = []
+    if sanitize:
+        flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                 "-Wno-unknown-pragmas"]
+        link = ["-fsanitize=address,undefined"]
+    return cpp_extension.CppExtension(
+        name,
+        sorted(glob.glob(os.path.join("csrc", "emulation", "*.cpp"))),
+        define_macros=[("CUCONV_EMULATED", None), ("CUCONV_EMULATED_MODULE", name.split(".")[-1])],
+        extra_compile_args={"cxx": flags},
+        extra_link_args=link,
+    )
+
+
+_emulated = os.environ.get("CUCONV_EMULATED_CUDA", "").strip().lower()
+if _emulated in ("1", "true", "yes", "on", "asan"):
+    ext_modules.append(_emulated_extension("cuconv._C_emulated", sanitize=False))
+if _emulated == "asan":
+    ext_modules.append(_emulated_extension("cuconv._C_emulated_asan", sanitize=True))
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExtension})

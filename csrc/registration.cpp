@@ -10,28 +10,9 @@
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "ops.h"
+#include "schemas.h"
 
-TORCH_LIBRARY(cuconv, m) {
-  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward_input(Tensor grad_output, Tensor weight, SymInt[4] input_size, "
-        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward_weight(Tensor grad_output, Tensor input, SymInt[4] weight_size, "
-        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
-  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
-        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, "
-        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) "
-        "-> Tensor");
-  m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
-        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def("avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size, int[2] kernel_size, "
-        "int[2] stride, int[2] padding, bool ceil_mode, bool count_include_pad, "
-        "int? divisor_override) -> Tensor");
-  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
-  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
-}
+TORCH_LIBRARY(cuconv, m) { CUCONV_DEFINE_SCHEMAS(m); }
 
 TORCH_LIBRARY_IMPL(cuconv, CPU, m) { CUCONV_REGISTER_KERNELS(m, cpu); }
 

@@ -1,17 +1,40 @@
-"""Shared fixtures: devices, dtypes and tolerances for comparing cuconv with torch."""
+"""Shared fixtures: devices, dtypes and tolerances for comparing cuconv with torch.
+
+Device-parametrised tests take `device` through the fixture below (indirect parametrisation):
+"cpu", "cuda" where there is a GPU and cuconv has its CUDA kernels, and "emulated" where
+cuconv._C_emulated was built (CUCONV_EMULATED_CUDA=1): the CUDA kernels on the emulated
+device (tests/emulated_cuda.py), with CPU tensors, so the test receives device "cpu".
+"""
 
 import pytest
 import torch
 
 import cuconv
+import emulated_cuda
 
 HAS_CUDA = torch.cuda.is_available() and cuconv.with_cuda
 
-# Every device test runs on cpu, and on cuda where there is a GPU and the CUDA kernels were built.
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (or cuconv built CPU-only)")),
-]
+_NO_GPU = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (or cuconv built CPU-only)")
+_NO_EMULATION = pytest.mark.skipif(not emulated_cuda.AVAILABLE,
+                                   reason="cuconv._C_emulated not built (CUCONV_EMULATED_CUDA=1)")
+
+# Every device test runs on cpu, on cuda where there is a GPU and the CUDA kernels were built,
+# and on the emulated CUDA device where it was built. Use with indirect=True.
+DEVICES = ["cpu", pytest.param("cuda", marks=_NO_GPU), pytest.param("emulated", marks=_NO_EMULATION)]
+# The CUDA kernels: on a GPU, or on the emulated device.
+CUDA_DEVICES = [pytest.param("cuda", marks=_NO_GPU), pytest.param("emulated", marks=_NO_EMULATION)]
+
+
+@pytest.fixture
+def device(request):
+    """The torch device for the test's tensors; "emulated" routes cuconv's CPU kernels to the
+    emulated CUDA kernels for the test's duration and gives "cpu"."""
+    if request.param != "emulated":
+        yield request.param
+        return
+    with emulated_cuda.routed():
+        yield "cpu"
+
 
 # rtol/atol for comparing against torch.nn.functional, per dtype.
 TOLERANCES = {
@@ -23,8 +46,8 @@ TOLERANCES = {
 
 
 def pytest_report_header(config):
-    return (f"cuconv from {cuconv.__file__} (CUDA kernels: {cuconv.with_cuda}), "
-            f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    return (f"cuconv from {cuconv.__file__} (CUDA kernels: {cuconv.with_cuda}, emulated CUDA device: "
+            f"{emulated_cuda.AVAILABLE}), torch {torch.__version__}, threads {torch.get_num_threads()}")
 
 
 @pytest.fixture(autouse=True)

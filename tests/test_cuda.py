@@ -1,6 +1,8 @@
-"""CUDA-only checks beyond the device-parametrised suite (test_ops.py runs everything on cuda
-too): agreement with the CPU kernels, streams, devices, determinism, large and odd shapes.
-Skipped where there is no GPU or cuconv was built without its CUDA kernels."""
+"""Checks of the CUDA kernels beyond the device-parametrised suite (test_ops.py runs everything
+on cuda and on the emulated CUDA device too): agreement with the CPU kernels, streams, devices,
+determinism, large and odd shapes. Those that need a real GPU (streams, graphs, several devices,
+the profiler's kernel names, sizes too large to emulate) are skipped without one; the others
+run on the emulated device as well (CUDA_DEVICES)."""
 
 import pytest
 import torch
@@ -8,12 +10,12 @@ import torch.nn.functional as F
 
 import cuconv
 import cuconv.functional as CF
-from conftest import HAS_CUDA
+from conftest import CUDA_DEVICES, HAS_CUDA
 from test_ops import assert_matches, compare_with_torch, forward_and_grads
 
 ops = torch.ops.cuconv
 
-pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (or cuconv built CPU-only)")
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (or cuconv built CPU-only)")
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +37,7 @@ def all_ops(x, w, b):
     ]
 
 
+@needs_gpu
 def test_cuda_kernels_agree_with_cpu_kernels():
     x = torch.randn(3, 5, 17, 13, dtype=torch.float64)
     w = torch.randn(7, 5, 3, 3, dtype=torch.float64)
@@ -63,6 +66,7 @@ def all_ops_with_gradients(x, w, b):
     ]
 
 
+@needs_gpu
 def test_every_kernel_launches_on_the_current_stream():
     """Captured into a CUDA graph (torch.cuda.graph captures on a side stream of its own): a
     kernel launched on any other stream, e.g. the legacy default stream, makes the capture fail
@@ -87,6 +91,7 @@ def test_every_kernel_launches_on_the_current_stream():
         torch.testing.assert_close(got, expected)
 
 
+@needs_gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
 def test_second_device():
     x = torch.randn(2, 4, 16, 16, device="cuda:1", dtype=torch.float64)
@@ -97,11 +102,12 @@ def test_second_device():
         assert_matches(out.cpu(), ref, torch.float64)
 
 
+@pytest.mark.parametrize("device", CUDA_DEVICES, indirect=True)
 @pytest.mark.parametrize("groups", [1, 4, 16])
-def test_backward_is_bitwise_deterministic(groups):
-    x = torch.randn(8, 16, 40, 40, device="cuda")
-    w = torch.randn(32, 16 // groups, 3, 3, device="cuda")
-    b = torch.randn(32, device="cuda")
+def test_backward_is_bitwise_deterministic(groups, device):
+    x = torch.randn(4, 16, 20, 20, device=device)
+    w = torch.randn(32, 16 // groups, 3, 3, device=device)
+    b = torch.randn(32, device=device)
 
     def grads():
         out, g = forward_and_grads(lambda x, w, b: CF.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b])
@@ -114,6 +120,7 @@ def test_backward_is_bitwise_deterministic(groups):
             assert torch.equal(a, b_)
 
 
+@needs_gpu
 @pytest.mark.slow
 def test_vgg_layer_at_224_batch_128():
     x = torch.randn(128, 64, 224, 224, device="cuda")
@@ -134,10 +141,11 @@ def test_vgg_layer_at_224_batch_128():
     ((2, 32, 15, 15), (64, 1, 5, 5), 2, 2, 32),     # depthwise with multiplier 2
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_odd_sizes(shape, weight, stride, padding, groups, dtype):
-    x = torch.randn(*shape, device="cuda")
-    w = torch.randn(*weight, device="cuda") / weight[1] ** 0.5
-    b = torch.randn(weight[0], device="cuda")
+@pytest.mark.parametrize("device", CUDA_DEVICES, indirect=True)
+def test_odd_sizes(shape, weight, stride, padding, groups, dtype, device):
+    x = torch.randn(*shape, device=device)
+    w = torch.randn(*weight, device=device) / weight[1] ** 0.5
+    b = torch.randn(weight[0], device=device)
     if dtype in (torch.float16, torch.bfloat16):
         # Half types against the float64 answer rounded to the half type.
         xh, wh, bh = (t.to(dtype) for t in (x, w, b))
@@ -164,6 +172,7 @@ def vendor_conv_or_pool_kernels(model, x):
     return sorted(n for n in names if any(k in n for k in VENDOR_MARKERS) and ("conv" in n or "pool" in n))
 
 
+@needs_gpu
 def test_cuda_path_never_calls_cudnn_or_cublas():
     from test_ops import SmallNet, torch_kernels_called
 

@@ -82,7 +82,7 @@ def conv_fns(case, has_bias):
 CONV_CASES = random_conv_cases(40, seed=2024)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "g{groups}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
 def test_conv2d_matches_torch(case, dtype, device):
@@ -235,7 +235,7 @@ def random_pool_cases(count, seed, with_dilation):
     return cases
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", random_pool_cases(30, seed=7, with_dilation=True),
                          ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}c{ceil_mode}".format(**c))
@@ -248,7 +248,7 @@ def test_max_pool2d_matches_torch(case, dtype, device):
     assert torch.equal(idx, ref_idx)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("divisor_override", [None, 3])
@@ -260,7 +260,7 @@ def test_avg_pool2d_matches_torch(case, divisor_override, count_include_pad, dty
     compare_with_torch(lambda t: CF.avg_pool2d(t, *args), lambda t: F.avg_pool2d(t, *args), [x], dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("in_size,out_size", [
     ((7, 9), (3, 4)), ((8, 8), (1, 1)), ((5, 6), (5, 6)), ((4, 5), (7, 9)), ((13, 3), (4, None)),
@@ -281,7 +281,7 @@ TIE_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])
 @pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_max_pool2d_ties_take_torch_s_index(config, size, device):
@@ -292,7 +292,7 @@ def test_max_pool2d_ties_take_torch_s_index(config, size, device):
     assert torch.equal(out, ref_out) and torch.equal(idx, ref_idx)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])
 @pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, device):
@@ -314,7 +314,7 @@ def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, device
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("channels,output_size", [(3, (0, 3)), (0, (2, 3))])
 def test_adaptive_avg_pool2d_empty_cases(channels, output_size, device):
     """output_size 0 and zero channels are allowed, as in torch: an empty result and a zero
@@ -337,7 +337,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_any_layout_gives_torch_results(layout, device):
     to_layout = LAYOUTS[layout]
@@ -352,7 +352,7 @@ def test_any_layout_gives_torch_results(layout, device):
     compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3), [x], torch.float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_empty_batch_gives_empty_results(device):
     x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
@@ -365,7 +365,7 @@ def test_empty_batch_gives_empty_results(device):
     assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_conv2d_large_layer_spans_several_workspace_blocks(device):
     """128 input channels x 3x3 over 96 columns: the CPU columns workspace holds one output
     row, so each sample takes 48 blocks (and 5 samples split unevenly over threads)."""
@@ -376,7 +376,7 @@ def test_conv2d_large_layer_spans_several_workspace_blocks(device):
                        [x, w, b], torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_conv_is_the_book_matrix_product(stride, device):
     """1x1 kernels take the matrix-product path; it must equal the book's K @ X."""
@@ -389,7 +389,7 @@ def test_pointwise_conv_is_the_book_matrix_product(stride, device):
                        [x, w], torch.float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_types(dtype, device):
     """Half types against torch in float64 (the exact answer), with half-type tolerance."""
@@ -410,7 +410,7 @@ def test_half_precision_types(dtype, device):
         assert_matches(out, ref, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_op_is_bitwise_deterministic(dtype, device):
     """Every op, forward and every gradient, twice on the same inputs: bitwise the same (no
@@ -456,7 +456,7 @@ def _gradcheck_cases(device):
     }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("name", list(_gradcheck_cases("cpu")))
 def test_gradcheck(name, device):
     fn, inputs = _gradcheck_cases(device)[name]
@@ -492,7 +492,7 @@ def _opcheck_samples(device, requires_grad):
     ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("index", range(len(_opcheck_samples("cpu", requires_grad=False))))
 def test_opcheck(index, device):
     op, args = _opcheck_samples(device, requires_grad=True)[index]

@@ -37,7 +37,7 @@ def assert_second_order_matches(ours, theirs, tensors):
         assert_matches(g, e, torch.float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("case", CONV_CASES[:16],
                          ids=lambda c: "g{groups}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
 def test_conv2d_double_backward_matches_torch(case, device):
@@ -51,7 +51,7 @@ def test_conv2d_double_backward_matches_torch(case, device):
                                     lambda x, w, b: F.conv2d(x, w, b, *args), [x, w, b])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("case", random_pool_cases(10, seed=21, with_dilation=True),
                          ids=lambda c: "k{kernel}s{stride}p{padding}d{dilation}c{ceil_mode}".format(**c))
 def test_max_pool2d_double_backward_matches_torch(case, device):
@@ -60,7 +60,7 @@ def test_max_pool2d_double_backward_matches_torch(case, device):
     assert_second_order_matches(lambda t: CF.max_pool2d(t, *args), lambda t: F.max_pool2d(t, *args), [x])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("count_include_pad,divisor_override", [(True, None), (False, None), (True, 3)])
 @pytest.mark.parametrize("case", random_pool_cases(6, seed=22, with_dilation=False),
                          ids=lambda c: "k{kernel}s{stride}p{padding}c{ceil_mode}".format(**c))
@@ -70,7 +70,7 @@ def test_avg_pool2d_double_backward_matches_torch(case, count_include_pad, divis
     assert_second_order_matches(lambda t: CF.avg_pool2d(t, *args), lambda t: F.avg_pool2d(t, *args), [x])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("in_size,out_size", [((7, 9), (3, 4)), ((8, 8), 1), ((4, 5), (7, 9))])
 def test_adaptive_avg_pool2d_double_backward_matches_torch(in_size, out_size, device):
     x = torch.randn(2, 3, *in_size, dtype=torch.float64, device=device)
@@ -93,14 +93,14 @@ def _gradgradcheck_cases(device):
     }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("name", list(_gradgradcheck_cases("cpu")))
 def test_gradgradcheck(name, device):
     fn, inputs = _gradgradcheck_cases(device)[name]
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_raw_backward_ops_are_differentiable(device):
     """The backward ops called directly (torch.ops.cuconv.*, their Autograd kernels) have
     gradients too: gradcheck of each w.r.t. every tensor argument."""
@@ -150,7 +150,7 @@ def test_autocast_layers_return_torch_s_dtypes(device, dtype):
     assert all(p.grad is not None and p.grad.dtype == p.dtype for p in twin.parameters())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_autocast_leaves_float64_and_raw_ops_follow_it(device):
     """float64 convolutions stay float64 under autocast (as torch's), and the raw op casts
     too, for code that calls torch.ops.cuconv.conv2d directly."""
@@ -175,7 +175,7 @@ def per_sample_grads(model, x, target):
     return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, target)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_per_sample_gradients_equal_torch_s(device):
     """DP-SGD's vmap(grad(loss)) over a model with every cuconv layer (grouped and 'same'
     padded convolutions, max / average / adaptive pooling) equals torch.nn's."""
@@ -238,7 +238,7 @@ def _vmap_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("index", range(len(_vmap_cases("cpu"))), ids=[c[0] for c in _vmap_cases("cpu")])
 def test_vmap_rules_equal_a_loop(index, device):
     _, fn, in_dims, args = _vmap_cases(device)[index]

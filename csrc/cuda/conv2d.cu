@@ -202,7 +202,7 @@ struct GemmShape {
   int m, n, k;         // per group
   int k_per_split;     // multiple of BK
   int splits;          // blockIdx.z = (group - group_base) * splits + split
-  int group_base;      // first group of this launch (grids hold at most 65535 z-blocks)
+  int group_base;      // first group of this launch (grids hold at most 65535 z-blocks: max_grid_yz)
   int m_tiles, n_tiles;
 };
 
@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(Config::kThreads, sizeof(typename Problem::acc
 
   // Operand tiles, k-major (tile[k][row]) so that the TM (TN) rows one thread multiplies are
   // contiguous, and double-buffered so that step t+1 is written while step t is read.
-  __shared__ __align__(16) acc_t a_tile[2][BK][BM + kPad];
-  __shared__ __align__(16) acc_t b_tile[2][BK][BN + kPad];
+  CUCONV_SHARED(a_tile, acc_t[2][BK][BM + kPad]);
+  CUCONV_SHARED(b_tile, acc_t[2][BK][BN + kPad]);
 
   const int tile_n = static_cast<int>(blockIdx.x % shape.n_tiles);
   const int tile_m = static_cast<int>(blockIdx.x / shape.n_tiles);
@@ -647,7 +647,7 @@ struct BackwardWeightGemm {
 
 template <typename Config, typename Problem>
 void launch_implicit_gemm(const Problem& problem, int m, int n, int k, int groups, int splits,
-                          cudaStream_t stream) {
+                          cuda_detail::Stream stream) {
   GemmShape shape;
   shape.m = m;
   shape.n = n;
@@ -657,16 +657,16 @@ void launch_implicit_gemm(const Problem& problem, int m, int n, int k, int group
   shape.m_tiles = ceil_div(m, Config::kBlockM);
   shape.n_tiles = ceil_div(n, Config::kBlockN);
   const int64_t tiles = static_cast<int64_t>(shape.m_tiles) * shape.n_tiles;
-  TORCH_CHECK(tiles <= cuda_detail::kMaxInt32Index && splits <= 65535,
+  const int max_z = cuda_detail::max_grid_yz();
+  TORCH_CHECK(tiles <= cuda_detail::kMaxInt32Index && splits <= max_z,
               "cuconv: convolution too large for one launch (", tiles, " tiles x ", splits, " splits)");
-  // gridDim.z is limited to 65535: launch the groups in chunks of that many (group, split) pairs.
-  const int groups_per_launch = std::max(1, 65535 / splits);
+  // gridDim.z is limited (65535): launch the groups in chunks of that many (group, split) pairs.
+  const int groups_per_launch = std::max(1, max_z / splits);
   for (int base = 0; base < groups; base += groups_per_launch) {
     shape.group_base = base;
     const int launch_groups = std::min(groups_per_launch, groups - base);
     const dim3 grid(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(launch_groups * splits));
-    implicit_gemm_kernel<Config, Problem><<<grid, Config::kThreads, 0, stream>>>(problem, shape);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda_detail::launch(implicit_gemm_kernel<Config, Problem>, grid, Config::kThreads, 0, stream, problem, shape);
   }
 }
 
@@ -679,7 +679,7 @@ constexpr int kReduceThreads = 256;
 template <typename T>
 __device__ __forceinline__ T block_sum(T value) {
   // One partial per warp, read back by warp 0.
-  __shared__ T warp_totals[kReduceThreads / 32];
+  CUCONV_SHARED(warp_totals, T[kReduceThreads / 32]);
   value = cuda_detail::warp_sum(value);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_totals[warp] = value;
@@ -842,12 +842,11 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 // Sums `splits` slices of `partial` into `out` (or, when out already is the only slice, nothing).
 template <typename scalar_t, typename acc_t>
-void finish_partials(const at::Tensor& partial, at::Tensor& out, int splits, cudaStream_t stream) {
+void finish_partials(const at::Tensor& partial, at::Tensor& out, int splits, cuda_detail::Stream stream) {
   if (partial.data_ptr() == out.data_ptr()) return;
   const int64_t count = out.numel();
-  sum_partials_kernel<scalar_t, acc_t><<<grid_stride_blocks(count), kThreadsPerBlock, 0, stream>>>(
+  cuda_detail::launch(sum_partials_kernel<scalar_t, acc_t>, grid_stride_blocks(count), kThreadsPerBlock, 0, stream,
       partial.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), count, splits);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // The buffer a split reduction writes: `out` itself when there is one split and no
@@ -855,7 +854,7 @@ void finish_partials(const at::Tensor& partial, at::Tensor& out, int splits, cud
 template <typename scalar_t, typename acc_t>
 at::Tensor partial_buffer(const at::Tensor& out, int splits) {
   if (splits == 1 && std::is_same_v<scalar_t, acc_t>) return out;
-  return at::empty({splits, out.numel()}, out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  return cuda_detail::new_output({splits, out.numel()}, out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
 }
 
 }  // namespace
@@ -868,15 +867,15 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
                                IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d";
   const auto shape = check_conv2d<int64_t>(op, input, weight, bias, stride, padding, dilation, groups);
-  c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor y = at::empty({shape.batch, shape.out_channels, shape.out_h, shape.out_w}, input.options());
+  cuda_detail::DeviceGuard guard(input.device());
+  at::Tensor y = cuda_detail::new_output({shape.batch, shape.out_channels, shape.out_h, shape.out_w}, input.options());
   if (y.numel() == 0) return y;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "conv2d_forward_cuda", [&] {
     const scalar_t* bias_data = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
@@ -884,15 +883,14 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
       const int64_t total = y.numel();
       const unsigned int blocks = grid_stride_blocks(total);
       if (p.kernel_h == 3 && p.kernel_w == 3) {
-        depthwise_forward_kernel<scalar_t, 3><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        cuda_detail::launch(depthwise_forward_kernel<scalar_t, 3>, blocks, kThreadsPerBlock, 0, stream,
             x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
             y.mutable_data_ptr<scalar_t>(), p, total);
       } else {
-        depthwise_forward_kernel<scalar_t, 0><<<blocks, kThreadsPerBlock, 0, stream>>>(
+        cuda_detail::launch(depthwise_forward_kernel<scalar_t, 0>, blocks, kThreadsPerBlock, 0, stream,
             x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
             y.mutable_data_ptr<scalar_t>(), p, total);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     const int m = p.batch * p.out_plane, n = p.out_per_group, k = p.in_per_group * p.taps;
@@ -917,21 +915,20 @@ at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::T
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input<int64_t>(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output.device());
   // Every element is written (pixels no output sees get 0), so no zero fill is needed.
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());
   if (dx.numel() == 0) return dx;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cuda", [&] {
     if (p.in_per_group == 1) {
       const int64_t total = dx.numel();
-      depthwise_backward_input_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+      cuda_detail::launch(depthwise_backward_input_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
           dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     const int m = p.batch * p.in_plane, n = p.in_per_group, k = p.out_per_group * p.taps;
@@ -954,13 +951,13 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight<int64_t>(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor dw = at::empty(weight_size, grad_output.options());
+  cuda_detail::DeviceGuard guard(grad_output.device());
+  at::Tensor dw = cuda_detail::new_output(weight_size, grad_output.options());
   if (dw.numel() == 0) return dw;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_output.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   const int sm_count = cuda_detail::multiprocessor_count(grad_output.device().index());
   const int positions = p.batch * p.out_plane;  // the reduction length N*Ho*Wo (may be 0)
 
@@ -969,20 +966,19 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
     if (p.in_per_group == 1) {
       const int64_t elements = dw.numel();  // C_out * kH * kW
       TORCH_CHECK(elements <= cuda_detail::kMaxInt32Index, op, ": too many weight elements");
-      const int splits = reduction_splits(elements, positions, 16 * kReduceThreads, elements, 65535, sm_count);
+      const int splits = reduction_splits(elements, positions, 16 * kReduceThreads, elements, cuda_detail::max_grid_yz(), sm_count);
       at::Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
       const dim3 grid(static_cast<unsigned int>(elements), static_cast<unsigned int>(splits));
-      depthwise_weight_grad_kernel<scalar_t><<<grid, kReduceThreads, 0, stream>>>(
+      cuda_detail::launch(depthwise_weight_grad_kernel<scalar_t>, grid, kReduceThreads, 0, stream,
           dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
           p, positions);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       finish_partials<scalar_t, acc_t>(partial, dw, splits, stream);
       return;
     }
     const int m = p.out_per_group, n = p.in_per_group * p.taps, k = positions;
     const int64_t tiles = static_cast<int64_t>(ceil_div(m, ConvGemm::kBlockM)) * ceil_div(n, ConvGemm::kBlockN) * groups;
     const int64_t k_steps = ceil_div<int64_t>(k, ConvGemm::kBlockK);
-    const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), 65535, sm_count);
+    const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), cuda_detail::max_grid_yz(), sm_count);
     at::Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
     const BackwardWeightGemm<scalar_t, ConvGemm> problem{
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
@@ -996,26 +992,25 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
 at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output) {
   const char* op = "cuconv.conv2d_backward_bias";
   check_image_batch<int64_t>(op, "grad_output", grad_output.sizes());
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output.device());
   const int64_t N = grad_output.size(0), C = grad_output.size(1);
   const int64_t plane = grad_output.size(2) * grad_output.size(3);
   check_int32_index(op, "channels * height * width", C * plane);
   check_int32_index(op, "batch * height * width", N * plane);
-  at::Tensor db = at::empty({C}, grad_output.options());
+  at::Tensor db = cuda_detail::new_output({C}, grad_output.options());
   const at::Tensor dy = grad_output.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   const int sm_count = cuda_detail::multiprocessor_count(grad_output.device().index());
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_bias_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int positions = static_cast<int>(N * plane);
-    const int splits = reduction_splits(C, positions, 16 * kReduceThreads, C, 65535, sm_count);
+    const int splits = reduction_splits(C, positions, 16 * kReduceThreads, C, cuda_detail::max_grid_yz(), sm_count);
     at::Tensor partial = partial_buffer<scalar_t, acc_t>(db, splits);
     const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(splits));
-    bias_grad_kernel<scalar_t><<<grid, kReduceThreads, 0, stream>>>(
+    cuda_detail::launch(bias_grad_kernel<scalar_t>, grid, kReduceThreads, 0, stream,
         dy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), static_cast<int>(C),
         static_cast<int>(plane), positions, C * plane);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     finish_partials<scalar_t, acc_t>(partial, db, splits, stream);
   });
   return db;

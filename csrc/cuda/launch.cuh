@@ -1,19 +1,18 @@
 #pragma once
-// Launch helpers shared by cuconv's CUDA kernels (conv2d.cu, pool2d.cu): the
-// dtype dispatch, ceil-div, grid sizing for grid-stride loops, the 32-bit index
-// check and a warp-level sum. Every entry function also takes a
-// c10::cuda::CUDAGuard on its tensor's device, launches on
-// c10::cuda::getCurrentCUDAStream() and checks each launch with
-// C10_CUDA_KERNEL_LAUNCH_CHECK(); none of them synchronises with the host.
+// Helpers shared by cuconv's CUDA kernels (conv2d.cu, pool2d.cu): the dtype dispatch,
+// ceil-div, grid sizing for grid-stride loops, the 32-bit index check and a warp-level sum.
+// Every entry function also takes a cuda_detail::DeviceGuard on its tensor's device and
+// launches through cuda_detail::launch on cuda_detail::current_stream(), which checks each
+// launch (device.cuh); none of them synchronises with the host.
 
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+
+#include "device.cuh"
+#include "intrinsics.cuh"
 
 // float32, float64, float16 and bfloat16, as the CPU kernels.
 #define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
@@ -46,17 +45,11 @@ inline void check_int32_index(const char* op, const char* what, int64_t value) {
               ")");
 }
 
-inline int multiprocessor_count(c10::DeviceIndex device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return std::max(count, 1);
-}
-
 // Sum over the 32 lanes of a warp; every lane must call it, every lane gets the total.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T value) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  for (int offset = 16; offset > 0; offset /= 2) value += shfl_xor(value, offset);
   return value;
 }
 

@@ -15,6 +15,9 @@
 // sums the gradients of exactly those outputs (for max pooling: those whose
 // index is this pixel) in a fixed order. No atomics, so results are
 // deterministic. Accumulation is in at::opmath_type (float for half/bfloat16).
+// max_pool2d_backward takes any indices, as the CPU's scatter does: the gather covers
+// every index inside its own window (all that max_pool2d produces), and two small kernels
+// add the others ("strays", e.g. indices a user built), in output order, without a host sync.
 // No shared memory and no __syncthreads() except the warp shuffles of the
 // global-average kernel.
 
@@ -144,6 +147,45 @@ __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ grad_outpu
       }
     }
     grad_input[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// Whether output o's index is a pixel of its own window (the gather above sees it only then).
+__device__ __forceinline__ bool index_in_window(int64_t index, int o, const PoolParams& p) {
+  if (index < 0 || index >= p.in_plane) return false;
+  const int oh = o / p.out_w, ow = o - oh * p.out_w;
+  const int ih = static_cast<int>(index / p.in_w), iw = static_cast<int>(index - static_cast<int64_t>(ih) * p.in_w);
+  const int dh = ih - (oh * p.stride_h - p.pad_h), dw = iw - (ow * p.stride_w - p.pad_w);
+  return dh >= 0 && dw >= 0 && dh % p.dilation_h == 0 && dw % p.dilation_w == 0 && dh / p.dilation_h < p.kernel_h &&
+         dw / p.dilation_w < p.kernel_w;
+}
+
+// strays[0] = 1 if any output's index lies outside its window (all threads write the same value).
+__global__ void max_pool_find_strays_kernel(const int64_t* __restrict__ indices, int* __restrict__ strays,
+                                            const PoolParams p, int64_t total) {
+  CUCONV_KERNEL_LOOP(index, total) {
+    const int o = static_cast<int>(index % p.out_plane);
+    if (!index_in_window(indices[index], o, p)) strays[0] = 1;
+  }
+}
+
+// Adds the stray gradients, only when there are any: one thread per plane, outputs in order,
+// so that the sums are deterministic. Indices outside the plane are skipped (the CPU raises
+// an IndexError for them; a kernel cannot without a host sync).
+template <typename scalar_t>
+__global__ void max_pool_add_strays_kernel(const scalar_t* __restrict__ grad_output,
+                                           const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
+                                           const int* __restrict__ strays, const PoolParams p, int64_t planes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (strays[0] == 0) return;
+  CUCONV_KERNEL_LOOP(plane, planes) {
+    for (int o = 0; o < p.out_plane; ++o) {
+      const int64_t index = indices[plane * p.out_plane + o];
+      if (index_in_window(index, o, p) || index < 0 || index >= p.in_plane) continue;
+      scalar_t& target = grad_input[plane * p.in_plane + index];
+      target = static_cast<scalar_t>(static_cast<acc_t>(target) +
+                                     static_cast<acc_t>(grad_output[plane * p.out_plane + o]));
+    }
   }
 }
 
@@ -319,19 +361,18 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& inp
                                                            IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
   const auto s = check_max_pool2d<int64_t>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
-  c10::cuda::CUDAGuard guard(input.device());
+  cuda_detail::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
-  at::Tensor indices = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
+  at::Tensor y = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  at::Tensor indices = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
   const int64_t total = y.numel();
   if (total == 0) return {y, indices};
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
-    max_pool_forward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+    cuda_detail::launch(max_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>(), p, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {y, indices};
 }
@@ -343,20 +384,26 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const char* op = "cuconv.max_pool2d_backward";
   const auto s = check_max_pool2d_backward<int64_t>(op, grad_output, indices, input_size, kernel_size,
                                                     stride, padding, dilation, ceil_mode);
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor idx = indices.contiguous();
   // Every element is written by the gather kernel, so no zero fill is needed.
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const at::Tensor strays = at::zeros({1}, idx.options().dtype(at::kInt));
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "max_pool2d_backward_cuda", [&] {
-    max_pool_backward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+    cuda_detail::launch(max_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
         dx.mutable_data_ptr<scalar_t>(), p, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t outputs = idx.numel(), planes = s.batch * s.channels;
+    cuda_detail::launch(max_pool_find_strays_kernel, grid_stride_blocks(outputs), kThreadsPerBlock, 0, stream,
+                        idx.const_data_ptr<int64_t>(), strays.mutable_data_ptr<int>(), p, outputs);
+    cuda_detail::launch(max_pool_add_strays_kernel<scalar_t>, grid_stride_blocks(planes), kThreadsPerBlock, 0, stream,
+                        dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+                        dx.mutable_data_ptr<scalar_t>(), strays.const_data_ptr<int>(), p, planes);
   });
   return dx;
 }
@@ -366,19 +413,18 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef kernel_s
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
   const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  c10::cuda::CUDAGuard guard(input.device());
+  cuda_detail::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  at::Tensor y = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-    avg_pool_forward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+    cuda_detail::launch(avg_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p, count_include_pad,
         divisor, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
 }
@@ -390,19 +436,18 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef i
   const char* op = "cuconv.avg_pool2d_backward";
   const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
                                                     ceil_mode, divisor_override);
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dx = at::empty(input_size, grad_output.options());  // fully written by the gather
+  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());  // fully written by the gather
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-    avg_pool_backward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+    cuda_detail::launch(avg_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, count_include_pad,
         divisor, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
 }
@@ -410,26 +455,25 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef i
 at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
   check_adaptive_avg_pool2d<int64_t>(op, input, output_size);
-  c10::cuda::CUDAGuard guard(input.device());
+  cuda_detail::DeviceGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
-  at::Tensor y = at::empty({N, C, Ho, Wo}, input.options());
+  at::Tensor y = cuda_detail::new_output({N, C, Ho, Wo}, input.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cuda", [&] {
     if (Ho == 1 && Wo == 1) {
       constexpr int kWarpsPerBlock = kThreadsPerBlock / 32;
       const unsigned int blocks = grid_stride_blocks(total, kWarpsPerBlock);
-      global_avg_pool_forward_kernel<scalar_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
+      cuda_detail::launch(global_avg_pool_forward_kernel<scalar_t>, blocks, kThreadsPerBlock, 0, stream,
           x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p.in_plane, total);
     } else {
-      adaptive_avg_pool_forward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+      cuda_detail::launch(adaptive_avg_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
           x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p, total);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
 }
@@ -437,25 +481,24 @@ at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
   check_adaptive_backward<int64_t>(op, grad_output.sizes(), input_size);
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output.device());
   const at::Tensor dy = grad_output.contiguous();
   const int64_t H = input_size[2], W = input_size[3];
   const int64_t Ho = dy.size(2), Wo = dy.size(3);
-  at::Tensor dx = at::empty(input_size, grad_output.options());  // fully written by the gather
+  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());  // fully written by the gather
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream();
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cuda", [&] {
     if (Ho == 1 && Wo == 1) {
-      global_avg_pool_backward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+      cuda_detail::launch(global_avg_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
           dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p.in_plane, total);
     } else {
       // With Ho or Wo == 0 no output covers any pixel and the gather writes zeros.
-      adaptive_avg_pool_backward_kernel<scalar_t><<<grid_stride_blocks(total), kThreadsPerBlock, 0, stream>>>(
+      cuda_detail::launch(adaptive_avg_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
           dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, total);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
 }

@@ -1,0 +1,190 @@
+"""Mutation check: do the tests catch deliberate bugs in the kernels?
+
+    python tests/mutation_check.py [--only ID[,ID...]] [--keep DIR] [--report FILE]
+
+Applies each mutant below, one at a time, to a copy of the repository, rebuilds the CPU
+kernels and the emulated CUDA device there (CUCONV_CPU_ONLY=1 CUCONV_EMULATED_CUDA=1,
+incremental after the first build) and runs the tests named for it. A mutant is caught when those tests fail. Every mutant must be caught; add
+one for each bug found in review or in the field. Prints a markdown table (and writes it
+with --report); exits 1 if a mutant survived or did not compile. About 15 minutes on 2 cores.
+
+Run by hand when kernels change (the report of the last run is in benchmarks/NOTES.md). The
+CUDA mutants are caught on the emulated CUDA device (csrc/emulation/).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPS = "tests/test_ops.py"
+PRECISION = "tests/test_precision.py"
+DISPATCH = "tests/test_cpu_dispatch.py"
+TRANSFORMS = "tests/test_transforms.py"
+EMULATION = "tests/test_emulation.py"
+EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")  # the device suite on the emulated CUDA device
+
+
+@dataclass
+class Mutant:
+    id: str
+    kind: str  # what class of bug it stands for
+    file: str
+    find: str  # exact text, which must occur once
+    replace: str
+    tests: tuple
+
+
+MUTANTS = [
+    Mutant("im2col-dilation", "index math", "csrc/cpu/conv2d.cpp",
+           "const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;\n    if (ih < 0 || ih >= g.height) {\n      pad(",
+           "const int64_t ih = oh * g.stride_h - g.pad_h + i;\n    if (ih < 0 || ih >= g.height) {\n      pad(",
+           (OPS,)),
+    Mutant("padding-edge", "padding edge", "csrc/cpu/window.h",
+           "offset >= 0 ? int64_t{0} : (-offset + stride - 1) / stride",
+           "offset >= 0 ? int64_t{0} : (-offset) / stride", (OPS,)),
+    Mutant("direct-tap-offsets", "index math", "csrc/cpu/direct_conv.cpp",
+           "taps.push_back((c * padded_h(p) + i * p.dilation_h) * padded_w(p) + j * p.dilation_w);",
+           "taps.push_back((c * padded_h(p) + i * p.dilation_h) * padded_w(p) + j);", (OPS,)),
+    Mutant("gemm-edge-tile-overwrites", "tile bounds", "csrc/cpu/gemm.cpp",
+           "out = accumulate ? out + sum : (row_bias != nullptr ? sum + row_bias[r] : sum);",
+           "out = row_bias != nullptr ? sum + row_bias[r] : sum;", (OPS,)),
+    Mutant("depthwise-weight-overwrite", "reduction", "csrc/cpu/conv2d.cpp",
+           "acc[m * taps + i * g.kernel_w + j] += sum;", "acc[m * taps + i * g.kernel_w + j] = sum;", (OPS,)),
+    Mutant("avg-2x2-drops-pixel-in-float16", "half precision", "csrc/cpu/pool2d.cpp",
+           "static_cast<acc_t>(r1[2 * ow]) + static_cast<acc_t>(r1[2 * ow + 1]);",
+           "static_cast<acc_t>(r1[2 * ow]) + (std::is_same_v<scalar_t, c10::Half> ? acc_t(0) : "
+           "static_cast<acc_t>(r1[2 * ow + 1]));", (PRECISION, OPS)),
+    Mutant("weight-grad-halved-in-float16", "half precision", "csrc/cpu/conv2d.cpp",
+           "dw[i] = static_cast<scalar_t>(total);",
+           "dw[i] = static_cast<scalar_t>(std::is_same_v<scalar_t, c10::Half> ? total / 2 : total);",
+           (PRECISION, OPS)),
+    Mutant("bfloat16-forward-1.5%-high", "half precision", "csrc/cpu/conv2d.cpp",
+           "for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>(src[q]);",
+           "for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>("
+           "std::is_same_v<scalar_t, c10::BFloat16> ? src[q] * acc_t(1.015) : src[q]);", (PRECISION, OPS)),
+    Mutant("half-avg-scatter-rounds-per-add", "half precision", "csrc/cpu/pool2d.cpp",
+           "for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] += s[ow];",
+           "for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] = "
+           "static_cast<acc_t>(static_cast<scalar_t>(row[ow * g.sW + offset] + s[ow]));", (PRECISION,)),
+    Mutant("half-col2im-rounds-per-chunk", "half precision", "csrc/cpu/conv2d.cpp",
+           "col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, origin, target + gi * group_in);",
+           "col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, origin, target + gi * group_in);\n"
+           "          if constexpr (kRoundOnce) for (int64_t e = 0; e < sample_in; ++e) "
+           "target[e] = static_cast<acc_t>(static_cast<scalar_t>(target[e]));", (PRECISION,)),
+    Mutant("weight-grad-sums-two-parts", "thread partition", "csrc/cpu/conv2d.cpp",
+           "for (int64_t p = 1; p < parts; ++p) total += partial[p * weights + i];",
+           "for (int64_t p = 1; p < std::min<int64_t>(parts, 2); ++p) total += partial[p * weights + i];",
+           (DISPATCH,)),
+    Mutant("forward-last-part-short", "thread partition", "csrc/cpu/conv2d.cpp",
+           "for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts, rows,",
+           "for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts - "
+           "(parts > 2 && part_end == parts), rows,", (DISPATCH,)),
+    Mutant("direct-weight-grad-skips-a-part", "thread partition", "csrc/cpu/direct_conv.cpp",
+           "for (int64_t part = 0; part < parts; ++part) {\n          total +=",
+           "for (int64_t part = parts > 2 ? 1 : 0; part < parts; ++part) {\n          total +=", (DISPATCH,)),
+    Mutant("isa-avx2-runs-avx512", "ISA dispatch", "csrc/cpu/gemm.cpp",
+           "case CpuIsa::kAvx2: return avx2_microkernel_float();",
+           "case CpuIsa::kAvx2: return avx512_microkernel_float();", (DISPATCH,)),
+    Mutant("isa-setting-ignored", "ISA dispatch", "csrc/cpu/gemm.cpp",
+           "return std::min(wanted, best_isa_of_this_cpu());", "return best_isa_of_this_cpu();", (DISPATCH,)),
+    Mutant("max-pool-tie-takes-last", "index math", "csrc/cpu/pool2d.cpp",
+           "return -static_cast<Bits>(((order(v) > order(best)) & !is_nan(best)) | is_nan(v));",
+           "return -static_cast<Bits>(((order(v) >= order(best)) & !is_nan(best)) | is_nan(v));", (OPS,)),
+    Mutant("adaptive-window-floor", "index math", "csrc/shape.h",
+           "return ((i + 1) * in + out - 1) / out;", "return ((i + 1) * in) / out;", (OPS,)),
+    Mutant("avg-divisor-ignores-padding", "padding edge", "csrc/cpu/pool2d.cpp",
+           "const int64_t end = std::min(start + kernel, in + pad);\n  return {std::max<int64_t>(start, 0)",
+           "const int64_t end = std::min(start + kernel, in);\n  return {std::max<int64_t>(start, 0)", (OPS,)),
+    # CUDA kernels, run on the emulated device
+    Mutant("cuda-gemm-missing-barrier", "race (CUDA)", "csrc/cuda/conv2d.cu",
+           "    // when step+1 overwrites it.\n    __syncthreads();", "    // when step+1 overwrites it.",
+           (EMULATION,)),
+    Mutant("cuda-split-k-drops-a-slice", "reduction (CUDA)", "csrc/cuda/conv2d.cu",
+           "for (int s = 0; s < splits; ++s) sum += partial[s * count + e];",
+           "for (int s = 0; s < splits - (splits > 2); ++s) sum += partial[s * count + e];", (EMULATION,)),
+    Mutant("cuda-group-chunks-restart", "grid chunking (CUDA)", "csrc/cuda/conv2d.cu",
+           "shape.group_base = base;", "shape.group_base = 0;", (EMULATION,)),
+    Mutant("cuda-pool-covering-range", "index math (CUDA)", "csrc/cuda/pool2d.cu",
+           "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
+           "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),
+]
+
+
+def run(command, cwd, env=None, timeout=1800):
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def copy_repository(target):
+    """The working tree without build outputs or the virtualenv (the first build makes its own)."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.so", "__pycache__", ".pytest_cache", "runs",
+                                    "benchmarks/out", "*.egg-info")
+    shutil.copytree(ROOT, target, ignore=ignore, dirs_exist_ok=True)
+
+
+def build(copy):
+    """The CPU kernels and the emulated CUDA device (on which the CUDA mutants run)."""
+    env = dict(os.environ, CUCONV_CPU_ONLY="1", CUCONV_EMULATED_CUDA="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    return run([sys.executable, "setup.py", "build_ext", "--inplace"], copy, env)
+
+
+def tests_fail(copy, tests):
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    result = run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], copy, env)
+    return result.returncode != 0, result.stdout.strip().splitlines()[-1:] or [""]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated mutant ids")
+    parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--report", help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or m.id in args.only.split(",")]
+    work = Path(args.keep or tempfile.mkdtemp(prefix="cuconv-mutants-"))
+    copy = work / "repo"
+    copy_repository(copy)  # over an existing copy (--keep): its build folder makes the first build incremental
+    print(f"building the unmutated copy in {copy} ...", flush=True)
+    if build(copy).returncode != 0 or tests_fail(copy, [DISPATCH])[0]:
+        sys.exit("the unmutated copy does not build or pass its tests")
+    rows, failures = [], 0
+    for mutant in mutants:
+        path = copy / mutant.file
+        original = path.read_text()
+        if original.count(mutant.find) != 1:
+            sys.exit(f"mutant {mutant.id}: its text occurs {original.count(mutant.find)} times in {mutant.file}")
+        start = time.time()
+        try:
+            path.write_text(original.replace(mutant.find, mutant.replace))
+            built = build(copy)
+            if built.returncode != 0:
+                verdict, detail = "did not compile", built.stderr.strip().splitlines()[-1:]
+            else:
+                caught, detail = tests_fail(copy, mutant.tests)
+                verdict = "caught" if caught else "SURVIVED"
+        finally:
+            path.write_text(original)
+        failures += verdict != "caught"
+        rows.append(f"| {mutant.id} | {mutant.kind} | {mutant.file} | {' '.join(mutant.tests)} | {verdict} | "
+                    f"{time.time() - start:.0f} s |")
+        print(rows[-1], "  ", detail[0] if detail else "", flush=True)
+    build(copy)  # leave the copy built unmutated
+    table = "\n".join(["| mutant | kind | file | tests | verdict | time |", "| --- | --- | --- | --- | --- | ---: |",
+                       *rows])
+    print(f"\n{table}\n\n{len(rows) - failures} of {len(rows)} mutants caught")
+    if args.report:
+        Path(args.report).write_text(table + "\n")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
