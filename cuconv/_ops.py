@@ -37,6 +37,13 @@ differentiable = types.SimpleNamespace()
 _lib = torch.library.Library("cuconv", "IMPL")  # owns the autocast kernels for the module's lifetime
 
 
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+def _any_requires_grad(args):
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
 def _saved_if(needed, tensor):
     return tensor if needed else None
 
@@ -62,10 +69,17 @@ def _register_autograd(name, backward, setup_context, autocast=False):
 
     def apply(*args):
         # torch.compile's tracer cannot follow an autograd.Function whose backward applies
-        # another one (double backward); there the op's own Autograd kernel does the job.
-        if torch.compiler.is_compiling():
+        # another one (double backward), and torch.jit.trace should record the op itself:
+        # there the op's own Autograd kernel does the job.
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return op(*args)
-        return Function.apply(*(_autocast.cast_args(args) if autocast else args))
+        if autocast:
+            args = _autocast.cast_args(args)
+        # Without a gradient to record (and outside torch.func's transforms) the op is called
+        # directly: autograd.Function.apply costs ~10 us a call in Python.
+        if not (torch.is_grad_enabled() and _any_requires_grad(args)) and not _functorch_active():
+            return op(*args)
+        return Function.apply(*args)
 
     apply.__name__ = name
     setattr(differentiable, name, apply)
