@@ -1,9 +1,13 @@
-"""Builds cuconv._C, the compiled kernels, with torch.utils.cpp_extension.
+"""Builds cuconv's compiled modules with torch.utils.cpp_extension, on the LibTorch stable ABI:
 
-The extension compiles against the torch installed in the *current* environment,
-so install with build isolation off (see README):
+    cuconv._C       the op schemas and the CPU kernels
+    cuconv._C_cuda  the CUDA kernels (when torch is a CUDA build and a matching nvcc is found)
 
-    pip install --no-build-isolation .
+Both use only torch's stable C++ ABI (TORCH_TARGET_VERSION 2.10) and Python's limited API
+(3.10), so one build runs under every torch >= 2.10 and every Python >= 3.10: a plain
+`pip install .` (an isolated build against whatever torch pip fetches for it) works as well as
+`pip install --no-build-isolation .` (against the torch already installed). cuconv._C_cuda
+loads only where the running torch has CUDA of the same major version (cuconv/__init__.py).
 
 Environment switches:
     CUCONV_CPU_ONLY=1       skip the CUDA sources (fast local iteration)
@@ -21,17 +25,12 @@ Environment switches:
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def _flag(name):
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
 
 # torch guesses CUDA_HOME from `which nvcc`; where nvcc is a wrapper script that
 # guess is wrong, so prefer the standard location before torch looks.
@@ -42,10 +41,27 @@ try:
     import torch
     from torch.utils import cpp_extension
 except ImportError:  # pragma: no cover - only a wrong install command gets here
-    sys.exit(
-        "cuconv: torch must be installed before cuconv is built, and the build must see it.\n"
-        "Install torch first, then: pip install --no-build-isolation ."
-    )
+    sys.exit("cuconv: torch must be installed before cuconv is built (pyproject.toml asks pip for it)")
+
+# The oldest torch the modules run under: the stable ABI they are compiled against.
+TORCH_TARGET_VERSION = "0x020a000000000000"  # 2.10
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _major(version):
+    return version.split(".")[0] if version else None
+
+
+def _nvcc_version():
+    nvcc = os.path.join(cpp_extension.CUDA_HOME or "", "bin", "nvcc")
+    if not cpp_extension.CUDA_HOME or shutil.which(nvcc) is None:
+        return None
+    found = re.search(r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    return found.group(1) if found else None
 
 
 def _cuda_build_wanted():
@@ -58,8 +74,12 @@ def _cuda_build_wanted():
         reasons.append("there are no CUDA sources in csrc/cuda/")
     if torch.version.cuda is None:
         reasons.append(f"torch {torch.__version__} is not a CUDA build")
-    if cpp_extension.CUDA_HOME is None or shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is None:
+    nvcc = _nvcc_version()
+    if nvcc is None:
         reasons.append(f"nvcc not found (CUDA_HOME={cpp_extension.CUDA_HOME})")
+    elif torch.version.cuda is not None and _major(nvcc) != _major(torch.version.cuda):
+        reasons.append(f"nvcc is CUDA {nvcc} but torch {torch.__version__} was built with CUDA {torch.version.cuda} "
+                       "(the major versions must match)")
     if not reasons:
         return True
     message = "cuconv: not compiling the CUDA kernels: " + "; ".join(reasons)
@@ -70,70 +90,75 @@ def _cuda_build_wanted():
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """Also writes cuconv/_build_info.py: the torch the extension was built against."""
+    """Also writes cuconv/_build_info.py: what the modules were built with and for."""
 
     def run(self):
         super().run()
         target = os.path.join(os.path.dirname(self.get_ext_fullpath("cuconv._C")), "_build_info.py")
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        if WITH_CUDA and not archs:  # torch chose them from the visible GPUs
+            archs = " ".join(flag.split("code=")[-1] for flag in cpp_extension._get_cuda_arch_flags())
         with open(target, "w") as f:
-            f.write("# Written by setup.py when cuconv._C was compiled.\n")
-            f.write(f"torch_version = {torch.__version__!r}\n")
-            f.write(f"with_cuda = {WITH_CUDA!r}\n")
-            archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
-            if WITH_CUDA and not archs:  # torch chose them from the visible GPUs
-                archs = " ".join(flag.split("code=")[-1] for flag in cpp_extension._get_cuda_arch_flags())
-            f.write(f"cuda_arch_list = {archs!r}\n")
+            f.write("# Written by setup.py when cuconv's modules were compiled.\n")
+            f.write(f"torch_version = {torch.__version__!r}  # built against; runs under any torch >= 2.10\n")
+            f.write(f"with_cuda = {WITH_CUDA!r}  # cuconv._C_cuda was built\n")
+            f.write(f"cuda_version = {torch.version.cuda if WITH_CUDA else None!r}\n")
+            f.write(f"cuda_arch_list = {archs if WITH_CUDA else ''!r}\n")
 
 
 CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 WITH_CUDA = _cuda_build_wanted()
-DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     # torch would look for a GPU to choose the architectures and fail with a bare IndexError.
     os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
     print(f"cuconv: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for "
           f"{DEFAULT_CUDA_ARCHS} (set TORCH_CUDA_ARCH_LIST to choose others)")
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-define_macros = [("CUCONV_TORCH_VERSION", f'"{torch.__version__}"')]
-# -fopenmp: at::parallel_for is a header template that this torch build implements with
-# `#pragma omp parallel`; without the flag our loops would silently run on one thread.
-extra_compile_args = {"cxx": ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fopenmp"]}
-extra_link_args = ["-fopenmp"]
-if WITH_CUDA:
-    sources += CUDA_SOURCES
-    define_macros.append(("CUCONV_WITH_CUDA", None))
-    extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall"]
-    if _flag("CUCONV_PTXAS_VERBOSE"):
-        extra_compile_args["nvcc"].append("-Xptxas=-v")
-    Extension = cpp_extension.CUDAExtension
-else:
-    Extension = cpp_extension.CppExtension
+
+# Every module: the stable ABI only (including a non-stable torch header is then an error) and
+# Python's limited API.
+STABLE = [f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}"]
+LIMITED_API = []  # cpp_extension defines Py_LIMITED_API itself for py_limited_api=True
+WARNINGS = ["-Wall", "-Wextra", "-Wno-unused-parameter"]
+HIDDEN = ["-fvisibility=hidden"]  # only PyInit_* is exported, as torch's stable headers expect
 
 ext_modules = [
-    Extension(
+    cpp_extension.CppExtension(
         "cuconv._C",
-        sources,
-        define_macros=define_macros,
-        extra_compile_args=extra_compile_args,
-        extra_link_args=extra_link_args,
+        sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+        define_macros=LIMITED_API,
+        extra_compile_args={"cxx": ["-O3", *WARNINGS, *HIDDEN, *STABLE]},
+        py_limited_api=True,
     )
 ]
+
+if WITH_CUDA:
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", *STABLE]
+    if _flag("CUCONV_PTXAS_VERBOSE"):
+        nvcc_flags.append("-Xptxas=-v")
+    ext_modules.append(cpp_extension.CUDAExtension(
+        "cuconv._C_cuda",
+        CUDA_SOURCES + [os.path.join("csrc", "cuda", "registration.cpp")],
+        define_macros=LIMITED_API + [("USE_CUDA", None)],
+        extra_compile_args={"cxx": ["-O3", *WARNINGS, *HIDDEN, *STABLE], "nvcc": nvcc_flags + ["-Xcompiler=-fvisibility=hidden"]},
+        py_limited_api=True,
+    ))
 
 
 def _emulated_extension(name, sanitize):
     """The CUDA sources as host C++ against the emulated device (csrc/emulation/device.h)."""
-    flags = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+    flags = ["-O2", *WARNINGS, "-Wno-unknown-pragmas", *HIDDEN, *STABLE]
     link = []
     if sanitize:
         flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                 "-Wno-unknown-pragmas"]
+                 "-Wno-unknown-pragmas", *HIDDEN, *STABLE]
         link = ["-fsanitize=address,undefined"]
     return cpp_extension.CppExtension(
         name,
         sorted(glob.glob(os.path.join("csrc", "emulation", "*.cpp"))),
-        define_macros=[("CUCONV_EMULATED", None), ("CUCONV_EMULATED_MODULE", name.split(".")[-1])],
+        define_macros=LIMITED_API + [("CUCONV_EMULATED", None), ("CUCONV_EMULATED_MODULE", name.split(".")[-1])],
         extra_compile_args={"cxx": flags},
         extra_link_args=link,
+        py_limited_api=True,
     )
 
 
@@ -143,4 +168,8 @@ if _emulated in ("1", "true", "yes", "on", "asan"):
 if _emulated == "asan":
     ext_modules.append(_emulated_extension("cuconv._C_emulated_asan", sanitize=True))
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExtension})
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

@@ -1,30 +1,25 @@
-// Op schemas of the cuconv library, the CPU kernels bound to them, and the
-// Python module `cuconv._C` that loads them.
+// The cuconv library: its op schemas, the CPU kernels bound to them, and the Python module
+// `cuconv._C` that loads them. The CUDA kernels are bound in cuda/registration.cpp, part of
+// the separate module cuconv._C_cuda, so that this one loads under a CPU-only torch too.
 //
-// Forward and backward are separate ops, each with CPU, CUDA and meta kernels;
-// autograd is attached in Python (cuconv/_ops.py) with torch.library.
+// Forward and backward are separate ops, each with CPU and CUDA kernels; autograd, vmap,
+// autocast and the fake (meta) kernels that torch.compile traces with are attached in Python
+// (cuconv/_ops.py, _batching.py, _autocast.py, _fake.py).
+//
+// Built on the LibTorch stable ABI (stable.h) and Python's limited API, so one build of this
+// module runs under every torch from 2.10 on and every Python from 3.10 on.
 
 #include <Python.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
 #include "ops.h"
 #include "schemas.h"
 
-TORCH_LIBRARY(cuconv, m) { CUCONV_DEFINE_SCHEMAS(m); }
+STABLE_TORCH_LIBRARY(cuconv, m) { CUCONV_DEFINE_SCHEMAS(m); }
 
-TORCH_LIBRARY_IMPL(cuconv, CPU, m) { CUCONV_REGISTER_KERNELS(m, cpu); }
-
-#ifdef CUCONV_WITH_CUDA
-// The CUDA kernels live in cuda/*.cu; binding them here keeps torch/library.h
-// out of nvcc's way (it is the slow part of compiling a .cu file).
-TORCH_LIBRARY_IMPL(cuconv, CUDA, m) { CUCONV_REGISTER_KERNELS(m, cuda); }
-#endif
-
-#ifndef CUCONV_TORCH_VERSION
-#define CUCONV_TORCH_VERSION "unknown"
-#endif
+STABLE_TORCH_LIBRARY_IMPL(cuconv, CPU, m) { CUCONV_REGISTER_KERNELS(m, cpu); }
 
 namespace {
 
@@ -60,8 +55,8 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
                          gemm_double, "direct_conv", direct, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirect));
-  } catch (const c10::ValueError& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+  } catch (const std::invalid_argument& error) {
+    PyErr_SetString(PyExc_ValueError, error.what());
     return nullptr;
   }
 }
@@ -70,26 +65,10 @@ PyMethodDef cuconv_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS, "The CPU kernels cuconv chooses now (instruction set, paths)."},
     {nullptr, nullptr, 0, nullptr}};
 
+PyModuleDef cuconv_module = {PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, cuconv_methods,
+                             nullptr, nullptr, nullptr, nullptr};
+
 }  // namespace
 
-// Importing cuconv._C registers the ops above (static initialisers) and exposes
-// how the extension was built, so cuconv/__init__.py can catch a torch mismatch.
-static PyModuleDef cuconv_module = {
-    PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, cuconv_methods, nullptr, nullptr, nullptr,
-    nullptr};
-
-PyMODINIT_FUNC PyInit__C(void) {
-  PyObject* module = PyModule_Create(&cuconv_module);
-  if (module == nullptr) return nullptr;
-#ifdef CUCONV_WITH_CUDA
-  const long with_cuda = 1;
-#else
-  const long with_cuda = 0;
-#endif
-  if (PyModule_AddStringConstant(module, "torch_version", CUCONV_TORCH_VERSION) < 0 ||
-      PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0) {
-    Py_DECREF(module);
-    return nullptr;
-  }
-  return module;
-}
+// Importing cuconv._C registers the ops above (static initialisers).
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&cuconv_module); }

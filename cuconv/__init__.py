@@ -8,11 +8,21 @@
 
 import torch as _torch
 
+# The oldest torch whose stable ABI cuconv's modules are built on (setup.py TORCH_TARGET_VERSION).
+MIN_TORCH = (2, 10)
+
+
+def _torch_version():
+    return tuple(int(part) for part in _torch.__version__.split("+")[0].split(".")[:2])
+
 
 def _check_build():
-    """Fail with a clear message when cuconv._C was built for another torch."""
+    """Fail with a clear message when the compiled modules are missing or torch is too old."""
+    if _torch_version() < MIN_TORCH:
+        raise ImportError(f"cuconv: needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (its stable C++ ABI), but torch "
+                          f"{_torch.__version__} is installed")
     try:
-        from . import _build_info
+        from . import _build_info  # noqa: F401
     except ImportError as error:
         import os
 
@@ -23,25 +33,48 @@ def _check_build():
                     "folder or use the `cuconv` command, or build in place with\n"
                     "    pip install --no-build-isolation -e .\n")
         else:
-            hint = ("Build it against your torch with\n    pip install --no-build-isolation .\n"
-                    "from the cuconv source folder (see README.md).")
+            hint = "Install it with\n    pip install .\nfrom the cuconv source folder (see README.md)."
         raise ImportError("cuconv: the compiled extension cuconv._C is missing. " + hint) from error
-    if _build_info.torch_version != _torch.__version__:
-        raise ImportError(
-            f"cuconv: cuconv._C was built against torch {_build_info.torch_version}, but torch "
-            f"{_torch.__version__} is installed. Rebuild cuconv with this torch:\n"
-            "    pip install --no-build-isolation --force-reinstall --no-deps .\n"
-        )
+
+
+def _load_cuda_kernels():
+    """Import cuconv._C_cuda (binding the CUDA kernels) where it was built and can run: the
+    running torch must have CUDA of the major version it was built with. Otherwise one warning
+    says why and how to rebuild; the CPU kernels work either way. Returns whether it loaded."""
+    from . import _build_info
+
+    if not _build_info.with_cuda:
+        return False
+    built = _build_info.cuda_version
+    reason = None
+    if _torch.version.cuda is None:
+        reason = f"torch {_torch.__version__} is a CPU-only build"
+    elif _torch.version.cuda.split(".")[0] != built.split(".")[0]:
+        reason = f"torch {_torch.__version__} uses CUDA {_torch.version.cuda}"
+    else:
+        try:
+            from . import _C_cuda  # noqa: F401
+            return True
+        except ImportError as error:
+            reason = f"cuconv._C_cuda does not load ({error})"
+    import warnings
+
+    warnings.warn(f"cuconv: the CUDA kernels (built for CUDA {built}) are not loaded: {reason}. The CPU kernels "
+                  "work; for the CUDA ones, reinstall cuconv under a CUDA build of torch: "
+                  "pip install --force-reinstall --no-deps .", RuntimeWarning, stacklevel=3)
+    return False
 
 
 _check_build()
 
 from . import functional  # noqa: E402
-from ._build_info import torch_version as built_with_torch, with_cuda  # noqa: E402
+from ._build_info import torch_version as built_with_torch  # noqa: E402
 from ._ops import ops  # noqa: E402
-from . import _batching  # noqa: E402,F401  (vmap rules)
+from . import _batching, _fake  # noqa: E402,F401  (vmap rules, fake kernels)
 from .book import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1, pool2d  # noqa: E402
 from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, LazyConv2d, MaxPool2d, convert  # noqa: E402
+
+with_cuda = _load_cuda_kernels()  # cuconv's CUDA kernels are registered for CUDA tensors
 
 
 def _version():

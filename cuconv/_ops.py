@@ -15,14 +15,14 @@ products), each expressed with cuconv's own ops:
 Tensors are saved for backward only when the gradient that needs them is requested.
 
 Each op is differentiable in two ways that share these formulas: its Autograd kernel
-(torch.library.register_autograd), for code that calls torch.ops.cuconv.* directly,
-and an autograd.Function in the form torch.func accepts (forward without ctx,
-setup_context, vmap rules generated from the ops' own in _batching.py), which
-cuconv.functional and the backward formulas call as `differentiable.<op>(...)`.
-The second exists because torch.func refuses the autograd.Function that
-register_autograd builds (it has no setup_context), so torch.func.grad, jacrev and
-vmap(grad(...)) (per-sample gradients) need it; in plain eager mode both are the same,
-and under torch.compile differentiable.<op> is the op itself.
+(torch.library.register_autograd), and an autograd.Function in the form torch.func
+accepts (forward without ctx, setup_context, vmap rules generated from the ops' own in
+_batching.py). cuconv.functional and the backward formulas call `differentiable.<op>(...)`,
+which is the op itself (its Autograd kernel records the graph) except inside torch.func's
+transforms, which refuse the autograd.Function that register_autograd builds (it has no
+setup_context): torch.func.grad, jacrev and vmap(grad(...)) (per-sample gradients) go
+through the second. (Outside them the second would cost ~10 us a call more: torch binds
+its arguments with inspect.signature on every apply.)
 """
 
 import types
@@ -38,10 +38,6 @@ _lib = torch.library.Library("cuconv", "IMPL")  # owns the autocast kernels for 
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
-
-
-def _any_requires_grad(args):
-    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 def _saved_if(needed, tensor):
@@ -68,18 +64,13 @@ def _register_autograd(name, backward, setup_context, autocast=False):
     Function.backward = staticmethod(backward)
 
     def apply(*args):
-        # torch.compile's tracer cannot follow an autograd.Function whose backward applies
-        # another one (double backward), and torch.jit.trace should record the op itself:
-        # there the op's own Autograd kernel does the job.
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return op(*args)
-        if autocast:
+        if autocast:  # before autograd sees the arguments, so that it records the casts
             args = _autocast.cast_args(args)
-        # Without a gradient to record (and outside torch.func's transforms) the op is called
-        # directly: autograd.Function.apply costs ~10 us a call in Python.
-        if not (torch.is_grad_enabled() and _any_requires_grad(args)) and not _functorch_active():
-            return op(*args)
-        return Function.apply(*args)
+        # (torch.compile's tracer cannot follow an autograd.Function whose backward applies
+        # another one: there the op's own Autograd kernel does the job too.)
+        if _functorch_active() and not torch.compiler.is_compiling():
+            return Function.apply(*args)
+        return op(*args)
 
     apply.__name__ = name
     setattr(differentiable, name, apply)

@@ -1,8 +1,9 @@
 """cuconv.functional: torch.nn.functional's convolution and pooling, on cuconv's kernels.
 
-Same signatures and defaults as torch.nn.functional. This module only turns the
-Python arguments into the ops' canonical form (pairs of ints, 4-D input); every
-check that depends on tensor shapes lives with the kernels in csrc/shape.h.
+Same signatures and defaults as torch.nn.functional. This module turns the Python arguments
+into the ops' canonical form (pairs of ints, 4-D input) and checks dtypes (TypeError, as
+torch raises); every check that depends on shapes lives with the kernels (csrc/shape.h, and
+cuconv/_shape.py for traced calls).
 """
 
 import numbers
@@ -10,6 +11,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from . import _autocast, _shape
 from ._ops import differentiable
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
@@ -40,9 +42,12 @@ def _check_tensor(op, name, value):
         raise TypeError(f"{op}: expected {name} to be a torch.Tensor, but got {type(value).__name__}")
 
 
-def _batched(op, input):
-    """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too."""
+def _batched(op, input, floating=True):
+    """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too. The pooling
+    ops and, unless told otherwise, every op want a floating-point input."""
     _check_tensor(op, "input", input)
+    if floating:
+        _shape.check_floating(op, "input", input)
     if input.dim() == 4:
         return input, False
     if input.dim() == 3:
@@ -67,10 +72,16 @@ def _same_padding(input, weight, dilation):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
-    x, unbatched = _batched(op, input)
+    x, unbatched = _batched(op, input, floating=False)  # checked with the weight below
     _check_tensor(op, "weight", weight)
     if bias is not None:
         _check_tensor(op, "bias", bias)
+    _shape.check_floating(op, "input", x)
+    # The dtypes the kernel will see: under torch.autocast, the convolution's casts first.
+    cast_x, cast_weight, cast_bias = _autocast.cast_args((x, weight, bias))
+    _shape.check_same_dtype_device(op, "input", cast_x, "weight", cast_weight)
+    if bias is not None:
+        _shape.check_same_dtype_device(op, "input", cast_x, "bias", cast_bias)
     stride = _pair(op, "stride", stride, allow_single=True)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
     if not _is_int(groups):

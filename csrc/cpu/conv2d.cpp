@@ -36,11 +36,6 @@
 // pass, float32 layers that the direct kernels of direct_conv.h run faster
 // (direct_choice below).
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <numeric>
@@ -72,7 +67,7 @@ struct ConvGeometry {
   int64_t out_channels_per_group, kernel_h, kernel_w, out_h, out_w;
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
 
-  ConvGeometry(const Conv2dShape<int64_t>& s, IntArrayRef stride, IntArrayRef padding,
+  ConvGeometry(const Conv2dShape& s, IntArrayRef stride, IntArrayRef padding,
                IntArrayRef dilation)
       : batch(s.batch), channels_per_group(s.in_channels / s.groups), height(s.in_h),
         width(s.in_w), out_channels_per_group(s.out_channels / s.groups), kernel_h(s.kernel_h),
@@ -151,7 +146,7 @@ void for_each_block(int64_t first, int64_t last, int64_t rows, F f) {
 }
 
 // How many equal runs of `rows` output rows the threads take: one per thread.
-int64_t thread_parts(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)); }
+int64_t thread_parts(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), rows)); }
 
 // Offsets into NCHW-contiguous tensors: the group's first input channel of
 // sample n, and output channel o of the group at row oh.
@@ -298,7 +293,7 @@ std::vector<acc_t> to_acc(const scalar_t* data, int64_t count) {
 
 template <typename scalar_t>
 void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
@@ -312,7 +307,7 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   // Threads take equal runs of output rows (batch 1 splits too), cut into blocks: no two
   // write the same output row.
   const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
-  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
     std::vector<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
@@ -355,7 +350,7 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
 
 template <typename scalar_t>
 void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   // Half types: each sample's gradient is summed in a float buffer and rounded once
   // (adding every kernel tap into a half-typed dx would round kH*kW times).
   constexpr bool kRoundOnce = !std::is_same_v<scalar_t, acc_t>;
@@ -372,7 +367,7 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   const int64_t sample_in = g.groups * group_in;
 
   // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
-  at::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+  torch::stable::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
     BlockPlan plan(g);
     std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
     std::vector<acc_t> grad_columns(kGradientRows * rows * g.out_w);
@@ -416,7 +411,7 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
 
 template <typename scalar_t>
 void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/false);
@@ -427,7 +422,7 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
 
-  at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
     BlockPlan plan(g);
     std::vector<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
     std::vector<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
@@ -458,7 +453,7 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
       });
     }
   });
-  at::parallel_for(0, weights, 4096, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, weights, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       acc_t total = partial[i];
       for (int64_t p = 1; p < parts; ++p) total += partial[p * weights + i];
@@ -485,9 +480,9 @@ bool is_depthwise(const ConvGeometry& g) { return g.channels_per_group == 1 && g
 template <typename scalar_t>
 void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias,
                        scalar_t* y) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t taps = g.kernel_h * g.kernel_w, plane_out = g.out_h * g.out_w;
-  at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(plane_out);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.groups, gi = item % g.groups;
@@ -518,9 +513,9 @@ void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t*
 
 template <typename scalar_t>
 void depthwise_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t taps = g.kernel_h * g.kernel_w, plane_in = g.height * g.width;
-  at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(plane_in);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.groups, gi = item % g.groups;
@@ -552,10 +547,10 @@ void depthwise_backward_input(const ConvGeometry& g, const scalar_t* dy, const s
 
 template <typename scalar_t>
 void depthwise_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t taps = g.kernel_h * g.kernel_w;
   // Threads take whole groups; each sums its taps over the batch in order.
-  at::parallel_for(0, g.groups, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, g.groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.out_channels_per_group * taps);
     for (int64_t gi = begin; gi < end; ++gi) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -618,21 +613,18 @@ DirectChoice direct_choice(const ConvGeometry& g) {
   return choice;
 }
 
-#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
-
 }  // namespace
 
-at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, IntArrayRef stride,
+Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
+                              const std::optional<Tensor>& bias, IntArrayRef stride,
                               IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  const auto shape = check_conv2d<int64_t>("cuconv.conv2d", input, weight, bias, stride, padding,
+  const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
                                            dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({shape.batch, shape.out_channels, g.out_h, g.out_w}, input.options());
+  const Tensor x = contiguous_or_self(input);
+  const Tensor w = contiguous_or_self(weight);
+  const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
+  Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
 
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cpu", [&] {
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
@@ -651,20 +643,20 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   return y;
 }
 
-at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight,
                                      IntArrayRef input_size, IntArrayRef stride,
                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_input";
-  const auto shape = check_conv2d_backward_input<int64_t>(op, grad_output, weight, input_size, stride,
+  const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const bool direct = dy.scalar_type() == at::kFloat && !is_depthwise(g) && direct_choice(g).input;
+  const Tensor dy = contiguous_or_self(grad_output);
+  const Tensor w = contiguous_or_self(weight);
+  const bool direct = dy.scalar_type() == ScalarType::Float && !is_depthwise(g) && direct_choice(g).input;
   // The depthwise and direct kernels, and col2im for half types (through a float buffer per
   // sample), write every element; col2im in float and double adds into zeros.
-  const bool writes_all = is_depthwise(g) || direct || dy.scalar_type() == at::kHalf || dy.scalar_type() == at::kBFloat16;
-  at::Tensor dx = writes_all ? at::empty(input_size, grad_output.options()) : at::zeros(input_size, grad_output.options());
+  const bool writes_all = is_depthwise(g) || direct || dy.scalar_type() == ScalarType::Half || dy.scalar_type() == ScalarType::BFloat16;
+  Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
@@ -682,16 +674,16 @@ at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Te
   return dx;
 }
 
-at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input,
                                       IntArrayRef weight_size, IntArrayRef stride,
                                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_weight";
-  const auto shape = check_conv2d_backward_weight<int64_t>(op, grad_output, input, weight_size, stride,
+  const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const at::Tensor x = input.contiguous();
-  const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dw = at::empty(weight_size, dy.options());
+  const Tensor x = contiguous_or_self(input);
+  const Tensor dy = contiguous_or_self(grad_output);
+  Tensor dw = empty_like_with(dy, weight_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
@@ -709,9 +701,11 @@ at::Tensor conv2d_backward_weight_cpu(const at::Tensor& grad_output, const at::T
   return dw;
 }
 
-at::Tensor conv2d_backward_bias_cpu(const at::Tensor& grad_output) {
-  check_image_batch<int64_t>("cuconv.conv2d_backward_bias", "grad_output", grad_output.sizes());
-  return grad_output.sum({0, 2, 3});
+Tensor conv2d_backward_bias_cpu(const Tensor& grad_output) {
+  check_image_batch("cuconv.conv2d_backward_bias", "grad_output", grad_output.sizes());
+  // torch's own reduction (float accumulation for the half types): a sum, not a convolution.
+  const int64_t dims[] = {0, 2, 3};
+  return torch::stable::sum(grad_output, IntArrayRef(dims));
 }
 
 }  // namespace cuconv

@@ -22,8 +22,7 @@
 
 #include "direct_conv.h"
 
-#include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
+#include "../stable.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -66,7 +65,7 @@ const DirectTiles* cpu_direct_tiles() {
 // The tiles a direct pass runs (noted as the direct path's last use).
 const DirectTiles& tiles_or_fail() {
   const DirectTiles* tiles = cpu_direct_tiles();
-  TORCH_CHECK(tiles != nullptr, "cuconv: the direct convolution kernels need AVX2 or AVX-512");
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct convolution kernels need AVX2 or AVX-512");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
   return *tiles;
 }
@@ -91,7 +90,7 @@ const float* padded_input(const DirectConv& p, const float* in, std::unique_ptr<
   if (p.pad_h == 0 && p.pad_w == 0) return in;
   const int64_t hp = padded_h(p), wp = padded_w(p), planes = p.batch * p.in_channels;
   buffer.reset(new float[planes * hp * wp]);
-  at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       float* dst = buffer.get() + plane * hp * wp;
       std::fill_n(dst, p.pad_h * wp, 0.f);
@@ -151,7 +150,7 @@ DirectMode direct_conv_mode() {
   if (cpu_direct_tiles() == nullptr) return DirectMode::kNever;
   const char* setting = std::getenv("CUCONV_CPU_DIRECT");
   if (setting == nullptr || *setting == '\0') return DirectMode::kAuto;
-  TORCH_CHECK_VALUE(std::strcmp(setting, "0") == 0 || std::strcmp(setting, "1") == 0,
+  CUCONV_CHECK_VALUE(std::strcmp(setting, "0") == 0 || std::strcmp(setting, "1") == 0,
                     "cuconv: expected the environment variable CUCONV_CPU_DIRECT to be 0 or 1, but got '", setting,
                     "'");
   return *setting == '1' ? DirectMode::kAlways : DirectMode::kNever;
@@ -168,7 +167,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1.
-  at::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
+  torch::stable::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
     std::vector<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t n = row / p.out_h, oh = row % p.out_h;
@@ -214,9 +213,9 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   // A fixed split of the output rows (counted across images, so one image splits too),
   // one partial sum each, added in order: deterministic.
   const int64_t total_rows = p.batch * p.out_h;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_rows));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), total_rows));
   std::vector<float> partial(parts * partial_at.back(), 0.f);
-  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
@@ -244,7 +243,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
       }
     }
   });
-  at::parallel_for(0, p.out_channels, 1, [&](int64_t o_begin, int64_t o_end) {
+  torch::stable::parallel_for(0, p.out_channels, 1, [&](int64_t o_begin, int64_t o_end) {
     for (int64_t o = o_begin; o < o_end; ++o) {
       size_t pi = 0;
       while (panels[pi].first + panels[pi].count <= o) ++pi;
@@ -266,7 +265,7 @@ bool direct_conv_backward_input_suits(const DirectConv& p) {
 }
 
 void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
-  TORCH_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
+  CUCONV_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
   // flipped[c, o, i, j] = weight[o, c, kH-1-i, kW-1-j]
   const int64_t kh = p.kernel_h, kw = p.kernel_w;
   std::vector<float> flipped(p.in_channels * p.out_channels * kh * kw);

@@ -4,7 +4,7 @@
 #include "gemm.h"
 #include "simd.h"
 
-#include <c10/util/Exception.h>
+#include "../stable.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -55,7 +55,7 @@ CpuIsa cpu_isa() {
   CpuIsa wanted = CpuIsa::kAvx512;
   if (setting != nullptr && *setting != '\0') {
     const std::string value(setting);
-    TORCH_CHECK_VALUE(value == "avx512" || value == "avx2" || value == "generic",
+    CUCONV_CHECK_VALUE(value == "avx512" || value == "avx2" || value == "generic",
                       "cuconv: expected the environment variable CUCONV_CPU_ISA to be avx512, avx2 or "
                       "generic, but got '", value, "'");
     wanted = value == "avx512" ? CpuIsa::kAvx512 : value == "avx2" ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
@@ -102,7 +102,7 @@ void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t dep
                  int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
                  bool accumulate, const typename Element<T>::type* bias) {
   const int64_t mr = kernel.mr, nr = kernel.nr;
-  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
+  CUCONV_CHECK(mr * nr <= kMaxTileElements);
   alignas(64) T edge[kMaxTileElements];
   for (int64_t m0 = 0; m0 < M; m0 += mr) {
     const T* a_panel = a + m0 / mr * a_panel_stride;

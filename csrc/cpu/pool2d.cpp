@@ -20,15 +20,12 @@
 // touch the same memory and the sums are deterministic.
 // The *_plane functions are compiled for AVX-512, AVX2 and the baseline x86-64, and
 // the best one the CPU has runs (CUCONV_VECTOR_CLONES).
-// Accumulation is in at::opmath_type (float for bfloat16/half), and every output
+// Accumulation is in opmath_t (float for bfloat16/half), and every output
 // element is rounded to its type once.
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -50,13 +47,10 @@
 namespace cuconv {
 namespace {
 
-// Grain for at::parallel_for over planes: enough work per task to pay for a thread.
+// Grain for parallel_for over planes: enough work per task to pay for a thread.
 int64_t plane_grain(int64_t plane_elements) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane_elements));
 }
-
-#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 // The window geometry of max / average pooling, with what does not change from row
 // to row worked out once.
@@ -125,9 +119,9 @@ struct MaxRule {
 // vectorises with them, and measured 1.4x faster on ResNet's 3x3 stem pooling.)
 template <typename scalar_t, typename index_t>
 CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* first_column, const scalar_t* x,
-                                         scalar_t* y, int64_t* indices, at::opmath_type<scalar_t>* __restrict__ best,
+                                         scalar_t* y, int64_t* indices, opmath_t<scalar_t>* __restrict__ best,
                                          index_t* __restrict__ best_index) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t sW = g.sW;
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const int64_t h0 = g.first_row(oh), h1 = g.end_row(oh);
@@ -164,9 +158,9 @@ CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* f
 // and for half types into a float plane rounded into dx once (rounding after every add
 // would make the error grow with the overlap). unpool(target) fills one plane.
 template <typename scalar_t, typename Unpool>
-void unpool_in_opmath(int64_t plane_in, scalar_t* dx, std::vector<at::opmath_type<scalar_t>>& buffer,
+void unpool_in_opmath(int64_t plane_in, scalar_t* dx, std::vector<opmath_t<scalar_t>>& buffer,
                       Unpool unpool) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     unpool(dx);
   } else {
@@ -176,18 +170,24 @@ void unpool_in_opmath(int64_t plane_in, scalar_t* dx, std::vector<at::opmath_typ
   }
 }
 
-// One plane of the input gradient: zero, then each output gradient to its argmax.
+// One plane of the input gradient: zero, then each output gradient to its argmax. The first
+// index outside the plane is skipped and returned (the caller raises once all threads are
+// done: an exception must not cross the thread pool).
 template <typename scalar_t>
-void max_unpool_plane(const char* op, int64_t plane_in, int64_t plane_out, const scalar_t* dy,
-                      const int64_t* indices, at::opmath_type<scalar_t>* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
+std::optional<int64_t> max_unpool_plane(int64_t plane_in, int64_t plane_out, const scalar_t* dy,
+                                        const int64_t* indices, opmath_t<scalar_t>* dx) {
+  using acc_t = opmath_t<scalar_t>;
   std::fill_n(dx, plane_in, acc_t(0));
+  std::optional<int64_t> bad;
   for (int64_t o = 0; o < plane_out; ++o) {
     const int64_t target = indices[o];
-    TORCH_CHECK_INDEX(target >= 0 && target < plane_in, op, ": index ", target,
-                      " in indices is outside the input plane of ", plane_in, " pixels");
+    if (target < 0 || target >= plane_in) {
+      if (!bad) bad = target;
+      continue;
+    }
     dx[target] += static_cast<acc_t>(dy[o]);
   }
+  return bad;
 }
 
 // ---------------------------------------------------------------------------
@@ -231,8 +231,8 @@ struct AvgPlan {
 
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_pool_plane(const PoolGeometry& g, const AvgPlan& plan, const scalar_t* x,
-                                         scalar_t* y, at::opmath_type<scalar_t>* __restrict__ sum) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                         scalar_t* y, opmath_t<scalar_t>* __restrict__ sum) {
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     std::fill_n(sum, g.Wo, acc_t(0));
     for (int64_t ih = plan.rows[oh].start; ih < plan.rows[oh].end; ++ih) {
@@ -253,8 +253,8 @@ CUCONV_VECTOR_CLONES void avg_pool_plane(const PoolGeometry& g, const AvgPlan& p
 // loop has no conflicts.
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_unpool_plane(const PoolGeometry& g, const AvgPlan& plan, const scalar_t* dy,
-                                           at::opmath_type<scalar_t>* dx, at::opmath_type<scalar_t>* share) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                           opmath_t<scalar_t>* dx, opmath_t<scalar_t>* share) {
+  using acc_t = opmath_t<scalar_t>;
   std::fill_n(dx, g.H * g.W, acc_t(0));
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const double row = plan.row_factor[oh];
@@ -304,7 +304,7 @@ std::vector<int32_t> window_origins_2x2(const PoolGeometry& g) {
 template <typename scalar_t, typename Origin>
 inline void max_pool_windows_2x2(const scalar_t* __restrict__ x, Origin origin, int64_t count, int64_t W,
                                  scalar_t* __restrict__ y, int64_t* __restrict__ indices) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   using Rule = MaxRule<acc_t>;
   for (int64_t t = 0; t < count; ++t) {
     const int64_t first = origin(t);
@@ -332,8 +332,8 @@ inline void max_pool_windows_2x2(const scalar_t* __restrict__ x, Origin origin, 
 
 template <typename scalar_t>
 inline void avg_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __restrict__ r1,
-                             at::opmath_type<scalar_t> divisor, int64_t Wo, scalar_t* __restrict__ y) {
-  using acc_t = at::opmath_type<scalar_t>;
+                             opmath_t<scalar_t> divisor, int64_t Wo, scalar_t* __restrict__ y) {
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < Wo; ++ow) {
     const acc_t sum = acc_t(0) + static_cast<acc_t>(r0[2 * ow]) + static_cast<acc_t>(r0[2 * ow + 1]) +
                       static_cast<acc_t>(r1[2 * ow]) + static_cast<acc_t>(r1[2 * ow + 1]);
@@ -356,9 +356,9 @@ void for_each_window_run_2x2(const PoolGeometry& g, const int32_t* origins, Pool
 }
 
 template <typename scalar_t>
-inline void avg_unpool_row_2x2(const scalar_t* __restrict__ dy, at::opmath_type<scalar_t> divisor, int64_t Wo,
+inline void avg_unpool_row_2x2(const scalar_t* __restrict__ dy, opmath_t<scalar_t> divisor, int64_t Wo,
                                scalar_t* __restrict__ r0, scalar_t* __restrict__ r1) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < Wo; ++ow) {
     const scalar_t share = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[ow]) / divisor);
     r0[2 * ow] = r0[2 * ow + 1] = r1[2 * ow] = r1[2 * ow + 1] = share;
@@ -404,7 +404,7 @@ template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_pool_plane_2x2(const PoolGeometry& g, double divisor, const scalar_t* x, scalar_t* y) {
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const int64_t top = 2 * oh * g.W;
-    avg_pool_row_2x2(x + top, x + top + g.W, static_cast<at::opmath_type<scalar_t>>(divisor), g.Wo, y + oh * g.Wo);
+    avg_pool_row_2x2(x + top, x + top + g.W, static_cast<opmath_t<scalar_t>>(divisor), g.Wo, y + oh * g.Wo);
   }
 }
 
@@ -413,7 +413,7 @@ CUCONV_VECTOR_CLONES void avg_unpool_plane_2x2(const PoolGeometry& g, double div
                                                scalar_t* dx) {
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const int64_t top = 2 * oh * g.W;
-    avg_unpool_row_2x2(dy + oh * g.Wo, static_cast<at::opmath_type<scalar_t>>(divisor), g.Wo, dx + top,
+    avg_unpool_row_2x2(dy + oh * g.Wo, static_cast<opmath_t<scalar_t>>(divisor), g.Wo, dx + top,
                        dx + top + g.W);
   }
   zero_outside_2x2(g, dx);
@@ -424,9 +424,9 @@ CUCONV_VECTOR_CLONES void avg_unpool_plane_2x2(const PoolGeometry& g, double div
 
 template <typename scalar_t>
 void avg_pool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* x, scalar_t* y) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
-  at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum(g.Wo);
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* x_plane = x + plane * g.H * g.W;
@@ -443,9 +443,9 @@ void avg_pool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes,
 template <typename scalar_t>
 void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* dy,
                        scalar_t* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
-  at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> share(g.Wo), buffer;
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
@@ -478,7 +478,7 @@ struct AdaptiveWindows {
 template <typename scalar_t>
 void adaptive_pool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& cols, int64_t W,
                          const scalar_t* x, scalar_t* y) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t Ho = rows.start.size(), Wo = cols.start.size();
   for (int64_t oh = 0; oh < Ho; ++oh)
     for (int64_t ow = 0; ow < Wo; ++ow) {
@@ -492,8 +492,8 @@ void adaptive_pool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& col
 
 template <typename scalar_t>
 void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& cols, int64_t H, int64_t W,
-                           const scalar_t* dy, at::opmath_type<scalar_t>* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
+                           const scalar_t* dy, opmath_t<scalar_t>* dx) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t Ho = rows.start.size(), Wo = cols.start.size();
   std::fill_n(dx, H * W, acc_t(0));
   for (int64_t oh = 0; oh < Ho; ++oh)
@@ -509,8 +509,8 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
 // in row-major order, as the general kernel's.
 template <typename scalar_t>
 void global_pool(int64_t planes, int64_t plane, const scalar_t* x, scalar_t* y) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+  using acc_t = opmath_t<scalar_t>;
+  torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const scalar_t* values = x + p * plane;
       acc_t sum = 0;
@@ -522,8 +522,8 @@ void global_pool(int64_t planes, int64_t plane, const scalar_t* x, scalar_t* y) 
 
 template <typename scalar_t>
 void global_unpool(int64_t planes, int64_t plane, const scalar_t* dy, scalar_t* dx) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+  using acc_t = opmath_t<scalar_t>;
+  torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const scalar_t share = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[p]) / static_cast<acc_t>(plane));
       std::fill_n(dx + p * plane, plane, share);
@@ -540,15 +540,15 @@ std::optional<PoolGeometry> adaptive_as_pooling(int64_t H, int64_t W, int64_t Ho
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& input,
+std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
                                                           IntArrayRef kernel_size,
                                                           IntArrayRef stride, IntArrayRef padding,
                                                           IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
-  const auto s = check_max_pool2d<int64_t>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
-  at::Tensor indices = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
+  const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
+  const Tensor x = contiguous_or_self(input);
+  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
+  Tensor indices = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
 
   std::vector<int64_t> first_column(g.Wo);
@@ -564,13 +564,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& inpu
   const std::vector<int32_t> origins = tiled && g.Wo < kShortRow ? window_origins_2x2(g) : std::vector<int32_t>();
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
     auto run = [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      at::parallel_for(0, s.batch * s.channels, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+      torch::stable::parallel_for(0, s.batch * s.channels, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> best(g.Wo);
         std::vector<index_t> best_index(g.Wo);
         for (int64_t plane = begin; plane < end; ++plane) {
@@ -590,16 +590,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& inpu
   return {y, indices};
 }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
                                    IntArrayRef input_size, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                    bool ceil_mode) {
   const char* op = "cuconv.max_pool2d_backward";
-  const auto s = check_max_pool2d_backward<int64_t>(op, grad_output, indices, input_size, kernel_size,
+  const auto s = check_max_pool2d_backward(op, grad_output, indices, input_size, kernel_size,
                                                     stride, padding, dilation, ceil_mode);
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor idx = indices.contiguous();
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const Tensor dy = contiguous_or_self(grad_output);
+  const Tensor idx = contiguous_or_self(indices);
+  Tensor dx = empty_like_with(grad_output, input_size);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 
@@ -609,29 +609,34 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> buffer;
+    std::atomic<bool> any_bad{false};
+    std::atomic<int64_t> bad_index{0};
+    torch::stable::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t<scalar_t>> buffer;
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* dy_plane = dy_data + plane * plane_out;
         const int64_t* idx_plane = idx_data + plane * plane_out;
         scalar_t* dx_plane = dx_data + plane * plane_in;
         if (tiled && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
         unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
-          max_unpool_plane(op, plane_in, plane_out, dy_plane, idx_plane, target);
+          const std::optional<int64_t> bad = max_unpool_plane(plane_in, plane_out, dy_plane, idx_plane, target);
+          if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
         });
       }
     });
+    CUCONV_CHECK_INDEX(!any_bad.load(), op, ": index ", bad_index.load(),
+                       " in indices is outside the input plane of ", plane_in, " pixels");
   });
   return dx;
 }
 
-at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef kernel_size,
+Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
                                   IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                   bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const Tensor x = contiguous_or_self(input);
+  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
@@ -642,15 +647,15 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef kernel_si
   return y;
 }
 
-at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef input_size,
+Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size,
                                    IntArrayRef kernel_size, IntArrayRef stride,
                                    IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d_backward";
-  const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
+  const auto s = check_avg_pool2d_backward(op, grad_output, input_size, kernel_size, stride, padding,
                                                     ceil_mode, divisor_override);
-  const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  const Tensor dy = contiguous_or_self(grad_output);
+  Tensor dx = empty_like_with(grad_output, input_size);
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
@@ -661,13 +666,13 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef in
   return dx;
 }
 
-at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef output_size) {
+Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
-  check_adaptive_avg_pool2d<int64_t>(op, input, output_size);
-  const at::Tensor x = input.contiguous();
+  check_adaptive_avg_pool2d(op, input, output_size);
+  const Tensor x = contiguous_or_self(input);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
-  at::Tensor y = at::empty({N, C, Ho, Wo}, input.options());
+  Tensor y = empty_like_with(input, {N, C, Ho, Wo});
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
@@ -678,8 +683,9 @@ at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef 
     } else if (as_pooling.has_value()) {
       avg_pool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, x_data, y_data);
     } else {
-      const AdaptiveWindows rows(Ho, H), cols(Wo, W);
-      at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+      const AdaptiveWindows rows(Ho, H);
+      const AdaptiveWindows cols(Wo, W);
+      torch::stable::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           adaptive_pool_plane(rows, cols, W, x_data + plane * H * W, y_data + plane * Ho * Wo);
         }
@@ -689,13 +695,13 @@ at::Tensor adaptive_avg_pool2d_forward_cpu(const at::Tensor& input, IntArrayRef 
   return y;
 }
 
-at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntArrayRef input_size) {
+Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
-  check_adaptive_backward<int64_t>(op, grad_output.sizes(), input_size);
-  const at::Tensor dy = grad_output.contiguous();
+  check_adaptive_backward(op, grad_output.sizes(), input_size);
+  const Tensor dy = contiguous_or_self(grad_output);
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
   const int64_t Ho = dy.size(2), Wo = dy.size(3);
-  at::Tensor dx = at::empty(input_size, grad_output.options());
+  Tensor dx = empty_like_with(grad_output, input_size);
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {
@@ -706,9 +712,10 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, IntAr
     } else if (as_pooling.has_value()) {
       avg_unpool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, dy_data, dx_data);
     } else {
-      const AdaptiveWindows rows(Ho, H), cols(Wo, W);
-      at::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-        std::vector<at::opmath_type<scalar_t>> buffer;
+      const AdaptiveWindows rows(Ho, H);
+      const AdaptiveWindows cols(Wo, W);
+      torch::stable::parallel_for(0, N * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+        std::vector<opmath_t<scalar_t>> buffer;
         for (int64_t plane = begin; plane < end; ++plane) {
           const scalar_t* dy_plane = dy_data + plane * Ho * Wo;
           unpool_in_opmath(H * W, dx_data + plane * H * W, buffer, [&](auto* target) {

@@ -44,16 +44,12 @@
 // block per (weight element, split) that reduces over N*Ho*Wo. The bias gradient is a
 // block reduction per (channel, split). Split partial sums go to an opmath-typed buffer
 // summed in fixed order by sum_partials_kernel, so every pass is deterministic (no atomics,
-// whatever at::globalContext().deterministicAlgorithms() says).
+// whatever torch.use_deterministic_algorithms says).
 //
 // Indexing: within a sample everything is 32-bit (checked on the host); sample offsets are
-// 64-bit. Half and bfloat16 are converted to float (at::opmath_type) on the way into shared
+// 64-bit. Half and bfloat16 are converted to float (opmath_t) on the way into shared
 // memory and accumulated in float.
 
-#include <ATen/core/Tensor.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -80,7 +76,7 @@ struct ConvParams {
   int64_t in_sample, out_sample;    // C_in*H*W, C_out*Ho*Wo
 };
 
-ConvParams make_conv_params(const char* op, const Conv2dShape<int64_t>& s, IntArrayRef stride,
+ConvParams make_conv_params(const char* op, const Conv2dShape& s, IntArrayRef stride,
                             IntArrayRef padding, IntArrayRef dilation) {
   for (IntArrayRef pair : {stride, padding, dilation})
     for (int64_t v : pair) check_int32_index(op, "a stride/padding/dilation value", v);
@@ -331,7 +327,7 @@ __global__ void __launch_bounds__(Config::kThreads, sizeof(typename Problem::acc
 
 template <typename scalar_t, typename Config, bool kPointwise>
 struct ForwardGemm {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* input;
   const scalar_t* weight;
   const scalar_t* bias;  // null when there is none
@@ -436,7 +432,7 @@ struct ForwardGemm {
 
 template <typename scalar_t, typename Config, bool kPointwise>
 struct BackwardInputGemm {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_output;
   const scalar_t* weight;
   scalar_t* grad_input;
@@ -552,7 +548,7 @@ struct BackwardInputGemm {
 
 template <typename scalar_t, typename Config>
 struct BackwardWeightGemm {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_output;
   const scalar_t* input;
   acc_t* partial;            // [splits, C_out, C_g*kH*kW]
@@ -658,7 +654,7 @@ void launch_implicit_gemm(const Problem& problem, int m, int n, int k, int group
   shape.n_tiles = ceil_div(n, Config::kBlockN);
   const int64_t tiles = static_cast<int64_t>(shape.m_tiles) * shape.n_tiles;
   const int max_z = cuda_detail::max_grid_yz();
-  TORCH_CHECK(tiles <= cuda_detail::kMaxInt32Index && splits <= max_z,
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && splits <= max_z,
               "cuconv: convolution too large for one launch (", tiles, " tiles x ", splits, " splits)");
   // gridDim.z is limited (65535): launch the groups in chunks of that many (group, split) pairs.
   const int groups_per_launch = std::max(1, max_z / splits);
@@ -713,9 +709,9 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partial, scalar_t*
 // positions: split s, thread t takes positions s*blockDim + t, stepping by splits*blockDim.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kReduceThreads)
-    bias_grad_kernel(const scalar_t* __restrict__ grad_output, at::opmath_type<scalar_t>* __restrict__ partial,
+    bias_grad_kernel(const scalar_t* __restrict__ grad_output, opmath_t<scalar_t>* __restrict__ partial,
                      int channels, int plane, int positions, int64_t sample_stride) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int o = blockIdx.x, split = blockIdx.y;
   const int first = split * kReduceThreads + threadIdx.x;
   const int stride = gridDim.y * kReduceThreads;
@@ -742,7 +738,7 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ input,
                                          const scalar_t* __restrict__ bias,
                                          scalar_t* __restrict__ output, const ConvParams p,
                                          int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int kernel_h = kFixedKernel > 0 ? kFixedKernel : p.kernel_h;
   const int kernel_w = kFixedKernel > 0 ? kFixedKernel : p.kernel_w;
   CUCONV_KERNEL_LOOP(index, total) {
@@ -777,7 +773,7 @@ __global__ void depthwise_backward_input_kernel(const scalar_t* __restrict__ gra
                                                 const scalar_t* __restrict__ weight,
                                                 scalar_t* __restrict__ grad_input,
                                                 const ConvParams p, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.in_plane;  // n * C_in + c
     const int pixel = static_cast<int>(index - plane * p.in_plane);
@@ -813,9 +809,9 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kReduceThreads)
     depthwise_weight_grad_kernel(const scalar_t* __restrict__ grad_output,
                                  const scalar_t* __restrict__ input,
-                                 at::opmath_type<scalar_t>* __restrict__ partial, const ConvParams p,
+                                 opmath_t<scalar_t>* __restrict__ partial, const ConvParams p,
                                  int positions) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int element = blockIdx.x, split = blockIdx.y;
   const int o = element / p.taps, tap = element - o * p.taps;
   const int i = tap / p.kernel_w, j = tap - i * p.kernel_w;
@@ -842,7 +838,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 
 // Sums `splits` slices of `partial` into `out` (or, when out already is the only slice, nothing).
 template <typename scalar_t, typename acc_t>
-void finish_partials(const at::Tensor& partial, at::Tensor& out, int splits, cuda_detail::Stream stream) {
+void finish_partials(const Tensor& partial, Tensor& out, int splits, cuda_detail::Stream stream) {
   if (partial.data_ptr() == out.data_ptr()) return;
   const int64_t count = out.numel();
   cuda_detail::launch(sum_partials_kernel<scalar_t, acc_t>, grid_stride_blocks(count), kThreadsPerBlock, 0, stream,
@@ -852,9 +848,9 @@ void finish_partials(const at::Tensor& partial, at::Tensor& out, int splits, cud
 // The buffer a split reduction writes: `out` itself when there is one split and no
 // conversion, else a new [splits, out.numel()] opmath-typed buffer.
 template <typename scalar_t, typename acc_t>
-at::Tensor partial_buffer(const at::Tensor& out, int splits) {
+Tensor partial_buffer(const Tensor& out, int splits) {
   if (splits == 1 && std::is_same_v<scalar_t, acc_t>) return out;
-  return cuda_detail::new_output({splits, out.numel()}, out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  return cuda_detail::new_output(out, {splits, out.numel()}, scalar_type_of<acc_t>());
 }
 
 }  // namespace
@@ -862,20 +858,20 @@ at::Tensor partial_buffer(const at::Tensor& out, int splits) {
 // ---------------------------------------------------------------------------
 // Entry points: the checks and output shapes of cpu/conv2d.cpp.
 
-at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, IntArrayRef stride,
+Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight,
+                               const std::optional<Tensor>& bias, IntArrayRef stride,
                                IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d";
-  const auto shape = check_conv2d<int64_t>(op, input, weight, bias, stride, padding, dilation, groups);
-  cuda_detail::DeviceGuard guard(input.device());
-  at::Tensor y = cuda_detail::new_output({shape.batch, shape.out_channels, shape.out_h, shape.out_w}, input.options());
+  const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups);
+  cuda_detail::DeviceGuard guard(input);
+  Tensor y = cuda_detail::new_output(input, {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
   if (y.numel() == 0) return y;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const Tensor x = contiguous_or_self(input);
+  const Tensor w = contiguous_or_self(weight);
   const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const Tensor b = has_bias ? contiguous_or_self(*bias) : Tensor();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(input);
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "conv2d_forward_cuda", [&] {
     const scalar_t* bias_data = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
@@ -909,20 +905,20 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   return y;
 }
 
-at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
+Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weight,
                                       IntArrayRef input_size, IntArrayRef stride,
                                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_input";
-  const auto shape = check_conv2d_backward_input<int64_t>(op, grad_output, weight, input_size, stride,
+  const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
-  cuda_detail::DeviceGuard guard(grad_output.device());
+  cuda_detail::DeviceGuard guard(grad_output);
   // Every element is written (pixels no output sees get 0), so no zero fill is needed.
-  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());
+  Tensor dx = cuda_detail::new_output(grad_output, input_size);
   if (dx.numel() == 0) return dx;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const Tensor dy = contiguous_or_self(grad_output);
+  const Tensor w = contiguous_or_self(weight);
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cuda", [&] {
     if (p.in_per_group == 1) {
@@ -945,29 +941,29 @@ at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::T
   return dx;
 }
 
-at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& input,
                                        IntArrayRef weight_size, IntArrayRef stride,
                                        IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "cuconv.conv2d_backward_weight";
-  const auto shape = check_conv2d_backward_weight<int64_t>(op, grad_output, input, weight_size, stride,
+  const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
-  cuda_detail::DeviceGuard guard(grad_output.device());
-  at::Tensor dw = cuda_detail::new_output(weight_size, grad_output.options());
+  cuda_detail::DeviceGuard guard(grad_output);
+  Tensor dw = cuda_detail::new_output(grad_output, weight_size);
   if (dw.numel() == 0) return dw;
   const ConvParams p = make_conv_params(op, shape, stride, padding, dilation);
-  const at::Tensor x = input.contiguous();
-  const at::Tensor dy = grad_output.contiguous();
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
-  const int sm_count = cuda_detail::multiprocessor_count(grad_output.device().index());
+  const Tensor x = contiguous_or_self(input);
+  const Tensor dy = contiguous_or_self(grad_output);
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
+  const int sm_count = cuda_detail::multiprocessor_count(grad_output);
   const int positions = p.batch * p.out_plane;  // the reduction length N*Ho*Wo (may be 0)
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     if (p.in_per_group == 1) {
       const int64_t elements = dw.numel();  // C_out * kH * kW
-      TORCH_CHECK(elements <= cuda_detail::kMaxInt32Index, op, ": too many weight elements");
+      CUCONV_CHECK(elements <= cuda_detail::kMaxInt32Index, op, ": too many weight elements");
       const int splits = reduction_splits(elements, positions, 16 * kReduceThreads, elements, cuda_detail::max_grid_yz(), sm_count);
-      at::Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
+      Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
       const dim3 grid(static_cast<unsigned int>(elements), static_cast<unsigned int>(splits));
       cuda_detail::launch(depthwise_weight_grad_kernel<scalar_t>, grid, kReduceThreads, 0, stream,
           dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
@@ -979,7 +975,7 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
     const int64_t tiles = static_cast<int64_t>(ceil_div(m, ConvGemm::kBlockM)) * ceil_div(n, ConvGemm::kBlockN) * groups;
     const int64_t k_steps = ceil_div<int64_t>(k, ConvGemm::kBlockK);
     const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), cuda_detail::max_grid_yz(), sm_count);
-    at::Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
+    Tensor partial = partial_buffer<scalar_t, acc_t>(dw, splits);
     const BackwardWeightGemm<scalar_t, ConvGemm> problem{
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
         dw.numel(), p};
@@ -989,24 +985,24 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
   return dw;
 }
 
-at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output) {
+Tensor conv2d_backward_bias_cuda(const Tensor& grad_output) {
   const char* op = "cuconv.conv2d_backward_bias";
-  check_image_batch<int64_t>(op, "grad_output", grad_output.sizes());
-  cuda_detail::DeviceGuard guard(grad_output.device());
+  check_image_batch(op, "grad_output", grad_output.sizes());
+  cuda_detail::DeviceGuard guard(grad_output);
   const int64_t N = grad_output.size(0), C = grad_output.size(1);
   const int64_t plane = grad_output.size(2) * grad_output.size(3);
   check_int32_index(op, "channels * height * width", C * plane);
   check_int32_index(op, "batch * height * width", N * plane);
-  at::Tensor db = cuda_detail::new_output({C}, grad_output.options());
-  const at::Tensor dy = grad_output.contiguous();
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
-  const int sm_count = cuda_detail::multiprocessor_count(grad_output.device().index());
+  Tensor db = cuda_detail::new_output(grad_output, {C});
+  const Tensor dy = contiguous_or_self(grad_output);
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
+  const int sm_count = cuda_detail::multiprocessor_count(grad_output);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_bias_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = opmath_t<scalar_t>;
     const int positions = static_cast<int>(N * plane);
     const int splits = reduction_splits(C, positions, 16 * kReduceThreads, C, cuda_detail::max_grid_yz(), sm_count);
-    at::Tensor partial = partial_buffer<scalar_t, acc_t>(db, splits);
+    Tensor partial = partial_buffer<scalar_t, acc_t>(db, splits);
     const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(splits));
     cuda_detail::launch(bias_grad_kernel<scalar_t>, grid, kReduceThreads, 0, stream,
         dy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), static_cast<int>(C),

@@ -1,23 +1,24 @@
 #pragma once
 // The CUDA runtime as the kernels' host code uses it, in one place: launches (every kernel
 // launch goes through cuda_detail::launch, which checks it), the device guard, the current
-// stream, device attributes and the tensors that kernels fill. Compiled by nvcc for a GPU,
-// or, with CUCONV_EMULATED, as host C++ against the emulated device (csrc/emulation/), where
-// new outputs are NaN-filled so that an element a kernel leaves unwritten shows in the tests.
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+// stream, device attributes and the tensors that kernels fill. Compiled by nvcc for a GPU
+// against the LibTorch stable ABI, or, with CUCONV_EMULATED, as host C++ against the emulated
+// device (csrc/emulation/), where new outputs are NaN-filled so that an element a kernel
+// leaves unwritten shows in the tests.
 
 #include <limits>
 #include <string>
 #include <utility>
 
+#include "../stable.h"
+
 #ifdef CUCONV_EMULATED
 #include "../emulation/device.h"
 #else
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/macros.h>
 #endif
 
 namespace cuconv::cuda_detail {
@@ -27,12 +28,12 @@ namespace cuconv::cuda_detail {
 using Stream = int;  // the emulated device runs launches in order, as one stream
 
 struct DeviceGuard {
-  explicit DeviceGuard(const c10::Device&) {}
+  explicit DeviceGuard(const Tensor&) {}
 };
 
-inline Stream current_stream() { return 0; }
+inline Stream current_stream(const Tensor&) { return 0; }
 
-inline int multiprocessor_count(c10::DeviceIndex) { return emu::device_config().multiprocessor_count; }
+inline int multiprocessor_count(const Tensor&) { return emu::device_config().multiprocessor_count; }
 
 // The largest gridDim.y / gridDim.z (65535 on every GPU; smaller on the emulated device when a
 // test wants the host code's chunking of large grids on small problems).
@@ -43,29 +44,38 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
             Args&&... args) {
   emu::launch(kernel, grid, block, dynamic_shared, std::forward<Args>(args)...);
   const std::string error = emu::take_last_error();
-  TORCH_CHECK(error.empty(), "CUDA error: ", error);
+  CUCONV_CHECK(error.empty(), "CUDA error: ", error);
 }
 
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (at::isFloatingType(t.scalar_type())) {
-    t.fill_(std::numeric_limits<double>::quiet_NaN());
-  } else {
-    t.fill_(std::numeric_limits<int64_t>::min());
-  }
+// A new tensor (like `like`, of `sizes` and optionally another dtype) for a kernel to fill:
+// NaN, or for integers -2^62, so that what a kernel leaves unwritten shows.
+inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  Tensor t = empty_like_with(like, sizes, dtype);
+  torch::stable::fill_(t, is_floating(t.scalar_type()) ? std::numeric_limits<double>::quiet_NaN()
+                                                       : -4611686018427387904.0);
   return t;
 }
 
 #else
 
 using Stream = cudaStream_t;
-using DeviceGuard = c10::cuda::CUDAGuard;
 
-inline Stream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+// The tensor's device is current for the guard's lifetime.
+struct DeviceGuard {
+  explicit DeviceGuard(const Tensor& t) : guard(t.get_device_index()) {}
+  torch::stable::accelerator::DeviceGuard guard;
+};
 
-inline int multiprocessor_count(c10::DeviceIndex device) {
+// The stream torch considers current on the tensor's device.
+inline Stream current_stream(const Tensor& t) {
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
+  return static_cast<Stream>(stream);
+}
+
+inline int multiprocessor_count(const Tensor& t) {
   int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  STD_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device_index()));
   return std::max(count, 1);
 }
 
@@ -75,11 +85,11 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared, Stream stream,
             Args&&... args) {
   kernel<<<grid, block, dynamic_shared, stream>>>(std::forward<Args>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::empty(sizes, options);
+inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  return empty_like_with(like, sizes, dtype);
 }
 
 #endif

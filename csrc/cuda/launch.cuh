@@ -1,11 +1,9 @@
 #pragma once
-// Helpers shared by cuconv's CUDA kernels (conv2d.cu, pool2d.cu): the dtype dispatch,
+// Helpers shared by cuconv's CUDA kernels (conv2d.cu, pool2d.cu):
 // ceil-div, grid sizing for grid-stride loops, the 32-bit index check and a warp-level sum.
 // Every entry function also takes a cuda_detail::DeviceGuard on its tensor's device and
 // launches through cuda_detail::launch on cuda_detail::current_stream(), which checks each
 // launch (device.cuh); none of them synchronises with the host.
-
-#include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -13,10 +11,6 @@
 
 #include "device.cuh"
 #include "intrinsics.cuh"
-
-// float32, float64, float16 and bfloat16, as the CPU kernels.
-#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 namespace cuconv {
 namespace cuda_detail {
@@ -40,7 +34,7 @@ inline unsigned int grid_stride_blocks(int64_t count, int threads = kThreadsPerB
 constexpr int64_t kMaxInt32Index = std::numeric_limits<int32_t>::max() - (int64_t{1} << 20);
 
 inline void check_int32_index(const char* op, const char* what, int64_t value) {
-  TORCH_CHECK(value >= 0 && value <= kMaxInt32Index, op, ": ", what, " = ", value,
+  CUCONV_CHECK(value >= 0 && value <= kMaxInt32Index, op, ": ", what, " = ", value,
               " is too large for the CUDA kernels' 32-bit indexing (at most ", kMaxInt32Index,
               ")");
 }

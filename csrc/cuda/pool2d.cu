@@ -14,18 +14,13 @@
 // where reach = (kH-1)*dH + 1 is the window's extent, and the input element
 // sums the gradients of exactly those outputs (for max pooling: those whose
 // index is this pixel) in a fixed order. No atomics, so results are
-// deterministic. Accumulation is in at::opmath_type (float for half/bfloat16).
+// deterministic. Accumulation is in opmath_t (float for half/bfloat16).
 // max_pool2d_backward takes any indices, as the CPU's scatter does: the gather covers
 // every index inside its own window (all that max_pool2d produces), and two small kernels
 // add the others ("strays", e.g. indices a user built), in output order, without a host sync.
 // No shared memory and no __syncthreads() except the warp shuffles of the
 // global-average kernel.
 
-#include <ATen/core/Tensor.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <limits>
 #include <vector>
@@ -91,7 +86,7 @@ __global__ void max_pool_forward_kernel(const scalar_t* __restrict__ input,
                                         scalar_t* __restrict__ output,
                                         int64_t* __restrict__ indices, const PoolParams p,
                                         int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.out_plane;
     const int pixel = static_cast<int>(index - plane * p.out_plane);
@@ -128,7 +123,7 @@ __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ grad_outpu
                                          const int64_t* __restrict__ indices,
                                          scalar_t* __restrict__ grad_input, const PoolParams p,
                                          int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int reach_h = (p.kernel_h - 1) * p.dilation_h + 1;
   const int reach_w = (p.kernel_w - 1) * p.dilation_w + 1;
   CUCONV_KERNEL_LOOP(index, total) {
@@ -176,7 +171,7 @@ template <typename scalar_t>
 __global__ void max_pool_add_strays_kernel(const scalar_t* __restrict__ grad_output,
                                            const int64_t* __restrict__ indices, scalar_t* __restrict__ grad_input,
                                            const int* __restrict__ strays, const PoolParams p, int64_t planes) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   if (strays[0] == 0) return;
   CUCONV_KERNEL_LOOP(plane, planes) {
     for (int o = 0; o < p.out_plane; ++o) {
@@ -216,7 +211,7 @@ __global__ void avg_pool_forward_kernel(const scalar_t* __restrict__ input,
                                         scalar_t* __restrict__ output, const PoolParams p,
                                         bool count_include_pad, int64_t divisor_override,
                                         int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.out_plane;
     const int pixel = static_cast<int>(index - plane * p.out_plane);
@@ -243,7 +238,7 @@ __global__ void avg_pool_backward_kernel(const scalar_t* __restrict__ grad_outpu
                                          scalar_t* __restrict__ grad_input, const PoolParams p,
                                          bool count_include_pad, int64_t divisor_override,
                                          int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.in_plane;
     const int pixel = static_cast<int>(index - plane * p.in_plane);
@@ -279,7 +274,7 @@ template <typename scalar_t>
 __global__ void adaptive_avg_pool_forward_kernel(const scalar_t* __restrict__ input,
                                                  scalar_t* __restrict__ output,
                                                  const PoolParams p, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.out_plane;
     const int pixel = static_cast<int>(index - plane * p.out_plane);
@@ -299,7 +294,7 @@ template <typename scalar_t>
 __global__ void global_avg_pool_forward_kernel(const scalar_t* __restrict__ input,
                                                scalar_t* __restrict__ output, int plane_size,
                                                int64_t planes) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int lane = threadIdx.x % 32;
   const int64_t warps_per_grid = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   for (int64_t plane = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
@@ -318,7 +313,7 @@ template <typename scalar_t>
 __global__ void adaptive_avg_pool_backward_kernel(const scalar_t* __restrict__ grad_output,
                                                   scalar_t* __restrict__ grad_input,
                                                   const PoolParams p, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     const int64_t plane = index / p.in_plane;
     const int pixel = static_cast<int>(index - plane * p.in_plane);
@@ -343,7 +338,7 @@ template <typename scalar_t>
 __global__ void global_avg_pool_backward_kernel(const scalar_t* __restrict__ grad_output,
                                                 scalar_t* __restrict__ grad_input,
                                                 int plane_size, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   CUCONV_KERNEL_LOOP(index, total) {
     grad_input[index] = static_cast<scalar_t>(static_cast<acc_t>(grad_output[index / plane_size]) /
                                               static_cast<acc_t>(plane_size));
@@ -355,20 +350,20 @@ __global__ void global_avg_pool_backward_kernel(const scalar_t* __restrict__ gra
 // ---------------------------------------------------------------------------
 // Entry points: the checks and output shapes of cpu/pool2d.cpp.
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& input,
+std::tuple<Tensor, Tensor> max_pool2d_forward_cuda(const Tensor& input,
                                                            IntArrayRef kernel_size,
                                                            IntArrayRef stride, IntArrayRef padding,
                                                            IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
-  const auto s = check_max_pool2d<int64_t>(op, input, kernel_size, stride, padding, dilation, ceil_mode);
-  cuda_detail::DeviceGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options());
-  at::Tensor indices = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options().dtype(at::kLong));
+  const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
+  cuda_detail::DeviceGuard guard(input);
+  const Tensor x = contiguous_or_self(input);
+  Tensor y = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w});
+  Tensor indices = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
   const int64_t total = y.numel();
   if (total == 0) return {y, indices};
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(input);
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
     cuda_detail::launch(max_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
@@ -377,23 +372,23 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& inp
   return {y, indices};
 }
 
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices,
                                     IntArrayRef input_size, IntArrayRef kernel_size,
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     bool ceil_mode) {
   const char* op = "cuconv.max_pool2d_backward";
-  const auto s = check_max_pool2d_backward<int64_t>(op, grad_output, indices, input_size, kernel_size,
+  const auto s = check_max_pool2d_backward(op, grad_output, indices, input_size, kernel_size,
                                                     stride, padding, dilation, ceil_mode);
-  cuda_detail::DeviceGuard guard(grad_output.device());
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor idx = indices.contiguous();
+  cuda_detail::DeviceGuard guard(grad_output);
+  const Tensor dy = contiguous_or_self(grad_output);
+  const Tensor idx = contiguous_or_self(indices);
   // Every element is written by the gather kernel, so no zero fill is needed.
-  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());
+  Tensor dx = cuda_detail::new_output(grad_output, input_size);
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
-  const at::Tensor strays = at::zeros({1}, idx.options().dtype(at::kInt));
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
+  const Tensor strays = zeros_like_with(idx, {1}, ScalarType::Int);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "max_pool2d_backward_cuda", [&] {
     cuda_detail::launch(max_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
@@ -408,19 +403,19 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   return dx;
 }
 
-at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef kernel_size,
+Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  const auto s = check_avg_pool2d<int64_t>(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  cuda_detail::DeviceGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = cuda_detail::new_output({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  cuda_detail::DeviceGuard guard(input);
+  const Tensor x = contiguous_or_self(input);
+  Tensor y = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w});
   const int64_t total = y.numel();
   if (total == 0) return y;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(input);
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cuda", [&] {
     cuda_detail::launch(avg_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p, count_include_pad,
@@ -429,21 +424,21 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef kernel_s
   return y;
 }
 
-at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef input_size,
+Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_size,
                                     IntArrayRef kernel_size, IntArrayRef stride,
                                     IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                     std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d_backward";
-  const auto s = check_avg_pool2d_backward<int64_t>(op, grad_output, input_size, kernel_size, stride, padding,
+  const auto s = check_avg_pool2d_backward(op, grad_output, input_size, kernel_size, stride, padding,
                                                     ceil_mode, divisor_override);
-  cuda_detail::DeviceGuard guard(grad_output.device());
-  const at::Tensor dy = grad_output.contiguous();
-  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());  // fully written by the gather
+  cuda_detail::DeviceGuard guard(grad_output);
+  const Tensor dy = contiguous_or_self(grad_output);
+  Tensor dx = cuda_detail::new_output(grad_output, input_size);  // fully written by the gather
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cuda", [&] {
     cuda_detail::launch(avg_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, count_include_pad,
@@ -452,18 +447,18 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef i
   return dx;
 }
 
-at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef output_size) {
+Tensor adaptive_avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
-  check_adaptive_avg_pool2d<int64_t>(op, input, output_size);
-  cuda_detail::DeviceGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
+  check_adaptive_avg_pool2d(op, input, output_size);
+  cuda_detail::DeviceGuard guard(input);
+  const Tensor x = contiguous_or_self(input);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
-  at::Tensor y = cuda_detail::new_output({N, C, Ho, Wo}, input.options());
+  Tensor y = cuda_detail::new_output(input, {N, C, Ho, Wo});
   const int64_t total = y.numel();
   if (total == 0) return y;
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(input);
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cuda", [&] {
     if (Ho == 1 && Wo == 1) {
       constexpr int kWarpsPerBlock = kThreadsPerBlock / 32;
@@ -478,18 +473,18 @@ at::Tensor adaptive_avg_pool2d_forward_cuda(const at::Tensor& input, IntArrayRef
   return y;
 }
 
-at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, IntArrayRef input_size) {
+Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
-  check_adaptive_backward<int64_t>(op, grad_output.sizes(), input_size);
-  cuda_detail::DeviceGuard guard(grad_output.device());
-  const at::Tensor dy = grad_output.contiguous();
+  check_adaptive_backward(op, grad_output.sizes(), input_size);
+  cuda_detail::DeviceGuard guard(grad_output);
+  const Tensor dy = contiguous_or_self(grad_output);
   const int64_t H = input_size[2], W = input_size[3];
   const int64_t Ho = dy.size(2), Wo = dy.size(3);
-  at::Tensor dx = cuda_detail::new_output(input_size, grad_output.options());  // fully written by the gather
+  Tensor dx = cuda_detail::new_output(grad_output, input_size);  // fully written by the gather
   const int64_t total = dx.numel();
   if (total == 0) return dx;
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
-  const cuda_detail::Stream stream = cuda_detail::current_stream();
+  const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cuda", [&] {
     if (Ho == 1 && Wo == 1) {
       cuda_detail::launch(global_avg_pool_backward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,

@@ -10,7 +10,7 @@
 // barriers, collectives) so tests can tell that the emulated kernels did run.
 
 #include <Python.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <cstring>
 
@@ -18,9 +18,9 @@
 #include "../schemas.h"
 #include "device.h"
 
-TORCH_LIBRARY(cuconv_emulated, m) { CUCONV_DEFINE_SCHEMAS(m); }
+STABLE_TORCH_LIBRARY(cuconv_emulated, m) { CUCONV_DEFINE_SCHEMAS(m); }
 
-TORCH_LIBRARY_IMPL(cuconv_emulated, CPU, m) { CUCONV_REGISTER_KERNELS(m, cuda); }
+STABLE_TORCH_LIBRARY_IMPL(cuconv_emulated, CPU, m) { CUCONV_REGISTER_KERNELS(m, cuda); }
 
 namespace {
 

@@ -13,8 +13,7 @@
 //   exit-barrier  thread 255 returns before a __syncthreads() the others reach
 //   shfl-exited   lanes 0..15 return, lanes 16..31 shuffle with the whole warp
 
-#include <ATen/core/Tensor.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <cstring>
 #include <string>
@@ -54,14 +53,13 @@ __global__ void shuffle_with_exited_lanes_kernel(const float* __restrict__ x, fl
   y[threadIdx.x] = cuda_detail::shfl_xor(x[threadIdx.x], 1);
 }
 
-at::Tensor selftest(c10::string_view bug_view, const at::Tensor& x) {
-  const std::string bug(bug_view);
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 1 && x.numel() == kCount && x.is_contiguous(),
-              "selftest: expected a contiguous float32 vector of ", kCount, " values");
-  at::Tensor y = cuda_detail::new_output({kCount}, x.options());
+Tensor selftest(std::string bug, const Tensor& x) {
+  CUCONV_CHECK(x.scalar_type() == ScalarType::Float && x.dim() == 1 && x.numel() == kCount && x.is_contiguous(),
+               "selftest: expected a contiguous float32 vector of ", kCount, " values");
+  Tensor y = cuda_detail::new_output(x, {kCount});
   const float* in = x.const_data_ptr<float>();
   float* out = y.mutable_data_ptr<float>();
-  const auto stream = cuda_detail::current_stream();
+  const auto stream = cuda_detail::current_stream(x);
   if (bug == "none") {
     cuda_detail::launch(neighbour_sum_kernel<true, false, false>, 1, kCount, 0, stream, in, out);
   } else if (bug == "race") {
@@ -81,7 +79,7 @@ at::Tensor selftest(c10::string_view bug_view, const at::Tensor& x) {
   } else if (bug == "shfl-exited") {
     cuda_detail::launch(shuffle_with_exited_lanes_kernel, 1, kCount, 0, stream, in, out);
   } else {
-    TORCH_CHECK_VALUE(false, "selftest: unknown bug '", bug, "'");
+    CUCONV_CHECK_VALUE(false, "selftest: unknown bug '", bug, "'");
   }
   return y;
 }
@@ -89,5 +87,5 @@ at::Tensor selftest(c10::string_view bug_view, const at::Tensor& x) {
 }  // namespace
 }  // namespace cuconv
 
-TORCH_LIBRARY_FRAGMENT(cuconv_emulated, m) { m.def("selftest(str bug, Tensor x) -> Tensor"); }
-TORCH_LIBRARY_IMPL(cuconv_emulated, CPU, m) { m.impl("selftest", &cuconv::selftest); }
+STABLE_TORCH_LIBRARY_FRAGMENT(cuconv_emulated, m) { m.def("selftest(str bug, Tensor x) -> Tensor"); }
+STABLE_TORCH_LIBRARY_IMPL(cuconv_emulated, CPU, m) { m.impl("selftest", TORCH_BOX(&cuconv::selftest)); }

@@ -1,0 +1,182 @@
+#pragma once
+// What cuconv's C++ uses of torch: the LibTorch stable ABI (torch/csrc/stable, torch/headeronly)
+// only, so that one build runs under every torch from TORCH_TARGET_VERSION (2.10, set by
+// setup.py) on. Besides the stable headers this file holds the few helpers they lack:
+//
+// - errors that reach Python with the right type: CUCONV_CHECK (RuntimeError),
+//   CUCONV_CHECK_VALUE (std::invalid_argument -> ValueError), CUCONV_CHECK_INDEX
+//   (std::out_of_range -> IndexError), with a message built from their arguments alone (the
+//   stable STD_TORCH_CHECK prefixes the C++ function, file and line);
+// - printing of sizes, dtypes and devices in those messages, as torch prints them;
+// - the op-math type (float for the half types), and dtype dispatch over the four floating
+//   types cuconv supports;
+// - new tensors with another tensor's dtype and device.
+
+#include <torch/csrc/stable/device.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+#include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace cuconv {
+
+using Tensor = torch::stable::Tensor;
+using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
+using ScalarType = torch::headeronly::ScalarType;
+
+// --- messages and errors -------------------------------------------------------------------
+
+// Sizes print as torch prints them: [2, 3, 8, 8].
+inline std::ostream& operator<<(std::ostream& out, IntArrayRef values) {
+  out << "[";
+  for (size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
+  return out << "]";
+}
+
+struct DevicePrinter {
+  torch::stable::Device device;
+};
+inline std::ostream& operator<<(std::ostream& out, const DevicePrinter& d) {
+  out << (d.device.is_cuda() ? "cuda" : d.device.is_cpu() ? "cpu" : "device");
+  if (d.device.has_index()) out << ":" << static_cast<int>(d.device.index());
+  return out;
+}
+// A tensor's device, printed as torch prints it (cpu, cuda:0).
+inline DevicePrinter device_name(const Tensor& t) { return {t.device()}; }
+
+template <typename... Args>
+std::string message(const Args&... args) {
+  std::ostringstream out;
+  ((out << args), ...);  // ScalarType prints through c10's operator<<, found by ADL
+  return out.str();
+}
+
+}  // namespace cuconv
+
+#define CUCONV_CHECK(cond, ...) \
+  if (!(cond)) throw std::runtime_error(::cuconv::message(__VA_ARGS__))
+#define CUCONV_CHECK_VALUE(cond, ...) \
+  if (!(cond)) throw std::invalid_argument(::cuconv::message(__VA_ARGS__))
+#define CUCONV_CHECK_INDEX(cond, ...) \
+  if (!(cond)) throw std::out_of_range(::cuconv::message(__VA_ARGS__))
+
+// float32, float64, float16 and bfloat16: runs the body (a lambda) with scalar_t naming the
+// element type, as AT_DISPATCH does. (The body is substituted as it is, commas and all.)
+#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...)                                                   \
+  [&] {                                                                                            \
+    switch (TYPE) {                                                                                \
+      case ::torch::headeronly::ScalarType::Float: {                                               \
+        using scalar_t = float;                                                                    \
+        return __VA_ARGS__();                                                                      \
+      }                                                                                            \
+      case ::torch::headeronly::ScalarType::Double: {                                              \
+        using scalar_t = double;                                                                   \
+        return __VA_ARGS__();                                                                      \
+      }                                                                                            \
+      case ::torch::headeronly::ScalarType::Half: {                                                \
+        using scalar_t = ::c10::Half;                                                              \
+        return __VA_ARGS__();                                                                      \
+      }                                                                                            \
+      case ::torch::headeronly::ScalarType::BFloat16: {                                            \
+        using scalar_t = ::c10::BFloat16;                                                          \
+        return __VA_ARGS__();                                                                      \
+      }                                                                                            \
+      default:                                                                                     \
+        throw std::runtime_error(::cuconv::message(NAME, ": expected a floating-point dtype, but got ", TYPE)); \
+    }                                                                                              \
+  }()
+
+namespace cuconv {
+
+// --- types ---------------------------------------------------------------------------------
+
+// The type arithmetic on scalar_t is done in: float for the half types (as at::opmath_type).
+template <typename T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<c10::Half> {
+  using type = float;
+};
+template <>
+struct OpMath<c10::BFloat16> {
+  using type = float;
+};
+template <typename T>
+using opmath_t = typename OpMath<T>::type;
+
+// The ScalarType of float and double (the op-math types a buffer may hold).
+template <typename T>
+constexpr ScalarType scalar_type_of() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double");
+  return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+}
+
+inline bool is_floating(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
+}
+
+// --- tensors -------------------------------------------------------------------------------
+
+// t itself when it is contiguous (torch::stable::contiguous is a dispatcher call even then).
+inline Tensor contiguous_or_self(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+
+// The C shim's code for a dtype.
+inline int32_t shim_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return aoti_torch_dtype_float32();
+    case ScalarType::Double: return aoti_torch_dtype_float64();
+    case ScalarType::Half: return aoti_torch_dtype_float16();
+    case ScalarType::BFloat16: return aoti_torch_dtype_bfloat16();
+    case ScalarType::Long: return aoti_torch_dtype_int64();
+    case ScalarType::Int: return aoti_torch_dtype_int32();
+    default: throw std::runtime_error(message("cuconv: no tensor of dtype ", t, " is ever made here"));
+  }
+}
+
+// An uninitialised contiguous tensor of `sizes` with `like`'s device and, unless given, its
+// dtype. Straight through the C shim (torch::stable::empty looks the op up by name and boxes
+// its arguments: ~1 us a call more, and every kernel call makes one or two).
+inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  int32_t device_type = 0, device_index = 0, code = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  if (dtype.has_value()) {
+    code = shim_dtype(*dtype);
+  } else {
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &code));
+  }
+  int64_t strides[8];
+  const int64_t ndim = static_cast<int64_t>(sizes.size());
+  CUCONV_CHECK(ndim <= 8, "cuconv: a tensor of more than 8 dimensions");
+  for (int64_t d = ndim - 1, stride = 1; d >= 0; --d) {
+    strides[d] = stride;
+    stride *= std::max<int64_t>(sizes[d], 1);
+  }
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      aoti_torch_empty_strided(ndim, sizes.data(), strides, code, device_type, device_index, &handle));
+  return Tensor(handle);
+}
+
+// The same, filled with zeros.
+inline Tensor zeros_like_with(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  Tensor t = empty_like_with(like, sizes, dtype);
+  torch::stable::fill_(t, 0.0);
+  return t;
+}
+
+}  // namespace cuconv

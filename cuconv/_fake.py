@@ -1,0 +1,78 @@
+"""Fake (meta) kernels of cuconv's ops: output shapes and dtypes without data, for
+torch.compile, torch.export and opcheck. They run the checks of the compiled kernels
+(_shape.py mirrors csrc/shape.h) on sizes that may be symbolic, so a traced graph rejects
+what eager rejects, and dynamic batch sizes need no recompilation."""
+
+import torch
+
+from . import _shape
+
+
+def _fake(name):
+    return torch.library.register_fake(f"cuconv::{name}")
+
+
+@_fake("conv2d")
+def _conv2d(input, weight, bias, stride, padding, dilation, groups):
+    shape = _shape.check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding, dilation, groups)
+    return input.new_empty(shape)
+
+
+@_fake("conv2d_backward_input")
+def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups):
+    _shape.check_conv2d_backward_input("cuconv.conv2d_backward_input", grad_output, weight, input_size, stride,
+                                       padding, dilation, groups)
+    return grad_output.new_empty(input_size)
+
+
+@_fake("conv2d_backward_weight")
+def _conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
+    _shape.check_conv2d_backward_weight("cuconv.conv2d_backward_weight", grad_output, input, weight_size, stride,
+                                        padding, dilation, groups)
+    return grad_output.new_empty(weight_size)
+
+
+@_fake("conv2d_backward_bias")
+def _conv2d_backward_bias(grad_output):
+    _shape.check_image_batch("cuconv.conv2d_backward_bias", "grad_output", grad_output.shape)
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+@_fake("max_pool2d")
+def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _shape.check_max_pool2d("cuconv.max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
+@_fake("max_pool2d_backward")
+def _max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
+    _shape.check_max_pool2d_backward("cuconv.max_pool2d_backward", grad_output, indices, input_size, kernel_size,
+                                     stride, padding, dilation, ceil_mode)
+    return grad_output.new_empty(input_size)
+
+
+@_fake("avg_pool2d")
+def _avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    shape = _shape.check_avg_pool2d("cuconv.avg_pool2d", input, kernel_size, stride, padding, ceil_mode,
+                                    divisor_override)
+    return input.new_empty(shape)
+
+
+@_fake("avg_pool2d_backward")
+def _avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override):
+    _shape.check_avg_pool2d_backward("cuconv.avg_pool2d_backward", grad_output, input_size, kernel_size, stride,
+                                     padding, ceil_mode, divisor_override)
+    return grad_output.new_empty(input_size)
+
+
+@_fake("adaptive_avg_pool2d")
+def _adaptive_avg_pool2d(input, output_size):
+    _shape.check_adaptive_avg_pool2d("cuconv.adaptive_avg_pool2d", input, output_size)
+    return input.new_empty((input.shape[0], input.shape[1], output_size[0], output_size[1]))
+
+
+@_fake("adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward(grad_output, input_size):
+    _shape.check_adaptive_backward("cuconv.adaptive_avg_pool2d_backward", grad_output.shape, input_size)
+    return grad_output.new_empty(input_size)
