@@ -46,22 +46,23 @@ def _load_cuda_kernels():
     if not _build_info.with_cuda:
         return False
     built = _build_info.cuda_version
-    reason = None
+    major = built.split(".")[0]
     if _torch.version.cuda is None:
-        reason = f"torch {_torch.__version__} is a CPU-only build"
-    elif _torch.version.cuda.split(".")[0] != built.split(".")[0]:
-        reason = f"torch {_torch.__version__} uses CUDA {_torch.version.cuda}"
+        reason = (f"torch {_torch.__version__} is a CPU-only build; install a CUDA {major} build of torch for "
+                  "them")
+    elif _torch.version.cuda.split(".")[0] != major:
+        reason = (f"torch {_torch.__version__} uses CUDA {_torch.version.cuda}; rebuild cuconv against it "
+                  "(pip install --force-reinstall --no-deps .)")
     else:
         try:
             from . import _C_cuda  # noqa: F401
             return True
         except ImportError as error:
-            reason = f"cuconv._C_cuda does not load ({error})"
+            reason = f"cuconv._C_cuda does not load ({error}); rebuild cuconv (pip install --force-reinstall --no-deps .)"
     import warnings
 
     warnings.warn(f"cuconv: the CUDA kernels (built for CUDA {built}) are not loaded: {reason}. The CPU kernels "
-                  "work; for the CUDA ones, reinstall cuconv under a CUDA build of torch: "
-                  "pip install --force-reinstall --no-deps .", RuntimeWarning, stacklevel=3)
+                  "work.", RuntimeWarning, stacklevel=3)
     return False
 
 

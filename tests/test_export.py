@@ -27,6 +27,24 @@ def test_torch_compile_inductor_matches_eager():
         torch.testing.assert_close(grads, ref_grads)
 
 
+def test_compile_with_dynamic_shapes_traces_once_for_every_batch_size():
+    """The fake kernels (cuconv/_fake.py) take symbolic sizes: one graph serves every batch."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = _model()
+    compiled = torch.compile(model, backend=counting_backend, dynamic=True, fullgraph=True)
+    with torch.no_grad():
+        for batch in (2, 3, 5, 8):
+            x = torch.randn(batch, 3, 16, 16)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert len(graphs) == 1
+
+
 def _exported(model):
     batch = torch.export.Dim("batch", min=1, max=1024)
     return torch.export.export(model, (torch.randn(4, 3, 16, 16),), dynamic_shapes={"x": {0: batch}})
