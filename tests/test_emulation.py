@@ -226,3 +226,35 @@ def test_configuration_is_checked():
         emulated_cuda.module.configure(schedule="sideways")
     with pytest.raises(ValueError, match="multiprocessor_count >= 1"):
         emulated_cuda.module.configure(multiprocessor_count=0)
+
+
+# --- the emulated matrix instructions against plain matrix products --------------------------
+
+def _tf32(t):
+    """float32 rounded to tf32 as cvt.rna.tf32.f32 does (to nearest, ties away from zero)."""
+    bits = t.view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("b_trans", [False, True], ids=["ldmatrix", "ldmatrix.trans"])
+def test_mma_m16n8k16_with_ldmatrix_fragments_is_a_matrix_product(dtype, b_trans):
+    """ldmatrix (both ways) and mma.sync m16n8k16 together compute A B + C: the fragment
+    layouts of the two instructions, as emulated, agree with each other and with the ISA."""
+    a, b, c = torch.randn(16, 16).to(dtype), torch.randn(16, 8).to(dtype), torch.randn(16, 8)
+    d = torch.ops.cuconv_emulated.selftest_mma(a, b, c, b_trans)
+    torch.testing.assert_close(d.double(), a.double() @ b.double() + c.double(), rtol=1e-6, atol=1e-5)
+
+
+def test_mma_m16n8k8_tf32_rounds_its_operands():
+    a, b, c = torch.randn(16, 8), torch.randn(8, 8), torch.randn(16, 8)
+    d = torch.ops.cuconv_emulated.selftest_mma(a, b, c, False)
+    torch.testing.assert_close(d.double(), _tf32(a).double() @ _tf32(b).double() + c.double(), rtol=1e-6, atol=1e-5)
+    assert (d.double() - (a.double() @ b.double() + c.double())).abs().max() > 1e-4  # tf32, not float32
+
+
+def test_cp_async_lands_at_the_wait_and_zero_fills():
+    x = torch.randn(64)
+    before, after = torch.ops.cuconv_emulated.selftest_cp_async(x)
+    assert torch.isnan(before).all()  # read before cp.async.wait_group: shared memory's poison
+    assert torch.equal(after[:60], x[:60]) and torch.equal(after[60:], torch.zeros(4))

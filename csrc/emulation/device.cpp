@@ -13,6 +13,8 @@
 #include <sstream>
 #include <vector>
 
+#include <torch/headeronly/util/Half.h>
+
 #include "fiber.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -27,16 +29,27 @@ namespace {
 // Stack of each CUDA thread's fiber: kernels keep their accumulator tiles there. An
 // AddressSanitizer build needs room for its redzones.
 constexpr size_t kStackBytes = CUCONV_EMU_ASAN ? 512 * 1024 : 96 * 1024;
-constexpr size_t kMaxLaneBytes = 256;  // largest per-lane operand of a warp collective
+constexpr size_t kMaxLaneBytes = 64;  // largest per-lane operand of a warp collective (an mma's)
 constexpr uint64_t kMaxGridX = (uint64_t{1} << 31) - 1;
 
 enum class State { kRunnable, kAtBarrier, kAtCollective, kFaulted, kDone };
+
+// A cp.async copy in flight: its data, taken when issued, and its group.
+struct PendingCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+  int bytes;
+  uint64_t group;  // the thread's group number, or kOpenGroup until committed
+};
+constexpr uint64_t kOpenGroup = ~uint64_t{0};
 
 struct EmuThread {
   Fiber fiber;
   ThreadIndex index;
   State state = State::kDone;
   int warp = 0, lane = 0;
+  std::vector<PendingCopy> copies;  // cp.async copies not yet landed
+  uint64_t groups = 0;              // cp.async groups committed so far
 };
 
 // A warp's collective in progress: the operands posted so far and, once computed, the results.
@@ -162,6 +175,8 @@ bool run_block(Device& d, const LaunchConfig& config, dim3 block_idx, uint64_t b
     t.warp = id / 32;
     t.lane = id % 32;
     t.state = State::kRunnable;
+    t.copies.clear();
+    t.groups = 0;
     t.fiber.start(&thread_entry, nullptr, kStackBytes);
   }
   int live = d.block_threads, exited = 0;
@@ -283,6 +298,142 @@ void warp_collective(unsigned int mask, const void* in, size_t in_bytes, void* o
   t.state = State::kAtCollective;
   t.fiber.yield();
   std::memcpy(out, x.out + t.lane * out_bytes, out_bytes);
+}
+
+// --- matrix instructions -------------------------------------------------------------------
+
+namespace {
+
+float half_bits_to_float(uint16_t bits, MmaType type) {
+  if (type == MmaType::kBF16) {
+    const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &wide, 4);
+    return value;
+  }
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+float tf32_bits_to_float(uint32_t bits) {
+  bits &= 0xffffe000u;  // the tensor core reads 10 mantissa bits
+  float value;
+  std::memcpy(&value, &bits, 4);
+  return value;
+}
+
+struct MmaIn {
+  uint32_t a[4], b[2];
+  float c[4];
+};
+
+template <MmaType kType>
+void mma_combine(const void* inputs, void* outputs, unsigned int) {
+  const MmaIn* in = static_cast<const MmaIn*>(inputs);
+  float (*out)[4] = static_cast<float (*)[4]>(outputs);
+  constexpr int K = kType == MmaType::kTF32 ? 8 : 16;
+  float A[16][16], B[16][8], C[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const MmaIn& f = in[lane];
+    if constexpr (kType == MmaType::kTF32) {
+      A[g][t] = tf32_bits_to_float(f.a[0]);
+      A[g + 8][t] = tf32_bits_to_float(f.a[1]);
+      A[g][t + 4] = tf32_bits_to_float(f.a[2]);
+      A[g + 8][t + 4] = tf32_bits_to_float(f.a[3]);
+      B[t][g] = tf32_bits_to_float(f.b[0]);
+      B[t + 4][g] = tf32_bits_to_float(f.b[1]);
+    } else {
+      const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+      for (int r = 0; r < 4; ++r) {
+        A[rows[r]][cols[r]] = half_bits_to_float(static_cast<uint16_t>(f.a[r] & 0xffffu), kType);
+        A[rows[r]][cols[r] + 1] = half_bits_to_float(static_cast<uint16_t>(f.a[r] >> 16), kType);
+      }
+      for (int r = 0; r < 2; ++r) {
+        B[2 * t + 8 * r][g] = half_bits_to_float(static_cast<uint16_t>(f.b[r] & 0xffffu), kType);
+        B[2 * t + 8 * r + 1][g] = half_bits_to_float(static_cast<uint16_t>(f.b[r] >> 16), kType);
+      }
+    }
+    C[g][2 * t] = f.c[0];
+    C[g][2 * t + 1] = f.c[1];
+    C[g + 8][2 * t] = f.c[2];
+    C[g + 8][2 * t + 1] = f.c[3];
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int e = 0; e < 4; ++e) {
+      float acc = C[rows[e]][cols[e]];
+      for (int k = 0; k < K; ++k) acc += A[rows[e]][k] * B[k][cols[e]];
+      out[lane][e] = acc;
+    }
+  }
+}
+
+struct LdmatrixIn {
+  const unsigned char* row;
+  int count;
+  bool trans;
+};
+
+void ldmatrix_combine(const void* inputs, void* outputs, unsigned int) {
+  const LdmatrixIn* in = static_cast<const LdmatrixIn*>(inputs);
+  uint32_t (*out)[4] = static_cast<uint32_t (*)[4]>(outputs);
+  for (int j = 0; j < in[0].count; ++j) {
+    uint16_t m[8][8];  // matrix j, rows from lanes 8j .. 8j+7
+    for (int r = 0; r < 8; ++r) std::memcpy(m[r], in[8 * j + r].row, 16);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int row = lane / 4, col = 2 * (lane % 4);
+      const uint16_t lo = in[0].trans ? m[col][row] : m[row][col];
+      const uint16_t hi = in[0].trans ? m[col + 1][row] : m[row][col + 1];
+      out[lane][j] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+    }
+  }
+}
+
+}  // namespace
+
+void mma(MmaType type, float (&d)[4], const uint32_t* a, const uint32_t* b, const float (&c)[4]) {
+  MmaIn in;
+  std::memcpy(in.a, a, sizeof(in.a));
+  std::memcpy(in.b, b, sizeof(in.b));
+  std::memcpy(in.c, c, sizeof(in.c));
+  const Combine combine = type == MmaType::kTF32 ? &mma_combine<MmaType::kTF32>
+                          : type == MmaType::kBF16 ? &mma_combine<MmaType::kBF16>
+                                                   : &mma_combine<MmaType::kF16>;
+  warp_collective(0xffffffffu, &in, sizeof(in), d, sizeof(d), combine);
+}
+
+void ldmatrix(int count, bool trans, uint32_t* regs, const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) fault_on_fiber("ldmatrix: a row address is not 16-byte aligned");
+  const LdmatrixIn in{static_cast<const unsigned char*>(row), count, trans};
+  uint32_t out[4];
+  warp_collective(0xffffffffu, &in, sizeof(in), out, sizeof(out), &ldmatrix_combine);
+  std::memcpy(regs, out, sizeof(uint32_t) * count);
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) fault_on_fiber("cp.async: the size must be 4, 8 or 16 bytes");
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0))
+    fault_on_fiber("cp.async: an address is not aligned to the copy's size");
+  PendingCopy copy{static_cast<unsigned char*>(dst), {}, bytes, kOpenGroup};
+  std::memcpy(copy.data, src, static_cast<size_t>(std::min(src_bytes, bytes)));
+  device().running->copies.push_back(copy);
+}
+
+void cp_async_commit() {
+  EmuThread& t = *device().running;
+  for (PendingCopy& copy : t.copies)
+    if (copy.group == kOpenGroup) copy.group = t.groups;
+  ++t.groups;
+}
+
+void cp_async_wait(int newest_pending) {
+  EmuThread& t = *device().running;
+  const uint64_t keep_from = t.groups >= static_cast<uint64_t>(newest_pending) ? t.groups - newest_pending : 0;
+  auto landed = [&](const PendingCopy& copy) { return copy.group != kOpenGroup && copy.group < keep_from; };
+  for (const PendingCopy& copy : t.copies)
+    if (landed(copy)) std::memcpy(copy.dst, copy.data, static_cast<size_t>(copy.bytes));
+  t.copies.erase(std::remove_if(t.copies.begin(), t.copies.end(), landed), t.copies.end());
 }
 
 void run_grid(const LaunchConfig& config, void (*body)(void*), void* context) {

@@ -156,6 +156,47 @@ inline unsigned int ballot(unsigned int mask, bool predicate) {
   return out;
 }
 
+// --- tensor cores, ldmatrix, cp.async (sm_80 and later) ----------------------------------------
+//
+// The matrix instructions as the PTX ISA defines them for one warp, with lane l in group
+// g = l / 4 and thread t = l % 4 of its group:
+//   mma.sync.m16n8k16.row.col (f16 or bf16 in, f32 accumulate):
+//     A 16x16: a[0] = rows g,   cols 2t, 2t+1      a[1] = rows g+8, cols 2t, 2t+1
+//              a[2] = rows g,   cols 2t+8, 2t+9    a[3] = rows g+8, cols 2t+8, 2t+9   (2 halves each)
+//     B 16x8:  b[0] = rows 2t, 2t+1 of col g        b[1] = rows 2t+8, 2t+9 of col g
+//   mma.sync.m16n8k8.row.col (tf32 in, f32 accumulate):
+//     A 16x8:  a[0] = (g, t)  a[1] = (g+8, t)  a[2] = (g, t+4)  a[3] = (g+8, t+4)
+//     B 8x8:   b[0] = (t, g)  b[1] = (t+4, g)
+//   C and D 16x8 (f32): c[0], c[1] = row g, cols 2t, 2t+1; c[2], c[3] = row g+8, same cols.
+// Products are exact in float and summed in float (the hardware's internal order and
+// precision differ, so results agree with a GPU's to rounding). tf32 operands are read as
+// the hardware reads them: the low 13 bits of their mantissa are ignored.
+enum class MmaType { kF16, kBF16, kTF32 };
+void mma(MmaType type, float (&d)[4], const uint32_t* a, const uint32_t* b, const float (&c)[4]);
+
+// ldmatrix.sync.m8n8.x{count}{.trans}.b16: lanes 8j .. 8j+7 give the addresses of the 8 rows
+// (16 bytes each) of matrix j; every lane receives, per matrix, the 2 elements at row l/4,
+// columns 2(l%4) and 2(l%4)+1 (.trans: the transposed matrix's).
+void ldmatrix(int count, bool trans, uint32_t* regs, const void* row);
+
+// cp.async: copies `bytes` (4, 8 or 16) from global to shared memory, of which only the first
+// src_bytes come from `src` (the rest are zeros). The copy is taken when issued and lands when
+// the issuing thread waits for its group: before that the destination still holds what it held
+// (shared memory's poison, at first). commit closes the thread's current group; wait(n) lands
+// every committed group but the newest n.
+void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int newest_pending);
+
+// cvt.rna.tf32.f32: float rounded to tf32 (10-bit mantissa), to nearest, ties away from zero.
+inline float to_tf32(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;  // finite: round
+  std::memcpy(&value, &bits, 4);
+  return value;
+}
+
 // --- launches ------------------------------------------------------------------------------
 
 struct LaunchConfig {
