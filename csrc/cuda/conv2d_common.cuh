@@ -1,0 +1,158 @@
+#pragma once
+// What the CUDA convolution kernels share (conv2d.cu, gemm_*.cu, depthwise.cu): the geometry
+// of one convolution in 32-bit ints, the divisor-free index helpers, and the host interface of
+// each kernel family, which conv2d.cu's entry points choose between. The index math and the
+// GEMM formulation of the three passes are described at the top of conv2d.cu.
+
+#include <optional>
+
+#include "../shape.h"
+#include "launch.cuh"
+
+namespace cuconv::conv_cuda {
+
+using cuda_detail::ceil_div;
+using cuda_detail::check_int32_index;
+
+// Geometry of one convolution in 32-bit ints, plus the 64-bit per-sample strides.
+struct ConvParams {
+  int batch, in_channels, in_h, in_w;
+  int out_channels, out_h, out_w;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int in_per_group, out_per_group;  // C_g, O_g
+  int in_plane, out_plane, taps;    // H*W, Ho*Wo, kH*kW
+  int64_t in_sample, out_sample;    // C_in*H*W, C_out*Ho*Wo
+};
+
+inline ConvParams make_conv_params(const char* op, const Conv2dShape& s, IntArrayRef stride,
+                            IntArrayRef padding, IntArrayRef dilation) {
+  for (IntArrayRef pair : {stride, padding, dilation})
+    for (int64_t v : pair) check_int32_index(op, "a stride/padding/dilation value", v);
+  check_int32_index(op, "in_channels * height * width", s.in_channels * s.in_h * s.in_w);
+  check_int32_index(op, "out_channels * out_height * out_width", s.out_channels * s.out_h * s.out_w);
+  check_int32_index(op, "the weight's element count",
+                    s.out_channels * (s.in_channels / s.groups) * s.kernel_h * s.kernel_w);
+  check_int32_index(op, "batch * height * width", s.batch * s.in_h * s.in_w);
+  check_int32_index(op, "batch * out_height * out_width", s.batch * s.out_h * s.out_w);
+  // Index sums the kernels form in 32 bits: the padded input and the reach of the last window.
+  check_int32_index(op, "padded height", s.in_h + 2 * padding[0]);
+  check_int32_index(op, "padded width", s.in_w + 2 * padding[1]);
+  check_int32_index(op, "the last window's reach in height",
+                    (s.out_h - 1) * stride[0] + dilation[0] * (s.kernel_h - 1) + 1);
+  check_int32_index(op, "the last window's reach in width",
+                    (s.out_w - 1) * stride[1] + dilation[1] * (s.kernel_w - 1) + 1);
+  ConvParams p;
+  p.batch = static_cast<int>(s.batch);
+  p.in_channels = static_cast<int>(s.in_channels);
+  p.in_h = static_cast<int>(s.in_h);
+  p.in_w = static_cast<int>(s.in_w);
+  p.out_channels = static_cast<int>(s.out_channels);
+  p.out_h = static_cast<int>(s.out_h);
+  p.out_w = static_cast<int>(s.out_w);
+  p.kernel_h = static_cast<int>(s.kernel_h);
+  p.kernel_w = static_cast<int>(s.kernel_w);
+  p.stride_h = static_cast<int>(stride[0]);
+  p.stride_w = static_cast<int>(stride[1]);
+  p.pad_h = static_cast<int>(padding[0]);
+  p.pad_w = static_cast<int>(padding[1]);
+  p.dilation_h = static_cast<int>(dilation[0]);
+  p.dilation_w = static_cast<int>(dilation[1]);
+  p.in_per_group = static_cast<int>(s.in_channels / s.groups);
+  p.out_per_group = static_cast<int>(s.out_channels / s.groups);
+  p.in_plane = p.in_h * p.in_w;
+  p.out_plane = p.out_h * p.out_w;
+  p.taps = p.kernel_h * p.kernel_w;
+  p.in_sample = s.in_channels * s.in_h * s.in_w;
+  p.out_sample = s.out_channels * s.out_h * s.out_w;
+  return p;
+}
+
+// 1x1 kernel without padding: the forward input row of output pixel (oh, ow) is the single
+// pixel (oh*sH, ow*sW) of every channel.
+inline bool is_pointwise(const ConvParams& p) {
+  return p.kernel_h == 1 && p.kernel_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+}
+
+// A running index k = (outer * mid_size + mid) * inner_size + inner, stepped forward by a
+// fixed increment without dividing: the increment is split the same way, so each digit
+// carries at most once. (Two-digit indices use mid_size = 1.)
+struct MixedRadix {
+  int outer, mid, inner;
+
+  __device__ __forceinline__ static MixedRadix split(int k, int mid_size, int inner_size) {
+    const int rest = k / inner_size;
+    return {rest / mid_size, rest - (rest / mid_size) * mid_size, k - rest * inner_size};
+  }
+  __device__ __forceinline__ void advance(const MixedRadix& step, int mid_size, int inner_size) {
+    inner += step.inner;
+    int carry = inner >= inner_size;
+    if (carry) inner -= inner_size;
+    mid += step.mid + carry;
+    carry = mid >= mid_size;
+    if (carry) mid -= mid_size;
+    outer += step.outer + carry;
+  }
+};
+
+// q = num / stride when num >= 0 and stride divides it exactly.
+__device__ __forceinline__ bool exact_quotient(int num, int stride, int& q) {
+  if (num < 0) return false;
+  if (stride == 1) {
+    q = num;
+    return true;
+  }
+  q = num / stride;
+  return q * stride == num;
+}
+
+// Block reductions (bias and depthwise weight gradients): kReduceThreads threads a block.
+constexpr int kReduceThreads = 256;
+
+// Sum over the block (blockDim.x == kReduceThreads); the result is valid in thread 0.
+template <typename T>
+__device__ __forceinline__ T block_sum(T value) {
+  // One partial per warp, read back by warp 0.
+  CUCONV_SHARED(warp_totals, T[kReduceThreads / 32]);
+  value = cuda_detail::warp_sum(value);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_totals[warp] = value;
+  __syncthreads();  // every warp's total is in shared memory before warp 0 adds them
+  if (warp == 0) value = cuda_detail::warp_sum(lane < kReduceThreads / 32 ? warp_totals[lane] : T(0));
+  return value;
+}
+
+// ---------------------------------------------------------------------------
+// The host interface of the kernel families. Tensors are contiguous NCHW (weights OIHW); each
+// function dispatches on the dtype and launches on `call.stream`.
+
+struct ConvCall {
+  ConvParams p;
+  int groups;
+  cuda_detail::Stream stream;
+  int sm_count;  // multiprocessors of the device, for the split heuristics
+};
+
+// The simple implicit GEMM (gemm_simple.cu): any shape and dtype. The oracle the faster
+// kernels are tested against, and their fallback.
+namespace simple {
+void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y);
+void backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx);
+void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);
+}  // namespace simple
+
+// Depthwise-like convolutions, one input channel per group (depthwise.cu).
+namespace depthwise {
+void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y);
+void backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx);
+void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);
+}  // namespace depthwise
+
+// Split reductions (conv2d.cu): how many slices, the buffer the slices write (`out` itself when
+// there is one slice of out's own dtype, else [splits, out.numel()] in opmath), and the sum of
+// the slices into `out` in slice order (nothing when the buffer is `out`).
+int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t partial_per_split,
+                     int64_t max_z, int sm_count);
+Tensor partial_buffer(const Tensor& out, int splits);
+void finish_partials(const Tensor& partial, Tensor& out, int splits, cuda_detail::Stream stream);
+
+}  // namespace cuconv::conv_cuda

@@ -1,0 +1,164 @@
+// Depthwise-like convolutions on CUDA (C_g == 1: one input channel per group, groups == C_in
+// for depthwise proper): direct kernels, no GEMM. Forward and backward input give one thread per
+// output / input element (the latter gathers over the outputs and taps that see its pixel);
+// backward weight gives one block per (weight element, split) that reduces over N*Ho*Wo, the
+// split slices summed in fixed order (conv2d.cu's finish_partials): deterministic, no atomics.
+
+#include "conv2d_common.cuh"
+
+namespace cuconv::conv_cuda::depthwise {
+namespace {
+
+using cuda_detail::grid_stride_blocks;
+using cuda_detail::kThreadsPerBlock;
+
+// y[n, o, oh, ow] = bias[o] + sum_{i,j} x[n, o / O_g, ih, iw] * w[o, 0, i, j].
+// kFixedKernel > 0 fixes kH = kW at compile time (unrolled taps); 0 reads them from p.
+template <typename scalar_t, int kFixedKernel>
+__global__ void depthwise_forward_kernel(const scalar_t* __restrict__ input,
+                                         const scalar_t* __restrict__ weight,
+                                         const scalar_t* __restrict__ bias,
+                                         scalar_t* __restrict__ output, const ConvParams p,
+                                         int64_t total) {
+  using acc_t = opmath_t<scalar_t>;
+  const int kernel_h = kFixedKernel > 0 ? kFixedKernel : p.kernel_h;
+  const int kernel_w = kFixedKernel > 0 ? kFixedKernel : p.kernel_w;
+  CUCONV_KERNEL_LOOP(index, total) {
+    const int64_t plane = index / p.out_plane;  // n * C_out + o
+    const int pixel = static_cast<int>(index - plane * p.out_plane);
+    const int oh = pixel / p.out_w, ow = pixel - oh * p.out_w;
+    const int o = static_cast<int>(plane % p.out_channels);
+    const int64_t n = plane / p.out_channels;
+    const scalar_t* x = input + n * p.in_sample + static_cast<int64_t>(o / p.out_per_group) * p.in_plane;
+    const scalar_t* w = weight + o * kernel_h * kernel_w;
+    const int ih0 = oh * p.stride_h - p.pad_h, iw0 = ow * p.stride_w - p.pad_w;
+    acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[o]) : acc_t(0);
+#pragma unroll
+    for (int i = 0; i < kernel_h; ++i) {
+      const int ih = ih0 + i * p.dilation_h;
+      if (static_cast<unsigned>(ih) >= static_cast<unsigned>(p.in_h)) continue;
+#pragma unroll
+      for (int j = 0; j < kernel_w; ++j) {
+        const int iw = iw0 + j * p.dilation_w;
+        if (static_cast<unsigned>(iw) >= static_cast<unsigned>(p.in_w)) continue;
+        sum += static_cast<acc_t>(x[ih * p.in_w + iw]) * static_cast<acc_t>(w[i * kernel_w + j]);
+      }
+    }
+    output[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// dx[n, c, ih, iw] = sum over the O_g channels o of group c, taps (i, j) and the output pixel
+// (oh, ow) that tap maps onto (ih, iw) of dy[n, o, oh, ow] * w[o, 0, i, j]: a gather.
+template <typename scalar_t>
+__global__ void depthwise_backward_input_kernel(const scalar_t* __restrict__ grad_output,
+                                                const scalar_t* __restrict__ weight,
+                                                scalar_t* __restrict__ grad_input,
+                                                const ConvParams p, int64_t total) {
+  using acc_t = opmath_t<scalar_t>;
+  CUCONV_KERNEL_LOOP(index, total) {
+    const int64_t plane = index / p.in_plane;  // n * C_in + c
+    const int pixel = static_cast<int>(index - plane * p.in_plane);
+    const int ih = pixel / p.in_w, iw = pixel - ih * p.in_w;
+    const int c = static_cast<int>(plane % p.in_channels);
+    const int64_t n = plane / p.in_channels;
+    acc_t sum = 0;
+    for (int m = 0; m < p.out_per_group; ++m) {
+      const int o = c * p.out_per_group + m;
+      const scalar_t* dy = grad_output + n * p.out_sample + static_cast<int64_t>(o) * p.out_plane;
+      const scalar_t* w = weight + o * p.taps;
+      for (int i = 0; i < p.kernel_h; ++i) {
+        int oh = 0;
+        const int oh_num = ih + p.pad_h - i * p.dilation_h;
+        if (oh_num < 0) break;  // and for every larger i
+        if (!exact_quotient(oh_num, p.stride_h, oh) || oh >= p.out_h) continue;
+        for (int j = 0; j < p.kernel_w; ++j) {
+          int ow = 0;
+          const int ow_num = iw + p.pad_w - j * p.dilation_w;
+          if (ow_num < 0) break;
+          if (!exact_quotient(ow_num, p.stride_w, ow) || ow >= p.out_w) continue;
+          sum += static_cast<acc_t>(dy[oh * p.out_w + ow]) * static_cast<acc_t>(w[i * p.kernel_w + j]);
+        }
+      }
+    }
+    grad_input[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// partial[split, o*taps + tap] = sum over this split's (n, oh, ow) of dy[n, o, oh, ow] * x[n, o / O_g, ih, iw]
+// for the block's weight element (o, 0, i, j) = blockIdx.x.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kReduceThreads)
+    depthwise_weight_grad_kernel(const scalar_t* __restrict__ grad_output,
+                                 const scalar_t* __restrict__ input,
+                                 opmath_t<scalar_t>* __restrict__ partial, const ConvParams p,
+                                 int positions) {
+  using acc_t = opmath_t<scalar_t>;
+  const int element = blockIdx.x, split = blockIdx.y;
+  const int o = element / p.taps, tap = element - o * p.taps;
+  const int i = tap / p.kernel_w, j = tap - i * p.kernel_w;
+  const int row_offset = i * p.dilation_h - p.pad_h, col_offset = j * p.dilation_w - p.pad_w;
+  const scalar_t* dy = grad_output + static_cast<int64_t>(o) * p.out_plane;
+  const scalar_t* x = input + static_cast<int64_t>(o / p.out_per_group) * p.in_plane;
+  const int first = split * kReduceThreads + threadIdx.x;
+  const int stride = gridDim.y * kReduceThreads;
+  MixedRadix position = MixedRadix::split(first, p.out_h, p.out_w);  // (n, oh, ow)
+  const MixedRadix step = MixedRadix::split(stride, p.out_h, p.out_w);
+  acc_t sum = 0;
+  for (int q = first; q < positions; q += stride) {
+    const int ih = position.mid * p.stride_h + row_offset, iw = position.inner * p.stride_w + col_offset;
+    if (static_cast<unsigned>(ih) < static_cast<unsigned>(p.in_h) &&
+        static_cast<unsigned>(iw) < static_cast<unsigned>(p.in_w)) {
+      sum += static_cast<acc_t>(dy[position.outer * p.out_sample + position.mid * p.out_w + position.inner]) *
+             static_cast<acc_t>(x[position.outer * p.in_sample + ih * p.in_w + iw]);
+    }
+    position.advance(step, p.out_h, p.out_w);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) partial[static_cast<int64_t>(split) * gridDim.x + element] = sum;
+}
+}  // namespace
+
+void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y) {
+  const ConvParams& p = call.p;
+  const int64_t total = y.numel();
+  const unsigned int blocks = grid_stride_blocks(total);
+  CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cuda", [&] {
+    const scalar_t* bias_data = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+    if (p.kernel_h == 3 && p.kernel_w == 3) {
+      cuda_detail::launch(depthwise_forward_kernel<scalar_t, 3>, blocks, kThreadsPerBlock, 0, call.stream,
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data, y.mutable_data_ptr<scalar_t>(), p, total);
+    } else {
+      cuda_detail::launch(depthwise_forward_kernel<scalar_t, 0>, blocks, kThreadsPerBlock, 0, call.stream,
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data, y.mutable_data_ptr<scalar_t>(), p, total);
+    }
+  });
+}
+
+void backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx) {
+  const int64_t total = dx.numel();
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cuda", [&] {
+    cuda_detail::launch(depthwise_backward_input_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0,
+        call.stream, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        call.p, total);
+  });
+}
+
+void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
+  const ConvParams& p = call.p;
+  const int positions = p.batch * p.out_plane;  // the reduction length N*Ho*Wo (may be 0)
+  const int64_t elements = dw.numel();          // C_out * kH * kW
+  CUCONV_CHECK(elements <= cuda_detail::kMaxInt32Index, "cuconv.conv2d_backward_weight: too many weight elements");
+  const int splits = reduction_splits(elements, positions, 16 * kReduceThreads, elements, cuda_detail::max_grid_yz(),
+                                      call.sm_count);
+  Tensor partial = partial_buffer(dw, splits);
+  const dim3 grid(static_cast<unsigned int>(elements), static_cast<unsigned int>(splits));
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    cuda_detail::launch(depthwise_weight_grad_kernel<scalar_t>, grid, kReduceThreads, 0, call.stream,
+        dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), p, positions);
+  });
+  finish_partials(partial, dw, splits, call.stream);
+}
+
+}  // namespace cuconv::conv_cuda::depthwise
