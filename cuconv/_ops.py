@@ -79,8 +79,9 @@ def _register_autograd(name, backward, setup_context, autocast=False):
 # conv2d -----------------------------------------------------------------------
 
 def _conv2d_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.conv_args = (stride, padding, dilation, groups)
+    input, weight, bias, *conv_args = inputs  # stride, padding, dilation, groups[, allow_tf32]
+    ctx.conv_args = conv_args
+    ctx.no_grads = (None,) * len(conv_args)
     ctx.input_shape = input.shape
     ctx.weight_shape = weight.shape
     ctx.has_bias = bias is not None
@@ -96,7 +97,7 @@ def _conv2d_backward(ctx, grad_output):
         grad_weight = differentiable.conv2d_backward_weight(grad_output, input, ctx.weight_shape, *ctx.conv_args)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = differentiable.conv2d_backward_bias(grad_output)
-    return grad_input, grad_weight, grad_bias, None, None, None, None
+    return grad_input, grad_weight, grad_bias, *ctx.no_grads
 
 
 _register_autograd("conv2d", _conv2d_backward, _conv2d_setup_context, autocast=True)
@@ -105,6 +106,7 @@ _register_autograd("conv2d", _conv2d_backward, _conv2d_setup_context, autocast=T
 def _conv2d_backward_input_setup_context(ctx, inputs, output):
     grad_output, weight, _input_size, *conv_args = inputs
     ctx.conv_args = conv_args
+    ctx.no_grads = (None,) * (1 + len(conv_args))
     ctx.weight_shape = weight.shape
     ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], grad_output),
                           _saved_if(ctx.needs_input_grad[0], weight))
@@ -117,7 +119,7 @@ def _conv2d_backward_input_backward(ctx, grad_grad_input):
         grad_grad_output = differentiable.conv2d(grad_grad_input, weight, None, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
         grad_weight = differentiable.conv2d_backward_weight(grad_output, grad_grad_input, ctx.weight_shape, *ctx.conv_args)
-    return grad_grad_output, grad_weight, None, None, None, None, None
+    return grad_grad_output, grad_weight, *ctx.no_grads
 
 
 _register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _conv2d_backward_input_setup_context)
@@ -126,6 +128,7 @@ _register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _co
 def _conv2d_backward_weight_setup_context(ctx, inputs, output):
     grad_output, input, _weight_size, *conv_args = inputs
     ctx.conv_args = conv_args
+    ctx.no_grads = (None,) * (1 + len(conv_args))
     ctx.input_shape = input.shape
     ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], grad_output),
                           _saved_if(ctx.needs_input_grad[0], input))
@@ -138,7 +141,7 @@ def _conv2d_backward_weight_backward(ctx, grad_grad_weight):
         grad_grad_output = differentiable.conv2d(input, grad_grad_weight, None, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
         grad_input = differentiable.conv2d_backward_input(grad_output, grad_grad_weight, ctx.input_shape, *ctx.conv_args)
-    return grad_grad_output, grad_input, None, None, None, None, None
+    return grad_grad_output, grad_input, *ctx.no_grads
 
 
 _register_autograd("conv2d_backward_weight", _conv2d_backward_weight_backward, _conv2d_backward_weight_setup_context)

@@ -56,6 +56,21 @@ def _batched(op, input, floating=True):
                      f"{input.dim()}-D with shape {tuple(input.shape)}")
 
 
+@torch.compiler.assume_constant_result  # read when a graph is traced, as torch's convolution reads it
+def _cuda_conv_allows_tf32():
+    """Whether torch's own float32 convolutions on CUDA may use TF32: torch.backends.cudnn.conv.fp32_precision,
+    or where that is "none" the settings it inherits from (torch.backends.cudnn.fp32_precision, then
+    torch.backends.fp32_precision); torch.backends.cudnn.allow_tf32 sets the same flag the legacy way."""
+    precision_of = getattr(torch._C, "_get_fp32_precision_getter", None)
+    if precision_of is None:  # a torch before the fp32_precision settings
+        return bool(torch.backends.cudnn.allow_tf32)
+    for backend, op in (("cuda", "conv"), ("cuda", "all"), ("generic", "all")):
+        precision = precision_of(backend, op)
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def _same_padding(input, weight, dilation):
     """Symmetric padding for padding='same', and input padded on the bottom/right when the
     total padding d*(k-1) is odd (as torch does)."""
@@ -99,7 +114,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
-    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups))
+    # Float32 on CUDA follows torch's TF32 setting for convolutions (README "TF32").
+    allow_tf32 = x.device.type == "cuda" and _cuda_conv_allows_tf32()
+    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32)
     return y.squeeze(0) if unbatched else y
 
 

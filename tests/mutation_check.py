@@ -29,7 +29,8 @@ PRECISION = "tests/test_precision.py"
 DISPATCH = "tests/test_cpu_dispatch.py"
 TRANSFORMS = "tests/test_transforms.py"
 EMULATION = "tests/test_emulation.py"
-EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")  # the device suite on the emulated CUDA device
+EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")
+CUDA_KERNELS = "tests/test_cuda_kernels.py"  # the device suite on the emulated CUDA device
 
 
 @dataclass
@@ -104,14 +105,20 @@ MUTANTS = [
            "const int64_t end = std::min(start + kernel, in + pad);\n  return {std::max<int64_t>(start, 0)",
            "const int64_t end = std::min(start + kernel, in);\n  return {std::max<int64_t>(start, 0)", (OPS,)),
     # CUDA kernels, run on the emulated device
-    Mutant("cuda-gemm-missing-barrier", "race (CUDA)", "csrc/cuda/conv2d.cu",
+    Mutant("cuda-gemm-missing-barrier", "race (CUDA)", "csrc/cuda/gemm_simple.cu",
            "    // when step+1 overwrites it.\n    __syncthreads();", "    // when step+1 overwrites it.",
            (EMULATION,)),
     Mutant("cuda-split-k-drops-a-slice", "reduction (CUDA)", "csrc/cuda/conv2d.cu",
            "for (int s = 0; s < splits; ++s) sum += partial[s * count + e];",
            "for (int s = 0; s < splits - (splits > 2); ++s) sum += partial[s * count + e];", (EMULATION,)),
-    Mutant("cuda-group-chunks-restart", "grid chunking (CUDA)", "csrc/cuda/conv2d.cu",
+    Mutant("cuda-group-chunks-restart", "grid chunking (CUDA)", "csrc/cuda/gemm_simple.cu",
            "shape.group_base = base;", "shape.group_base = 0;", (EMULATION,)),
+    Mutant("tensor-core-tf32-truncates", "rounding (CUDA)", "csrc/cuda/gemm_tensor_core.cu",
+           "return to_tf32(value);", "return bits;", (CUDA_KERNELS,)),
+    Mutant("tensor-core-reads-a-stage-in-flight", "pipeline (CUDA)", "csrc/cuda/gemm_tensor_core.cu",
+           "cp_async_wait<Tile::kStages - 2>();", "cp_async_wait<Tile::kStages - 1>();", (CUDA_KERNELS,)),
+    Mutant("tensor-core-b-fragment-chunks", "fragment layout (CUDA)", "csrc/cuda/gemm_tensor_core.cu",
+           "2 * kk + (lane / 8) % 2)", "2 * kk + lane / 16)", (CUDA_KERNELS,)),
     Mutant("cuda-pool-covering-range", "index math (CUDA)", "csrc/cuda/pool2d.cu",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),

@@ -273,6 +273,66 @@ def test_modules_use_cuconv_kernels():
         assert not TORCH_CONV_POOL_OPS & set(rec.ops), rec.ops
 
 
+class ArgRecorder(TorchDispatchMode):
+    """The arguments of each op call, by op name."""
+
+    def __init__(self):
+        super().__init__()
+        self.args = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.args.setdefault(str(func.overloadpacket), []).append(args)
+        return func(*args, **(kwargs or {}))
+
+
+def _allows_tf32(args):
+    # allow_tf32 is the 8th argument; the dispatcher drops it where it is its default (False)
+    return len(args) == 8 and args[7] is True
+
+
+@pytest.mark.parametrize("precision", ["tf32", "ieee"])
+def test_conv2d_on_cuda_follows_torchs_tf32_setting(precision):
+    """A float32 cuconv.Conv2d on CUDA makes torch.nn.Conv2d's TF32 choice (torch.backends.cudnn.conv.
+    fp32_precision, or the legacy torch.backends.cudnn.allow_tf32); on the CPU there is no TF32.
+    (Fake CUDA tensors: the choice is made before any kernel runs.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    saved = torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = precision
+        for device in ["cuda", "cpu"]:
+            with FakeTensorMode():
+                layer = cuconv.Conv2d(8, 8, 3, padding=1, device=device)
+                with ArgRecorder() as rec:
+                    layer(torch.empty(2, 8, 6, 6, device=device))
+            assert [_allows_tf32(a) for a in rec.args["cuconv.conv2d"]] == [precision == "tf32" and device == "cuda"]
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
+    saved_legacy = torch.backends.cudnn.allow_tf32  # the legacy switch sets the same flag
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        assert not cuconv.functional._cuda_conv_allows_tf32()
+        torch.backends.cudnn.allow_tf32 = True
+        assert cuconv.functional._cuda_conv_allows_tf32()
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved_legacy
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_backward_passes_make_the_forwards_tf32_choice(allow_tf32):
+    """The gradients of a convolution, and their gradients (double backward), are computed with
+    the TF32 choice of the forward pass."""
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    with ArgRecorder() as rec:
+        y = torch.ops.cuconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, allow_tf32)
+        gx, gw = torch.autograd.grad(y.square().sum(), [x, w], create_graph=True)
+        (gx.sum() + gw.sum()).backward()
+    calls = [a for op in ["cuconv.conv2d", "cuconv.conv2d_backward_input", "cuconv.conv2d_backward_weight"]
+             for a in rec.args[op]]
+    assert len(calls) >= 5 and all(_allows_tf32(a) == allow_tf32 for a in calls)
+
+
 # --- LazyConv2d ----------------------------------------------------------------------------
 
 LAZY_CONFIGS = [

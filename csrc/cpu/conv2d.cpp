@@ -617,7 +617,8 @@ DirectChoice direct_choice(const ConvGeometry& g) {
 
 Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
                               const std::optional<Tensor>& bias, IntArrayRef stride,
-                              IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                              IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                              bool /*allow_tf32: float32 on the CPU is float32*/) {
   const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
                                            dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
@@ -645,7 +646,8 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
 
 Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight,
                                      IntArrayRef input_size, IntArrayRef stride,
-                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                              bool /*allow_tf32: float32 on the CPU is float32*/) {
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
@@ -676,7 +678,8 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
 
 Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input,
                                       IntArrayRef weight_size, IntArrayRef stride,
-                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                              bool /*allow_tf32: float32 on the CPU is float32*/) {
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);

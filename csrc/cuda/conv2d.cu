@@ -22,6 +22,7 @@
 //
 // The kernels, one file per family, each with its tiling at the top:
 //   gemm_simple.cu   the simple implicit GEMM: every pass, shape and dtype (the oracle and fallback)
+//   gemm_tensor_core.cu  NHWC implicit GEMM on the tensor cores: float16, bfloat16, TF32
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
 // The entry points below check the arguments (shape.h, as the CPU kernels do), make the
 // operands contiguous and choose a family. Split reductions (the weight and bias gradients)
@@ -84,6 +85,16 @@ int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, i
   return static_cast<int>(std::clamp<int64_t>(std::min({wanted, by_work, by_memory, max_z, int64_t{64}}), 1, 64));
 }
 
+std::atomic<KernelChoice>& kernel_choice() {
+  static std::atomic<KernelChoice> choice{KernelChoice::kFastest};
+  return choice;
+}
+
+LastKernels& last_kernels() {
+  static LastKernels last;
+  return last;
+}
+
 Tensor partial_buffer(const Tensor& out, int splits) {
   const ScalarType dtype = out.scalar_type();
   const ScalarType opmath = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -110,8 +121,13 @@ using conv_cuda::ConvCall;
 using conv_cuda::ConvParams;
 using conv_cuda::make_conv_params;
 
+namespace {
+bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::kFastest; }
+}  // namespace
+
 Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
-                           IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                           IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                           bool allow_tf32) {
   const char* op = "cuconv.conv2d";
   const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(input);
@@ -123,16 +139,22 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
   const Tensor w = contiguous_or_self(weight);
   std::optional<Tensor> b;
   if (bias.has_value() && bias->defined()) b = contiguous_or_self(*bias);
+  auto& ran = conv_cuda::last_kernels().forward;
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::forward(call, x, w, b, y);
+    ran = "depthwise";
+  } else if (fastest() && conv_cuda::tensor_core::forward(call, x, w, b, y, allow_tf32)) {
+    ran = "tensor_core";
   } else {
     conv_cuda::simple::forward(call, x, w, b, y);
+    ran = "simple";
   }
   return y;
 }
 
 Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
-                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                           bool allow_tf32) {
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
@@ -143,16 +165,22 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
   const Tensor dy = contiguous_or_self(grad_output);
   const Tensor w = contiguous_or_self(weight);
+  auto& ran = conv_cuda::last_kernels().backward_input;
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::backward_input(call, dy, w, dx);
+    ran = "depthwise";
+  } else if (fastest() && conv_cuda::tensor_core::backward_input(call, dy, w, dx, allow_tf32)) {
+    ran = "tensor_core";
   } else {
     conv_cuda::simple::backward_input(call, dy, w, dx);
+    ran = "simple";
   }
   return dx;
 }
 
 Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
-                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                           bool allow_tf32) {
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
@@ -162,10 +190,13 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
   const Tensor x = contiguous_or_self(input);
   const Tensor dy = contiguous_or_self(grad_output);
+  auto& ran = conv_cuda::last_kernels().backward_weight;
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::backward_weight(call, dy, x, dw);
+    ran = "depthwise";
   } else {
     conv_cuda::simple::backward_weight(call, dy, x, dw);
+    ran = "simple";
   }
   return dw;
 }

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "../shape.h"
+#include "kernel_choice.h"
 #include "launch.cuh"
 
 namespace cuconv::conv_cuda {
@@ -139,6 +140,16 @@ void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 void backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx);
 void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);
 }  // namespace simple
+
+// The tensor-core implicit GEMM (gemm_tensor_core.cu) for float16, bfloat16 and, with
+// allow_tf32, float32. Returns false, having done nothing, for what it does not take (other
+// dtypes, channel counts that do not fill 16-byte chunks, and for the input gradient strides
+// other than 1 or padding beyond the kernel's reach); the caller then falls back.
+namespace tensor_core {
+bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
+             bool allow_tf32);
+bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32);
+}  // namespace tensor_core
 
 // Depthwise-like convolutions, one input channel per group (depthwise.cu).
 namespace depthwise {

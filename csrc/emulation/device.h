@@ -58,6 +58,9 @@ struct alignas(16) double2 {
 struct alignas(16) int4 {
   int x, y, z, w;
 };
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
 
 #define __global__
 #define __device__

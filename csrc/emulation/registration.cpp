@@ -7,7 +7,8 @@
 // The Python module also configures the device: configure(multiprocessor_count=..., max_grid_yz=...,
 // schedule="forward"|"reverse"|"random", seed=..., shared_per_block=..., shared_per_block_optin=...)
 // returns the whole configuration, and reports stats() (launches, blocks, threads,
-// barriers, collectives) so tests can tell that the emulated kernels did run.
+// barriers, collectives) so tests can tell that the emulated kernels did run; kernels() and
+// last_kernels() choose and report the convolution kernels (cuda/kernel_settings.h).
 
 #include <Python.h>
 #include <torch/csrc/stable/library.h>
@@ -16,6 +17,7 @@
 
 #include "../ops.h"
 #include "../schemas.h"
+#include "../cuda/kernel_settings.h"
 #include "device.h"
 
 STABLE_TORCH_LIBRARY(cuconv_emulated, m) { CUCONV_DEFINE_SCHEMAS(m); }
@@ -94,6 +96,7 @@ PyMethodDef methods[] = {
     {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&configure)),
      METH_VARARGS | METH_KEYWORDS, "Set the emulated device's multiprocessor count, schedule, seed, shared memory."},
     {"stats", stats, METH_NOARGS, "Launches, blocks, threads, barriers and warp collectives run so far."},
+    CUCONV_KERNEL_SETTINGS_METHODS,
     {nullptr, nullptr, 0, nullptr}};
 
 #define CUCONV_STRINGIFY(x) CUCONV_STRINGIFY_(x)

@@ -1,0 +1,391 @@
+// Convolution on the tensor cores: an NHWC implicit GEMM with mma.sync, for float16 and
+// bfloat16 (m16n8k16) and for float32 as TF32 (m16n8k8), accumulating in float32.
+//
+// Layouts: x is NHWC [N, H, W, C_in] (a channels_last input is read in place, an NCHW one is
+// transposed first), the weight is repacked to [C_out, kH, kW, C_g] ("OHWI"), and y is
+// written through strides, NCHW or NHWC. Per group g the forward pass is
+//     C[m, o] = sum_k A[m, k] B[k, o],   m = (n, oh, ow), o < O_g, k = (i, j, c), c fastest
+//     A[m, k] = x[n, ih, iw, g*C_g + c]  (ih = oh*sH - pH + i*dH, iw = ow*sW - pW + j*dW; 0 outside)
+//     B[k, o] = w_ohwi[g*O_g + o, i, j, c]
+// so with C_g a multiple of 8 halves (4 floats), every 16 bytes of a row of A or of B are 16
+// consecutive bytes in memory: one cp.async each, zero-filled where the tap falls in the padding.
+// The input gradient of a stride-1 convolution is the same forward pass over dy with the
+// flipped, transposed weight w_t[g*C_g + c, i, j, o] = w[g*O_g + o, c, kH-1-i, kW-1-j], padding
+// d*(k-1) - p and the same dilation.
+//
+// Tiling (TensorCoreTile): a block of 256 threads (8 warps, 2 along m x 4 along n) computes a
+// 128 x 128 tile of C; each warp a 64 x 32 tile as 4 x 4 mma tiles of 16 x 8 (64 float
+// accumulators a thread). K is walked in steps of 64 bytes (32 halves or 16 floats: two mma
+// k-steps). A 3-stage cp.async pipeline keeps two steps in flight while the third is
+// multiplied. Shared tiles are row-major with k contiguous ([row][64 bytes], 8 KiB an operand
+// a stage, 48 KiB in all) and XOR-swizzled in 16-byte chunks, chunk q of row r stored at
+// q ^ ((r / 2) % 4): the 8 rows an ldmatrix reads at one chunk then fall in 8 different
+// 16-byte bank groups, and so do the cp.async stores. Fragments come from ldmatrix.x4 (for
+// TF32 too: an 8 x 8 matrix of 16-bit elements is an 8 x 4 matrix of 32-bit ones, which is the
+// m16n8k8 fragment layout). The epilogue adds the bias and stores each accumulator through
+// the output's strides.
+
+#include "conv2d_common.cuh"
+
+namespace cuconv::conv_cuda::tensor_core {
+namespace {
+
+using cuda_detail::ceil_div;
+using cuda_detail::cp_async;
+using cuda_detail::cp_async_commit;
+using cuda_detail::cp_async_wait;
+using cuda_detail::ldmatrix;
+using cuda_detail::mma;
+using cuda_detail::to_tf32;
+
+struct TensorCoreTile {
+  static constexpr int kBlockM = 128, kBlockN = 128;
+  static constexpr int kRowBytes = 64;  // one K step of a shared row
+  static constexpr int kChunks = kRowBytes / 16;
+  static constexpr int kStages = 3;
+  static constexpr int kWarpsM = 2, kWarpsN = 4;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kWarpM = kBlockM / kWarpsM, kWarpN = kBlockN / kWarpsN;  // 64 x 32
+  static constexpr int kMmaM = kWarpM / 16, kMmaN = kWarpN / 8;                  // 4 x 4 mma tiles
+  // Each thread copies (kBlockM * kChunks) / kThreads chunks of A and as many of B a step.
+  static constexpr int kCopies = kBlockM * kChunks / kThreads;
+  static constexpr int kRowsPerCopy = kThreads / kChunks;
+  static_assert(kBlockM == kBlockN, "the A and B copies share one thread map");
+};
+
+// The 16-byte chunk of a [rows][kChunks] swizzled tile that holds chunk `chunk` of row `row`.
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * TensorCoreTile::kChunks + (chunk ^ ((row >> 1) & (TensorCoreTile::kChunks - 1)));
+}
+
+// What the kernel needs of one convolution, the operands in the layouts above.
+struct TensorCoreConv {
+  int batch, in_h, in_w, in_channels;  // x: [N, H, W, C_in]
+  int out_h, out_w, out_channels;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int in_per_group, out_per_group;  // C_g, O_g
+  int m, k;                         // M = N*Ho*Wo, K = kH*kW*C_g
+  int64_t out_sample;               // y's strides: sample, channel, pixel
+  int out_channel_stride, out_pixel_stride;
+};
+
+template <typename T>
+__device__ __forceinline__ uint32_t mma_operand(uint32_t bits) {
+  if constexpr (std::is_same_v<T, float>) {
+    float value;
+    std::memcpy(&value, &bits, 4);
+    return to_tf32(value);  // round to nearest; the hardware would truncate
+  } else {
+    return bits;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(TensorCoreTile::kThreads)
+    conv_tensor_core_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                            T* __restrict__ y, const TensorCoreConv q) {
+  using Tile = TensorCoreTile;
+  constexpr int kChunkElements = 16 / sizeof(T);
+  constexpr int kStepElements = Tile::kRowBytes / sizeof(T);  // K per step
+  constexpr int kMmaK = std::is_same_v<T, float> ? 8 : 16;    // 32 bytes of K per mma
+
+  CUCONV_SHARED(a_tile, uint4[Tile::kStages][Tile::kBlockM * Tile::kChunks]);
+  CUCONV_SHARED(b_tile, uint4[Tile::kStages][Tile::kBlockN * Tile::kChunks]);
+
+  const int n_tiles = ceil_div(q.out_per_group, Tile::kBlockN);
+  const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
+  const int group = static_cast<int>(blockIdx.z);
+  const int m0 = tile_m * Tile::kBlockM, n0 = tile_n * Tile::kBlockN;
+  const int tid = static_cast<int>(threadIdx.x);
+
+  // --- the copies this thread issues each step: chunk `copy_chunk` of rows copy_row + r*kRowsPerCopy.
+  // Offsets within a sample are 32-bit (the host checks H*W*C_in < 2^31): the row's window origin
+  // (ih0*W + iw0)*C_in plus, per step, the tap's (i*dH*W + j*dW)*C_in + c, the same for every row.
+  const int copy_chunk = tid % Tile::kChunks, copy_row = tid / Tile::kChunks;
+  const T* a_sample[Tile::kCopies];  // x[n, 0, 0, g*C_g] of the row's sample; null past M
+  int a_ih0[Tile::kCopies], a_iw0[Tile::kCopies], a_origin[Tile::kCopies];
+  const T* b_next[Tile::kCopies];  // w_ohwi[g*O_g + o, k of the next step's chunk]; null past O_g
+#pragma unroll
+  for (int r = 0; r < Tile::kCopies; ++r) {
+    const int m = m0 + copy_row + r * Tile::kRowsPerCopy;
+    a_sample[r] = nullptr;
+    a_ih0[r] = a_iw0[r] = a_origin[r] = 0;
+    if (m < q.m) {
+      const int out_plane = q.out_h * q.out_w;
+      const int n = m / out_plane, pixel = m - n * out_plane;
+      const int oh = pixel / q.out_w, ow = pixel - oh * q.out_w;
+      a_sample[r] = x + static_cast<int64_t>(n) * q.in_h * q.in_w * q.in_channels + group * q.in_per_group;
+      a_ih0[r] = oh * q.stride_h - q.pad_h;
+      a_iw0[r] = ow * q.stride_w - q.pad_w;
+      a_origin[r] = (a_ih0[r] * q.in_w + a_iw0[r]) * q.in_channels;
+    }
+    const int o = n0 + copy_row + r * Tile::kRowsPerCopy;
+    b_next[r] = o < q.out_per_group
+                    ? w + static_cast<int64_t>(group * q.out_per_group + o) * q.k + copy_chunk * kChunkElements
+                    : nullptr;
+  }
+  // k of this thread's chunk as (i, j, c), stepped by kStepElements without division.
+  MixedRadix tap = MixedRadix::split(copy_chunk * kChunkElements, q.kernel_w, q.in_per_group);
+  const MixedRadix tap_step = MixedRadix::split(kStepElements, q.kernel_w, q.in_per_group);
+  int next_k = copy_chunk * kChunkElements;  // k of the chunk the next copy_step copies
+  const int copy_slot = swizzled(copy_row, copy_chunk);  // + r * kRowsPerCopy rows, same swizzle
+
+  auto copy_step = [&](int stage) {
+    const bool k_ok = next_k < q.k;
+    const int dh = tap.outer * q.dilation_h, dw = tap.mid * q.dilation_w;
+    const int tap_offset = (dh * q.in_w + dw) * q.in_channels + tap.inner;
+#pragma unroll
+    for (int r = 0; r < Tile::kCopies; ++r) {
+      const int slot = copy_slot + r * Tile::kRowsPerCopy * Tile::kChunks;
+      const bool a_ok = k_ok && a_sample[r] != nullptr &&
+                        static_cast<unsigned>(a_ih0[r] + dh) < static_cast<unsigned>(q.in_h) &&
+                        static_cast<unsigned>(a_iw0[r] + dw) < static_cast<unsigned>(q.in_w);
+      cp_async<16>(&a_tile[stage][slot], a_ok ? a_sample[r] + (a_origin[r] + tap_offset) : x, a_ok);
+      const bool b_ok = k_ok && b_next[r] != nullptr;
+      cp_async<16>(&b_tile[stage][slot], b_ok ? b_next[r] : w, b_ok);
+      if (b_next[r] != nullptr) b_next[r] += kStepElements;
+    }
+    tap.advance(tap_step, q.kernel_w, q.in_per_group);
+    next_k += kStepElements;
+  };
+
+  // --- this warp's tile and its accumulators
+  const int lane = tid % 32, warp = tid / 32;
+  const int warp_m = (warp % Tile::kWarpsM) * Tile::kWarpM, warp_n = (warp / Tile::kWarpsM) * Tile::kWarpN;
+  float acc[Tile::kMmaM][Tile::kMmaN][4];
+#pragma unroll
+  for (int i = 0; i < Tile::kMmaM; ++i)
+#pragma unroll
+    for (int j = 0; j < Tile::kMmaN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  // Where this lane's ldmatrix rows are, per mma k-step kk (the 16-row and 8-row tiles of the
+  // warp are whole swizzle periods apart, so their offsets are the first tile's plus rows*kChunks):
+  //   A: matrices (rows 0-7 | 8-15) x (chunk 2kk | 2kk+1): lane l gives row l % 16 of chunk 2kk + l / 16
+  //   B: matrices (n 0-7, chunk 2kk), (n 0-7, 2kk+1), (n 8-15, 2kk), (n 8-15, 2kk+1)
+  int a_fragment[Tile::kChunks / 2], b_fragment[Tile::kChunks / 2];
+#pragma unroll
+  for (int kk = 0; kk < Tile::kChunks / 2; ++kk) {
+    a_fragment[kk] = swizzled(warp_m + lane % 16, 2 * kk + lane / 16);
+    b_fragment[kk] = swizzled(warp_n + (lane / 16) * 8 + lane % 8, 2 * kk + (lane / 8) % 2);
+  }
+
+  const int k_steps = ceil_div(q.k, kStepElements);
+#pragma unroll
+  for (int s = 0; s < Tile::kStages - 1; ++s) {
+    if (s < k_steps) copy_step(s);
+    cp_async_commit();  // (an empty group past the end keeps the wait counts uniform)
+  }
+
+  int stage = 0;  // step % kStages, the stage multiplied now
+  for (int step = 0; step < k_steps; ++step) {
+    cp_async_wait<Tile::kStages - 2>();  // this thread's copies of `step` have landed
+    __syncthreads();  // everyone's have, and everyone is done with the stage refilled next
+    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
+    cp_async_commit();
+
+    const uint4* a_stage = a_tile[stage];
+    const uint4* b_stage = b_tile[stage];
+    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
+#pragma unroll
+    for (int kk = 0; kk < Tile::kChunks / 2; ++kk) {  // one mma k-step = 2 chunks
+      uint32_t a[Tile::kMmaM][4], b[Tile::kMmaN][2];
+#pragma unroll
+      for (int i = 0; i < Tile::kMmaM; ++i) {
+        ldmatrix<4, false>(a[i], &a_stage[a_fragment[kk] + i * 16 * Tile::kChunks]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = mma_operand<T>(a[i][e]);
+      }
+#pragma unroll
+      for (int j = 0; j < Tile::kMmaN; j += 2) {
+        uint32_t regs[4];
+        ldmatrix<4, false>(regs, &b_stage[b_fragment[kk] + j * 8 * Tile::kChunks]);
+        b[j][0] = mma_operand<T>(regs[0]);
+        b[j][1] = mma_operand<T>(regs[1]);
+        b[j + 1][0] = mma_operand<T>(regs[2]);
+        b[j + 1][1] = mma_operand<T>(regs[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < Tile::kMmaM; ++i)
+#pragma unroll
+        for (int j = 0; j < Tile::kMmaN; ++j) mma<T>(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+  }
+  cp_async_wait<0>();  // no copy may still be in flight when the block exits
+  static_cast<void>(kMmaK);
+
+  // --- epilogue: accumulator e of mma tile (i, j) is row g + 8*(e/2), column 2t + e%2
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int i = 0; i < Tile::kMmaM; ++i) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int m = m0 + warp_m + i * 16 + g + 8 * half;
+      if (m >= q.m) continue;
+      const int out_plane = q.out_h * q.out_w;
+      const int n = m / out_plane, pixel = m - n * out_plane;
+      T* row = y + n * q.out_sample + static_cast<int64_t>(pixel) * q.out_pixel_stride;
+#pragma unroll
+      for (int j = 0; j < Tile::kMmaN; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int o = n0 + warp_n + j * 8 + 2 * t + e;
+          if (o >= q.out_per_group) continue;
+          const int channel = group * q.out_per_group + o;
+          float value = acc[i][j][2 * half + e];
+          if (bias != nullptr) value += static_cast<float>(bias[channel]);
+          row[static_cast<int64_t>(channel) * q.out_channel_stride] = static_cast<T>(value);
+        }
+      }
+    }
+  }
+}
+
+// out[n, p, c] = in[n, c, p] for a batch of [C, P] matrices (NCHW -> NHWC with P = H*W; OIHW ->
+// OHWI with n = o, c = the C_g channels, p = the taps), through a 32 x 33 shared tile so that
+// both the reads and the writes are coalesced. Block (32, 8); grid (P tiles, C tiles, n).
+template <typename T>
+__global__ void __launch_bounds__(256) transpose_kernel(const T* __restrict__ in, T* __restrict__ out, int channels,
+                                                        int positions) {
+  CUCONV_SHARED(tile, T[32][33]);
+  const int64_t matrix = static_cast<int64_t>(blockIdx.z) * channels * positions;
+  const int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int c = c0 + r, p = p0 + threadIdx.x;
+    if (c < channels && p < positions) tile[r][threadIdx.x] = in[matrix + static_cast<int64_t>(c) * positions + p];
+  }
+  __syncthreads();  // the tile is complete before it is read transposed
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int p = p0 + r, c = c0 + threadIdx.x;
+    if (c < channels && p < positions) out[matrix + static_cast<int64_t>(p) * channels + c] = tile[threadIdx.x][r];
+  }
+}
+
+// w_t[g*C_g + c, i, j, o] = w[g*O_g + o, c, kH-1-i, kW-1-j]: the weight of the input gradient
+// as a forward convolution (C_g output channels per group, O_g input channels), one thread an element.
+template <typename T>
+__global__ void flip_transpose_weight_kernel(const T* __restrict__ w, T* __restrict__ w_t, int groups,
+                                             int in_per_group, int out_per_group, int kernel_h, int kernel_w) {
+  const int64_t total = static_cast<int64_t>(groups) * in_per_group * out_per_group * kernel_h * kernel_w;
+  CUCONV_KERNEL_LOOP(index, total) {
+    // index over w_t as (g, c, i, j, o)
+    int64_t rest = index;
+    const int o = static_cast<int>(rest % out_per_group);
+    rest /= out_per_group;
+    const int j = static_cast<int>(rest % kernel_w);
+    rest /= kernel_w;
+    const int i = static_cast<int>(rest % kernel_h);
+    rest /= kernel_h;
+    const int c = static_cast<int>(rest % in_per_group);
+    const int g = static_cast<int>(rest / in_per_group);
+    w_t[index] = w[((static_cast<int64_t>(g * out_per_group + o) * in_per_group + c) * kernel_h + (kernel_h - 1 - i)) *
+                       kernel_w +
+                   (kernel_w - 1 - j)];
+  }
+}
+
+// [n, c, p] -> [n, p, c] into a new tensor of `sizes` (the NHWC / OHWI copy).
+template <typename T>
+Tensor transposed(const Tensor& in, int64_t batch, int64_t channels, int64_t positions, IntArrayRef sizes,
+                  cuda_detail::Stream stream) {
+  Tensor out = cuda_detail::new_output(in, sizes);
+  if (out.numel() == 0) return out;
+  const dim3 grid(static_cast<unsigned int>(ceil_div<int64_t>(positions, 32)),
+                  static_cast<unsigned int>(ceil_div<int64_t>(channels, 32)), static_cast<unsigned int>(batch));
+  cuda_detail::launch(transpose_kernel<T>, grid, dim3(32, 8), 0, stream, in.const_data_ptr<T>(),
+                      out.mutable_data_ptr<T>(), static_cast<int>(channels), static_cast<int>(positions));
+  return out;
+}
+
+template <typename T>
+void launch_conv(const T* x, const T* w, const T* bias, T* y, const TensorCoreConv& q, int groups,
+                 cuda_detail::Stream stream) {
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, TensorCoreTile::kBlockM)) *
+                        ceil_div(q.out_per_group, TensorCoreTile::kBlockN);
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
+               "cuconv: convolution too large for one tensor-core launch");
+  cuda_detail::launch(conv_tensor_core_kernel<T>, dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups)),
+                      TensorCoreTile::kThreads, 0, stream, x, w, bias, y, q);
+}
+
+// The convolution of x (NCHW tensor, NHWC copy made here) with the OHWI weight w_ohwi, into y
+// (NCHW contiguous), with the geometry of p.
+template <typename T>
+void run(const ConvParams& p, int groups, const Tensor& x, const Tensor& w_ohwi, const T* bias, Tensor& y,
+         cuda_detail::Stream stream) {
+  const Tensor x_nhwc = transposed<T>(x, p.batch, p.in_channels, p.in_plane, {p.batch, p.in_h, p.in_w, p.in_channels}, stream);
+  TensorCoreConv q;
+  q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
+  q.out_h = p.out_h, q.out_w = p.out_w, q.out_channels = p.out_channels;
+  q.kernel_h = p.kernel_h, q.kernel_w = p.kernel_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
+  q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.dilation_h = p.dilation_h, q.dilation_w = p.dilation_w;
+  q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
+  q.m = p.batch * p.out_plane;
+  q.k = p.taps * p.in_per_group;
+  q.out_sample = p.out_sample;  // NCHW output
+  q.out_channel_stride = p.out_plane;
+  q.out_pixel_stride = 1;
+  launch_conv<T>(x_nhwc.const_data_ptr<T>(), w_ohwi.const_data_ptr<T>(), bias, y.mutable_data_ptr<T>(), q, groups, stream);
+}
+
+// 16-byte rows of channels: C_g elements must fill whole chunks.
+bool channels_fill_chunks(ScalarType dtype, int channels) {
+  const int per_chunk = dtype == ScalarType::Float ? 4 : 8;
+  return channels % per_chunk == 0;
+}
+
+}  // namespace
+
+bool supports(ScalarType dtype, bool allow_tf32) {
+  return dtype == ScalarType::Half || dtype == ScalarType::BFloat16 || (dtype == ScalarType::Float && allow_tf32);
+}
+
+bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
+             bool allow_tf32) {
+  const ConvParams& p = call.p;
+  if (!supports(x.scalar_type(), allow_tf32) || !channels_fill_chunks(x.scalar_type(), p.in_per_group)) return false;
+  bool done = false;
+  CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_tensor_core", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      const Tensor w_ohwi = transposed<scalar_t>(w, p.out_channels, p.in_per_group, p.taps,
+                                                 {p.out_channels, p.kernel_h, p.kernel_w, p.in_per_group}, call.stream);
+      run<scalar_t>(p, call.groups, x, w_ohwi, bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y,
+                    call.stream);
+      done = true;
+    }
+  });
+  return done;
+}
+
+bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32) {
+  const ConvParams& p = call.p;
+  const int reach_h = p.dilation_h * (p.kernel_h - 1), reach_w = p.dilation_w * (p.kernel_w - 1);
+  if (!supports(dy.scalar_type(), allow_tf32) || !channels_fill_chunks(dy.scalar_type(), p.out_per_group) ||
+      p.stride_h != 1 || p.stride_w != 1 || p.pad_h > reach_h || p.pad_w > reach_w)
+    return false;
+  // dx = conv(dy, w_t) with padding reach - p: C_out input channels, C_in output channels.
+  ConvParams t = p;
+  t.in_channels = p.out_channels, t.in_h = p.out_h, t.in_w = p.out_w;
+  t.out_channels = p.in_channels, t.out_h = p.in_h, t.out_w = p.in_w;
+  t.in_per_group = p.out_per_group, t.out_per_group = p.in_per_group;
+  t.pad_h = reach_h - p.pad_h, t.pad_w = reach_w - p.pad_w;
+  t.in_plane = p.out_plane, t.out_plane = p.in_plane;
+  t.in_sample = p.out_sample, t.out_sample = p.in_sample;
+  bool done = false;
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_tensor_core", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      Tensor w_t = cuda_detail::new_output(w, {p.in_channels, p.kernel_h, p.kernel_w, p.out_per_group});
+      const int64_t total = w_t.numel();
+      cuda_detail::launch(flip_transpose_weight_kernel<scalar_t>, cuda_detail::grid_stride_blocks(total),
+                          cuda_detail::kThreadsPerBlock, 0, call.stream, w.const_data_ptr<scalar_t>(),
+                          w_t.mutable_data_ptr<scalar_t>(), call.groups, p.in_per_group, p.out_per_group, p.kernel_h,
+                          p.kernel_w);
+      run<scalar_t>(t, call.groups, dy, w_t, nullptr, dx, call.stream);
+      done = true;
+    }
+  });
+  return done;
+}
+
+}  // namespace cuconv::conv_cuda::tensor_core

@@ -1,0 +1,47 @@
+#pragma once
+// The Python functions of the CUDA modules (cuda/registration.cpp for _C_cuda,
+// emulation/registration.cpp for _C_emulated) that choose and report the convolution kernels:
+//   kernels()            -> "fastest" or "simple": which kernels the entry points choose among
+//   kernels("simple")    sets it (tests run the simple kernels as the oracle of the fast ones)
+//   last_kernels()       -> {"forward": ..., "backward_input": ..., "backward_weight": ...}, the
+//                           family each pass ran last ("tensor_core", "simple", "depthwise", "none")
+// Python's limited API only, as the modules.
+
+#include <Python.h>
+
+#include <cstring>
+
+#include "kernel_choice.h"
+
+namespace cuconv::conv_cuda {
+
+inline PyObject* py_kernels(PyObject*, PyObject* args) {
+  const char* choice = nullptr;
+  if (!PyArg_ParseTuple(args, "|z", &choice)) return nullptr;
+  if (choice != nullptr) {
+    if (std::strcmp(choice, "fastest") == 0) {
+      kernel_choice() = KernelChoice::kFastest;
+    } else if (std::strcmp(choice, "simple") == 0) {
+      kernel_choice() = KernelChoice::kSimple;
+    } else {
+      PyErr_Format(PyExc_ValueError, "kernels: expected 'fastest' or 'simple', but got '%s'", choice);
+      return nullptr;
+    }
+  }
+  return PyUnicode_FromString(kernel_choice() == KernelChoice::kSimple ? "simple" : "fastest");
+}
+
+inline PyObject* py_last_kernels(PyObject*, PyObject*) {
+  const LastKernels& last = last_kernels();
+  return Py_BuildValue("{s:s,s:s,s:s}", "forward", last.forward.load(), "backward_input", last.backward_input.load(),
+                       "backward_weight", last.backward_weight.load());
+}
+
+}  // namespace cuconv::conv_cuda
+
+// The two entries of a PyMethodDef table.
+#define CUCONV_KERNEL_SETTINGS_METHODS                                                                     \
+  {"kernels", ::cuconv::conv_cuda::py_kernels, METH_VARARGS,                                               \
+   "kernels([choice]) -> 'fastest' or 'simple': the convolution kernels the entry points choose among."}, \
+  {"last_kernels", ::cuconv::conv_cuda::py_last_kernels, METH_NOARGS,                                      \
+   "The kernel family each convolution pass ran last."}

@@ -1,0 +1,186 @@
+"""The fast CUDA convolution kernels (csrc/cuda/gemm_tensor_core.cu, ...) against torch in float64
+and against the simple kernels they fall back to, on the emulated CUDA device (and on a GPU
+when there is one). Each case also asserts which kernel family ran (last_kernels()), so that a
+kernel that silently refused its arguments cannot pass for one that worked.
+
+Tolerances: half types and TF32 round their operands, and every kernel sums in float32, in a
+different order. A case passes when the fast kernel's largest error against float64 is within
+twice the simple kernel's plus one rounding of the result, and, where the rounded operands are
+known (TF32), when it matches float64 on those operands to float32's accuracy."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import emulated_cuda
+
+TARGETS = []
+if emulated_cuda.AVAILABLE:
+    TARGETS.append("emulated")
+if torch.cuda.is_available():
+    TARGETS.append("cuda")
+
+pytestmark = pytest.mark.skipif(not TARGETS, reason="neither the emulated device nor a GPU")
+
+
+class Target:
+    """The ops and kernel settings of the emulated device or of the GPU."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "emulated":
+            self.ops, self.module, self.device = torch.ops.cuconv_emulated, emulated_cuda.module, "cpu"
+        else:
+            import cuconv
+
+            self.ops, self.module, self.device = torch.ops.cuconv, cuconv._C_cuda, "cuda"
+
+    def run(self, name, *args, kernels="fastest"):
+        saved = self.module.kernels()
+        self.module.kernels(kernels)
+        try:
+            out = getattr(self.ops, name)(*args)
+            return out, self.module.last_kernels()[name.replace("conv2d_", "").replace("conv2d", "forward")]
+        finally:
+            self.module.kernels(saved)
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return Target(request.param)
+
+
+def _tf32(t):
+    """float32 rounded to TF32 as cvt.rna.tf32.f32 does (to nearest, ties away from zero)."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _random(shape, dtype, device, generator):
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+# (batch, C_in, H, W), (C_out, C_g, kH, kW), stride, padding, dilation, groups: tile edges in M
+# (N*Ho*Wo not a multiple of 128) and in N (O_g not a multiple of 128 or of 8), several K steps
+# with a partial last one, taps crossing the K steps, groups, strides, dilation, asymmetric kernels.
+CASES = [
+    ((2, 16, 9, 11), (24, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 8, 12, 10), (12, 8, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+    ((2, 32, 10, 9), (136, 32, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((1, 24, 13, 13), (10, 24, 5, 3), (1, 2), (2, 1), (1, 1), 1),
+    ((2, 32, 11, 12), (16, 16, 3, 3), (1, 1), (2, 2), (2, 2), 2),
+    ((1, 48, 8, 8), (36, 16, 3, 1), (1, 1), (1, 0), (1, 1), 3),
+    ((4, 8, 7, 7), (8, 8, 7, 7), (1, 1), (3, 3), (1, 1), 1),
+]
+IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}" for c in CASES]
+
+
+def _reference_error(out, ref):
+    return (out.double() - ref).abs().max().item()
+
+
+def _check_against_simple(target, name, args, ref, dtype, expect_kernel):
+    fast, ran = target.run(name, *args)
+    assert ran == expect_kernel
+    simple, ran_simple = target.run(name, *args, kernels="simple")
+    assert ran_simple in ("simple", "depthwise")
+    scale = ref.abs().max().item()
+    ulp = torch.finfo(dtype).eps * scale
+    err_fast, err_simple = _reference_error(fast.cpu(), ref), _reference_error(simple.cpu(), ref)
+    assert err_fast <= 2 * err_simple + ulp, (err_fast, err_simple, ulp)
+    return fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_tensor_core_forward_half_types(target, case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(1)
+    x, w = _random(x_shape, dtype, target.device, g), _random(w_shape, dtype, target.device, g)
+    b = _random(w_shape[:1], dtype, target.device, g)
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), b.cpu().double(), stride, padding, dilation, groups)
+    _check_against_simple(target, "conv2d", (x, w, b, stride, padding, dilation, groups), ref, dtype, "tensor_core")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] == (1, 1)], ids=[i for i, c in zip(IDS, CASES) if c[2] == (1, 1)])
+def test_tensor_core_input_gradient_half_types(target, case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(2)
+    w = _random(w_shape, dtype, target.device, g)
+    y_shape = F.conv2d(torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"), None, stride,
+                       padding, dilation, groups).shape
+    dy = _random(y_shape, dtype, target.device, g)
+    ref = torch.nn.grad.conv2d_input(x_shape, w.cpu().double(), dy.cpu().double(), stride, padding, dilation, groups)
+    # O_g must fill 16-byte chunks (8 halves) for the tensor cores: else the simple kernel.
+    expect = "tensor_core" if (w_shape[0] // groups) % 8 == 0 and all(p <= d * (k - 1) for p, d, k in
+                                                                     zip(padding, dilation, w_shape[2:])) else "simple"
+    _check_against_simple(target, "conv2d_backward_input", (dy, w, list(x_shape), stride, padding, dilation, groups),
+                          ref, dtype, expect)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_tf32_forward_rounds_the_operands_and_sums_in_float32(target, case):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(3)
+    x, w = _random(x_shape, torch.float32, target.device, g), _random(w_shape, torch.float32, target.device, g)
+    args = (x, w, None, stride, padding, dilation, groups)
+    # allow_tf32: the tensor cores, on operands rounded to TF32 (10-bit mantissas) ...
+    out, ran = target.run("conv2d", *args, True)
+    assert ran == "tensor_core"
+    ref_tf32 = F.conv2d(_tf32(x.cpu()).double(), _tf32(w.cpu()).double(), None, stride, padding, dilation, groups)
+    torch.testing.assert_close(out.cpu().double(), ref_tf32, rtol=1e-5, atol=1e-5 * ref_tf32.abs().max().item())
+    # ... which differ from float32's by about 2^-11 of the terms: visibly, on these sizes
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), None, stride, padding, dilation, groups)
+    assert _reference_error(out.cpu(), ref) > 10 * _reference_error(F.conv2d(x.cpu(), w.cpu(), None, stride, padding,
+                                                                             dilation, groups), ref)
+    # without allow_tf32, float32 is float32 (no tensor cores)
+    out, ran = target.run("conv2d", *args, False)
+    assert ran != "tensor_core"
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_tf32_input_gradient(target):
+    g = torch.Generator().manual_seed(4)
+    w = _random((12, 8, 3, 3), torch.float32, target.device, g)
+    dy = _random((2, 12, 9, 7), torch.float32, target.device, g)
+    dx, ran = target.run("conv2d_backward_input", dy, w, [2, 8, 9, 7], (1, 1), (1, 1), (1, 1), 1, True)
+    assert ran == "tensor_core"
+    ref = torch.nn.grad.conv2d_input((2, 8, 9, 7), _tf32(w.cpu()).double(), _tf32(dy.cpu()).double(), 1, 1)
+    torch.testing.assert_close(dx.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("why,x_shape,w_shape,dtype,groups", [
+    ("C_g of 3 does not fill a 16-byte chunk", (2, 3, 8, 8), (8, 3, 3, 3), torch.float16, 1),
+    ("C_g of 4 halves is half a chunk", (2, 8, 8, 8), (8, 4, 3, 3), torch.bfloat16, 2),
+    ("float64 has no tensor-core path here", (2, 8, 8, 8), (8, 8, 3, 3), torch.float64, 1),
+])
+def test_what_the_tensor_cores_refuse_falls_back_to_the_simple_kernel(target, why, x_shape, w_shape, dtype, groups):
+    g = torch.Generator().manual_seed(5)
+    x, w = _random(x_shape, dtype, target.device, g), _random(w_shape, dtype, target.device, g)
+    out, ran = target.run("conv2d", x, w, None, (1, 1), (1, 1), (1, 1), groups, True)
+    assert ran == "simple", why
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), None, 1, 1, 1, groups)
+    assert _reference_error(out.cpu(), ref) <= 4 * torch.finfo(dtype).eps * ref.abs().max().item() * 8
+
+
+def test_strided_input_gradient_falls_back_until_it_has_a_tensor_core_kernel(target):
+    g = torch.Generator().manual_seed(6)
+    w = _random((16, 8, 3, 3), torch.float16, target.device, g)
+    dy = _random((2, 16, 4, 4), torch.float16, target.device, g)
+    _, ran = target.run("conv2d_backward_input", dy, w, [2, 8, 8, 8], (2, 2), (1, 1), (1, 1), 1)
+    assert ran == "simple"
+
+
+def test_tensor_core_results_do_not_depend_on_the_thread_schedule():
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(7)
+    x, w = _random((2, 16, 9, 11), torch.bfloat16, "cpu", g), _random((24, 16, 3, 3), torch.bfloat16, "cpu", g)
+    results = []
+    for schedule in ("forward", "reverse", "random"):
+        with emulated_cuda.configured(schedule=schedule, seed=3):
+            out = torch.ops.cuconv_emulated.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+            assert emulated_cuda.module.last_kernels()["forward"] == "tensor_core"
+            results.append(out)
+    assert all(torch.equal(r, results[0]) for r in results[1:])
