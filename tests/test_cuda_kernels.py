@@ -184,3 +184,38 @@ def test_tensor_core_results_do_not_depend_on_the_thread_schedule():
             assert emulated_cuda.module.last_kernels()["forward"] == "tensor_core"
             results.append(out)
     assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
+# --- float32 on the CUDA cores (gemm_simt.cu) ----------------------------------------------------
+
+# Input-gradient cases by stride phase: strides 2 and 3, dilation sharing a factor with the stride
+# (gcd 2: every other tap per phase), kernels smaller than the stride (phases without taps write
+# zeros), padding beyond the kernel's reach, groups, rows that are not a multiple of the stride.
+SIMT_CASES = CASES + [
+    ((2, 6, 11, 9), (8, 6, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((1, 4, 13, 10), (6, 2, 3, 2), (3, 2), (1, 0), (2, 1), 2),
+    ((2, 3, 12, 12), (5, 3, 5, 5), (2, 2), (2, 2), (2, 2), 1),
+    ((2, 5, 9, 8), (7, 5, 1, 1), (3, 3), (0, 0), (1, 1), 1),
+    ((1, 4, 7, 7), (4, 4, 2, 2), (3, 3), (2, 1), (1, 1), 1),
+    ((3, 3, 28, 28), (6, 3, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+    ((2, 1, 10, 10), (4, 1, 3, 3), (2, 1), (1, 1), (1, 2), 1),
+]
+SIMT_IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}" for c in SIMT_CASES]
+
+
+@pytest.mark.parametrize("case", SIMT_CASES, ids=SIMT_IDS)
+def test_simt_float32_forward_and_input_gradient(target, case):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(8)
+    x, w = _random(x_shape, torch.float32, target.device, g), _random(w_shape, torch.float32, target.device, g)
+    b = _random(w_shape[:1], torch.float32, target.device, g)
+    expect = "depthwise" if x_shape[1] // groups == 1 else "simt"  # one input channel a group: direct kernels
+    y, ran = target.run("conv2d", x, w, b, stride, padding, dilation, groups)
+    assert ran == expect
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), b.cpu().double(), stride, padding, dilation, groups)
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    dy = _random(ref.shape, torch.float32, target.device, g)
+    dx, ran = target.run("conv2d_backward_input", dy, w, list(x_shape), stride, padding, dilation, groups)
+    assert ran == expect
+    ref = torch.nn.grad.conv2d_input(x_shape, w.cpu().double(), dy.cpu().double(), stride, padding, dilation, groups)
+    torch.testing.assert_close(dx.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -23,6 +23,7 @@
 // The kernels, one file per family, each with its tiling at the top:
 //   gemm_simple.cu   the simple implicit GEMM: every pass, shape and dtype (the oracle and fallback)
 //   gemm_tensor_core.cu  NHWC implicit GEMM on the tensor cores: float16, bfloat16, TF32
+//   gemm_simt.cu     float32 on the CUDA cores: forward and (by stride phase) input gradient
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
 // The entry points below check the arguments (shape.h, as the CPU kernels do), make the
 // operands contiguous and choose a family. Split reductions (the weight and bias gradients)
@@ -145,6 +146,8 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
     ran = "depthwise";
   } else if (fastest() && conv_cuda::tensor_core::forward(call, x, w, b, y, allow_tf32)) {
     ran = "tensor_core";
+  } else if (fastest() && conv_cuda::simt::forward(call, x, w, b, y)) {
+    ran = "simt";
   } else {
     conv_cuda::simple::forward(call, x, w, b, y);
     ran = "simple";
@@ -171,6 +174,8 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
     ran = "depthwise";
   } else if (fastest() && conv_cuda::tensor_core::backward_input(call, dy, w, dx, allow_tf32)) {
     ran = "tensor_core";
+  } else if (fastest() && conv_cuda::simt::backward_input(call, dy, w, dx)) {
+    ran = "simt";
   } else {
     conv_cuda::simple::backward_input(call, dy, w, dx);
     ran = "simple";

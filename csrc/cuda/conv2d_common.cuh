@@ -151,6 +151,13 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32);
 }  // namespace tensor_core
 
+// The float32 gather-convolution GEMM on the CUDA cores (gemm_simt.cu): the forward pass and
+// the input gradient (by stride phase) of every float32 convolution. Returns false for other dtypes.
+namespace simt {
+bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y);
+bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx);
+}  // namespace simt
+
 // Depthwise-like convolutions, one input channel per group (depthwise.cu).
 namespace depthwise {
 void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y);

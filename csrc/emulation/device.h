@@ -61,6 +61,7 @@ struct alignas(16) int4 {
 struct alignas(16) uint4 {
   unsigned int x, y, z, w;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 #define __global__
 #define __device__

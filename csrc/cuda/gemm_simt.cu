@@ -1,0 +1,323 @@
+// Float32 convolution on the CUDA cores (FFMA): the forward pass and the input gradient as one
+// "gather convolution", NCHW, in a 128 x 128 tiled GEMM with a cp.async pipeline.
+//
+// The gather convolution: per group g, output channel co < N and output position (n, a, b),
+//     out[n, g*N + co, row0 + a*row_step, col0 + b*col_step]
+//         = sum over ci < C, ti < taps_h, tj < taps_w of
+//           src[n, g*C + ci, a*s_r + r0 + ti*dr, b*s_c + c0 + tj*dc] * W[g, (ci, ti, tj), co]
+// (src read as 0 outside its plane). Both passes are of this form, with no division in the
+// main loop and no multiplication by structural zeros:
+//   forward          src = x, s = stride, r0 = -pad, dr = dilation, taps = kernel; rows dense;
+//                    W[g, (c, i, j), o] = w[g*O_g + o, c, i, j]
+//   input gradient   split by stride phase (ph, pw) (ph < sH, pw < sW): the input rows
+//                    ih = ph + sH*a only receive the taps i with sH | (ph + pH - i*dH), which are
+//                    i = i0 + t*(sH/gcd(sH, dH)), reading dy row a + (ph + pH - i*dH)/sH, an
+//                    arithmetic progression in t: src = dy, s = 1, r0 = (ph + pH - i0*dH)/sH,
+//                    dr = -dH/gcd; rows ph + sH*a of dx; W[g, (o, ti, tj), c] = w[g*O_g + o, c, i, j].
+//                    One launch a phase; a phase without taps writes zeros.
+// W is packed on the device before the launch (pack_weight_kernel): [G][K_pad][N_pad] with
+// k = (ci, ti, tj), zeros in the padding, so that a row of B is 128 contiguous floats.
+//
+// Tiling (SimtTile): a block of 256 threads computes a 128 x 128 tile of out (rows = output
+// positions m, columns = output channels) over K in steps of BK = 16. Shared tiles are k-major,
+// A[k][m] and B[k][co], in 3 stages filled by cp.async (A: 4-byte copies, zero-filled outside
+// the image, 32 consecutive rows a warp; B: 16-byte copies), waited for one step ahead of use. The 8 warps are 2 (m) x 4 (co); a warp's 64 x 32 tile is held by its 32 lanes
+// as 8 (m) x 4 (co) lanes of 8 x 8 accumulators, each lane's rows being two runs of 4 (32
+// apart) and its columns two runs of 4 (16 apart): per k a lane reads 2 + 2 float4 from shared
+// memory (8 different float4 across the warp's lanes per operand, so no bank conflicts) for 64
+// FFMA. The epilogue adds the bias and stores each run of 4 rows with one 16-byte store where
+// the 4 output pixels are contiguous and aligned (the NCHW plane is a multiple of 4), which
+// makes the stores of a warp 4 full 128-byte lines: no staging through shared memory needed.
+
+#include <numeric>
+#include <vector>
+
+#include "conv2d_common.cuh"
+
+namespace cuconv::conv_cuda::simt {
+namespace {
+
+using cuda_detail::ceil_div;
+using cuda_detail::cp_async;
+using cuda_detail::cp_async_commit;
+using cuda_detail::cp_async_wait;
+
+struct SimtTile {
+  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 16, kStages = 3;
+  static constexpr int kThreads = 256;
+  static constexpr int kWarpM = 64, kWarpN = 32;  // 2 x 4 warps
+  // A copies: a warp copies 32 consecutive rows at one k; a thread kRows rows at each of kKs k's
+  static constexpr int kKStride = kThreads / 32;        // 8: the warps cover 8 k's at a time
+  static constexpr int kKs = kBlockK / kKStride;        // 2
+  static constexpr int kRows = kBlockM / 32;            // 4
+  // B copies: one 16-byte chunk (4 columns) a thread at each of the same kKs k's
+  static_assert(kBlockN / 4 == 32 && kKStride * 32 == kThreads, "a warp copies one k row of B");
+};
+
+// One gather convolution (see the top of the file), in 32-bit ints within a sample.
+struct GatherConv {
+  int batch, groups;
+  int channels, src_h, src_w, src_plane;  // C (per group), the source image
+  int64_t src_sample;
+  int rows, cols;                          // a < rows, b < cols: the output positions computed
+  int s_r, s_c, r0, c0, dr, dc;            // source row a*s_r + r0 + ti*dr, column likewise
+  int taps_h, taps_w;
+  int n, k, k_pad, n_pad;                  // GEMM N (output channels per group), K = C*taps_h*taps_w
+  int64_t out_sample;
+  int out_plane, out_w, row0, row_step, col0, col_step;
+};
+
+// W[g, k, co] (k = (ci, ti, tj)) = w[g*w_group + co*w_co + ci*w_ci + ti*w_ti + tj*w_tj + w_base],
+// zeros for k >= K or co >= N.
+__global__ void pack_weight_kernel(const float* __restrict__ w, float* __restrict__ packed, const GatherConv q,
+                                   int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base) {
+  const int64_t total = static_cast<int64_t>(q.groups) * q.k_pad * q.n_pad;
+  CUCONV_KERNEL_LOOP(index, total) {
+    const int co = static_cast<int>(index % q.n_pad);
+    const int64_t gk = index / q.n_pad;
+    const int k = static_cast<int>(gk % q.k_pad);
+    const int g = static_cast<int>(gk / q.k_pad);
+    float value = 0.f;
+    if (k < q.k && co < q.n) {
+      const int taps = q.taps_h * q.taps_w;
+      const int ci = k / taps, tap = k - ci * taps;
+      const int ti = tap / q.taps_w, tj = tap - ti * q.taps_w;
+      value = w[g * w_group + co * w_co + ci * w_ci + ti * w_ti + tj * w_tj + w_base];
+    }
+    packed[index] = value;
+  }
+}
+
+__global__ void __launch_bounds__(SimtTile::kThreads, 1)
+    gather_conv_kernel(const float* __restrict__ src, const float* __restrict__ packed, const float* __restrict__ bias,
+                       float* __restrict__ out, const GatherConv q) {
+  using Tile = SimtTile;
+  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
+  CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
+  CUCONV_SHARED(b_tile, float[Tile::kStages][BK][BN]);
+
+  const int n_tiles = ceil_div(q.n, BN);
+  const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
+  const int group = static_cast<int>(blockIdx.z);
+  const int m0 = tile_m * BM, n0 = tile_n * BN;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int m_total = q.batch * q.rows * q.cols;
+
+  // --- A copies: k = k0 + tid/32 + 8h, rows tid%32 + 32e. A row out of range gets a row origin
+  // so far outside the image that every bounds check fails.
+  const int a_k = tid / 32;
+  const float* a_sample[Tile::kRows];
+  int a_row[Tile::kRows], a_col[Tile::kRows];  // a*s_r, b*s_c
+  int a_origin[Tile::kRows];                   // a*s_r*src_w + b*s_c
+#pragma unroll
+  for (int e = 0; e < Tile::kRows; ++e) {
+    const int m = m0 + tid % 32 + 32 * e;
+    a_sample[e] = src;
+    a_row[e] = a_col[e] = -(1 << 30);
+    a_origin[e] = 0;
+    if (m < m_total) {
+      const int per_sample = q.rows * q.cols;
+      const int n = m / per_sample, position = m - n * per_sample;
+      const int a = position / q.cols, b = position - a * q.cols;
+      a_sample[e] = src + n * q.src_sample + static_cast<int64_t>(group) * q.channels * q.src_plane;
+      a_row[e] = a * q.s_r;
+      a_col[e] = b * q.s_c;
+      a_origin[e] = a_row[e] * q.src_w + a_col[e];
+    }
+  }
+  MixedRadix a_tap[Tile::kKs];  // (ci, ti, tj) of this thread's k's
+#pragma unroll
+  for (int h = 0; h < Tile::kKs; ++h) a_tap[h] = MixedRadix::split(a_k + h * Tile::kKStride, q.taps_h, q.taps_w);
+  const MixedRadix a_step = MixedRadix::split(BK, q.taps_h, q.taps_w);
+  int a_next_k = a_k;  // the first of them, at the next copy_step
+  // --- B copies: 16-byte chunks, rows k0 + tid/32 + 8h, columns n0 + 4*(tid%32) .. +4
+  const float* b_next = packed + (static_cast<int64_t>(group) * q.k_pad + tid / 32) * q.n_pad + n0 + 4 * (tid % 32);
+  const bool b_ok = n0 + 4 * (tid % 32) < q.n_pad;
+
+  auto copy_step = [&](int stage) {
+#pragma unroll
+    for (int h = 0; h < Tile::kKs; ++h) {
+      const bool k_ok = a_next_k + h * Tile::kKStride < q.k;
+      const int dh = q.r0 + a_tap[h].mid * q.dr, dw = q.c0 + a_tap[h].inner * q.dc;
+      const int offset = a_tap[h].outer * q.src_plane + dh * q.src_w + dw;
+#pragma unroll
+      for (int e = 0; e < Tile::kRows; ++e) {
+        const int ih = a_row[e] + dh, iw = a_col[e] + dw;
+        const bool ok = k_ok && static_cast<unsigned>(ih) < static_cast<unsigned>(q.src_h) &&
+                        static_cast<unsigned>(iw) < static_cast<unsigned>(q.src_w);
+        cp_async<4>(&a_tile[stage][a_k + h * Tile::kKStride][tid % 32 + 32 * e],
+                    ok ? a_sample[e] + (a_origin[e] + offset) : src, ok);
+      }
+      a_tap[h].advance(a_step, q.taps_h, q.taps_w);
+      cp_async<16>(&b_tile[stage][tid / 32 + h * Tile::kKStride][4 * (tid % 32)],
+                   b_ok ? b_next + h * Tile::kKStride * q.n_pad : packed, b_ok);
+    }
+    b_next += BK * q.n_pad;
+    a_next_k += BK;
+  };
+
+  // --- this lane's accumulators: rows warp_m + lane_m + {0..3, 32..35}, columns warp_n + lane_n + {0..3, 16..19}
+  const int lane = tid % 32, warp = tid / 32;
+  const int row_base = (warp % 2) * Tile::kWarpM + (lane % 8) * 4;
+  const int col_base = (warp / 2) * Tile::kWarpN + (lane / 8) * 4;
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  const int k_steps = ceil_div(q.k, BK);
+#pragma unroll
+  for (int s = 0; s < Tile::kStages - 1; ++s) {
+    if (s < k_steps) copy_step(s);
+    cp_async_commit();
+  }
+  int stage = 0;
+  for (int step = 0; step < k_steps; ++step) {
+    cp_async_wait<Tile::kStages - 2>();
+    __syncthreads();  // step's tiles are complete, and the stage refilled below is no longer read
+    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
+    cp_async_commit();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[stage][kk][row_base]);
+      const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[stage][kk][row_base + 32]);
+      const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[stage][kk][col_base]);
+      const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[stage][kk][col_base + 16]);
+      const float a[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+      const float b[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
+  }
+  cp_async_wait<0>();
+
+  // --- epilogue: runs of 4 rows (output positions) per column
+  const int per_sample = q.rows * q.cols;
+  const bool dense = q.row_step == 1 && q.col_step == 1 && q.row0 == 0 && q.col0 == 0 && q.cols == q.out_w;
+  const bool vector = dense && q.out_plane % 4 == 0;
+#pragma unroll
+  for (int run = 0; run < 2; ++run) {
+    const int m_first = m0 + row_base + 32 * run;
+    if (m_first >= m_total) continue;
+    const int n = m_first / per_sample, position = m_first - n * per_sample;
+    float* sample_out = out + n * q.out_sample + static_cast<int64_t>(group) * q.n * q.out_plane;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int co = n0 + col_base + (j / 4) * 16 + j % 4;
+      if (co >= q.n) continue;
+      const float bias_value = bias != nullptr ? bias[group * q.n + co] : 0.f;
+      float* channel = sample_out + static_cast<int64_t>(co) * q.out_plane;
+      if (vector && m_first + 3 < m_total) {  // 4 pixels of one sample, 16-byte aligned
+        *reinterpret_cast<float4*>(channel + position) =
+            make_float4(acc[4 * run][j] + bias_value, acc[4 * run + 1][j] + bias_value,
+                        acc[4 * run + 2][j] + bias_value, acc[4 * run + 3][j] + bias_value);
+        continue;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m_first + i;
+        if (m >= m_total) break;
+        const int nn = m / per_sample, pos = m - nn * per_sample;
+        const int a = pos / q.cols, b = pos - a * q.cols;
+        out[nn * q.out_sample + static_cast<int64_t>(group * q.n + co) * q.out_plane +
+            (q.row0 + a * q.row_step) * q.out_w + q.col0 + b * q.col_step] = acc[4 * run + i][j] + bias_value;
+      }
+    }
+  }
+}
+
+// Packs W for `q` and runs the gather convolution over all groups.
+void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, float* out, const Tensor& like,
+                   int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base, cuda_detail::Stream stream) {
+  using Tile = SimtTile;
+  q.k_pad = std::max(ceil_div(q.k, Tile::kBlockK), 1) * Tile::kBlockK;
+  q.n_pad = ceil_div(q.n, 4) * 4;
+  Tensor packed = cuda_detail::new_output(like, {q.groups, q.k_pad, q.n_pad});
+  const int64_t total = packed.numel();
+  cuda_detail::launch(pack_weight_kernel, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
+                      stream, w, packed.mutable_data_ptr<float>(), q, w_group, w_co, w_ci, w_ti, w_tj, w_base);
+  const int64_t m = static_cast<int64_t>(q.batch) * q.rows * q.cols;
+  const int64_t tiles = ceil_div<int64_t>(m, Tile::kBlockM) * ceil_div(q.n, Tile::kBlockN);
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && q.groups <= cuda_detail::max_grid_yz(),
+               "cuconv: convolution too large for one launch");
+  if (tiles == 0) return;
+  cuda_detail::launch(gather_conv_kernel, dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(q.groups)),
+                      Tile::kThreads, 0, stream, src, packed.const_data_ptr<float>(), bias, out, q);
+}
+
+}  // namespace
+
+bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y) {
+  if (x.scalar_type() != ScalarType::Float) return false;
+  const ConvParams& p = call.p;
+  GatherConv q;
+  q.batch = p.batch, q.groups = call.groups;
+  q.channels = p.in_per_group, q.src_h = p.in_h, q.src_w = p.in_w, q.src_plane = p.in_plane;
+  q.src_sample = p.in_sample;
+  q.rows = p.out_h, q.cols = p.out_w;
+  q.s_r = p.stride_h, q.s_c = p.stride_w, q.r0 = -p.pad_h, q.c0 = -p.pad_w, q.dr = p.dilation_h, q.dc = p.dilation_w;
+  q.taps_h = p.kernel_h, q.taps_w = p.kernel_w;
+  q.n = p.out_per_group, q.k = p.in_per_group * p.taps;
+  q.out_sample = p.out_sample, q.out_plane = p.out_plane, q.out_w = p.out_w;
+  q.row0 = q.col0 = 0, q.row_step = q.col_step = 1;
+  launch_gather(q, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                bias.has_value() ? bias->const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), x,
+                static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.in_per_group * p.taps, p.taps,
+                p.kernel_w, 1, 0, call.stream);
+  return true;
+}
+
+// The taps of kernel dimension (size, stride, pad, dilation) that reach input rows of phase
+// `phase`: i = first + t*step for t < count, reading dy row a + offset - t*(dilation/g).
+struct PhaseTaps {
+  int first = 0, step = 1, count = 0, offset = 0, delta = 0;
+};
+
+PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilation) {
+  const int g = std::gcd(stride, dilation);
+  PhaseTaps t;
+  t.step = stride / g;
+  t.delta = -(dilation / g);
+  for (int i = 0; i < size; ++i) {
+    if ((phase + pad - i * dilation) % stride == 0) {  // C++ %: 0 for every exact multiple, negative ones too
+      t.first = i;
+      t.count = (size - 1 - i) / t.step + 1;
+      t.offset = (phase + pad - i * dilation) / stride;
+      break;
+    }
+  }
+  return t;
+}
+
+bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx) {
+  if (dy.scalar_type() != ScalarType::Float) return false;
+  const ConvParams& p = call.p;
+  for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
+    for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
+      const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+      const PhaseTaps tw = phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+      GatherConv q;
+      q.batch = p.batch, q.groups = call.groups;
+      q.channels = p.out_per_group, q.src_h = p.out_h, q.src_w = p.out_w, q.src_plane = p.out_plane;
+      q.src_sample = p.out_sample;
+      q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
+      q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
+      q.taps_h = std::max(th.count, 1), q.taps_w = std::max(tw.count, 1);  // (a phase without taps: K = 0)
+      q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
+      q.out_sample = p.in_sample, q.out_plane = p.in_plane, q.out_w = p.in_w;
+      q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
+      // W[g, (o, ti, tj), c] = w[g*O_g + o, c, first_h + ti*step_h, first_w + tj*step_w]
+      launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx.mutable_data_ptr<float>(),
+                    dy, static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
+                    p.in_per_group * p.taps, th.step * p.kernel_w, tw.step, th.first * p.kernel_w + tw.first,
+                    call.stream);
+    }
+  }
+  return true;
+}
+
+}  // namespace cuconv::conv_cuda::simt
