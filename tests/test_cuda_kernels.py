@@ -119,6 +119,39 @@ def test_tensor_core_input_gradient_half_types(target, case, dtype):
                           ref, dtype, expect)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_tensor_core_weight_gradient_half_types(target, case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(9)
+    x = _random(x_shape, dtype, target.device, g)
+    y_shape = F.conv2d(torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"), None, stride,
+                       padding, dilation, groups).shape
+    dy = _random(y_shape, dtype, target.device, g)
+    ref = torch.nn.grad.conv2d_weight(x.cpu().double(), w_shape, dy.cpu().double(), stride, padding, dilation, groups)
+    expect = "tensor_core" if (w_shape[0] // groups) % 8 == 0 else "simple"  # O_g must fill 16-byte chunks
+    _check_against_simple(target, "conv2d_backward_weight", (dy, x, list(w_shape), stride, padding, dilation, groups),
+                          ref, dtype, expect)
+
+
+def test_tensor_core_weight_gradient_splits_k_by_the_multiprocessor_count():
+    """More multiprocessors, more K slices; the same gradient (up to the order of float32 sums)."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(10)
+    x, dy = _random((4, 16, 20, 20), torch.bfloat16, "cpu", g), _random((4, 16, 20, 20), torch.bfloat16, "cpu", g)
+    ref = torch.nn.grad.conv2d_weight(x.double(), (16, 16, 3, 3), dy.double(), 1, 1)
+    blocks = {}
+    for sm_count in (1, 132):
+        before = emulated_cuda.module.stats()["blocks"]
+        with emulated_cuda.configured(multiprocessor_count=sm_count):
+            dw = torch.ops.cuconv_emulated.conv2d_backward_weight(dy, x, [16, 16, 3, 3], (1, 1), (1, 1), (1, 1), 1)
+            assert emulated_cuda.module.last_kernels()["backward_weight"] == "tensor_core"
+        blocks[sm_count] = emulated_cuda.module.stats()["blocks"] - before
+        torch.testing.assert_close(dw.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    assert blocks[132] > blocks[1]
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_tf32_forward_rounds_the_operands_and_sums_in_float32(target, case):
     x_shape, w_shape, stride, padding, dilation, groups = case
@@ -172,18 +205,24 @@ def test_strided_input_gradient_falls_back_until_it_has_a_tensor_core_kernel(tar
     assert ran == "simple"
 
 
-def test_tensor_core_results_do_not_depend_on_the_thread_schedule():
+@pytest.mark.parametrize("dtype,kernel", [(torch.bfloat16, "tensor_core"), (torch.float32, "simt")], ids=str)
+def test_results_do_not_depend_on_the_thread_schedule(dtype, kernel):
+    """No shared-memory race in the pipelined kernels: forward, reverse and random thread orders
+    between barriers give bitwise the same results."""
     if not emulated_cuda.AVAILABLE:
         pytest.skip("needs the emulated device")
     g = torch.Generator().manual_seed(7)
-    x, w = _random((2, 16, 9, 11), torch.bfloat16, "cpu", g), _random((24, 16, 3, 3), torch.bfloat16, "cpu", g)
+    x, w = _random((2, 16, 9, 11), dtype, "cpu", g), _random((24, 16, 3, 3), dtype, "cpu", g)
+    dy = _random((2, 24, 9, 11), dtype, "cpu", g)
     results = []
     for schedule in ("forward", "reverse", "random"):
         with emulated_cuda.configured(schedule=schedule, seed=3):
-            out = torch.ops.cuconv_emulated.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1)
-            assert emulated_cuda.module.last_kernels()["forward"] == "tensor_core"
-            results.append(out)
-    assert all(torch.equal(r, results[0]) for r in results[1:])
+            y = torch.ops.cuconv_emulated.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+            dx = torch.ops.cuconv_emulated.conv2d_backward_input(dy, w, [2, 16, 9, 11], (1, 1), (1, 1), (1, 1), 1)
+            last = emulated_cuda.module.last_kernels()
+            assert last["forward"] == last["backward_input"] == kernel
+            results.append((y, dx))
+    assert all(torch.equal(y, results[0][0]) and torch.equal(dx, results[0][1]) for y, dx in results[1:])
 
 
 # --- float32 on the CUDA cores (gemm_simt.cu) ----------------------------------------------------

@@ -199,6 +199,8 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::backward_weight(call, dy, x, dw);
     ran = "depthwise";
+  } else if (fastest() && conv_cuda::tensor_core::backward_weight(call, dy, x, dw)) {
+    ran = "tensor_core";
   } else {
     conv_cuda::simple::backward_weight(call, dy, x, dw);
     ran = "simple";

@@ -242,6 +242,168 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
   }
 }
 
+// --- The weight gradient: dW[g*O_g + o, c, i, j] = sum over pixels k = (n, oh, ow) of
+//     A[o, k] B[k, (i, j, c)],  A[o, k] = dy[n, oh, ow, g*O_g + o],  B[k, (i, j, c)] = x[n, ih, iw, g*C_g + c]
+// (NHWC; ih = oh*sH - pH + i*dH, iw = ow*sW - pW + j*dW, 0 outside). Both operands are
+// contiguous along the GEMM's M and N, not along K: their shared tiles are k-major ([k][128
+// elements], 256-byte rows of 16 chunks, chunk q of row k stored at q ^ (k % 8)) and the
+// fragments come from ldmatrix.trans. float16 and bfloat16 only (ldmatrix.trans moves 16-bit
+// elements). K (N*Ho*Wo) is split into slices (blockIdx.z = group * splits + split) whose partial
+// sums finish_partials adds in order. Warps and mma tiles as the forward kernel's; K steps of
+// 32 pixels (two mma k-steps), 3 stages.
+struct WeightGradTile {
+  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 32, kStages = 3;
+  static constexpr int kChunks = 16;  // 16-byte chunks in a k-row of 128 halves
+  static constexpr int kWarpsM = 2, kWarpsN = 4, kThreads = 256;
+  static constexpr int kWarpM = 64, kWarpN = 32, kMmaM = 4, kMmaN = 4;
+  static constexpr int kCopies = kBlockK * kChunks / kThreads;  // 2 chunks of A and of B a thread a step
+  static constexpr int kKRowsPerCopy = kThreads / kChunks;       // 16
+};
+
+__device__ __forceinline__ int k_major_swizzled(int k, int chunk) {
+  return k * WeightGradTile::kChunks + (chunk ^ (k & 7));
+}
+
+struct TensorCoreWeightGrad {
+  int batch, in_h, in_w, in_channels, out_h, out_w, out_channels;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int in_per_group, out_per_group;
+  int m, n, k;            // O_g, kH*kW*C_g, N*Ho*Wo
+  int k_per_split, splits;
+  int64_t partial_stride;  // C_out*C_g*kH*kW: one split's slice of the partial sums
+};
+
+template <typename T>
+__global__ void __launch_bounds__(WeightGradTile::kThreads)
+    weight_grad_tensor_core_kernel(const T* __restrict__ dy, const T* __restrict__ x, float* __restrict__ partial,
+                                   const TensorCoreWeightGrad q) {
+  using Tile = WeightGradTile;
+  constexpr int kChunkElements = 8;  // halves
+  CUCONV_SHARED(a_tile, uint4[Tile::kStages][Tile::kBlockK * Tile::kChunks]);
+  CUCONV_SHARED(b_tile, uint4[Tile::kStages][Tile::kBlockK * Tile::kChunks]);
+
+  const int n_tiles = ceil_div(q.n, Tile::kBlockN);
+  const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
+  const int group = static_cast<int>(blockIdx.z) / q.splits, split = static_cast<int>(blockIdx.z) % q.splits;
+  const int m0 = tile_m * Tile::kBlockM, n0 = tile_n * Tile::kBlockN;
+  const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
+  const int tid = static_cast<int>(threadIdx.x);
+
+  // --- copies: chunk tid % 16 of k-rows tid / 16 + 16r. A's chunk is 8 output channels, B's
+  // 8 input channels of one tap, fixed for the whole K loop.
+  const int copy_chunk = tid % Tile::kChunks, copy_k = tid / Tile::kChunks;
+  const int a_o = m0 + copy_chunk * kChunkElements;  // first output channel of A's chunk
+  const bool a_ok = a_o < q.m;
+  const int b_col = n0 + copy_chunk * kChunkElements;
+  const bool b_ok = b_col < q.n;
+  const int b_tap = b_col / q.in_per_group, b_c = b_col - b_tap * q.in_per_group;
+  const int b_i = b_tap / q.kernel_w, b_j = b_tap - b_i * q.kernel_w;
+  const int b_dh = b_i * q.dilation_h - q.pad_h, b_dw = b_j * q.dilation_w - q.pad_w;
+  const T* a_base = dy + group * q.out_per_group + a_o;  // + pixel * C_out
+  const T* b_base = x + group * q.in_per_group + b_c;    // + (n*H*W + ih*W + iw) * C_in
+  MixedRadix pixel[Tile::kCopies];                       // (n, oh, ow) of each copied k-row
+#pragma unroll
+  for (int r = 0; r < Tile::kCopies; ++r)
+    pixel[r] = MixedRadix::split(k_begin + copy_k + r * Tile::kKRowsPerCopy, q.out_h, q.out_w);
+  const MixedRadix pixel_step = MixedRadix::split(Tile::kBlockK, q.out_h, q.out_w);
+  int next_k = k_begin + copy_k;
+
+  auto copy_step = [&](int stage) {
+#pragma unroll
+    for (int r = 0; r < Tile::kCopies; ++r) {
+      const int k = next_k + r * Tile::kKRowsPerCopy;
+      const int row = copy_k + r * Tile::kKRowsPerCopy;
+      const bool k_ok = k < k_end;
+      const int64_t sample = static_cast<int64_t>(pixel[r].outer) * q.in_h * q.in_w;
+      const bool a_copy = k_ok && a_ok;
+      cp_async<16>(&a_tile[stage][k_major_swizzled(row, copy_chunk)],
+                   a_copy ? a_base + static_cast<int64_t>(k) * q.out_channels : dy, a_copy);
+      const int ih = pixel[r].mid * q.stride_h + b_dh, iw = pixel[r].inner * q.stride_w + b_dw;
+      const bool b_copy = k_ok && b_ok && static_cast<unsigned>(ih) < static_cast<unsigned>(q.in_h) &&
+                          static_cast<unsigned>(iw) < static_cast<unsigned>(q.in_w);
+      cp_async<16>(&b_tile[stage][k_major_swizzled(row, copy_chunk)],
+                   b_copy ? b_base + (sample + ih * q.in_w + iw) * q.in_channels : x, b_copy);
+      pixel[r].advance(pixel_step, q.out_h, q.out_w);
+    }
+    next_k += Tile::kBlockK;
+  };
+
+  const int lane = tid % 32, warp = tid / 32;
+  const int warp_m = (warp % Tile::kWarpsM) * Tile::kWarpM, warp_n = (warp / Tile::kWarpsM) * Tile::kWarpN;
+  // ldmatrix.trans rows, per mma k-step kk (lane l gives row l % 8 of matrix l / 8):
+  //   A: matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15) -> a[0..3]
+  //   B: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15) -> b[j][0], b[j][1], b[j+1][0], b[j+1][1]
+  const int matrix = lane / 8, matrix_row = lane % 8;
+  float acc[Tile::kMmaM][Tile::kMmaN][4];
+#pragma unroll
+  for (int i = 0; i < Tile::kMmaM; ++i)
+#pragma unroll
+    for (int j = 0; j < Tile::kMmaN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, Tile::kBlockK) : 0;
+#pragma unroll
+  for (int s = 0; s < Tile::kStages - 1; ++s) {
+    if (s < k_steps) copy_step(s);
+    cp_async_commit();
+  }
+  int stage = 0;
+  for (int step = 0; step < k_steps; ++step) {
+    cp_async_wait<Tile::kStages - 2>();
+    __syncthreads();
+    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
+    cp_async_commit();
+    const uint4* a_stage = a_tile[stage];
+    const uint4* b_stage = b_tile[stage];
+#pragma unroll
+    for (int kk = 0; kk < Tile::kBlockK / 16; ++kk) {
+      uint32_t a[Tile::kMmaM][4], b[Tile::kMmaN][2];
+#pragma unroll
+      for (int i = 0; i < Tile::kMmaM; ++i)
+        ldmatrix<4, true>(a[i], &a_stage[k_major_swizzled(kk * 16 + (matrix / 2) * 8 + matrix_row,
+                                                          (warp_m + i * 16) / 8 + matrix % 2)]);
+#pragma unroll
+      for (int j = 0; j < Tile::kMmaN; j += 2) {
+        uint32_t regs[4];
+        ldmatrix<4, true>(regs, &b_stage[k_major_swizzled(kk * 16 + (matrix % 2) * 8 + matrix_row,
+                                                          (warp_n + j * 8) / 8 + matrix / 2)]);
+        b[j][0] = regs[0], b[j][1] = regs[1], b[j + 1][0] = regs[2], b[j + 1][1] = regs[3];
+      }
+#pragma unroll
+      for (int i = 0; i < Tile::kMmaM; ++i)
+#pragma unroll
+        for (int j = 0; j < Tile::kMmaN; ++j) mma<T>(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
+  }
+  cp_async_wait<0>();
+
+  // --- epilogue: accumulator e of mma tile (i, j) is o = row g + 8*(e/2), column 2t + e%2 = (i, j, c)
+  const int g = lane / 4, t = lane % 4;
+  const int taps = q.kernel_h * q.kernel_w;
+  float* slice = partial + split * q.partial_stride;
+#pragma unroll
+  for (int j = 0; j < Tile::kMmaN; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = n0 + warp_n + j * 8 + 2 * t + e;
+      if (col >= q.n) continue;
+      const int tap = col / q.in_per_group, c = col - tap * q.in_per_group;
+#pragma unroll
+      for (int i = 0; i < Tile::kMmaM; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int o = m0 + warp_m + i * 16 + g + 8 * half;
+          if (o < q.m)
+            slice[(static_cast<int64_t>(group * q.out_per_group + o) * q.in_per_group + c) * taps + tap] =
+                acc[i][j][2 * half + e];
+        }
+      }
+    }
+  }
+}
+
 // out[n, p, c] = in[n, c, p] for a batch of [C, P] matrices (NCHW -> NHWC with P = H*W; OIHW ->
 // OHWI with n = o, c = the C_g channels, p = the taps), through a 32 x 33 shared tile so that
 // both the reads and the writes are coalesced. Block (32, 8); grid (P tiles, C tiles, n).
@@ -386,6 +548,44 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
     }
   });
   return done;
+}
+
+bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
+  const ConvParams& p = call.p;
+  const ScalarType dtype = dy.scalar_type();
+  if ((dtype != ScalarType::Half && dtype != ScalarType::BFloat16) || !channels_fill_chunks(dtype, p.in_per_group) ||
+      !channels_fill_chunks(dtype, p.out_per_group))
+    return false;
+  using Tile = WeightGradTile;
+  TensorCoreWeightGrad q;
+  q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
+  q.out_h = p.out_h, q.out_w = p.out_w, q.out_channels = p.out_channels;
+  q.kernel_h = p.kernel_h, q.kernel_w = p.kernel_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
+  q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.dilation_h = p.dilation_h, q.dilation_w = p.dilation_w;
+  q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
+  q.m = p.out_per_group, q.n = p.taps * p.in_per_group, q.k = p.batch * p.out_plane;
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
+  q.splits = reduction_splits(tiles * call.groups, ceil_div(q.k, Tile::kBlockK), 8, dw.numel(),
+                              cuda_detail::max_grid_yz() / call.groups, call.sm_count);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
+  q.partial_stride = dw.numel();
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && static_cast<int64_t>(call.groups) * q.splits <= cuda_detail::max_grid_yz(),
+               "cuconv: weight gradient too large for one tensor-core launch");
+  Tensor partial = cuda_detail::new_output(dw, {q.splits, dw.numel()}, ScalarType::Float);
+  CUCONV_DISPATCH_FLOATING(dtype, "conv2d_backward_weight_tensor_core", [&] {
+    if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+      const Tensor dy_nhwc = transposed<scalar_t>(dy, p.batch, p.out_channels, p.out_plane,
+                                                  {p.batch, p.out_h, p.out_w, p.out_channels}, call.stream);
+      const Tensor x_nhwc = transposed<scalar_t>(x, p.batch, p.in_channels, p.in_plane,
+                                                 {p.batch, p.in_h, p.in_w, p.in_channels}, call.stream);
+      cuda_detail::launch(weight_grad_tensor_core_kernel<scalar_t>,
+                          dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
+                          Tile::kThreads, 0, call.stream, dy_nhwc.const_data_ptr<scalar_t>(),
+                          x_nhwc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), q);
+    }
+  });
+  finish_partials(partial, dw, q.splits, call.stream);
+  return true;
 }
 
 }  // namespace cuconv::conv_cuda::tensor_core
