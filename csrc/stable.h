@@ -147,10 +147,11 @@ inline int32_t shim_dtype(ScalarType t) {
   }
 }
 
-// An uninitialised contiguous tensor of `sizes` with `like`'s device and, unless given, its
+// An uninitialised tensor of `sizes` and `strides` with `like`'s device and, unless given, its
 // dtype. Straight through the C shim (torch::stable::empty looks the op up by name and boxes
 // its arguments: ~1 us a call more, and every kernel call makes one or two).
-inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+inline Tensor empty_strided_like(const Tensor& like, IntArrayRef sizes, IntArrayRef strides,
+                                 std::optional<ScalarType> dtype = std::nullopt) {
   int32_t device_type = 0, device_index = 0, code = 0;
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
@@ -159,6 +160,14 @@ inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::option
   } else {
     STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &code));
   }
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(),
+                                                         strides.data(), code, device_type, device_index, &handle));
+  return Tensor(handle);
+}
+
+// An uninitialised contiguous tensor of `sizes` (as empty_strided_like).
+inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
   int64_t strides[8];
   const int64_t ndim = static_cast<int64_t>(sizes.size());
   CUCONV_CHECK(ndim <= 8, "cuconv: a tensor of more than 8 dimensions");
@@ -166,10 +175,42 @@ inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::option
     strides[d] = stride;
     stride *= std::max<int64_t>(sizes[d], 1);
   }
-  AtenTensorHandle handle = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(
-      aoti_torch_empty_strided(ndim, sizes.data(), strides, code, device_type, device_index, &handle));
-  return Tensor(handle);
+  return empty_strided_like(like, sizes, IntArrayRef(strides, sizes.size()), dtype);
+}
+
+// --- channels_last ----------------------------------------------------------------------------
+//
+// A 4-D tensor is "channels_last" when torch would suggest that memory format for it:
+// channels-last contiguous (NHWC in memory; a dimension of size 1 may have any stride, as torch
+// allows) and not contiguous. Convolutions keep it: a channels_last input gives a channels_last
+// output (cuconv/_fake.py says the same for traced graphs).
+inline bool is_channels_last(const Tensor& t) {
+  if (t.dim() != 4 || t.is_contiguous()) return false;
+  int64_t expected = 1;
+  for (int64_t d : {1, 3, 2, 0}) {
+    const int64_t size = t.size(d);
+    if (size == 1) continue;
+    if (t.stride(d) != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+
+// An uninitialised 4-D tensor of NCHW `sizes` laid out NHWC in memory.
+inline Tensor empty_channels_last_like(const Tensor& like, IntArrayRef sizes,
+                                       std::optional<ScalarType> dtype = std::nullopt) {
+  const int64_t c = std::max<int64_t>(sizes[1], 1), h = std::max<int64_t>(sizes[2], 1), w = std::max<int64_t>(sizes[3], 1);
+  const int64_t strides[4] = {h * w * c, 1, w * c, c};
+  return empty_strided_like(like, sizes, IntArrayRef(strides, 4), dtype);
+}
+
+// `result` (contiguous NCHW) laid out as `model` is: a channels_last copy when `model` is
+// channels_last (for the kernels that compute NCHW), else `result` itself.
+inline Tensor in_layout_of(const Tensor& model, const Tensor& result) {
+  if (!is_channels_last(model) || result.dim() != 4) return result;
+  Tensor out = empty_channels_last_like(result, result.sizes());
+  torch::stable::copy_(out, result);
+  return out;
 }
 
 // The same, filled with zeros.

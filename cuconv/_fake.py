@@ -12,17 +12,29 @@ def _fake(name):
     return torch.library.register_fake(f"cuconv::{name}")
 
 
+def _is_channels_last(t):
+    """As csrc/stable.h's is_channels_last: the layout torch suggests is channels_last."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _new_in_layout_of(model, shape):
+    """An empty tensor of `shape` like `model`, channels_last where `model` is (the kernels' rule)."""
+    if _is_channels_last(model):
+        return torch.empty(shape, dtype=model.dtype, device=model.device, memory_format=torch.channels_last)
+    return model.new_empty(shape)
+
+
 @_fake("conv2d")
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=False):
     shape = _shape.check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding, dilation, groups)
-    return input.new_empty(shape)
+    return _new_in_layout_of(input, shape)
 
 
 @_fake("conv2d_backward_input")
 def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, allow_tf32=False):
     _shape.check_conv2d_backward_input("cuconv.conv2d_backward_input", grad_output, weight, input_size, stride,
                                        padding, dilation, groups)
-    return grad_output.new_empty(input_size)
+    return _new_in_layout_of(grad_output, input_size)
 
 
 @_fake("conv2d_backward_weight")

@@ -258,3 +258,51 @@ def test_simt_float32_forward_and_input_gradient(target, case):
     assert ran == expect
     ref = torch.nn.grad.conv2d_input(x_shape, w.cpu().double(), dy.cpu().double(), stride, padding, dilation, groups)
     torch.testing.assert_close(dx.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+# --- channels_last ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_channels_last_runs_nhwc_in_place_and_stays_channels_last(target, dtype):
+    """A channels_last input is read as it lies (no transposed copy: one launch fewer than for NCHW),
+    and the output and the input gradient come back channels_last, as torch's do."""
+    g = torch.Generator().manual_seed(11)
+    x = _random((2, 16, 9, 11), dtype, target.device, g).to(memory_format=torch.channels_last)
+    w, b = _random((24, 16, 3, 3), dtype, target.device, g), _random((24,), dtype, target.device, g)
+    allow_tf32 = dtype == torch.float32
+    launches = {}
+    for name, tensor in (("nchw", x.contiguous()), ("channels_last", x)):
+        before = emulated_cuda.module.stats()["launches"] if target.name == "emulated" else 0
+        y, ran = target.run("conv2d", tensor, w, b, (1, 1), (1, 1), (1, 1), 1, allow_tf32)
+        launches[name] = (emulated_cuda.module.stats()["launches"] if target.name == "emulated" else 0) - before
+        assert ran == "tensor_core"
+        assert y.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last")
+        x64, w64 = (_tf32(tensor.cpu()), _tf32(w.cpu())) if allow_tf32 else (tensor.cpu(), w.cpu())
+        ref = F.conv2d(x64.double(), w64.double(), b.cpu().double(), 1, 1)
+        tolerance = 1e-5 if allow_tf32 else 1e-2
+        torch.testing.assert_close(y.cpu().double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+    if target.name == "emulated":
+        assert launches["channels_last"] == launches["nchw"] - 1
+    dy = _random((2, 24, 9, 11), dtype, target.device, g).to(memory_format=torch.channels_last)
+    dx, ran = target.run("conv2d_backward_input", dy, w, [2, 16, 9, 11], (1, 1), (1, 1), (1, 1), 1, allow_tf32)
+    assert ran == "tensor_core" and dx.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.grad.conv2d_input((2, 16, 9, 11), w.cpu().double(), dy.cpu().double(), 1, 1)
+    tolerance = 2e-3 if allow_tf32 else 1e-2
+    torch.testing.assert_close(dx.cpu().double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+    if dtype != torch.float32:  # the weight gradient's tensor-core kernel takes 16-bit types
+        dw, ran = target.run("conv2d_backward_weight", dy, x, [24, 16, 3, 3], (1, 1), (1, 1), (1, 1), 1)
+        assert ran == "tensor_core" and dw.is_contiguous()
+        ref = torch.nn.grad.conv2d_weight(x.cpu().double(), (24, 16, 3, 3), dy.cpu().double(), 1, 1)
+        torch.testing.assert_close(dw.cpu().double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("kernels", ["fastest", "simple"])
+def test_channels_last_through_every_family_matches_torch(target, kernels):
+    """The families that compute NCHW copy a channels_last result into place."""
+    g = torch.Generator().manual_seed(12)
+    for x_shape, w_shape, groups in (((2, 6, 8, 7), (8, 3, 3, 3), 2), ((2, 4, 8, 7), (8, 1, 3, 3), 4)):
+        x = _random(x_shape, torch.float64, target.device, g).to(memory_format=torch.channels_last)
+        w = _random(w_shape, torch.float64, target.device, g)
+        y, _ = target.run("conv2d", x, w, None, (1, 1), (1, 1), (1, 1), groups, kernels=kernels)
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        torch.testing.assert_close(y.cpu(), F.conv2d(x.cpu(), w.cpu(), None, 1, 1, 1, groups))

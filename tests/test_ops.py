@@ -347,6 +347,10 @@ def test_any_layout_gives_torch_results(layout, device):
     assert layout == "contiguous" or not x.is_contiguous()
     compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, 2, 1, 1, 2),
                        lambda x, w, b: F.conv2d(x, w, b, 2, 1, 1, 2), [x, w, b], torch.float64)
+    # the convolution's output keeps a channels_last input's layout, as torch's does
+    ours, theirs = CF.conv2d(x, w, b, 2, 1, 1, 2), F.conv2d(x, w, b, 2, 1, 1, 2)
+    assert ours.is_contiguous(memory_format=torch.channels_last) == theirs.is_contiguous(memory_format=torch.channels_last)
+    assert ours.is_contiguous() == theirs.is_contiguous()
     compare_with_torch(lambda t: CF.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x], torch.float64)
     compare_with_torch(lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2), [x], torch.float64)
     compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3), [x], torch.float64)
@@ -482,6 +486,12 @@ def _opcheck_samples(device, requires_grad):
         (ops.conv2d_backward_input, (grad_conv, w.detach(), list(x.shape), *conv_args)),
         (ops.conv2d_backward_weight, (grad_conv, x.detach(), list(w.shape), *conv_args)),
         (ops.conv2d_backward_bias, (grad_conv,)),
+        # channels_last in, channels_last out (the fake kernels must say so too)
+        (ops.conv2d, (x.detach().to(memory_format=torch.channels_last).requires_grad_(requires_grad), w, b, *conv_args)),
+        (ops.conv2d_backward_input, (grad_conv.to(memory_format=torch.channels_last), w.detach(), list(x.shape),
+                                     *conv_args)),
+        # allow_tf32 given (on the CPU it changes nothing)
+        (ops.conv2d, (x, w, b, *conv_args, True)),
         (ops.max_pool2d, (x, *pool)),
         (ops.max_pool2d_backward, (torch.randn_like(out), idx, list(x.shape), *pool)),
         (ops.avg_pool2d, (x, *avg)),

@@ -641,7 +641,7 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
       gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
     }
   });
-  return y;
+  return in_layout_of(input, y);  // channels_last in, channels_last out (as torch)
 }
 
 Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight,
@@ -673,7 +673,7 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
       gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
     }
   });
-  return dx;
+  return in_layout_of(grad_output, dx);
 }
 
 Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input,

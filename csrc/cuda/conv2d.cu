@@ -31,6 +31,7 @@
 // pass is deterministic (no atomics, whatever torch.use_deterministic_algorithms says).
 
 #include <algorithm>
+#include <vector>
 
 #include "../ops.h"
 #include "conv2d_common.cuh"
@@ -126,66 +127,80 @@ namespace {
 bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::kFastest; }
 }  // namespace
 
+// The entry points hand the tensor-core kernels the tensors as they come (they read NCHW or
+// channels_last and write the output in the input's layout); every other family computes in
+// contiguous NCHW, copied into a channels_last output where the input is channels_last.
+
 Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                            IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                            bool allow_tf32) {
   const char* op = "cuconv.conv2d";
   const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(input);
-  Tensor y = cuda_detail::new_output(input, {shape.batch, shape.out_channels, shape.out_h, shape.out_w});
+  const std::vector<int64_t> sizes{shape.batch, shape.out_channels, shape.out_h, shape.out_w};
+  Tensor y = cuda_detail::new_output(input, sizes, std::nullopt, is_channels_last(input));
   if (y.numel() == 0) return y;
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(input), cuda_detail::multiprocessor_count(input)};
-  const Tensor x = contiguous_or_self(input);
-  const Tensor w = contiguous_or_self(weight);
   std::optional<Tensor> b;
   if (bias.has_value() && bias->defined()) b = contiguous_or_self(*bias);
   auto& ran = conv_cuda::last_kernels().forward;
-  if (call.p.in_per_group == 1) {
-    conv_cuda::depthwise::forward(call, x, w, b, y);
-    ran = "depthwise";
-  } else if (fastest() && conv_cuda::tensor_core::forward(call, x, w, b, y, allow_tf32)) {
+  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::forward(call, input, weight, b, y, allow_tf32)) {
     ran = "tensor_core";
-  } else if (fastest() && conv_cuda::simt::forward(call, x, w, b, y)) {
+    return y;
+  }
+  const Tensor x = contiguous_or_self(input);
+  const Tensor w = contiguous_or_self(weight);
+  Tensor out = y.is_contiguous() ? y : cuda_detail::new_output(input, sizes);
+  if (call.p.in_per_group == 1) {
+    conv_cuda::depthwise::forward(call, x, w, b, out);
+    ran = "depthwise";
+  } else if (fastest() && conv_cuda::simt::forward(call, x, w, b, out)) {
     ran = "simt";
   } else {
-    conv_cuda::simple::forward(call, x, w, b, y);
+    conv_cuda::simple::forward(call, x, w, b, out);
     ran = "simple";
   }
+  if (!y.is_contiguous()) torch::stable::copy_(y, out);
   return y;
 }
 
 Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                           bool allow_tf32) {
+                                  bool allow_tf32) {
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
   // Every element is written (pixels no output sees get 0), so no zero fill is needed.
-  Tensor dx = cuda_detail::new_output(grad_output, input_size);
+  Tensor dx = cuda_detail::new_output(grad_output, input_size, std::nullopt, is_channels_last(grad_output));
   if (dx.numel() == 0) return dx;
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
+  auto& ran = conv_cuda::last_kernels().backward_input;
+  if (call.p.in_per_group > 1 && fastest() &&
+      conv_cuda::tensor_core::backward_input(call, grad_output, weight, dx, allow_tf32)) {
+    ran = "tensor_core";
+    return dx;
+  }
   const Tensor dy = contiguous_or_self(grad_output);
   const Tensor w = contiguous_or_self(weight);
-  auto& ran = conv_cuda::last_kernels().backward_input;
+  Tensor out = dx.is_contiguous() ? dx : cuda_detail::new_output(grad_output, input_size);
   if (call.p.in_per_group == 1) {
-    conv_cuda::depthwise::backward_input(call, dy, w, dx);
+    conv_cuda::depthwise::backward_input(call, dy, w, out);
     ran = "depthwise";
-  } else if (fastest() && conv_cuda::tensor_core::backward_input(call, dy, w, dx, allow_tf32)) {
-    ran = "tensor_core";
-  } else if (fastest() && conv_cuda::simt::backward_input(call, dy, w, dx)) {
+  } else if (fastest() && conv_cuda::simt::backward_input(call, dy, w, out)) {
     ran = "simt";
   } else {
-    conv_cuda::simple::backward_input(call, dy, w, dx);
+    conv_cuda::simple::backward_input(call, dy, w, out);
     ran = "simple";
   }
+  if (!dx.is_contiguous()) torch::stable::copy_(dx, out);
   return dx;
 }
 
 Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                           bool allow_tf32) {
+                                   bool allow_tf32) {
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
@@ -193,14 +208,16 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   if (dw.numel() == 0) return dw;
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
+  auto& ran = conv_cuda::last_kernels().backward_weight;
+  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::backward_weight(call, grad_output, input, dw)) {
+    ran = "tensor_core";
+    return dw;
+  }
   const Tensor x = contiguous_or_self(input);
   const Tensor dy = contiguous_or_self(grad_output);
-  auto& ran = conv_cuda::last_kernels().backward_weight;
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::backward_weight(call, dy, x, dw);
     ran = "depthwise";
-  } else if (fastest() && conv_cuda::tensor_core::backward_weight(call, dy, x, dw)) {
-    ran = "tensor_core";
   } else {
     conv_cuda::simple::backward_weight(call, dy, x, dw);
     ran = "simple";

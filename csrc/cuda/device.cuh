@@ -47,10 +47,12 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
   CUCONV_CHECK(error.empty(), "CUDA error: ", error);
 }
 
-// A new tensor (like `like`, of `sizes` and optionally another dtype) for a kernel to fill:
-// NaN, or for integers -2^62, so that what a kernel leaves unwritten shows.
-inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
-  Tensor t = empty_like_with(like, sizes, dtype);
+// A new tensor (like `like`, of `sizes` and optionally another dtype; channels_last: 4-D NCHW
+// sizes laid out NHWC) for a kernel to fill: NaN, or for integers -2^62, so that what a kernel
+// leaves unwritten shows.
+inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt,
+                         bool channels_last = false) {
+  Tensor t = channels_last ? empty_channels_last_like(like, sizes, dtype) : empty_like_with(like, sizes, dtype);
   torch::stable::fill_(t, is_floating(t.scalar_type()) ? std::numeric_limits<double>::quiet_NaN()
                                                        : -4611686018427387904.0);
   return t;
@@ -88,8 +90,9 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
-  return empty_like_with(like, sizes, dtype);
+inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt,
+                         bool channels_last = false) {
+  return channels_last ? empty_channels_last_like(like, sizes, dtype) : empty_like_with(like, sizes, dtype);
 }
 
 #endif

@@ -3,7 +3,7 @@
 //
 // Layouts: x is NHWC [N, H, W, C_in] (a channels_last input is read in place, an NCHW one is
 // transposed first), the weight is repacked to [C_out, kH, kW, C_g] ("OHWI"), and y is
-// written through strides, NCHW or NHWC. Per group g the forward pass is
+// written through strides, NCHW or, for a channels_last input, NHWC (channels_last). Per group g the forward pass is
 //     C[m, o] = sum_k A[m, k] B[k, o],   m = (n, oh, ow), o < O_g, k = (i, j, c), c fastest
 //     A[m, k] = x[n, ih, iw, g*C_g + c]  (ih = oh*sH - pH + i*dH, iw = ow*sW - pW + j*dW; 0 outside)
 //     B[k, o] = w_ohwi[g*O_g + o, i, j, c]
@@ -471,12 +471,21 @@ void launch_conv(const T* x, const T* w, const T* bias, T* y, const TensorCoreCo
                       TensorCoreTile::kThreads, 0, stream, x, w, bias, y, q);
 }
 
-// The convolution of x (NCHW tensor, NHWC copy made here) with the OHWI weight w_ohwi, into y
-// (NCHW contiguous), with the geometry of p.
+// x as NHWC memory: itself when channels_last, else an NHWC copy of the contiguous NCHW x.
+template <typename T>
+Tensor nhwc(const Tensor& x, cuda_detail::Stream stream) {
+  if (is_channels_last(x)) return x;
+  const Tensor contiguous = contiguous_or_self(x);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  return transposed<T>(contiguous, n, c, h * w, {n, h, w, c}, stream);
+}
+
+// The convolution of x (NCHW or channels_last) with the OHWI weight w_ohwi, into y (contiguous
+// or channels_last: written in place either way), with the geometry of p.
 template <typename T>
 void run(const ConvParams& p, int groups, const Tensor& x, const Tensor& w_ohwi, const T* bias, Tensor& y,
          cuda_detail::Stream stream) {
-  const Tensor x_nhwc = transposed<T>(x, p.batch, p.in_channels, p.in_plane, {p.batch, p.in_h, p.in_w, p.in_channels}, stream);
+  const Tensor x_nhwc = nhwc<T>(x, stream);
   TensorCoreConv q;
   q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
   q.out_h = p.out_h, q.out_w = p.out_w, q.out_channels = p.out_channels;
@@ -485,9 +494,10 @@ void run(const ConvParams& p, int groups, const Tensor& x, const Tensor& w_ohwi,
   q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
   q.m = p.batch * p.out_plane;
   q.k = p.taps * p.in_per_group;
-  q.out_sample = p.out_sample;  // NCHW output
-  q.out_channel_stride = p.out_plane;
-  q.out_pixel_stride = 1;
+  q.out_sample = p.out_sample;
+  const bool nhwc_out = is_channels_last(y);
+  q.out_channel_stride = nhwc_out ? 1 : p.out_plane;
+  q.out_pixel_stride = nhwc_out ? p.out_channels : 1;
   launch_conv<T>(x_nhwc.const_data_ptr<T>(), w_ohwi.const_data_ptr<T>(), bias, y.mutable_data_ptr<T>(), q, groups, stream);
 }
 
@@ -510,7 +520,7 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
   bool done = false;
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_tensor_core", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      const Tensor w_ohwi = transposed<scalar_t>(w, p.out_channels, p.in_per_group, p.taps,
+      const Tensor w_ohwi = transposed<scalar_t>(contiguous_or_self(w), p.out_channels, p.in_per_group, p.taps,
                                                  {p.out_channels, p.kernel_h, p.kernel_w, p.in_per_group}, call.stream);
       run<scalar_t>(p, call.groups, x, w_ohwi, bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y,
                     call.stream);
@@ -539,8 +549,9 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
     if constexpr (!std::is_same_v<scalar_t, double>) {
       Tensor w_t = cuda_detail::new_output(w, {p.in_channels, p.kernel_h, p.kernel_w, p.out_per_group});
       const int64_t total = w_t.numel();
+      const Tensor w_contiguous = contiguous_or_self(w);
       cuda_detail::launch(flip_transpose_weight_kernel<scalar_t>, cuda_detail::grid_stride_blocks(total),
-                          cuda_detail::kThreadsPerBlock, 0, call.stream, w.const_data_ptr<scalar_t>(),
+                          cuda_detail::kThreadsPerBlock, 0, call.stream, w_contiguous.const_data_ptr<scalar_t>(),
                           w_t.mutable_data_ptr<scalar_t>(), call.groups, p.in_per_group, p.out_per_group, p.kernel_h,
                           p.kernel_w);
       run<scalar_t>(t, call.groups, dy, w_t, nullptr, dx, call.stream);
@@ -574,10 +585,8 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   Tensor partial = cuda_detail::new_output(dw, {q.splits, dw.numel()}, ScalarType::Float);
   CUCONV_DISPATCH_FLOATING(dtype, "conv2d_backward_weight_tensor_core", [&] {
     if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
-      const Tensor dy_nhwc = transposed<scalar_t>(dy, p.batch, p.out_channels, p.out_plane,
-                                                  {p.batch, p.out_h, p.out_w, p.out_channels}, call.stream);
-      const Tensor x_nhwc = transposed<scalar_t>(x, p.batch, p.in_channels, p.in_plane,
-                                                 {p.batch, p.in_h, p.in_w, p.in_channels}, call.stream);
+      const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);
+      const Tensor x_nhwc = nhwc<scalar_t>(x, call.stream);
       cuda_detail::launch(weight_grad_tensor_core_kernel<scalar_t>,
                           dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
                           Tile::kThreads, 0, call.stream, dy_nhwc.const_data_ptr<scalar_t>(),
