@@ -124,6 +124,8 @@ MUTANTS = [
            "const int b_dh = b_i * q.dilation_h - q.pad_h", "const int b_dh = b_i - q.pad_h", (CUDA_KERNELS,)),
     Mutant("simt-phase-tap-step", "index math (CUDA)", "csrc/cuda/gemm_simt.cu",
            "t.delta = -(dilation / g);", "t.delta = -dilation;", (CUDA_KERNELS,)),
+    Mutant("depthwise-taps-transposed", "index math (CUDA)", "csrc/cuda/depthwise.cu",
+           "acc[i * kKernelW + j] += g", "acc[j * kKernelH + i] += g", (CUDA_KERNELS,)),
     Mutant("cuda-pool-covering-range", "index math (CUDA)", "csrc/cuda/pool2d.cu",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),

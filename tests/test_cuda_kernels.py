@@ -8,6 +8,8 @@ different order. A case passes when the fast kernel's largest error against floa
 twice the simple kernel's plus one rounding of the result, and, where the rounded operands are
 known (TF32), when it matches float64 on those operands to float32's accuracy."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -306,3 +308,29 @@ def test_channels_last_through_every_family_matches_torch(target, kernels):
         y, _ = target.run("conv2d", x, w, None, (1, 1), (1, 1), (1, 1), groups, kernels=kernels)
         assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
         torch.testing.assert_close(y.cpu(), F.conv2d(x.cpu(), w.cpu(), None, 1, 1, 1, groups))
+
+
+# --- one input channel a group (depthwise.cu) ------------------------------------------------------
+
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (7, 7), (3, 2)], ids=str)
+@pytest.mark.parametrize("layer", ["first-layer", "depthwise-x2"])
+def test_one_input_channel_weight_gradient(target, kernel, layer):
+    """The book's first layers (one input channel, no groups) and depthwise layers: every tap of a
+    channel accumulated in one block for 3x3, 5x5 and 7x7 kernels, one block a tap otherwise;
+    split over the positions as the multiprocessor count asks."""
+    g = torch.Generator().manual_seed(13)
+    x_shape, w_shape, groups = ((3, 1, 15, 13), (6, 1, *kernel), 1) if layer == "first-layer" else \
+        ((2, 4, 12, 11), (8, 1, *kernel), 4)
+    x = _random(x_shape, torch.float64, target.device, g)
+    for stride, padding, dilation in (((1, 1), (2, 1), (1, 1)), ((2, 1), (0, 3), (1, 2))):
+        y_shape = F.conv2d(x.cpu(), torch.empty(w_shape, dtype=torch.float64), None, stride, padding, dilation,
+                           groups).shape
+        dy = _random(y_shape, torch.float64, target.device, g)
+        ref = torch.nn.grad.conv2d_weight(x.cpu(), w_shape, dy.cpu(), stride, padding, dilation, groups)
+        for sm_count in ((1, 132) if target.name == "emulated" else (None,)):
+            settings = {"multiprocessor_count": sm_count} if sm_count else {}
+            with emulated_cuda.configured(**settings) if sm_count else contextlib.nullcontext():
+                dw, ran = target.run("conv2d_backward_weight", dy, x, list(w_shape), stride, padding, dilation, groups)
+            assert ran == "depthwise"
+            torch.testing.assert_close(dw.cpu(), ref)
+

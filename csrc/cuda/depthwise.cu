@@ -1,8 +1,10 @@
 // Depthwise-like convolutions on CUDA (C_g == 1: one input channel per group, groups == C_in
 // for depthwise proper): direct kernels, no GEMM. Forward and backward input give one thread per
 // output / input element (the latter gathers over the outputs and taps that see its pixel);
-// backward weight gives one block per (weight element, split) that reduces over N*Ho*Wo, the
-// split slices summed in fixed order (conv2d.cu's finish_partials): deterministic, no atomics.
+// backward weight gives one block per (output channel, split) that reads each dy element once and
+// accumulates every tap in registers (3x3, 5x5, 7x7 kernels; other sizes one block per weight
+// element), the split slices summed in fixed order (conv2d.cu's finish_partials): deterministic,
+// no atomics. One-input-channel layers without groups (the book's first layers) come here too.
 
 #include "conv2d_common.cuh"
 
@@ -117,6 +119,60 @@ __global__ void __launch_bounds__(kReduceThreads)
   sum = block_sum(sum);
   if (threadIdx.x == 0) partial[static_cast<int64_t>(split) * gridDim.x + element] = sum;
 }
+
+// The same gradient with every tap of output channel o = blockIdx.x in one block: each (n, oh, ow)
+// of the block's share reads dy once and accumulates all kH*kW taps in registers (the input
+// window comes from the L1 cache), so dy is read once instead of once a tap. kKernelH x kKernelW
+// fixed at compile time (the register array). The taps are then summed over the block: per warp
+// by shuffles, then the warps' totals in warp order. partial[split, o*taps + tap].
+template <typename scalar_t, int kKernelH, int kKernelW>
+__global__ void __launch_bounds__(kReduceThreads)
+    depthwise_weight_grad_taps_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* __restrict__ input,
+                                      opmath_t<scalar_t>* __restrict__ partial, const ConvParams p, int positions) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int kTaps = kKernelH * kKernelW;
+  constexpr int kWarps = kReduceThreads / 32;
+  CUCONV_SHARED(warp_totals, acc_t[kTaps][kWarps]);
+  const int o = blockIdx.x, split = blockIdx.y;
+  const scalar_t* dy = grad_output + static_cast<int64_t>(o) * p.out_plane;
+  const scalar_t* x = input + static_cast<int64_t>(o / p.out_per_group) * p.in_plane;
+  const int first = split * kReduceThreads + threadIdx.x;
+  const int stride = gridDim.y * kReduceThreads;
+  MixedRadix position = MixedRadix::split(first, p.out_h, p.out_w);  // (n, oh, ow)
+  const MixedRadix step = MixedRadix::split(stride, p.out_h, p.out_w);
+  acc_t acc[kTaps];
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) acc[t] = acc_t(0);
+  for (int q = first; q < positions; q += stride) {
+    const acc_t g = static_cast<acc_t>(dy[position.outer * p.out_sample + position.mid * p.out_w + position.inner]);
+    const scalar_t* sample = x + position.outer * p.in_sample;
+    const int ih0 = position.mid * p.stride_h - p.pad_h, iw0 = position.inner * p.stride_w - p.pad_w;
+#pragma unroll
+    for (int i = 0; i < kKernelH; ++i) {
+      const int ih = ih0 + i * p.dilation_h;
+      if (static_cast<unsigned>(ih) >= static_cast<unsigned>(p.in_h)) continue;
+#pragma unroll
+      for (int j = 0; j < kKernelW; ++j) {
+        const int iw = iw0 + j * p.dilation_w;
+        if (static_cast<unsigned>(iw) < static_cast<unsigned>(p.in_w))
+          acc[i * kKernelW + j] += g * static_cast<acc_t>(sample[ih * p.in_w + iw]);
+      }
+    }
+    position.advance(step, p.out_h, p.out_w);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int t = 0; t < kTaps; ++t) {
+    const acc_t total = cuda_detail::warp_sum(acc[t]);
+    if (lane == 0) warp_totals[t][warp] = total;
+  }
+  __syncthreads();  // every warp's totals are in shared memory
+  for (int t = threadIdx.x; t < kTaps; t += kReduceThreads) {
+    acc_t sum = 0;
+    for (int w = 0; w < kWarps; ++w) sum += warp_totals[t][w];
+    partial[static_cast<int64_t>(split) * gridDim.x * kTaps + o * kTaps + t] = sum;
+  }
+}
 }  // namespace
 
 void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y) {
@@ -149,14 +205,30 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   const int positions = p.batch * p.out_plane;  // the reduction length N*Ho*Wo (may be 0)
   const int64_t elements = dw.numel();          // C_out * kH * kW
   CUCONV_CHECK(elements <= cuda_detail::kMaxInt32Index, "cuconv.conv2d_backward_weight: too many weight elements");
-  const int splits = reduction_splits(elements, positions, 16 * kReduceThreads, elements, cuda_detail::max_grid_yz(),
-                                      call.sm_count);
+  const bool taps_in_registers = p.kernel_h == p.kernel_w && (p.kernel_h == 3 || p.kernel_h == 5 || p.kernel_h == 7);
+  const int64_t blocks_per_split = taps_in_registers ? p.out_channels : elements;
+  const int splits = reduction_splits(blocks_per_split, positions, 16 * kReduceThreads, elements,
+                                      cuda_detail::max_grid_yz(), call.sm_count);
   Tensor partial = partial_buffer(dw, splits);
-  const dim3 grid(static_cast<unsigned int>(elements), static_cast<unsigned int>(splits));
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
-    cuda_detail::launch(depthwise_weight_grad_kernel<scalar_t>, grid, kReduceThreads, 0, call.stream,
-        dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), p, positions);
+    // The common kernel sizes accumulate every tap of a channel in one block; the rest one block a tap.
+    auto taps_kernel = [&](auto kernel) {
+      const dim3 grid(static_cast<unsigned int>(p.out_channels), static_cast<unsigned int>(splits));
+      cuda_detail::launch(kernel, grid, kReduceThreads, 0, call.stream, dy.const_data_ptr<scalar_t>(),
+                          x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), p, positions);
+    };
+    if (p.kernel_h == 3 && p.kernel_w == 3) {
+      taps_kernel(depthwise_weight_grad_taps_kernel<scalar_t, 3, 3>);
+    } else if (p.kernel_h == 5 && p.kernel_w == 5) {
+      taps_kernel(depthwise_weight_grad_taps_kernel<scalar_t, 5, 5>);
+    } else if (p.kernel_h == 7 && p.kernel_w == 7) {
+      taps_kernel(depthwise_weight_grad_taps_kernel<scalar_t, 7, 7>);
+    } else {
+      const dim3 grid(static_cast<unsigned int>(elements), static_cast<unsigned int>(splits));
+      cuda_detail::launch(depthwise_weight_grad_kernel<scalar_t>, grid, kReduceThreads, 0, call.stream,
+          dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), p, positions);
+    }
   });
   finish_partials(partial, dw, splits, call.stream);
 }
