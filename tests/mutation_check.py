@@ -126,6 +126,8 @@ MUTANTS = [
            "t.delta = -(dilation / g);", "t.delta = -dilation;", (CUDA_KERNELS,)),
     Mutant("depthwise-taps-transposed", "index math (CUDA)", "csrc/cuda/depthwise.cu",
            "acc[i * kKernelW + j] += g", "acc[j * kKernelH + i] += g", (CUDA_KERNELS,)),
+    Mutant("split-k-bias-in-every-slice", "reduction (CUDA)", "csrc/cuda/gemm_simt.cu",
+           "  if (split != 0) bias = nullptr;\n", "", (CUDA_KERNELS,)),
     Mutant("cuda-pool-covering-range", "index math (CUDA)", "csrc/cuda/pool2d.cu",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),

@@ -334,3 +334,32 @@ def test_one_input_channel_weight_gradient(target, kernel, layer):
             assert ran == "depthwise"
             torch.testing.assert_close(dw.cpu(), ref)
 
+
+
+# --- scheduling -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,kernel", [(torch.bfloat16, "tensor_core"), (torch.float32, "simt")], ids=str)
+def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_waves(dtype, kernel):
+    """On 1 multiprocessor this layer's output tiles make two waves and K stays whole; on 132 they
+    would not, so K is split into slices (more blocks) summed in order: the same results up to the
+    order of the float32 sums."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(14)
+    x, w = _random((2, 32, 16, 16), dtype, "cpu", g), _random((32, 32, 3, 3), dtype, "cpu", g)
+    b, dy = _random((32,), dtype, "cpu", g), _random((2, 32, 16, 16), dtype, "cpu", g)
+    ref_y = F.conv2d(x.double(), w.double(), b.double(), 1, 1)
+    ref_dx = torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), 1, 1)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    blocks = {}
+    for sm_count in (1, 132):
+        before = emulated_cuda.module.stats()["blocks"]
+        with emulated_cuda.configured(multiprocessor_count=sm_count):
+            y = torch.ops.cuconv_emulated.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+            dx = torch.ops.cuconv_emulated.conv2d_backward_input(dy, w, list(x.shape), (1, 1), (1, 1), (1, 1), 1)
+            last = emulated_cuda.module.last_kernels()
+        assert last["forward"] == last["backward_input"] == kernel
+        blocks[sm_count] = emulated_cuda.module.stats()["blocks"] - before
+        for out, ref in ((y, ref_y), (dx, ref_dx)):
+            torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+    assert blocks[132] > blocks[1] + 4, blocks

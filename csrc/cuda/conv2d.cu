@@ -97,6 +97,15 @@ LastKernels& last_kernels() {
   return last;
 }
 
+int split_k_slices(int64_t blocks, int64_t k_steps, int64_t out_numel, int sm_count, int blocks_per_sm) {
+  const int64_t two_waves = 2 * static_cast<int64_t>(sm_count) * blocks_per_sm;
+  if (blocks >= two_waves || blocks == 0) return 1;
+  const int64_t wanted = ceil_div<int64_t>(two_waves, blocks);
+  const int64_t by_steps = k_steps / 4;
+  const int64_t by_memory = (int64_t{1} << 25) / std::max<int64_t>(out_numel, 1);
+  return static_cast<int>(std::clamp<int64_t>(std::min({wanted, by_steps, by_memory, int64_t{16}}), 1, 16));
+}
+
 Tensor partial_buffer(const Tensor& out, int splits) {
   const ScalarType dtype = out.scalar_type();
   const ScalarType opmath = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;

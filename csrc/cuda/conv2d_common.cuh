@@ -172,6 +172,11 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
 int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t partial_per_split,
                      int64_t max_z, int sm_count);
 Tensor partial_buffer(const Tensor& out, int splits);
+// Split-K for the forward pass and the input gradient (the tensor-core and float32 GEMMs): a
+// layer whose `blocks` output tiles fill less than two waves of the GPU (blocks_per_sm resident
+// blocks on each of sm_count multiprocessors) has its K split into slices, enough for about two
+// waves, each of at least 4 K steps, at most 16, and at most 2^25 partial sums in all.
+int split_k_slices(int64_t blocks, int64_t k_steps, int64_t out_numel, int sm_count, int blocks_per_sm);
 void finish_partials(const Tensor& partial, Tensor& out, int splits, cuda_detail::Stream stream);
 
 }  // namespace cuconv::conv_cuda

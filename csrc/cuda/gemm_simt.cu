@@ -65,6 +65,8 @@ struct GatherConv {
   int n, k, k_pad, n_pad;                  // GEMM N (output channels per group), K = C*taps_h*taps_w
   int64_t out_sample;
   int out_plane, out_w, row0, row_step, col0, col_step;
+  int splits, k_per_split;  // split-K (blockIdx.z = group * splits + split), slices of out_numel floats
+  int64_t out_numel;
 };
 
 // W[g, k, co] (k = (ci, ti, tj)) = w[g*w_group + co*w_co + ci*w_ci + ti*w_ti + tj*w_tj + w_base],
@@ -90,7 +92,7 @@ __global__ void pack_weight_kernel(const float* __restrict__ w, float* __restric
 
 __global__ void __launch_bounds__(SimtTile::kThreads, 1)
     gather_conv_kernel(const float* __restrict__ src, const float* __restrict__ packed, const float* __restrict__ bias,
-                       float* __restrict__ out, const GatherConv q) {
+                       float* __restrict__ out, float* __restrict__ partial, const GatherConv q) {
   using Tile = SimtTile;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
   CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
@@ -98,8 +100,9 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
 
   const int n_tiles = ceil_div(q.n, BN);
   const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
-  const int group = static_cast<int>(blockIdx.z);
+  const int group = static_cast<int>(blockIdx.z) / q.splits, split = static_cast<int>(blockIdx.z) % q.splits;
   const int m0 = tile_m * BM, n0 = tile_n * BN;
+  const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
   const int tid = static_cast<int>(threadIdx.x);
   const int m_total = q.batch * q.rows * q.cols;
 
@@ -127,17 +130,19 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
   }
   MixedRadix a_tap[Tile::kKs];  // (ci, ti, tj) of this thread's k's
 #pragma unroll
-  for (int h = 0; h < Tile::kKs; ++h) a_tap[h] = MixedRadix::split(a_k + h * Tile::kKStride, q.taps_h, q.taps_w);
+  for (int h = 0; h < Tile::kKs; ++h)
+    a_tap[h] = MixedRadix::split(k_begin + a_k + h * Tile::kKStride, q.taps_h, q.taps_w);
   const MixedRadix a_step = MixedRadix::split(BK, q.taps_h, q.taps_w);
-  int a_next_k = a_k;  // the first of them, at the next copy_step
+  int a_next_k = k_begin + a_k;  // the first of them, at the next copy_step
   // --- B copies: 16-byte chunks, rows k0 + tid/32 + 8h, columns n0 + 4*(tid%32) .. +4
-  const float* b_next = packed + (static_cast<int64_t>(group) * q.k_pad + tid / 32) * q.n_pad + n0 + 4 * (tid % 32);
+  const float* b_next =
+      packed + (static_cast<int64_t>(group) * q.k_pad + k_begin + tid / 32) * q.n_pad + n0 + 4 * (tid % 32);
   const bool b_ok = n0 + 4 * (tid % 32) < q.n_pad;
 
   auto copy_step = [&](int stage) {
 #pragma unroll
     for (int h = 0; h < Tile::kKs; ++h) {
-      const bool k_ok = a_next_k + h * Tile::kKStride < q.k;
+      const bool k_ok = a_next_k + h * Tile::kKStride < k_end;
       const int dh = q.r0 + a_tap[h].mid * q.dr, dw = q.c0 + a_tap[h].inner * q.dc;
       const int offset = a_tap[h].outer * q.src_plane + dh * q.src_w + dw;
 #pragma unroll
@@ -166,7 +171,7 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
-  const int k_steps = ceil_div(q.k, BK);
+  const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
 #pragma unroll
   for (int s = 0; s < Tile::kStages - 1; ++s) {
     if (s < k_steps) copy_step(s);
@@ -195,7 +200,10 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
   }
   cp_async_wait<0>();
 
-  // --- epilogue: runs of 4 rows (output positions) per column
+  // --- epilogue: runs of 4 rows (output positions) per column. With split-K the slice goes to
+  // `partial` (out's layout), the bias with slice 0.
+  if (partial != nullptr) out = partial + split * q.out_numel;
+  if (split != 0) bias = nullptr;
   const int per_sample = q.rows * q.cols;
   const bool dense = q.row_step == 1 && q.col_step == 1 && q.row0 == 0 && q.col0 == 0 && q.cols == q.out_w;
   const bool vector = dense && q.out_plane % 4 == 0;
@@ -230,13 +238,15 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
   }
 }
 
-// Packs W for `q` and runs the gather convolution over all groups.
-void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, float* out, const Tensor& like,
-                   int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base, cuda_detail::Stream stream) {
+// Packs W for `q` and runs the gather convolution over all groups; K is split (split_k_slices, one
+// resident block a multiprocessor) when `out` is written whole by this launch (split_k).
+void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, Tensor& out, bool split_k,
+                   int sm_count, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base,
+                   cuda_detail::Stream stream) {
   using Tile = SimtTile;
   q.k_pad = std::max(ceil_div(q.k, Tile::kBlockK), 1) * Tile::kBlockK;
   q.n_pad = ceil_div(q.n, 4) * 4;
-  Tensor packed = cuda_detail::new_output(like, {q.groups, q.k_pad, q.n_pad});
+  Tensor packed = cuda_detail::new_output(out, {q.groups, q.k_pad, q.n_pad});
   const int64_t total = packed.numel();
   cuda_detail::launch(pack_weight_kernel, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
                       stream, w, packed.mutable_data_ptr<float>(), q, w_group, w_co, w_ci, w_ti, w_tj, w_base);
@@ -245,8 +255,16 @@ void launch_gather(GatherConv q, const float* src, const float* w, const float* 
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && q.groups <= cuda_detail::max_grid_yz(),
                "cuconv: convolution too large for one launch");
   if (tiles == 0) return;
-  cuda_detail::launch(gather_conv_kernel, dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(q.groups)),
-                      Tile::kThreads, 0, stream, src, packed.const_data_ptr<float>(), bias, out, q);
+  q.splits = split_k ? split_k_slices(tiles * q.groups, ceil_div(q.k, Tile::kBlockK), out.numel(), sm_count, 1) : 1;
+  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / q.groups);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
+  q.out_numel = out.numel();
+  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}) : Tensor();
+  cuda_detail::launch(gather_conv_kernel,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(q.groups * q.splits)),
+                      Tile::kThreads, 0, stream, src, packed.const_data_ptr<float>(), bias, out.mutable_data_ptr<float>(),
+                      q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
+  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
 }
 
 }  // namespace
@@ -265,7 +283,7 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
   q.out_sample = p.out_sample, q.out_plane = p.out_plane, q.out_w = p.out_w;
   q.row0 = q.col0 = 0, q.row_step = q.col_step = 1;
   launch_gather(q, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                bias.has_value() ? bias->const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), x,
+                bias.has_value() ? bias->const_data_ptr<float>() : nullptr, y, true, call.sm_count,
                 static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.in_per_group * p.taps, p.taps,
                 p.kernel_w, 1, 0, call.stream);
   return true;
@@ -311,8 +329,10 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
       q.out_sample = p.in_sample, q.out_plane = p.in_plane, q.out_w = p.in_w;
       q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
       // W[g, (o, ti, tj), c] = w[g*O_g + o, c, first_h + ti*step_h, first_w + tj*step_w]
-      launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx.mutable_data_ptr<float>(),
-                    dy, static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
+      // (split-K only with one phase: the partial slices cover all of dx, a phase writes part of it)
+      const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
+      launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx, one_phase, call.sm_count,
+                    static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
                     p.in_per_group * p.taps, th.step * p.kernel_w, tw.step, th.first * p.kernel_w + tw.first,
                     call.stream);
     }

@@ -67,6 +67,8 @@ struct TensorCoreConv {
   int m, k;                         // M = N*Ho*Wo, K = kH*kW*C_g
   int64_t out_sample;               // y's strides: sample, channel, pixel
   int out_channel_stride, out_pixel_stride;
+  int splits, k_per_split;          // split-K (blockIdx.z = group * splits + split)
+  int64_t out_numel;                // one slice of `partial`
 };
 
 template <typename T>
@@ -83,7 +85,7 @@ __device__ __forceinline__ uint32_t mma_operand(uint32_t bits) {
 template <typename T>
 __global__ void __launch_bounds__(TensorCoreTile::kThreads)
     conv_tensor_core_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                            T* __restrict__ y, const TensorCoreConv q) {
+                            T* __restrict__ y, float* __restrict__ partial, const TensorCoreConv q) {
   using Tile = TensorCoreTile;
   constexpr int kChunkElements = 16 / sizeof(T);
   constexpr int kStepElements = Tile::kRowBytes / sizeof(T);  // K per step
@@ -94,8 +96,9 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
 
   const int n_tiles = ceil_div(q.out_per_group, Tile::kBlockN);
   const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
-  const int group = static_cast<int>(blockIdx.z);
+  const int group = static_cast<int>(blockIdx.z) / q.splits, split = static_cast<int>(blockIdx.z) % q.splits;
   const int m0 = tile_m * Tile::kBlockM, n0 = tile_n * Tile::kBlockN;
+  const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
   const int tid = static_cast<int>(threadIdx.x);
 
   // --- the copies this thread issues each step: chunk `copy_chunk` of rows copy_row + r*kRowsPerCopy.
@@ -121,17 +124,17 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
     }
     const int o = n0 + copy_row + r * Tile::kRowsPerCopy;
     b_next[r] = o < q.out_per_group
-                    ? w + static_cast<int64_t>(group * q.out_per_group + o) * q.k + copy_chunk * kChunkElements
+                    ? w + static_cast<int64_t>(group * q.out_per_group + o) * q.k + k_begin + copy_chunk * kChunkElements
                     : nullptr;
   }
   // k of this thread's chunk as (i, j, c), stepped by kStepElements without division.
-  MixedRadix tap = MixedRadix::split(copy_chunk * kChunkElements, q.kernel_w, q.in_per_group);
+  MixedRadix tap = MixedRadix::split(k_begin + copy_chunk * kChunkElements, q.kernel_w, q.in_per_group);
   const MixedRadix tap_step = MixedRadix::split(kStepElements, q.kernel_w, q.in_per_group);
-  int next_k = copy_chunk * kChunkElements;  // k of the chunk the next copy_step copies
+  int next_k = k_begin + copy_chunk * kChunkElements;  // k of the chunk the next copy_step copies
   const int copy_slot = swizzled(copy_row, copy_chunk);  // + r * kRowsPerCopy rows, same swizzle
 
   auto copy_step = [&](int stage) {
-    const bool k_ok = next_k < q.k;
+    const bool k_ok = next_k < k_end;
     const int dh = tap.outer * q.dilation_h, dw = tap.mid * q.dilation_w;
     const int tap_offset = (dh * q.in_w + dw) * q.in_channels + tap.inner;
 #pragma unroll
@@ -171,7 +174,7 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
     b_fragment[kk] = swizzled(warp_n + (lane / 16) * 8 + lane % 8, 2 * kk + (lane / 8) % 2);
   }
 
-  const int k_steps = ceil_div(q.k, kStepElements);
+  const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, kStepElements) : 0;
 #pragma unroll
   for (int s = 0; s < Tile::kStages - 1; ++s) {
     if (s < k_steps) copy_step(s);
@@ -215,8 +218,11 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
   cp_async_wait<0>();  // no copy may still be in flight when the block exits
   static_cast<void>(kMmaK);
 
-  // --- epilogue: accumulator e of mma tile (i, j) is row g + 8*(e/2), column 2t + e%2
+  // --- epilogue: accumulator e of mma tile (i, j) is row g + 8*(e/2), column 2t + e%2. With split-K
+  // the slice goes to `partial` (float, y's layout), the bias with slice 0.
   const int g = lane / 4, t = lane % 4;
+  const bool add_bias = bias != nullptr && split == 0;
+  float* slice = partial != nullptr ? partial + split * q.out_numel : nullptr;
 #pragma unroll
   for (int i = 0; i < Tile::kMmaM; ++i) {
 #pragma unroll
@@ -225,7 +231,7 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
       if (m >= q.m) continue;
       const int out_plane = q.out_h * q.out_w;
       const int n = m / out_plane, pixel = m - n * out_plane;
-      T* row = y + n * q.out_sample + static_cast<int64_t>(pixel) * q.out_pixel_stride;
+      const int64_t row = n * q.out_sample + static_cast<int64_t>(pixel) * q.out_pixel_stride;
 #pragma unroll
       for (int j = 0; j < Tile::kMmaN; ++j) {
 #pragma unroll
@@ -234,8 +240,13 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
           if (o >= q.out_per_group) continue;
           const int channel = group * q.out_per_group + o;
           float value = acc[i][j][2 * half + e];
-          if (bias != nullptr) value += static_cast<float>(bias[channel]);
-          row[static_cast<int64_t>(channel) * q.out_channel_stride] = static_cast<T>(value);
+          if (add_bias) value += static_cast<float>(bias[channel]);
+          const int64_t offset = row + static_cast<int64_t>(channel) * q.out_channel_stride;
+          if (slice != nullptr) {
+            slice[offset] = value;
+          } else {
+            y[offset] = static_cast<T>(value);
+          }
         }
       }
     }
@@ -460,15 +471,26 @@ Tensor transposed(const Tensor& in, int64_t batch, int64_t channels, int64_t pos
   return out;
 }
 
+// Launches the forward kernel over all groups, with K split as split_k_slices says (two
+// resident blocks a multiprocessor: 123 registers, 48 KiB of shared memory).
 template <typename T>
-void launch_conv(const T* x, const T* w, const T* bias, T* y, const TensorCoreConv& q, int groups,
+void launch_conv(const T* x, const T* w, const T* bias, Tensor& y, TensorCoreConv q, int groups, int sm_count,
                  cuda_detail::Stream stream) {
+  constexpr int kStepElements = TensorCoreTile::kRowBytes / sizeof(T);
   const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, TensorCoreTile::kBlockM)) *
                         ceil_div(q.out_per_group, TensorCoreTile::kBlockN);
+  q.splits = split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), y.numel(), sm_count, 2);
+  q.splits = std::min<int64_t>(q.splits, cuda_detail::max_grid_yz() / groups);
+  q.k_per_split = ceil_div(ceil_div(q.k, q.splits), kStepElements) * kStepElements;
+  q.out_numel = y.numel();
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
                "cuconv: convolution too large for one tensor-core launch");
-  cuda_detail::launch(conv_tensor_core_kernel<T>, dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups)),
-                      TensorCoreTile::kThreads, 0, stream, x, w, bias, y, q);
+  Tensor partial = q.splits > 1 ? cuda_detail::new_output(y, {q.splits, y.numel()}, ScalarType::Float) : Tensor();
+  cuda_detail::launch(conv_tensor_core_kernel<T>,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
+                      TensorCoreTile::kThreads, 0, stream, x, w, bias, y.mutable_data_ptr<T>(),
+                      q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
+  if (q.splits > 1) finish_partials(partial, y, q.splits, stream);
 }
 
 // x as NHWC memory: itself when channels_last, else an NHWC copy of the contiguous NCHW x.
@@ -483,8 +505,8 @@ Tensor nhwc(const Tensor& x, cuda_detail::Stream stream) {
 // The convolution of x (NCHW or channels_last) with the OHWI weight w_ohwi, into y (contiguous
 // or channels_last: written in place either way), with the geometry of p.
 template <typename T>
-void run(const ConvParams& p, int groups, const Tensor& x, const Tensor& w_ohwi, const T* bias, Tensor& y,
-         cuda_detail::Stream stream) {
+void run(const ConvParams& p, int groups, int sm_count, const Tensor& x, const Tensor& w_ohwi, const T* bias,
+         Tensor& y, cuda_detail::Stream stream) {
   const Tensor x_nhwc = nhwc<T>(x, stream);
   TensorCoreConv q;
   q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
@@ -498,7 +520,7 @@ void run(const ConvParams& p, int groups, const Tensor& x, const Tensor& w_ohwi,
   const bool nhwc_out = is_channels_last(y);
   q.out_channel_stride = nhwc_out ? 1 : p.out_plane;
   q.out_pixel_stride = nhwc_out ? p.out_channels : 1;
-  launch_conv<T>(x_nhwc.const_data_ptr<T>(), w_ohwi.const_data_ptr<T>(), bias, y.mutable_data_ptr<T>(), q, groups, stream);
+  launch_conv<T>(x_nhwc.const_data_ptr<T>(), w_ohwi.const_data_ptr<T>(), bias, y, q, groups, sm_count, stream);
 }
 
 // 16-byte rows of channels: C_g elements must fill whole chunks.
@@ -522,8 +544,8 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const Tensor w_ohwi = transposed<scalar_t>(contiguous_or_self(w), p.out_channels, p.in_per_group, p.taps,
                                                  {p.out_channels, p.kernel_h, p.kernel_w, p.in_per_group}, call.stream);
-      run<scalar_t>(p, call.groups, x, w_ohwi, bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y,
-                    call.stream);
+      run<scalar_t>(p, call.groups, call.sm_count, x, w_ohwi,
+                    bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y, call.stream);
       done = true;
     }
   });
@@ -554,7 +576,7 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
                           cuda_detail::kThreadsPerBlock, 0, call.stream, w_contiguous.const_data_ptr<scalar_t>(),
                           w_t.mutable_data_ptr<scalar_t>(), call.groups, p.in_per_group, p.out_per_group, p.kernel_h,
                           p.kernel_w);
-      run<scalar_t>(t, call.groups, dy, w_t, nullptr, dx, call.stream);
+      run<scalar_t>(t, call.groups, call.sm_count, dy, w_t, nullptr, dx, call.stream);
       done = true;
     }
   });
