@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything issue 3 needs from a lent GPU machine, in one command (the device tool's `run`):
-# build against the machine's own torch, the whole test suite on cuda, compute-sanitizer
-# (memcheck + racecheck) over a short subset, and the benchmark suite side by side with cuDNN.
-#   run: bash benchmarks/gpu_run.sh      (logs and JSON land in $OUT, or ./gpu-run without it)
+# Everything a lent GPU machine is for, in one command (the device tool's `run`): build against
+# the machine's own torch, the whole test suite on cuda, compute-sanitizer (memcheck + racecheck)
+# over a short subset, the layer protocol against cuDNN (benchmarks/gpu_protocol.py: float32,
+# TF32 and bfloat16, NCHW and channels_last, cudnn.benchmark off and on, CUDA events, every
+# timing gated on a float64 check) and the pytest-benchmark suite side by side with torch.
+#   run: bash benchmarks/gpu_run.sh [--quick]   (logs, JSON and tables land in $OUT, or ./gpu-run)
 set -uo pipefail
 out=${OUT:-gpu-run}
 mkdir -p "$out"
@@ -20,6 +22,10 @@ for tool in memcheck racecheck; do
     -p no:cacheprovider -k "agree or stream or deterministic" > "$out/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool: exit $?" | tee -a "$out/tests.log"
 done
+quick=""; [ "${1:-}" = "--quick" ] && quick="--quick"
+python3 "$src/benchmarks/gpu_protocol.py" $quick --json "$out/protocol.json" --markdown "$out/protocol.md" \
+  > "$out/protocol.log" 2>&1
+echo "gpu_protocol: exit $?"; head -8 "$out/protocol.md"
 python3 -m pytest "$src/benchmarks" -q -p no:cacheprovider --devices cuda --benchmark-json="$out/bench-cuda.json" \
   > "$out/bench.log" 2>&1
 python3 "$src/benchmarks/report.py" "$out/bench-cuda.json" --markdown "$out/bench-cuda.md" --plot "$out/bench-cuda.png"
