@@ -122,7 +122,7 @@ MUTANTS = [
            "2 * kk + (lane / 8) % 2)", "2 * kk + lane / 16)", (CUDA_KERNELS,)),
     Mutant("tensor-core-weight-grad-tap-offset", "index math (CUDA)", "csrc/cuda/gemm_tensor_core.cu",
            "const int b_dh = b_i * q.dilation_h - q.pad_h", "const int b_dh = b_i - q.pad_h", (CUDA_KERNELS,)),
-    Mutant("simt-phase-tap-step", "index math (CUDA)", "csrc/cuda/gemm_simt.cu",
+    Mutant("phase-tap-step", "index math (CUDA)", "csrc/cuda/conv2d_common.cuh",
            "t.delta = -(dilation / g);", "t.delta = -dilation;", (CUDA_KERNELS,)),
     Mutant("depthwise-taps-transposed", "index math (CUDA)", "csrc/cuda/depthwise.cu",
            "acc[i * kKernelW + j] += g", "acc[j * kKernelH + i] += g", (CUDA_KERNELS,)),

@@ -4,6 +4,7 @@
 // each kernel family, which conv2d.cu's entry points choose between. The index math and the
 // GEMM formulation of the three passes are described at the top of conv2d.cu.
 
+#include <numeric>
 #include <optional>
 
 #include "../shape.h"
@@ -106,6 +107,28 @@ __device__ __forceinline__ bool exact_quotient(int num, int stride, int& q) {
   return q * stride == num;
 }
 
+// The taps of kernel dimension (size, stride, pad, dilation) that reach input rows of phase
+// `phase` (the input gradient by stride phase, gemm_simt.cu's header): i = first + t*step for t < count, reading dy row a + offset - t*(dilation/g).
+struct PhaseTaps {
+  int first = 0, step = 1, count = 0, offset = 0, delta = 0;
+};
+
+inline PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilation) {
+  const int g = std::gcd(stride, dilation);
+  PhaseTaps t;
+  t.step = stride / g;
+  t.delta = -(dilation / g);
+  for (int i = 0; i < size; ++i) {
+    if ((phase + pad - i * dilation) % stride == 0) {  // C++ %: 0 for every exact multiple, negative ones too
+      t.first = i;
+      t.count = (size - 1 - i) / t.step + 1;
+      t.offset = (phase + pad - i * dilation) / stride;
+      break;
+    }
+  }
+  return t;
+}
+
 // Block reductions (bias and depthwise weight gradients): kReduceThreads threads a block.
 constexpr int kReduceThreads = 256;
 
@@ -143,8 +166,7 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
 
 // The tensor-core implicit GEMM (gemm_tensor_core.cu) for float16, bfloat16 and, with
 // allow_tf32, float32. Returns false, having done nothing, for what it does not take (other
-// dtypes, channel counts that do not fill 16-byte chunks, and for the input gradient strides
-// other than 1 or padding beyond the kernel's reach); the caller then falls back.
+// dtypes, channel counts that do not fill 16-byte chunks); the caller then falls back.
 namespace tensor_core {
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
              bool allow_tf32);

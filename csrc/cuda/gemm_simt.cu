@@ -289,28 +289,6 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
   return true;
 }
 
-// The taps of kernel dimension (size, stride, pad, dilation) that reach input rows of phase
-// `phase`: i = first + t*step for t < count, reading dy row a + offset - t*(dilation/g).
-struct PhaseTaps {
-  int first = 0, step = 1, count = 0, offset = 0, delta = 0;
-};
-
-PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilation) {
-  const int g = std::gcd(stride, dilation);
-  PhaseTaps t;
-  t.step = stride / g;
-  t.delta = -(dilation / g);
-  for (int i = 0; i < size; ++i) {
-    if ((phase + pad - i * dilation) % stride == 0) {  // C++ %: 0 for every exact multiple, negative ones too
-      t.first = i;
-      t.count = (size - 1 - i) / t.step + 1;
-      t.offset = (phase + pad - i * dilation) / stride;
-      break;
-    }
-  }
-  return t;
-}
-
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx) {
   if (dy.scalar_type() != ScalarType::Float) return false;
   const ConvParams& p = call.p;

@@ -1,17 +1,18 @@
 // Convolution on the tensor cores: an NHWC implicit GEMM with mma.sync, for float16 and
 // bfloat16 (m16n8k16) and for float32 as TF32 (m16n8k8), accumulating in float32.
 //
-// Layouts: x is NHWC [N, H, W, C_in] (a channels_last input is read in place, an NCHW one is
-// transposed first), the weight is repacked to [C_out, kH, kW, C_g] ("OHWI"), and y is
-// written through strides, NCHW or, for a channels_last input, NHWC (channels_last). Per group g the forward pass is
-//     C[m, o] = sum_k A[m, k] B[k, o],   m = (n, oh, ow), o < O_g, k = (i, j, c), c fastest
-//     A[m, k] = x[n, ih, iw, g*C_g + c]  (ih = oh*sH - pH + i*dH, iw = ow*sW - pW + j*dW; 0 outside)
-//     B[k, o] = w_ohwi[g*O_g + o, i, j, c]
-// so with C_g a multiple of 8 halves (4 floats), every 16 bytes of a row of A or of B are 16
-// consecutive bytes in memory: one cp.async each, zero-filled where the tap falls in the padding.
-// The input gradient of a stride-1 convolution is the same forward pass over dy with the
-// flipped, transposed weight w_t[g*C_g + c, i, j, o] = w[g*O_g + o, c, kH-1-i, kW-1-j], padding
-// d*(k-1) - p and the same dilation.
+// The forward pass and the input gradient are one "gather convolution" (as in gemm_simt.cu,
+// whose header derives the input gradient's stride phases), here over NHWC data: per group g,
+//     out[n, g*N + co, row0 + a*row_step, col0 + b*col_step] = sum_k A[m, k] B[k, co]
+//     m = (n, a, b), k = (ti, tj, ci) with ci fastest
+//     A[m, k] = src[n, a*s_r + r0 + ti*dr, b*s_c + c0 + tj*dc, g*C + ci]   (NHWC; 0 outside)
+//     B[k, co] = W[g*N + co, k]   (packed by pack_weight_kernel: K contiguous, "OHWI")
+// forward: src = x, s = stride, r0 = -pad, dr = dilation, W[o, (i, j, c)] = w[o, c, i, j];
+// input gradient, one launch a stride phase: src = dy, s = 1, the phase's taps, W[c, (ti, tj, o)] =
+// w[o, c, i, j]. With C a multiple of 8 halves (4 floats), every 16 bytes of a row of A or of B
+// are 16 consecutive bytes in memory: one cp.async each, zero-filled where a tap falls outside.
+// Layouts: src is read in place when channels_last, else transposed to NHWC first; out is
+// written through its strides, NCHW or (for a channels_last input) NHWC.
 //
 // Tiling (TensorCoreTile): a block of 256 threads (8 warps, 2 along m x 4 along n) computes a
 // 128 x 128 tile of C; each warp a 64 x 32 tile as 4 x 4 mma tiles of 16 x 8 (64 float
@@ -58,17 +59,17 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
   return row * TensorCoreTile::kChunks + (chunk ^ ((row >> 1) & (TensorCoreTile::kChunks - 1)));
 }
 
-// What the kernel needs of one convolution, the operands in the layouts above.
+// One gather convolution (see the top of the file), in 32-bit ints within a sample.
 struct TensorCoreConv {
-  int batch, in_h, in_w, in_channels;  // x: [N, H, W, C_in]
-  int out_h, out_w, out_channels;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-  int in_per_group, out_per_group;  // C_g, O_g
-  int m, k;                         // M = N*Ho*Wo, K = kH*kW*C_g
-  int64_t out_sample;               // y's strides: sample, channel, pixel
-  int out_channel_stride, out_pixel_stride;
-  int splits, k_per_split;          // split-K (blockIdx.z = group * splits + split)
-  int64_t out_numel;                // one slice of `partial`
+  int batch, src_h, src_w, src_channels;  // src: [N, H, W, C_src] in memory
+  int channels;                           // C: per group, read
+  int rows, cols;                         // the output positions (a, b)
+  int s_r, s_c, r0, c0, dr, dc, taps_h, taps_w;
+  int n, m, k;                            // GEMM N (output channels per group), M = N*rows*cols, K
+  int64_t out_sample;                     // out's strides: sample, channel, pixel; the positions written
+  int out_channel_stride, out_pixel_stride, out_w, row0, row_step, col0, col_step;
+  int splits, k_per_split;                // split-K (blockIdx.z = group * splits + split)
+  int64_t out_numel;                      // one slice of `partial`
 };
 
 template <typename T>
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
   CUCONV_SHARED(a_tile, uint4[Tile::kStages][Tile::kBlockM * Tile::kChunks]);
   CUCONV_SHARED(b_tile, uint4[Tile::kStages][Tile::kBlockN * Tile::kChunks]);
 
-  const int n_tiles = ceil_div(q.out_per_group, Tile::kBlockN);
+  const int n_tiles = ceil_div(q.n, Tile::kBlockN);
   const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
   const int group = static_cast<int>(blockIdx.z) / q.splits, split = static_cast<int>(blockIdx.z) % q.splits;
   const int m0 = tile_m * Tile::kBlockM, n0 = tile_n * Tile::kBlockN;
@@ -102,53 +103,55 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
   const int tid = static_cast<int>(threadIdx.x);
 
   // --- the copies this thread issues each step: chunk `copy_chunk` of rows copy_row + r*kRowsPerCopy.
-  // Offsets within a sample are 32-bit (the host checks H*W*C_in < 2^31): the row's window origin
-  // (ih0*W + iw0)*C_in plus, per step, the tap's (i*dH*W + j*dW)*C_in + c, the same for every row.
+  // Offsets within a sample are 32-bit (the host checks H*W*C_src < 2^31): the row's origin
+  // (a*s_r*W + b*s_c)*C_src plus, per step, the tap's ((r0 + ti*dr)*W + c0 + tj*dc)*C_src + ci, the
+  // same for every row. A row past M gets an origin so far outside the image that every check fails.
   const int copy_chunk = tid % Tile::kChunks, copy_row = tid / Tile::kChunks;
-  const T* a_sample[Tile::kCopies];  // x[n, 0, 0, g*C_g] of the row's sample; null past M
-  int a_ih0[Tile::kCopies], a_iw0[Tile::kCopies], a_origin[Tile::kCopies];
-  const T* b_next[Tile::kCopies];  // w_ohwi[g*O_g + o, k of the next step's chunk]; null past O_g
+  const T* a_sample[Tile::kCopies];  // src[n, 0, 0, g*C] of the row's sample
+  int a_row[Tile::kCopies], a_col[Tile::kCopies], a_origin[Tile::kCopies];
+  const T* b_next[Tile::kCopies];  // W[g*N + co, k of the next step's chunk]
+  bool b_row_ok[Tile::kCopies];
 #pragma unroll
   for (int r = 0; r < Tile::kCopies; ++r) {
     const int m = m0 + copy_row + r * Tile::kRowsPerCopy;
-    a_sample[r] = nullptr;
-    a_ih0[r] = a_iw0[r] = a_origin[r] = 0;
+    a_sample[r] = x;
+    a_row[r] = a_col[r] = -(1 << 30);
+    a_origin[r] = 0;
     if (m < q.m) {
-      const int out_plane = q.out_h * q.out_w;
-      const int n = m / out_plane, pixel = m - n * out_plane;
-      const int oh = pixel / q.out_w, ow = pixel - oh * q.out_w;
-      a_sample[r] = x + static_cast<int64_t>(n) * q.in_h * q.in_w * q.in_channels + group * q.in_per_group;
-      a_ih0[r] = oh * q.stride_h - q.pad_h;
-      a_iw0[r] = ow * q.stride_w - q.pad_w;
-      a_origin[r] = (a_ih0[r] * q.in_w + a_iw0[r]) * q.in_channels;
+      const int per_sample = q.rows * q.cols;
+      const int n = m / per_sample, position = m - n * per_sample;
+      const int a = position / q.cols, b = position - a * q.cols;
+      a_sample[r] = x + static_cast<int64_t>(n) * q.src_h * q.src_w * q.src_channels + group * q.channels;
+      a_row[r] = a * q.s_r;
+      a_col[r] = b * q.s_c;
+      a_origin[r] = (a_row[r] * q.src_w + a_col[r]) * q.src_channels;
     }
-    const int o = n0 + copy_row + r * Tile::kRowsPerCopy;
-    b_next[r] = o < q.out_per_group
-                    ? w + static_cast<int64_t>(group * q.out_per_group + o) * q.k + k_begin + copy_chunk * kChunkElements
-                    : nullptr;
+    const int co = n0 + copy_row + r * Tile::kRowsPerCopy;
+    b_row_ok[r] = co < q.n;
+    b_next[r] = w + static_cast<int64_t>(group * q.n + (b_row_ok[r] ? co : 0)) * q.k + k_begin +
+                copy_chunk * kChunkElements;
   }
-  // k of this thread's chunk as (i, j, c), stepped by kStepElements without division.
-  MixedRadix tap = MixedRadix::split(k_begin + copy_chunk * kChunkElements, q.kernel_w, q.in_per_group);
-  const MixedRadix tap_step = MixedRadix::split(kStepElements, q.kernel_w, q.in_per_group);
+  // k of this thread's chunk as (ti, tj, ci), stepped by kStepElements without division.
+  MixedRadix tap = MixedRadix::split(k_begin + copy_chunk * kChunkElements, q.taps_w, q.channels);
+  const MixedRadix tap_step = MixedRadix::split(kStepElements, q.taps_w, q.channels);
   int next_k = k_begin + copy_chunk * kChunkElements;  // k of the chunk the next copy_step copies
   const int copy_slot = swizzled(copy_row, copy_chunk);  // + r * kRowsPerCopy rows, same swizzle
 
   auto copy_step = [&](int stage) {
     const bool k_ok = next_k < k_end;
-    const int dh = tap.outer * q.dilation_h, dw = tap.mid * q.dilation_w;
-    const int tap_offset = (dh * q.in_w + dw) * q.in_channels + tap.inner;
+    const int dh = q.r0 + tap.outer * q.dr, dw = q.c0 + tap.mid * q.dc;
+    const int tap_offset = (dh * q.src_w + dw) * q.src_channels + tap.inner;
 #pragma unroll
     for (int r = 0; r < Tile::kCopies; ++r) {
       const int slot = copy_slot + r * Tile::kRowsPerCopy * Tile::kChunks;
-      const bool a_ok = k_ok && a_sample[r] != nullptr &&
-                        static_cast<unsigned>(a_ih0[r] + dh) < static_cast<unsigned>(q.in_h) &&
-                        static_cast<unsigned>(a_iw0[r] + dw) < static_cast<unsigned>(q.in_w);
+      const bool a_ok = k_ok && static_cast<unsigned>(a_row[r] + dh) < static_cast<unsigned>(q.src_h) &&
+                        static_cast<unsigned>(a_col[r] + dw) < static_cast<unsigned>(q.src_w);
       cp_async<16>(&a_tile[stage][slot], a_ok ? a_sample[r] + (a_origin[r] + tap_offset) : x, a_ok);
-      const bool b_ok = k_ok && b_next[r] != nullptr;
+      const bool b_ok = k_ok && b_row_ok[r];
       cp_async<16>(&b_tile[stage][slot], b_ok ? b_next[r] : w, b_ok);
-      if (b_next[r] != nullptr) b_next[r] += kStepElements;
+      b_next[r] += kStepElements;
     }
-    tap.advance(tap_step, q.kernel_w, q.in_per_group);
+    tap.advance(tap_step, q.taps_w, q.channels);
     next_k += kStepElements;
   };
 
@@ -229,16 +232,18 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
     for (int half = 0; half < 2; ++half) {
       const int m = m0 + warp_m + i * 16 + g + 8 * half;
       if (m >= q.m) continue;
-      const int out_plane = q.out_h * q.out_w;
-      const int n = m / out_plane, pixel = m - n * out_plane;
+      const int per_sample = q.rows * q.cols;
+      const int n = m / per_sample, position = m - n * per_sample;
+      const int a = position / q.cols, b = position - a * q.cols;
+      const int pixel = (q.row0 + a * q.row_step) * q.out_w + q.col0 + b * q.col_step;
       const int64_t row = n * q.out_sample + static_cast<int64_t>(pixel) * q.out_pixel_stride;
 #pragma unroll
       for (int j = 0; j < Tile::kMmaN; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int o = n0 + warp_n + j * 8 + 2 * t + e;
-          if (o >= q.out_per_group) continue;
-          const int channel = group * q.out_per_group + o;
+          if (o >= q.n) continue;
+          const int channel = group * q.n + o;
           float value = acc[i][j][2 * half + e];
           if (add_bias) value += static_cast<float>(bias[channel]);
           const int64_t offset = row + static_cast<int64_t>(channel) * q.out_channel_stride;
@@ -435,26 +440,21 @@ __global__ void __launch_bounds__(256) transpose_kernel(const T* __restrict__ in
   }
 }
 
-// w_t[g*C_g + c, i, j, o] = w[g*O_g + o, c, kH-1-i, kW-1-j]: the weight of the input gradient
-// as a forward convolution (C_g output channels per group, O_g input channels), one thread an element.
+// W[g*N + co, k] (k = (ti, tj, ci), ci fastest) = w[g*w_group + co*w_co + ci*w_ci + ti*w_ti + tj*w_tj + w_base]:
+// the B operand of a gather convolution, K contiguous, one thread an element.
 template <typename T>
-__global__ void flip_transpose_weight_kernel(const T* __restrict__ w, T* __restrict__ w_t, int groups,
-                                             int in_per_group, int out_per_group, int kernel_h, int kernel_w) {
-  const int64_t total = static_cast<int64_t>(groups) * in_per_group * out_per_group * kernel_h * kernel_w;
+__global__ void pack_weight_kernel(const T* __restrict__ w, T* __restrict__ packed, int groups, int n, int taps_h,
+                                   int taps_w, int channels, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj,
+                                   int w_base) {
+  const int k = taps_h * taps_w * channels;
+  const int64_t total = static_cast<int64_t>(groups) * n * k;
   CUCONV_KERNEL_LOOP(index, total) {
-    // index over w_t as (g, c, i, j, o)
-    int64_t rest = index;
-    const int o = static_cast<int>(rest % out_per_group);
-    rest /= out_per_group;
-    const int j = static_cast<int>(rest % kernel_w);
-    rest /= kernel_w;
-    const int i = static_cast<int>(rest % kernel_h);
-    rest /= kernel_h;
-    const int c = static_cast<int>(rest % in_per_group);
-    const int g = static_cast<int>(rest / in_per_group);
-    w_t[index] = w[((static_cast<int64_t>(g * out_per_group + o) * in_per_group + c) * kernel_h + (kernel_h - 1 - i)) *
-                       kernel_w +
-                   (kernel_w - 1 - j)];
+    const int64_t row = index / k;  // g*N + co
+    const int kk = static_cast<int>(index - row * k);
+    const int g = static_cast<int>(row / n), co = static_cast<int>(row - static_cast<int64_t>(g) * n);
+    const int tap = kk / channels, ci = kk - tap * channels;
+    const int ti = tap / taps_w, tj = tap - ti * taps_w;
+    packed[index] = w[g * w_group + co * w_co + ci * w_ci + ti * w_ti + tj * w_tj + w_base];
   }
 }
 
@@ -471,28 +471,6 @@ Tensor transposed(const Tensor& in, int64_t batch, int64_t channels, int64_t pos
   return out;
 }
 
-// Launches the forward kernel over all groups, with K split as split_k_slices says (two
-// resident blocks a multiprocessor: 123 registers, 48 KiB of shared memory).
-template <typename T>
-void launch_conv(const T* x, const T* w, const T* bias, Tensor& y, TensorCoreConv q, int groups, int sm_count,
-                 cuda_detail::Stream stream) {
-  constexpr int kStepElements = TensorCoreTile::kRowBytes / sizeof(T);
-  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, TensorCoreTile::kBlockM)) *
-                        ceil_div(q.out_per_group, TensorCoreTile::kBlockN);
-  q.splits = split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), y.numel(), sm_count, 2);
-  q.splits = std::min<int64_t>(q.splits, cuda_detail::max_grid_yz() / groups);
-  q.k_per_split = ceil_div(ceil_div(q.k, q.splits), kStepElements) * kStepElements;
-  q.out_numel = y.numel();
-  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
-               "cuconv: convolution too large for one tensor-core launch");
-  Tensor partial = q.splits > 1 ? cuda_detail::new_output(y, {q.splits, y.numel()}, ScalarType::Float) : Tensor();
-  cuda_detail::launch(conv_tensor_core_kernel<T>,
-                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
-                      TensorCoreTile::kThreads, 0, stream, x, w, bias, y.mutable_data_ptr<T>(),
-                      q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
-  if (q.splits > 1) finish_partials(partial, y, q.splits, stream);
-}
-
 // x as NHWC memory: itself when channels_last, else an NHWC copy of the contiguous NCHW x.
 template <typename T>
 Tensor nhwc(const Tensor& x, cuda_detail::Stream stream) {
@@ -502,25 +480,45 @@ Tensor nhwc(const Tensor& x, cuda_detail::Stream stream) {
   return transposed<T>(contiguous, n, c, h * w, {n, h, w, c}, stream);
 }
 
-// The convolution of x (NCHW or channels_last) with the OHWI weight w_ohwi, into y (contiguous
-// or channels_last: written in place either way), with the geometry of p.
+// The weight strides of a gather convolution's B operand (pack_weight_kernel).
+struct WeightGather {
+  int64_t group;
+  int co, ci, ti, tj, base;
+};
+
+// Packs W and runs the gather convolution q (geometry and output mapping filled in; src and out
+// as tensors, out contiguous or channels_last) over all groups, with K split as split_k_slices
+// says when `split_k` (two resident blocks a multiprocessor: 125 registers, 48 KiB of shared memory).
 template <typename T>
-void run(const ConvParams& p, int groups, int sm_count, const Tensor& x, const Tensor& w_ohwi, const T* bias,
-         Tensor& y, cuda_detail::Stream stream) {
-  const Tensor x_nhwc = nhwc<T>(x, stream);
-  TensorCoreConv q;
-  q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
-  q.out_h = p.out_h, q.out_w = p.out_w, q.out_channels = p.out_channels;
-  q.kernel_h = p.kernel_h, q.kernel_w = p.kernel_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
-  q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.dilation_h = p.dilation_h, q.dilation_w = p.dilation_w;
-  q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
-  q.m = p.batch * p.out_plane;
-  q.k = p.taps * p.in_per_group;
-  q.out_sample = p.out_sample;
-  const bool nhwc_out = is_channels_last(y);
-  q.out_channel_stride = nhwc_out ? 1 : p.out_plane;
-  q.out_pixel_stride = nhwc_out ? p.out_channels : 1;
-  launch_conv<T>(x_nhwc.const_data_ptr<T>(), w_ohwi.const_data_ptr<T>(), bias, y, q, groups, sm_count, stream);
+void launch_gather(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& w, const WeightGather& gather,
+                   const T* bias, Tensor& out, int groups, bool split_k, int sm_count, cuda_detail::Stream stream) {
+  constexpr int kStepElements = TensorCoreTile::kRowBytes / sizeof(T);
+  Tensor packed = cuda_detail::new_output(w, {groups, q.n, std::max(q.k, 1)});
+  const int64_t total = static_cast<int64_t>(groups) * q.n * q.k;
+  if (total > 0)
+    cuda_detail::launch(pack_weight_kernel<T>, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
+                        stream, w.const_data_ptr<T>(), packed.mutable_data_ptr<T>(), groups, q.n, q.taps_h, q.taps_w,
+                        q.channels, gather.group, gather.co, gather.ci, gather.ti, gather.tj, gather.base);
+  const bool nhwc_out = is_channels_last(out);
+  q.out_channel_stride = nhwc_out ? 1 : static_cast<int>(out.size(2) * out.size(3));
+  q.out_pixel_stride = nhwc_out ? static_cast<int>(out.size(1)) : 1;
+  q.out_sample = out.size(1) * out.size(2) * out.size(3);
+  q.out_w = static_cast<int>(out.size(3));
+  q.m = q.batch * q.rows * q.cols;
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, TensorCoreTile::kBlockM)) * ceil_div(q.n, TensorCoreTile::kBlockN);
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
+               "cuconv: convolution too large for one tensor-core launch");
+  if (tiles == 0) return;
+  q.splits = split_k ? split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), out.numel(), sm_count, 2) : 1;
+  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / groups);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), kStepElements) * kStepElements;
+  q.out_numel = out.numel();
+  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}, ScalarType::Float) : Tensor();
+  cuda_detail::launch(conv_tensor_core_kernel<T>,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
+                      TensorCoreTile::kThreads, 0, stream, src_nhwc.const_data_ptr<T>(), packed.const_data_ptr<T>(),
+                      bias, out.mutable_data_ptr<T>(), q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
+  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
 }
 
 // 16-byte rows of channels: C_g elements must fill whole chunks.
@@ -539,13 +537,23 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
              bool allow_tf32) {
   const ConvParams& p = call.p;
   if (!supports(x.scalar_type(), allow_tf32) || !channels_fill_chunks(x.scalar_type(), p.in_per_group)) return false;
+  TensorCoreConv q;
+  q.batch = p.batch, q.src_h = p.in_h, q.src_w = p.in_w, q.src_channels = p.in_channels;
+  q.channels = p.in_per_group, q.rows = p.out_h, q.cols = p.out_w;
+  q.s_r = p.stride_h, q.s_c = p.stride_w, q.r0 = -p.pad_h, q.c0 = -p.pad_w, q.dr = p.dilation_h, q.dc = p.dilation_w;
+  q.taps_h = p.kernel_h, q.taps_w = p.kernel_w;
+  q.n = p.out_per_group, q.k = p.taps * p.in_per_group;
+  q.row0 = q.col0 = 0, q.row_step = q.col_step = 1;
+  // W[o, (i, j, c)] = w[o, c, i, j]
+  const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.in_per_group * p.taps,
+                            p.taps, p.kernel_w, 1, 0};
   bool done = false;
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_tensor_core", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      const Tensor w_ohwi = transposed<scalar_t>(contiguous_or_self(w), p.out_channels, p.in_per_group, p.taps,
-                                                 {p.out_channels, p.kernel_h, p.kernel_w, p.in_per_group}, call.stream);
-      run<scalar_t>(p, call.groups, call.sm_count, x, w_ohwi,
-                    bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y, call.stream);
+      const Tensor x_nhwc = nhwc<scalar_t>(x, call.stream);
+      launch_gather<scalar_t>(q, x_nhwc, contiguous_or_self(w), gather,
+                              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y, call.groups, true,
+                              call.sm_count, call.stream);
       done = true;
     }
   });
@@ -554,29 +562,35 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32) {
   const ConvParams& p = call.p;
-  const int reach_h = p.dilation_h * (p.kernel_h - 1), reach_w = p.dilation_w * (p.kernel_w - 1);
-  if (!supports(dy.scalar_type(), allow_tf32) || !channels_fill_chunks(dy.scalar_type(), p.out_per_group) ||
-      p.stride_h != 1 || p.stride_w != 1 || p.pad_h > reach_h || p.pad_w > reach_w)
-    return false;
-  // dx = conv(dy, w_t) with padding reach - p: C_out input channels, C_in output channels.
-  ConvParams t = p;
-  t.in_channels = p.out_channels, t.in_h = p.out_h, t.in_w = p.out_w;
-  t.out_channels = p.in_channels, t.out_h = p.in_h, t.out_w = p.in_w;
-  t.in_per_group = p.out_per_group, t.out_per_group = p.in_per_group;
-  t.pad_h = reach_h - p.pad_h, t.pad_w = reach_w - p.pad_w;
-  t.in_plane = p.out_plane, t.out_plane = p.in_plane;
-  t.in_sample = p.out_sample, t.out_sample = p.in_sample;
+  if (!supports(dy.scalar_type(), allow_tf32) || !channels_fill_chunks(dy.scalar_type(), p.out_per_group)) return false;
   bool done = false;
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_tensor_core", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      Tensor w_t = cuda_detail::new_output(w, {p.in_channels, p.kernel_h, p.kernel_w, p.out_per_group});
-      const int64_t total = w_t.numel();
+      const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);
       const Tensor w_contiguous = contiguous_or_self(w);
-      cuda_detail::launch(flip_transpose_weight_kernel<scalar_t>, cuda_detail::grid_stride_blocks(total),
-                          cuda_detail::kThreadsPerBlock, 0, call.stream, w_contiguous.const_data_ptr<scalar_t>(),
-                          w_t.mutable_data_ptr<scalar_t>(), call.groups, p.in_per_group, p.out_per_group, p.kernel_h,
-                          p.kernel_w);
-      run<scalar_t>(t, call.groups, call.sm_count, dy, w_t, nullptr, dx, call.stream);
+      // One launch a stride phase (gemm_simt.cu's header); split-K only with one phase, whose
+      // partial slices cover all of dx.
+      const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
+      for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
+        for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
+          const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+          const PhaseTaps tw = phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+          TensorCoreConv q;
+          q.batch = p.batch, q.src_h = p.out_h, q.src_w = p.out_w, q.src_channels = p.out_channels;
+          q.channels = p.out_per_group;
+          q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
+          q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
+          q.taps_h = std::max(th.count, 1), q.taps_w = std::max(tw.count, 1);  // (a phase without taps: K = 0)
+          q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
+          q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
+          // W[c, (ti, tj, o)] = w[o, c, first_h + ti*step_h, first_w + tj*step_w]
+          const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
+                                    p.in_per_group * p.taps, th.step * p.kernel_w, tw.step,
+                                    th.first * p.kernel_w + tw.first};
+          launch_gather<scalar_t>(q, dy_nhwc, w_contiguous, gather, nullptr, dx, call.groups, one_phase,
+                                  call.sm_count, call.stream);
+        }
+      }
       done = true;
     }
   });
