@@ -255,7 +255,7 @@ SIMT_IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}" for c in SIMT_CAS
 
 
 @pytest.mark.parametrize("case", SIMT_CASES, ids=SIMT_IDS)
-def test_simt_float32_forward_and_input_gradient(target, case):
+def test_simt_float32_all_passes(target, case):
     x_shape, w_shape, stride, padding, dilation, groups = case
     g = torch.Generator().manual_seed(8)
     x, w = _random(x_shape, torch.float32, target.device, g), _random(w_shape, torch.float32, target.device, g)
@@ -270,6 +270,10 @@ def test_simt_float32_forward_and_input_gradient(target, case):
     assert ran == expect
     ref = torch.nn.grad.conv2d_input(x_shape, w.cpu().double(), dy.cpu().double(), stride, padding, dilation, groups)
     torch.testing.assert_close(dx.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    dw, ran = target.run("conv2d_backward_weight", dy, x, list(w_shape), stride, padding, dilation, groups)
+    assert ran == expect
+    ref = torch.nn.grad.conv2d_weight(x.cpu().double(), w_shape, dy.cpu().double(), stride, padding, dilation, groups)
+    torch.testing.assert_close(dw.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 # --- channels_last ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@
 // The kernels, one file per family, each with its tiling at the top:
 //   gemm_simple.cu   the simple implicit GEMM: every pass, shape and dtype (the oracle and fallback)
 //   gemm_tensor_core.cu  NHWC implicit GEMM on the tensor cores: float16, bfloat16, TF32
-//   gemm_simt.cu     float32 on the CUDA cores: forward and (by stride phase) input gradient
+//   gemm_simt.cu     float32 on the CUDA cores: all three passes (the input gradient by stride phase)
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
 // The entry points below check the arguments (shape.h, as the CPU kernels do), make the
 // operands contiguous and choose a family. Split reductions (the weight and bias gradients)
@@ -227,6 +227,8 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   if (call.p.in_per_group == 1) {
     conv_cuda::depthwise::backward_weight(call, dy, x, dw);
     ran = "depthwise";
+  } else if (fastest() && conv_cuda::simt::backward_weight(call, dy, x, dw)) {
+    ran = "simt";
   } else {
     conv_cuda::simple::backward_weight(call, dy, x, dw);
     ran = "simple";

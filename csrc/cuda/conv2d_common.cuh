@@ -174,11 +174,12 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
 bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);  // 16-bit types only
 }  // namespace tensor_core
 
-// The float32 gather-convolution GEMM on the CUDA cores (gemm_simt.cu): the forward pass and
-// the input gradient (by stride phase) of every float32 convolution. Returns false for other dtypes.
+// The float32 GEMMs on the CUDA cores (gemm_simt.cu): the forward pass and the input gradient
+// (by stride phase) as a gather convolution, and the weight gradient. Return false for other dtypes.
 namespace simt {
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y);
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx);
+bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);
 }  // namespace simt
 
 // Depthwise-like convolutions, one input channel per group (depthwise.cu).

@@ -267,6 +267,150 @@ void launch_gather(GatherConv q, const float* src, const float* w, const float* 
   if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
 }
 
+
+// --- The weight gradient, per group g and split s:
+//     partial[s, g*O_g + o, (c, i, j)] = sum over this split's pixels k = (n, oh, ow) of A[o, k] B[k, (c, i, j)]
+//     A[o, k] = dy[n, g*O_g + o, oh, ow],  B[k, (c, i, j)] = x[n, g*C_g + c, oh*sH - pH + i*dH, ow*sW - pW + j*dW]
+// The same block tile, warp layout and pipeline as gather_conv_kernel. Both operands are read
+// along K (consecutive pixels are consecutive addresses), so a thread copies, at k = k0 + t%8 and
+// k0 + t%8 + 8, rows t/8 + 32e of A (output channels) and columns t/8 + 32e of B ((c, i, j),
+// fixed for the K loop): 8 consecutive pixels a row, 32-byte segments. Element r of shared row k
+// is stored at r ^ 4*(k % 8): the 8 k x 4 rows a warp stores fall in 32 different banks, and a
+// lane's 4 consecutive rows stay one aligned float4 for the reads.
+struct WeightGradConv {
+  int batch, in_h, in_w, in_plane, out_h, out_w, out_plane;
+  int64_t in_sample, out_sample;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int in_per_group, out_per_group;
+  int m, n, k;  // O_g, C_g*kH*kW, N*Ho*Wo
+  int splits, k_per_split;
+  int64_t partial_stride;  // one split's slice: C_out*C_g*kH*kW
+};
+
+__global__ void __launch_bounds__(SimtTile::kThreads, 1)
+    weight_grad_kernel(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial,
+                       const WeightGradConv q) {
+  using Tile = SimtTile;
+  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
+  constexpr int kRows = BM * BK / Tile::kThreads / 2;  // 4 rows (or columns) at each of a thread's 2 k's
+  CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
+  CUCONV_SHARED(b_tile, float[Tile::kStages][BK][BN]);
+  auto swizzle = [](int k, int r) { return r ^ ((k & 7) << 2); };
+
+  const int n_tiles = ceil_div(q.n, BN);
+  const int tile_n = static_cast<int>(blockIdx.x % n_tiles), tile_m = static_cast<int>(blockIdx.x / n_tiles);
+  const int group = static_cast<int>(blockIdx.z) / q.splits, split = static_cast<int>(blockIdx.z) % q.splits;
+  const int m0 = tile_m * BM, n0 = tile_n * BN;
+  const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
+  const int tid = static_cast<int>(threadIdx.x);
+
+  // --- copies: k = k0 + tid%8 + 8h, rows / columns tid/8 + 32e
+  const int copy_k = tid % 8, copy_row = tid / 8;
+  const float* a_row[kRows];  // dy[0, g*O_g + o]; rows past O_g read nothing
+  bool a_ok[kRows];
+  int b_channel[kRows], b_dh[kRows], b_dw[kRows];  // c*H*W and the tap's offsets; columns past N: dh far outside
+#pragma unroll
+  for (int e = 0; e < kRows; ++e) {
+    const int o = m0 + copy_row + 32 * e;
+    a_ok[e] = o < q.m;
+    a_row[e] = dy + static_cast<int64_t>(group * q.out_per_group + (a_ok[e] ? o : 0)) * q.out_plane;
+    const int col = n0 + copy_row + 32 * e;
+    const int taps = q.kernel_h * q.kernel_w;
+    const int c = col / taps, tap = col - c * taps;
+    const int i = tap / q.kernel_w, j = tap - i * q.kernel_w;
+    b_channel[e] = (group * q.in_per_group + c) * q.in_plane;
+    b_dh[e] = col < q.n ? i * q.dilation_h - q.pad_h : -(1 << 30);
+    b_dw[e] = j * q.dilation_w - q.pad_w;
+  }
+  MixedRadix pixel[2];  // (n, oh, ow) of k0 + tid%8 and of k0 + tid%8 + 8
+#pragma unroll
+  for (int h = 0; h < 2; ++h) pixel[h] = MixedRadix::split(k_begin + copy_k + 8 * h, q.out_h, q.out_w);
+  const MixedRadix pixel_step = MixedRadix::split(BK, q.out_h, q.out_w);
+  int next_k = k_begin + copy_k;
+
+  auto copy_step = [&](int stage) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool k_ok = next_k + 8 * h < k_end;
+      const int64_t dy_offset = pixel[h].outer * q.out_sample + pixel[h].mid * q.out_w + pixel[h].inner;
+      const float* x_sample = x + pixel[h].outer * q.in_sample;
+      const int ih0 = pixel[h].mid * q.stride_h, iw0 = pixel[h].inner * q.stride_w;
+#pragma unroll
+      for (int e = 0; e < kRows; ++e) {
+        const bool a_copy = k_ok && a_ok[e];
+        const int k = copy_k + 8 * h, r = swizzle(k, copy_row + 32 * e);
+        cp_async<4>(&a_tile[stage][k][r], a_copy ? a_row[e] + dy_offset : dy, a_copy);
+        const int ih = ih0 + b_dh[e], iw = iw0 + b_dw[e];
+        const bool b_copy = k_ok && static_cast<unsigned>(ih) < static_cast<unsigned>(q.in_h) &&
+                            static_cast<unsigned>(iw) < static_cast<unsigned>(q.in_w);
+        cp_async<4>(&b_tile[stage][k][r], b_copy ? x_sample + (b_channel[e] + ih * q.in_w + iw) : x, b_copy);
+      }
+      pixel[h].advance(pixel_step, q.out_h, q.out_w);
+    }
+    next_k += BK;
+  };
+
+  const int lane = tid % 32, warp = tid / 32;
+  const int row_base = (warp % 2) * Tile::kWarpM + (lane % 8) * 4;
+  const int col_base = (warp / 2) * Tile::kWarpN + (lane / 8) * 4;
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
+#pragma unroll
+  for (int s = 0; s < Tile::kStages - 1; ++s) {
+    if (s < k_steps) copy_step(s);
+    cp_async_commit();
+  }
+  int stage = 0;
+  for (int step = 0; step < k_steps; ++step) {
+    cp_async_wait<Tile::kStages - 2>();
+    __syncthreads();
+    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
+    cp_async_commit();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[stage][kk][swizzle(kk, row_base)]);
+      const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[stage][kk][swizzle(kk, row_base + 32)]);
+      const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[stage][kk][swizzle(kk, col_base)]);
+      const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[stage][kk][swizzle(kk, col_base + 16)]);
+      const float a[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+      const float b[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
+  }
+  cp_async_wait<0>();
+
+  // --- epilogue: row o, runs of 4 columns (16-byte stores where the row length allows)
+  float* slice = partial + split * q.partial_stride;
+  const bool vector = q.n % 4 == 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int o = m0 + row_base + (i / 4) * 32 + i % 4;
+    if (o >= q.m) continue;
+    float* row = slice + static_cast<int64_t>(group * q.out_per_group + o) * q.n;
+#pragma unroll
+    for (int run = 0; run < 2; ++run) {
+      const int col = n0 + col_base + 16 * run;
+      if (vector && col + 3 < q.n) {
+        *reinterpret_cast<float4*>(row + col) =
+            make_float4(acc[i][4 * run], acc[i][4 * run + 1], acc[i][4 * run + 2], acc[i][4 * run + 3]);
+        continue;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (col + j < q.n) row[col + j] = acc[i][4 * run + j];
+    }
+  }
+}
+
 }  // namespace
 
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y) {
@@ -315,6 +459,34 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
                     call.stream);
     }
   }
+  return true;
+}
+
+
+bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
+  if (dy.scalar_type() != ScalarType::Float) return false;
+  const ConvParams& p = call.p;
+  using Tile = SimtTile;
+  WeightGradConv q;
+  q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_plane = p.in_plane;
+  q.out_h = p.out_h, q.out_w = p.out_w, q.out_plane = p.out_plane;
+  q.in_sample = p.in_sample, q.out_sample = p.out_sample;
+  q.kernel_h = p.kernel_h, q.kernel_w = p.kernel_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
+  q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.dilation_h = p.dilation_h, q.dilation_w = p.dilation_w;
+  q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
+  q.m = p.out_per_group, q.n = p.in_per_group * p.taps, q.k = p.batch * p.out_plane;
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
+  q.splits = reduction_splits(tiles * call.groups, ceil_div(q.k, Tile::kBlockK), 8, dw.numel(),
+                              cuda_detail::max_grid_yz() / call.groups, call.sm_count);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
+  q.partial_stride = dw.numel();
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index, "cuconv: weight gradient too large for one launch");
+  Tensor partial = partial_buffer(dw, q.splits);
+  cuda_detail::launch(weight_grad_kernel,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
+                      Tile::kThreads, 0, call.stream, dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                      partial.mutable_data_ptr<float>(), q);
+  finish_partials(partial, dw, q.splits, call.stream);
   return true;
 }
 
