@@ -360,8 +360,8 @@ def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_wa
     if not emulated_cuda.AVAILABLE:
         pytest.skip("needs the emulated device")
     g = torch.Generator().manual_seed(14)
-    x, w = _random((2, 32, 16, 16), dtype, "cpu", g), _random((32, 32, 3, 3), dtype, "cpu", g)
-    b, dy = _random((32,), dtype, "cpu", g), _random((2, 32, 16, 16), dtype, "cpu", g)
+    x, w = _random((2, 32, 16, 16), dtype, "cpu", g), _random((136, 32, 3, 3), dtype, "cpu", g)
+    b, dy = _random((136,), dtype, "cpu", g), _random((2, 136, 16, 16), dtype, "cpu", g)
     ref_y = F.conv2d(x.double(), w.double(), b.double(), 1, 1)
     ref_dx = torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), 1, 1)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
@@ -377,3 +377,25 @@ def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_wa
         for out, ref in ((y, ref_y), (dx, ref_dx)):
             torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
     assert blocks[132] > blocks[1] + 4, blocks
+
+
+@pytest.mark.parametrize("out_channels,sm_count,tensor_core_tile,simt_tile", [
+    (136, 132, "128x128", "128x128"),
+    (48, 1, "128x64", "128x64"),     # few channels, tiles enough for the GPU: 64 columns
+    (48, 132, "64x64", "128x64"),    # few channels and few tiles: the tensor cores' 64 x 64
+    (24, 132, "64x64", "128x32"),
+])
+def test_tile_configuration_follows_the_table(out_channels, sm_count, tensor_core_tile, simt_tile):
+    """choose_tile's table (gemm_tensor_core.cu) and launch_gather's (gemm_simt.cu), each configuration
+    computing the same convolution."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(15)
+    for dtype, tile in ((torch.bfloat16, tensor_core_tile), (torch.float32, simt_tile)):
+        x, w = _random((2, 16, 20, 20), dtype, "cpu", g), _random((out_channels, 16, 3, 3), dtype, "cpu", g)
+        with emulated_cuda.configured(multiprocessor_count=sm_count):
+            y = torch.ops.cuconv_emulated.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+            assert emulated_cuda.module.last_kernels()["tile"] == tile
+        ref = F.conv2d(x.double(), w.double(), None, 1, 1)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(y.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())

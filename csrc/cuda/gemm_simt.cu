@@ -18,8 +18,9 @@
 // W is packed on the device before the launch (pack_weight_kernel): [G][K_pad][N_pad] with
 // k = (ci, ti, tj), zeros in the padding, so that a row of B is 128 contiguous floats.
 //
-// Tiling (SimtTile): a block of 256 threads computes a 128 x 128 tile of out (rows = output
-// positions m, columns = output channels) over K in steps of BK = 16. Shared tiles are k-major,
+// Tiling (SimtTile<BN>): a block of 256 threads computes a 128 x 128 tile of out (rows = output
+// positions m, columns = output channels; layers of 64 or 32 output channels a group get 128 x 64
+// and 128 x 32 tiles of 128 and 64 threads, the same warp tiles) over K in steps of BK = 16. Shared tiles are k-major,
 // A[k][m] and B[k][co], in 3 stages filled by cp.async (A: 4-byte copies, zero-filled outside
 // the image, 32 consecutive rows a warp; B: 16-byte copies), waited for one step ahead of use. The 8 warps are 2 (m) x 4 (co); a warp's 64 x 32 tile is held by its 32 lanes
 // as 8 (m) x 4 (co) lanes of 8 x 8 accumulators, each lane's rows being two runs of 4 (32
@@ -42,16 +43,22 @@ using cuda_detail::cp_async;
 using cuda_detail::cp_async_commit;
 using cuda_detail::cp_async_wait;
 
+// A block tile of 128 x BlockN (BlockN = 128, 64 or 32: choose_tile's table), in warp tiles of
+// 64 x 32, 2 warps along m.
+template <int BlockN>
 struct SimtTile {
-  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 16, kStages = 3;
-  static constexpr int kThreads = 256;
-  static constexpr int kWarpM = 64, kWarpN = 32;  // 2 x 4 warps
+  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 16, kStages = 3;
+  static constexpr int kWarpM = 64, kWarpN = 32;
+  static constexpr int kWarps = 2 * (kBlockN / kWarpN);
+  static constexpr int kThreads = 32 * kWarps;
   // A copies: a warp copies 32 consecutive rows at one k; a thread kRows rows at each of kKs k's
-  static constexpr int kKStride = kThreads / 32;        // 8: the warps cover 8 k's at a time
-  static constexpr int kKs = kBlockK / kKStride;        // 2
+  static constexpr int kKStride = kWarps;               // the warps cover kWarps k's at a time
+  static constexpr int kKs = kBlockK / kKStride;
   static constexpr int kRows = kBlockM / 32;            // 4
-  // B copies: one 16-byte chunk (4 columns) a thread at each of the same kKs k's
-  static_assert(kBlockN / 4 == 32 && kKStride * 32 == kThreads, "a warp copies one k row of B");
+  // B copies: 16-byte chunks (4 columns), chunk tid % kBChunks of k rows tid / kBChunks + 8h, h < 2
+  static constexpr int kBChunks = kBlockN / 4;
+  static_assert(kThreads / kBChunks == 8 && kBlockK == 16, "B: two passes of 8 k rows");
+  static constexpr const char* kName = BlockN == 128 ? "128x128" : BlockN == 64 ? "128x64" : "128x32";
 };
 
 // One gather convolution (see the top of the file), in 32-bit ints within a sample.
@@ -90,10 +97,10 @@ __global__ void pack_weight_kernel(const float* __restrict__ w, float* __restric
   }
 }
 
-__global__ void __launch_bounds__(SimtTile::kThreads, 1)
+template <typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1)
     gather_conv_kernel(const float* __restrict__ src, const float* __restrict__ packed, const float* __restrict__ bias,
                        float* __restrict__ out, float* __restrict__ partial, const GatherConv q) {
-  using Tile = SimtTile;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
   CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
   CUCONV_SHARED(b_tile, float[Tile::kStages][BK][BN]);
@@ -134,10 +141,10 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
     a_tap[h] = MixedRadix::split(k_begin + a_k + h * Tile::kKStride, q.taps_h, q.taps_w);
   const MixedRadix a_step = MixedRadix::split(BK, q.taps_h, q.taps_w);
   int a_next_k = k_begin + a_k;  // the first of them, at the next copy_step
-  // --- B copies: 16-byte chunks, rows k0 + tid/32 + 8h, columns n0 + 4*(tid%32) .. +4
-  const float* b_next =
-      packed + (static_cast<int64_t>(group) * q.k_pad + k_begin + tid / 32) * q.n_pad + n0 + 4 * (tid % 32);
-  const bool b_ok = n0 + 4 * (tid % 32) < q.n_pad;
+  // --- B copies: 16-byte chunks, rows k0 + tid/kBChunks + 8h, columns n0 + 4*(tid%kBChunks) .. +4
+  const int b_row = tid / Tile::kBChunks, b_col = 4 * (tid % Tile::kBChunks);
+  const float* b_next = packed + (static_cast<int64_t>(group) * q.k_pad + k_begin + b_row) * q.n_pad + n0 + b_col;
+  const bool b_ok = n0 + b_col < q.n_pad;
 
   auto copy_step = [&](int stage) {
 #pragma unroll
@@ -154,9 +161,10 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
                     ok ? a_sample[e] + (a_origin[e] + offset) : src, ok);
       }
       a_tap[h].advance(a_step, q.taps_h, q.taps_w);
-      cp_async<16>(&b_tile[stage][tid / 32 + h * Tile::kKStride][4 * (tid % 32)],
-                   b_ok ? b_next + h * Tile::kKStride * q.n_pad : packed, b_ok);
     }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      cp_async<16>(&b_tile[stage][b_row + 8 * h][b_col], b_ok ? b_next + 8 * h * q.n_pad : packed, b_ok);
     b_next += BK * q.n_pad;
     a_next_k += BK;
   };
@@ -238,33 +246,52 @@ __global__ void __launch_bounds__(SimtTile::kThreads, 1)
   }
 }
 
-// Packs W for `q` and runs the gather convolution over all groups; K is split (split_k_slices, one
-// resident block a multiprocessor) when `out` is written whole by this launch (split_k).
-void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, Tensor& out, bool split_k,
-                   int sm_count, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base,
-                   cuda_detail::Stream stream) {
-  using Tile = SimtTile;
-  q.k_pad = std::max(ceil_div(q.k, Tile::kBlockK), 1) * Tile::kBlockK;
-  q.n_pad = ceil_div(q.n, 4) * 4;
-  Tensor packed = cuda_detail::new_output(out, {q.groups, q.k_pad, q.n_pad});
-  const int64_t total = packed.numel();
-  cuda_detail::launch(pack_weight_kernel, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
-                      stream, w, packed.mutable_data_ptr<float>(), q, w_group, w_co, w_ci, w_ti, w_tj, w_base);
+// Runs the gather convolution with the packed W over all groups in tiles of Tile; K is split
+// (split_k_slices, resident blocks: 16 warps' worth) when `out` is written whole by this launch.
+template <typename Tile>
+void launch_tiles(GatherConv q, const float* src, const Tensor& packed, const float* bias, Tensor& out, bool split_k,
+                  int sm_count, cuda_detail::Stream stream) {
   const int64_t m = static_cast<int64_t>(q.batch) * q.rows * q.cols;
   const int64_t tiles = ceil_div<int64_t>(m, Tile::kBlockM) * ceil_div(q.n, Tile::kBlockN);
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && q.groups <= cuda_detail::max_grid_yz(),
                "cuconv: convolution too large for one launch");
   if (tiles == 0) return;
-  q.splits = split_k ? split_k_slices(tiles * q.groups, ceil_div(q.k, Tile::kBlockK), out.numel(), sm_count, 1) : 1;
+  q.splits = split_k ? split_k_slices(tiles * q.groups, ceil_div(q.k, Tile::kBlockK), out.numel(), sm_count,
+                                      std::max(1, 16 / Tile::kWarps))
+                     : 1;
   q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / q.groups);
   q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
   q.out_numel = out.numel();
+  last_kernels().tile = Tile::kName;
   Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}) : Tensor();
-  cuda_detail::launch(gather_conv_kernel,
+  cuda_detail::launch(gather_conv_kernel<Tile>,
                       dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(q.groups * q.splits)),
                       Tile::kThreads, 0, stream, src, packed.const_data_ptr<float>(), bias, out.mutable_data_ptr<float>(),
                       q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
   if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
+}
+
+// Packs W for `q` and runs the gather convolution over all groups, in the tile configuration of
+// this table (by N, the output channels per group; blocks of 128 output positions):
+//   N > 64: 128 x 128 (8 warps)    32 < N <= 64: 128 x 64 (4 warps)    N <= 32: 128 x 32 (2 warps)
+// so that no more than half of a tile's columns is padding.
+void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, Tensor& out, bool split_k,
+                   int sm_count, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base,
+                   cuda_detail::Stream stream) {
+  constexpr int BK = SimtTile<128>::kBlockK;
+  q.k_pad = std::max(ceil_div(q.k, BK), 1) * BK;
+  q.n_pad = ceil_div(q.n, 4) * 4;
+  Tensor packed = cuda_detail::new_output(out, {q.groups, q.k_pad, q.n_pad});
+  const int64_t total = packed.numel();
+  cuda_detail::launch(pack_weight_kernel, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
+                      stream, w, packed.mutable_data_ptr<float>(), q, w_group, w_co, w_ci, w_ti, w_tj, w_base);
+  if (q.n > 64) {
+    launch_tiles<SimtTile<128>>(q, src, packed, bias, out, split_k, sm_count, stream);
+  } else if (q.n > 32) {
+    launch_tiles<SimtTile<64>>(q, src, packed, bias, out, split_k, sm_count, stream);
+  } else {
+    launch_tiles<SimtTile<32>>(q, src, packed, bias, out, split_k, sm_count, stream);
+  }
 }
 
 
@@ -287,10 +314,10 @@ struct WeightGradConv {
   int64_t partial_stride;  // one split's slice: C_out*C_g*kH*kW
 };
 
-__global__ void __launch_bounds__(SimtTile::kThreads, 1)
+__global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
     weight_grad_kernel(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial,
                        const WeightGradConv q) {
-  using Tile = SimtTile;
+  using Tile = SimtTile<128>;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
   constexpr int kRows = BM * BK / Tile::kThreads / 2;  // 4 rows (or columns) at each of a thread's 2 k's
   CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
@@ -466,7 +493,7 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
 bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
   if (dy.scalar_type() != ScalarType::Float) return false;
   const ConvParams& p = call.p;
-  using Tile = SimtTile;
+  using Tile = SimtTile<128>;
   WeightGradConv q;
   q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_plane = p.in_plane;
   q.out_h = p.out_h, q.out_w = p.out_w, q.out_plane = p.out_plane;
@@ -482,6 +509,7 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   q.partial_stride = dw.numel();
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index, "cuconv: weight gradient too large for one launch");
   Tensor partial = partial_buffer(dw, q.splits);
+  last_kernels().tile = Tile::kName;
   cuda_detail::launch(weight_grad_kernel,
                       dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
                       Tile::kThreads, 0, call.stream, dy.const_data_ptr<float>(), x.const_data_ptr<float>(),

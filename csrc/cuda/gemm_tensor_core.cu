@@ -14,12 +14,13 @@
 // Layouts: src is read in place when channels_last, else transposed to NHWC first; out is
 // written through its strides, NCHW or (for a channels_last input) NHWC.
 //
-// Tiling (TensorCoreTile): a block of 256 threads (8 warps, 2 along m x 4 along n) computes a
-// 128 x 128 tile of C; each warp a 64 x 32 tile as 4 x 4 mma tiles of 16 x 8 (64 float
+// Tiling (TensorCoreTile<BM, BN>): a block computes a BM x BN tile of C (128 x 128 with 8 warps,
+// 2 along m x 4 along n; 128 x 64 and 64 x 64 for layers of few output channels or pixels, by
+// choose_tile's table); each warp a 64 x 32 tile as 4 x 4 mma tiles of 16 x 8 (64 float
 // accumulators a thread). K is walked in steps of 64 bytes (32 halves or 16 floats: two mma
 // k-steps). A 3-stage cp.async pipeline keeps two steps in flight while the third is
 // multiplied. Shared tiles are row-major with k contiguous ([row][64 bytes], 8 KiB an operand
-// a stage, 48 KiB in all) and XOR-swizzled in 16-byte chunks, chunk q of row r stored at
+// a stage for 128 rows, 48 KiB in all for 128 x 128) and XOR-swizzled in 16-byte chunks, chunk q of row r stored at
 // q ^ ((r / 2) % 4): the 8 rows an ldmatrix reads at one chunk then fall in 8 different
 // 16-byte bank groups, and so do the cp.async stores. Fragments come from ldmatrix.x4 (for
 // TF32 too: an 8 x 8 matrix of 16-bit elements is an 8 x 4 matrix of 32-bit ones, which is the
@@ -39,24 +40,33 @@ using cuda_detail::ldmatrix;
 using cuda_detail::mma;
 using cuda_detail::to_tf32;
 
+// A block tile of BlockM x BlockN, in warp tiles of 64 x 32 (4 x 4 mma tiles).
+template <int BlockM, int BlockN>
 struct TensorCoreTile {
-  static constexpr int kBlockM = 128, kBlockN = 128;
+  static constexpr int kBlockM = BlockM, kBlockN = BlockN;
   static constexpr int kRowBytes = 64;  // one K step of a shared row
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr int kStages = 3;
-  static constexpr int kWarpsM = 2, kWarpsN = 4;
+  static constexpr int kWarpM = 64, kWarpN = 32;
+  static constexpr int kWarpsM = kBlockM / kWarpM, kWarpsN = kBlockN / kWarpN;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int kWarpM = kBlockM / kWarpsM, kWarpN = kBlockN / kWarpsN;  // 64 x 32
-  static constexpr int kMmaM = kWarpM / 16, kMmaN = kWarpN / 8;                  // 4 x 4 mma tiles
-  // Each thread copies (kBlockM * kChunks) / kThreads chunks of A and as many of B a step.
-  static constexpr int kCopies = kBlockM * kChunks / kThreads;
+  static constexpr int kMmaM = kWarpM / 16, kMmaN = kWarpN / 8;  // 4 x 4 mma tiles
+  // A step's copies: chunk tid % kChunks of rows tid / kChunks + r*kRowsPerCopy
   static constexpr int kRowsPerCopy = kThreads / kChunks;
-  static_assert(kBlockM == kBlockN, "the A and B copies share one thread map");
+  static constexpr int kCopiesA = kBlockM / kRowsPerCopy, kCopiesB = kBlockN / kRowsPerCopy;
+  static constexpr const char* kName = BlockM == 128 ? (BlockN == 128 ? "128x128" : "128x64") : "64x64";
 };
+// The configurations (choose_tile): wide layers, up to 64 output channels a group, and those
+// with few output pixels too.
+using WideTile = TensorCoreTile<128, 128>;
+using NarrowTile = TensorCoreTile<128, 64>;
+using SmallTile = TensorCoreTile<64, 64>;
 
-// The 16-byte chunk of a [rows][kChunks] swizzled tile that holds chunk `chunk` of row `row`.
+constexpr int kChunksPerRow = 4;  // 16-byte chunks in a 64-byte shared row (every configuration)
+
+// The 16-byte chunk of a [rows][4 chunks] swizzled tile that holds chunk `chunk` of row `row`.
 __device__ __forceinline__ int swizzled(int row, int chunk) {
-  return row * TensorCoreTile::kChunks + (chunk ^ ((row >> 1) & (TensorCoreTile::kChunks - 1)));
+  return row * kChunksPerRow + (chunk ^ ((row >> 1) & (kChunksPerRow - 1)));
 }
 
 // One gather convolution (see the top of the file), in 32-bit ints within a sample.
@@ -83,11 +93,10 @@ __device__ __forceinline__ uint32_t mma_operand(uint32_t bits) {
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(TensorCoreTile::kThreads)
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
     conv_tensor_core_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                             T* __restrict__ y, float* __restrict__ partial, const TensorCoreConv q) {
-  using Tile = TensorCoreTile;
   constexpr int kChunkElements = 16 / sizeof(T);
   constexpr int kStepElements = Tile::kRowBytes / sizeof(T);  // K per step
   constexpr int kMmaK = std::is_same_v<T, float> ? 8 : 16;    // 32 bytes of K per mma
@@ -107,12 +116,12 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
   // (a*s_r*W + b*s_c)*C_src plus, per step, the tap's ((r0 + ti*dr)*W + c0 + tj*dc)*C_src + ci, the
   // same for every row. A row past M gets an origin so far outside the image that every check fails.
   const int copy_chunk = tid % Tile::kChunks, copy_row = tid / Tile::kChunks;
-  const T* a_sample[Tile::kCopies];  // src[n, 0, 0, g*C] of the row's sample
-  int a_row[Tile::kCopies], a_col[Tile::kCopies], a_origin[Tile::kCopies];
-  const T* b_next[Tile::kCopies];  // W[g*N + co, k of the next step's chunk]
-  bool b_row_ok[Tile::kCopies];
+  const T* a_sample[Tile::kCopiesA];  // src[n, 0, 0, g*C] of the row's sample
+  int a_row[Tile::kCopiesA], a_col[Tile::kCopiesA], a_origin[Tile::kCopiesA];
+  const T* b_next[Tile::kCopiesB];  // W[g*N + co, k of the next step's chunk]
+  bool b_row_ok[Tile::kCopiesB];
 #pragma unroll
-  for (int r = 0; r < Tile::kCopies; ++r) {
+  for (int r = 0; r < Tile::kCopiesA; ++r) {
     const int m = m0 + copy_row + r * Tile::kRowsPerCopy;
     a_sample[r] = x;
     a_row[r] = a_col[r] = -(1 << 30);
@@ -126,6 +135,9 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
       a_col[r] = b * q.s_c;
       a_origin[r] = (a_row[r] * q.src_w + a_col[r]) * q.src_channels;
     }
+  }
+#pragma unroll
+  for (int r = 0; r < Tile::kCopiesB; ++r) {
     const int co = n0 + copy_row + r * Tile::kRowsPerCopy;
     b_row_ok[r] = co < q.n;
     b_next[r] = w + static_cast<int64_t>(group * q.n + (b_row_ok[r] ? co : 0)) * q.k + k_begin +
@@ -142,11 +154,15 @@ __global__ void __launch_bounds__(TensorCoreTile::kThreads)
     const int dh = q.r0 + tap.outer * q.dr, dw = q.c0 + tap.mid * q.dc;
     const int tap_offset = (dh * q.src_w + dw) * q.src_channels + tap.inner;
 #pragma unroll
-    for (int r = 0; r < Tile::kCopies; ++r) {
+    for (int r = 0; r < Tile::kCopiesA; ++r) {
       const int slot = copy_slot + r * Tile::kRowsPerCopy * Tile::kChunks;
       const bool a_ok = k_ok && static_cast<unsigned>(a_row[r] + dh) < static_cast<unsigned>(q.src_h) &&
                         static_cast<unsigned>(a_col[r] + dw) < static_cast<unsigned>(q.src_w);
       cp_async<16>(&a_tile[stage][slot], a_ok ? a_sample[r] + (a_origin[r] + tap_offset) : x, a_ok);
+    }
+#pragma unroll
+    for (int r = 0; r < Tile::kCopiesB; ++r) {
+      const int slot = copy_slot + r * Tile::kRowsPerCopy * Tile::kChunks;
       const bool b_ok = k_ok && b_row_ok[r];
       cp_async<16>(&b_tile[stage][slot], b_ok ? b_next[r] : w, b_ok);
       b_next[r] += kStepElements;
@@ -486,13 +502,50 @@ struct WeightGather {
   int co, ci, ti, tj, base;
 };
 
+// Launches the kernel with tile configuration Tile over all groups, K split as split_k_slices
+// says when `split_k` (resident blocks a multiprocessor: about 16 warps' worth).
+template <typename T, typename Tile>
+void launch_tiles(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& packed, const T* bias, Tensor& out,
+                  int groups, bool split_k, int sm_count, cuda_detail::Stream stream) {
+  constexpr int kStepElements = Tile::kRowBytes / sizeof(T);
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
+               "cuconv: convolution too large for one tensor-core launch");
+  if (tiles == 0) return;
+  const int blocks_per_sm = 16 / (Tile::kWarpsM * Tile::kWarpsN);
+  q.splits = split_k ? split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), out.numel(), sm_count, blocks_per_sm)
+                     : 1;
+  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / groups);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), kStepElements) * kStepElements;
+  q.out_numel = out.numel();
+  last_kernels().tile = Tile::kName;
+  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}, ScalarType::Float) : Tensor();
+  cuda_detail::launch(conv_tensor_core_kernel<T, Tile>,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
+                      Tile::kThreads, 0, stream, src_nhwc.const_data_ptr<T>(), packed.const_data_ptr<T>(), bias,
+                      out.mutable_data_ptr<T>(), q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
+  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
+}
+
+// The tile configuration of a layer (its GEMM: m output pixels, n output channels a group, in
+// `groups` groups), by this table:
+//   n > 64                                     WideTile   128 x 128, 8 warps
+//   n <= 64, 128-row tiles fill >= 1 wave       NarrowTile 128 x 64,  4 warps (half the work
+//                                                          of a wide tile is not wasted)
+//   n <= 64, fewer                             SmallTile  64 x 64,   2 warps (more blocks)
+// A wave is one block on each multiprocessor. Split-K then fills what the tiles do not.
+enum class TileChoice { kWide, kNarrow, kSmall };
+TileChoice choose_tile(int m, int n, int groups, int sm_count) {
+  if (n > 64) return TileChoice::kWide;
+  const int64_t narrow_tiles = static_cast<int64_t>(ceil_div(m, 128)) * ceil_div(n, 64) * groups;
+  return narrow_tiles >= sm_count ? TileChoice::kNarrow : TileChoice::kSmall;
+}
+
 // Packs W and runs the gather convolution q (geometry and output mapping filled in; src and out
-// as tensors, out contiguous or channels_last) over all groups, with K split as split_k_slices
-// says when `split_k` (two resident blocks a multiprocessor: 125 registers, 48 KiB of shared memory).
+// as tensors, out contiguous or channels_last) over all groups.
 template <typename T>
 void launch_gather(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& w, const WeightGather& gather,
                    const T* bias, Tensor& out, int groups, bool split_k, int sm_count, cuda_detail::Stream stream) {
-  constexpr int kStepElements = TensorCoreTile::kRowBytes / sizeof(T);
   Tensor packed = cuda_detail::new_output(w, {groups, q.n, std::max(q.k, 1)});
   const int64_t total = static_cast<int64_t>(groups) * q.n * q.k;
   if (total > 0)
@@ -505,20 +558,14 @@ void launch_gather(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& w, co
   q.out_sample = out.size(1) * out.size(2) * out.size(3);
   q.out_w = static_cast<int>(out.size(3));
   q.m = q.batch * q.rows * q.cols;
-  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, TensorCoreTile::kBlockM)) * ceil_div(q.n, TensorCoreTile::kBlockN);
-  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
-               "cuconv: convolution too large for one tensor-core launch");
-  if (tiles == 0) return;
-  q.splits = split_k ? split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), out.numel(), sm_count, 2) : 1;
-  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / groups);
-  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), kStepElements) * kStepElements;
-  q.out_numel = out.numel();
-  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}, ScalarType::Float) : Tensor();
-  cuda_detail::launch(conv_tensor_core_kernel<T>,
-                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
-                      TensorCoreTile::kThreads, 0, stream, src_nhwc.const_data_ptr<T>(), packed.const_data_ptr<T>(),
-                      bias, out.mutable_data_ptr<T>(), q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
-  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
+  switch (choose_tile(q.m, q.n, groups, sm_count)) {
+    case TileChoice::kWide:
+      return launch_tiles<T, WideTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+    case TileChoice::kNarrow:
+      return launch_tiles<T, NarrowTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+    case TileChoice::kSmall:
+      return launch_tiles<T, SmallTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+  }
 }
 
 // 16-byte rows of channels: C_g elements must fill whole chunks.
@@ -619,6 +666,7 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && static_cast<int64_t>(call.groups) * q.splits <= cuda_detail::max_grid_yz(),
                "cuconv: weight gradient too large for one tensor-core launch");
   Tensor partial = cuda_detail::new_output(dw, {q.splits, dw.numel()}, ScalarType::Float);
+  last_kernels().tile = "128x128";
   CUCONV_DISPATCH_FLOATING(dtype, "conv2d_backward_weight_tensor_core", [&] {
     if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
       const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);

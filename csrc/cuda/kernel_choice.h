@@ -14,6 +14,7 @@ enum class KernelChoice { kFastest, kSimple };
 std::atomic<KernelChoice>& kernel_choice();
 struct LastKernels {
   std::atomic<const char*> forward{"none"}, backward_input{"none"}, backward_weight{"none"};
+  std::atomic<const char*> tile{"none"};  // the tile configuration of the last GEMM launched ("128x64", ...)
 };
 LastKernels& last_kernels();
 
