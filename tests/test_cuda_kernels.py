@@ -350,6 +350,25 @@ def test_one_input_channel_weight_gradient(target, kernel, layer):
 
 
 
+@pytest.mark.parametrize("kernel", [3, 5, 7, 2], ids=str)
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), ((2, 1), 1), ((1, 2), 1), (1, 2), (3, 1)], ids=str)
+def test_one_input_channel_forward(target, kernel, stride, dilation):
+    """Register-blocked strips of 4 outputs (square 3, 5, 7 kernels, no dilation, column stride 1 or 2)
+    and the one-thread-an-output kernel for the rest; widths that do not fill the last strip."""
+    g = torch.Generator().manual_seed(16)
+    for x_shape, w_shape, groups in (((2, 1, 15, 13), (6, 1, kernel, kernel), 1), ((2, 4, 12, 11), (8, 1, kernel, kernel), 4)):
+        x, w = _random(x_shape, torch.float64, target.device, g), _random(w_shape, torch.float64, target.device, g)
+        b = _random(w_shape[:1], torch.float64, target.device, g)
+        padding = kernel // 2
+        y, ran = target.run("conv2d", x, w, b, _pair(stride), (padding, padding), _pair(dilation), groups)
+        assert ran == "depthwise"
+        torch.testing.assert_close(y.cpu(), F.conv2d(x.cpu(), w.cpu(), b.cpu(), stride, padding, dilation, groups))
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
 # --- scheduling -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.bfloat16, "tensor_core"), (torch.float32, "simt")], ids=str)

@@ -1,6 +1,8 @@
 // Depthwise-like convolutions on CUDA (C_g == 1: one input channel per group, groups == C_in
-// for depthwise proper): direct kernels, no GEMM. Forward and backward input give one thread per
-// output / input element (the latter gathers over the outputs and taps that see its pixel);
+// for depthwise proper): direct kernels, no GEMM. The forward pass gives a thread a strip of 4
+// outputs of a row, taps and input row segments in registers (square 3, 5, 7 kernels without
+// dilation, column stride 1 or 2; else one thread an output); the input gradient one thread an input element (a gather over the outputs
+// and taps that see its pixel);
 // backward weight gives one block per (output channel, split) that reads each dy element once and
 // accumulates every tap in registers (3x3, 5x5, 7x7 kernels; other sizes one block per weight
 // element), the split slices summed in fixed order (conv2d.cu's finish_partials): deterministic,
@@ -47,6 +49,58 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ input,
       }
     }
     output[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// The same forward pass register-blocked, for kH = kW = kKernel, column stride kStride and no
+// dilation: a thread computes kStrip consecutive outputs of one row, (n, o, oh, ow0 .. ow0 +
+// kStrip), with the channel's taps held in registers and, per tap row, the input row segment those
+// outputs read ((kStrip - 1)*kStride + kKernel values) loaded once and reused by every output and
+// tap. The index math is per strip, so the FMAs run without bounds checks or divisions.
+constexpr int kStrip = 4;
+template <typename scalar_t, int kKernel, int kStride>
+__global__ void depthwise_forward_strip_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+                                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ output,
+                                               const ConvParams p, int64_t strips) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int kSegment = (kStrip - 1) * kStride + kKernel;
+  const int strips_per_row = (p.out_w + kStrip - 1) / kStrip;
+  CUCONV_KERNEL_LOOP(strip, strips) {
+    const int64_t row = strip / strips_per_row;  // (n * C_out + o) * Ho + oh
+    const int ow0 = static_cast<int>(strip - row * strips_per_row) * kStrip;
+    const int64_t plane = row / p.out_h;
+    const int oh = static_cast<int>(row - plane * p.out_h);
+    const int o = static_cast<int>(plane % p.out_channels);
+    const int64_t n = plane / p.out_channels;
+    const scalar_t* x = input + n * p.in_sample + static_cast<int64_t>(o / p.out_per_group) * p.in_plane;
+    acc_t w[kKernel * kKernel];
+#pragma unroll
+    for (int t = 0; t < kKernel * kKernel; ++t) w[t] = static_cast<acc_t>(weight[o * kKernel * kKernel + t]);
+    acc_t acc[kStrip];
+    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[o]) : acc_t(0);
+#pragma unroll
+    for (int t = 0; t < kStrip; ++t) acc[t] = b;
+    const int iw_first = ow0 * kStride - p.pad_w;
+#pragma unroll
+    for (int i = 0; i < kKernel; ++i) {
+      const int ih = oh * p.stride_h - p.pad_h + i;
+      if (static_cast<unsigned>(ih) >= static_cast<unsigned>(p.in_h)) continue;
+      acc_t row_values[kSegment];  // the input row from iw_first, zero outside the image
+#pragma unroll
+      for (int v = 0; v < kSegment; ++v) {
+        const int iw = iw_first + v;
+        row_values[v] = static_cast<unsigned>(iw) < static_cast<unsigned>(p.in_w) ? static_cast<acc_t>(x[ih * p.in_w + iw])
+                                                                                 : acc_t(0);
+      }
+#pragma unroll
+      for (int t = 0; t < kStrip; ++t)
+#pragma unroll
+        for (int j = 0; j < kKernel; ++j) acc[t] += row_values[t * kStride + j] * w[i * kKernel + j];
+    }
+    scalar_t* y = output + row * p.out_w;
+#pragma unroll
+    for (int t = 0; t < kStrip; ++t)
+      if (ow0 + t < p.out_w) y[ow0 + t] = static_cast<scalar_t>(acc[t]);
   }
 }
 
@@ -179,9 +233,28 @@ void forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
   const ConvParams& p = call.p;
   const int64_t total = y.numel();
   const unsigned int blocks = grid_stride_blocks(total);
+  // Square 3, 5 and 7 kernels, no dilation, column stride 1 or 2: register-blocked strips.
+  const bool strips = p.kernel_h == p.kernel_w && (p.kernel_h == 3 || p.kernel_h == 5 || p.kernel_h == 7) &&
+                      p.dilation_h == 1 && p.dilation_w == 1 && (p.stride_w == 1 || p.stride_w == 2);
+  const bool stride_2 = p.stride_w == 2;
+  const int64_t strip_count = static_cast<int64_t>(p.batch) * p.out_channels * p.out_h * ((p.out_w + kStrip - 1) / kStrip);
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cuda", [&] {
     const scalar_t* bias_data = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-    if (p.kernel_h == 3 && p.kernel_w == 3) {
+    auto strip_kernel = [&](auto kernel) {
+      cuda_detail::launch(kernel, grid_stride_blocks(strip_count), kThreadsPerBlock, 0, call.stream,
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data, y.mutable_data_ptr<scalar_t>(), p,
+          strip_count);
+    };
+    if (strips && p.kernel_h == 3) {
+      stride_2 ? strip_kernel(depthwise_forward_strip_kernel<scalar_t, 3, 2>)
+               : strip_kernel(depthwise_forward_strip_kernel<scalar_t, 3, 1>);
+    } else if (strips && p.kernel_h == 5) {
+      stride_2 ? strip_kernel(depthwise_forward_strip_kernel<scalar_t, 5, 2>)
+               : strip_kernel(depthwise_forward_strip_kernel<scalar_t, 5, 1>);
+    } else if (strips && p.kernel_h == 7) {
+      stride_2 ? strip_kernel(depthwise_forward_strip_kernel<scalar_t, 7, 2>)
+               : strip_kernel(depthwise_forward_strip_kernel<scalar_t, 7, 1>);
+    } else if (p.kernel_h == 3 && p.kernel_w == 3) {
       cuda_detail::launch(depthwise_forward_kernel<scalar_t, 3>, blocks, kThreadsPerBlock, 0, call.stream,
           x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data, y.mutable_data_ptr<scalar_t>(), p, total);
     } else {
