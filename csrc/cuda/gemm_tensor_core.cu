@@ -223,10 +223,8 @@ __global__ void __launch_bounds__(Tile::kThreads)
       for (int j = 0; j < Tile::kMmaN; j += 2) {
         uint32_t regs[4];
         ldmatrix<4, false>(regs, &b_stage[b_fragment[kk] + j * 8 * Tile::kChunks]);
-        b[j][0] = mma_operand<T>(regs[0]);
-        b[j][1] = mma_operand<T>(regs[1]);
-        b[j + 1][0] = mma_operand<T>(regs[2]);
-        b[j + 1][1] = mma_operand<T>(regs[3]);
+        // (B is rounded to TF32 when packed: no conversion here)
+        b[j][0] = regs[0], b[j][1] = regs[1], b[j + 1][0] = regs[2], b[j + 1][1] = regs[3];
       }
 #pragma unroll
       for (int i = 0; i < Tile::kMmaM; ++i)
@@ -457,7 +455,7 @@ __global__ void __launch_bounds__(256) transpose_kernel(const T* __restrict__ in
 }
 
 // W[g*N + co, k] (k = (ti, tj, ci), ci fastest) = w[g*w_group + co*w_co + ci*w_ci + ti*w_ti + tj*w_tj + w_base]:
-// the B operand of a gather convolution, K contiguous, one thread an element.
+// the B operand of a gather convolution, K contiguous (float32: rounded to TF32), one thread an element.
 template <typename T>
 __global__ void pack_weight_kernel(const T* __restrict__ w, T* __restrict__ packed, int groups, int n, int taps_h,
                                    int taps_w, int channels, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj,
@@ -470,7 +468,13 @@ __global__ void pack_weight_kernel(const T* __restrict__ w, T* __restrict__ pack
     const int g = static_cast<int>(row / n), co = static_cast<int>(row - static_cast<int64_t>(g) * n);
     const int tap = kk / channels, ci = kk - tap * channels;
     const int ti = tap / taps_w, tj = tap - ti * taps_w;
-    packed[index] = w[g * w_group + co * w_co + ci * w_ci + ti * w_ti + tj * w_tj + w_base];
+    const T value = w[g * w_group + co * w_co + ci * w_ci + ti * w_ti + tj * w_tj + w_base];
+    if constexpr (std::is_same_v<T, float>) {  // the mma's operand, rounded once here rather than per use
+      const uint32_t bits = to_tf32(value);
+      std::memcpy(&packed[index], &bits, 4);
+    } else {
+      packed[index] = value;
+    }
   }
 }
 
