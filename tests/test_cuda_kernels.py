@@ -189,6 +189,30 @@ def test_tf32_forward_rounds_the_operands_and_sums_in_float32(target, case):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_tf32_weight_gradient(target, case, layout):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(17)
+    x = _random(x_shape, torch.float32, target.device, g)
+    y_shape = F.conv2d(torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"), None, stride,
+                       padding, dilation, groups).shape
+    dy = _random(y_shape, torch.float32, target.device, g)
+    if layout == "channels_last":
+        x, dy = x.to(memory_format=torch.channels_last), dy.to(memory_format=torch.channels_last)
+    args = (dy, x, list(w_shape), stride, padding, dilation, groups)
+    dw, ran = target.run("conv2d_backward_weight", *args, True)
+    fills_chunks = (w_shape[0] // groups) % 4 == 0 and w_shape[1] % 4 == 0  # 16 bytes of float32 channels
+    assert ran == ("tensor_core" if fills_chunks else "simt")
+    if not fills_chunks:
+        return
+    ref = torch.nn.grad.conv2d_weight(_tf32(x.cpu()).double(), w_shape, _tf32(dy.cpu()).double(), stride, padding,
+                                      dilation, groups)
+    torch.testing.assert_close(dw.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    _, ran = target.run("conv2d_backward_weight", *args, False)
+    assert ran == "simt"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", CASES[:1] + PHASE_CASES, ids=IDS[:1] + PHASE_IDS)
 def test_tf32_input_gradient(target, case, layout):
     x_shape, w_shape, stride, padding, dilation, groups = case

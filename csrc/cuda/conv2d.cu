@@ -218,7 +218,7 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
   auto& ran = conv_cuda::last_kernels().backward_weight;
-  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::backward_weight(call, grad_output, input, dw)) {
+  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::backward_weight(call, grad_output, input, dw, allow_tf32)) {
     ran = "tensor_core";
     return dw;
   }

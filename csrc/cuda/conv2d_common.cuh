@@ -171,7 +171,7 @@ namespace tensor_core {
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
              bool allow_tf32);
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32);
-bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw);  // 16-bit types only
+bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw, bool allow_tf32);
 }  // namespace tensor_core
 
 // The float32 GEMMs on the CUDA cores (gemm_simt.cu): the forward pass and the input gradient

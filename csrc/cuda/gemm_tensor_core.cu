@@ -276,22 +276,35 @@ __global__ void __launch_bounds__(Tile::kThreads)
 //     A[o, k] B[k, (i, j, c)],  A[o, k] = dy[n, oh, ow, g*O_g + o],  B[k, (i, j, c)] = x[n, ih, iw, g*C_g + c]
 // (NHWC; ih = oh*sH - pH + i*dH, iw = ow*sW - pW + j*dW, 0 outside). Both operands are
 // contiguous along the GEMM's M and N, not along K: their shared tiles are k-major ([k][128
-// elements], 256-byte rows of 16 chunks, chunk q of row k stored at q ^ (k % 8)) and the
-// fragments come from ldmatrix.trans. float16 and bfloat16 only (ldmatrix.trans moves 16-bit
-// elements). K (N*Ho*Wo) is split into slices (blockIdx.z = group * splits + split) whose partial
-// sums finish_partials adds in order. Warps and mma tiles as the forward kernel's; K steps of
-// 32 pixels (two mma k-steps), 3 stages.
+// elements], rows of 16-byte chunks, chunk q of row k stored at q ^ (k % 8)). float16 and
+// bfloat16 fragments come from ldmatrix.trans; TF32 ones (ldmatrix moves 16-bit elements) from
+// one 32-bit shared load an element, rounded to TF32 in the loop. K (N*Ho*Wo) is split into
+// slices (blockIdx.z = group * splits + split) whose partial sums finish_partials adds in order.
+// Warps and mma tiles as the forward kernel's; K steps of 32 pixels (16-bit types) or 16 (TF32),
+// 8 KiB an operand a stage, 3 stages.
+template <typename T>
 struct WeightGradTile {
-  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 32, kStages = 3;
-  static constexpr int kChunks = 16;  // 16-byte chunks in a k-row of 128 halves
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
+  static constexpr int kBlockK = 64 / sizeof(T);                   // pixels a step: 32 or 16
+  static constexpr int kChunks = kBlockN * int(sizeof(T)) / 16;    // 16-byte chunks in a k-row: 16 or 32
+  static constexpr int kChunkElements = 16 / sizeof(T);
   static constexpr int kWarpsM = 2, kWarpsN = 4, kThreads = 256;
   static constexpr int kWarpM = 64, kWarpN = 32, kMmaM = 4, kMmaN = 4;
+  static constexpr int kMmaK = std::is_same_v<T, float> ? 8 : 16;
   static constexpr int kCopies = kBlockK * kChunks / kThreads;  // 2 chunks of A and of B a thread a step
-  static constexpr int kKRowsPerCopy = kThreads / kChunks;       // 16
+  static constexpr int kKRowsPerCopy = kThreads / kChunks;       // 16 or 8
 };
 
+template <typename Tile>
 __device__ __forceinline__ int k_major_swizzled(int k, int chunk) {
-  return k * WeightGradTile::kChunks + (chunk ^ (k & 7));
+  return k * Tile::kChunks + (chunk ^ (k & 7));
+}
+
+// The 32-bit element e of k-row k of a k-major swizzled tile (TF32 fragments), rounded to TF32.
+template <typename Tile>
+__device__ __forceinline__ uint32_t tf32_element(const uint4* tile, int k, int e) {
+  const float* row = reinterpret_cast<const float*>(&tile[k_major_swizzled<Tile>(k, e / 4)]);
+  return to_tf32(row[e % 4]);
 }
 
 struct TensorCoreWeightGrad {
@@ -304,11 +317,11 @@ struct TensorCoreWeightGrad {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(WeightGradTile::kThreads)
+__global__ void __launch_bounds__(WeightGradTile<T>::kThreads)
     weight_grad_tensor_core_kernel(const T* __restrict__ dy, const T* __restrict__ x, float* __restrict__ partial,
                                    const TensorCoreWeightGrad q) {
-  using Tile = WeightGradTile;
-  constexpr int kChunkElements = 8;  // halves
+  using Tile = WeightGradTile<T>;
+  constexpr int kChunkElements = Tile::kChunkElements;
   CUCONV_SHARED(a_tile, uint4[Tile::kStages][Tile::kBlockK * Tile::kChunks]);
   CUCONV_SHARED(b_tile, uint4[Tile::kStages][Tile::kBlockK * Tile::kChunks]);
 
@@ -319,8 +332,8 @@ __global__ void __launch_bounds__(WeightGradTile::kThreads)
   const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
   const int tid = static_cast<int>(threadIdx.x);
 
-  // --- copies: chunk tid % 16 of k-rows tid / 16 + 16r. A's chunk is 8 output channels, B's
-  // 8 input channels of one tap, fixed for the whole K loop.
+  // --- copies: chunk tid % kChunks of k-rows tid / kChunks + kKRowsPerCopy*r. A's chunk is 8 (TF32:
+  // 4) output channels, B's as many input channels of one tap, fixed for the whole K loop.
   const int copy_chunk = tid % Tile::kChunks, copy_k = tid / Tile::kChunks;
   const int a_o = m0 + copy_chunk * kChunkElements;  // first output channel of A's chunk
   const bool a_ok = a_o < q.m;
@@ -346,12 +359,12 @@ __global__ void __launch_bounds__(WeightGradTile::kThreads)
       const bool k_ok = k < k_end;
       const int64_t sample = static_cast<int64_t>(pixel[r].outer) * q.in_h * q.in_w;
       const bool a_copy = k_ok && a_ok;
-      cp_async<16>(&a_tile[stage][k_major_swizzled(row, copy_chunk)],
+      cp_async<16>(&a_tile[stage][k_major_swizzled<Tile>(row, copy_chunk)],
                    a_copy ? a_base + static_cast<int64_t>(k) * q.out_channels : dy, a_copy);
       const int ih = pixel[r].mid * q.stride_h + b_dh, iw = pixel[r].inner * q.stride_w + b_dw;
       const bool b_copy = k_ok && b_ok && static_cast<unsigned>(ih) < static_cast<unsigned>(q.in_h) &&
                           static_cast<unsigned>(iw) < static_cast<unsigned>(q.in_w);
-      cp_async<16>(&b_tile[stage][k_major_swizzled(row, copy_chunk)],
+      cp_async<16>(&b_tile[stage][k_major_swizzled<Tile>(row, copy_chunk)],
                    b_copy ? b_base + (sample + ih * q.in_w + iw) * q.in_channels : x, b_copy);
       pixel[r].advance(pixel_step, q.out_h, q.out_w);
     }
@@ -387,18 +400,34 @@ __global__ void __launch_bounds__(WeightGradTile::kThreads)
     const uint4* a_stage = a_tile[stage];
     const uint4* b_stage = b_tile[stage];
 #pragma unroll
-    for (int kk = 0; kk < Tile::kBlockK / 16; ++kk) {
+    for (int kk = 0; kk < Tile::kBlockK / Tile::kMmaK; ++kk) {
       uint32_t a[Tile::kMmaM][4], b[Tile::kMmaN][2];
+      if constexpr (std::is_same_v<T, float>) {
+        // m16n8k8 TF32: a = (m g, k t), (g+8, t), (g, t+4), (g+8, t+4); b = (k t, n g), (t+4, g)
+        const int g = lane / 4, t = lane % 4, k = kk * 8 + t;
 #pragma unroll
-      for (int i = 0; i < Tile::kMmaM; ++i)
-        ldmatrix<4, true>(a[i], &a_stage[k_major_swizzled(kk * 16 + (matrix / 2) * 8 + matrix_row,
-                                                          (warp_m + i * 16) / 8 + matrix % 2)]);
+        for (int i = 0; i < Tile::kMmaM; ++i) {
+          const int m = warp_m + i * 16 + g;
+          a[i][0] = tf32_element<Tile>(a_stage, k, m), a[i][1] = tf32_element<Tile>(a_stage, k, m + 8);
+          a[i][2] = tf32_element<Tile>(a_stage, k + 4, m), a[i][3] = tf32_element<Tile>(a_stage, k + 4, m + 8);
+        }
 #pragma unroll
-      for (int j = 0; j < Tile::kMmaN; j += 2) {
-        uint32_t regs[4];
-        ldmatrix<4, true>(regs, &b_stage[k_major_swizzled(kk * 16 + (matrix % 2) * 8 + matrix_row,
-                                                          (warp_n + j * 8) / 8 + matrix / 2)]);
-        b[j][0] = regs[0], b[j][1] = regs[1], b[j + 1][0] = regs[2], b[j + 1][1] = regs[3];
+        for (int j = 0; j < Tile::kMmaN; ++j) {
+          const int n = warp_n + j * 8 + g;
+          b[j][0] = tf32_element<Tile>(b_stage, k, n), b[j][1] = tf32_element<Tile>(b_stage, k + 4, n);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < Tile::kMmaM; ++i)
+          ldmatrix<4, true>(a[i], &a_stage[k_major_swizzled<Tile>(kk * 16 + (matrix / 2) * 8 + matrix_row,
+                                                                  (warp_m + i * 16) / 8 + matrix % 2)]);
+#pragma unroll
+        for (int j = 0; j < Tile::kMmaN; j += 2) {
+          uint32_t regs[4];
+          ldmatrix<4, true>(regs, &b_stage[k_major_swizzled<Tile>(kk * 16 + (matrix % 2) * 8 + matrix_row,
+                                                                  (warp_n + j * 8) / 8 + matrix / 2)]);
+          b[j][0] = regs[0], b[j][1] = regs[1], b[j + 1][0] = regs[2], b[j + 1][1] = regs[3];
+        }
       }
 #pragma unroll
       for (int i = 0; i < Tile::kMmaM; ++i)
@@ -648,13 +677,14 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
   return done;
 }
 
-bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
+bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw, bool allow_tf32) {
   const ConvParams& p = call.p;
   const ScalarType dtype = dy.scalar_type();
-  if ((dtype != ScalarType::Half && dtype != ScalarType::BFloat16) || !channels_fill_chunks(dtype, p.in_per_group) ||
+  if (!supports(dtype, allow_tf32) || !channels_fill_chunks(dtype, p.in_per_group) ||
       !channels_fill_chunks(dtype, p.out_per_group))
     return false;
-  using Tile = WeightGradTile;
+  // (K steps of 32 pixels: as the 16-bit kernel's, for the split count)
+  using Tile = WeightGradTile<c10::Half>;
   TensorCoreWeightGrad q;
   q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_channels = p.in_channels;
   q.out_h = p.out_h, q.out_w = p.out_w, q.out_channels = p.out_channels;
@@ -672,12 +702,12 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   Tensor partial = cuda_detail::new_output(dw, {q.splits, dw.numel()}, ScalarType::Float);
   last_kernels().tile = "128x128";
   CUCONV_DISPATCH_FLOATING(dtype, "conv2d_backward_weight_tensor_core", [&] {
-    if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
       const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);
       const Tensor x_nhwc = nhwc<scalar_t>(x, call.stream);
       cuda_detail::launch(weight_grad_tensor_core_kernel<scalar_t>,
                           dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
-                          Tile::kThreads, 0, call.stream, dy_nhwc.const_data_ptr<scalar_t>(),
+                          WeightGradTile<scalar_t>::kThreads, 0, call.stream, dy_nhwc.const_data_ptr<scalar_t>(),
                           x_nhwc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), q);
     }
   });
