@@ -34,14 +34,14 @@
 #include <vector>
 
 #include "conv2d_common.cuh"
+#include "pipeline.cuh"
 
 namespace cuconv::conv_cuda::simt {
 namespace {
 
 using cuda_detail::ceil_div;
 using cuda_detail::cp_async;
-using cuda_detail::cp_async_commit;
-using cuda_detail::cp_async_wait;
+using cuda_detail::run_pipeline;
 
 // A block tile of 128 x BlockN (BlockN = 128, 64 or 32: choose_tile's table), in warp tiles of
 // 64 x 32, 2 warps along m.
@@ -60,6 +60,27 @@ struct SimtTile {
   static_assert(kThreads / kBChunks == 8 && kBlockK == 16, "B: two passes of 8 k rows");
   static constexpr const char* kName = BlockN == 128 ? "128x128" : BlockN == 64 ? "128x64" : "128x32";
 };
+
+// One K step of the 8 x 8 micro-tile: a lane's rows are two runs of 4 (row_base, row_base + 32),
+// its columns two runs of 4 (col_base, col_base + 16); `at(k, r)` maps an element of a k-major
+// shared row to where it is stored (a swizzle, or none).
+template <int kSteps, int kALength, int kBLength, typename At>
+__device__ __forceinline__ void multiply_stage(const float (*a_tile)[kALength], const float (*b_tile)[kBLength],
+                                               int row_base, int col_base, At at, float (&acc)[8][8]) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[kk][at(kk, row_base)]);
+    const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[kk][at(kk, row_base + 32)]);
+    const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[kk][at(kk, col_base)]);
+    const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[kk][at(kk, col_base + 16)]);
+    const float a[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+    const float b[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
 
 // One gather convolution (see the top of the file), in 32-bit ints within a sample.
 struct GatherConv {
@@ -180,33 +201,9 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
   const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
-#pragma unroll
-  for (int s = 0; s < Tile::kStages - 1; ++s) {
-    if (s < k_steps) copy_step(s);
-    cp_async_commit();
-  }
-  int stage = 0;
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<Tile::kStages - 2>();
-    __syncthreads();  // step's tiles are complete, and the stage refilled below is no longer read
-    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
-    cp_async_commit();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[stage][kk][row_base]);
-      const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[stage][kk][row_base + 32]);
-      const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[stage][kk][col_base]);
-      const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[stage][kk][col_base + 16]);
-      const float a[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
-      const float b[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
-  }
-  cp_async_wait<0>();
+  run_pipeline<Tile::kStages>(k_steps, copy_step, [&](int stage) {
+    multiply_stage<BK>(a_tile[stage], b_tile[stage], row_base, col_base, [](int, int r) { return r; }, acc);
+  });
 
   // --- epilogue: runs of 4 rows (output positions) per column. With split-K the slice goes to
   // `partial` (out's layout), the bias with slice 0.
@@ -387,33 +384,9 @@ __global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
   const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
-#pragma unroll
-  for (int s = 0; s < Tile::kStages - 1; ++s) {
-    if (s < k_steps) copy_step(s);
-    cp_async_commit();
-  }
-  int stage = 0;
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<Tile::kStages - 2>();
-    __syncthreads();
-    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
-    cp_async_commit();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      const float4 a_lo = *reinterpret_cast<const float4*>(&a_tile[stage][kk][swizzle(kk, row_base)]);
-      const float4 a_hi = *reinterpret_cast<const float4*>(&a_tile[stage][kk][swizzle(kk, row_base + 32)]);
-      const float4 b_lo = *reinterpret_cast<const float4*>(&b_tile[stage][kk][swizzle(kk, col_base)]);
-      const float4 b_hi = *reinterpret_cast<const float4*>(&b_tile[stage][kk][swizzle(kk, col_base + 16)]);
-      const float a[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
-      const float b[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
-  }
-  cp_async_wait<0>();
+  run_pipeline<Tile::kStages>(k_steps, copy_step, [&](int stage) {
+    multiply_stage<BK>(a_tile[stage], b_tile[stage], row_base, col_base, swizzle, acc);
+  });
 
   // --- epilogue: row o, runs of 4 columns (16-byte stores where the row length allows)
   float* slice = partial + split * q.partial_stride;

@@ -18,8 +18,8 @@
 // 2 along m x 4 along n; 128 x 64 and 64 x 64 for layers of few output channels or pixels, by
 // choose_tile's table); each warp a 64 x 32 tile as 4 x 4 mma tiles of 16 x 8 (64 float
 // accumulators a thread). K is walked in steps of 64 bytes (32 halves or 16 floats: two mma
-// k-steps). A 3-stage cp.async pipeline keeps two steps in flight while the third is
-// multiplied. Shared tiles are row-major with k contiguous ([row][64 bytes], 8 KiB an operand
+// k-steps). A 3-stage cp.async pipeline (pipeline.cuh) keeps two steps in flight while the third
+// is multiplied. Shared tiles are row-major with k contiguous ([row][64 bytes], 8 KiB an operand
 // a stage for 128 rows, 48 KiB in all for 128 x 128) and XOR-swizzled in 16-byte chunks, chunk q of row r stored at
 // q ^ ((r / 2) % 4): the 8 rows an ldmatrix reads at one chunk then fall in 8 different
 // 16-byte bank groups, and so do the cp.async stores. Fragments come from ldmatrix.x4 (for
@@ -28,16 +28,16 @@
 // the output's strides.
 
 #include "conv2d_common.cuh"
+#include "pipeline.cuh"
 
 namespace cuconv::conv_cuda::tensor_core {
 namespace {
 
 using cuda_detail::ceil_div;
 using cuda_detail::cp_async;
-using cuda_detail::cp_async_commit;
-using cuda_detail::cp_async_wait;
 using cuda_detail::ldmatrix;
 using cuda_detail::mma;
+using cuda_detail::run_pipeline;
 using cuda_detail::to_tf32;
 
 // A block tile of BlockM x BlockN, in warp tiles of 64 x 32 (4 x 4 mma tiles).
@@ -99,7 +99,6 @@ __global__ void __launch_bounds__(Tile::kThreads)
                             T* __restrict__ y, float* __restrict__ partial, const TensorCoreConv q) {
   constexpr int kChunkElements = 16 / sizeof(T);
   constexpr int kStepElements = Tile::kRowBytes / sizeof(T);  // K per step
-  constexpr int kMmaK = std::is_same_v<T, float> ? 8 : 16;    // 32 bytes of K per mma
 
   CUCONV_SHARED(a_tile, uint4[Tile::kStages][Tile::kBlockM * Tile::kChunks]);
   CUCONV_SHARED(b_tile, uint4[Tile::kStages][Tile::kBlockN * Tile::kChunks]);
@@ -194,22 +193,9 @@ __global__ void __launch_bounds__(Tile::kThreads)
   }
 
   const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, kStepElements) : 0;
-#pragma unroll
-  for (int s = 0; s < Tile::kStages - 1; ++s) {
-    if (s < k_steps) copy_step(s);
-    cp_async_commit();  // (an empty group past the end keeps the wait counts uniform)
-  }
-
-  int stage = 0;  // step % kStages, the stage multiplied now
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<Tile::kStages - 2>();  // this thread's copies of `step` have landed
-    __syncthreads();  // everyone's have, and everyone is done with the stage refilled next
-    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
-    cp_async_commit();
-
+  run_pipeline<Tile::kStages>(k_steps, copy_step, [&](int stage) {
     const uint4* a_stage = a_tile[stage];
     const uint4* b_stage = b_tile[stage];
-    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
 #pragma unroll
     for (int kk = 0; kk < Tile::kChunks / 2; ++kk) {  // one mma k-step = 2 chunks
       uint32_t a[Tile::kMmaM][4], b[Tile::kMmaN][2];
@@ -231,9 +217,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
 #pragma unroll
         for (int j = 0; j < Tile::kMmaN; ++j) mma<T>(acc[i][j], a[i], b[j], acc[i][j]);
     }
-  }
-  cp_async_wait<0>();  // no copy may still be in flight when the block exits
-  static_cast<void>(kMmaK);
+  });
 
   // --- epilogue: accumulator e of mma tile (i, j) is row g + 8*(e/2), column 2t + e%2. With split-K
   // the slice goes to `partial` (float, y's layout), the bias with slice 0.
@@ -386,17 +370,7 @@ __global__ void __launch_bounds__(WeightGradTile<T>::kThreads)
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
   const int k_steps = k_end > k_begin ? ceil_div(k_end - k_begin, Tile::kBlockK) : 0;
-#pragma unroll
-  for (int s = 0; s < Tile::kStages - 1; ++s) {
-    if (s < k_steps) copy_step(s);
-    cp_async_commit();
-  }
-  int stage = 0;
-  for (int step = 0; step < k_steps; ++step) {
-    cp_async_wait<Tile::kStages - 2>();
-    __syncthreads();
-    if (step + Tile::kStages - 1 < k_steps) copy_step(stage == 0 ? Tile::kStages - 1 : stage - 1);
-    cp_async_commit();
+  run_pipeline<Tile::kStages>(k_steps, copy_step, [&](int stage) {
     const uint4* a_stage = a_tile[stage];
     const uint4* b_stage = b_tile[stage];
 #pragma unroll
@@ -434,9 +408,7 @@ __global__ void __launch_bounds__(WeightGradTile<T>::kThreads)
 #pragma unroll
         for (int j = 0; j < Tile::kMmaN; ++j) mma<T>(acc[i][j], a[i], b[j], acc[i][j]);
     }
-    stage = stage + 1 == Tile::kStages ? 0 : stage + 1;
-  }
-  cp_async_wait<0>();
+  });
 
   // --- epilogue: accumulator e of mma tile (i, j) is o = row g + 8*(e/2), column 2t + e%2 = (i, j, c)
   const int g = lane / 4, t = lane % 4;
