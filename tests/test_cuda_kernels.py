@@ -442,3 +442,27 @@ def test_tile_configuration_follows_the_table(out_channels, sm_count, tensor_cor
         ref = F.conv2d(x.double(), w.double(), None, 1, 1)
         tolerance = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(y.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_a_misaligned_channels_last_input_is_copied_not_read_in_place(target, dtype):
+    """cp.async copies 16 bytes from 16-byte aligned addresses: a channels_last view that starts
+    mid-chunk (a storage offset of one element) is not read in place."""
+    g = torch.Generator().manual_seed(18)
+    base = _random((2 * 9 * 11 * 16 + 1,), dtype, target.device, g)
+    x = base[1:].view(2, 9, 11, 16).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    w = _random((24, 16, 3, 3), dtype, target.device, g)
+    dy = base[1:].view(2, 9, 11, 16).permute(0, 3, 1, 2)[:, :16]
+    y, ran = target.run("conv2d", x, w, None, (1, 1), (1, 1), (1, 1), 1, True)
+    assert ran == "tensor_core" and y.is_contiguous(memory_format=torch.channels_last)
+    x64, w64 = (_tf32(x.cpu()), _tf32(w.cpu())) if dtype == torch.float32 else (x.cpu(), w.cpu())
+    ref = F.conv2d(x64.double(), w64.double(), None, 1, 1)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+    dw, ran = target.run("conv2d_backward_weight", _random((2, 24, 9, 11), dtype, target.device, g)
+                         .to(memory_format=torch.channels_last), x, [24, 16, 3, 3], (1, 1), (1, 1), (1, 1), 1, True)
+    assert ran == "tensor_core"
+    dx, ran = target.run("conv2d_backward_input", dy, _random((16, 16, 3, 3), dtype, target.device, g), [2, 16, 9, 11],
+                         (1, 1), (1, 1), (1, 1), 1, True)
+    assert ran == "tensor_core"

@@ -492,10 +492,16 @@ Tensor transposed(const Tensor& in, int64_t batch, int64_t channels, int64_t pos
   return out;
 }
 
-// x as NHWC memory: itself when channels_last, else an NHWC copy of the contiguous NCHW x.
+// x as NHWC memory: itself when channels_last and 16-byte aligned (cp.async's requirement; a
+// view may start mid-chunk), else an NHWC copy.
 template <typename T>
 Tensor nhwc(const Tensor& x, cuda_detail::Stream stream) {
-  if (is_channels_last(x)) return x;
+  if (is_channels_last(x)) {
+    if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) return x;
+    Tensor aligned = cuda_detail::new_output(x, x.sizes(), std::nullopt, true);
+    torch::stable::copy_(aligned, x);
+    return aligned;
+  }
   const Tensor contiguous = contiguous_or_self(x);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   return transposed<T>(contiguous, n, c, h * w, {n, h, w, c}, stream);
