@@ -53,3 +53,15 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    """float32 is float32 in every test: on a GPU torch's convolutions (and so cuconv's, which
+    follow them) would otherwise default to TF32, 1e-3 from float64. Tests of TF32 set it
+    themselves, or pass allow_tf32 to the ops."""
+    # (the legacy switches: they set cuDNN's conv and RNN flags alike, so that both APIs can read them)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
