@@ -115,7 +115,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
     # Float32 on CUDA follows torch's TF32 setting for convolutions (README "TF32").
-    allow_tf32 = x.device.type == "cuda" and _cuda_conv_allows_tf32()
+    allow_tf32 = x.is_cuda and _cuda_conv_allows_tf32()
     y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32)
     return y.squeeze(0) if unbatched else y
 
