@@ -466,3 +466,22 @@ def test_a_misaligned_channels_last_input_is_copied_not_read_in_place(target, dt
     dx, ran = target.run("conv2d_backward_input", dy, _random((16, 16, 3, 3), dtype, target.device, g), [2, 16, 9, 11],
                          (1, 1), (1, 1), (1, 1), 1, True)
     assert ran == "tensor_core"
+
+
+@pytest.mark.parametrize("plane", [(7, 7), (6, 6), (3, 5)], ids=str)
+@pytest.mark.parametrize("sm_count", [1, 132])
+def test_float32_epilogue_stores_any_plane(plane, sm_count):
+    """The staged epilogue: 16-byte stores aligned to the addresses whatever the plane size (7x7: a
+    tile's 128 positions span several samples, at every alignment), with and without split-K slices
+    (whose starts need not be 16-byte aligned), bias added once."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(19)
+    for out_channels in (136, 40, 12):
+        x, w = _random((5, 16, *plane), torch.float32, "cpu", g), _random((out_channels, 16, 3, 3), torch.float32, "cpu", g)
+        b = _random((out_channels,), torch.float32, "cpu", g)
+        with emulated_cuda.configured(multiprocessor_count=sm_count):
+            y = torch.ops.cuconv_emulated.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), 1)
+            assert emulated_cuda.module.last_kernels()["forward"] == "simt"
+        ref = F.conv2d(x.double(), w.double(), b.double(), 1, 1)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -22,13 +22,14 @@
 // positions m, columns = output channels; layers of 64 or 32 output channels a group get 128 x 64
 // and 128 x 32 tiles of 128 and 64 threads, the same warp tiles) over K in steps of BK = 16. Shared tiles are k-major,
 // A[k][m] and B[k][co], in 3 stages filled by cp.async (A: 4-byte copies, zero-filled outside
-// the image, 32 consecutive rows a warp; B: 16-byte copies), waited for one step ahead of use. The 8 warps are 2 (m) x 4 (co); a warp's 64 x 32 tile is held by its 32 lanes
+// the image, 32 consecutive rows a warp; B: 16-byte copies), waited for one step ahead of use
+// (pipeline.cuh). The 8 warps are 2 (m) x 4 (co); a warp's 64 x 32 tile is held by its 32 lanes
 // as 8 (m) x 4 (co) lanes of 8 x 8 accumulators, each lane's rows being two runs of 4 (32
 // apart) and its columns two runs of 4 (16 apart): per k a lane reads 2 + 2 float4 from shared
 // memory (8 different float4 across the warp's lanes per operand, so no bank conflicts) for 64
-// FFMA. The epilogue adds the bias and stores each run of 4 rows with one 16-byte store where
-// the 4 output pixels are contiguous and aligned (the NCHW plane is a multiple of 4), which
-// makes the stores of a warp 4 full 128-byte lines: no staging through shared memory needed.
+// FFMA. The epilogue adds the bias and is staged through shared memory, 32 output channels at a
+// time, so that a warp stores a channel's 128 output positions with 16-byte stores aligned to
+// the addresses (any plane size, e.g. ResNet's 7x7), not to the tile.
 
 #include <numeric>
 #include <vector>
@@ -205,39 +206,59 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     multiply_stage<BK>(a_tile[stage], b_tile[stage], row_base, col_base, [](int, int r) { return r; }, acc);
   });
 
-  // --- epilogue: runs of 4 rows (output positions) per column. With split-K the slice goes to
-  // `partial` (out's layout), the bias with slice 0.
+  // --- epilogue, staged through shared memory: per pass of 32 output channels, the warps that hold
+  // them write their accumulators (+ bias) to stage[channel][row], then each warp stores whole
+  // channel rows, a lane 4 consecutive output positions. Consecutive positions of one sample are
+  // consecutive addresses in a dense NCHW output, so the lanes' groups of 4 are placed at the
+  // row's first 16-byte boundary and stored as float4 wherever they do not cross a sample; the
+  // rest (a row's head, sample ends, the strided positions of a stride phase) element by element.
+  // With split-K the slice goes to `partial` (out's layout), the bias with slice 0.
   if (partial != nullptr) out = partial + split * q.out_numel;
   if (split != 0) bias = nullptr;
+  constexpr int kPassChannels = 32, kStageRow = BM + 4;
+  static_assert(kPassChannels * kStageRow <= Tile::kStages * BK * BM, "the stage fits in A's pipeline tiles");
+  float (*stage)[kStageRow] = reinterpret_cast<float (*)[kStageRow]>(&a_tile[0][0][0]);
   const int per_sample = q.rows * q.cols;
   const bool dense = q.row_step == 1 && q.col_step == 1 && q.row0 == 0 && q.col0 == 0 && q.cols == q.out_w;
-  const bool vector = dense && q.out_plane % 4 == 0;
+  auto offset_of = [&](int m, int co) {  // out's element of output position m, channel co of the group
+    const int n = m / per_sample, position = m - n * per_sample;
+    const int a = position / q.cols, b = position - a * q.cols;
+    return n * q.out_sample + static_cast<int64_t>(group * q.n + co) * q.out_plane +
+           (q.row0 + a * q.row_step) * q.out_w + q.col0 + b * q.col_step;
+  };
+  for (int pass = 0; pass < BN / kPassChannels; ++pass) {
+    __syncthreads();  // the pipeline's (or the last pass's) reads of this memory are done
+    if (col_base / kPassChannels == pass) {  // this warp's 32 columns are the pass's
 #pragma unroll
-  for (int run = 0; run < 2; ++run) {
-    const int m_first = m0 + row_base + 32 * run;
-    if (m_first >= m_total) continue;
-    const int n = m_first / per_sample, position = m_first - n * per_sample;
-    float* sample_out = out + n * q.out_sample + static_cast<int64_t>(group) * q.n * q.out_plane;
+      for (int j = 0; j < 8; ++j) {
+        const int column = col_base % kPassChannels + (j / 4) * 16 + j % 4;
+        const int co = n0 + pass * kPassChannels + column;
+        const float bias_value = bias != nullptr && co < q.n ? bias[group * q.n + co] : 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int co = n0 + col_base + (j / 4) * 16 + j % 4;
-      if (co >= q.n) continue;
-      const float bias_value = bias != nullptr ? bias[group * q.n + co] : 0.f;
-      float* channel = sample_out + static_cast<int64_t>(co) * q.out_plane;
-      if (vector && m_first + 3 < m_total) {  // 4 pixels of one sample, 16-byte aligned
-        *reinterpret_cast<float4*>(channel + position) =
-            make_float4(acc[4 * run][j] + bias_value, acc[4 * run + 1][j] + bias_value,
-                        acc[4 * run + 2][j] + bias_value, acc[4 * run + 3][j] + bias_value);
-        continue;
+        for (int i = 0; i < 8; ++i) stage[column][row_base + (i / 4) * 32 + i % 4] = acc[i][j] + bias_value;
       }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = m_first + i;
-        if (m >= m_total) break;
-        const int nn = m / per_sample, pos = m - nn * per_sample;
-        const int a = pos / q.cols, b = pos - a * q.cols;
-        out[nn * q.out_sample + static_cast<int64_t>(group * q.n + co) * q.out_plane +
-            (q.row0 + a * q.row_step) * q.out_w + q.col0 + b * q.col_step] = acc[4 * run + i][j] + bias_value;
+    }
+    __syncthreads();  // the pass's tile is complete
+    for (int column = warp; column < kPassChannels; column += Tile::kWarps) {
+      const int co = n0 + pass * kPassChannels + column;
+      if (co >= q.n) continue;
+      // groups of 4 start at the row's first 16-byte boundary (dense outputs; a split-K slice may
+      // start anywhere) or at 0
+      const int head =
+          dense ? static_cast<int>((16 - reinterpret_cast<uintptr_t>(out + offset_of(m0, co)) % 16) % 16 / 4) : 0;
+      if (lane < head && m0 + lane < m_total) out[offset_of(m0 + lane, co)] = stage[column][lane];
+      const int first = head + 4 * lane;  // this lane's group: rows first .. first + 3 of the tile
+      if (first >= BM) continue;
+      const int m = m0 + first;
+      const int count = min(4, min(BM - first, m_total - m));
+      if (count <= 0) continue;
+      const int64_t offset = offset_of(m, co);
+      if (dense && count == 4 && (m % per_sample) + 3 < per_sample &&
+          reinterpret_cast<uintptr_t>(out + offset) % 16 == 0) {
+        *reinterpret_cast<float4*>(out + offset) = make_float4(stage[column][first], stage[column][first + 1],
+                                                               stage[column][first + 2], stage[column][first + 3]);
+      } else {
+        for (int e = 0; e < count; ++e) out[offset_of(m + e, co)] = stage[column][first + e];
       }
     }
   }
