@@ -10,10 +10,15 @@
 // module runs under every torch from 2.10 on and every Python from 3.10 on.
 
 #include <Python.h>
+
+#include <chrono>
+#include <thread>
+#include <vector>
 #include <torch/csrc/stable/library.h>
 
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
+#include "cpu/tuner.h"
 #include "ops.h"
 #include "schemas.h"
 
@@ -41,8 +46,9 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 
 // cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
 // {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never",
-//  "last_gemm": ..., "last_direct": ...} where the last two name the instruction set of the
-// kernels the GEMM and direct paths ran last (None before their first use).
+//  "last_gemm": ..., "last_direct": ..., "l2_cache_bytes": ...} where the last_ entries name the
+// instruction set of the kernels the GEMM and direct paths ran last (None before their first
+// use) and the cache size is the one the CPU blocks are sized from.
 // A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
   try {
@@ -51,18 +57,92 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* gemm_double = cuconv::cpu_microkernel<double>().isa;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
                          gemm_double, "direct_conv", direct, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
-                         cuconv::last_kernel_use(cuconv::KernelPath::kDirect));
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "l2_cache_bytes",
+                         static_cast<long long>(cuconv::l2_cache_bytes()));
   } catch (const std::invalid_argument& error) {
     PyErr_SetString(PyExc_ValueError, error.what());
     return nullptr;
   }
 }
 
+// cuconv._C.cpu_tuning(): the measured choices so far, {key: winner}.
+PyObject* cpu_tuning(PyObject*, PyObject*) {
+  PyObject* result = PyDict_New();
+  if (result == nullptr) return nullptr;
+  for (const auto& [key, winner] : cuconv::tuning_table()) {
+    PyObject* value = PyUnicode_FromString(winner.c_str());
+    if (value == nullptr || PyDict_SetItemString(result, key.c_str(), value) != 0) {
+      Py_XDECREF(value);
+      Py_DECREF(result);
+      return nullptr;
+    }
+    Py_DECREF(value);
+  }
+  return result;
+}
+
+// cuconv._C.cpu_tuning_set(dict): records {key: winner} choices (loaded from a cache) as if
+// measured; cpu_tuning_set(None) forgets every choice.
+PyObject* cpu_tuning_set(PyObject*, PyObject* choices) {
+  if (choices == Py_None) {
+    cuconv::clear_tuning();
+    Py_RETURN_NONE;
+  }
+  if (!PyDict_Check(choices)) {
+    PyErr_SetString(PyExc_TypeError, "cpu_tuning_set: expected a dict {key: winner} or None");
+    return nullptr;
+  }
+  PyObject *key, *value;
+  Py_ssize_t position = 0;
+  while (PyDict_Next(choices, &position, &key, &value)) {
+    const char* key_text = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, nullptr) : nullptr;
+    const char* value_text = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, nullptr) : nullptr;
+    if (key_text == nullptr || value_text == nullptr) {
+      if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "cpu_tuning_set: expected str keys and str winners");
+      return nullptr;
+    }
+    cuconv::set_tuning(key_text, value_text);
+  }
+  Py_RETURN_NONE;
+}
+
+// cuconv._C.cpu_tuner_pick(key, seconds): runs the tuner on candidates that only wait for
+// the given times (by name "0", "1", ...); returns the winner's index. For the tests: the
+// chooser itself, with speeds made clearly different.
+PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
+  const char* key = nullptr;
+  PyObject* seconds = nullptr;
+  if (!PyArg_ParseTuple(args, "sO", &key, &seconds)) return nullptr;
+  const Py_ssize_t count = PySequence_Check(seconds) ? PySequence_Size(seconds) : -1;
+  if (count < 1) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "cpu_tuner_pick: expected a sequence of seconds");
+    return nullptr;
+  }
+  static const char* names[] = {"0", "1", "2", "3", "4", "5", "6", "7"};
+  std::vector<cuconv::Candidate> candidates;
+  for (Py_ssize_t c = 0; c < count && c < 8; ++c) {
+    PyObject* item = PySequence_GetItem(seconds, c);
+    const double wait = item != nullptr ? PyFloat_AsDouble(item) : -1.0;
+    Py_XDECREF(item);
+    if (PyErr_Occurred()) return nullptr;
+    candidates.push_back({names[c], [wait] { std::this_thread::sleep_for(std::chrono::duration<double>(wait)); }});
+  }
+  size_t winner = 0;
+  const std::string tuning_key(key);
+  Py_BEGIN_ALLOW_THREADS
+  winner = cuconv::run_tuned(tuning_key, candidates);
+  Py_END_ALLOW_THREADS
+  return PyLong_FromSize_t(winner);
+}
+
 PyMethodDef cuconv_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS, "The CPU kernels cuconv chooses now (instruction set, paths)."},
+    {"cpu_tuning", cpu_tuning, METH_NOARGS, "The measured kernel choices, {key: winner}."},
+    {"cpu_tuning_set", cpu_tuning_set, METH_O, "Records {key: winner} choices; None forgets them all."},
+    {"cpu_tuner_pick", cpu_tuner_pick, METH_VARARGS, "The tuner on candidates that wait given times (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef cuconv_module = {PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, cuconv_methods,

@@ -89,8 +89,12 @@ def _version():
 
 __version__ = _version()
 
+from . import tuning  # noqa: E402  (the measured CPU kernel choices)
+
+tuning._use_cache_from_environment()
+
 __all__ = [
     "functional", "ops", "Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
     "convert", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1",
-    "pool2d", "with_cuda", "built_with_torch",
+    "pool2d", "with_cuda", "built_with_torch", "tuning",
 ]

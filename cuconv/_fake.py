@@ -53,21 +53,21 @@ def _conv2d_backward_bias(grad_output):
 @_fake("max_pool2d")
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
     shape = _shape.check_max_pool2d("cuconv.max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _new_in_layout_of(input, shape), _new_in_layout_of(input, shape).to(torch.int64)
 
 
 @_fake("max_pool2d_backward")
 def _max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation, ceil_mode):
     _shape.check_max_pool2d_backward("cuconv.max_pool2d_backward", grad_output, indices, input_size, kernel_size,
                                      stride, padding, dilation, ceil_mode)
-    return grad_output.new_empty(input_size)
+    return _new_in_layout_of(grad_output, input_size)
 
 
 @_fake("avg_pool2d")
 def _avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     shape = _shape.check_avg_pool2d("cuconv.avg_pool2d", input, kernel_size, stride, padding, ceil_mode,
                                     divisor_override)
-    return input.new_empty(shape)
+    return _new_in_layout_of(input, shape)
 
 
 @_fake("avg_pool2d_backward")
@@ -75,16 +75,16 @@ def _avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, 
                          divisor_override):
     _shape.check_avg_pool2d_backward("cuconv.avg_pool2d_backward", grad_output, input_size, kernel_size, stride,
                                      padding, ceil_mode, divisor_override)
-    return grad_output.new_empty(input_size)
+    return _new_in_layout_of(grad_output, input_size)
 
 
 @_fake("adaptive_avg_pool2d")
 def _adaptive_avg_pool2d(input, output_size):
     _shape.check_adaptive_avg_pool2d("cuconv.adaptive_avg_pool2d", input, output_size)
-    return input.new_empty((input.shape[0], input.shape[1], output_size[0], output_size[1]))
+    return _new_in_layout_of(input, (input.shape[0], input.shape[1], output_size[0], output_size[1]))
 
 
 @_fake("adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward(grad_output, input_size):
     _shape.check_adaptive_backward("cuconv.adaptive_avg_pool2d_backward", grad_output.shape, input_size)
-    return grad_output.new_empty(input_size)
+    return _new_in_layout_of(grad_output, input_size)

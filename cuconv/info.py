@@ -39,7 +39,9 @@ def collect():
         "cpu": _cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_kernels": _C.cpu_kernels(),
-        "settings": {k: os.environ[k] for k in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT") if k in os.environ},
+        "settings": {k: os.environ[k] for k in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT", "CUCONV_CPU_TUNE", "CUCONV_TUNE_CACHE")
+                     if k in os.environ},
+        "tuned_shapes": len(cuconv.tuning.choices()),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
@@ -55,10 +57,11 @@ def format_report(info):
         f"cuconv built against {info['torch_built_against']}",
         f"CUDA kernels: {cuda}",
         f"GPUs: {', '.join(info['gpus']) if info['gpus'] else 'none visible'}",
-        f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']})",
+        f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']}; L2 {kernels['l2_cache_bytes'] >> 10} KiB a core)",
         f"CPU kernels: instruction set {kernels['isa']}; GEMM microkernels {kernels['gemm_float']} (float), "
-        f"{kernels['gemm_double']} (double); direct float32 convolution: {kernels['direct_conv']}",
-        f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (CUCONV_CPU_ISA, CUCONV_CPU_DIRECT unset)'}",
+        f"{kernels['gemm_double']} (double); direct float32 convolution: {kernels['direct_conv']} "
+        f"(auto = the faster measured per shape unless CUCONV_CPU_TUNE=0; {info['tuned_shapes']} choices made so far)",
+        f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (CUCONV_CPU_ISA, CUCONV_CPU_DIRECT, CUCONV_CPU_TUNE, CUCONV_TUNE_CACHE unset)'}",
         f"threads: {info['threads']}; Python {info['python']}",
     ]
     return "\n".join(lines)

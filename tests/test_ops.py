@@ -356,6 +356,63 @@ def test_any_layout_gives_torch_results(layout, device):
     compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3), [x], torch.float64)
 
 
+POOLS_CHANNELS_LAST = {
+    "max-2x2": (lambda t: CF.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2)),
+    "max-3s2p1-ceil": (lambda t: CF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
+                       lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True)),
+    "max-dilated": (lambda t: CF.max_pool2d(t, (2, 3), (1, 2), (1, 0), (2, 1)),
+                    lambda t: F.max_pool2d(t, (2, 3), (1, 2), (1, 0), (2, 1))),
+    "avg-2x2": (lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2)),
+    "avg-3s2p1-ceil-no-pad": (lambda t: CF.avg_pool2d(t, 3, 2, 1, True, False),
+                              lambda t: F.avg_pool2d(t, 3, 2, 1, True, False)),
+    "avg-divisor": (lambda t: CF.avg_pool2d(t, (3, 2), 1, (1, 0), divisor_override=5),
+                    lambda t: F.avg_pool2d(t, (3, 2), 1, (1, 0), divisor_override=5)),
+    "adaptive-global": (lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
+    "adaptive-uneven": (lambda t: CF.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
+    "adaptive-divides": (lambda t: CF.adaptive_avg_pool2d(t, (3, 5)), lambda t: F.adaptive_avg_pool2d(t, (3, 5))),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", POOLS_CHANNELS_LAST)
+def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype):
+    """channels_last pooling runs NHWC kernels (channels innermost) on the CPU: values, argmax
+    indices and gradients as torch's, results channels_last like torch's."""
+    ours, theirs = POOLS_CHANNELS_LAST[case]
+    gen = torch.Generator().manual_seed(len(case))
+    x = torch.randn(3, 19, 9, 15, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
+    if case.startswith("max"):  # ties, -inf and NaN follow torch's rule too
+        x[0, :, 1:4, 1:4] = 0.5
+        x[1, 2] = float("-inf")
+        x[2, 3, 2, 2] = float("nan")
+    x.requires_grad_(True)
+    out, ref = ours(x), theirs(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert out.stride() == ref.stride()
+    dy = torch.randn(out.shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
+    (dx,), (ref_dx,) = torch.autograd.grad(out, x, dy), torch.autograd.grad(ref, x, dy)
+    assert dx.stride() == ref_dx.stride()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(dx, ref_dx, rtol=tol, atol=tol, equal_nan=True)
+    if case.startswith("max"):
+        _, idx = CF.max_pool2d(x, *_MAX_ARGS[case], return_indices=True)
+        _, ref_idx = F.max_pool2d(x, *_MAX_ARGS[case], return_indices=True)
+        assert torch.equal(idx, ref_idx) and idx.stride() == ref_idx.stride()
+
+
+_MAX_ARGS = {"max-2x2": (2,), "max-3s2p1-ceil": (3, 2, 1, 1, True), "max-dilated": ((2, 3), (1, 2), (1, 0), (2, 1))}
+
+
+def test_max_pool_backward_channels_last_rejects_an_index_outside_the_plane():
+    x = torch.randn(2, 5, 6, 6).to(memory_format=torch.channels_last)
+    out, idx = ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    idx = idx.clone()
+    idx[1, 3, 2, 1] = 36
+    with pytest.raises(IndexError, match="index 36 in indices is outside the input plane of 36 pixels"):
+        ops.max_pool2d_backward(torch.randn_like(out), idx, list(x.shape), [2, 2], [2, 2], [0, 0], [1, 1], False)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_empty_batch_gives_empty_results(device):
     x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
@@ -480,6 +537,7 @@ def _opcheck_samples(device, requires_grad):
     out, idx = ops.max_pool2d(x.detach(), *pool)
     avg = ([3, 2], [2, 2], [1, 1], True, False, None)
     avg_out = ops.avg_pool2d(x.detach(), *avg)
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_(requires_grad)
     return [
         (ops.conv2d, (x, w, b, *conv_args)),
         (ops.conv2d, (x, rand(3, 4, 1, 1), None, [2, 2], [0, 0], [1, 1], 1)),  # 1x1, no bias
@@ -499,6 +557,16 @@ def _opcheck_samples(device, requires_grad):
         (ops.avg_pool2d_backward, (torch.randn_like(avg_out), list(x.shape), *avg)),
         (ops.adaptive_avg_pool2d, (x, [4, 3])),
         (ops.adaptive_avg_pool2d_backward, (torch.randn(2, 4, 4, 3, device=device), list(x.shape))),
+        # pooling: channels_last in, channels_last out (native NHWC kernels on the CPU)
+        (ops.max_pool2d, (x_cl, *pool)),
+        (ops.max_pool2d_backward, (torch.randn_like(out).to(memory_format=torch.channels_last), idx, list(x.shape),
+                                   *pool)),
+        (ops.avg_pool2d, (x_cl, *avg)),
+        (ops.avg_pool2d_backward, (torch.randn_like(avg_out).to(memory_format=torch.channels_last), list(x.shape),
+                                   *avg)),
+        (ops.adaptive_avg_pool2d, (x_cl, [4, 3])),
+        (ops.adaptive_avg_pool2d_backward, (torch.randn(2, 4, 4, 3, device=device).to(memory_format=torch.channels_last),
+                                            list(x.shape))),
     ]
 
 

@@ -15,7 +15,7 @@
 //   grad_W_g    += grad_y[n, g] @ columns^T
 //
 // Blocking: the columns are never stored whole. Output rows are taken in blocks,
-// counted across samples (row = n*H_out + oh), of about kBlockColumns pixels, so that
+// counted across samples (row = n*H_out + oh), of about block_columns() pixels, so that
 // small images (ResNet's 3x3 layers) still give wide products. For each block, im2col
 // writes a slice of K rows straight into the GEMM's packed B panels (pack_columns), or
 // for the weight gradient the transposed columns (pack_columns_transposed), and the
@@ -34,10 +34,13 @@
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
 // pass, float32 layers that the direct kernels of direct_conv.h run faster
-// (direct_choice below).
+// (run_float_pass below: measured per shape, tuner.h).
 
 
 #include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -46,16 +49,22 @@
 #include "../shape.h"
 #include "direct_conv.h"
 #include "gemm.h"
+#include "tuner.h"
 #include "window.h"
 
 namespace cuconv {
 namespace {
 
-// Output pixels per block, chosen from the L2 budget: a B slice of 256 taps x 384 pixels
-// is 384 KB of float, which stays in a 1 MB L2 beside its A slice (not tuned further).
-constexpr int64_t kBlockColumns = 384;
-// Elements of a block's O_g x block matrix (64K floats, 256 KB) before the block shrinks.
-constexpr int64_t kProductBudget = int64_t{1} << 16;
+// Output pixels per block, from this CPU's L2 (gemm.h, read at run time): a B slice of
+// 256 taps x block columns of float takes 3/8 of it (384 columns in a 1 MiB L2, which stays
+// there beside its A slice), a multiple of 48 (every microkernel's NR divides it).
+int64_t block_columns() {
+  static const int64_t columns = std::clamp<int64_t>(l2_cache_bytes() * 3 / 8 / (256 * 4) / 48 * 48, 96, 1536);
+  return columns;
+}
+// Elements of a block's O_g x block matrix before the block shrinks: a quarter of L2
+// (64K floats in a 1 MiB L2).
+int64_t product_budget() { return l2_cache_bytes() / 4 / 4; }
 // Input-gradient rows (of K) per GEMM before col2im, and weight-gradient taps (of K)
 // per packed B: multiples of every microkernel's MR and NR.
 constexpr int64_t kGradientRows = 192;
@@ -77,14 +86,14 @@ struct ConvGeometry {
 
   int64_t column_rows() const { return channels_per_group * kernel_h * kernel_w; }
   int64_t out_plane() const { return out_h * out_w; }
-  // Output rows per block (counted across samples): about kBlockColumns pixels, and a
+  // Output rows per block (counted across samples): about block_columns() pixels, and a
   // whole number of nr-wide B panels where the row width allows. The forward pass and
   // the input gradient (`by_channels`) take fewer where many output channels would make
   // the block's product (forward) or grad_y (input gradient), O_g x block, crowd the
   // other operands out of L2: ResNet's 256- and 512-channel layers ran 5-17% faster.
   int64_t rows_per_block(int64_t nr, bool by_channels) const {
-    const int64_t budget = by_channels ? kProductBudget / std::max<int64_t>(1, out_channels_per_group) : kBlockColumns;
-    const int64_t columns = std::clamp<int64_t>(budget, nr, kBlockColumns);
+    const int64_t budget = by_channels ? product_budget() / std::max<int64_t>(1, out_channels_per_group) : block_columns();
+    const int64_t columns = std::clamp<int64_t>(budget, nr, block_columns());
     const int64_t aligned = nr / std::gcd(nr, out_w);  // fewest rows that fill whole panels
     const int64_t rows = aligned * out_w <= 2 * columns ? aligned * std::max<int64_t>(1, columns / (aligned * out_w))
                                                         : (columns + out_w - 1) / out_w;
@@ -590,27 +599,57 @@ DirectConv direct_problem(const ConvGeometry& g) {
 }
 
 
-// Which passes of a float32 layer run the direct kernels rather than im2col + GEMM.
-// The rules come from timing both paths on the book's layers (benchmarks/NOTES.md, on
-// AVX-512): the direct kernels win where their register tiles fill up and their
-// scattered output stores are amortised, that is with many taps per output (K) and
-// rows of at least a few pixels; the GEMM wins where K is small (its packing is then
-// cheap), on 3x3 and 6x6 images, and for the input gradient of layers with few input
-// channels (whose output-channel vectors the direct kernel would fill 1/16).
-struct DirectChoice {
-  bool forward = false, weight = false, input = false;
-};
+// Which kernel runs a float32 pass, direct or im2col + GEMM. CUCONV_CPU_DIRECT=1 / 0 forces
+// one; otherwise, where both can run, the faster on this machine, measured on the first call
+// of each shape (tuner.h). Only with CUCONV_CPU_TUNE=0 do the static rules below decide:
+// they come from timing both paths on the book's layers on one AVX-512 CPU
+// (benchmarks/NOTES.md), so they are a reproducible fallback, not a tuned answer for every
+// CPU: the direct kernels win where their register tiles fill up and their scattered output
+// stores are amortised (many taps per output, rows of a few pixels or more); the GEMM where
+// K is small, on 3x3 and 6x6 images, and for the input gradient of layers with few input
+// channels.
+enum class ConvPass { kForward, kInput, kWeight };
 
-DirectChoice direct_choice(const ConvGeometry& g) {
-  DirectChoice choice;
-  const DirectMode mode = direct_conv_mode();
-  if (g.groups != 1 || mode == DirectMode::kNever) return choice;
-  const bool always = mode == DirectMode::kAlways;
+bool direct_rule(const ConvGeometry& g, ConvPass pass) {
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, C = g.channels_per_group;
-  choice.forward = always || (g.out_w >= 6 && (K >= 256 || (O <= 16 && K >= 16)));
-  choice.weight = always || g.out_w >= 8 || K < 256;
-  choice.input = direct_conv_backward_input_suits(direct_problem(g)) && (always || (C >= 64 && g.width >= 8));
-  return choice;
+  switch (pass) {
+    case ConvPass::kForward: return g.out_w >= 6 && (K >= 256 || (O <= 16 && K >= 16));
+    case ConvPass::kWeight: return g.out_w >= 8 || K < 256;
+    default: return C >= 64 && g.width >= 8;
+  }
+}
+
+bool direct_can_run(const ConvGeometry& g, ConvPass pass) {
+  return g.groups == 1 && (pass != ConvPass::kInput || direct_conv_backward_input_suits(direct_problem(g)));
+}
+
+// The tuning key: everything the kernels' speed depends on.
+std::string tuning_key(const ConvGeometry& g, ConvPass pass) {
+  static const char* names[] = {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"};
+  char key[320];
+  std::snprintf(key, sizeof key,
+                "%s float32 N=%lld C=%lld H=%lld W=%lld O=%lld k=%lldx%lld s=%lldx%lld p=%lldx%lld d=%lldx%lld "
+                "groups=%lld threads=%d isa=%s",
+                names[static_cast<int>(pass)], static_cast<long long>(g.batch),
+                static_cast<long long>(g.channels_per_group * g.groups), static_cast<long long>(g.height),
+                static_cast<long long>(g.width), static_cast<long long>(g.out_channels_per_group * g.groups),
+                static_cast<long long>(g.kernel_h), static_cast<long long>(g.kernel_w),
+                static_cast<long long>(g.stride_h), static_cast<long long>(g.stride_w),
+                static_cast<long long>(g.pad_h), static_cast<long long>(g.pad_w),
+                static_cast<long long>(g.dilation_h), static_cast<long long>(g.dilation_w),
+                static_cast<long long>(g.groups), static_cast<int>(torch::stable::get_num_threads()),
+                cpu_microkernel<float>().isa);
+  return key;
+}
+
+// Runs a float32 pass (not depthwise) by the direct kernels or the GEMM, as chosen above.
+void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<void()>& direct,
+                    const std::function<void()>& gemm) {
+  const DirectMode mode = direct_conv_mode();
+  if (mode == DirectMode::kNever || !direct_can_run(g, pass)) return gemm();
+  if (mode == DirectMode::kAlways) return direct();
+  if (!tuning_enabled()) return direct_rule(g, pass) ? direct() : gemm();
+  run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}});
 }
 
 }  // namespace
@@ -634,9 +673,14 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
-    } else if (std::is_same_v<scalar_t, float> && direct_choice(g).forward) {
-      direct_conv_forward(direct_problem(g), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                          b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>());
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      // (the float pointers again: this lambda is compiled for every dtype)
+      const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
+      const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
+      float* yf = y.mutable_data_ptr<float>();
+      run_float_pass(
+          g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
+          [&] { gemm_forward<float>(g, xf, wf, bf, yf); });
     } else {
       gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
     }
@@ -654,10 +698,10 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor dy = contiguous_or_self(grad_output);
   const Tensor w = contiguous_or_self(weight);
-  const bool direct = dy.scalar_type() == ScalarType::Float && !is_depthwise(g) && direct_choice(g).input;
   // The depthwise and direct kernels, and col2im for half types (through a float buffer per
-  // sample), write every element; col2im in float and double adds into zeros.
-  const bool writes_all = is_depthwise(g) || direct || dy.scalar_type() == ScalarType::Half || dy.scalar_type() == ScalarType::BFloat16;
+  // sample), write every element; col2im in float and double adds into zeros (float32 zeroes
+  // its buffer itself, as the direct kernels do not need it).
+  const bool writes_all = is_depthwise(g) || dy.scalar_type() != ScalarType::Double;
   Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
@@ -666,9 +710,15 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
-    } else if (std::is_same_v<scalar_t, float> && direct) {
-      direct_conv_backward_input(direct_problem(g), dy.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                 dx.mutable_data_ptr<float>());
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
+      float* dxf = dx.mutable_data_ptr<float>();
+      run_float_pass(
+          g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
+          [&] {
+            torch::stable::fill_(dx, 0.0);
+            gemm_backward_input<float>(g, dyf, wf, dxf);
+          });
     } else {
       gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
     }
@@ -694,9 +744,12 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
     scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
     if (is_depthwise(g)) {
       depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
-    } else if (std::is_same_v<scalar_t, float> && direct_choice(g).weight) {
-      direct_conv_backward_weight(direct_problem(g), x.const_data_ptr<float>(), dy.const_data_ptr<float>(),
-                                  dw.mutable_data_ptr<float>());
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      const float *dyf = dy.const_data_ptr<float>(), *xf = x.const_data_ptr<float>();
+      float* dwf = dw.mutable_data_ptr<float>();
+      run_float_pass(
+          g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
+          [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); });
     } else {
       gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
     }

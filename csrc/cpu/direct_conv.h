@@ -5,7 +5,7 @@
 // zero-padded copy of it, the weights packed along output channels and, for the weight
 // gradient, grad_output transposed. Vector register tiles for AVX-512 and AVX2
 // (simd_avx512.cpp, simd_avx2.cpp); other CPUs and dtypes take the im2col path.
-// conv2d.cpp decides per pass which path runs (direct_choice there).
+// conv2d.cpp decides per pass which path runs (run_float_pass there, measured: tuner.h).
 
 #include <cstdint>
 
@@ -19,7 +19,7 @@ struct DirectConv {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
-// When the direct kernels run: where conv2d.cpp's rules expect them to be faster (auto),
+// When the direct kernels run: where they measure faster on this machine (auto; tuner.h),
 // wherever they can (always: CUCONV_CPU_DIRECT=1, for tests and comparisons), or never
 // (CUCONV_CPU_DIRECT=0, or a CPU without AVX2, or CUCONV_CPU_ISA=generic). Any other
 // value of CUCONV_CPU_DIRECT is an error.

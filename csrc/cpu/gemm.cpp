@@ -6,8 +6,11 @@
 
 #include "../stable.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 namespace cuconv {
@@ -61,6 +64,33 @@ CpuIsa cpu_isa() {
     wanted = value == "avx512" ? CpuIsa::kAvx512 : value == "avx2" ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
   }
   return std::min(wanted, best_isa_of_this_cpu());
+}
+
+namespace {
+
+int64_t read_l2_cache_bytes() {
+  long bytes = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);  // glibc: from cpuid; 0 or -1 where unknown
+#endif
+  for (int index = 0; bytes <= 0 && index < 8; ++index) {  // Linux's own table (e.g. in VMs)
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level) || level != 2 || !(size_file >> size) || size.empty()) continue;
+    const long value = std::atol(size.c_str());
+    bytes = size.back() == 'K' ? value << 10 : size.back() == 'M' ? value << 20 : value;
+  }
+  if (bytes <= 0) bytes = 1 << 20;
+  return std::clamp<int64_t>(bytes, int64_t{256} << 10, int64_t{8} << 20);
+}
+
+}  // namespace
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = read_l2_cache_bytes();
+  return bytes;
 }
 
 namespace {

@@ -58,6 +58,11 @@ enum class KernelPath { kGemm = 0, kDirect = 1 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 
+// This CPU's level-2 cache per core, in bytes, read once at run time (sysconf, else
+// /sys/devices/system/cpu/cpu0/cache; 1 MiB where neither says), clamped to [256 KiB, 8 MiB].
+// The convolutions size their blocks from it (conv2d.cpp) rather than from one CPU's figure.
+int64_t l2_cache_bytes();
+
 // Elements of a packed A (rows x depth) or B (depth x cols) buffer.
 inline int64_t packed_size(int64_t count, int64_t tile, int64_t depth) {
   return (count + tile - 1) / tile * tile * depth;

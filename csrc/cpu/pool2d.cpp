@@ -6,8 +6,9 @@
 // clipped to the input. Adaptive pooling uses the window
 //   rows [floor(oh*H/H_out), ceil((oh+1)*H/H_out)), likewise for columns.
 //
-// Layout and threads: the input is made NCHW-contiguous and the N*C planes are
-// split across threads; each plane is one call of a *_plane function below.
+// Layout and threads: a channels_last input runs NHWC kernels (section "channels_last"
+// below) and gives channels_last results, as torch; any other is made NCHW-contiguous and
+// the N*C planes are split across threads; each plane is one call of a *_plane function below.
 // Forward: each output row is computed for all its columns at once: for every
 // kernel offset (i, j) the loop runs over the output columns ow, reading input row
 // ih = oh*sH - pH + i*dH at ow*sW - pW + j*dW. That inner loop streams memory and
@@ -538,6 +539,167 @@ std::optional<PoolGeometry> adaptive_as_pooling(int64_t H, int64_t W, int64_t Ho
   return PoolGeometry(H, W, Ho, Wo, kernel, kernel, zero, one);
 }
 
+// ---------------------------------------------------------------------------
+// channels_last (NHWC): a pixel's C channels are contiguous, so every loop below runs over
+// channels innermost (the vector axis), window by window; the output is NHWC too, as
+// torch's. Index math as above, with x[n, ih, iw, c] at ((n*H + ih)*W + iw)*C + c; max
+// pooling's indices are ih*W + iw, as in NCHW. Forward: the N*Ho output rows are split
+// across threads; backward: whole samples (windows overlap), each sample's gradient
+// zeroed and filled while in cache (half types through a float buffer, rounded once).
+
+// The windows of average and adaptive pooling as [row_start, row_end) x [col_start,
+// col_end) with each output's divisor: one table for both, worked out once per call.
+struct WindowTable {
+  int64_t Ho, Wo;
+  std::vector<int64_t> row_start, row_end, col_start, col_end;
+  std::vector<double> divisor;  // [Ho * Wo]
+
+  WindowTable(const PoolGeometry& g, const AvgPlan& plan) : Ho(g.Ho), Wo(g.Wo) {
+    for (const AvgWindow& r : plan.rows) row_start.push_back(r.start), row_end.push_back(r.end);
+    for (const AvgWindow& c : plan.cols) col_start.push_back(c.start), col_end.push_back(c.end);
+    for (int64_t oh = 0; oh < Ho; ++oh)
+      for (int64_t ow = 0; ow < Wo; ++ow) divisor.push_back(plan.divisor(plan.row_factor[oh], ow));
+  }
+  WindowTable(const AdaptiveWindows& rows, const AdaptiveWindows& cols)
+      : Ho(rows.start.size()), Wo(cols.start.size()), row_start(rows.start), row_end(rows.end),
+        col_start(cols.start), col_end(cols.end) {
+    for (int64_t oh = 0; oh < Ho; ++oh)
+      for (int64_t ow = 0; ow < Wo; ++ow)
+        divisor.push_back(static_cast<double>((row_end[oh] - row_start[oh]) * (col_end[ow] - col_start[ow])));
+  }
+};
+
+// Output pixel (oh, ow) of max pooling over one sample: y and indices hold C values.
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void max_pool_pixel_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, int64_t ow,
+                                              const scalar_t* x, scalar_t* __restrict__ y,
+                                              int64_t* __restrict__ indices) {
+  using acc_t = opmath_t<scalar_t>;
+  bool first = true;
+  for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH) {
+    for (int64_t j = 0; j < g.kW; ++j) {
+      const int64_t iw = ow * g.sW + g.column_offset(j);
+      if (iw < 0 || iw >= g.W) continue;
+      const scalar_t* px = x + (ih * g.W + iw) * C;
+      const int64_t position = ih * g.W + iw;
+      if (first) {  // the window's first in-bounds pixel (reported for all -inf windows, as torch)
+        std::copy_n(px, C, y);
+        std::fill_n(indices, C, position);
+        first = false;
+        continue;
+      }
+      for (int64_t c = 0; c < C; ++c) {  // torch's rule: v replaces best when v > best or v is NaN
+        const acc_t v = static_cast<acc_t>(px[c]);
+        const bool takes = v > static_cast<acc_t>(y[c]) || v != v;
+        y[c] = takes ? px[c] : y[c];
+        indices[c] = takes ? position : indices[c];
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
+  torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.Ho, oh = row % g.Ho;
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const int64_t out = (row * g.Wo + ow) * C;
+        max_pool_pixel_nhwc(g, C, oh, ow, x + n * g.H * g.W * C, y + out, indices + out);
+      }
+    }
+  });
+}
+
+// The first index outside the plane is skipped and returned, as max_unpool_plane.
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES std::optional<int64_t> max_unpool_sample_nhwc(int64_t plane_in, int64_t plane_out, int64_t C,
+                                                                   const scalar_t* dy, const int64_t* indices,
+                                                                   opmath_t<scalar_t>* __restrict__ dx) {
+  using acc_t = opmath_t<scalar_t>;
+  std::fill_n(dx, plane_in * C, acc_t(0));
+  std::optional<int64_t> bad;
+  for (int64_t p = 0; p < plane_out * C; p += C)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t target = indices[p + c];
+      if (target < 0 || target >= plane_in) {
+        if (!bad) bad = target;
+        continue;
+      }
+      dx[target * C + c] += static_cast<acc_t>(dy[p + c]);
+    }
+  return bad;
+}
+
+// y[n, oh, ow, :] = the window's sum / its divisor.
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int64_t C, int64_t oh, const scalar_t* x,
+                                            scalar_t* __restrict__ y, opmath_t<scalar_t>* __restrict__ sum) {
+  using acc_t = opmath_t<scalar_t>;
+  for (int64_t ow = 0; ow < t.Wo; ++ow) {
+    std::fill_n(sum, C, acc_t(0));
+    for (int64_t ih = t.row_start[oh]; ih < t.row_end[oh]; ++ih)
+      for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) {
+        const scalar_t* px = x + (ih * W + iw) * C;
+        for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(px[c]);
+      }
+    const acc_t divisor = static_cast<acc_t>(t.divisor[oh * t.Wo + ow]);
+    for (int64_t c = 0; c < C; ++c) y[ow * C + c] = static_cast<scalar_t>(sum[c] / divisor);
+  }
+}
+
+template <typename scalar_t>
+void avg_pool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_t C, const scalar_t* x, scalar_t* y) {
+  torch::stable::parallel_for(0, N * t.Ho, plane_grain(t.Wo * C), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t<scalar_t>> sum(C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / t.Ho, oh = row % t.Ho;
+      avg_pool_row_nhwc(t, W, C, oh, x + n * H * W * C, y + row * t.Wo * C, sum.data());
+    }
+  });
+}
+
+// dx of one sample: every pixel of a window gets the output's share.
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void avg_unpool_sample_nhwc(const WindowTable& t, int64_t H, int64_t W, int64_t C,
+                                                 const scalar_t* dy, opmath_t<scalar_t>* __restrict__ dx,
+                                                 opmath_t<scalar_t>* __restrict__ share) {
+  using acc_t = opmath_t<scalar_t>;
+  std::fill_n(dx, H * W * C, acc_t(0));
+  for (int64_t oh = 0; oh < t.Ho; ++oh)
+    for (int64_t ow = 0; ow < t.Wo; ++ow) {
+      const acc_t divisor = static_cast<acc_t>(t.divisor[oh * t.Wo + ow]);
+      const scalar_t* g = dy + (oh * t.Wo + ow) * C;
+      for (int64_t c = 0; c < C; ++c) share[c] = static_cast<acc_t>(g[c]) / divisor;
+      for (int64_t ih = t.row_start[oh]; ih < t.row_end[oh]; ++ih)
+        for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) {
+          acc_t* px = dx + (ih * W + iw) * C;
+          for (int64_t c = 0; c < C; ++c) px[c] += share[c];
+        }
+    }
+}
+
+template <typename scalar_t>
+void avg_unpool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_t C, const scalar_t* dy,
+                     scalar_t* dx) {
+  torch::stable::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t<scalar_t>> buffer, share(C);
+    for (int64_t n = begin; n < end; ++n) {
+      unpool_in_opmath(H * W * C, dx + n * H * W * C, buffer, [&](auto* target) {
+        avg_unpool_sample_nhwc(t, H, W, C, dy + n * t.Ho * t.Wo * C, target, share.data());
+      });
+    }
+  });
+}
+
+// A tensor of t's values laid out channels_last (t itself when it is).
+Tensor channels_last_or_copy(const Tensor& t) {
+  if (is_channels_last(t)) return t;
+  Tensor copy = empty_channels_last_like(t, t.sizes());
+  torch::stable::copy_(copy, t);
+  return copy;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
@@ -546,10 +708,19 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
                                                           IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cuconv.max_pool2d";
   const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
+  if (is_channels_last(input)) {
+    Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
+    Tensor indices = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
+    CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
+      max_pool_nhwc(g, s.batch, s.channels, input.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                    indices.mutable_data_ptr<int64_t>());
+    });
+    return {y, indices};
+  }
   const Tensor x = contiguous_or_self(input);
   Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
   Tensor indices = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
-  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
 
   std::vector<int64_t> first_column(g.Wo);
   for (int64_t ow = 0; ow < g.Wo; ++ow) {
@@ -597,11 +768,36 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   const char* op = "cuconv.max_pool2d_backward";
   const auto s = check_max_pool2d_backward(op, grad_output, indices, input_size, kernel_size,
                                                     stride, padding, dilation, ceil_mode);
+  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
+  const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
+  if (is_channels_last(grad_output)) {
+    const Tensor idx = channels_last_or_copy(indices);
+    Tensor dx = empty_channels_last_like(grad_output, input_size);
+    CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
+      const scalar_t* dy_data = grad_output.const_data_ptr<scalar_t>();
+      const int64_t* idx_data = idx.const_data_ptr<int64_t>();
+      scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
+      const int64_t C = s.channels;
+      std::atomic<bool> any_bad{false};
+      std::atomic<int64_t> bad_index{0};
+      torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<opmath_t<scalar_t>> buffer;
+        for (int64_t n = begin; n < end; ++n) {
+          unpool_in_opmath(plane_in * C, dx_data + n * plane_in * C, buffer, [&](auto* target) {
+            const std::optional<int64_t> bad = max_unpool_sample_nhwc(
+                plane_in, plane_out, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C, target);
+            if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
+          });
+        }
+      });
+      CUCONV_CHECK_INDEX(!any_bad.load(), op, ": index ", bad_index.load(),
+                         " in indices is outside the input plane of ", plane_in, " pixels");
+    });
+    return dx;
+  }
   const Tensor dy = contiguous_or_self(grad_output);
   const Tensor idx = contiguous_or_self(indices);
   Tensor dx = empty_like_with(grad_output, input_size);
-  const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 
   const bool tiled = tiled_2x2(g);
 
@@ -635,11 +831,19 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
                                   bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
   const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  const Tensor x = contiguous_or_self(input);
-  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
+  if (is_channels_last(input)) {
+    Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
+    CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+      avg_pool_nhwc(WindowTable(g, plan), s.batch, g.H, g.W, s.channels, input.const_data_ptr<scalar_t>(),
+                    y.mutable_data_ptr<scalar_t>());
+    });
+    return y;
+  }
+  const Tensor x = contiguous_or_self(input);
+  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
     avg_pool_planes(g, plan, s.batch * s.channels, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
@@ -654,11 +858,19 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   const char* op = "cuconv.avg_pool2d_backward";
   const auto s = check_avg_pool2d_backward(op, grad_output, input_size, kernel_size, stride, padding,
                                                     ceil_mode, divisor_override);
-  const Tensor dy = contiguous_or_self(grad_output);
-  Tensor dx = empty_like_with(grad_output, input_size);
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
+  if (is_channels_last(grad_output)) {
+    Tensor dx = empty_channels_last_like(grad_output, input_size);
+    CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
+      avg_unpool_nhwc(WindowTable(g, plan), s.batch, g.H, g.W, s.channels, grad_output.const_data_ptr<scalar_t>(),
+                      dx.mutable_data_ptr<scalar_t>());
+    });
+    return dx;
+  }
+  const Tensor dy = contiguous_or_self(grad_output);
+  Tensor dx = empty_like_with(grad_output, input_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
     avg_unpool_planes(g, plan, s.batch * s.channels, dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
@@ -672,6 +884,14 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
   const Tensor x = contiguous_or_self(input);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
+  if (is_channels_last(input)) {
+    Tensor y = empty_channels_last_like(input, {N, C, Ho, Wo});
+    CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
+      avg_pool_nhwc(WindowTable(AdaptiveWindows(Ho, H), AdaptiveWindows(Wo, W)), N, H, W, C,
+                    input.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
+    });
+    return y;
+  }
   Tensor y = empty_like_with(input, {N, C, Ho, Wo});
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
@@ -698,9 +918,17 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
 Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size) {
   const char* op = "cuconv.adaptive_avg_pool2d_backward";
   check_adaptive_backward(op, grad_output.sizes(), input_size);
-  const Tensor dy = contiguous_or_self(grad_output);
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
-  const int64_t Ho = dy.size(2), Wo = dy.size(3);
+  const int64_t Ho = grad_output.size(2), Wo = grad_output.size(3);
+  if (is_channels_last(grad_output)) {
+    Tensor dx = empty_channels_last_like(grad_output, input_size);
+    CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {
+      avg_unpool_nhwc(WindowTable(AdaptiveWindows(Ho, H), AdaptiveWindows(Wo, W)), N, H, W, C,
+                      grad_output.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
+    });
+    return dx;
+  }
+  const Tensor dy = contiguous_or_self(grad_output);
   Tensor dx = empty_like_with(grad_output, input_size);
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 

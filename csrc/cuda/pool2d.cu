@@ -361,7 +361,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cuda(const Tensor& input,
   Tensor y = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w});
   Tensor indices = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
   const int64_t total = y.numel();
-  if (total == 0) return {y, indices};
+  if (total == 0) return {in_layout_of(input, y), in_layout_of(input, indices)};
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const cuda_detail::Stream stream = cuda_detail::current_stream(input);
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
@@ -369,7 +369,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cuda(const Tensor& input,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>(), p, total);
   });
-  return {y, indices};
+  return {in_layout_of(input, y), in_layout_of(input, indices)};
 }
 
 Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices,
@@ -385,7 +385,7 @@ Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices
   // Every element is written by the gather kernel, so no zero fill is needed.
   Tensor dx = cuda_detail::new_output(grad_output, input_size);
   const int64_t total = dx.numel();
-  if (total == 0) return dx;
+  if (total == 0) return in_layout_of(grad_output, dx);
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
   const Tensor strays = zeros_like_with(idx, {1}, ScalarType::Int);
@@ -400,7 +400,7 @@ Tensor max_pool2d_backward_cuda(const Tensor& grad_output, const Tensor& indices
                         dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
                         dx.mutable_data_ptr<scalar_t>(), strays.const_data_ptr<int>(), p, planes);
   });
-  return dx;
+  return in_layout_of(grad_output, dx);
 }
 
 Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size,
@@ -412,7 +412,7 @@ Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size,
   const Tensor x = contiguous_or_self(input);
   Tensor y = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w});
   const int64_t total = y.numel();
-  if (total == 0) return y;
+  if (total == 0) return in_layout_of(input, y);
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
   const cuda_detail::Stream stream = cuda_detail::current_stream(input);
@@ -421,7 +421,7 @@ Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p, count_include_pad,
         divisor, total);
   });
-  return y;
+  return in_layout_of(input, y);
 }
 
 Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_size,
@@ -435,7 +435,7 @@ Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_siz
   const Tensor dy = contiguous_or_self(grad_output);
   Tensor dx = cuda_detail::new_output(grad_output, input_size);  // fully written by the gather
   const int64_t total = dx.numel();
-  if (total == 0) return dx;
+  if (total == 0) return in_layout_of(grad_output, dx);
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, {1, 1});
   const int64_t divisor = divisor_override.value_or(0);
   const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
@@ -444,7 +444,7 @@ Tensor avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_siz
         dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, count_include_pad,
         divisor, total);
   });
-  return dx;
+  return in_layout_of(grad_output, dx);
 }
 
 Tensor adaptive_avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef output_size) {
@@ -456,7 +456,7 @@ Tensor adaptive_avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef output_
   const int64_t Ho = output_size[0], Wo = output_size[1];
   Tensor y = cuda_detail::new_output(input, {N, C, Ho, Wo});
   const int64_t total = y.numel();
-  if (total == 0) return y;
+  if (total == 0) return in_layout_of(input, y);
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
   const cuda_detail::Stream stream = cuda_detail::current_stream(input);
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cuda", [&] {
@@ -470,7 +470,7 @@ Tensor adaptive_avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef output_
           x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), p, total);
     }
   });
-  return y;
+  return in_layout_of(input, y);
 }
 
 Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef input_size) {
@@ -482,7 +482,7 @@ Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef 
   const int64_t Ho = dy.size(2), Wo = dy.size(3);
   Tensor dx = cuda_detail::new_output(grad_output, input_size);  // fully written by the gather
   const int64_t total = dx.numel();
-  if (total == 0) return dx;
+  if (total == 0) return in_layout_of(grad_output, dx);
   const PoolParams p = make_pool_params(op, H, W, Ho, Wo, {1, 1}, {1, 1}, {0, 0}, {1, 1});
   const cuda_detail::Stream stream = cuda_detail::current_stream(grad_output);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cuda", [&] {
@@ -495,7 +495,7 @@ Tensor adaptive_avg_pool2d_backward_cuda(const Tensor& grad_output, IntArrayRef 
           dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), p, total);
     }
   });
-  return dx;
+  return in_layout_of(grad_output, dx);
 }
 
 }  // namespace cuconv

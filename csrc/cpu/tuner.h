@@ -1,0 +1,47 @@
+#pragma once
+// Which CPU kernel runs a convolution pass, chosen by measurement on the machine itself
+// (no constant tuned to one CPU model decides it).
+//
+// The first time a shape is seen (a key names the pass, the geometry, the thread count and
+// the instruction set), every candidate that can run it is timed on the call's own tensors
+// and the fastest is remembered for the rest of the process:
+//
+//   round 1, 2: run each candidate once, keep its best time (the second round only while
+//               the first took less than kTuningBudget, so tuning stays bounded);
+//   then, unless the last candidate run was the fastest, run the fastest once more.
+//
+// So a call that tunes costs about two calls per candidate, returns the winner's result, and
+// every later call with the key (the winner alone) repeats it bitwise. Candidates compute the
+// same values (the tests check every path), up to float rounding.
+//
+// CUCONV_CPU_TUNE=0 turns measuring off (conv2d.cpp's static rules decide; for runs that must
+// not depend on timing). CUCONV_LOG=1 prints each decision, with the candidates' times and the
+// tuning's cost, to stderr. The table is exposed as cuconv._C.cpu_tuning() / cpu_tuning_set(),
+// and cuconv/tuning.py keeps it on disk (CUCONV_TUNE_CACHE) keyed by CPU model and version.
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cuconv {
+
+struct Candidate {
+  const char* name;           // recorded in the table (and the disk cache) by this name
+  std::function<void()> run;  // computes the call's result in full
+};
+
+// False when CUCONV_CPU_TUNE=0 (any value but 0 or 1 is an error).
+bool tuning_enabled();
+
+// Runs the candidate recorded for `key`, or measures them all first (above); returns the
+// index of the one whose result the call holds.
+size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidates);
+
+// The table: key -> winner's name; a set entry is used as if measured (an unknown name makes
+// that key tune again).
+std::vector<std::pair<std::string, std::string>> tuning_table();
+void set_tuning(const std::string& key, const std::string& winner);
+void clear_tuning();
+
+}  // namespace cuconv

@@ -1,0 +1,106 @@
+"""The CPU kernel choices cuconv measures (csrc/cpu/tuner.h), and their on-disk cache.
+
+The first call of each float32 convolution shape and pass times the kernels that can run it
+(the direct and the im2col + GEMM kernels) on the call's own tensors and keeps the faster for
+the rest of the process; that first call costs about four or five calls of the layer.
+
+- ``CUCONV_CPU_TUNE=0``: no measuring; fixed rules decide (reproducible across runs).
+- ``CUCONV_LOG=1``: every decision is printed to stderr with the candidates' times.
+- ``CUCONV_TUNE_CACHE=path``: the choices are loaded from that JSON file when cuconv is
+  imported and saved to it at exit, under the CPU model and cuconv version that made them (a
+  different CPU or version measures again). ``load`` / ``save`` do the same by hand.
+"""
+
+import atexit
+import json
+import os
+
+__all__ = ["choices", "clear", "load", "save", "machine"]
+
+
+def _cpuinfo_fields():
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's fields
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def machine():
+    """The key the cache files its choices under: CPU model (with family and model numbers,
+    which tell apart CPUs a VM names alike) and cuconv version."""
+    import platform
+
+    import cuconv
+
+    fields = _cpuinfo_fields()
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return f"{cpu} / cuconv {cuconv.__version__}"
+
+
+def choices():
+    """The choices made so far in this process: {key: "direct" or "gemm"}."""
+    from cuconv import _C
+
+    return _C.cpu_tuning()
+
+
+def clear():
+    """Forgets every choice (the next call of each shape measures again)."""
+    from cuconv import _C
+
+    _C.cpu_tuning_set(None)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cuconv.tuning: cannot read the tuning cache {path!r}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"cuconv.tuning: expected the tuning cache {path!r} to hold a JSON object, "
+                         f"but got {type(data).__name__}")
+    return data
+
+
+def load(path):
+    """Takes the choices that ``path`` holds for this machine (see ``machine``); returns how many."""
+    from cuconv import _C
+
+    saved = _read(path).get(machine(), {})
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()):
+        raise ValueError(f"cuconv.tuning: expected {path!r} to map each machine to {{key: winner}}")
+    _C.cpu_tuning_set(saved)
+    return len(saved)
+
+
+def save(path):
+    """Adds this process's choices to ``path`` under this machine (other machines' are kept)."""
+    data = _read(path)
+    entry = data.get(machine(), {})
+    entry.update(choices())
+    data[machine()] = entry
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)  # whole or not at all, with other processes saving too
+
+
+def _use_cache_from_environment():
+    path = os.environ.get("CUCONV_TUNE_CACHE")
+    if path:
+        load(path)
+        atexit.register(save, path)

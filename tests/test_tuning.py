@@ -1,0 +1,171 @@
+"""The measured choice of CPU kernels (csrc/cpu/tuner.h, cuconv/tuning.py): the chooser picks the
+faster candidate, the call that measures returns the winner's result, recorded choices are
+followed, and the choices survive a process through the on-disk cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cuconv
+import cuconv.functional as CF
+from cuconv import _C
+
+needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
+                                  reason="no direct kernels on this CPU: only the GEMM can run")
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch):
+    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    saved = cuconv.tuning.choices()
+    cuconv.tuning.clear()
+    yield
+    cuconv.tuning.clear()
+    _C.cpu_tuning_set(saved)
+
+
+@pytest.mark.parametrize("waits, faster", [((0.03, 0.002), 1), ((0.002, 0.03), 0), ((0.03, 0.02, 0.002), 2)])
+def test_the_chooser_picks_the_faster_candidate_and_remembers_it(waits, faster):
+    key = f"test {waits}"
+    assert _C.cpu_tuner_pick(key, waits) == faster
+    assert cuconv.tuning.choices()[key] == str(faster)
+    # Now recorded: the winner runs at once, even where its speed has changed.
+    slower_now = tuple(0.0 if i != faster else 0.01 for i in range(len(waits)))
+    assert _C.cpu_tuner_pick(key, slower_now) == faster
+
+
+def test_a_recorded_choice_no_candidate_has_is_measured_again():
+    _C.cpu_tuning_set({"test stale": "no-such-kernel"})
+    assert _C.cpu_tuner_pick("test stale", (0.03, 0.002)) == 1
+    assert cuconv.tuning.choices()["test stale"] == "1"
+
+
+def _layer(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 16, 11, 10, generator=gen, requires_grad=True)
+    w = torch.randn(24, 16, 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(24, generator=gen, requires_grad=True)
+    return x, w, b
+
+
+def _forward_backward(x, w, b):
+    y = CF.conv2d(x, w, b, padding=1)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
+    return [y.detach(), *torch.autograd.grad(y, (x, w, b), dy)]
+
+
+def _with_path(monkeypatch, direct, tensors):
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    result = _forward_backward(*tensors)
+    monkeypatch.delenv("CUCONV_CPU_DIRECT")
+    return result
+
+
+@needs_direct
+def test_a_measuring_call_returns_the_winners_result_and_later_calls_repeat_it(monkeypatch):
+    tensors = _layer()
+    by_path = {"direct": _with_path(monkeypatch, "1", tensors), "gemm": _with_path(monkeypatch, "0", tensors)}
+    assert not cuconv.tuning.choices()  # forcing a path measures nothing
+    first = _forward_backward(*tensors)
+    chosen = cuconv.tuning.choices()
+    passes = sorted(key.split()[0] for key in chosen)
+    assert passes == ["conv2d_backward_input", "conv2d_backward_weight", "conv2d_forward"], chosen
+    # result k of _forward_backward comes from pass: y forward, dx input, dw weight (db: torch's sum)
+    for k, name in enumerate(["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]):
+        (winner,) = [v for key, v in chosen.items() if key.startswith(name + " ")]
+        assert torch.equal(first[k], by_path[winner][k]), (name, winner)
+    again = _forward_backward(*tensors)
+    assert all(torch.equal(a, f) for a, f in zip(again, first))
+
+
+@needs_direct
+@pytest.mark.parametrize("path", ["direct", "gemm"])
+def test_a_recorded_choice_decides_the_path(path, monkeypatch):
+    tensors = _layer(1)
+    _forward_backward(*tensors)
+    keys = list(cuconv.tuning.choices())
+    expected = _with_path(monkeypatch, "1" if path == "direct" else "0", tensors)
+    _C.cpu_tuning_set({key: path for key in keys})
+    got = _forward_backward(*tensors)
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert set(cuconv.tuning.choices().values()) == {path}
+
+
+def test_tuning_off_measures_nothing_and_a_bad_setting_is_an_error(monkeypatch):
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+    _forward_backward(*_layer())
+    assert cuconv.tuning.choices() == {}
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "yes")
+    with pytest.raises(ValueError, match="CUCONV_CPU_TUNE to be 0 or 1, but got 'yes'"):
+        _forward_backward(*_layer())
+
+
+def test_the_choice_is_per_thread_count(monkeypatch):
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            CF.conv2d(*_layer()[:2], padding=1)
+    finally:
+        torch.set_num_threads(saved)
+    keys = [key for key in cuconv.tuning.choices() if key.startswith("conv2d_forward ")]
+    if _C.cpu_kernels()["direct_conv"] == "never":
+        assert keys == []  # one candidate: nothing to choose
+    else:
+        assert sorted(k.split("threads=")[1].split()[0] for k in keys) == ["1", "2"]
+
+
+def test_the_cache_keeps_each_machines_choices(tmp_path):
+    path = tmp_path / "sub" / "tuning.json"
+    _C.cpu_tuning_set({"test a": "gemm", "test b": "direct"})
+    cuconv.tuning.save(path)
+    data = json.loads(path.read_text())
+    data["Some Other CPU / cuconv 0"] = {"test a": "direct"}
+    path.write_text(json.dumps(data))
+    cuconv.tuning.clear()
+    assert cuconv.tuning.load(path) == 2
+    assert cuconv.tuning.choices() == {"test a": "gemm", "test b": "direct"}
+    _C.cpu_tuning_set({"test c": "gemm"})
+    cuconv.tuning.save(path)
+    data = json.loads(path.read_text())
+    assert data["Some Other CPU / cuconv 0"] == {"test a": "direct"}
+    assert data[cuconv.tuning.machine()] == {"test a": "gemm", "test b": "direct", "test c": "gemm"}
+    assert cuconv.tuning.load(tmp_path / "missing.json") == 0
+
+
+def test_a_bad_cache_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "tuning.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="to hold a JSON object, but got list"):
+        cuconv.tuning.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read the tuning cache"):
+        cuconv.tuning.load(path)
+
+
+_SCRIPT = """
+import torch, cuconv, cuconv.functional as CF
+x, w = torch.randn(2, 16, 9, 9), torch.randn(8, 16, 3, 3)
+CF.conv2d(x, w, padding=1)
+print(len(cuconv.tuning.choices()))
+"""
+
+
+@needs_direct
+def test_the_cache_carries_the_choices_to_the_next_process_and_the_log_says_what_was_measured(tmp_path):
+    env = dict(os.environ, CUCONV_TUNE_CACHE=str(tmp_path / "tuning.json"), CUCONV_LOG="1")
+    env.pop("CUCONV_CPU_DIRECT", None)
+    env.pop("CUCONV_CPU_TUNE", None)
+    # run from beside the package under test (the installed one in CI, not the source folder)
+    run = dict(env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(cuconv.__file__)))
+    first = subprocess.run([sys.executable, "-c", _SCRIPT], **run)
+    assert first.stdout.strip() == "1"
+    assert "cuconv: tuned conv2d_forward float32 N=2 C=16 H=9 W=9 O=8 k=3x3" in first.stderr
+    assert "-> " in first.stderr and "tuning took" in first.stderr
+    second = subprocess.run([sys.executable, "-c", _SCRIPT], **run)
+    assert second.stdout.strip() == "1" and "tuned" not in second.stderr  # loaded, not measured
