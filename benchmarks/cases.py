@@ -19,6 +19,7 @@ class ConvCase:
     padding: int = 0
     groups: int = 1
     quick: bool = False  # part of the quick subset
+    channels_last: bool = False  # input (and so output and gradients) in channels_last, both backends
 
     def output_size(self):
         return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
@@ -40,6 +41,7 @@ class PoolCase:
     padding: int = 0
     output: tuple = field(default=(1, 1))
     quick: bool = False
+    channels_last: bool = False
 
     def output_size(self):
         if self.kind == "adaptive":
@@ -75,6 +77,14 @@ CONV_CASES = [
     ConvCase("resnet.b5.shortcut", 256, 512, 6, 1, stride=2),
 ]
 
+# channels_last: a few of the layers above with NHWC inputs, against torch's channels_last
+CONV_CASES += [
+    ConvCase("vgg.b3.conv2.cl", 64, 64, 56, 3, padding=1, channels_last=True),
+    ConvCase("resnet.b2.conv.cl", 64, 64, 24, 3, padding=1, channels_last=True, quick=True),
+    ConvCase("resnet.b3.shortcut.cl", 64, 128, 24, 1, stride=2, channels_last=True),
+    ConvCase("resnet.b5.conv2.cl", 512, 512, 3, 3, padding=1, channels_last=True),
+]
+
 POOL_CASES = [
     PoolCase("lenet.avgpool1", "avg", 6, 28, quick=True),
     PoolCase("lenet.avgpool2", "avg", 16, 10),
@@ -84,4 +94,7 @@ POOL_CASES = [
     PoolCase("resnet.stem.maxpool", "max", 64, 48, kernel=3, stride=2, padding=1, quick=True),
     PoolCase("resnet.globalpool", "adaptive", 512, 3, quick=True),
     PoolCase("torchvision.adaptive7", "adaptive", 512, 14, output=(7, 7)),
+    PoolCase("vgg.b3.maxpool.cl", "max", 64, 56, channels_last=True),
+    PoolCase("resnet.stem.maxpool.cl", "max", 64, 48, kernel=3, stride=2, padding=1, channels_last=True),
+    PoolCase("resnet.globalpool.cl", "adaptive", 512, 3, channels_last=True),
 ]

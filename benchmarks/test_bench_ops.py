@@ -21,7 +21,7 @@ def run(benchmark, fn, inputs, mode, device):
     def step():
         out = fn(*inputs)
         if mode == "forward+backward":
-            out.backward(torch.ones_like(out))
+            out.backward(torch.ones_like(out))  # (ones_like keeps a channels_last output's layout)
         synchronize(device)
 
     step()  # warm-up outside the timing (allocator, thread pool)
@@ -54,6 +54,8 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     dt = getattr(torch, dtype)
     gen = seeded_generator(case.name, batch)
     x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt)
+    if case.channels_last:
+        x = x.to(memory_format=torch.channels_last)
     fan_in = case.in_channels // case.groups * case.kernel ** 2
     w = random_tensor((case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel), gen, device, dt,
                       scale=fan_in ** -0.5)
@@ -75,6 +77,8 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
     x = random_tensor((batch, case.channels, case.size, case.size), seeded_generator(case.name, batch), device, dt)
+    if case.channels_last:
+        x = x.to(memory_format=torch.channels_last)
     moved = case.bytes_moved(batch, x.element_size()) * (3 if mode == "forward+backward" else 1)
     label(benchmark, case, mode, device, dtype, impl, bytes=moved, batch=batch)
 

@@ -169,3 +169,46 @@ def test_the_cache_carries_the_choices_to_the_next_process_and_the_log_says_what
     assert "-> " in first.stderr and "tuning took" in first.stderr
     second = subprocess.run([sys.executable, "-c", _SCRIPT], **run)
     assert second.stdout.strip() == "1" and "tuned" not in second.stderr  # loaded, not measured
+
+
+CL_CASES = {  # (x shape, w shape, stride, padding, dilation)
+    "3x3": ((3, 16, 11, 10), (24, 16, 3, 3), 1, 1, 1),
+    "strided-dilated": ((2, 5, 13, 9), (7, 5, 3, 2), (2, 1), (1, 2), (1, 2)),
+    "1x1-64": ((2, 64, 6, 5), (64, 64, 1, 1), 1, 0, 1),
+    "5x5-few-channels": ((2, 3, 12, 12), (6, 3, 5, 5), 1, 2, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("layout_path", ["nhwc", "nchw", "untuned"])
+@pytest.mark.parametrize("case", CL_CASES)
+def test_channels_last_conv_either_path_matches_torch_and_stays_channels_last(case, layout_path, dtype, monkeypatch):
+    """A channels_last layer of one group runs the NHWC kernels or the NCHW ones between layout
+    copies, whichever measures faster; both (and the NHWC default of CUCONV_CPU_TUNE=0) match torch."""
+    x_shape, w_shape, stride, padding, dilation = CL_CASES[case]
+    gen = torch.Generator().manual_seed(len(case))
+    x = torch.randn(x_shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(w_shape, generator=gen, dtype=dtype, requires_grad=True)
+    b = torch.randn(w_shape[0], generator=gen, dtype=dtype, requires_grad=True)
+    args = (stride, padding, dilation)
+    if layout_path == "untuned":
+        monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+    else:
+        out = CF.conv2d(x, w, b, *args)  # measures every pass, then the choices are overwritten
+        out.backward(torch.randn(out.shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last))
+        keys = [k for k in cuconv.tuning.choices() if "channels_last" in k]
+        assert len(keys) == 3, cuconv.tuning.choices()
+        _C.cpu_tuning_set({k: layout_path for k in keys})
+    y = CF.conv2d(x, w, b, *args)
+    ref = torch.nn.functional.conv2d(x, w, b, *args)
+    assert y.stride() == ref.stride()
+    dy = torch.randn(ref.shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(y, (x, w, b), dy)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), dy)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(y, ref, **tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+    assert grads[0].stride() == ref_grads[0].stride()  # (the weight gradient stays OIHW-contiguous)
+    if layout_path != "untuned":
+        assert set(v for k, v in cuconv.tuning.choices().items() if "channels_last" in k) == {layout_path}

@@ -38,6 +38,7 @@
 
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -47,6 +48,7 @@
 
 #include "../ops.h"
 #include "../shape.h"
+#include "conv2d_channels_last.h"
 #include "direct_conv.h"
 #include "gemm.h"
 #include "tuner.h"
@@ -624,13 +626,13 @@ bool direct_can_run(const ConvGeometry& g, ConvPass pass) {
 }
 
 // The tuning key: everything the kernels' speed depends on.
-std::string tuning_key(const ConvGeometry& g, ConvPass pass) {
+std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant = "float32") {
   static const char* names[] = {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"};
   char key[320];
   std::snprintf(key, sizeof key,
-                "%s float32 N=%lld C=%lld H=%lld W=%lld O=%lld k=%lldx%lld s=%lldx%lld p=%lldx%lld d=%lldx%lld "
+                "%s %s N=%lld C=%lld H=%lld W=%lld O=%lld k=%lldx%lld s=%lldx%lld p=%lldx%lld d=%lldx%lld "
                 "groups=%lld threads=%d isa=%s",
-                names[static_cast<int>(pass)], static_cast<long long>(g.batch),
+                names[static_cast<int>(pass)], variant, static_cast<long long>(g.batch),
                 static_cast<long long>(g.channels_per_group * g.groups), static_cast<long long>(g.height),
                 static_cast<long long>(g.width), static_cast<long long>(g.out_channels_per_group * g.groups),
                 static_cast<long long>(g.kernel_h), static_cast<long long>(g.kernel_w),
@@ -643,13 +645,32 @@ std::string tuning_key(const ConvGeometry& g, ConvPass pass) {
 }
 
 // Runs a float32 pass (not depthwise) by the direct kernels or the GEMM, as chosen above.
+// `direct_exact` false: the direct kernels would not give the exact answer for these values.
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<void()>& direct,
-                    const std::function<void()>& gemm) {
+                    const std::function<void()>& gemm, bool direct_exact = true) {
   const DirectMode mode = direct_conv_mode();
-  if (mode == DirectMode::kNever || !direct_can_run(g, pass)) return gemm();
+  if (mode == DirectMode::kNever || !direct_can_run(g, pass) || !direct_exact) return gemm();
   if (mode == DirectMode::kAlways) return direct();
   if (!tuning_enabled()) return direct_rule(g, pass) ? direct() : gemm();
   run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}});
+}
+
+// channels_last float and double layers of one group can run NHWC in place
+// (conv2d_channels_last.h); the rest are computed NCHW and copied back into channels_last.
+bool runs_channels_last(const ConvGeometry& g, const Tensor& t) {
+  return g.groups == 1 && is_channels_last(t) &&
+         (t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double);
+}
+
+// Which of the two runs such a pass: the NHWC kernels, or the NCHW ones between two layout
+// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). The NHWC weight
+// gradient is the faster on the layers measured so far; the NCHW forward with its direct
+// kernels often wins even with the copies (benchmarks/RESULTS.md).
+void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const std::function<void()>& nhwc,
+                   const std::function<void()>& nchw) {
+  if (!tuning_enabled()) return nhwc();
+  const char* variant = dtype == ScalarType::Double ? "float64 channels_last" : "float32 channels_last";
+  run_tuned(tuning_key(g, pass, variant), {{"nhwc", nhwc}, {"nchw", nchw}});
 }
 
 }  // namespace
@@ -661,31 +682,50 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
   const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
                                            dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const Tensor x = contiguous_or_self(input);
   const Tensor w = contiguous_or_self(weight);
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
-  Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
+  // NCHW kernels (a channels_last input is read through a contiguous copy)
+  auto nchw = [&]() -> Tensor {
+    const Tensor x = contiguous_or_self(input);
+    Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
 
-  CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cpu", [&] {
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
-    const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-    if (is_depthwise(g)) {
-      depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
-    } else if constexpr (std::is_same_v<scalar_t, float>) {
-      // (the float pointers again: this lambda is compiled for every dtype)
-      const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
-      const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
-      float* yf = y.mutable_data_ptr<float>();
-      run_float_pass(
-          g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
-          [&] { gemm_forward<float>(g, xf, wf, bf, yf); });
-    } else {
-      gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
-    }
-  });
-  return in_layout_of(input, y);  // channels_last in, channels_last out (as torch)
+    CUCONV_DISPATCH_FLOATING(x.scalar_type(), "conv2d_forward_cpu", [&] {
+      const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+      const scalar_t* w_data = w.const_data_ptr<scalar_t>();
+      const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
+      if (is_depthwise(g)) {
+        depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
+      } else if constexpr (std::is_same_v<scalar_t, float>) {
+        // (the float pointers again: this lambda is compiled for every dtype)
+        const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
+        const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
+        float* yf = y.mutable_data_ptr<float>();
+        run_float_pass(
+            g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
+            [&] { gemm_forward<float>(g, xf, wf, bf, yf); });
+      } else {
+        gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
+      }
+    });
+    return y;
+  };
+  if (runs_channels_last(g, input)) {
+    Tensor y = empty_channels_last_like(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
+    auto native = [&] {
+      CUCONV_DISPATCH_FLOATING(input.scalar_type(), "conv2d_forward_cpu", [&] {
+        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+          conv_channels_last_forward<scalar_t>(direct_problem(g), input.const_data_ptr<scalar_t>(),
+                                               w.const_data_ptr<scalar_t>(),
+                                               b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                               y.mutable_data_ptr<scalar_t>());
+        }
+      });
+    };
+    choose_layout(g, ConvPass::kForward, input.scalar_type(), native, [&] { torch::stable::copy_(y, nchw()); });
+    return y;
+  }
+  return in_layout_of(input, nchw());  // channels_last in, channels_last out (as torch)
 }
 
 Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight,
@@ -696,34 +736,53 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const Tensor dy = contiguous_or_self(grad_output);
   const Tensor w = contiguous_or_self(weight);
-  // The depthwise and direct kernels, and col2im for half types (through a float buffer per
-  // sample), write every element; col2im in float and double adds into zeros (float32 zeroes
-  // its buffer itself, as the direct kernels do not need it).
-  const bool writes_all = is_depthwise(g) || dy.scalar_type() != ScalarType::Double;
-  Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
+  auto nchw = [&]() -> Tensor {
+    const Tensor dy = contiguous_or_self(grad_output);
+    // The depthwise and direct kernels, and col2im for half types (through a float buffer per
+    // sample), write every element; col2im in float and double adds into zeros (float32 zeroes
+    // its buffer itself, as the direct kernels do not need it).
+    const bool writes_all = is_depthwise(g) || dy.scalar_type() != ScalarType::Double;
+    Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
 
-  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
-    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
-    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
-    scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    if (is_depthwise(g)) {
-      depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
-    } else if constexpr (std::is_same_v<scalar_t, float>) {
-      const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
-      float* dxf = dx.mutable_data_ptr<float>();
-      run_float_pass(
-          g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
-          [&] {
-            torch::stable::fill_(dx, 0.0);
-            gemm_backward_input<float>(g, dyf, wf, dxf);
-          });
-    } else {
-      gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
-    }
-  });
-  return in_layout_of(grad_output, dx);
+    CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
+      const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
+      const scalar_t* w_data = w.const_data_ptr<scalar_t>();
+      scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
+      if (is_depthwise(g)) {
+        depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
+      } else if constexpr (std::is_same_v<scalar_t, float>) {
+        const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
+        float* dxf = dx.mutable_data_ptr<float>();
+        run_float_pass(
+            g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
+            [&] {
+              torch::stable::fill_(dx, 0.0);
+              gemm_backward_input<float>(g, dyf, wf, dxf);
+            },
+            // The direct input gradient multiplies the zero border of its padded grad_output by
+            // every tap: a NaN or Inf weight would make NaN where the true gradient has none.
+            std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }));
+      } else {
+        gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
+      }
+    });
+    return dx;
+  };
+  if (runs_channels_last(g, grad_output)) {
+    Tensor dx = empty_channels_last_like(grad_output, input_size);
+    auto native = [&] {
+      CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "conv2d_backward_input_cpu", [&] {
+        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+          conv_channels_last_backward_input<scalar_t>(direct_problem(g), grad_output.const_data_ptr<scalar_t>(),
+                                                      w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
+        }
+      });
+    };
+    choose_layout(g, ConvPass::kInput, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dx, nchw()); });
+    return dx;
+  }
+  return in_layout_of(grad_output, nchw());
 }
 
 Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input,
@@ -734,27 +793,43 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
-  const Tensor x = contiguous_or_self(input);
-  const Tensor dy = contiguous_or_self(grad_output);
-  Tensor dw = empty_like_with(dy, weight_size);
+  auto nchw = [&]() -> Tensor {
+    const Tensor x = contiguous_or_self(input);
+    const Tensor dy = contiguous_or_self(grad_output);
+    Tensor dw = empty_like_with(dy, weight_size);
 
-  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
-    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
-    if (is_depthwise(g)) {
-      depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
-    } else if constexpr (std::is_same_v<scalar_t, float>) {
-      const float *dyf = dy.const_data_ptr<float>(), *xf = x.const_data_ptr<float>();
-      float* dwf = dw.mutable_data_ptr<float>();
-      run_float_pass(
-          g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
-          [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); });
-    } else {
-      gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
-    }
-  });
-  return dw;
+    CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+      const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
+      const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+      scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
+      if (is_depthwise(g)) {
+        depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
+      } else if constexpr (std::is_same_v<scalar_t, float>) {
+        const float *dyf = dy.const_data_ptr<float>(), *xf = x.const_data_ptr<float>();
+        float* dwf = dw.mutable_data_ptr<float>();
+        run_float_pass(
+            g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
+            [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); });
+      } else {
+        gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
+      }
+    });
+    return dw;
+  };
+  if (runs_channels_last(g, grad_output) && is_channels_last(input)) {
+    Tensor dw = empty_like_with(grad_output, weight_size);
+    auto native = [&] {
+      CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+          conv_channels_last_backward_weight<scalar_t>(direct_problem(g), grad_output.const_data_ptr<scalar_t>(),
+                                                       input.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>());
+        }
+      });
+    };
+    choose_layout(g, ConvPass::kWeight, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dw, nchw()); });
+    return dw;
+  }
+  return nchw();
 }
 
 Tensor conv2d_backward_bias_cpu(const Tensor& grad_output) {

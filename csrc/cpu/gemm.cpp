@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <type_traits>
 
 namespace cuconv {
 
@@ -20,6 +21,8 @@ Microkernel<float> avx512_microkernel_float();
 Microkernel<double> avx512_microkernel_double();
 Microkernel<float> avx2_microkernel_float();
 Microkernel<double> avx2_microkernel_double();
+Microkernel<float> avx512_microkernel_float_wide();
+Microkernel<double> avx512_microkernel_double_wide();
 
 namespace {
 
@@ -123,6 +126,26 @@ Microkernel<double> cpu_microkernel<double>() {
     default: return {4, 8, 256, &portable_tile<double, 4, 8>, "generic"};
   }
 }
+
+template <typename T>
+Microkernel<T> cpu_microkernel_for_columns(int64_t columns) {
+  const Microkernel<T> standard = cpu_microkernel<T>();
+#if CUCONV_X86_SIMD
+  if (std::string(standard.isa) == "avx512") {
+    Microkernel<T> wide;
+    if constexpr (std::is_same_v<T, float>) wide = avx512_microkernel_float_wide();
+    else wide = avx512_microkernel_double_wide();
+    // the fraction of the tiles' columns that is real work
+    auto used = [columns](const Microkernel<T>& k) {
+      return static_cast<double>(columns) / static_cast<double>((columns + k.nr - 1) / k.nr * k.nr);
+    };
+    if (used(wide) > used(standard)) return wide;
+  }
+#endif
+  return standard;
+}
+template Microkernel<float> cpu_microkernel_for_columns<float>(int64_t);
+template Microkernel<double> cpu_microkernel_for_columns<double>(int64_t);
 
 // Tiles in row-panel order: one A panel (MR x depth, L1) meets every B panel of the
 // slice (depth x N, L2) before the next A panel is read. Edge tiles (past M or N) run

@@ -50,6 +50,11 @@ struct Microkernel {
 template <typename T>
 Microkernel<T> cpu_microkernel();
 
+// The microkernel for a product of `columns` columns: the standard one, or on AVX-512 a
+// 6 x 4-vector tile where that wastes fewer columns (e.g. 64 output channels in NHWC).
+template <typename T>
+Microkernel<T> cpu_microkernel_for_columns(int64_t columns);
+
 // The instruction set of the kernels each CPU convolution path ran last (one note per op
 // call), as the kernels themselves name it: cuconv._C.cpu_kernels() reports it, and the
 // tests check with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512

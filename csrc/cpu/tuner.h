@@ -6,11 +6,12 @@
 // the instruction set), every candidate that can run it is timed on the call's own tensors
 // and the fastest is remembered for the rest of the process:
 //
-//   round 1, 2: run each candidate once, keep its best time (the second round only while
-//               the first took less than kTuningBudget, so tuning stays bounded);
+//   round 1, 2: run each candidate once, keep its best time (the first round also pays for
+//               cold caches and for choices made inside a candidate);
 //   then, unless the last candidate run was the fastest, run the fastest once more.
 //
-// So a call that tunes costs about two calls per candidate, returns the winner's result, and
+// So a call that tunes costs at most two calls per candidate and one more (bounded: no
+// repeats until the times settle), returns the winner's result, and
 // every later call with the key (the winner alone) repeats it bitwise. Candidates compute the
 // same values (the tests check every path), up to float rounding.
 //

@@ -1,0 +1,222 @@
+// channels_last (NHWC) convolution on the CPU (conv2d_channels_last.h).
+//
+// In NHWC a pixel's channels are contiguous, so im2col is a copy of channel runs and the
+// output pixels are the rows of the product. With k = (i*kW + j)*C + c (tap-major) and
+// pixel p = (n*H_out + oh)*W_out + ow:
+//
+//   cols[p, k] = x[n, oh*sH - pH + i*dH, ow*sW - pW + j*dW, c]     (0 in the padding)
+//
+//                 A (packed: MR rows)         B (packed: NR columns)     C
+//   forward       cols      [P_blk, K]        W^T  [K, O] (once)        y rows [P_blk, O] in place
+//   input grad    dy        [P_blk, O]        W    [O, K] (once)        dcols [P_blk, K_chunk] -> col2im
+//   weight grad   dy^T      [O, P_slice]      cols [P_slice, K]         dW [O, K], per thread part
+//
+// Blocks of P_blk pixels are sized from the L2 (as conv2d.cpp's); the forward pass splits
+// pixel blocks across threads, the input gradient whole samples (col2im adds neighbouring
+// pixels), the weight gradient equal runs of pixels whose partial sums are added in a fixed
+// order (deterministic for a given thread count).
+
+#include "conv2d_channels_last.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "../ops.h"
+#include "gemm.h"
+
+namespace cuconv {
+namespace {
+
+struct Nhwc {
+  const DirectConv& p;
+  int64_t taps() const { return p.kernel_h * p.kernel_w; }
+  int64_t K() const { return taps() * p.in_channels; }
+  int64_t pixels_per_sample() const { return p.out_h * p.out_w; }
+  // Input pixel of output pixel q (within a sample) at tap t, or -1 in the padding.
+  int64_t source(int64_t q, int64_t t) const {
+    const int64_t oh = q / p.out_w, ow = q % p.out_w, i = t / p.kernel_w, j = t % p.kernel_w;
+    const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h, iw = ow * p.stride_w - p.pad_w + j * p.dilation_w;
+    return ih < 0 || ih >= p.height || iw < 0 || iw >= p.width ? -1 : ih * p.width + iw;
+  }
+};
+
+// Pixels per block: a multiple of `tile` whose packed slice (256 deep) takes ~3/8 of the
+// L2, and no more than an equal share of `pixels` per thread (so every thread has work).
+int64_t block_pixels(int64_t pixels, int64_t tile) {
+  const int64_t by_cache = std::max<int64_t>(tile, l2_cache_bytes() * 3 / 8 / (256 * 4) / tile * tile);
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  const int64_t share = ((pixels + threads - 1) / threads + tile - 1) / tile * tile;
+  return std::max<int64_t>(tile, std::min(by_cache, share));
+}
+
+// A panels of cols rows [p0, p0 + M) (global pixels), columns [k0, k0 + depth): panel r0/mr
+// holds [depth][mr]; rows past M are zeros. Panel by panel, tap by tap: the mr pixels'
+// channel runs are interleaved, so the panel is written front to back.
+template <typename T>
+void pack_cols_rows(const Nhwc& g, const T* x, int64_t p0, int64_t M, int64_t k0, int64_t depth, int64_t mr, T* a) {
+  const int64_t C = g.p.in_channels, plane = g.pixels_per_sample();
+  constexpr int64_t kMaxRows = 16;
+  const T* source[kMaxRows];
+  for (int64_t r0 = 0; r0 < M; r0 += mr) {
+    T* panel = a + r0 * depth;
+    for (int64_t k = k0; k < k0 + depth;) {
+      const int64_t t = k / C, c = k % C, run = std::min(C - c, k0 + depth - k);
+      for (int64_t r = 0; r < mr; ++r) {
+        const int64_t n = (p0 + r0 + r) / plane, q = (p0 + r0 + r) % plane;
+        const int64_t pixel = r0 + r < M ? g.source(q, t) : -1;
+        source[r] = pixel < 0 ? nullptr : x + (n * g.p.height * g.p.width + pixel) * C + c;
+      }
+      T* d = panel + (k - k0) * mr;
+      for (int64_t r = 0; r < mr; ++r) {
+        if (source[r] == nullptr) {
+          for (int64_t e = 0; e < run; ++e) d[e * mr + r] = T(0);
+        } else {
+          const T* s = source[r];
+          for (int64_t e = 0; e < run; ++e) d[e * mr + r] = s[e];
+        }
+      }
+      k += run;
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, const T* bias, T* y) {
+  const Nhwc g{p};
+  const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.out_channels);
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), P = p.batch * g.pixels_per_sample();
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  // W^T [K, O] in B panels over the whole depth K.
+  std::vector<T> b(packed_size(O, nr, K), T(0));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < g.taps(); ++t) b[packed_index(t * C + c, o, nr, K)] = w[(o * C + c) * g.taps() + t];
+  const int64_t block = block_pixels(P, mr);
+  torch::stable::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> a(packed_size(block, mr, kernel.depth));
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t p0 = blk * block, M = std::min(block, P - p0);
+      T* out = y + p0 * O;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t o = 0; o < O; ++o) out[m * O + o] = bias != nullptr ? bias[o] : T(0);
+      for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
+        const int64_t depth = std::min(kernel.depth, K - k0);
+        pack_cols_rows(g, x, p0, M, k0, depth, mr, a.data());
+        gemm_packed(kernel, M, O, depth, a.data(), depth * mr, b.data() + k0 * nr, K * nr, out, O, true, nullptr);
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T* w, T* dx) {
+  const Nhwc g{p};
+  const Microkernel<T> kernel = cpu_microkernel<T>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  // W [O, K] in B panels over the whole depth O.
+  std::vector<T> b(packed_size(K, nr, O), T(0));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < g.taps(); ++t) b[packed_index(o, t * C + c, nr, O)] = w[(o * C + c) * g.taps() + t];
+  const int64_t block = std::max<int64_t>(mr, std::min<int64_t>(plane, l2_cache_bytes() * 3 / 8 / (256 * 4)) / mr * mr);
+  const int64_t chunk = std::max<int64_t>(nr, 256 / nr * nr);  // columns of dcols per product
+  torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> a(packed_size(block, mr, O)), dcols(block * chunk);
+    for (int64_t n = first; n < last; ++n) {
+      T* dxn = dx + n * p.height * p.width * C;
+      std::fill_n(dxn, p.height * p.width * C, T(0));
+      for (int64_t q0 = 0; q0 < plane; q0 += block) {
+        const int64_t M = std::min(block, plane - q0);
+        // dy rows [M, O] into A panels over the whole depth O
+        pack_a(a.data(), mr, O, dy + (n * plane + q0) * O, M, O, int64_t{1});
+        for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+          const int64_t width = std::min(chunk, K - k0);
+          for (int64_t o0 = 0; o0 < O; o0 += kernel.depth) {
+            gemm_packed(kernel, M, width, std::min(kernel.depth, O - o0), a.data() + o0 * mr, O * mr,
+                        b.data() + k0 / nr * O * nr + o0 * nr, O * nr, dcols.data(), chunk, o0 > 0, nullptr);
+          }
+          // col2im: each dcols element back to its input pixel and channel
+          for (int64_t m = 0; m < M; ++m) {
+            const T* row = dcols.data() + m * chunk;
+            for (int64_t k = k0; k < k0 + width;) {
+              const int64_t t = k / C, c = k % C, run = std::min(C - c, k0 + width - k);
+              const int64_t pixel = g.source(q0 + m, t);
+              if (pixel >= 0) {
+                T* d = dxn + pixel * C + c;
+                const T* s = row + (k - k0);
+                for (int64_t e = 0; e < run; ++e) d[e] += s[e];
+              }
+              k += run;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const T* x, T* dw) {
+  const Nhwc g{p};
+  const Microkernel<T> kernel = cpu_microkernel<T>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
+  const int64_t P = p.batch * plane, mr = kernel.mr, nr = kernel.nr, depth = kernel.depth;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), (P + depth - 1) / depth));
+  std::vector<std::vector<T>> partial(parts);
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    std::vector<T> a(packed_size(O, mr, depth)), b(packed_size(K, nr, depth));
+    for (int64_t part = first; part < last; ++part) {
+      std::vector<T>& sum = partial[part];  // dW [O, K]
+      sum.assign(O * K, T(0));
+      const int64_t begin = P * part / parts, end = P * (part + 1) / parts;
+      for (int64_t p0 = begin; p0 < end; p0 += depth) {
+        const int64_t d = std::min(depth, end - p0);
+        // dy^T: A element (o, pixel) = dy[pixel, o], runs of mr channels
+        pack_a(a.data(), mr, d, dy + p0 * O, O, int64_t{1}, O);
+        // cols: B element (pixel, k), a panel's nr columns being runs of channels of a tap
+        zero_last_b_panel(b.data(), nr, d, K);
+        for (int64_t pp = 0; pp < d; ++pp) {
+          const int64_t n = (p0 + pp) / plane, q = (p0 + pp) % plane;
+          const T* sample = x + n * p.height * p.width * C;
+          for (int64_t t = 0; t < g.taps(); ++t) {
+            const int64_t pixel = g.source(q, t);
+            for (int64_t k = t * C; k < (t + 1) * C;) {
+              const int64_t run = std::min((t + 1) * C - k, nr - k % nr);
+              T* dst = b.data() + packed_index(pp, k, nr, d);
+              if (pixel < 0) std::fill_n(dst, run, T(0));
+              else std::copy_n(sample + pixel * C + (k - t * C), run, dst);
+              k += run;
+            }
+          }
+        }
+        gemm_packed(kernel, O, K, d, a.data(), d * mr, b.data(), d * nr, sum.data(), K, true, nullptr);
+      }
+    }
+  });
+  // dw[o, c, i, j] = sum over parts, in order, of dW[o, t*C + c]
+  torch::stable::parallel_for(0, O, 1, [&](int64_t first, int64_t last) {
+    for (int64_t o = first; o < last; ++o)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < g.taps(); ++t) {
+          T total = T(0);
+          for (int64_t part = 0; part < parts; ++part) total += partial[part][o * K + t * C + c];
+          dw[(o * C + c) * g.taps() + t] = total;
+        }
+  });
+}
+
+#define CUCONV_INSTANTIATE(T)                                                                                 \
+  template void conv_channels_last_forward<T>(const DirectConv&, const T*, const T*, const T*, T*);          \
+  template void conv_channels_last_backward_input<T>(const DirectConv&, const T*, const T*, T*);             \
+  template void conv_channels_last_backward_weight<T>(const DirectConv&, const T*, const T*, T*);
+CUCONV_INSTANTIATE(float)
+CUCONV_INSTANTIATE(double)
+#undef CUCONV_INSTANTIATE
+
+}  // namespace cuconv
