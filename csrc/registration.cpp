@@ -117,13 +117,13 @@ PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
   PyObject* seconds = nullptr;
   if (!PyArg_ParseTuple(args, "sO", &key, &seconds)) return nullptr;
   const Py_ssize_t count = PySequence_Check(seconds) ? PySequence_Size(seconds) : -1;
-  if (count < 1) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "cpu_tuner_pick: expected a sequence of seconds");
+  if (count < 1 || count > 8) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "cpu_tuner_pick: expected 1 to 8 waits in seconds");
     return nullptr;
   }
   static const char* names[] = {"0", "1", "2", "3", "4", "5", "6", "7"};
   std::vector<cuconv::Candidate> candidates;
-  for (Py_ssize_t c = 0; c < count && c < 8; ++c) {
+  for (Py_ssize_t c = 0; c < count; ++c) {
     PyObject* item = PySequence_GetItem(seconds, c);
     const double wait = item != nullptr ? PyFloat_AsDouble(item) : -1.0;
     Py_XDECREF(item);

@@ -32,6 +32,10 @@ struct Nhwc {
   int64_t taps() const { return p.kernel_h * p.kernel_w; }
   int64_t K() const { return taps() * p.in_channels; }
   int64_t pixels_per_sample() const { return p.out_h * p.out_w; }
+  // Element of an OIHW weight at output channel o and column k = t*C + c of the product.
+  int64_t weight_index(int64_t o, int64_t k) const {
+    return (o * p.in_channels + k % p.in_channels) * taps() + k / p.in_channels;
+  }
   // Input pixel of output pixel q (within a sample) at tap t, or -1 in the padding.
   int64_t source(int64_t q, int64_t t) const {
     const int64_t oh = q / p.out_w, ow = q % p.out_w, i = t / p.kernel_w, j = t % p.kernel_w;
@@ -87,13 +91,12 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
   const Nhwc g{p};
   const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.out_channels);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), P = p.batch * g.pixels_per_sample();
+  const int64_t O = p.out_channels, K = g.K(), P = p.batch * g.pixels_per_sample();
   const int64_t mr = kernel.mr, nr = kernel.nr;
   // W^T [K, O] in B panels over the whole depth K.
   std::vector<T> b(packed_size(O, nr, K), T(0));
   for (int64_t o = 0; o < O; ++o)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < g.taps(); ++t) b[packed_index(t * C + c, o, nr, K)] = w[(o * C + c) * g.taps() + t];
+    for (int64_t k = 0; k < K; ++k) b[packed_index(k, o, nr, K)] = w[g.weight_index(o, k)];
   const int64_t block = block_pixels(P, mr);
   torch::stable::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
     std::vector<T> a(packed_size(block, mr, kernel.depth));
@@ -121,8 +124,7 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
   // W [O, K] in B panels over the whole depth O.
   std::vector<T> b(packed_size(K, nr, O), T(0));
   for (int64_t o = 0; o < O; ++o)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < g.taps(); ++t) b[packed_index(o, t * C + c, nr, O)] = w[(o * C + c) * g.taps() + t];
+    for (int64_t k = 0; k < K; ++k) b[packed_index(o, k, nr, O)] = w[g.weight_index(o, k)];
   const int64_t block = std::max<int64_t>(mr, std::min<int64_t>(plane, l2_cache_bytes() * 3 / 8 / (256 * 4)) / mr * mr);
   const int64_t chunk = std::max<int64_t>(nr, 256 / nr * nr);  // columns of dcols per product
   torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
@@ -202,12 +204,11 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
   // dw[o, c, i, j] = sum over parts, in order, of dW[o, t*C + c]
   torch::stable::parallel_for(0, O, 1, [&](int64_t first, int64_t last) {
     for (int64_t o = first; o < last; ++o)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t t = 0; t < g.taps(); ++t) {
-          T total = T(0);
-          for (int64_t part = 0; part < parts; ++part) total += partial[part][o * K + t * C + c];
-          dw[(o * C + c) * g.taps() + t] = total;
-        }
+      for (int64_t k = 0; k < K; ++k) {
+        T total = T(0);
+        for (int64_t part = 0; part < parts; ++part) total += partial[part][o * K + k];
+        dw[g.weight_index(o, k)] = total;
+      }
   });
 }
 

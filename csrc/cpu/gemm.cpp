@@ -131,7 +131,7 @@ template <typename T>
 Microkernel<T> cpu_microkernel_for_columns(int64_t columns) {
   const Microkernel<T> standard = cpu_microkernel<T>();
 #if CUCONV_X86_SIMD
-  if (std::string(standard.isa) == "avx512") {
+  if (cpu_isa() == CpuIsa::kAvx512) {
     Microkernel<T> wide;
     if constexpr (std::is_same_v<T, float>) wide = avx512_microkernel_float_wide();
     else wide = avx512_microkernel_double_wide();

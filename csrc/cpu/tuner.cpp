@@ -61,15 +61,14 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
   // tune another shape meanwhile (two threads tuning one key both measure; either winner is right).
   const auto start = std::chrono::steady_clock::now();
   std::vector<double> best(candidates.size(), std::numeric_limits<double>::infinity());
-  size_t last = 0;
   // Two rounds: the first also pays for cold caches, page faults and any choice a candidate
   // makes inside (the NCHW candidate of a channels_last layer tunes its own kernels).
   for (int round = 0; round < 2; ++round) {
-    for (size_t c = 0; c < candidates.size(); ++c) best[c] = std::min(best[c], seconds_to_run(candidates[c])), last = c;
+    for (size_t c = 0; c < candidates.size(); ++c) best[c] = std::min(best[c], seconds_to_run(candidates[c]));
   }
   size_t winner = 0;
   for (size_t c = 1; c < candidates.size(); ++c) winner = best[c] < best[winner] ? c : winner;
-  if (winner != last) candidates[winner].run();  // the call returns the winner's result
+  if (winner != candidates.size() - 1) candidates[winner].run();  // the call returns the winner's result
   {
     std::lock_guard<std::mutex> lock(table_mutex);
     table()[key] = candidates[winner].name;
