@@ -176,6 +176,8 @@ CL_CASES = {  # (x shape, w shape, stride, padding, dilation)
     "strided-dilated": ((2, 5, 13, 9), (7, 5, 3, 2), (2, 1), (1, 2), (1, 2)),
     "1x1-64": ((2, 64, 6, 5), (64, 64, 1, 1), 1, 0, 1),
     "5x5-few-channels": ((2, 3, 12, 12), (6, 3, 5, 5), 1, 2, 1),
+    "1x1-padded": ((2, 8, 5, 6), (4, 8, 1, 1), 1, 1, 1),  # padding past the kernel's reach: col2im
+    "big-channels": ((2, 300, 5, 4), (70, 300, 3, 3), 1, 1, 1),  # channel runs cut at the GEMM depth
 }
 
 
@@ -188,7 +190,8 @@ def test_channels_last_conv_either_path_matches_torch_and_stays_channels_last(ca
     x_shape, w_shape, stride, padding, dilation = CL_CASES[case]
     gen = torch.Generator().manual_seed(len(case))
     x = torch.randn(x_shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(w_shape, generator=gen, dtype=dtype, requires_grad=True)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]  # outputs of order 1, as in a network
+    w = (torch.randn(w_shape, generator=gen, dtype=dtype) / fan_in ** 0.5).requires_grad_()
     b = torch.randn(w_shape[0], generator=gen, dtype=dtype, requires_grad=True)
     args = (stride, padding, dilation)
     if layout_path == "untuned":
@@ -212,3 +215,29 @@ def test_channels_last_conv_either_path_matches_torch_and_stays_channels_last(ca
     assert grads[0].stride() == ref_grads[0].stride()  # (the weight gradient stays OIHW-contiguous)
     if layout_path != "untuned":
         assert set(v for k, v in cuconv.tuning.choices().items() if "channels_last" in k) == {layout_path}
+
+
+@pytest.mark.parametrize("threads", [1, 3, 7])
+@pytest.mark.parametrize("case", ["3x3", "strided-dilated"])
+def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwise(case, threads, monkeypatch):
+    """The NHWC kernels split pixel blocks, samples and pixel runs by the thread count: with more
+    parts than rows to spare, each gives torch's values and repeats itself bitwise."""
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")  # the NHWC kernels, always
+    x_shape, w_shape, stride, padding, dilation = CL_CASES[case]
+    gen = torch.Generator().manual_seed(threads)
+    x = torch.randn(x_shape, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(w_shape, generator=gen) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5).requires_grad_()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        def run(conv):
+            y = conv(x, w, None, stride, padding, dilation)
+            dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(memory_format=torch.channels_last)
+            return [y.detach(), *torch.autograd.grad(y, (x, w), dy)]
+
+        ours, again, ref = run(CF.conv2d), run(CF.conv2d), run(torch.nn.functional.conv2d)
+    finally:
+        torch.set_num_threads(saved)
+    for o, a, r in zip(ours, again, ref):
+        assert torch.equal(o, a)
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)

@@ -6,11 +6,13 @@
 //
 //   cols[p, k] = x[n, oh*sH - pH + i*dH, ow*sW - pW + j*dW, c]     (0 in the padding)
 //
-//                 A (packed: MR rows)         B (packed: NR columns)     C
+//                 A (MR rows)                 B (packed: NR columns)     C
 //   forward       cols      [P_blk, K]        W^T  [K, O] (once)        y rows [P_blk, O] in place
-//   input grad    dy        [P_blk, O]        W    [O, K] (once)        dcols [P_blk, K_chunk] -> col2im
-//   weight grad   dy^T      [O, P_slice]      cols [P_slice, K]         dW [O, K], per thread part
+//                 (not packed: row pointers into x, the indirect convolution)
+//   input grad    dy (packed) [P_blk, O]      W    [O, K] (once)        dcols [P_blk, K_chunk] -> col2im
+//   weight grad   dy^T (packed) [O, P_slice]  cols [P_slice, K]         dW [O, K], per thread part
 //
+// The input gradient of a stride-1 layer is the forward pass itself (flipped kernel over dy).
 // Blocks of P_blk pixels are sized from the L2 (as conv2d.cpp's); the forward pass splits
 // pixel blocks across threads, the input gradient whole samples (col2im adds neighbouring
 // pixels), the weight gradient equal runs of pixels whose partial sums are added in a fixed
@@ -53,62 +55,70 @@ int64_t block_pixels(int64_t pixels, int64_t tile) {
   return std::max<int64_t>(tile, std::min(by_cache, share));
 }
 
-// A panels of cols rows [p0, p0 + M) (global pixels), columns [k0, k0 + depth): panel r0/mr
-// holds [depth][mr]; rows past M are zeros. Panel by panel, tap by tap: the mr pixels'
-// channel runs are interleaved, so the panel is written front to back.
-template <typename T>
-void pack_cols_rows(const Nhwc& g, const T* x, int64_t p0, int64_t M, int64_t k0, int64_t depth, int64_t mr, T* a) {
-  const int64_t C = g.p.in_channels, plane = g.pixels_per_sample();
-  constexpr int64_t kMaxRows = 16;
-  const T* source[kMaxRows];
-  for (int64_t r0 = 0; r0 < M; r0 += mr) {
-    T* panel = a + r0 * depth;
-    for (int64_t k = k0; k < k0 + depth;) {
-      const int64_t t = k / C, c = k % C, run = std::min(C - c, k0 + depth - k);
-      for (int64_t r = 0; r < mr; ++r) {
-        const int64_t n = (p0 + r0 + r) / plane, q = (p0 + r0 + r) % plane;
-        const int64_t pixel = r0 + r < M ? g.source(q, t) : -1;
-        source[r] = pixel < 0 ? nullptr : x + (n * g.p.height * g.p.width + pixel) * C + c;
-      }
-      T* d = panel + (k - k0) * mr;
-      for (int64_t r = 0; r < mr; ++r) {
-        if (source[r] == nullptr) {
-          for (int64_t e = 0; e < run; ++e) d[e * mr + r] = T(0);
-        } else {
-          const T* s = source[r];
-          for (int64_t e = 0; e < run; ++e) d[e * mr + r] = s[e];
-        }
-      }
-      k += run;
-    }
-  }
-}
-
 }  // namespace
 
+// The forward pass is the indirect convolution: the microkernel reads each output pixel's
+// input pixels through row pointers straight from x (a row of zeros in the padding), so x is
+// never packed. K is cut into slices of about the GEMM's depth: runs of whole taps where C is
+// small, single taps cut into channel runs where it is large. Per slice, every mr-pixel panel
+// of the block meets every NR-column panel of the packed W^T slice (in L2).
 template <typename T>
 void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, const T* bias, T* y) {
   const Nhwc g{p};
   const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.out_channels);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t O = p.out_channels, K = g.K(), P = p.batch * g.pixels_per_sample();
-  const int64_t mr = kernel.mr, nr = kernel.nr;
+  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
+  const int64_t P = p.batch * plane, mr = kernel.mr, nr = kernel.nr;
   // W^T [K, O] in B panels over the whole depth K.
   std::vector<T> b(packed_size(O, nr, K), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t k = 0; k < K; ++k) b[packed_index(k, o, nr, K)] = w[g.weight_index(o, k)];
+  struct Slice {
+    int64_t tap, taps, channel, channels;
+  };
+  std::vector<Slice> slices;
+  if (C >= kernel.depth) {
+    for (int64_t t = 0; t < g.taps(); ++t)
+      for (int64_t c = 0; c < C; c += kernel.depth) slices.push_back({t, 1, c, std::min(kernel.depth, C - c)});
+  } else {
+    const int64_t taps_per_slice = std::max<int64_t>(1, kernel.depth / C);
+    for (int64_t t = 0; t < g.taps(); t += taps_per_slice)
+      slices.push_back({t, std::min(taps_per_slice, g.taps() - t), 0, C});
+  }
+  const std::vector<T> zeros(C, T(0));
   const int64_t block = block_pixels(P, mr);
   torch::stable::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> a(packed_size(block, mr, kernel.depth));
+    std::vector<const T*> rows(g.taps() * mr);
+    T edge[kMaxTileElements];
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t p0 = blk * block, M = std::min(block, P - p0);
-      T* out = y + p0 * O;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t o = 0; o < O; ++o) out[m * O + o] = bias != nullptr ? bias[o] : T(0);
-      for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
-        const int64_t depth = std::min(kernel.depth, K - k0);
-        pack_cols_rows(g, x, p0, M, k0, depth, mr, a.data());
-        gemm_packed(kernel, M, O, depth, a.data(), depth * mr, b.data() + k0 * nr, K * nr, out, O, true, nullptr);
+      for (const Slice& slice : slices) {
+        const bool first_slice = &slice == &slices.front();
+        for (int64_t r0 = 0; r0 < M; r0 += mr) {
+          const int64_t valid_rows = std::min(mr, M - r0);
+          for (int64_t t = 0; t < slice.taps; ++t)
+            for (int64_t r = 0; r < mr; ++r) {
+              const int64_t n = (p0 + r0 + r) / plane, q = (p0 + r0 + r) % plane;
+              const int64_t pixel = r < valid_rows ? g.source(q, slice.tap + t) : -1;
+              rows[t * mr + r] = pixel < 0 ? zeros.data() : x + (n * p.height * p.width + pixel) * C + slice.channel;
+            }
+          T* out = y + (p0 + r0) * O;
+          for (int64_t j0 = 0; j0 < O; j0 += nr) {
+            const T* panel = b.data() + j0 / nr * K * nr + (slice.tap * C + slice.channel) * nr;
+            const int64_t cols = std::min(nr, O - j0);
+            if (valid_rows == mr && cols == nr) {
+              kernel.indirect(slice.taps, slice.channels, rows.data(), panel, out + j0, O, !first_slice,
+                              first_slice && bias != nullptr ? bias + j0 : nullptr);
+              continue;
+            }
+            kernel.indirect(slice.taps, slice.channels, rows.data(), panel, edge, nr, false, nullptr);
+            for (int64_t r = 0; r < valid_rows; ++r)
+              for (int64_t j = 0; j < cols; ++j) {
+                T& o = out[r * O + j0 + j];
+                o = (first_slice ? (bias != nullptr ? bias[j0 + j] : T(0)) : o) + edge[r * nr + j];
+              }
+          }
+        }
       }
     }
   });
@@ -117,6 +127,23 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
 template <typename T>
 void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T* w, T* dx) {
   const Nhwc g{p};
+  const int64_t reach_h = p.dilation_h * (p.kernel_h - 1), reach_w = p.dilation_w * (p.kernel_w - 1);
+  if (p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= reach_h && p.pad_w <= reach_w) {
+    // Stride 1: dx is the forward pass over dy, padded by reach - padding, with the kernel
+    // flipped and its channels swapped, w'[c, o, i, j] = w[o, c, kH-1-i, kW-1-j]: the indirect
+    // forward writes every element, no col2im.
+    const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
+    std::vector<T> flipped(C * O * kh * kw);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            flipped[((c * O + o) * kh + kh - 1 - i) * kw + kw - 1 - j] = w[((o * C + c) * kh + i) * kw + j];
+    const DirectConv transposed{p.batch, O, p.out_h, p.out_w, C, p.height, p.width, kh, kw, 1, 1,
+                                reach_h - p.pad_h, reach_w - p.pad_w, p.dilation_h, p.dilation_w};
+    conv_channels_last_forward<T>(transposed, dy, flipped.data(), nullptr, dx);
+    return;
+  }
   const Microkernel<T> kernel = cpu_microkernel<T>();
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();

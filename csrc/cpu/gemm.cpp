@@ -26,9 +26,6 @@ Microkernel<double> avx512_microkernel_double_wide();
 
 namespace {
 
-// The largest register tile of any microkernel (AVX-512 float: 8 x 48), for edge tiles.
-constexpr int64_t kMaxTileElements = 8 * 48;
-
 // Portable register tile: plain loops the compiler may vectorise for the baseline ISA.
 template <typename T, int MR, int NR>
 void portable_tile(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, bool accumulate, const T* bias) {
@@ -40,6 +37,22 @@ void portable_tile(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, boo
     for (int j = 0; j < NR; ++j) {
       T& out = c[r * ldc + j];
       out = accumulate ? out + acc[r][j] : (bias != nullptr ? acc[r][j] + bias[r] : acc[r][j]);
+    }
+}
+
+// Its indirect form (gemm.h, IndirectTileKernel).
+template <typename T, int MR, int NR>
+void portable_indirect_tile(int64_t taps, int64_t channels, const T* const* rows, const T* b, T* c, int64_t ldc,
+                            bool accumulate, const T* bias) {
+  T acc[MR][NR] = {};
+  for (int64_t t = 0; t < taps; ++t, rows += MR)
+    for (int64_t k = 0; k < channels; ++k, b += NR)
+      for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < NR; ++j) acc[r][j] += rows[r][k] * b[j];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) {
+      T& out = c[r * ldc + j];
+      out = accumulate ? out + acc[r][j] : (bias != nullptr ? acc[r][j] + bias[j] : acc[r][j]);
     }
 }
 
@@ -112,7 +125,7 @@ Microkernel<float> cpu_microkernel<float>() {
     case CpuIsa::kAvx512: return avx512_microkernel_float();
     case CpuIsa::kAvx2: return avx2_microkernel_float();
 #endif
-    default: return {4, 16, 256, &portable_tile<float, 4, 16>, "generic"};
+    default: return {4, 16, 256, &portable_tile<float, 4, 16>, "generic", &portable_indirect_tile<float, 4, 16>};
   }
 }
 
@@ -123,7 +136,7 @@ Microkernel<double> cpu_microkernel<double>() {
     case CpuIsa::kAvx512: return avx512_microkernel_double();
     case CpuIsa::kAvx2: return avx2_microkernel_double();
 #endif
-    default: return {4, 8, 256, &portable_tile<double, 4, 8>, "generic"};
+    default: return {4, 8, 256, &portable_tile<double, 4, 8>, "generic", &portable_indirect_tile<double, 4, 8>};
   }
 }
 

@@ -38,12 +38,25 @@ template <typename T>
 using TileKernel = void (*)(int64_t depth, const T* a, const T* b, T* c, int64_t ldc, bool accumulate,
                             const T* bias);
 
+// The same register tile with an indirect A (the indirect convolution: no packed A): for
+// every tap t < taps, rows[t*MR + r] points at the `channels` values of row r (an input pixel's
+// channels in NHWC, or a row of zeros), and b holds [taps * channels][NR]:
+//   c[r*ldc + j] = sum_{t, k} rows[t*MR + r][k] * b[(t*channels + k)*NR + j]
+// plus c[r*ldc + j] when accumulating, else plus bias[j] (per column) when a bias is given.
+template <typename T>
+using IndirectTileKernel = void (*)(int64_t taps, int64_t channels, const T* const* rows, const T* b, T* c,
+                                    int64_t ldc, bool accumulate, const T* bias);
+
+// The largest register tile of any microkernel (AVX-512 float: 8 x 48, or 6 x 64), for edge tiles.
+constexpr int64_t kMaxTileElements = 8 * 48;
+
 template <typename T>
 struct Microkernel {
   int64_t mr, nr;      // register tile
   int64_t depth;       // K slice: an MR x depth A panel stays in L1
   TileKernel<T> tile;
   const char* isa;     // "avx512", "avx2" or "generic"
+  IndirectTileKernel<T> indirect;  // the same tile, A read through row pointers
 };
 
 // The microkernel for this CPU (and CUCONV_CPU_ISA), for T = float or double.

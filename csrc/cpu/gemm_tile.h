@@ -52,3 +52,50 @@ void register_tile(int64_t depth, const typename Isa::T* a, const typename Isa::
     }
   }
 }
+
+// The indirect form (gemm.h, IndirectTileKernel): A's rows are read through MR pointers per
+// tap, straight from the NHWC input, instead of from a packed panel; B as above.
+template <class Isa, int MR, int NV>
+void indirect_tile(int64_t taps, int64_t channels, const typename Isa::T* const* rows, const typename Isa::T* b,
+                   typename Isa::T* c, int64_t ldc, bool accumulate, const typename Isa::T* bias) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+
+  for (int64_t t = 0; t < taps; ++t, rows += MR) {
+    const typename Isa::T* a[MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) a[r] = rows[r];
+    for (int64_t k = 0; k < channels; ++k) {
+      V bk[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bk[v] = Isa::load(b + v * L);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const V ar = Isa::set1(a[r][k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = Isa::fma(ar, bk[v], acc[r][v]);
+      }
+      b += NV * L;
+    }
+  }
+
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    typename Isa::T* row = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V out = acc[r][v];
+      if (accumulate) {
+        out = Isa::add(Isa::load(row + v * L), out);
+      } else if (bias != nullptr) {
+        out = Isa::add(out, Isa::load(bias + v * L));
+      }
+      Isa::store(row + v * L, out);
+    }
+  }
+}
