@@ -17,11 +17,13 @@ def _is_channels_last(t):
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _new_in_layout_of(model, shape):
-    """An empty tensor of `shape` like `model`, channels_last where `model` is (the kernels' rule)."""
+def _new_in_layout_of(model, shape, dtype=None):
+    """An empty tensor of `shape` like `model` (of `dtype` if given), channels_last where `model`
+    is (the kernels' rule)."""
+    dtype = dtype or model.dtype
     if _is_channels_last(model):
-        return torch.empty(shape, dtype=model.dtype, device=model.device, memory_format=torch.channels_last)
-    return model.new_empty(shape)
+        return torch.empty(shape, dtype=dtype, device=model.device, memory_format=torch.channels_last)
+    return model.new_empty(shape, dtype=dtype)
 
 
 @_fake("conv2d")
@@ -53,7 +55,7 @@ def _conv2d_backward_bias(grad_output):
 @_fake("max_pool2d")
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
     shape = _shape.check_max_pool2d("cuconv.max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _new_in_layout_of(input, shape), _new_in_layout_of(input, shape).to(torch.int64)
+    return _new_in_layout_of(input, shape), _new_in_layout_of(input, shape, torch.int64)
 
 
 @_fake("max_pool2d_backward")

@@ -569,46 +569,55 @@ struct WindowTable {
   }
 };
 
-// Output pixel (oh, ow) of max pooling over one sample: y and indices hold C values.
-template <typename scalar_t>
-CUCONV_VECTOR_CLONES void max_pool_pixel_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, int64_t ow,
-                                              const scalar_t* x, scalar_t* __restrict__ y,
-                                              int64_t* __restrict__ indices) {
+// Output row oh of max pooling over one sample: y and indices hold Wo x C values. Per output
+// pixel the running maximum and its index are kept in `best` (opmath) and `best_index`
+// (index_t: 32 bits where the plane allows, so the compare-and-select vectorises in lanes of
+// one width), and written out once.
+template <typename scalar_t, typename index_t>
+CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, const scalar_t* x,
+                                            scalar_t* __restrict__ y, int64_t* __restrict__ indices,
+                                            opmath_t<scalar_t>* __restrict__ best, index_t* __restrict__ best_index) {
   using acc_t = opmath_t<scalar_t>;
-  bool first = true;
-  for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH) {
-    for (int64_t j = 0; j < g.kW; ++j) {
-      const int64_t iw = ow * g.sW + g.column_offset(j);
-      if (iw < 0 || iw >= g.W) continue;
-      const scalar_t* px = x + (ih * g.W + iw) * C;
-      const int64_t position = ih * g.W + iw;
-      if (first) {  // the window's first in-bounds pixel (reported for all -inf windows, as torch)
-        std::copy_n(px, C, y);
-        std::fill_n(indices, C, position);
-        first = false;
-        continue;
-      }
-      for (int64_t c = 0; c < C; ++c) {  // torch's rule: v replaces best when v > best or v is NaN
-        const acc_t v = static_cast<acc_t>(px[c]);
-        const bool takes = v > static_cast<acc_t>(y[c]) || v != v;
-        y[c] = takes ? px[c] : y[c];
-        indices[c] = takes ? position : indices[c];
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    bool first = true;
+    for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH) {
+      for (int64_t j = 0; j < g.kW; ++j) {
+        const int64_t iw = ow * g.sW + g.column_offset(j);
+        if (iw < 0 || iw >= g.W) continue;
+        const scalar_t* px = x + (ih * g.W + iw) * C;
+        const index_t position = static_cast<index_t>(ih * g.W + iw);
+        if (first) {  // the window's first in-bounds pixel (reported for all -inf windows, as torch)
+          for (int64_t c = 0; c < C; ++c) best[c] = static_cast<acc_t>(px[c]), best_index[c] = position;
+          first = false;
+          continue;
+        }
+        for (int64_t c = 0; c < C; ++c) {  // torch's rule: v replaces best when v > best or v is NaN
+          const acc_t v = static_cast<acc_t>(px[c]);
+          const bool takes = v > best[c] || v != v;
+          best[c] = takes ? v : best[c];
+          best_index[c] = takes ? position : best_index[c];
+        }
       }
     }
+    for (int64_t c = 0; c < C; ++c) y[ow * C + c] = static_cast<scalar_t>(best[c]), indices[ow * C + c] = best_index[c];
   }
 }
 
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
-  torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.Ho, oh = row % g.Ho;
-      for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        const int64_t out = (row * g.Wo + ow) * C;
-        max_pool_pixel_nhwc(g, C, oh, ow, x + n * g.H * g.W * C, y + out, indices + out);
+  auto run = [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t<scalar_t>> best(C);
+      std::vector<index_t> best_index(C);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t out = row * g.Wo * C;
+        max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, best.data(),
+                          best_index.data());
       }
-    }
-  });
+    });
+  };
+  g.H * g.W <= std::numeric_limits<int32_t>::max() ? run(int32_t{0}) : run(int64_t{0});
 }
 
 // The first index outside the plane is skipped and returned, as max_unpool_plane.
@@ -881,7 +890,6 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
 Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_size) {
   const char* op = "cuconv.adaptive_avg_pool2d";
   check_adaptive_avg_pool2d(op, input, output_size);
-  const Tensor x = contiguous_or_self(input);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
   if (is_channels_last(input)) {
@@ -892,6 +900,7 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
     });
     return y;
   }
+  const Tensor x = contiguous_or_self(input);
   Tensor y = empty_like_with(input, {N, C, Ho, Wo});
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
