@@ -177,6 +177,12 @@ int64_t output_offset(const ConvGeometry& g, int64_t n, int64_t gi, int64_t o, i
 // either copy a (strided) input row segment or lie in the padding, cut where a
 // run would cross a B panel (nr columns) or an output row. The packers then only
 // copy runs: no bounds checks or divisions per pixel.
+//
+// Small images and strided layers make the runs short (a 3x3 output: runs of 1-3
+// pixels), and a loop per run then costs more than its copy. Such blocks also get
+// tables of every column's offset (the input pixel per kernel position, -1 in the
+// padding, and the grad_y pixel), and the packers read one offset per element instead:
+// about 3x faster there, slower than run copies where rows are long.
 
 struct ColumnRun {
   int64_t column, count;  // block columns [column, column + count)
@@ -184,18 +190,31 @@ struct ColumnRun {
   int64_t panel, lane;    // column / nr and column % nr
 };
 
+// Copy runs shorter than this on average (one AVX-512 vector of floats) make a block use
+// offset tables. Not a tuned constant: it says where a run stops being a vector copy.
+constexpr int64_t kShortRun = 16;
+
 struct BlockPlan {
   int64_t columns = 0;                           // block width
   std::vector<std::vector<ColumnRun>> copy, pad;  // per kernel position i*kW + j
   std::vector<ColumnRun> output;                 // the block's pixels in grad_y (channel 0 of group 0)
+  // Offset tables, when the runs are short (else empty): input[position * columns + column]
+  // is the column's input offset from input_origin (-1 in the padding), output[column] its
+  // grad_y offset from output_origin; both origins count like ColumnRun::source.
+  std::vector<int32_t> input_table, output_table;
+  int64_t input_origin = 0, output_origin = 0;
 
   BlockPlan(const ConvGeometry& g) : copy(g.kernel_h * g.kernel_w), pad(g.kernel_h * g.kernel_w) {}
+
+  bool tabled() const { return !output_table.empty(); }
 
   void build(const ConvGeometry& g, int64_t row_begin, int64_t row_end, int64_t nr) {
     columns = (row_end - row_begin) * g.out_w;
     for (auto& runs : copy) runs.clear();
     for (auto& runs : pad) runs.clear();
     output.clear();
+    input_table.clear();
+    output_table.clear();
     // Appends [column, column + count) cut at panel boundaries; the source moves by `step`.
     auto add = [nr](std::vector<ColumnRun>& runs, int64_t column, int64_t count, int64_t source, int64_t step) {
       while (count > 0) {
@@ -218,6 +237,31 @@ struct BlockPlan {
         }
       add(output, s.column, s.length(g.out_w), output_offset(g, s.n, 0, 0, s.oh_begin), 1);
     });
+    build_tables(g, row_begin, row_end);
+  }
+
+ private:
+  void build_tables(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
+    int64_t runs = 0, copied = 0;
+    for (const auto& position : copy) {
+      runs += static_cast<int64_t>(position.size());
+      for (const ColumnRun& r : position) copied += r.count;
+    }
+    const int64_t first = row_begin / g.out_h, last = (row_end - 1) / g.out_h;  // the block's samples
+    const int64_t sample_in = g.groups * g.channels_per_group * g.height * g.width;
+    const int64_t sample_out = g.groups * g.out_channels_per_group * g.out_plane();
+    const bool fits = (last - first + 1) * std::max(sample_in, sample_out) <= INT32_MAX;
+    if (runs == 0 || copied >= kShortRun * runs || !fits) return;
+    input_origin = first * sample_in;
+    output_origin = first * sample_out;
+    input_table.assign(copy.size() * columns, -1);
+    for (size_t position = 0; position < copy.size(); ++position)
+      for (const ColumnRun& r : copy[position])
+        for (int64_t q = 0; q < r.count; ++q)
+          input_table[position * columns + r.column + q] = static_cast<int32_t>(r.source - input_origin + q * g.stride_w);
+    output_table.resize(columns);
+    for (const ColumnRun& r : output)
+      for (int64_t q = 0; q < r.count; ++q) output_table[r.column + q] = static_cast<int32_t>(r.source - output_origin + q);
   }
 };
 
@@ -243,6 +287,20 @@ void pack_columns(const ConvGeometry& g, const BlockPlan& plan, const scalar_t* 
                   int64_t nr, acc_t* b) {
   const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width;
   zero_last_b_panel(b, nr, depth, plan.columns);
+  if (plan.tabled()) {
+    for (int64_t k = k0; k < k0 + depth; ++k) {
+      const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
+      const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
+      for (int64_t p0 = 0; p0 < plan.columns; p0 += nr) {
+        acc_t* dst = b + (p0 / nr * depth + k - k0) * nr;
+        for (int64_t q = 0, count = std::min(nr, plan.columns - p0); q < count; ++q) {
+          const int32_t offset = offsets[p0 + q];
+          dst[q] = offset < 0 ? acc_t(0) : static_cast<acc_t>(x_channel[offset]);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t k = k0; k < k0 + depth; ++k) {
     const int64_t position = k % positions, row = k - k0;
     const scalar_t* x_channel = x + k / positions * plane;
@@ -259,6 +317,18 @@ void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const
                              int64_t taps, int64_t nr, acc_t* b) {
   const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width, depth = plan.columns;
   zero_last_b_panel(b, nr, depth, taps);
+  if (plan.tabled()) {
+    for (int64_t k = k0; k < k0 + taps; ++k) {
+      const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
+      const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
+      acc_t* lane = b + packed_index(0, k - k0, nr, depth);
+      for (int64_t col = 0; col < depth; ++col) {
+        const int32_t offset = offsets[col];
+        lane[col * nr] = offset < 0 ? acc_t(0) : static_cast<acc_t>(x_channel[offset]);
+      }
+    }
+    return;
+  }
   for (int64_t k = k0; k < k0 + taps; ++k) {
     const int64_t position = k % positions;
     const scalar_t* x_channel = x + k / positions * plane;
@@ -267,6 +337,27 @@ void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const
       copy_run(lane + r.column * nr, nr, x_channel + r.source, g.stride_w, r.count);
     for (const ColumnRun& r : plan.pad[position]) zero_run(lane + r.column * nr, nr, r.count);
   }
+}
+
+// One channel of grad_y at the block's pixels (`dy_channel` points at its sample 0), into
+// a packed operand: column col goes to dst[col / per * panel_step + col % per * step].
+// (B panels of the input gradient: per = nr, step 1; an A lane of the weight gradient:
+// per = the block, step mr.)
+template <typename acc_t, typename scalar_t>
+void pack_output_channel(const BlockPlan& plan, const scalar_t* dy_channel, acc_t* dst, int64_t per,
+                         int64_t panel_step, int64_t step) {
+  if (plan.tabled()) {
+    const scalar_t* src = dy_channel + plan.output_origin;
+    for (int64_t p0 = 0; p0 < plan.columns; p0 += per) {
+      acc_t* d = dst + p0 / per * panel_step;
+      const int32_t* offsets = plan.output_table.data() + p0;
+      for (int64_t q = 0, count = std::min(per, plan.columns - p0); q < count; ++q)
+        d[q * step] = static_cast<acc_t>(src[offsets[q]]);
+    }
+    return;
+  }
+  for (const ColumnRun& r : plan.output)  // runs never cross a panel of nr columns, so neither one of `per`
+    copy_run(dst + r.column / per * panel_step + r.column % per * step, step, dy_channel + r.source, 1, r.count);
 }
 
 // grad_x += col2im of column rows [k_begin, k_end) of the planned block: each entry
@@ -282,6 +373,13 @@ void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* colum
   for (int64_t k = k_begin; k < k_end; ++k) {
     const acc_t* row = columns + (k - k_begin) * plan.columns;
     const int64_t channel = k / positions * plane - origin;
+    if (plan.tabled()) {  // one input pixel per column at a given position: no two columns collide
+      acc_t* d = grad_x + channel + plan.input_origin;
+      const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
+      for (int64_t col = 0; col < plan.columns; ++col)
+        if (offsets[col] >= 0) d[offsets[col]] += row[col];
+      continue;
+    }
     for (const ColumnRun& r : plan.copy[k % positions]) {
       acc_t* __restrict__ d = grad_x + (channel + r.source);
       const acc_t* __restrict__ s = row + r.column;
@@ -302,6 +400,23 @@ std::vector<acc_t> to_acc(const scalar_t* data, int64_t count) {
   return std::vector<acc_t>(data, data + count);
 }
 
+// The weights of every group as A panels (pack_a, gemm.h), on all threads: ResNet's last
+// layers hold 5-10 MB of them, packed on every call. Group gi's rows start at
+// src + gi * group_stride and its panels at dst + gi * group_size.
+template <typename acc_t, typename scalar_t>
+void pack_weights(const ConvGeometry& g, acc_t* dst, int64_t group_size, int64_t mr, int64_t depth, const scalar_t* src,
+                  int64_t group_stride, int64_t rows, int64_t row_stride, int64_t col_stride) {
+  const int64_t panels = (rows + mr - 1) / mr;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (mr * depth));  // small weights: one thread
+  torch::stable::parallel_for(0, g.groups * panels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t gi = item / panels, m0 = item % panels * mr;
+      pack_a(dst + gi * group_size + m0 * depth, mr, depth, src + gi * group_stride + m0 * row_stride,
+             std::min(mr, rows - m0), row_stride, col_stride);
+    }
+  });
+}
+
 template <typename scalar_t>
 void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y) {
   using acc_t = opmath_t<scalar_t>;
@@ -309,8 +424,8 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
   const int64_t a_size = packed_size(O, kernel.mr, K);
-  std::vector<acc_t> a(g.groups * a_size);
-  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, K, w + gi * O * K, O, K, 1);
+  PackedBuffer<acc_t> a(g.groups * a_size);
+  pack_weights(g, a.data(), a_size, kernel.mr, K, w, O * K, O, K, 1);
   const std::vector<acc_t> bias_acc = bias ? to_acc<acc_t>(bias, g.groups * O) : std::vector<acc_t>();
 
   const int64_t group_in = g.channels_per_group * g.height * g.width;
@@ -320,8 +435,8 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     BlockPlan plan(g);
-    std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
-    std::vector<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
+    PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
+    PackedBuffer<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
     for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
       plan.build(g, r0, r1, kernel.nr);
       const int64_t block = plan.columns;
@@ -371,8 +486,8 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   if (O == 0) return;  // no output channels: the input gradient stays zero
   // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
   const int64_t a_size = packed_size(K, kernel.mr, O);
-  std::vector<acc_t> a(g.groups * a_size);
-  for (int64_t gi = 0; gi < g.groups; ++gi) pack_a(a.data() + gi * a_size, kernel.mr, O, w + gi * O * K, K, 1, K);
+  PackedBuffer<acc_t> a(g.groups * a_size);
+  pack_weights(g, a.data(), a_size, kernel.mr, O, w, O * K, K, 1, K);
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
   const int64_t sample_in = g.groups * group_in;
@@ -380,8 +495,8 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
   torch::stable::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
     BlockPlan plan(g);
-    std::vector<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
-    std::vector<acc_t> grad_columns(kGradientRows * rows * g.out_w);
+    PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
+    PackedBuffer<acc_t> grad_columns(kGradientRows * rows * g.out_w);
     // grad_x of output rows [r0, r1) added into `target`, which holds the input from offset `origin` on.
     auto add_block = [&](int64_t r0, int64_t r1, acc_t* target, int64_t origin) {
       plan.build(g, r0, r1, kernel.nr);
@@ -389,11 +504,9 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         // B = grad_y of the block, [O_g, block], packed whole (depth O_g).
         zero_last_b_panel(b.data(), kernel.nr, O, block);
-        for (int64_t o = 0; o < O; ++o) {
-          const scalar_t* dy_channel = dy + gi * group_out + o * g.out_plane();
-          for (const ColumnRun& r : plan.output)
-            copy_run(b.data() + (r.panel * O + o) * kernel.nr + r.lane, 1, dy_channel + r.source, 1, r.count);
-        }
+        for (int64_t o = 0; o < O; ++o)
+          pack_output_channel(plan, dy + gi * group_out + o * g.out_plane(), b.data() + o * kernel.nr, kernel.nr,
+                              O * kernel.nr, 1);
         for (int64_t m0 = 0; m0 < K; m0 += kGradientRows) {
           const int64_t m_count = std::min(kGradientRows, K - m0);
           for (int64_t o0 = 0; o0 < O; o0 += kernel.depth) {
@@ -429,14 +542,14 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
   const int64_t weights = g.groups * O * K;
   // A fixed split of the output rows into `parts`, one partial gradient each, summed in order.
   const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
-  std::vector<acc_t> partial(parts * weights, acc_t(0));
+  PackedBuffer<acc_t> partial(parts * weights, acc_t(0));
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
 
   torch::stable::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
     BlockPlan plan(g);
-    std::vector<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
-    std::vector<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
+    PackedBuffer<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
+    PackedBuffer<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
     for (int64_t p = p_begin; p < p_end; ++p) {
       for_each_block(p * total_rows / parts, (p + 1) * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
         plan.build(g, r0, r1, kernel.nr);
@@ -444,12 +557,9 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
         for (int64_t gi = 0; gi < g.groups; ++gi) {
           // A = grad_y of the block, [O_g, block]. (Panel rows past O_g hold stale values
           // when a shorter block reuses the buffer; the GEMM's edge tiles never read them.)
-          for (int64_t o = 0; o < O; ++o) {
-            const scalar_t* dy_channel = dy + gi * group_out + o * g.out_plane();
-            acc_t* lane = a.data() + packed_index(0, o, kernel.mr, block);
-            for (const ColumnRun& r : plan.output)
-              copy_run(lane + r.column * kernel.mr, kernel.mr, dy_channel + r.source, 1, r.count);
-          }
+          for (int64_t o = 0; o < O; ++o)
+            pack_output_channel(plan, dy + gi * group_out + o * g.out_plane(),
+                                a.data() + packed_index(0, o, kernel.mr, block), block, 0, kernel.mr);
           acc_t* grad = partial.data() + p * weights + gi * O * K;
           for (int64_t t0 = 0; t0 < K; t0 += kWeightTaps) {
             const int64_t taps = std::min(kWeightTaps, K - t0);

@@ -70,7 +70,7 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
   const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
   const int64_t P = p.batch * plane, mr = kernel.mr, nr = kernel.nr;
   // W^T [K, O] in B panels over the whole depth K.
-  std::vector<T> b(packed_size(O, nr, K), T(0));
+  PackedBuffer<T> b(packed_size(O, nr, K), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t k = 0; k < K; ++k) b[packed_index(k, o, nr, K)] = w[g.weight_index(o, k)];
   struct Slice {
@@ -149,13 +149,13 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
   const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
   const int64_t mr = kernel.mr, nr = kernel.nr;
   // W [O, K] in B panels over the whole depth O.
-  std::vector<T> b(packed_size(K, nr, O), T(0));
+  PackedBuffer<T> b(packed_size(K, nr, O), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t k = 0; k < K; ++k) b[packed_index(o, k, nr, O)] = w[g.weight_index(o, k)];
   const int64_t block = std::max<int64_t>(mr, std::min<int64_t>(plane, l2_cache_bytes() * 3 / 8 / (256 * 4)) / mr * mr);
   const int64_t chunk = std::max<int64_t>(nr, 256 / nr * nr);  // columns of dcols per product
   torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> a(packed_size(block, mr, O)), dcols(block * chunk);
+    PackedBuffer<T> a(packed_size(block, mr, O)), dcols(block * chunk);
     for (int64_t n = first; n < last; ++n) {
       T* dxn = dx + n * p.height * p.width * C;
       std::fill_n(dxn, p.height * p.width * C, T(0));
@@ -199,7 +199,7 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), (P + depth - 1) / depth));
   std::vector<std::vector<T>> partial(parts);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> a(packed_size(O, mr, depth)), b(packed_size(K, nr, depth));
+    PackedBuffer<T> a(packed_size(O, mr, depth)), b(packed_size(K, nr, depth));
     for (int64_t part = first; part < last; ++part) {
       std::vector<T>& sum = partial[part];  // dW [O, K]
       sum.assign(O * K, T(0));

@@ -122,13 +122,13 @@ std::vector<Panel> channel_panels(int64_t channels, const DirectTiles& tiles) {
 }
 
 // Each panel's weights as [K][NV*lanes], output channels along the lanes.
-std::vector<std::vector<float>> packed_weights(const DirectConv& p, const float* weight,
+std::vector<PackedBuffer<float>> packed_weights(const DirectConv& p, const float* weight,
                                                const std::vector<Panel>& panels, const DirectTiles& tiles) {
   const int64_t k_count = taps_of(p);
-  std::vector<std::vector<float>> packed;
+  std::vector<PackedBuffer<float>> packed;
   for (const Panel& panel : panels) {
     const int64_t width = panel.vectors * tiles.lanes;
-    std::vector<float> w(k_count * width, 0.f);
+    PackedBuffer<float> w(k_count * width, 0.f);
     for (int64_t o = 0; o < panel.count; ++o)
       for (int64_t k = 0; k < k_count; ++k) w[k * width + o] = weight[(panel.first + o) * k_count + k];
     packed.push_back(std::move(w));
@@ -160,7 +160,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
                          float* out) {
   const DirectTiles& tiles = tiles_or_fail();
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
-  const std::vector<std::vector<float>> w = packed_weights(p, weight, panels, tiles);
+  const std::vector<PackedBuffer<float>> w = packed_weights(p, weight, panels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
   std::unique_ptr<float[]> padded;
   const float* xp = padded_input(p, in, padded);
@@ -168,7 +168,7 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1.
   torch::stable::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
-    std::vector<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
+    PackedBuffer<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t n = row / p.out_h, oh = row % p.out_h;
       const float* x_row = xp + n * sample_in + oh * p.stride_h * padded_w(p);
@@ -214,9 +214,9 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   // one partial sum each, added in order: deterministic.
   const int64_t total_rows = p.batch * p.out_h;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), total_rows));
-  std::vector<float> partial(parts * partial_at.back(), 0.f);
+  PackedBuffer<float> partial(parts * partial_at.back(), 0.f);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    std::vector<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
+    PackedBuffer<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* sums = partial.data() + part * partial_at.back();
