@@ -20,7 +20,7 @@ needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
 
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
-    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
+    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
         monkeypatch.delenv(name, raising=False)
     saved = cuconv.tuning.choices()
     cuconv.tuning.clear()
@@ -59,17 +59,24 @@ def _forward_backward(x, w, b):
     return [y.detach(), *torch.autograd.grad(y, (x, w, b), dy)]
 
 
-def _with_path(monkeypatch, direct, tensors):
+def _with_path(monkeypatch, direct, winograd, tensors):
     monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", winograd)
     result = _forward_backward(*tensors)
     monkeypatch.delenv("CUCONV_CPU_DIRECT")
+    monkeypatch.delenv("CUCONV_CPU_WINOGRAD")
     return result
+
+
+# The candidates, each forced: the layer is 3x3 stride 1, so Winograd runs its forward pass
+# and input gradient (its weight gradient is the GEMM's).
+PATHS = {"direct": ("1", "0"), "gemm": ("0", "0"), "winograd": ("0", "1")}
 
 
 @needs_direct
 def test_a_measuring_call_returns_the_winners_result_and_later_calls_repeat_it(monkeypatch):
     tensors = _layer()
-    by_path = {"direct": _with_path(monkeypatch, "1", tensors), "gemm": _with_path(monkeypatch, "0", tensors)}
+    by_path = {path: _with_path(monkeypatch, *settings, tensors=tensors) for path, settings in PATHS.items()}
     assert not cuconv.tuning.choices()  # forcing a path measures nothing
     first = _forward_backward(*tensors)
     chosen = cuconv.tuning.choices()
@@ -84,16 +91,18 @@ def test_a_measuring_call_returns_the_winners_result_and_later_calls_repeat_it(m
 
 
 @needs_direct
-@pytest.mark.parametrize("path", ["direct", "gemm"])
+@pytest.mark.parametrize("path", PATHS)
 def test_a_recorded_choice_decides_the_path(path, monkeypatch):
     tensors = _layer(1)
     _forward_backward(*tensors)
-    keys = list(cuconv.tuning.choices())
-    expected = _with_path(monkeypatch, "1" if path == "direct" else "0", tensors)
-    _C.cpu_tuning_set({key: path for key in keys})
+    # Winograd has no weight gradient: that pass keeps the GEMM (which its forced run uses too)
+    keys = {key: "gemm" if path == "winograd" and key.startswith("conv2d_backward_weight") else path
+            for key in cuconv.tuning.choices()}
+    expected = _with_path(monkeypatch, *PATHS[path], tensors=tensors)
+    _C.cpu_tuning_set(keys)
     got = _forward_backward(*tensors)
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
-    assert set(cuconv.tuning.choices().values()) == {path}
+    assert cuconv.tuning.choices() == keys
 
 
 def test_tuning_off_measures_nothing_and_a_bad_setting_is_an_error(monkeypatch):

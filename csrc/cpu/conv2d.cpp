@@ -38,8 +38,11 @@
 
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <numeric>
@@ -53,6 +56,7 @@
 #include "gemm.h"
 #include "tuner.h"
 #include "window.h"
+#include "winograd.h"
 
 namespace cuconv {
 namespace {
@@ -548,15 +552,15 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
 
   torch::stable::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
     BlockPlan plan(g);
-    PackedBuffer<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w));
+    PackedBuffer<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w), acc_t(0));  // rows past O_g read as 0
     PackedBuffer<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
     for (int64_t p = p_begin; p < p_end; ++p) {
       for_each_block(p * total_rows / parts, (p + 1) * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
         plan.build(g, r0, r1, kernel.nr);
         const int64_t block = plan.columns;  // the product's depth
         for (int64_t gi = 0; gi < g.groups; ++gi) {
-          // A = grad_y of the block, [O_g, block]. (Panel rows past O_g hold stale values
-          // when a shorter block reuses the buffer; the GEMM's edge tiles never read them.)
+          // A = grad_y of the block, [O_g, block]. (Panel rows past O_g hold zeros or stale
+          // values when a shorter block reuses the buffer; the edge tiles' results drop them.)
           for (int64_t o = 0; o < O; ++o)
             pack_output_channel(plan, dy + gi * group_out + o * g.out_plane(),
                                 a.data() + packed_index(0, o, kernel.mr, block), block, 0, kernel.mr);
@@ -754,15 +758,61 @@ std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant
   return key;
 }
 
-// Runs a float32 pass (not depthwise) by the direct kernels or the GEMM, as chosen above.
+// Whether Winograd F(2x2, 3x3) (winograd.h) joins the measured choice: CUCONV_CPU_WINOGRAD=1
+// runs it wherever it can (tests), =0 never; unset, it is a candidate when nothing else is
+// forced (CUCONV_CPU_DIRECT unset) and tuning is on. Any other value is an error.
+enum class WinogradMode { kAuto, kAlways, kNever };
+WinogradMode winograd_mode() {
+  const char* setting = std::getenv("CUCONV_CPU_WINOGRAD");
+  if (setting == nullptr || *setting == '\0') return WinogradMode::kAuto;
+  const std::string value(setting);
+  CUCONV_CHECK_VALUE(value == "0" || value == "1", "cuconv: expected the environment variable CUCONV_CPU_WINOGRAD ",
+                     "to be 0 or 1, but got '", value, "'");
+  return value == "1" ? WinogradMode::kAlways : WinogradMode::kNever;
+}
+
+bool all_finite(const float* data, int64_t count) {
+  std::atomic<bool> finite{true};
+  torch::stable::parallel_for(0, count, 1 << 16, [&](int64_t begin, int64_t end) {
+    uint32_t special = 0;  // Inf and NaN have every exponent bit set (a loop that vectorises)
+    for (int64_t i = begin; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, data + i, sizeof bits);
+      special |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    if (special != 0) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
+
+// Runs a float32 pass (not depthwise) by the direct kernels, the GEMM or, where it suits and
+// `winograd` is given, Winograd's F(2x2, 3x3), as chosen above.
 // `direct_exact` false: the direct kernels would not give the exact answer for these values.
+// Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
+// subtract inputs, so Inf - Inf would turn an infinite result into NaN): `winograd_inputs`
+// lists them.
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<void()>& direct,
-                    const std::function<void()>& gemm, bool direct_exact = true) {
+                    const std::function<void()>& gemm, bool direct_exact = true,
+                    const std::function<void()>& winograd = nullptr,
+                    std::vector<std::pair<const float*, int64_t>> winograd_inputs = {}) {
+  const WinogradMode wmode = winograd ? winograd_mode() : WinogradMode::kNever;
+  auto winograd_or_gemm = [&] {
+    for (const auto& [data, count] : winograd_inputs)
+      if (!all_finite(data, count)) return gemm();
+    winograd();
+  };
+  if (wmode == WinogradMode::kAlways) return winograd_or_gemm();
   const DirectMode mode = direct_conv_mode();
-  if (mode == DirectMode::kNever || !direct_can_run(g, pass) || !direct_exact) return gemm();
+  const bool with_winograd = wmode == WinogradMode::kAuto && mode == DirectMode::kAuto && tuning_enabled();
+  if (mode == DirectMode::kNever || !direct_can_run(g, pass) || !direct_exact) {
+    if (with_winograd) run_tuned(tuning_key(g, pass), {{"gemm", gemm}, {"winograd", winograd_or_gemm}});
+    else gemm();
+    return;
+  }
   if (mode == DirectMode::kAlways) return direct();
   if (!tuning_enabled()) return direct_rule(g, pass) ? direct() : gemm();
-  run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}});
+  if (with_winograd) run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}, {"winograd", winograd_or_gemm}});
+  else run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}});
 }
 
 // channels_last float and double layers of one group can run NHWC in place
@@ -811,9 +861,12 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
         const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
         float* yf = y.mutable_data_ptr<float>();
+        const bool winograd = g.groups == 1 && winograd_suits(direct_problem(g));
         run_float_pass(
             g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
-            [&] { gemm_forward<float>(g, xf, wf, bf, yf); });
+            [&] { gemm_forward<float>(g, xf, wf, bf, yf); }, true,
+            winograd ? std::function<void()>([&] { winograd_forward(direct_problem(g), xf, wf, bf, yf); }) : nullptr,
+            {{xf, x.numel()}, {wf, w.numel()}});
       } else {
         gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
       }
@@ -864,6 +917,7 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
       } else if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         float* dxf = dx.mutable_data_ptr<float>();
+        const bool winograd = g.groups == 1 && winograd_backward_input_suits(direct_problem(g));
         run_float_pass(
             g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
             [&] {
@@ -872,7 +926,10 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
             },
             // The direct input gradient multiplies the zero border of its padded grad_output by
             // every tap: a NaN or Inf weight would make NaN where the true gradient has none.
-            std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }));
+            std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
+            winograd ? std::function<void()>([&] { winograd_backward_input(direct_problem(g), dyf, wf, dxf); })
+                     : nullptr,
+            {{dyf, dy.numel()}, {wf, w.numel()}});
       } else {
         gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
       }
