@@ -68,8 +68,7 @@ def _with_path(monkeypatch, direct, winograd, tensors):
     return result
 
 
-# The candidates, each forced: the layer is 3x3 stride 1, so Winograd runs its forward pass
-# and input gradient (its weight gradient is the GEMM's).
+# The candidates, each forced (the layer is 3x3 stride 1: Winograd runs all three passes).
 PATHS = {"direct": ("1", "0"), "gemm": ("0", "0"), "winograd": ("0", "1")}
 
 
@@ -95,9 +94,7 @@ def test_a_measuring_call_returns_the_winners_result_and_later_calls_repeat_it(m
 def test_a_recorded_choice_decides_the_path(path, monkeypatch):
     tensors = _layer(1)
     _forward_backward(*tensors)
-    # Winograd has no weight gradient: that pass keeps the GEMM (which its forced run uses too)
-    keys = {key: "gemm" if path == "winograd" and key.startswith("conv2d_backward_weight") else path
-            for key in cuconv.tuning.choices()}
+    keys = {key: path for key in cuconv.tuning.choices()}
     expected = _with_path(monkeypatch, *PATHS[path], tensors=tensors)
     _C.cpu_tuning_set(keys)
     got = _forward_backward(*tensors)

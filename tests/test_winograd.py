@@ -1,7 +1,8 @@
-"""Winograd F(2x2, 3x3) on the CPU (csrc/cpu/winograd.h): the forward pass and the input
-gradient of 3x3 stride-1 float32 layers, forced with CUCONV_CPU_WINOGRAD=1, against torch over
-padding, odd and tiny images, channel counts across the GEMM's depth and blocks of tiles, and
-thread counts; Inf and NaN operands get the GEMM's exact answer."""
+"""Winograd on the CPU (csrc/cpu/winograd.h): F(2x2, 3x3) for the forward pass and the input
+gradient, F(3x3, 2x2) for the weight gradient of 3x3 stride-1 float32 layers, forced with
+CUCONV_CPU_WINOGRAD=1, against torch over padding, odd and tiny images, channel counts across
+the GEMM's depth and blocks of tiles, and thread counts; Inf and NaN operands get the GEMM's
+exact answer."""
 
 import random
 
@@ -60,11 +61,12 @@ def test_winograd_matches_torch(case, winograd):
                            tensors, torch.float32)
 
 
-def _forward_and_input_grad(x, w, b, padding):
-    x = x.detach().requires_grad_()
+def _forward_and_grads(x, w, b, padding):
+    """y, dx and dw: the three passes."""
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
     y = CF.conv2d(x, w, b, 1, padding)
-    (dx,) = torch.autograd.grad(y, x, torch.randn(y.shape, generator=torch.Generator().manual_seed(3)))
-    return y.detach(), dx
+    dx, dw = torch.autograd.grad(y, (x, w), torch.randn(y.shape, generator=torch.Generator().manual_seed(3)))
+    return y.detach(), dx, dw
 
 
 def test_winograd_is_the_path_that_runs(monkeypatch):
@@ -75,8 +77,8 @@ def test_winograd_is_the_path_that_runs(monkeypatch):
     results = {}
     for setting in ("0", "1"):
         monkeypatch.setenv("CUCONV_CPU_WINOGRAD", setting)
-        results[setting] = _forward_and_input_grad(x, w, b, 1)
-    expected = _forward_and_input_grad(x.double(), w.double(), b.double(), 1)
+        results[setting] = _forward_and_grads(x, w, b, 1)
+    expected = _forward_and_grads(x.double(), w.double(), b.double(), 1)
     for on, off, exact in zip(results["1"], results["0"], expected):
         assert_matches(on, exact.float(), torch.float32)
         assert_matches(off, exact.float(), torch.float32)
@@ -88,17 +90,17 @@ def test_winograd_is_the_path_that_runs(monkeypatch):
 def test_inf_and_nan_get_the_gemm_answer(special, where, monkeypatch):
     """Winograd's transforms subtract inputs (Inf - Inf = NaN where the true sum is Inf): with a
     non-finite operand a pass runs the GEMM instead, so its result is the GEMM's, bitwise (the
-    forward pass reads x and w, the input gradient dy and w)."""
+    forward pass reads x and w, the input gradient dy and w, the weight gradient x and dy)."""
     x, w, b = _tensors(dict(batch=2, in_channels=4, out_channels=3, padding=1, size=(6, 7), bias=True))
     (x if where == "input" else w)[0, 1, 2, 3 if where == "input" else 1] = special
     monkeypatch.setenv("CUCONV_CPU_DIRECT", "0")
     results = {}
     for setting in ("0", "1"):
         monkeypatch.setenv("CUCONV_CPU_WINOGRAD", setting)
-        results[setting] = _forward_and_input_grad(x, w, b, 1)
-    affected = 2 if where == "weight" else 1
-    for on, off in list(zip(results["1"], results["0"]))[:affected]:
-        torch.testing.assert_close(on, off, rtol=0, atol=0, equal_nan=True)
+        results[setting] = _forward_and_grads(x, w, b, 1)
+    affected = (0, 1) if where == "weight" else (0, 2)  # of y, dx, dw
+    for k in affected:
+        torch.testing.assert_close(results["1"][k], results["0"][k], rtol=0, atol=0, equal_nan=True)
     assert not torch.isfinite(results["1"][0]).all()
 
 
@@ -109,7 +111,7 @@ def test_winograd_repeats_bitwise_at_any_thread_count(winograd):
         results = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append(_forward_and_input_grad(x, w, b, 1))
+            results.append(_forward_and_grads(x, w, b, 1))
     finally:
         torch.set_num_threads(saved)
     for other in results[1:]:

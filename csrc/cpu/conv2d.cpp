@@ -976,7 +976,11 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
         float* dwf = dw.mutable_data_ptr<float>();
         run_float_pass(
             g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
-            [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); });
+            [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); }, true,
+            g.groups == 1 && winograd_suits(direct_problem(g))
+                ? std::function<void()>([&] { winograd_backward_weight(direct_problem(g), xf, dyf, dwf); })
+                : nullptr,
+            {{xf, x.numel()}, {dyf, dy.numel()}});
       } else {
         gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
       }

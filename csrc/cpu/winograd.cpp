@@ -1,8 +1,9 @@
 // Winograd F(2x2, 3x3) convolution on the CPU (winograd.h).
 //
-// For the output tile at rows 2a, 2a+1 and columns 2b, 2b+1 of sample n, with d the 4x4 input
-// patch of channel c at rows 2a - pH + i, columns 2b - pW + j (0 outside the image), and g the
-// 3x3 kernel w[o, c]:
+// Output tile (a, b) of sample n covers rows 2a, 2a+1 and columns 2b, 2b+1; its input patch d of
+// channel c is the 4x4 block at rows 2a - pH + i, columns 2b - pW + j (0 outside the image).
+//
+// Forward pass, with g the 3x3 kernel w[o, c]:
 //
 //   U[o, c] = G g G^T,   V[c, tile] = B^T d B                     (4x4 each)
 //   M[o, tile] = sum_c U[o, c] (.) V[c, tile]                      (element by element)
@@ -11,18 +12,30 @@
 //   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
 //   A^T = [1 1 1 0; 0 1 -1 -1]
 //
-// The sum over c is 16 independent matrix products, one per element xi of the 4x4 tile,
+// Weight gradient, F(3x3, 2x2): the 3x3 correlation of each patch with its tile's 2x2 of dy,
 //
-//   M_xi [O, tiles] = U_xi [O, C] @ V_xi [C, tiles],
+//   D[o, tile] = H e H^T (e: the tile's 2x2 of grad_output channel o, 0 past an odd edge)
+//   N[o, c] = sum_tiles D[o, tile] (.) V[c, tile]                  (V as above)
+//   dw[o, c] = K^T N[o, c] K                                        (3x3)
 //
-// run by cuconv's GEMM (gemm.h): the U_xi packed once per call as A panels, the V_xi written
-// by the input transform straight into B panels, per block of tiles.
+//   H = [1 0; 1/2 1/2; 1/2 -1/2; 0 1]     K^T = [1 1 1 0; 0 1 -1 0; 0 1 1 -1]
 //
-// Blocking: threads take blocks of tiles counted across samples (row-major within a sample).
-// Per block: transform the input patches of all C channels (16 B operands, C x block each),
-// run the 16 products into M (16 x [O, block]), and transform M into the output tiles,
-// clipped where H_out or W_out is odd. A block is sized so that one V_xi stays in L2 while
-// U_xi streams past it, and so that every thread gets blocks.
+// (the usual F(3x3, 2x2) input transform has the last row of B^T negated; here that sign sits in
+// K^T's last column, so both passes share V). Each sum is 16 independent matrix products, one per
+// element xi of the 4x4 tile, run by cuconv's GEMM (gemm.h) on packed operands:
+//
+//   forward:  M_xi [O, tiles] = U_xi [O, C] @ V_xi [C, tiles]     U packed once, V per block of tiles
+//   weight:   N_xi [O, C] += D_xi [O, tiles] @ V_xi^T [tiles, C]  D and V per block of tiles
+//
+// Blocking: the forward pass gives threads blocks of tiles counted across samples (row-major
+// within a sample); per block it transforms the input patches of all C channels (16 B operands,
+// C x block each), runs the 16 products into M and transforms M into the output tiles, clipped
+// where H_out or W_out is odd. The weight gradient gives each thread an equal run of tiles, cut
+// into blocks that are the products' depth, with a partial N of its own; the partial sums are
+// added in a fixed order (deterministic for a given thread count). Both size their blocks so
+// that a block's 16 transformed pairs fit in L2 (from the L2 size read at run time: measured on
+// ResNet's 6x6 layers, 2x larger blocks that spill to L3 ran 25-90% slower), and the forward
+// pass so that every thread gets blocks.
 
 #include "winograd.h"
 
@@ -55,6 +68,21 @@ void transform_kernel(const float* g, float* u) {
   }
 }
 
+// dw = K^T n K of one 4x4 sum n (row-major), into dw (3x3, row-major).
+void transform_weight_sums(const float* n, float* dw) {
+  float t[3][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = n[j] + n[4 + j] + n[8 + j];
+    t[1][j] = n[4 + j] - n[8 + j];
+    t[2][j] = n[4 + j] + n[8 + j] - n[12 + j];
+  }
+  for (int i = 0; i < 3; ++i) {
+    dw[3 * i + 0] = t[i][0] + t[i][1] + t[i][2];
+    dw[3 * i + 1] = t[i][1] - t[i][2];
+    dw[3 * i + 2] = t[i][1] + t[i][2] - t[i][3];
+  }
+}
+
 // Tiles are transformed in groups of up to kGroup, element by element across the group, so
 // the compiler vectorises the arithmetic (each array below is [16 or 4][kGroup]).
 constexpr int64_t kGroup = 16;
@@ -78,6 +106,25 @@ inline void transform_patches(const float (*__restrict__ d)[kGroup], float (*__r
     }
 }
 
+// D = H e H^T of each 2x2 block e of the group (row-major along the first index).
+inline void transform_gradients(const float (*__restrict__ e)[kGroup], float (*__restrict__ d)[kGroup]) {
+  float t[8][kGroup];  // H e, 4x2
+  for (int j = 0; j < 2; ++j)
+    for (int64_t g = 0; g < kGroup; ++g) {
+      t[0 + j][g] = e[j][g];
+      t[2 + j][g] = 0.5f * (e[j][g] + e[2 + j][g]);
+      t[4 + j][g] = 0.5f * (e[j][g] - e[2 + j][g]);
+      t[6 + j][g] = e[2 + j][g];
+    }
+  for (int i = 0; i < 4; ++i)
+    for (int64_t g = 0; g < kGroup; ++g) {
+      d[4 * i + 0][g] = t[2 * i][g];
+      d[4 * i + 1][g] = 0.5f * (t[2 * i][g] + t[2 * i + 1][g]);
+      d[4 * i + 2][g] = 0.5f * (t[2 * i][g] - t[2 * i + 1][g]);
+      d[4 * i + 3][g] = t[2 * i + 1][g];
+    }
+}
+
 // Y = A^T m A of each tile's 16 sums m in the group, into y (2x2 row-major along the first index).
 inline void transform_sums(const float (*__restrict__ m)[kGroup], float (*__restrict__ y)[kGroup]) {
   float t[8][kGroup];
@@ -93,6 +140,65 @@ inline void transform_sums(const float (*__restrict__ m)[kGroup], float (*__rest
     }
 }
 
+// The tiling of a layer: tiles counted across samples, row-major within one.
+struct Tiling {
+  const DirectConv& p;
+  int64_t tiles_w, per_sample, tiles;
+  explicit Tiling(const DirectConv& p)
+      : p(p), tiles_w((p.out_w + 1) / 2), per_sample((p.out_h + 1) / 2 * tiles_w), tiles(p.batch * per_sample) {}
+  int64_t sample(int64_t t) const { return t / per_sample; }
+  int64_t row(int64_t t) const { return t % per_sample / tiles_w * 2; }  // of the tile's first output pixel
+  int64_t col(int64_t t) const { return t % per_sample % tiles_w * 2; }
+};
+
+// The input transform of a block of tiles: V[c, q] for every channel c and tile t0 + q of the
+// block, handed to store(c, q0, size, v) in groups of up to kGroup tiles (v: [16][kGroup]).
+// Groups start at multiples of kGroup. Each (sample, channel) plane is read through a
+// zero-padded copy, so every patch is in bounds: padded[r][c] = x[r - pH][c - pW] over the
+// rows and columns the tiles reach; the block's samples lie one after another.
+class PatchTransform {
+ public:
+  PatchTransform(const Tiling& tiling, int64_t max_block)
+      : tiling_(tiling), padded_w_(tiling.tiles_w * 2 + 2),
+        padded_plane_(((tiling.p.out_h + 1) / 2 * 2 + 2) * padded_w_),
+        padded_(std::min(max_block, max_block / tiling.per_sample + 2) * padded_plane_, 0.f),  // borders stay 0
+        patch_at_(max_block) {}
+
+  template <typename Store>
+  void run(const float* x, int64_t t0, int64_t count, Store store) {
+    const DirectConv& p = tiling_.p;
+    const int64_t first_sample = tiling_.sample(t0), samples = tiling_.sample(t0 + count - 1) - first_sample + 1;
+    for (int64_t q = 0; q < count; ++q)
+      patch_at_[q] = (tiling_.sample(t0 + q) - first_sample) * padded_plane_ + tiling_.row(t0 + q) * padded_w_ +
+                     tiling_.col(t0 + q);
+    const int64_t rows = std::min(p.height, padded_plane_ / padded_w_ - p.pad_h);
+    const int64_t cols = std::min(p.width, padded_w_ - p.pad_w), plane = p.height * p.width;
+    for (int64_t c = 0; c < p.in_channels; ++c) {
+      for (int64_t s = 0; s < samples; ++s) {
+        const float* plane_in = x + ((first_sample + s) * p.in_channels + c) * plane;
+        float* plane_out = padded_.data() + s * padded_plane_ + p.pad_h * padded_w_ + p.pad_w;
+        for (int64_t i = 0; i < rows; ++i) std::copy_n(plane_in + i * p.width, cols, plane_out + i * padded_w_);
+      }
+      for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
+        const int64_t size = std::min(kGroup, count - q0);
+        for (int64_t g = 0; g < size; ++g) {
+          const float* patch = padded_.data() + patch_at_[q0 + g];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) d_[4 * i + j][g] = patch[i * padded_w_ + j];
+        }
+        transform_patches(d_, v_);
+        store(c, q0, size, v_);
+      }
+    }
+  }
+
+ private:
+  const Tiling& tiling_;
+  int64_t padded_w_, padded_plane_;
+  std::vector<float> padded_;
+  std::vector<int64_t> patch_at_;  // per tile of the block: its patch in padded_
+  alignas(64) float d_[kElements][kGroup] = {}, v_[kElements][kGroup];  // (lanes past a short group: finite junk)
+};
 
 }  // namespace
 
@@ -104,9 +210,9 @@ bool winograd_suits(const DirectConv& p) {
 void winograd_forward(const DirectConv& p, const float* x, const float* w, const float* bias, float* y) {
   const Microkernel<float> kernel = cpu_microkernel<float>();
   note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr;
-  const int64_t tiles_w = (p.out_w + 1) / 2, per_sample = (p.out_h + 1) / 2 * tiles_w;
-  const int64_t tiles = p.batch * per_sample, plane = p.height * p.width, out_plane = p.out_h * p.out_w;
+  const Tiling tiling(p);
+  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr, tiles = tiling.tiles;
+  const int64_t out_plane = p.out_h * p.out_w;
   if (tiles == 0) return;
   CUCONV_CHECK(nr % kGroup == 0);  // so a group of tiles never crosses a B panel
 
@@ -124,61 +230,39 @@ void winograd_forward(const DirectConv& p, const float* x, const float* w, const
   });
 
   const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
-  const int64_t by_cache = std::clamp<int64_t>(l2_cache_bytes() / 4 / (C * 4) / nr * nr, nr, 4 * nr);
+  // the block's 16 V_xi and 16 M_xi, (C + O) x block each, fit in L2
+  const int64_t by_cache = std::clamp<int64_t>(l2_cache_bytes() / (kElements * (C + O) * 4) / nr * nr, nr, 4 * nr);
   const int64_t share = ((tiles + threads - 1) / threads + nr - 1) / nr * nr;
   const int64_t block = std::max(nr, std::min(by_cache, share));
   const int64_t b_size = packed_size(block, nr, C);
 
-  // The input is read through zero-padded copies of its planes, so every patch is in bounds:
-  // padded[r][c] = x[r - pH][c - pW], over all the rows and columns the tiles reach.
-  const int64_t padded_h = (p.out_h + 1) / 2 * 2 + 2, padded_w = tiles_w * 2 + 2, padded_plane = padded_h * padded_w;
-  const int64_t max_samples = std::min(block, block / per_sample + 2);  // a block's samples, at most
-
   torch::stable::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t first, int64_t last) {
     PackedBuffer<float> v(kElements * b_size), m(kElements * O * block);
-    std::vector<float> padded(max_samples * padded_plane, 0.f);  // borders stay zero
-    const int64_t rows = std::min(p.height, padded_h - p.pad_h), cols = std::min(p.width, padded_w - p.pad_w);
-    // Per tile of the block: its patch in `padded`, its output pixel, whether its tile is whole.
-    std::vector<int64_t> patch_at(block), out_at(block);
-    std::vector<char> full_w(block), full_h(block);
-    alignas(64) float d[kElements][kGroup] = {}, t[kElements][kGroup];  // (lanes past a short group: finite junk)
+    PatchTransform patches(tiling, block);
+    std::vector<int64_t> out_at(block);         // per tile of the block: its output pixel
+    std::vector<char> full_w(block), full_h(block);  // whether its second column / row is inside
+    alignas(64) float sums[kElements][kGroup], out[kElements][kGroup];
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t t0 = blk * block, count = std::min(block, tiles - t0);
-      const int64_t first_sample = t0 / per_sample, samples = (t0 + count - 1) / per_sample - first_sample + 1;
       for (int64_t q = 0; q < count; ++q) {
-        const int64_t n = (t0 + q) / per_sample, r = (t0 + q) % per_sample;
-        const int64_t row = r / tiles_w * 2, col = r % tiles_w * 2;
-        patch_at[q] = (n - first_sample) * padded_plane + row * padded_w + col;
-        out_at[q] = n * O * out_plane + row * p.out_w + col;
+        const int64_t t = t0 + q, row = tiling.row(t), col = tiling.col(t);
+        out_at[q] = tiling.sample(t) * O * out_plane + row * p.out_w + col;
         full_w[q] = col + 1 < p.out_w;
         full_h[q] = row + 1 < p.out_h;
       }
 
-      // Input transform: V_xi[c, q] into lane q % nr of B panel q / nr, row c.
+      // Input transform: V_xi[c, q] into lane q % nr of B panel q / nr, row c (a group's lanes
+      // are contiguous: groups start at multiples of 16 and nr is one).
       for (int64_t xi = 0; xi < kElements; ++xi) zero_last_b_panel(v.data() + xi * b_size, nr, C, count);
-      for (int64_t c = 0; c < C; ++c) {
-        for (int64_t s = 0; s < samples; ++s) {
-          const float* plane_in = x + ((first_sample + s) * C + c) * plane;
-          float* plane_out = padded.data() + s * padded_plane + p.pad_h * padded_w + p.pad_w;
-          for (int64_t i = 0; i < rows; ++i) std::copy_n(plane_in + i * p.width, cols, plane_out + i * padded_w);
+      patches.run(x, t0, count, [&](int64_t c, int64_t q0, int64_t size, const float (*t)[kGroup]) {
+        float* lanes = v.data() + (q0 / nr * C + c) * nr + q0 % nr;
+        if (size == kGroup) {
+          for (int64_t xi = 0; xi < kElements; ++xi)
+            for (int64_t g = 0; g < kGroup; ++g) lanes[xi * b_size + g] = t[xi][g];
+        } else {
+          for (int64_t xi = 0; xi < kElements; ++xi) std::copy_n(t[xi], size, lanes + xi * b_size);
         }
-        for (int64_t q0 = 0; q0 < count; q0 += kGroup) {  // groups never cross a B panel (nr % 16 == 0)
-          const int64_t size = std::min(kGroup, count - q0);
-          for (int64_t g = 0; g < size; ++g) {
-            const float* patch = padded.data() + patch_at[q0 + g];
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j) d[4 * i + j][g] = patch[i * padded_w + j];
-          }
-          transform_patches(d, t);
-          float* lanes = v.data() + (q0 / nr * C + c) * nr + q0 % nr;
-          if (size == kGroup) {
-            for (int64_t xi = 0; xi < kElements; ++xi)
-              for (int64_t g = 0; g < kGroup; ++g) lanes[xi * b_size + g] = t[xi][g];
-          } else {
-            for (int64_t xi = 0; xi < kElements; ++xi) std::copy_n(t[xi], size, lanes + xi * b_size);
-          }
-        }
-      }
+      });
 
       // The 16 products M_xi [O, count], K sliced to the microkernel's depth.
       for (int64_t xi = 0; xi < kElements; ++xi)
@@ -189,20 +273,20 @@ void winograd_forward(const DirectConv& p, const float* x, const float* w, const
       // Output transform, clipped where H_out or W_out is odd.
       for (int64_t o = 0; o < O; ++o) {
         const float b = bias != nullptr ? bias[o] : 0.f;
-        float* out = y + o * out_plane;
+        float* out_o = y + o * out_plane;
         for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
           const int64_t size = std::min(kGroup, count - q0);
-          const float* sums = m.data() + o * block + q0;
+          const float* m_o = m.data() + o * block + q0;
           for (int64_t xi = 0; xi < kElements; ++xi)
-            for (int64_t g = 0; g < kGroup; ++g) d[xi][g] = sums[xi * O * block + g];  // (m has room past count)
-          transform_sums(d, t);
+            for (int64_t g = 0; g < kGroup; ++g) sums[xi][g] = m_o[xi * O * block + g];  // (m has room past count)
+          transform_sums(sums, out);
           for (int64_t g = 0; g < size; ++g) {
-            float* dst = out + out_at[q0 + g];
-            dst[0] = t[0][g] + b;
-            if (full_w[q0 + g]) dst[1] = t[1][g] + b;
+            float* dst = out_o + out_at[q0 + g];
+            dst[0] = out[0][g] + b;
+            if (full_w[q0 + g]) dst[1] = out[1][g] + b;
             if (full_h[q0 + g]) {
-              dst[p.out_w] = t[2][g] + b;
-              if (full_w[q0 + g]) dst[p.out_w + 1] = t[3][g] + b;
+              dst[p.out_w] = out[2][g] + b;
+              if (full_w[q0 + g]) dst[p.out_w + 1] = out[3][g] + b;
             }
           }
         }
@@ -226,6 +310,95 @@ void winograd_backward_input(const DirectConv& p, const float* grad_out, const f
   const DirectConv transposed{p.batch, O, p.out_h, p.out_w, C, p.height, p.width, 3, 3, 1, 1,
                               2 - p.pad_h, 2 - p.pad_w, 1, 1};
   winograd_forward(transposed, grad_out, flipped.data(), nullptr, grad_in);
+}
+
+void winograd_backward_weight(const DirectConv& p, const float* x, const float* grad_out, float* grad_weight) {
+  const Microkernel<float> kernel = cpu_microkernel<float>();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const Tiling tiling(p);
+  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr, tiles = tiling.tiles;
+  // Tiles per block: the block's 16 transformed pairs (D_xi and V_xi, (O + C) x depth each) fit
+  // in L2, a multiple of the transforms' group.
+  const int64_t depth = std::clamp<int64_t>(l2_cache_bytes() / (kElements * (O + C) * 4) / kGroup * kGroup, kGroup,
+                                            kernel.depth);
+  const int64_t out_plane = p.out_h * p.out_w;
+  const int64_t n_size = O * C;  // one N_xi, [O, C] row-major
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(torch::stable::get_num_threads(), (tiles + depth - 1) / depth));
+  std::vector<float> partial(parts * kElements * n_size, 0.f);
+  if (tiles > 0) {
+    // D_xi [O, depth] as A panels and V_xi^T [depth, C] as B panels, over blocks of `depth` tiles
+    // (a shorter last block leaves its tail zero, so every block has the same layout).
+    const int64_t a_size = packed_size(O, mr, depth), b_size = packed_size(C, nr, depth);
+    torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+      PackedBuffer<float> a(kElements * a_size, 0.f), b(kElements * b_size, 0.f);
+      PatchTransform patches(tiling, depth);
+      std::vector<int64_t> out_at(depth);              // per tile of the block: its grad_out pixel
+      std::vector<char> full_w(depth), full_h(depth);  // whether its second column / row is inside
+      alignas(64) float e2[4][kGroup] = {}, d[kElements][kGroup];
+      for (int64_t part = first; part < last; ++part) {
+        float* n_part = partial.data() + part * kElements * n_size;
+        const int64_t begin = tiles * part / parts, end = tiles * (part + 1) / parts;
+        for (int64_t t0 = begin; t0 < end; t0 += depth) {
+          const int64_t count = std::min(depth, end - t0);
+          if (count < depth) {  // zero the tail of the last block (earlier blocks filled it)
+            for (int64_t xi = 0; xi < kElements; ++xi)
+              for (int64_t q = count; q < depth; ++q) {
+                for (int64_t o = 0; o < O; ++o) a[xi * a_size + packed_index(q, o, mr, depth)] = 0.f;
+                for (int64_t c = 0; c < C; ++c) b[xi * b_size + packed_index(q, c, nr, depth)] = 0.f;
+              }
+          }
+          // D_xi[o, q]: the tile's 2x2 of grad_out (0 past an odd edge), into A element (o, q)
+          for (int64_t q = 0; q < count; ++q) {
+            const int64_t t = t0 + q, row = tiling.row(t), col = tiling.col(t);
+            out_at[q] = tiling.sample(t) * O * out_plane + row * p.out_w + col;
+            full_w[q] = col + 1 < p.out_w;
+            full_h[q] = row + 1 < p.out_h;
+          }
+          for (int64_t o = 0; o < O; ++o) {
+            const float* dy_o = grad_out + o * out_plane;
+            float* lane = a.data() + packed_index(0, o, mr, depth);  // element q of this row at lane + q * mr
+            for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
+              const int64_t size = std::min(kGroup, count - q0);
+              for (int64_t g = 0; g < size; ++g) {
+                const int64_t q = q0 + g;
+                const float* e = dy_o + out_at[q];
+                e2[0][g] = e[0];
+                e2[1][g] = full_w[q] ? e[1] : 0.f;
+                e2[2][g] = full_h[q] ? e[p.out_w] : 0.f;
+                e2[3][g] = full_w[q] && full_h[q] ? e[p.out_w + 1] : 0.f;
+              }
+              transform_gradients(e2, d);
+              for (int64_t xi = 0; xi < kElements; ++xi)
+                for (int64_t g = 0; g < size; ++g) lane[xi * a_size + (q0 + g) * mr] = d[xi][g];
+            }
+          }
+          // V_xi[c, q] into B element (q, c)
+          patches.run(x, t0, count, [&](int64_t c, int64_t q0, int64_t size, const float (*v)[kGroup]) {
+            for (int64_t xi = 0; xi < kElements; ++xi) {
+              float* column = b.data() + xi * b_size + packed_index(q0, c, nr, depth);
+              for (int64_t g = 0; g < size; ++g) column[g * nr] = v[xi][g];
+            }
+          });
+          for (int64_t xi = 0; xi < kElements; ++xi)
+            gemm_packed(kernel, O, C, depth, a.data() + xi * a_size, depth * mr, b.data() + xi * b_size, depth * nr,
+                        n_part + xi * n_size, C, /*accumulate=*/true, nullptr);
+        }
+      }
+    });
+  }
+  // dw[o, c] = K^T N[o, c] K, N summed over the parts in order
+  torch::stable::parallel_for(0, n_size, 256, [&](int64_t first, int64_t last) {
+    for (int64_t oc = first; oc < last; ++oc) {
+      float n[kElements];
+      for (int64_t xi = 0; xi < kElements; ++xi) {
+        float total = partial[xi * n_size + oc];
+        for (int64_t part = 1; part < parts; ++part) total += partial[(part * kElements + xi) * n_size + oc];
+        n[xi] = total;
+      }
+      transform_weight_sums(n, grad_weight + oc * 9);
+    }
+  });
 }
 
 }  // namespace cuconv

@@ -3,8 +3,8 @@
 // Convolutional Neural Networks", 2015): 3x3 kernel, stride 1, dilation 1, groups 1, any
 // padding. Each 2x2 output tile costs 16 multiplies per input/output channel pair instead of
 // 36, so the products do 2.25x fewer FLOPs than im2col's where the outputs tile evenly.
-// conv2d.cpp offers it, beside the direct and GEMM kernels, for the forward pass and the
-// stride-1 input gradient, and the measured choice (tuner.h) runs it where it is fastest.
+// conv2d.cpp offers it, beside the direct and GEMM kernels, for all three passes, and the
+// measured choice (tuner.h) runs it where it is fastest.
 // Its rounding differs from the direct sum's (the transforms add and subtract inputs before
 // multiplying), within float32's tolerance of the exact result.
 
@@ -25,5 +25,9 @@ bool winograd_backward_input_suits(const DirectConv& p);
 // Input gradient: the forward pass over grad_output padded by 2 - padding, with the kernel
 // flipped and its channels swapped.
 void winograd_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in);
+
+// Weight gradient, F(3x3, 2x2): each tile's 3x3 correlation of its input patch with its 2x2 of
+// grad_output, summed over the tiles in 16 products; deterministic for a given thread count.
+void winograd_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
 
 }  // namespace cuconv
