@@ -11,6 +11,10 @@
 
 namespace cuconv {
 
+// Forward tiles vectorise along output channels; where a layer has too few of them to fill a
+// vector (LeNet: 6 and 16) and a stride-1 row fills it better, along output columns instead
+// (the row tile: the lane use of each decides, as gemm.h's tile choice does).
+//
 // One convolution over NCHW-contiguous float planes, groups = 1:
 //   out[n, o, oh, ow] = bias[o] + sum_{c,i,j} w[o, c, i, j] * in_padded[n, c, oh*sH + i*dH, ow*sW + j*dW]
 // where in_padded is `in` with pad_h/pad_w zero rows/columns on each side.
@@ -50,12 +54,17 @@ struct DirectTiles {
                            const float* weights, float* tile);
   using Weight = void (*)(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
                           const int64_t* taps, const float* grad_t, float* partial);
+  using Row = void (*)(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
+                       int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile);
   static constexpr int kMaxVectors = 4, kMaxPixels = 12;
   const char* isa = nullptr;  // "avx512" or "avx2"
   int64_t lanes = 0, max_vectors = 0;
   int64_t pixels[kMaxVectors + 1] = {}, taps[kMaxVectors + 1] = {};  // Q and T for each NV
   Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {};
   Weight weight[kMaxVectors + 1] = {};
+  // the row tile (vectors along output columns): row_rows x row_channels, for few channels
+  Row row = nullptr;
+  int64_t row_rows = 0, row_channels = 0;
 };
 
 }  // namespace cuconv

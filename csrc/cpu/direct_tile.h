@@ -87,6 +87,44 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
     }
 }
 
+// Row tile, for layers with few output channels (LeNet's): vectors run along an output row
+// instead, R output rows x OT output channels x one vector of kLanes consecutive columns:
+//   for each tap (c, i, j):  w[o] = weights[(c, i, j)][o]          (OT broadcasts)
+//                            for r: v = x[origin + r*row_step + c*plane + i*tap_row + j*tap_col]
+//                                   acc[r][o] += w[o] * v          (kLanes columns, stride 1)
+// weights: [C][kH][kW][OT] (zeros past the channels in use); tile: [R][OT][kLanes].
+// R*OT accumulators + OT + 1 vectors must fit the register file.
+template <class Isa, int R, int OT>
+void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
+                     int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[R][OT];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int o = 0; o < OT; ++o) acc[r][o] = Isa::zero();
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t i = 0; i < kernel_h; ++i) {
+      const float* x = origin + c * plane + i * tap_row;
+      for (int64_t j = 0; j < kernel_w; ++j, weights += OT) {
+        V w[OT];
+#pragma GCC unroll 8
+        for (int o = 0; o < OT; ++o) w[o] = Isa::set1(weights[o]);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const V v = Isa::load(x + r * row_step + j * tap_col);
+#pragma GCC unroll 8
+          for (int o = 0; o < OT; ++o) acc[r][o] = Isa::fma(w[o], v, acc[r][o]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int o = 0; o < OT; ++o) Isa::store(tile + (r * OT + o) * L, acc[r][o]);
+}
+
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
 template <class Isa, int NV, int Q, int kStride>
 void fill_forward_tiles(DirectTiles::Forward* table) {

@@ -60,6 +60,9 @@ DirectTiles avx2_direct_tiles() {
   t.max_vectors = 2;
   fill_direct_tiles<Avx2Float, 1, 6, 6>(t);
   fill_direct_tiles<Avx2Float, 2, 6, 6>(t);
+  t.row = &direct_row_tile<Avx2Float, 2, 4>;  // 8 accumulators, 4 broadcasts
+  t.row_rows = 2;
+  t.row_channels = 4;
   return t;
 }
 

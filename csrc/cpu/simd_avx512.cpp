@@ -72,6 +72,9 @@ DirectTiles avx512_direct_tiles() {
   fill_direct_tiles<Avx512Float, 2, 12, 12>(t);
   fill_direct_tiles<Avx512Float, 3, 8, 8>(t);
   fill_direct_tiles<Avx512Float, 4, 6, 6>(t);
+  t.row = &direct_row_tile<Avx512Float, 4, 6>;  // 24 accumulators, 6 broadcasts
+  t.row_rows = 4;
+  t.row_channels = 6;
   return t;
 }
 
