@@ -1,6 +1,7 @@
 // Direct float32 convolution: the drivers around the register tiles of direct_tile.h.
 //
-// Layout: the input is zero-padded once into [N, C, Hp, Wp], so every tap of every
+// Layout: each thread copies the samples it works on zero-padded, one at a time, into a
+// [C, Hp, Wp] buffer of its own (in cache; no fresh pages per call), so every tap of every
 // output pixel is in bounds. Tap k = (c*kH + i)*kW + j (the weight's own order) sits at
 //   taps[k] = (c*Hp + i*dH)*Wp + j*dW
 // from the window origin (oh*sH)*Wp + ow*sW of its pixel. Output channels go in panels
@@ -27,7 +28,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -84,26 +84,14 @@ std::vector<int64_t> tap_offsets(const DirectConv& p) {
   return taps;
 }
 
-// The input with its zero border, [N, C, Hp, Wp]; the input itself when unpadded.
-// `buffer` receives the copy (left uninitialised by new[]: every element is written).
-const float* padded_input(const DirectConv& p, const float* in, std::unique_ptr<float[]>& buffer) {
-  if (p.pad_h == 0 && p.pad_w == 0) return in;
-  const int64_t hp = padded_h(p), wp = padded_w(p), planes = p.batch * p.in_channels;
-  buffer.reset(new float[planes * hp * wp]);
-  torch::stable::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      float* dst = buffer.get() + plane * hp * wp;
-      std::fill_n(dst, p.pad_h * wp, 0.f);
-      for (int64_t h = 0; h < p.height; ++h) {
-        float* row = dst + (h + p.pad_h) * wp;
-        std::fill_n(row, p.pad_w, 0.f);
-        std::memcpy(row + p.pad_w, in + (plane * p.height + h) * p.width, p.width * sizeof(float));
-        std::fill_n(row + p.pad_w + p.width, p.pad_w, 0.f);
-      }
-      std::fill_n(dst + (p.pad_h + p.height) * wp, p.pad_h * wp, 0.f);
-    }
-  });
-  return buffer.get();
+// One sample's planes into the interior of its zero-padded copy [C, Hp, Wp] (the border is left
+// as it is: zero).
+void copy_into_padding(const DirectConv& p, const float* in, float* padded) {
+  const int64_t hp = padded_h(p), wp = padded_w(p);
+  for (int64_t c = 0; c < p.in_channels; ++c)
+    for (int64_t h = 0; h < p.height; ++h)
+      std::memcpy(padded + (c * hp + h + p.pad_h) * wp + p.pad_w, in + (c * p.height + h) * p.width,
+                  p.width * sizeof(float));
 }
 
 // Output channels [first, first + count), in `vectors` vectors.
@@ -228,16 +216,23 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<PackedBuffer<float>> w = packed_weights(p, weight, panels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
-  std::unique_ptr<float[]> padded;
-  const float* xp = padded_input(p, in, padded);
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
-  // Rows are independent; a grain of a few rows keeps threads busy at batch 1.
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  // Rows are independent; a grain of a few rows keeps threads busy at batch 1. A padded layer's
+  // thread copies each sample it reaches zero-padded into a buffer of its own (in cache, and no
+  // fresh pages per call).
   torch::stable::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
     PackedBuffer<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
+    PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // its border stays zero
+    int64_t padded_sample = -1;
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t n = row / p.out_h, oh = row % p.out_h;
-      const float* x_row = xp + n * sample_in + oh * p.stride_h * padded_w(p);
+      if (pads && n != padded_sample) {
+        copy_into_padding(p, in + n * p.in_channels * p.height * p.width, sample.data());
+        padded_sample = n;
+      }
+      const float* x_row = (pads ? sample.data() : in + n * sample_in) + oh * p.stride_h * padded_w(p);
       for (size_t pi = 0; pi < panels.size(); ++pi) {
         const Panel& panel = panels[pi];
         const int64_t width = panel.vectors * tiles.lanes;
@@ -263,10 +258,9 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   const DirectTiles& tiles = tiles_or_fail();
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
-  std::unique_ptr<float[]> padded;
-  const float* xp = padded_input(p, in, padded);
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
   // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
   // into rows that are never read), and where the panel starts in the arrays.
   std::vector<int64_t> rows(panels.size()), partial_at(panels.size() + 1, 0), grad_at(panels.size() + 1, 0);
@@ -283,6 +277,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   PackedBuffer<float> partial(parts * partial_at.back(), 0.f);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     PackedBuffer<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
+    PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* sums = partial.data() + part * partial_at.back();
@@ -292,7 +287,8 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
         const int64_t n = row / p.out_h, oh_begin = row % p.out_h;
         const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row)), pixels = (oh_end - oh_begin) * p.out_w;
         const float* g = grad_out + n * p.out_channels * plane + oh_begin * p.out_w;
-        const float* x_rows = xp + n * sample_in + oh_begin * row_step;
+        if (pads) copy_into_padding(p, in + n * p.in_channels * p.height * p.width, sample.data());
+        const float* x_rows = (pads ? sample.data() : in + n * sample_in) + oh_begin * row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
