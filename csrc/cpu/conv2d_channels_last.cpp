@@ -81,7 +81,10 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
     for (int64_t t = 0; t < g.taps(); ++t)
       for (int64_t c = 0; c < C; c += kernel.depth) slices.push_back({t, 1, c, std::min(kernel.depth, C - c)});
   } else {
-    const int64_t taps_per_slice = std::max<int64_t>(1, kernel.depth / C);
+    // as many taps per slice as keep its W^T slice (taps x C x O) within a quarter of the L2, in
+    // slices of equal size (a last slice of one tap would add a pass over y for little work)
+    const int64_t fit = std::max<int64_t>(1, l2_cache_bytes() / 4 / (C * packed_size(O, nr, 1) * static_cast<int64_t>(sizeof(T))));
+    const int64_t count = (g.taps() + fit - 1) / fit, taps_per_slice = (g.taps() + count - 1) / count;
     for (int64_t t = 0; t < g.taps(); t += taps_per_slice)
       slices.push_back({t, std::min(taps_per_slice, g.taps() - t), 0, C});
   }
