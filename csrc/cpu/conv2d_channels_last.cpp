@@ -130,21 +130,10 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
 template <typename T>
 void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T* w, T* dx) {
   const Nhwc g{p};
-  const int64_t reach_h = p.dilation_h * (p.kernel_h - 1), reach_w = p.dilation_w * (p.kernel_w - 1);
-  if (p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= reach_h && p.pad_w <= reach_w) {
-    // Stride 1: dx is the forward pass over dy, padded by reach - padding, with the kernel
-    // flipped and its channels swapped, w'[c, o, i, j] = w[o, c, kH-1-i, kW-1-j]: the indirect
-    // forward writes every element, no col2im.
-    const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
-    std::vector<T> flipped(C * O * kh * kw);
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t i = 0; i < kh; ++i)
-          for (int64_t j = 0; j < kw; ++j)
-            flipped[((c * O + o) * kh + kh - 1 - i) * kw + kw - 1 - j] = w[((o * C + c) * kh + i) * kw + j];
-    const DirectConv transposed{p.batch, O, p.out_h, p.out_w, C, p.height, p.width, kh, kw, 1, 1,
-                                reach_h - p.pad_h, reach_w - p.pad_w, p.dilation_h, p.dilation_w};
-    conv_channels_last_forward<T>(transposed, dy, flipped.data(), nullptr, dx);
+  if (direct_conv_backward_input_suits(p)) {  // stride 1, padding within the kernel's reach
+    // Stride 1: dx is the forward pass over dy with the kernel flipped (direct_conv.h): the
+    // indirect forward writes every element, no col2im.
+    conv_channels_last_forward<T>(input_gradient_as_forward(p), dy, flipped_kernel(p, w).data(), nullptr, dx);
     return;
   }
   const Microkernel<T> kernel = cpu_microkernel<T>();

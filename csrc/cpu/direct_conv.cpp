@@ -125,13 +125,6 @@ std::vector<PackedBuffer<float>> packed_weights(const DirectConv& p, const float
 }
 
 // The input gradient's problem: grad_output (O channels) in, grad_input (C channels) out.
-DirectConv transposed(const DirectConv& p) {
-  return DirectConv{p.batch,    p.out_channels, p.out_h,    p.out_w,    p.in_channels,
-                    p.height,   p.width,        p.kernel_h, p.kernel_w, 1,
-                    1,          p.dilation_h * (p.kernel_h - 1) - p.pad_h,
-                    p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w};
-}
-
 }  // namespace
 
 DirectMode direct_conv_mode() {
@@ -328,16 +321,7 @@ bool direct_conv_backward_input_suits(const DirectConv& p) {
 
 void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
   CUCONV_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
-  // flipped[c, o, i, j] = weight[o, c, kH-1-i, kW-1-j]
-  const int64_t kh = p.kernel_h, kw = p.kernel_w;
-  std::vector<float> flipped(p.in_channels * p.out_channels * kh * kw);
-  for (int64_t o = 0; o < p.out_channels; ++o)
-    for (int64_t c = 0; c < p.in_channels; ++c)
-      for (int64_t i = 0; i < kh; ++i)
-        for (int64_t j = 0; j < kw; ++j)
-          flipped[((c * p.out_channels + o) * kh + i) * kw + j] =
-              weight[((o * p.in_channels + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
-  direct_conv_forward(transposed(p), grad_out, flipped.data(), nullptr, grad_in);
+  direct_conv_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in);
 }
 
 }  // namespace cuconv

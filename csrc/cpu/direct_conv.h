@@ -8,6 +8,7 @@
 // conv2d.cpp decides per pass which path runs (run_float_pass there, measured: tuner.h).
 
 #include <cstdint>
+#include <vector>
 
 namespace cuconv {
 
@@ -45,6 +46,28 @@ bool direct_conv_backward_input_suits(const DirectConv& p);
 // Input gradient for stride 1: the forward convolution of grad_out, padded by
 // dilation*(k-1) - padding, with the weights transposed and flipped.
 void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in);
+
+// The stride-1 input gradient as a forward pass (direct, Winograd and NHWC kernels use it):
+//   grad_in[n, c] = sum_{o,i,j} flipped[c, o, i, j] * grad_padded[n, o, ih + i*dH, iw + j*dW]
+// over grad_out padded by dilation*(k-1) - padding, with flipped[c, o, i, j] =
+// weight[o, c, kH-1-i, kW-1-j]: the layer below, with in and out channels swapped.
+inline DirectConv input_gradient_as_forward(const DirectConv& p) {
+  return DirectConv{p.batch,    p.out_channels, p.out_h,    p.out_w,    p.in_channels,
+                    p.height,   p.width,        p.kernel_h, p.kernel_w, 1,
+                    1,          p.dilation_h * (p.kernel_h - 1) - p.pad_h,
+                    p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w};
+}
+template <typename T>
+std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
+  const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
+  std::vector<T> flipped(C * O * kh * kw);
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j)
+          flipped[((c * O + o) * kh + i) * kw + j] = weight[((o * C + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+  return flipped;
+}
 
 // The register tiles of one vector ISA (simd_avx512.cpp, simd_avx2.cpp), indexed by
 // NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward

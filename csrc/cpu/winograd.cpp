@@ -300,16 +300,8 @@ bool winograd_backward_input_suits(const DirectConv& p) {
 }
 
 void winograd_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
-  // grad_in[n, c] = sum_{o,i,j} w[o, c, 2-i, 2-j] * grad_padded[n, o, ih + i, iw + j], grad_out padded
-  // by 2 - padding: a stride-1 3x3 forward pass with in and out channels swapped.
-  const int64_t C = p.in_channels, O = p.out_channels;
-  std::vector<float> flipped(C * O * 9);
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t k = 0; k < 9; ++k) flipped[(c * O + o) * 9 + 8 - k] = weight[(o * C + c) * 9 + k];
-  const DirectConv transposed{p.batch, O, p.out_h, p.out_w, C, p.height, p.width, 3, 3, 1, 1,
-                              2 - p.pad_h, 2 - p.pad_w, 1, 1};
-  winograd_forward(transposed, grad_out, flipped.data(), nullptr, grad_in);
+  // a stride-1 3x3 forward pass over grad_out padded by 2 - padding (direct_conv.h)
+  winograd_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in);
 }
 
 void winograd_backward_weight(const DirectConv& p, const float* x, const float* grad_out, float* grad_weight) {
