@@ -803,16 +803,15 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<vo
   };
   if (wmode == WinogradMode::kAlways) return winograd_or_gemm();
   const DirectMode mode = direct_conv_mode();
-  const bool with_winograd = wmode == WinogradMode::kAuto && mode == DirectMode::kAuto && tuning_enabled();
-  if (mode == DirectMode::kNever || !direct_can_run(g, pass) || !direct_exact) {
-    if (with_winograd) run_tuned(tuning_key(g, pass), {{"gemm", gemm}, {"winograd", winograd_or_gemm}});
-    else gemm();
-    return;
-  }
-  if (mode == DirectMode::kAlways) return direct();
-  if (!tuning_enabled()) return direct_rule(g, pass) ? direct() : gemm();
-  if (with_winograd) run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}, {"winograd", winograd_or_gemm}});
-  else run_tuned(tuning_key(g, pass), {{"direct", direct}, {"gemm", gemm}});
+  const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && direct_exact;
+  if (direct_runs && mode == DirectMode::kAlways) return direct();
+  if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? direct() : gemm();
+  std::vector<Candidate> candidates;
+  if (direct_runs) candidates.push_back({"direct", direct});
+  candidates.push_back({"gemm", gemm});
+  if (wmode == WinogradMode::kAuto && mode == DirectMode::kAuto) candidates.push_back({"winograd", winograd_or_gemm});
+  if (candidates.size() == 1) return gemm();
+  run_tuned(tuning_key(g, pass), candidates);
 }
 
 // channels_last float and double layers of one group can run NHWC in place
