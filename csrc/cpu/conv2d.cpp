@@ -739,6 +739,11 @@ bool direct_can_run(const ConvGeometry& g, ConvPass pass) {
   return g.groups == 1 && (pass != ConvPass::kInput || direct_conv_backward_input_suits(direct_problem(g)));
 }
 
+bool winograd_can_run(const ConvGeometry& g, ConvPass pass) {
+  const DirectConv p = direct_problem(g);
+  return g.groups == 1 && (pass == ConvPass::kInput ? winograd_backward_input_suits(p) : winograd_suits(p));
+}
+
 // The tuning key: everything the kernels' speed depends on.
 std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant = "float32") {
   static const char* names[] = {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"};
@@ -785,17 +790,16 @@ bool all_finite(const float* data, int64_t count) {
   return finite.load();
 }
 
-// Runs a float32 pass (not depthwise) by the direct kernels, the GEMM or, where it suits and
-// `winograd` is given, Winograd's F(2x2, 3x3), as chosen above.
+// Runs a float32 pass (not depthwise) by the direct kernels, the GEMM or, where it suits,
+// Winograd (winograd.h), as chosen above.
 // `direct_exact` false: the direct kernels would not give the exact answer for these values.
 // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
 // subtract inputs, so Inf - Inf would turn an infinite result into NaN): `winograd_inputs`
 // lists them.
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<void()>& direct,
-                    const std::function<void()>& gemm, bool direct_exact = true,
-                    const std::function<void()>& winograd = nullptr,
-                    std::vector<std::pair<const float*, int64_t>> winograd_inputs = {}) {
-  const WinogradMode wmode = winograd ? winograd_mode() : WinogradMode::kNever;
+                    const std::function<void()>& gemm, bool direct_exact, const std::function<void()>& winograd,
+                    std::vector<std::pair<const float*, int64_t>> winograd_inputs) {
+  const WinogradMode wmode = winograd_can_run(g, pass) ? winograd_mode() : WinogradMode::kNever;
   auto winograd_or_gemm = [&] {
     for (const auto& [data, count] : winograd_inputs)
       if (!all_finite(data, count)) return gemm();
@@ -860,12 +864,10 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
         const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
         float* yf = y.mutable_data_ptr<float>();
-        const bool winograd = g.groups == 1 && winograd_suits(direct_problem(g));
         run_float_pass(
             g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
             [&] { gemm_forward<float>(g, xf, wf, bf, yf); }, true,
-            winograd ? std::function<void()>([&] { winograd_forward(direct_problem(g), xf, wf, bf, yf); }) : nullptr,
-            {{xf, x.numel()}, {wf, w.numel()}});
+            [&] { winograd_forward(direct_problem(g), xf, wf, bf, yf); }, {{xf, x.numel()}, {wf, w.numel()}});
       } else {
         gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
       }
@@ -916,7 +918,6 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
       } else if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         float* dxf = dx.mutable_data_ptr<float>();
-        const bool winograd = g.groups == 1 && winograd_backward_input_suits(direct_problem(g));
         run_float_pass(
             g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
             [&] {
@@ -926,9 +927,7 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
             // The direct input gradient multiplies the zero border of its padded grad_output by
             // every tap: a NaN or Inf weight would make NaN where the true gradient has none.
             std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
-            winograd ? std::function<void()>([&] { winograd_backward_input(direct_problem(g), dyf, wf, dxf); })
-                     : nullptr,
-            {{dyf, dy.numel()}, {wf, w.numel()}});
+            [&] { winograd_backward_input(direct_problem(g), dyf, wf, dxf); }, {{dyf, dy.numel()}, {wf, w.numel()}});
       } else {
         gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
       }
@@ -976,10 +975,7 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
         run_float_pass(
             g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
             [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); }, true,
-            g.groups == 1 && winograd_suits(direct_problem(g))
-                ? std::function<void()>([&] { winograd_backward_weight(direct_problem(g), xf, dyf, dwf); })
-                : nullptr,
-            {{xf, x.numel()}, {dyf, dy.numel()}});
+            [&] { winograd_backward_weight(direct_problem(g), xf, dyf, dwf); }, {{xf, x.numel()}, {dyf, dy.numel()}});
       } else {
         gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
       }
