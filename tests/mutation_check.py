@@ -30,7 +30,8 @@ DISPATCH = "tests/test_cpu_dispatch.py"
 TRANSFORMS = "tests/test_transforms.py"
 EMULATION = "tests/test_emulation.py"
 EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")
-CUDA_KERNELS = "tests/test_cuda_kernels.py"  # the device suite on the emulated CUDA device
+CUDA_KERNELS = "tests/test_cuda_kernels.py"
+PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA device
 
 
 @dataclass
@@ -68,6 +69,17 @@ MUTANTS = [
            ("tests/test_winograd.py",)),
     Mutant("winograd-weight-block-tail", "reduction", "csrc/cpu/winograd.cpp",
            "if (count < depth) {  // zero the tail", "if (false) {  // zero the tail", ("tests/test_winograd.py",)),
+    Mutant("pixel-sum-keeps-last-tap", "reduction", "csrc/cpu/pixel_gemm.cpp",
+           "depth * mr, b + k0 * nr, depth * nr, sum.data(), block, accumulate,",
+           "depth * mr, b + k0 * nr, depth * nr, sum.data(), block, accumulate && k0 > 0,", (PIXEL,)),
+    Mutant("pixel-source-stride", "index math", "csrc/cpu/pixel_gemm.cpp",
+           "iw = ow * p.stride_w - p.pad_w + j * p.dilation_w;", "iw = ow * p.stride_h - p.pad_w + j * p.dilation_w;",
+           (PIXEL,)),
+    Mutant("pixel-tapless-pixel-drops-bias", "padding edge", "csrc/cpu/pixel_gemm.cpp",
+           "row_bias ? row_bias[m - m_begin] : 0.f", "0.f", (PIXEL,)),
+    Mutant("pixel-skips-inf-weight-check", "special values", "csrc/cpu/pixel_gemm.cpp",
+           "stage.at(t, k * mr + r) = v;\n              special |= is_special(v);", "stage.at(t, k * mr + r) = v;",
+           (PIXEL,)),
     Mutant("direct-row-tile-columns", "index math", "csrc/cpu/direct_conv.cpp",
            "tiles.row(band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, p.dilation_w, C, kh, kw,",
            "tiles.row(band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, 1, C, kh, kw,", (OPS,)),

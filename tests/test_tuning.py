@@ -20,7 +20,8 @@ needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
 
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
-    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
+    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_PIXEL_GEMM", "CUCONV_CPU_TUNE", "CUCONV_LOG",
+                 "CUCONV_TUNE_CACHE"):
         monkeypatch.delenv(name, raising=False)
     saved = cuconv.tuning.choices()
     cuconv.tuning.clear()
@@ -46,8 +47,10 @@ def test_a_recorded_choice_no_candidate_has_is_measured_again():
 
 
 def _layer(seed=0):
+    """A layer every candidate can run: 3x3 stride 1 (Winograd), a small image and a batch that
+    fills a register tile's columns (the per-pixel products)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(3, 16, 11, 10, generator=gen, requires_grad=True)
+    x = torch.randn(32, 16, 5, 4, generator=gen, requires_grad=True)
     w = torch.randn(24, 16, 3, 3, generator=gen, requires_grad=True)
     b = torch.randn(24, generator=gen, requires_grad=True)
     return x, w, b
@@ -59,23 +62,26 @@ def _forward_backward(x, w, b):
     return [y.detach(), *torch.autograd.grad(y, (x, w, b), dy)]
 
 
-def _with_path(monkeypatch, direct, winograd, tensors):
-    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
-    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", winograd)
+SWITCHES = ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_PIXEL_GEMM")
+
+
+def _with_path(monkeypatch, settings, tensors):
+    for name, value in zip(SWITCHES, settings):
+        monkeypatch.setenv(name, value)
     result = _forward_backward(*tensors)
-    monkeypatch.delenv("CUCONV_CPU_DIRECT")
-    monkeypatch.delenv("CUCONV_CPU_WINOGRAD")
+    for name in SWITCHES:
+        monkeypatch.delenv(name)
     return result
 
 
-# The candidates, each forced (the layer is 3x3 stride 1: Winograd runs all three passes).
-PATHS = {"direct": ("1", "0"), "gemm": ("0", "0"), "winograd": ("0", "1")}
+# The candidates, each forced by SWITCHES (_layer suits every candidate in all three passes).
+PATHS = {"direct": ("1", "0", "0"), "gemm": ("0", "0", "0"), "winograd": ("0", "1", "0"), "pixel": ("0", "0", "1")}
 
 
 @needs_direct
 def test_a_measuring_call_returns_the_winners_result_and_later_calls_repeat_it(monkeypatch):
     tensors = _layer()
-    by_path = {path: _with_path(monkeypatch, *settings, tensors=tensors) for path, settings in PATHS.items()}
+    by_path = {path: _with_path(monkeypatch, settings, tensors=tensors) for path, settings in PATHS.items()}
     assert not cuconv.tuning.choices()  # forcing a path measures nothing
     first = _forward_backward(*tensors)
     chosen = cuconv.tuning.choices()
@@ -95,7 +101,7 @@ def test_a_recorded_choice_decides_the_path(path, monkeypatch):
     tensors = _layer(1)
     _forward_backward(*tensors)
     keys = {key: path for key in cuconv.tuning.choices()}
-    expected = _with_path(monkeypatch, *PATHS[path], tensors=tensors)
+    expected = _with_path(monkeypatch, PATHS[path], tensors=tensors)
     _C.cpu_tuning_set(keys)
     got = _forward_backward(*tensors)
     assert all(torch.equal(g, e) for g, e in zip(got, expected))

@@ -33,8 +33,9 @@
 // Half types are packed as float, computed in float and rounded once per element.
 //
 // Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
-// pass, float32 layers that the direct kernels of direct_conv.h run faster
-// (run_float_pass below: measured per shape, tuner.h).
+// pass, float32 layers that the direct kernels (direct_conv.h), Winograd (winograd.h) or
+// the per-pixel products (pixel_gemm.h) run faster (run_float_pass below: measured per
+// shape, tuner.h).
 
 
 #include <algorithm>
@@ -54,6 +55,7 @@
 #include "conv2d_channels_last.h"
 #include "direct_conv.h"
 #include "gemm.h"
+#include "pixel_gemm.h"
 #include "tuner.h"
 #include "window.h"
 #include "winograd.h"
@@ -744,6 +746,8 @@ bool winograd_can_run(const ConvGeometry& g, ConvPass pass) {
   return g.groups == 1 && (pass == ConvPass::kInput ? winograd_backward_input_suits(p) : winograd_suits(p));
 }
 
+bool pixel_gemm_can_run(const ConvGeometry& g) { return g.groups == 1 && pixel_gemm_suits(direct_problem(g)); }
+
 // The tuning key: everything the kernels' speed depends on.
 std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant = "float32") {
   static const char* names[] = {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"};
@@ -763,17 +767,18 @@ std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant
   return key;
 }
 
-// Whether Winograd F(2x2, 3x3) (winograd.h) joins the measured choice: CUCONV_CPU_WINOGRAD=1
-// runs it wherever it can (tests), =0 never; unset, it is a candidate when nothing else is
-// forced (CUCONV_CPU_DIRECT unset) and tuning is on. Any other value is an error.
-enum class WinogradMode { kAuto, kAlways, kNever };
-WinogradMode winograd_mode() {
-  const char* setting = std::getenv("CUCONV_CPU_WINOGRAD");
-  if (setting == nullptr || *setting == '\0') return WinogradMode::kAuto;
+// Whether an optional kernel joins the measured choice: its variable (CUCONV_CPU_WINOGRAD for
+// Winograd, winograd.h; CUCONV_CPU_PIXEL_GEMM for the per-pixel products, pixel_gemm.h) =1 runs
+// it wherever it can (tests), =0 never; unset, it is a candidate when nothing else is forced
+// (CUCONV_CPU_DIRECT unset) and tuning is on. Any other value is an error.
+enum class OptionalMode { kAuto, kAlways, kNever };
+OptionalMode optional_kernel_mode(const char* variable) {
+  const char* setting = std::getenv(variable);
+  if (setting == nullptr || *setting == '\0') return OptionalMode::kAuto;
   const std::string value(setting);
-  CUCONV_CHECK_VALUE(value == "0" || value == "1", "cuconv: expected the environment variable CUCONV_CPU_WINOGRAD ",
-                     "to be 0 or 1, but got '", value, "'");
-  return value == "1" ? WinogradMode::kAlways : WinogradMode::kNever;
+  CUCONV_CHECK_VALUE(value == "0" || value == "1", "cuconv: expected the environment variable ", variable,
+                     " to be 0 or 1, but got '", value, "'");
+  return value == "1" ? OptionalMode::kAlways : OptionalMode::kNever;
 }
 
 bool all_finite(const float* data, int64_t count) {
@@ -790,31 +795,41 @@ bool all_finite(const float* data, int64_t count) {
   return finite.load();
 }
 
-// Runs a float32 pass (not depthwise) by the direct kernels, the GEMM or, where it suits,
-// Winograd (winograd.h), as chosen above.
-// `direct_exact` false: the direct kernels would not give the exact answer for these values.
-// Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
-// subtract inputs, so Inf - Inf would turn an infinite result into NaN): `winograd_inputs`
-// lists them.
-void run_float_pass(const ConvGeometry& g, ConvPass pass, const std::function<void()>& direct,
-                    const std::function<void()>& gemm, bool direct_exact, const std::function<void()>& winograd,
-                    std::vector<std::pair<const float*, int64_t>> winograd_inputs) {
-  const WinogradMode wmode = winograd_can_run(g, pass) ? winograd_mode() : WinogradMode::kNever;
+// The float32 kernels of one pass (not depthwise), for run_float_pass.
+struct FloatPass {
+  std::function<void()> direct, gemm, winograd, pixel;
+  // false: the direct kernels would not give the exact answer for these values
+  bool direct_exact = true;
+  // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
+  // subtract inputs, so Inf - Inf would turn an infinite result into NaN): these are they.
+  // (The per-pixel products check their own operands: pixel_gemm.h.)
+  std::vector<std::pair<const float*, int64_t>> winograd_inputs;
+};
+
+// Runs a float32 pass by the direct kernels, the GEMM or, where they suit, Winograd
+// (winograd.h) or the per-pixel products (pixel_gemm.h), as chosen above.
+void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kernels) {
+  const OptionalMode wmode = winograd_can_run(g, pass) ? optional_kernel_mode("CUCONV_CPU_WINOGRAD") : OptionalMode::kNever;
+  const OptionalMode pmode = pixel_gemm_can_run(g) ? optional_kernel_mode("CUCONV_CPU_PIXEL_GEMM") : OptionalMode::kNever;
   auto winograd_or_gemm = [&] {
-    for (const auto& [data, count] : winograd_inputs)
-      if (!all_finite(data, count)) return gemm();
-    winograd();
+    for (const auto& [data, count] : kernels.winograd_inputs)
+      if (!all_finite(data, count)) return kernels.gemm();
+    kernels.winograd();
   };
-  if (wmode == WinogradMode::kAlways) return winograd_or_gemm();
+  if (wmode == OptionalMode::kAlways) return winograd_or_gemm();
+  if (pmode == OptionalMode::kAlways) return kernels.pixel();
   const DirectMode mode = direct_conv_mode();
-  const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && direct_exact;
-  if (direct_runs && mode == DirectMode::kAlways) return direct();
-  if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? direct() : gemm();
+  const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && kernels.direct_exact;
+  if (direct_runs && mode == DirectMode::kAlways) return kernels.direct();
+  if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? kernels.direct() : kernels.gemm();
   std::vector<Candidate> candidates;
-  if (direct_runs) candidates.push_back({"direct", direct});
-  candidates.push_back({"gemm", gemm});
-  if (wmode == WinogradMode::kAuto && mode == DirectMode::kAuto) candidates.push_back({"winograd", winograd_or_gemm});
-  if (candidates.size() == 1) return gemm();
+  if (direct_runs) candidates.push_back({"direct", kernels.direct});
+  candidates.push_back({"gemm", kernels.gemm});
+  if (mode == DirectMode::kAuto) {
+    if (wmode == OptionalMode::kAuto) candidates.push_back({"winograd", winograd_or_gemm});
+    if (pmode == OptionalMode::kAuto) candidates.push_back({"pixel", kernels.pixel});
+  }
+  if (candidates.size() == 1) return kernels.gemm();
   run_tuned(tuning_key(g, pass), candidates);
 }
 
@@ -864,10 +879,14 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
         const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
         float* yf = y.mutable_data_ptr<float>();
-        run_float_pass(
-            g, ConvPass::kForward, [&] { direct_conv_forward(direct_problem(g), xf, wf, bf, yf); },
-            [&] { gemm_forward<float>(g, xf, wf, bf, yf); }, true,
-            [&] { winograd_forward(direct_problem(g), xf, wf, bf, yf); }, {{xf, x.numel()}, {wf, w.numel()}});
+        const DirectConv p = direct_problem(g);
+        auto gemm = [&] { gemm_forward<float>(g, xf, wf, bf, yf); };
+        run_float_pass(g, ConvPass::kForward,
+                       {.direct = [&] { direct_conv_forward(p, xf, wf, bf, yf); },
+                        .gemm = gemm,
+                        .winograd = [&] { winograd_forward(p, xf, wf, bf, yf); },
+                        .pixel = [&] { if (!pixel_gemm_forward(p, xf, wf, bf, yf)) gemm(); },
+                        .winograd_inputs = {{xf, x.numel()}, {wf, w.numel()}}});
       } else {
         gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
       }
@@ -918,16 +937,20 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
       } else if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         float* dxf = dx.mutable_data_ptr<float>();
-        run_float_pass(
-            g, ConvPass::kInput, [&] { direct_conv_backward_input(direct_problem(g), dyf, wf, dxf); },
-            [&] {
-              torch::stable::fill_(dx, 0.0);
-              gemm_backward_input<float>(g, dyf, wf, dxf);
-            },
-            // The direct input gradient multiplies the zero border of its padded grad_output by
-            // every tap: a NaN or Inf weight would make NaN where the true gradient has none.
-            std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
-            [&] { winograd_backward_input(direct_problem(g), dyf, wf, dxf); }, {{dyf, dy.numel()}, {wf, w.numel()}});
+        const DirectConv p = direct_problem(g);
+        run_float_pass(g, ConvPass::kInput,
+                       {.direct = [&] { direct_conv_backward_input(p, dyf, wf, dxf); },
+                        .gemm =
+                            [&] {
+                              torch::stable::fill_(dx, 0.0);
+                              gemm_backward_input<float>(g, dyf, wf, dxf);
+                            },
+                        .winograd = [&] { winograd_backward_input(p, dyf, wf, dxf); },
+                        .pixel = [&] { pixel_gemm_backward_input(p, dyf, wf, dxf); },
+                        // The direct input gradient multiplies the zero border of its padded grad_output
+                        // by every tap: a NaN or Inf weight would make NaN where the true gradient has none.
+                        .direct_exact = std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
+                        .winograd_inputs = {{dyf, dy.numel()}, {wf, w.numel()}}});
       } else {
         gemm_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
       }
@@ -972,10 +995,14 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
       } else if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *xf = x.const_data_ptr<float>();
         float* dwf = dw.mutable_data_ptr<float>();
-        run_float_pass(
-            g, ConvPass::kWeight, [&] { direct_conv_backward_weight(direct_problem(g), xf, dyf, dwf); },
-            [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); }, true,
-            [&] { winograd_backward_weight(direct_problem(g), xf, dyf, dwf); }, {{xf, x.numel()}, {dyf, dy.numel()}});
+        const DirectConv p = direct_problem(g);
+        auto gemm = [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); };
+        run_float_pass(g, ConvPass::kWeight,
+                       {.direct = [&] { direct_conv_backward_weight(p, xf, dyf, dwf); },
+                        .gemm = gemm,
+                        .winograd = [&] { winograd_backward_weight(p, xf, dyf, dwf); },
+                        .pixel = [&] { if (!pixel_gemm_backward_weight(p, xf, dyf, dwf)) gemm(); },
+                        .winograd_inputs = {{xf, x.numel()}, {dyf, dy.numel()}}});
       } else {
         gemm_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
       }
