@@ -44,6 +44,10 @@ THREAD_CASES = {
     "avg-pool-3s1": ((lambda t: CF.avg_pool2d(t, 3, 1, 1), lambda t: F.avg_pool2d(t, 3, 1, 1)), [(5, 7, 9, 10)], ""),
     "adaptive-global": ((lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
                         [(5, 7, 9, 10)], ""),
+    # 3x3 planes (ResNet's), enough of them that the threads split them: each plane's gradient is
+    # one store that runs into the next plane, never into another thread's
+    "adaptive-global-3x3": ((lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
+                            [(64, 130, 3, 3)], ""),
     "adaptive": ((lambda t: CF.adaptive_avg_pool2d(t, (4, 3)), lambda t: F.adaptive_avg_pool2d(t, (4, 3))),
                  [(5, 7, 9, 10)], ""),
 }
