@@ -190,6 +190,9 @@ CL_CASES = {  # (x shape, w shape, stride, padding, dilation)
     "5x5-few-channels": ((2, 3, 12, 12), (6, 3, 5, 5), 1, 2, 1),
     "1x1-padded": ((2, 8, 5, 6), (4, 8, 1, 1), 1, 1, 1),  # padding past the kernel's reach: col2im
     "big-channels": ((2, 300, 5, 4), (70, 300, 3, 3), 1, 1, 1),  # channel runs cut at the GEMM depth
+    # pixels in several slices of the GEMM's depth per thread; channels in whole NR panels and a
+    # tail; output channels past whole MR panels (the weight gradient's row-pointer tiles)
+    "many-pixels": ((5, 70, 13, 12), (13, 70, 3, 3), 1, 1, 1),
 }
 
 
@@ -253,3 +256,28 @@ def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwis
     for o, a, r in zip(ours, again, ref):
         assert torch.equal(o, a)
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels"])
+def test_channels_last_conv_every_microkernel_matches_torch(case, dtype, isa, monkeypatch):
+    """The NHWC kernels on every register tile (CUCONV_CPU_ISA asks for a lesser one than the CPU
+    has; on a CPU without it the best it has runs): the indirect forward, and the weight gradient
+    whose tiles read x's rows through pointers, across whole channel panels and a tail."""
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")  # the NHWC kernels, always
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    x_shape, w_shape, stride, padding, dilation = CL_CASES[case]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(x_shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(w_shape, generator=gen, dtype=dtype) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5)
+    w.requires_grad_()
+
+    def run(conv):
+        y = conv(x, w, None, stride, padding, dilation)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        return [y.detach(), *torch.autograd.grad(y, (x, w), dy.to(memory_format=torch.channels_last))]
+
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    for ours, ref in zip(run(CF.conv2d), run(torch.nn.functional.conv2d)):
+        torch.testing.assert_close(ours, ref, **tol)

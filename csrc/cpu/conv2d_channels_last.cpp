@@ -10,7 +10,8 @@
 //   forward       cols      [P_blk, K]        W^T  [K, O] (once)        y rows [P_blk, O] in place
 //                 (not packed: row pointers into x, the indirect convolution)
 //   input grad    dy (packed) [P_blk, O]      W    [O, K] (once)        dcols [P_blk, K_chunk] -> col2im
-//   weight grad   dy^T (packed) [O, P_slice]  cols [P_slice, K]         dW [O, K], per thread part
+//   weight grad   dy^T (packed) [O, P_slice]  X_t [P_slice, C] per tap   dW_t [O, C], per thread part
+//                                             (not packed: row pointers into x)
 //
 // The input gradient of a stride-1 layer is the forward pass itself (flipped kernel over dy).
 // Blocks of P_blk pixels are sized from the L2 (as conv2d.cpp's); the forward pass splits
@@ -181,53 +182,75 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
   });
 }
 
+// The weight gradient, tap by tap: dW_t [O, C] = dy^T [O, P] @ X_t [P, C], where row p of X_t is
+// the input pixel that tap t of output pixel p reads (a row of zeros in the padding). The
+// microkernel reads X_t's rows through pointers straight from x (rows_b, gemm.h): nothing of x
+// is packed, and dy^T is packed once per slice of `depth` pixels for all the taps. (Packing the
+// im2col columns instead, 9x the input for a 3x3 kernel, cost as much as the products on
+// 64-channel layers.) Channels past the last whole NR panel are copied per slice into rows of
+// NR, zero-padded, so no row is read past its end.
 template <typename T>
 void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const T* x, T* dw) {
   const Nhwc g{p};
-  const Microkernel<T> kernel = cpu_microkernel<T>();
+  const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.in_channels);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
+  const int64_t C = p.in_channels, O = p.out_channels, taps = g.taps(), plane = g.pixels_per_sample();
   const int64_t P = p.batch * plane, mr = kernel.mr, nr = kernel.nr, depth = kernel.depth;
+  const int64_t full = C / nr * nr;  // channels in whole NR panels
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), (P + depth - 1) / depth));
-  std::vector<std::vector<T>> partial(parts);
+  std::vector<std::vector<T>> partial(parts);  // per part: dW_t [O, C] for every tap t
+  const std::vector<T> zeros(C, T(0));
   torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    PackedBuffer<T> a(packed_size(O, mr, depth)), b(packed_size(K, nr, depth));
+    PackedBuffer<T> a(packed_size(O, mr, depth));
+    std::vector<const T*> rows(depth), tail_rows(depth);
+    std::vector<T> tails(full < C ? depth * nr : 0, T(0));
+    T edge[kMaxTileElements];
     for (int64_t part = first; part < last; ++part) {
-      std::vector<T>& sum = partial[part];  // dW [O, K]
-      sum.assign(O * K, T(0));
+      std::vector<T>& sum = partial[part];
+      sum.assign(taps * O * C, T(0));
       const int64_t begin = P * part / parts, end = P * (part + 1) / parts;
       for (int64_t p0 = begin; p0 < end; p0 += depth) {
         const int64_t d = std::min(depth, end - p0);
         // dy^T: A element (o, pixel) = dy[pixel, o], runs of mr channels
         pack_a(a.data(), mr, d, dy + p0 * O, O, int64_t{1}, O);
-        // cols: B element (pixel, k), a panel's nr columns being runs of channels of a tap
-        zero_last_b_panel(b.data(), nr, d, K);
-        for (int64_t pp = 0; pp < d; ++pp) {
-          const int64_t n = (p0 + pp) / plane, q = (p0 + pp) % plane;
-          const T* sample = x + n * p.height * p.width * C;
-          for (int64_t t = 0; t < g.taps(); ++t) {
-            const int64_t pixel = g.source(q, t);
-            for (int64_t k = t * C; k < (t + 1) * C;) {
-              const int64_t run = std::min((t + 1) * C - k, nr - k % nr);
-              T* dst = b.data() + packed_index(pp, k, nr, d);
-              if (pixel < 0) std::fill_n(dst, run, T(0));
-              else std::copy_n(sample + pixel * C + (k - t * C), run, dst);
-              k += run;
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t k = 0; k < d; ++k) {
+            const int64_t n = (p0 + k) / plane, pixel = g.source((p0 + k) % plane, t);
+            rows[k] = pixel < 0 ? zeros.data() : x + (n * p.height * p.width + pixel) * C;
+            if (full < C) {
+              std::copy(rows[k] + full, rows[k] + C, tails.begin() + k * nr);
+              tail_rows[k] = tails.data() + k * nr;
+            }
+          }
+          T* dw_t = sum.data() + t * O * C;
+          for (int64_t m0 = 0; m0 < O; m0 += mr) {
+            const int64_t valid_rows = std::min(mr, O - m0);
+            const T* panel = a.data() + m0 * d;
+            for (int64_t j0 = 0; j0 < C; j0 += nr) {
+              const T* const* b_rows = j0 < full ? rows.data() : tail_rows.data();
+              const int64_t offset = j0 < full ? j0 : 0, cols = std::min(nr, C - j0);
+              if (valid_rows == mr && cols == nr) {
+                kernel.rows_b(d, panel, b_rows, offset, dw_t + m0 * C + j0, C, /*accumulate=*/true);
+                continue;
+              }
+              kernel.rows_b(d, panel, b_rows, offset, edge, nr, false);
+              for (int64_t r = 0; r < valid_rows; ++r)
+                for (int64_t j = 0; j < cols; ++j) dw_t[(m0 + r) * C + j0 + j] += edge[r * nr + j];
             }
           }
         }
-        gemm_packed(kernel, O, K, d, a.data(), d * mr, b.data(), d * nr, sum.data(), K, true, nullptr);
       }
     }
   });
-  // dw[o, c, i, j] = sum over parts, in order, of dW[o, t*C + c]
+  // dw[o, c, t] = sum over parts, in order, of dW_t[o, c]
   torch::stable::parallel_for(0, O, 1, [&](int64_t first, int64_t last) {
     for (int64_t o = first; o < last; ++o)
-      for (int64_t k = 0; k < K; ++k) {
-        T total = T(0);
-        for (int64_t part = 0; part < parts; ++part) total += partial[part][o * K + k];
-        dw[g.weight_index(o, k)] = total;
-      }
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < taps; ++t) {
+          T total = T(0);
+          for (int64_t part = 0; part < parts; ++part) total += partial[part][(t * O + o) * C + c];
+          dw[(o * C + c) * taps + t] = total;
+        }
   });
 }
 

@@ -56,6 +56,23 @@ void portable_indirect_tile(int64_t taps, int64_t channels, const T* const* rows
     }
 }
 
+// And with B's rows through pointers (gemm.h, RowsBTileKernel).
+template <typename T, int MR, int NR>
+void portable_rows_b_tile(int64_t depth, const T* a, const T* const* b_rows, int64_t b_offset, T* c, int64_t ldc,
+                          bool accumulate) {
+  T acc[MR][NR] = {};
+  for (int64_t k = 0; k < depth; ++k, a += MR) {
+    const T* b = b_rows[k] + b_offset;
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) {
+      T& out = c[r * ldc + j];
+      out = accumulate ? out + acc[r][j] : acc[r][j];
+    }
+}
+
 CpuIsa best_isa_of_this_cpu() {
 #if CUCONV_X86_SIMD
   static const CpuIsa best = __builtin_cpu_supports("avx512f") ? CpuIsa::kAvx512
@@ -125,7 +142,9 @@ Microkernel<float> cpu_microkernel<float>() {
     case CpuIsa::kAvx512: return avx512_microkernel_float();
     case CpuIsa::kAvx2: return avx2_microkernel_float();
 #endif
-    default: return {4, 16, 256, &portable_tile<float, 4, 16>, "generic", &portable_indirect_tile<float, 4, 16>};
+    default:
+      return {4, 16, 256, &portable_tile<float, 4, 16>, "generic", &portable_indirect_tile<float, 4, 16>,
+              &portable_rows_b_tile<float, 4, 16>};
   }
 }
 
@@ -136,7 +155,9 @@ Microkernel<double> cpu_microkernel<double>() {
     case CpuIsa::kAvx512: return avx512_microkernel_double();
     case CpuIsa::kAvx2: return avx2_microkernel_double();
 #endif
-    default: return {4, 8, 256, &portable_tile<double, 4, 8>, "generic", &portable_indirect_tile<double, 4, 8>};
+    default:
+      return {4, 8, 256, &portable_tile<double, 4, 8>, "generic", &portable_indirect_tile<double, 4, 8>,
+              &portable_rows_b_tile<double, 4, 8>};
   }
 }
 

@@ -51,6 +51,15 @@ template <typename T>
 using IndirectTileKernel = void (*)(int64_t taps, int64_t channels, const T* const* rows, const T* b, T* c,
                                     int64_t ldc, bool accumulate, const T* bias);
 
+// The same register tile with B's rows read through pointers (no packed B): for every k <
+// depth, b_rows[k] + b_offset points at the NR values of row k (an input pixel's channels in
+// NHWC, or a row of zeros), and a is a packed A panel as above:
+//   c[r*ldc + j] (+)= sum_k a[k*MR + r] * (b_rows[k] + b_offset)[j]
+// (accumulating into c when asked, no bias).
+template <typename T>
+using RowsBTileKernel = void (*)(int64_t depth, const T* a, const T* const* b_rows, int64_t b_offset, T* c,
+                                 int64_t ldc, bool accumulate);
+
 // The largest register tile of any microkernel (AVX-512 float: 8 x 48, or 6 x 64), for edge tiles.
 constexpr int64_t kMaxTileElements = 8 * 48;
 
@@ -61,6 +70,7 @@ struct Microkernel {
   TileKernel<T> tile;
   const char* isa;     // "avx512", "avx2" or "generic"
   IndirectTileKernel<T> indirect;  // the same tile, A read through row pointers
+  RowsBTileKernel<T> rows_b;       // the same tile, B's rows read through pointers
 };
 
 // The microkernel for this CPU (and CUCONV_CPU_ISA), for T = float or double.

@@ -99,3 +99,42 @@ void indirect_tile(int64_t taps, int64_t channels, const typename Isa::T* const*
     }
   }
 }
+
+// B's rows through pointers (gemm.h, RowsBTileKernel): per k, NV loads from row k's pointer
+// (an NHWC pixel's channels, read in place) instead of the packed panel; A packed as above.
+template <class Isa, int MR, int NV>
+void rows_b_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T* const* b_rows, int64_t b_offset,
+                 typename Isa::T* c, int64_t ldc, bool accumulate) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+
+  for (int64_t k = 0; k < depth; ++k) {
+    const typename Isa::T* b = b_rows[k] + b_offset;
+    V bk[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bk[v] = Isa::load(b + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Isa::set1(a[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Isa::fma(ar, bk[v], acc[r][v]);
+    }
+    a += MR;
+  }
+
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    typename Isa::T* row = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V out = acc[r][v];
+      if (accumulate) out = Isa::add(Isa::load(row + v * L), out);
+      Isa::store(row + v * L, out);
+    }
+  }
+}

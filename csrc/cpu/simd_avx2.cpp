@@ -47,10 +47,12 @@ struct Avx2Double {
 }  // namespace
 
 Microkernel<float> avx2_microkernel_float() {
-  return {6, 16, 256, &register_tile<Avx2Float, 6, 2>, "avx2", &indirect_tile<Avx2Float, 6, 2>};
+  return {6, 16, 256, &register_tile<Avx2Float, 6, 2>, "avx2", &indirect_tile<Avx2Float, 6, 2>,
+          &rows_b_tile<Avx2Float, 6, 2>};
 }
 Microkernel<double> avx2_microkernel_double() {
-  return {6, 8, 256, &register_tile<Avx2Double, 6, 2>, "avx2", &indirect_tile<Avx2Double, 6, 2>};
+  return {6, 8, 256, &register_tile<Avx2Double, 6, 2>, "avx2", &indirect_tile<Avx2Double, 6, 2>,
+          &rows_b_tile<Avx2Double, 6, 2>};
 }
 
 DirectTiles avx2_direct_tiles() {

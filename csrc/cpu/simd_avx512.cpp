@@ -49,18 +49,22 @@ struct Avx512Double {
 }  // namespace
 
 Microkernel<float> avx512_microkernel_float() {
-  return {8, 48, 256, &register_tile<Avx512Float, 8, 3>, "avx512", &indirect_tile<Avx512Float, 8, 3>};
+  return {8, 48, 256, &register_tile<Avx512Float, 8, 3>, "avx512", &indirect_tile<Avx512Float, 8, 3>,
+          &rows_b_tile<Avx512Float, 8, 3>};
 }
 Microkernel<double> avx512_microkernel_double() {
-  return {8, 24, 256, &register_tile<Avx512Double, 8, 3>, "avx512", &indirect_tile<Avx512Double, 8, 3>};
+  return {8, 24, 256, &register_tile<Avx512Double, 8, 3>, "avx512", &indirect_tile<Avx512Double, 8, 3>,
+          &rows_b_tile<Avx512Double, 8, 3>};
 }
 // Four vectors wide (29 of the 32 registers): for products whose columns are multiples of
 // 64 floats / 32 doubles, which the 3-vector tile would leave a third idle in its edge tile.
 Microkernel<float> avx512_microkernel_float_wide() {
-  return {6, 64, 256, &register_tile<Avx512Float, 6, 4>, "avx512", &indirect_tile<Avx512Float, 6, 4>};
+  return {6, 64, 256, &register_tile<Avx512Float, 6, 4>, "avx512", &indirect_tile<Avx512Float, 6, 4>,
+          &rows_b_tile<Avx512Float, 6, 4>};
 }
 Microkernel<double> avx512_microkernel_double_wide() {
-  return {6, 32, 256, &register_tile<Avx512Double, 6, 4>, "avx512", &indirect_tile<Avx512Double, 6, 4>};
+  return {6, 32, 256, &register_tile<Avx512Double, 6, 4>, "avx512", &indirect_tile<Avx512Double, 6, 4>,
+          &rows_b_tile<Avx512Double, 6, 4>};
 }
 
 DirectTiles avx512_direct_tiles() {
