@@ -86,6 +86,8 @@ MUTANTS = [
     Mutant("rows-b-tile-offset", "index math", "csrc/cpu/gemm_tile.h",
            "const typename Isa::T* b = b_rows[k] + b_offset;", "const typename Isa::T* b = b_rows[k];",
            ("tests/test_tuning.py",)),
+    Mutant("nhwc-max-pool-vector-drops-nan", "special values", "csrc/cpu/pool_tile.h",
+           "const PoolInts takes = (v > best) | (v != v);", "const PoolInts takes = (v > best);", (OPS,)),
     Mutant("direct-row-tile-columns", "index math", "csrc/cpu/direct_conv.cpp",
            "tiles.row(band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, p.dilation_w, C, kh, kw,",
            "tiles.row(band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, 1, C, kh, kw,", (OPS,)),

@@ -35,6 +35,7 @@
 
 #include "../ops.h"
 #include "../shape.h"
+#include "gemm.h"
 #include "simd.h"
 #include "window.h"
 
@@ -590,50 +591,73 @@ struct WindowTable {
 };
 
 // Output row oh of max pooling over one sample: y and indices hold Wo x C values. Per output
-// pixel the running maximum and its index are kept in `best` (opmath) and `best_index`
-// (index_t: 32 bits where the plane allows, so the compare-and-select vectorises in lanes of
-// one width), and written out once.
+// pixel, the window's in-bounds pixels are listed once (`window`; the first stands for an all
+// -inf window, as torch). float32 with 32-bit indices runs the vector kernel of this CPU where
+// there is one (`pixel_kernel`, pool_tile.h: 16 channels at a time in registers over the
+// whole window); other channels keep the running maximum and its index (index_t: 32 bits
+// where the plane allows, so the compare-and-select vectorises in lanes of one width) in
+// `best` / `best_index` (opmath), written out once.
 template <typename scalar_t, typename index_t>
 CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, const scalar_t* x,
                                             scalar_t* __restrict__ y, int64_t* __restrict__ indices,
+                                            MaxPoolPixelNhwc pixel_kernel, index_t* __restrict__ window,
                                             opmath_t<scalar_t>* __restrict__ best, index_t* __restrict__ best_index) {
   using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < g.Wo; ++ow) {
-    bool first = true;
-    for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH) {
+    int64_t taps = 0;
+    for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH)
       for (int64_t j = 0; j < g.kW; ++j) {
         const int64_t iw = ow * g.sW + g.column_offset(j);
-        if (iw < 0 || iw >= g.W) continue;
-        const scalar_t* px = x + (ih * g.W + iw) * C;
-        const index_t position = static_cast<index_t>(ih * g.W + iw);
-        if (first) {  // the window's first in-bounds pixel (reported for all -inf windows, as torch)
-          for (int64_t c = 0; c < C; ++c) best[c] = static_cast<acc_t>(px[c]), best_index[c] = position;
-          first = false;
-          continue;
-        }
-        for (int64_t c = 0; c < C; ++c) {  // torch's rule: v replaces best when v > best or v is NaN
-          const acc_t v = static_cast<acc_t>(px[c]);
-          const bool takes = v > best[c] || v != v;
-          best[c] = takes ? v : best[c];
-          best_index[c] = takes ? position : best_index[c];
-        }
+        if (iw >= 0 && iw < g.W) window[taps++] = static_cast<index_t>(ih * g.W + iw);
+      }
+    int64_t c0 = 0;
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
+      if (pixel_kernel != nullptr) {
+        pixel_kernel(x, C, window, taps, C / 16, y + ow * C, indices + ow * C);
+        c0 = C / 16 * 16;
       }
     }
-    for (int64_t c = 0; c < C; ++c) y[ow * C + c] = static_cast<scalar_t>(best[c]), indices[ow * C + c] = best_index[c];
+    if (c0 == C) continue;
+    const scalar_t* first = x + window[0] * C;
+    for (int64_t c = c0; c < C; ++c) best[c] = static_cast<acc_t>(first[c]), best_index[c] = window[0];
+    for (int64_t t = 1; t < taps; ++t) {
+      const scalar_t* px = x + window[t] * C;
+      const index_t position = window[t];
+      for (int64_t c = c0; c < C; ++c) {  // torch's rule: v replaces best when v > best or v is NaN
+        const acc_t v = static_cast<acc_t>(px[c]);
+        const bool takes = v > best[c] || v != v;
+        best[c] = takes ? v : best[c];
+        best_index[c] = takes ? position : best_index[c];
+      }
+    }
+    for (int64_t c = c0; c < C; ++c) y[ow * C + c] = static_cast<scalar_t>(best[c]), indices[ow * C + c] = best_index[c];
   }
+}
+
+// The vector kernel for max_pool_row_nhwc on this CPU (and CUCONV_CPU_ISA), or none.
+MaxPoolPixelNhwc max_pool_pixel_kernel() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_max_pool_pixel_nhwc();
+    case CpuIsa::kAvx2: return avx2_max_pool_pixel_nhwc();
+    default: break;
+  }
+#endif
+  return nullptr;
 }
 
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
+  const MaxPoolPixelNhwc pixel_kernel = max_pool_pixel_kernel();
   auto run = [&](auto index_zero) {
     using index_t = decltype(index_zero);
     torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
+      std::vector<index_t> window(g.kH * g.kW), best_index(C);
       std::vector<opmath_t<scalar_t>> best(C);
-      std::vector<index_t> best_index(C);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t out = row * g.Wo * C;
-        max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, best.data(),
-                          best_index.data());
+        max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, pixel_kernel,
+                          window.data(), best.data(), best_index.data());
       }
     });
   };

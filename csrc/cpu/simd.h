@@ -9,3 +9,17 @@
 #else
 #define CUCONV_X86_SIMD 0
 #endif
+
+#include <cstdint>
+
+namespace cuconv {
+
+// The vector kernel of channels_last float32 max pooling (pool_tile.h): one output pixel, 16
+// channels at a time; avx512_max_pool_pixel_nhwc() and avx2_max_pool_pixel_nhwc() return it
+// compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
+using MaxPoolPixelNhwc = void (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, int64_t chunks,
+                                  float* y, int64_t* indices);
+MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc();
+MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
+
+}  // namespace cuconv

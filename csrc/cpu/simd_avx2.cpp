@@ -43,6 +43,7 @@ struct Avx2Double {
 
 #include "direct_tile.h"
 #include "gemm_tile.h"
+#include "pool_tile.h"
 
 }  // namespace
 
@@ -54,6 +55,8 @@ Microkernel<double> avx2_microkernel_double() {
   return {6, 8, 256, &register_tile<Avx2Double, 6, 2>, "avx2", &indirect_tile<Avx2Double, 6, 2>,
           &rows_b_tile<Avx2Double, 6, 2>};
 }
+
+MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
 
 DirectTiles avx2_direct_tiles() {
   DirectTiles t;

@@ -45,6 +45,7 @@ struct Avx512Double {
 
 #include "direct_tile.h"
 #include "gemm_tile.h"
+#include "pool_tile.h"
 
 }  // namespace
 
@@ -66,6 +67,8 @@ Microkernel<double> avx512_microkernel_double_wide() {
   return {6, 32, 256, &register_tile<Avx512Double, 6, 4>, "avx512", &indirect_tile<Avx512Double, 6, 4>,
           &rows_b_tile<Avx512Double, 6, 4>};
 }
+
+MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
