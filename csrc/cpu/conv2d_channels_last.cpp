@@ -45,6 +45,30 @@ struct Nhwc {
     const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h, iw = ow * p.stride_w - p.pad_w + j * p.dilation_w;
     return ih < 0 || ih >= p.height || iw < 0 || iw >= p.width ? -1 : ih * p.width + iw;
   }
+
+  // The same for the hot loops, without a division per tap: an output pixel (counted across
+  // samples) as its window, worked out once, and each tap as its offset from the window's corner.
+  struct Window {
+    int64_t sample, h0, w0;  // the sample's first input element; the corner's row and column (< 0 in the padding)
+  };
+  Window window(int64_t pixel) const {
+    const int64_t q = pixel % pixels_per_sample();
+    return {pixel / pixels_per_sample() * p.height * p.width * p.in_channels, q / p.out_w * p.stride_h - p.pad_h,
+            q % p.out_w * p.stride_w - p.pad_w};
+  }
+  struct TapOffset {
+    int64_t h, w;
+  };
+  std::vector<TapOffset> tap_offsets() const {
+    std::vector<TapOffset> offsets;
+    for (int64_t t = 0; t < taps(); ++t) offsets.push_back({t / p.kernel_w * p.dilation_h, t % p.kernel_w * p.dilation_w});
+    return offsets;
+  }
+  // Element offset of the input pixel that a tap of the window reads (its channel 0), or -1 in the padding.
+  int64_t tap_source(const Window& win, const TapOffset& tap) const {
+    const int64_t ih = win.h0 + tap.h, iw = win.w0 + tap.w;
+    return ih < 0 || ih >= p.height || iw < 0 || iw >= p.width ? -1 : win.sample + (ih * p.width + iw) * p.in_channels;
+  }
 };
 
 // Pixels per block: a multiple of `tile` whose packed slice (256 deep) takes ~3/8 of the
@@ -90,6 +114,7 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
       slices.push_back({t, std::min(taps_per_slice, g.taps() - t), 0, C});
   }
   const std::vector<T> zeros(C, T(0));
+  const std::vector<Nhwc::TapOffset> taps = g.tap_offsets();
   const int64_t block = block_pixels(P, mr);
   torch::stable::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
     std::vector<const T*> rows(g.taps() * mr);
@@ -100,12 +125,13 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
         const bool first_slice = &slice == &slices.front();
         for (int64_t r0 = 0; r0 < M; r0 += mr) {
           const int64_t valid_rows = std::min(mr, M - r0);
-          for (int64_t t = 0; t < slice.taps; ++t)
-            for (int64_t r = 0; r < mr; ++r) {
-              const int64_t n = (p0 + r0 + r) / plane, q = (p0 + r0 + r) % plane;
-              const int64_t pixel = r < valid_rows ? g.source(q, slice.tap + t) : -1;
-              rows[t * mr + r] = pixel < 0 ? zeros.data() : x + (n * p.height * p.width + pixel) * C + slice.channel;
+          for (int64_t r = 0; r < mr; ++r) {
+            const Nhwc::Window win = g.window(p0 + r0 + r);
+            for (int64_t t = 0; t < slice.taps; ++t) {
+              const int64_t source = r < valid_rows ? g.tap_source(win, taps[slice.tap + t]) : -1;
+              rows[t * mr + r] = source < 0 ? zeros.data() : x + source + slice.channel;
             }
+          }
           T* out = y + (p0 + r0) * O;
           for (int64_t j0 = 0; j0 < O; j0 += nr) {
             const T* panel = b.data() + j0 / nr * K * nr + (slice.tap * C + slice.channel) * nr;
@@ -194,29 +220,32 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
   const Nhwc g{p};
   const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.in_channels);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, taps = g.taps(), plane = g.pixels_per_sample();
+  const int64_t C = p.in_channels, O = p.out_channels, plane = g.pixels_per_sample();
   const int64_t P = p.batch * plane, mr = kernel.mr, nr = kernel.nr, depth = kernel.depth;
   const int64_t full = C / nr * nr;  // channels in whole NR panels
+  const std::vector<Nhwc::TapOffset> taps = g.tap_offsets();
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), (P + depth - 1) / depth));
   std::vector<std::vector<T>> partial(parts);  // per part: dW_t [O, C] for every tap t
   const std::vector<T> zeros(C, T(0));
   torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
     PackedBuffer<T> a(packed_size(O, mr, depth));
     std::vector<const T*> rows(depth), tail_rows(depth);
+    std::vector<Nhwc::Window> windows(depth);
     std::vector<T> tails(full < C ? depth * nr : 0, T(0));
     T edge[kMaxTileElements];
     for (int64_t part = first; part < last; ++part) {
       std::vector<T>& sum = partial[part];
-      sum.assign(taps * O * C, T(0));
+      sum.assign(g.taps() * O * C, T(0));
       const int64_t begin = P * part / parts, end = P * (part + 1) / parts;
       for (int64_t p0 = begin; p0 < end; p0 += depth) {
         const int64_t d = std::min(depth, end - p0);
         // dy^T: A element (o, pixel) = dy[pixel, o], runs of mr channels
         pack_a(a.data(), mr, d, dy + p0 * O, O, int64_t{1}, O);
-        for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t k = 0; k < d; ++k) windows[k] = g.window(p0 + k);
+        for (int64_t t = 0; t < g.taps(); ++t) {
           for (int64_t k = 0; k < d; ++k) {
-            const int64_t n = (p0 + k) / plane, pixel = g.source((p0 + k) % plane, t);
-            rows[k] = pixel < 0 ? zeros.data() : x + (n * p.height * p.width + pixel) * C;
+            const int64_t source = g.tap_source(windows[k], taps[t]);
+            rows[k] = source < 0 ? zeros.data() : x + source;
             if (full < C) {
               std::copy(rows[k] + full, rows[k] + C, tails.begin() + k * nr);
               tail_rows[k] = tails.data() + k * nr;
@@ -246,10 +275,10 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
   torch::stable::parallel_for(0, O, 1, [&](int64_t first, int64_t last) {
     for (int64_t o = first; o < last; ++o)
       for (int64_t c = 0; c < C; ++c)
-        for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t t = 0; t < g.taps(); ++t) {
           T total = T(0);
           for (int64_t part = 0; part < parts; ++part) total += partial[part][(t * O + o) * C + c];
-          dw[(o * C + c) * taps + t] = total;
+          dw[(o * C + c) * g.taps() + t] = total;
         }
   });
 }
