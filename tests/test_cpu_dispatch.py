@@ -101,3 +101,19 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
     if expected is None:
         pytest.skip(f"torch reports {capability}; cuconv's choice there is not pinned down here")
     assert cuconv._C.cpu_kernels()["isa"] == expected
+
+
+@pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])
+def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypatch):
+    """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512 and a
+    store per plane elsewhere: the same values on every ISA, bitwise, and torch's. 5 x 67 planes:
+    groups of 16 and a tail."""
+    x = torch.randn(5, 67, *size, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    dy = torch.randn(5, 67, 1, 1, generator=torch.Generator().manual_seed(5))
+    (ref,) = torch.autograd.grad(F.adaptive_avg_pool2d(x, 1), x, dy)
+    grads = {}
+    for isa in ("avx512", "avx2", "generic"):
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        (grads[isa],) = torch.autograd.grad(CF.adaptive_avg_pool2d(x, 1), x, dy)
+        torch.testing.assert_close(grads[isa], ref, rtol=1e-6, atol=1e-7)
+    assert torch.equal(grads["avx512"], grads["generic"]) and torch.equal(grads["avx2"], grads["generic"])

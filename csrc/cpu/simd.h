@@ -14,12 +14,17 @@
 
 namespace cuconv {
 
-// The vector kernel of channels_last float32 max pooling (pool_tile.h): one output pixel, 16
-// channels at a time; avx512_max_pool_pixel_nhwc() and avx2_max_pool_pixel_nhwc() return it
-// compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
+// The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling, one output
+// pixel 16 channels at a time: avx512_max_pool_pixel_nhwc() and avx2_max_pool_pixel_nhwc() return
+// it compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
 using MaxPoolPixelNhwc = void (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, int64_t chunks,
                                   float* y, int64_t* indices);
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc();
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
+
+// Global average pooling's gradient, float32, planes of <= 16 values in groups of 16
+// (pool_tile.h): AVX-512 only.
+using GlobalUnpoolGroups = void (*)(const float* dy, int64_t groups, int64_t plane, float* dx);
+GlobalUnpoolGroups avx512_global_unpool_groups();
 
 }  // namespace cuconv

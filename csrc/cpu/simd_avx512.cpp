@@ -69,6 +69,7 @@ Microkernel<double> avx512_microkernel_double_wide() {
 }
 
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
+GlobalUnpoolGroups avx512_global_unpool_groups() { return &global_unpool_groups; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
