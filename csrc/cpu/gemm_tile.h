@@ -12,16 +12,48 @@
 // broadcasts of A feed MR*NV independent FMAs; MR*NV + NV + 1 vector registers must
 // fit the ISA's register file (32 for AVX-512, 16 for AVX2).
 
+// The three tiles below share their accumulators' start and end: MR x NV vectors, zeroed, and
+// written to C (row stride ldc), added to it when accumulating, else plus a bias per row
+// (row_bias[r]) or per column (column_bias[j]) where one is given.
+template <class Isa, int MR, int NV>
+__attribute__((always_inline)) inline void zero_tile(typename Isa::V (&acc)[MR][NV]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+}
+
+template <class Isa, int MR, int NV>
+__attribute__((always_inline)) inline void store_tile(typename Isa::V (&acc)[MR][NV], typename Isa::T* c, int64_t ldc,
+                                                      bool accumulate, const typename Isa::T* row_bias,
+                                                      const typename Isa::T* column_bias) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    typename Isa::T* row = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V out = acc[r][v];
+      if (accumulate) {
+        out = Isa::add(Isa::load(row + v * L), out);
+      } else if (row_bias != nullptr) {
+        out = Isa::add(out, Isa::set1(row_bias[r]));
+      } else if (column_bias != nullptr) {
+        out = Isa::add(out, Isa::load(column_bias + v * L));
+      }
+      Isa::store(row + v * L, out);
+    }
+  }
+}
+
 template <class Isa, int MR, int NV>
 void register_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T* b,
                    typename Isa::T* c, int64_t ldc, bool accumulate, const typename Isa::T* bias) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+  zero_tile<Isa, MR, NV>(acc);
 
   for (int64_t k = 0; k < depth; ++k) {
     V bk[NV];
@@ -37,20 +69,7 @@ void register_tile(int64_t depth, const typename Isa::T* a, const typename Isa::
     b += NV * L;
   }
 
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    typename Isa::T* row = c + r * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      V out = acc[r][v];
-      if (accumulate) {
-        out = Isa::add(Isa::load(row + v * L), out);
-      } else if (bias != nullptr) {
-        out = Isa::add(out, Isa::set1(bias[r]));
-      }
-      Isa::store(row + v * L, out);
-    }
-  }
+  store_tile<Isa, MR, NV>(acc, c, ldc, accumulate, bias, nullptr);
 }
 
 // The indirect form (gemm.h, IndirectTileKernel): A's rows are read through MR pointers per
@@ -61,10 +80,7 @@ void indirect_tile(int64_t taps, int64_t channels, const typename Isa::T* const*
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+  zero_tile<Isa, MR, NV>(acc);
 
   for (int64_t t = 0; t < taps; ++t, rows += MR) {
     const typename Isa::T* a[MR];
@@ -84,20 +100,7 @@ void indirect_tile(int64_t taps, int64_t channels, const typename Isa::T* const*
     }
   }
 
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    typename Isa::T* row = c + r * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      V out = acc[r][v];
-      if (accumulate) {
-        out = Isa::add(Isa::load(row + v * L), out);
-      } else if (bias != nullptr) {
-        out = Isa::add(out, Isa::load(bias + v * L));
-      }
-      Isa::store(row + v * L, out);
-    }
-  }
+  store_tile<Isa, MR, NV>(acc, c, ldc, accumulate, nullptr, bias);
 }
 
 // B's rows through pointers (gemm.h, RowsBTileKernel): per k, NV loads from row k's pointer
@@ -108,10 +111,7 @@ void rows_b_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T*
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = Isa::zero();
+  zero_tile<Isa, MR, NV>(acc);
 
   for (int64_t k = 0; k < depth; ++k) {
     const typename Isa::T* b = b_rows[k] + b_offset;
@@ -127,14 +127,5 @@ void rows_b_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T*
     a += MR;
   }
 
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    typename Isa::T* row = c + r * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      V out = acc[r][v];
-      if (accumulate) out = Isa::add(Isa::load(row + v * L), out);
-      Isa::store(row + v * L, out);
-    }
-  }
+  store_tile<Isa, MR, NV>(acc, c, ldc, accumulate, nullptr, nullptr);
 }

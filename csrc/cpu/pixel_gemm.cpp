@@ -241,6 +241,36 @@ void set_terms(ProductSums& sums, int64_t destinations, const std::vector<std::a
   for (const auto& t : triples) sums.terms[next[t[0]]++] = {t[1], t[2]};
 }
 
+// The forward pass and the input gradient, which are the same sums over the batch with the
+// weights seen two ways: for every destination pixel d of `to` (NCHW, M channels, to_pixels),
+//   to[:, :, d] = bias + sum over d's terms (tap t, pixel s) of A_t [M, K] @ from[:, :, s]
+// with `from` NCHW (K channels, from_pixels) and A_t element (m, k) = w[m*row_stride +
+// k*depth_stride + t]; triples are (d, t, s). Returns false, having written nothing, when
+// `check_weights` and a weight is Inf or NaN.
+bool products_over_batch(const DirectConv& p, const float* from, int64_t K, int64_t from_pixels, const float* w,
+                         int64_t M, int64_t row_stride, int64_t depth_stride, bool check_weights,
+                         const std::vector<std::array<int64_t, 3>>& triples, const float* bias, float* to,
+                         int64_t to_pixels) {
+  const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.batch);
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t taps = p.kernel_h * p.kernel_w;
+  ProductSums sums;
+  sums.M = M, sums.N = p.batch, sums.depth = K;
+  sums.a_size = packed_size(M, kernel.mr, K), sums.b_size = packed_size(p.batch, kernel.nr, K);
+  PackedBuffer<float> a(taps * sums.a_size), b(from_pixels * sums.b_size);
+  const bool finite = pack_tap_operands(w, M, K, row_stride, depth_stride, taps, kernel.mr, a.data());
+  if (check_weights && !finite) return false;
+  pack_pixels_over_batch(from, p.batch, K, from_pixels, kernel.nr, b.data());
+  sums.a = a.data(), sums.b = b.data();
+  set_terms(sums, to_pixels, triples);
+  run_product_sums(kernel, sums, bias,
+                   [&](int64_t pixel, int64_t m0, int64_t m1, int64_t n0, int64_t n1, const float* c, int64_t ldc) {
+                     for (int64_t n = n0; n < n1; ++n)
+                       for (int64_t m = m0; m < m1; ++m) to[(n * M + m) * to_pixels + pixel] = c[(m - m0) * ldc + (n - n0)];
+                   });
+  return true;
+}
+
 }  // namespace
 
 bool pixel_gemm_suits(const DirectConv& p) {
@@ -248,50 +278,21 @@ bool pixel_gemm_suits(const DirectConv& p) {
 }
 
 bool pixel_gemm_forward(const DirectConv& p, const float* x, const float* w, const float* bias, float* y) {
-  const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.batch);
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, taps = p.kernel_h * p.kernel_w;
-  const int64_t in_pixels = p.height * p.width, out_pixels = p.out_h * p.out_w;
-  ProductSums sums;
-  sums.M = O, sums.N = p.batch, sums.depth = C;
-  sums.a_size = packed_size(O, kernel.mr, C), sums.b_size = packed_size(p.batch, kernel.nr, C);
-  PackedBuffer<float> a(taps * sums.a_size), b(in_pixels * sums.b_size);
-  if (!pack_tap_operands(w, O, C, C * taps, taps, taps, kernel.mr, a.data())) return false;  // W_t: (o, c) = w[o, c, t]
-  pack_pixels_over_batch(x, p.batch, C, in_pixels, kernel.nr, b.data());
-  sums.a = a.data(), sums.b = b.data();
-  std::vector<std::array<int64_t, 3>> triples;
+  const int64_t C = p.in_channels, taps = p.kernel_h * p.kernel_w;
+  std::vector<std::array<int64_t, 3>> triples;  // (output pixel, tap, input pixel)
   for_each_inside_tap(p, [&](int64_t out, int64_t tap, int64_t in) { triples.push_back({out, tap, in}); });
-  set_terms(sums, out_pixels, triples);
-  run_product_sums(kernel, sums, bias,
-                   [&](int64_t pixel, int64_t m0, int64_t m1, int64_t n0, int64_t n1, const float* c, int64_t ldc) {
-                     for (int64_t n = n0; n < n1; ++n)
-                       for (int64_t o = m0; o < m1; ++o)
-                         y[(n * O + o) * out_pixels + pixel] = c[(o - m0) * ldc + (n - n0)];
-                   });
-  return true;
+  // A_t = W_t: (o, c) = w[o, c, t]
+  return products_over_batch(p, x, C, p.height * p.width, w, p.out_channels, C * taps, taps, /*check_weights=*/true,
+                             triples, bias, y, p.out_h * p.out_w);
 }
 
 void pixel_gemm_backward_input(const DirectConv& p, const float* dy, const float* w, float* dx) {
-  const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.batch);
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const int64_t C = p.in_channels, O = p.out_channels, taps = p.kernel_h * p.kernel_w;
-  const int64_t in_pixels = p.height * p.width, out_pixels = p.out_h * p.out_w;
-  ProductSums sums;
-  sums.M = C, sums.N = p.batch, sums.depth = O;
-  sums.a_size = packed_size(C, kernel.mr, O), sums.b_size = packed_size(p.batch, kernel.nr, O);
-  PackedBuffer<float> a(taps * sums.a_size), b(out_pixels * sums.b_size);
-  pack_tap_operands(w, C, O, taps, C * taps, taps, kernel.mr, a.data());  // W_t^T: (c, o) = w[o, c, t]
-  pack_pixels_over_batch(dy, p.batch, O, out_pixels, kernel.nr, b.data());
-  sums.a = a.data(), sums.b = b.data();
-  std::vector<std::array<int64_t, 3>> triples;
+  const int64_t C = p.in_channels, taps = p.kernel_h * p.kernel_w;
+  std::vector<std::array<int64_t, 3>> triples;  // (input pixel, tap, output pixel)
   for_each_inside_tap(p, [&](int64_t out, int64_t tap, int64_t in) { triples.push_back({in, tap, out}); });
-  set_terms(sums, in_pixels, triples);
-  run_product_sums(kernel, sums, nullptr,
-                   [&](int64_t pixel, int64_t m0, int64_t m1, int64_t n0, int64_t n1, const float* c, int64_t ldc) {
-                     for (int64_t n = n0; n < n1; ++n)
-                       for (int64_t ch = m0; ch < m1; ++ch)
-                         dx[(n * C + ch) * in_pixels + pixel] = c[(ch - m0) * ldc + (n - n0)];
-                   });
+  // A_t = W_t^T: (c, o) = w[o, c, t]
+  products_over_batch(p, dy, p.out_channels, p.out_h * p.out_w, w, C, taps, C * taps, /*check_weights=*/false,
+                      triples, nullptr, dx, p.height * p.width);
 }
 
 bool pixel_gemm_backward_weight(const DirectConv& p, const float* x, const float* dy, float* dw) {
