@@ -63,7 +63,7 @@ void run_product_sums(const Microkernel<float>& kernel, const ProductSums& s, co
   const int64_t padded_n = (s.N + nr - 1) / nr * nr;
   const int64_t block = std::clamp<int64_t>(l2_cache_bytes() * 3 / 8 / (kernel.depth * 4) / nr * nr, nr, padded_n);
   torch::stable::parallel_for(0, m_parts * d_parts, 1, [&](int64_t begin, int64_t end) {
-    PackedBuffer<float> sum(m_panels * mr * block);
+    PackedBuffer<float> sum((m_panels + m_parts - 1) / m_parts * mr * block);  // the largest part's rows
     for (int64_t item = begin; item < end; ++item) {
       const int64_t mp = item % m_parts, dp = item / m_parts;
       const int64_t m_begin = mp * m_panels / m_parts * mr, m_end = std::min(s.M, (mp + 1) * m_panels / m_parts * mr);
