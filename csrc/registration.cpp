@@ -68,6 +68,10 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
   }
 }
 
+// cuconv._C.cpu_tuning_kernels(): the names of every kernel a choice may record (tuner.h), for
+// the disk cache's section name.
+PyObject* cpu_tuning_kernels(PyObject*, PyObject*) { return PyUnicode_FromString(cuconv::kernel_names().c_str()); }
+
 // cuconv._C.cpu_tuning(): the measured choices so far, {key: winner}.
 PyObject* cpu_tuning(PyObject*, PyObject*) {
   PyObject* result = PyDict_New();
@@ -141,6 +145,7 @@ PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
 PyMethodDef cuconv_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS, "The CPU kernels cuconv chooses now (instruction set, paths)."},
     {"cpu_tuning", cpu_tuning, METH_NOARGS, "The measured kernel choices, {key: winner}."},
+    {"cpu_tuning_kernels", cpu_tuning_kernels, METH_NOARGS, "The kernel names a choice may record."},
     {"cpu_tuning_set", cpu_tuning_set, METH_O, "Records {key: winner} choices; None forgets them all."},
     {"cpu_tuner_pick", cpu_tuner_pick, METH_VARARGS, "The tuner on candidates that wait given times (tests)."},
     {nullptr, nullptr, 0, nullptr}};

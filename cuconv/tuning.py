@@ -1,14 +1,17 @@
 """The CPU kernel choices cuconv measures (csrc/cpu/tuner.h), and their on-disk cache.
 
 The first call of each float32 convolution shape and pass times the kernels that can run it
-(the direct and the im2col + GEMM kernels) on the call's own tensors and keeps the faster for
-the rest of the process; that first call costs about four or five calls of the layer.
+(the direct and the im2col + GEMM kernels, Winograd on 3x3 stride-1 layers, the per-pixel
+products on small images; NHWC against NCHW for channels_last layers) on the call's own tensors
+and keeps the fastest for the rest of the process; that first call costs two calls of the layer
+per candidate and one more.
 
 - ``CUCONV_CPU_TUNE=0``: no measuring; fixed rules decide (reproducible across runs).
 - ``CUCONV_LOG=1``: every decision is printed to stderr with the candidates' times.
 - ``CUCONV_TUNE_CACHE=path``: the choices are loaded from that JSON file when cuconv is
-  imported and saved to it at exit, under the CPU model and cuconv version that made them (a
-  different CPU or version measures again). ``load`` / ``save`` do the same by hand.
+  imported and saved to it at exit, under the CPU model, cuconv version and set of kernels that
+  made them (a different CPU, version or kernel set measures again). ``load`` / ``save`` do the
+  same by hand.
 """
 
 import atexit
@@ -34,20 +37,22 @@ def _cpuinfo_fields():
 
 def machine():
     """The key the cache files its choices under: CPU model (with family and model numbers,
-    which tell apart CPUs a VM names alike) and cuconv version."""
+    which tell apart CPUs a VM names alike), cuconv version, and the kernels a choice may name
+    (a build with a new candidate must measure it, whatever the version says)."""
     import platform
 
     import cuconv
+    from cuconv import _C
 
     fields = _cpuinfo_fields()
     cpu = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:
         cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return f"{cpu} / cuconv {cuconv.__version__}"
+    return f"{cpu} / cuconv {cuconv.__version__} / kernels {_C.cpu_tuning_kernels()}"
 
 
 def choices():
-    """The choices made so far in this process: {key: "direct" or "gemm"}."""
+    """The choices made so far in this process: {key: the winning kernel's name}."""
     from cuconv import _C
 
     return _C.cpu_tuning()

@@ -150,6 +150,22 @@ def test_the_cache_keeps_each_machines_choices(tmp_path):
     assert cuconv.tuning.load(tmp_path / "missing.json") == 0
 
 
+def test_a_cache_made_with_other_kernels_is_measured_again(tmp_path):
+    """The cache files choices under the kernels a choice may name too: a section written by a
+    build without the per-pixel products (the same CPU and version) is not loaded, since its
+    choices never tried them; every name the tuner records is one of this build's."""
+    kernels = _C.cpu_tuning_kernels().split()
+    assert {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw"} <= set(kernels)
+    assert cuconv.tuning.machine().endswith(" / kernels " + " ".join(kernels))
+    older = cuconv.tuning.machine().rsplit(" / kernels ", 1)[0] + " / kernels direct gemm winograd nhwc nchw"
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({older: {"test a": "gemm"}}))
+    assert cuconv.tuning.load(path) == 0
+    assert cuconv.tuning.choices() == {}
+    _forward_backward(*_layer())
+    assert set(cuconv.tuning.choices().values()) <= set(kernels)
+
+
 def test_a_bad_cache_file_is_a_clear_error(tmp_path):
     path = tmp_path / "tuning.json"
     path.write_text("[1, 2]")

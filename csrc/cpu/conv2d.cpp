@@ -823,11 +823,11 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   if (direct_runs && mode == DirectMode::kAlways) return kernels.direct();
   if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? kernels.direct() : kernels.gemm();
   std::vector<Candidate> candidates;
-  if (direct_runs) candidates.push_back({"direct", kernels.direct});
-  candidates.push_back({"gemm", kernels.gemm});
+  if (direct_runs) candidates.push_back({kernel_name(KernelName::kDirect), kernels.direct});
+  candidates.push_back({kernel_name(KernelName::kGemm), kernels.gemm});
   if (mode == DirectMode::kAuto) {
-    if (wmode == OptionalMode::kAuto) candidates.push_back({"winograd", winograd_or_gemm});
-    if (pmode == OptionalMode::kAuto) candidates.push_back({"pixel", kernels.pixel});
+    if (wmode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kWinograd), winograd_or_gemm});
+    if (pmode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kPixel), kernels.pixel});
   }
   if (candidates.size() == 1) return kernels.gemm();
   run_tuned(tuning_key(g, pass), candidates);
@@ -848,7 +848,8 @@ void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const
                    const std::function<void()>& nchw) {
   if (!tuning_enabled()) return nhwc();
   const char* variant = dtype == ScalarType::Double ? "float64 channels_last" : "float32 channels_last";
-  run_tuned(tuning_key(g, pass, variant), {{"nhwc", nhwc}, {"nchw", nchw}});
+  run_tuned(tuning_key(g, pass, variant),
+            {{kernel_name(KernelName::kNhwc), nhwc}, {kernel_name(KernelName::kNchw), nchw}});
 }
 
 }  // namespace

@@ -37,6 +37,19 @@ double seconds_to_run(const Candidate& candidate) {
 
 }  // namespace
 
+const char* kernel_name(KernelName name) {
+  static const char* const names[] = {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw"};
+  static_assert(sizeof names / sizeof names[0] == static_cast<size_t>(KernelName::kCount));
+  return names[static_cast<int>(name)];
+}
+
+std::string kernel_names() {
+  std::string all;
+  for (int n = 0; n < static_cast<int>(KernelName::kCount); ++n)
+    all += std::string(n == 0 ? "" : " ") + kernel_name(static_cast<KernelName>(n));
+  return all;
+}
+
 bool tuning_enabled() { return env_flag("CUCONV_CPU_TUNE", true); }
 
 size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidates) {

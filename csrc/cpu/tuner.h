@@ -27,6 +27,13 @@
 
 namespace cuconv {
 
+// The names a choice records, one per kernel family (the candidates of conv2d.cpp). All of them
+// together, kernel_names(), also name the disk cache's section (cuconv/tuning.py): choices made
+// by a build with other candidates never tried the new ones, so they are measured again.
+enum class KernelName { kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kCount };
+const char* kernel_name(KernelName name);
+std::string kernel_names();  // space-separated
+
 struct Candidate {
   const char* name;           // recorded in the table (and the disk cache) by this name
   std::function<void()> run;  // computes the call's result in full
