@@ -84,10 +84,10 @@ std::vector<int64_t> tap_offsets(const DirectConv& p) {
   return taps;
 }
 
-// One sample's planes into the interior of its zero-padded copy [C, Hp, Wp] (the border is left
-// as it is: zero).
-void copy_into_padding(const DirectConv& p, const float* in, float* padded) {
-  const int64_t hp = padded_h(p), wp = padded_w(p);
+// One sample's planes into the interior of its zero-padded copy [C, hp, wp] (the border is left
+// as it is: zero); hp and wp default to the padded size, and may be larger (the row tiles').
+void copy_into_padding(const DirectConv& p, const float* in, float* padded, int64_t hp = -1, int64_t wp = -1) {
+  if (hp < 0) hp = padded_h(p), wp = padded_w(p);
   for (int64_t c = 0; c < p.in_channels; ++c)
     for (int64_t h = 0; h < p.height; ++h)
       std::memcpy(padded + (c * hp + h + p.pad_h) * wp + p.pad_w, in + (c * p.height + h) * p.width,
@@ -174,10 +174,7 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / bands, oh0 = item % bands * R, rows = std::min(R, p.out_h - oh0);
       if (n != padded_sample) {
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t h = 0; h < p.height; ++h)
-            std::copy_n(in + ((n * C + c) * p.height + h) * p.width, p.width,
-                        x.data() + (c * hp + h + p.pad_h) * wp + p.pad_w);
+        copy_into_padding(p, in + n * C * p.height * p.width, x.data(), hp, wp);
         padded_sample = n;
       }
       const float* band = x.data() + oh0 * p.stride_h * wp;

@@ -40,11 +40,13 @@ namespace {
 // `depth`; B operands `b_size` apart, each NR-column panels of depth `depth`, with the
 // columns past N zero.
 struct ProductSums {
-  int64_t M = 0, N = 0, depth = 0;
-  const float* a = nullptr;
-  int64_t a_size = 0;
+  ProductSums(const Microkernel<float>& kernel, int64_t rows, int64_t columns, int64_t depth_)
+      : M(rows), N(columns), depth(depth_), a_size(packed_size(M, kernel.mr, depth)),
+        b_size(packed_size(N, kernel.nr, depth)) {}
+  int64_t M, N, depth;
+  int64_t a_size, b_size;  // elements of one A / B operand
+  const float* a = nullptr;  // operand 0 of each (packed by the caller)
   const float* b = nullptr;
-  int64_t b_size = 0;
   std::vector<int64_t> first;                       // destination d's terms: [first[d], first[d + 1])
   std::vector<std::pair<int64_t, int64_t>> terms;  // (A operand, B operand)
   int64_t destinations() const { return static_cast<int64_t>(first.size()) - 1; }
@@ -254,9 +256,7 @@ bool products_over_batch(const DirectConv& p, const float* from, int64_t K, int6
   const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.batch);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t taps = p.kernel_h * p.kernel_w;
-  ProductSums sums;
-  sums.M = M, sums.N = p.batch, sums.depth = K;
-  sums.a_size = packed_size(M, kernel.mr, K), sums.b_size = packed_size(p.batch, kernel.nr, K);
+  ProductSums sums(kernel, M, p.batch, K);
   PackedBuffer<float> a(taps * sums.a_size), b(from_pixels * sums.b_size);
   const bool finite = pack_tap_operands(w, M, K, row_stride, depth_stride, taps, kernel.mr, a.data());
   if (check_weights && !finite) return false;
@@ -300,9 +300,7 @@ bool pixel_gemm_backward_weight(const DirectConv& p, const float* x, const float
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t C = p.in_channels, O = p.out_channels, taps = p.kernel_h * p.kernel_w;
   const int64_t in_pixels = p.height * p.width, out_pixels = p.out_h * p.out_w;
-  ProductSums sums;
-  sums.M = O, sums.N = C, sums.depth = p.batch;
-  sums.a_size = packed_size(O, kernel.mr, p.batch), sums.b_size = packed_size(C, kernel.nr, p.batch);
+  ProductSums sums(kernel, O, C, p.batch);
   PackedBuffer<float> a(out_pixels * sums.a_size), b(in_pixels * sums.b_size);
   if (!pack_pixels_over_channels(dy, p.batch, O, out_pixels, kernel.mr, a.data())) return false;
   pack_pixels_over_channels(x, p.batch, C, in_pixels, kernel.nr, b.data());
