@@ -155,7 +155,7 @@ def test_a_cache_made_with_other_kernels_is_measured_again(tmp_path):
     build without the per-pixel products (the same CPU and version) is not loaded, since its
     choices never tried them; every name the tuner records is one of this build's."""
     kernels = _C.cpu_tuning_kernels().split()
-    assert {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw"} <= set(kernels)
+    assert {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw", "nhwc_winograd"} <= set(kernels)
     assert cuconv.tuning.machine().endswith(" / kernels " + " ".join(kernels))
     older = cuconv.tuning.machine().rsplit(" / kernels ", 1)[0] + " / kernels direct gemm winograd nhwc nchw"
     path = tmp_path / "tuning.json"
@@ -246,6 +246,42 @@ def test_channels_last_conv_either_path_matches_torch_and_stays_channels_last(ca
     assert grads[0].stride() == ref_grads[0].stride()  # (the weight gradient stays OIHW-contiguous)
     if layout_path != "untuned":
         assert set(v for k, v in cuconv.tuning.choices().items() if "channels_last" in k) == {layout_path}
+
+
+@pytest.mark.parametrize("path", ["nhwc", "nhwc_winograd"])
+def test_a_channels_last_3x3_layer_measures_the_nhwc_winograd_too_and_a_recorded_choice_decides(path, capfd,
+                                                                                               monkeypatch):
+    """A float32 3x3 stride-1 channels_last layer has a third candidate in its forward pass and
+    input gradient, the NHWC Winograd (the log lists it), and a recorded choice of either NHWC
+    kernel gives that kernel's result bitwise (forced: CUCONV_CPU_TUNE=0 and CUCONV_CPU_WINOGRAD=1)."""
+    x_shape, w_shape, stride, padding, dilation = CL_CASES["3x3"]
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(x_shape, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(w_shape, generator=gen) / 12).requires_grad_()
+
+    def run():
+        y = CF.conv2d(x, w, None, stride, padding, dilation)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(memory_format=torch.channels_last)
+        return [y.detach(), *torch.autograd.grad(y, (x, w), dy)]
+
+    monkeypatch.setenv("CUCONV_LOG", "1")
+    run()
+    monkeypatch.delenv("CUCONV_LOG")
+    log = capfd.readouterr().err
+    for name in ("conv2d_forward", "conv2d_backward_input"):
+        (line,) = [ln for ln in log.splitlines() if f"tuned {name} float32 channels_last" in ln]
+        assert "nhwc " in line and "nchw " in line and "nhwc_winograd " in line, line
+    (line,) = [ln for ln in log.splitlines() if "tuned conv2d_backward_weight float32 channels_last" in ln]
+    assert "nhwc_winograd" not in line, line  # (the weight gradient has no NHWC Winograd)
+    monkeypatch.setenv(*(("CUCONV_CPU_TUNE", "0") if path == "nhwc" else ("CUCONV_CPU_WINOGRAD", "1")))
+    expected = run()
+    monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
+    monkeypatch.delenv("CUCONV_CPU_WINOGRAD", raising=False)
+    keys = [k for k in cuconv.tuning.choices() if "channels_last" in k and "backward_weight" not in k]
+    assert len(keys) == 2
+    _C.cpu_tuning_set({k: path for k in keys})
+    got = run()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 @pytest.mark.parametrize("threads", [1, 3, 7])

@@ -2,7 +2,8 @@
 gradient, F(3x3, 2x2) for the weight gradient of 3x3 stride-1 float32 layers, forced with
 CUCONV_CPU_WINOGRAD=1, against torch over padding, odd and tiny images, channel counts across
 the GEMM's depth and blocks of tiles, and thread counts; Inf and NaN operands get the GEMM's
-exact answer."""
+exact answer. The same for channels_last tensors, whose forward pass and input gradient run the
+NHWC Winograd (winograd_channels_last.cpp) on every instruction set."""
 
 import random
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cuconv
 import cuconv.functional as CF
 from test_ops import assert_matches, compare_with_torch
 
@@ -48,9 +50,14 @@ def _tensors(case, dtype=torch.float32, seed=0):
     return x, w, b
 
 
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{batch}c{in_channels}o{out_channels}p{padding}s{size}".format(**c))
-def test_winograd_matches_torch(case, winograd):
+def test_winograd_matches_torch(case, layout, winograd):
     x, w, b = _tensors(case)
+    x = x.to(memory_format=layout)
     p = case["padding"]
     tensors = [t for t in (x, w, b) if t is not None]
     if b is None:
@@ -85,6 +92,46 @@ def test_winograd_is_the_path_that_runs(monkeypatch):
         assert not torch.equal(on, off)
 
 
+def _nhwc_forward_and_input_grad(x, w, b, padding):
+    """y and dx of a channels_last layer (the passes the NHWC Winograd runs), channels_last both."""
+    x = x.to(memory_format=torch.channels_last).detach().requires_grad_()
+    y = CF.conv2d(x, w, b, 1, padding)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)  # (the same values in float64)
+    (dx,) = torch.autograd.grad(y, x, dy.to(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    return y.detach(), dx
+
+
+# channels spanning whole vectors of each instruction set (16, 8, 4 floats) and a tail, output
+# channels in the 6 x 64 tile and in a 48-wide one with a tail; odd image sizes clip output tiles
+NHWC_CASES = [dict(batch=3, in_channels=21, out_channels=37, padding=(1, 2), size=(9, 7), bias=True),
+              dict(batch=2, in_channels=64, out_channels=64, padding=(1, 1), size=(8, 11), bias=False)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("case", NHWC_CASES, ids=["tails", "wide-tile"])
+def test_channels_last_winograd_on_every_isa_matches_float64_and_is_the_path_that_runs(case, isa, monkeypatch):
+    """The NHWC Winograd's transforms are compiled per instruction set (winograd_tile.h):
+    CUCONV_CPU_ISA asks for each (on a CPU without one the best it has runs). Forced, its results
+    match float64 and differ in rounding from the NHWC indirect convolution's (CUCONV_CPU_TUNE=0)."""
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
+    x, w, b = _tensors(case)
+    p = case["padding"]
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "1")
+    on = _nhwc_forward_and_input_grad(x, w, b, p)
+    kernels = cuconv._C.cpu_kernels()
+    assert kernels["last_gemm"] == kernels["isa"]  # the asked-for ISA's kernels ran
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "0")
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+    off = _nhwc_forward_and_input_grad(x, w, b, p)
+    exact = _nhwc_forward_and_input_grad(x.double(), w.double(), None if b is None else b.double(), p)
+    for a, o, e in zip(on, off, exact):
+        assert_matches(a, e.float(), torch.float32)
+        assert_matches(o, e.float(), torch.float32)
+        assert not torch.equal(a, o)
+
+
 @pytest.mark.parametrize("special", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_inf_and_nan_get_the_gemm_answer(special, where, monkeypatch):
@@ -104,8 +151,28 @@ def test_inf_and_nan_get_the_gemm_answer(special, where, monkeypatch):
     assert not torch.isfinite(results["1"][0]).all()
 
 
-def test_winograd_repeats_bitwise_at_any_thread_count(winograd):
+@pytest.mark.parametrize("special", [float("inf"), float("nan")])
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_channels_last_inf_and_nan_get_the_nhwc_answer(special, where, monkeypatch):
+    """The same for the NHWC Winograd: with a non-finite operand its passes run the NHWC indirect
+    convolution (CUCONV_CPU_TUNE=0's path), bitwise (x feeds the forward pass, w both)."""
+    x, w, b = _tensors(dict(batch=2, in_channels=4, out_channels=3, padding=1, size=(6, 7), bias=True))
+    (x if where == "input" else w)[0, 1, 2, 3 if where == "input" else 1] = special
+    monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "1")
+    on = _nhwc_forward_and_input_grad(x, w, b, 1)
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "0")
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+    off = _nhwc_forward_and_input_grad(x, w, b, 1)
+    for k in (0, 1) if where == "weight" else (0,):
+        torch.testing.assert_close(on[k], off[k], rtol=0, atol=0, equal_nan=True)
+    assert not torch.isfinite(on[0]).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_winograd_repeats_bitwise_at_any_thread_count(layout, winograd):
     x, w, b = _tensors(dict(batch=7, in_channels=24, out_channels=40, padding=1, size=(9, 8), bias=True))
+    x = x.to(memory_format=layout)
     saved = torch.get_num_threads()
     try:
         results = []

@@ -840,16 +840,34 @@ bool runs_channels_last(const ConvGeometry& g, const Tensor& t) {
          (t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double);
 }
 
-// Which of the two runs such a pass: the NHWC kernels, or the NCHW ones between two layout
-// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). The NHWC weight
-// gradient is the faster on the layers measured so far; the NCHW forward with its direct
-// kernels often wins even with the copies (benchmarks/RESULTS.md).
+// Which runs such a pass: the NHWC kernels, the NHWC Winograd (float32 passes Winograd suits,
+// `winograd` given; CUCONV_CPU_WINOGRAD as for NCHW) or the NCHW kernels between two layout
+// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). The NHWC weight gradient
+// is the faster on the layers measured so far; the NCHW forward with its direct kernels often
+// wins even with the copies (benchmarks/RESULTS.md).
 void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const std::function<void()>& nhwc,
-                   const std::function<void()>& nchw) {
+                   const std::function<void()>& nchw, const std::function<void()>& winograd = nullptr) {
+  const OptionalMode wmode = winograd && dtype == ScalarType::Float && winograd_can_run(g, pass)
+                                 ? optional_kernel_mode("CUCONV_CPU_WINOGRAD")
+                                 : OptionalMode::kNever;
+  if (wmode == OptionalMode::kAlways) return winograd();
   if (!tuning_enabled()) return nhwc();
   const char* variant = dtype == ScalarType::Double ? "float64 channels_last" : "float32 channels_last";
-  run_tuned(tuning_key(g, pass, variant),
-            {{kernel_name(KernelName::kNhwc), nhwc}, {kernel_name(KernelName::kNchw), nchw}});
+  std::vector<Candidate> candidates{{kernel_name(KernelName::kNhwc), nhwc}, {kernel_name(KernelName::kNchw), nchw}};
+  if (wmode == OptionalMode::kAuto && direct_conv_mode() == DirectMode::kAuto)
+    candidates.push_back({kernel_name(KernelName::kNhwcWinograd), winograd});
+  run_tuned(tuning_key(g, pass, variant), candidates);
+}
+
+// Runs the NHWC Winograd unless an operand holds an Inf or NaN (see FloatPass::winograd_inputs),
+// which the NHWC kernels then take.
+// (a and b must outlive the function returned.)
+std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor& a, const Tensor& b,
+                                       std::function<void()> winograd) {
+  return [nhwc = std::move(nhwc), &a, &b, winograd = std::move(winograd)] {
+    if (all_finite(a.const_data_ptr<float>(), a.numel()) && all_finite(b.const_data_ptr<float>(), b.numel())) winograd();
+    else nhwc();
+  };
 }
 
 }  // namespace
@@ -906,7 +924,14 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
         }
       });
     };
-    choose_layout(g, ConvPass::kForward, input.scalar_type(), native, [&] { torch::stable::copy_(y, nchw()); });
+    std::function<void()> winograd;
+    if (input.scalar_type() == ScalarType::Float)
+      winograd = nhwc_winograd_or(native, input, w, [&] {
+        winograd_channels_last_forward(direct_problem(g), input.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                       b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>());
+      });
+    choose_layout(g, ConvPass::kForward, input.scalar_type(), native, [&] { torch::stable::copy_(y, nchw()); },
+                  winograd);
     return y;
   }
   return in_layout_of(input, nchw());  // channels_last in, channels_last out (as torch)
@@ -968,7 +993,14 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
         }
       });
     };
-    choose_layout(g, ConvPass::kInput, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dx, nchw()); });
+    std::function<void()> winograd;
+    if (grad_output.scalar_type() == ScalarType::Float)
+      winograd = nhwc_winograd_or(native, grad_output, w, [&] {
+        winograd_channels_last_backward_input(direct_problem(g), grad_output.const_data_ptr<float>(),
+                                              w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
+      });
+    choose_layout(g, ConvPass::kInput, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dx, nchw()); },
+                  winograd);
     return dx;
   }
   return in_layout_of(grad_output, nchw());

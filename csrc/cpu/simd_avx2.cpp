@@ -44,6 +44,7 @@ struct Avx2Double {
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"
+#include "winograd_tile.h"
 
 }  // namespace
 
@@ -57,6 +58,10 @@ Microkernel<double> avx2_microkernel_double() {
 }
 
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
+
+WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
+  return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>};
+}
 
 DirectTiles avx2_direct_tiles() {
   DirectTiles t;

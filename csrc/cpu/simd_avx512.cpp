@@ -46,6 +46,7 @@ struct Avx512Double {
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"
+#include "winograd_tile.h"
 
 }  // namespace
 
@@ -69,6 +70,10 @@ Microkernel<double> avx512_microkernel_double_wide() {
 }
 
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
+
+WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
+  return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>};
+}
 GlobalUnpoolGroups avx512_global_unpool_groups() { return &global_unpool_groups; }
 
 DirectTiles avx512_direct_tiles() {

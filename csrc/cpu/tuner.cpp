@@ -38,7 +38,7 @@ double seconds_to_run(const Candidate& candidate) {
 }  // namespace
 
 const char* kernel_name(KernelName name) {
-  static const char* const names[] = {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw"};
+  static const char* const names[] = {"direct", "gemm", "winograd", "pixel", "nhwc", "nchw", "nhwc_winograd"};
   static_assert(sizeof names / sizeof names[0] == static_cast<size_t>(KernelName::kCount));
   return names[static_cast<int>(name)];
 }

@@ -50,24 +50,6 @@ namespace {
 
 constexpr int64_t kElements = 16;  // of a 4x4 tile: the products per block
 
-// U = G g G^T of one 3x3 kernel g (row-major), into u (4x4, row-major).
-void transform_kernel(const float* g, float* u) {
-  float t[4][3];
-  for (int j = 0; j < 3; ++j) {
-    const float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-    t[0][j] = g0;
-    t[1][j] = 0.5f * (g0 + g1 + g2);
-    t[2][j] = 0.5f * (g0 - g1 + g2);
-    t[3][j] = g2;
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = t[i][0];
-    u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-    u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-    u[4 * i + 3] = t[i][2];
-  }
-}
-
 // dw = K^T n K of one 4x4 sum n (row-major), into dw (3x3, row-major).
 void transform_weight_sums(const float* n, float* dw) {
   float t[3][4];
@@ -202,6 +184,23 @@ class PatchTransform {
 
 }  // namespace
 
+void winograd_kernel_transform(const float* g, float* u) {
+  float t[4][3];
+  for (int j = 0; j < 3; ++j) {
+    const float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+    t[0][j] = g0;
+    t[1][j] = 0.5f * (g0 + g1 + g2);
+    t[2][j] = 0.5f * (g0 - g1 + g2);
+    t[3][j] = g2;
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = t[i][0];
+    u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+    u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+    u[4 * i + 3] = t[i][2];
+  }
+}
+
 bool winograd_suits(const DirectConv& p) {
   return p.kernel_h == 3 && p.kernel_w == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 &&
          p.dilation_w == 1 && p.in_channels > 0 && p.out_channels > 0;
@@ -223,7 +222,7 @@ void winograd_forward(const DirectConv& p, const float* x, const float* w, const
     float u[kElements];
     for (int64_t o = first * mr; o < last * mr; ++o)
       for (int64_t c = 0; c < C; ++c) {
-        if (o < O) transform_kernel(w + (o * C + c) * 9, u);
+        if (o < O) winograd_kernel_transform(w + (o * C + c) * 9, u);
         else std::fill_n(u, kElements, 0.f);
         for (int64_t xi = 0; xi < kElements; ++xi) a[xi * a_size + packed_index(c, o, mr, C)] = u[xi];
       }

@@ -30,4 +30,15 @@ void winograd_backward_input(const DirectConv& p, const float* grad_out, const f
 // grad_output, summed over the tiles in 16 products; deterministic for a given thread count.
 void winograd_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
 
+// The same forward pass and input gradient on channels_last (NHWC) tensors, x / grad_out and
+// y / grad_in NHWC, the weight OIHW (winograd_channels_last.cpp): the transforms work on
+// vectors of channels, and the 16 products read the transformed patches through row pointers.
+void winograd_channels_last_forward(const DirectConv& p, const float* x, const float* weight, const float* bias,
+                                    float* y);
+void winograd_channels_last_backward_input(const DirectConv& p, const float* grad_out, const float* weight,
+                                           float* grad_in);
+
+// U = G g G^T of one 3x3 kernel g (row-major), into u (4x4, row-major): both layouts' weights.
+void winograd_kernel_transform(const float* g, float* u);
+
 }  // namespace cuconv
