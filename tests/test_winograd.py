@@ -3,7 +3,7 @@ gradient, F(3x3, 2x2) for the weight gradient of 3x3 stride-1 float32 layers, fo
 CUCONV_CPU_WINOGRAD=1, against torch over padding, odd and tiny images, channel counts across
 the GEMM's depth and blocks of tiles, and thread counts; Inf and NaN operands get the GEMM's
 exact answer. The same for channels_last tensors, whose forward pass and input gradient run the
-NHWC Winograd (winograd_channels_last.cpp) on every instruction set."""
+NHWC Winograd on every instruction set (winograd_forward.cpp runs both layouts)."""
 
 import random
 

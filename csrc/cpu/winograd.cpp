@@ -1,9 +1,10 @@
-// Winograd F(2x2, 3x3) convolution on the CPU (winograd.h).
+// Winograd on the CPU (winograd.h): the algebra of both passes, and the weight gradient.
+// (The forward pass and the input gradient, in either layout, are winograd_forward.cpp.)
 //
 // Output tile (a, b) of sample n covers rows 2a, 2a+1 and columns 2b, 2b+1; its input patch d of
 // channel c is the 4x4 block at rows 2a - pH + i, columns 2b - pW + j (0 outside the image).
 //
-// Forward pass, with g the 3x3 kernel w[o, c]:
+// Forward pass, F(2x2, 3x3), with g the 3x3 kernel w[o, c]:
 //
 //   U[o, c] = G g G^T,   V[c, tile] = B^T d B                     (4x4 each)
 //   M[o, tile] = sum_c U[o, c] (.) V[c, tile]                      (element by element)
@@ -22,20 +23,16 @@
 //
 // (the usual F(3x3, 2x2) input transform has the last row of B^T negated; here that sign sits in
 // K^T's last column, so both passes share V). Each sum is 16 independent matrix products, one per
-// element xi of the 4x4 tile, run by cuconv's GEMM (gemm.h) on packed operands:
+// element xi of the 4x4 tile, run by cuconv's GEMM (gemm.h) on packed operands; the weight
+// gradient's:
 //
-//   forward:  M_xi [O, tiles] = U_xi [O, C] @ V_xi [C, tiles]     U packed once, V per block of tiles
-//   weight:   N_xi [O, C] += D_xi [O, tiles] @ V_xi^T [tiles, C]  D and V per block of tiles
+//   N_xi [O, C] += D_xi [O, tiles] @ V_xi^T [tiles, C]     D and V per block of tiles
 //
-// Blocking: the forward pass gives threads blocks of tiles counted across samples (row-major
-// within a sample); per block it transforms the input patches of all C channels (16 B operands,
-// C x block each), runs the 16 products into M and transforms M into the output tiles, clipped
-// where H_out or W_out is odd. The weight gradient gives each thread an equal run of tiles, cut
-// into blocks that are the products' depth, with a partial N of its own; the partial sums are
-// added in a fixed order (deterministic for a given thread count). Both size their blocks so
+// Blocking: each thread gets an equal run of tiles (counted across samples, row-major within
+// one), cut into blocks that are the products' depth, with a partial N of its own; the partial
+// sums are added in a fixed order (deterministic for a given thread count). Blocks are sized so
 // that a block's 16 transformed pairs fit in L2 (from the L2 size read at run time: measured on
-// ResNet's 6x6 layers, 2x larger blocks that spill to L3 ran 25-90% slower), and the forward
-// pass so that every thread gets blocks.
+// ResNet's 6x6 layers, 2x larger blocks that spill to L3 ran 25-90% slower).
 
 #include "winograd.h"
 
@@ -104,21 +101,6 @@ inline void transform_gradients(const float (*__restrict__ e)[kGroup], float (*_
       d[4 * i + 1][g] = 0.5f * (t[2 * i][g] + t[2 * i + 1][g]);
       d[4 * i + 2][g] = 0.5f * (t[2 * i][g] - t[2 * i + 1][g]);
       d[4 * i + 3][g] = t[2 * i + 1][g];
-    }
-}
-
-// Y = A^T m A of each tile's 16 sums m in the group, into y (2x2 row-major along the first index).
-inline void transform_sums(const float (*__restrict__ m)[kGroup], float (*__restrict__ y)[kGroup]) {
-  float t[8][kGroup];
-  for (int j = 0; j < 4; ++j)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      t[j][g] = m[j][g] + m[4 + j][g] + m[8 + j][g];
-      t[4 + j][g] = m[4 + j][g] - m[8 + j][g] - m[12 + j][g];
-    }
-  for (int i = 0; i < 2; ++i)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      y[2 * i + 0][g] = t[4 * i + 0][g] + t[4 * i + 1][g] + t[4 * i + 2][g];
-      y[2 * i + 1][g] = t[4 * i + 1][g] - t[4 * i + 2][g] - t[4 * i + 3][g];
     }
 }
 
@@ -206,101 +188,8 @@ bool winograd_suits(const DirectConv& p) {
          p.dilation_w == 1 && p.in_channels > 0 && p.out_channels > 0;
 }
 
-void winograd_forward(const DirectConv& p, const float* x, const float* w, const float* bias, float* y) {
-  const Microkernel<float> kernel = cpu_microkernel<float>();
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const Tiling tiling(p);
-  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr, tiles = tiling.tiles;
-  const int64_t out_plane = p.out_h * p.out_w;
-  if (tiles == 0) return;
-  CUCONV_CHECK(nr % kGroup == 0);  // so a group of tiles never crosses a B panel
-
-  // U_xi as A panels [O, C], all 16 in one buffer (panel rows past O are zeros).
-  const int64_t a_size = packed_size(O, mr, C), panels = (O + mr - 1) / mr;
-  PackedBuffer<float> a(kElements * a_size);
-  torch::stable::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
-    float u[kElements];
-    for (int64_t o = first * mr; o < last * mr; ++o)
-      for (int64_t c = 0; c < C; ++c) {
-        if (o < O) winograd_kernel_transform(w + (o * C + c) * 9, u);
-        else std::fill_n(u, kElements, 0.f);
-        for (int64_t xi = 0; xi < kElements; ++xi) a[xi * a_size + packed_index(c, o, mr, C)] = u[xi];
-      }
-  });
-
-  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
-  // the block's 16 V_xi and 16 M_xi, (C + O) x block each, fit in L2
-  const int64_t by_cache = std::clamp<int64_t>(l2_cache_bytes() / (kElements * (C + O) * 4) / nr * nr, nr, 4 * nr);
-  const int64_t share = ((tiles + threads - 1) / threads + nr - 1) / nr * nr;
-  const int64_t block = std::max(nr, std::min(by_cache, share));
-  const int64_t b_size = packed_size(block, nr, C);
-
-  torch::stable::parallel_for(0, (tiles + block - 1) / block, 1, [&](int64_t first, int64_t last) {
-    PackedBuffer<float> v(kElements * b_size), m(kElements * O * block);
-    PatchTransform patches(tiling, block);
-    std::vector<int64_t> out_at(block);         // per tile of the block: its output pixel
-    std::vector<char> full_w(block), full_h(block);  // whether its second column / row is inside
-    alignas(64) float sums[kElements][kGroup], out[kElements][kGroup];
-    for (int64_t blk = first; blk < last; ++blk) {
-      const int64_t t0 = blk * block, count = std::min(block, tiles - t0);
-      for (int64_t q = 0; q < count; ++q) {
-        const int64_t t = t0 + q, row = tiling.row(t), col = tiling.col(t);
-        out_at[q] = tiling.sample(t) * O * out_plane + row * p.out_w + col;
-        full_w[q] = col + 1 < p.out_w;
-        full_h[q] = row + 1 < p.out_h;
-      }
-
-      // Input transform: V_xi[c, q] into lane q % nr of B panel q / nr, row c (a group's lanes
-      // are contiguous: groups start at multiples of 16 and nr is one).
-      for (int64_t xi = 0; xi < kElements; ++xi) zero_last_b_panel(v.data() + xi * b_size, nr, C, count);
-      patches.run(x, t0, count, [&](int64_t c, int64_t q0, int64_t size, const float (*t)[kGroup]) {
-        float* lanes = v.data() + (q0 / nr * C + c) * nr + q0 % nr;
-        if (size == kGroup) {
-          for (int64_t xi = 0; xi < kElements; ++xi)
-            for (int64_t g = 0; g < kGroup; ++g) lanes[xi * b_size + g] = t[xi][g];
-        } else {
-          for (int64_t xi = 0; xi < kElements; ++xi) std::copy_n(t[xi], size, lanes + xi * b_size);
-        }
-      });
-
-      // The 16 products M_xi [O, count], K sliced to the microkernel's depth.
-      for (int64_t xi = 0; xi < kElements; ++xi)
-        for (int64_t k0 = 0; k0 < C; k0 += kernel.depth)
-          gemm_packed(kernel, O, count, std::min(kernel.depth, C - k0), a.data() + xi * a_size + k0 * mr, C * mr,
-                      v.data() + xi * b_size + k0 * nr, C * nr, m.data() + xi * O * block, block, k0 > 0, nullptr);
-
-      // Output transform, clipped where H_out or W_out is odd.
-      for (int64_t o = 0; o < O; ++o) {
-        const float b = bias != nullptr ? bias[o] : 0.f;
-        float* out_o = y + o * out_plane;
-        for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
-          const int64_t size = std::min(kGroup, count - q0);
-          const float* m_o = m.data() + o * block + q0;
-          for (int64_t xi = 0; xi < kElements; ++xi)
-            for (int64_t g = 0; g < kGroup; ++g) sums[xi][g] = m_o[xi * O * block + g];  // (m has room past count)
-          transform_sums(sums, out);
-          for (int64_t g = 0; g < size; ++g) {
-            float* dst = out_o + out_at[q0 + g];
-            dst[0] = out[0][g] + b;
-            if (full_w[q0 + g]) dst[1] = out[1][g] + b;
-            if (full_h[q0 + g]) {
-              dst[p.out_w] = out[2][g] + b;
-              if (full_w[q0 + g]) dst[p.out_w + 1] = out[3][g] + b;
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
 bool winograd_backward_input_suits(const DirectConv& p) {
   return winograd_suits(p) && p.pad_h <= 2 && p.pad_w <= 2;
-}
-
-void winograd_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
-  // a stride-1 3x3 forward pass over grad_out padded by 2 - padding (direct_conv.h)
-  winograd_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in);
 }
 
 void winograd_backward_weight(const DirectConv& p, const float* x, const float* grad_out, float* grad_weight) {

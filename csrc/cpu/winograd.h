@@ -31,8 +31,8 @@ void winograd_backward_input(const DirectConv& p, const float* grad_out, const f
 void winograd_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
 
 // The same forward pass and input gradient on channels_last (NHWC) tensors, x / grad_out and
-// y / grad_in NHWC, the weight OIHW (winograd_channels_last.cpp): the transforms work on
-// vectors of channels, and the 16 products read the transformed patches through row pointers.
+// y / grad_in NHWC, the weight OIHW. (Both layouts run one kernel, winograd_forward.cpp: the
+// transforms work on vectors of channels, NCHW through small NHWC strips.)
 void winograd_channels_last_forward(const DirectConv& p, const float* x, const float* weight, const float* bias,
                                     float* y);
 void winograd_channels_last_backward_input(const DirectConv& p, const float* grad_out, const float* weight,

@@ -1,11 +1,11 @@
-// The transforms of the channels_last Winograd convolution (winograd_channels_last.cpp), written
-// once for every vector width: included by simd_avx512.cpp (16 floats), simd_avx2.cpp (8) and
-// winograd_channels_last.cpp (4, the portable build) inside their anonymous namespaces, so each
-// file keeps its own copy compiled for its ISA. As gemm_tile.h: no #include here.
+// The transforms of the Winograd forward pass (winograd_forward.cpp), written once for every
+// vector width: included by simd_avx512.cpp (16 floats), simd_avx2.cpp (8) and
+// winograd_forward.cpp (4, the portable build) inside their anonymous namespaces, so each file
+// keeps its own copy compiled for its ISA. As gemm_tile.h: no #include here.
 //
-// In NHWC a pixel's channels are contiguous, so each transform is the 4x4 algebra of
-// winograd.cpp done on whole vectors of channels: no gathering of patches, no scattering of
-// output tiles. Element e = 4i + j of a 4x4 patch or sum is row i, column j.
+// With channels innermost (NHWC) each transform is the 4x4 algebra of winograd.cpp done on
+// whole vectors of channels: no gathering of patches, no scattering of output tiles. Element
+// e = 4i + j of a 4x4 patch or sum is row i, column j.
 
 // V = B^T d B of one input patch, channel by channel: d[e] points at the channels of patch
 // element e (an input pixel, or a row of zeros in the padding); element e of V goes to
