@@ -251,9 +251,9 @@ def test_channels_last_conv_either_path_matches_torch_and_stays_channels_last(ca
 @pytest.mark.parametrize("path", ["nhwc", "nhwc_winograd"])
 def test_a_channels_last_3x3_layer_measures_the_nhwc_winograd_too_and_a_recorded_choice_decides(path, capfd,
                                                                                                monkeypatch):
-    """A float32 3x3 stride-1 channels_last layer has a third candidate in its forward pass and
-    input gradient, the NHWC Winograd (the log lists it), and a recorded choice of either NHWC
-    kernel gives that kernel's result bitwise (forced: CUCONV_CPU_TUNE=0 and CUCONV_CPU_WINOGRAD=1)."""
+    """A float32 3x3 stride-1 channels_last layer has a third candidate in each pass, the NHWC
+    Winograd (the log lists it), and a recorded choice of either NHWC kernel gives that kernel's
+    result bitwise (forced: CUCONV_CPU_TUNE=0 and CUCONV_CPU_WINOGRAD=1)."""
     x_shape, w_shape, stride, padding, dilation = CL_CASES["3x3"]
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(x_shape, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
@@ -268,20 +268,18 @@ def test_a_channels_last_3x3_layer_measures_the_nhwc_winograd_too_and_a_recorded
     run()
     monkeypatch.delenv("CUCONV_LOG")
     log = capfd.readouterr().err
-    for name in ("conv2d_forward", "conv2d_backward_input"):
+    for name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"):
         (line,) = [ln for ln in log.splitlines() if f"tuned {name} float32 channels_last" in ln]
         assert "nhwc " in line and "nchw " in line and "nhwc_winograd " in line, line
-    (line,) = [ln for ln in log.splitlines() if "tuned conv2d_backward_weight float32 channels_last" in ln]
-    assert "nhwc_winograd" not in line, line  # (the weight gradient has no NHWC Winograd)
     monkeypatch.setenv(*(("CUCONV_CPU_TUNE", "0") if path == "nhwc" else ("CUCONV_CPU_WINOGRAD", "1")))
     expected = run()
     monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
     monkeypatch.delenv("CUCONV_CPU_WINOGRAD", raising=False)
-    keys = [k for k in cuconv.tuning.choices() if "channels_last" in k and "backward_weight" not in k]
-    assert len(keys) == 2
+    keys = [k for k in cuconv.tuning.choices() if "channels_last" in k]
+    assert len(keys) == 3
     _C.cpu_tuning_set({k: path for k in keys})
     got = run()
-    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize("threads", [1, 3, 7])

@@ -92,14 +92,15 @@ def test_winograd_is_the_path_that_runs(monkeypatch):
         assert not torch.equal(on, off)
 
 
-def _nhwc_forward_and_input_grad(x, w, b, padding):
-    """y and dx of a channels_last layer (the passes the NHWC Winograd runs), channels_last both."""
+def _nhwc_forward_and_grads(x, w, b, padding):
+    """y, dx and dw of a channels_last layer (y and dx channels_last too)."""
     x = x.to(memory_format=torch.channels_last).detach().requires_grad_()
+    w = w.detach().requires_grad_()
     y = CF.conv2d(x, w, b, 1, padding)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)  # (the same values in float64)
-    (dx,) = torch.autograd.grad(y, x, dy.to(memory_format=torch.channels_last))
+    dx, dw = torch.autograd.grad(y, (x, w), dy.to(memory_format=torch.channels_last))
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
-    return y.detach(), dx
+    return y.detach(), dx, dw
 
 
 # channels spanning whole vectors of each instruction set (16, 8, 4 floats) and a tail, output
@@ -113,19 +114,20 @@ NHWC_CASES = [dict(batch=3, in_channels=21, out_channels=37, padding=(1, 2), siz
 def test_channels_last_winograd_on_every_isa_matches_float64_and_is_the_path_that_runs(case, isa, monkeypatch):
     """The NHWC Winograd's transforms are compiled per instruction set (winograd_tile.h):
     CUCONV_CPU_ISA asks for each (on a CPU without one the best it has runs). Forced, its results
-    match float64 and differ in rounding from the NHWC indirect convolution's (CUCONV_CPU_TUNE=0)."""
+    (all three passes) match float64 and differ in rounding from the NHWC kernels'
+    (CUCONV_CPU_TUNE=0)."""
     monkeypatch.setenv("CUCONV_CPU_ISA", isa)
     monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
     x, w, b = _tensors(case)
     p = case["padding"]
     monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "1")
-    on = _nhwc_forward_and_input_grad(x, w, b, p)
+    on = _nhwc_forward_and_grads(x, w, b, p)
     kernels = cuconv._C.cpu_kernels()
     assert kernels["last_gemm"] == kernels["isa"]  # the asked-for ISA's kernels ran
     monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "0")
     monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
-    off = _nhwc_forward_and_input_grad(x, w, b, p)
-    exact = _nhwc_forward_and_input_grad(x.double(), w.double(), None if b is None else b.double(), p)
+    off = _nhwc_forward_and_grads(x, w, b, p)
+    exact = _nhwc_forward_and_grads(x.double(), w.double(), None if b is None else b.double(), p)
     for a, o, e in zip(on, off, exact):
         assert_matches(a, e.float(), torch.float32)
         assert_matches(o, e.float(), torch.float32)
@@ -154,35 +156,46 @@ def test_inf_and_nan_get_the_gemm_answer(special, where, monkeypatch):
 @pytest.mark.parametrize("special", [float("inf"), float("nan")])
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_channels_last_inf_and_nan_get_the_nhwc_answer(special, where, monkeypatch):
-    """The same for the NHWC Winograd: with a non-finite operand its passes run the NHWC indirect
-    convolution (CUCONV_CPU_TUNE=0's path), bitwise (x feeds the forward pass, w both)."""
+    """The same for the NHWC Winograd: with a non-finite operand its passes run the NHWC kernels
+    (CUCONV_CPU_TUNE=0's path), bitwise (x feeds the forward pass and the weight gradient, w the
+    forward pass and the input gradient)."""
     x, w, b = _tensors(dict(batch=2, in_channels=4, out_channels=3, padding=1, size=(6, 7), bias=True))
     (x if where == "input" else w)[0, 1, 2, 3 if where == "input" else 1] = special
     monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
     monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "1")
-    on = _nhwc_forward_and_input_grad(x, w, b, 1)
+    on = _nhwc_forward_and_grads(x, w, b, 1)
     monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "0")
     monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
-    off = _nhwc_forward_and_input_grad(x, w, b, 1)
-    for k in (0, 1) if where == "weight" else (0,):
+    off = _nhwc_forward_and_grads(x, w, b, 1)
+    for k in (0, 1) if where == "weight" else (0, 2):
         torch.testing.assert_close(on[k], off[k], rtol=0, atol=0, equal_nan=True)
     assert not torch.isfinite(on[0]).all()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
-def test_winograd_repeats_bitwise_at_any_thread_count(layout, winograd):
+def test_winograd_at_any_thread_count_matches_float64_and_repeats_bitwise(layout, winograd):
+    """Threads split blocks of tiles (batch 7 of 20 tiles: blocks cross samples and tile rows).
+    Every tile's output is summed alone, so y and dx are bitwise the same at any thread count; the
+    weight gradient adds one partial sum per thread in a fixed order, so it repeats bitwise at a
+    given thread count."""
     x, w, b = _tensors(dict(batch=7, in_channels=24, out_channels=40, padding=1, size=(9, 8), bias=True))
     x = x.to(memory_format=layout)
+    exact = _forward_and_grads(x.double(), w.double(), b.double(), 1)
     saved = torch.get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             results.append(_forward_and_grads(x, w, b, 1))
+            again = _forward_and_grads(x, w, b, 1)
+            assert all(torch.equal(a, r) for a, r in zip(again, results[-1]))
     finally:
         torch.set_num_threads(saved)
+    for result in results:
+        for got, expected in zip(result, exact):
+            assert_matches(got, expected.float(), torch.float32)
     for other in results[1:]:
-        assert all(torch.equal(a, o) for a, o in zip(results[0], other))
+        assert torch.equal(results[0][0], other[0]) and torch.equal(results[0][1], other[1])
 
 
 def test_a_bad_winograd_setting_is_an_error(monkeypatch):

@@ -1052,7 +1052,14 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
         }
       });
     };
-    choose_layout(g, ConvPass::kWeight, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dw, nchw()); });
+    std::function<void()> winograd;
+    if (grad_output.scalar_type() == ScalarType::Float)
+      winograd = nhwc_winograd_or(native, input, grad_output, [&] {
+        winograd_channels_last_backward_weight(direct_problem(g), input.const_data_ptr<float>(),
+                                               grad_output.const_data_ptr<float>(), dw.mutable_data_ptr<float>());
+      });
+    choose_layout(g, ConvPass::kWeight, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dw, nchw()); },
+                  winograd);
     return dw;
   }
   return nchw();

@@ -27,12 +27,13 @@ MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
 using GlobalUnpoolGroups = void (*)(const float* dy, int64_t groups, int64_t plane, float* dx);
 GlobalUnpoolGroups avx512_global_unpool_groups();
 
-// The transforms of the channels_last Winograd convolution (winograd_tile.h), compiled for
-// each ISA: the input patch's V = B^T d B and the output tile's A^T m A + bias, over `channels`
-// channels.
+// The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
+// patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over
+// `channels` channels (innermost).
 struct WinogradNhwcTransforms {
   void (*patch)(const float* const* d, int64_t channels, float* v, int64_t v_stride);
   void (*sums)(const float* m, int64_t m_stride, int64_t channels, const float* bias, float* const* y);
+  void (*gradient)(const float* const* e, int64_t channels, float* d, int64_t d_stride);
 };
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms();
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms();

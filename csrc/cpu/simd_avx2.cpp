@@ -60,7 +60,7 @@ Microkernel<double> avx2_microkernel_double() {
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
 
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
-  return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>};
+  return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};
 }
 
 DirectTiles avx2_direct_tiles() {

@@ -72,7 +72,7 @@ Microkernel<double> avx512_microkernel_double_wide() {
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
 
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
-  return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>};
+  return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
 GlobalUnpoolGroups avx512_global_unpool_groups() { return &global_unpool_groups; }
 

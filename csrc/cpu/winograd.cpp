@@ -1,38 +1,45 @@
-// Winograd on the CPU (winograd.h): the algebra of both passes, and the weight gradient.
-// (The forward pass and the input gradient, in either layout, are winograd_forward.cpp.)
+// Winograd convolution on the CPU (winograd.h), float32, NCHW or channels_last.
 //
-// Output tile (a, b) of sample n covers rows 2a, 2a+1 and columns 2b, 2b+1; its input patch d of
-// channel c is the 4x4 block at rows 2a - pH + i, columns 2b - pW + j (0 outside the image).
+// Tile (a, b) of sample n covers output rows 2a, 2a+1 and columns 2b, 2b+1; its input patch is
+// the 4x4 block of pixels at rows 2a - pH + i, columns 2b - pW + j (0 outside the image), element
+// e = 4i + j. With g the 3x3 kernel w[o, c] and d a patch of channel c:
 //
-// Forward pass, F(2x2, 3x3), with g the 3x3 kernel w[o, c]:
-//
-//   U[o, c] = G g G^T,   V[c, tile] = B^T d B                     (4x4 each)
-//   M[o, tile] = sum_c U[o, c] (.) V[c, tile]                      (element by element)
-//   y[n, o, 2a + r, 2b + s] = bias[o] + (A^T M[o, tile] A)[r, s]
+// Forward pass, F(2x2, 3x3):
+//   U[o, c] = G g G^T,   V[tile, c] = B^T d B                      (4x4 each)
+//   M[tile, o] = sum_c V[tile, c] (.) U[o, c]                       (element by element)
+//   y[n, o, 2a + r, 2b + s] = bias[o] + (A^T M[tile, o] A)[r, s]
 //
 //   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
 //   A^T = [1 1 1 0; 0 1 -1 -1]
 //
 // Weight gradient, F(3x3, 2x2): the 3x3 correlation of each patch with its tile's 2x2 of dy,
-//
-//   D[o, tile] = H e H^T (e: the tile's 2x2 of grad_output channel o, 0 past an odd edge)
-//   N[o, c] = sum_tiles D[o, tile] (.) V[c, tile]                  (V as above)
-//   dw[o, c] = K^T N[o, c] K                                        (3x3)
+//   D[tile, o] = H e H^T (e: the tile's 2x2 of grad_output channel o, 0 past an odd edge)
+//   N[o, c] = sum_tiles D[tile, o] (.) V[tile, c]                   (V as above)
+//   dw[o, c] = K^T N[o, c] K                                         (3x3)
 //
 //   H = [1 0; 1/2 1/2; 1/2 -1/2; 0 1]     K^T = [1 1 1 0; 0 1 -1 0; 0 1 1 -1]
 //
 // (the usual F(3x3, 2x2) input transform has the last row of B^T negated; here that sign sits in
-// K^T's last column, so both passes share V). Each sum is 16 independent matrix products, one per
-// element xi of the 4x4 tile, run by cuconv's GEMM (gemm.h) on packed operands; the weight
-// gradient's:
+// K^T's last column, so both passes share V). Each sum is 16 independent matrix products, one
+// per element e, on cuconv's GEMM register tiles (gemm.h):
 //
-//   N_xi [O, C] += D_xi [O, tiles] @ V_xi^T [tiles, C]     D and V per block of tiles
+//   forward:  M_e [tiles, O]  = V_e [tiles, C] @ U_e [C, O]     U_e packed once; V_e's rows read
+//                                                               through pointers (indirect tile)
+//   weight:   N_e [O, C]     += D_e^T [O, tiles] @ V_e [tiles, C]  D_e packed per block; V_e's rows
+//                                                               through pointers (rows_b tile)
 //
-// Blocking: each thread gets an equal run of tiles (counted across samples, row-major within
-// one), cut into blocks that are the products' depth, with a partial N of its own; the partial
-// sums are added in a fixed order (deterministic for a given thread count). Blocks are sized so
-// that a block's 16 transformed pairs fit in L2 (from the L2 size read at run time: measured on
-// ResNet's 6x6 layers, 2x larger blocks that spill to L3 ran 25-90% slower).
+// Channels are innermost throughout, as in NHWC: V[e, q, :], M[q, e, :] and D[e, q, :] are rows
+// of channels, and every transform (winograd_tile.h, compiled per ISA) loads and stores whole
+// vectors of channels. NHWC tensors are read and written in place; NCHW ones through small NHWC
+// strips: each input (and grad_output) row is copied once into a ring of rows, and each tile
+// row's two output rows are gathered in a strip copied out into the planes when the tile row (or
+// the block) ends. The strips stay in cache, so NCHW costs two in-cache transposes.
+//
+// Blocking: the forward pass splits blocks of tiles (counted across samples, row-major within
+// one) across threads, sized so that V and M of a block (16 x (C + O) floats per tile) fit in
+// half the L2 (read at run time). The weight gradient gives each thread an equal run of tiles,
+// cut into blocks the same way, with a partial N of its own; the partial sums are added in a
+// fixed order (deterministic for a given thread count).
 
 #include "winograd.h"
 
@@ -41,11 +48,26 @@
 
 #include "../stable.h"
 #include "gemm.h"
+#include "simd.h"
 
 namespace cuconv {
 namespace {
 
+#include "winograd_tile.h"  // the portable build of the transforms (4 floats per vector)
+
 constexpr int64_t kElements = 16;  // of a 4x4 tile: the products per block
+
+// The transforms for this CPU (and CUCONV_CPU_ISA).
+WinogradNhwcTransforms transforms_for_this_cpu() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_winograd_nhwc_transforms();
+    case CpuIsa::kAvx2: return avx2_winograd_nhwc_transforms();
+    default: break;
+  }
+#endif
+  return {&winograd_patch_nhwc<4>, &winograd_sums_nhwc<4>, &winograd_gradient_nhwc<4>};
+}
 
 // dw = K^T n K of one 4x4 sum n (row-major), into dw (3x3, row-major).
 void transform_weight_sums(const float* n, float* dw) {
@@ -62,107 +84,319 @@ void transform_weight_sums(const float* n, float* dw) {
   }
 }
 
-// Tiles are transformed in groups of up to kGroup, element by element across the group, so
-// the compiler vectorises the arithmetic (each array below is [16 or 4][kGroup]).
-constexpr int64_t kGroup = 16;
-
-// V = B^T d B of each patch d of the group (a patch's 4x4 elements row-major along the first index).
-inline void transform_patches(const float (*__restrict__ d)[kGroup], float (*__restrict__ v)[kGroup]) {
-  float t[16][kGroup];
-  for (int j = 0; j < 4; ++j)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      t[0 + j][g] = d[0 + j][g] - d[8 + j][g];
-      t[4 + j][g] = d[4 + j][g] + d[8 + j][g];
-      t[8 + j][g] = d[8 + j][g] - d[4 + j][g];
-      t[12 + j][g] = d[4 + j][g] - d[12 + j][g];
-    }
-  for (int i = 0; i < 4; ++i)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      v[4 * i + 0][g] = t[4 * i + 0][g] - t[4 * i + 2][g];
-      v[4 * i + 1][g] = t[4 * i + 1][g] + t[4 * i + 2][g];
-      v[4 * i + 2][g] = t[4 * i + 2][g] - t[4 * i + 1][g];
-      v[4 * i + 3][g] = t[4 * i + 1][g] - t[4 * i + 3][g];
-    }
-}
-
-// D = H e H^T of each 2x2 block e of the group (row-major along the first index).
-inline void transform_gradients(const float (*__restrict__ e)[kGroup], float (*__restrict__ d)[kGroup]) {
-  float t[8][kGroup];  // H e, 4x2
-  for (int j = 0; j < 2; ++j)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      t[0 + j][g] = e[j][g];
-      t[2 + j][g] = 0.5f * (e[j][g] + e[2 + j][g]);
-      t[4 + j][g] = 0.5f * (e[j][g] - e[2 + j][g]);
-      t[6 + j][g] = e[2 + j][g];
-    }
-  for (int i = 0; i < 4; ++i)
-    for (int64_t g = 0; g < kGroup; ++g) {
-      d[4 * i + 0][g] = t[2 * i][g];
-      d[4 * i + 1][g] = 0.5f * (t[2 * i][g] + t[2 * i + 1][g]);
-      d[4 * i + 2][g] = 0.5f * (t[2 * i][g] - t[2 * i + 1][g]);
-      d[4 * i + 3][g] = t[2 * i + 1][g];
-    }
-}
-
-// The tiling of a layer: tiles counted across samples, row-major within one.
+// The tiles of a layer, counted across samples, row-major within one.
 struct Tiling {
-  const DirectConv& p;
-  int64_t tiles_w, per_sample, tiles;
+  int64_t tiles_w, per_sample, count;
   explicit Tiling(const DirectConv& p)
-      : p(p), tiles_w((p.out_w + 1) / 2), per_sample((p.out_h + 1) / 2 * tiles_w), tiles(p.batch * per_sample) {}
-  int64_t sample(int64_t t) const { return t / per_sample; }
-  int64_t row(int64_t t) const { return t % per_sample / tiles_w * 2; }  // of the tile's first output pixel
-  int64_t col(int64_t t) const { return t % per_sample % tiles_w * 2; }
+      : tiles_w((p.out_w + 1) / 2), per_sample((p.out_h + 1) / 2 * tiles_w), count(p.batch * per_sample) {}
 };
 
-// The input transform of a block of tiles: V[c, q] for every channel c and tile t0 + q of the
-// block, handed to store(c, q0, size, v) in groups of up to kGroup tiles (v: [16][kGroup]).
-// Groups start at multiples of kGroup. Each (sample, channel) plane is read through a
-// zero-padded copy, so every patch is in bounds: padded[r][c] = x[r - pH][c - pW] over the
-// rows and columns the tiles reach; the block's samples lie one after another.
-class PatchTransform {
- public:
-  PatchTransform(const Tiling& tiling, int64_t max_block)
-      : tiling_(tiling), padded_w_(tiling.tiles_w * 2 + 2),
-        padded_plane_(((tiling.p.out_h + 1) / 2 * 2 + 2) * padded_w_),
-        padded_(std::min(max_block, max_block / tiling.per_sample + 2) * padded_plane_, 0.f),  // borders stay 0
-        patch_at_(max_block) {}
+// A tile's place: sample n, tile row a (output row 2a), tile column b (output column 2b).
+struct Tile {
+  int64_t n, a, b;
+};
 
-  template <typename Store>
-  void run(const float* x, int64_t t0, int64_t count, Store store) {
-    const DirectConv& p = tiling_.p;
-    const int64_t first_sample = tiling_.sample(t0), samples = tiling_.sample(t0 + count - 1) - first_sample + 1;
-    for (int64_t q = 0; q < count; ++q)
-      patch_at_[q] = (tiling_.sample(t0 + q) - first_sample) * padded_plane_ + tiling_.row(t0 + q) * padded_w_ +
-                     tiling_.col(t0 + q);
-    const int64_t rows = std::min(p.height, padded_plane_ / padded_w_ - p.pad_h);
-    const int64_t cols = std::min(p.width, padded_w_ - p.pad_w), plane = p.height * p.width;
-    for (int64_t c = 0; c < p.in_channels; ++c) {
-      for (int64_t s = 0; s < samples; ++s) {
-        const float* plane_in = x + ((first_sample + s) * p.in_channels + c) * plane;
-        float* plane_out = padded_.data() + s * padded_plane_ + p.pad_h * padded_w_ + p.pad_w;
-        for (int64_t i = 0; i < rows; ++i) std::copy_n(plane_in + i * p.width, cols, plane_out + i * padded_w_);
+// Where the passes read patches and grad_output and write outputs, as rows of channels:
+//   patch(t, d):   d[e] -> the channels of the tile's patch element e (zeros in the padding)
+//   gradient(t, e): e[2r + s] -> grad_output's channels at the tile's pixel (r, s) (zeros past the image)
+//   outputs(t, y): y[2r + s] -> where the output pixel's channels go (null, or discarded, past the image)
+//   flush():       after a block's outputs
+// channels_last: everything in place.
+class NhwcLayout {
+ public:
+  NhwcLayout(const DirectConv& p, const float* x, const float* dy, float* y)
+      : p_(p), x_(x), dy_(dy), y_(y), zeros_(std::max(p.in_channels, p.out_channels), 0.f) {}
+
+  void patch(const Tile& t, const float** d) const {
+    const float* sample = x_ + t.n * p_.height * p_.width * p_.in_channels;
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t j = 0; j < 4; ++j) {
+        const int64_t ih = 2 * t.a - p_.pad_h + i, iw = 2 * t.b - p_.pad_w + j;
+        const bool inside = ih >= 0 && ih < p_.height && iw >= 0 && iw < p_.width;
+        d[4 * i + j] = inside ? sample + (ih * p_.width + iw) * p_.in_channels : zeros_.data();
       }
-      for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
-        const int64_t size = std::min(kGroup, count - q0);
-        for (int64_t g = 0; g < size; ++g) {
-          const float* patch = padded_.data() + patch_at_[q0 + g];
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j) d_[4 * i + j][g] = patch[i * padded_w_ + j];
-        }
-        transform_patches(d_, v_);
-        store(c, q0, size, v_);
+  }
+  void gradient(const Tile& t, const float** e) const {
+    for (int64_t r = 0; r < 2; ++r)
+      for (int64_t s = 0; s < 2; ++s) {
+        const int64_t oh = 2 * t.a + r, ow = 2 * t.b + s;
+        e[2 * r + s] = oh < p_.out_h && ow < p_.out_w ? dy_ + ((t.n * p_.out_h + oh) * p_.out_w + ow) * p_.out_channels
+                                                      : zeros_.data();
       }
+  }
+  void outputs(const Tile& t, float** out) const {
+    for (int64_t r = 0; r < 2; ++r)
+      for (int64_t s = 0; s < 2; ++s) {
+        const int64_t oh = 2 * t.a + r, ow = 2 * t.b + s;
+        out[2 * r + s] = oh < p_.out_h && ow < p_.out_w ? y_ + ((t.n * p_.out_h + oh) * p_.out_w + ow) * p_.out_channels
+                                                        : nullptr;
+      }
+  }
+  void flush() {}
+
+ private:
+  const DirectConv& p_;
+  const float* x_;
+  const float* dy_;
+  float* y_;
+  std::vector<float> zeros_;
+};
+
+// Rows of an NCHW tensor (`channels` planes of height x width per sample) as NHWC:
+// row[w][c] = t[n, c, h, w - pad] (0 outside), `width` columns. The last `slots` rows asked for
+// are kept, row h in slot h mod slots, so a tile row that shares rows with the one before copies
+// only its new ones.
+class NhwcRows {
+ public:
+  NhwcRows(const float* t, int64_t channels, int64_t height, int64_t width, int64_t pad, int64_t strip_w, int64_t slots)
+      : t_(t), channels_(channels), height_(height), width_(width), pad_(pad), strip_w_(strip_w), slots_(slots),
+        rows_(slots * strip_w * channels), held_(slots, Tile{-1, -1, 0}) {}
+
+  const float* row(int64_t n, int64_t h) {
+    const int64_t slot = (h % slots_ + slots_) % slots_, C = channels_;
+    float* strip_row = rows_.data() + slot * strip_w_ * C;
+    if (held_[slot].n == n && held_[slot].a == h) return strip_row;
+    held_[slot] = {n, h, 0};
+    if (h < 0 || h >= height_) {
+      std::fill_n(strip_row, strip_w_ * C, 0.f);
+      return strip_row;
     }
+    const int64_t w0 = std::min(pad_, strip_w_), w1 = std::min(strip_w_, pad_ + width_);
+    std::fill_n(strip_row, w0 * C, 0.f);
+    if (w1 < strip_w_) std::fill_n(strip_row + std::max(w0, w1) * C, (strip_w_ - std::max(w0, w1)) * C, 0.f);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* src = t_ + ((n * C + c) * height_ + h) * width_ - pad_;
+      for (int64_t w = w0; w < w1; ++w) strip_row[w * C + c] = src[w];
+    }
+    return strip_row;
   }
 
  private:
-  const Tiling& tiling_;
-  int64_t padded_w_, padded_plane_;
-  std::vector<float> padded_;
-  std::vector<int64_t> patch_at_;  // per tile of the block: its patch in padded_
-  alignas(64) float d_[kElements][kGroup] = {}, v_[kElements][kGroup];  // (lanes past a short group: finite junk)
+  const float* t_;
+  int64_t channels_, height_, width_, pad_, strip_w_, slots_;
+  std::vector<float> rows_;
+  std::vector<Tile> held_;  // (n, row) in each slot
 };
+
+// NCHW: through NHWC rows, in and out.
+class NchwLayout {
+ public:
+  NchwLayout(const DirectConv& p, const float* x, const float* dy, float* y)
+      : p_(p), y_(y), tiles_w_((p.out_w + 1) / 2),
+        input_(x, p.in_channels, p.height, p.width, p.pad_w, 2 * tiles_w_ + 2, 4),
+        grad_(dy, dy != nullptr ? p.out_channels : 0, p.out_h, p.out_w, 0, 2 * tiles_w_, 2),
+        out_strip_(y != nullptr ? 2 * 2 * tiles_w_ * p.out_channels : 0) {}
+
+  void patch(const Tile& t, const float** d) {
+    for (int64_t i = 0; i < 4; ++i) {
+      const float* row = input_.row(t.n, 2 * t.a - p_.pad_h + i);
+      for (int64_t j = 0; j < 4; ++j) d[4 * i + j] = row + (2 * t.b + j) * p_.in_channels;
+    }
+  }
+  void gradient(const Tile& t, const float** e) {
+    for (int64_t r = 0; r < 2; ++r) {
+      const float* row = grad_.row(t.n, 2 * t.a + r);
+      for (int64_t s = 0; s < 2; ++s) e[2 * r + s] = row + (2 * t.b + s) * p_.out_channels;
+    }
+  }
+  // The output strip's pixels; clipped ones are written there too and never copied out.
+  void outputs(const Tile& t, float** out) {
+    if (t.n != out_row_.n || t.a != out_row_.a) {
+      flush();
+      out_row_ = t;
+    }
+    out_end_ = 2 * t.b + 2;
+    const int64_t O = p_.out_channels, width = 2 * tiles_w_;
+    for (int64_t r = 0; r < 2; ++r)
+      for (int64_t s = 0; s < 2; ++s) out[2 * r + s] = out_strip_.data() + (r * width + 2 * t.b + s) * O;
+  }
+  // Copies the output strip's columns [2b of its first tile, out_end_) into y's planes.
+  void flush() {
+    if (out_row_.n < 0) return;
+    const int64_t O = p_.out_channels, width = 2 * tiles_w_, plane = p_.out_h * p_.out_w;
+    const int64_t col0 = 2 * out_row_.b, col1 = std::min(out_end_, p_.out_w);
+    for (int64_t r = 0; r < 2 && 2 * out_row_.a + r < p_.out_h; ++r)
+      for (int64_t o = 0; o < O; ++o) {
+        float* dst = y_ + (out_row_.n * O + o) * plane + (2 * out_row_.a + r) * p_.out_w;
+        const float* src = out_strip_.data() + r * width * O + o;
+        for (int64_t col = col0; col < col1; ++col) dst[col] = src[col * O];
+      }
+    out_row_ = {-1, -1, -1};
+  }
+
+ private:
+  const DirectConv& p_;
+  float* y_;
+  int64_t tiles_w_;
+  NhwcRows input_, grad_;
+  std::vector<float> out_strip_;
+  Tile out_row_{-1, -1, -1};  // the output strip's tile row (out_row_.b: the first tile in it)
+  int64_t out_end_ = 0;       // one past the last output column written
+};
+
+// Tiles per block: a multiple of `tile` whose 16 transformed pairs (`channels` = C + O floats
+// each per tile) fit in half the L2, at least `least` (a product's rows or depth: fewer would
+// spend more on the register tile's loads and stores than on its sums) and no more than `share`.
+int64_t block_tiles(int64_t channels, int64_t share, int64_t tile, int64_t least) {
+  const int64_t by_cache = l2_cache_bytes() / 2 / (kElements * channels * 4) / tile * tile;
+  return std::max(least, std::min(by_cache, (share + tile - 1) / tile * tile));
+}
+
+template <class Layout>
+void forward(const DirectConv& p, const float* x, const float* w, const float* bias, float* y) {
+  const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.out_channels);
+  const WinogradNhwcTransforms transforms = transforms_for_this_cpu();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr;
+  const Tiling tiling(p);
+  if (tiling.count == 0) return;
+  const int64_t o_pad = (O + nr - 1) / nr * nr;  // M's row: whole register tiles
+
+  // U_e [C, O] as B panels (columns past O are zeros), all 16 in one buffer.
+  const int64_t u_size = packed_size(O, nr, C);
+  PackedBuffer<float> u(kElements * u_size, 0.f);
+  torch::stable::parallel_for(0, O, 16, [&](int64_t first, int64_t last) {
+    float ue[kElements];
+    for (int64_t o = first; o < last; ++o)
+      for (int64_t c = 0; c < C; ++c) {
+        winograd_kernel_transform(w + (o * C + c) * 9, ue);
+        for (int64_t e = 0; e < kElements; ++e) u[e * u_size + packed_index(c, o, nr, C)] = ue[e];
+      }
+  });
+
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  const int64_t block = block_tiles(C + o_pad, (tiling.count + threads - 1) / threads, mr, 2 * mr);  // every thread gets blocks
+  const std::vector<float> zeros(C, 0.f);
+
+  torch::stable::parallel_for(0, (tiling.count + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+    PackedBuffer<float> v(block * kElements * C), m(block * kElements * o_pad);
+    Layout layout(p, x, nullptr, y);
+    std::vector<const float*> rows(mr);
+    const float* patch[kElements];
+    float* out[4];
+    auto tile = [&](int64_t t) {
+      return Tile{t / tiling.per_sample, t % tiling.per_sample / tiling.tiles_w, t % tiling.per_sample % tiling.tiles_w};
+    };
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t t0 = blk * block, count = std::min(block, tiling.count - t0);
+
+      // Input transform: tile q's patch into V[:, q] (element-major, so each product reads one run).
+      for (int64_t q = 0; q < count; ++q) {
+        layout.patch(tile(t0 + q), patch);
+        transforms.patch(patch, C, v.data() + q * C, block * C);
+      }
+
+      // The 16 products M[:, e, :] = V[e] @ U_e, K cut into the microkernel's depth; rows
+      // past the block's tiles read zeros (M has room for them: block is a multiple of mr).
+      for (int64_t e = 0; e < kElements; ++e)
+        for (int64_t k0 = 0; k0 < C; k0 += kernel.depth) {
+          const int64_t depth = std::min(kernel.depth, C - k0);
+          for (int64_t r0 = 0; r0 < count; r0 += mr) {
+            for (int64_t r = 0; r < mr; ++r)
+              rows[r] = r0 + r < count ? v.data() + (e * block + r0 + r) * C + k0 : zeros.data();
+            for (int64_t j0 = 0; j0 < o_pad; j0 += nr)
+              kernel.indirect(1, depth, rows.data(), u.data() + e * u_size + j0 / nr * C * nr + k0 * nr,
+                              m.data() + (r0 * kElements + e) * o_pad + j0, kElements * o_pad, k0 > 0, nullptr);
+          }
+        }
+
+      // Output transform: each tile's 2x2 pixels, clipped where H_out or W_out is odd.
+      for (int64_t q = 0; q < count; ++q) {
+        layout.outputs(tile(t0 + q), out);
+        transforms.sums(m.data() + q * kElements * o_pad, o_pad, O, bias, out);
+      }
+      layout.flush();
+    }
+  });
+}
+
+// The transpose of rows of channels, as A panels: a[panel p][q][r] = rows[q * stride + p * mr + r]
+// for q < count (zeros past `channels`). (pack_a's general strides would make a library call of
+// mr floats per element here.)
+template <int MR>
+void pack_rows_of_channels_as(float* a, const float* rows, int64_t count, int64_t stride, int64_t channels) {
+  for (int64_t o0 = 0; o0 < channels; o0 += MR) {
+    float* panel = a + o0 * count;
+    const int64_t valid = std::min<int64_t>(MR, channels - o0);
+    for (int64_t q = 0; q < count; ++q) {
+      const float* src = rows + q * stride + o0;
+      float* dst = panel + q * MR;
+      if (valid == MR) {
+        for (int r = 0; r < MR; ++r) dst[r] = src[r];
+      } else {
+        for (int r = 0; r < MR; ++r) dst[r] = r < valid ? src[r] : 0.f;
+      }
+    }
+  }
+}
+void pack_rows_of_channels(float* a, int64_t mr, const float* rows, int64_t count, int64_t stride, int64_t channels) {
+  switch (mr) {
+    case 4: return pack_rows_of_channels_as<4>(a, rows, count, stride, channels);
+    case 6: return pack_rows_of_channels_as<6>(a, rows, count, stride, channels);
+    case 8: return pack_rows_of_channels_as<8>(a, rows, count, stride, channels);
+    default: return pack_a(a, mr, count, rows, channels, int64_t{1}, stride);
+  }
+}
+
+template <class Layout>
+void backward_weight(const DirectConv& p, const float* x, const float* dy, float* dw) {
+  const Microkernel<float> kernel = cpu_microkernel_for_columns<float>(p.in_channels);
+  const WinogradNhwcTransforms transforms = transforms_for_this_cpu();
+  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr;
+  const Tiling tiling(p);
+  // V's and N's rows: whole register tiles (the tiles read and write past C there); N's
+  // columns: whole A panels (D's packed rows past O are zeros).
+  const int64_t c_pad = (C + nr - 1) / nr * nr, o_pad = (O + mr - 1) / mr * mr, n_size = o_pad * c_pad;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), tiling.count / 64));
+  const int64_t block = block_tiles(c_pad + O, tiling.count, 1, 32);
+  std::vector<float> partial(parts * kElements * n_size, 0.f);
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    PackedBuffer<float> v(block * kElements * c_pad, 0.f), d(block * kElements * O), a(packed_size(O, mr, block));
+    Layout layout(p, x, dy, nullptr);
+    std::vector<const float*> b_rows(block);
+    const float* patch[kElements];
+    const float* grad[4];
+    for (int64_t part = first; part < last; ++part) {
+      float* n_part = partial.data() + part * kElements * n_size;
+      const int64_t begin = tiling.count * part / parts, end = tiling.count * (part + 1) / parts;
+      for (int64_t t0 = begin; t0 < end; t0 += block) {
+        const int64_t count = std::min(block, end - t0);
+        // V[:, q] and D[:, q] of each tile of the block
+        for (int64_t q = 0; q < count; ++q) {
+          const int64_t t = t0 + q;
+          const Tile tile{t / tiling.per_sample, t % tiling.per_sample / tiling.tiles_w, t % tiling.per_sample % tiling.tiles_w};
+          layout.patch(tile, patch);
+          transforms.patch(patch, C, v.data() + q * c_pad, block * c_pad);
+          layout.gradient(tile, grad);
+          transforms.gradient(grad, O, d.data() + q * O, block * O);
+        }
+        // N_e += D_e^T @ V_e: D_e^T packed as A panels over the block's tiles, V_e's rows by pointer
+        for (int64_t e = 0; e < kElements; ++e) {
+          pack_rows_of_channels(a.data(), mr, d.data() + e * block * O, count, O, O);
+          for (int64_t q = 0; q < count; ++q) b_rows[q] = v.data() + (e * block + q) * c_pad;
+          float* n_e = n_part + e * n_size;
+          for (int64_t o0 = 0; o0 < O; o0 += mr)
+            for (int64_t j0 = 0; j0 < c_pad; j0 += nr)
+              kernel.rows_b(count, a.data() + o0 * count, b_rows.data(), j0, n_e + o0 * c_pad + j0, c_pad, true);
+        }
+      }
+    }
+  });
+  // dw[o, c] = K^T N[o, c] K, N summed over the parts in order
+  torch::stable::parallel_for(0, O * C, 256, [&](int64_t first, int64_t last) {
+    for (int64_t oc = first; oc < last; ++oc) {
+      const int64_t at = oc / C * c_pad + oc % C;
+      float n[kElements];
+      for (int64_t e = 0; e < kElements; ++e) {
+        float total = partial[e * n_size + at];
+        for (int64_t part = 1; part < parts; ++part) total += partial[(part * kElements + e) * n_size + at];
+        n[e] = total;
+      }
+      transform_weight_sums(n, dw + oc * 9);
+    }
+  });
+}
 
 }  // namespace
 
@@ -192,93 +426,33 @@ bool winograd_backward_input_suits(const DirectConv& p) {
   return winograd_suits(p) && p.pad_h <= 2 && p.pad_w <= 2;
 }
 
+void winograd_forward(const DirectConv& p, const float* x, const float* w, const float* bias, float* y) {
+  forward<NchwLayout>(p, x, w, bias, y);
+}
+
+void winograd_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
+  // a stride-1 3x3 forward pass over grad_out padded by 2 - padding (direct_conv.h)
+  winograd_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in);
+}
+
 void winograd_backward_weight(const DirectConv& p, const float* x, const float* grad_out, float* grad_weight) {
-  const Microkernel<float> kernel = cpu_microkernel<float>();
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
-  const Tiling tiling(p);
-  const int64_t C = p.in_channels, O = p.out_channels, mr = kernel.mr, nr = kernel.nr, tiles = tiling.tiles;
-  // Tiles per block: the block's 16 transformed pairs (D_xi and V_xi, (O + C) x depth each) fit
-  // in L2, a multiple of the transforms' group.
-  const int64_t depth = std::clamp<int64_t>(l2_cache_bytes() / (kElements * (O + C) * 4) / kGroup * kGroup, kGroup,
-                                            kernel.depth);
-  const int64_t out_plane = p.out_h * p.out_w;
-  const int64_t n_size = O * C;  // one N_xi, [O, C] row-major
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(torch::stable::get_num_threads(), (tiles + depth - 1) / depth));
-  std::vector<float> partial(parts * kElements * n_size, 0.f);
-  if (tiles > 0) {
-    // D_xi [O, depth] as A panels and V_xi^T [depth, C] as B panels, over blocks of `depth` tiles
-    // (a shorter last block leaves its tail zero, so every block has the same layout).
-    const int64_t a_size = packed_size(O, mr, depth), b_size = packed_size(C, nr, depth);
-    torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-      PackedBuffer<float> a(kElements * a_size, 0.f), b(kElements * b_size, 0.f);
-      PatchTransform patches(tiling, depth);
-      std::vector<int64_t> out_at(depth);              // per tile of the block: its grad_out pixel
-      std::vector<char> full_w(depth), full_h(depth);  // whether its second column / row is inside
-      alignas(64) float e2[4][kGroup] = {}, d[kElements][kGroup];
-      for (int64_t part = first; part < last; ++part) {
-        float* n_part = partial.data() + part * kElements * n_size;
-        const int64_t begin = tiles * part / parts, end = tiles * (part + 1) / parts;
-        for (int64_t t0 = begin; t0 < end; t0 += depth) {
-          const int64_t count = std::min(depth, end - t0);
-          if (count < depth) {  // zero the tail of the last block (earlier blocks filled it)
-            for (int64_t xi = 0; xi < kElements; ++xi)
-              for (int64_t q = count; q < depth; ++q) {
-                for (int64_t o = 0; o < O; ++o) a[xi * a_size + packed_index(q, o, mr, depth)] = 0.f;
-                for (int64_t c = 0; c < C; ++c) b[xi * b_size + packed_index(q, c, nr, depth)] = 0.f;
-              }
-          }
-          // D_xi[o, q]: the tile's 2x2 of grad_out (0 past an odd edge), into A element (o, q)
-          for (int64_t q = 0; q < count; ++q) {
-            const int64_t t = t0 + q, row = tiling.row(t), col = tiling.col(t);
-            out_at[q] = tiling.sample(t) * O * out_plane + row * p.out_w + col;
-            full_w[q] = col + 1 < p.out_w;
-            full_h[q] = row + 1 < p.out_h;
-          }
-          for (int64_t o = 0; o < O; ++o) {
-            const float* dy_o = grad_out + o * out_plane;
-            float* lane = a.data() + packed_index(0, o, mr, depth);  // element q of this row at lane + q * mr
-            for (int64_t q0 = 0; q0 < count; q0 += kGroup) {
-              const int64_t size = std::min(kGroup, count - q0);
-              for (int64_t g = 0; g < size; ++g) {
-                const int64_t q = q0 + g;
-                const float* e = dy_o + out_at[q];
-                e2[0][g] = e[0];
-                e2[1][g] = full_w[q] ? e[1] : 0.f;
-                e2[2][g] = full_h[q] ? e[p.out_w] : 0.f;
-                e2[3][g] = full_w[q] && full_h[q] ? e[p.out_w + 1] : 0.f;
-              }
-              transform_gradients(e2, d);
-              for (int64_t xi = 0; xi < kElements; ++xi)
-                for (int64_t g = 0; g < size; ++g) lane[xi * a_size + (q0 + g) * mr] = d[xi][g];
-            }
-          }
-          // V_xi[c, q] into B element (q, c)
-          patches.run(x, t0, count, [&](int64_t c, int64_t q0, int64_t size, const float (*v)[kGroup]) {
-            for (int64_t xi = 0; xi < kElements; ++xi) {
-              float* column = b.data() + xi * b_size + packed_index(q0, c, nr, depth);
-              for (int64_t g = 0; g < size; ++g) column[g * nr] = v[xi][g];
-            }
-          });
-          for (int64_t xi = 0; xi < kElements; ++xi)
-            gemm_packed(kernel, O, C, depth, a.data() + xi * a_size, depth * mr, b.data() + xi * b_size, depth * nr,
-                        n_part + xi * n_size, C, /*accumulate=*/true, nullptr);
-        }
-      }
-    });
-  }
-  // dw[o, c] = K^T N[o, c] K, N summed over the parts in order
-  torch::stable::parallel_for(0, n_size, 256, [&](int64_t first, int64_t last) {
-    for (int64_t oc = first; oc < last; ++oc) {
-      float n[kElements];
-      for (int64_t xi = 0; xi < kElements; ++xi) {
-        float total = partial[xi * n_size + oc];
-        for (int64_t part = 1; part < parts; ++part) total += partial[(part * kElements + xi) * n_size + oc];
-        n[xi] = total;
-      }
-      transform_weight_sums(n, grad_weight + oc * 9);
-    }
-  });
+  backward_weight<NchwLayout>(p, x, grad_out, grad_weight);
+}
+
+void winograd_channels_last_forward(const DirectConv& p, const float* x, const float* w, const float* bias,
+                                    float* y) {
+  forward<NhwcLayout>(p, x, w, bias, y);
+}
+
+void winograd_channels_last_backward_input(const DirectConv& p, const float* grad_out, const float* weight,
+                                           float* grad_in) {
+  winograd_channels_last_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr,
+                                 grad_in);
+}
+
+void winograd_channels_last_backward_weight(const DirectConv& p, const float* x, const float* grad_out,
+                                            float* grad_weight) {
+  backward_weight<NhwcLayout>(p, x, grad_out, grad_weight);
 }
 
 }  // namespace cuconv

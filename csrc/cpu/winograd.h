@@ -30,13 +30,15 @@ void winograd_backward_input(const DirectConv& p, const float* grad_out, const f
 // grad_output, summed over the tiles in 16 products; deterministic for a given thread count.
 void winograd_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
 
-// The same forward pass and input gradient on channels_last (NHWC) tensors, x / grad_out and
-// y / grad_in NHWC, the weight OIHW. (Both layouts run one kernel, winograd_forward.cpp: the
-// transforms work on vectors of channels, NCHW through small NHWC strips.)
+// The same passes on channels_last (NHWC) tensors: x, grad_out, y and grad_in NHWC, the weight
+// and its gradient OIHW. (Both layouts run the same kernels, winograd.cpp: the transforms work
+// on vectors of channels, NCHW through small NHWC strips.)
 void winograd_channels_last_forward(const DirectConv& p, const float* x, const float* weight, const float* bias,
                                     float* y);
 void winograd_channels_last_backward_input(const DirectConv& p, const float* grad_out, const float* weight,
                                            float* grad_in);
+void winograd_channels_last_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
+                                            float* grad_weight);
 
 // U = G g G^T of one 3x3 kernel g (row-major), into u (4x4, row-major): both layouts' weights.
 void winograd_kernel_transform(const float* g, float* u);

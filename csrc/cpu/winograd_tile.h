@@ -52,7 +52,27 @@ inline void winograd_sum_columns(const float* m, int64_t m_stride, int64_t c, co
   }
 }
 
-// The two transforms over `channels` channels: kLanes at a time, then one by one. (GCC's vector
+// D = H e H^T of one tile's 2x2 of grad_output, channel by channel: e[2r + s] points at the
+// channels of its pixel (r, s) (a row of zeros past the image); element e of D goes to
+// d + e * d_stride. H = [1 0; 1/2 1/2; 1/2 -1/2; 0 1].
+template <typename V>
+inline void winograd_gradient_columns(const float* const* e, int64_t c, float* d, int64_t d_stride) {
+  V g[4];
+  for (int k = 0; k < 4; ++k) __builtin_memcpy(&g[k], e[k] + c, sizeof(V));
+  V t[8];  // H e, 4x2
+  for (int j = 0; j < 2; ++j) {
+    t[j] = g[j];
+    t[2 + j] = 0.5f * (g[j] + g[2 + j]);
+    t[4 + j] = 0.5f * (g[j] - g[2 + j]);
+    t[6 + j] = g[2 + j];
+  }
+  for (int i = 0; i < 4; ++i) {
+    const V r[4] = {t[2 * i], 0.5f * (t[2 * i] + t[2 * i + 1]), 0.5f * (t[2 * i] - t[2 * i + 1]), t[2 * i + 1]};
+    for (int j = 0; j < 4; ++j) __builtin_memcpy(d + (4 * i + j) * d_stride + c, &r[j], sizeof(V));
+  }
+}
+
+// The transforms over `channels` channels: kLanes at a time, then one by one. (GCC's vector
 // types, declared here rather than in the templates: a dependent one passed on as a template
 // argument loses its vector_size and becomes a plain float.)
 typedef float WinogradLanes4 __attribute__((vector_size(16)));
@@ -78,4 +98,12 @@ void winograd_sums_nhwc(const float* m, int64_t m_stride, int64_t channels, cons
   int64_t c = 0;
   for (; c + kLanes <= channels; c += kLanes) winograd_sum_columns<Lanes>(m, m_stride, c, bias, y);
   for (; c < channels; ++c) winograd_sum_columns<float>(m, m_stride, c, bias, y);
+}
+
+template <int kLanes>
+void winograd_gradient_nhwc(const float* const* e, int64_t channels, float* d, int64_t d_stride) {
+  using Lanes = WinogradLanes<kLanes>;
+  int64_t c = 0;
+  for (; c + kLanes <= channels; c += kLanes) winograd_gradient_columns<Lanes>(e, c, d, d_stride);
+  for (; c < channels; ++c) winograd_gradient_columns<float>(e, c, d, d_stride);
 }
