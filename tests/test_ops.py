@@ -293,18 +293,21 @@ def test_max_pool2d_ties_take_torch_s_index(config, size, device):
 
 
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])
 @pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, device):
+def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, layout, device):
     """max_pool2d_backward adds each gradient at its index, as torch does, also where an
-    index is not a pixel of its own window (the 2x2 kernel's write-once pass must then
-    give way to the general scatter): compared with scatter_add."""
-    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+    index is not a pixel of its own window (the 2x2 kernels' write-once passes, NCHW and NHWC,
+    must then give way to the general scatter): compared with scatter_add."""
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device).to(memory_format=layout)
     out, idx = CF.max_pool2d(x, return_indices=True, **config)
     gen = torch.Generator().manual_seed(5)
-    idx = idx.clone()
-    idx.view(-1)[::3] = torch.randint(0, size[0] * size[1], idx.view(-1)[::3].shape, generator=gen).to(device)
-    dy = torch.randn(out.shape, dtype=torch.float64, device=device)
+    moved = torch.zeros(idx.shape, dtype=torch.bool)
+    moved.view(-1)[::3] = True
+    elsewhere = torch.randint(0, size[0] * size[1], idx.shape, generator=gen)
+    idx = torch.where(moved.to(device), elsewhere.to(device), idx).to(memory_format=layout)
+    dy = torch.randn(out.shape, dtype=torch.float64, device=device).to(memory_format=layout)
     full = dict(dict(stride=None, padding=0, dilation=1, ceil_mode=False), **config)
     pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
     kernel = pair(full["kernel_size"])

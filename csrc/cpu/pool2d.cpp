@@ -678,6 +678,36 @@ void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* 
   g.H * g.W <= std::numeric_limits<int32_t>::max() ? run(int32_t{0}) : run(int64_t{0});
 }
 
+// Tiled 2x2 windows (tiled_2x2), channels innermost: every element of dx is written once, the
+// gradient where the index is that pixel and 0 elsewhere in its window (no zeroing pass, no
+// scatter; the compare-and-select loop over channels vectorises). Returns false when an index
+// is not a pixel of its window (the caller then scatters the sample in general, as torch would).
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES bool max_unpool_sample_nhwc_2x2(const PoolGeometry& g, int64_t C, const scalar_t* dy,
+                                                     const int64_t* indices, scalar_t* __restrict__ dx) {
+  int64_t missed = 0;
+  for (int64_t oh = 0; oh < g.Ho; ++oh)
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      const int64_t corner = 2 * oh * g.W + 2 * ow, W = g.W, o = (oh * g.Wo + ow) * C;
+      scalar_t *d00 = dx + corner * C, *d01 = d00 + C, *d10 = d00 + W * C, *d11 = d10 + C;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t at = indices[o + c] - corner;
+        const scalar_t v = dy[o + c];
+        d00[c] = at == 0 ? v : scalar_t(0);
+        d01[c] = at == 1 ? v : scalar_t(0);
+        d10[c] = at == W ? v : scalar_t(0);
+        d11[c] = at == W + 1 ? v : scalar_t(0);
+        missed += (at != 0) & (at != 1) & (at != W) & (at != W + 1);
+      }
+    }
+  // a last row or column that no window covers (odd H or W) gets no gradient
+  for (int64_t h = 0; h < g.H; ++h) {
+    const int64_t from = h < 2 * g.Ho ? 2 * g.Wo : 0;
+    std::fill(dx + (h * g.W + from) * C, dx + (h + 1) * g.W * C, scalar_t(0));
+  }
+  return missed == 0;
+}
+
 // The first index outside the plane is skipped and returned, as max_unpool_plane.
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES std::optional<int64_t> max_unpool_sample_nhwc(int64_t plane_in, int64_t plane_out, int64_t C,
@@ -845,11 +875,15 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
       const int64_t* idx_data = idx.const_data_ptr<int64_t>();
       scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
       const int64_t C = s.channels;
+      const bool tiled = tiled_2x2(g);
       std::atomic<bool> any_bad{false};
       std::atomic<int64_t> bad_index{0};
       torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<opmath_t<scalar_t>> buffer;
         for (int64_t n = begin; n < end; ++n) {
+          if (tiled && max_unpool_sample_nhwc_2x2(g, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C,
+                                                  dx_data + n * plane_in * C))
+            continue;
           unpool_in_opmath(plane_in * C, dx_data + n * plane_in * C, buffer, [&](auto* target) {
             const std::optional<int64_t> bad = max_unpool_sample_nhwc(
                 plane_in, plane_out, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C, target);
