@@ -859,11 +859,12 @@ void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const
   run_tuned(tuning_key(g, pass, variant), candidates);
 }
 
-// Runs the NHWC Winograd unless an operand holds an Inf or NaN (see FloatPass::winograd_inputs),
-// which the NHWC kernels then take.
-// (a and b must outlive the function returned.)
+// choose_layout's Winograd candidate for a float32 pass over operands a and b (none for other
+// dtypes): the NHWC Winograd unless an operand holds an Inf or NaN (see
+// FloatPass::winograd_inputs), which the NHWC kernels then take. (a and b must outlive it.)
 std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor& a, const Tensor& b,
                                        std::function<void()> winograd) {
+  if (a.scalar_type() != ScalarType::Float) return nullptr;
   return [nhwc = std::move(nhwc), &a, &b, winograd = std::move(winograd)] {
     if (all_finite(a.const_data_ptr<float>(), a.numel()) && all_finite(b.const_data_ptr<float>(), b.numel())) winograd();
     else nhwc();
@@ -924,14 +925,13 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
         }
       });
     };
-    std::function<void()> winograd;
-    if (input.scalar_type() == ScalarType::Float)
-      winograd = nhwc_winograd_or(native, input, w, [&] {
-        winograd_channels_last_forward(direct_problem(g), input.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                       b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>());
-      });
     choose_layout(g, ConvPass::kForward, input.scalar_type(), native, [&] { torch::stable::copy_(y, nchw()); },
-                  winograd);
+                  nhwc_winograd_or(native, input, w, [&] {
+                    winograd_channels_last_forward(direct_problem(g), input.const_data_ptr<float>(),
+                                                   w.const_data_ptr<float>(),
+                                                   b.defined() ? b.const_data_ptr<float>() : nullptr,
+                                                   y.mutable_data_ptr<float>());
+                  }));
     return y;
   }
   return in_layout_of(input, nchw());  // channels_last in, channels_last out (as torch)
@@ -993,14 +993,11 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
         }
       });
     };
-    std::function<void()> winograd;
-    if (grad_output.scalar_type() == ScalarType::Float)
-      winograd = nhwc_winograd_or(native, grad_output, w, [&] {
-        winograd_channels_last_backward_input(direct_problem(g), grad_output.const_data_ptr<float>(),
-                                              w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
-      });
     choose_layout(g, ConvPass::kInput, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dx, nchw()); },
-                  winograd);
+                  nhwc_winograd_or(native, grad_output, w, [&] {
+                    winograd_channels_last_backward_input(direct_problem(g), grad_output.const_data_ptr<float>(),
+                                                          w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
+                  }));
     return dx;
   }
   return in_layout_of(grad_output, nchw());
@@ -1052,14 +1049,12 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
         }
       });
     };
-    std::function<void()> winograd;
-    if (grad_output.scalar_type() == ScalarType::Float)
-      winograd = nhwc_winograd_or(native, input, grad_output, [&] {
-        winograd_channels_last_backward_weight(direct_problem(g), input.const_data_ptr<float>(),
-                                               grad_output.const_data_ptr<float>(), dw.mutable_data_ptr<float>());
-      });
     choose_layout(g, ConvPass::kWeight, grad_output.scalar_type(), native, [&] { torch::stable::copy_(dw, nchw()); },
-                  winograd);
+                  nhwc_winograd_or(native, input, grad_output, [&] {
+                    winograd_channels_last_backward_weight(direct_problem(g), input.const_data_ptr<float>(),
+                                                           grad_output.const_data_ptr<float>(),
+                                                           dw.mutable_data_ptr<float>());
+                  }));
     return dw;
   }
   return nchw();

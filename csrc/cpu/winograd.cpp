@@ -84,16 +84,17 @@ void transform_weight_sums(const float* n, float* dw) {
   }
 }
 
+// A tile's place: sample n, tile row a (output row 2a), tile column b (output column 2b).
+struct Tile {
+  int64_t n, a, b;
+};
+
 // The tiles of a layer, counted across samples, row-major within one.
 struct Tiling {
   int64_t tiles_w, per_sample, count;
   explicit Tiling(const DirectConv& p)
       : tiles_w((p.out_w + 1) / 2), per_sample((p.out_h + 1) / 2 * tiles_w), count(p.batch * per_sample) {}
-};
-
-// A tile's place: sample n, tile row a (output row 2a), tile column b (output column 2b).
-struct Tile {
-  int64_t n, a, b;
+  Tile tile(int64_t t) const { return {t / per_sample, t % per_sample / tiles_w, t % per_sample % tiles_w}; }
 };
 
 // Where the passes read patches and grad_output and write outputs, as rows of channels:
@@ -282,15 +283,12 @@ void forward(const DirectConv& p, const float* x, const float* w, const float* b
     std::vector<const float*> rows(mr);
     const float* patch[kElements];
     float* out[4];
-    auto tile = [&](int64_t t) {
-      return Tile{t / tiling.per_sample, t % tiling.per_sample / tiling.tiles_w, t % tiling.per_sample % tiling.tiles_w};
-    };
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t t0 = blk * block, count = std::min(block, tiling.count - t0);
 
       // Input transform: tile q's patch into V[:, q] (element-major, so each product reads one run).
       for (int64_t q = 0; q < count; ++q) {
-        layout.patch(tile(t0 + q), patch);
+        layout.patch(tiling.tile(t0 + q), patch);
         transforms.patch(patch, C, v.data() + q * C, block * C);
       }
 
@@ -310,7 +308,7 @@ void forward(const DirectConv& p, const float* x, const float* w, const float* b
 
       // Output transform: each tile's 2x2 pixels, clipped where H_out or W_out is odd.
       for (int64_t q = 0; q < count; ++q) {
-        layout.outputs(tile(t0 + q), out);
+        layout.outputs(tiling.tile(t0 + q), out);
         transforms.sums(m.data() + q * kElements * o_pad, o_pad, O, bias, out);
       }
       layout.flush();
@@ -372,8 +370,7 @@ void backward_weight(const DirectConv& p, const float* x, const float* dy, float
         const int64_t count = std::min(block, end - t0);
         // V[:, q] and D[:, q] of each tile of the block
         for (int64_t q = 0; q < count; ++q) {
-          const int64_t t = t0 + q;
-          const Tile tile{t / tiling.per_sample, t % tiling.per_sample / tiling.tiles_w, t % tiling.per_sample % tiling.tiles_w};
+          const Tile tile = tiling.tile(t0 + q);
           layout.patch(tile, patch);
           transforms.patch(patch, C, v.data() + q * c_pad, block * c_pad);
           layout.gradient(tile, grad);
