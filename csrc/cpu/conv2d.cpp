@@ -795,6 +795,12 @@ bool all_finite(const float* data, int64_t count) {
   return finite.load();
 }
 
+// Float32 operands (data, element count), as Winograd's callers list them.
+using Operands = std::vector<std::pair<const float*, int64_t>>;
+bool all_finite(const Operands& operands) {
+  return std::all_of(operands.begin(), operands.end(), [](const auto& o) { return all_finite(o.first, o.second); });
+}
+
 // The float32 kernels of one pass (not depthwise), for run_float_pass.
 struct FloatPass {
   std::function<void()> direct, gemm, winograd, pixel;
@@ -803,7 +809,7 @@ struct FloatPass {
   // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
   // subtract inputs, so Inf - Inf would turn an infinite result into NaN): these are they.
   // (The per-pixel products check their own operands: pixel_gemm.h.)
-  std::vector<std::pair<const float*, int64_t>> winograd_inputs;
+  Operands winograd_inputs;
 };
 
 // Runs a float32 pass by the direct kernels, the GEMM or, where they suit, Winograd
@@ -811,11 +817,7 @@ struct FloatPass {
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kernels) {
   const OptionalMode wmode = winograd_can_run(g, pass) ? optional_kernel_mode("CUCONV_CPU_WINOGRAD") : OptionalMode::kNever;
   const OptionalMode pmode = pixel_gemm_can_run(g) ? optional_kernel_mode("CUCONV_CPU_PIXEL_GEMM") : OptionalMode::kNever;
-  auto winograd_or_gemm = [&] {
-    for (const auto& [data, count] : kernels.winograd_inputs)
-      if (!all_finite(data, count)) return kernels.gemm();
-    kernels.winograd();
-  };
+  auto winograd_or_gemm = [&] { all_finite(kernels.winograd_inputs) ? kernels.winograd() : kernels.gemm(); };
   if (wmode == OptionalMode::kAlways) return winograd_or_gemm();
   if (pmode == OptionalMode::kAlways) return kernels.pixel();
   const DirectMode mode = direct_conv_mode();
@@ -840,14 +842,14 @@ bool runs_channels_last(const ConvGeometry& g, const Tensor& t) {
          (t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double);
 }
 
-// Which runs such a pass: the NHWC kernels, the NHWC Winograd (float32 passes Winograd suits,
-// `winograd` given; CUCONV_CPU_WINOGRAD as for NCHW) or the NCHW kernels between two layout
-// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). The NHWC weight gradient
-// is the faster on the layers measured so far; the NCHW forward with its direct kernels often
-// wins even with the copies (benchmarks/RESULTS.md).
+// Which runs such a pass: the NHWC kernels, the NHWC Winograd (`winograd`, given for float32;
+// where it suits, CUCONV_CPU_WINOGRAD as for NCHW) or the NCHW kernels between two layout
+// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). Which wins depends on the
+// layer and pass (benchmarks/NOTES.md: Winograd on 3x3 stride-1 layers, the NCHW kernels between
+// copies on some small images).
 void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const std::function<void()>& nhwc,
-                   const std::function<void()>& nchw, const std::function<void()>& winograd = nullptr) {
-  const OptionalMode wmode = winograd && dtype == ScalarType::Float && winograd_can_run(g, pass)
+                   const std::function<void()>& nchw, const std::function<void()>& winograd) {
+  const OptionalMode wmode = winograd && winograd_can_run(g, pass)
                                  ? optional_kernel_mode("CUCONV_CPU_WINOGRAD")
                                  : OptionalMode::kNever;
   if (wmode == OptionalMode::kAlways) return winograd();
@@ -866,8 +868,8 @@ std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor&
                                        std::function<void()> winograd) {
   if (a.scalar_type() != ScalarType::Float) return nullptr;
   return [nhwc = std::move(nhwc), &a, &b, winograd = std::move(winograd)] {
-    if (all_finite(a.const_data_ptr<float>(), a.numel()) && all_finite(b.const_data_ptr<float>(), b.numel())) winograd();
-    else nhwc();
+    all_finite(Operands{{a.const_data_ptr<float>(), a.numel()}, {b.const_data_ptr<float>(), b.numel()}}) ? winograd()
+                                                                                                         : nhwc();
   };
 }
 

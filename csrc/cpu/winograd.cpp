@@ -69,6 +69,24 @@ WinogradNhwcTransforms transforms_for_this_cpu() {
   return {&winograd_patch_nhwc<4>, &winograd_sums_nhwc<4>, &winograd_gradient_nhwc<4>};
 }
 
+// U = G g G^T of one 3x3 kernel g (row-major), into u (4x4, row-major).
+void transform_kernel(const float* g, float* u) {
+  float t[4][3];
+  for (int j = 0; j < 3; ++j) {
+    const float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+    t[0][j] = g0;
+    t[1][j] = 0.5f * (g0 + g1 + g2);
+    t[2][j] = 0.5f * (g0 - g1 + g2);
+    t[3][j] = g2;
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = t[i][0];
+    u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+    u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+    u[4 * i + 3] = t[i][2];
+  }
+}
+
 // dw = K^T n K of one 4x4 sum n (row-major), into dw (3x3, row-major).
 void transform_weight_sums(const float* n, float* dw) {
   float t[3][4];
@@ -268,7 +286,7 @@ void forward(const DirectConv& p, const float* x, const float* w, const float* b
     float ue[kElements];
     for (int64_t o = first; o < last; ++o)
       for (int64_t c = 0; c < C; ++c) {
-        winograd_kernel_transform(w + (o * C + c) * 9, ue);
+        transform_kernel(w + (o * C + c) * 9, ue);
         for (int64_t e = 0; e < kElements; ++e) u[e * u_size + packed_index(c, o, nr, C)] = ue[e];
       }
   });
@@ -404,23 +422,6 @@ void backward_weight(const DirectConv& p, const float* x, const float* dy, float
 }
 
 }  // namespace
-
-void winograd_kernel_transform(const float* g, float* u) {
-  float t[4][3];
-  for (int j = 0; j < 3; ++j) {
-    const float g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-    t[0][j] = g0;
-    t[1][j] = 0.5f * (g0 + g1 + g2);
-    t[2][j] = 0.5f * (g0 - g1 + g2);
-    t[3][j] = g2;
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = t[i][0];
-    u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-    u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-    u[4 * i + 3] = t[i][2];
-  }
-}
 
 bool winograd_suits(const DirectConv& p) {
   return p.kernel_h == 3 && p.kernel_w == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 &&

@@ -40,7 +40,4 @@ void winograd_channels_last_backward_input(const DirectConv& p, const float* gra
 void winograd_channels_last_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
                                             float* grad_weight);
 
-// U = G g G^T of one 3x3 kernel g (row-major), into u (4x4, row-major): both layouts' weights.
-void winograd_kernel_transform(const float* g, float* u);
-
 }  // namespace cuconv
