@@ -11,7 +11,9 @@
 
 #include <Python.h>
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <thread>
 #include <vector>
 #include <torch/csrc/stable/library.h>
@@ -115,7 +117,9 @@ PyObject* cpu_tuning_set(PyObject*, PyObject* choices) {
 
 // cuconv._C.cpu_tuner_pick(key, seconds): runs the tuner on candidates that only wait for
 // the given times (by name "0", "1", ...); returns the winner's index. For the tests: the
-// chooser itself, with speeds made clearly different.
+// chooser itself, with speeds made clearly different. A candidate's entry is a time or a
+// sequence of times: the k-th run in this call waits the k-th (the last one repeated), which
+// plays a measurement disturbed by load from elsewhere.
 PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
   const char* key = nullptr;
   PyObject* seconds = nullptr;
@@ -129,10 +133,29 @@ PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
   std::vector<cuconv::Candidate> candidates;
   for (Py_ssize_t c = 0; c < count; ++c) {
     PyObject* item = PySequence_GetItem(seconds, c);
-    const double wait = item != nullptr ? PyFloat_AsDouble(item) : -1.0;
-    Py_XDECREF(item);
+    if (item == nullptr) return nullptr;
+    std::vector<double> waits;
+    if (PySequence_Check(item)) {
+      for (Py_ssize_t k = 0; k < PySequence_Size(item) && !PyErr_Occurred(); ++k) {
+        PyObject* wait = PySequence_GetItem(item, k);
+        if (wait != nullptr) waits.push_back(PyFloat_AsDouble(wait));
+        Py_XDECREF(wait);
+      }
+    } else {
+      waits.push_back(PyFloat_AsDouble(item));
+    }
+    Py_DECREF(item);
     if (PyErr_Occurred()) return nullptr;
-    candidates.push_back({names[c], [wait] { std::this_thread::sleep_for(std::chrono::duration<double>(wait)); }});
+    if (waits.empty()) {
+      PyErr_SetString(PyExc_ValueError, "cpu_tuner_pick: expected at least one wait for every candidate");
+      return nullptr;
+    }
+    auto runs = std::make_shared<size_t>(0);
+    candidates.push_back({names[c], [waits, runs] {
+                            const double wait = waits[std::min(*runs, waits.size() - 1)];
+                            ++*runs;
+                            std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+                          }});
   }
   size_t winner = 0;
   const std::string tuning_key(key);

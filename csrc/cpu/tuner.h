@@ -10,10 +10,16 @@
 //               cold caches and for choices made inside a candidate);
 //   then, unless the last candidate run was the fastest, run the fastest once more.
 //
-// So a call that tunes costs at most two calls per candidate and one more (bounded: no
-// repeats until the times settle), returns the winner's result, and
-// every later call with the key (the winner alone) repeats it bitwise. Candidates compute the
-// same values (the tests check every path), up to float rounding.
+// A burst of load from elsewhere (another process, a neighbour on a shared VM) during those
+// rounds can make the fastest candidate look slow. So the choice is checked: the winner's next
+// few calls are timed, and if one runs clearly faster than the winner did while being measured,
+// the measuring was disturbed: that call runs the other candidates once more and keeps the
+// fastest over both measurements, for good. A choice is measured again at most once.
+//
+// So a call that tunes costs at most two calls per candidate and one more, a later call at most
+// one more per candidate (bounded: no repeats until the times settle); each returns the winner's
+// result, and every call after the checks (the winner alone) repeats it bitwise. Candidates
+// compute the same values (the tests check every path), up to float rounding.
 //
 // CUCONV_CPU_TUNE=0 turns measuring off (conv2d.cpp's static rules decide; for runs that must
 // not depend on timing). CUCONV_LOG=1 prints each decision, with the candidates' times and the
