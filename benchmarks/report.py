@@ -13,6 +13,8 @@ import math
 import platform
 from collections import defaultdict
 
+from cases import CONV_CASES
+
 
 def load(path):
     with open(path) as f:
@@ -51,11 +53,14 @@ def ratio_table(rows, ceilings):
     lines.append("")
     for device in sorted({k[0] for k in ceilings}):
         parts = []
-        if (device, "sgemm") in ceilings:
-            parts.append(f"sgemm {ceilings[(device, 'sgemm')]:.0f} GFLOP/s")
+        if (device, "fma") in ceilings:
+            parts.append(f"FMA peak {ceilings[(device, 'fma')]:.0f} GFLOP/s (benchmarks/fma_peak.c)")
+        for case, name in (("sgemm", "torch"), ("sgemm.cuconv", "cuconv")):
+            if (device, case) in ceilings:
+                parts.append(f"sgemm {ceilings[(device, case)]:.0f} GFLOP/s ({name})")
         if (device, "copy") in ceilings:
             parts.append(f"copy {ceilings[(device, 'copy')]:.1f} GB/s")
-        lines.append(f"Ceilings on {device}, measured through torch in the same run: {', '.join(parts)}.")
+        lines.append(f"Ceilings on {device}, measured in the same run: {', '.join(parts)}.")
     return "\n".join(lines), ratios
 
 
@@ -131,6 +136,30 @@ def goals(ratios):
     return "\n".join(lines)
 
 
+def _large_layer(case):
+    """The "large VGG/ResNet layers" of the GEMM goal: 3x3, at least 64 input channels (NCHW)."""
+    return any(c.name == case and c.kernel == 3 and c.in_channels >= 64 and not c.channels_last for c in CONV_CASES)
+
+
+def gemm_goal(rows, ceilings):
+    """The GEMM goal on the CPU: the large layers' forward GFLOP/s (a direct convolution's FLOPs,
+    whatever the kernel did: Winograd and the per-pixel products do fewer) at >= 0.85 of the
+    best sgemm measured in the run, torch's or cuconv's; the FMA peak for scale."""
+    sgemm = max((ceilings.get(("cpu", c), 0.0) for c in ("sgemm", "sgemm.cuconv")), default=0.0)
+    speeds = {case: impls["cuconv"]["flops"] / impls["cuconv"]["median"] / 1e9
+              for (case, mode, device, dtype), impls in rows.items()
+              if device == "cpu" and dtype == "float32" and mode == "forward" and _large_layer(case) and "cuconv" in impls}
+    if not sgemm or not speeds:
+        return "GEMM goal (large layers' forward GFLOP/s >= 0.85 of the best sgemm): not run."
+    worst = min(speeds, key=speeds.get)
+    fma = ceilings.get(("cpu", "fma"))
+    of_peak = f", {speeds[worst] / fma:.2f} of the FMA peak" if fma else ""
+    met = "met" if speeds[worst] >= 0.85 * sgemm else "**not met**"
+    return (f"GEMM goal (the large layers' forward GFLOP/s, counted as a direct convolution's, >= 0.85 of the "
+            f"best sgemm measured, {sgemm:.0f} GFLOP/s): {met}; worst {worst} at {speeds[worst]:.0f} GFLOP/s, "
+            f"{speeds[worst] / sgemm:.2f} of that sgemm{of_peak} ({len(speeds)} layers).")
+
+
 def plot(ratios, path):
     import matplotlib
 
@@ -164,7 +193,7 @@ def main():
     header = (f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
               f"{machine.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}; "
               f"torch {__import__('torch').__version__}; batch {', '.join(map(str, batches)) or '?'}.")
-    text = "\n\n".join([header, goals(ratios), summary(ratios), table])
+    text = "\n\n".join([header, goals(ratios), gemm_goal(rows, ceilings), summary(ratios), table])
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")

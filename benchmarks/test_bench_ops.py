@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ceilings
+import cuconv
 import cuconv.functional as CF
 from cases import CONV_CASES, POOL_CASES
 from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, synchronize
@@ -94,22 +96,46 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
     run(benchmark, fn, (x,), mode, device)
 
 
-# --- the machine's ceilings, measured through torch in the same run --------------------------
+# --- the machine's ceilings, measured in the same run -----------------------------------------
 
-def test_ceiling_sgemm(benchmark, device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ceiling_sgemm(benchmark, impl, device):
+    """An n^3 float32 matrix product: torch.mm, and cuconv's as a 1x1 convolution (C = W @ X with
+    W the [n, n] weight and X the input's [n, H*W] pixels)."""
     n = 2048 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    gen = seeded_generator("sgemm", n)
+    a = random_tensor((n, n), gen, device, torch.float32)
+    b = random_tensor((n, n), gen, device, torch.float32)
+    if impl == "cuconv":
+        weight, pixels = a.reshape(n, n, 1, 1), b.reshape(1, n, 32, n // 32)
+        product = lambda: CF.conv2d(pixels, weight)  # noqa: E731
+    else:
+        product = lambda: torch.mm(a, b)  # noqa: E731
     benchmark.group = f"ceiling {device}"
-    benchmark.extra_info.update(case="sgemm", mode="ceiling", device=device, dtype="float32", impl="torch",
-                                flops=2 * n ** 3)
+    benchmark.extra_info.update(case="sgemm" if impl == "torch" else "sgemm.cuconv", mode="ceiling", device=device,
+                                dtype="float32", impl=impl, flops=2 * n ** 3)
 
     def step():
-        torch.mm(a, b)
+        product()
         synchronize(device)
 
-    step()
+    step()  # (cuconv measures its candidates here)
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+
+
+def test_ceiling_fma_peak(benchmark, device):
+    """The float32 FMA peak of torch's threads, at the vector width cuconv's kernels use."""
+    lanes = {"avx512": 16, "avx2": 8}.get(cuconv._C.cpu_kernels()["gemm_float"])
+    library = ceilings.fma_library()
+    if device != "cpu" or lanes is None or library is None:
+        pytest.skip("a CPU ceiling, for AVX2 or AVX-512 with a C compiler")
+    threads, iterations = torch.get_num_threads(), 10_000_000
+    benchmark.group = f"ceiling {device}"
+    benchmark.extra_info.update(case="fma", mode="ceiling", device=device, dtype="float32", impl="fma_peak.c",
+                                flops=2 * lanes * library.fma_chains() * iterations * threads, threads=threads,
+                                lanes=lanes)
+    assert library.fma_flops(threads, lanes, iterations) > 0
+    benchmark.pedantic(lambda: library.fma_flops(threads, lanes, iterations), rounds=5, warmup_rounds=1)
 
 
 def test_ceiling_copy(benchmark, device):

@@ -1,0 +1,48 @@
+"""The benchmark report's CPU ceilings and GEMM goal (benchmarks/report.py, ceilings.py): the FMA
+peak builds and measures, and the goal compares the large layers with the best sgemm."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name):
+    sys.path.insert(0, str(BENCHMARKS))  # report.py reads cases.py, as when run from benchmarks/
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_the_fma_peak_builds_and_scales_with_its_work():
+    library = _module("ceilings").fma_library()
+    if library is None:
+        pytest.skip("no C compiler, or not x86-64")
+    assert library.fma_chains() >= 8
+    assert library.fma_flops(1, 8, 1_000_000) > 1e9  # any AVX2 core does billions a second
+    assert library.fma_flops(0, 8, 1) == -1.0 and library.fma_flops(1, 4, 1) == -1.0
+
+
+def _rows(gflops_by_case):
+    # flops and a median of 1 s: GFLOP/s = flops / 1e9
+    return {(case, "forward", "cpu", "float32"): {"cuconv": {"flops": g * 1e9, "median": 1.0}}
+            for case, g in gflops_by_case.items()}
+
+
+def test_the_gemm_goal_takes_the_best_sgemm_and_the_slowest_large_layer():
+    report = _module("report")
+    ceilings = {("cpu", "sgemm"): 200.0, ("cpu", "sgemm.cuconv"): 400.0, ("cpu", "fma"): 500.0}
+    # lenet.conv2 (6 input channels) and vgg.b1.conv (1) are not large layers: never the worst
+    met = report.gemm_goal(_rows({"vgg.b4.conv2": 600, "resnet.b4.conv1": 350, "lenet.conv2": 10,
+                                  "vgg.b1.conv": 20}), ceilings)
+    assert "met;" in met and "worst resnet.b4.conv1 at 350 GFLOP/s, 0.88 of that sgemm, 0.70 of the FMA peak" in met
+    missed = report.gemm_goal(_rows({"vgg.b4.conv2": 600, "resnet.b4.conv1": 330}), ceilings)
+    assert "**not met**" in missed and "(2 layers)" in missed
+    assert "not run" in report.gemm_goal(_rows({"vgg.b4.conv2": 600}), {})
