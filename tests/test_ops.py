@@ -382,8 +382,8 @@ POOLS_CHANNELS_LAST = {
 def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype, isa, monkeypatch):
     """channels_last pooling runs NHWC kernels (channels innermost) on the CPU: values, argmax
     indices and gradients as torch's, results channels_last like torch's. (float32 max pooling
-    runs a vector kernel of each ISA on 16 channels at a time, here 19: one chunk and a tail;
-    CUCONV_CPU_ISA asks for a lesser one than the CPU has.)"""
+    runs a vector kernel of each ISA on 16 channels at a time, 8 with AVX2, here 19: whole
+    vectors and a tail; CUCONV_CPU_ISA asks for a lesser one than the CPU has.)"""
     monkeypatch.setenv("CUCONV_CPU_ISA", isa)
     ours, theirs = POOLS_CHANNELS_LAST[case]
     gen = torch.Generator().manual_seed(len(case))

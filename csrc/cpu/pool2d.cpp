@@ -607,8 +607,8 @@ struct WindowTable {
 // Output row oh of max pooling over one sample: y and indices hold Wo x C values. Per output
 // pixel, the window's in-bounds pixels are listed once (`window`; the first stands for an all
 // -inf window, as torch). float32 with 32-bit indices runs the vector kernel of this CPU where
-// there is one (`pixel_kernel`, pool_tile.h: 16 channels at a time in registers over the
-// whole window); other channels keep the running maximum and its index (index_t: 32 bits
+// there is one (`pixel_kernel`, pool_tile.h: a register of channels at a time over the whole
+// window); other channels keep the running maximum and its index (index_t: 32 bits
 // where the plane allows, so the compare-and-select vectorises in lanes of one width) in
 // `best` / `best_index` (opmath), written out once.
 template <typename scalar_t, typename index_t>
@@ -626,10 +626,7 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
       }
     int64_t c0 = 0;
     if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
-      if (pixel_kernel != nullptr) {
-        pixel_kernel(x, C, window, taps, C / 16, y + ow * C, indices + ow * C);
-        c0 = C / 16 * 16;
-      }
+      if (pixel_kernel != nullptr) c0 = pixel_kernel(x, C, window, taps, y + ow * C, indices + ow * C);
     }
     if (c0 == C) continue;
     const scalar_t* first = x + window[0] * C;

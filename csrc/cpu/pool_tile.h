@@ -2,36 +2,47 @@
 // and simd_avx2.cpp after their `#pragma GCC target`, where GCC's vector types below compile to
 // one AVX-512 register or two AVX2 ones.
 //
-// Max pooling of one NHWC output pixel in float32, 16 channels at a time (the channels_last
-// kernel). (In pool2d.cpp's target_clones functions GCC 12 lowers
-// them to scalar code, 10x slower; so do plain loops over 16 channels, which it unrolls before
-// vectorising.) As gemm_tile.h: no #include here.
+// Max pooling of one NHWC output pixel in float32, one register of channels at a time (the
+// channels_last kernel), with GCC's vector types of the ISA's own width: Floats of L floats,
+// Ints and Longs of as many 32- and 64-bit lanes (the AVX-512 file takes 16, the AVX2 file 8;
+// a 16-float type on AVX2 compiled to scalar code, 7-12x slower than torch). (In pool2d.cpp's
+// target_clones functions GCC 12 lowers them to scalar code too, 10x slower; so do plain loops
+// over the channels, which it unrolls before vectorising.) As gemm_tile.h: no #include here.
 //
-// For channels [16q, 16q + 16) of each chunk q < chunks: the maximum over the window's pixels
+// For channels [c0, c0 + L) of every whole vector: the maximum over the window's pixels
 // x + window[t] * C (t < taps), by torch's rule (v replaces the best when v > best or v is NaN;
-// the first pixel stands for an all -inf window), and its pixel index.
+// the first pixel stands for an all -inf window), and its pixel index. Returns the channels
+// done, C rounded down to whole vectors (the caller does the rest).
 
 typedef float PoolFloats __attribute__((vector_size(64)));
 typedef int32_t PoolInts __attribute__((vector_size(64)));
 typedef int64_t PoolLongs __attribute__((vector_size(128)));
+typedef float PoolFloats8 __attribute__((vector_size(32)));
+typedef int32_t PoolInts8 __attribute__((vector_size(32)));
+typedef int64_t PoolLongs8 __attribute__((vector_size(64)));
 
-void max_pool_pixel_nhwc(const float* x, int64_t C, const int32_t* window, int64_t taps, int64_t chunks, float* y,
-                         int64_t* indices) {
-  for (int64_t c0 = 0; c0 < chunks * 16; c0 += 16) {
-    PoolFloats best;
+template <typename Floats, typename Ints, typename Longs, int L>
+int64_t max_pool_pixel_nhwc(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
+                            int64_t* indices) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
+                sizeof(Longs) == 2 * sizeof(Floats));
+  const int64_t done = C / L * L;
+  for (int64_t c0 = 0; c0 < done; c0 += L) {
+    Floats best;
     __builtin_memcpy(&best, x + window[0] * C + c0, sizeof best);
-    PoolInts best_index = PoolInts{} + window[0];
+    Ints best_index = Ints{} + window[0];
     for (int64_t t = 1; t < taps; ++t) {
-      PoolFloats v;
+      Floats v;
       __builtin_memcpy(&v, x + window[t] * C + c0, sizeof v);
-      const PoolInts takes = (v > best) | (v != v);
+      const Ints takes = (v > best) | (v != v);
       best = takes ? v : best;
-      best_index = takes ? PoolInts{} + window[t] : best_index;
+      best_index = takes ? Ints{} + window[t] : best_index;
     }
-    const PoolLongs wide = __builtin_convertvector(best_index, PoolLongs);
+    const Longs wide = __builtin_convertvector(best_index, Longs);
     __builtin_memcpy(y + c0, &best, sizeof best);
     __builtin_memcpy(indices + c0, &wide, sizeof wide);
   }
+  return done;
 }
 
 // Global average pooling's gradient in float32 over planes of `plane` <= 16 values, 16 planes at

@@ -15,10 +15,11 @@
 namespace cuconv {
 
 // The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling, one output
-// pixel 16 channels at a time: avx512_max_pool_pixel_nhwc() and avx2_max_pool_pixel_nhwc() return
-// it compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
-using MaxPoolPixelNhwc = void (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, int64_t chunks,
-                                  float* y, int64_t* indices);
+// pixel a register of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels
+// done (C rounded down to whole registers): avx512_max_pool_pixel_nhwc() and
+// avx2_max_pool_pixel_nhwc() return it compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
+using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
+                                     int64_t* indices);
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc();
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
 

@@ -57,7 +57,7 @@ Microkernel<double> avx2_microkernel_double() {
           &rows_b_tile<Avx2Double, 6, 2>};
 }
 
-MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
+MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>; }
 
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};

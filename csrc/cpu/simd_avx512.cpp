@@ -69,7 +69,7 @@ Microkernel<double> avx512_microkernel_double_wide() {
           &rows_b_tile<Avx512Double, 6, 4>};
 }
 
-MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc; }
+MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>; }
 
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
