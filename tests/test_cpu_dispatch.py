@@ -105,9 +105,9 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
 
 @pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])
 def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypatch):
-    """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512 and a
-    store per plane elsewhere: the same values on every ISA, bitwise, and torch's. 5 x 67 planes:
-    groups of 16 and a tail."""
+    """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512, of 8
+    on AVX2, and a store per plane elsewhere: the same values on every ISA, bitwise, and torch's.
+    5 x 67 planes: whole groups and a tail; planes larger and smaller than a group."""
     x = torch.randn(5, 67, *size, generator=torch.Generator().manual_seed(4), requires_grad=True)
     dy = torch.randn(5, 67, 1, 1, generator=torch.Generator().manual_seed(5))
     (ref,) = torch.autograd.grad(F.adaptive_avg_pool2d(x, 1), x, dy)

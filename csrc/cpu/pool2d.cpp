@@ -546,21 +546,31 @@ CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_
   for (; p < end; ++p) std::fill_n(dx + p * plane, plane, share(p));
 }
 
-// float32 planes of at most 16 values take the AVX-512 kernel (pool_tile.h) in groups of 16
-// planes where the CPU has it, 2x faster again; the range's last planes the kernel above.
+// float32 planes of at most 16 values take the vector kernel of this CPU (pool_tile.h: AVX-512
+// or AVX2) in groups of a register's lanes of planes, 2x faster again; the range's last planes
+// the kernel above.
+GlobalUnpoolGroups global_unpool_groups_kernel() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_global_unpool_groups();
+    case CpuIsa::kAvx2: return avx2_global_unpool_groups();
+    default: break;
+  }
+#endif
+  return {};
+}
+
 template <typename scalar_t>
 void global_unpool(int64_t planes, int64_t plane, const scalar_t* dy, scalar_t* dx) {
-  GlobalUnpoolGroups groups_kernel = nullptr;
-#if CUCONV_X86_SIMD
+  GlobalUnpoolGroups groups_kernel;
   if constexpr (std::is_same_v<scalar_t, float>)
-    if (plane <= 16 && cpu_isa() == CpuIsa::kAvx512) groups_kernel = avx512_global_unpool_groups();
-#endif
+    if (plane <= 16) groups_kernel = global_unpool_groups_kernel();
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (groups_kernel != nullptr) {
-        const int64_t groups = (end - begin) / 16;
-        groups_kernel(dy + begin, groups, plane, dx + begin * plane);
-        begin += groups * 16;
+      if (groups_kernel.run != nullptr) {
+        const int64_t groups = (end - begin) / groups_kernel.planes;
+        groups_kernel.run(dy + begin, groups, plane, dx + begin * plane);
+        begin += groups * groups_kernel.planes;
       }
     }
     global_unpool_range(begin, end, plane, dy, dx);

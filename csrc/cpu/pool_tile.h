@@ -45,24 +45,27 @@ int64_t max_pool_pixel_nhwc(const float* x, int64_t C, const int32_t* window, in
   return done;
 }
 
-// Global average pooling's gradient in float32 over planes of `plane` <= 16 values, 16 planes at
-// a time: their 16 shares dy / plane in one vector, and the planes' 16 * plane outputs as `plane`
-// vectors, vector m holding share (16m + l) / plane in lane l: one permute and one full store
-// each (the scalar kernel's stores straddle planes). Fast only where a 16-float permute is one
-// instruction: AVX-512 (GCC emits scalar code for it on AVX2, whose file does not offer it).
-[[maybe_unused]] void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float* dx) {
-  PoolInts lanes[16];
+// Global average pooling's gradient in float32 over planes of `plane` <= 16 values, L planes at
+// a time (L = 16 with AVX-512, 8 with AVX2): their L shares dy / plane in one vector, and the
+// planes' L * plane outputs as `plane` vectors, vector m holding share (L*m + l) / plane in lane
+// l: one permute and one full store each (the scalar kernel's stores straddle planes). The
+// vector types are the ISA's own width (a permute of 16 floats compiles to scalar code on AVX2;
+// of 8 it is one vpermps).
+template <typename Floats, typename Ints, int L>
+void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float* dx) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  Ints lanes[16];
   for (int64_t m = 0; m < plane; ++m)
-    for (int l = 0; l < 16; ++l) lanes[m][l] = static_cast<int32_t>((16 * m + l) / plane);
-  const PoolFloats count = PoolFloats{} + static_cast<float>(plane);
+    for (int l = 0; l < L; ++l) lanes[m][l] = static_cast<int32_t>((L * m + l) / plane);
+  const Floats count = Floats{} + static_cast<float>(plane);
   for (int64_t q = 0; q < groups; ++q) {
-    PoolFloats g;
-    __builtin_memcpy(&g, dy + 16 * q, sizeof g);
-    const PoolFloats shares = PoolFloats{} + g / count;  // (0 + x: -0 becomes +0, as the scalar kernel)
-    float* out = dx + 16 * q * plane;
+    Floats g;
+    __builtin_memcpy(&g, dy + L * q, sizeof g);
+    const Floats shares = Floats{} + g / count;  // (0 + x: -0 becomes +0, as the scalar kernel)
+    float* out = dx + L * q * plane;
     for (int64_t m = 0; m < plane; ++m) {
-      const PoolFloats v = __builtin_shuffle(shares, lanes[m]);
-      __builtin_memcpy(out + 16 * m, &v, sizeof v);
+      const Floats v = __builtin_shuffle(shares, lanes[m]);
+      __builtin_memcpy(out + L * m, &v, sizeof v);
     }
   }
 }

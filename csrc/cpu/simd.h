@@ -23,10 +23,14 @@ using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* w
 MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc();
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
 
-// Global average pooling's gradient, float32, planes of <= 16 values in groups of 16
-// (pool_tile.h): AVX-512 only.
-using GlobalUnpoolGroups = void (*)(const float* dy, int64_t groups, int64_t plane, float* dx);
+// Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
+// planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
+struct GlobalUnpoolGroups {
+  void (*run)(const float* dy, int64_t groups, int64_t plane, float* dx) = nullptr;
+  int64_t planes = 0;
+};
 GlobalUnpoolGroups avx512_global_unpool_groups();
+GlobalUnpoolGroups avx2_global_unpool_groups();
 
 // The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
 // patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over

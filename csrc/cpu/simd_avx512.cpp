@@ -74,7 +74,7 @@ MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<Pool
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
-GlobalUnpoolGroups avx512_global_unpool_groups() { return &global_unpool_groups; }
+GlobalUnpoolGroups avx512_global_unpool_groups() { return {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16}; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
