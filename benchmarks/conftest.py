@@ -36,6 +36,19 @@ def pytest_report_header(config):
     return f"torch TF32 on CUDA: {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (--tf32)"
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The vector instructions each backend ran with, for report.py's header: cuconv's kernels
+    (CUCONV_CPU_ISA may ask for less than the CPU has) and torch's own (ATEN_CPU_CAPABILITY,
+    ONEDNN_MAX_CPU_ISA likewise; e.g. all three at AVX2 measure this machine as an AVX2 CPU)."""
+    import os
+
+    import cuconv
+
+    machine_info["cuconv_isa"] = cuconv._C.cpu_kernels()["isa"]
+    machine_info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    machine_info["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA", "(unset: the CPU's best)")
+
+
 def _devices(config):
     wanted = config.getoption("--devices").split(",")
     return [d for d in wanted if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]

@@ -193,6 +193,9 @@ def main():
     header = (f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
               f"{machine.get('cpu', {}).get('count', '?')} cores; date {data.get('datetime', '?')[:10]}; "
               f"torch {__import__('torch').__version__}; batch {', '.join(map(str, batches)) or '?'}.")
+    if "cuconv_isa" in machine:
+        header += (f" Vector instructions: cuconv {machine['cuconv_isa']}, torch {machine['torch_cpu_capability']}"
+                   f" (oneDNN at most {machine['onednn_max_cpu_isa']}).")
     text = "\n\n".join([header, goals(ratios), gemm_goal(rows, ceilings), summary(ratios), table])
     if args.markdown:
         with open(args.markdown, "w") as f:
