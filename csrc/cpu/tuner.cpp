@@ -42,14 +42,14 @@ bool env_flag(const char* name, bool unset_value) {
   return *setting == '1';
 }
 
-double seconds_to_run(const Candidate& candidate) {
-  const auto start = std::chrono::steady_clock::now();
-  candidate.run();
+double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+double seconds_to_run(const Candidate& candidate) {
+  const auto start = std::chrono::steady_clock::now();
+  candidate.run();
+  return seconds_since(start);
 }
 
 // Runs every candidate but `skip` once, keeping each one's best time; returns the last one run.
