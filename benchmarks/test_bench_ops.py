@@ -2,7 +2,9 @@
 
 Each pair shares a pytest-benchmark group ("<case> <mode> <device> <dtype>"), so the two
 rows print together; report.py turns the JSON into cuconv/torch ratios. Both rows time the
-same seeded inputs, and cuconv's row is timed only once its results match torch's.
+same seeded inputs, and cuconv's row is timed only once its results match torch's. Every case
+runs in each of --passes passes over the suite (conftest.py); report.py keeps each backend's
+lowest median.
 """
 
 import pytest
@@ -30,9 +32,10 @@ def run(benchmark, fn, inputs, mode, device):
     benchmark.pedantic(step, rounds=rounds_for(step), warmup_rounds=1, iterations=1)
 
 
-def label(benchmark, case, mode, device, dtype, impl, **extra):
+def label(benchmark, case, mode, device, dtype, impl, measurement_pass, **extra):
     benchmark.group = f"{case.name} {mode} {device} {dtype}"
     benchmark.extra_info.update(case=case.name, mode=mode, device=device, dtype=dtype, impl=impl,
+                                measurement_pass=measurement_pass,
                                 tf32=torch.backends.cudnn.allow_tf32 if device == "cuda" else None, **extra)
 
 
@@ -51,7 +54,7 @@ def skip_unless_selected(case, quick):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
-def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
+def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measurement_pass):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
     gen = seeded_generator(case.name, batch)
@@ -63,7 +66,7 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
                       scale=fan_in ** -0.5)
     b = random_tensor((case.out_channels,), gen, device, dt)
     flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
-    label(benchmark, case, mode, device, dtype, impl, flops=flops, batch=batch)
+    label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
                    (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
     if mode == "forward+backward":
@@ -75,14 +78,14 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: c.name)
-def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick):
+def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick, measurement_pass):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
     x = random_tensor((batch, case.channels, case.size, case.size), seeded_generator(case.name, batch), device, dt)
     if case.channels_last:
         x = x.to(memory_format=torch.channels_last)
     moved = case.bytes_moved(batch, x.element_size()) * (3 if mode == "forward+backward" else 1)
-    label(benchmark, case, mode, device, dtype, impl, bytes=moved, batch=batch)
+    label(benchmark, case, mode, device, dtype, impl, measurement_pass, bytes=moved, batch=batch)
 
     def make(api):
         if case.kind == "max":

@@ -46,3 +46,20 @@ def test_the_gemm_goal_takes_the_best_sgemm_and_the_slowest_large_layer():
     missed = report.gemm_goal(_rows({"vgg.b4.conv2": 600, "resnet.b4.conv1": 330}), ceilings)
     assert "**not met**" in missed and "(2 layers)" in missed
     assert "not run" in report.gemm_goal(_rows({"vgg.b4.conv2": 600}), {})
+
+
+def test_a_case_measured_in_two_passes_keeps_each_backends_lowest_median(tmp_path):
+    report = _module("report")
+
+    def bench(impl, measurement_pass, median):
+        info = dict(case="vgg.b4.conv2", mode="forward", device="cpu", dtype="float32", impl=impl,
+                    measurement_pass=measurement_pass, flops=1e9)
+        return dict(extra_info=info, stats=dict(median=median, q1=median, q3=median))
+
+    # pass 0: a burst of load during cuconv's rounds; pass 1: during torch's
+    runs = [bench("cuconv", 0, 2.0), bench("torch", 0, 1.0), bench("cuconv", 1, 0.9), bench("torch", 1, 1.8)]
+    path = tmp_path / "bench.json"
+    path.write_text(__import__("json").dumps({"benchmarks": runs}))
+    _, rows, _ = report.load(path)
+    impls = rows[("vgg.b4.conv2", "forward", "cpu", "float32")]
+    assert impls["cuconv"]["median"] == 0.9 and impls["torch"]["median"] == 1.0
