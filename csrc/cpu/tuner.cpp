@@ -129,8 +129,11 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
     std::lock_guard<std::mutex> lock(table_mutex);
     const auto found = table().find(key);
     if (found != table().end()) {
-      recorded = found->second;
-      found->second.checks_left = std::max(0, found->second.checks_left - 1);
+      Choice& choice = found->second;
+      // every conv call passes here: the candidates' times are copied only while still checked
+      recorded = {choice.winner, choice.winner_seconds, choice.checks_left,
+                  choice.checks_left > 0 ? choice.best : std::vector<double>{}};
+      choice.checks_left = std::max(0, choice.checks_left - 1);
     }
   }
   for (size_t c = 0; c < candidates.size(); ++c) {
