@@ -180,12 +180,31 @@ inline Tensor empty_like_with(const Tensor& like, IntArrayRef sizes, std::option
 
 // --- channels_last ----------------------------------------------------------------------------
 //
-// A 4-D tensor is "channels_last" when torch would suggest that memory format for it:
-// channels-last contiguous (NHWC in memory; a dimension of size 1 may have any stride, as torch
-// allows) and not contiguous. Convolutions keep it: a channels_last input gives a channels_last
-// output (cuconv/_fake.py says the same for traced graphs).
+// A 4-D tensor is "channels_last" when torch would suggest that memory format for it
+// (suggest_memory_format) and it is channels-last contiguous (NHWC in memory; a dimension of
+// size 1 may have any stride), so that the NHWC kernels can read it. Convolutions and pooling
+// keep it: a channels_last input gives a channels_last output (cuconv/_fake.py says the same for
+// traced graphs).
+//
+// torch's reading of the strides: walking C, W, H, N, each stride is at least the previous one
+// times that dimension's size (sizes of 1 count as 1), no size is 0 and C's stride is not 0; an
+// N x 1 x 1 x 1-like tie (N's stride equal to C's) reads as NCHW. It decides the tensors that
+// are both layouts at once: (N, C, 1, 1) with strides (C, 1, C, C), the output of global pooling
+// of a channels_last input, is channels_last (its gradient must be too, or autograd converts
+// it for every accumulation); with strides (C, 1, 1, 1) it is not.
+inline bool strides_suggest_channels_last(const Tensor& t) {
+  if (t.dim() != 4 || t.stride(1) == 0) return false;
+  int64_t smallest = 0;
+  for (int64_t d : {1, 3, 2, 0}) {
+    if (t.size(d) == 0 || t.stride(d) < smallest) return false;
+    if (d == 0 && smallest == t.stride(1)) return false;
+    smallest = t.stride(d) * std::max<int64_t>(t.size(d), 1);
+  }
+  return true;
+}
+
 inline bool is_channels_last(const Tensor& t) {
-  if (t.dim() != 4 || t.is_contiguous()) return false;
+  if (!strides_suggest_channels_last(t)) return false;
   int64_t expected = 1;
   for (int64_t d : {1, 3, 2, 0}) {
     const int64_t size = t.size(d);

@@ -103,6 +103,29 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
     assert cuconv._C.cpu_kernels()["isa"] == expected
 
 
+@pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
+                                   (3, 37, 7, 7), (2, 24, 17, 19), (1, 20, 56, 56)], ids=str)
+def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
+    """float32 global average pooling adds each plane's values in order on every ISA: the vector
+    kernels (16 planes at once on AVX-512, 8 on AVX2, in blocks of 16 or 8 values transposed in
+    registers) give the scalar loop's sums bit for bit. Shapes: tails of planes, planes smaller
+    than, equal to and larger than a block (the last block of a large plane overlaps the one
+    before), and (2, 16, 3, 3), whose last group would read past the tensor (the scalar loop
+    takes it). An Inf and a NaN must come through."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(6))
+    x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
+    x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
+    in_order = torch.zeros(shape[:2])
+    for value in x.flatten(2).unbind(2):
+        in_order = in_order + value
+    in_order = (in_order / (shape[2] * shape[3])).view(*shape[:2], 1, 1)
+    for isa in ISAS:
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        out = CF.adaptive_avg_pool2d(x, 1)
+        torch.testing.assert_close(out, in_order, rtol=0, atol=0, equal_nan=True, msg=isa)
+        torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])
 def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypatch):
     """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512, of 8

@@ -398,7 +398,10 @@ def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype
     assert out.stride() == ref.stride()
     dy = torch.randn(out.shape, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
     (dx,), (ref_dx,) = torch.autograd.grad(out, x, dy), torch.autograd.grad(ref, x, dy)
-    assert dx.stride() == ref_dx.stride()
+    # torch computes global average pooling as a mean, whose gradient comes out NCHW (and is
+    # copied into x's layout when it accumulates into x.grad); cuconv's is in x's layout, as
+    # every other pooling gradient of both
+    assert dx.stride() == (x.stride() if case == "adaptive-global" else ref_dx.stride())
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol, equal_nan=True)
     torch.testing.assert_close(dx, ref_dx, rtol=tol, atol=tol, equal_nan=True)
@@ -406,6 +409,28 @@ def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype
         _, idx = CF.max_pool2d(x, *_MAX_ARGS[case], return_indices=True)
         _, ref_idx = F.max_pool2d(x, *_MAX_ARGS[case], return_indices=True)
         assert torch.equal(idx, ref_idx) and idx.stride() == ref_idx.stride()
+
+
+@pytest.mark.parametrize("strides", [(4, 1, 1, 1), (4, 1, 4, 4), (1, 1, 1, 1)], ids=str)
+def test_ambiguous_layout_reads_as_torch_reads_it(strides):
+    """A (2, 4, 1, 1) tensor is NCHW- and channels_last-contiguous at once; torch decides by the
+    strides of its size-1 dimensions (suggest_memory_format), and so do cuconv's kernels and fake
+    kernels: (4, 1, 4, 4), what global pooling of a channels_last input returns, reads as
+    channels_last, so its gradient comes out channels_last, as the input was."""
+    gen = torch.Generator().manual_seed(3)
+    dy = torch.randn(2, 4, 1, 1, generator=gen).as_strided((2, 4, 1, 1), strides)
+    # torch's reading: its CPU pooling lays out its output as suggest_memory_format(input) says
+    channels_last = F.max_pool2d(dy, 1).stride() == (4, 1, 4, 4)
+    assert channels_last == (strides == (4, 1, 4, 4))
+    w = torch.randn(3, 4, 1, 1, generator=gen)
+    for got in (ops.adaptive_avg_pool2d_backward(dy, [2, 4, 5, 6]), ops.avg_pool2d_backward(dy, [2, 4, 3, 3], [3, 3],
+                [3, 3], [0, 0], False, True, None), CF.conv2d(dy, w), CF.adaptive_avg_pool2d(dy, 1)):
+        assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if got.shape[2:] != (1, 1):
+            assert got.is_contiguous() != channels_last
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = ops.adaptive_avg_pool2d_backward(mode.from_tensor(dy), [2, 4, 5, 6])
+    assert fake.stride() == ops.adaptive_avg_pool2d_backward(dy, [2, 4, 5, 6]).stride()
 
 
 _MAX_ARGS = {"max-2x2": (2,), "max-3s2p1-ceil": (3, 2, 1, 1, True), "max-dilated": ((2, 3), (1, 2), (1, 0), (2, 1))}
@@ -577,6 +602,10 @@ def _opcheck_samples(device, requires_grad):
         (ops.adaptive_avg_pool2d, (x_cl, [4, 3])),
         (ops.adaptive_avg_pool2d_backward, (torch.randn(2, 4, 4, 3, device=device).to(memory_format=torch.channels_last),
                                             list(x.shape))),
+        # (2, 4, 1, 1) is both layouts at once: its strides decide, as torch's suggest_memory_format
+        (ops.adaptive_avg_pool2d, (x_cl, [1, 1])),
+        (ops.adaptive_avg_pool2d_backward, (ops.adaptive_avg_pool2d(x_cl.detach(), [1, 1]), list(x.shape))),
+        (ops.adaptive_avg_pool2d_backward, (torch.randn(2, 4, 1, 1, device=device), list(x.shape))),
     ]
 
 

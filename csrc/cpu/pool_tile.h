@@ -69,3 +69,67 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float*
     }
   }
 }
+
+// Lane numbers 0, 1, ..., L - 1 of an L-lane integer vector (L = 8 or 16).
+template <typename Ints, int L>
+Ints pool_lane_numbers() {
+  static_assert(L == 8 || L == 16);
+  if constexpr (L == 8) return Ints{0, 1, 2, 3, 4, 5, 6, 7};
+  else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+}
+
+// Transposes the L x L block rows[0..L) in registers: afterwards lane l of rows[j] is what lane j
+// of rows[l] was. Butterfly stages B = L/2, L/4, ..., 1: rows i and i + B (bit B of i clear)
+// swap their off-diagonal B x B blocks, i.e. row i's lanes with bit B set and row i + B's
+// lanes with it clear. Each output is one two-register shuffle with a constant mask.
+template <typename Floats, typename Ints, int L, int B = L / 2>
+inline void transpose_block(Floats* rows) {
+  const Ints lane = pool_lane_numbers<Ints, L>();
+  const Ints has_bit = (lane & B) != 0;                      // -1 where bit B of the lane is set
+  const Ints keep_low = lane + (has_bit & (L - B));          // i: own lanes, then i + B's low lanes
+  const Ints keep_high = lane + B + (has_bit & (L - B));     // i + B: i's high lanes, then its own
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const Floats low = rows[i], high = rows[i + B];
+    rows[i] = __builtin_shuffle(low, high, keep_low);
+    rows[i + B] = __builtin_shuffle(low, high, keep_high);
+  }
+  if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
+}
+
+// Global average pooling in float32, L planes of `plane` values at a time (L = 16 with AVX-512,
+// 8 with AVX2): lane l of one sum vector adds plane l's values in order, so every sum is the
+// scalar kernel's bit for bit (the scalar loop adds one value after another; 3x3 planes sit at
+// ~8 cycles a plane, larger ones wait on each add's latency). A group's L planes are read as L
+// rows of L values (row l: plane l from value c0), transposed in registers, and the resulting
+// column vectors (value c0 + j of every plane) added in order. The last block of a plane of
+// >= L values starts L values before its end (no read past the plane; columns already added
+// are skipped); a plane of < L values reads L - plane values past its group, so groups are
+// taken only while x[0, readable) holds them. Returns the planes done (a multiple of L).
+template <typename Floats, typename Ints, int L>
+int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  const int64_t read_past = plane < L ? L - plane : 0;
+  int64_t groups = planes / L;
+  while (groups > 0 && groups * L * plane + read_past > readable) --groups;
+  const Floats count = Floats{} + static_cast<float>(plane);
+  for (int64_t q = 0; q < groups; ++q) {
+    const float* group = x + q * L * plane;
+    Floats sum = Floats{};
+    for (int64_t c0 = 0; c0 < plane; c0 += L) {
+      const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
+      Floats rows[L];  // (loops over rows unrolled, so that rows stays in registers)
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) __builtin_memcpy(&rows[l], group + l * plane + start, sizeof(Floats));
+      transpose_block<Floats, Ints, L>(rows);
+      const int64_t first = c0 - start, last = plane - start < L ? plane - start : L;
+#pragma GCC unroll 16
+      for (int j = 0; j < L; ++j)
+        if (j >= first && j < last) sum += rows[j];
+    }
+    const Floats mean = sum / count;
+    __builtin_memcpy(y + L * q, &mean, sizeof mean);
+  }
+  return groups * L;
+}

@@ -32,6 +32,13 @@ struct GlobalUnpoolGroups {
 GlobalUnpoolGroups avx512_global_unpool_groups();
 GlobalUnpoolGroups avx2_global_unpool_groups();
 
+// Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
+// planes of x[0, planes * plane) averaged into y, reading no further than x[readable - 1];
+// returns the planes done (the caller does the rest).
+using GlobalPoolGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y);
+GlobalPoolGroups avx512_global_pool_groups();
+GlobalPoolGroups avx2_global_pool_groups();
+
 // The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
 // patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over
 // `channels` channels (innermost).

@@ -75,6 +75,7 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
 GlobalUnpoolGroups avx512_global_unpool_groups() { return {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16}; }
+GlobalPoolGroups avx512_global_pool_groups() { return &global_pool_groups<PoolFloats, PoolInts, 16>; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
