@@ -232,11 +232,8 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
         for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
           const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
           run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(), tile.data());
-          for (int64_t o = 0; o < panel.count; ++o) {
-            const float b = bias != nullptr ? bias[panel.first + o] : 0.f;
-            float* y = y_row + o * plane + ow;
-            for (int64_t q = 0; q < q_count; ++q) y[q] = tile[q * width + o] + b;
-          }
+          tiles.to_planes(tile.data(), q_count, width, panel.count, bias != nullptr ? bias + panel.first : nullptr,
+                          y_row + ow, plane, ow + tiles.lanes <= p.out_w);
         }
       }
     }

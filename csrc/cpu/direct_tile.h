@@ -125,6 +125,40 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
     for (int o = 0; o < OT; ++o) Isa::store(tile + (r * OT + o) * L, acc[r][o]);
 }
 
+// The forward tile's sums into the NCHW output, plus bias: y[o * plane + q] = tile[q * width + o]
+// + bias[o] for channels o < count and pixels q < pixels (<= kLanes). The tile holds a pixel's
+// channels together, the output a channel's pixels: kLanes channels at a time, the pixels' rows
+// of them are transposed in registers into one vector per channel (lanes = pixels; rows past
+// `pixels` repeat pixel 0), which is stored whole when `whole` (the row has kLanes pixels from here
+// on: the lanes past `pixels` land on pixels that the row's next tiles write again later), else
+// lane by lane. (Element by element, this copy took as long as the products of a few-channel
+// layer's tile: the ResNet stem with AVX2.) bias may be null.
+template <class Isa>
+void direct_tile_to_planes(const float* tile, int64_t pixels, int64_t width, int64_t count, const float* bias,
+                           float* y, int64_t plane, bool whole) {
+  using Floats = typename Isa::Floats;
+  constexpr int L = Isa::kLanes;
+  for (int64_t o0 = 0; o0 < count; o0 += L) {
+    Floats rows[L];
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) __builtin_memcpy(&rows[q], tile + (q < pixels ? q : 0) * width + o0, sizeof(Floats));
+    transpose_block<Floats, typename Isa::Ints, L>(rows);
+    const int64_t channels = count - o0 < L ? count - o0 : L;
+#pragma GCC unroll 16
+    for (int o = 0; o < L; ++o) {
+      if (o < channels) {
+        const Floats sums = rows[o] + (bias != nullptr ? bias[o0 + o] : 0.f);
+        float* out = y + (o0 + o) * plane;
+        if (whole) {
+          __builtin_memcpy(out, &sums, sizeof sums);
+        } else {
+          for (int64_t q = 0; q < pixels; ++q) out[q] = sums[q];
+        }
+      }
+    }
+  }
+}
+
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
 template <class Isa, int NV, int Q, int kStride>
 void fill_forward_tiles(DirectTiles::Forward* table) {
@@ -140,4 +174,5 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
+  tiles.to_planes = &direct_tile_to_planes<Isa>;
 }

@@ -70,34 +70,6 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float*
   }
 }
 
-// Lane numbers 0, 1, ..., L - 1 of an L-lane integer vector (L = 8 or 16).
-template <typename Ints, int L>
-Ints pool_lane_numbers() {
-  static_assert(L == 8 || L == 16);
-  if constexpr (L == 8) return Ints{0, 1, 2, 3, 4, 5, 6, 7};
-  else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-}
-
-// Transposes the L x L block rows[0..L) in registers: afterwards lane l of rows[j] is what lane j
-// of rows[l] was. Butterfly stages B = L/2, L/4, ..., 1: rows i and i + B (bit B of i clear)
-// swap their off-diagonal B x B blocks, i.e. row i's lanes with bit B set and row i + B's
-// lanes with it clear. Each output is one two-register shuffle with a constant mask.
-template <typename Floats, typename Ints, int L, int B = L / 2>
-inline void transpose_block(Floats* rows) {
-  const Ints lane = pool_lane_numbers<Ints, L>();
-  const Ints has_bit = (lane & B) != 0;                      // -1 where bit B of the lane is set
-  const Ints keep_low = lane + (has_bit & (L - B));          // i: own lanes, then i + B's low lanes
-  const Ints keep_high = lane + B + (has_bit & (L - B));     // i + B: i's high lanes, then its own
-#pragma GCC unroll 16
-  for (int i = 0; i < L; ++i) {
-    if (i & B) continue;
-    const Floats low = rows[i], high = rows[i + B];
-    rows[i] = __builtin_shuffle(low, high, keep_low);
-    rows[i + B] = __builtin_shuffle(low, high, keep_high);
-  }
-  if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
-}
-
 // Global average pooling in float32, L planes of `plane` values at a time (L = 16 with AVX-512,
 // 8 with AVX2): lane l of one sum vector adds plane l's values in order, so every sum is the
 // scalar kernel's bit for bit (the scalar loop adds one value after another; 3x3 planes sit at

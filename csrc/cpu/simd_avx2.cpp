@@ -19,6 +19,10 @@ namespace {
 
 struct Avx2Float {
   using T = float;
+  // plain GCC vector types of a register (V is may_alias, which keeps arrays of it in memory):
+  // floats and lane indices for register_transpose.h
+  typedef float Floats __attribute__((vector_size(32)));
+  typedef int32_t Ints __attribute__((vector_size(32)));
   using V = __m256;
   static constexpr int kLanes = 8;
   static V zero() { return _mm256_setzero_ps(); }
@@ -41,6 +45,7 @@ struct Avx2Double {
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
 };
 
+#include "register_transpose.h"
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"

@@ -21,6 +21,10 @@ namespace {
 
 struct Avx512Float {
   using T = float;
+  // plain GCC vector types of a register (V is may_alias, which keeps arrays of it in memory):
+  // floats and lane indices for register_transpose.h
+  typedef float Floats __attribute__((vector_size(64)));
+  typedef int32_t Ints __attribute__((vector_size(64)));
   using V = __m512;
   static constexpr int kLanes = 16;
   static V zero() { return _mm512_setzero_ps(); }
@@ -43,6 +47,7 @@ struct Avx512Double {
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
 };
 
+#include "register_transpose.h"
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"
