@@ -126,6 +126,63 @@ def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("args, divisor", [(((7, 7), 7, 0, False, True, None), 49),
+                                           (((5, 9), 1, 0, False, True, None), 45),
+                                           (((9, 11), 1, (2, 1), False, True, None), 99),
+                                           (((9, 11), 1, (2, 1), False, False, None), 45),
+                                           (((5, 9), 1, 0, True, True, 3), 3)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_average_pool_over_the_whole_plane_is_global_pooling(args, divisor, dtype, monkeypatch):
+    """avg_pool2d whose one window covers the whole plane (padding aside) runs the global pooling
+    kernels with the window's divisor (the padded size, the plain size, or divisor_override):
+    the plane's sum in order over that divisor, and dy over it as the gradient, on every ISA."""
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = args
+    shape = (3, 37, 5, 9) if kernel != (7, 7) else (3, 37, 7, 7)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(7), dtype=dtype, requires_grad=True)
+    call = lambda f, t: f.avg_pool2d(t, *args)
+    ref = call(F, x)
+    assert ref.shape[2:] == (1, 1)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    in_order = torch.zeros(shape[:2], dtype=dtype)
+    for value in x.detach().flatten(2).unbind(2):
+        in_order = in_order + value
+    in_order = (in_order / divisor).view(ref.shape)
+    for isa in ISAS:
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        out = call(CF, x)
+        (dx,) = torch.autograd.grad(out, x, dy)
+        torch.testing.assert_close(out, in_order, rtol=0, atol=0, msg=isa)
+        torch.testing.assert_close(dx, (0 + dy / divisor).expand(shape), rtol=0, atol=0, msg=isa)
+        torch.testing.assert_close(out, ref.detach())
+        torch.testing.assert_close(dx, ref_dx)
+
+
+@pytest.mark.parametrize("shape, args", [((5, 67, 3, 3), (3,)), ((2, 16, 3, 3), (3,)), ((3, 37, 7, 7), (7,)),
+                                         ((2, 24, 17, 19), ((17, 19),)), ((3, 37, 5, 6), ((7, 9), 9, (2, 3))),
+                                         ((1, 20, 56, 56), (56,))], ids=str)
+def test_max_pool_over_the_whole_plane_on_every_isa(shape, args, monkeypatch):
+    """max_pool2d whose one window covers the whole plane (padding aside) takes the float32 vector
+    kernels (16 planes at once on AVX-512, 8 on AVX2, blocks of values transposed in registers):
+    maxima and indices as torch's, ties to the first maximum, a NaN wins, an all -inf plane
+    reports index 0; bit for bit the generic kernel's. Planes smaller and larger than a block."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(9))
+    planes = x.view(-1, shape[2] * shape[3])
+    planes[0, 2:5] = planes[0].max() + 1  # a tie for the maximum
+    planes[1] = float("-inf")
+    planes[2, shape[2] * shape[3] // 2] = float("nan")
+    planes[3, -1] = float("inf")
+    ref, ref_idx = F.max_pool2d(x, *args, return_indices=True)
+    assert ref.shape[2:] == (1, 1)
+    results = {}
+    for isa in ISAS:
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        results[isa] = CF.max_pool2d(x, *args, return_indices=True)
+        torch.testing.assert_close(results[isa][0], ref, rtol=0, atol=0, equal_nan=True, msg=isa)
+        assert torch.equal(results[isa][1], ref_idx), isa
+    assert all(torch.equal(results[isa][1], results["generic"][1]) for isa in ISAS)
+
+
 @pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])
 def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypatch):
     """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512, of 8

@@ -523,11 +523,33 @@ GlobalPoolGroups global_pool_groups_kernel() {
   return nullptr;
 }
 
+GlobalMaxGroups global_max_groups_kernel() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_global_max_groups();
+    case CpuIsa::kAvx2: return avx2_global_max_groups();
+    default: break;
+  }
+#endif
+  return nullptr;
+}
+
+// Planes [begin, end) of x by `kernel` (float32 only; none for other types): the planes done.
 template <typename scalar_t>
-void global_pool_range(int64_t begin, int64_t end, int64_t plane, const scalar_t* x, scalar_t* y) {
+int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, int64_t planes, int64_t plane,
+                          const scalar_t* x, scalar_t* y, int64_t* indices) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kernel != nullptr)
+      return kernel(x + begin * plane, end - begin, plane, (planes - begin) * plane, y + begin, indices + begin);
+  }
+  return 0;
+}
+
+template <typename scalar_t>
+void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
   using acc_t = opmath_t<scalar_t>;
   constexpr int kTogether = 4;
-  const acc_t count = static_cast<acc_t>(plane);
+  const acc_t count = static_cast<acc_t>(divisor);
   int64_t p = begin;
   for (; p + kTogether <= end; p += kTogether) {
     acc_t sum[kTogether] = {};
@@ -543,30 +565,31 @@ void global_pool_range(int64_t begin, int64_t end, int64_t plane, const scalar_t
 }
 
 template <typename scalar_t>
-void global_pool(int64_t planes, int64_t plane, const scalar_t* x, scalar_t* y) {
+void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
   GlobalPoolGroups groups_kernel = nullptr;
   if constexpr (std::is_same_v<scalar_t, float>) groups_kernel = global_pool_groups_kernel();
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (groups_kernel != nullptr)
-        begin += groups_kernel(x + begin * plane, end - begin, plane, (planes - begin) * plane, y + begin);
+        begin += groups_kernel(x + begin * plane, end - begin, plane, static_cast<float>(divisor),
+                               (planes - begin) * plane, y + begin);
     }
-    global_pool_range(begin, end, plane, x, y);
+    global_pool_range(begin, end, plane, divisor, x, y);
   });
 }
 
-// Its gradient: every element of plane p gets dy[p] / plane. Planes of at most kSpan
+// Its gradient: every element of plane p gets dy[p] / divisor. Planes of at most kSpan
 // elements are written as one store of kSpan copies each (a vector store, not one per
 // element: 2x faster on ResNet's 3x3 planes) that runs into the next plane, which the next
 // store overwrites (planes in increasing order); the range's last planes, whose span would
 // leave the range (another thread's), are filled exactly.
 template <typename scalar_t>
-CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_t plane, const scalar_t* dy,
+CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_t plane, double divisor, const scalar_t* dy,
                                               scalar_t* dx) {
   using acc_t = opmath_t<scalar_t>;
   constexpr int64_t kSpan = 16;
   auto share = [&](int64_t p) {
-    return static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[p]) / static_cast<acc_t>(plane));
+    return static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[p]) / static_cast<acc_t>(divisor));
   };
   int64_t p = begin;
   if (plane <= kSpan) {
@@ -594,7 +617,7 @@ GlobalUnpoolGroups global_unpool_groups_kernel() {
 }
 
 template <typename scalar_t>
-void global_unpool(int64_t planes, int64_t plane, const scalar_t* dy, scalar_t* dx) {
+void global_unpool(int64_t planes, int64_t plane, double divisor, const scalar_t* dy, scalar_t* dx) {
   GlobalUnpoolGroups groups_kernel;
   if constexpr (std::is_same_v<scalar_t, float>)
     if (plane <= 16) groups_kernel = global_unpool_groups_kernel();
@@ -602,11 +625,11 @@ void global_unpool(int64_t planes, int64_t plane, const scalar_t* dy, scalar_t* 
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (groups_kernel.run != nullptr) {
         const int64_t groups = (end - begin) / groups_kernel.planes;
-        groups_kernel.run(dy + begin, groups, plane, dx + begin * plane);
+        groups_kernel.run(dy + begin, groups, plane, static_cast<float>(divisor), dx + begin * plane);
         begin += groups * groups_kernel.planes;
       }
     }
-    global_unpool_range(begin, end, plane, dy, dx);
+    global_unpool_range(begin, end, plane, divisor, dy, dx);
   });
 }
 
@@ -837,6 +860,15 @@ Tensor channels_last_or_copy(const Tensor& t) {
   return copy;
 }
 
+// Average pooling whose one window per plane covers the whole plane (a 7x7 kernel on 7x7
+// planes: global pooling written as avg_pool2d) is global pooling with the plan's divisor: the
+// same sums in the same order, 16 planes at a time (the plane kernels above vectorise along
+// output columns, and one column left each sum waiting on its adds: 7x slower than torch).
+bool window_is_whole_plane(const PoolGeometry& g, const AvgPlan& plan) {
+  return g.Ho == 1 && g.Wo == 1 && plan.rows[0].start == 0 && plan.rows[0].end == g.H && plan.cols[0].start == 0 &&
+         plan.cols[0].end == g.W;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
@@ -871,6 +903,14 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   const bool tiled = tiled_2x2(g);
   const std::vector<int32_t> origins = tiled && g.Wo < kShortRow ? window_origins_2x2(g) : std::vector<int32_t>();
 
+  // A window over the whole plane (global max pooling) takes the float32 vector kernel of this
+  // CPU (pool_tile.h: 16 planes at once, same results) where it has one; the plane kernel
+  // vectorises along output columns, and one column was 2-5x slower than torch.
+  const int64_t planes = s.batch * s.channels;
+  const bool whole_plane = g.Ho == 1 && g.Wo == 1 && g.dH == 1 && g.dW == 1 && g.kH - g.pH >= g.H &&
+                           g.kW - g.pW >= g.W && small_plane;
+  const GlobalMaxGroups global_max = whole_plane ? global_max_groups_kernel() : nullptr;
+
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
@@ -878,9 +918,10 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
     auto run = [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      torch::stable::parallel_for(0, s.batch * s.channels, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+      torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> best(g.Wo);
         std::vector<index_t> best_index(g.Wo);
+        begin += global_max_planes(global_max, begin, end, planes, g.H * g.W, x_data, y_data, idx_data);
         for (int64_t plane = begin; plane < end; ++plane) {
           const scalar_t* x_plane = x_data + plane * g.H * g.W;
           const int64_t out = plane * g.Ho * g.Wo;
@@ -987,7 +1028,11 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
   Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
-    avg_pool_planes(g, plan, s.batch * s.channels, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
+    if (window_is_whole_plane(g, plan))
+      global_pool(s.batch * s.channels, g.H * g.W, plan.divisor(plan.row_factor[0], 0), x.const_data_ptr<scalar_t>(),
+                  y.mutable_data_ptr<scalar_t>());
+    else
+      avg_pool_planes(g, plan, s.batch * s.channels, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -1014,7 +1059,11 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   Tensor dx = empty_like_with(grad_output, input_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
-    avg_unpool_planes(g, plan, s.batch * s.channels, dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
+    if (window_is_whole_plane(g, plan))
+      global_unpool(s.batch * s.channels, g.H * g.W, plan.divisor(plan.row_factor[0], 0), dy.const_data_ptr<scalar_t>(),
+                    dx.mutable_data_ptr<scalar_t>());
+    else
+      avg_unpool_planes(g, plan, s.batch * s.channels, dy.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
   });
   return dx;
 }
@@ -1040,7 +1089,7 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     if (Ho == 1 && Wo == 1) {
-      global_pool(N * C, H * W, x_data, y_data);
+      global_pool(N * C, H * W, static_cast<double>(H * W), x_data, y_data);
     } else if (as_pooling.has_value()) {
       avg_pool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, x_data, y_data);
     } else {
@@ -1077,7 +1126,7 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef i
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     if (Ho == 1 && Wo == 1) {
-      global_unpool(N * C, H * W, dy_data, dx_data);
+      global_unpool(N * C, H * W, static_cast<double>(H * W), dy_data, dx_data);
     } else if (as_pooling.has_value()) {
       avg_unpool_planes(*as_pooling, AvgPlan(*as_pooling, true, std::nullopt), N * C, dy_data, dx_data);
     } else {

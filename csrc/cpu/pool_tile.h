@@ -46,18 +46,18 @@ int64_t max_pool_pixel_nhwc(const float* x, int64_t C, const int32_t* window, in
 }
 
 // Global average pooling's gradient in float32 over planes of `plane` <= 16 values, L planes at
-// a time (L = 16 with AVX-512, 8 with AVX2): their L shares dy / plane in one vector, and the
+// a time (L = 16 with AVX-512, 8 with AVX2): their L shares dy / divisor in one vector, and the
 // planes' L * plane outputs as `plane` vectors, vector m holding share (L*m + l) / plane in lane
 // l: one permute and one full store each (the scalar kernel's stores straddle planes). The
 // vector types are the ISA's own width (a permute of 16 floats compiles to scalar code on AVX2;
 // of 8 it is one vpermps).
 template <typename Floats, typename Ints, int L>
-void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float* dx) {
+void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
   Ints lanes[16];
   for (int64_t m = 0; m < plane; ++m)
     for (int l = 0; l < L; ++l) lanes[m][l] = static_cast<int32_t>((L * m + l) / plane);
-  const Floats count = Floats{} + static_cast<float>(plane);
+  const Floats count = Floats{} + divisor;
   for (int64_t q = 0; q < groups; ++q) {
     Floats g;
     __builtin_memcpy(&g, dy + L * q, sizeof g);
@@ -80,12 +80,12 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float*
 // are skipped); a plane of < L values reads L - plane values past its group, so groups are
 // taken only while x[0, readable) holds them. Returns the planes done (a multiple of L).
 template <typename Floats, typename Ints, int L>
-int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y) {
+int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable, float* y) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
   const int64_t read_past = plane < L ? L - plane : 0;
   int64_t groups = planes / L;
   while (groups > 0 && groups * L * plane + read_past > readable) --groups;
-  const Floats count = Floats{} + static_cast<float>(plane);
+  const Floats count = Floats{} + divisor;
   for (int64_t q = 0; q < groups; ++q) {
     const float* group = x + q * L * plane;
     Floats sum = Floats{};
@@ -102,6 +102,45 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, int64_
     }
     const Floats mean = sum / count;
     __builtin_memcpy(y + L * q, &mean, sizeof mean);
+  }
+  return groups * L;
+}
+
+// Max pooling whose one window covers the whole plane (global max pooling), float32, L planes
+// at a time, as global_pool_groups reads them (blocks of L values of L planes transposed in
+// registers, columns taken in order): lane l keeps plane l's maximum and its index by torch's
+// rule (a value replaces the best when greater or NaN; the best starts at -inf with index 0),
+// the plane kernel's results exactly. Planes of < 2^31 values. Returns the planes done.
+template <typename Floats, typename Ints, typename Longs, int L>
+int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y,
+                          int64_t* indices) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
+                sizeof(Longs) == 2 * sizeof(Floats));
+  const int64_t read_past = plane < L ? L - plane : 0;
+  int64_t groups = planes / L;
+  while (groups > 0 && groups * L * plane + read_past > readable) --groups;
+  for (int64_t q = 0; q < groups; ++q) {
+    const float* group = x + q * L * plane;
+    Floats best = Floats{} - __builtin_inff();
+    Ints best_index = Ints{};
+    for (int64_t c0 = 0; c0 < plane; c0 += L) {
+      const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
+      Floats rows[L];
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) __builtin_memcpy(&rows[l], group + l * plane + start, sizeof(Floats));
+      transpose_block<Floats, Ints, L>(rows);
+      const int64_t first = c0 - start, last = plane - start < L ? plane - start : L;
+#pragma GCC unroll 16
+      for (int j = 0; j < L; ++j)
+        if (j >= first && j < last) {
+          const Ints takes = (rows[j] > best) | (rows[j] != rows[j]);
+          best = takes ? rows[j] : best;
+          best_index = takes ? Ints{} + static_cast<int32_t>(start + j) : best_index;
+        }
+    }
+    const Longs wide = __builtin_convertvector(best_index, Longs);
+    __builtin_memcpy(y + L * q, &best, sizeof best);
+    __builtin_memcpy(indices + L * q, &wide, sizeof wide);
   }
   return groups * L;
 }

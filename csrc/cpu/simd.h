@@ -26,18 +26,26 @@ MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
 // Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
 // planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
 struct GlobalUnpoolGroups {
-  void (*run)(const float* dy, int64_t groups, int64_t plane, float* dx) = nullptr;
+  void (*run)(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) = nullptr;
   int64_t planes = 0;
 };
 GlobalUnpoolGroups avx512_global_unpool_groups();
 GlobalUnpoolGroups avx2_global_unpool_groups();
 
 // Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
-// planes of x[0, planes * plane) averaged into y, reading no further than x[readable - 1];
-// returns the planes done (the caller does the rest).
-using GlobalPoolGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y);
+// sums of the planes of x[0, planes * plane), divided by `divisor`, into y, reading no further
+// than x[readable - 1]; returns the planes done (the caller does the rest).
+using GlobalPoolGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable,
+                                     float* y);
 GlobalPoolGroups avx512_global_pool_groups();
 GlobalPoolGroups avx2_global_pool_groups();
+
+// Max pooling over whole planes (global max pooling), float32, likewise: maxima into y, their
+// indices within the plane into `indices`; planes of < 2^31 values.
+using GlobalMaxGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y,
+                                    int64_t* indices);
+GlobalMaxGroups avx512_global_max_groups();
+GlobalMaxGroups avx2_global_max_groups();
 
 // The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
 // patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over
