@@ -106,9 +106,9 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
 @pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
                                    (3, 37, 7, 7), (2, 24, 17, 19), (1, 20, 56, 56)], ids=str)
 def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
-    """float32 global average pooling adds each plane's values in order on every ISA: the vector
-    kernels (16 planes at once on AVX-512, 8 on AVX2, in blocks of 16 or 8 values transposed in
-    registers) give the scalar loop's sums bit for bit. Shapes: tails of planes, planes smaller
+    """float32 global average pooling adds each plane's values in order, in blocks of 256 whose sums
+    are added in order, on every ISA: the vector kernels (16 planes at once on AVX-512, 8 on AVX2,
+    16 or 8 values of each transposed in registers) give the scalar loop's sums bit for bit. Shapes: tails of planes, planes smaller
     than, equal to and larger than a block (the last block of a large plane overlaps the one
     before), and (2, 16, 3, 3), whose last group would read past the tensor (the scalar loop
     takes it). An Inf and a NaN must come through."""
@@ -116,14 +116,28 @@ def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
     x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
     x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
     in_order = torch.zeros(shape[:2])
-    for value in x.flatten(2).unbind(2):
-        in_order = in_order + value
+    for block in x.flatten(2).split(256, dim=2):  # values in order, in blocks of 256 added in order
+        block_sum = torch.zeros(shape[:2])
+        for value in block.unbind(2):
+            block_sum = block_sum + value
+        in_order = in_order + block_sum
     in_order = (in_order / (shape[2] * shape[3])).view(*shape[:2], 1, 1)
     for isa in ISAS:
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
         out = CF.adaptive_avg_pool2d(x, 1)
         torch.testing.assert_close(out, in_order, rtol=0, atol=0, equal_nan=True, msg=isa)
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_global_average_pool_of_large_planes_is_as_accurate_as_torch(isa, monkeypatch):
+    """One float32 sum running over a 512x512 plane strays from the mean by more than torch's
+    (cascade sums); the blocks of 256 keep the error within float32 tolerance of the exact mean."""
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    x = torch.randn(3, 17, 512, 512, generator=torch.Generator().manual_seed(10)) + 0.5
+    exact = x.double().mean((2, 3), keepdim=True)
+    torch.testing.assert_close(CF.adaptive_avg_pool2d(x, 1).double(), exact, rtol=2e-6, atol=0)
+    torch.testing.assert_close(F.adaptive_avg_pool2d(x, 1).double(), exact, rtol=2e-6, atol=0)  # torch's own
 
 
 @pytest.mark.parametrize("args, divisor", [(((7, 7), 7, 0, False, True, None), 49),

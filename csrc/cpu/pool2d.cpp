@@ -508,7 +508,8 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
 }
 
 // Global average pooling: plane p of x (size `plane`) averages to y[p]; each sum runs in
-// row-major order, as the general kernel's. float32 takes the vector kernel of this CPU
+// row-major order in blocks of kGlobalSumBlock values (simd.h), the blocks' sums added in
+// order (for planes of up to that many values the general kernel's order). float32 takes the vector kernel of this CPU
 // (pool_tile.h: a register's lanes of planes at once, the same sums), the rest (other types,
 // the last planes) the loop below, four planes at a time: one plane's sum alone waits on every
 // add's latency (a 56x56 plane ran 10x slower than torch's mean).
@@ -552,15 +553,23 @@ void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor
   const acc_t count = static_cast<acc_t>(divisor);
   int64_t p = begin;
   for (; p + kTogether <= end; p += kTogether) {
-    acc_t sum[kTogether] = {};
-    for (int64_t k = 0; k < plane; ++k)
-      for (int i = 0; i < kTogether; ++i) sum[i] += static_cast<acc_t>(x[(p + i) * plane + k]);
-    for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(sum[i] / count);
+    acc_t total[kTogether] = {};
+    for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
+      acc_t sum[kTogether] = {};
+      for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k)
+        for (int i = 0; i < kTogether; ++i) sum[i] += static_cast<acc_t>(x[(p + i) * plane + k]);
+      for (int i = 0; i < kTogether; ++i) total[i] += sum[i];
+    }
+    for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(total[i] / count);
   }
   for (; p < end; ++p) {
-    acc_t sum = 0;
-    for (int64_t k = 0; k < plane; ++k) sum += static_cast<acc_t>(x[p * plane + k]);
-    y[p] = static_cast<scalar_t>(sum / count);
+    acc_t total = 0;
+    for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
+      acc_t sum = 0;
+      for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k) sum += static_cast<acc_t>(x[p * plane + k]);
+      total += sum;
+    }
+    y[p] = static_cast<scalar_t>(total / count);
   }
 }
 
@@ -852,6 +861,17 @@ void avg_unpool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int6
   });
 }
 
+// Which kernels a channels_last tensor takes: the NHWC ones, except with one channel, where
+// NHWC and NCHW are the same order in memory and the plane kernels (vectorised within a plane;
+// the NHWC ones along channels, here one) write it; their results are channels_last all the same.
+bool runs_nhwc(const Tensor& t) { return is_channels_last(t) && t.size(1) > 1; }
+
+// An uninitialised result of `sizes` in `model`'s layout (for the plane kernels: NCHW, or
+// channels_last with one channel, the same order in memory).
+Tensor empty_in_layout_of(const Tensor& model, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  return is_channels_last(model) ? empty_channels_last_like(model, sizes, dtype) : empty_like_with(model, sizes, dtype);
+}
+
 // A tensor of t's values laid out channels_last (t itself when it is).
 Tensor channels_last_or_copy(const Tensor& t) {
   if (is_channels_last(t)) return t;
@@ -878,7 +898,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   const char* op = "cuconv.max_pool2d";
   const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
-  if (is_channels_last(input)) {
+  if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
     Tensor indices = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
     CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
@@ -888,8 +908,8 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
     return {y, indices};
   }
   const Tensor x = contiguous_or_self(input);
-  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
-  Tensor indices = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
+  Tensor y = empty_in_layout_of(input, {s.batch, s.channels, s.out_h, s.out_w});
+  Tensor indices = empty_in_layout_of(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
 
   std::vector<int64_t> first_column(g.Wo);
   for (int64_t ow = 0; ow < g.Wo; ++ow) {
@@ -948,7 +968,7 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
                                                     stride, padding, dilation, ceil_mode);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
-  if (is_channels_last(grad_output)) {
+  if (runs_nhwc(grad_output)) {
     const Tensor idx = channels_last_or_copy(indices);
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
@@ -979,7 +999,7 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   }
   const Tensor dy = contiguous_or_self(grad_output);
   const Tensor idx = contiguous_or_self(indices);
-  Tensor dx = empty_like_with(grad_output, input_size);
+  Tensor dx = empty_in_layout_of(grad_output, input_size);
 
   const bool tiled = tiled_2x2(g);
 
@@ -1016,7 +1036,7 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
-  if (is_channels_last(input)) {
+  if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
     CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
       avg_pool_nhwc(WindowTable(g, plan), s.batch, g.H, g.W, s.channels, input.const_data_ptr<scalar_t>(),
@@ -1025,7 +1045,7 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
     return y;
   }
   const Tensor x = contiguous_or_self(input);
-  Tensor y = empty_like_with(input, {s.batch, s.channels, s.out_h, s.out_w});
+  Tensor y = empty_in_layout_of(input, {s.batch, s.channels, s.out_h, s.out_w});
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
     if (window_is_whole_plane(g, plan))
@@ -1047,7 +1067,7 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
-  if (is_channels_last(grad_output)) {
+  if (runs_nhwc(grad_output)) {
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
       avg_unpool_nhwc(WindowTable(g, plan), s.batch, g.H, g.W, s.channels, grad_output.const_data_ptr<scalar_t>(),
@@ -1056,7 +1076,7 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
     return dx;
   }
   const Tensor dy = contiguous_or_self(grad_output);
-  Tensor dx = empty_like_with(grad_output, input_size);
+  Tensor dx = empty_in_layout_of(grad_output, input_size);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "avg_pool2d_backward_cpu", [&] {
     if (window_is_whole_plane(g, plan))
@@ -1073,7 +1093,7 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
   check_adaptive_avg_pool2d(op, input, output_size);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
-  if (is_channels_last(input)) {
+  if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {N, C, Ho, Wo});
     CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
       avg_pool_nhwc(WindowTable(AdaptiveWindows(Ho, H), AdaptiveWindows(Wo, W)), N, H, W, C,
@@ -1082,7 +1102,7 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
     return y;
   }
   const Tensor x = contiguous_or_self(input);
-  Tensor y = empty_like_with(input, {N, C, Ho, Wo});
+  Tensor y = empty_in_layout_of(input, {N, C, Ho, Wo});
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
@@ -1110,7 +1130,7 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef i
   check_adaptive_backward(op, grad_output.sizes(), input_size);
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
   const int64_t Ho = grad_output.size(2), Wo = grad_output.size(3);
-  if (is_channels_last(grad_output)) {
+  if (runs_nhwc(grad_output)) {
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {
       avg_unpool_nhwc(WindowTable(AdaptiveWindows(Ho, H), AdaptiveWindows(Wo, W)), N, H, W, C,
@@ -1119,7 +1139,7 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef i
     return dx;
   }
   const Tensor dy = contiguous_or_self(grad_output);
-  Tensor dx = empty_like_with(grad_output, input_size);
+  Tensor dx = empty_in_layout_of(grad_output, input_size);
   const std::optional<PoolGeometry> as_pooling = adaptive_as_pooling(H, W, Ho, Wo);
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {

@@ -71,9 +71,11 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
 }
 
 // Global average pooling in float32, L planes of `plane` values at a time (L = 16 with AVX-512,
-// 8 with AVX2): lane l of one sum vector adds plane l's values in order, so every sum is the
-// scalar kernel's bit for bit (the scalar loop adds one value after another; 3x3 planes sit at
-// ~8 cycles a plane, larger ones wait on each add's latency). A group's L planes are read as L
+// 8 with AVX2): lane l of one sum vector adds plane l's values in order, in blocks of
+// kGlobalSumBlock values whose sums are added up in order (one running float32 sum over a
+// 512x512 plane strayed from torch's mean by more than 1e-5), so every sum is the scalar
+// kernel's bit for bit (the scalar loop adds one value after another; 3x3 planes sit at ~8
+// cycles a plane, larger ones wait on each add's latency). A group's L planes are read as L
 // rows of L values (row l: plane l from value c0), transposed in registers, and the resulting
 // column vectors (value c0 + j of every plane) added in order. The last block of a plane of
 // >= L values starts L values before its end (no read past the plane; columns already added
@@ -88,8 +90,12 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float 
   const Floats count = Floats{} + divisor;
   for (int64_t q = 0; q < groups; ++q) {
     const float* group = x + q * L * plane;
-    Floats sum = Floats{};
+    Floats total = Floats{}, sum = Floats{};
     for (int64_t c0 = 0; c0 < plane; c0 += L) {
+      if (c0 > 0 && c0 % kGlobalSumBlock == 0) {  // (kGlobalSumBlock is a multiple of L)
+        total += sum;
+        sum = Floats{};
+      }
       const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
       Floats rows[L];  // (loops over rows unrolled, so that rows stays in registers)
 #pragma GCC unroll 16
@@ -100,7 +106,8 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float 
       for (int j = 0; j < L; ++j)
         if (j >= first && j < last) sum += rows[j];
     }
-    const Floats mean = sum / count;
+    total += sum;
+    const Floats mean = total / count;
     __builtin_memcpy(y + L * q, &mean, sizeof mean);
   }
   return groups * L;

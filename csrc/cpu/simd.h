@@ -32,6 +32,10 @@ struct GlobalUnpoolGroups {
 GlobalUnpoolGroups avx512_global_unpool_groups();
 GlobalUnpoolGroups avx2_global_unpool_groups();
 
+// Global average pooling sums a plane's values in order in blocks of this many, then the blocks'
+// sums in order (pool_tile.h, pool2d.cpp): one float32 sum over a large plane loses accuracy.
+constexpr int64_t kGlobalSumBlock = 256;
+
 // Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
 // sums of the planes of x[0, planes * plane), divided by `divisor`, into y, reading no further
 // than x[readable - 1]; returns the planes done (the caller does the rest).
