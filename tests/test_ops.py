@@ -433,6 +433,23 @@ def test_ambiguous_layout_reads_as_torch_reads_it(strides):
     assert fake.stride() == ops.adaptive_avg_pool2d_backward(dy, [2, 4, 5, 6]).stride()
 
 
+@pytest.mark.parametrize("op", ["max", "avg", "global", "adaptive"])
+def test_one_channel_channels_last_pooling_keeps_torch_layout(op):
+    """(N, 1, H, W) channels_last is NCHW in memory too; torch reads it as channels_last, and cuconv
+    runs its plane kernels on it and lays the results out as torch does."""
+    x = torch.randn(3, 1, 9, 10, generator=torch.Generator().manual_seed(11)).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    call = {"max": lambda f: f.max_pool2d(x, 3, 2, 1), "avg": lambda f: f.avg_pool2d(x, 2),
+            "global": lambda f: f.adaptive_avg_pool2d(x, 1), "adaptive": lambda f: f.adaptive_avg_pool2d(x, (4, 3))}[op]
+    out, ref = call(CF), call(F)
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(12)).to(memory_format=torch.channels_last)
+    (dx,), (ref_dx,) = torch.autograd.grad(out, x, dy), torch.autograd.grad(ref, x, dy)
+    assert out.stride() == ref.stride()
+    assert dx.stride() == ref_dx.stride()  # (global: a (3, 1, 1, 1) gradient reads as NCHW, in both)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(dx, ref_dx)
+
+
 _MAX_ARGS = {"max-2x2": (2,), "max-3s2p1-ceil": (3, 2, 1, 1, True), "max-dilated": ((2, 3), (1, 2), (1, 0), (2, 1))}
 
 
