@@ -103,25 +103,42 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
     assert cuconv._C.cpu_kernels()["isa"] == expected
 
 
+def _global_sums(x):
+    """The float32 sums of x's planes in cuconv's order: a plane of <= 256 values in order; a larger
+    one in 16 partial sums (value k into sum k mod 16) per block of 256 values, the blocks' partial
+    sums added into 16 totals in order, the totals then added pairwise (i += i + s, s = 8, 4, 2, 1)."""
+    values = x.flatten(2)
+    if values.shape[2] <= 256:
+        total = torch.zeros(values.shape[:2])
+        for value in values.unbind(2):
+            total = total + value
+        return total
+    totals = torch.zeros(*values.shape[:2], 16)
+    for block in values.split(256, dim=2):
+        part = torch.zeros(*values.shape[:2], 16)
+        for k0 in range(0, block.shape[2], 16):
+            chunk = block[:, :, k0:k0 + 16]
+            part[:, :, :chunk.shape[2]] = part[:, :, :chunk.shape[2]] + chunk
+        totals = totals + part
+    for step in (8, 4, 2, 1):
+        totals = totals[:, :, :step] + totals[:, :, step:2 * step]
+    return totals[:, :, 0]
+
+
 @pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
-                                   (3, 37, 7, 7), (2, 24, 17, 19), (1, 20, 56, 56)], ids=str)
+                                   (3, 37, 7, 7), (2, 24, 17, 19), (1, 20, 56, 56), (1, 5, 16, 17)], ids=str)
 def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
-    """float32 global average pooling adds each plane's values in order, in blocks of 256 whose sums
-    are added in order, on every ISA: the vector kernels (16 planes at once on AVX-512, 8 on AVX2,
-    16 or 8 values of each transposed in registers) give the scalar loop's sums bit for bit. Shapes: tails of planes, planes smaller
+    """float32 global average pooling sums each plane in _global_sums's order on every ISA: the
+    vector kernels (small planes: 16 at once on AVX-512, 8 on AVX2, 16 or 8 values of each
+    transposed in registers; large planes: 16 partial sums in registers) give the scalar loops'
+    sums bit for bit. Shapes: tails of planes, planes smaller
     than, equal to and larger than a block (the last block of a large plane overlaps the one
     before), and (2, 16, 3, 3), whose last group would read past the tensor (the scalar loop
     takes it). An Inf and a NaN must come through."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(6))
     x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
     x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
-    in_order = torch.zeros(shape[:2])
-    for block in x.flatten(2).split(256, dim=2):  # values in order, in blocks of 256 added in order
-        block_sum = torch.zeros(shape[:2])
-        for value in block.unbind(2):
-            block_sum = block_sum + value
-        in_order = in_order + block_sum
-    in_order = (in_order / (shape[2] * shape[3])).view(*shape[:2], 1, 1)
+    in_order = (_global_sums(x) / (shape[2] * shape[3])).view(*shape[:2], 1, 1)
     for isa in ISAS:
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
         out = CF.adaptive_avg_pool2d(x, 1)

@@ -507,12 +507,12 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
     }
 }
 
-// Global average pooling: plane p of x (size `plane`) averages to y[p]; each sum runs in
-// row-major order in blocks of kGlobalSumBlock values (simd.h), the blocks' sums added in
-// order (for planes of up to that many values the general kernel's order). float32 takes the vector kernel of this CPU
-// (pool_tile.h: a register's lanes of planes at once, the same sums), the rest (other types,
-// the last planes) the loop below, four planes at a time: one plane's sum alone waits on every
-// add's latency (a 56x56 plane ran 10x slower than torch's mean).
+// Global average pooling: plane p of x (size `plane`) averages to y[p]. A plane of at most
+// kGlobalSumBlock values (simd.h) is summed in row-major order, as the general kernel's; a
+// larger one along the plane in 16 partial sums (sum_along_plane below). float32 takes the
+// vector kernels of this CPU (pool_tile.h: a register's lanes of small planes at once, or one
+// large plane's 16 sums in registers; the same sums), the rest (other types, the last planes)
+// the loops below (a 56x56 plane's one running sum ran 10x slower than torch's mean).
 GlobalPoolGroups global_pool_groups_kernel() {
 #if CUCONV_X86_SIMD
   switch (cpu_isa()) {
@@ -546,44 +546,82 @@ int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, in
   return 0;
 }
 
+GlobalSumAlongPlane global_sum_along_plane_kernel() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_global_sum_along_plane();
+    case CpuIsa::kAvx2: return avx2_global_sum_along_plane();
+    default: break;
+  }
+#endif
+  return nullptr;
+}
+
+// The sum of a plane of more than kGlobalSumBlock values, in pool_tile.h's order: 16 partial
+// sums along the plane (value k into sum k mod 16) in blocks of kGlobalSumBlock, added into 16
+// totals, the totals added pairwise.
 template <typename scalar_t>
-void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
+opmath_t<scalar_t> sum_along_plane(const scalar_t* x, int64_t plane) {
   using acc_t = opmath_t<scalar_t>;
-  constexpr int kTogether = 4;
+  acc_t total[16] = {};
+  for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
+    acc_t part[16] = {};
+    for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k) part[(k - k0) % 16] += static_cast<acc_t>(x[k]);
+    for (int r = 0; r < 16; ++r) total[r] += part[r];
+  }
+  for (int step = 8; step >= 1; step /= 2)
+    for (int i = 0; i < step; ++i) total[i] += total[i + step];
+  return total[0];
+}
+
+// Planes [begin, end): a small plane's sum in order, four planes at a time (one plane's sum
+// alone waits on every add's latency), a large one's along the plane.
+template <typename scalar_t>
+void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor, const scalar_t* x, scalar_t* y,
+                       GlobalSumAlongPlane along_plane) {
+  using acc_t = opmath_t<scalar_t>;
   const acc_t count = static_cast<acc_t>(divisor);
+  if (plane > kGlobalSumBlock) {
+    for (int64_t p = begin; p < end; ++p) {
+      acc_t sum;
+      if constexpr (std::is_same_v<scalar_t, float>)
+        sum = along_plane != nullptr ? along_plane(x + p * plane, plane) : sum_along_plane(x + p * plane, plane);
+      else
+        sum = sum_along_plane(x + p * plane, plane);
+      y[p] = static_cast<scalar_t>(sum / count);
+    }
+    return;
+  }
+  constexpr int kTogether = 4;
   int64_t p = begin;
   for (; p + kTogether <= end; p += kTogether) {
-    acc_t total[kTogether] = {};
-    for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
-      acc_t sum[kTogether] = {};
-      for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k)
-        for (int i = 0; i < kTogether; ++i) sum[i] += static_cast<acc_t>(x[(p + i) * plane + k]);
-      for (int i = 0; i < kTogether; ++i) total[i] += sum[i];
-    }
-    for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(total[i] / count);
+    acc_t sum[kTogether] = {};
+    for (int64_t k = 0; k < plane; ++k)
+      for (int i = 0; i < kTogether; ++i) sum[i] += static_cast<acc_t>(x[(p + i) * plane + k]);
+    for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(sum[i] / count);
   }
   for (; p < end; ++p) {
-    acc_t total = 0;
-    for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
-      acc_t sum = 0;
-      for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k) sum += static_cast<acc_t>(x[p * plane + k]);
-      total += sum;
-    }
-    y[p] = static_cast<scalar_t>(total / count);
+    acc_t sum = 0;
+    for (int64_t k = 0; k < plane; ++k) sum += static_cast<acc_t>(x[p * plane + k]);
+    y[p] = static_cast<scalar_t>(sum / count);
   }
 }
 
 template <typename scalar_t>
 void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
   GlobalPoolGroups groups_kernel = nullptr;
-  if constexpr (std::is_same_v<scalar_t, float>) groups_kernel = global_pool_groups_kernel();
+  GlobalSumAlongPlane along_plane = nullptr;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (plane <= kGlobalSumBlock) groups_kernel = global_pool_groups_kernel();
+    else along_plane = global_sum_along_plane_kernel();
+  }
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (groups_kernel != nullptr)
         begin += groups_kernel(x + begin * plane, end - begin, plane, static_cast<float>(divisor),
                                (planes - begin) * plane, y + begin);
     }
-    global_pool_range(begin, end, plane, divisor, x, y);
+    global_pool_range(begin, end, plane, divisor, x, y, along_plane);
   });
 }
 

@@ -70,12 +70,10 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
   }
 }
 
-// Global average pooling in float32, L planes of `plane` values at a time (L = 16 with AVX-512,
-// 8 with AVX2): lane l of one sum vector adds plane l's values in order, in blocks of
-// kGlobalSumBlock values whose sums are added up in order (one running float32 sum over a
-// 512x512 plane strayed from torch's mean by more than 1e-5), so every sum is the scalar
-// kernel's bit for bit (the scalar loop adds one value after another; 3x3 planes sit at ~8
-// cycles a plane, larger ones wait on each add's latency). A group's L planes are read as L
+// Global average pooling in float32 of planes of at most kGlobalSumBlock values (simd.h), L
+// planes at a time (L = 16 with AVX-512, 8 with AVX2): lane l of one sum vector adds plane l's
+// values in order, so every sum is the scalar kernel's bit for bit (the scalar loop adds one
+// value after another; 3x3 planes sit at ~8 cycles a plane). A group's L planes are read as L
 // rows of L values (row l: plane l from value c0), transposed in registers, and the resulting
 // column vectors (value c0 + j of every plane) added in order. The last block of a plane of
 // >= L values starts L values before its end (no read past the plane; columns already added
@@ -90,12 +88,8 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float 
   const Floats count = Floats{} + divisor;
   for (int64_t q = 0; q < groups; ++q) {
     const float* group = x + q * L * plane;
-    Floats total = Floats{}, sum = Floats{};
+    Floats sum = Floats{};
     for (int64_t c0 = 0; c0 < plane; c0 += L) {
-      if (c0 > 0 && c0 % kGlobalSumBlock == 0) {  // (kGlobalSumBlock is a multiple of L)
-        total += sum;
-        sum = Floats{};
-      }
       const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
       Floats rows[L];  // (loops over rows unrolled, so that rows stays in registers)
 #pragma GCC unroll 16
@@ -106,8 +100,7 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float 
       for (int j = 0; j < L; ++j)
         if (j >= first && j < last) sum += rows[j];
     }
-    total += sum;
-    const Floats mean = total / count;
+    const Floats mean = sum / count;
     __builtin_memcpy(y + L * q, &mean, sizeof mean);
   }
   return groups * L;
@@ -150,4 +143,40 @@ int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t
     __builtin_memcpy(indices + L * q, &wide, sizeof wide);
   }
   return groups * L;
+}
+
+// Global average pooling in float32 of one plane of more than kGlobalSumBlock values, along the
+// plane: 16 partial sums (value k into sum k mod 16, here 16 / L registers of L lanes), in blocks
+// of kGlobalSumBlock values whose partial sums are added into 16 totals in order, the totals
+// then added pairwise (lane i += lane i + s, s = 8, 4, 2, 1), as the scalar kernel does. One
+// running sum over a 512x512 plane strayed from the mean by more than 1e-5, and lanes over
+// planes left a batch of a few planes on one lane's latency. Returns the plane's sum.
+template <typename Floats, int L>
+float global_sum_along_plane(const float* x, int64_t plane) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && 16 % L == 0 && kGlobalSumBlock % 16 == 0);
+  constexpr int kRegisters = 16 / L;
+  Floats total[kRegisters] = {};
+  for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
+    const int64_t end = k0 + kGlobalSumBlock < plane ? k0 + kGlobalSumBlock : plane;
+    Floats part[kRegisters] = {};
+    int64_t k = k0;
+    for (; k + 16 <= end; k += 16)
+#pragma GCC unroll 2
+      for (int r = 0; r < kRegisters; ++r) {
+        Floats v;
+        __builtin_memcpy(&v, x + k + r * L, sizeof v);
+        part[r] += v;
+      }
+    float lanes[16];
+    __builtin_memcpy(lanes, part, sizeof lanes);
+    for (int64_t t = 0; k + t < end; ++t) lanes[t] += x[k + t];  // the block's last < 16 values
+    __builtin_memcpy(part, lanes, sizeof lanes);
+#pragma GCC unroll 2
+    for (int r = 0; r < kRegisters; ++r) total[r] += part[r];
+  }
+  float lanes[16];
+  __builtin_memcpy(lanes, total, sizeof lanes);
+  for (int step = 8; step >= 1; step /= 2)
+    for (int i = 0; i < step; ++i) lanes[i] += lanes[i + step];
+  return lanes[0];
 }

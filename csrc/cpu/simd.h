@@ -32,9 +32,15 @@ struct GlobalUnpoolGroups {
 GlobalUnpoolGroups avx512_global_unpool_groups();
 GlobalUnpoolGroups avx2_global_unpool_groups();
 
-// Global average pooling sums a plane's values in order in blocks of this many, then the blocks'
-// sums in order (pool_tile.h, pool2d.cpp): one float32 sum over a large plane loses accuracy.
+// Global average pooling sums a plane of at most this many values in order, a larger one along
+// the plane in 16 partial sums, blocks of this many at a time (pool_tile.h, pool2d.cpp): one
+// float32 sum over a large plane loses accuracy.
 constexpr int64_t kGlobalSumBlock = 256;
+
+// That sum of one large plane, float32, compiled for the ISA (pool_tile.h).
+using GlobalSumAlongPlane = float (*)(const float* x, int64_t plane);
+GlobalSumAlongPlane avx512_global_sum_along_plane();
+GlobalSumAlongPlane avx2_global_sum_along_plane();
 
 // Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
 // sums of the planes of x[0, planes * plane), divided by `divisor`, into y, reading no further

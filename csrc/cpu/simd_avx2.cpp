@@ -65,6 +65,7 @@ Microkernel<double> avx2_microkernel_double() {
 GlobalUnpoolGroups avx2_global_unpool_groups() { return {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8}; }
 GlobalPoolGroups avx2_global_pool_groups() { return &global_pool_groups<PoolFloats8, PoolInts8, 8>; }
 GlobalMaxGroups avx2_global_max_groups() { return &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>; }
+GlobalSumAlongPlane avx2_global_sum_along_plane() { return &global_sum_along_plane<PoolFloats8, 8>; }
 MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>; }
 
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {

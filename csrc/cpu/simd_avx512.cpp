@@ -82,6 +82,7 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
 GlobalUnpoolGroups avx512_global_unpool_groups() { return {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16}; }
 GlobalPoolGroups avx512_global_pool_groups() { return &global_pool_groups<PoolFloats, PoolInts, 16>; }
 GlobalMaxGroups avx512_global_max_groups() { return &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>; }
+GlobalSumAlongPlane avx512_global_sum_along_plane() { return &global_sum_along_plane<PoolFloats, 16>; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
