@@ -70,36 +70,49 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
   }
 }
 
-// Global average pooling in float32 of planes of at most kGlobalSumBlock values (simd.h), L
-// planes at a time (L = 16 with AVX-512, 8 with AVX2): lane l of one sum vector adds plane l's
-// values in order, so every sum is the scalar kernel's bit for bit (the scalar loop adds one
-// value after another; 3x3 planes sit at ~8 cycles a plane). A group's L planes are read as L
-// rows of L values (row l: plane l from value c0), transposed in registers, and the resulting
-// column vectors (value c0 + j of every plane) added in order. The last block of a plane of
-// >= L values starts L values before its end (no read past the plane; columns already added
-// are skipped); a plane of < L values reads L - plane values past its group, so groups are
-// taken only while x[0, readable) holds them. Returns the planes done (a multiple of L).
-template <typename Floats, typename Ints, int L>
-int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable, float* y) {
-  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+// How many whole groups of L planes of `plane` values the two kernels below may take from x: a
+// plane of < L values reads L - plane values past its group, so only while x[0, readable) holds them.
+inline int64_t readable_groups(int64_t planes, int64_t plane, int64_t readable, int64_t L) {
   const int64_t read_past = plane < L ? L - plane : 0;
   int64_t groups = planes / L;
   while (groups > 0 && groups * L * plane + read_past > readable) --groups;
+  return groups;
+}
+
+// take(column, k) for k = 0, 1, ..., plane - 1 in order, where lane l of `column` is value k of
+// plane l of the L planes at `group`. The planes are read as L rows of L values (row l: plane l
+// from value `start`), transposed in registers, and the column vectors taken in order. The last
+// block of a plane of >= L values starts L values before its end (nothing is read past the
+// plane; columns already taken are skipped); a plane of < L values reads past its group.
+// (Inlined into its callers, or the rows and sums live on the stack: 40x slower.)
+template <typename Floats, typename Ints, int L, typename Take>
+[[gnu::always_inline]] inline void for_each_column(const float* group, int64_t plane, Take take) {
+  for (int64_t c0 = 0; c0 < plane; c0 += L) {
+    const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
+    Floats rows[L];  // (loops over rows unrolled, so that rows stays in registers)
+#pragma GCC unroll 16
+    for (int l = 0; l < L; ++l) __builtin_memcpy(&rows[l], group + l * plane + start, sizeof(Floats));
+    transpose_block<Floats, Ints, L>(rows);
+    const int64_t first = c0 - start, last = plane - start < L ? plane - start : L;
+#pragma GCC unroll 16
+    for (int j = 0; j < L; ++j)
+      if (j >= first && j < last) take(rows[j], start + j);
+  }
+}
+
+// Global average pooling in float32 of planes of at most kGlobalSumBlock values (simd.h), L
+// planes at a time (L = 16 with AVX-512, 8 with AVX2): lane l of one sum vector adds plane l's
+// values in order (for_each_column), so every sum is the scalar kernel's bit for bit (the scalar
+// loop adds one value after another; 3x3 planes sit at ~8 cycles a plane). Returns the planes
+// done (a multiple of L).
+template <typename Floats, typename Ints, int L>
+int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable, float* y) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  const int64_t groups = readable_groups(planes, plane, readable, L);
   const Floats count = Floats{} + divisor;
   for (int64_t q = 0; q < groups; ++q) {
-    const float* group = x + q * L * plane;
     Floats sum = Floats{};
-    for (int64_t c0 = 0; c0 < plane; c0 += L) {
-      const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
-      Floats rows[L];  // (loops over rows unrolled, so that rows stays in registers)
-#pragma GCC unroll 16
-      for (int l = 0; l < L; ++l) __builtin_memcpy(&rows[l], group + l * plane + start, sizeof(Floats));
-      transpose_block<Floats, Ints, L>(rows);
-      const int64_t first = c0 - start, last = plane - start < L ? plane - start : L;
-#pragma GCC unroll 16
-      for (int j = 0; j < L; ++j)
-        if (j >= first && j < last) sum += rows[j];
-    }
+    for_each_column<Floats, Ints, L>(x + q * L * plane, plane, [&](const Floats& column, int64_t) { sum += column; });
     const Floats mean = sum / count;
     __builtin_memcpy(y + L * q, &mean, sizeof mean);
   }
@@ -107,37 +120,23 @@ int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float 
 }
 
 // Max pooling whose one window covers the whole plane (global max pooling), float32, L planes
-// at a time, as global_pool_groups reads them (blocks of L values of L planes transposed in
-// registers, columns taken in order): lane l keeps plane l's maximum and its index by torch's
-// rule (a value replaces the best when greater or NaN; the best starts at -inf with index 0),
-// the plane kernel's results exactly. Planes of < 2^31 values. Returns the planes done.
+// at a time, columns in order (for_each_column): lane l keeps plane l's maximum and its index by
+// torch's rule (a value replaces the best when greater or NaN; the best starts at -inf with index
+// 0), the plane kernel's results exactly. Planes of < 2^31 values. Returns the planes done.
 template <typename Floats, typename Ints, typename Longs, int L>
 int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y,
                           int64_t* indices) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
                 sizeof(Longs) == 2 * sizeof(Floats));
-  const int64_t read_past = plane < L ? L - plane : 0;
-  int64_t groups = planes / L;
-  while (groups > 0 && groups * L * plane + read_past > readable) --groups;
+  const int64_t groups = readable_groups(planes, plane, readable, L);
   for (int64_t q = 0; q < groups; ++q) {
-    const float* group = x + q * L * plane;
     Floats best = Floats{} - __builtin_inff();
     Ints best_index = Ints{};
-    for (int64_t c0 = 0; c0 < plane; c0 += L) {
-      const int64_t start = plane < L ? 0 : (c0 + L <= plane ? c0 : plane - L);
-      Floats rows[L];
-#pragma GCC unroll 16
-      for (int l = 0; l < L; ++l) __builtin_memcpy(&rows[l], group + l * plane + start, sizeof(Floats));
-      transpose_block<Floats, Ints, L>(rows);
-      const int64_t first = c0 - start, last = plane - start < L ? plane - start : L;
-#pragma GCC unroll 16
-      for (int j = 0; j < L; ++j)
-        if (j >= first && j < last) {
-          const Ints takes = (rows[j] > best) | (rows[j] != rows[j]);
-          best = takes ? rows[j] : best;
-          best_index = takes ? Ints{} + static_cast<int32_t>(start + j) : best_index;
-        }
-    }
+    for_each_column<Floats, Ints, L>(x + q * L * plane, plane, [&](const Floats& column, int64_t k) {
+      const Ints takes = (column > best) | (column != column);
+      best = takes ? column : best;
+      best_index = takes ? Ints{} + static_cast<int32_t>(k) : best_index;
+    });
     const Longs wide = __builtin_convertvector(best_index, Longs);
     __builtin_memcpy(y + L * q, &best, sizeof best);
     __builtin_memcpy(indices + L * q, &wide, sizeof wide);
