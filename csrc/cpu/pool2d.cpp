@@ -507,34 +507,24 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
     }
 }
 
+// Pooling's vector kernels of this CPU's ISA (simd.h), none for the generic one.
+PoolVectorKernels pool_vector_kernels() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_pool_vector_kernels();
+    case CpuIsa::kAvx2: return avx2_pool_vector_kernels();
+    default: break;
+  }
+#endif
+  return {};
+}
+
 // Global average pooling: plane p of x (size `plane`) averages to y[p]. A plane of at most
 // kGlobalSumBlock values (simd.h) is summed in row-major order, as the general kernel's; a
 // larger one along the plane in 16 partial sums (sum_along_plane below). float32 takes the
 // vector kernels of this CPU (pool_tile.h: a register's lanes of small planes at once, or one
 // large plane's 16 sums in registers; the same sums), the rest (other types, the last planes)
 // the loops below (a 56x56 plane's one running sum ran 10x slower than torch's mean).
-GlobalPoolGroups global_pool_groups_kernel() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_global_pool_groups();
-    case CpuIsa::kAvx2: return avx2_global_pool_groups();
-    default: break;
-  }
-#endif
-  return nullptr;
-}
-
-GlobalMaxGroups global_max_groups_kernel() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_global_max_groups();
-    case CpuIsa::kAvx2: return avx2_global_max_groups();
-    default: break;
-  }
-#endif
-  return nullptr;
-}
-
 // Planes [begin, end) of x by `kernel` (float32 only; none for other types): the planes done.
 template <typename scalar_t>
 int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, int64_t planes, int64_t plane,
@@ -544,17 +534,6 @@ int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, in
       return kernel(x + begin * plane, end - begin, plane, (planes - begin) * plane, y + begin, indices + begin);
   }
   return 0;
-}
-
-GlobalSumAlongPlane global_sum_along_plane_kernel() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_global_sum_along_plane();
-    case CpuIsa::kAvx2: return avx2_global_sum_along_plane();
-    default: break;
-  }
-#endif
-  return nullptr;
 }
 
 // The sum of a plane of more than kGlobalSumBlock values, in pool_tile.h's order: 16 partial
@@ -612,8 +591,8 @@ void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* 
   GlobalPoolGroups groups_kernel = nullptr;
   GlobalSumAlongPlane along_plane = nullptr;
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (plane <= kGlobalSumBlock) groups_kernel = global_pool_groups_kernel();
-    else along_plane = global_sum_along_plane_kernel();
+    if (plane <= kGlobalSumBlock) groups_kernel = pool_vector_kernels().global_pool;
+    else along_plane = pool_vector_kernels().global_sum_along_plane;
   }
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -652,22 +631,11 @@ CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_
 // float32 planes of at most 16 values take the vector kernel of this CPU (pool_tile.h: AVX-512
 // or AVX2) in groups of a register's lanes of planes, 2x faster again; the range's last planes
 // the kernel above.
-GlobalUnpoolGroups global_unpool_groups_kernel() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_global_unpool_groups();
-    case CpuIsa::kAvx2: return avx2_global_unpool_groups();
-    default: break;
-  }
-#endif
-  return {};
-}
-
 template <typename scalar_t>
 void global_unpool(int64_t planes, int64_t plane, double divisor, const scalar_t* dy, scalar_t* dx) {
   GlobalUnpoolGroups groups_kernel;
   if constexpr (std::is_same_v<scalar_t, float>)
-    if (plane <= 16) groups_kernel = global_unpool_groups_kernel();
+    if (plane <= 16) groups_kernel = pool_vector_kernels().global_unpool;
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (groups_kernel.run != nullptr) {
@@ -759,20 +727,10 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
 }
 
 // The vector kernel for max_pool_row_nhwc on this CPU (and CUCONV_CPU_ISA), or none.
-MaxPoolPixelNhwc max_pool_pixel_kernel() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_max_pool_pixel_nhwc();
-    case CpuIsa::kAvx2: return avx2_max_pool_pixel_nhwc();
-    default: break;
-  }
-#endif
-  return nullptr;
-}
 
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
-  const MaxPoolPixelNhwc pixel_kernel = max_pool_pixel_kernel();
+  const MaxPoolPixelNhwc pixel_kernel = pool_vector_kernels().max_pixel_nhwc;
   auto run = [&](auto index_zero) {
     using index_t = decltype(index_zero);
     torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
@@ -967,7 +925,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   const int64_t planes = s.batch * s.channels;
   const bool whole_plane = g.Ho == 1 && g.Wo == 1 && g.dH == 1 && g.dW == 1 && g.kH - g.pH >= g.H &&
                            g.kW - g.pW >= g.W && small_plane;
-  const GlobalMaxGroups global_max = whole_plane ? global_max_groups_kernel() : nullptr;
+  const GlobalMaxGroups global_max = whole_plane ? pool_vector_kernels().global_max : nullptr;
 
   CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;

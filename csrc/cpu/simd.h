@@ -16,12 +16,9 @@ namespace cuconv {
 
 // The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling, one output
 // pixel a register of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels
-// done (C rounded down to whole registers): avx512_max_pool_pixel_nhwc() and
-// avx2_max_pool_pixel_nhwc() return it compiled for each ISA (simd_avx512.cpp, simd_avx2.cpp).
+// done (C rounded down to whole registers). Each ISA's set: PoolVectorKernels below.
 using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
                                      int64_t* indices);
-MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc();
-MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc();
 
 // Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
 // planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
@@ -29,8 +26,6 @@ struct GlobalUnpoolGroups {
   void (*run)(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) = nullptr;
   int64_t planes = 0;
 };
-GlobalUnpoolGroups avx512_global_unpool_groups();
-GlobalUnpoolGroups avx2_global_unpool_groups();
 
 // Global average pooling sums a plane of at most this many values in order, a larger one along
 // the plane in 16 partial sums, blocks of this many at a time (pool_tile.h, pool2d.cpp): one
@@ -39,23 +34,29 @@ constexpr int64_t kGlobalSumBlock = 256;
 
 // That sum of one large plane, float32, compiled for the ISA (pool_tile.h).
 using GlobalSumAlongPlane = float (*)(const float* x, int64_t plane);
-GlobalSumAlongPlane avx512_global_sum_along_plane();
-GlobalSumAlongPlane avx2_global_sum_along_plane();
 
 // Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
 // sums of the planes of x[0, planes * plane), divided by `divisor`, into y, reading no further
 // than x[readable - 1]; returns the planes done (the caller does the rest).
 using GlobalPoolGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable,
                                      float* y);
-GlobalPoolGroups avx512_global_pool_groups();
-GlobalPoolGroups avx2_global_pool_groups();
 
 // Max pooling over whole planes (global max pooling), float32, likewise: maxima into y, their
 // indices within the plane into `indices`; planes of < 2^31 values.
 using GlobalMaxGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y,
                                     int64_t* indices);
-GlobalMaxGroups avx512_global_max_groups();
-GlobalMaxGroups avx2_global_max_groups();
+
+// Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp);
+// pool2d.cpp takes those of the CPU's ISA (none for the generic one).
+struct PoolVectorKernels {
+  MaxPoolPixelNhwc max_pixel_nhwc = nullptr;
+  GlobalUnpoolGroups global_unpool;
+  GlobalPoolGroups global_pool = nullptr;
+  GlobalMaxGroups global_max = nullptr;
+  GlobalSumAlongPlane global_sum_along_plane = nullptr;
+};
+PoolVectorKernels avx512_pool_vector_kernels();
+PoolVectorKernels avx2_pool_vector_kernels();
 
 // The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
 // patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over

@@ -62,11 +62,15 @@ Microkernel<double> avx2_microkernel_double() {
           &rows_b_tile<Avx2Double, 6, 2>};
 }
 
-GlobalUnpoolGroups avx2_global_unpool_groups() { return {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8}; }
-GlobalPoolGroups avx2_global_pool_groups() { return &global_pool_groups<PoolFloats8, PoolInts8, 8>; }
-GlobalMaxGroups avx2_global_max_groups() { return &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>; }
-GlobalSumAlongPlane avx2_global_sum_along_plane() { return &global_sum_along_plane<PoolFloats8, 8>; }
-MaxPoolPixelNhwc avx2_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>; }
+PoolVectorKernels avx2_pool_vector_kernels() {
+  PoolVectorKernels k;
+  k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>;
+  k.global_unpool = {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8};
+  k.global_pool = &global_pool_groups<PoolFloats8, PoolInts8, 8>;
+  k.global_max = &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>;
+  k.global_sum_along_plane = &global_sum_along_plane<PoolFloats8, 8>;
+  return k;
+}
 
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};

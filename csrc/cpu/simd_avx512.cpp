@@ -74,15 +74,19 @@ Microkernel<double> avx512_microkernel_double_wide() {
           &rows_b_tile<Avx512Double, 6, 4>};
 }
 
-MaxPoolPixelNhwc avx512_max_pool_pixel_nhwc() { return &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>; }
+PoolVectorKernels avx512_pool_vector_kernels() {
+  PoolVectorKernels k;
+  k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>;
+  k.global_unpool = {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16};
+  k.global_pool = &global_pool_groups<PoolFloats, PoolInts, 16>;
+  k.global_max = &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>;
+  k.global_sum_along_plane = &global_sum_along_plane<PoolFloats, 16>;
+  return k;
+}
 
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
-GlobalUnpoolGroups avx512_global_unpool_groups() { return {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16}; }
-GlobalPoolGroups avx512_global_pool_groups() { return &global_pool_groups<PoolFloats, PoolInts, 16>; }
-GlobalMaxGroups avx512_global_max_groups() { return &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>; }
-GlobalSumAlongPlane avx512_global_sum_along_plane() { return &global_sum_along_plane<PoolFloats, 16>; }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
