@@ -48,8 +48,8 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 
 // cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
 // {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never",
-//  "last_gemm": ..., "last_direct": ..., "l2_cache_bytes": ...} where the last_ entries name the
-// instruction set of the kernels the GEMM and direct paths ran last (None before their first
+//  "last_gemm": ..., "last_direct": ..., "last_depthwise": ..., "l2_cache_bytes": ...} where the
+// last_ entries name the instruction set of the kernels the GEMM, direct and depthwise paths ran last (None before their first
 // use) and the cache size is the one the CPU blocks are sized from.
 // A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
@@ -59,10 +59,11 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* gemm_double = cuconv::cpu_microkernel<double>().isa;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
                          gemm_double, "direct_conv", direct, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
-                         cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "l2_cache_bytes",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "last_depthwise",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDepthwise), "l2_cache_bytes",
                          static_cast<long long>(cuconv::l2_cache_bytes()));
   } catch (const std::invalid_argument& error) {
     PyErr_SetString(PyExc_ValueError, error.what());

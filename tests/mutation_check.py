@@ -31,6 +31,7 @@ TRANSFORMS = "tests/test_transforms.py"
 EMULATION = "tests/test_emulation.py"
 EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")
 CUDA_KERNELS = "tests/test_cuda_kernels.py"
+DEPTHWISE = "tests/test_depthwise.py"
 PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA device
 
 
@@ -159,8 +160,28 @@ MUTANTS = [
     Mutant("gemm-edge-tile-overwrites", "tile bounds", "csrc/cpu/gemm.cpp",
            "out = accumulate ? out + sum : (row_bias != nullptr ? sum + row_bias[r] : sum);",
            "out = row_bias != nullptr ? sum + row_bias[r] : sum;", (OPS,)),
-    Mutant("depthwise-weight-overwrite", "reduction", "csrc/cpu/conv2d.cpp",
-           "acc[m * taps + i * g.kernel_w + j] += sum;", "acc[m * taps + i * g.kernel_w + j] = sum;", (OPS,)),
+    Mutant("depthwise-weight-overwrite", "reduction", "csrc/cpu/depthwise_tile.h",
+           "depthwise_store<Isa, kWhole>(sum, Isa::add(depthwise_load<Isa, kWhole>(sum, lanes), acc[k][v]), lanes);",
+           "depthwise_store<Isa, kWhole>(sum, acc[k][v], lanes);", (DEPTHWISE,)),
+    Mutant("depthwise-interior-from-column-0", "bounds", "csrc/cpu/simd.h",
+           "first = std::max(first, in.begin);", "first = std::max(first, int64_t{0});", (DEPTHWISE,)),
+    Mutant("depthwise-gather-ignores-row-stride", "index math", "csrc/cpu/depthwise.cpp",
+           "if (rows_down < 0 || rows_down % sH != 0 || rows_down / sH >= p.out_h) continue;",
+           "if (rows_down < 0 || rows_down / sH >= p.out_h) continue;", (DEPTHWISE,)),
+    Mutant("depthwise-multiplier-sum-drops-one", "reduction", "csrc/cpu/depthwise.cpp",
+           "for (int64_t m = 1; m < sum_of; ++m)", "for (int64_t m = 2; m < sum_of; ++m)", (DEPTHWISE,)),
+    Mutant("depthwise-parts-overwrite", "reduction", "csrc/cpu/depthwise.cpp",
+           "total += partial[(part * taps + t) * O + o];", "total = partial[(part * taps + t) * O + o];", (DEPTHWISE,)),
+    Mutant("depthwise-band-misses-last-row", "bounds", "csrc/cpu/depthwise.cpp",
+           "(r1 - 1) * p.stride_h - p.pad_h + (p.kernel_h - 1) * p.dilation_h + 1",
+           "(r1 - 1) * p.stride_h - p.pad_h + (p.kernel_h - 1) * p.dilation_h", (DEPTHWISE,)),
+    Mutant("depthwise-partial-vector-store", "vector tail", "csrc/cpu/simd_avx512.cpp",
+           "_mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);",
+           "_mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 2), v);", (DEPTHWISE,)),
+    Mutant("planes-to-pixels-last-channel", "vector tail", "csrc/cpu/register_transpose.h",
+           "  for (; k0 < channels; ++k0)\n    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0]",
+           "  for (; k0 + 1 < channels; ++k0)\n    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0]",
+           (DEPTHWISE,)),
     Mutant("avg-2x2-drops-pixel-in-float16", "half precision", "csrc/cpu/pool2d.cpp",
            "static_cast<acc_t>(r1[2 * ow]) + static_cast<acc_t>(r1[2 * ow + 1]);",
            "static_cast<acc_t>(r1[2 * ow]) + (std::is_same_v<scalar_t, c10::Half> ? acc_t(0) : "

@@ -32,7 +32,7 @@
 // and the partial sums are added in a fixed order, so results are deterministic.
 // Half types are packed as float, computed in float and rounded once per element.
 //
-// Two layer kinds skip im2col: depthwise layers (direct row loops below) and, pass by
+// Two layer kinds skip im2col: depthwise layers (depthwise.h) and, pass by
 // pass, float32 layers that the direct kernels (direct_conv.h), Winograd (winograd.h) or
 // the per-pixel products (pixel_gemm.h) run faster (run_float_pass below: measured per
 // shape, tuner.h).
@@ -53,6 +53,7 @@
 #include "../ops.h"
 #include "../shape.h"
 #include "conv2d_channels_last.h"
+#include "depthwise.h"
 #include "direct_conv.h"
 #include "gemm.h"
 #include "pixel_gemm.h"
@@ -165,11 +166,7 @@ void for_each_block(int64_t first, int64_t last, int64_t rows, F f) {
 // How many equal runs of `rows` output rows the threads take: one per thread.
 int64_t thread_parts(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), rows)); }
 
-// Offsets into NCHW-contiguous tensors: the group's first input channel of
-// sample n, and output channel o of the group at row oh.
-int64_t input_offset(const ConvGeometry& g, int64_t n, int64_t gi) {
-  return (n * g.groups + gi) * g.channels_per_group * g.height * g.width;
-}
+// Offset into an NCHW-contiguous output: output channel o of group gi of sample n, at row oh.
 int64_t output_offset(const ConvGeometry& g, int64_t n, int64_t gi, int64_t o, int64_t oh) {
   return (((n * g.groups + gi) * g.out_channels_per_group + o) * g.out_h + oh) * g.out_w;
 }
@@ -589,124 +586,15 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
   });
 }
 
-// ---------------------------------------------------------------------------
-// Depthwise convolution (one input channel per group, groups > 1: MobileNet's
-// layers). Here a GEMM per group would have a single row, so each plane is
-// convolved directly, one output row at a time:
-//
-//   y[n, o, oh, :] = bias[o] + sum_{i,j} w[o, 0, i, j] * x[n, gi, oh*sH - pH + i*dH, (:)*sW - pW + j*dW]
-//
-// for the O_g outputs o of group gi, with the output column innermost (an axpy
-// over a row, which the compiler vectorises). Backward input scatters the same
-// taps back into the group's plane; backward weight reduces each tap over
-// (n, oh, ow) in a fixed order. Work items are (sample, group) planes, or groups
-// for the weight gradient, so no two threads write the same memory.
-
+// Depthwise layers (one input channel per group, groups > 1) have their own kernels
+// (depthwise.h): here a GEMM per group would have a single row.
 bool is_depthwise(const ConvGeometry& g) { return g.channels_per_group == 1 && g.groups > 1; }
 
-template <typename scalar_t>
-void depthwise_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias,
-                       scalar_t* y) {
-  using acc_t = opmath_t<scalar_t>;
-  const int64_t taps = g.kernel_h * g.kernel_w, plane_out = g.out_h * g.out_w;
-  torch::stable::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(plane_out);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.groups, gi = item % g.groups;
-      const scalar_t* xp = x + input_offset(g, n, gi);
-      for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
-        const int64_t o = gi * g.out_channels_per_group + m;
-        std::fill(acc.begin(), acc.end(), bias ? static_cast<acc_t>(bias[o]) : acc_t(0));
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          acc_t* __restrict__ a = acc.data() + oh * g.out_w;
-          for (int64_t i = 0; i < g.kernel_h; ++i) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-            if (ih < 0 || ih >= g.height) continue;
-            const scalar_t* row = xp + ih * g.width;
-            for (int64_t j = 0; j < g.kernel_w; ++j) {
-              const int64_t offset = j * g.dilation_w - g.pad_w;
-              const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
-              const acc_t wv = static_cast<acc_t>(w[o * taps + i * g.kernel_w + j]);
-              for (int64_t ow = lo; ow < hi; ++ow) a[ow] += wv * static_cast<acc_t>(row[ow * g.stride_w + offset]);
-            }
-          }
-        }
-        scalar_t* yp = y + output_offset(g, n, gi, m, 0);
-        for (int64_t k = 0; k < plane_out; ++k) yp[k] = static_cast<scalar_t>(acc[k]);
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void depthwise_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
-  using acc_t = opmath_t<scalar_t>;
-  const int64_t taps = g.kernel_h * g.kernel_w, plane_in = g.height * g.width;
-  torch::stable::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(plane_in);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / g.groups, gi = item % g.groups;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      const int64_t o0 = gi * g.out_channels_per_group;
-      for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
-        const scalar_t* dyp = dy + output_offset(g, n, gi, m, 0);
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          const scalar_t* dy_row = dyp + oh * g.out_w;
-          for (int64_t i = 0; i < g.kernel_h; ++i) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-            if (ih < 0 || ih >= g.height) continue;
-            acc_t* __restrict__ row = acc.data() + ih * g.width;
-            for (int64_t j = 0; j < g.kernel_w; ++j) {
-              const int64_t offset = j * g.dilation_w - g.pad_w;
-              const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
-              const acc_t wv = static_cast<acc_t>(w[(o0 + m) * taps + i * g.kernel_w + j]);
-              // For a fixed tap the columns ow*sW + offset are distinct: no conflicts.
-              for (int64_t ow = lo; ow < hi; ++ow) row[ow * g.stride_w + offset] += wv * static_cast<acc_t>(dy_row[ow]);
-            }
-          }
-        }
-      }
-      scalar_t* dxp = dx + input_offset(g, n, gi);
-      for (int64_t k = 0; k < plane_in; ++k) dxp[k] = static_cast<scalar_t>(acc[k]);
-    }
-  });
-}
-
-template <typename scalar_t>
-void depthwise_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
-  using acc_t = opmath_t<scalar_t>;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  // Threads take whole groups; each sums its taps over the batch in order.
-  torch::stable::parallel_for(0, g.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(g.out_channels_per_group * taps);
-    for (int64_t gi = begin; gi < end; ++gi) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        const scalar_t* xp = x + input_offset(g, n, gi);
-        for (int64_t m = 0; m < g.out_channels_per_group; ++m) {
-          const scalar_t* dyp = dy + output_offset(g, n, gi, m, 0);
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            const scalar_t* dy_row = dyp + oh * g.out_w;
-            for (int64_t i = 0; i < g.kernel_h; ++i) {
-              const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-              if (ih < 0 || ih >= g.height) continue;
-              const scalar_t* row = xp + ih * g.width;
-              for (int64_t j = 0; j < g.kernel_w; ++j) {
-                const int64_t offset = j * g.dilation_w - g.pad_w;
-                const auto [lo, hi] = in_bounds_outputs(offset, g.stride_w, g.width, g.out_w);
-                acc_t sum = 0;
-                for (int64_t ow = lo; ow < hi; ++ow) sum += static_cast<acc_t>(dy_row[ow]) * static_cast<acc_t>(row[ow * g.stride_w + offset]);
-                acc[m * taps + i * g.kernel_w + j] += sum;
-              }
-            }
-          }
-        }
-      }
-      for (int64_t k = 0; k < g.out_channels_per_group * taps; ++k) {
-        dw[gi * g.out_channels_per_group * taps + k] = static_cast<scalar_t>(acc[k]);
-      }
-    }
-  });
+// The depthwise kernels' geometry: every channel, not one group's.
+DirectConv depthwise_problem(const ConvGeometry& g) {
+  return DirectConv{g.batch,    g.groups,   g.height,   g.width,    g.out_channels_per_group * g.groups,
+                    g.out_h,    g.out_w,    g.kernel_h, g.kernel_w, g.stride_h,
+                    g.stride_w, g.pad_h,    g.pad_w,    g.dilation_h, g.dilation_w};
 }
 
 // The direct float32 kernels (direct_conv.h), groups = 1.
@@ -884,6 +772,7 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
+  if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
   // NCHW kernels (a channels_last input is read through a contiguous copy)
   auto nchw = [&]() -> Tensor {
     const Tensor x = contiguous_or_self(input);
@@ -894,9 +783,7 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
       const scalar_t* w_data = w.const_data_ptr<scalar_t>();
       const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-      if (is_depthwise(g)) {
-        depthwise_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
         // (the float pointers again: this lambda is compiled for every dtype)
         const float *xf = x.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
@@ -948,21 +835,20 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
                                                          padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
+  if (is_depthwise(g)) return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size);
   auto nchw = [&]() -> Tensor {
     const Tensor dy = contiguous_or_self(grad_output);
-    // The depthwise and direct kernels, and col2im for half types (through a float buffer per
-    // sample), write every element; col2im in float and double adds into zeros (float32 zeroes
-    // its buffer itself, as the direct kernels do not need it).
-    const bool writes_all = is_depthwise(g) || dy.scalar_type() != ScalarType::Double;
+    // The direct kernels, and col2im for half types (through a float buffer per sample), write
+    // every element; col2im in float and double adds into zeros (float32 zeroes its buffer
+    // itself, as the direct kernels do not need it).
+    const bool writes_all = dy.scalar_type() != ScalarType::Double;
     Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
 
     CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
       const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
       const scalar_t* w_data = w.const_data_ptr<scalar_t>();
       scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-      if (is_depthwise(g)) {
-        depthwise_backward_input<scalar_t>(g, dy_data, w_data, dx_data);
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *wf = w.const_data_ptr<float>();
         float* dxf = dx.mutable_data_ptr<float>();
         const DirectConv p = direct_problem(g);
@@ -1013,6 +899,7 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
+  if (is_depthwise(g)) return depthwise_conv2d_backward_weight(depthwise_problem(g), grad_output, input, weight_size);
   auto nchw = [&]() -> Tensor {
     const Tensor x = contiguous_or_self(input);
     const Tensor dy = contiguous_or_self(grad_output);
@@ -1022,9 +909,7 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
       const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
       const scalar_t* x_data = x.const_data_ptr<scalar_t>();
       scalar_t* dw_data = dw.mutable_data_ptr<scalar_t>();
-      if (is_depthwise(g)) {
-        depthwise_backward_weight<scalar_t>(g, dy_data, x_data, dw_data);
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
         const float *dyf = dy.const_data_ptr<float>(), *xf = x.const_data_ptr<float>();
         float* dwf = dw.mutable_data_ptr<float>();
         const DirectConv p = direct_problem(g);

@@ -127,7 +127,7 @@ int64_t l2_cache_bytes() {
 }
 
 namespace {
-std::atomic<const char*> last_use[2] = {nullptr, nullptr};  // per KernelPath; names are string literals
+std::atomic<const char*> last_use[3] = {nullptr, nullptr, nullptr};  // per KernelPath; names are string literals
 }  // namespace
 
 void note_kernel_use(KernelPath path, const char* isa) {

@@ -33,3 +33,47 @@ inline void transpose_block(Floats* rows) {
   if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
 }
 
+
+// Interleaves `channels` planes of `width` floats (plane k at planes + k*plane_stride) into
+// pixels of `channels` floats: pixels[w*channels + k] = planes[k*plane_stride + w]. L x L blocks
+// go through transpose_block; the channels and pixels past the last whole block one by one.
+template <typename Floats, typename Ints, int L>
+void planes_to_pixels(const float* planes, int64_t plane_stride, int64_t width, int64_t channels, float* pixels) {
+  int64_t k0 = 0;
+  for (; k0 + L <= channels; k0 += L) {
+    int64_t w0 = 0;
+    for (; w0 + L <= width; w0 += L) {
+      Floats rows[L];
+#pragma GCC unroll 16
+      for (int i = 0; i < L; ++i) __builtin_memcpy(&rows[i], planes + (k0 + i) * plane_stride + w0, sizeof(Floats));
+      transpose_block<Floats, Ints, L>(rows);
+#pragma GCC unroll 16
+      for (int i = 0; i < L; ++i) __builtin_memcpy(pixels + (w0 + i) * channels + k0, &rows[i], sizeof(Floats));
+    }
+    for (; w0 < width; ++w0)
+      for (int i = 0; i < L; ++i) pixels[w0 * channels + k0 + i] = planes[(k0 + i) * plane_stride + w0];
+  }
+  for (; k0 < channels; ++k0)
+    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0] = planes[k0 * plane_stride + w];
+}
+
+// The reverse: planes[k*plane_stride + w] = pixels[w*channels + k].
+template <typename Floats, typename Ints, int L>
+void pixels_to_planes(const float* pixels, int64_t channels, int64_t width, float* planes, int64_t plane_stride) {
+  int64_t k0 = 0;
+  for (; k0 + L <= channels; k0 += L) {
+    int64_t w0 = 0;
+    for (; w0 + L <= width; w0 += L) {
+      Floats rows[L];
+#pragma GCC unroll 16
+      for (int i = 0; i < L; ++i) __builtin_memcpy(&rows[i], pixels + (w0 + i) * channels + k0, sizeof(Floats));
+      transpose_block<Floats, Ints, L>(rows);
+#pragma GCC unroll 16
+      for (int i = 0; i < L; ++i) __builtin_memcpy(planes + (k0 + i) * plane_stride + w0, &rows[i], sizeof(Floats));
+    }
+    for (; w0 < width; ++w0)
+      for (int i = 0; i < L; ++i) planes[(k0 + i) * plane_stride + w0] = pixels[w0 * channels + k0 + i];
+  }
+  for (; k0 < channels; ++k0)
+    for (int64_t w = 0; w < width; ++w) planes[k0 * plane_stride + w] = pixels[w * channels + k0];
+}

@@ -10,7 +10,10 @@
 #define CUCONV_X86_SIMD 0
 #endif
 
+#include <algorithm>
 #include <cstdint>
+
+#include "window.h"
 
 namespace cuconv {
 
@@ -68,5 +71,55 @@ struct WinogradNhwcTransforms {
 };
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms();
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms();
+
+// One row of a depthwise convolution for the row kernels (depthwise_tile.h), channels innermost:
+// `taps` taps, tap k reading source row sources[k] at column u*source_step + offsets[k] for
+// output pixel u < count (skipped outside [0, source_width)), `source_stride` elements from
+// pixel to pixel, `channels` channels from each pixel's first. The forward-type kernel reads
+// each tap's weights at weights[k] (one per channel), the weight-type kernel adds each tap's
+// sums into sums[k].
+template <typename T>
+struct DepthwiseTaps {
+  int64_t taps = 0;
+  const T* const* weights = nullptr;
+  T* const* sums = nullptr;
+  const T* const* sources = nullptr;
+  const int64_t* offsets = nullptr;
+  int64_t source_step = 1, source_width = 0, source_stride = 1, channels = 0, count = 0;
+  // the output pixels whose every tap reads inside [0, source_width) (depthwise_interior)
+  OutputRange interior;
+};
+
+// The interior of a row whose taps read at columns u*step + offsets[k], k < taps.
+inline OutputRange depthwise_interior(const int64_t* offsets, int64_t taps, int64_t step, int64_t width, int64_t count) {
+  int64_t first = 0, last = count;
+  for (int64_t k = 0; k < taps; ++k) {
+    const OutputRange in = in_bounds_outputs(offsets[k], step, width, count);
+    first = std::max(first, in.begin);
+    last = std::min(last, in.end);
+  }
+  return {first, std::max(first, last)};
+}
+
+// The depthwise row kernels of one ISA and dtype (depthwise_tile.h): `forward_row` writes
+// out[u*out_step + c] = bias[c] (0 without) + the taps' products, `weight_row` adds
+// sum_u dy[u*dy_step + c] * (the tap's source) into each tap's sums; `lanes` per vector.
+template <typename T>
+struct DepthwiseKernels {
+  void (*forward_row)(const DepthwiseTaps<T>& row, const T* bias, T* out, int64_t out_step) = nullptr;
+  void (*weight_row)(const DepthwiseTaps<T>& row, const T* dy, int64_t dy_step) = nullptr;
+  int64_t lanes = 1;
+  const char* isa = "generic";
+  // float only, where the ISA has them (register_transpose.h): `channels` NCHW planes to NHWC
+  // pixels and back, for the staged rows of NCHW tensors; else null (a scalar loop does it)
+  void (*planes_to_pixels)(const T* planes, int64_t plane_stride, int64_t width, int64_t channels,
+                           T* pixels) = nullptr;
+  void (*pixels_to_planes)(const T* pixels, int64_t channels, int64_t width, T* planes,
+                           int64_t plane_stride) = nullptr;
+};
+DepthwiseKernels<float> avx512_depthwise_kernels_float();
+DepthwiseKernels<double> avx512_depthwise_kernels_double();
+DepthwiseKernels<float> avx2_depthwise_kernels_float();
+DepthwiseKernels<double> avx2_depthwise_kernels_double();
 
 }  // namespace cuconv

@@ -6,6 +6,7 @@
 #include "direct_conv.h"
 #include "gemm.h"
 #include "simd.h"
+#include "window.h"
 
 #if CUCONV_X86_SIMD
 #include <immintrin.h>
@@ -25,24 +26,35 @@ struct Avx2Float {
   typedef int32_t Ints __attribute__((vector_size(32)));
   using V = __m256;
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  // the first n < 8 lanes (the others 0 / untouched)
+  static __m256i first(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, first(n)); }
+  static void store_first(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, first(n), v); }
 };
 
 struct Avx2Double {
   using T = double;
   using V = __m256d;
   static constexpr int kLanes = 4;
+  static constexpr int kRegisters = 16;
   static V zero() { return _mm256_setzero_pd(); }
   static V load(const double* p) { return _mm256_loadu_pd(p); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   static V set1(double x) { return _mm256_set1_pd(x); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static __m256i first(int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static V load_first(const double* p, int64_t n) { return _mm256_maskload_pd(p, first(n)); }
+  static void store_first(double* p, V v, int64_t n) { _mm256_maskstore_pd(p, first(n), v); }
 };
 
 #include "register_transpose.h"
@@ -50,6 +62,7 @@ struct Avx2Double {
 #include "gemm_tile.h"
 #include "pool_tile.h"
 #include "winograd_tile.h"
+#include "depthwise_tile.h"
 
 }  // namespace
 
@@ -75,6 +88,14 @@ PoolVectorKernels avx2_pool_vector_kernels() {
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};
 }
+
+DepthwiseKernels<float> avx2_depthwise_kernels_float() {
+  DepthwiseKernels<float> k = depthwise_kernels_of<Avx2Float>("avx2");
+  k.planes_to_pixels = &planes_to_pixels<Avx2Float::Floats, Avx2Float::Ints, 8>;
+  k.pixels_to_planes = &pixels_to_planes<Avx2Float::Floats, Avx2Float::Ints, 8>;
+  return k;
+}
+DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }
 
 DirectTiles avx2_direct_tiles() {
   DirectTiles t;

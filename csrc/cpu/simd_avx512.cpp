@@ -8,6 +8,7 @@
 #include "direct_conv.h"
 #include "gemm.h"
 #include "simd.h"
+#include "window.h"
 
 #if CUCONV_X86_SIMD
 #include <immintrin.h>
@@ -27,24 +28,31 @@ struct Avx512Float {
   typedef int32_t Ints __attribute__((vector_size(64)));
   using V = __m512;
   static constexpr int kLanes = 16;
+  static constexpr int kRegisters = 32;
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // the first n < 16 lanes (the others 0 / untouched)
+  static V load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+  static void store_first(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
 };
 
 struct Avx512Double {
   using T = double;
   using V = __m512d;
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 32;
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static V set1(double x) { return _mm512_set1_pd(x); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V load_first(const double* p, int64_t n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }
+  static void store_first(double* p, V v, int64_t n) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v); }
 };
 
 #include "register_transpose.h"
@@ -52,6 +60,7 @@ struct Avx512Double {
 #include "gemm_tile.h"
 #include "pool_tile.h"
 #include "winograd_tile.h"
+#include "depthwise_tile.h"
 
 }  // namespace
 
@@ -87,6 +96,14 @@ PoolVectorKernels avx512_pool_vector_kernels() {
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
+
+DepthwiseKernels<float> avx512_depthwise_kernels_float() {
+  DepthwiseKernels<float> k = depthwise_kernels_of<Avx512Float>("avx512");
+  k.planes_to_pixels = &planes_to_pixels<Avx512Float::Floats, Avx512Float::Ints, 16>;
+  k.pixels_to_planes = &pixels_to_planes<Avx512Float::Floats, Avx512Float::Ints, 16>;
+  return k;
+}
+DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;

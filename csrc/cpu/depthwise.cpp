@@ -1,0 +1,492 @@
+// Depthwise convolution on the CPU (depthwise.h). Output channel o = g*M + m reads input
+// channel g = o / M alone:
+//
+//   y[n, o, oh, ow] = bias[o] + sum_{i,j} w[o, 0, i, j] * x[n, o/M, oh*sH - pH + i*dH, ow*sW - pW + j*dW]
+//
+// Channels are the vector axis (a tap is one FMA over a vector of channels), so the row
+// kernels (depthwise_tile.h, per ISA) read and write NHWC rows: a channels_last tensor of the
+// computing type (float, double) in place, anything else (NCHW, the half types, and the input
+// of a layer with M > 1, whose channels are repeated M times) through a staged copy of the rows
+// and channels a work item needs, transposed to NHWC and converted to float or double; staged
+// outputs are transposed back. Each work item is (sample, block of output channels, band of
+// rows), sized so that its staged rows stay in L2 and every thread has several.
+//
+//   forward          y row oh    = forward_row over the taps (i, j) whose input row is inside
+//   input gradient   dx row ih, columns iw = r + sW*u of each residue r < sW (gather form):
+//                    the taps with (ih + pH - i*dH) divisible by sH and (r + pW - j*dW) by sW
+//                    read dy[(ih + pH - i*dH)/sH, u + (r + pW - j*dW)/sW]: a forward_row with
+//                    no bias that writes every element once (no scatter, no zeroing)
+//   weight gradient  dw[o, t] = sum over (n, oh, ow) of dy * x at tap t: weight_row per output
+//                    row into per-part sums (parts of ~kPartPixels output pixels, fixed by the
+//                    shape), added in part order: deterministic at any thread count
+//
+// With M > 1 the input gradient is computed per output channel and the M channels of each
+// input channel are added when the staged rows are written back.
+
+#include "depthwise.h"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "gemm.h"  // cpu_isa, l2_cache_bytes, note_kernel_use
+#include "simd.h"
+#include "window.h"
+
+namespace cuconv {
+namespace {
+
+// The portable row kernels: GCC vectors of 16 bytes (SSE2 on any x86-64), no fused multiply-add.
+template <typename Scalar, int Lanes>
+struct PortableVector {
+  using T = Scalar;
+  typedef Scalar V __attribute__((vector_size(sizeof(Scalar) * Lanes)));
+  static constexpr int kLanes = Lanes;
+  static constexpr int kRegisters = 16;
+  static V zero() { return V{}; }
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V add(V a, V b) { return a + b; }
+  static V load_first(const T* p, int64_t n) {
+    V v{};
+    std::memcpy(&v, p, static_cast<size_t>(n) * sizeof(T));
+    return v;
+  }
+  static void store_first(T* p, V v, int64_t n) { std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T)); }
+};
+
+#include "depthwise_tile.h"
+
+template <typename T>
+DepthwiseKernels<T> kernels_for_this_cpu() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512:
+      if constexpr (std::is_same_v<T, float>) return avx512_depthwise_kernels_float();
+      else return avx512_depthwise_kernels_double();
+    case CpuIsa::kAvx2:
+      if constexpr (std::is_same_v<T, float>) return avx2_depthwise_kernels_float();
+      else return avx2_depthwise_kernels_double();
+    default: break;
+  }
+#endif
+  return depthwise_kernels_of<PortableVector<T, 16 / sizeof(T)>>("generic");
+}
+
+// Output pixels per part of the weight gradient's reduction: enough work per part to pay for a
+// thread, and small enough that a batch splits into parts for many threads.
+constexpr int64_t kPartPixels = 1024;
+
+// A 4-D tensor's elements, NCHW or NHWC (contiguous in that layout).
+template <typename S>
+struct Image {
+  S* data;
+  int64_t channels, height, width;
+  bool nhwc;
+  S* at(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return data + (nhwc ? ((n * height + h) * width + w) * channels + c : ((n * channels + c) * height + h) * width + w);
+  }
+};
+
+template <typename S>
+Image<S> image_of(S* data, const Tensor& t, bool nhwc) {
+  return {data, t.size(1), t.size(2), t.size(3), nhwc};
+}
+
+// Rows of one sample and block of channels as the row kernels read or write them: NHWC,
+// `stride` elements from pixel to pixel, the block's first channel at each pixel's start.
+template <typename P>
+struct Rows {
+  P* first_row;
+  int64_t first, row_elements, stride;
+  P* row(int64_t h) const { return first_row + (h - first) * row_elements; }
+};
+
+// The rows straight in an NHWC tensor of the computing type, from channel c0.
+template <typename P, typename S>
+Rows<P> rows_in_place(const Image<S>& image, int64_t n, int64_t c0) {
+  return {image.at(n, c0, 0, 0), 0, image.width * image.channels, image.channels};
+}
+
+// Rows [h0, h1) of channels [c0, c0 + count) copied into `buffer` as T, NHWC with `count`
+// channels a pixel; channel k of the block reads the tensor's channel (c0 + k) / repeat.
+template <typename T, typename S>
+Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, int64_t h1, int64_t c0, int64_t count,
+                          int64_t repeat, std::vector<T>& buffer, const DepthwiseKernels<T>& kernels) {
+  const int64_t W = image.width;
+  buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * W * count));
+  if constexpr (std::is_same_v<S, T>) {
+    if (!image.nhwc && repeat == 1 && kernels.planes_to_pixels != nullptr && h0 < h1) {
+      // the band's rows are contiguous in each plane: one transpose of (h1 - h0) * W pixels
+      kernels.planes_to_pixels(image.at(n, c0, h0, 0), image.height * W, (h1 - h0) * W, count, buffer.data());
+      return {buffer.data(), h0, W * count, count};
+    }
+  }
+  for (int64_t h = h0; h < h1; ++h) {
+    T* row = buffer.data() + (h - h0) * W * count;
+    if (image.nhwc) {
+      for (int64_t w = 0; w < W; ++w) {
+        const S* pixel = image.at(n, 0, h, w);
+        if (repeat == 1) {
+          for (int64_t k = 0; k < count; ++k) row[w * count + k] = static_cast<T>(pixel[c0 + k]);
+        } else {
+          for (int64_t k = 0; k < count; ++k) row[w * count + k] = static_cast<T>(pixel[(c0 + k) / repeat]);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < count; ++k) {
+        const S* plane_row = image.at(n, (c0 + k) / repeat, h, 0);
+        for (int64_t w = 0; w < W; ++w) row[w * count + k] = static_cast<T>(plane_row[w]);
+      }
+    }
+  }
+  return {buffer.data(), h0, W * count, count};
+}
+
+// Rows [h0, h1) of `count` channels a pixel in `buffer`, for a kernel to write.
+template <typename T>
+Rows<T> buffer_rows(std::vector<T>& buffer, int64_t h0, int64_t h1, int64_t width, int64_t count) {
+  buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * width * count));
+  return {buffer.data(), h0, width * count, count};
+}
+
+// Writes staged rows [h0, h1) back into the tensor: its channel c0 / sum_of + k is the sum of
+// the block's channels k*sum_of .. k*sum_of + sum_of - 1 (the M output channels of one input
+// channel, for the input gradient), converted to the tensor's dtype.
+template <typename T, typename S>
+void write_back(const Rows<T>& rows, int64_t h0, int64_t h1, const Image<S>& image, int64_t n, int64_t c0,
+                int64_t count, int64_t sum_of, const DepthwiseKernels<T>& kernels) {
+  const int64_t W = image.width, channels = count / sum_of, first = c0 / sum_of;
+  if constexpr (std::is_same_v<S, T>) {
+    if (!image.nhwc && sum_of == 1 && kernels.pixels_to_planes != nullptr && h0 < h1) {
+      kernels.pixels_to_planes(rows.row(h0), count, (h1 - h0) * W, image.at(n, c0, h0, 0), image.height * W);
+      return;
+    }
+  }
+  auto value = [&](const T* pixel, int64_t k) {
+    T total = pixel[k * sum_of];
+    for (int64_t m = 1; m < sum_of; ++m) total += pixel[k * sum_of + m];
+    return static_cast<S>(total);
+  };
+  for (int64_t h = h0; h < h1; ++h) {
+    const T* row = rows.row(h);
+    if (image.nhwc) {
+      for (int64_t w = 0; w < W; ++w) {
+        S* pixel = image.at(n, first, h, w);
+        for (int64_t k = 0; k < channels; ++k) pixel[k] = value(row + w * count, k);
+      }
+    } else {
+      for (int64_t k = 0; k < channels; ++k) {
+        S* plane_row = image.at(n, first + k, h, 0);
+        for (int64_t w = 0; w < W; ++w) plane_row[w] = value(row + w * count, k);
+      }
+    }
+  }
+}
+
+// How the work is cut: output channels in blocks of `block` (a multiple of M), rows in bands of
+// `band` (of `rows`), over `batch` samples; items = batch * blocks * bands.
+struct Split {
+  int64_t block, blocks, band, bands;
+  int64_t items(int64_t batch) const { return batch * blocks * bands; }
+};
+
+// `staged_row_elements`: values per row (and channel) of the operand that is staged, if any
+// (0 when nothing is): its band's rows should stay within a quarter of the L2.
+Split split_work(int64_t batch, int64_t channels, int64_t multiplier, int64_t rows, int64_t lanes,
+                 int64_t staged_row_elements, int64_t value_bytes) {
+  Split s;
+  const int64_t wanted = (staged_row_elements > 0 ? 2 : 4) * lanes;
+  s.block = std::min(channels, std::max(multiplier, wanted / multiplier * multiplier));
+  s.blocks = (channels + s.block - 1) / s.block;
+  s.band = rows;
+  if (staged_row_elements > 0) {
+    const int64_t fit = l2_cache_bytes() / 4 / std::max<int64_t>(1, staged_row_elements * s.block * value_bytes);
+    s.band = std::clamp<int64_t>(fit, 1, rows);
+  }
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  const int64_t bands_for_threads = (2 * threads + batch * s.blocks - 1) / std::max<int64_t>(1, batch * s.blocks);
+  s.band = std::min(s.band, std::max<int64_t>(1, (rows + bands_for_threads - 1) / bands_for_threads));
+  s.bands = (rows + s.band - 1) / s.band;
+  return s;
+}
+
+// The weights as T, tap-major: wt[t*O + o] = w[o, 0, t] (a tap's weights are one vector load).
+template <typename T, typename S>
+std::vector<T> tap_major_weights(const DirectConv& p, const S* w) {
+  const int64_t taps = p.kernel_h * p.kernel_w, O = p.out_channels;
+  std::vector<T> wt(static_cast<size_t>(taps * O));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t t = 0; t < taps; ++t) wt[t * O + o] = static_cast<T>(w[o * taps + t]);
+  return wt;
+}
+
+// The taps of output row oh that read inside the image (rows of x), for channel block c0.
+template <typename T>
+void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const T* wt, T* sums, int64_t c0,
+                  int64_t count, OutputRange interior, DepthwiseTaps<T>& row, std::vector<const T*>& weights, std::vector<T*>& sum_rows,
+                  std::vector<const T*>& sources, std::vector<int64_t>& offsets) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < p.kernel_h; ++i) {
+    const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h;
+    if (ih < 0 || ih >= p.height) continue;
+    for (int64_t j = 0; j < p.kernel_w; ++j, ++k) {
+      const int64_t t = i * p.kernel_w + j;
+      if (wt != nullptr) weights[k] = wt + t * p.out_channels + c0;
+      if (sums != nullptr) sum_rows[k] = sums + t * p.out_channels + c0;
+      sources[k] = x.row(ih);
+      offsets[k] = j * p.dilation_w - p.pad_w;
+    }
+  }
+  row.taps = k;
+  row.weights = weights.data();
+  row.sums = sum_rows.data();
+  row.sources = sources.data();
+  row.offsets = offsets.data();
+  row.source_step = p.stride_w;
+  row.source_width = p.width;
+  row.source_stride = x.stride;
+  row.channels = count;
+  row.count = p.out_w;
+  row.interior = interior;
+}
+
+// The output columns whose every tap reads inside the image (forward and weight gradient).
+OutputRange forward_interior(const DirectConv& p) {
+  std::vector<int64_t> offsets(p.kernel_w);
+  for (int64_t j = 0; j < p.kernel_w; ++j) offsets[j] = j * p.dilation_w - p.pad_w;
+  return depthwise_interior(offsets.data(), p.kernel_w, p.stride_w, p.width, p.out_w);
+}
+
+// The input rows that output rows [r0, r1) read: [first, last), clamped to the image.
+OutputRange input_rows_of(const DirectConv& p, int64_t r0, int64_t r1) {
+  const int64_t first = std::clamp<int64_t>(r0 * p.stride_h - p.pad_h, 0, p.height);
+  const int64_t last = std::clamp<int64_t>((r1 - 1) * p.stride_h - p.pad_h + (p.kernel_h - 1) * p.dilation_h + 1, 0, p.height);
+  return {first, std::max(first, last)};
+}
+
+template <typename S>
+void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* bias, const Image<S>& y) {
+  using T = opmath_t<S>;
+  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  note_kernel_use(KernelPath::kDepthwise, kernels.isa);
+  const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w;
+  const std::vector<T> wt = tap_major_weights<T>(p, w);
+  const OutputRange interior = forward_interior(p);
+  std::vector<T> bt;
+  if (bias != nullptr) bt.assign(bias, bias + p.out_channels);
+  const bool x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1, y_in_place = y.nhwc && std::is_same_v<S, T>;
+  const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes, x_in_place ? 0 : p.width * p.stride_h,
+                             sizeof(T));
+  torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> x_buffer, y_buffer;
+    std::vector<const T*> weights(taps), sources(taps);
+    std::vector<T*> sum_rows(taps);
+    std::vector<int64_t> offsets(taps);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
+      const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
+      const int64_t r0 = band * s.band, r1 = std::min(p.out_h, r0 + s.band);
+      const OutputRange in = input_rows_of(p, r0, r1);
+      Rows<const T> xr;
+      if constexpr (std::is_same_v<S, T>) {
+        if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
+      }
+      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
+      Rows<T> yr;
+      if constexpr (std::is_same_v<S, T>) {
+        if (y_in_place) yr = rows_in_place<T>(y, n, c0);
+      }
+      if (!y_in_place) yr = buffer_rows(y_buffer, r0, r1, p.out_w, count);
+      DepthwiseTaps<T> row;
+      for (int64_t oh = r0; oh < r1; ++oh) {
+        forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, row, weights, sum_rows, sources, offsets);
+        kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
+      }
+      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, kernels);
+    }
+  });
+}
+
+template <typename S>
+void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, const Image<S>& dx) {
+  using T = opmath_t<S>;
+  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  note_kernel_use(KernelPath::kDepthwise, kernels.isa);
+  const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w;
+  const int64_t sH = p.stride_h, sW = p.stride_w;
+  const std::vector<T> wt = tap_major_weights<T>(p, w);
+  const bool dy_in_place = dy.nhwc && std::is_same_v<S, T>, dx_in_place = dx.nhwc && std::is_same_v<S, T> && M == 1;
+  // per residue of the input column: the columns u whose every tap reads inside grad_output
+  std::vector<OutputRange> interiors;
+  for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
+    std::vector<int64_t> offsets;
+    for (int64_t j = 0; j < p.kernel_w; ++j) {
+      const int64_t columns_across = residue + p.pad_w - j * p.dilation_w;
+      if (columns_across % sW == 0) offsets.push_back(columns_across / sW);
+    }
+    interiors.push_back(depthwise_interior(offsets.data(), static_cast<int64_t>(offsets.size()), 1, p.out_w,
+                                           (p.width - residue + sW - 1) / sW));
+  }
+  const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
+                             dy_in_place ? 0 : (p.out_w + sH - 1) / sH, sizeof(T));
+  torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dy_buffer, dx_buffer;
+    std::vector<const T*> weights(taps), sources(taps);
+    std::vector<int64_t> offsets(taps);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
+      const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
+      const int64_t r0 = band * s.band, r1 = std::min(p.height, r0 + s.band);
+      // the grad_output rows that input rows [r0, r1) gather from
+      // (oh*sH = ih + pH - i*dH: the least oh from ih = r0 at the last tap row, the most from ih = r1 - 1 at the first)
+      const int64_t lowest = r0 + p.pad_h - (p.kernel_h - 1) * p.dilation_h;
+      const int64_t first = std::min(p.out_h, lowest <= 0 ? int64_t{0} : (lowest + sH - 1) / sH);
+      const int64_t last = std::clamp<int64_t>((r1 - 1 + p.pad_h) / sH + 1, first, p.out_h);
+      Rows<const T> dyr;
+      if constexpr (std::is_same_v<S, T>) {
+        if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
+      }
+      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_buffer, kernels);
+      Rows<T> dxr;
+      if constexpr (std::is_same_v<S, T>) {
+        if (dx_in_place) dxr = rows_in_place<T>(dx, n, c0);
+      }
+      if (!dx_in_place) dxr = buffer_rows(dx_buffer, r0, r1, p.width, count);
+      DepthwiseTaps<T> row;
+      row.weights = weights.data();
+      row.sources = sources.data();
+      row.offsets = offsets.data();
+      row.source_step = 1;
+      row.source_width = p.out_w;
+      row.source_stride = dyr.stride;
+      row.channels = count;
+      for (int64_t ih = r0; ih < r1; ++ih) {
+        for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
+          int64_t k = 0;
+          for (int64_t i = 0; i < p.kernel_h; ++i) {
+            const int64_t rows_down = ih + p.pad_h - i * p.dilation_h;  // = oh * sH
+            if (rows_down < 0 || rows_down % sH != 0 || rows_down / sH >= p.out_h) continue;
+            for (int64_t j = 0; j < p.kernel_w; ++j) {
+              const int64_t columns_across = residue + p.pad_w - j * p.dilation_w;  // = (ow - u) * sW
+              if (columns_across % sW != 0) continue;
+              weights[k] = wt.data() + (i * p.kernel_w + j) * p.out_channels + c0;
+              sources[k] = dyr.row(rows_down / sH);
+              offsets[k] = columns_across / sW;
+              ++k;
+            }
+          }
+          row.taps = k;
+          row.count = (p.width - residue + sW - 1) / sW;
+          row.interior = interiors[residue];
+          kernels.forward_row(row, nullptr, dxr.row(ih) + residue * dxr.stride, sW * dxr.stride);
+        }
+      }
+      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, kernels);
+    }
+  });
+}
+
+template <typename S>
+void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<const S>& x, S* dw) {
+  using T = opmath_t<S>;
+  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  note_kernel_use(KernelPath::kDepthwise, kernels.isa);
+  const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w, O = p.out_channels;
+  const bool dy_in_place = dy.nhwc && std::is_same_v<S, T>, x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1;
+  // parts: runs of output rows (counted across samples) of about kPartPixels pixels
+  const int64_t rows = p.batch * p.out_h, rows_per_part = std::max<int64_t>(1, kPartPixels / p.out_w);
+  const int64_t parts = std::max<int64_t>(1, (rows + rows_per_part - 1) / rows_per_part);
+  const Split s = split_work(1, O, M, 1, kernels.lanes, 0, sizeof(T));
+  std::vector<T> partial(static_cast<size_t>(parts * taps * O), T(0));
+  const OutputRange interior = forward_interior(p);
+  torch::stable::parallel_for(0, s.blocks * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dy_buffer, x_buffer;
+    std::vector<const T*> sources(taps), unused(taps);
+    std::vector<T*> sum_rows(taps);
+    std::vector<int64_t> offsets(taps);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t block = item / parts, part = item % parts;
+      const int64_t c0 = block * s.block, count = std::min(s.block, O - c0);
+      T* sums = partial.data() + part * taps * O;
+      const int64_t row_end = std::min(rows, (part + 1) * rows_per_part);
+      for (int64_t r = part * rows_per_part; r < row_end;) {  // one sample's run of rows at a time
+        const int64_t n = r / p.out_h, r0 = r % p.out_h, r1 = std::min(p.out_h, r0 + (row_end - r));
+        const OutputRange in = input_rows_of(p, r0, r1);
+        Rows<const T> xr, dyr;
+        if constexpr (std::is_same_v<S, T>) {
+          if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
+          if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
+        }
+        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
+        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer, kernels);
+        DepthwiseTaps<T> row;
+        for (int64_t oh = r0; oh < r1; ++oh) {
+          forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, row, unused, sum_rows, sources, offsets);
+          kernels.weight_row(row, dyr.row(oh), dyr.stride);
+        }
+        r += r1 - r0;
+      }
+    }
+  });
+  // dw[o, t] = the parts' sums, added in part order
+  torch::stable::parallel_for(0, O, 64, [&](int64_t first, int64_t last) {
+    for (int64_t o = first; o < last; ++o)
+      for (int64_t t = 0; t < taps; ++t) {
+        T total = partial[t * O + o];
+        for (int64_t part = 1; part < parts; ++part) total += partial[(part * taps + t) * O + o];
+        dw[o * taps + t] = static_cast<S>(total);
+      }
+  });
+}
+
+// A tensor's data as NHWC (channels_last) or NCHW: a contiguous copy when it is neither.
+Tensor in_kernel_layout(const Tensor& t) { return is_channels_last(t) ? t : contiguous_or_self(t); }
+
+}  // namespace
+
+Tensor depthwise_conv2d_forward(const DirectConv& p, const Tensor& input, const Tensor& weight, const Tensor& bias) {
+  const Tensor x = in_kernel_layout(input), w = contiguous_or_self(weight);
+  const Tensor b = bias.defined() ? contiguous_or_self(bias) : Tensor();
+  const bool nhwc = is_channels_last(x);
+  const int64_t sizes[4] = {p.batch, p.out_channels, p.out_h, p.out_w};
+  Tensor y = nhwc ? empty_channels_last_like(x, IntArrayRef(sizes, 4)) : empty_like_with(x, IntArrayRef(sizes, 4));
+  CUCONV_DISPATCH_FLOATING(x.scalar_type(), "cuconv.conv2d", [&] {
+    forward<scalar_t>(p, image_of(x.const_data_ptr<scalar_t>(), x, nhwc), w.const_data_ptr<scalar_t>(),
+                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                      image_of(y.mutable_data_ptr<scalar_t>(), y, nhwc));
+  });
+  return y;
+}
+
+Tensor depthwise_conv2d_backward_input(const DirectConv& p, const Tensor& grad_output, const Tensor& weight,
+                                       IntArrayRef input_size) {
+  const Tensor dy = in_kernel_layout(grad_output), w = contiguous_or_self(weight);
+  const bool nhwc = is_channels_last(dy);
+  Tensor dx = nhwc ? empty_channels_last_like(dy, input_size) : empty_like_with(dy, input_size);
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "cuconv.conv2d_backward_input", [&] {
+    backward_input<scalar_t>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, nhwc), w.const_data_ptr<scalar_t>(),
+                             image_of(dx.mutable_data_ptr<scalar_t>(), dx, nhwc));
+  });
+  return dx;
+}
+
+Tensor depthwise_conv2d_backward_weight(const DirectConv& p, const Tensor& grad_output, const Tensor& input,
+                                        IntArrayRef weight_size) {
+  const Tensor dy = in_kernel_layout(grad_output), x = in_kernel_layout(input);
+  Tensor dw = empty_like_with(dy, weight_size);
+  CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "cuconv.conv2d_backward_weight", [&] {
+    backward_weight<scalar_t>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, is_channels_last(dy)),
+                              image_of(x.const_data_ptr<scalar_t>(), x, is_channels_last(x)),
+                              dw.mutable_data_ptr<scalar_t>());
+  });
+  return dw;
+}
+
+}  // namespace cuconv

@@ -1,0 +1,226 @@
+// The row kernels of the depthwise convolution (depthwise.cpp), written once for every vector
+// ISA: included by simd_avx512.cpp and simd_avx2.cpp after their `#pragma GCC target`, and by
+// depthwise.cpp for the portable build, inside their anonymous namespaces. As gemm_tile.h: no
+// #include here; DepthwiseTaps (simd.h) must be declared before.
+//
+// Isa provides: T (float or double), V (a vector of kLanes of them), kRegisters, zero(), load(p),
+// store(p, v), fma(a, b, c) = a*b + c, add(a, b), and load_first(p, n) / store_first(p, v, n)
+// for the first n < kLanes lanes (the channels past the last whole vector).
+//
+// Channels are innermost (NHWC rows, `source_stride` elements from pixel to pixel), so every
+// operation is on whole vectors of channels and a depthwise tap is one vector FMA. Per row:
+//
+//   forward-type (forward pass, and the input gradient in gather form):
+//     out[u*out_step + c] = bias[c] + sum_k w_k[c] * src_k[(u*step + offset_k)*stride + c]
+//     over the taps k whose column u*step + offset_k lies in [0, source_width)
+//   weight-type (weight gradient):
+//     sums_k[c] += sum_u dy[u*dy_step + c] * src_k[(u*step + offset_k)*stride + c]   (same taps)
+//
+// Register tiles: forward, 4 output pixels x up to 4 channel vectors (each tap's weight vectors
+// loaded once for the 4 pixels); weight, up to 8 taps x 1 or 2 channel vectors (each dy vector
+// loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
+// DepthwiseTaps::interior) run these tiles without bounds checks; the few at the row's ends run
+// one pixel at a time, skipping the taps that fall in the padding.
+
+// A whole vector of channels, or the first `lanes` of one.
+template <class Isa, bool kWhole>
+inline typename Isa::V depthwise_load(const typename Isa::T* p, int64_t lanes) {
+  if constexpr (kWhole) return Isa::load(p);
+  else return Isa::load_first(p, lanes);
+}
+template <class Isa, bool kWhole>
+inline void depthwise_store(typename Isa::T* p, typename Isa::V v, int64_t lanes) {
+  if constexpr (kWhole) Isa::store(p, v);
+  else Isa::store_first(p, v, lanes);
+}
+
+// Forward tile: Q interior output pixels u0 .. u0 + Q - 1 x NV channel vectors from channel c
+// (with kWhole false: NV = 1 vector of `lanes` channels). Each tap's NV weight vectors serve
+// the Q pixels; the tap's bookkeeping (its source, offset, weights) serves Q x NV FMAs.
+template <class Isa, int Q, int NV, bool kWhole>
+inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t u0, int64_t c, int64_t lanes,
+                                   const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+  using V = typename Isa::V;
+  constexpr int64_t L = Isa::kLanes;
+  V acc[Q][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const V b = bias != nullptr ? depthwise_load<Isa, kWhole>(bias + c + v * L, lanes) : Isa::zero();
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) acc[q][v] = b;
+  }
+  const int64_t step = r.source_step * r.source_stride;
+  for (int64_t k = 0; k < r.taps; ++k) {
+    const typename Isa::T* src = r.sources[k] + (u0 * r.source_step + r.offsets[k]) * r.source_stride + c;
+    const typename Isa::T* w = r.weights[k] + c;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const V wv = depthwise_load<Isa, kWhole>(w + v * L, lanes);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+        acc[q][v] = Isa::fma(wv, depthwise_load<Isa, kWhole>(src + q * step + v * L, lanes), acc[q][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) depthwise_store<Isa, kWhole>(out + (u0 + q) * out_step + c + v * L, acc[q][v], lanes);
+}
+
+// One output pixel at a row's end, NV channel vectors: the taps in the padding are skipped.
+template <class Isa, int NV, bool kWhole>
+inline void depthwise_forward_edge(const DepthwiseTaps<typename Isa::T>& r, int64_t u, int64_t c, int64_t lanes,
+                                   const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+  using V = typename Isa::V;
+  constexpr int64_t L = Isa::kLanes;
+  V acc[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) acc[v] = bias != nullptr ? depthwise_load<Isa, kWhole>(bias + c + v * L, lanes) : Isa::zero();
+  for (int64_t k = 0; k < r.taps; ++k) {
+    const int64_t column = u * r.source_step + r.offsets[k];
+    if (column < 0 || column >= r.source_width) continue;
+    const typename Isa::T* src = r.sources[k] + column * r.source_stride + c;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[v] = Isa::fma(depthwise_load<Isa, kWhole>(r.weights[k] + c + v * L, lanes),
+                        depthwise_load<Isa, kWhole>(src + v * L, lanes), acc[v]);
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) depthwise_store<Isa, kWhole>(out + u * out_step + c + v * L, acc[v], lanes);
+}
+
+// Every output pixel of the row for NV channel vectors from channel c: the ends one pixel at a
+// time, the interior in tiles of 4 pixels (then 2, 1).
+template <class Isa, int NV, bool kWhole>
+void depthwise_forward_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t c, int64_t lanes,
+                                const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+  const OutputRange interior = r.interior;
+  for (int64_t u = 0; u < interior.begin; ++u) depthwise_forward_edge<Isa, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  int64_t u = interior.begin;
+  for (; u + 4 <= interior.end; u += 4) depthwise_forward_tile<Isa, 4, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  if (u + 2 <= interior.end) {
+    depthwise_forward_tile<Isa, 2, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+    u += 2;
+  }
+  if (u < interior.end) depthwise_forward_tile<Isa, 1, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  for (u = interior.end; u < r.count; ++u) depthwise_forward_edge<Isa, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+}
+
+// The row's channels: groups of up to kMaxVectors whole vectors (4 x 4 accumulators with
+// AVX-512's 32 registers, 4 x 2 with 16), then the last part-filled vector.
+template <class Isa>
+void depthwise_forward_row(const DepthwiseTaps<typename Isa::T>& r, const typename Isa::T* bias,
+                           typename Isa::T* out, int64_t out_step) {
+  constexpr int64_t L = Isa::kLanes, kMaxVectors = Isa::kRegisters >= 32 ? 4 : 2;
+  int64_t c = 0;
+  for (; c + kMaxVectors * L <= r.channels; c += kMaxVectors * L)
+    depthwise_forward_channels<Isa, kMaxVectors, true>(r, c, L, bias, out, out_step);
+  switch ((r.channels - c) / L) {
+    case 3: depthwise_forward_channels<Isa, 3, true>(r, c, L, bias, out, out_step); break;
+    case 2: depthwise_forward_channels<Isa, 2, true>(r, c, L, bias, out, out_step); break;
+    case 1: depthwise_forward_channels<Isa, 1, true>(r, c, L, bias, out, out_step); break;
+    default: break;
+  }
+  c += (r.channels - c) / L * L;
+  if (c < r.channels) depthwise_forward_channels<Isa, 1, false>(r, c, r.channels - c, bias, out, out_step);
+}
+
+// Weight tile: taps k0 .. k0 + K - 1 x NV channel vectors from channel c, summed over the row
+// in order (the row's ends with their bounds checked), then added into the taps' sums. Each dy
+// load serves K taps.
+template <class Isa, int K, int NV, bool kWhole>
+void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, int64_t c, int64_t lanes,
+                           const typename Isa::T* dy, int64_t dy_step) {
+  using V = typename Isa::V;
+  using T = typename Isa::T;
+  constexpr int64_t L = Isa::kLanes;
+  const OutputRange interior = r.interior;
+  V acc[K][NV];
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[k][v] = Isa::zero();
+  auto edge = [&](int64_t u) {
+    V d[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) d[v] = depthwise_load<Isa, kWhole>(dy + u * dy_step + c + v * L, lanes);
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k) {
+      const int64_t column = u * r.source_step + r.offsets[k0 + k];
+      if (column < 0 || column >= r.source_width) continue;
+      const T* src = r.sources[k0 + k] + column * r.source_stride + c;
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src + v * L, lanes), acc[k][v]);
+    }
+  };
+  for (int64_t u = 0; u < interior.begin; ++u) edge(u);
+  if (interior.begin < interior.end) {
+    const int64_t step = r.source_step * r.source_stride;
+    const T* src[K];
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k)
+      src[k] = r.sources[k0 + k] + (interior.begin * r.source_step + r.offsets[k0 + k]) * r.source_stride + c;
+    const T* g = dy + interior.begin * dy_step + c;
+    for (int64_t u = interior.begin; u < interior.end; ++u, g += dy_step) {
+      V d[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) d[v] = depthwise_load<Isa, kWhole>(g + v * L, lanes);
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) {
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src[k] + v * L, lanes), acc[k][v]);
+        src[k] += step;
+      }
+    }
+  }
+  for (int64_t u = interior.end; u < r.count; ++u) edge(u);
+#pragma GCC unroll 8
+  for (int k = 0; k < K; ++k)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      T* sum = r.sums[k0 + k] + c + v * L;
+      depthwise_store<Isa, kWhole>(sum, Isa::add(depthwise_load<Isa, kWhole>(sum, lanes), acc[k][v]), lanes);
+    }
+}
+
+// The row's taps for NV channel vectors from channel c, in chunks of at most 8 taps of equal
+// size (9 taps: 5 + 4, rather than 8 + a lone tap that would load dy for one FMA).
+template <class Isa, int NV, bool kWhole>
+void depthwise_weight_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t c, int64_t lanes,
+                               const typename Isa::T* dy, int64_t dy_step) {
+  constexpr int64_t kMaxTaps = 8;
+  const int64_t chunks = (r.taps + kMaxTaps - 1) / kMaxTaps;
+  for (int64_t i = 0, k0 = 0; i < chunks; ++i) {
+    const int64_t k1 = r.taps * (i + 1) / chunks;
+    switch (k1 - k0) {  // a tile of the chunk's size: its accumulators stay in registers
+      case 8: depthwise_weight_tile<Isa, 8, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 7: depthwise_weight_tile<Isa, 7, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 6: depthwise_weight_tile<Isa, 6, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 5: depthwise_weight_tile<Isa, 5, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 4: depthwise_weight_tile<Isa, 4, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 3: depthwise_weight_tile<Isa, 3, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 2: depthwise_weight_tile<Isa, 2, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      case 1: depthwise_weight_tile<Isa, 1, NV, kWhole>(r, k0, c, lanes, dy, dy_step); break;
+      default: break;
+    }
+    k0 = k1;
+  }
+}
+
+// The row's channels: pairs of whole vectors where the registers allow (8 x 2 accumulators of
+// AVX-512's 32), single vectors, then the last part-filled one.
+template <class Isa>
+void depthwise_weight_row(const DepthwiseTaps<typename Isa::T>& r, const typename Isa::T* dy, int64_t dy_step) {
+  constexpr int64_t L = Isa::kLanes;
+  int64_t c = 0;
+  if constexpr (Isa::kRegisters >= 32)
+    for (; c + 2 * L <= r.channels; c += 2 * L) depthwise_weight_channels<Isa, 2, true>(r, c, L, dy, dy_step);
+  for (; c + L <= r.channels; c += L) depthwise_weight_channels<Isa, 1, true>(r, c, L, dy, dy_step);
+  if (c < r.channels) depthwise_weight_channels<Isa, 1, false>(r, c, r.channels - c, dy, dy_step);
+}
+
+// This ISA's row kernels for T = Isa::T.
+template <class Isa>
+DepthwiseKernels<typename Isa::T> depthwise_kernels_of(const char* isa) {
+  return {&depthwise_forward_row<Isa>, &depthwise_weight_row<Isa>, Isa::kLanes, isa};
+}

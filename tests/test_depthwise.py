@@ -1,0 +1,190 @@
+"""Depthwise convolution on the CPU (csrc/cpu/depthwise.cpp): one input channel per group, any
+channel multiplier, every dtype and both layouts, against torch.nn.functional.conv2d.
+
+The kernels take channels as the vector axis: channel counts around the vector widths (4, 8,
+16 lanes) reach the part-filled last vector; NCHW tensors, the half types and multipliers > 1
+go through staged rows, channels_last float32/float64 tensors are read in place; images wide
+and tall enough split into bands of rows and (weight gradient) into parts of pixels."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuconv
+import cuconv.functional as CF
+from test_ops import assert_matches, forward_and_grads
+
+ISAS = ("generic", "avx2", "avx512")
+
+
+def _random_cases(count, seed):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        k = (rng.randint(1, 5), rng.randint(1, 5))
+        d = (rng.choice([1, 1, 2]), rng.choice([1, 1, 3]))
+        p = (rng.randint(0, 3), rng.randint(0, 3))
+        h, w = rng.randint(1, 17), rng.randint(1, 17)
+        if h + 2 * p[0] < d[0] * (k[0] - 1) + 1 or w + 2 * p[1] < d[1] * (k[1] - 1) + 1:
+            continue
+        cases.append(dict(batch=rng.randint(1, 3), channels=rng.choice([2, 3, 7, 8, 9, 16, 17, 33, 40]),
+                          multiplier=rng.choice([1, 1, 1, 2, 3]), size=(h, w), kernel=k,
+                          stride=(rng.randint(1, 3), rng.randint(1, 3)), padding=p, dilation=d,
+                          bias=rng.random() < 0.5))
+    return cases
+
+
+CASES = _random_cases(40, seed=13)
+
+
+def _tensors(case, dtype, channels_last):
+    c, m = case["channels"], case["multiplier"]
+    x = torch.randn(case["batch"], c, *case["size"], dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    tensors = [x, torch.randn(c * m, 1, *case["kernel"], dtype=dtype)]
+    if case["bias"]:
+        tensors.append(torch.randn(c * m, dtype=dtype))
+    return tensors
+
+
+def _conv(module, case):
+    args = (case["stride"], case["padding"], case["dilation"], case["channels"])
+    return lambda x, w, b=None: module.conv2d(x, w, b, *args)
+
+
+def _check(case, dtype, channels_last):
+    tensors = _tensors(case, dtype, channels_last)
+    out, grads = forward_and_grads(_conv(CF, case), tensors)
+    ref, ref_grads = forward_and_grads(_conv(F, case), tensors)
+    assert cuconv._C.cpu_kernels()["last_depthwise"] is not None
+    assert_matches(out, ref, dtype)
+    # channels_last in, channels_last out, as torch
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or out.shape[1] == 1
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r, dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "c{channels}m{multiplier}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
+def test_depthwise_matches_torch(case, dtype, channels_last):
+    _check(case, dtype, channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES[:8], ids=lambda c: "c{channels}m{multiplier}k{kernel}s{stride}".format(**c))
+def test_depthwise_half_types_match_torch(case, dtype, channels_last):
+    _check(case, dtype, channels_last)
+
+
+# Large enough to split: a batch of one splits its rows into bands (one per thread at least), and
+# the weight gradient's pixels into parts of 1024; 70 channels are 4 vectors and a part-filled one
+# of AVX-512 (2 blocks of 64 in place, 3 of 32 staged).
+SPLIT_CASES = [
+    dict(batch=1, channels=70, multiplier=1, size=(61, 59), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), bias=True),
+    dict(batch=2, channels=24, multiplier=2, size=(45, 50), kernel=(5, 3), stride=(2, 1), padding=(2, 0),
+         dilation=(1, 2), bias=False),
+    dict(batch=1, channels=9, multiplier=1, size=(80, 37), kernel=(3, 3), stride=(3, 2), padding=(1, 1),
+         dilation=(2, 1), bias=True),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 3, 7])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "n{batch}c{channels}m{multiplier}s{stride}".format(**c))
+def test_depthwise_splits_match_torch_and_repeat_bitwise(case, channels_last, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tensors = _tensors(case, torch.float32, channels_last)
+        out, grads = forward_and_grads(_conv(CF, case), tensors)
+        ref, ref_grads = forward_and_grads(_conv(F, case), tensors)
+        assert_matches(out, ref, torch.float32)
+        for g, r in zip(grads, ref_grads):
+            assert_matches(g, r, torch.float32)
+        again, again_grads = forward_and_grads(_conv(CF, case), tensors)
+        assert torch.equal(again, out) and all(torch.equal(a, g) for a, g in zip(again_grads, grads))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_depthwise_weight_gradient_is_the_same_at_any_thread_count():
+    """The weight gradient's parts are fixed by the shape, not by the thread count."""
+    case = SPLIT_CASES[0]
+    tensors = _tensors(case, torch.float32, True)
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 5):
+            torch.set_num_threads(threads)
+            results.append(forward_and_grads(_conv(CF, case), tensors)[1])
+    finally:
+        torch.set_num_threads(saved)
+    for grads in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0]))
+
+
+@pytest.mark.parametrize("requested", ISAS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_depthwise_on_every_isa(requested, channels_last, monkeypatch):
+    """Each instruction set's kernels run when asked for (the kernels' own record says which) and
+    match torch; AVX2 and AVX-512 do the same operations in the same order: bitwise equal."""
+    best = cuconv._C.cpu_kernels()["isa"]
+    if ISAS.index(requested) > ISAS.index(best):
+        pytest.skip(f"this CPU has no {requested}")
+    monkeypatch.setenv("CUCONV_CPU_ISA", requested)
+    results = []
+    for case in CASES[:12] + SPLIT_CASES[:1]:
+        for dtype in (torch.float32, torch.float64):
+            tensors = _tensors(case, dtype, channels_last)
+            out, grads = forward_and_grads(_conv(CF, case), tensors)
+            assert cuconv._C.cpu_kernels()["last_depthwise"] == requested
+            ref, ref_grads = forward_and_grads(_conv(F, case), tensors)
+            assert_matches(out, ref, dtype)
+            for g, r in zip(grads, ref_grads):
+                assert_matches(g, r, dtype)
+            results.append((case, tensors, out, grads))
+    if requested == "avx512":
+        monkeypatch.setenv("CUCONV_CPU_ISA", "avx2")
+        for case, tensors, out, grads in results:
+            again, again_grads = forward_and_grads(_conv(CF, case), tensors)
+            assert torch.equal(again, out) and all(torch.equal(a, b) for a, b in zip(again_grads, grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_depthwise_gradient_layouts_are_torchs(dtype):
+    """A channels_last layer's gradients, from a grad_output in the output's layout, come back in
+    torch's layouts: the input's gradient channels_last, the weight's contiguous."""
+    x = torch.randn(2, 24, 10, 9, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(48, 1, 3, 3, dtype=dtype, requires_grad=True)
+    for fn in (CF.conv2d, F.conv2d):
+        y = fn(x, w, None, 1, 1, 1, 24)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        dx, dw = torch.autograd.grad(y, (x, w), torch.randn_like(y))
+        assert dx.is_contiguous(memory_format=torch.channels_last) and dw.is_contiguous()
+
+
+def test_depthwise_gradcheck():
+    x = torch.randn(2, 6, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 1, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, (2, 1), (1, 1), (1, 2), 6), (x, w, b))
+    xl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: CF.conv2d(x, w, b, 1, 1, 1, 6), (xl, w, b))
+
+
+def test_depthwise_special_values_propagate_as_torch():
+    """Inf and NaN inputs give torch's Inf and NaN (no transform or zero-padding trick hides them)."""
+    x = torch.randn(2, 16, 9, 9)
+    x[0, 3, 4, 4] = float("inf")
+    x[1, 5, 0, 0] = float("nan")
+    w = torch.randn(16, 1, 3, 3)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xs = x.contiguous(memory_format=layout)
+        torch.testing.assert_close(CF.conv2d(xs, w, None, 1, 1, 1, 16), F.conv2d(xs, w, None, 1, 1, 1, 16),
+                                   equal_nan=True, rtol=1e-5, atol=1e-5)
