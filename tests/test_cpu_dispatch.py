@@ -214,6 +214,28 @@ def test_max_pool_over_the_whole_plane_on_every_isa(shape, args, monkeypatch):
     assert all(torch.equal(results[isa][1], results["generic"][1]) for isa in ISAS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [5, 8, 16, 24, 37, 72])
+def test_channels_last_max_pool_on_every_isa(channels, dtype, monkeypatch):
+    """channels_last max pooling runs float32 and bfloat16 a register of channels at a time (16 on
+    AVX-512, 8 on AVX2; the last channels as the last whole register, overlapping the one before,
+    or one by one where there are fewer): maxima and indices exactly torch's, ties (many in
+    bfloat16) to the first maximum, a NaN wins, padding never."""
+    x = torch.randn(3, channels, 11, 10, generator=torch.Generator().manual_seed(channels)).to(dtype)
+    x[0, -1, 4, 4] = float("nan")
+    x[1, 0, :3, :3] = float("-inf")
+    x[2, channels // 2, 5, 5:7] = x.max() + 1  # a tie for a window's maximum
+    x = x.contiguous(memory_format=torch.channels_last)
+    for args in ((2,), (3, 2, 1), (3, 1, 1, 1, True)):
+        ref, ref_idx = F.max_pool2d(x, *args, return_indices=True)
+        for isa in ISAS:
+            monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+            out, idx = CF.max_pool2d(x, *args, return_indices=True)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True, msg=isa)
+            assert torch.equal(idx, ref_idx), isa
+
+
 @pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])
 def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypatch):
     """Small planes (<= 16 values) take a vector kernel in groups of 16 planes on AVX-512, of 8

@@ -687,15 +687,15 @@ struct WindowTable {
 
 // Output row oh of max pooling over one sample: y and indices hold Wo x C values. Per output
 // pixel, the window's in-bounds pixels are listed once (`window`; the first stands for an all
-// -inf window, as torch). float32 with 32-bit indices runs the vector kernel of this CPU where
-// there is one (`pixel_kernel`, pool_tile.h: a register of channels at a time over the whole
-// window); other channels keep the running maximum and its index (index_t: 32 bits
+// -inf window, as torch). float32 and bfloat16 with 32-bit indices run the vector kernels of
+// this CPU where there are (`vector`, pool_tile.h: a register of channels at a time over the
+// whole window); other channels keep the running maximum and its index (index_t: 32 bits
 // where the plane allows, so the compare-and-select vectorises in lanes of one width) in
 // `best` / `best_index` (opmath), written out once.
 template <typename scalar_t, typename index_t>
 CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, const scalar_t* x,
                                             scalar_t* __restrict__ y, int64_t* __restrict__ indices,
-                                            MaxPoolPixelNhwc pixel_kernel, index_t* __restrict__ window,
+                                            const PoolVectorKernels& vector, index_t* __restrict__ window,
                                             opmath_t<scalar_t>* __restrict__ best, index_t* __restrict__ best_index) {
   using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < g.Wo; ++ow) {
@@ -707,7 +707,11 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
       }
     int64_t c0 = 0;
     if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
-      if (pixel_kernel != nullptr) c0 = pixel_kernel(x, C, window, taps, y + ow * C, indices + ow * C);
+      if (vector.max_pixel_nhwc != nullptr) c0 = vector.max_pixel_nhwc(x, C, window, taps, y + ow * C, indices + ow * C);
+    } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<index_t, int32_t>) {
+      if (vector.max_pixel_nhwc_bf16 != nullptr)
+        c0 = vector.max_pixel_nhwc_bf16(reinterpret_cast<const uint16_t*>(x), C, window, taps,
+                                        reinterpret_cast<uint16_t*>(y + ow * C), indices + ow * C);
     }
     if (c0 == C) continue;
     const scalar_t* first = x + window[0] * C;
@@ -730,7 +734,7 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
 
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
-  const MaxPoolPixelNhwc pixel_kernel = pool_vector_kernels().max_pixel_nhwc;
+  const PoolVectorKernels vector = pool_vector_kernels();
   auto run = [&](auto index_zero) {
     using index_t = decltype(index_zero);
     torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C), [&](int64_t begin, int64_t end) {
@@ -738,7 +742,7 @@ void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* 
       std::vector<opmath_t<scalar_t>> best(C);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t out = row * g.Wo * C;
-        max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, pixel_kernel,
+        max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, vector,
                           window.data(), best.data(), best_index.data());
       }
     });

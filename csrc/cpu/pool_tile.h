@@ -12,7 +12,7 @@
 // For channels [c0, c0 + L) of every whole vector: the maximum over the window's pixels
 // x + window[t] * C (t < taps), by torch's rule (v replaces the best when v > best or v is NaN;
 // the first pixel stands for an all -inf window), and its pixel index. Returns the channels
-// done, C rounded down to whole vectors (the caller does the rest).
+// done: all of them, or none where C < L (the caller does them).
 
 typedef float PoolFloats __attribute__((vector_size(64)));
 typedef int32_t PoolInts __attribute__((vector_size(64)));
@@ -21,28 +21,56 @@ typedef float PoolFloats8 __attribute__((vector_size(32)));
 typedef int32_t PoolInts8 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs8 __attribute__((vector_size(64)));
 
-template <typename Floats, typename Ints, typename Longs, int L>
-int64_t max_pool_pixel_nhwc(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
+//
+// Element: float, or bfloat16 as its bits (uint16_t, the upper half of a float's): widened to
+// float exactly and, the maximum being one of the inputs, narrowed back exactly.
+template <typename Floats, typename Ints, int L, typename Element>
+inline Floats load_as_floats(const Element* p) {
+  Floats v;
+  if constexpr (sizeof(Element) == sizeof(float)) {
+    __builtin_memcpy(&v, p, sizeof v);
+  } else {
+    typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
+    Halves bits;
+    __builtin_memcpy(&bits, p, sizeof bits);
+    const Ints wide = __builtin_convertvector(bits, Ints) << 16;
+    __builtin_memcpy(&v, &wide, sizeof v);
+  }
+  return v;
+}
+
+template <typename Floats, typename Ints, typename Longs, int L, typename Element = float>
+int64_t max_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, int64_t taps, Element* y,
                             int64_t* indices) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
                 sizeof(Longs) == 2 * sizeof(Floats));
-  const int64_t done = C / L * L;
-  for (int64_t c0 = 0; c0 < done; c0 += L) {
-    Floats best;
-    __builtin_memcpy(&best, x + window[0] * C + c0, sizeof best);
+  if (C < L) return 0;
+  // whole vectors, then the last L channels (overlapping the vector before: its channels are
+  // written again with the same values)
+  for (int64_t next = 0; next < C;) {
+    const int64_t c0 = std::min(next, C - L);
+    next = c0 + L;
+    Floats best = load_as_floats<Floats, Ints, L>(x + window[0] * C + c0);
     Ints best_index = Ints{} + window[0];
     for (int64_t t = 1; t < taps; ++t) {
-      Floats v;
-      __builtin_memcpy(&v, x + window[t] * C + c0, sizeof v);
+      const Floats v = load_as_floats<Floats, Ints, L>(x + window[t] * C + c0);
       const Ints takes = (v > best) | (v != v);
       best = takes ? v : best;
       best_index = takes ? Ints{} + window[t] : best_index;
     }
     const Longs wide = __builtin_convertvector(best_index, Longs);
-    __builtin_memcpy(y + c0, &best, sizeof best);
+    if constexpr (sizeof(Element) == sizeof(float)) {
+      __builtin_memcpy(y + c0, &best, sizeof best);
+    } else {
+      typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
+      Ints bits;
+      __builtin_memcpy(&bits, &best, sizeof bits);
+      const Halves narrow = __builtin_convertvector(bits >> 16, Halves);
+      __builtin_memcpy(y + c0, &narrow, sizeof narrow);
+    }
     __builtin_memcpy(indices + c0, &wide, sizeof wide);
   }
-  return done;
+  return C;
 }
 
 // Global average pooling's gradient in float32 over planes of `plane` <= 16 values, L planes at

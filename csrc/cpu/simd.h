@@ -22,6 +22,9 @@ namespace cuconv {
 // done (C rounded down to whole registers). Each ISA's set: PoolVectorKernels below.
 using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
                                      int64_t* indices);
+// The same for bfloat16, its values as their bits.
+using MaxPoolPixelNhwcBf16 = int64_t (*)(const uint16_t* x, int64_t C, const int32_t* window, int64_t taps,
+                                         uint16_t* y, int64_t* indices);
 
 // Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
 // planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
@@ -53,6 +56,7 @@ using GlobalMaxGroups = int64_t (*)(const float* x, int64_t planes, int64_t plan
 // pool2d.cpp takes those of the CPU's ISA (none for the generic one).
 struct PoolVectorKernels {
   MaxPoolPixelNhwc max_pixel_nhwc = nullptr;
+  MaxPoolPixelNhwcBf16 max_pixel_nhwc_bf16 = nullptr;
   GlobalUnpoolGroups global_unpool;
   GlobalPoolGroups global_pool = nullptr;
   GlobalMaxGroups global_max = nullptr;

@@ -78,6 +78,7 @@ Microkernel<double> avx2_microkernel_double() {
 PoolVectorKernels avx2_pool_vector_kernels() {
   PoolVectorKernels k;
   k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>;
+  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8, uint16_t>;
   k.global_unpool = {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8};
   k.global_pool = &global_pool_groups<PoolFloats8, PoolInts8, 8>;
   k.global_max = &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>;

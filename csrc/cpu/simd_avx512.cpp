@@ -86,6 +86,7 @@ Microkernel<double> avx512_microkernel_double_wide() {
 PoolVectorKernels avx512_pool_vector_kernels() {
   PoolVectorKernels k;
   k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>;
+  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16, uint16_t>;
   k.global_unpool = {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16};
   k.global_pool = &global_pool_groups<PoolFloats, PoolInts, 16>;
   k.global_max = &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>;
