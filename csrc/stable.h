@@ -223,6 +223,11 @@ inline Tensor empty_channels_last_like(const Tensor& like, IntArrayRef sizes,
   return empty_strided_like(like, sizes, IntArrayRef(strides, 4), dtype);
 }
 
+// An uninitialised result of `sizes` in `model`'s layout: channels_last when it is, else contiguous.
+inline Tensor empty_in_layout_of(const Tensor& model, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
+  return is_channels_last(model) ? empty_channels_last_like(model, sizes, dtype) : empty_like_with(model, sizes, dtype);
+}
+
 // `result` (contiguous NCHW) laid out as `model` is: a channels_last copy when `model` is
 // channels_last (for the kernels that compute NCHW), else `result` itself.
 inline Tensor in_layout_of(const Tensor& model, const Tensor& result) {

@@ -250,3 +250,53 @@ def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypat
         (grads[isa],) = torch.autograd.grad(CF.adaptive_avg_pool2d(x, 1), x, dy)
         torch.testing.assert_close(grads[isa], ref, rtol=1e-6, atol=1e-7)
     assert torch.equal(grads["avx512"], grads["generic"]) and torch.equal(grads["avx2"], grads["generic"])
+
+
+# --- grouped layers: a GEMM per group, or group by group as groups = 1 layers -------------------
+
+GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)
+    ((3, 12, 11, 10), (18, 4, 3, 3), 1, 1, 1, 3),
+    ((2, 8, 13, 9), (8, 2, 3, 2), (2, 1), (1, 0), (1, 2), 4),
+    ((4, 64, 7, 7), (64, 16, 1, 1), 1, 0, 1, 4),
+    ((2, 6, 9, 12), (4, 3, 5, 5), 2, 2, 1, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("by_group", ["0", "1"], ids=["gemm-per-group", "by-group"])
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=lambda c: f"{c[0]}-{c[1]}-g{c[5]}")
+def test_grouped_layers_either_way_match_torch(case, by_group, channels_last, dtype, monkeypatch):
+    """CUCONV_CPU_BY_GROUP=1 runs a grouped layer group by group through the groups = 1 kernels
+    (on copies of each group's channels), =0 as a GEMM per group: both torch's values and layouts."""
+    monkeypatch.setenv("CUCONV_CPU_BY_GROUP", by_group)
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    x = torch.randn(*x_shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    tensors = [x, torch.randn(*w_shape, dtype=dtype), torch.randn(w_shape[0], dtype=dtype)]
+    conv = lambda f: (lambda x, w, b: f.conv2d(x, w, b, stride, padding, dilation, groups))
+    out, grads = forward_and_grads(conv(CF), tensors)
+    ref, ref_grads = forward_and_grads(conv(F), tensors)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_matches(out, ref, dtype)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r, dtype)
+
+
+def test_grouped_layer_choice_is_measured(monkeypatch):
+    """Unforced, the two ways of a grouped layer are candidates of the measured choice."""
+    for name in ("CUCONV_CPU_BY_GROUP", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT"):
+        monkeypatch.delenv(name, raising=False)
+    x, w = torch.randn(2, 12, 9, 9, requires_grad=True), torch.randn(12, 4, 3, 3, requires_grad=True)
+    CF.conv2d(x, w, None, 1, 1, 1, 3).sum().backward()
+    grouped = {key: winner for key, winner in cuconv.tuning.choices().items() if "groups=3 " in key}
+    passes = {key.split()[0] for key in grouped}
+    assert passes == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}, grouped
+    assert all(winner in ("gemm", "by_group") for winner in grouped.values()), grouped
+
+
+def test_grouped_switch_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("CUCONV_CPU_BY_GROUP", "yes")
+    with pytest.raises(ValueError, match="CUCONV_CPU_BY_GROUP to be 0 or 1, but got 'yes'"):
+        CF.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), None, 1, 1, 1, 2)

@@ -761,6 +761,53 @@ std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor&
   };
 }
 
+// ---------------------------------------------------------------------------
+// Grouped layers (groups > 1, not depthwise) run either as above, a GEMM per group and block
+// (im2col), or group by group as groups = 1 layers on copies of the group's channels, where every
+// kernel of groups = 1 (direct, Winograd, per-pixel products, NHWC) can run, chosen per shape as
+// there. Which of the two, measured per shape (tuner.h); CUCONV_CPU_BY_GROUP=1 / 0 forces it
+// (tests), and with CUCONV_CPU_TUNE=0 the GEMM per group runs. ResNeXt's layers: the copies cost
+// less than the im2col they save.
+
+// Channels [first, first + count) of t (dimension 1) as a tensor of their own, laid out as t is.
+Tensor channel_slice_copy(const Tensor& t, int64_t first, int64_t count) {
+  Tensor whole = t;
+  const Tensor slice = torch::stable::narrow(whole, 1, first, count);
+  Tensor copy = empty_in_layout_of(t, slice.sizes());
+  torch::stable::copy_(copy, slice);
+  return copy;
+}
+
+// Rows [first, first + count) of a contiguous tensor (dimension 0): a view.
+Tensor leading_slice(const Tensor& t, int64_t first, int64_t count) {
+  Tensor whole = t;
+  return torch::stable::narrow(whole, 0, first, count);
+}
+
+// Copies `part` into channels [first, first + part.size(1)) of `whole`.
+void copy_into_channels(Tensor& whole, int64_t first, const Tensor& part) {
+  Tensor slice = torch::stable::narrow(whole, 1, first, part.size(1));
+  torch::stable::copy_(slice, part);
+}
+
+// Runs a grouped pass by `per_gemm` (the GEMM per group) or `by_group`, as chosen above.
+Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& per_gemm,
+                   const std::function<Tensor()>& by_group) {
+  const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_BY_GROUP");
+  if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? by_group() : per_gemm();
+  if (!tuning_enabled()) return per_gemm();
+  Tensor result;
+  const ScalarType dtype = model.scalar_type();
+  std::string variant = dtype == ScalarType::Float    ? "float32"
+                        : dtype == ScalarType::Double ? "float64"
+                        : dtype == ScalarType::Half   ? "float16"
+                                                      : "bfloat16";
+  variant += is_channels_last(model) ? " grouped channels_last" : " grouped";
+  run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = per_gemm(); }},
+                                                   {kernel_name(KernelName::kByGroup), [&] { result = by_group(); }}});
+  return result;
+}
+
 }  // namespace
 
 Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
@@ -802,6 +849,19 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
     });
     return y;
   };
+  if (g.groups > 1) {
+    return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, [&] {
+      Tensor y = empty_in_layout_of(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const std::optional<Tensor> bias_g = b.defined() ? std::optional<Tensor>(leading_slice(b, gi * O, O)) : std::nullopt;
+        copy_into_channels(y, gi * O,
+                           conv2d_forward_cpu(channel_slice_copy(input, gi * C, C), leading_slice(w, gi * O, O), bias_g,
+                                              stride, padding, dilation, 1, false));
+      }
+      return y;
+    });
+  }
   if (runs_channels_last(g, input)) {
     Tensor y = empty_channels_last_like(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
     auto native = [&] {
@@ -871,6 +931,18 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
     });
     return dx;
   };
+  if (g.groups > 1) {
+    return run_grouped(g, ConvPass::kInput, grad_output, [&] { return in_layout_of(grad_output, nchw()); }, [&] {
+      Tensor dx = empty_in_layout_of(grad_output, input_size);
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      const int64_t group_size[4] = {input_size[0], C, input_size[2], input_size[3]};
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        copy_into_channels(dx, gi * C,
+                           conv2d_backward_input_cpu(channel_slice_copy(grad_output, gi * O, O), leading_slice(w, gi * O, O),
+                                                     IntArrayRef(group_size, 4), stride, padding, dilation, 1, false));
+      return dx;
+    });
+  }
   if (runs_channels_last(g, grad_output)) {
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     auto native = [&] {
@@ -926,6 +998,21 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
     });
     return dw;
   };
+  if (g.groups > 1) {
+    return run_grouped(g, ConvPass::kWeight, grad_output, nchw, [&] {
+      Tensor dw = empty_like_with(grad_output, weight_size);
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      const int64_t group_size[4] = {O, C, weight_size[2], weight_size[3]};
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        Tensor part = leading_slice(dw, gi * O, O);
+        torch::stable::copy_(part, conv2d_backward_weight_cpu(channel_slice_copy(grad_output, gi * O, O),
+                                                              channel_slice_copy(input, gi * C, C),
+                                                              IntArrayRef(group_size, 4), stride, padding, dilation, 1,
+                                                              false));
+      }
+      return dw;
+    });
+  }
   if (runs_channels_last(g, grad_output) && is_channels_last(input)) {
     Tensor dw = empty_like_with(grad_output, weight_size);
     auto native = [&] {

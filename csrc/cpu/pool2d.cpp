@@ -866,12 +866,6 @@ void avg_unpool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int6
 // the NHWC ones along channels, here one) write it; their results are channels_last all the same.
 bool runs_nhwc(const Tensor& t) { return is_channels_last(t) && t.size(1) > 1; }
 
-// An uninitialised result of `sizes` in `model`'s layout (for the plane kernels: NCHW, or
-// channels_last with one channel, the same order in memory).
-Tensor empty_in_layout_of(const Tensor& model, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt) {
-  return is_channels_last(model) ? empty_channels_last_like(model, sizes, dtype) : empty_like_with(model, sizes, dtype);
-}
-
 // A tensor of t's values laid out channels_last (t itself when it is).
 Tensor channels_last_or_copy(const Tensor& t) {
   if (is_channels_last(t)) return t;
