@@ -290,7 +290,8 @@ def test_grouped_layer_choice_is_measured(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     x, w = torch.randn(2, 12, 9, 9, requires_grad=True), torch.randn(12, 4, 3, 3, requires_grad=True)
     CF.conv2d(x, w, None, 1, 1, 1, 3).sum().backward()
-    grouped = {key: winner for key, winner in cuconv.tuning.choices().items() if "groups=3 " in key}
+    grouped = {key: winner for key, winner in cuconv.tuning.choices().items()
+               if "float32 grouped N=2 C=12 H=9 W=9 O=12 k=3x3" in key and "groups=3 " in key}
     passes = {key.split()[0] for key in grouped}
     assert passes == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}, grouped
     assert all(winner in ("gemm", "by_group") for winner in grouped.values()), grouped
@@ -300,3 +301,19 @@ def test_grouped_switch_rejects_other_values(monkeypatch):
     monkeypatch.setenv("CUCONV_CPU_BY_GROUP", "yes")
     with pytest.raises(ValueError, match="CUCONV_CPU_BY_GROUP to be 0 or 1, but got 'yes'"):
         CF.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), None, 1, 1, 1, 2)
+
+
+def test_half_type_choice_is_measured(monkeypatch):
+    """Unforced, a half-type pass measures its GEMM (packing the half type as float) against the
+    float32 kernels on float32 copies; the result keeps the input's dtype and layout."""
+    for name in ("CUCONV_CPU_HALF_AS_FLOAT", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT"):
+        monkeypatch.delenv(name, raising=False)
+    x = torch.randn(2, 10, 9, 8).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(7, 10, 3, 3).bfloat16().requires_grad_()
+    y = CF.conv2d(x, w, None, 1, 1)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(torch.randn_like(y))
+    chosen = {key: winner for key, winner in cuconv.tuning.choices().items()
+              if "bfloat16 channels_last N=2 C=10 H=9 W=8 O=7 " in key}
+    assert {key.split()[0] for key in chosen} == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}
+    assert all(winner in ("gemm", "float32") for winner in chosen.values()), chosen

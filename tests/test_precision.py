@@ -95,6 +95,24 @@ def test_conv2d_half_precision(case, dtype, device):
         [c["x"], c["w"], (c["w"][0],)], dtype, device, scale=[1.0, w_scale, 1.0])
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("half_as_float", ["0", "1"], ids=["packed-gemm", "float32-copies"])
+@pytest.mark.parametrize("dtype", HALF_TYPES, ids=str)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_half_precision_either_way_on_the_cpu(case, dtype, half_as_float, channels_last, monkeypatch):
+    """The CPU runs a half-type convolution either with its GEMM packing the half type as float, or
+    through the float32 kernels on float32 copies (CUCONV_CPU_HALF_AS_FLOAT=0 / 1; unset, measured):
+    both as accurate as torch, in either layout."""
+    monkeypatch.setenv("CUCONV_CPU_HALF_AS_FLOAT", half_as_float)
+    c = CONV_CASES[case]
+    w_scale = 1 / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert_as_accurate_as_torch(
+        lambda x, w, b: CF.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"]),
+        lambda x, w, b: F.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"]),
+        [c["x"], c["w"], (c["w"][0],)], dtype, "cpu", scale=[1.0, w_scale, 1.0])
+
+
 POOL_CASES = {
     # the CPU's write-once 2x2 kernels (LeNet's average pooling, VGG's max pooling)
     "max-2x2": (lambda f: lambda t: f.max_pool2d(t, 2), (2, 3, 12, 14)),

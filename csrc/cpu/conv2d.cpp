@@ -808,18 +808,62 @@ Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, co
   return result;
 }
 
-}  // namespace
+// ---------------------------------------------------------------------------
+// Half types (float16, bfloat16) run either the kernels below, whose GEMM packs the half type as
+// float, or the float32 kernels on float32 copies of the operands (every float32 kernel then
+// applies: direct, Winograd, per-pixel products, NHWC, each measured as for float32), the result
+// rounded once either way: both compute in float. The copies keep each tensor's layout.
 
-Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
-                              const std::optional<Tensor>& bias, IntArrayRef stride,
-                              IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                              bool /*allow_tf32: float32 on the CPU is float32*/) {
+bool is_half_type(ScalarType t) { return t == ScalarType::Half || t == ScalarType::BFloat16; }
+
+// t's values as `dtype`, in t's layout (a contiguous copy of a tensor in neither layout).
+Tensor converted(const Tensor& t, ScalarType dtype) {
+  Tensor copy = empty_in_layout_of(t, t.sizes(), dtype);
+  torch::stable::copy_(copy, t);
+  return copy;
+}
+
+// Runs a half-type pass by `packed` (the kernels above, the GEMM packing float from the half
+// type) or `via_float` (float32 copies through every float32 kernel), measured per shape
+// (tuner.h; `via_float` with CUCONV_CPU_TUNE=0; CUCONV_CPU_HALF_AS_FLOAT=1 / 0 forces one): the
+// copies cost more than they save on small products (a 1x1 layer on a 1x1 image), less on the rest.
+Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& packed,
+                      const std::function<Tensor()>& via_float) {
+  const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_HALF_AS_FLOAT");
+  if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? via_float() : packed();
+  if (!tuning_enabled()) return via_float();
+  Tensor result;
+  std::string variant = model.scalar_type() == ScalarType::Half ? "float16" : "bfloat16";
+  if (is_channels_last(model)) variant += " channels_last";
+  run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = packed(); }},
+                                                   {kernel_name(KernelName::kFloat32), [&] { result = via_float(); }}});
+  return result;
+}
+
+// Whether a pass of a half type still chooses between the two ways above (the public ops), or
+// runs the kernels for it (the `packed` candidate).
+enum class HalfTypes { kChoose, kPacked };
+
+Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias, IntArrayRef stride,
+                    IntArrayRef padding, IntArrayRef dilation, int64_t groups, HalfTypes half) {
   const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
                                            dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
   if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
+  if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
+    return run_half_types(
+        g, ConvPass::kForward, input,
+        [&] { return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kPacked); },
+        [&] {
+          const std::optional<Tensor> bias_float =
+              b.defined() ? std::optional<Tensor>(converted(b, ScalarType::Float)) : std::nullopt;
+          return converted(conv2d_forward_cpu(converted(input, ScalarType::Float), converted(w, ScalarType::Float),
+                                              bias_float, stride, padding, dilation, groups, false),
+                           input.scalar_type());
+        });
+  }
   // NCHW kernels (a channels_last input is read through a contiguous copy)
   auto nchw = [&]() -> Tensor {
     const Tensor x = contiguous_or_self(input);
@@ -886,16 +930,28 @@ Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight,
   return in_layout_of(input, nchw());  // channels_last in, channels_last out (as torch)
 }
 
-Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight,
-                                     IntArrayRef input_size, IntArrayRef stride,
-                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                              bool /*allow_tf32: float32 on the CPU is float32*/) {
+Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size, IntArrayRef stride,
+                           IntArrayRef padding, IntArrayRef dilation, int64_t groups, HalfTypes half) {
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride,
                                                          padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size);
+  if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
+    return run_half_types(
+        g, ConvPass::kInput, grad_output,
+        [&] {
+          return backward_input_pass(grad_output, weight, input_size, stride, padding, dilation, groups,
+                                     HalfTypes::kPacked);
+        },
+        [&] {
+          return converted(conv2d_backward_input_cpu(converted(grad_output, ScalarType::Float),
+                                                     converted(w, ScalarType::Float), input_size, stride, padding,
+                                                     dilation, groups, false),
+                           grad_output.scalar_type());
+        });
+  }
   auto nchw = [&]() -> Tensor {
     const Tensor dy = contiguous_or_self(grad_output);
     // The direct kernels, and col2im for half types (through a float buffer per sample), write
@@ -963,15 +1019,28 @@ Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight
   return in_layout_of(grad_output, nchw());
 }
 
-Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input,
-                                      IntArrayRef weight_size, IntArrayRef stride,
-                                      IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                              bool /*allow_tf32: float32 on the CPU is float32*/) {
+Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
+                            IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                            HalfTypes half) {
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride,
                                                           padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   if (is_depthwise(g)) return depthwise_conv2d_backward_weight(depthwise_problem(g), grad_output, input, weight_size);
+  if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
+    return run_half_types(
+        g, ConvPass::kWeight, grad_output,
+        [&] {
+          return backward_weight_pass(grad_output, input, weight_size, stride, padding, dilation, groups,
+                                      HalfTypes::kPacked);
+        },
+        [&] {
+          return converted(conv2d_backward_weight_cpu(converted(grad_output, ScalarType::Float),
+                                                      converted(input, ScalarType::Float), weight_size, stride,
+                                                      padding, dilation, groups, false),
+                           grad_output.scalar_type());
+        });
+  }
   auto nchw = [&]() -> Tensor {
     const Tensor x = contiguous_or_self(input);
     const Tensor dy = contiguous_or_self(grad_output);
@@ -1032,6 +1101,26 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
     return dw;
   }
   return nchw();
+}
+
+}  // namespace
+
+Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                          IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                          bool /*allow_tf32: float32 on the CPU is float32*/) {
+  return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kChoose);
+}
+
+Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
+                                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                 bool /*allow_tf32*/) {
+  return backward_input_pass(grad_output, weight, input_size, stride, padding, dilation, groups, HalfTypes::kChoose);
+}
+
+Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
+                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                                  bool /*allow_tf32*/) {
+  return backward_weight_pass(grad_output, input, weight_size, stride, padding, dilation, groups, HalfTypes::kChoose);
 }
 
 Tensor conv2d_backward_bias_cpu(const Tensor& grad_output) {
