@@ -39,37 +39,57 @@ inline Floats load_as_floats(const Element* p) {
   return v;
 }
 
+// NV registers of channels from c0 (each an independent chain of compare-and-selects over the
+// window: one register alone waits on each select's latency, tap after tap).
+template <typename Floats, typename Ints, typename Longs, int L, int NV, typename Element>
+inline void max_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, const int32_t* window, int64_t taps,
+                                    Element* y, int64_t* indices) {
+  Floats best[NV];
+  Ints best_index[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    best[v] = load_as_floats<Floats, Ints, L>(x + window[0] * C + c0 + v * L);
+    best_index[v] = Ints{} + window[0];
+  }
+  for (int64_t t = 1; t < taps; ++t) {
+    const Element* pixel = x + window[t] * C + c0;
+    const Ints position = Ints{} + window[t];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const Floats value = load_as_floats<Floats, Ints, L>(pixel + v * L);
+      const Ints takes = (value > best[v]) | (value != value);
+      best[v] = takes ? value : best[v];
+      best_index[v] = takes ? position : best_index[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const Longs wide = __builtin_convertvector(best_index[v], Longs);
+    if constexpr (sizeof(Element) == sizeof(float)) {
+      __builtin_memcpy(y + c0 + v * L, &best[v], sizeof best[v]);
+    } else {
+      typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
+      Ints bits;
+      __builtin_memcpy(&bits, &best[v], sizeof bits);
+      const Halves narrow = __builtin_convertvector(bits >> 16, Halves);
+      __builtin_memcpy(y + c0 + v * L, &narrow, sizeof narrow);
+    }
+    __builtin_memcpy(indices + c0 + v * L, &wide, sizeof wide);
+  }
+}
+
 template <typename Floats, typename Ints, typename Longs, int L, typename Element = float>
 int64_t max_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, int64_t taps, Element* y,
                             int64_t* indices) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
                 sizeof(Longs) == 2 * sizeof(Floats));
   if (C < L) return 0;
-  // whole vectors, then the last L channels (overlapping the vector before: its channels are
-  // written again with the same values)
-  for (int64_t next = 0; next < C;) {
-    const int64_t c0 = std::min(next, C - L);
-    next = c0 + L;
-    Floats best = load_as_floats<Floats, Ints, L>(x + window[0] * C + c0);
-    Ints best_index = Ints{} + window[0];
-    for (int64_t t = 1; t < taps; ++t) {
-      const Floats v = load_as_floats<Floats, Ints, L>(x + window[t] * C + c0);
-      const Ints takes = (v > best) | (v != v);
-      best = takes ? v : best;
-      best_index = takes ? Ints{} + window[t] : best_index;
-    }
-    const Longs wide = __builtin_convertvector(best_index, Longs);
-    if constexpr (sizeof(Element) == sizeof(float)) {
-      __builtin_memcpy(y + c0, &best, sizeof best);
-    } else {
-      typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
-      Ints bits;
-      __builtin_memcpy(&bits, &best, sizeof bits);
-      const Halves narrow = __builtin_convertvector(bits >> 16, Halves);
-      __builtin_memcpy(y + c0, &narrow, sizeof narrow);
-    }
-    __builtin_memcpy(indices + c0, &wide, sizeof wide);
-  }
+  // four registers at a time, then one, then the last L channels (overlapping the register
+  // before: its channels are written again with the same values)
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= C; c0 += 4 * L) max_pool_registers_nhwc<Floats, Ints, Longs, L, 4>(x, C, c0, window, taps, y, indices);
+  for (; c0 + L <= C; c0 += L) max_pool_registers_nhwc<Floats, Ints, Longs, L, 1>(x, C, c0, window, taps, y, indices);
+  if (c0 < C) max_pool_registers_nhwc<Floats, Ints, Longs, L, 1>(x, C, C - L, window, taps, y, indices);
   return C;
 }
 
