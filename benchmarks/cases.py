@@ -2,7 +2,8 @@
 
 Each case is one layer as the network sees it on Fashion-MNIST (1 input channel):
 LeNet at 28x28, the reduced VGG ((1,16),(1,32),(2,64),(2,128),(2,128)) at 224x224 and
-ResNet-18 at 96x96, batch 128 (the book's) or a smaller batch in quick mode.
+ResNet-18 at 96x96, batch 128 (the book's) or a smaller batch in quick mode; a few grouped
+(RegNetX, chapter 8.8) and depthwise layers besides.
 """
 
 from dataclasses import dataclass, field
@@ -83,6 +84,16 @@ CONV_CASES += [
     ConvCase("resnet.b2.conv.cl", 64, 64, 24, 3, padding=1, channels_last=True, quick=True),
     ConvCase("resnet.b3.shortcut.cl", 64, 128, 24, 1, stride=2, channels_last=True),
     ConvCase("resnet.b5.conv2.cl", 512, 512, 3, 3, padding=1, channels_last=True),
+]
+
+# Grouped and depthwise layers (reported, no goal of their own): RegNetX-32's grouped 3x3
+# convolutions from the book's chapter 8.8 (group width 16; stages at 24x24 and 12x12 at the
+# book's 96x96 input), and depthwise 3x3 layers as MobileNet has them.
+CONV_CASES += [
+    ConvCase("regnet.s1.conv", 32, 32, 24, 3, padding=1, groups=2),
+    ConvCase("regnet.s2.conv", 80, 80, 12, 3, padding=1, groups=5),
+    ConvCase("depthwise.56", 64, 64, 56, 3, padding=1, groups=64),
+    ConvCase("depthwise.14", 256, 256, 14, 3, padding=1, groups=256),
 ]
 
 POOL_CASES = [

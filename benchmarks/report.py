@@ -14,7 +14,9 @@ import math
 import platform
 from collections import defaultdict
 
-from cases import CONV_CASES
+from cases import CONV_CASES, POOL_CASES
+
+POOL_CASE_NAMES = {c.name for c in POOL_CASES}
 
 
 def load(path):
@@ -89,7 +91,7 @@ def summary(ratios):
         if mode == "training step":
             kind = "model"
         else:
-            kind = "conv" if any(k in case for k in ("conv", "stem", "shortcut")) and "pool" not in case else "pool"
+            kind = "pool" if case in POOL_CASE_NAMES else "conv"
         groups[(family, kind, mode, device, dtype)].append(ratio)
     lines = ["| family | kind | mode | device | dtype | cases | geomean cuconv/torch | worst |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
