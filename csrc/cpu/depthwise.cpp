@@ -231,7 +231,7 @@ std::vector<T> tap_major_weights(const DirectConv& p, const S* w) {
 template <typename T>
 void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const T* wt, T* sums, int64_t c0,
                   int64_t count, OutputRange interior, DepthwiseTaps<T>& row, std::vector<const T*>& weights, std::vector<T*>& sum_rows,
-                  std::vector<const T*>& sources, std::vector<int64_t>& offsets) {
+                  std::vector<int64_t>& origins, std::vector<int64_t>& offsets) {
   int64_t k = 0;
   for (int64_t i = 0; i < p.kernel_h; ++i) {
     const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h;
@@ -240,14 +240,15 @@ void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const
       const int64_t t = i * p.kernel_w + j;
       if (wt != nullptr) weights[k] = wt + t * p.out_channels + c0;
       if (sums != nullptr) sum_rows[k] = sums + t * p.out_channels + c0;
-      sources[k] = x.row(ih);
       offsets[k] = j * p.dilation_w - p.pad_w;
+      origins[k] = (ih - x.first) * x.row_elements + offsets[k] * x.stride;
     }
   }
   row.taps = k;
   row.weights = weights.data();
   row.sums = sum_rows.data();
-  row.sources = sources.data();
+  row.base = x.first_row;
+  row.origins = origins.data();
   row.offsets = offsets.data();
   row.source_step = p.stride_w;
   row.source_width = p.width;
@@ -286,27 +287,27 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
                              sizeof(T));
   torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> x_buffer, y_buffer;
-    std::vector<const T*> weights(taps), sources(taps);
+    std::vector<const T*> weights(taps);
     std::vector<T*> sum_rows(taps);
-    std::vector<int64_t> offsets(taps);
+    std::vector<int64_t> origins(taps), offsets(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
       const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
       const int64_t r0 = band * s.band, r1 = std::min(p.out_h, r0 + s.band);
       const OutputRange in = input_rows_of(p, r0, r1);
-      Rows<const T> xr;
+      Rows<const T> xr{};
       if constexpr (std::is_same_v<S, T>) {
         if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
       }
       if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
-      Rows<T> yr;
+      Rows<T> yr{};
       if constexpr (std::is_same_v<S, T>) {
         if (y_in_place) yr = rows_in_place<T>(y, n, c0);
       }
       if (!y_in_place) yr = buffer_rows(y_buffer, r0, r1, p.out_w, count);
       DepthwiseTaps<T> row;
       for (int64_t oh = r0; oh < r1; ++oh) {
-        forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, row, weights, sum_rows, sources, offsets);
+        forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, row, weights, sum_rows, origins, offsets);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
       if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, kernels);
@@ -338,8 +339,8 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
                              dy_in_place ? 0 : (p.out_w + sH - 1) / sH, sizeof(T));
   torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, dx_buffer;
-    std::vector<const T*> weights(taps), sources(taps);
-    std::vector<int64_t> offsets(taps);
+    std::vector<const T*> weights(taps);
+    std::vector<int64_t> origins(taps), offsets(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
       const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
@@ -349,19 +350,20 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       const int64_t lowest = r0 + p.pad_h - (p.kernel_h - 1) * p.dilation_h;
       const int64_t first = std::min(p.out_h, lowest <= 0 ? int64_t{0} : (lowest + sH - 1) / sH);
       const int64_t last = std::clamp<int64_t>((r1 - 1 + p.pad_h) / sH + 1, first, p.out_h);
-      Rows<const T> dyr;
+      Rows<const T> dyr{};
       if constexpr (std::is_same_v<S, T>) {
         if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
       }
       if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_buffer, kernels);
-      Rows<T> dxr;
+      Rows<T> dxr{};
       if constexpr (std::is_same_v<S, T>) {
         if (dx_in_place) dxr = rows_in_place<T>(dx, n, c0);
       }
       if (!dx_in_place) dxr = buffer_rows(dx_buffer, r0, r1, p.width, count);
       DepthwiseTaps<T> row;
       row.weights = weights.data();
-      row.sources = sources.data();
+      row.base = dyr.first_row;
+      row.origins = origins.data();
       row.offsets = offsets.data();
       row.source_step = 1;
       row.source_width = p.out_w;
@@ -377,8 +379,8 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
               const int64_t columns_across = residue + p.pad_w - j * p.dilation_w;  // = (ow - u) * sW
               if (columns_across % sW != 0) continue;
               weights[k] = wt.data() + (i * p.kernel_w + j) * p.out_channels + c0;
-              sources[k] = dyr.row(rows_down / sH);
               offsets[k] = columns_across / sW;
+              origins[k] = (rows_down / sH - dyr.first) * dyr.row_elements + offsets[k] * dyr.stride;
               ++k;
             }
           }
@@ -408,9 +410,9 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
   const OutputRange interior = forward_interior(p);
   torch::stable::parallel_for(0, s.blocks * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, x_buffer;
-    std::vector<const T*> sources(taps), unused(taps);
+    std::vector<const T*> unused(taps);
     std::vector<T*> sum_rows(taps);
-    std::vector<int64_t> offsets(taps);
+    std::vector<int64_t> origins(taps), offsets(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t block = item / parts, part = item % parts;
       const int64_t c0 = block * s.block, count = std::min(s.block, O - c0);
@@ -419,7 +421,7 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
       for (int64_t r = part * rows_per_part; r < row_end;) {  // one sample's run of rows at a time
         const int64_t n = r / p.out_h, r0 = r % p.out_h, r1 = std::min(p.out_h, r0 + (row_end - r));
         const OutputRange in = input_rows_of(p, r0, r1);
-        Rows<const T> xr, dyr;
+        Rows<const T> xr{}, dyr{};
         if constexpr (std::is_same_v<S, T>) {
           if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
           if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
@@ -428,7 +430,7 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
         if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer, kernels);
         DepthwiseTaps<T> row;
         for (int64_t oh = r0; oh < r1; ++oh) {
-          forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, row, unused, sum_rows, sources, offsets);
+          forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, row, unused, sum_rows, origins, offsets);
           kernels.weight_row(row, dyr.row(oh), dyr.stride);
         }
         r += r1 - r0;

@@ -49,9 +49,9 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
 #pragma GCC unroll 8
     for (int q = 0; q < Q; ++q) acc[q][v] = b;
   }
-  const int64_t step = r.source_step * r.source_stride;
+  const int64_t step = r.source_step * r.source_stride, first = u0 * step + c;
   for (int64_t k = 0; k < r.taps; ++k) {
-    const typename Isa::T* src = r.sources[k] + (u0 * r.source_step + r.offsets[k]) * r.source_stride + c;
+    const typename Isa::T* src = r.base + (r.origins[k] + first);
     const typename Isa::T* w = r.weights[k] + c;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
@@ -79,7 +79,7 @@ inline void depthwise_forward_edge(const DepthwiseTaps<typename Isa::T>& r, int6
   for (int64_t k = 0; k < r.taps; ++k) {
     const int64_t column = u * r.source_step + r.offsets[k];
     if (column < 0 || column >= r.source_width) continue;
-    const typename Isa::T* src = r.sources[k] + column * r.source_stride + c;
+    const typename Isa::T* src = r.base + (r.origins[k] + u * r.source_step * r.source_stride + c);
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[v] = Isa::fma(depthwise_load<Isa, kWhole>(r.weights[k] + c + v * L, lanes),
@@ -148,7 +148,7 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
     for (int k = 0; k < K; ++k) {
       const int64_t column = u * r.source_step + r.offsets[k0 + k];
       if (column < 0 || column >= r.source_width) continue;
-      const T* src = r.sources[k0 + k] + column * r.source_stride + c;
+      const T* src = r.base + (r.origins[k0 + k] + u * r.source_step * r.source_stride + c);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src + v * L, lanes), acc[k][v]);
     }
@@ -159,7 +159,7 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
     const T* src[K];
 #pragma GCC unroll 8
     for (int k = 0; k < K; ++k)
-      src[k] = r.sources[k0 + k] + (interior.begin * r.source_step + r.offsets[k0 + k]) * r.source_stride + c;
+      src[k] = r.base + (r.origins[k0 + k] + interior.begin * step + c);
     const T* g = dy + interior.begin * dy_step + c;
     for (int64_t u = interior.begin; u < interior.end; ++u, g += dy_step) {
       V d[NV];

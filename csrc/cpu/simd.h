@@ -77,17 +77,19 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms();
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms();
 
 // One row of a depthwise convolution for the row kernels (depthwise_tile.h), channels innermost:
-// `taps` taps, tap k reading source row sources[k] at column u*source_step + offsets[k] for
-// output pixel u < count (skipped outside [0, source_width)), `source_stride` elements from
-// pixel to pixel, `channels` channels from each pixel's first. The forward-type kernel reads
-// each tap's weights at weights[k] (one per channel), the weight-type kernel adds each tap's
-// sums into sums[k].
+// `taps` taps, tap k reading its source row at column u*source_step + offsets[k] for output pixel
+// u < count (skipped outside [0, source_width)), `source_stride` elements from pixel to pixel,
+// `channels` channels from each pixel's first. Tap k's column 0 is base + origins[k] (elements;
+// before its row's start where the tap's offset is negative), so a tap's source is one load and
+// an add. The forward-type kernel reads each tap's weights at weights[k] (one per channel), the
+// weight-type kernel adds each tap's sums into sums[k].
 template <typename T>
 struct DepthwiseTaps {
   int64_t taps = 0;
   const T* const* weights = nullptr;
   T* const* sums = nullptr;
-  const T* const* sources = nullptr;
+  const T* base = nullptr;
+  const int64_t* origins = nullptr;
   const int64_t* offsets = nullptr;
   int64_t source_step = 1, source_width = 0, source_stride = 1, channels = 0, count = 0;
   // the output pixels whose every tap reads inside [0, source_width) (depthwise_interior)
