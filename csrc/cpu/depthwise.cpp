@@ -372,10 +372,11 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       for (int64_t ih = r0; ih < r1; ++ih) {
         for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
           int64_t k = 0;
-          for (int64_t i = 0; i < p.kernel_h; ++i) {
+          // taps from the last kernel row and column back, so that grad_output is read forwards
+          for (int64_t i = p.kernel_h - 1; i >= 0; --i) {
             const int64_t rows_down = ih + p.pad_h - i * p.dilation_h;  // = oh * sH
             if (rows_down < 0 || rows_down % sH != 0 || rows_down / sH >= p.out_h) continue;
-            for (int64_t j = 0; j < p.kernel_w; ++j) {
+            for (int64_t j = p.kernel_w - 1; j >= 0; --j) {
               const int64_t columns_across = residue + p.pad_w - j * p.dilation_w;  // = (ow - u) * sW
               if (columns_across % sW != 0) continue;
               weights[k] = wt.data() + (i * p.kernel_w + j) * p.out_channels + c0;
