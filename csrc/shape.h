@@ -84,6 +84,10 @@ inline Conv2dShape conv2d_shape(const char* op, IntArrayRef input_size, IntArray
   // the bias alone. Neither is a convolution anyone means, so it is refused.
   CUCONV_CHECK_VALUE(s.in_channels > 0, op, ": expected input to have at least one channel, but got shape ",
                     input_size);
+  CUCONV_CHECK_VALUE(s.in_h > 0 && s.in_w > 0, op,
+                    ": expected input to have a height and width of at least 1, but got shape ", input_size);
+  CUCONV_CHECK_VALUE(s.out_channels >= groups, op, ": expected weight to have at least groups=", groups,
+                    " output channels, but got weight of shape ", weight_size);
   CUCONV_CHECK_VALUE(s.out_channels % groups == 0, op, ": expected out_channels (weight.shape[0]=",
                     s.out_channels, ") to be divisible by groups=", groups);
   CUCONV_CHECK_VALUE(s.in_channels == weight_size[1] * groups, op, ": given groups=", groups,

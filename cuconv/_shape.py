@@ -70,6 +70,10 @@ def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups)
                  _sizes(weight_size))
     _value_error(in_channels > 0, op, ": expected input to have at least one channel, but got shape ",
                  _sizes(input_size))
+    _value_error(in_h > 0 and in_w > 0, op, ": expected input to have a height and width of at least 1, but got shape ",
+                 _sizes(input_size))
+    _value_error(out_channels >= groups, op, ": expected weight to have at least groups=", groups,
+                 " output channels, but got weight of shape ", _sizes(weight_size))
     _value_error(out_channels % groups == 0, op, ": expected out_channels (weight.shape[0]=", out_channels,
                  ") to be divisible by groups=", groups)
     _value_error(in_channels == weight_size[1] * groups, op, ": given groups=", groups, " and weight of shape ",

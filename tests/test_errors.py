@@ -64,6 +64,13 @@ CONV_CASES = [
      r"out_channels \(weight\.shape\[0\]=5\) to be divisible by groups=2"),
     ("groups-too-many", lambda f: f(x4(), w4(6, 1, 3, 3), groups=6), ValueError,
      r"groups=6 .*to have 6 channels, but got 4"),
+    # torch raises too (a RuntimeError); the depthwise kernels divided by the zero multiplier
+    ("no-output-channels-grouped", lambda f: f(x4(), w4(0, 1, 3, 3), groups=4), ValueError,
+     r"weight to have at least groups=4 output channels, but got weight of shape \[0, 1, 3, 3\]"),
+    ("no-output-channels", lambda f: f(x4(), w4(0, 4, 3, 3)), ValueError,
+     r"weight to have at least groups=1 output channels, but got weight of shape \[0, 4, 3, 3\]"),
+    ("empty-height-padded", lambda f: f(x4(1, 4, 0, 5), w4(4, 1, 1, 1), padding=1, groups=4), ValueError,
+     r"input to have a height and width of at least 1, but got shape \[1, 4, 0, 5\]"),
     ("groups-0", lambda f: f(x4(), w4(), groups=0), ValueError, r"groups >= 1, but got groups=0"),
     ("groups--1", lambda f: f(x4(), w4(), groups=-1), ValueError, r"groups >= 1, but got groups=-1"),
     # --- kernel does not fit

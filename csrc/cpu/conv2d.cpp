@@ -30,9 +30,11 @@
 // samples (input gradient, whose col2im adds neighbouring rows into the same pixels),
 // so no two threads write the same memory. The weight gradient is summed per thread
 // and the partial sums are added in a fixed order, so results are deterministic.
-// Half types are packed as float, computed in float and rounded once per element.
+// Half types are packed as float, computed in float and rounded once per element (or, where
+// that measures faster, run through the float32 kernels on float32 copies: run_half_types).
+// Grouped layers run a GEMM per group, or group by group (run_grouped).
 //
-// Two layer kinds skip im2col: depthwise layers (depthwise.h) and, pass by
+// Two layer kinds skip im2col: depthwise layers (depthwise.h, every dtype) and, pass by
 // pass, float32 layers that the direct kernels (direct_conv.h), Winograd (winograd.h) or
 // the per-pixel products (pixel_gemm.h) run faster (run_float_pass below: measured per
 // shape, tuner.h).
@@ -900,8 +902,8 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const std::optional<Tensor> bias_g = b.defined() ? std::optional<Tensor>(leading_slice(b, gi * O, O)) : std::nullopt;
         copy_into_channels(y, gi * O,
-                           conv2d_forward_cpu(channel_slice_copy(input, gi * C, C), leading_slice(w, gi * O, O), bias_g,
-                                              stride, padding, dilation, 1, false));
+                           forward_pass(channel_slice_copy(input, gi * C, C), leading_slice(w, gi * O, O), bias_g,
+                                        stride, padding, dilation, 1, half));
       }
       return y;
     });
@@ -994,8 +996,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
       const int64_t group_size[4] = {input_size[0], C, input_size[2], input_size[3]};
       for (int64_t gi = 0; gi < g.groups; ++gi)
         copy_into_channels(dx, gi * C,
-                           conv2d_backward_input_cpu(channel_slice_copy(grad_output, gi * O, O), leading_slice(w, gi * O, O),
-                                                     IntArrayRef(group_size, 4), stride, padding, dilation, 1, false));
+                           backward_input_pass(channel_slice_copy(grad_output, gi * O, O), leading_slice(w, gi * O, O),
+                                                     IntArrayRef(group_size, 4), stride, padding, dilation, 1, half));
       return dx;
     });
   }
@@ -1074,10 +1076,10 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
       const int64_t group_size[4] = {O, C, weight_size[2], weight_size[3]};
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         Tensor part = leading_slice(dw, gi * O, O);
-        torch::stable::copy_(part, conv2d_backward_weight_cpu(channel_slice_copy(grad_output, gi * O, O),
+        torch::stable::copy_(part, backward_weight_pass(channel_slice_copy(grad_output, gi * O, O),
                                                               channel_slice_copy(input, gi * C, C),
                                                               IntArrayRef(group_size, 4), stride, padding, dilation, 1,
-                                                              false));
+                                                              half));
       }
       return dw;
     });

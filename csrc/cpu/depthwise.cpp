@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -80,8 +81,10 @@ DepthwiseKernels<T> kernels_for_this_cpu() {
 }
 
 // Output pixels per part of the weight gradient's reduction: enough work per part to pay for a
-// thread, and small enough that a batch splits into parts for many threads.
+// thread, and small enough that a batch splits into parts for many threads; and at most
+// kPartValues values in all the parts' sums (large kernels: fewer, larger parts).
 constexpr int64_t kPartPixels = 1024;
+constexpr int64_t kPartValues = int64_t{1} << 22;
 
 // A 4-D tensor's elements, NCHW or NHWC (contiguous in that layout).
 template <typename S>
@@ -197,13 +200,22 @@ struct Split {
   int64_t items(int64_t batch) const { return batch * blocks * bands; }
 };
 
-// `staged_row_elements`: values per row (and channel) of the operand that is staged, if any
-// (0 when nothing is): its band's rows should stay within a quarter of the L2.
+// Output channels per block: about `wanted`, a multiple of the multiplier M (the input gradient
+// adds each input channel's M) and, where that is not much more, of the vector width too (M = 3
+// in blocks of 30 left a part-filled register in every block).
+int64_t channel_block(int64_t channels, int64_t multiplier, int64_t lanes, int64_t wanted) {
+  const int64_t both = std::lcm(multiplier, lanes);
+  const int64_t block = both <= 2 * wanted ? std::max(both, wanted / both * both)
+                                           : std::max(multiplier, wanted / multiplier * multiplier);
+  return std::min(channels, block);
+}
+
+// `staged_row_elements`: values per row (and channel) of the operands that are staged, if any
+// (0 when nothing is): a band's staged rows should stay within a quarter of the L2.
 Split split_work(int64_t batch, int64_t channels, int64_t multiplier, int64_t rows, int64_t lanes,
                  int64_t staged_row_elements, int64_t value_bytes) {
   Split s;
-  const int64_t wanted = (staged_row_elements > 0 ? 2 : 4) * lanes;
-  s.block = std::min(channels, std::max(multiplier, wanted / multiplier * multiplier));
+  s.block = channel_block(channels, multiplier, lanes, (staged_row_elements > 0 ? 2 : 4) * lanes);
   s.blocks = (channels + s.block - 1) / s.block;
   s.band = rows;
   if (staged_row_elements > 0) {
@@ -227,11 +239,23 @@ std::vector<T> tap_major_weights(const DirectConv& p, const S* w) {
   return wt;
 }
 
-// The taps of output row oh that read inside the image (rows of x), for channel block c0.
+// A work item's lists of a row's taps, for DepthwiseTaps to point into.
 template <typename T>
-void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const T* wt, T* sums, int64_t c0,
-                  int64_t count, OutputRange interior, DepthwiseTaps<T>& row, std::vector<const T*>& weights, std::vector<T*>& sum_rows,
-                  std::vector<int64_t>& origins, std::vector<int64_t>& offsets) {
+struct TapLists {
+  std::vector<const T*> weights;
+  std::vector<T*> sums;
+  std::vector<int64_t> origins, offsets;
+  explicit TapLists(int64_t taps) : weights(taps), sums(taps), origins(taps), offsets(taps) {}
+};
+
+// The taps of output row oh that read inside the image (rows of x), for channel block c0: each
+// with its weights (wt, forward) or its sums (weight gradient).
+template <typename T>
+DepthwiseTaps<T> forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const T* wt, T* sums,
+                              int64_t c0, int64_t count, OutputRange interior, TapLists<T>& lists) {
+  std::vector<const T*>& weights = lists.weights;
+  std::vector<T*>& sum_rows = lists.sums;
+  std::vector<int64_t>&origins = lists.origins, &offsets = lists.offsets;
   int64_t k = 0;
   for (int64_t i = 0; i < p.kernel_h; ++i) {
     const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h;
@@ -244,6 +268,7 @@ void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const
       origins[k] = (ih - x.first) * x.row_elements + offsets[k] * x.stride;
     }
   }
+  DepthwiseTaps<T> row;
   row.taps = k;
   row.weights = weights.data();
   row.sums = sum_rows.data();
@@ -256,6 +281,7 @@ void forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const
   row.channels = count;
   row.count = p.out_w;
   row.interior = interior;
+  return row;
 }
 
 // The output columns whose every tap reads inside the image (forward and weight gradient).
@@ -283,13 +309,12 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
   std::vector<T> bt;
   if (bias != nullptr) bt.assign(bias, bias + p.out_channels);
   const bool x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1, y_in_place = y.nhwc && std::is_same_v<S, T>;
-  const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes, x_in_place ? 0 : p.width * p.stride_h,
-                             sizeof(T));
+  // per output row: about sH * W values of x and out_w of y, where staged
+  const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
+                             (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
   torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> x_buffer, y_buffer;
-    std::vector<const T*> weights(taps);
-    std::vector<T*> sum_rows(taps);
-    std::vector<int64_t> origins(taps), offsets(taps);
+    TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
       const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
@@ -305,9 +330,8 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
         if (y_in_place) yr = rows_in_place<T>(y, n, c0);
       }
       if (!y_in_place) yr = buffer_rows(y_buffer, r0, r1, p.out_w, count);
-      DepthwiseTaps<T> row;
       for (int64_t oh = r0; oh < r1; ++oh) {
-        forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, row, weights, sum_rows, origins, offsets);
+        const DepthwiseTaps<T> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
       if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, kernels);
@@ -335,8 +359,9 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
     interiors.push_back(depthwise_interior(offsets.data(), static_cast<int64_t>(offsets.size()), 1, p.out_w,
                                            (p.width - residue + sW - 1) / sW));
   }
+  // per input row: W values of dx and about out_w / sH of grad_output, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
-                             dy_in_place ? 0 : (p.out_w + sH - 1) / sH, sizeof(T));
+                             (dx_in_place ? 0 : p.width) + (dy_in_place ? 0 : (p.out_w + sH - 1) / sH), sizeof(T));
   torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, dx_buffer;
     std::vector<const T*> weights(taps);
@@ -403,21 +428,22 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
   const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w, O = p.out_channels;
   const bool dy_in_place = dy.nhwc && std::is_same_v<S, T>, x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1;
-  // parts: runs of output rows (counted across samples) of about kPartPixels pixels
-  const int64_t rows = p.batch * p.out_h, rows_per_part = std::max<int64_t>(1, kPartPixels / p.out_w);
+  // parts: runs of output rows (counted across samples) of about kPartPixels pixels, as few as
+  // keep their sums within kPartValues; both fixed by the shape alone
+  const int64_t rows = p.batch * p.out_h, most_parts = std::max<int64_t>(1, kPartValues / (taps * O));
+  int64_t rows_per_part = std::max<int64_t>(1, kPartPixels / p.out_w);
+  rows_per_part = std::max(rows_per_part, (rows + most_parts - 1) / most_parts);
   const int64_t parts = std::max<int64_t>(1, (rows + rows_per_part - 1) / rows_per_part);
-  const Split s = split_work(1, O, M, 1, kernels.lanes, 0, sizeof(T));
-  std::vector<T> partial(static_cast<size_t>(parts * taps * O), T(0));
+  const int64_t block = channel_block(O, M, kernels.lanes, 4 * kernels.lanes), blocks = (O + block - 1) / block;
+  std::vector<T> partial(static_cast<size_t>(parts * taps * O));  // each item zeroes its own sums
   const OutputRange interior = forward_interior(p);
-  torch::stable::parallel_for(0, s.blocks * parts, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, x_buffer;
-    std::vector<const T*> unused(taps);
-    std::vector<T*> sum_rows(taps);
-    std::vector<int64_t> origins(taps), offsets(taps);
+    TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t block = item / parts, part = item % parts;
-      const int64_t c0 = block * s.block, count = std::min(s.block, O - c0);
+      const int64_t part = item % parts, c0 = item / parts * block, count = std::min(block, O - c0);
       T* sums = partial.data() + part * taps * O;
+      for (int64_t t = 0; t < taps; ++t) std::fill_n(sums + t * O + c0, count, T(0));
       const int64_t row_end = std::min(rows, (part + 1) * rows_per_part);
       for (int64_t r = part * rows_per_part; r < row_end;) {  // one sample's run of rows at a time
         const int64_t n = r / p.out_h, r0 = r % p.out_h, r1 = std::min(p.out_h, r0 + (row_end - r));
@@ -429,11 +455,9 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
         }
         if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
         if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer, kernels);
-        DepthwiseTaps<T> row;
-        for (int64_t oh = r0; oh < r1; ++oh) {
-          forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, row, unused, sum_rows, origins, offsets);
-          kernels.weight_row(row, dyr.row(oh), dyr.stride);
-        }
+        for (int64_t oh = r0; oh < r1; ++oh)
+          kernels.weight_row(forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, lists), dyr.row(oh),
+                             dyr.stride);
         r += r1 - r0;
       }
     }

@@ -1,6 +1,7 @@
 // The row kernels of the depthwise convolution (depthwise.cpp), written once for every vector
 // ISA: included by simd_avx512.cpp and simd_avx2.cpp after their `#pragma GCC target`, and by
-// depthwise.cpp for the portable build, inside their anonymous namespaces. As gemm_tile.h: no
+// depthwise.cpp for the portable build (16-byte vectors: CPUs without AVX2, and
+// CUCONV_CPU_ISA=generic), inside their anonymous namespaces. As gemm_tile.h: no
 // #include here; DepthwiseTaps (simd.h) must be declared before.
 //
 // Isa provides: T (float or double), V (a vector of kLanes of them), kRegisters, zero(), load(p),
@@ -17,8 +18,8 @@
 //     sums_k[c] += sum_u dy[u*dy_step + c] * src_k[(u*step + offset_k)*stride + c]   (same taps)
 //
 // Register tiles: forward, 4 output pixels x up to 4 channel vectors (each tap's weight vectors
-// loaded once for the 4 pixels); weight, up to 8 taps x 1 or 2 channel vectors (each dy vector
-// loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
+// loaded once for the 4 pixels); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
+// 1-2 (each dy vector loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
 // DepthwiseTaps::interior) run these tiles without bounds checks; the few at the row's ends run
 // one pixel at a time, skipping the taps that fall in the padding.
 
@@ -156,21 +157,20 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
   for (int64_t u = 0; u < interior.begin; ++u) edge(u);
   if (interior.begin < interior.end) {
     const int64_t step = r.source_step * r.source_stride;
-    const T* src[K];
+    const T* src[K];  // each tap's source at the first interior pixel
 #pragma GCC unroll 8
     for (int k = 0; k < K; ++k)
       src[k] = r.base + (r.origins[k0 + k] + interior.begin * step + c);
     const T* g = dy + interior.begin * dy_step + c;
-    for (int64_t u = interior.begin; u < interior.end; ++u, g += dy_step) {
+    for (int64_t i = 0; i < interior.end - interior.begin; ++i) {
       V d[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) d[v] = depthwise_load<Isa, kWhole>(g + v * L, lanes);
+      for (int v = 0; v < NV; ++v) d[v] = depthwise_load<Isa, kWhole>(g + i * dy_step + v * L, lanes);
 #pragma GCC unroll 8
-      for (int k = 0; k < K; ++k) {
+      for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src[k] + v * L, lanes), acc[k][v]);
-        src[k] += step;
-      }
+        for (int v = 0; v < NV; ++v)
+          acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src[k] + i * step + v * L, lanes), acc[k][v]);
     }
   }
   for (int64_t u = interior.end; u < r.count; ++u) edge(u);
@@ -184,7 +184,7 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
 }
 
 // The row's taps for NV channel vectors from channel c, in chunks of at most 8 taps (6 for 4
-// vectors: 24 accumulators) of equal size (9 taps: 5 + 4, rather than 8 + a lone tap that would
+// vectors: 24 accumulators) of equal size (9 taps: 4 + 5, rather than 8 + a lone tap that would
 // load dy for one FMA).
 template <class Isa, int NV, bool kWhole>
 void depthwise_weight_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t c, int64_t lanes,
@@ -208,10 +208,9 @@ void depthwise_weight_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t 
   }
 }
 
-// The row's channels: four whole vectors at a time where the registers allow (6 x 4 accumulators
-// of AVX-512's 32: each pixel's 256 bytes of channels read together, which halved the time of
-// 144-channel 56x56 layers against two vectors' 128), pairs, single vectors, then the last
-// part-filled one.
+// The row's channels: with AVX-512's 32 registers four whole vectors at a time (6 x 4
+// accumulators, each pixel's 256 bytes of channels read together), then pairs; single vectors
+// (all of them with 16 registers); then the last part-filled one.
 template <class Isa>
 void depthwise_weight_row(const DepthwiseTaps<typename Isa::T>& r, const typename Isa::T* dy, int64_t dy_step) {
   constexpr int64_t L = Isa::kLanes;

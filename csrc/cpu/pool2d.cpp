@@ -730,8 +730,6 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
   }
 }
 
-// The vector kernel for max_pool_row_nhwc on this CPU (and CUCONV_CPU_ISA), or none.
-
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
   const PoolVectorKernels vector = pool_vector_kernels();

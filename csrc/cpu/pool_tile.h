@@ -2,14 +2,14 @@
 // and simd_avx2.cpp after their `#pragma GCC target`, where GCC's vector types below compile to
 // one AVX-512 register or two AVX2 ones.
 //
-// Max pooling of one NHWC output pixel in float32, one register of channels at a time (the
-// channels_last kernel), with GCC's vector types of the ISA's own width: Floats of L floats,
+// Max pooling of one NHWC output pixel in float32 or bfloat16, registers of channels at a time
+// (the channels_last kernel), with GCC's vector types of the ISA's own width: Floats of L floats,
 // Ints and Longs of as many 32- and 64-bit lanes (the AVX-512 file takes 16, the AVX2 file 8;
 // a 16-float type on AVX2 compiled to scalar code, 7-12x slower than torch). (In pool2d.cpp's
 // target_clones functions GCC 12 lowers them to scalar code too, 10x slower; so do plain loops
 // over the channels, which it unrolls before vectorising.) As gemm_tile.h: no #include here.
 //
-// For channels [c0, c0 + L) of every whole vector: the maximum over the window's pixels
+// For channels [c0, c0 + L) of every register: the maximum over the window's pixels
 // x + window[t] * C (t < taps), by torch's rule (v replaces the best when v > best or v is NaN;
 // the first pixel stands for an all -inf window), and its pixel index. Returns the channels
 // done: all of them, or none where C < L (the caller does them).
@@ -21,7 +21,6 @@ typedef float PoolFloats8 __attribute__((vector_size(32)));
 typedef int32_t PoolInts8 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs8 __attribute__((vector_size(64)));
 
-//
 // Element: float, or bfloat16 as its bits (uint16_t, the upper half of a float's): widened to
 // float exactly and, the maximum being one of the inputs, narrowed back exactly.
 template <typename Floats, typename Ints, int L, typename Element>
@@ -33,6 +32,7 @@ inline Floats load_as_floats(const Element* p) {
     typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
     Halves bits;
     __builtin_memcpy(&bits, p, sizeof bits);
+    // (bits >= 0x8000 shift into the sign bit: GCC's vector shifts wrap, as the hardware's do)
     const Ints wide = __builtin_convertvector(bits, Ints) << 16;
     __builtin_memcpy(&v, &wide, sizeof v);
   }

@@ -1,5 +1,6 @@
 // An L x L block of floats transposed in L vector registers, for the vector kernels that turn
-// pixel-major sums channel-major or the reverse (pool_tile.h, direct_tile.h). Included by
+// pixel-major sums channel-major or the reverse (pool_tile.h, direct_tile.h, and the depthwise
+// kernels' NCHW planes to NHWC rows and back: planes_to_pixels, pixels_to_planes below). Included by
 // simd_avx512.cpp and simd_avx2.cpp after their `#pragma GCC target`, before the tile headers;
 // like them it includes nothing. Floats and Ints are GCC vector types (or __m512 / __m256) of L
 // floats and L 32-bit integers; the shuffles compile to one instruction each with AVX-512
@@ -32,7 +33,6 @@ inline void transpose_block(Floats* rows) {
   }
   if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
 }
-
 
 // Interleaves `channels` planes of `width` floats (plane k at planes + k*plane_stride) into
 // pixels of `channels` floats: pixels[w*channels + k] = planes[k*plane_stride + w]. L x L blocks

@@ -17,9 +17,10 @@
 
 namespace cuconv {
 
-// The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling, one output
-// pixel a register of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels
-// done (C rounded down to whole registers). Each ISA's set: PoolVectorKernels below.
+// The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling of one output
+// pixel, registers of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels
+// done (all of them, or none where C is less than a register). Each ISA's set: PoolVectorKernels
+// below.
 using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
                                      int64_t* indices);
 // The same for bfloat16, its values as their bits.
