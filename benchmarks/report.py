@@ -142,8 +142,10 @@ def goals(ratios):
 
 
 def _large_layer(case):
-    """The "large VGG/ResNet layers" of the GEMM goal: 3x3, at least 64 input channels (NCHW)."""
-    return any(c.name == case and c.kernel == 3 and c.in_channels >= 64 and not c.channels_last for c in CONV_CASES)
+    """The "large VGG/ResNet layers" of the GEMM goal: 3x3, at least 64 input channels (NCHW), not
+    grouped (the grouped and depthwise cases are reported without a goal)."""
+    return any(c.name == case and c.name.split(".")[0] in ("vgg", "resnet") and c.groups == 1 and c.kernel == 3
+               and c.in_channels >= 64 and not c.channels_last for c in CONV_CASES)
 
 
 def gemm_goal(rows, ceilings):
