@@ -192,10 +192,8 @@ MUTANTS = [
            "                                              bias_float, stride, padding, dilation, groups, false),",
            "                                              std::nullopt, stride, padding, dilation, groups, false),",
            (PRECISION,)),
-    Mutant("planes-to-pixels-last-channel", "vector tail", "csrc/cpu/register_transpose.h",
-           "  for (; k0 < channels; ++k0)\n    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0]",
-           "  for (; k0 + 1 < channels; ++k0)\n    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0]",
-           (DEPTHWISE,)),
+    Mutant("transpose-matrix-last-row", "vector tail", "csrc/cpu/register_transpose.h",
+           "  for (; r0 < rows; ++r0)\n", "  for (; r0 + 1 < rows; ++r0)\n", (DEPTHWISE,)),
     Mutant("avg-2x2-drops-pixel-in-float16", "half precision", "csrc/cpu/pool2d.cpp",
            "static_cast<acc_t>(r1[2 * ow]) + static_cast<acc_t>(r1[2 * ow + 1]);",
            "static_cast<acc_t>(r1[2 * ow]) + (std::is_same_v<scalar_t, c10::Half> ? acc_t(0) : "

@@ -125,9 +125,10 @@ Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, in
   const int64_t W = image.width;
   buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * W * count));
   if constexpr (std::is_same_v<S, T>) {
-    if (!image.nhwc && repeat == 1 && kernels.planes_to_pixels != nullptr && h0 < h1) {
-      // the band's rows are contiguous in each plane: one transpose of (h1 - h0) * W pixels
-      kernels.planes_to_pixels(image.at(n, c0, h0, 0), image.height * W, (h1 - h0) * W, count, buffer.data());
+    if (!image.nhwc && repeat == 1 && kernels.transpose != nullptr && h0 < h1) {
+      // the band's rows are contiguous in each plane: `count` planes of (h1 - h0) * W pixels to
+      // as many pixels of `count` channels
+      kernels.transpose(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, buffer.data(), count);
       return {buffer.data(), h0, W * count, count};
     }
   }
@@ -167,8 +168,8 @@ void write_back(const Rows<T>& rows, int64_t h0, int64_t h1, const Image<S>& ima
                 int64_t count, int64_t sum_of, const DepthwiseKernels<T>& kernels) {
   const int64_t W = image.width, channels = count / sum_of, first = c0 / sum_of;
   if constexpr (std::is_same_v<S, T>) {
-    if (!image.nhwc && sum_of == 1 && kernels.pixels_to_planes != nullptr && h0 < h1) {
-      kernels.pixels_to_planes(rows.row(h0), count, (h1 - h0) * W, image.at(n, c0, h0, 0), image.height * W);
+    if (!image.nhwc && sum_of == 1 && kernels.transpose != nullptr && h0 < h1) {
+      kernels.transpose(rows.row(h0), count, (h1 - h0) * W, count, image.at(n, c0, h0, 0), image.height * W);
       return;
     }
   }

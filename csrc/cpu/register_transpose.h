@@ -1,6 +1,6 @@
 // An L x L block of floats transposed in L vector registers, for the vector kernels that turn
 // pixel-major sums channel-major or the reverse (pool_tile.h, direct_tile.h, and the depthwise
-// kernels' NCHW planes to NHWC rows and back: planes_to_pixels, pixels_to_planes below). Included by
+// kernels' NCHW planes to NHWC rows and back: transpose_matrix below). Included by
 // simd_avx512.cpp and simd_avx2.cpp after their `#pragma GCC target`, before the tile headers;
 // like them it includes nothing. Floats and Ints are GCC vector types (or __m512 / __m256) of L
 // floats and L 32-bit integers; the shuffles compile to one instruction each with AVX-512
@@ -34,46 +34,26 @@ inline void transpose_block(Floats* rows) {
   if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
 }
 
-// Interleaves `channels` planes of `width` floats (plane k at planes + k*plane_stride) into
-// pixels of `channels` floats: pixels[w*channels + k] = planes[k*plane_stride + w]. L x L blocks
-// go through transpose_block; the channels and pixels past the last whole block one by one.
+// dst[c*dst_stride + r] = src[r*src_stride + c] for r < rows, c < cols: a strided matrix
+// transposed, L x L blocks through transpose_block, the rows and columns past the last whole
+// block one by one. NCHW planes to NHWC pixels (rows = channels, cols = pixels) and back.
 template <typename Floats, typename Ints, int L>
-void planes_to_pixels(const float* planes, int64_t plane_stride, int64_t width, int64_t channels, float* pixels) {
-  int64_t k0 = 0;
-  for (; k0 + L <= channels; k0 += L) {
-    int64_t w0 = 0;
-    for (; w0 + L <= width; w0 += L) {
-      Floats rows[L];
+void transpose_matrix(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                      int64_t dst_stride) {
+  int64_t r0 = 0;
+  for (; r0 + L <= rows; r0 += L) {
+    int64_t c0 = 0;
+    for (; c0 + L <= cols; c0 += L) {
+      Floats block[L];
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(&rows[i], planes + (k0 + i) * plane_stride + w0, sizeof(Floats));
-      transpose_block<Floats, Ints, L>(rows);
+      for (int i = 0; i < L; ++i) __builtin_memcpy(&block[i], src + (r0 + i) * src_stride + c0, sizeof(Floats));
+      transpose_block<Floats, Ints, L>(block);
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(pixels + (w0 + i) * channels + k0, &rows[i], sizeof(Floats));
+      for (int i = 0; i < L; ++i) __builtin_memcpy(dst + (c0 + i) * dst_stride + r0, &block[i], sizeof(Floats));
     }
-    for (; w0 < width; ++w0)
-      for (int i = 0; i < L; ++i) pixels[w0 * channels + k0 + i] = planes[(k0 + i) * plane_stride + w0];
+    for (; c0 < cols; ++c0)
+      for (int i = 0; i < L; ++i) dst[c0 * dst_stride + r0 + i] = src[(r0 + i) * src_stride + c0];
   }
-  for (; k0 < channels; ++k0)
-    for (int64_t w = 0; w < width; ++w) pixels[w * channels + k0] = planes[k0 * plane_stride + w];
-}
-
-// The reverse: planes[k*plane_stride + w] = pixels[w*channels + k].
-template <typename Floats, typename Ints, int L>
-void pixels_to_planes(const float* pixels, int64_t channels, int64_t width, float* planes, int64_t plane_stride) {
-  int64_t k0 = 0;
-  for (; k0 + L <= channels; k0 += L) {
-    int64_t w0 = 0;
-    for (; w0 + L <= width; w0 += L) {
-      Floats rows[L];
-#pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(&rows[i], pixels + (w0 + i) * channels + k0, sizeof(Floats));
-      transpose_block<Floats, Ints, L>(rows);
-#pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(planes + (k0 + i) * plane_stride + w0, &rows[i], sizeof(Floats));
-    }
-    for (; w0 < width; ++w0)
-      for (int i = 0; i < L; ++i) planes[(k0 + i) * plane_stride + w0] = pixels[w0 * channels + k0 + i];
-  }
-  for (; k0 < channels; ++k0)
-    for (int64_t w = 0; w < width; ++w) planes[k0 * plane_stride + w] = pixels[w * channels + k0];
+  for (; r0 < rows; ++r0)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r0] = src[r0 * src_stride + c];
 }

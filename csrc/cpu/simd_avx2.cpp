@@ -92,8 +92,7 @@ WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx2_depthwise_kernels_float() {
   DepthwiseKernels<float> k = depthwise_kernels_of<Avx2Float>("avx2");
-  k.planes_to_pixels = &planes_to_pixels<Avx2Float::Floats, Avx2Float::Ints, 8>;
-  k.pixels_to_planes = &pixels_to_planes<Avx2Float::Floats, Avx2Float::Ints, 8>;
+  k.transpose = &transpose_matrix<Avx2Float::Floats, Avx2Float::Ints, 8>;
   return k;
 }
 DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }

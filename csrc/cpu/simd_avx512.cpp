@@ -100,8 +100,7 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx512_depthwise_kernels_float() {
   DepthwiseKernels<float> k = depthwise_kernels_of<Avx512Float>("avx512");
-  k.planes_to_pixels = &planes_to_pixels<Avx512Float::Floats, Avx512Float::Ints, 16>;
-  k.pixels_to_planes = &pixels_to_planes<Avx512Float::Floats, Avx512Float::Ints, 16>;
+  k.transpose = &transpose_matrix<Avx512Float::Floats, Avx512Float::Ints, 16>;
   return k;
 }
 DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }
