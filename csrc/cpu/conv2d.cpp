@@ -768,8 +768,8 @@ std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor&
 // (im2col), or group by group as groups = 1 layers on copies of the group's channels, where every
 // kernel of groups = 1 (direct, Winograd, per-pixel products, NHWC) can run, chosen per shape as
 // there. Which of the two, measured per shape (tuner.h); CUCONV_CPU_BY_GROUP=1 / 0 forces it
-// (tests), and with CUCONV_CPU_TUNE=0 the GEMM per group runs. ResNeXt's layers: the copies cost
-// less than the im2col they save.
+// (tests), and with CUCONV_CPU_TUNE=0 the GEMM per group runs. On most grouped layers measured
+// (benchmarks/NOTES.md, eighth session) the copies cost less than the im2col they save.
 
 // Channels [first, first + count) of t (dimension 1) as a tensor of their own, laid out as t is.
 Tensor channel_slice_copy(const Tensor& t, int64_t first, int64_t count) {
@@ -997,7 +997,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
       for (int64_t gi = 0; gi < g.groups; ++gi)
         copy_into_channels(dx, gi * C,
                            backward_input_pass(channel_slice_copy(grad_output, gi * O, O), leading_slice(w, gi * O, O),
-                                                     IntArrayRef(group_size, 4), stride, padding, dilation, 1, half));
+                                               IntArrayRef(group_size, 4), stride, padding, dilation, 1, half));
       return dx;
     });
   }
@@ -1077,9 +1077,8 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         Tensor part = leading_slice(dw, gi * O, O);
         torch::stable::copy_(part, backward_weight_pass(channel_slice_copy(grad_output, gi * O, O),
-                                                              channel_slice_copy(input, gi * C, C),
-                                                              IntArrayRef(group_size, 4), stride, padding, dilation, 1,
-                                                              half));
+                                                        channel_slice_copy(input, gi * C, C), IntArrayRef(group_size, 4),
+                                                        stride, padding, dilation, 1, half));
       }
       return dw;
     });
