@@ -50,6 +50,16 @@ def pytest_report_header(config):
             f"{emulated_cuda.AVAILABLE}), torch {torch.__version__}, threads {torch.get_num_threads()}")
 
 
+@pytest.fixture(params=[1, 3, 7], ids=lambda n: f"{n}threads")
+def threads(request):
+    """Runs the test with 1, 3 and 7 threads (work split by the thread count gets several uneven
+    parts), then restores the count."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

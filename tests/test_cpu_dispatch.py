@@ -14,14 +14,6 @@ from test_ops import assert_matches, forward_and_grads
 ISAS = ("generic", "avx2", "avx512")  # in order of capability
 
 
-@pytest.fixture(params=[1, 3, 7], ids=lambda n: f"{n}threads")
-def threads(request):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(saved)
-
-
 def _conv(stride=1, padding=1, dilation=1, groups=1):
     return (lambda x, w, b: CF.conv2d(x, w, b, stride, padding, dilation, groups),
             lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups))

@@ -94,23 +94,17 @@ SPLIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 3, 7])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "n{batch}c{channels}m{multiplier}s{stride}".format(**c))
 def test_depthwise_splits_match_torch_and_repeat_bitwise(case, channels_last, threads):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        tensors = _tensors(case, torch.float32, channels_last)
-        out, grads = forward_and_grads(_conv(CF, case), tensors)
-        ref, ref_grads = forward_and_grads(_conv(F, case), tensors)
-        assert_matches(out, ref, torch.float32)
-        for g, r in zip(grads, ref_grads):
-            assert_matches(g, r, torch.float32)
-        again, again_grads = forward_and_grads(_conv(CF, case), tensors)
-        assert torch.equal(again, out) and all(torch.equal(a, g) for a, g in zip(again_grads, grads))
-    finally:
-        torch.set_num_threads(saved)
+    tensors = _tensors(case, torch.float32, channels_last)
+    out, grads = forward_and_grads(_conv(CF, case), tensors)
+    ref, ref_grads = forward_and_grads(_conv(F, case), tensors)
+    assert_matches(out, ref, torch.float32)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r, torch.float32)
+    again, again_grads = forward_and_grads(_conv(CF, case), tensors)
+    assert torch.equal(again, out) and all(torch.equal(a, g) for a, g in zip(again_grads, grads))
 
 
 def test_depthwise_weight_gradient_is_the_same_at_any_thread_count():
