@@ -47,7 +47,7 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 }
 
 // cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
-// {"isa": ..., "gemm_float": ..., "gemm_double": ..., "direct_conv": "auto"|"always"|"never",
+// {"isa": ..., "gemm_float": ..., "gemm_double": ..., "gemm_bfloat16": ..., "direct_conv": "auto"|"always"|"never",
 //  "last_gemm": ..., "last_direct": ..., "last_depthwise": ..., "l2_cache_bytes": ...} where the
 // last_ entries name the instruction set of the kernels the GEMM, direct and depthwise paths ran last (None before their first
 // use) and the cache size is the one the CPU blocks are sized from.
@@ -57,10 +57,13 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* isa = isa_name(cuconv::cpu_isa());
     const char* gemm_float = cuconv::cpu_microkernel<float>().isa;
     const char* gemm_double = cuconv::cpu_microkernel<double>().isa;
+    // bfloat16: on pairs ("avx512_bf16") where the CPU has them, else packed as float
+    const cuconv::PairMicrokernel pairs = cuconv::cpu_pair_microkernel(cuconv::cpu_microkernel<float>());
+    const char* gemm_bfloat16 = pairs.tile != nullptr ? pairs.isa : gemm_float;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
-                         gemm_double, "direct_conv", direct, "last_gemm",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
+                         gemm_double, "gemm_bfloat16", gemm_bfloat16, "direct_conv", direct, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "last_depthwise",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDepthwise), "l2_cache_bytes",

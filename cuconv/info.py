@@ -59,7 +59,7 @@ def format_report(info):
         f"GPUs: {', '.join(info['gpus']) if info['gpus'] else 'none visible'}",
         f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']}; L2 {kernels['l2_cache_bytes'] >> 10} KiB a core)",
         f"CPU kernels: instruction set {kernels['isa']}; GEMM microkernels {kernels['gemm_float']} (float), "
-        f"{kernels['gemm_double']} (double); direct float32 convolution: {kernels['direct_conv']} "
+        f"{kernels['gemm_double']} (double), {kernels['gemm_bfloat16']} (bfloat16); direct float32 convolution: {kernels['direct_conv']} "
         f"(auto = the faster measured per shape unless CUCONV_CPU_TUNE=0; {info['tuned_shapes']} choices made so far)",
         f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (CUCONV_CPU_ISA, CUCONV_CPU_DIRECT, CUCONV_CPU_TUNE, CUCONV_TUNE_CACHE unset)'}",
         f"threads: {info['threads']}; Python {info['python']}",

@@ -296,8 +296,9 @@ def test_grouped_switch_rejects_other_values(monkeypatch):
 
 
 def test_half_type_choice_is_measured(monkeypatch):
-    """Unforced, a half-type pass measures its GEMM (packing the half type as float) against the
-    float32 kernels on float32 copies; the result keeps the input's dtype and layout."""
+    """Unforced, a half-type pass measures its GEMM (packing the half type as float, or bfloat16 in
+    pairs) against the float32 kernels on float32 copies; the result keeps the input's dtype and
+    layout."""
     for name in ("CUCONV_CPU_HALF_AS_FLOAT", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT"):
         monkeypatch.delenv(name, raising=False)
     x = torch.randn(2, 10, 9, 8).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -305,7 +306,8 @@ def test_half_type_choice_is_measured(monkeypatch):
     y = CF.conv2d(x, w, None, 1, 1)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     y.backward(torch.randn_like(y))
+    # ("bfloat16 pairs": where the CPU multiplies bfloat16 pairs, gemm.h)
     chosen = {key: winner for key, winner in cuconv.tuning.choices().items()
-              if "bfloat16 channels_last N=2 C=10 H=9 W=8 O=7 " in key}
+              if " channels_last N=2 C=10 H=9 W=8 O=7 " in key and " bfloat16" in key}
     assert {key.split()[0] for key in chosen} == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}
     assert all(winner in ("gemm", "float32") for winner in chosen.values()), chosen

@@ -217,7 +217,7 @@ def test_conv2d_cpu_isa_switch_changes_the_kernel(monkeypatch):
 def test_conv2d_cpu_isa_setting_is_checked(monkeypatch):
     monkeypatch.setenv("CUCONV_CPU_ISA", "sse9")
     x, w = torch.randn(1, 3, 8, 8), torch.randn(20, 3, 3, 3)
-    with pytest.raises(ValueError, match=r"CUCONV_CPU_ISA to be avx512, avx2 or generic, but got 'sse9'"):
+    with pytest.raises(ValueError, match=r"CUCONV_CPU_ISA to be avx512_bf16, avx512, avx2 or generic, but got 'sse9'"):
         CF.conv2d(x, w)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cuconv
 import cuconv.functional as CF
 from conftest import DEVICES
 
@@ -111,6 +112,31 @@ def test_conv2d_half_precision_either_way_on_the_cpu(case, dtype, half_as_float,
         lambda x, w, b: CF.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"]),
         lambda x, w, b: F.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"]),
         [c["x"], c["w"], (c["w"][0],)], dtype, "cpu", scale=[1.0, w_scale, 1.0])
+
+
+# Depths of every product odd (K = 23*3*3 taps, O = 7 output channels, 3 samples of 9x7 pixels):
+# the last bfloat16 pair of each holds a zero; K is more than one input-gradient slice of rows.
+ODD_DEPTHS = dict(x=(3, 23, 9, 7), w=(7, 23, 3, 3), args=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("isa", ["avx512_bf16", "avx512"], ids=["pairs", "floats"])
+@pytest.mark.parametrize("case", [*CONV_CASES, "odd-depths"])
+def test_bfloat16_gemm_on_pairs_and_on_floats(case, isa, monkeypatch):
+    """bfloat16 through the GEMM: on a CPU with AVX512-BF16 its products run on bfloat16 pairs
+    (vdpbf16ps), with CUCONV_CPU_ISA=avx512 on the operands packed as float; both as accurate
+    as torch, and the kernel record says which ran."""
+    monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
+    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): bfloat16 is packed as float")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    monkeypatch.setenv("CUCONV_CPU_HALF_AS_FLOAT", "0")
+    c = ODD_DEPTHS if case == "odd-depths" else CONV_CASES[case]
+    w_scale = 1 / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5
+    assert_as_accurate_as_torch(
+        lambda x, w, b: CF.conv2d(x, w, b, *c["args"]), lambda x, w, b: F.conv2d(x, w, b, *c["args"]),
+        [c["x"], c["w"], (c["w"][0],)], torch.bfloat16, "cpu", scale=[1.0, w_scale, 1.0])
+    if case != "depthwise":  # (depthwise layers have kernels of their own, no GEMM)
+        assert cuconv._C.cpu_kernels()["last_gemm"] == isa
 
 
 POOL_CASES = {

@@ -285,6 +285,26 @@ void zero_run(acc_t* dst, int64_t dst_step, int64_t count) {
   for (int64_t q = 0; q < count; ++q) dst[q * dst_step] = acc_t(0);
 }
 
+// dst[q * dst_step] = src[offsets[q]], or 0 where the offset is -1 (the padding), for q < count:
+// a tabled block's packing. A function of its own, so that its few pointers stay in registers
+// (inlined into the packers' loops they were reloaded from the stack for every element), and
+// without a branch on the padding (GCC made the select one, mispredicted at every edge of the
+// image: half the packing's time): the value's bits are masked off instead.
+template <typename acc_t, typename scalar_t>
+[[gnu::noinline]] void gather_run(acc_t* __restrict__ dst, int64_t dst_step, const scalar_t* __restrict__ src,
+                                  const int32_t* __restrict__ offsets, int64_t count) {
+  using Bits = std::conditional_t<sizeof(acc_t) == 8, uint64_t, uint32_t>;
+  static_assert(sizeof(Bits) == sizeof(acc_t));
+  for (int64_t q = 0; q < count; ++q) {
+    const int32_t offset = offsets[q];
+    const acc_t value = static_cast<acc_t>(src[offset < 0 ? 0 : offset]);
+    Bits bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    bits &= Bits(0) - static_cast<Bits>(offset >= 0);  // all ones inside the image, zero in the padding
+    std::memcpy(dst + q * dst_step, &bits, sizeof bits);
+  }
+}
+
 // B panels (depth `depth`) of column rows [k0, k0 + depth) of the planned block:
 // element (k - k0, col) = columns[k, col]. `x` points at the group's channel 0.
 template <typename acc_t, typename scalar_t>
@@ -296,13 +316,8 @@ void pack_columns(const ConvGeometry& g, const BlockPlan& plan, const scalar_t* 
     for (int64_t k = k0; k < k0 + depth; ++k) {
       const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
       const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
-      for (int64_t p0 = 0; p0 < plan.columns; p0 += nr) {
-        acc_t* dst = b + (p0 / nr * depth + k - k0) * nr;
-        for (int64_t q = 0, count = std::min(nr, plan.columns - p0); q < count; ++q) {
-          const int32_t offset = offsets[p0 + q];
-          dst[q] = offset < 0 ? acc_t(0) : static_cast<acc_t>(x_channel[offset]);
-        }
-      }
+      for (int64_t p0 = 0; p0 < plan.columns; p0 += nr)
+        gather_run(b + (p0 / nr * depth + k - k0) * nr, 1, x_channel, offsets + p0, std::min(nr, plan.columns - p0));
     }
     return;
   }
@@ -326,11 +341,7 @@ void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const
     for (int64_t k = k0; k < k0 + taps; ++k) {
       const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
       const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
-      acc_t* lane = b + packed_index(0, k - k0, nr, depth);
-      for (int64_t col = 0; col < depth; ++col) {
-        const int32_t offset = offsets[col];
-        lane[col * nr] = offset < 0 ? acc_t(0) : static_cast<acc_t>(x_channel[offset]);
-      }
+      gather_run(b + packed_index(0, k - k0, nr, depth), nr, x_channel, offsets, depth);
     }
     return;
   }
@@ -353,12 +364,8 @@ void pack_output_channel(const BlockPlan& plan, const scalar_t* dy_channel, acc_
                          int64_t panel_step, int64_t step) {
   if (plan.tabled()) {
     const scalar_t* src = dy_channel + plan.output_origin;
-    for (int64_t p0 = 0; p0 < plan.columns; p0 += per) {
-      acc_t* d = dst + p0 / per * panel_step;
-      const int32_t* offsets = plan.output_table.data() + p0;
-      for (int64_t q = 0, count = std::min(per, plan.columns - p0); q < count; ++q)
-        d[q * step] = static_cast<acc_t>(src[offsets[q]]);
-    }
+    for (int64_t p0 = 0; p0 < plan.columns; p0 += per)
+      gather_run(dst + p0 / per * panel_step, step, src, plan.output_table.data() + p0, std::min(per, plan.columns - p0));
     return;
   }
   for (const ColumnRun& r : plan.output)  // runs never cross a panel of nr columns, so neither one of `per`
@@ -422,15 +429,42 @@ void pack_weights(const ConvGeometry& g, acc_t* dst, int64_t group_size, int64_t
   });
 }
 
+// bfloat16 products on pairs (gemm.h, PairMicrokernel), where the CPU has them: the packers
+// write float panels as for every type, narrow_to_pairs turns them into pairs, and the pair
+// tiles run instead of the float ones. For other types (and CPUs) the tile is null.
+template <typename scalar_t>
+PairMicrokernel pair_microkernel_for(const Microkernel<opmath_t<scalar_t>>& kernel) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return cpu_pair_microkernel(kernel);
+  else return {};
+}
+
+// `count` float panels of `width` lanes and depth `depth`, one after another, narrowed to pairs
+// in `pairs` (resized to fit); returns their data. (Compiled for every type's panels, called
+// only where a pair tile runs: on float panels.)
+template <typename acc_t>
+uint16_t* narrowed(PackedBuffer<uint16_t>& pairs, const acc_t* panels, int64_t count, int64_t width, int64_t depth) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    pairs.resize(count * pair_panel_size(width, depth));
+    narrow_to_pairs(panels, count, depth * width, width, depth, pairs.data());
+  }
+  return pairs.data();
+}
+
+int64_t panels_of(int64_t count, int64_t width) { return (count + width - 1) / width; }
+
 template <typename scalar_t>
 void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y) {
   using acc_t = opmath_t<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const PairMicrokernel pairs = pair_microkernel_for<scalar_t>(kernel);
+  note_kernel_use(KernelPath::kGemm, pairs.tile != nullptr ? pairs.isa : kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
   const int64_t a_size = packed_size(O, kernel.mr, K);
   PackedBuffer<acc_t> a(g.groups * a_size);
   pack_weights(g, a.data(), a_size, kernel.mr, K, w, O * K, O, K, 1);
+  PackedBuffer<uint16_t> a_pairs;  // (every group's panels, as a)
+  if (pairs.tile != nullptr) narrowed(a_pairs, a.data(), g.groups * panels_of(O, kernel.mr), kernel.mr, K);
+  const int64_t a_pair_size = panels_of(O, kernel.mr) * pair_panel_size(kernel.mr, K);
   const std::vector<acc_t> bias_acc = bias ? to_acc<acc_t>(bias, g.groups * O) : std::vector<acc_t>();
 
   const int64_t group_in = g.channels_per_group * g.height * g.width;
@@ -441,6 +475,7 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     BlockPlan plan(g);
     PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
+    PackedBuffer<uint16_t> b_pairs;
     PackedBuffer<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
     for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
       plan.build(g, r0, r1, kernel.nr);
@@ -462,9 +497,18 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
         for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
           const int64_t depth = std::min(kernel.depth, K - k0);
           pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data());
+          const acc_t* row_bias = k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr;
+          if constexpr (std::is_same_v<acc_t, float>) {
+            if (pairs.tile != nullptr) {
+              gemm_packed_pairs(pairs, O, block, depth, a_pairs.data() + gi * a_pair_size + k0 * kernel.mr,
+                                pair_panel_size(kernel.mr, K),
+                                narrowed(b_pairs, b.data(), panels_of(block, kernel.nr), kernel.nr, depth),
+                                pair_panel_size(kernel.nr, depth), out, ldc, /*accumulate=*/k0 > 0, row_bias);
+              continue;
+            }
+          }
           gemm_packed(kernel, O, block, depth, a.data() + gi * a_size + k0 * kernel.mr, K * kernel.mr, b.data(),
-                      depth * kernel.nr, out, ldc, /*accumulate=*/k0 > 0,
-                      k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr);
+                      depth * kernel.nr, out, ldc, /*accumulate=*/k0 > 0, row_bias);
         }
         if (in_place) continue;
         for_each_segment(g, r0, r1, [&](const Segment& s) {
@@ -486,13 +530,17 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   // (adding every kernel tap into a half-typed dx would round kH*kW times).
   constexpr bool kRoundOnce = !std::is_same_v<scalar_t, acc_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const PairMicrokernel pairs = pair_microkernel_for<scalar_t>(kernel);
+  note_kernel_use(KernelPath::kGemm, pairs.tile != nullptr ? pairs.isa : kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
   if (O == 0) return;  // no output channels: the input gradient stays zero
   // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
   const int64_t a_size = packed_size(K, kernel.mr, O);
   PackedBuffer<acc_t> a(g.groups * a_size);
   pack_weights(g, a.data(), a_size, kernel.mr, O, w, O * K, K, 1, K);
+  PackedBuffer<uint16_t> a_pairs;
+  if (pairs.tile != nullptr) narrowed(a_pairs, a.data(), g.groups * panels_of(K, kernel.mr), kernel.mr, O);
+  const int64_t a_pair_size = panels_of(K, kernel.mr) * pair_panel_size(kernel.mr, O);
 
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
   const int64_t sample_in = g.groups * group_in;
@@ -501,6 +549,7 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   torch::stable::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
     BlockPlan plan(g);
     PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
+    PackedBuffer<uint16_t> b_pairs;
     PackedBuffer<acc_t> grad_columns(kGradientRows * rows * g.out_w);
     // grad_x of output rows [r0, r1) added into `target`, which holds the input from offset `origin` on.
     auto add_block = [&](int64_t r0, int64_t r1, acc_t* target, int64_t origin) {
@@ -512,12 +561,25 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
         for (int64_t o = 0; o < O; ++o)
           pack_output_channel(plan, dy + gi * group_out + o * g.out_plane(), b.data() + o * kernel.nr, kernel.nr,
                               O * kernel.nr, 1);
+        if (pairs.tile != nullptr) narrowed(b_pairs, b.data(), panels_of(block, kernel.nr), kernel.nr, O);
         for (int64_t m0 = 0; m0 < K; m0 += kGradientRows) {
           const int64_t m_count = std::min(kGradientRows, K - m0);
           for (int64_t o0 = 0; o0 < O; o0 += kernel.depth) {
-            gemm_packed(kernel, m_count, block, std::min(kernel.depth, O - o0),
-                        a.data() + gi * a_size + m0 * O + o0 * kernel.mr, O * kernel.mr, b.data() + o0 * kernel.nr,
-                        O * kernel.nr, grad_columns.data(), block, /*accumulate=*/o0 > 0, nullptr);
+            const int64_t depth = std::min(kernel.depth, O - o0);
+            if constexpr (std::is_same_v<acc_t, float>) {
+              if (pairs.tile != nullptr) {
+                gemm_packed_pairs(pairs, m_count, block, depth,
+                                  a_pairs.data() + gi * a_pair_size + m0 / kernel.mr * pair_panel_size(kernel.mr, O) +
+                                      o0 * kernel.mr,
+                                  pair_panel_size(kernel.mr, O), b_pairs.data() + o0 * kernel.nr,
+                                  pair_panel_size(kernel.nr, O), grad_columns.data(), block, /*accumulate=*/o0 > 0,
+                                  nullptr);
+                continue;
+              }
+            }
+            gemm_packed(kernel, m_count, block, depth, a.data() + gi * a_size + m0 * O + o0 * kernel.mr, O * kernel.mr,
+                        b.data() + o0 * kernel.nr, O * kernel.nr, grad_columns.data(), block, /*accumulate=*/o0 > 0,
+                        nullptr);
           }
           col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, origin, target + gi * group_in);
         }
@@ -542,7 +604,8 @@ template <typename scalar_t>
 void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scalar_t* x, scalar_t* dw) {
   using acc_t = opmath_t<scalar_t>;
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
-  note_kernel_use(KernelPath::kGemm, kernel.isa);
+  const PairMicrokernel pairs = pair_microkernel_for<scalar_t>(kernel);
+  note_kernel_use(KernelPath::kGemm, pairs.tile != nullptr ? pairs.isa : kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/false);
   const int64_t weights = g.groups * O * K;
   // A fixed split of the output rows into `parts`, one partial gradient each, summed in order.
@@ -555,6 +618,7 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
     BlockPlan plan(g);
     PackedBuffer<acc_t> a(packed_size(O, kernel.mr, rows * g.out_w), acc_t(0));  // rows past O_g read as 0
     PackedBuffer<acc_t> b(packed_size(kWeightTaps, kernel.nr, rows * g.out_w));
+    PackedBuffer<uint16_t> a_pairs, b_pairs;
     for (int64_t p = p_begin; p < p_end; ++p) {
       for_each_block(p * total_rows / parts, (p + 1) * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
         plan.build(g, r0, r1, kernel.nr);
@@ -566,13 +630,23 @@ void gemm_backward_weight(const ConvGeometry& g, const scalar_t* dy, const scala
             pack_output_channel(plan, dy + gi * group_out + o * g.out_plane(),
                                 a.data() + packed_index(0, o, kernel.mr, block), block, 0, kernel.mr);
           acc_t* grad = partial.data() + p * weights + gi * O * K;
+          if (pairs.tile != nullptr) narrowed(a_pairs, a.data(), panels_of(O, kernel.mr), kernel.mr, block);
           for (int64_t t0 = 0; t0 < K; t0 += kWeightTaps) {
             const int64_t taps = std::min(kWeightTaps, K - t0);
             pack_columns_transposed(g, plan, x + gi * group_in, t0, taps, kernel.nr, b.data());
+            if (pairs.tile != nullptr) narrowed(b_pairs, b.data(), panels_of(taps, kernel.nr), kernel.nr, block);
             for (int64_t d0 = 0; d0 < block; d0 += kernel.depth) {
-              gemm_packed(kernel, O, taps, std::min(kernel.depth, block - d0), a.data() + d0 * kernel.mr,
-                          block * kernel.mr, b.data() + d0 * kernel.nr, block * kernel.nr, grad + t0, K,
-                          /*accumulate=*/true, nullptr);
+              const int64_t depth = std::min(kernel.depth, block - d0);
+              if constexpr (std::is_same_v<acc_t, float>) {
+                if (pairs.tile != nullptr) {
+                  gemm_packed_pairs(pairs, O, taps, depth, a_pairs.data() + d0 * kernel.mr,
+                                    pair_panel_size(kernel.mr, block), b_pairs.data() + d0 * kernel.nr,
+                                    pair_panel_size(kernel.nr, block), grad + t0, K, /*accumulate=*/true, nullptr);
+                  continue;
+                }
+              }
+              gemm_packed(kernel, O, taps, depth, a.data() + d0 * kernel.mr, block * kernel.mr,
+                          b.data() + d0 * kernel.nr, block * kernel.nr, grad + t0, K, /*accumulate=*/true, nullptr);
             }
           }
         }
@@ -655,6 +729,17 @@ std::string tuning_key(const ConvGeometry& g, ConvPass pass, const char* variant
                 static_cast<long long>(g.groups), static_cast<int>(torch::stable::get_num_threads()),
                 cpu_microkernel<float>().isa);
   return key;
+}
+
+// The dtype in a tuning key's variant; bfloat16 products run on pairs or on floats by
+// CUCONV_CPU_ISA (gemm.h), each its own choice.
+std::string dtype_variant(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Half: return "float16";
+    default: return bf16_dot_products() ? "bfloat16 pairs" : "bfloat16";
+  }
 }
 
 // Whether an optional kernel joins the measured choice: its variable (CUCONV_CPU_WINOGRAD for
@@ -799,11 +884,7 @@ Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, co
   if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? by_group() : per_gemm();
   if (!tuning_enabled()) return per_gemm();
   Tensor result;
-  const ScalarType dtype = model.scalar_type();
-  std::string variant = dtype == ScalarType::Float    ? "float32"
-                        : dtype == ScalarType::Double ? "float64"
-                        : dtype == ScalarType::Half   ? "float16"
-                                                      : "bfloat16";
+  std::string variant = dtype_variant(model.scalar_type());
   variant += is_channels_last(model) ? " grouped channels_last" : " grouped";
   run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = per_gemm(); }},
                                                    {kernel_name(KernelName::kByGroup), [&] { result = by_group(); }}});
@@ -835,7 +916,7 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
   if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? via_float() : packed();
   if (!tuning_enabled()) return via_float();
   Tensor result;
-  std::string variant = model.scalar_type() == ScalarType::Half ? "float16" : "bfloat16";
+  std::string variant = dtype_variant(model.scalar_type());
   if (is_channels_last(model)) variant += " channels_last";
   run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = packed(); }},
                                                    {kernel_name(KernelName::kFloat32), [&] { result = via_float(); }}});

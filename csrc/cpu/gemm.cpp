@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -23,6 +24,7 @@ Microkernel<float> avx2_microkernel_float();
 Microkernel<double> avx2_microkernel_double();
 Microkernel<float> avx512_microkernel_float_wide();
 Microkernel<double> avx512_microkernel_double_wide();
+PairTileKernel avx512_bf16_pair_tile(int64_t mr, int64_t nr);
 
 namespace {
 
@@ -84,19 +86,70 @@ CpuIsa best_isa_of_this_cpu() {
 #endif
 }
 
+bool cpu_has_avx512_bf16() {
+#if CUCONV_X86_SIMD
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// CUCONV_CPU_ISA's value ("" when unset), checked.
+std::string isa_setting() {
+  const char* setting = std::getenv("CUCONV_CPU_ISA");
+  const std::string value(setting != nullptr ? setting : "");
+  CUCONV_CHECK_VALUE(value.empty() || value == "avx512_bf16" || value == "avx512" || value == "avx2" ||
+                         value == "generic",
+                     "cuconv: expected the environment variable CUCONV_CPU_ISA to be avx512_bf16, avx512, avx2 or "
+                     "generic, but got '", value, "'");
+  return value;
+}
+
 }  // namespace
 
 CpuIsa cpu_isa() {
-  const char* setting = std::getenv("CUCONV_CPU_ISA");
-  CpuIsa wanted = CpuIsa::kAvx512;
-  if (setting != nullptr && *setting != '\0') {
-    const std::string value(setting);
-    CUCONV_CHECK_VALUE(value == "avx512" || value == "avx2" || value == "generic",
-                      "cuconv: expected the environment variable CUCONV_CPU_ISA to be avx512, avx2 or "
-                      "generic, but got '", value, "'");
-    wanted = value == "avx512" ? CpuIsa::kAvx512 : value == "avx2" ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
-  }
+  const std::string value = isa_setting();
+  const CpuIsa wanted = value == "avx2" ? CpuIsa::kAvx2 : value == "generic" ? CpuIsa::kGeneric : CpuIsa::kAvx512;
   return std::min(wanted, best_isa_of_this_cpu());
+}
+
+bool bf16_dot_products() {
+  const std::string value = isa_setting();
+  return cpu_has_avx512_bf16() && (value.empty() || value == "avx512_bf16");
+}
+
+PairMicrokernel cpu_pair_microkernel(const Microkernel<float>& like) {
+#if CUCONV_X86_SIMD
+  if (bf16_dot_products()) {
+    const PairTileKernel tile = avx512_bf16_pair_tile(like.mr, like.nr);
+    if (tile != nullptr) return {like.mr, like.nr, tile, "avx512_bf16"};
+  }
+#endif
+  return {};
+}
+
+// Two float rows of a panel (k and k + 1, or zeros past an odd depth) into one row of pairs: each
+// float's upper half is its bfloat16 (the lower half is zero: the values came from bfloat16).
+void narrow_to_pairs(const float* src, int64_t panels, int64_t src_panel_stride, int64_t width, int64_t depth,
+                     uint16_t* dst) {
+  const int64_t pairs = (depth + 1) / 2;
+  for (int64_t q = 0; q < panels; ++q) {
+    const float* panel = src + q * src_panel_stride;
+    uint16_t* out = dst + q * pair_panel_size(width, depth);
+    for (int64_t p = 0; p < pairs; ++p) {
+      const float* even = panel + 2 * p * width;
+      const float* odd = 2 * p + 1 < depth ? even + width : nullptr;
+      uint16_t* row = out + 2 * p * width;
+      for (int64_t j = 0; j < width; ++j) {
+        uint32_t low, high = 0;
+        std::memcpy(&low, even + j, sizeof low);
+        if (odd != nullptr) std::memcpy(&high, odd + j, sizeof high);
+        row[2 * j] = static_cast<uint16_t>(low >> 16);
+        row[2 * j + 1] = static_cast<uint16_t>(high >> 16);
+      }
+    }
+  }
 }
 
 namespace {
@@ -181,37 +234,61 @@ Microkernel<T> cpu_microkernel_for_columns(int64_t columns) {
 template Microkernel<float> cpu_microkernel_for_columns<float>(int64_t);
 template Microkernel<double> cpu_microkernel_for_columns<double>(int64_t);
 
+namespace {
+
 // Tiles in row-panel order: one A panel (MR x depth, L1) meets every B panel of the
 // slice (depth x N, L2) before the next A panel is read. Edge tiles (past M or N) run
 // the same kernel into a local tile, and only its valid part is added to C.
-template <typename T>
-void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
-                 int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
-                 bool accumulate, const typename Element<T>::type* bias) {
-  const int64_t mr = kernel.mr, nr = kernel.nr;
+// tile(a_panel, b_panel, c, ldc, accumulate, bias) runs one register tile.
+template <typename P, typename T, typename Tile>
+void for_each_tile(int64_t mr, int64_t nr, int64_t M, int64_t N, const P* a, int64_t a_panel_stride, const P* b,
+                   int64_t b_panel_stride, T* c, int64_t ldc, bool accumulate, const T* bias, Tile tile) {
   CUCONV_CHECK(mr * nr <= kMaxTileElements);
   alignas(64) T edge[kMaxTileElements];
   for (int64_t m0 = 0; m0 < M; m0 += mr) {
-    const T* a_panel = a + m0 / mr * a_panel_stride;
+    const P* a_panel = a + m0 / mr * a_panel_stride;
     const int64_t rows = std::min(mr, M - m0);
     const T* row_bias = bias != nullptr ? bias + m0 : nullptr;
     for (int64_t n0 = 0; n0 < N; n0 += nr) {
-      const T* b_panel = b + n0 / nr * b_panel_stride;
+      const P* b_panel = b + n0 / nr * b_panel_stride;
       const int64_t cols = std::min(nr, N - n0);
-      T* tile = c + m0 * ldc + n0;
+      T* out_tile = c + m0 * ldc + n0;
       if (rows == mr && cols == nr) {
-        kernel.tile(depth, a_panel, b_panel, tile, ldc, accumulate, row_bias);
+        tile(a_panel, b_panel, out_tile, ldc, accumulate, row_bias);
         continue;
       }
-      kernel.tile(depth, a_panel, b_panel, edge, nr, false, nullptr);
+      tile(a_panel, b_panel, edge, nr, false, nullptr);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = 0; j < cols; ++j) {
-          T& out = tile[r * ldc + j];
+          T& out = out_tile[r * ldc + j];
           const T sum = edge[r * nr + j];
           out = accumulate ? out + sum : (row_bias != nullptr ? sum + row_bias[r] : sum);
         }
     }
   }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_packed(const Microkernel<T>& kernel, int64_t M, int64_t N, int64_t depth, const T* a,
+                 int64_t a_panel_stride, const T* b, int64_t b_panel_stride, T* c, int64_t ldc,
+                 bool accumulate, const typename Element<T>::type* bias) {
+  for_each_tile(kernel.mr, kernel.nr, M, N, a, a_panel_stride, b, b_panel_stride, c, ldc, accumulate, bias,
+                [&](const T* a_panel, const T* b_panel, T* tile, int64_t tile_ldc, bool add, const T* row_bias) {
+                  kernel.tile(depth, a_panel, b_panel, tile, tile_ldc, add, row_bias);
+                });
+}
+
+// The same on pair panels (gemm.h): tiles of `depth` k, i.e. ceil(depth / 2) pairs.
+void gemm_packed_pairs(const PairMicrokernel& kernel, int64_t M, int64_t N, int64_t depth, const uint16_t* a,
+                       int64_t a_panel_stride, const uint16_t* b, int64_t b_panel_stride, float* c, int64_t ldc,
+                       bool accumulate, const float* bias) {
+  CUCONV_CHECK(kernel.tile != nullptr);
+  const int64_t pairs = (depth + 1) / 2;
+  for_each_tile(kernel.mr, kernel.nr, M, N, a, a_panel_stride, b, b_panel_stride, c, ldc, accumulate, bias,
+                [&](const uint16_t* a_panel, const uint16_t* b_panel, float* tile, int64_t tile_ldc, bool add,
+                    const float* row_bias) { kernel.tile(pairs, a_panel, b_panel, tile, tile_ldc, add, row_bias); });
 }
 
 template void gemm_packed<float>(const Microkernel<float>&, int64_t, int64_t, int64_t, const float*, int64_t,

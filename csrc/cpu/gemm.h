@@ -19,7 +19,8 @@
 // Microkernels: AVX-512 (simd_avx512.cpp), AVX2 + FMA (simd_avx2.cpp) and portable
 // C++ (gemm.cpp), for float and double; the best one the CPU has is used, and
 // CUCONV_CPU_ISA=avx2|generic in the environment asks for a lesser one (tests, and
-// comparisons). Half types are packed as float and use the float kernels.
+// comparisons). Half types are packed as float and use the float kernels; bfloat16 on a CPU with
+// AVX512-BF16 then runs on bfloat16 pairs (PairMicrokernel below).
 
 #include <algorithm>
 #include <cstddef>
@@ -31,8 +32,9 @@
 namespace cuconv {
 
 // The vector instructions cuconv's CPU kernels use: the best this CPU has, or a lesser
-// one that CUCONV_CPU_ISA=avx2|generic asks for (read on every call, so tests can switch
-// it; any other value is an error).
+// one that CUCONV_CPU_ISA=avx512|avx2|generic asks for (read on every call, so tests can switch
+// it; any other value is an error). CUCONV_CPU_ISA=avx512_bf16 and avx512 both mean AVX-512;
+// avx512 without the bfloat16 dot products (bf16_dot_products() below).
 enum class CpuIsa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 CpuIsa cpu_isa();
 
@@ -76,6 +78,46 @@ struct Microkernel {
 // The microkernel for this CPU (and CUCONV_CPU_ISA), for T = float or double.
 template <typename T>
 Microkernel<T> cpu_microkernel();
+
+// bfloat16 products on pairs (AVX512-BF16's vdpbf16ps: per float lane, two products of bfloat16
+// pairs added to the accumulator in one instruction, twice the float FMA's work). The operands
+// are packed as above in float by the same packers, then narrowed to bfloat16 pairs along K
+// (narrow_to_pairs): a panel [depth][w] of floats becomes [ceil(depth/2)][w][2] bfloat16, element
+// (k, j) at (k/2 * w + j) * 2 + k % 2, a zero after an odd depth's last k. The values came from
+// bfloat16 tensors, so narrowing only drops zero bits. Per pair of k the tile computes
+//   acc[r][j] = (acc[r][j] + a[k+1][r] * b[k+1][j]) + a[k][r] * b[k][j]
+// rounding each step to float as an FMA would (products of bfloat16 are exact in float), with
+// subnormal bfloat16 inputs read as zero and subnormal results flushed to zero (the
+// instruction's rules; oneDNN's bfloat16 convolutions use the same instruction).
+using PairTileKernel = void (*)(int64_t pairs, const uint16_t* a, const uint16_t* b, float* c, int64_t ldc,
+                                bool accumulate, const float* bias);
+struct PairMicrokernel {
+  int64_t mr = 0, nr = 0;        // the register tile: the float microkernel's whose panels it reads
+  PairTileKernel tile = nullptr;  // null where the CPU has no bfloat16 dot products
+  const char* isa = nullptr;      // "avx512_bf16"
+};
+
+// Whether bfloat16 products run on pairs: the CPU has AVX512-BF16 and CUCONV_CPU_ISA is unset or
+// avx512_bf16 (avx512 asks for AVX-512 without it).
+bool bf16_dot_products();
+
+// The pair tile of the same shape as `like` (a float microkernel of cpu_microkernel_for_columns),
+// or one with a null tile where bf16_dot_products() is false or no tile has that shape.
+PairMicrokernel cpu_pair_microkernel(const Microkernel<float>& like);
+
+// Elements of `panels` pair panels of `width` lanes and `depth` k (depth rounded up to even).
+inline int64_t pair_panel_size(int64_t width, int64_t depth) { return (depth + 1) / 2 * 2 * width; }
+
+// Narrows `panels` float panels [depth][width] (panel p at src + p * src_panel_stride) to pair
+// panels (above) at dst + p * pair_panel_size(width, depth).
+void narrow_to_pairs(const float* src, int64_t panels, int64_t src_panel_stride, int64_t width, int64_t depth,
+                     uint16_t* dst);
+
+// gemm_packed on pair panels: `depth` k (an odd depth's last pair holds a zero), A and B at the
+// slice's first pair, consecutive panels a_panel_stride / b_panel_stride elements apart.
+void gemm_packed_pairs(const PairMicrokernel& kernel, int64_t M, int64_t N, int64_t depth, const uint16_t* a,
+                       int64_t a_panel_stride, const uint16_t* b, int64_t b_panel_stride, float* c, int64_t ldc,
+                       bool accumulate, const float* bias);
 
 // The microkernel for a product of `columns` columns: the standard one, or on AVX-512 a
 // 6 x 4-vector tile where that wastes fewer columns (e.g. 64 output channels in NHWC).

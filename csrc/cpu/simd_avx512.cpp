@@ -4,6 +4,8 @@
 //   panels in L2 (the core's FMA peak is ~276 at the clock it held).
 // - direct convolution (direct_conv.h): Q pixels or T taps x NV channel vectors, 24
 //   accumulators for NV = 2..4 (12 x 2, 8 x 3, 6 x 4), 12 x 1.
+// - bfloat16 GEMM on pairs (gemm.h, PairMicrokernel): the GEMM's tiles with vdpbf16ps, for CPUs
+//   with AVX512-BF16 as well.
 
 #include "direct_conv.h"
 #include "gemm.h"
@@ -118,6 +120,51 @@ DirectTiles avx512_direct_tiles() {
   t.row_rows = 4;
   t.row_channels = 6;
   return t;
+}
+
+}  // namespace cuconv
+
+// The bfloat16 pair tiles (gemm.h, PairMicrokernel), compiled for AVX512-BF16 as well; only
+// called where the CPU has it (bf16_dot_products()).
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+
+namespace cuconv {
+namespace {
+
+// MR rows x NV vectors of 16 floats (gemm_tile.h's register tile, on pairs of k): per pair, NV
+// loads of B's 16 lane pairs (32 bfloat16), MR broadcasts of A's row pair (one 32-bit value:
+// k in the low half, k + 1 in the high half, as B's lanes hold them) and MR*NV vdpbf16ps.
+template <int MR, int NV>
+void pair_tile(int64_t pairs, const uint16_t* a, const uint16_t* b, float* c, int64_t ldc, bool accumulate,
+               const float* bias) {
+  __m512 acc[MR][NV];
+  zero_tile<Avx512Float, MR, NV>(acc);
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh bk[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bk[v] = (__m512bh)_mm512_loadu_si512(b + v * 32);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      __builtin_memcpy(&pair, a + 2 * r, sizeof pair);
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bk[v]);
+    }
+    a += 2 * MR;
+    b += 2 * NV * 16;
+  }
+  store_tile<Avx512Float, MR, NV>(acc, c, ldc, accumulate, bias, nullptr);
+}
+
+}  // namespace
+
+// The shapes of the float tiles above (8 x 3 and 6 x 4 vectors): the same panels, narrowed.
+PairTileKernel avx512_bf16_pair_tile(int64_t mr, int64_t nr) {
+  if (mr == 8 && nr == 48) return &pair_tile<8, 3>;
+  if (mr == 6 && nr == 64) return &pair_tile<6, 4>;
+  return nullptr;
 }
 
 }  // namespace cuconv
