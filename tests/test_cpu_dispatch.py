@@ -96,18 +96,13 @@ def test_cpu_isa_default_is_the_best_the_cpu_has(monkeypatch):
 
 
 def _global_sums(x):
-    """The float32 sums of x's planes in cuconv's order: a plane of <= 256 values in order; a larger
-    one in 16 partial sums (value k into sum k mod 16) per block of 256 values, the blocks' partial
-    sums added into 16 totals in order, the totals then added pairwise (i += i + s, s = 8, 4, 2, 1)."""
+    """The sums of x's planes in cuconv's order, in x's dtype: 16 partial sums (value k into sum
+    k mod 16) per block of 256 values, the blocks' partial sums added into 16 totals in order, the
+    totals then added pairwise (i += i + s, s = 8, 4, 2, 1)."""
     values = x.flatten(2)
-    if values.shape[2] <= 256:
-        total = torch.zeros(values.shape[:2])
-        for value in values.unbind(2):
-            total = total + value
-        return total
-    totals = torch.zeros(*values.shape[:2], 16)
+    totals = torch.zeros(*values.shape[:2], 16, dtype=x.dtype)
     for block in values.split(256, dim=2):
-        part = torch.zeros(*values.shape[:2], 16)
+        part = torch.zeros(*values.shape[:2], 16, dtype=x.dtype)
         for k0 in range(0, block.shape[2], 16):
             chunk = block[:, :, k0:k0 + 16]
             part[:, :, :chunk.shape[2]] = part[:, :, :chunk.shape[2]] + chunk
@@ -118,24 +113,27 @@ def _global_sums(x):
 
 
 @pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
-                                   (3, 37, 7, 7), (2, 24, 17, 19), (1, 20, 56, 56), (1, 5, 16, 17)], ids=str)
-def test_global_average_pool_sums_in_order_on_every_isa(shape, monkeypatch):
-    """float32 global average pooling sums each plane in _global_sums's order on every ISA: the
-    vector kernels (small planes: 16 at once on AVX-512, 8 on AVX2, 16 or 8 values of each
-    transposed in registers; large planes: 16 partial sums in registers) give the scalar loops'
-    sums bit for bit. Shapes: tails of planes, planes smaller
-    than, equal to and larger than a block (the last block of a large plane overlaps the one
-    before), and (2, 16, 3, 3), whose last group would read past the tensor (the scalar loop
-    takes it). An Inf and a NaN must come through."""
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(6))
+                                   (3, 37, 7, 7), (3, 37, 14, 14), (2, 24, 17, 19), (1, 20, 56, 56), (1, 5, 16, 17)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkeypatch):
+    """Global average pooling sums each plane in _global_sums's order on every ISA (bfloat16 in
+    float, the mean rounded once): the vector kernels (planes of up to 256 values: 16 at once on
+    AVX-512, 8 on AVX2, 8 and 4 in float64, their partial sums transposed in registers for the
+    pairwise adds; larger float32 planes: 16 partial sums in registers) give the scalar loops'
+    sums bit for bit. Shapes: tails of planes (the last load of a plane runs past it), planes
+    smaller than, equal to and larger than a block, and (2, 16, 3, 3), whose last group would
+    read past the tensor (the scalar loop takes it). An Inf and a NaN must come through."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
     x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
-    in_order = (_global_sums(x) / (shape[2] * shape[3])).view(*shape[:2], 1, 1)
+    accumulated = x.float() if dtype == torch.bfloat16 else x
+    expected = (_global_sums(accumulated) / (shape[2] * shape[3])).to(dtype).view(*shape[:2], 1, 1)
     for isa in ISAS:
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
         out = CF.adaptive_avg_pool2d(x, 1)
-        torch.testing.assert_close(out, in_order, rtol=0, atol=0, equal_nan=True, msg=isa)
-        torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True, msg=isa)
+        torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), equal_nan=True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -158,7 +156,8 @@ def test_global_average_pool_of_large_planes_is_as_accurate_as_torch(isa, monkey
 def test_average_pool_over_the_whole_plane_is_global_pooling(args, divisor, dtype, monkeypatch):
     """avg_pool2d whose one window covers the whole plane (padding aside) runs the global pooling
     kernels with the window's divisor (the padded size, the plain size, or divisor_override):
-    the plane's sum in order over that divisor, and dy over it as the gradient, on every ISA."""
+    the plane's sum in _global_sums's order over that divisor, and dy over it as the gradient, on
+    every ISA."""
     kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = args
     shape = (3, 37, 5, 9) if kernel != (7, 7) else (3, 37, 7, 7)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(7), dtype=dtype, requires_grad=True)
@@ -167,15 +166,12 @@ def test_average_pool_over_the_whole_plane_is_global_pooling(args, divisor, dtyp
     assert ref.shape[2:] == (1, 1)
     dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(8), dtype=dtype)
     (ref_dx,) = torch.autograd.grad(ref, x, dy)
-    in_order = torch.zeros(shape[:2], dtype=dtype)
-    for value in x.detach().flatten(2).unbind(2):
-        in_order = in_order + value
-    in_order = (in_order / divisor).view(ref.shape)
+    expected = (_global_sums(x.detach()) / divisor).view(ref.shape)
     for isa in ISAS:
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
         out = call(CF, x)
         (dx,) = torch.autograd.grad(out, x, dy)
-        torch.testing.assert_close(out, in_order, rtol=0, atol=0, msg=isa)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, msg=isa)
         torch.testing.assert_close(dx, (0 + dy / divisor).expand(shape), rtol=0, atol=0, msg=isa)
         torch.testing.assert_close(out, ref.detach())
         torch.testing.assert_close(dx, ref_dx)

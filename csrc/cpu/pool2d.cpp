@@ -519,12 +519,13 @@ PoolVectorKernels pool_vector_kernels() {
   return {};
 }
 
-// Global average pooling: plane p of x (size `plane`) averages to y[p]. A plane of at most
-// kGlobalSumBlock values (simd.h) is summed in row-major order, as the general kernel's; a
-// larger one along the plane in 16 partial sums (sum_along_plane below). float32 takes the
-// vector kernels of this CPU (pool_tile.h: a register's lanes of small planes at once, or one
-// large plane's 16 sums in registers; the same sums), the rest (other types, the last planes)
-// the loops below (a 56x56 plane's one running sum ran 10x slower than torch's mean).
+// Global average pooling: plane p of x (size `plane`) averages to y[p]. Every plane is summed in
+// one order, on every ISA and for every dtype (sum_along_plane below): 16 partial sums along the
+// plane (value k into sum k mod 16) per block of kGlobalSumBlock values (simd.h), the blocks'
+// partial sums added into 16 totals in order, the totals added pairwise. float32 takes the
+// vector kernels of this CPU (pool_tile.h: a register's lanes of planes of up to a block at once,
+// or one larger plane's 16 sums in registers; the same sums), the rest (other types, the last
+// planes) the loop below (a 56x56 plane's one running sum ran 10x slower than torch's mean).
 // Planes [begin, end) of x by `kernel` (float32 only; none for other types): the planes done.
 template <typename scalar_t>
 int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, int64_t planes, int64_t plane,
@@ -536,16 +537,19 @@ int64_t global_max_planes(GlobalMaxGroups kernel, int64_t begin, int64_t end, in
   return 0;
 }
 
-// The sum of a plane of more than kGlobalSumBlock values, in pool_tile.h's order: 16 partial
-// sums along the plane (value k into sum k mod 16) in blocks of kGlobalSumBlock, added into 16
-// totals, the totals added pairwise.
+// The sum of a plane in the order above: 16 partial sums along the plane (value k into sum k mod
+// 16) in blocks of kGlobalSumBlock, added into 16 totals, the totals added pairwise.
 template <typename scalar_t>
 opmath_t<scalar_t> sum_along_plane(const scalar_t* x, int64_t plane) {
   using acc_t = opmath_t<scalar_t>;
   acc_t total[16] = {};
   for (int64_t k0 = 0; k0 < plane; k0 += kGlobalSumBlock) {
+    const int64_t end = std::min(plane, k0 + kGlobalSumBlock);
     acc_t part[16] = {};
-    for (int64_t k = k0; k < std::min(plane, k0 + kGlobalSumBlock); ++k) part[(k - k0) % 16] += static_cast<acc_t>(x[k]);
+    int64_t k = k0;
+    for (; k + 16 <= end; k += 16)  // (16 at a time: a loop the compiler vectorises)
+      for (int r = 0; r < 16; ++r) part[r] += static_cast<acc_t>(x[k + r]);
+    for (int64_t t = 0; k + t < end; ++t) part[t] += static_cast<acc_t>(x[k + t]);
     for (int r = 0; r < 16; ++r) total[r] += part[r];
   }
   for (int step = 8; step >= 1; step /= 2)
@@ -553,53 +557,64 @@ opmath_t<scalar_t> sum_along_plane(const scalar_t* x, int64_t plane) {
   return total[0];
 }
 
-// Planes [begin, end): a small plane's sum in order, four planes at a time (one plane's sum
-// alone waits on every add's latency), a large one's along the plane.
+// Planes [begin, end) in that order. Planes of up to a block of values, kTogether at a time, side
+// by side (so that no add waits on the one before, and the compiler vectorises across planes; one
+// plane at a time, a 3x3 plane's float64 mean took 35 ns); the pairwise adds skip the partial
+// sums past a plane's end, which hold +0 and whose adds would change nothing (a partial sum is
+// never -0). Larger planes one by one (float32: by the vector kernel `along_plane` of this CPU).
 template <typename scalar_t>
-void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor, const scalar_t* x, scalar_t* y,
-                       GlobalSumAlongPlane along_plane) {
+CUCONV_VECTOR_CLONES void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor,
+                                            const scalar_t* x, scalar_t* y, GlobalSumAlongPlane along_plane) {
   using acc_t = opmath_t<scalar_t>;
   const acc_t count = static_cast<acc_t>(divisor);
-  if (plane > kGlobalSumBlock) {
-    for (int64_t p = begin; p < end; ++p) {
-      acc_t sum;
-      if constexpr (std::is_same_v<scalar_t, float>)
-        sum = along_plane != nullptr ? along_plane(x + p * plane, plane) : sum_along_plane(x + p * plane, plane);
-      else
-        sum = sum_along_plane(x + p * plane, plane);
-      y[p] = static_cast<scalar_t>(sum / count);
-    }
-    return;
-  }
-  constexpr int kTogether = 4;
+  constexpr int kTogether = 8;
   int64_t p = begin;
-  for (; p + kTogether <= end; p += kTogether) {
-    acc_t sum[kTogether] = {};
-    for (int64_t k = 0; k < plane; ++k)
-      for (int i = 0; i < kTogether; ++i) sum[i] += static_cast<acc_t>(x[(p + i) * plane + k]);
-    for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(sum[i] / count);
+  if (plane <= kGlobalSumBlock) {
+    const int64_t filled = std::min<int64_t>(plane, 16);  // partial sums that receive values
+    for (; p + kTogether <= end; p += kTogether) {
+      acc_t part[16][kTogether] = {};
+      for (int64_t k = 0; k < plane; ++k)
+        for (int i = 0; i < kTogether; ++i) part[k % 16][i] += static_cast<acc_t>(x[(p + i) * plane + k]);
+      for (int step = 8; step >= 1; step /= 2)
+        for (int j = 0; j < step && j + step < filled; ++j)
+          for (int i = 0; i < kTogether; ++i) part[j][i] += part[j + step][i];
+      for (int i = 0; i < kTogether; ++i) y[p + i] = static_cast<scalar_t>(part[0][i] / count);
+    }
   }
   for (; p < end; ++p) {
-    acc_t sum = 0;
-    for (int64_t k = 0; k < plane; ++k) sum += static_cast<acc_t>(x[p * plane + k]);
+    acc_t sum;
+    if constexpr (std::is_same_v<scalar_t, float>)
+      sum = along_plane != nullptr ? along_plane(x + p * plane, plane) : sum_along_plane(x + p * plane, plane);
+    else
+      sum = sum_along_plane(x + p * plane, plane);
     y[p] = static_cast<scalar_t>(sum / count);
   }
 }
 
+// The element type the vector kernels read for scalar_t: bfloat16 as its bits.
+template <typename scalar_t>
+using VectorElement = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t, scalar_t>;
+
+// The vector kernel of this CPU for planes of scalar_t (simd.h), or null (float16, and the
+// generic ISA).
+template <typename scalar_t>
+GlobalPoolGroups<VectorElement<scalar_t>> global_pool_groups_of() {
+  if constexpr (std::is_same_v<scalar_t, float>) return pool_vector_kernels().global_pool;
+  else if constexpr (std::is_same_v<scalar_t, double>) return pool_vector_kernels().global_pool_double;
+  else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return pool_vector_kernels().global_pool_bf16;
+  else return nullptr;
+}
+
 template <typename scalar_t>
 void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
-  GlobalPoolGroups groups_kernel = nullptr;
+  using Element = VectorElement<scalar_t>;
+  const GlobalPoolGroups<Element> groups_kernel = plane <= kGlobalSumBlock ? global_pool_groups_of<scalar_t>() : nullptr;
   GlobalSumAlongPlane along_plane = nullptr;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (plane <= kGlobalSumBlock) groups_kernel = pool_vector_kernels().global_pool;
-    else along_plane = pool_vector_kernels().global_sum_along_plane;
-  }
+  if constexpr (std::is_same_v<scalar_t, float>) along_plane = pool_vector_kernels().global_sum_along_plane;
   torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (groups_kernel != nullptr)
-        begin += groups_kernel(x + begin * plane, end - begin, plane, static_cast<float>(divisor),
-                               (planes - begin) * plane, y + begin);
-    }
+    if (groups_kernel != nullptr)
+      begin += groups_kernel(reinterpret_cast<const Element*>(x + begin * plane), end - begin, plane, divisor,
+                             (planes - begin) * plane, reinterpret_cast<Element*>(y + begin));
     global_pool_range(begin, end, plane, divisor, x, y, along_plane);
   });
 }

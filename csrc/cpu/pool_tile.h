@@ -20,6 +20,9 @@ typedef int64_t PoolLongs __attribute__((vector_size(128)));
 typedef float PoolFloats8 __attribute__((vector_size(32)));
 typedef int32_t PoolInts8 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs8 __attribute__((vector_size(64)));
+typedef double PoolDoubles __attribute__((vector_size(64)));  // global average pooling of float64
+typedef double PoolDoubles4 __attribute__((vector_size(32)));
+typedef int64_t PoolLongs4 __attribute__((vector_size(32)));
 
 // Element: float, or bfloat16 as its bits (uint16_t, the upper half of a float's): widened to
 // float exactly and, the maximum being one of the inputs, narrowed back exactly.
@@ -118,10 +121,10 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
   }
 }
 
-// How many whole groups of L planes of `plane` values the two kernels below may take from x: a
-// plane of < L values reads L - plane values past its group, so only while x[0, readable) holds them.
-inline int64_t readable_groups(int64_t planes, int64_t plane, int64_t readable, int64_t L) {
-  const int64_t read_past = plane < L ? L - plane : 0;
+// How many whole groups of L planes of `plane` values the kernels below may take from x, where
+// reading a group's planes runs `read_past` values past its last plane: only while x[0, readable)
+// holds them.
+inline int64_t readable_groups(int64_t planes, int64_t plane, int64_t readable, int64_t L, int64_t read_past) {
   int64_t groups = planes / L;
   while (groups > 0 && groups * L * plane + read_past > readable) --groups;
   return groups;
@@ -148,21 +151,89 @@ template <typename Floats, typename Ints, int L, typename Take>
   }
 }
 
-// Global average pooling in float32 of planes of at most kGlobalSumBlock values (simd.h), L
-// planes at a time (L = 16 with AVX-512, 8 with AVX2): lane l of one sum vector adds plane l's
-// values in order (for_each_column), so every sum is the scalar kernel's bit for bit (the scalar
-// loop adds one value after another; 3x3 planes sit at ~8 cycles a plane). Returns the planes
-// done (a multiple of L).
-template <typename Floats, typename Ints, int L>
-int64_t global_pool_groups(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable, float* y) {
-  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
-  const int64_t groups = readable_groups(planes, plane, readable, L);
-  const Floats count = Floats{} + divisor;
+// L values of x at p as the accumulator type: float32 and float64 as they are, bfloat16 (its bits,
+// uint16_t) widened to float exactly.
+template <typename Values, typename Lanes, int L, typename Element>
+inline Values load_values(const Element* p) {
+  if constexpr (std::is_same_v<Element, uint16_t>) {
+    return load_as_floats<Values, Lanes, L>(p);
+  } else {
+    Values v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+}
+
+// Stores L accumulators at p, bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
+// becomes 0x7FC0).
+template <typename Values, typename Lanes, int L, typename Element>
+inline void store_values(Element* p, const Values& v) {
+  if constexpr (std::is_same_v<Element, uint16_t>) {
+    typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
+    Lanes bits;  // (the adds below stay in range for every value but a NaN, whose lane is replaced)
+    __builtin_memcpy(&bits, &v, sizeof bits);
+    const Lanes rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+    const Halves narrow = __builtin_convertvector(v != v ? Lanes{} + 0x7FC0 : rounded, Halves);
+    __builtin_memcpy(p, &narrow, sizeof narrow);
+  } else {
+    __builtin_memcpy(p, &v, sizeof v);
+  }
+}
+
+// Global average pooling of planes of at most kGlobalSumBlock values (simd.h), L planes at a time
+// (a register's lanes: float32 and bfloat16 16 with AVX-512, 8 with AVX2; float64 8 and 4), in the
+// order of every global sum (pool2d.cpp, sum_along_plane): value k of a plane into partial sum k
+// mod 16, the 16 partial sums then added pairwise (i += i + s, s = 8, 4, 2, 1). Each plane's
+// partial sums are 16 / L registers along the plane, its last values a load of 16 that runs past
+// it with the lanes past the plane dropped (adding +0 to a partial sum, which is never -0,
+// changes nothing); the pairwise adds of s >= L add a plane's registers, those of s < L run on
+// the L planes' partial sums transposed, each add serving all L planes. Memory-bound on ResNet's
+// 7x7 and 14x14 planes, with the next group prefetched (adding each plane's values in order,
+// lanes across planes, was not: 2x torch's time). Values / Lanes: GCC vectors of L accumulators
+// (float or double) and of L integers as wide; Element: float, double, or bfloat16's bits
+// (uint16_t, summed in float). Returns the planes done (a multiple of L).
+template <typename Values, typename Lanes, int L, typename Element>
+int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, double divisor, int64_t readable,
+                           Element* y) {
+  static_assert(sizeof(Lanes) == sizeof(Values) && 16 % L == 0);
+  constexpr int kRegisters = 16 / L;
+  const int64_t whole = plane / 16 * 16, rest = plane - whole;  // values in whole loads of 16, after them
+  const int64_t groups = readable_groups(planes, plane, readable, L, rest > 0 ? 16 - rest : 0);
+  Lanes inside[kRegisters];  // lanes of the last load that lie in the plane
+#pragma GCC unroll 4
+  for (int r = 0; r < kRegisters; ++r)
+    inside[r] = (lane_numbers<Lanes, L>() + r * L) < static_cast<decltype(Lanes{}[0] + 0)>(rest);
+  const Values count = Values{} + static_cast<decltype(Values{}[0] + 0)>(divisor);
   for (int64_t q = 0; q < groups; ++q) {
-    Floats sum = Floats{};
-    for_each_column<Floats, Ints, L>(x + q * L * plane, plane, [&](const Floats& column, int64_t) { sum += column; });
-    const Floats mean = sum / count;
-    __builtin_memcpy(y + L * q, &mean, sizeof mean);
+    const Element* group = x + q * L * plane;
+    // part[r][l]: plane l's partial sums r*L .. r*L + L - 1; the planes side by side, so that no
+    // add waits on the one before (one plane at a time, its few adds were a chain of latencies)
+    Values part[kRegisters][L] = {};
+    auto add = [&](int64_t k, const Lanes* keep) __attribute__((always_inline)) {
+#pragma GCC unroll 4
+      for (int r = 0; r < kRegisters; ++r)
+#pragma GCC unroll 16
+        for (int l = 0; l < L; ++l) {
+          const Values v = load_values<Values, Lanes, L>(group + l * plane + k + r * L);
+          __builtin_prefetch(group + (L + l) * plane + k + r * L);  // the next group's
+          part[r][l] += keep == nullptr ? v : (keep[r] ? v : Values{});
+        }
+    };
+    for (int64_t k = 0; k < whole; k += 16) add(k, nullptr);
+    if (rest > 0) add(whole, inside);
+#pragma GCC unroll 4
+    for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, a plane's registers
+#pragma GCC unroll 2
+      for (int r = 0; r < step / L; ++r)
+#pragma GCC unroll 16
+        for (int l = 0; l < L; ++l) part[r][l] += part[r + step / L][l];
+    Values (&sums)[L] = part[0];
+    transpose_block<Values, Lanes, L>(sums);  // lane l of sums[i]: plane l's partial sum i
+#pragma GCC unroll 4
+    for (int step = L / 2; step >= 1; step /= 2)
+#pragma GCC unroll 8
+      for (int i = 0; i < step; ++i) sums[i] += sums[i + step];
+    store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
   }
   return groups * L;
 }
@@ -176,7 +247,7 @@ int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t
                           int64_t* indices) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
                 sizeof(Longs) == 2 * sizeof(Floats));
-  const int64_t groups = readable_groups(planes, plane, readable, L);
+  const int64_t groups = readable_groups(planes, plane, readable, L, plane < L ? L - plane : 0);
   for (int64_t q = 0; q < groups; ++q) {
     Floats best = Floats{} - __builtin_inff();
     Ints best_index = Ints{};
@@ -192,8 +263,8 @@ int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t
   return groups * L;
 }
 
-// Global average pooling in float32 of one plane of more than kGlobalSumBlock values, along the
-// plane: 16 partial sums (value k into sum k mod 16, here 16 / L registers of L lanes), in blocks
+// Global average pooling in float32 of one plane (of more than kGlobalSumBlock values, or one of
+// the last planes the kernel above leaves), along the plane: 16 partial sums (value k into sum k mod 16, here 16 / L registers of L lanes), in blocks
 // of kGlobalSumBlock values whose partial sums are added into 16 totals in order, the totals
 // then added pairwise (lane i += lane i + s, s = 8, 4, 2, 1), as the scalar kernel does. One
 // running sum over a 512x512 plane strayed from the mean by more than 1e-5, and lanes over
@@ -207,13 +278,15 @@ float global_sum_along_plane(const float* x, int64_t plane) {
     const int64_t end = k0 + kGlobalSumBlock < plane ? k0 + kGlobalSumBlock : plane;
     Floats part[kRegisters] = {};
     int64_t k = k0;
-    for (; k + 16 <= end; k += 16)
+    for (; k + 16 <= end; k += 16) {
+      __builtin_prefetch(x + k + 512);  // 2 KiB ahead (the hardware's prefetch alone left it at 2/3 of torch's speed)
 #pragma GCC unroll 2
       for (int r = 0; r < kRegisters; ++r) {
         Floats v;
         __builtin_memcpy(&v, x + k + r * L, sizeof v);
         part[r] += v;
       }
+    }
     float lanes[16];
     __builtin_memcpy(lanes, part, sizeof lanes);
     for (int64_t t = 0; k + t < end; ++t) lanes[t] += x[k + t];  // the block's last < 16 values

@@ -6,11 +6,12 @@
 // floats and L 32-bit integers; the shuffles compile to one instruction each with AVX-512
 // (vpermt2ps, vshuff32x4, ...) and to vshufps / vperm2f128 / vblendps with AVX2.
 
-// Lane numbers 0, 1, ..., L - 1 of an L-lane integer vector (L = 8 or 16).
+// Lane numbers 0, 1, ..., L - 1 of an L-lane integer vector (L = 4, 8 or 16).
 template <typename Ints, int L>
 Ints lane_numbers() {
-  static_assert(L == 8 || L == 16);
-  if constexpr (L == 8) return Ints{0, 1, 2, 3, 4, 5, 6, 7};
+  static_assert(L == 4 || L == 8 || L == 16);
+  if constexpr (L == 4) return Ints{0, 1, 2, 3};
+  else if constexpr (L == 8) return Ints{0, 1, 2, 3, 4, 5, 6, 7};
   else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 }
 

@@ -34,19 +34,22 @@ struct GlobalUnpoolGroups {
   int64_t planes = 0;
 };
 
-// Global average pooling sums a plane of at most this many values in order, a larger one along
-// the plane in 16 partial sums, blocks of this many at a time (pool_tile.h, pool2d.cpp): one
-// float32 sum over a large plane loses accuracy.
+// Global average pooling sums a plane along the plane in 16 partial sums, blocks of this many
+// values at a time (pool_tile.h, pool2d.cpp): one float32 sum over a large plane loses accuracy.
+// A plane of at most this many values goes to the vector kernel that takes a register's lanes of
+// planes at once.
 constexpr int64_t kGlobalSumBlock = 256;
 
 // That sum of one large plane, float32, compiled for the ISA (pool_tile.h).
 using GlobalSumAlongPlane = float (*)(const float* x, int64_t plane);
 
-// Global average pooling, float32, a register's lanes of planes at a time (pool_tile.h): the
-// sums of the planes of x[0, planes * plane), divided by `divisor`, into y, reading no further
-// than x[readable - 1]; returns the planes done (the caller does the rest).
-using GlobalPoolGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, float divisor, int64_t readable,
-                                     float* y);
+// Global average pooling of planes of at most kGlobalSumBlock values, a register's lanes of
+// planes at a time (pool_tile.h): the sums of the planes of x[0, planes * plane), divided by
+// `divisor`, into y, reading no further than x[readable - 1]; returns the planes done (the caller
+// does the rest). For float32, float64, and bfloat16 as its bits (summed in float).
+template <typename Element>
+using GlobalPoolGroups = int64_t (*)(const Element* x, int64_t planes, int64_t plane, double divisor,
+                                     int64_t readable, Element* y);
 
 // Max pooling over whole planes (global max pooling), float32, likewise: maxima into y, their
 // indices within the plane into `indices`; planes of < 2^31 values.
@@ -59,7 +62,9 @@ struct PoolVectorKernels {
   MaxPoolPixelNhwc max_pixel_nhwc = nullptr;
   MaxPoolPixelNhwcBf16 max_pixel_nhwc_bf16 = nullptr;
   GlobalUnpoolGroups global_unpool;
-  GlobalPoolGroups global_pool = nullptr;
+  GlobalPoolGroups<float> global_pool = nullptr;
+  GlobalPoolGroups<double> global_pool_double = nullptr;
+  GlobalPoolGroups<uint16_t> global_pool_bf16 = nullptr;
   GlobalMaxGroups global_max = nullptr;
   GlobalSumAlongPlane global_sum_along_plane = nullptr;
 };

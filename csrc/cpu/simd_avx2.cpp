@@ -80,7 +80,9 @@ PoolVectorKernels avx2_pool_vector_kernels() {
   k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>;
   k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8, uint16_t>;
   k.global_unpool = {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8};
-  k.global_pool = &global_pool_groups<PoolFloats8, PoolInts8, 8>;
+  k.global_pool = &global_pool_groups<PoolFloats8, PoolInts8, 8, float>;
+  k.global_pool_double = &global_pool_groups<PoolDoubles4, PoolLongs4, 4, double>;
+  k.global_pool_bf16 = &global_pool_groups<PoolFloats8, PoolInts8, 8, uint16_t>;
   k.global_max = &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>;
   k.global_sum_along_plane = &global_sum_along_plane<PoolFloats8, 8>;
   return k;

@@ -90,7 +90,9 @@ PoolVectorKernels avx512_pool_vector_kernels() {
   k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>;
   k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16, uint16_t>;
   k.global_unpool = {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16};
-  k.global_pool = &global_pool_groups<PoolFloats, PoolInts, 16>;
+  k.global_pool = &global_pool_groups<PoolFloats, PoolInts, 16, float>;
+  k.global_pool_double = &global_pool_groups<PoolDoubles, PoolLongs8, 8, double>;
+  k.global_pool_bf16 = &global_pool_groups<PoolFloats, PoolInts, 16, uint16_t>;
   k.global_max = &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>;
   k.global_sum_along_plane = &global_sum_along_plane<PoolFloats, 16>;
   return k;
