@@ -252,12 +252,17 @@ GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("by_group", ["0", "1"], ids=["gemm-per-group", "by-group"])
+@pytest.mark.parametrize("way", [{"CUCONV_CPU_BY_GROUP": "0"}, {"CUCONV_CPU_BY_GROUP": "1"}, {"CUCONV_CPU_DIRECT": "1"}],
+                         ids=["gemm-per-group", "by-group", "direct-by-group"])
 @pytest.mark.parametrize("case", GROUPED_CASES, ids=lambda c: f"{c[0]}-{c[1]}-g{c[5]}")
-def test_grouped_layers_either_way_match_torch(case, by_group, channels_last, dtype, monkeypatch):
+def test_grouped_layers_every_way_match_torch(case, way, channels_last, dtype, monkeypatch):
     """CUCONV_CPU_BY_GROUP=1 runs a grouped layer group by group through the groups = 1 kernels
-    (on copies of each group's channels), =0 as a GEMM per group: both torch's values and layouts."""
-    monkeypatch.setenv("CUCONV_CPU_BY_GROUP", by_group)
+    (on copies of each group's channels), =0 as a GEMM per group; CUCONV_CPU_DIRECT=1 (float32)
+    the direct kernels group by group on the layer's own tensors (each group's channels in place,
+    the samples the whole layer's strides apart; the input gradient of a strided layer has no
+    direct kernel and is measured between the other two): all torch's values and layouts."""
+    for name, value in way.items():
+        monkeypatch.setenv(name, value)
     x_shape, w_shape, stride, padding, dilation, groups = case
     x = torch.randn(*x_shape, dtype=dtype)
     if channels_last:
@@ -272,17 +277,37 @@ def test_grouped_layers_either_way_match_torch(case, by_group, channels_last, dt
         assert_matches(g, r, dtype)
 
 
-def test_grouped_layer_choice_is_measured(monkeypatch):
-    """Unforced, the two ways of a grouped layer are candidates of the measured choice."""
+def test_grouped_layer_choice_is_measured(monkeypatch, capfd):
+    """Unforced, the three ways of a float32 grouped layer are candidates of the measured choice
+    (CUCONV_LOG=1 prints every candidate's time)."""
     for name in ("CUCONV_CPU_BY_GROUP", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT"):
         monkeypatch.delenv(name, raising=False)
-    x, w = torch.randn(2, 12, 9, 9, requires_grad=True), torch.randn(12, 4, 3, 3, requires_grad=True)
+    monkeypatch.setenv("CUCONV_LOG", "1")
+    x, w = torch.randn(2, 12, 9, 8, requires_grad=True), torch.randn(12, 4, 3, 3, requires_grad=True)
     CF.conv2d(x, w, None, 1, 1, 1, 3).sum().backward()
     grouped = {key: winner for key, winner in cuconv.tuning.choices().items()
-               if "float32 grouped N=2 C=12 H=9 W=9 O=12 k=3x3" in key and "groups=3 " in key}
+               if "float32 grouped N=2 C=12 H=9 W=8 O=12 k=3x3" in key and "groups=3 " in key}
     passes = {key.split()[0] for key in grouped}
     assert passes == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}, grouped
-    assert all(winner in ("gemm", "by_group") for winner in grouped.values()), grouped
+    assert all(winner in ("gemm", "by_group", "direct_by_group") for winner in grouped.values()), grouped
+    if cuconv._C.cpu_kernels()["direct_conv"] != "never":
+        log = [line for line in capfd.readouterr().err.splitlines() if "grouped N=2 C=12 H=9 W=8" in line]
+        assert len(log) == 3 and all("direct_by_group" in line for line in log), log
+
+
+def test_direct_by_group_leaves_a_nonfinite_weight_to_the_other_ways(monkeypatch):
+    """The direct input gradient multiplies its zero border by every tap (an Inf weight would make
+    NaNs torch does not have), so with an Inf or NaN weight a grouped layer's input gradient runs
+    another way even when CUCONV_CPU_DIRECT=1 asks for the direct kernels."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    x, w = torch.randn(2, 8, 7, 6), torch.randn(8, 4, 3, 3)
+    w[1, 2, 0, 1] = float("inf")
+    w[6, 0, 2, 2] = float("nan")
+    dy = torch.randn(2, 8, 7, 6)
+    ours = torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), [1, 1], [1, 1], [1, 1], 2)
+    theirs = torch.ops.aten.convolution_backward(dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 2,
+                                                 [True, False, False])[0]
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 
 def test_grouped_switch_rejects_other_values(monkeypatch):

@@ -877,18 +877,35 @@ void copy_into_channels(Tensor& whole, int64_t first, const Tensor& part) {
   torch::stable::copy_(slice, part);
 }
 
-// Runs a grouped pass by `per_gemm` (the GEMM per group) or `by_group`, as chosen above.
+// Runs a grouped pass by `per_gemm` (the GEMM per group), `by_group`, or `direct_by_group` (float32:
+// the direct kernels group by group on the layer's own tensors, each group's channels read and
+// written in place through the whole layer's sample strides, no copies; empty where it cannot
+// run), as chosen above; CUCONV_CPU_DIRECT=1 asks for direct_by_group wherever it can run, =0 never.
 Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& per_gemm,
-                   const std::function<Tensor()>& by_group) {
+                   const std::function<Tensor()>& direct_by_group, const std::function<Tensor()>& by_group) {
   const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_BY_GROUP");
   if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? by_group() : per_gemm();
+  const DirectMode direct = direct_by_group ? direct_conv_mode() : DirectMode::kNever;
+  if (direct == DirectMode::kAlways) return direct_by_group();
   if (!tuning_enabled()) return per_gemm();
   Tensor result;
   std::string variant = dtype_variant(model.scalar_type());
   variant += is_channels_last(model) ? " grouped channels_last" : " grouped";
-  run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = per_gemm(); }},
-                                                   {kernel_name(KernelName::kByGroup), [&] { result = by_group(); }}});
+  std::vector<Candidate> candidates = {{kernel_name(KernelName::kGemm), [&] { result = per_gemm(); }},
+                                       {kernel_name(KernelName::kByGroup), [&] { result = by_group(); }}};
+  if (direct != DirectMode::kNever)
+    candidates.push_back({kernel_name(KernelName::kDirectByGroup), [&] { result = direct_by_group(); }});
+  run_tuned(tuning_key(g, pass, variant.c_str()), candidates);
   return result;
+}
+
+// The direct kernels' problem for one group of a grouped layer, its tensors read in place: the
+// group's channels, the whole layer's samples apart.
+DirectConv group_problem(const ConvGeometry& g) {
+  DirectConv p = direct_problem(g);
+  p.in_sample_stride = g.groups * g.channels_per_group * g.height * g.width;
+  p.out_sample_stride = g.groups * g.out_channels_per_group * g.out_plane();
+  return p;
 }
 
 // ---------------------------------------------------------------------------
@@ -976,8 +993,23 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
     });
     return y;
   };
+  std::function<Tensor()> direct_by_group;
+  if (input.scalar_type() == ScalarType::Float) {
+    direct_by_group = [&] {
+      const Tensor x = contiguous_or_self(input);
+      Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
+      const DirectConv p = group_problem(g);
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        direct_conv_forward(p, x.const_data_ptr<float>() + gi * C * g.height * g.width,
+                            w.const_data_ptr<float>() + gi * O * g.column_rows(),
+                            b.defined() ? b.const_data_ptr<float>() + gi * O : nullptr,
+                            y.mutable_data_ptr<float>() + gi * O * g.out_plane());
+      return in_layout_of(input, y);
+    };
+  }
   if (g.groups > 1) {
-    return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, [&] {
+    return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, direct_by_group, [&] {
       Tensor y = empty_in_layout_of(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -1070,8 +1102,23 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
     });
     return dx;
   };
+  std::function<Tensor()> direct_by_group;
+  const DirectConv group = group_problem(g);
+  if (grad_output.scalar_type() == ScalarType::Float && direct_conv_backward_input_suits(group) &&
+      all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}})) {  // (as run_float_pass's direct_exact)
+    direct_by_group = [&] {
+      const Tensor dy = contiguous_or_self(grad_output);
+      Tensor dx = empty_like_with(grad_output, input_size);
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        direct_conv_backward_input(group, dy.const_data_ptr<float>() + gi * O * g.out_plane(),
+                                   w.const_data_ptr<float>() + gi * O * g.column_rows(),
+                                   dx.mutable_data_ptr<float>() + gi * C * g.height * g.width);
+      return in_layout_of(grad_output, dx);
+    };
+  }
   if (g.groups > 1) {
-    return run_grouped(g, ConvPass::kInput, grad_output, [&] { return in_layout_of(grad_output, nchw()); }, [&] {
+    return run_grouped(g, ConvPass::kInput, grad_output, [&] { return in_layout_of(grad_output, nchw()); }, direct_by_group, [&] {
       Tensor dx = empty_in_layout_of(grad_output, input_size);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
       const int64_t group_size[4] = {input_size[0], C, input_size[2], input_size[3]};
@@ -1150,8 +1197,22 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
     });
     return dw;
   };
+  std::function<Tensor()> direct_by_group;
+  if (grad_output.scalar_type() == ScalarType::Float) {
+    direct_by_group = [&] {
+      const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
+      Tensor dw = empty_like_with(dy, weight_size);
+      const DirectConv p = group_problem(g);
+      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        direct_conv_backward_weight(p, x.const_data_ptr<float>() + gi * C * g.height * g.width,
+                                    dy.const_data_ptr<float>() + gi * O * g.out_plane(),
+                                    dw.mutable_data_ptr<float>() + gi * O * g.column_rows());
+      return dw;
+    };
+  }
   if (g.groups > 1) {
-    return run_grouped(g, ConvPass::kWeight, grad_output, nchw, [&] {
+    return run_grouped(g, ConvPass::kWeight, grad_output, nchw, direct_by_group, [&] {
       Tensor dw = empty_like_with(grad_output, weight_size);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
       const int64_t group_size[4] = {O, C, weight_size[2], weight_size[3]};

@@ -174,7 +174,7 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / bands, oh0 = item % bands * R, rows = std::min(R, p.out_h - oh0);
       if (n != padded_sample) {
-        copy_into_padding(p, in + n * C * p.height * p.width, x.data(), hp, wp);
+        copy_into_padding(p, in + n * p.in_stride(), x.data(), hp, wp);
         padded_sample = n;
       }
       const float* band = x.data() + oh0 * p.stride_h * wp;
@@ -187,7 +187,7 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t o = 0; o < channels; ++o) {
               const float b = bias != nullptr ? bias[g * OT + o] : 0.f;
-              float* y = out + (n * O + g * OT + o) * plane_out + (oh0 + r) * p.out_w + ow0;
+              float* y = out + n * p.out_stride() + (g * OT + o) * plane_out + (oh0 + r) * p.out_w + ow0;
               const float* t = tile.data() + (r * OT + o) * L;
               for (int64_t l = 0; l < cols; ++l) y[l] = t[l] + b;
             }
@@ -219,16 +219,16 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t n = row / p.out_h, oh = row % p.out_h;
       if (pads && n != padded_sample) {
-        copy_into_padding(p, in + n * p.in_channels * p.height * p.width, sample.data());
+        copy_into_padding(p, in + n * p.in_stride(), sample.data());
         padded_sample = n;
       }
-      const float* x_row = (pads ? sample.data() : in + n * sample_in) + oh * p.stride_h * padded_w(p);
+      const float* x_row = (pads ? sample.data() : in + n * p.in_stride()) + oh * p.stride_h * padded_w(p);
       for (size_t pi = 0; pi < panels.size(); ++pi) {
         const Panel& panel = panels[pi];
         const int64_t width = panel.vectors * tiles.lanes;
         const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
                                                           : tiles.forward[panel.vectors];
-        float* y_row = out + (n * p.out_channels + panel.first) * plane + oh * p.out_w;
+        float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
         for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
           const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
           run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(), tile.data());
@@ -273,9 +273,9 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
         // Output rows [oh_begin, oh_end) of image n.
         const int64_t n = row / p.out_h, oh_begin = row % p.out_h;
         const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row)), pixels = (oh_end - oh_begin) * p.out_w;
-        const float* g = grad_out + n * p.out_channels * plane + oh_begin * p.out_w;
-        if (pads) copy_into_padding(p, in + n * p.in_channels * p.height * p.width, sample.data());
-        const float* x_rows = (pads ? sample.data() : in + n * sample_in) + oh_begin * row_step;
+        const float* g = grad_out + n * p.out_stride() + oh_begin * p.out_w;
+        if (pads) copy_into_padding(p, in + n * p.in_stride(), sample.data());
+        const float* x_rows = (pads ? sample.data() : in + n * p.in_stride()) + oh_begin * row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];

@@ -22,6 +22,13 @@ namespace cuconv {
 struct DirectConv {
   int64_t batch, in_channels, height, width, out_channels, out_h, out_w;
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  // Elements from one sample of `in` / `out` to the next; 0 for contiguous tensors. One group of
+  // a grouped layer, read and written in place, has the whole layer's (conv2d.cpp). Only the
+  // direct kernels below read these: the other kernels taking a DirectConv need contiguous tensors.
+  int64_t in_sample_stride = 0, out_sample_stride = 0;
+
+  int64_t in_stride() const { return in_sample_stride != 0 ? in_sample_stride : in_channels * height * width; }
+  int64_t out_stride() const { return out_sample_stride != 0 ? out_sample_stride : out_channels * out_h * out_w; }
 };
 
 // When the direct kernels run: where they measure faster on this machine (auto; tuner.h),
@@ -55,7 +62,8 @@ inline DirectConv input_gradient_as_forward(const DirectConv& p) {
   return DirectConv{p.batch,    p.out_channels, p.out_h,    p.out_w,    p.in_channels,
                     p.height,   p.width,        p.kernel_h, p.kernel_w, 1,
                     1,          p.dilation_h * (p.kernel_h - 1) - p.pad_h,
-                    p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w};
+                    p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w,
+                    p.out_sample_stride, p.in_sample_stride};
 }
 template <typename T>
 std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {

@@ -36,7 +36,9 @@ namespace cuconv {
 // The names a choice records, one per kernel family (the candidates of conv2d.cpp). All of them
 // together, kernel_names(), also name the disk cache's section (cuconv/tuning.py): choices made
 // by a build with other candidates never tried the new ones, so they are measured again.
-enum class KernelName { kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kCount };
+enum class KernelName {
+  kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup, kCount
+};
 const char* kernel_name(KernelName name);
 std::string kernel_names();  // space-separated
 
