@@ -188,8 +188,10 @@ inline void store_values(Element* p, const Values& v) {
 // it with the lanes past the plane dropped (adding +0 to a partial sum, which is never -0,
 // changes nothing); the pairwise adds of s >= L add a plane's registers, those of s < L run on
 // the L planes' partial sums transposed, each add serving all L planes. Memory-bound on ResNet's
-// 7x7 and 14x14 planes, with the next group prefetched (adding each plane's values in order,
-// lanes across planes, was not: 2x torch's time). Values / Lanes: GCC vectors of L accumulators
+// 7x7 and 14x14 planes with the next group prefetched (without the prefetch 1.5x torch's time;
+// adding each plane's values in order, lanes across planes, 2x). One plane at a time: all L
+// planes' partial sums side by side need 16 registers, all AVX2 has (spilled, 3x3 planes ran
+// 1.4x slower than in order). Values / Lanes: GCC vectors of L accumulators
 // (float or double) and of L integers as wide; Element: float, double, or bfloat16's bits
 // (uint16_t, summed in float). Returns the planes done (a multiple of L).
 template <typename Values, typename Lanes, int L, typename Element>
@@ -206,28 +208,30 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
   const Values count = Values{} + static_cast<decltype(Values{}[0] + 0)>(divisor);
   for (int64_t q = 0; q < groups; ++q) {
     const Element* group = x + q * L * plane;
-    // part[r][l]: plane l's partial sums r*L .. r*L + L - 1; the planes side by side, so that no
-    // add waits on the one before (one plane at a time, its few adds were a chain of latencies)
-    Values part[kRegisters][L] = {};
-    auto add = [&](int64_t k, const Lanes* keep) __attribute__((always_inline)) {
-#pragma GCC unroll 4
-      for (int r = 0; r < kRegisters; ++r)
+    Values sums[L];  // plane l's partial sums 0 .. L - 1 (after the adds of s >= L)
 #pragma GCC unroll 16
-        for (int l = 0; l < L; ++l) {
-          const Values v = load_values<Values, Lanes, L>(group + l * plane + k + r * L);
-          __builtin_prefetch(group + (L + l) * plane + k + r * L);  // the next group's
-          part[r][l] += keep == nullptr ? v : (keep[r] ? v : Values{});
+    for (int l = 0; l < L; ++l) {
+      const Element* values = group + l * plane;
+      Values part[kRegisters] = {};  // partial sums r*L .. r*L + L - 1
+      for (int64_t k = 0; k < whole; k += 16)
+#pragma GCC unroll 4
+        for (int r = 0; r < kRegisters; ++r) {
+          part[r] += load_values<Values, Lanes, L>(values + k + r * L);
+          __builtin_prefetch(values + L * plane + k + r * L);  // the next group's
         }
-    };
-    for (int64_t k = 0; k < whole; k += 16) add(k, nullptr);
-    if (rest > 0) add(whole, inside);
+      if (rest > 0)
 #pragma GCC unroll 4
-    for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, a plane's registers
+        for (int r = 0; r < kRegisters; ++r) {
+          const Values v = load_values<Values, Lanes, L>(values + whole + r * L);
+          __builtin_prefetch(values + L * plane + whole + r * L);
+          part[r] += inside[r] ? v : Values{};
+        }
+#pragma GCC unroll 4
+      for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers
 #pragma GCC unroll 2
-      for (int r = 0; r < step / L; ++r)
-#pragma GCC unroll 16
-        for (int l = 0; l < L; ++l) part[r][l] += part[r + step / L][l];
-    Values (&sums)[L] = part[0];
+        for (int r = 0; r < step / L; ++r) part[r] += part[r + step / L];
+      sums[l] = part[0];
+    }
     transpose_block<Values, Lanes, L>(sums);  // lane l of sums[i]: plane l's partial sum i
 #pragma GCC unroll 4
     for (int step = L / 2; step >= 1; step /= 2)
