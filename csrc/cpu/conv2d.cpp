@@ -341,7 +341,11 @@ void pack_columns_transposed(const ConvGeometry& g, const BlockPlan& plan, const
     for (int64_t k = k0; k < k0 + taps; ++k) {
       const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
       const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
-      gather_run(b + packed_index(0, k - k0, nr, depth), nr, x_channel, offsets, depth);
+      acc_t* lane = b + packed_index(0, k - k0, nr, depth);
+      for (int64_t col = 0; col < depth; ++col) {  // (inline, a branch on the padding: gather_run measured 10% slower here)
+        const int32_t offset = offsets[col];
+        lane[col * nr] = offset < 0 ? acc_t(0) : static_cast<acc_t>(x_channel[offset]);
+      }
     }
     return;
   }
