@@ -255,7 +255,7 @@ MUTANTS = [
     Mutant("direct-input-gradient-strides-unswapped", "index math", "csrc/cpu/direct_conv.h",
            "p.out_sample_stride, p.in_sample_stride};", "p.in_sample_stride, p.out_sample_stride};", (DISPATCH,)),
     Mutant("direct-by-group-ignores-nonfinite-weights", "special values", "csrc/cpu/conv2d.cpp",
-           "all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}})) {", "true) {", (DISPATCH,)),
+           "all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}))  // (as", "true)  // (as", (DISPATCH,)),
     Mutant("bf16-pairs-odd-depth-reads-on", "padding edge", "csrc/cpu/gemm.cpp",
            "const float* odd = 2 * p + 1 < depth ? even + width : nullptr;", "const float* odd = even + width;",
            (PRECISION,)),

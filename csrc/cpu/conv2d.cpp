@@ -997,9 +997,9 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
     });
     return y;
   };
-  std::function<Tensor()> direct_by_group;
-  if (input.scalar_type() == ScalarType::Float) {
-    direct_by_group = [&] {
+  if (g.groups > 1) {
+    std::function<Tensor()> direct_by_group;
+    if (input.scalar_type() == ScalarType::Float) direct_by_group = [&] {
       const Tensor x = contiguous_or_self(input);
       Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
       const DirectConv p = group_problem(g);
@@ -1011,8 +1011,6 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
                             y.mutable_data_ptr<float>() + gi * O * g.out_plane());
       return in_layout_of(input, y);
     };
-  }
-  if (g.groups > 1) {
     return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, direct_by_group, [&] {
       Tensor y = empty_in_layout_of(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
@@ -1106,22 +1104,21 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
     });
     return dx;
   };
-  std::function<Tensor()> direct_by_group;
-  const DirectConv group = group_problem(g);
-  if (grad_output.scalar_type() == ScalarType::Float && direct_conv_backward_input_suits(group) &&
-      all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}})) {  // (as run_float_pass's direct_exact)
-    direct_by_group = [&] {
-      const Tensor dy = contiguous_or_self(grad_output);
-      Tensor dx = empty_like_with(grad_output, input_size);
-      const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
-      for (int64_t gi = 0; gi < g.groups; ++gi)
-        direct_conv_backward_input(group, dy.const_data_ptr<float>() + gi * O * g.out_plane(),
-                                   w.const_data_ptr<float>() + gi * O * g.column_rows(),
-                                   dx.mutable_data_ptr<float>() + gi * C * g.height * g.width);
-      return in_layout_of(grad_output, dx);
-    };
-  }
   if (g.groups > 1) {
+    std::function<Tensor()> direct_by_group;
+    const DirectConv group = group_problem(g);
+    if (grad_output.scalar_type() == ScalarType::Float && direct_conv_backward_input_suits(group) &&
+        all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}))  // (as run_float_pass's direct_exact)
+      direct_by_group = [&] {
+        const Tensor dy = contiguous_or_self(grad_output);
+        Tensor dx = empty_like_with(grad_output, input_size);
+        const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+        for (int64_t gi = 0; gi < g.groups; ++gi)
+          direct_conv_backward_input(group, dy.const_data_ptr<float>() + gi * O * g.out_plane(),
+                                     w.const_data_ptr<float>() + gi * O * g.column_rows(),
+                                     dx.mutable_data_ptr<float>() + gi * C * g.height * g.width);
+        return in_layout_of(grad_output, dx);
+      };
     return run_grouped(g, ConvPass::kInput, grad_output, [&] { return in_layout_of(grad_output, nchw()); }, direct_by_group, [&] {
       Tensor dx = empty_in_layout_of(grad_output, input_size);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
@@ -1201,9 +1198,9 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
     });
     return dw;
   };
-  std::function<Tensor()> direct_by_group;
-  if (grad_output.scalar_type() == ScalarType::Float) {
-    direct_by_group = [&] {
+  if (g.groups > 1) {
+    std::function<Tensor()> direct_by_group;
+    if (grad_output.scalar_type() == ScalarType::Float) direct_by_group = [&] {
       const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
       Tensor dw = empty_like_with(dy, weight_size);
       const DirectConv p = group_problem(g);
@@ -1214,8 +1211,6 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
                                     dw.mutable_data_ptr<float>() + gi * O * g.column_rows());
       return dw;
     };
-  }
-  if (g.groups > 1) {
     return run_grouped(g, ConvPass::kWeight, grad_output, nchw, direct_by_group, [&] {
       Tensor dw = empty_like_with(grad_output, weight_size);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
