@@ -561,7 +561,8 @@ opmath_t<scalar_t> sum_along_plane(const scalar_t* x, int64_t plane) {
 // by side (so that no add waits on the one before, and the compiler vectorises across planes; one
 // plane at a time, a 3x3 plane's float64 mean took 35 ns); the pairwise adds skip the partial
 // sums past a plane's end, which hold +0 and whose adds would change nothing (a partial sum is
-// never -0). Larger planes one by one (float32: by the vector kernel `along_plane` of this CPU).
+// never -0). Larger planes, and the range's last few, one by one (float32: by the vector kernel
+// `along_plane` of this CPU).
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void global_pool_range(int64_t begin, int64_t end, int64_t plane, double divisor,
                                             const scalar_t* x, scalar_t* y, GlobalSumAlongPlane along_plane) {
