@@ -13,6 +13,7 @@ import torch
 import cuconv
 import cuconv.functional as CF
 from cuconv import _C
+from test_ops import assert_matches
 
 needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
                                   reason="no direct kernels on this CPU: only the GEMM can run")
@@ -345,7 +346,7 @@ def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwis
         torch.set_num_threads(saved)
     for o, a, r in zip(ours, again, ref):
         assert torch.equal(o, a)
-        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+        assert_matches(o, r, torch.float32)  # the weight gradient sums 330 products: relative to its scale
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
