@@ -633,6 +633,37 @@ def test_opcheck(index, device):
     torch.library.opcheck(op, args)
 
 
+def test_plain_eager_calls_take_the_lean_path_and_match_the_ops_autograd_kernel_bitwise():
+    """Plain eager calls run a classic autograd.Function (cuconv/_ops.py); under any torch function
+    mode the op's register_autograd kernel runs instead: the same values, gradients and second
+    derivatives, bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 8, generator=gen, dtype=torch.float64).requires_grad_()
+    w = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    b = torch.randn(6, generator=gen, dtype=torch.float64).requires_grad_()
+
+    def run():
+        y = CF.conv2d(x, w, b, 1, 1, 1, 2)
+        pooled = [CF.max_pool2d(y, 2), CF.avg_pool2d(y, 3, 2, 1), CF.adaptive_avg_pool2d(y, (3, 2))]
+        loss = sum(p.square().sum() for p in pooled)
+        grads = torch.autograd.grad(loss, (x, w, b), create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), (x, w))
+        return pooled, [p.grad_fn for p in pooled], [*pooled, *grads, *second]
+
+    class PassThrough(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    _, lean_fns, lean = run()
+    with PassThrough():  # a mode: not a plain eager call
+        _, kernel_fns, through_kernel = run()
+    assert [type(f).__name__ for f in lean_fns] == ["max_pool2d_eagerBackward", "avg_pool2d_eagerBackward",
+                                                     "adaptive_avg_pool2d_eagerBackward"]
+    assert all("GeneratedBackwardFor_cuconv" in type(f).__name__ for f in kernel_fns)
+    for a, k in zip(lean, through_kernel):
+        assert torch.equal(a, k)
+
+
 class SmallNet(nn.Module):
     def __init__(self):
         super().__init__()
