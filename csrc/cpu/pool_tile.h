@@ -206,39 +206,50 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
   for (int r = 0; r < kRegisters; ++r)
     inside[r] = (lane_numbers<Lanes, L>() + r * L) < static_cast<decltype(Lanes{}[0] + 0)>(rest);
   const Values count = Values{} + static_cast<decltype(Values{}[0] + 0)>(divisor);
-  for (int64_t q = 0; q < groups; ++q) {
-    const Element* group = x + q * L * plane;
-    Values sums[L];  // plane l's partial sums 0 .. L - 1 (after the adds of s >= L)
+  // Planes of < 16 values (ResNet's 3x3) are one masked load of 16 each: compiled apart, with no
+  // loop over whole loads and no prefetch (a group is a few cache lines the hardware's prefetcher
+  // follows), 128x512 planes of 3x3 took 112-117 us instead of 150-230 on a Zen 3 (one thread).
+  auto run_groups = [&](auto short_planes) {
+    constexpr bool kShort = decltype(short_planes)::value;
+    for (int64_t q = 0; q < groups; ++q) {
+      const Element* group = x + q * L * plane;
+      Values sums[L];  // plane l's partial sums 0 .. L - 1 (after the adds of s >= L)
 #pragma GCC unroll 16
-    for (int l = 0; l < L; ++l) {
-      const Element* values = group + l * plane;
-      Values part[kRegisters] = {};  // partial sums r*L .. r*L + L - 1
-      for (int64_t k = 0; k < whole; k += 16)
+      for (int l = 0; l < L; ++l) {
+        const Element* values = group + l * plane;
+        Values part[kRegisters] = {};  // partial sums r*L .. r*L + L - 1
+        if constexpr (!kShort)
+          for (int64_t k = 0; k < whole; k += 16)
 #pragma GCC unroll 4
-        for (int r = 0; r < kRegisters; ++r) {
-          part[r] += load_values<Values, Lanes, L>(values + k + r * L);
-          __builtin_prefetch(values + L * plane + k + r * L);  // the next group's
-        }
-      if (rest > 0)
+            for (int r = 0; r < kRegisters; ++r) {
+              part[r] += load_values<Values, Lanes, L>(values + k + r * L);
+              __builtin_prefetch(values + L * plane + k + r * L);  // the next group's
+            }
+        if (kShort || rest > 0)
 #pragma GCC unroll 4
-        for (int r = 0; r < kRegisters; ++r) {
-          const Values v = load_values<Values, Lanes, L>(values + whole + r * L);
-          __builtin_prefetch(values + L * plane + whole + r * L);
-          part[r] += inside[r] ? v : Values{};
-        }
+          for (int r = 0; r < kRegisters; ++r) {
+            const Values v = load_values<Values, Lanes, L>(values + (kShort ? 0 : whole) + r * L);
+            if constexpr (!kShort) __builtin_prefetch(values + L * plane + whole + r * L);
+            part[r] += inside[r] ? v : Values{};
+          }
 #pragma GCC unroll 4
-      for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers
+        for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers
 #pragma GCC unroll 2
-        for (int r = 0; r < step / L; ++r) part[r] += part[r + step / L];
-      sums[l] = part[0];
-    }
-    transpose_block<Values, Lanes, L>(sums);  // lane l of sums[i]: plane l's partial sum i
+          for (int r = 0; r < step / L; ++r) part[r] += part[r + step / L];
+        sums[l] = part[0];
+      }
+      transpose_block<Values, Lanes, L>(sums);  // lane l of sums[i]: plane l's partial sum i
 #pragma GCC unroll 4
-    for (int step = L / 2; step >= 1; step /= 2)
+      for (int step = L / 2; step >= 1; step /= 2)
 #pragma GCC unroll 8
-      for (int i = 0; i < step; ++i) sums[i] += sums[i + step];
-    store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
-  }
+        for (int i = 0; i < step; ++i) sums[i] += sums[i + step];
+      store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
+    }
+  };
+  if (whole == 0)
+    run_groups(std::true_type{});
+  else
+    run_groups(std::false_type{});
   return groups * L;
 }
 
