@@ -300,6 +300,13 @@ MUTANTS = [
     Mutant("cuda-pool-covering-range", "index math (CUDA)", "csrc/cuda/pool2d.cu",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),
+    Mutant("eager-path-under-jit-trace", "dispatch (Python)", "cuconv/_ops.py",
+           "            or torch._C._get_tracing_state() is not None):", "            or False):",
+           ("tests/test_export.py",)),
+    Mutant("eager-path-drops-the-graph", "autograd (Python)", "cuconv/_ops.py",
+           "            if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):",
+           "            if torch.is_grad_enabled() and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args):",
+           (OPS,)),
 ]
 
 
