@@ -246,7 +246,7 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
       store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
     }
   };
-  if (whole == 0)
+  if (whole == 0 && rest > 0)
     run_groups(std::true_type{});
   else
     run_groups(std::false_type{});
