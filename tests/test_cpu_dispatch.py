@@ -250,6 +250,29 @@ GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)
 ]
 
 
+# Output widths whose plane rows start on vector boundaries (224), off them (221), and rows
+# shorter than a vector (5); 20 output channels fill a register's lanes and part of the next.
+@pytest.mark.parametrize("width", [224, 221, 5])
+def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width, monkeypatch):
+    """An output larger than the last-level cache is written past the caches (each panel's rows
+    staged, then non-temporal stores from each plane row's first aligned vector on, ordinary stores
+    at its ends): torch's values all the same."""
+    kernels = cuconv._C.cpu_kernels()
+    if kernels["direct_conv"] == "never":
+        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    channels, sample_bytes = 20, 20 * width * width * 4
+    batch = kernels["last_level_cache_bytes"] * 5 // 4 // sample_bytes + 1
+    if batch * sample_bytes > 2 << 30:
+        pytest.skip(f"an output larger than this CPU's {kernels['last_level_cache_bytes'] >> 20} MiB cache needs > 2 GiB")
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(batch, 2, width, width, generator=gen)
+    w, b = torch.randn(channels, 2, 3, 3, generator=gen), torch.randn(channels, generator=gen)
+    out = CF.conv2d(x, w, b, padding=1)
+    assert cuconv._C.cpu_kernels()["last_direct"] is not None
+    assert_matches(out, F.conv2d(x, w, b, padding=1), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("way", [{"CUCONV_CPU_BY_GROUP": "0"}, {"CUCONV_CPU_BY_GROUP": "1"}, {"CUCONV_CPU_DIRECT": "1"}],

@@ -11,7 +11,9 @@
 // weights give the NaNs torch gives (0 * Inf).
 //
 // Forward: threads take output rows (row = n*H_out + oh); each row is cut into tiles of
-// Q pixels (the last one shorter), and each tile runs once per panel.
+// Q pixels (the last one shorter), and each tile runs once per panel, leaving the panel's row
+// pixel-major; whole blocks of it are then transposed into the NCHW planes (streamed past
+// the caches where the output is larger than the last-level cache).
 // Weight gradient: threads take a fixed split of the output rows (counted across
 // images); per image's share of rows, grad_output is transposed to
 // [panel][pixel][NV*lanes] and each tile of T taps sums over those rows; the partial
@@ -209,15 +211,21 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  // Each panel's output row is computed pixel-major into `row` (the tiles' own layout), then
+  // transposed into the planes (to_planes). An output larger than the last-level cache goes
+  // through `stage`, [channel][out_w], to the planes past the caches (stream_rows).
+  const int64_t row_pixels = (p.out_w + tiles.lanes - 1) / tiles.lanes * tiles.lanes;  // whole blocks
+  const bool stream = p.batch * p.out_channels * plane * static_cast<int64_t>(sizeof(float)) > last_level_cache_bytes();
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1. A padded layer's
   // thread copies each sample it reaches zero-padded into a buffer of its own (in cache, and no
   // fresh pages per call).
   torch::stable::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
-    PackedBuffer<float> tile(DirectTiles::kMaxPixels * tiles.max_vectors * tiles.lanes);
+    PackedBuffer<float> row(row_pixels * tiles.max_vectors * tiles.lanes, 0.f);
+    PackedBuffer<float> stage(stream ? tiles.max_vectors * tiles.lanes * p.out_w : 0);
     PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // its border stays zero
     int64_t padded_sample = -1;
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      const int64_t n = row / p.out_h, oh = row % p.out_h;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const int64_t n = r / p.out_h, oh = r % p.out_h;
       if (pads && n != padded_sample) {
         copy_into_padding(p, in + n * p.in_stride(), sample.data());
         padded_sample = n;
@@ -228,12 +236,18 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
         const int64_t width = panel.vectors * tiles.lanes;
         const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
                                                           : tiles.forward[panel.vectors];
-        float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
         for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
           const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
-          run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(), tile.data());
-          tiles.to_planes(tile.data(), q_count, width, panel.count, bias != nullptr ? bias + panel.first : nullptr,
-                          y_row + ow, plane, ow + tiles.lanes <= p.out_w);
+          run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(),
+                       row.data() + ow * width);
+        }
+        const float* panel_bias = bias != nullptr ? bias + panel.first : nullptr;
+        float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
+        if (stream) {
+          tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, stage.data(), p.out_w);
+          tiles.stream_rows(stage.data(), p.out_w, panel.count, p.out_w, y_row, plane);
+        } else {
+          tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, y_row, plane);
         }
       }
     }

@@ -125,38 +125,64 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
     for (int o = 0; o < OT; ++o) Isa::store(tile + (r * OT + o) * L, acc[r][o]);
 }
 
-// The forward tile's sums into the NCHW output, plus bias: y[o * plane + q] = tile[q * width + o]
-// + bias[o] for channels o < count and pixels q < pixels (<= kLanes). The tile holds a pixel's
-// channels together, the output a channel's pixels: kLanes channels at a time, the pixels' rows
-// of them are transposed in registers into one vector per channel (lanes = pixels; rows past
-// `pixels` repeat pixel 0), which is stored whole when `whole` (the row has kLanes pixels from here
-// on: the lanes past `pixels` land on pixels that the row's next tiles write again later), else
-// lane by lane. (Element by element, this copy took as long as the products of a few-channel
-// layer's tile: the ResNet stem with AVX2.) bias may be null.
+// An output row's sums into the NCHW output, plus bias: y[o * plane + q] = row[q * width + o] +
+// bias[o] for channels o < count and pixels q < pixels. The forward tiles leave a row pixel-major
+// (each pixel's channels together, `width` apart), the output wants it channel-major: blocks of
+// kLanes pixels x kLanes channels are transposed in registers into one vector per channel and
+// stored whole, the row's last pixels (fewer than kLanes) lane by lane. `row` holds whole blocks
+// (rows past `pixels` are read, not stored). bias may be null. (Transposing each tile of Q
+// pixels as it came, kLanes - Q of its lanes wasted, took 37% of the ResNet stem's time with AVX2;
+// element by element, as long as the products.)
 template <class Isa>
-void direct_tile_to_planes(const float* tile, int64_t pixels, int64_t width, int64_t count, const float* bias,
-                           float* y, int64_t plane, bool whole) {
+void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
+                          float* y, int64_t plane) {
   using Floats = typename Isa::Floats;
   constexpr int L = Isa::kLanes;
   for (int64_t o0 = 0; o0 < count; o0 += L) {
-    Floats rows[L];
-#pragma GCC unroll 16
-    for (int q = 0; q < L; ++q) __builtin_memcpy(&rows[q], tile + (q < pixels ? q : 0) * width + o0, sizeof(Floats));
-    transpose_block<Floats, typename Isa::Ints, L>(rows);
     const int64_t channels = count - o0 < L ? count - o0 : L;
+    for (int64_t q0 = 0; q0 < pixels; q0 += L) {
+      Floats block[L];
 #pragma GCC unroll 16
-    for (int o = 0; o < L; ++o) {
-      if (o < channels) {
-        const Floats sums = rows[o] + (bias != nullptr ? bias[o0 + o] : 0.f);
-        float* out = y + (o0 + o) * plane;
-        if (whole) {
-          __builtin_memcpy(out, &sums, sizeof sums);
-        } else {
-          for (int64_t q = 0; q < pixels; ++q) out[q] = sums[q];
+      for (int q = 0; q < L; ++q) __builtin_memcpy(&block[q], row + (q0 + q) * width + o0, sizeof(Floats));
+      transpose_block<Floats, typename Isa::Ints, L>(block);
+      const int64_t left = pixels - q0;
+#pragma GCC unroll 16
+      for (int o = 0; o < L; ++o) {
+        if (o < channels) {
+          const Floats sums = block[o] + (bias != nullptr ? bias[o0 + o] : 0.f);
+          float* out = y + (o0 + o) * plane + q0;
+          if (left >= L) {
+            __builtin_memcpy(out, &sums, sizeof sums);
+          } else {
+            for (int64_t q = 0; q < left; ++q) out[q] = sums[q];
+          }
         }
       }
     }
   }
+}
+
+// Streams `rows` rows of `count` floats, stage[r * stage_stride ...] to y[r * plane ...], past
+// the caches (non-temporal stores): for outputs larger than the last-level cache, whose lines an
+// ordinary store would first read from memory (twice the traffic; the first layers' forward
+// pass is bound by it). Stores are whole vectors from the first aligned address on, so each
+// plane row is written in whole cache lines except at its ends (ordinary stores there). The
+// planes' rows are staged first (direct_conv.cpp): streamed straight from the transposes, each
+// block's vectors would fill half lines of kLanes planes at a time, and half-filled
+// write-combining buffers are flushed half-empty (measured slower than ordinary stores).
+template <class Isa>
+void direct_stream_rows(const float* stage, int64_t stage_stride, int64_t rows, int64_t count, float* y,
+                        int64_t plane) {
+  constexpr int L = Isa::kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* from = stage + r * stage_stride;
+    float* to = y + r * plane;
+    int64_t i = 0;
+    for (; i < count && reinterpret_cast<uintptr_t>(to + i) % (L * sizeof(float)) != 0; ++i) to[i] = from[i];
+    for (; i + L <= count; i += L) Isa::stream(to + i, Isa::load(from + i));
+    for (; i < count; ++i) to[i] = from[i];
+  }
+  Isa::fence();
 }
 
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
@@ -174,5 +200,6 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
-  tiles.to_planes = &direct_tile_to_planes<Isa>;
+  tiles.to_planes = &direct_row_to_planes<Isa>;
+  tiles.stream_rows = &direct_stream_rows<Isa>;
 }

@@ -154,28 +154,37 @@ void narrow_to_pairs(const float* src, int64_t panels, int64_t src_panel_stride,
 
 namespace {
 
-int64_t read_l2_cache_bytes() {
+// The size of one cache of `level` (2 or 3) as cpu0 sees it, or 0 where neither Linux's table nor
+// glibc says. Linux's table first: it gives one cache instance (what a core can use), where
+// glibc's sysconf gives an AMD package's whole L3 (all its CCXs: 256 MiB for a Zen 3 EPYC whose
+// cores share 32 MiB).
+int64_t read_cache_bytes(int level) {
   long bytes = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-  bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);  // glibc: from cpuid; 0 or -1 where unknown
-#endif
-  for (int index = 0; bytes <= 0 && index < 8; ++index) {  // Linux's own table (e.g. in VMs)
+  for (int index = 0; bytes <= 0 && index < 8; ++index) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
     std::ifstream level_file(dir + "level"), size_file(dir + "size");
-    int level = 0;
+    int found = 0;
     std::string size;
-    if (!(level_file >> level) || level != 2 || !(size_file >> size) || size.empty()) continue;
+    if (!(level_file >> found) || found != level || !(size_file >> size) || size.empty()) continue;
     const long value = std::atol(size.c_str());
     bytes = size.back() == 'K' ? value << 10 : size.back() == 'M' ? value << 20 : value;
   }
-  if (bytes <= 0) bytes = 1 << 20;
-  return std::clamp<int64_t>(bytes, int64_t{256} << 10, int64_t{8} << 20);
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  if (bytes <= 0) bytes = sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);  // 0 or -1 where unknown
+#endif
+  return std::max<int64_t>(bytes, 0);
 }
 
 }  // namespace
 
 int64_t l2_cache_bytes() {
-  static const int64_t bytes = read_l2_cache_bytes();
+  static const int64_t bytes = std::clamp<int64_t>(read_cache_bytes(2) > 0 ? read_cache_bytes(2) : 1 << 20,
+                                                   int64_t{256} << 10, int64_t{8} << 20);
+  return bytes;
+}
+
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = std::max(read_cache_bytes(3), l2_cache_bytes());
   return bytes;
 }
 

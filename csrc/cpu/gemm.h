@@ -137,6 +137,10 @@ const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 // The convolutions size their blocks from it (conv2d.cpp) rather than from one CPU's figure.
 int64_t l2_cache_bytes();
 
+// The last-level cache (L3, shared; else the L2 above), read likewise: outputs larger than it are
+// written past the caches (direct_conv.cpp), as no later pass could find them there.
+int64_t last_level_cache_bytes();
+
 // Allocates on cache-line (64-byte) boundaries, so a panel's vectors never straddle two lines
 // (std::vector's malloc gives 16 bytes; misaligned B panels measured up to 30% slower), and
 // leaves elements uninitialized unless a value is given: the packers write every element
