@@ -273,6 +273,27 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
     assert_matches(out, F.conv2d(x, w, b, padding=1), torch.float32)
 
 
+# Planes of 56x56 (each starting on a cache line) and 55x55 (most starting off one).
+@pytest.mark.parametrize("size", [56, 55])
+@pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1)], ids=["2x2", "3x3s2p1"])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling_gradient_larger_than_the_last_level_cache_is_streamed(kind, window, size):
+    """A pooling gradient larger than the last-level cache is written a plane at a time into a
+    buffer in cache and streamed from there past the caches: torch's values all the same."""
+    llc = cuconv._C.cpu_kernels()["last_level_cache_bytes"]
+    channels, plane_bytes = 8, size * size * 4
+    batch = llc * 5 // 4 // (channels * plane_bytes) + 1
+    if batch * channels * plane_bytes > 2 << 30:
+        pytest.skip(f"a gradient larger than this CPU's {llc >> 20} MiB cache needs > 2 GiB")
+    x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(size))
+    ours = CF.max_pool2d if kind == "max" else CF.avg_pool2d
+    theirs = F.max_pool2d if kind == "max" else F.avg_pool2d
+    out, (grad,) = forward_and_grads(lambda t: ours(t, *window), [x])
+    ref, (ref_grad,) = forward_and_grads(lambda t: theirs(t, *window), [x])
+    assert_matches(out, ref, torch.float32)
+    assert_matches(grad, ref_grad, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("way", [{"CUCONV_CPU_BY_GROUP": "0"}, {"CUCONV_CPU_BY_GROUP": "1"}, {"CUCONV_CPU_DIRECT": "1"}],

@@ -34,6 +34,7 @@
 
 #include "gemm.h"
 #include "simd.h"
+#include "streaming.h"
 
 namespace cuconv {
 
@@ -213,9 +214,9 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   // Each panel's output row is computed pixel-major into `row` (the tiles' own layout), then
   // transposed into the planes (to_planes). An output larger than the last-level cache goes
-  // through `stage`, [channel][out_w], to the planes past the caches (stream_rows).
+  // through `stage`, [channel][out_w], to the planes past the caches (streaming.h).
   const int64_t row_pixels = (p.out_w + tiles.lanes - 1) / tiles.lanes * tiles.lanes;  // whole blocks
-  const bool stream = p.batch * p.out_channels * plane * static_cast<int64_t>(sizeof(float)) > last_level_cache_bytes();
+  const bool stream = streams_output(p.batch * p.out_channels * plane * static_cast<int64_t>(sizeof(float)));
   // Rows are independent; a grain of a few rows keeps threads busy at batch 1. A padded layer's
   // thread copies each sample it reaches zero-padded into a buffer of its own (in cache, and no
   // fresh pages per call).
@@ -245,12 +246,14 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
         float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
         if (stream) {
           tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, stage.data(), p.out_w);
-          tiles.stream_rows(stage.data(), p.out_w, panel.count, p.out_w, y_row, plane);
+          for (int64_t o = 0; o < panel.count; ++o)
+            stream_copy(y_row + o * plane, stage.data() + o * p.out_w, p.out_w * static_cast<int64_t>(sizeof(float)));
         } else {
           tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, y_row, plane);
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -162,29 +162,6 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
   }
 }
 
-// Streams `rows` rows of `count` floats, stage[r * stage_stride ...] to y[r * plane ...], past
-// the caches (non-temporal stores): for outputs larger than the last-level cache, whose lines an
-// ordinary store would first read from memory (twice the traffic; the first layers' forward
-// pass is bound by it). Stores are whole vectors from the first aligned address on, so each
-// plane row is written in whole cache lines except at its ends (ordinary stores there). The
-// planes' rows are staged first (direct_conv.cpp): streamed straight from the transposes, each
-// block's vectors would fill half lines of kLanes planes at a time, and half-filled
-// write-combining buffers are flushed half-empty (measured slower than ordinary stores).
-template <class Isa>
-void direct_stream_rows(const float* stage, int64_t stage_stride, int64_t rows, int64_t count, float* y,
-                        int64_t plane) {
-  constexpr int L = Isa::kLanes;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* from = stage + r * stage_stride;
-    float* to = y + r * plane;
-    int64_t i = 0;
-    for (; i < count && reinterpret_cast<uintptr_t>(to + i) % (L * sizeof(float)) != 0; ++i) to[i] = from[i];
-    for (; i + L <= count; i += L) Isa::stream(to + i, Isa::load(from + i));
-    for (; i < count; ++i) to[i] = from[i];
-  }
-  Isa::fence();
-}
-
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
 template <class Isa, int NV, int Q, int kStride>
 void fill_forward_tiles(DirectTiles::Forward* table) {
@@ -201,5 +178,4 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
   tiles.to_planes = &direct_row_to_planes<Isa>;
-  tiles.stream_rows = &direct_stream_rows<Isa>;
 }

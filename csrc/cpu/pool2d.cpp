@@ -37,6 +37,7 @@
 #include "../shape.h"
 #include "gemm.h"
 #include "simd.h"
+#include "streaming.h"
 #include "window.h"
 
 // Clones of a function for wider vector units, chosen when the library loads.
@@ -53,6 +54,33 @@ namespace {
 int64_t plane_grain(int64_t plane_elements) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane_elements));
 }
+
+// Where one thread's plane kernels write their planes: into the output itself, or, for an output
+// larger than the last-level cache whose planes fit well in L2, into a plane buffer of the
+// thread's own which finish() then streams out past the caches (streaming.h). The gradients
+// (grad_input: 4x the forward output) take it: VGG's and ResNet's max pooling backward 10-16%
+// faster on a Zen 3; the forward outputs measured no faster (4-8% slower), so they do not.
+template <typename T>
+class PlaneOutput {
+ public:
+  // output_bytes: the whole output's size; plane: its plane's, in elements
+  PlaneOutput(int64_t output_bytes, int64_t plane)
+      : stream_(streams_output(output_bytes) && plane * static_cast<int64_t>(sizeof(T)) <= l2_cache_bytes() / 4),
+        buffer_(stream_ ? plane : 0) {}
+  ~PlaneOutput() {
+    if (stream_) stream_fence();  // (as the thread's share of the planes ends)
+  }
+  // Where the plane that belongs at `destination` is to be written.
+  T* target(T* destination) { return stream_ ? buffer_.data() : destination; }
+  // That plane, written, to its destination.
+  void finish(T* destination) {
+    if (stream_) stream_copy(destination, buffer_.data(), static_cast<int64_t>(buffer_.size() * sizeof(T)));
+  }
+
+ private:
+  bool stream_;
+  std::vector<T> buffer_;
+};
 
 // The window geometry of max / average pooling, with what does not change from row
 // to row worked out once.
@@ -449,15 +477,17 @@ void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t plane
   const bool tiled = tiled_2x2(g);
   torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> share(g.Wo), buffer;
+    PlaneOutput<scalar_t> output(planes * g.H * g.W * static_cast<int64_t>(sizeof(scalar_t)), g.H * g.W);
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
-      scalar_t* dx_plane = dx + plane * g.H * g.W;
+      scalar_t* dx_plane = output.target(dx + plane * g.H * g.W);
       if (tiled) {
         avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
       } else {
         unpool_in_opmath(g.H * g.W, dx_plane, buffer,
                          [&](acc_t* target) { avg_unpool_plane(g, plan, dy_plane, target, share.data()); });
       }
+      output.finish(dx + plane * g.H * g.W);
     }
   });
 }
@@ -1019,15 +1049,18 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
     std::atomic<int64_t> bad_index{0};
     torch::stable::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
       std::vector<opmath_t<scalar_t>> buffer;
+      PlaneOutput<scalar_t> output(s.batch * s.channels * plane_in * static_cast<int64_t>(sizeof(scalar_t)), plane_in);
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* dy_plane = dy_data + plane * plane_out;
         const int64_t* idx_plane = idx_data + plane * plane_out;
-        scalar_t* dx_plane = dx_data + plane * plane_in;
-        if (tiled && max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) continue;
-        unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
-          const std::optional<int64_t> bad = max_unpool_plane(plane_in, plane_out, dy_plane, idx_plane, target);
-          if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
-        });
+        scalar_t* dx_plane = output.target(dx_data + plane * plane_in);
+        if (!tiled || !max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) {
+          unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
+            const std::optional<int64_t> bad = max_unpool_plane(plane_in, plane_out, dy_plane, idx_plane, target);
+            if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
+          });
+        }
+        output.finish(dx_data + plane * plane_in);
       }
     });
     CUCONV_CHECK_INDEX(!any_bad.load(), op, ": index ", bad_index.load(),
