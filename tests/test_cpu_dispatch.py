@@ -52,6 +52,8 @@ def test_ops_match_torch_and_repeat_bitwise_at_any_thread_count(case, dtype, thr
     monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
     gen = torch.Generator().manual_seed(len(case))
     tensors = [torch.randn(*s, generator=gen, dtype=dtype) for s in shapes]
+    for _ in range(5):  # the measured choices settled: the measuring call and its four checks (tuner.h)
+        forward_and_grads(ours, tensors)
     out, grads = forward_and_grads(ours, tensors)
     ref, ref_grads = forward_and_grads(theirs, tensors)
     assert_matches(out, ref, dtype)

@@ -87,11 +87,14 @@ void record(const std::string& key, Choice choice) {
   table()[key] = std::move(choice);
 }
 
-// The recorded winner has just run in `seconds`, clearly faster than when it was chosen: the
-// first measurement was disturbed. Measures the others once more, keeps every candidate's best
-// time over both measurements, and records the fastest for good (no more checks).
+// The recorded winner has just run in `seconds`: clearly faster than when it was chosen (the
+// first measurement was disturbed), or as fast on its last checked call (a second look: a burst
+// of load over both first rounds of another candidate would otherwise go unseen, as the winner
+// then runs as measured). Measures the others once more, keeps every candidate's best time over
+// both measurements (so a disturbed second look changes nothing), and records the fastest for
+// good (no more checks).
 size_t measure_again(const std::string& key, const std::vector<Candidate>& candidates, Choice choice,
-                     size_t recorded, double seconds) {
+                     size_t recorded, double seconds, const char* why) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<double> best = choice.best;
   if (best.size() != candidates.size()) best.assign(candidates.size(), std::numeric_limits<double>::infinity());
@@ -100,8 +103,7 @@ size_t measure_again(const std::string& key, const std::vector<Candidate>& candi
   const size_t winner = fastest(best);
   if (winner != last) candidates[winner].run();  // the call returns the winner's result
   record(key, {candidates[winner].name, best[winner], 0, best});
-  log_choice("measured again (the first measurement was disturbed)", key, candidates, best, winner,
-             seconds_since(start) + seconds);
+  log_choice(why, key, candidates, best, winner, seconds_since(start) + seconds);
   return winner;
 }
 
@@ -144,8 +146,12 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
       return c;
     }
     const double seconds = seconds_to_run(candidates[c]);
-    if (seconds >= kDisturbed * recorded.winner_seconds) return c;
-    return measure_again(key, candidates, std::move(recorded), c, seconds);
+    if (seconds < kDisturbed * recorded.winner_seconds)
+      return measure_again(key, candidates, std::move(recorded), c, seconds,
+                           "measured again (the first measurement was disturbed)");
+    if (recorded.checks_left == 1)
+      return measure_again(key, candidates, std::move(recorded), c, seconds, "measured again (a second look)");
+    return c;
   }
   if (candidates.size() == 1) {
     candidates[0].run();

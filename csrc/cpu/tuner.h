@@ -14,10 +14,13 @@
 // rounds can make the fastest candidate look slow. So the choice is checked: the winner's next
 // few calls are timed, and if one runs clearly faster than the winner did while being measured,
 // the measuring was disturbed: that call runs the other candidates once more and keeps the
-// fastest over both measurements, for good. A choice is measured again at most once.
+// fastest over both measurements, for good. Where the winner ran as measured, the last checked
+// call does the same (a second look, a few calls later: a burst over both rounds of a losing
+// candidate leaves the winner's time as it was, and once made LeNet's second layer run the GEMM
+// at 3x the direct kernel's time). A choice is measured again exactly once.
 //
-// So a call that tunes costs at most two calls per candidate and one more, a later call at most
-// one more per candidate (bounded: no repeats until the times settle); each returns the winner's
+// So a call that tunes costs at most two calls per candidate and one more, one later call one
+// more per candidate (bounded: no repeats until the times settle); each returns the winner's
 // result, and every call after the checks (the winner alone) repeats it bitwise. Candidates
 // compute the same values (the tests check every path), up to float rounding.
 //
