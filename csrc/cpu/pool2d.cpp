@@ -56,16 +56,16 @@ int64_t plane_grain(int64_t plane_elements) {
 }
 
 // Where one thread's plane kernels write their planes: into the output itself, or, for an output
-// larger than the last-level cache whose planes fit well in L2, into a plane buffer of the
+// larger than the last-level cache whose planes fill at most half of L2, into a plane buffer of the
 // thread's own which finish() then streams out past the caches (streaming.h). The gradients
-// (grad_input: 4x the forward output) take it: VGG's and ResNet's max pooling backward 10-16%
+// (grad_input: 4x the forward output) take it: VGG's and ResNet's max pooling backward 3-16%
 // faster on a Zen 3; the forward outputs measured no faster (4-8% slower), so they do not.
 template <typename T>
 class PlaneOutput {
  public:
   // output_bytes: the whole output's size; plane: its plane's, in elements
   PlaneOutput(int64_t output_bytes, int64_t plane)
-      : stream_(streams_output(output_bytes) && plane * static_cast<int64_t>(sizeof(T)) <= l2_cache_bytes() / 4),
+      : stream_(streams_output(output_bytes) && plane * static_cast<int64_t>(sizeof(T)) <= l2_cache_bytes() / 2),
         buffer_(stream_ ? plane : 0) {}
   ~PlaneOutput() {
     if (stream_) stream_fence();  // (as the thread's share of the planes ends)
