@@ -263,6 +263,10 @@ CL_CASES = {  # (x shape, w shape, stride, padding, dilation)
     "1x1-64": ((2, 64, 6, 5), (64, 64, 1, 1), 1, 0, 1),
     "5x5-few-channels": ((2, 3, 12, 12), (6, 3, 5, 5), 1, 2, 1),
     "1x1-padded": ((2, 8, 5, 6), (4, 8, 1, 1), 1, 1, 1),  # padding past the kernel's reach: col2im
+    # strided 1x1 (ResNet's shortcuts): the input gradient written row by row in place, the last
+    # row and column in no window; then more output channels than one GEMM depth slice
+    "1x1-strided": ((3, 24, 11, 10), (20, 24, 1, 1), 2, 0, 1),
+    "1x1-strided-deep": ((2, 8, 6, 7), (300, 8, 1, 1), (2, 3), 0, 1),
     "big-channels": ((2, 300, 5, 4), (70, 300, 3, 3), 1, 1, 1),  # channel runs cut at the GEMM depth
     # pixels in several slices of the GEMM's depth per thread; channels in whole NR panels and a
     # tail; output channels past whole MR panels (the weight gradient's row-pointer tiles)

@@ -171,6 +171,26 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
   PackedBuffer<T> b(packed_size(K, nr, O), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t k = 0; k < K; ++k) b[packed_index(o, k, nr, O)] = w[g.weight_index(o, k)];
+  if (K == C && p.pad_h == 0 && p.pad_w == 0) {
+    // A 1x1 kernel without padding (strided: ResNet's shortcuts): input pixel (oh*sH, ow*sW)
+    // takes dy's pixel (oh, ow) times W and the others nothing, so each output row's product
+    // goes straight to its input pixels, sW*C elements apart (no dcols, no col2im's adds).
+    torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
+      PackedBuffer<T> a(packed_size(p.out_w, mr, O));
+      for (int64_t n = first; n < last; ++n) {
+        T* dxn = dx + n * p.height * p.width * C;
+        std::fill_n(dxn, p.height * p.width * C, T(0));
+        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+          pack_a(a.data(), mr, O, dy + (n * plane + oh * p.out_w) * O, p.out_w, O, int64_t{1});
+          for (int64_t o0 = 0; o0 < O; o0 += kernel.depth)
+            gemm_packed(kernel, p.out_w, C, std::min(kernel.depth, O - o0), a.data() + o0 * mr, O * mr,
+                        b.data() + o0 * nr, O * nr, dxn + oh * p.stride_h * p.width * C, p.stride_w * C, o0 > 0,
+                        nullptr);
+        }
+      }
+    });
+    return;
+  }
   const int64_t block = std::max<int64_t>(mr, std::min<int64_t>(plane, l2_cache_bytes() * 3 / 8 / (256 * 4)) / mr * mr);
   const int64_t chunk = std::max<int64_t>(nr, 256 / nr * nr);  // columns of dcols per product
   torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {

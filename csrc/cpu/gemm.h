@@ -132,13 +132,15 @@ enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 
-// This CPU's level-2 cache per core, in bytes, read once at run time (sysconf, else
-// /sys/devices/system/cpu/cpu0/cache; 1 MiB where neither says), clamped to [256 KiB, 8 MiB].
+// This CPU's level-2 cache per core, in bytes, read once at run time (Linux's table in
+// /sys/devices/system/cpu/cpu0/cache, else glibc's sysconf; 1 MiB where neither says), clamped
+// to [256 KiB, 8 MiB].
 // The convolutions size their blocks from it (conv2d.cpp) rather than from one CPU's figure.
 int64_t l2_cache_bytes();
 
-// The last-level cache (L3, shared; else the L2 above), read likewise: outputs larger than it are
-// written past the caches (direct_conv.cpp), as no later pass could find them there.
+// The last-level cache (one L3 instance, shared by the cores; else the L2 above), read likewise:
+// outputs larger than it are written past the caches (streaming.h), as no later pass could find
+// them there.
 int64_t last_level_cache_bytes();
 
 // Allocates on cache-line (64-byte) boundaries, so a panel's vectors never straddle two lines
