@@ -252,6 +252,16 @@ GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)
 ]
 
 
+def _batch_past_last_level_cache(sample_bytes):
+    """A batch of samples of this size larger than the CPU's last-level cache (by a quarter),
+    or a skip where that would need more than 2 GiB."""
+    llc = cuconv._C.cpu_kernels()["last_level_cache_bytes"]
+    batch = llc * 5 // 4 // sample_bytes + 1
+    if batch * sample_bytes > 2 << 30:
+        pytest.skip(f"an output larger than this CPU's {llc >> 20} MiB cache needs > 2 GiB")
+    return batch
+
+
 # Output widths whose plane rows start on vector boundaries (224), off them (221), and rows
 # shorter than a vector (5); 20 output channels fill a register's lanes and part of the next.
 @pytest.mark.parametrize("width", [224, 221, 5])
@@ -263,10 +273,8 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
     if kernels["direct_conv"] == "never":
         pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
     monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
-    channels, sample_bytes = 20, 20 * width * width * 4
-    batch = kernels["last_level_cache_bytes"] * 5 // 4 // sample_bytes + 1
-    if batch * sample_bytes > 2 << 30:
-        pytest.skip(f"an output larger than this CPU's {kernels['last_level_cache_bytes'] >> 20} MiB cache needs > 2 GiB")
+    channels = 20
+    batch = _batch_past_last_level_cache(channels * width * width * 4)
     gen = torch.Generator().manual_seed(width)
     x = torch.randn(batch, 2, width, width, generator=gen)
     w, b = torch.randn(channels, 2, 3, 3, generator=gen), torch.randn(channels, generator=gen)
@@ -282,11 +290,8 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
 def test_pooling_gradient_larger_than_the_last_level_cache_is_streamed(kind, window, size):
     """A pooling gradient larger than the last-level cache is written a plane at a time into a
     buffer in cache and streamed from there past the caches: torch's values all the same."""
-    llc = cuconv._C.cpu_kernels()["last_level_cache_bytes"]
-    channels, plane_bytes = 8, size * size * 4
-    batch = llc * 5 // 4 // (channels * plane_bytes) + 1
-    if batch * channels * plane_bytes > 2 << 30:
-        pytest.skip(f"a gradient larger than this CPU's {llc >> 20} MiB cache needs > 2 GiB")
+    channels = 8
+    batch = _batch_past_last_level_cache(channels * size * size * 4)
     x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(size))
     ours = CF.max_pool2d if kind == "max" else CF.avg_pool2d
     theirs = F.max_pool2d if kind == "max" else F.avg_pool2d
