@@ -46,6 +46,9 @@
 #else
 #define CUCONV_VECTOR_CLONES
 #endif
+// For helpers, lambdas included, that a clone calls: a helper left out of line is compiled
+// once, for the baseline x86-64 (SSE2), whichever clone calls it.
+#define CUCONV_INLINE_INTO_CLONES inline __attribute__((always_inline))
 
 namespace cuconv {
 namespace {
@@ -332,8 +335,9 @@ std::vector<int32_t> window_origins_2x2(const PoolGeometry& g) {
 // strided vector loads) or a table (gathers). (Loops in functions with __restrict__
 // parameters: GCC vectorises them only when it knows outputs and inputs do not overlap.)
 template <typename scalar_t, typename Origin>
-inline void max_pool_windows_2x2(const scalar_t* __restrict__ x, Origin origin, int64_t count, int64_t W,
-                                 scalar_t* __restrict__ y, int64_t* __restrict__ indices) {
+CUCONV_INLINE_INTO_CLONES void max_pool_windows_2x2(const scalar_t* __restrict__ x, Origin origin, int64_t count,
+                                                    int64_t W, scalar_t* __restrict__ y,
+                                                    int64_t* __restrict__ indices) {
   using acc_t = opmath_t<scalar_t>;
   using Rule = MaxRule<acc_t>;
   for (int64_t t = 0; t < count; ++t) {
@@ -361,8 +365,8 @@ inline void max_pool_windows_2x2(const scalar_t* __restrict__ x, Origin origin, 
 }
 
 template <typename scalar_t>
-inline void avg_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __restrict__ r1,
-                             opmath_t<scalar_t> divisor, int64_t Wo, scalar_t* __restrict__ y) {
+CUCONV_INLINE_INTO_CLONES void avg_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __restrict__ r1,
+                                                opmath_t<scalar_t> divisor, int64_t Wo, scalar_t* __restrict__ y) {
   using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < Wo; ++ow) {
     const acc_t sum = acc_t(0) + static_cast<acc_t>(r0[2 * ow]) + static_cast<acc_t>(r0[2 * ow + 1]) +
@@ -374,7 +378,7 @@ inline void avg_pool_row_2x2(const scalar_t* __restrict__ r0, const scalar_t* __
 // Calls pool(origin, count, out_offset) over the plane: once with the table `origins`
 // when given (short rows), else once per output row.
 template <typename Pool>
-void for_each_window_run_2x2(const PoolGeometry& g, const int32_t* origins, Pool pool) {
+CUCONV_INLINE_INTO_CLONES void for_each_window_run_2x2(const PoolGeometry& g, const int32_t* origins, Pool pool) {
   if (origins != nullptr) {
     pool([origins](int64_t t) { return static_cast<int64_t>(origins[t]); }, g.Ho * g.Wo, int64_t{0});
     return;
@@ -386,8 +390,8 @@ void for_each_window_run_2x2(const PoolGeometry& g, const int32_t* origins, Pool
 }
 
 template <typename scalar_t>
-inline void avg_unpool_row_2x2(const scalar_t* __restrict__ dy, opmath_t<scalar_t> divisor, int64_t Wo,
-                               scalar_t* __restrict__ r0, scalar_t* __restrict__ r1) {
+CUCONV_INLINE_INTO_CLONES void avg_unpool_row_2x2(const scalar_t* __restrict__ dy, opmath_t<scalar_t> divisor,
+                                                  int64_t Wo, scalar_t* __restrict__ r0, scalar_t* __restrict__ r1) {
   using acc_t = opmath_t<scalar_t>;
   for (int64_t ow = 0; ow < Wo; ++ow) {
     const scalar_t share = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(dy[ow]) / divisor);
@@ -405,7 +409,7 @@ void zero_outside_2x2(const PoolGeometry& g, scalar_t* dx) {
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void max_pool_plane_2x2(const PoolGeometry& g, const int32_t* origins, const scalar_t* x,
                                              scalar_t* y, int64_t* indices) {
-  for_each_window_run_2x2(g, origins, [&](auto origin, int64_t count, int64_t out) {
+  for_each_window_run_2x2(g, origins, [&](auto origin, int64_t count, int64_t out) __attribute__((always_inline)) {
     max_pool_windows_2x2(x, origin, count, g.W, y + out, indices + out);
   });
 }
