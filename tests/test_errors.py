@@ -711,9 +711,10 @@ def test_max_pool2d_nan_inf_like_torch(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_max_pool2d_all_minus_inf_and_all_nan_like_torch(dtype):
+@pytest.mark.parametrize("width", [5, 6])  # even: the stride-2 kernel of 3x3 windows (pool2d.cpp)
+def test_max_pool2d_all_minus_inf_and_all_nan_like_torch(dtype, width):
     for fill in (float("-inf"), float("nan")):
-        x = torch.full((1, 2, 5, 5), fill, dtype=dtype)
+        x = torch.full((1, 2, 5, width), fill, dtype=dtype)
         x[0, 1, 2, 3] = torch.randn(())  # one finite value in the second plane
         for config in MAX_CONFIGS:
             _compare(lambda x: CF.max_pool2d(x, return_indices=True, **config),

@@ -292,6 +292,24 @@ def test_max_pool2d_ties_take_torch_s_index(config, size, device):
     assert torch.equal(out, ref_out) and torch.equal(idx, ref_idx)
 
 
+# NCHW max pooling has kernels of its own on the CPU (csrc/cpu/pool2d.cpp) for 2x2 windows of
+# stride 2 (forward, and a backward that writes each window's four pixels once) and for windows
+# three columns wide with column stride 2 and padding 1 on even widths (separable forward); these
+# shapes run them: short and long rows, vector tails, odd edges outside every window.
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size", [(8, 10), (9, 7), (7, 12), (6, 40), (5, 34)])
+@pytest.mark.parametrize("config", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=(2, 3), stride=2, padding=(1, 1))],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_max_pool2d_cpu_special_kernels_match_torch(config, size, dtype, device):
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(sum(size)), dtype=dtype).to(device)
+    compare_with_torch(lambda t: CF.max_pool2d(t, **config), lambda t: F.max_pool2d(t, **config), [x], dtype)
+    _, idx = CF.max_pool2d(x, return_indices=True, **config)
+    _, ref_idx = F.max_pool2d(x, return_indices=True, **config)
+    assert torch.equal(idx, ref_idx)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])

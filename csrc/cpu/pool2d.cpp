@@ -186,6 +186,67 @@ CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* f
   }
 }
 
+// Windows three columns wide with column stride 2 and padding 1 on planes of even width
+// (ResNet's 3x3 stem pooling): the general kernel above reads every other pixel one lane at
+// a time (2.5x slower than the channels_last kernel on ResNet's stem). With Wo = W/2, window
+// column ow of input row ih reads columns 2ow-1, 2ow, 2ow+1, which in the flattened plane
+// are pixels 2t-1, 2t, 2t+1 of t = ih*Wo + ow; so
+//   pass 1: each row's maximum of those three, row_best[t] at pixel row_index[t], is one
+//           vector loop over the whole plane (a row's first window, whose left column is
+//           padding, is redone from its two pixels);
+//   pass 2: each output takes the maximum over its window's rows of pass 1's results.
+// Same winner as torch's row-major scan (the last NaN, else the first maximum) whichever
+// the order of passes: rows are compared with the same rule, top to bottom.
+bool separable_stride2(const PoolGeometry& g) {
+  return g.kW == 3 && g.sW == 2 && g.pW == 1 && g.dW == 1 && g.W % 2 == 0 && g.Wo == g.W / 2 &&
+         g.H * g.W <= std::numeric_limits<int32_t>::max();
+}
+
+template <typename scalar_t>
+CUCONV_VECTOR_CLONES void max_pool_plane_stride2(const PoolGeometry& g, const scalar_t* __restrict__ x,
+                                                 scalar_t* __restrict__ y, int64_t* __restrict__ indices,
+                                                 opmath_t<scalar_t>* __restrict__ row_best,
+                                                 int32_t* __restrict__ row_index, opmath_t<scalar_t>* __restrict__ best,
+                                                 int32_t* __restrict__ best_index) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t Wo = g.Wo, windows = g.H * Wo;
+  for (int64_t t = 1; t < windows; ++t) {
+    acc_t max = static_cast<acc_t>(x[2 * t - 1]);
+    int32_t at = static_cast<int32_t>(2 * t - 1);
+    const acc_t middle = static_cast<acc_t>(x[2 * t]), right = static_cast<acc_t>(x[2 * t + 1]);
+    bool take = (middle > max) | (middle != middle);  // | rather than ||: no branches
+    max = take ? middle : max;
+    at = take ? at + 1 : at;
+    take = (right > max) | (right != right);
+    row_best[t] = take ? right : max;
+    row_index[t] = take ? static_cast<int32_t>(2 * t + 1) : at;
+  }
+  for (int64_t t = 0; t < windows; t += Wo) {
+    const acc_t middle = static_cast<acc_t>(x[2 * t]), right = static_cast<acc_t>(x[2 * t + 1]);
+    const bool take = (right > middle) | (right != right);
+    row_best[t] = take ? right : middle;
+    row_index[t] = static_cast<int32_t>(take ? 2 * t + 1 : 2 * t);
+  }
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t h0 = g.first_row(oh), h1 = g.end_row(oh);
+    std::copy_n(row_best + h0 * Wo, Wo, best);
+    std::copy_n(row_index + h0 * Wo, Wo, best_index);
+    for (int64_t ih = h0 + g.dH; ih < h1; ih += g.dH) {
+      const acc_t* v = row_best + ih * Wo;
+      const int32_t* v_index = row_index + ih * Wo;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        const bool take = (v[ow] > best[ow]) | (v[ow] != v[ow]);
+        best[ow] = take ? v[ow] : best[ow];
+        best_index[ow] = take ? v_index[ow] : best_index[ow];
+      }
+    }
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      y[oh * Wo + ow] = static_cast<scalar_t>(best[ow]);
+      indices[oh * Wo + ow] = best_index[ow];
+    }
+  }
+}
+
 // The scatter kernels below add several outputs' gradients into one input pixel where
 // windows overlap. They sum in the op-math type: into dx itself for float and double,
 // and for half types into a float plane rounded into dx once (rounding after every add
@@ -414,24 +475,43 @@ CUCONV_VECTOR_CLONES void max_pool_plane_2x2(const PoolGeometry& g, const int32_
   });
 }
 
-// Zeroes the plane, then puts each output gradient at its argmax: one store per
-// output, to a scratch slot when the index is not a pixel of its window (no branches).
-// Returns false when that happened (the caller then scatters the plane in general,
-// as torch would).
+// v where keep is true, else +0, by masking v's bits: a float select here compiles to a
+// branch, which random indices mispredict half the time.
+template <typename T>
+CUCONV_INLINE_INTO_CLONES T kept_or_zero(T v, bool keep) {
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+  Bits bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= static_cast<Bits>(-static_cast<Bits>(keep));
+  std::memcpy(&v, &bits, sizeof bits);
+  return v;
+}
+
+// Writes every pixel of the plane once: each window's four pixels get the output gradient
+// where the index points and zero elsewhere (a vector loop with no zero pass before it and
+// no scattered stores). Returns false when an index is not a pixel of its window (the caller
+// then scatters the plane in general, as torch would).
 template <typename scalar_t>
-bool max_unpool_plane_2x2(const PoolGeometry& g, const scalar_t* dy, const int64_t* indices, scalar_t* dx) {
-  std::fill_n(dx, g.H * g.W, scalar_t(0));
-  scalar_t scratch;
-  int64_t matched = 0;
+CUCONV_VECTOR_CLONES bool max_unpool_plane_2x2(const PoolGeometry& g, const scalar_t* __restrict__ dy,
+                                               const int64_t* __restrict__ indices, scalar_t* __restrict__ dx) {
+  const int64_t W = g.W;
+  int64_t strays = 0;
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t top = 2 * oh * W;
+    scalar_t* __restrict__ r0 = dx + top;
+    scalar_t* __restrict__ r1 = r0 + W;
     for (int64_t ow = 0; ow < g.Wo; ++ow) {
-      const int64_t o = oh * g.Wo + ow, at = indices[o], offset = at - (2 * oh * g.W + 2 * ow);
-      const bool inside = (offset == 0) | (offset == 1) | (offset == g.W) | (offset == g.W + 1);
-      matched += inside;
-      *(inside ? dx + at : &scratch) = dy[o];
+      const int64_t o = oh * g.Wo + ow, offset = indices[o] - (top + 2 * ow);
+      const scalar_t v = dy[o];
+      r0[2 * ow] = kept_or_zero(v, offset == 0);
+      r0[2 * ow + 1] = kept_or_zero(v, offset == 1);
+      r1[2 * ow] = kept_or_zero(v, offset == W);
+      r1[2 * ow + 1] = kept_or_zero(v, offset == W + 1);
+      strays += (offset != 0) & (offset != 1) & (offset != W) & (offset != W + 1);
     }
   }
-  return matched == g.Ho * g.Wo;
+  zero_outside_2x2(g, dx);
+  return strays == 0;
 }
 
 template <typename scalar_t>
@@ -962,7 +1042,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   // The running argmax is kept in 32 bits when the plane allows: a float value and an
   // int32 index share a vector lane width, so the select vectorises.
   const bool small_plane = g.H * g.W <= std::numeric_limits<int32_t>::max();
-  const bool tiled = tiled_2x2(g);
+  const bool tiled = tiled_2x2(g), stride2 = separable_stride2(g);
   const std::vector<int32_t> origins = tiled && g.Wo < kShortRow ? window_origins_2x2(g) : std::vector<int32_t>();
 
   // A window over the whole plane (global max pooling) takes the float32 vector kernel of this
@@ -983,11 +1063,16 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
       torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> best(g.Wo);
         std::vector<index_t> best_index(g.Wo);
+        std::vector<acc_t> row_best(stride2 ? g.H * g.Wo : 0);
+        std::vector<int32_t> row_index(row_best.size()), stride2_index(stride2 ? g.Wo : 0);
         begin += global_max_planes(global_max, begin, end, planes, g.H * g.W, x_data, y_data, idx_data);
         for (int64_t plane = begin; plane < end; ++plane) {
           const scalar_t* x_plane = x_data + plane * g.H * g.W;
           const int64_t out = plane * g.Ho * g.Wo;
-          if (tiled) {
+          if (stride2) {
+            max_pool_plane_stride2(g, x_plane, y_data + out, idx_data + out, row_best.data(), row_index.data(),
+                                   best.data(), stride2_index.data());
+          } else if (tiled) {
             max_pool_plane_2x2(g, origins.empty() ? nullptr : origins.data(), x_plane, y_data + out, idx_data + out);
           } else {
             max_pool_plane(g, first_column.data(), x_plane, y_data + out, idx_data + out, best.data(),
