@@ -10,7 +10,7 @@
 //   forward       cols      [P_blk, K]        W^T  [K, O] (once)        y rows [P_blk, O] in place
 //                 (not packed: row pointers into x, the indirect convolution)
 //   input grad    dy (packed) [P_blk, O]      W    [O, K] (once)        dcols [P_blk, K_chunk] -> col2im
-//   weight grad   dy^T (packed) [O, P_slice]  X_t [P_slice, C] per tap   dW_t [O, C], per thread part
+//   weight grad   dy^T (in place) [O, P_slice] X_t [P_slice, C] per tap  dW_t [O, C], per thread part
 //                                             (not packed: row pointers into x)
 //
 // The input gradient of a stride-1 layer is the forward pass itself (flipped kernel over dy).
@@ -231,7 +231,9 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
 // The weight gradient, tap by tap: dW_t [O, C] = dy^T [O, P] @ X_t [P, C], where row p of X_t is
 // the input pixel that tap t of output pixel p reads (a row of zeros in the padding). The
 // microkernel reads X_t's rows through pointers straight from x (rows_b, gemm.h): nothing of x
-// is packed, and dy^T is packed once per slice of `depth` pixels for all the taps. (Packing the
+// is packed, and neither is dy^T: a panel of MR output channels is MR consecutive values of each
+// pixel's row of dy, read with a step of O (packing it took ~1/8 of ResNet's 1x1 stride-2
+// shortcut's weight gradient); only a last panel of fewer channels is packed. (Packing the
 // im2col columns instead, 9x the input for a 3x3 kernel, cost as much as the products on
 // 64-channel layers.) Channels past the last whole NR panel are copied per slice into rows of
 // NR, zero-padded, so no row is read past its end.
@@ -247,8 +249,9 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), (P + depth - 1) / depth));
   std::vector<std::vector<T>> partial(parts);  // per part: dW_t [O, C] for every tap t
   const std::vector<T> zeros(C, T(0));
+  const int64_t whole_panels = O / mr * mr;  // output channels read from dy in place
   torch::stable::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    PackedBuffer<T> a(packed_size(O, mr, depth));
+    PackedBuffer<T> a(mr * depth);  // the last panel of fewer than mr channels, packed
     std::vector<const T*> rows(depth), tail_rows(depth);
     std::vector<Nhwc::Window> windows(depth);
     std::vector<T> tails(full < C ? depth * nr : 0, T(0));
@@ -259,8 +262,10 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
       const int64_t begin = P * part / parts, end = P * (part + 1) / parts;
       for (int64_t p0 = begin; p0 < end; p0 += depth) {
         const int64_t d = std::min(depth, end - p0);
-        // dy^T: A element (o, pixel) = dy[pixel, o], runs of mr channels
-        pack_a(a.data(), mr, d, dy + p0 * O, O, int64_t{1}, O);
+        // dy^T: A element (o, pixel) = dy[pixel, o]. A panel of mr channels is read from dy in place
+        // (mr consecutive values, then the next pixel's: a step of O); only a last panel of
+        // fewer channels is packed, zero-padded, so that no read leaves dy.
+        if (whole_panels < O) pack_a(a.data(), mr, d, dy + p0 * O + whole_panels, O - whole_panels, int64_t{1}, O);
         for (int64_t k = 0; k < d; ++k) windows[k] = g.window(p0 + k);
         for (int64_t t = 0; t < g.taps(); ++t) {
           for (int64_t k = 0; k < d; ++k) {
@@ -274,15 +279,16 @@ void conv_channels_last_backward_weight(const DirectConv& p, const T* dy, const 
           T* dw_t = sum.data() + t * O * C;
           for (int64_t m0 = 0; m0 < O; m0 += mr) {
             const int64_t valid_rows = std::min(mr, O - m0);
-            const T* panel = a.data() + m0 * d;
+            const T* panel = m0 < whole_panels ? dy + p0 * O + m0 : a.data();
+            const int64_t a_step = m0 < whole_panels ? O : mr;
             for (int64_t j0 = 0; j0 < C; j0 += nr) {
               const T* const* b_rows = j0 < full ? rows.data() : tail_rows.data();
               const int64_t offset = j0 < full ? j0 : 0, cols = std::min(nr, C - j0);
               if (valid_rows == mr && cols == nr) {
-                kernel.rows_b(d, panel, b_rows, offset, dw_t + m0 * C + j0, C, /*accumulate=*/true);
+                kernel.rows_b(d, panel, a_step, b_rows, offset, dw_t + m0 * C + j0, C, /*accumulate=*/true);
                 continue;
               }
-              kernel.rows_b(d, panel, b_rows, offset, edge, nr, false);
+              kernel.rows_b(d, panel, a_step, b_rows, offset, edge, nr, false);
               for (int64_t r = 0; r < valid_rows; ++r)
                 for (int64_t j = 0; j < cols; ++j) dw_t[(m0 + r) * C + j0 + j] += edge[r * nr + j];
             }

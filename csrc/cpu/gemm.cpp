@@ -60,10 +60,10 @@ void portable_indirect_tile(int64_t taps, int64_t channels, const T* const* rows
 
 // And with B's rows through pointers (gemm.h, RowsBTileKernel).
 template <typename T, int MR, int NR>
-void portable_rows_b_tile(int64_t depth, const T* a, const T* const* b_rows, int64_t b_offset, T* c, int64_t ldc,
-                          bool accumulate) {
+void portable_rows_b_tile(int64_t depth, const T* a, int64_t a_step, const T* const* b_rows, int64_t b_offset, T* c,
+                          int64_t ldc, bool accumulate) {
   T acc[MR][NR] = {};
-  for (int64_t k = 0; k < depth; ++k, a += MR) {
+  for (int64_t k = 0; k < depth; ++k, a += a_step) {
     const T* b = b_rows[k] + b_offset;
     for (int r = 0; r < MR; ++r)
       for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];

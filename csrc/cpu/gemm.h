@@ -55,12 +55,13 @@ using IndirectTileKernel = void (*)(int64_t taps, int64_t channels, const T* con
 
 // The same register tile with B's rows read through pointers (no packed B): for every k <
 // depth, b_rows[k] + b_offset points at the NR values of row k (an input pixel's channels in
-// NHWC, or a row of zeros), and a is a packed A panel as above:
-//   c[r*ldc + j] (+)= sum_k a[k*MR + r] * (b_rows[k] + b_offset)[j]
+// NHWC, or a row of zeros), and A's values for k are a[k*a_step + r] (a_step = MR: a packed A
+// panel as above; larger: MR consecutive values of a row-major matrix's row k, read in place):
+//   c[r*ldc + j] (+)= sum_k a[k*a_step + r] * (b_rows[k] + b_offset)[j]
 // (accumulating into c when asked, no bias).
 template <typename T>
-using RowsBTileKernel = void (*)(int64_t depth, const T* a, const T* const* b_rows, int64_t b_offset, T* c,
-                                 int64_t ldc, bool accumulate);
+using RowsBTileKernel = void (*)(int64_t depth, const T* a, int64_t a_step, const T* const* b_rows,
+                                 int64_t b_offset, T* c, int64_t ldc, bool accumulate);
 
 // The largest register tile of any microkernel (AVX-512 float: 8 x 48, or 6 x 64), for edge tiles.
 constexpr int64_t kMaxTileElements = 8 * 48;

@@ -104,10 +104,11 @@ void indirect_tile(int64_t taps, int64_t channels, const typename Isa::T* const*
 }
 
 // B's rows through pointers (gemm.h, RowsBTileKernel): per k, NV loads from row k's pointer
-// (an NHWC pixel's channels, read in place) instead of the packed panel; A packed as above.
+// (an NHWC pixel's channels, read in place) instead of the packed panel; A's MR values of each k
+// a_step apart (MR: packed as above; or rows of a matrix read in place).
 template <class Isa, int MR, int NV>
-void rows_b_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T* const* b_rows, int64_t b_offset,
-                 typename Isa::T* c, int64_t ldc, bool accumulate) {
+void rows_b_tile(int64_t depth, const typename Isa::T* a, int64_t a_step, const typename Isa::T* const* b_rows,
+                 int64_t b_offset, typename Isa::T* c, int64_t ldc, bool accumulate) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   V acc[MR][NV];
@@ -124,7 +125,7 @@ void rows_b_tile(int64_t depth, const typename Isa::T* a, const typename Isa::T*
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = Isa::fma(ar, bk[v], acc[r][v]);
     }
-    a += MR;
+    a += a_step;
   }
 
   store_tile<Isa, MR, NV>(acc, c, ldc, accumulate, nullptr, nullptr);

@@ -401,7 +401,7 @@ void backward_weight(const DirectConv& p, const float* x, const float* dy, float
           float* n_e = n_part + e * n_size;
           for (int64_t o0 = 0; o0 < O; o0 += mr)
             for (int64_t j0 = 0; j0 < c_pad; j0 += nr)
-              kernel.rows_b(count, a.data() + o0 * count, b_rows.data(), j0, n_e + o0 * c_pad + j0, c_pad, true);
+              kernel.rows_b(count, a.data() + o0 * count, kernel.mr, b_rows.data(), j0, n_e + o0 * c_pad + j0, c_pad, true);
         }
       }
     }
