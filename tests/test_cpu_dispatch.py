@@ -125,16 +125,19 @@ def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkey
     pairwise adds; larger float32 planes: 16 partial sums in registers) give the scalar loops'
     sums bit for bit. Shapes: tails of planes (the last load of a plane runs past it), planes
     smaller than, equal to and larger than a block, and (2, 16, 3, 3), whose last group would
-    read past the tensor (the scalar loop takes it). An Inf and a NaN must come through."""
+    read past the tensor (the scalar loop takes it). An Inf and a NaN must come through, and a
+    plane of -0.0 averages to +0.0 as the in-order sum from +0 has it (torch's too)."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
     x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
+    x.view(-1, shape[2] * shape[3])[1] = -0.0
     accumulated = x.float() if dtype == torch.bfloat16 else x
     expected = (_global_sums(accumulated) / (shape[2] * shape[3])).to(dtype).view(*shape[:2], 1, 1)
     for isa in ISAS:
         monkeypatch.setenv("CUCONV_CPU_ISA", isa)
         out = CF.adaptive_avg_pool2d(x, 1)
         torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True, msg=isa)
+        assert torch.equal(out.signbit() & ~out.isnan(), expected.signbit() & ~expected.isnan()), isa  # (== takes -0 for +0)
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), equal_nan=True)
 
 

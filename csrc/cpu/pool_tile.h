@@ -185,9 +185,11 @@ inline void store_values(Element* p, const Values& v) {
 // order of every global sum (pool2d.cpp, sum_along_plane): value k of a plane into partial sum k
 // mod 16, the 16 partial sums then added pairwise (i += i + s, s = 8, 4, 2, 1). Each plane's
 // partial sums are 16 / L registers along the plane, its last values a load of 16 that runs past
-// it with the lanes past the plane dropped (adding +0 to a partial sum, which is never -0,
-// changes nothing); the pairwise adds of s >= L add a plane's registers, those of s < L run on
-// the L planes' partial sums transposed, each add serving all L planes. Memory-bound on ResNet's
+// it with the lanes past the plane dropped (+0 in their place: a partial sum no value reaches is
+// +0, as in the in-order sum, and +0 added to one that started at +0, so is never -0, changes
+// nothing); the pairwise adds of s >= L add a plane's registers, those of s < L run while the L
+// planes' partial sums are transposed (transpose_adding_halves: each add serves all L planes;
+// adding after a whole transpose, from +0, took 1.4x as long on 3x3 planes). Memory-bound on ResNet's
 // 7x7 and 14x14 planes with the next group prefetched (without the prefetch 1.5x torch's time;
 // adding each plane's values in order, lanes across planes, 2x). One plane at a time: all L
 // planes' partial sums side by side need 16 registers, all AVX2 has (spilled, 3x3 planes ran
@@ -217,7 +219,10 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
 #pragma GCC unroll 16
       for (int l = 0; l < L; ++l) {
         const Element* values = group + l * plane;
-        Values part[kRegisters] = {};  // partial sums r*L .. r*L + L - 1
+        // partial sums r*L .. r*L + L - 1, from +0 (a short plane's from its values alone, no
+        // adds of +0: with fewer than 16 values some partial sums are the dropped lanes' +0, so a
+        // zero total is +0, as the in-order sum from +0 has it)
+        Values part[kRegisters] = {};
         if constexpr (!kShort)
           for (int64_t k = 0; k < whole; k += 16)
 #pragma GCC unroll 4
@@ -229,8 +234,12 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
 #pragma GCC unroll 4
           for (int r = 0; r < kRegisters; ++r) {
             const Values v = load_values<Values, Lanes, L>(values + (kShort ? 0 : whole) + r * L);
-            if constexpr (!kShort) __builtin_prefetch(values + L * plane + whole + r * L);
-            part[r] += inside[r] ? v : Values{};
+            if constexpr (kShort) {
+              part[r] = inside[r] ? v : Values{};
+            } else {
+              __builtin_prefetch(values + L * plane + whole + r * L);
+              part[r] += inside[r] ? v : Values{};
+            }
           }
 #pragma GCC unroll 4
         for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers
@@ -238,11 +247,7 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
           for (int r = 0; r < step / L; ++r) part[r] += part[r + step / L];
         sums[l] = part[0];
       }
-      transpose_block<Values, Lanes, L>(sums);  // lane l of sums[i]: plane l's partial sum i
-#pragma GCC unroll 4
-      for (int step = L / 2; step >= 1; step /= 2)
-#pragma GCC unroll 8
-        for (int i = 0; i < step; ++i) sums[i] += sums[i + step];
+      transpose_adding_halves<Values, Lanes, L>(sums);  // the adds of s < L; lane l of sums[0]: plane l's sum
       store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
     }
   };

@@ -35,6 +35,24 @@ inline void transpose_block(Floats* rows) {
   if constexpr (B > 1) transpose_block<Floats, Ints, L, B / 2>(rows);
 }
 
+// Adds each of L rows' lanes pairwise (lane i += lane i + B for B = L/2, L/4, ..., 1: the order
+// of pool_tile.h's global sums) and leaves row l's total in lane l of rows[0]: the additions of
+// transpose_block and then rows[i] += rows[i + B], with the transpose's stages interleaved so
+// that each stage halves the rows (L - 1 adds and 2L - 2 shuffles instead of L log L shuffles).
+// Stage B pairs rows i and i + B (i < B): lanes with bit B clear hold row i's lane + lane + B,
+// those with it set row i + B's; lane l of rows[0] ends up holding row l's sum.
+template <typename Floats, typename Ints, int L, int B = L / 2>
+inline void transpose_adding_halves(Floats* rows) {
+  const Ints lane = lane_numbers<Ints, L>();
+  const Ints has_bit = (lane & B) != 0;
+  const Ints first = lane + (has_bit & (L - B));       // i's lane, or i + B's lane - B
+  const Ints second = lane + B + (has_bit & (L - B));  // i's lane + B, or i + B's lane
+#pragma GCC unroll 16
+  for (int i = 0; i < B; ++i)
+    rows[i] = __builtin_shuffle(rows[i], rows[i + B], first) + __builtin_shuffle(rows[i], rows[i + B], second);
+  if constexpr (B > 1) transpose_adding_halves<Floats, Ints, L, B / 2>(rows);
+}
+
 // dst[c*dst_stride + r] = src[r*src_stride + c] for r < rows, c < cols: a strided matrix
 // transposed, L x L blocks through transpose_block, the rows and columns past the last whole
 // block one by one. NCHW planes to NHWC pixels (rows = channels, cols = pixels) and back.
