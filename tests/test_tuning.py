@@ -372,7 +372,7 @@ def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwis
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels"])
+@pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels", "1x1-strided", "1x1-strided-deep"])
 def test_channels_last_conv_every_microkernel_matches_torch(case, dtype, isa, monkeypatch):
     """The NHWC kernels on every register tile (CUCONV_CPU_ISA asks for a lesser one than the CPU
     has; on a CPU without it the best it has runs): the indirect forward, and the weight gradient

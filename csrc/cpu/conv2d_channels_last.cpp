@@ -186,12 +186,12 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
         T* dxn = dx + n * p.height * p.width * C;
         for (int64_t ih = 0; ih < p.height; ++ih) {
           T* row = dxn + ih * p.width * C;
-          if (ih % p.stride_h != 0 || ih / p.stride_h >= p.out_h) {
+          if (ih % p.stride_h != 0) {  // (every row and column at a multiple of the stride is some output's)
             std::fill_n(row, p.width * C, T(0));
             continue;
           }
           for (int64_t iw = 0; iw < p.width; ++iw)
-            if (iw % p.stride_w != 0 || iw / p.stride_w >= p.out_w) std::fill_n(row + iw * C, C, T(0));
+            if (iw % p.stride_w != 0) std::fill_n(row + iw * C, C, T(0));
         }
         for (int64_t oh = 0; oh < p.out_h; ++oh) {
           const T* dy_row = dy + (n * plane + oh * p.out_w) * O;
