@@ -375,8 +375,10 @@ def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwis
 @pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels", "1x1-strided", "1x1-strided-deep"])
 def test_channels_last_conv_every_microkernel_matches_torch(case, dtype, isa, monkeypatch):
     """The NHWC kernels on every register tile (CUCONV_CPU_ISA asks for a lesser one than the CPU
-    has; on a CPU without it the best it has runs): the indirect forward, and the weight gradient
-    whose tiles read x's rows through pointers, across whole channel panels and a tail."""
+    has; on a CPU without it the best it has runs): the indirect forward, the weight gradient
+    whose tiles read x's rows through pointers, across whole channel panels and a tail, and the
+    strided 1x1 input gradient whose tiles read dy's pixels through pointers (rows of a last
+    tile past the output row, channel tails, output channels past one depth slice)."""
     monkeypatch.setenv("CUCONV_CPU_TUNE", "0")  # the NHWC kernels, always
     monkeypatch.setenv("CUCONV_CPU_ISA", isa)
     x_shape, w_shape, stride, padding, dilation = CL_CASES[case]
