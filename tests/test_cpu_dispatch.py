@@ -287,19 +287,27 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
 
 
 # Planes of 56x56 (each starting on a cache line) and 55x55 (most starting off one).
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [56, 55])
 @pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1)], ids=["2x2", "3x3s2p1"])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_pooling_gradient_larger_than_the_last_level_cache_is_streamed(kind, window, size):
+def test_pooling_gradient_larger_than_the_last_level_cache_is_streamed(kind, window, size, layout):
     """A pooling gradient larger than the last-level cache is written a plane at a time into a
-    buffer in cache and streamed from there past the caches: torch's values all the same."""
+    buffer in cache and streamed from there past the caches (max pooling's channels_last
+    gradient a sample at a time): torch's values all the same."""
     channels = 8
     batch = _batch_past_last_level_cache(channels * size * size * 4)
     x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(size))
-    ours = CF.max_pool2d if kind == "max" else CF.avg_pool2d
-    theirs = F.max_pool2d if kind == "max" else F.avg_pool2d
-    out, (grad,) = forward_and_grads(lambda t: ours(t, *window), [x])
-    ref, (ref_grad,) = forward_and_grads(lambda t: theirs(t, *window), [x])
+    x = x.contiguous(memory_format=layout)
+
+    def run(pool):  # (the output's gradient in the input's layout, which decides the kernels)
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf, *window)
+        dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=layout)
+        return out.detach(), torch.autograd.grad(out, leaf, dy)[0]
+
+    out, grad = run(CF.max_pool2d if kind == "max" else CF.avg_pool2d)
+    ref, ref_grad = run(F.max_pool2d if kind == "max" else F.avg_pool2d)
     assert_matches(out, ref, torch.float32)
     assert_matches(grad, ref_grad, torch.float32)
 

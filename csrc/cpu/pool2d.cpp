@@ -59,16 +59,19 @@ int64_t plane_grain(int64_t plane_elements) {
 }
 
 // Where one thread's plane kernels write their planes: into the output itself, or, for an output
-// larger than the last-level cache whose planes fill at most half of L2, into a plane buffer of the
-// thread's own which finish() then streams out past the caches (streaming.h). The gradients
-// (grad_input: 4x the forward output) take it: VGG's and ResNet's max pooling backward 3-16%
-// faster on a Zen 3; the forward outputs measured no faster (4-8% slower), so they do not.
+// larger than the last-level cache whose planes fit the buffer limit (by default half of L2), into
+// a plane buffer of the thread's own which finish() then streams out past the caches
+// (streaming.h). The gradients (grad_input: 4x the forward output) take it: VGG's and ResNet's
+// max pooling backward 3-16% faster on a Zen 3 (NCHW planes), 10% on ResNet's stem in
+// channels_last (a sample of NHWC pixels a "plane": 576 KB, computed in the last-level cache);
+// the forward outputs measured no faster (4-8% slower), so they do not.
 template <typename T>
 class PlaneOutput {
  public:
-  // output_bytes: the whole output's size; plane: its plane's, in elements
-  PlaneOutput(int64_t output_bytes, int64_t plane)
-      : stream_(streams_output(output_bytes) && plane * static_cast<int64_t>(sizeof(T)) <= l2_cache_bytes() / 2),
+  // output_bytes: the whole output's size; plane: its plane's, in elements; buffer_limit: the
+  // largest plane, in bytes, that is computed in a buffer
+  PlaneOutput(int64_t output_bytes, int64_t plane, int64_t buffer_limit = l2_cache_bytes() / 2)
+      : stream_(streams_output(output_bytes) && plane * static_cast<int64_t>(sizeof(T)) <= buffer_limit),
         buffer_(stream_ ? plane : 0) {}
   ~PlaneOutput() {
     if (stream_) stream_fence();  // (as the thread's share of the planes ends)
@@ -1108,15 +1111,21 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
       std::atomic<int64_t> bad_index{0};
       torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<opmath_t<scalar_t>> buffer;
+        // (a sample at a time, in a buffer up to a quarter of each thread's share of the last-level
+        // cache: ResNet's stem's samples are larger than a Zen 3's L2)
+        PlaneOutput<scalar_t> output(s.batch * plane_in * C * static_cast<int64_t>(sizeof(scalar_t)), plane_in * C,
+                                     last_level_cache_bytes() / 4 / torch::stable::get_num_threads());
         for (int64_t n = begin; n < end; ++n) {
-          if (tiled && max_unpool_sample_nhwc_2x2(g, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C,
-                                                  dx_data + n * plane_in * C))
-            continue;
-          unpool_in_opmath(plane_in * C, dx_data + n * plane_in * C, buffer, [&](auto* target) {
-            const std::optional<int64_t> bad = max_unpool_sample_nhwc(
-                plane_in, plane_out, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C, target);
-            if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
-          });
+          scalar_t* dx_n = output.target(dx_data + n * plane_in * C);
+          if (!tiled || !max_unpool_sample_nhwc_2x2(g, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C,
+                                                     dx_n)) {
+            unpool_in_opmath(plane_in * C, dx_n, buffer, [&](auto* target) {
+              const std::optional<int64_t> bad = max_unpool_sample_nhwc(
+                  plane_in, plane_out, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C, target);
+              if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
+            });
+          }
+          output.finish(dx_data + n * plane_in * C);
         }
       });
       CUCONV_CHECK_INDEX(!any_bad.load(), op, ": index ", bad_index.load(),
