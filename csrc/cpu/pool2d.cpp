@@ -1109,12 +1109,13 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
       const bool tiled = tiled_2x2(g);
       std::atomic<bool> any_bad{false};
       std::atomic<int64_t> bad_index{0};
+      // (streamed a sample at a time, from a buffer of up to a quarter of each thread's share of
+      // the last-level cache: ResNet's stem's samples are larger than a Zen 3's L2)
+      const int64_t sample_buffer_limit = last_level_cache_bytes() / 4 / torch::stable::get_num_threads();
       torch::stable::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<opmath_t<scalar_t>> buffer;
-        // (a sample at a time, in a buffer up to a quarter of each thread's share of the last-level
-        // cache: ResNet's stem's samples are larger than a Zen 3's L2)
         PlaneOutput<scalar_t> output(s.batch * plane_in * C * static_cast<int64_t>(sizeof(scalar_t)), plane_in * C,
-                                     last_level_cache_bytes() / 4 / torch::stable::get_num_threads());
+                                     sample_buffer_limit);
         for (int64_t n = begin; n < end; ++n) {
           scalar_t* dx_n = output.target(dx_data + n * plane_in * C);
           if (!tiled || !max_unpool_sample_nhwc_2x2(g, C, dy_data + n * plane_out * C, idx_data + n * plane_out * C,
