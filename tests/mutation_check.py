@@ -155,6 +155,13 @@ MUTANTS = [
            "for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers",
            "for (int step = 8; step >= 2 * L; step /= 2)  // partial sum i += i + step, within the plane's registers",
            (DISPATCH,)),
+    Mutant("avg-pool-2x2-groups-sum-order", "reduction", "csrc/cpu/pool_tile.h",
+           "(((Floats{} + corner[0]) + corner[1]) + corner[W]) + corner[W + 1];",
+           "(((Floats{} + corner[0]) + corner[W]) + corner[1]) + corner[W + 1];", (DISPATCH,)),
+    Mutant("avg-pool-2x2-groups-any-divisor-by-inverse", "rounding", "csrc/cpu/pool_tile.h",
+           "return (bits & 0x7FFFFF) == 0 && sign_and_exponent != 0", "return sign_and_exponent != 0", (DISPATCH,)),
+    Mutant("avg-unpool-2x2-groups-odd-column-gets-a-share", "index math", "csrc/cpu/pool_tile.h",
+           "window_of[k] = h < 2 * Ho && w < 2 * Wo ?", "window_of[k] = h < 2 * Ho && w <= 2 * Wo ?", (DISPATCH,)),
     Mutant("global-sum-scalar-tail-one-lane", "reduction", "csrc/cpu/pool2d.cpp",
            "for (int64_t t = 0; k + t < end; ++t) part[t] += static_cast<acc_t>(x[k + t]);",
            "for (int64_t t = 0; k + t < end; ++t) part[0] += static_cast<acc_t>(x[k + t]);", (DISPATCH,)),
@@ -348,8 +355,7 @@ MUTANTS = [
            "            or torch._C._get_tracing_state() is not None):", "            or False):",
            ("tests/test_export.py",)),
     Mutant("eager-path-drops-the-graph", "autograd (Python)", "cuconv/_ops.py",
-           "            if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):",
-           "            if torch.is_grad_enabled() and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args):",
+           "            records = records or a.requires_grad", "            records = records and a.requires_grad",
            (OPS,)),
 ]
 

@@ -33,6 +33,8 @@ THREAD_CASES = {
     "max-pool-3s2": ((lambda t: CF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
                       lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True)), [(5, 7, 13, 11)], ""),
     "avg-pool-2x2": ((lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2)), [(5, 7, 12, 10)], ""),
+    # LeNet's 10x10 planes, more of them than 7 threads' groups of 8 or 16 (the short-plane kernels)
+    "avg-pool-2x2-short-planes": ((lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2)), [(9, 23, 10, 10)], ""),
     "avg-pool-3s1": ((lambda t: CF.avg_pool2d(t, 3, 1, 1), lambda t: F.avg_pool2d(t, 3, 1, 1)), [(5, 7, 9, 10)], ""),
     "adaptive-global": ((lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),
                         [(5, 7, 9, 10)], ""),
@@ -139,6 +141,36 @@ def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkey
         torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True, msg=isa)
         assert torch.equal(out.signbit() & ~out.isnan(), expected.signbit() & ~expected.isnan()), isa  # (== takes -0 for +0)
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 19, 10, 10), (3, 17, 11, 13), (2, 33, 16, 16), (1, 18, 17, 15), (4, 9, 6, 6),
+                                   (2, 40, 4, 4), (3, 7, 18, 18)], ids=str)
+@pytest.mark.parametrize("divisor_override", [None, 3, 8], ids=lambda d: f"divisor={d}")
+def test_average_pool_2x2_of_short_planes_matches_torch_bitwise_on_every_isa(shape, divisor_override, monkeypatch):
+    """2x2 average pooling with stride 2 on planes of up to 256 values (LeNet's 10x10) takes the
+    float32 vector kernels, a register's lanes of planes at a time transposed in registers (16 on
+    AVX-512, 8 on AVX2; planes with fewer outputs than that, larger planes, and each thread's last
+    planes the plane kernel): forward and gradient bit for bit torch's, -0.0, Inf and NaN included.
+    Shapes: plane counts that leave a partial group, odd sizes (a last row or column in no window,
+    whose gradient is 0), 9 and 4 outputs (fewer than 16 and 8 lanes), 324 values (too large).
+    Divisors: 4 and 8 divide as multiplications by their inverse, 3 as a division."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
+    planes = x.view(-1, shape[2] * shape[3])
+    planes[1] = -0.0
+    planes[2, 0], planes[-1, shape[3] + 1] = float("inf"), float("nan")
+    x.requires_grad_()
+    pool = lambda f: f.avg_pool2d(x, 2, divisor_override=divisor_override)
+    ref = pool(F)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(12))
+    dy.view(-1, ref.shape[2] * ref.shape[3])[0] = -0.0
+    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    for isa in ISAS:
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        out = pool(CF)
+        (dx,) = torch.autograd.grad(out, x, dy)
+        for ours, theirs in ((out, ref), (dx, ref_dx)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=isa)
+            assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), isa
 
 
 @pytest.mark.parametrize("isa", ISAS)

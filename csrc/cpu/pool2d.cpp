@@ -539,11 +539,50 @@ CUCONV_VECTOR_CLONES void avg_unpool_plane_2x2(const PoolGeometry& g, double div
 // ---------------------------------------------------------------------------
 // All planes of one op: threads take whole planes.
 
+// Pooling's vector kernels of this CPU's ISA (simd.h), none for the generic one.
+PoolVectorKernels pool_vector_kernels() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_pool_vector_kernels();
+    case CpuIsa::kAvx2: return avx2_pool_vector_kernels();
+    default: break;
+  }
+#endif
+  return {};
+}
+
+// The vector kernels of this CPU for tiled 2x2 windows on short planes (simd.h: float32, planes
+// of at most kShortPoolPlane values and at least a register's lanes of outputs), or none.
+template <typename scalar_t>
+AvgPool2x2Groups short_plane_kernels_2x2(const PoolGeometry& g) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const AvgPool2x2Groups kernels = pool_vector_kernels().avg_2x2;
+    if (tiled_2x2(g) && g.H * g.W <= kShortPoolPlane && g.Ho * g.Wo >= kernels.planes) return kernels;
+  }
+  return {};
+}
+
+// The first planes of [begin, end), whole groups of `kernels.planes`, by `run` (the vector
+// kernels above); returns where the rest begins.
+template <typename Run>
+int64_t in_plane_groups(const AvgPool2x2Groups& kernels, int64_t begin, int64_t end, Run run) {
+  if (kernels.planes == 0) return begin;
+  const int64_t groups = (end - begin) / kernels.planes;
+  if (groups > 0) run(groups);
+  return begin + groups * kernels.planes;
+}
+
 template <typename scalar_t>
 void avg_pool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes, const scalar_t* x, scalar_t* y) {
   using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
+  const AvgPool2x2Groups short_planes = short_plane_kernels_2x2<scalar_t>(g);
   torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
+        short_planes.pool(x + begin * g.H * g.W, groups, g.H, g.W, g.Ho, g.Wo,
+                          static_cast<float>(plan.divisor(plan.row_factor[0], 0)), y + begin * g.Ho * g.Wo);
+      });
     std::vector<acc_t> sum(g.Wo);
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* x_plane = x + plane * g.H * g.W;
@@ -562,7 +601,13 @@ void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t plane
                        scalar_t* dx) {
   using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
+  const AvgPool2x2Groups short_planes = short_plane_kernels_2x2<scalar_t>(g);
   torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
+        short_planes.unpool(dy + begin * g.Ho * g.Wo, groups, g.H, g.W, g.Ho, g.Wo,
+                            static_cast<float>(plan.divisor(plan.row_factor[0], 0)), dx + begin * g.H * g.W);
+      });
     std::vector<acc_t> share(g.Wo), buffer;
     PlaneOutput<scalar_t> output(planes * g.H * g.W * static_cast<int64_t>(sizeof(scalar_t)), g.H * g.W);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -624,17 +669,6 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
     }
 }
 
-// Pooling's vector kernels of this CPU's ISA (simd.h), none for the generic one.
-PoolVectorKernels pool_vector_kernels() {
-#if CUCONV_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_pool_vector_kernels();
-    case CpuIsa::kAvx2: return avx2_pool_vector_kernels();
-    default: break;
-  }
-#endif
-  return {};
-}
 
 // Global average pooling: plane p of x (size `plane`) averages to y[p]. Every plane is summed in
 // one order, on every ISA and for every dtype (sum_along_plane below): 16 partial sums along the

@@ -283,6 +283,90 @@ int64_t global_max_groups(const float* x, int64_t planes, int64_t plane, int64_t
   return groups * L;
 }
 
+// `count` vectors, vector(t) holding value t of L planes (lane l: plane l), stored plane-major:
+// y[l * count + t]. L x L blocks transposed in registers; the last block ends at the plane's end
+// (it overlaps the one before, whose values it writes again). count >= L.
+template <typename Floats, typename Ints, int L, typename Vector>
+[[gnu::always_inline]] inline void store_planes(Vector vector, int64_t count, float* y) {
+  for (int64_t c0 = 0; c0 < count; c0 += L) {
+    const int64_t start = c0 + L <= count ? c0 : count - L;
+    Floats rows[L];
+#pragma GCC unroll 16
+    for (int j = 0; j < L; ++j) rows[j] = vector(start + j);
+    transpose_block<Floats, Ints, L>(rows);
+#pragma GCC unroll 16
+    for (int l = 0; l < L; ++l) __builtin_memcpy(y + l * count + start, &rows[l], sizeof(Floats));
+  }
+}
+
+// Whether v is 2^e, e in [-126, 127] (its inverse, 2^-e, a float too).
+inline bool is_power_of_two(float v) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &v, sizeof bits);
+  const uint32_t sign_and_exponent = bits >> 23;
+  return (bits & 0x7FFFFF) == 0 && sign_and_exponent != 0 && sign_and_exponent < 255;
+}
+
+// 2x2 average pooling with stride 2 (pool2d.cpp's tiled_2x2) of short planes (simd.h,
+// AvgPool2x2Groups), L planes at a time: their pixels transposed into pixel-major vectors (lane
+// l: plane l; for_each_column), each window summed as the plane kernel and torch sum it,
+// (((0 + x00) + x01) + x10) + x11, divided by the divisor, for all L planes at once, and the
+// outputs transposed back. On LeNet's 10x10 planes (rows of 5 outputs) the plane kernel's loop
+// over a row is its scalar tail alone.
+template <typename Floats, typename Ints, int L>
+void avg_pool_2x2_groups(const float* x, int64_t groups, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                         float divisor, float* y) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  const int64_t plane = H * W, outputs = Ho * Wo;
+  Floats pixels[kShortPoolPlane], means[kShortPoolPlane / 4];
+  // A power-of-two divisor (4, unless overridden) divides as its inverse multiplies, exactly: the
+  // same rounding of the same quotient, without the divisions' latency (a third of the time).
+  const bool power_of_two = is_power_of_two(divisor);
+  auto run = [&](auto by_inverse) {
+    const Floats count = Floats{} + (by_inverse ? 1.0f / divisor : divisor);
+    for (int64_t q = 0; q < groups; ++q) {
+      for_each_column<Floats, Ints, L>(x + q * L * plane, plane, [&](const Floats& column, int64_t k) { pixels[k] = column; });
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          const Floats* corner = pixels + 2 * oh * W + 2 * ow;
+          const Floats sum = (((Floats{} + corner[0]) + corner[1]) + corner[W]) + corner[W + 1];
+          means[oh * Wo + ow] = by_inverse ? sum * count : sum / count;
+        }
+      store_planes<Floats, Ints, L>([&](int64_t t) { return means[t]; }, outputs, y + q * L * outputs);
+    }
+  };
+  power_of_two ? run(std::true_type{}) : run(std::false_type{});
+}
+
+// Its gradient, likewise: L planes of dy transposed into output-major vectors, each output's
+// share 0 + dy / divisor (as the plane kernel: -0 becomes +0), and each pixel of dx, L planes at
+// a time, its window's share (0 in an odd last row or column that no window covers), transposed
+// back. Every pixel of dx is written once.
+template <typename Floats, typename Ints, int L>
+void avg_unpool_2x2_groups(const float* dy, int64_t groups, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                           float divisor, float* dx) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  const int64_t plane = H * W, outputs = Ho * Wo;
+  int32_t window_of[kShortPoolPlane];  // pixel k's output, or -1 outside every window
+  for (int64_t k = 0; k < plane; ++k) {
+    const int64_t h = k / W, w = k % W;
+    window_of[k] = h < 2 * Ho && w < 2 * Wo ? static_cast<int32_t>(h / 2 * Wo + w / 2) : -1;
+  }
+  Floats shares[kShortPoolPlane / 4];
+  const bool power_of_two = is_power_of_two(divisor);  // (as the forward)
+  auto run = [&](auto by_inverse) {
+    const Floats count = Floats{} + (by_inverse ? 1.0f / divisor : divisor);
+    for (int64_t q = 0; q < groups; ++q) {
+      for_each_column<Floats, Ints, L>(dy + q * L * outputs, outputs, [&](const Floats& column, int64_t t) {
+        shares[t] = Floats{} + (by_inverse ? column * count : column / count);
+      });
+      store_planes<Floats, Ints, L>([&](int64_t k) { return window_of[k] >= 0 ? shares[window_of[k]] : Floats{}; },
+                                    plane, dx + q * L * plane);
+    }
+  };
+  power_of_two ? run(std::true_type{}) : run(std::false_type{});
+}
+
 // Global average pooling in float32 of one plane (of more than kGlobalSumBlock values, or one of
 // the last planes the kernel above leaves), along the plane: 16 partial sums (value k into sum k mod 16, here 16 / L registers of L lanes), in blocks
 // of kGlobalSumBlock values whose partial sums are added into 16 totals in order, the totals

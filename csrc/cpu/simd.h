@@ -56,6 +56,20 @@ using GlobalPoolGroups = int64_t (*)(const Element* x, int64_t planes, int64_t p
 using GlobalMaxGroups = int64_t (*)(const float* x, int64_t planes, int64_t plane, int64_t readable, float* y,
                                     int64_t* indices);
 
+// 2x2 average pooling with stride 2 over planes of at most kShortPoolPlane values (whose rows
+// are too short for the row kernel's vector loop), float32, in groups of `planes` planes, a
+// register's lanes (pool_tile.h): `groups` groups of planes H x W from x into planes Ho x Wo of
+// y, each window's sum divided by `divisor`; the gradient likewise, dy's share into each pixel
+// of its window (0 in an odd last row or column). Planes of at least `planes` outputs.
+constexpr int64_t kShortPoolPlane = 256;
+struct AvgPool2x2Groups {
+  void (*pool)(const float* x, int64_t groups, int64_t H, int64_t W, int64_t Ho, int64_t Wo, float divisor,
+               float* y) = nullptr;
+  void (*unpool)(const float* dy, int64_t groups, int64_t H, int64_t W, int64_t Ho, int64_t Wo, float divisor,
+                 float* dx) = nullptr;
+  int64_t planes = 0;
+};
+
 // Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp);
 // pool2d.cpp takes those of the CPU's ISA (none for the generic one).
 struct PoolVectorKernels {
@@ -67,6 +81,7 @@ struct PoolVectorKernels {
   GlobalPoolGroups<uint16_t> global_pool_bf16 = nullptr;
   GlobalMaxGroups global_max = nullptr;
   GlobalSumAlongPlane global_sum_along_plane = nullptr;
+  AvgPool2x2Groups avg_2x2;
 };
 PoolVectorKernels avx512_pool_vector_kernels();
 PoolVectorKernels avx2_pool_vector_kernels();

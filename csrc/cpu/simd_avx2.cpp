@@ -85,6 +85,7 @@ PoolVectorKernels avx2_pool_vector_kernels() {
   k.global_pool_bf16 = &global_pool_groups<PoolFloats8, PoolInts8, 8, uint16_t>;
   k.global_max = &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>;
   k.global_sum_along_plane = &global_sum_along_plane<PoolFloats8, 8>;
+  k.avg_2x2 = {&avg_pool_2x2_groups<PoolFloats8, PoolInts8, 8>, &avg_unpool_2x2_groups<PoolFloats8, PoolInts8, 8>, 8};
   return k;
 }
 

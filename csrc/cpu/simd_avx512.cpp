@@ -95,6 +95,7 @@ PoolVectorKernels avx512_pool_vector_kernels() {
   k.global_pool_bf16 = &global_pool_groups<PoolFloats, PoolInts, 16, uint16_t>;
   k.global_max = &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>;
   k.global_sum_along_plane = &global_sum_along_plane<PoolFloats, 16>;
+  k.avg_2x2 = {&avg_pool_2x2_groups<PoolFloats, PoolInts, 16>, &avg_unpool_2x2_groups<PoolFloats, PoolInts, 16>, 16};
   return k;
 }
 
