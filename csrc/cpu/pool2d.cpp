@@ -552,12 +552,14 @@ PoolVectorKernels pool_vector_kernels() {
 }
 
 // The vector kernels of this CPU for tiled 2x2 windows on short planes (simd.h: float32, planes
-// of at most kShortPoolPlane values and at least a register's lanes of outputs), or none.
+// of at most kShortPoolPlane values, rows of at most kShortPoolRow outputs, at least a
+// register's lanes of outputs), or none.
 template <typename scalar_t>
 AvgPool2x2Groups short_plane_kernels_2x2(const PoolGeometry& g) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     const AvgPool2x2Groups kernels = pool_vector_kernels().avg_2x2;
-    if (tiled_2x2(g) && g.H * g.W <= kShortPoolPlane && g.Ho * g.Wo >= kernels.planes) return kernels;
+    if (tiled_2x2(g) && g.H * g.W <= kShortPoolPlane && g.Wo <= kShortPoolRow && g.Ho * g.Wo >= kernels.planes)
+      return kernels;
   }
   return {};
 }
