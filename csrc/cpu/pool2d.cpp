@@ -671,7 +671,6 @@ void adaptive_unpool_plane(const AdaptiveWindows& rows, const AdaptiveWindows& c
     }
 }
 
-
 // Global average pooling: plane p of x (size `plane`) averages to y[p]. Every plane is summed in
 // one order, on every ISA and for every dtype (sum_along_plane below): 16 partial sums along the
 // plane (value k into sum k mod 16) per block of kGlobalSumBlock values (simd.h), the blocks'

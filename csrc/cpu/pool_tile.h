@@ -312,7 +312,7 @@ inline bool is_power_of_two(float v) {
 // l: plane l; for_each_column), each window summed as the plane kernel and torch sum it,
 // (((0 + x00) + x01) + x10) + x11, divided by the divisor, for all L planes at once, and the
 // outputs transposed back. On LeNet's 10x10 planes (rows of 5 outputs) the plane kernel's loop
-// over a row is its scalar tail alone.
+// over a row is all remainder (simd.h, kShortPoolRow).
 template <typename Floats, typename Ints, int L>
 void avg_pool_2x2_groups(const float* x, int64_t groups, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                          float divisor, float* y) {
