@@ -162,6 +162,11 @@ MUTANTS = [
            "return (bits & 0x7FFFFF) == 0 && sign_and_exponent != 0", "return sign_and_exponent != 0", (DISPATCH,)),
     Mutant("avg-unpool-2x2-groups-odd-column-gets-a-share", "index math", "csrc/cpu/pool_tile.h",
            "window_of[k] = h < 2 * Ho && w < 2 * Wo ?", "window_of[k] = h < 2 * Ho && w <= 2 * Wo ?", (DISPATCH,)),
+    # 16 lanes only (AVX-512's kernels): caught on any AVX2 CPU by the pooling kernels' 16-lane set
+    # compiled for AVX2 (CUCONV_CPU_POOL_LANES=16, tests/test_ops.py POOL_ISAS)
+    Mutant("sixteen-lane-numbers-swapped", "index math", "csrc/cpu/register_transpose.h",
+           "else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};",
+           "else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 14};", (DISPATCH,)),
     Mutant("global-sum-scalar-tail-one-lane", "reduction", "csrc/cpu/pool2d.cpp",
            "for (int64_t t = 0; k + t < end; ++t) part[t] += static_cast<acc_t>(x[k + t]);",
            "for (int64_t t = 0; k + t < end; ++t) part[0] += static_cast<acc_t>(x[k + t]);", (DISPATCH,)),

@@ -394,15 +394,27 @@ POOLS_CHANNELS_LAST = {
 }
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+# Pooling's vector kernels of each instruction set, and the AVX-512 ones' code compiled for AVX2
+# with their 16 lanes (CUCONV_CPU_POOL_LANES=16), which runs on any AVX2 CPU. (A CPU without an
+# instruction set runs the best it has.)
+POOL_ISAS = ["avx512", "avx2", "avx2_16_lanes", "generic"]
+
+
+def use_pool_isa(monkeypatch, isa):
+    """Sets CUCONV_CPU_ISA and CUCONV_CPU_POOL_LANES for `isa`, one of POOL_ISAS."""
+    monkeypatch.setenv("CUCONV_CPU_ISA", "avx2" if isa == "avx2_16_lanes" else isa)
+    monkeypatch.setenv("CUCONV_CPU_POOL_LANES", "16" if isa == "avx2_16_lanes" else "")
+
+
+@pytest.mark.parametrize("isa", POOL_ISAS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", POOLS_CHANNELS_LAST)
 def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype, isa, monkeypatch):
     """channels_last pooling runs NHWC kernels (channels innermost) on the CPU: values, argmax
     indices and gradients as torch's, results channels_last like torch's. (float32 max pooling
     runs a vector kernel of each ISA on 16 channels at a time, 8 with AVX2, here 19: whole
-    vectors and a tail; CUCONV_CPU_ISA asks for a lesser one than the CPU has.)"""
-    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    vectors and a tail; CUCONV_CPU_ISA asks for a lesser one than the CPU has, POOL_ISAS.)"""
+    use_pool_isa(monkeypatch, isa)
     ours, theirs = POOLS_CHANNELS_LAST[case]
     gen = torch.Generator().manual_seed(len(case))
     x = torch.randn(3, 19, 9, 15, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)

@@ -189,7 +189,7 @@ int64_t last_level_cache_bytes() {
 }
 
 namespace {
-std::atomic<const char*> last_use[3] = {nullptr, nullptr, nullptr};  // per KernelPath; names are string literals
+std::atomic<const char*> last_use[4] = {nullptr, nullptr, nullptr, nullptr};  // per KernelPath; names are string literals
 }  // namespace
 
 void note_kernel_use(KernelPath path, const char* isa) {

@@ -126,10 +126,11 @@ template <typename T>
 Microkernel<T> cpu_microkernel_for_columns(int64_t columns);
 
 // The instruction set of the kernels each CPU convolution path ran last (one note per op
-// call), as the kernels themselves name it: cuconv._C.cpu_kernels() reports it, and the
-// tests check with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512
-// results are bitwise identical, so no numeric test can tell them apart).
-enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2 };
+// call), as the kernels themselves name it, and of pooling's vector kernels last fetched (a
+// note per fetch; "generic": none): cuconv._C.cpu_kernels() reports it, and the tests check
+// with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512 results are
+// bitwise identical, so no numeric test can tell them apart).
+enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 

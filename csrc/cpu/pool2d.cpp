@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -539,16 +540,31 @@ CUCONV_VECTOR_CLONES void avg_unpool_plane_2x2(const PoolGeometry& g, double div
 // ---------------------------------------------------------------------------
 // All planes of one op: threads take whole planes.
 
-// Pooling's vector kernels of this CPU's ISA (simd.h), none for the generic one.
+// CUCONV_CPU_POOL_LANES=16, a test switch: on an AVX2 CPU, pooling's vector kernels with the 16
+// lanes of AVX-512 (simd.h), so that the AVX-512 kernels' source runs where AVX-512 is missing.
+bool sixteen_pool_lanes() {
+  const char* setting = std::getenv("CUCONV_CPU_POOL_LANES");
+  if (setting == nullptr || *setting == '\0') return false;
+  CUCONV_CHECK_VALUE(std::strcmp(setting, "16") == 0,
+                     "cuconv: expected the environment variable CUCONV_CPU_POOL_LANES to be 16 or unset, but got '",
+                     setting, "'");
+  return true;
+}
+
+// Pooling's vector kernels of this CPU's ISA (simd.h), none for the generic one; noted as used
+// (cuconv._C.cpu_kernels()["last_pool"]).
 PoolVectorKernels pool_vector_kernels() {
+  PoolVectorKernels kernels;
+  [[maybe_unused]] const bool sixteen = sixteen_pool_lanes();  // (checked on every CPU)
 #if CUCONV_X86_SIMD
   switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return avx512_pool_vector_kernels();
-    case CpuIsa::kAvx2: return avx2_pool_vector_kernels();
+    case CpuIsa::kAvx512: kernels = avx512_pool_vector_kernels(); break;
+    case CpuIsa::kAvx2: kernels = sixteen ? avx2_pool_vector_kernels_16_lanes() : avx2_pool_vector_kernels(); break;
     default: break;
   }
 #endif
-  return {};
+  note_kernel_use(KernelPath::kPool, kernels.isa);
+  return kernels;
 }
 
 // The vector kernels of this CPU for tiled 2x2 windows on short planes (simd.h: float32, planes

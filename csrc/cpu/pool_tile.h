@@ -404,3 +404,46 @@ float global_sum_along_plane(const float* x, int64_t plane) {
     for (int i = 0; i < step; ++i) lanes[i] += lanes[i + step];
   return lanes[0];
 }
+
+// Every kernel above with L float lanes (16 on AVX-512, 8 on AVX2; the float64 kernel with L / 2),
+// compiled for the ISA of the file that includes this one, as pool2d.cpp takes them (simd.h),
+// named `isa`. The AVX2 file also builds the 16-lane set: the AVX-512 kernels' source run on a CPU
+// without AVX-512 (CUCONV_CPU_POOL_LANES=16, for the tests; GCC splits each vector in two).
+template <int L>
+struct PoolLanes;
+template <>
+struct PoolLanes<16> {
+  using Floats = PoolFloats;
+  using Ints = PoolInts;
+  using Longs = PoolLongs;
+  using Doubles = PoolDoubles;
+  using DoubleLanes = PoolLongs8;
+};
+template <>
+struct PoolLanes<8> {
+  using Floats = PoolFloats8;
+  using Ints = PoolInts8;
+  using Longs = PoolLongs8;
+  using Doubles = PoolDoubles4;
+  using DoubleLanes = PoolLongs4;
+};
+
+template <int L>
+PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
+  using F = typename PoolLanes<L>::Floats;
+  using I = typename PoolLanes<L>::Ints;
+  using N = typename PoolLanes<L>::Longs;
+  PoolVectorKernels k;
+  k.isa = isa;
+  k.max_pixel_nhwc = &max_pool_pixel_nhwc<F, I, N, L>;
+  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<F, I, N, L, uint16_t>;
+  k.global_unpool = {&global_unpool_groups<F, I, L>, L};
+  k.global_pool = &global_pool_groups<F, I, L, float>;
+  k.global_pool_double =
+      &global_pool_groups<typename PoolLanes<L>::Doubles, typename PoolLanes<L>::DoubleLanes, L / 2, double>;
+  k.global_pool_bf16 = &global_pool_groups<F, I, L, uint16_t>;
+  k.global_max = &global_max_groups<F, I, N, L>;
+  k.global_sum_along_plane = &global_sum_along_plane<F, L>;
+  k.avg_2x2 = {&avg_pool_2x2_groups<F, I, L>, &avg_unpool_2x2_groups<F, I, L>, L};
+  return k;
+}

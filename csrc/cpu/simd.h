@@ -73,9 +73,12 @@ struct AvgPool2x2Groups {
   int64_t planes = 0;
 };
 
-// Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp);
-// pool2d.cpp takes those of the CPU's ISA (none for the generic one).
+// Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp; all of
+// them written once, pool_tile.h); pool2d.cpp takes those of the CPU's ISA (none for the generic
+// one). The AVX2 file also has a set with AVX-512's 16 lanes (CUCONV_CPU_POOL_LANES=16), which
+// runs the AVX-512 kernels' code paths on a CPU without AVX-512 (for the tests: slower).
 struct PoolVectorKernels {
+  const char* isa = "generic";  // their name: "avx512", "avx2", "avx2_16_lanes"
   MaxPoolPixelNhwc max_pixel_nhwc = nullptr;
   MaxPoolPixelNhwcBf16 max_pixel_nhwc_bf16 = nullptr;
   GlobalUnpoolGroups global_unpool;
@@ -88,6 +91,7 @@ struct PoolVectorKernels {
 };
 PoolVectorKernels avx512_pool_vector_kernels();
 PoolVectorKernels avx2_pool_vector_kernels();
+PoolVectorKernels avx2_pool_vector_kernels_16_lanes();
 
 // The transforms of the Winograd convolution (winograd_tile.h), compiled for each ISA: the input
 // patch's V = B^T d B, the output tile's A^T m A + bias and grad_output's H e H^T, over

@@ -75,19 +75,8 @@ Microkernel<double> avx2_microkernel_double() {
           &rows_b_tile<Avx2Double, 6, 2>};
 }
 
-PoolVectorKernels avx2_pool_vector_kernels() {
-  PoolVectorKernels k;
-  k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8>;
-  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats8, PoolInts8, PoolLongs8, 8, uint16_t>;
-  k.global_unpool = {&global_unpool_groups<PoolFloats8, PoolInts8, 8>, 8};
-  k.global_pool = &global_pool_groups<PoolFloats8, PoolInts8, 8, float>;
-  k.global_pool_double = &global_pool_groups<PoolDoubles4, PoolLongs4, 4, double>;
-  k.global_pool_bf16 = &global_pool_groups<PoolFloats8, PoolInts8, 8, uint16_t>;
-  k.global_max = &global_max_groups<PoolFloats8, PoolInts8, PoolLongs8, 8>;
-  k.global_sum_along_plane = &global_sum_along_plane<PoolFloats8, 8>;
-  k.avg_2x2 = {&avg_pool_2x2_groups<PoolFloats8, PoolInts8, 8>, &avg_unpool_2x2_groups<PoolFloats8, PoolInts8, 8>, 8};
-  return k;
-}
+PoolVectorKernels avx2_pool_vector_kernels() { return pool_vector_kernels_with_lanes<8>("avx2"); }
+PoolVectorKernels avx2_pool_vector_kernels_16_lanes() { return pool_vector_kernels_with_lanes<16>("avx2_16_lanes"); }
 
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};

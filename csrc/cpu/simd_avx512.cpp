@@ -85,19 +85,7 @@ Microkernel<double> avx512_microkernel_double_wide() {
           &rows_b_tile<Avx512Double, 6, 4>};
 }
 
-PoolVectorKernels avx512_pool_vector_kernels() {
-  PoolVectorKernels k;
-  k.max_pixel_nhwc = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16>;
-  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<PoolFloats, PoolInts, PoolLongs, 16, uint16_t>;
-  k.global_unpool = {&global_unpool_groups<PoolFloats, PoolInts, 16>, 16};
-  k.global_pool = &global_pool_groups<PoolFloats, PoolInts, 16, float>;
-  k.global_pool_double = &global_pool_groups<PoolDoubles, PoolLongs8, 8, double>;
-  k.global_pool_bf16 = &global_pool_groups<PoolFloats, PoolInts, 16, uint16_t>;
-  k.global_max = &global_max_groups<PoolFloats, PoolInts, PoolLongs, 16>;
-  k.global_sum_along_plane = &global_sum_along_plane<PoolFloats, 16>;
-  k.avg_2x2 = {&avg_pool_2x2_groups<PoolFloats, PoolInts, 16>, &avg_unpool_2x2_groups<PoolFloats, PoolInts, 16>, 16};
-  return k;
-}
+PoolVectorKernels avx512_pool_vector_kernels() { return pool_vector_kernels_with_lanes<16>("avx512"); }
 
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
