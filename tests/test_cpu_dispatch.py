@@ -50,6 +50,18 @@ THREAD_CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", THREAD_CASES)
 def test_ops_match_torch_and_repeat_bitwise_at_any_thread_count(case, dtype, threads, monkeypatch):
+    _check_thread_case(case, dtype, monkeypatch)
+
+
+@pytest.mark.parametrize("case", [case for case in THREAD_CASES if "pool" in case or "adaptive" in case])
+def test_pooling_with_16_lanes_at_any_thread_count(case, threads, monkeypatch):
+    """The same with pooling's 16-lane vector kernels (AVX-512's, here compiled for AVX2 where the
+    CPU lacks AVX-512): each thread's planes in groups of 16."""
+    use_pool_isa(monkeypatch, "avx2_16_lanes")
+    _check_thread_case(case, torch.float32, monkeypatch)
+
+
+def _check_thread_case(case, dtype, monkeypatch):
     (ours, theirs), shapes, direct = THREAD_CASES[case]
     monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
     gen = torch.Generator().manual_seed(len(case))
