@@ -162,6 +162,9 @@ MUTANTS = [
            "return (bits & 0x7FFFFF) == 0 && sign_and_exponent != 0", "return sign_and_exponent != 0", (DISPATCH,)),
     Mutant("avg-unpool-2x2-groups-odd-column-gets-a-share", "index math", "csrc/cpu/pool_tile.h",
            "window_of[k] = h < 2 * Ho && w < 2 * Wo ?", "window_of[k] = h < 2 * Ho && w <= 2 * Wo ?", (DISPATCH,)),
+    Mutant("chunk-queue-drops-the-short-last-chunk", "work split", "csrc/cpu/parallel.h",
+           "if (index >= (end_ - begin_ + chunk_ - 1) / chunk_) return false;",
+           "if (index >= (end_ - begin_) / chunk_) return false;", (DISPATCH,)),
     # 16 lanes only (AVX-512's kernels): caught on any AVX2 CPU by the pooling kernels' 16-lane set
     # compiled for AVX2 (CUCONV_CPU_POOL_LANES=16, tests/test_ops.py POOL_ISAS)
     Mutant("sixteen-lane-numbers-swapped", "index math", "csrc/cpu/register_transpose.h",

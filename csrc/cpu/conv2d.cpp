@@ -58,6 +58,7 @@
 #include "depthwise.h"
 #include "direct_conv.h"
 #include "gemm.h"
+#include "parallel.h"
 #include "pixel_gemm.h"
 #include "tuner.h"
 #include "window.h"
@@ -163,6 +164,13 @@ bool single_sample(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
 template <typename F>
 void for_each_block(int64_t first, int64_t last, int64_t rows, F f) {
   for (int64_t r = first; r < last; r += rows) f(r, std::min(r + rows, last));
+}
+
+// The grain of parallel_chunks (parallel.h) over `total` output rows in blocks of `block` rows: a
+// whole block, or less where the rows would not give every thread one.
+int64_t chunk_grain(int64_t total, int64_t block) {
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  return std::max<int64_t>(1, std::min(block, (total + threads - 1) / threads));
 }
 
 // How many equal runs of `rows` output rows the threads take: one per thread.
@@ -473,57 +481,59 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
 
   const int64_t group_in = g.channels_per_group * g.height * g.width;
 
-  // Threads take equal runs of output rows (batch 1 splits too), cut into blocks: no two
+  // Threads take chunks of output rows (parallel.h; batch 1 splits too), cut into blocks: no two
   // write the same output row.
-  const int64_t total_rows = g.batch * g.out_h, parts = thread_parts(total_rows);
-  torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  const int64_t total_rows = g.batch * g.out_h;
+  parallel_chunks(0, total_rows, chunk_grain(total_rows, rows), [&](ChunkQueue& chunks) {
     BlockPlan plan(g);
     PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, kernel.depth));
     PackedBuffer<uint16_t> b_pairs;
     PackedBuffer<acc_t> c;  // the block's [O_g, block] product when it cannot go straight into y
-    for_each_block(part_begin * total_rows / parts, part_end * total_rows / parts, rows, [&](int64_t r0, int64_t r1) {
-      plan.build(g, r0, r1, kernel.nr);
-      const int64_t block = plan.columns;
-      // Within one sample, in the output's own type, the tiles write straight into y.
-      const bool in_place = std::is_same_v<scalar_t, acc_t> && single_sample(g, r0, r1);
-      for (int64_t gi = 0; gi < g.groups; ++gi) {
-        acc_t* out = nullptr;
-        int64_t ldc = 0;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          out = y + output_offset(g, r0 / g.out_h, gi, 0, r0 % g.out_h);
-          ldc = g.out_plane();
-        }
-        if (!in_place) {
-          c.resize(O * block);
-          out = c.data();
-          ldc = block;
-        }
-        for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
-          const int64_t depth = std::min(kernel.depth, K - k0);
-          pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data());
-          const acc_t* row_bias = k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr;
-          if constexpr (std::is_same_v<acc_t, float>) {
-            if (pairs.tile != nullptr) {
-              gemm_packed_pairs(pairs, O, block, depth, a_pairs.data() + gi * a_pair_size + k0 * kernel.mr,
-                                pair_panel_size(kernel.mr, K),
-                                narrowed(b_pairs, b.data(), panels_of(block, kernel.nr), kernel.nr, depth),
-                                pair_panel_size(kernel.nr, depth), out, ldc, /*accumulate=*/k0 > 0, row_bias);
-              continue;
+    for (int64_t first, last; chunks.next(first, last);) {
+      for_each_block(first, last, rows, [&](int64_t r0, int64_t r1) {
+        plan.build(g, r0, r1, kernel.nr);
+        const int64_t block = plan.columns;
+        // Within one sample, in the output's own type, the tiles write straight into y.
+        const bool in_place = std::is_same_v<scalar_t, acc_t> && single_sample(g, r0, r1);
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          acc_t* out = nullptr;
+          int64_t ldc = 0;
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            out = y + output_offset(g, r0 / g.out_h, gi, 0, r0 % g.out_h);
+            ldc = g.out_plane();
+          }
+          if (!in_place) {
+            c.resize(O * block);
+            out = c.data();
+            ldc = block;
+          }
+          for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
+            const int64_t depth = std::min(kernel.depth, K - k0);
+            pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data());
+            const acc_t* row_bias = k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr;
+            if constexpr (std::is_same_v<acc_t, float>) {
+              if (pairs.tile != nullptr) {
+                gemm_packed_pairs(pairs, O, block, depth, a_pairs.data() + gi * a_pair_size + k0 * kernel.mr,
+                                  pair_panel_size(kernel.mr, K),
+                                  narrowed(b_pairs, b.data(), panels_of(block, kernel.nr), kernel.nr, depth),
+                                  pair_panel_size(kernel.nr, depth), out, ldc, /*accumulate=*/k0 > 0, row_bias);
+                continue;
+              }
             }
+            gemm_packed(kernel, O, block, depth, a.data() + gi * a_size + k0 * kernel.mr, K * kernel.mr, b.data(),
+                        depth * kernel.nr, out, ldc, /*accumulate=*/k0 > 0, row_bias);
           }
-          gemm_packed(kernel, O, block, depth, a.data() + gi * a_size + k0 * kernel.mr, K * kernel.mr, b.data(),
-                      depth * kernel.nr, out, ldc, /*accumulate=*/k0 > 0, row_bias);
+          if (in_place) continue;
+          for_each_segment(g, r0, r1, [&](const Segment& s) {
+            for (int64_t o = 0; o < O; ++o) {
+              const acc_t* src = c.data() + o * block + s.column;
+              scalar_t* dst = y + output_offset(g, s.n, gi, o, s.oh_begin);
+              for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>(src[q]);
+            }
+          });
         }
-        if (in_place) continue;
-        for_each_segment(g, r0, r1, [&](const Segment& s) {
-          for (int64_t o = 0; o < O; ++o) {
-            const acc_t* src = c.data() + o * block + s.column;
-            scalar_t* dst = y + output_offset(g, s.n, gi, o, s.oh_begin);
-            for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>(src[q]);
-          }
-        });
-      }
-    });
+      });
+    }
   });
 }
 
@@ -549,8 +559,9 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
   const int64_t sample_in = g.groups * group_in;
 
-  // Threads take whole samples: col2im of neighbouring rows adds into the same pixels.
-  torch::stable::parallel_for(0, g.batch, 1, [&](int64_t n_begin, int64_t n_end) {
+  // Threads take chunks of whole samples (parallel.h): col2im of neighbouring rows adds into the
+  // same pixels.
+  parallel_chunks(0, g.batch, 1, [&](ChunkQueue& chunks) {
     BlockPlan plan(g);
     PackedBuffer<acc_t> b(packed_size(rows * g.out_w, kernel.nr, O));
     PackedBuffer<uint16_t> b_pairs;
@@ -589,17 +600,19 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
         }
       }
     };
-    if constexpr (kRoundOnce) {
-      std::vector<acc_t> sample(sample_in);
-      for (int64_t n = n_begin; n < n_end; ++n) {
-        std::fill(sample.begin(), sample.end(), acc_t(0));
-        for_each_block(n * g.out_h, (n + 1) * g.out_h, rows,
-                       [&](int64_t r0, int64_t r1) { add_block(r0, r1, sample.data(), n * sample_in); });
-        std::transform(sample.begin(), sample.end(), dx + n * sample_in, [](acc_t v) { return static_cast<scalar_t>(v); });
+    std::vector<acc_t> sample(kRoundOnce ? sample_in : 0);
+    for (int64_t n_begin, n_end; chunks.next(n_begin, n_end);) {
+      if constexpr (kRoundOnce) {
+        for (int64_t n = n_begin; n < n_end; ++n) {
+          std::fill(sample.begin(), sample.end(), acc_t(0));
+          for_each_block(n * g.out_h, (n + 1) * g.out_h, rows,
+                         [&](int64_t r0, int64_t r1) { add_block(r0, r1, sample.data(), n * sample_in); });
+          std::transform(sample.begin(), sample.end(), dx + n * sample_in, [](acc_t v) { return static_cast<scalar_t>(v); });
+        }
+      } else {
+        for_each_block(n_begin * g.out_h, n_end * g.out_h, rows,
+                       [&](int64_t r0, int64_t r1) { add_block(r0, r1, dx, 0); });
       }
-    } else {
-      for_each_block(n_begin * g.out_h, n_end * g.out_h, rows,
-                     [&](int64_t r0, int64_t r1) { add_block(r0, r1, dx, 0); });
     }
   });
 }

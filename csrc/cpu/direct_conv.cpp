@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "parallel.h"
 #include "simd.h"
 #include "streaming.h"
 
@@ -217,39 +218,41 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   // through `stage`, [channel][out_w], to the planes past the caches (streaming.h).
   const int64_t row_pixels = (p.out_w + tiles.lanes - 1) / tiles.lanes * tiles.lanes;  // whole blocks
   const bool stream = streams_output(p.batch * p.out_channels * plane * static_cast<int64_t>(sizeof(float)));
-  // Rows are independent; a grain of a few rows keeps threads busy at batch 1. A padded layer's
-  // thread copies each sample it reaches zero-padded into a buffer of its own (in cache, and no
-  // fresh pages per call).
-  torch::stable::parallel_for(0, p.batch * p.out_h, 4, [&](int64_t row_begin, int64_t row_end) {
+  // Rows are independent: threads take chunks of them (parallel.h); a grain of a few rows keeps
+  // threads busy at batch 1. A padded layer's thread copies each sample it reaches zero-padded
+  // into a buffer of its own (in cache, and no fresh pages per call).
+  parallel_chunks(0, p.batch * p.out_h, 4, [&](ChunkQueue& chunks) {
     PackedBuffer<float> row(row_pixels * tiles.max_vectors * tiles.lanes, 0.f);
     PackedBuffer<float> stage(stream ? tiles.max_vectors * tiles.lanes * p.out_w : 0);
     PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // its border stays zero
     int64_t padded_sample = -1;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      const int64_t n = r / p.out_h, oh = r % p.out_h;
-      if (pads && n != padded_sample) {
-        copy_into_padding(p, in + n * p.in_stride(), sample.data());
-        padded_sample = n;
-      }
-      const float* x_row = (pads ? sample.data() : in + n * p.in_stride()) + oh * p.stride_h * padded_w(p);
-      for (size_t pi = 0; pi < panels.size(); ++pi) {
-        const Panel& panel = panels[pi];
-        const int64_t width = panel.vectors * tiles.lanes;
-        const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
-                                                          : tiles.forward[panel.vectors];
-        for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
-          const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
-          run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(),
-                       row.data() + ow * width);
+    for (int64_t row_begin, row_end; chunks.next(row_begin, row_end);) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        const int64_t n = r / p.out_h, oh = r % p.out_h;
+        if (pads && n != padded_sample) {
+          copy_into_padding(p, in + n * p.in_stride(), sample.data());
+          padded_sample = n;
         }
-        const float* panel_bias = bias != nullptr ? bias + panel.first : nullptr;
-        float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
-        if (stream) {
-          tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, stage.data(), p.out_w);
-          for (int64_t o = 0; o < panel.count; ++o)
-            stream_copy(y_row + o * plane, stage.data() + o * p.out_w, p.out_w * static_cast<int64_t>(sizeof(float)));
-        } else {
-          tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, y_row, plane);
+        const float* x_row = (pads ? sample.data() : in + n * p.in_stride()) + oh * p.stride_h * padded_w(p);
+        for (size_t pi = 0; pi < panels.size(); ++pi) {
+          const Panel& panel = panels[pi];
+          const int64_t width = panel.vectors * tiles.lanes;
+          const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
+                                                            : tiles.forward[panel.vectors];
+          for (int64_t ow = 0; ow < p.out_w; ow += tiles.pixels[panel.vectors]) {
+            const int64_t q_count = std::min(tiles.pixels[panel.vectors], p.out_w - ow);
+            run[q_count](x_row + ow * p.stride_w, p.stride_w, taps.data(), k_count, w[pi].data(),
+                         row.data() + ow * width);
+          }
+          const float* panel_bias = bias != nullptr ? bias + panel.first : nullptr;
+          float* y_row = out + n * p.out_stride() + panel.first * plane + oh * p.out_w;
+          if (stream) {
+            tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, stage.data(), p.out_w);
+            for (int64_t o = 0; o < panel.count; ++o)
+              stream_copy(y_row + o * plane, stage.data() + o * p.out_w, p.out_w * static_cast<int64_t>(sizeof(float)));
+          } else {
+            tiles.to_planes(row.data(), p.out_w, width, panel.count, panel_bias, y_row, plane);
+          }
         }
       }
     }
