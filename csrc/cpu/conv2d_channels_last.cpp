@@ -27,6 +27,7 @@
 
 #include "../ops.h"
 #include "gemm.h"
+#include "parallel.h"
 
 namespace cuconv {
 namespace {
@@ -117,7 +118,7 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
   const std::vector<T> zeros(C, T(0));
   const std::vector<Nhwc::TapOffset> taps = g.tap_offsets();
   const int64_t block = block_pixels(P, mr);
-  torch::stable::parallel_for(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+  parallel_for_chunks(0, (P + block - 1) / block, 1, [&](int64_t first, int64_t last) {
     std::vector<const T*> rows(g.taps() * mr);
     T edge[kMaxTileElements];
     for (int64_t blk = first; blk < last; ++blk) {
@@ -179,7 +180,7 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
     // only the pixels no product reaches are zeroed. dy's pixels are the tile's A rows, read in
     // place through pointers (the indirect tile; packing them took ~1/3 of the time).
     const std::vector<T> zeros(O, T(0));  // the rows of a last tile past the output row
-    torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
+    parallel_for_chunks(0, p.batch, 1, [&](int64_t first, int64_t last) {
       std::vector<const T*> pixels(mr), rows(mr);
       T edge[kMaxTileElements];
       for (int64_t n = first; n < last; ++n) {
@@ -219,7 +220,7 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
   }
   const int64_t block = std::max<int64_t>(mr, std::min<int64_t>(plane, l2_cache_bytes() * 3 / 8 / (256 * 4)) / mr * mr);
   const int64_t chunk = std::max<int64_t>(nr, 256 / nr * nr);  // columns of dcols per product
-  torch::stable::parallel_for(0, p.batch, 1, [&](int64_t first, int64_t last) {
+  parallel_for_chunks(0, p.batch, 1, [&](int64_t first, int64_t last) {
     PackedBuffer<T> a(packed_size(block, mr, O)), dcols(block * chunk);
     for (int64_t n = first; n < last; ++n) {
       T* dxn = dx + n * p.height * p.width * C;

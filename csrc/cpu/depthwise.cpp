@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "gemm.h"  // cpu_isa, l2_cache_bytes, note_kernel_use
+#include "parallel.h"
 #include "simd.h"
 #include "window.h"
 
@@ -313,7 +314,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
   // per output row: about sH * W values of x and out_w of y, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
                              (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
-  torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
+  parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> x_buffer, y_buffer;
     TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {
@@ -363,7 +364,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
   // per input row: W values of dx and about out_w / sH of grad_output, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
                              (dx_in_place ? 0 : p.width) + (dy_in_place ? 0 : (p.out_w + sH - 1) / sH), sizeof(T));
-  torch::stable::parallel_for(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
+  parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, dx_buffer;
     std::vector<const T*> weights(taps);
     std::vector<int64_t> origins(taps), offsets(taps);
@@ -438,7 +439,7 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
   const int64_t block = channel_block(O, M, kernels.lanes, 4 * kernels.lanes), blocks = (O + block - 1) / block;
   std::vector<T> partial(static_cast<size_t>(parts * taps * O));  // each item zeroes its own sums
   const OutputRange interior = forward_interior(p);
-  torch::stable::parallel_for(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_chunks(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dy_buffer, x_buffer;
     TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {

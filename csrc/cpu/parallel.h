@@ -7,17 +7,21 @@
 // 1.4-1.6x its fastest while its two halves finished apart. parallel_chunks cuts the range into
 // about kChunksPerThread chunks per thread instead and hands out the next one to whichever thread
 // asks first, so a slow core simply does fewer (benchmarks/NOTES.md, fifteenth session).
-// Used by the direct forward and the GEMM's forward and input gradient, the long loops of the
-// convolutions. Not where it measured worse: pooling (resnet.globalpool's step 1.26x as long:
-// short ops, whose static split matches that of torch's ops before and after them, so a core
-// finds its part in its own cache) and Winograd (resnet.b2.conv's fastest step 1.04x: its NCHW
-// path's ring of input rows restarts at every chunk); nor for the weight gradients' fixed splits
-// into partial sums (summed in order, for repeatable results).
+// Used by the convolutions' long loops: the direct forward, the GEMM's forward and input
+// gradient, Winograd's tile blocks, the channels_last kernels and the depthwise ones (on a quiet
+// machine within 3% of the static split either way; in a noisy phase the direct forward's median
+// 0.71-0.79 of it). Not by pooling, where it measured worse (resnet.globalpool's step 1.26x as
+// long: short ops, whose static split matches that of torch's ops before and after them, so a
+// core finds its part in its own cache), nor by the per-pixel products (their items are one per
+// thread already) or the weight gradients' fixed splits into partial sums (summed in order, for
+// repeatable results).
 //
 //   parallel_chunks(begin, end, grain, [&](ChunkQueue& chunks) {
 //     ...per-thread buffers...
 //     for (int64_t b, e; chunks.next(b, e);) ...work on [b, e)...
 //   });
+//
+// or parallel_for_chunks(begin, end, grain, f), torch's form: f(b, e) once per chunk.
 //
 // Every chunk is at least `grain` items (the last may be shorter) and is fixed by the range, the
 // grain and the thread count, never by which thread takes it: a kernel whose output for a chunk
@@ -69,6 +73,15 @@ void parallel_chunks(int64_t begin, int64_t end, int64_t grain, const Worker& wo
   // (nested in a parallel region, torch runs the lambda once, here: that worker takes every chunk)
   torch::stable::parallel_for(0, workers, 1, [&](int64_t first, int64_t last) {
     for (int64_t w = first; w < last; ++w) worker(queue);
+  });
+}
+
+// torch::stable::parallel_for's form, for loops whose per-call setup is light: f(b, e) once per
+// chunk (its setup then runs about kChunksPerThread times per thread).
+template <typename F>
+void parallel_for_chunks(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  parallel_chunks(begin, end, grain, [&](ChunkQueue& chunks) {
+    for (int64_t b, e; chunks.next(b, e);) f(b, e);
   });
 }
 

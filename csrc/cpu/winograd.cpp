@@ -48,6 +48,7 @@
 
 #include "../stable.h"
 #include "gemm.h"
+#include "parallel.h"
 #include "simd.h"
 
 namespace cuconv {
@@ -295,41 +296,44 @@ void forward(const DirectConv& p, const float* x, const float* w, const float* b
   const int64_t block = block_tiles(C + o_pad, (tiling.count + threads - 1) / threads, mr, 2 * mr);  // every thread gets blocks
   const std::vector<float> zeros(C, 0.f);
 
-  torch::stable::parallel_for(0, (tiling.count + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+  // Threads take chunks of blocks (parallel.h).
+  parallel_chunks(0, (tiling.count + block - 1) / block, 1, [&](ChunkQueue& chunks) {
     PackedBuffer<float> v(block * kElements * C), m(block * kElements * o_pad);
     Layout layout(p, x, nullptr, y);
     std::vector<const float*> rows(mr);
     const float* patch[kElements];
     float* out[4];
-    for (int64_t blk = first; blk < last; ++blk) {
-      const int64_t t0 = blk * block, count = std::min(block, tiling.count - t0);
+    for (int64_t first, last; chunks.next(first, last);) {
+      for (int64_t blk = first; blk < last; ++blk) {
+        const int64_t t0 = blk * block, count = std::min(block, tiling.count - t0);
 
-      // Input transform: tile q's patch into V[:, q] (element-major, so each product reads one run).
-      for (int64_t q = 0; q < count; ++q) {
-        layout.patch(tiling.tile(t0 + q), patch);
-        transforms.patch(patch, C, v.data() + q * C, block * C);
-      }
-
-      // The 16 products M[:, e, :] = V[e] @ U_e, K cut into the microkernel's depth; rows
-      // past the block's tiles read zeros (M has room for them: block is a multiple of mr).
-      for (int64_t e = 0; e < kElements; ++e)
-        for (int64_t k0 = 0; k0 < C; k0 += kernel.depth) {
-          const int64_t depth = std::min(kernel.depth, C - k0);
-          for (int64_t r0 = 0; r0 < count; r0 += mr) {
-            for (int64_t r = 0; r < mr; ++r)
-              rows[r] = r0 + r < count ? v.data() + (e * block + r0 + r) * C + k0 : zeros.data();
-            for (int64_t j0 = 0; j0 < o_pad; j0 += nr)
-              kernel.indirect(1, depth, rows.data(), u.data() + e * u_size + j0 / nr * C * nr + k0 * nr,
-                              m.data() + (r0 * kElements + e) * o_pad + j0, kElements * o_pad, k0 > 0, nullptr);
-          }
+        // Input transform: tile q's patch into V[:, q] (element-major, so each product reads one run).
+        for (int64_t q = 0; q < count; ++q) {
+          layout.patch(tiling.tile(t0 + q), patch);
+          transforms.patch(patch, C, v.data() + q * C, block * C);
         }
 
-      // Output transform: each tile's 2x2 pixels, clipped where H_out or W_out is odd.
-      for (int64_t q = 0; q < count; ++q) {
-        layout.outputs(tiling.tile(t0 + q), out);
-        transforms.sums(m.data() + q * kElements * o_pad, o_pad, O, bias, out);
+        // The 16 products M[:, e, :] = V[e] @ U_e, K cut into the microkernel's depth; rows
+        // past the block's tiles read zeros (M has room for them: block is a multiple of mr).
+        for (int64_t e = 0; e < kElements; ++e)
+          for (int64_t k0 = 0; k0 < C; k0 += kernel.depth) {
+            const int64_t depth = std::min(kernel.depth, C - k0);
+            for (int64_t r0 = 0; r0 < count; r0 += mr) {
+              for (int64_t r = 0; r < mr; ++r)
+                rows[r] = r0 + r < count ? v.data() + (e * block + r0 + r) * C + k0 : zeros.data();
+              for (int64_t j0 = 0; j0 < o_pad; j0 += nr)
+                kernel.indirect(1, depth, rows.data(), u.data() + e * u_size + j0 / nr * C * nr + k0 * nr,
+                                m.data() + (r0 * kElements + e) * o_pad + j0, kElements * o_pad, k0 > 0, nullptr);
+            }
+          }
+
+        // Output transform: each tile's 2x2 pixels, clipped where H_out or W_out is odd.
+        for (int64_t q = 0; q < count; ++q) {
+          layout.outputs(tiling.tile(t0 + q), out);
+          transforms.sums(m.data() + q * kElements * o_pad, o_pad, O, bias, out);
+        }
+        layout.flush();
       }
-      layout.flush();
     }
   });
 }
