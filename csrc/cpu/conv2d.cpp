@@ -26,10 +26,11 @@
 //   input grad    W_g^T    [K, O_g]        grad_y    [O_g, block]    grad_columns -> col2im
 //   weight grad   grad_y   [O_g, block]    columns^T [block, K]      partial grad_W_g
 //
-// Threads: each takes an equal run of output rows (forward, weight gradient) or whole
-// samples (input gradient, whose col2im adds neighbouring rows into the same pixels),
-// so no two threads write the same memory. The weight gradient is summed per thread
-// and the partial sums are added in a fixed order, so results are deterministic.
+// Threads: chunks of output rows (forward) or of whole samples (input gradient, whose col2im
+// adds neighbouring rows into the same pixels), the next chunk to whichever thread is free
+// (parallel.h), so no two threads write the same memory; the weight gradient takes an equal
+// run of rows per thread, summed per thread, and the partial sums are added in a fixed
+// order, so results are deterministic.
 // Half types are packed as float, computed in float and rounded once per element (or, where
 // that measures faster, run through the float32 kernels on float32 copies: run_half_types).
 // Grouped layers run a GEMM per group, or group by group (run_grouped).

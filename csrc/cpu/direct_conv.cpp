@@ -10,10 +10,10 @@
 // over the padding are multiplied like any other, as in the im2col path, so Inf/NaN
 // weights give the NaNs torch gives (0 * Inf).
 //
-// Forward: threads take output rows (row = n*H_out + oh); each row is cut into tiles of
-// Q pixels (the last one shorter), and each tile runs once per panel, leaving the panel's row
-// pixel-major; whole blocks of it are then transposed into the NCHW planes (streamed past
-// the caches where the output is larger than the last-level cache).
+// Forward: threads take chunks of output rows (row = n*H_out + oh; parallel.h); each row is
+// cut into tiles of Q pixels (the last one shorter), and each tile runs once per panel, leaving
+// the panel's row pixel-major; whole blocks of it are then transposed into the NCHW planes
+// (streamed past the caches where the output is larger than the last-level cache).
 // Weight gradient: threads take a fixed split of the output rows (counted across
 // images); per image's share of rows, grad_output is transposed to
 // [panel][pixel][NV*lanes] and each tile of T taps sums over those rows; the partial

@@ -3,10 +3,10 @@
 //
 // torch's parallel_for cuts [begin, end) once, one part per thread. Where a core runs slower
 // than the others (a VM whose host is busy, a neighbour's load on a sibling core) the op then
-// waits for its slowest thread: on a 2-core VM the direct convolution's median call took
-// 1.4-1.6x its fastest while its two halves finished apart. parallel_chunks cuts the range into
-// about kChunksPerThread chunks per thread instead and hands out the next one to whichever thread
-// asks first, so a slow core simply does fewer (benchmarks/NOTES.md, fifteenth session).
+// waits for its slowest thread: on a 2-core VM, in a noisy phase, the direct convolution's
+// median call took 1.6-1.9x its fastest. parallel_chunks cuts the range into about
+// kChunksPerThread chunks per thread instead and hands out the next one to whichever thread asks
+// first, so a slow core simply does fewer (benchmarks/NOTES.md, fifteenth session).
 // Used by the convolutions' long loops: the direct forward, the GEMM's forward and input
 // gradient, Winograd's tile blocks, the channels_last kernels and the depthwise ones (on a quiet
 // machine within 3% of the static split either way; in a noisy phase the direct forward's median
