@@ -50,8 +50,9 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 // {"isa": ..., "gemm_float": ..., "gemm_double": ..., "gemm_bfloat16": ..., "direct_conv": "auto"|"always"|"never",
 //  "last_gemm": ..., "last_direct": ..., "last_depthwise": ..., "last_pool": ..., "l2_cache_bytes": ...,
 //  "last_level_cache_bytes": ...} where the last_ entries name the instruction set of the kernels the GEMM, direct and
-// depthwise paths ran last and of pooling's vector kernels last fetched (None before their first use), the L2 size is the one the CPU blocks are sized from and the
-// last-level cache's the size above which the direct kernels stream their output past the caches.
+// depthwise paths ran last and of pooling's vector kernels last fetched (None before their first use), the L2 size is
+// the one the CPU blocks are sized from and the last-level cache's the size above which the direct kernels stream
+// their output past the caches.
 // A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
   try {
