@@ -332,15 +332,24 @@ template <typename acc_t, typename scalar_t>
 // element (k - k0, col) = columns[k, col]. `x` points at the group's channel 0.
 template <typename acc_t, typename scalar_t>
 void pack_columns(const ConvGeometry& g, const BlockPlan& plan, const scalar_t* x, int64_t k0, int64_t depth,
-                  int64_t nr, acc_t* b) {
+                  int64_t nr, acc_t* b, GatherKernel<acc_t> gather) {
   const int64_t positions = g.kernel_h * g.kernel_w, plane = g.height * g.width;
   zero_last_b_panel(b, nr, depth, plan.columns);
   if (plan.tabled()) {
     for (int64_t k = k0; k < k0 + depth; ++k) {
       const scalar_t* x_channel = x + k / positions * plane + plan.input_origin;
       const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
-      for (int64_t p0 = 0; p0 < plan.columns; p0 += nr)
-        gather_run(b + (p0 / nr * depth + k - k0) * nr, 1, x_channel, offsets + p0, std::min(nr, plan.columns - p0));
+      for (int64_t p0 = 0; p0 < plan.columns; p0 += nr) {
+        acc_t* lane = b + (p0 / nr * depth + k - k0) * nr;
+        const int64_t count = std::min(nr, plan.columns - p0);
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          if (gather != nullptr) {
+            gather(lane, x_channel, offsets + p0, count);
+            continue;
+          }
+        }
+        gather_run(lane, 1, x_channel, offsets + p0, count);
+      }
     }
     return;
   }
@@ -525,7 +534,7 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
           }
           for (int64_t k0 = 0; k0 < K; k0 += kernel.depth) {
             const int64_t depth = std::min(kernel.depth, K - k0);
-            pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data());
+            pack_columns(g, plan, x + gi * group_in, k0, depth, kernel.nr, b.data(), kernel.gather);
             const acc_t* row_bias = k0 == 0 && bias ? bias_acc.data() + gi * O : nullptr;
             if constexpr (std::is_same_v<acc_t, float>) {
               if (pairs.tile != nullptr) {

@@ -64,11 +64,21 @@ struct Avx512Double {
 #include "winograd_tile.h"
 #include "depthwise_tile.h"
 
+// GatherKernel<float> (gemm.h): 16 offsets at a time, the padding's (negative) masked off.
+void gather_floats(float* dst, const float* src, const int32_t* offsets, int64_t count) {
+  for (int64_t q = 0; q < count; q += 16) {
+    const __mmask16 lanes = count - q >= 16 ? 0xffff : static_cast<__mmask16>((1u << (count - q)) - 1);
+    const __m512i offset = _mm512_maskz_loadu_epi32(lanes, offsets + q);
+    const __mmask16 inside = _mm512_mask_cmpge_epi32_mask(lanes, offset, _mm512_setzero_si512());
+    _mm512_mask_storeu_ps(dst + q, lanes, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), inside, offset, src, 4));
+  }
+}
+
 }  // namespace
 
 Microkernel<float> avx512_microkernel_float() {
   return {8, 48, 256, &register_tile<Avx512Float, 8, 3>, "avx512", &indirect_tile<Avx512Float, 8, 3>,
-          &rows_b_tile<Avx512Float, 8, 3>};
+          &rows_b_tile<Avx512Float, 8, 3>, &gather_floats};
 }
 Microkernel<double> avx512_microkernel_double() {
   return {8, 24, 256, &register_tile<Avx512Double, 8, 3>, "avx512", &indirect_tile<Avx512Double, 8, 3>,
@@ -78,7 +88,7 @@ Microkernel<double> avx512_microkernel_double() {
 // 64 floats / 32 doubles, which the 3-vector tile would leave a third idle in its edge tile.
 Microkernel<float> avx512_microkernel_float_wide() {
   return {6, 64, 256, &register_tile<Avx512Float, 6, 4>, "avx512", &indirect_tile<Avx512Float, 6, 4>,
-          &rows_b_tile<Avx512Float, 6, 4>};
+          &rows_b_tile<Avx512Float, 6, 4>, &gather_floats};
 }
 Microkernel<double> avx512_microkernel_double_wide() {
   return {6, 32, 256, &register_tile<Avx512Double, 6, 4>, "avx512", &indirect_tile<Avx512Double, 6, 4>,
