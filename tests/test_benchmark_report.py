@@ -63,3 +63,14 @@ def test_a_case_measured_in_two_passes_keeps_each_backends_lowest_median(tmp_pat
     _, rows, _ = report.load(path)
     impls = rows[("vgg.b4.conv2", "forward", "cpu", "float32")]
     assert impls["cuconv"]["median"] == 0.9 and impls["torch"]["median"] == 1.0
+
+
+def test_a_ceiling_is_its_fastest_round_not_its_median(tmp_path):
+    report = _module("report")
+    info = dict(case="fma", mode="ceiling", device="cpu", dtype="float32", impl="fma_peak.c", flops=4e9)
+    # a ceiling whose median round was slowed (the other vCPU busy) by half
+    runs = [dict(extra_info=info, stats=dict(min=0.01, median=0.02, q1=0.01, q3=0.02))]
+    path = tmp_path / "bench.json"
+    path.write_text(__import__("json").dumps({"benchmarks": runs}))
+    _, _, ceilings = report.load(path)
+    assert ceilings[("cpu", "fma")] == 400.0
