@@ -267,6 +267,9 @@ CL_CASES = {  # (x shape, w shape, stride, padding, dilation)
     # row and column in no window; then more output channels than one GEMM depth slice
     "1x1-strided": ((3, 24, 11, 10), (20, 24, 1, 1), 2, 0, 1),
     "1x1-strided-deep": ((2, 8, 6, 7), (300, 8, 1, 1), (2, 3), 0, 1),
+    # 64 input channels: the input gradient's columns fill AVX-512's 6 x 64 tile (7-pixel rows: a
+    # short last tile of rows)
+    "1x1-strided-64": ((3, 64, 11, 13), (40, 64, 1, 1), 2, 0, 1),
     "big-channels": ((2, 300, 5, 4), (70, 300, 3, 3), 1, 1, 1),  # channel runs cut at the GEMM depth
     # pixels in several slices of the GEMM's depth per thread; channels in whole NR panels and a
     # tail; output channels past whole MR panels (the weight gradient's row-pointer tiles)
@@ -372,7 +375,8 @@ def test_channels_last_conv_at_any_thread_count_matches_torch_and_repeats_bitwis
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels", "1x1-strided", "1x1-strided-deep"])
+@pytest.mark.parametrize("case", ["many-pixels", "big-channels", "5x5-few-channels", "1x1-strided", "1x1-strided-deep",
+                                  "1x1-strided-64"])
 def test_channels_last_conv_every_microkernel_matches_torch(case, dtype, isa, monkeypatch):
     """The NHWC kernels on every register tile (CUCONV_CPU_ISA asks for a lesser one than the CPU
     has; on a CPU without it the best it has runs): the indirect forward, the weight gradient

@@ -165,7 +165,10 @@ void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T
     conv_channels_last_forward<T>(input_gradient_as_forward(p), dy, flipped_kernel(p, w).data(), nullptr, dx);
     return;
   }
-  const Microkernel<T> kernel = cpu_microkernel<T>();
+  // dx's columns are the input channels: the tile that wastes fewest of them (with AVX-512, 64
+  // channels fill one 6 x 64 tile, where the 8 x 48 one left two thirds of its second idle and
+  // went through its edge buffer: ResNet's b3 shortcut's input gradient took ~2x torch's time).
+  const Microkernel<T> kernel = cpu_microkernel_for_columns<T>(p.in_channels);
   note_kernel_use(KernelPath::kGemm, kernel.isa);
   const int64_t C = p.in_channels, O = p.out_channels, K = g.K(), plane = g.pixels_per_sample();
   const int64_t mr = kernel.mr, nr = kernel.nr;
