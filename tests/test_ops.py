@@ -175,6 +175,9 @@ GEMM_BLOCKING_CASES = [
          dilation=(1, 1), size=(9, 11), bias=True),
     dict(batch=5, in_channels=64, out_channels=24, groups=1, kernel=(1, 1), stride=(2, 2), padding=(0, 0),
          dilation=(1, 1), size=(13, 13), bias=False),
+    # 96 output pixels, whole panels of every tile: the forward takes one sample per block, in place
+    dict(batch=4, in_channels=20, out_channels=36, groups=1, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), size=(12, 8), bias=True),
 ]
 
 

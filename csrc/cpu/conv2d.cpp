@@ -114,6 +114,14 @@ struct ConvGeometry {
                                                         : (columns + out_w - 1) / out_w;
     return std::clamp<int64_t>(rows, 1, std::max<int64_t>(1, batch * out_h));
   }
+  // The forward pass's: one whole sample where its pixels fill whole panels and are no more than
+  // the block above would hold, so the tiles write straight into y instead of through a product
+  // buffer (a block across samples must be copied out: ResNet's 24x24 layers on the GEMM ran
+  // ~12% faster on a Xeon); else as above.
+  int64_t forward_rows_per_block(int64_t nr) const {
+    const int64_t rows = rows_per_block(nr, /*by_channels=*/true);
+    return out_plane() % nr == 0 && out_plane() <= rows * out_w ? out_h : rows;
+  }
 };
 
 // Walks the valid (ih, iw) of column row (c, i, j) for output rows [row_begin, row_end),
@@ -497,7 +505,7 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   const Microkernel<acc_t> kernel = cpu_microkernel<acc_t>();
   const PairMicrokernel pairs = pair_microkernel_for<scalar_t>(kernel);
   note_kernel_use(KernelPath::kGemm, pairs.tile != nullptr ? pairs.isa : kernel.isa);
-  const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
+  const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.forward_rows_per_block(kernel.nr);
   const int64_t a_size = packed_size(O, kernel.mr, K);
   PackedBuffer<acc_t> a(g.groups * a_size);
   pack_weights(g, a.data(), a_size, kernel.mr, K, w, O * K, O, K, 1);
