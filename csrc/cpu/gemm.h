@@ -81,7 +81,7 @@ struct Microkernel {
   RowsBTileKernel<T> rows_b;       // the same tile, B's rows read through pointers
   // Null where the packers take their scalar loop: all but AVX-512 float (on a Xeon the 16-lane
   // gather made ResNet's b4.conv1 forward, 6x6 outputs at stride 2, ~5% faster; AVX2's 8-lane
-  // gather is not faster than a scalar load on every CPU).
+  // gather, slow on some CPUs, was not measured).
   GatherKernel<T> gather = nullptr;
 };
 
