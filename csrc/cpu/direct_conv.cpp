@@ -283,7 +283,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), total_rows));
   PackedBuffer<float> partial(parts * partial_at.back(), 0.f);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    PackedBuffer<float> grad_t(grad_at.back(), 0.f);  // lanes past the last channel stay 0
+    PackedBuffer<float> grad_t(grad_at.back());
     PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
@@ -300,8 +300,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
           float* panel_grad = grad_t.data() + grad_at[pi];
-          for (int64_t o = 0; o < panel.count; ++o)
-            for (int64_t pix = 0; pix < pixels; ++pix) panel_grad[pix * width + o] = g[(panel.first + o) * plane + pix];
+          tiles.from_planes(g + panel.first * plane, plane, pixels, panel.count, width, panel_grad);
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
             for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
             tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, row_step, p.stride_w, tile_taps.data(),
