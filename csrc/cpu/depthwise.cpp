@@ -129,7 +129,7 @@ Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, in
     if (!image.nhwc && repeat == 1 && kernels.transpose != nullptr && h0 < h1) {
       // the band's rows are contiguous in each plane: `count` planes of (h1 - h0) * W pixels to
       // as many pixels of `count` channels
-      kernels.transpose(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, buffer.data(), count);
+      kernels.transpose(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, count, buffer.data(), count);
       return {buffer.data(), h0, W * count, count};
     }
   }
@@ -170,7 +170,8 @@ void write_back(const Rows<T>& rows, int64_t h0, int64_t h1, const Image<S>& ima
   const int64_t W = image.width, channels = count / sum_of, first = c0 / sum_of;
   if constexpr (std::is_same_v<S, T>) {
     if (!image.nhwc && sum_of == 1 && kernels.transpose != nullptr && h0 < h1) {
-      kernels.transpose(rows.row(h0), count, (h1 - h0) * W, count, image.at(n, c0, h0, 0), image.height * W);
+      kernels.transpose(rows.row(h0), count, (h1 - h0) * W, count, (h1 - h0) * W, image.at(n, c0, h0, 0),
+                        image.height * W);
       return;
     }
   }

@@ -268,6 +268,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  const TransposeFloats transpose = cpu_transpose_floats();
   // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
   // into rows that are never read), and where the panel starts in the arrays.
   std::vector<int64_t> rows(panels.size()), partial_at(panels.size() + 1, 0), grad_at(panels.size() + 1, 0);
@@ -300,7 +301,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
           float* panel_grad = grad_t.data() + grad_at[pi];
-          tiles.from_planes(g + panel.first * plane, plane, pixels, panel.count, width, panel_grad);
+          transpose(g + panel.first * plane, plane, panel.count, pixels, width, panel_grad, width);  // (lanes past count: 0; element by element, 8% of LeNet's step)
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
             for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
             tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, row_step, p.stride_w, tile_taps.data(),

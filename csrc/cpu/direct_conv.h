@@ -89,7 +89,6 @@ struct DirectTiles {
                        int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile);
   using ToPlanes = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
                             float* y, int64_t plane);
-  using FromPlanes = void (*)(const float* g, int64_t plane, int64_t pixels, int64_t count, int64_t width, float* rows);
   static constexpr int kMaxVectors = 4, kMaxPixels = 12;
   const char* isa = nullptr;  // "avx512" or "avx2"
   int64_t lanes = 0, max_vectors = 0;
@@ -97,7 +96,6 @@ struct DirectTiles {
   Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {};
   Weight weight[kMaxVectors + 1] = {};
   ToPlanes to_planes = nullptr;  // a pixel-major output row into NCHW planes (direct_row_to_planes)
-  FromPlanes from_planes = nullptr;  // NCHW planes into pixel-major rows (direct_planes_to_rows)
   // the row tile (vectors along output columns): row_rows x row_channels, for few channels
   Row row = nullptr;
   int64_t row_rows = 0, row_channels = 0;

@@ -162,32 +162,6 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
   }
 }
 
-// The weight gradient's operand, the inverse of the above: rows[q * width + o] = g[o * plane + q]
-// for pixels q < pixels and channels o < count of a panel `width` (whole vectors) wide, lanes
-// o >= count set to 0. Blocks of kLanes channels x kLanes pixels are loaded one vector per channel
-// (masked past the last pixel), transposed in registers and stored one vector per pixel. (Element
-// by element, the copy took 8% of LeNet's training step.)
-template <class Isa>
-void direct_planes_to_rows(const float* g, int64_t plane, int64_t pixels, int64_t count, int64_t width, float* rows) {
-  using Floats = typename Isa::Floats;
-  constexpr int L = Isa::kLanes;
-  for (int64_t o0 = 0; o0 < width; o0 += L) {
-    for (int64_t q0 = 0; q0 < pixels; q0 += L) {
-      const int64_t left = pixels - q0 < L ? pixels - q0 : L;
-      Floats block[L];
-#pragma GCC unroll 16
-      for (int o = 0; o < L; ++o) {
-        const float* src = g + (o0 + o) * plane + q0;
-        block[o] = o0 + o >= count ? Floats{} : (Floats)(left == L ? Isa::load(src) : Isa::load_first(src, left));
-      }
-      transpose_block<Floats, typename Isa::Ints, L>(block);
-#pragma GCC unroll 16
-      for (int q = 0; q < L; ++q)
-        if (q < left) __builtin_memcpy(rows + (q0 + q) * width + o0, &block[q], sizeof(Floats));
-    }
-  }
-}
-
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
 template <class Isa, int NV, int Q, int kStride>
 void fill_forward_tiles(DirectTiles::Forward* table) {
@@ -204,5 +178,4 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
   tiles.to_planes = &direct_row_to_planes<Isa>;
-  tiles.from_planes = &direct_planes_to_rows<Isa>;
 }

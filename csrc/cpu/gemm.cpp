@@ -25,6 +25,8 @@ Microkernel<double> avx2_microkernel_double();
 Microkernel<float> avx512_microkernel_float_wide();
 Microkernel<double> avx512_microkernel_double_wide();
 PairTileKernel avx512_bf16_pair_tile(int64_t mr, int64_t nr);
+TransposeFloats avx512_transpose_floats();
+TransposeFloats avx2_transpose_floats();
 
 namespace {
 
@@ -196,6 +198,24 @@ void note_kernel_use(KernelPath path, const char* isa) {
   last_use[static_cast<int>(path)].store(isa, std::memory_order_relaxed);
 }
 const char* last_kernel_use(KernelPath path) { return last_use[static_cast<int>(path)].load(std::memory_order_relaxed); }
+
+namespace {
+void portable_transpose_floats(const float* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t stored,
+                               float* dst, int64_t dst_stride) {
+  for (int64_t q = 0; q < cols; ++q)
+    for (int64_t r = 0; r < stored; ++r) dst[q * dst_stride + r] = r < rows ? src[r * src_stride + q] : 0.f;
+}
+}  // namespace
+
+TransposeFloats cpu_transpose_floats() {
+  switch (cpu_isa()) {
+#if CUCONV_X86_SIMD
+    case CpuIsa::kAvx512: return avx512_transpose_floats();
+    case CpuIsa::kAvx2: return avx2_transpose_floats();
+#endif
+    default: return &portable_transpose_floats;
+  }
+}
 
 template <>
 Microkernel<float> cpu_microkernel<float>() {

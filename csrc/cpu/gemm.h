@@ -143,6 +143,13 @@ enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 
+// A strided float32 matrix transposed with the vector instructions of cpu_isa() (register_transpose.h,
+// transpose_floats; a plain loop with the generic ISA): dst[q*dst_stride + r] = src[r*src_stride + q]
+// for r < rows, q < cols, and 0 for rows <= r < stored. NCHW planes to NHWC pixels and back.
+using TransposeFloats = void (*)(const float* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t stored,
+                                 float* dst, int64_t dst_stride);
+TransposeFloats cpu_transpose_floats();
+
 // This CPU's level-2 cache per core, in bytes, read once at run time (Linux's table in
 // /sys/devices/system/cpu/cpu0/cache, else glibc's sysconf; 1 MiB where neither says), clamped
 // to [256 KiB, 8 MiB].

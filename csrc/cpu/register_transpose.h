@@ -1,6 +1,6 @@
 // An L x L block of floats transposed in L vector registers, for the vector kernels that turn
 // pixel-major sums channel-major or the reverse (pool_tile.h, direct_tile.h, and the depthwise
-// kernels' NCHW planes to NHWC rows and back: transpose_matrix below). Included by
+// kernels' and Winograd's NCHW planes to NHWC rows and back: transpose_floats below). Included by
 // simd_avx512.cpp and simd_avx2.cpp after their `#pragma GCC target`, before the tile headers;
 // like them it includes nothing. Floats and Ints are GCC vector types (or __m512 / __m256) of L
 // floats and L 32-bit integers; the shuffles compile to one instruction each with AVX-512
@@ -53,26 +53,40 @@ inline void transpose_adding_halves(Floats* rows) {
   if constexpr (B > 1) transpose_adding_halves<Floats, Ints, L, B / 2>(rows);
 }
 
-// dst[c*dst_stride + r] = src[r*src_stride + c] for r < rows, c < cols: a strided matrix
-// transposed, L x L blocks through transpose_block, the rows and columns past the last whole
-// block one by one. NCHW planes to NHWC pixels (rows = channels, cols = pixels) and back.
-template <typename Floats, typename Ints, int L>
-void transpose_matrix(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+// dst[q*dst_stride + r] = src[r*src_stride + q] for r < rows, q < cols, and 0 for rows <= r <
+// stored (stored >= rows: lanes a caller's layout wants zero): a strided matrix transposed, L x L
+// blocks through transpose_block, the last block's rows and columns through masked loads and
+// stores (Isa: load, store, load_first, store_first, as simd_avx512.cpp's Avx512Float), so no
+// element goes one by one (ResNet's 12x12 and smaller planes are all edge). NCHW planes to NHWC
+// pixels (rows = channels, cols = pixels) and back (rows = pixels, cols = channels).
+template <class Isa>
+void transpose_floats(const float* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t stored, float* dst,
                       int64_t dst_stride) {
-  int64_t r0 = 0;
-  for (; r0 + L <= rows; r0 += L) {
-    int64_t c0 = 0;
-    for (; c0 + L <= cols; c0 += L) {
+  using Floats = typename Isa::Floats;
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  for (int64_t r0 = 0; r0 < stored; r0 += L) {
+    const int64_t lanes = stored - r0 < L ? stored - r0 : L;  // of each vector stored
+    for (int64_t q0 = 0; q0 < cols; q0 += L) {
+      const int64_t left = cols - q0 < L ? cols - q0 : L;
       Floats block[L];
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(&block[i], src + (r0 + i) * src_stride + c0, sizeof(Floats));
-      transpose_block<Floats, Ints, L>(block);
+      for (int i = 0; i < L; ++i) {
+        block[i] = Floats{};
+        if (r0 + i < rows) {
+          const float* s = src + (r0 + i) * src_stride + q0;
+          block[i] = (Floats)(left == L ? Isa::load(s) : Isa::load_first(s, left));
+        }
+      }
+      transpose_block<Floats, typename Isa::Ints, L>(block);
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) __builtin_memcpy(dst + (c0 + i) * dst_stride + r0, &block[i], sizeof(Floats));
+      for (int q = 0; q < L; ++q) {
+        if (q < left) {
+          float* d = dst + (q0 + q) * dst_stride + r0;
+          if (lanes == L) Isa::store(d, (V)block[q]);
+          else Isa::store_first(d, (V)block[q], lanes);
+        }
+      }
     }
-    for (; c0 < cols; ++c0)
-      for (int i = 0; i < L; ++i) dst[c0 * dst_stride + r0 + i] = src[(r0 + i) * src_stride + c0];
   }
-  for (; r0 < rows; ++r0)
-    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r0] = src[r0 * src_stride + c];
 }

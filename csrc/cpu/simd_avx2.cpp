@@ -66,6 +66,8 @@ struct Avx2Double {
 
 }  // namespace
 
+TransposeFloats avx2_transpose_floats() { return &transpose_floats<Avx2Float>; }
+
 Microkernel<float> avx2_microkernel_float() {
   return {6, 16, 256, &register_tile<Avx2Float, 6, 2>, "avx2", &indirect_tile<Avx2Float, 6, 2>,
           &rows_b_tile<Avx2Float, 6, 2>};
@@ -84,7 +86,7 @@ WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx2_depthwise_kernels_float() {
   DepthwiseKernels<float> k = depthwise_kernels_of<Avx2Float>("avx2");
-  k.transpose = &transpose_matrix<Avx2Float::Floats, Avx2Float::Ints, 8>;
+  k.transpose = &transpose_floats<Avx2Float>;
   return k;
 }
 DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }

@@ -76,6 +76,8 @@ void gather_floats(float* dst, const float* src, const int32_t* offsets, int64_t
 
 }  // namespace
 
+TransposeFloats avx512_transpose_floats() { return &transpose_floats<Avx512Float>; }
+
 Microkernel<float> avx512_microkernel_float() {
   return {8, 48, 256, &register_tile<Avx512Float, 8, 3>, "avx512", &indirect_tile<Avx512Float, 8, 3>,
           &rows_b_tile<Avx512Float, 8, 3>, &gather_floats};
@@ -103,7 +105,7 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx512_depthwise_kernels_float() {
   DepthwiseKernels<float> k = depthwise_kernels_of<Avx512Float>("avx512");
-  k.transpose = &transpose_matrix<Avx512Float::Floats, Avx512Float::Ints, 16>;
+  k.transpose = &transpose_floats<Avx512Float>;
   return k;
 }
 DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }

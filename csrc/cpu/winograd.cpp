@@ -33,7 +33,8 @@
 // vectors of channels. NHWC tensors are read and written in place; NCHW ones through small NHWC
 // strips: each input (and grad_output) row is copied once into a ring of rows, and each tile
 // row's two output rows are gathered in a strip copied out into the planes when the tile row (or
-// the block) ends. The strips stay in cache, so NCHW costs two in-cache transposes.
+// the block) ends. The strips stay in cache, so NCHW costs two in-cache transposes (in registers,
+// gemm.h's cpu_transpose_floats: element by element they cost ResNet's b2 layer 8% of its forward).
 //
 // Blocking: the forward pass splits blocks of tiles (counted across samples, row-major within
 // one) across threads, sized so that V and M of a block (16 x (C + O) floats per tile) fit in
@@ -173,7 +174,7 @@ class NhwcRows {
  public:
   NhwcRows(const float* t, int64_t channels, int64_t height, int64_t width, int64_t pad, int64_t strip_w, int64_t slots)
       : t_(t), channels_(channels), height_(height), width_(width), pad_(pad), strip_w_(strip_w), slots_(slots),
-        rows_(slots * strip_w * channels), held_(slots, Tile{-1, -1, 0}) {}
+        rows_(slots * strip_w * channels), held_(slots, Tile{-1, -1, 0}), transpose_(cpu_transpose_floats()) {}
 
   const float* row(int64_t n, int64_t h) {
     const int64_t slot = (h % slots_ + slots_) % slots_, C = channels_;
@@ -187,15 +188,14 @@ class NhwcRows {
     const int64_t w0 = std::min(pad_, strip_w_), w1 = std::min(strip_w_, pad_ + width_);
     std::fill_n(strip_row, w0 * C, 0.f);
     if (w1 < strip_w_) std::fill_n(strip_row + std::max(w0, w1) * C, (strip_w_ - std::max(w0, w1)) * C, 0.f);
-    const bool prefetch = h + 2 < height_;
-    for (int64_t c = 0; c < C; ++c) {
-      const float* src = t_ + ((n * C + c) * height_ + h) * width_ - pad_;
-      if (prefetch) {  // the row two down, which the next tile row copies (each plane is a stream of its own)
-        __builtin_prefetch(src + 2 * width_ + w0);
-        __builtin_prefetch(src + 2 * width_ + w1 - 1);
+    const float* src = t_ + (n * C * height_ + h) * width_ - pad_;  // channel c's row at src + c * plane
+    const int64_t plane = height_ * width_;
+    if (h + 2 < height_)  // the row two down, which the next tile row copies (each plane is a stream of its own)
+      for (int64_t c = 0; c < C; ++c) {
+        __builtin_prefetch(src + c * plane + 2 * width_ + w0);
+        __builtin_prefetch(src + c * plane + 2 * width_ + w1 - 1);
       }
-      for (int64_t w = w0; w < w1; ++w) strip_row[w * C + c] = src[w];
-    }
+    if (w1 > w0) transpose_(src + w0, plane, C, w1 - w0, C, strip_row + w0 * C, C);
     return strip_row;
   }
 
@@ -204,6 +204,7 @@ class NhwcRows {
   int64_t channels_, height_, width_, pad_, strip_w_, slots_;
   std::vector<float> rows_;
   std::vector<Tile> held_;  // (n, row) in each slot
+  TransposeFloats transpose_;
 };
 
 // NCHW: through NHWC rows, in and out.
@@ -213,7 +214,7 @@ class NchwLayout {
       : p_(p), y_(y), tiles_w_((p.out_w + 1) / 2),
         input_(x, p.in_channels, p.height, p.width, p.pad_w, 2 * tiles_w_ + 2, 4),
         grad_(dy, dy != nullptr ? p.out_channels : 0, p.out_h, p.out_w, 0, 2 * tiles_w_, 2),
-        out_strip_(y != nullptr ? 2 * 2 * tiles_w_ * p.out_channels : 0) {}
+        out_strip_(y != nullptr ? 2 * 2 * tiles_w_ * p.out_channels : 0), transpose_(cpu_transpose_floats()) {}
 
   void patch(const Tile& t, const float** d) {
     for (int64_t i = 0; i < 4; ++i) {
@@ -243,12 +244,9 @@ class NchwLayout {
     if (out_row_.n < 0) return;
     const int64_t O = p_.out_channels, width = 2 * tiles_w_, plane = p_.out_h * p_.out_w;
     const int64_t col0 = 2 * out_row_.b, col1 = std::min(out_end_, p_.out_w);
-    for (int64_t r = 0; r < 2 && 2 * out_row_.a + r < p_.out_h; ++r)
-      for (int64_t o = 0; o < O; ++o) {
-        float* dst = y_ + (out_row_.n * O + o) * plane + (2 * out_row_.a + r) * p_.out_w;
-        const float* src = out_strip_.data() + r * width * O + o;
-        for (int64_t col = col0; col < col1; ++col) dst[col] = src[col * O];
-      }
+    for (int64_t r = 0; r < 2 && 2 * out_row_.a + r < p_.out_h && col1 > col0; ++r)
+      transpose_(out_strip_.data() + (r * width + col0) * O, O, col1 - col0, O, col1 - col0,
+                 y_ + out_row_.n * O * plane + (2 * out_row_.a + r) * p_.out_w + col0, plane);
     out_row_ = {-1, -1, -1};
   }
 
@@ -260,6 +258,7 @@ class NchwLayout {
   std::vector<float> out_strip_;
   Tile out_row_{-1, -1, -1};  // the output strip's tile row (out_row_.b: the first tile in it)
   int64_t out_end_ = 0;       // one past the last output column written
+  TransposeFloats transpose_;
 };
 
 // Tiles per block: a multiple of `tile` whose 16 transformed pairs (`channels` = C + O floats
