@@ -58,35 +58,42 @@ inline void transpose_adding_halves(Floats* rows) {
 // blocks through transpose_block, the last block's rows and columns through masked loads and
 // stores (Isa: load, store, load_first, store_first, as simd_avx512.cpp's Avx512Float), so no
 // element goes one by one (ResNet's 12x12 and smaller planes are all edge). NCHW planes to NHWC
-// pixels (rows = channels, cols = pixels) and back (rows = pixels, cols = channels).
+// pixels (rows = channels, cols = pixels) and back (rows = pixels, cols = channels). The blocks
+// run along the rows of the side with the longer stride (the planes, out of cache): across the
+// planes first, writes to 56-pixel planes took 1.2x as long as an element-by-element copy.
 template <class Isa>
 void transpose_floats(const float* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t stored, float* dst,
                       int64_t dst_stride) {
   using Floats = typename Isa::Floats;
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
-  for (int64_t r0 = 0; r0 < stored; r0 += L) {
+  auto block = [&](int64_t r0, int64_t q0) {
     const int64_t lanes = stored - r0 < L ? stored - r0 : L;  // of each vector stored
-    for (int64_t q0 = 0; q0 < cols; q0 += L) {
-      const int64_t left = cols - q0 < L ? cols - q0 : L;
-      Floats block[L];
+    const int64_t left = cols - q0 < L ? cols - q0 : L;
+    Floats b[L];
 #pragma GCC unroll 16
-      for (int i = 0; i < L; ++i) {
-        block[i] = Floats{};
-        if (r0 + i < rows) {
-          const float* s = src + (r0 + i) * src_stride + q0;
-          block[i] = (Floats)(left == L ? Isa::load(s) : Isa::load_first(s, left));
-        }
-      }
-      transpose_block<Floats, typename Isa::Ints, L>(block);
-#pragma GCC unroll 16
-      for (int q = 0; q < L; ++q) {
-        if (q < left) {
-          float* d = dst + (q0 + q) * dst_stride + r0;
-          if (lanes == L) Isa::store(d, (V)block[q]);
-          else Isa::store_first(d, (V)block[q], lanes);
-        }
+    for (int i = 0; i < L; ++i) {
+      b[i] = Floats{};
+      if (r0 + i < rows) {
+        const float* s = src + (r0 + i) * src_stride + q0;
+        b[i] = (Floats)(left == L ? Isa::load(s) : Isa::load_first(s, left));
       }
     }
+    transpose_block<Floats, typename Isa::Ints, L>(b);
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) {
+      if (q < left) {
+        float* d = dst + (q0 + q) * dst_stride + r0;
+        if (lanes == L) Isa::store(d, (V)b[q]);
+        else Isa::store_first(d, (V)b[q], lanes);
+      }
+    }
+  };
+  if (dst_stride > src_stride) {  // along dst's rows
+    for (int64_t q0 = 0; q0 < cols; q0 += L)
+      for (int64_t r0 = 0; r0 < stored; r0 += L) block(r0, q0);
+  } else {  // along src's rows
+    for (int64_t r0 = 0; r0 < stored; r0 += L)
+      for (int64_t q0 = 0; q0 < cols; q0 += L) block(r0, q0);
   }
 }
