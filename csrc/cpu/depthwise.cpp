@@ -122,14 +122,15 @@ Rows<P> rows_in_place(const Image<S>& image, int64_t n, int64_t c0) {
 // channels a pixel; channel k of the block reads the tensor's channel (c0 + k) / repeat.
 template <typename T, typename S>
 Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, int64_t h1, int64_t c0, int64_t count,
-                          int64_t repeat, std::vector<T>& buffer, const DepthwiseKernels<T>& kernels) {
+                          int64_t repeat, std::vector<T>& buffer) {
   const int64_t W = image.width;
   buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * W * count));
-  if constexpr (std::is_same_v<S, T>) {
-    if (!image.nhwc && repeat == 1 && kernels.transpose != nullptr && h0 < h1) {
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
+    if (!image.nhwc && repeat == 1 && h0 < h1) {
       // the band's rows are contiguous in each plane: `count` planes of (h1 - h0) * W pixels to
-      // as many pixels of `count` channels
-      kernels.transpose(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, count, buffer.data(), count);
+      // as many pixels of `count` channels, in registers (gemm.h)
+      cpu_transpose_floats()(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, count, buffer.data(),
+                             count);
       return {buffer.data(), h0, W * count, count};
     }
   }
@@ -166,12 +167,12 @@ Rows<T> buffer_rows(std::vector<T>& buffer, int64_t h0, int64_t h1, int64_t widt
 // channel, for the input gradient), converted to the tensor's dtype.
 template <typename T, typename S>
 void write_back(const Rows<T>& rows, int64_t h0, int64_t h1, const Image<S>& image, int64_t n, int64_t c0,
-                int64_t count, int64_t sum_of, const DepthwiseKernels<T>& kernels) {
+                int64_t count, int64_t sum_of) {
   const int64_t W = image.width, channels = count / sum_of, first = c0 / sum_of;
-  if constexpr (std::is_same_v<S, T>) {
-    if (!image.nhwc && sum_of == 1 && kernels.transpose != nullptr && h0 < h1) {
-      kernels.transpose(rows.row(h0), count, (h1 - h0) * W, count, (h1 - h0) * W, image.at(n, c0, h0, 0),
-                        image.height * W);
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
+    if (!image.nhwc && sum_of == 1 && h0 < h1) {
+      cpu_transpose_floats()(rows.row(h0), count, (h1 - h0) * W, count, (h1 - h0) * W, image.at(n, c0, h0, 0),
+                             image.height * W);
       return;
     }
   }
@@ -327,7 +328,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
       if constexpr (std::is_same_v<S, T>) {
         if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
       }
-      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
+      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer);
       Rows<T> yr{};
       if constexpr (std::is_same_v<S, T>) {
         if (y_in_place) yr = rows_in_place<T>(y, n, c0);
@@ -337,7 +338,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
         const DepthwiseTaps<T> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
-      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, kernels);
+      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1);
     }
   });
 }
@@ -382,7 +383,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       if constexpr (std::is_same_v<S, T>) {
         if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
       }
-      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_buffer, kernels);
+      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_buffer);
       Rows<T> dxr{};
       if constexpr (std::is_same_v<S, T>) {
         if (dx_in_place) dxr = rows_in_place<T>(dx, n, c0);
@@ -419,7 +420,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
           kernels.forward_row(row, nullptr, dxr.row(ih) + residue * dxr.stride, sW * dxr.stride);
         }
       }
-      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, kernels);
+      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M);
     }
   });
 }
@@ -456,8 +457,8 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
           if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
           if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
         }
-        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer, kernels);
-        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer, kernels);
+        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer);
+        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer);
         for (int64_t oh = r0; oh < r1; ++oh)
           kernels.weight_row(forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, lists), dyr.row(oh),
                              dyr.stride);

@@ -301,7 +301,8 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
           float* panel_grad = grad_t.data() + grad_at[pi];
-          transpose(g + panel.first * plane, plane, panel.count, pixels, width, panel_grad, width);  // (lanes past count: 0; element by element, 8% of LeNet's step)
+          // grad_output's rows pixel-major, lanes past count 0 (element by element: 8% of LeNet's step)
+          transpose(g + panel.first * plane, plane, panel.count, pixels, width, panel_grad, width);
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
             for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
             tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, row_step, p.stride_w, tile_taps.data(),

@@ -144,10 +144,6 @@ struct DepthwiseKernels {
   void (*weight_row)(const DepthwiseTaps<T>& row, const T* dy, int64_t dy_step) = nullptr;
   int64_t lanes = 1;
   const char* isa = "generic";
-  // float only, where the ISA has one (register_transpose.h, transpose_floats): for the staged
-  // rows of NCHW tensors (planes to NHWC pixels and back); else null (a scalar loop does it)
-  void (*transpose)(const T* src, int64_t src_stride, int64_t rows, int64_t cols, int64_t stored, T* dst,
-                    int64_t dst_stride) = nullptr;
 };
 DepthwiseKernels<float> avx512_depthwise_kernels_float();
 DepthwiseKernels<double> avx512_depthwise_kernels_double();

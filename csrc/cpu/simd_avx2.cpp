@@ -84,11 +84,7 @@ WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};
 }
 
-DepthwiseKernels<float> avx2_depthwise_kernels_float() {
-  DepthwiseKernels<float> k = depthwise_kernels_of<Avx2Float>("avx2");
-  k.transpose = &transpose_floats<Avx2Float>;
-  return k;
-}
+DepthwiseKernels<float> avx2_depthwise_kernels_float() { return depthwise_kernels_of<Avx2Float>("avx2"); }
 DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }
 
 DirectTiles avx2_direct_tiles() {

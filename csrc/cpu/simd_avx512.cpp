@@ -103,11 +103,7 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
 
-DepthwiseKernels<float> avx512_depthwise_kernels_float() {
-  DepthwiseKernels<float> k = depthwise_kernels_of<Avx512Float>("avx512");
-  k.transpose = &transpose_floats<Avx512Float>;
-  return k;
-}
+DepthwiseKernels<float> avx512_depthwise_kernels_float() { return depthwise_kernels_of<Avx512Float>("avx512"); }
 DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }
 
 DirectTiles avx512_direct_tiles() {
