@@ -33,6 +33,7 @@ EMULATED_OPS = ("-k", "emulated", "tests/test_ops.py")
 CUDA_KERNELS = "tests/test_cuda_kernels.py"
 DEPTHWISE = "tests/test_depthwise.py"
 PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA device
+TUNING = "tests/test_tuning.py"
 
 
 @dataclass
@@ -190,6 +191,13 @@ MUTANTS = [
     Mutant("stream-copy-drops-unaligned-end", "boundary", "csrc/cpu/streaming.h",
            "  std::memcpy(to + i, from + i, bytes - i);",
            "", (DISPATCH,)),
+    Mutant("direct-stream-last-pixel", "boundary", "csrc/cpu/direct_conv.cpp",
+           "stream_copy(y_row + o * plane, stage.data() + o * p.out_w, p.out_w * static_cast<int64_t>(sizeof(float)));",
+           "stream_copy(y_row + o * plane, stage.data() + o * p.out_w, (p.out_w - 1) * static_cast<int64_t>(sizeof(float)));",
+           (TUNING,)),
+    Mutant("direct-streamed-never-measured", "kernel choice", "csrc/cpu/conv2d.cpp",
+           "      candidates.push_back({kernel_name(KernelName::kDirectStreamed), [&] { kernels.direct(OutputStores::kStreamed); }});",
+           "", (TUNING,)),
     Mutant("pool-gradient-stream-skips-plane", "boundary", "csrc/cpu/pool2d.cpp",
            "        output.finish(dx_data + plane * plane_in);",
            "        if (plane != begin) output.finish(dx_data + plane * plane_in);", (DISPATCH,)),

@@ -166,6 +166,45 @@ def test_a_recorded_choice_decides_the_path(path, monkeypatch):
     assert cuconv.tuning.choices() == keys
 
 
+@needs_direct
+@pytest.mark.parametrize("width", [27, 32], ids=["rows-off-vectors", "rows-on-vectors"])
+def test_a_large_output_is_also_measured_streamed_and_either_way_gives_torchs_values(width, monkeypatch, capfd):
+    """Where a pass's output is larger than the threads' L2 caches together, the direct kernels
+    writing it past the caches are a candidate of their own (direct_streamed), in the forward and
+    the stride-1 input gradient; recorded, each way gives the same values, torch's. (32 channels
+    fill whole vectors, so the channel tiles run rather than the row tiles, which never stream.)"""
+    threads = torch.get_num_threads()
+    plane_bytes = 32 * width * width * 4
+    batch = _C.cpu_kernels()["l2_cache_bytes"] * threads * 5 // 4 // plane_bytes + 1
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(batch, 32, width, width, generator=gen, requires_grad=True)
+    w = torch.randn(32, 32, 3, 3, generator=gen) / 17
+    b = torch.randn(32, generator=gen)
+    dy = torch.randn(batch, 32, width, width, generator=gen)
+
+    def forward_and_input_gradient():
+        y = CF.conv2d(x, w, b, padding=1)
+        return y.detach(), torch.autograd.grad(y, x, dy)[0]
+
+    monkeypatch.setenv("CUCONV_LOG", "1")
+    forward_and_input_gradient()
+    tuned = [line for line in capfd.readouterr().err.splitlines() if line.startswith("cuconv: tuned")]
+    passes = {line.split()[2]: line for line in tuned}
+    assert set(passes) == {"conv2d_forward", "conv2d_backward_input"}, tuned
+    assert all("direct " in line and "direct_streamed " in line for line in tuned), tuned
+    keys = list(cuconv.tuning.choices())
+    results = {}
+    for path in ("direct", "direct_streamed"):
+        _C.cpu_tuning_set({key: path for key in keys})
+        results[path] = forward_and_input_gradient()
+        assert cuconv.tuning.choices() == {key: path for key in keys}
+    assert all(torch.equal(a, s) for a, s in zip(results["direct"], results["direct_streamed"]))
+    y_ref = torch.nn.functional.conv2d(x.detach(), w, b, padding=1)
+    dx_ref = torch.nn.grad.conv2d_input(x.shape, w, dy, padding=1)
+    assert_matches(results["direct_streamed"][0], y_ref, torch.float32)
+    assert_matches(results["direct_streamed"][1], dx_ref, torch.float32)
+
+
 def test_tuning_off_measures_nothing_and_a_bad_setting_is_an_error(monkeypatch):
     monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
     _forward_backward(*_layer())

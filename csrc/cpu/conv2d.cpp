@@ -61,6 +61,7 @@
 #include "gemm.h"
 #include "parallel.h"
 #include "pixel_gemm.h"
+#include "streaming.h"
 #include "tuner.h"
 #include "window.h"
 #include "winograd.h"
@@ -828,9 +829,23 @@ bool all_finite(const Operands& operands) {
   return std::all_of(operands.begin(), operands.end(), [](const auto& o) { return all_finite(o.first, o.second); });
 }
 
+int64_t float_bytes(const Tensor& t) { return t.numel() * static_cast<int64_t>(sizeof(float)); }
+
+// streaming.h's rule for the direct kernels' output of `p`, where nothing measures the choice.
+OutputStores stores_by_rule(const DirectConv& p) {
+  const int64_t bytes = p.batch * p.out_channels * p.out_h * p.out_w * static_cast<int64_t>(sizeof(float));
+  return streams_output(bytes) ? OutputStores::kStreamed : OutputStores::kCached;
+}
+
 // The float32 kernels of one pass (not depthwise), for run_float_pass.
 struct FloatPass {
-  std::function<void()> direct, gemm, winograd, pixel;
+  // the direct kernels, writing their output as they are told (direct_conv.h; the weight
+  // gradient, a small output, as it always does)
+  std::function<void(OutputStores)> direct;
+  std::function<void()> gemm, winograd, pixel;
+  // The output's size in bytes where the direct kernels can stream it past the caches (their
+  // forward and input gradient, not by the row tiles), else 0.
+  int64_t streamable_bytes = 0;
   // false: the direct kernels would not give the exact answer for these values
   bool direct_exact = true;
   // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
@@ -841,6 +856,12 @@ struct FloatPass {
 
 // Runs a float32 pass by the direct kernels, the GEMM or, where they suit, Winograd
 // (winograd.h) or the per-pixel products (pixel_gemm.h), as chosen above.
+// The direct kernels' output streamed past the caches is a candidate of its own wherever the
+// output is larger than the threads' L2 caches together (a smaller one could stay in cache for
+// the op after it): whether streaming pays depends on the layer and on how much of the
+// last-level cache the process really gets (on a VM, a slice of a cache shared with other
+// machines, whose size Linux reports whole), so it is measured. Without measuring, the rule of
+// streaming.h decides (an output larger than the last-level cache streams).
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kernels) {
   const OptionalMode wmode = winograd_can_run(g, pass) ? optional_kernel_mode("CUCONV_CPU_WINOGRAD") : OptionalMode::kNever;
   const OptionalMode pmode = pixel_gemm_can_run(g) ? optional_kernel_mode("CUCONV_CPU_PIXEL_GEMM") : OptionalMode::kNever;
@@ -849,10 +870,16 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   if (pmode == OptionalMode::kAlways) return kernels.pixel();
   const DirectMode mode = direct_conv_mode();
   const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && kernels.direct_exact;
-  if (direct_runs && mode == DirectMode::kAlways) return kernels.direct();
-  if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? kernels.direct() : kernels.gemm();
+  const int64_t streamable = kernels.streamable_bytes;
+  const OutputStores by_rule = streams_output(streamable) ? OutputStores::kStreamed : OutputStores::kCached;
+  if (direct_runs && mode == DirectMode::kAlways) return kernels.direct(by_rule);
+  if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? kernels.direct(by_rule) : kernels.gemm();
   std::vector<Candidate> candidates;
-  if (direct_runs) candidates.push_back({kernel_name(KernelName::kDirect), kernels.direct});
+  if (direct_runs) {
+    candidates.push_back({kernel_name(KernelName::kDirect), [&] { kernels.direct(OutputStores::kCached); }});
+    if (streamable > l2_cache_bytes() * torch::stable::get_num_threads() || by_rule == OutputStores::kStreamed)
+      candidates.push_back({kernel_name(KernelName::kDirectStreamed), [&] { kernels.direct(OutputStores::kStreamed); }});
+  }
   candidates.push_back({kernel_name(KernelName::kGemm), kernels.gemm});
   if (mode == DirectMode::kAuto) {
     if (wmode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kWinograd), winograd_or_gemm});
@@ -1034,10 +1061,11 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
         const DirectConv p = direct_problem(g);
         auto gemm = [&] { gemm_forward<float>(g, xf, wf, bf, yf); };
         run_float_pass(g, ConvPass::kForward,
-                       {.direct = [&] { direct_conv_forward(p, xf, wf, bf, yf); },
+                       {.direct = [&](OutputStores stores) { direct_conv_forward(p, xf, wf, bf, yf, stores); },
                         .gemm = gemm,
                         .winograd = [&] { winograd_forward(p, xf, wf, bf, yf); },
                         .pixel = [&] { if (!pixel_gemm_forward(p, xf, wf, bf, yf)) gemm(); },
+                        .streamable_bytes = direct_conv_forward_can_stream(p) ? float_bytes(y) : 0,
                         .winograd_inputs = {{xf, x.numel()}, {wf, w.numel()}}});
       } else {
         gemm_forward<scalar_t>(g, x_data, w_data, b_data, y_data);
@@ -1056,7 +1084,7 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
         direct_conv_forward(p, x.const_data_ptr<float>() + gi * C * g.height * g.width,
                             w.const_data_ptr<float>() + gi * O * g.column_rows(),
                             b.defined() ? b.const_data_ptr<float>() + gi * O : nullptr,
-                            y.mutable_data_ptr<float>() + gi * O * g.out_plane());
+                            y.mutable_data_ptr<float>() + gi * O * g.out_plane(), stores_by_rule(p));
       return in_layout_of(input, y);
     };
     return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, direct_by_group, [&] {
@@ -1134,7 +1162,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
         float* dxf = dx.mutable_data_ptr<float>();
         const DirectConv p = direct_problem(g);
         run_float_pass(g, ConvPass::kInput,
-                       {.direct = [&] { direct_conv_backward_input(p, dyf, wf, dxf); },
+                       {.direct = [&](OutputStores stores) { direct_conv_backward_input(p, dyf, wf, dxf, stores); },
                         .gemm =
                             [&] {
                               torch::stable::fill_(dx, 0.0);
@@ -1142,6 +1170,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                             },
                         .winograd = [&] { winograd_backward_input(p, dyf, wf, dxf); },
                         .pixel = [&] { pixel_gemm_backward_input(p, dyf, wf, dxf); },
+                        .streamable_bytes =
+                            direct_conv_forward_can_stream(input_gradient_as_forward(p)) ? float_bytes(dx) : 0,
                         // The direct input gradient multiplies the zero border of its padded grad_output
                         // by every tap: a NaN or Inf weight would make NaN where the true gradient has none.
                         .direct_exact = std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
@@ -1164,7 +1194,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
         for (int64_t gi = 0; gi < g.groups; ++gi)
           direct_conv_backward_input(group, dy.const_data_ptr<float>() + gi * O * g.out_plane(),
                                      w.const_data_ptr<float>() + gi * O * g.column_rows(),
-                                     dx.mutable_data_ptr<float>() + gi * C * g.height * g.width);
+                                     dx.mutable_data_ptr<float>() + gi * C * g.height * g.width,
+                                     stores_by_rule(input_gradient_as_forward(group)));
         return in_layout_of(grad_output, dx);
       };
     return run_grouped(g, ConvPass::kInput, grad_output, [&] { return in_layout_of(grad_output, nchw()); }, direct_by_group, [&] {
@@ -1235,7 +1266,7 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
         const DirectConv p = direct_problem(g);
         auto gemm = [&] { gemm_backward_weight<float>(g, dyf, xf, dwf); };
         run_float_pass(g, ConvPass::kWeight,
-                       {.direct = [&] { direct_conv_backward_weight(p, xf, dyf, dwf); },
+                       {.direct = [&](OutputStores) { direct_conv_backward_weight(p, xf, dyf, dwf); },
                         .gemm = gemm,
                         .winograd = [&] { winograd_backward_weight(p, xf, dyf, dwf); },
                         .pixel = [&] { if (!pixel_gemm_backward_weight(p, xf, dyf, dwf)) gemm(); },

@@ -13,7 +13,7 @@
 // Forward: threads take chunks of output rows (row = n*H_out + oh; parallel.h); each row is
 // cut into tiles of Q pixels (the last one shorter), and each tile runs once per panel, leaving
 // the panel's row pixel-major; whole blocks of it are then transposed into the NCHW planes
-// (streamed past the caches where the output is larger than the last-level cache).
+// (or, as the caller asks, into a stage streamed past the caches: OutputStores).
 // Weight gradient: threads take a fixed split of the output rows (counted across
 // images); per image's share of rows, grad_output is transposed to
 // [panel][pixel][NV*lanes] and each tile of T taps sums over those rows; the partial
@@ -203,8 +203,13 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
 
 }  // namespace
 
+bool direct_conv_forward_can_stream(const DirectConv& p) {
+  const DirectTiles* tiles = cpu_direct_tiles();
+  return tiles != nullptr && !row_tiles_suit(p, *tiles);
+}
+
 void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
-                         float* out) {
+                         float* out, OutputStores stores) {
   const DirectTiles& tiles = tiles_or_fail();
   if (row_tiles_suit(p, tiles)) return row_forward(p, in, weight, bias, out, tiles);
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
@@ -214,10 +219,10 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   // Each panel's output row is computed pixel-major into `row` (the tiles' own layout), then
-  // transposed into the planes (to_planes). An output larger than the last-level cache goes
-  // through `stage`, [channel][out_w], to the planes past the caches (streaming.h).
+  // transposed into the planes (to_planes); streamed, through `stage`, [channel][out_w], to the
+  // planes past the caches (streaming.h).
   const int64_t row_pixels = (p.out_w + tiles.lanes - 1) / tiles.lanes * tiles.lanes;  // whole blocks
-  const bool stream = streams_output(p.batch * p.out_channels * plane * static_cast<int64_t>(sizeof(float)));
+  const bool stream = stores == OutputStores::kStreamed;
   // Rows are independent: threads take chunks of them (parallel.h); a grain of a few rows keeps
   // threads busy at batch 1. A padded layer's thread copies each sample it reaches zero-padded
   // into a buffer of its own (in cache, and no fresh pages per call).
@@ -334,9 +339,11 @@ bool direct_conv_backward_input_suits(const DirectConv& p) {
          p.pad_w <= p.dilation_w * (p.kernel_w - 1);
 }
 
-void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
+void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in,
+                                OutputStores stores) {
   CUCONV_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
-  direct_conv_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in);
+  direct_conv_forward(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in,
+                      stores);
 }
 
 }  // namespace cuconv

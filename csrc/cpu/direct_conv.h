@@ -38,9 +38,20 @@ struct DirectConv {
 enum class DirectMode { kAuto, kAlways, kNever };
 DirectMode direct_conv_mode();
 
+// How the forward pass writes its output planes: through the caches, or past them with
+// non-temporal stores (streaming.h: each panel's row staged in L1, then whole lines per plane
+// row). Streaming saves the read each ordinary store makes of its line first, and pays where
+// writing a large output is what limits the pass (few input channels and a large image, as
+// ResNet's stem) on a machine whose caches the output does not stay in; conv2d.cpp measures both
+// (tuner.h). The row tiles (row_tiles_suit) write through the caches either way.
+enum class OutputStores { kCached, kStreamed };
+
+// Whether `stores` changes how this layer's forward pass writes (not for the row tiles).
+bool direct_conv_forward_can_stream(const DirectConv& p);
+
 // Forward pass; `weight` is [out_channels, in_channels, kH, kW], `bias` may be null.
 void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
-                         float* out);
+                         float* out, OutputStores stores);
 
 // Weight gradient: grad_w[o, c, i, j] = sum_{n,oh,ow} grad_out[n, o, oh, ow] * in_padded[...],
 // summed in a fixed order (deterministic for a given thread count).
@@ -51,8 +62,9 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
 bool direct_conv_backward_input_suits(const DirectConv& p);
 
 // Input gradient for stride 1: the forward convolution of grad_out, padded by
-// dilation*(k-1) - padding, with the weights transposed and flipped.
-void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in);
+// dilation*(k-1) - padding, with the weights transposed and flipped (written as `stores` says).
+void direct_conv_backward_input(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in,
+                                OutputStores stores);
 
 // The stride-1 input gradient as a forward pass (direct, Winograd and NHWC kernels use it):
 //   grad_in[n, c] = sum_{o,i,j} flipped[c, o, i, j] * grad_padded[n, o, ih + i*dH, iw + j*dW]

@@ -40,7 +40,8 @@ namespace cuconv {
 // together, kernel_names(), also name the disk cache's section (cuconv/tuning.py): choices made
 // by a build with other candidates never tried the new ones, so they are measured again.
 enum class KernelName {
-  kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup, kCount
+  kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
+  kDirectStreamed, kCount
 };
 const char* kernel_name(KernelName name);
 std::string kernel_names();  // space-separated
