@@ -831,10 +831,13 @@ bool all_finite(const Operands& operands) {
 
 int64_t float_bytes(const Tensor& t) { return t.numel() * static_cast<int64_t>(sizeof(float)); }
 
-// streaming.h's rule for the direct kernels' output of `p`, where nothing measures the choice.
+// How the direct kernels write an output of this size where nothing measures the choice:
+// streaming.h's rule (an output larger than the last-level cache streams).
+OutputStores stores_by_rule(int64_t output_bytes) {
+  return streams_output(output_bytes) ? OutputStores::kStreamed : OutputStores::kCached;
+}
 OutputStores stores_by_rule(const DirectConv& p) {
-  const int64_t bytes = p.batch * p.out_channels * p.out_h * p.out_w * static_cast<int64_t>(sizeof(float));
-  return streams_output(bytes) ? OutputStores::kStreamed : OutputStores::kCached;
+  return stores_by_rule(p.batch * p.out_channels * p.out_h * p.out_w * static_cast<int64_t>(sizeof(float)));
 }
 
 // The float32 kernels of one pass (not depthwise), for run_float_pass.
@@ -871,7 +874,7 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   const DirectMode mode = direct_conv_mode();
   const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && kernels.direct_exact;
   const int64_t streamable = kernels.streamable_bytes;
-  const OutputStores by_rule = streams_output(streamable) ? OutputStores::kStreamed : OutputStores::kCached;
+  const OutputStores by_rule = stores_by_rule(streamable);
   if (direct_runs && mode == DirectMode::kAlways) return kernels.direct(by_rule);
   if (!tuning_enabled()) return direct_runs && direct_rule(g, pass) ? kernels.direct(by_rule) : kernels.gemm();
   std::vector<Candidate> candidates;
