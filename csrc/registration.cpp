@@ -64,12 +64,13 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* gemm_bfloat16 = pairs.tile != nullptr ? pairs.isa : gemm_float;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:L,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:L,s:L,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
                          gemm_double, "gemm_bfloat16", gemm_bfloat16, "direct_conv", direct, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "last_depthwise",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDepthwise), "last_pool",
-                         cuconv::last_kernel_use(cuconv::KernelPath::kPool), "l2_cache_bytes",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kPool), "l1_data_cache_bytes",
+                         static_cast<long long>(cuconv::l1_data_cache_bytes()), "l2_cache_bytes",
                          static_cast<long long>(cuconv::l2_cache_bytes()), "last_level_cache_bytes",
                          static_cast<long long>(cuconv::last_level_cache_bytes()));
   } catch (const std::invalid_argument& error) {

@@ -57,7 +57,7 @@ def format_report(info):
         f"cuconv built against {info['torch_built_against']}",
         f"CUDA kernels: {cuda}",
         f"GPUs: {', '.join(info['gpus']) if info['gpus'] else 'none visible'}",
-        f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']}; L2 {kernels['l2_cache_bytes'] >> 10} KiB a core, last-level cache "
+        f"CPU: {info['cpu']} (torch's capability: {info['torch_cpu_capability']}; L1d {kernels['l1_data_cache_bytes'] >> 10} KiB and L2 {kernels['l2_cache_bytes'] >> 10} KiB a core, last-level cache "
         f"{kernels['last_level_cache_bytes'] >> 20} MiB)",
         f"CPU kernels: instruction set {kernels['isa']}; GEMM microkernels {kernels['gemm_float']} (float), "
         f"{kernels['gemm_double']} (double), {kernels['gemm_bfloat16']} (bfloat16); direct float32 convolution: {kernels['direct_conv']} "

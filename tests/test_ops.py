@@ -200,6 +200,55 @@ def test_conv2d_cpu_gemm_blocking_matches_torch(case, dtype, direct, isa, monkey
     compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
 
 
+# The direct forward pass in blocks of taps (csrc/cpu/direct_conv.cpp, forward_blocking): a
+# block's weights fill half of L1 (a 64-channel AVX-512 panel: 96 taps with a 48 KiB L1, a
+# 16-channel AVX2 one: 384), so these layers' 1000-1200 taps take several blocks with either
+# ISA, the last one shorter; channel panels of two widths (70 = 64 + 6, 130 = 2 x 64 + 2); groups
+# of rows (8 tiles) that leave a short last group in a sample (7 rows in groups of 4) or take a
+# whole sample (6 rows of one tile); the input gradient (stride 1) is the same pass, transposed.
+DIRECT_BLOCK_CASES = [
+    dict(batch=3, in_channels=120, out_channels=70, groups=1, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), size=(7, 9), bias=True),
+    dict(batch=5, in_channels=130, out_channels=130, groups=1, kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+         dilation=(1, 1), size=(11, 11), bias=False),
+    dict(batch=2, in_channels=40, out_channels=17, groups=1, kernel=(5, 5), stride=(1, 2), padding=(2, 1),
+         dilation=(1, 1), size=(13, 30), bias=True),
+]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("case", DIRECT_BLOCK_CASES,
+                         ids=lambda c: "c{in_channels}o{out_channels}k{kernel}s{stride}".format(**c))
+def test_direct_forward_in_blocks_of_taps_matches_torch_at_any_thread_count(case, isa, monkeypatch):
+    """Several blocks of taps, each adding to the sums the last left, give torch's values; and
+    the same bits whatever the threads' chunks of rows cut (the output and the input gradient:
+    each value is one sum in one order; the weight gradient's split follows the thread count)."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    kernels = cuconv._C.cpu_kernels()
+    if kernels["isa"] not in ("avx512", "avx2"):
+        pytest.skip("no direct kernels on this CPU")
+    panel = {"avx512": 4 * 16, "avx2": 2 * 8}[kernels["isa"]]  # a panel's channels at most
+    taps = case["in_channels"] * case["kernel"][0] * case["kernel"][1]
+    assert taps > 2 * (kernels["l1_data_cache_bytes"] // 2 // (panel * 4)), "no longer several blocks on this CPU"
+    x, w, b = conv_tensors(case, torch.float32, "cpu")
+    ours, theirs = conv_fns(case, b is not None)
+    tensors = [t for t in (x, w, b) if t is not None]
+    compare_with_torch(ours, theirs, tensors, torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out, grads = forward_and_grads(ours, tensors)
+            results.append((out, grads[0]))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad_x in results[1:]:
+        assert torch.equal(out, results[0][0])
+        assert torch.equal(grad_x, results[0][1])
+
+
 def test_conv2d_cpu_isa_switch_changes_the_kernel(monkeypatch):
     """Guards the test above: the portable microkernel rounds a*b and the sum apart where
     the vector ones fuse them, so float32 results differ in the last bits (if the switch

@@ -91,10 +91,12 @@ std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
 
 // The register tiles of one vector ISA (simd_avx512.cpp, simd_avx2.cpp), indexed by
 // NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward
-// tiles by the pixels q = 1..Q they take (a row's last tile may be short).
+// tiles by the pixels q = 1..Q they take (a row's last tile may be short). A forward tile
+// sums `depth` taps from zero, or with `accumulate` onto the sums already in `tile` (the
+// next block of taps: direct_tile.h).
 struct DirectTiles {
   using Forward = void (*)(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
-                           const float* weights, float* tile);
+                           const float* weights, float* tile, bool accumulate);
   using Weight = void (*)(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
                           const int64_t* taps, const float* grad_t, float* partial);
   using Row = void (*)(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,

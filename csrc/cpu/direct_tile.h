@@ -9,7 +9,9 @@
 // every use of an input pixel is a broadcast, and a broadcast can read from anywhere.
 // Vectors run along output channels (NV vectors of kLanes channels: a channel panel).
 //
-// Forward tile, Q consecutive output pixels of a row x NV channel vectors:
+// Forward tile, Q consecutive output pixels of a row x NV channel vectors, over taps [0, depth)
+// (a block of the layer's taps: taps and weights point at its first), starting from zero or, to
+// go on with the next block, from the sums it left in `tile`:
 //   for each tap k:  w = weights[k] (NV vectors)
 //                    for q: acc[q][:] += w * x[origin + q*stride + taps[k]]
 // Weight tile, T taps x NV channel vectors, summed over the output pixels of an image:
@@ -20,7 +22,7 @@
 // kStride: the column stride when known at compile time (1), else 0 and `stride` is used.
 template <class Isa, int NV, int Q, int kStride>
 void direct_forward_tile(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
-                         const float* weights, float* tile) {
+                         const float* weights, float* tile, bool accumulate) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   const int64_t step = kStride > 0 ? kStride : stride;
@@ -28,7 +30,7 @@ void direct_forward_tile(const float* origin, int64_t stride, const int64_t* tap
 #pragma GCC unroll 16
   for (int q = 0; q < Q; ++q)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[q][v] = Isa::zero();
+    for (int v = 0; v < NV; ++v) acc[q][v] = accumulate ? Isa::load(tile + (q * NV + v) * L) : Isa::zero();
   for (int64_t k = 0; k < depth; ++k) {
     const float* x = origin + taps[k];
     V w[NV];

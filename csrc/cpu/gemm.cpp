@@ -156,28 +156,36 @@ void narrow_to_pairs(const float* src, int64_t panels, int64_t src_panel_stride,
 
 namespace {
 
-// The size of one cache of `level` (2 or 3) as cpu0 sees it, or 0 where neither Linux's table nor
-// glibc says. Linux's table first: it gives one cache instance (what a core can use), where
-// glibc's sysconf gives an AMD package's whole L3 (all its CCXs: 256 MiB for a Zen 3 EPYC whose
-// cores share 32 MiB).
+// The size of one data (or unified) cache of `level` (1, 2 or 3) as cpu0 sees it, or 0 where
+// neither Linux's table nor glibc says. Linux's table first: it gives one cache instance (what a
+// core can use), where glibc's sysconf gives an AMD package's whole L3 (all its CCXs: 256 MiB for
+// a Zen 3 EPYC whose cores share 32 MiB).
 int64_t read_cache_bytes(int level) {
   long bytes = 0;
   for (int index = 0; bytes <= 0 && index < 8; ++index) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
-    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    std::ifstream level_file(dir + "level"), size_file(dir + "size"), type_file(dir + "type");
     int found = 0;
-    std::string size;
+    std::string size, type;
     if (!(level_file >> found) || found != level || !(size_file >> size) || size.empty()) continue;
+    if (type_file >> type && type == "Instruction") continue;
     const long value = std::atol(size.c_str());
     bytes = size.back() == 'K' ? value << 10 : size.back() == 'M' ? value << 20 : value;
   }
-#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
-  if (bytes <= 0) bytes = sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);  // 0 or -1 where unknown
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  if (bytes <= 0)  // 0 or -1 where unknown
+    bytes = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
 #endif
   return std::max<int64_t>(bytes, 0);
 }
 
 }  // namespace
+
+int64_t l1_data_cache_bytes() {
+  static const int64_t bytes = std::clamp<int64_t>(read_cache_bytes(1) > 0 ? read_cache_bytes(1) : 32 << 10,
+                                                   int64_t{16} << 10, int64_t{256} << 10);
+  return bytes;
+}
 
 int64_t l2_cache_bytes() {
   static const int64_t bytes = std::clamp<int64_t>(read_cache_bytes(2) > 0 ? read_cache_bytes(2) : 1 << 20,

@@ -150,6 +150,10 @@ using TransposeFloats = void (*)(const float* src, int64_t src_stride, int64_t r
                                  float* dst, int64_t dst_stride);
 TransposeFloats cpu_transpose_floats();
 
+// This CPU's level-1 data cache per core, in bytes, read likewise (32 KiB where nothing says),
+// clamped to [16 KiB, 256 KiB]: the direct kernels' blocks of weights fit in it (direct_conv.cpp).
+int64_t l1_data_cache_bytes();
+
 // This CPU's level-2 cache per core, in bytes, read once at run time (Linux's table in
 // /sys/devices/system/cpu/cpu0/cache, else glibc's sysconf; 1 MiB where neither says), clamped
 // to [256 KiB, 8 MiB].
