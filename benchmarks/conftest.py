@@ -15,6 +15,8 @@ import zlib
 import pytest
 import torch
 
+import cuconv.tuning
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("cuconv benchmarks")
@@ -86,6 +88,17 @@ def quick(request):
 def synchronize(device):
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def settle(step, impl):
+    """Runs cuconv's step until its kernel choices are settled: the first call of a shape measures
+    the candidate kernels, and the winner's next calls are checked, the last one measuring the
+    others again (csrc/cpu/tuner.h). The timed rounds then see the steady speed; the first call's
+    cost is reported apart (README, "Kernel choice by measurement")."""
+    for _ in range(8):
+        if impl != "cuconv" or cuconv.tuning.unsettled() == 0:
+            return
+        step()
 
 
 def rounds_for(step, budget_s=0.25, fewest=5, most=200):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CHECK_TOLERANCE, rounds_for, synchronize
+from conftest import CHECK_TOLERANCE, rounds_for, settle, synchronize
 from cuconv import models
 from cuconv.train import initial_state, make_model
 
@@ -55,6 +55,7 @@ def test_training_step(benchmark, model_name, backend, device, dtype, batch, qui
     benchmark.extra_info.update(case=f"{model_name}.train_step@{resize}", mode="training step", device=device,
                                 dtype=dtype, impl=backend, images=batch, batch=batch)
     step()  # warm-up
+    settle(step, backend)
     benchmark.pedantic(step, rounds=rounds_for(step, budget_s=1.0, fewest=3), warmup_rounds=1, iterations=1)
 
 

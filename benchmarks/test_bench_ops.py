@@ -15,13 +15,13 @@ import ceilings
 import cuconv
 import cuconv.functional as CF
 from cases import CONV_CASES, POOL_CASES
-from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, synchronize
+from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, settle, synchronize
 
 IMPLS = {"cuconv": CF, "torch": F}
 MODES = ["forward", "forward+backward"]
 
 
-def run(benchmark, fn, inputs, mode, device):
+def run(benchmark, fn, inputs, mode, device, impl):
     def step():
         out = fn(*inputs)
         if mode == "forward+backward":
@@ -29,6 +29,7 @@ def run(benchmark, fn, inputs, mode, device):
         synchronize(device)
 
     step()  # warm-up outside the timing (allocator, thread pool)
+    settle(step, impl)
     benchmark.pedantic(step, rounds=rounds_for(step), warmup_rounds=1, iterations=1)
 
 
@@ -72,7 +73,7 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
     if mode == "forward+backward":
         for t in (x, w, b):
             t.requires_grad_()
-    run(benchmark, conv, (x, w, b), mode, device)
+    run(benchmark, conv, (x, w, b), mode, device, impl)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -96,7 +97,7 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
 
     fn = checked(impl, make, (x,), mode, f"{case.name} {mode} {device} {dtype}")
     x.requires_grad_(mode == "forward+backward")
-    run(benchmark, fn, (x,), mode, device)
+    run(benchmark, fn, (x,), mode, device, impl)
 
 
 # --- the machine's ceilings, measured in the same run -----------------------------------------

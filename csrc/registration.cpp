@@ -99,6 +99,9 @@ PyObject* cpu_tuning(PyObject*, PyObject*) {
   return result;
 }
 
+// cuconv._C.cpu_tuning_unsettled(): how many choices are still being checked (tuner.h).
+PyObject* cpu_tuning_unsettled(PyObject*, PyObject*) { return PyLong_FromLong(cuconv::unsettled_choices()); }
+
 // cuconv._C.cpu_tuning_set(dict): records {key: winner} choices (loaded from a cache) as if
 // measured; cpu_tuning_set(None) forgets every choice.
 PyObject* cpu_tuning_set(PyObject*, PyObject* choices) {
@@ -179,6 +182,7 @@ PyMethodDef cuconv_methods[] = {
     {"cpu_tuning", cpu_tuning, METH_NOARGS, "The measured kernel choices, {key: winner}."},
     {"cpu_tuning_kernels", cpu_tuning_kernels, METH_NOARGS, "The kernel names a choice may record."},
     {"cpu_tuning_set", cpu_tuning_set, METH_O, "Records {key: winner} choices; None forgets them all."},
+    {"cpu_tuning_unsettled", cpu_tuning_unsettled, METH_NOARGS, "How many choices are still being checked."},
     {"cpu_tuner_pick", cpu_tuner_pick, METH_VARARGS, "The tuner on candidates that wait given times (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -18,7 +18,7 @@ import atexit
 import json
 import os
 
-__all__ = ["choices", "clear", "load", "save", "machine"]
+__all__ = ["choices", "clear", "load", "save", "machine", "unsettled"]
 
 
 def _cpuinfo_fields():
@@ -56,6 +56,15 @@ def choices():
     from cuconv import _C
 
     return _C.cpu_tuning()
+
+
+def unsettled():
+    """How many choices are still being checked: after measuring, a choice's winner is timed on
+    its next few calls, the last of which measures the other kernels once more (a second look;
+    csrc/cpu/tuner.h). A benchmark of steady speed runs its shapes until this is 0."""
+    from cuconv import _C
+
+    return _C.cpu_tuning_unsettled()
 
 
 def clear():

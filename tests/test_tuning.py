@@ -83,9 +83,12 @@ def test_a_second_look_keeps_each_candidates_best_time():
 
 def test_only_the_first_calls_after_a_choice_are_checked():
     key = "test checked"
+    assert cuconv.tuning.unsettled() == 0
     assert _C.cpu_tuner_pick(key, (0.06, 0.02)) == 1
     for _ in range(4):  # the checked calls (the last one a second look): the winner stays
+        assert cuconv.tuning.unsettled() == 1  # (what the benchmarks wait on before timing)
         assert _C.cpu_tuner_pick(key, (0.06, 0.02)) == 1
+    assert cuconv.tuning.unsettled() == 0
     assert _C.cpu_tuner_pick(key, (0.0, 0.001)) == 1  # faster now, but no longer timed
 
 

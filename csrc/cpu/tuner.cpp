@@ -182,6 +182,13 @@ std::vector<std::pair<std::string, std::string>> tuning_table() {
 
 void set_tuning(const std::string& key, const std::string& winner) { record(key, {winner, 0.0, 0, {}}); }
 
+int unsettled_choices() {
+  std::lock_guard<std::mutex> lock(table_mutex);
+  int count = 0;
+  for (const auto& entry : table()) count += entry.second.checks_left > 0;
+  return count;
+}
+
 void clear_tuning() {
   std::lock_guard<std::mutex> lock(table_mutex);
   table().clear();

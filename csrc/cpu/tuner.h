@@ -64,4 +64,8 @@ std::vector<std::pair<std::string, std::string>> tuning_table();
 void set_tuning(const std::string& key, const std::string& winner);
 void clear_tuning();
 
+// How many choices are still being checked (their winner's next calls timed, a second look
+// to come): a benchmark of steady speed runs its shapes until none is.
+int unsettled_choices();
+
 }  // namespace cuconv
