@@ -272,8 +272,9 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, q_max = tiles.pixels[panel.vectors];
-          const DirectTiles::Forward* run = p.stride_w == 1 ? tiles.forward_stride1[panel.vectors]
-                                                            : tiles.forward[panel.vectors];
+          const DirectTiles::Forward* run = p.stride_w == 1   ? tiles.forward_stride1[panel.vectors]
+                                            : p.stride_w == 2 ? tiles.forward_stride2[panel.vectors]
+                                                              : tiles.forward[panel.vectors];
           float* y_rows = out + n * p.out_stride() + panel.first * plane + oh0 * p.out_w;
           // Each block of taps runs over every tile of the group, adding to the sums the last
           // left. Meanwhile the group's output lines are fetched, a few planes' before each tile:

@@ -107,7 +107,11 @@ struct DirectTiles {
   const char* isa = nullptr;  // "avx512" or "avx2"
   int64_t lanes = 0, max_vectors = 0;
   int64_t pixels[kMaxVectors + 1] = {}, taps[kMaxVectors + 1] = {};  // Q and T for each NV
-  Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {};
+  // by column stride: any (a run-time step), and 1 and 2 known at compile time (constant
+  // displacements for the broadcasts: AVX2's 2 x 6 tile issues ~5 instructions a cycle, and an
+  // address add per pixel and tap was a sixth of them)
+  Forward forward[kMaxVectors + 1][kMaxPixels + 1] = {}, forward_stride1[kMaxVectors + 1][kMaxPixels + 1] = {},
+          forward_stride2[kMaxVectors + 1][kMaxPixels + 1] = {};
   Weight weight[kMaxVectors + 1] = {};
   ToPlanes to_planes = nullptr;  // a pixel-major output row into NCHW planes (direct_row_to_planes)
   // the row tile (vectors along output columns): row_rows x row_channels, for few channels

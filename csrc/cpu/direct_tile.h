@@ -19,7 +19,7 @@
 //                    for t: acc[t][:] += g * x[origin(pixel) + taps[t]]
 // Q*NV (or T*NV) accumulators + NV + 1 vectors must fit the register file.
 
-// kStride: the column stride when known at compile time (1), else 0 and `stride` is used.
+// kStride: the column stride when known at compile time (1 or 2), else 0 and `stride` is used.
 template <class Isa, int NV, int Q, int kStride>
 void direct_forward_tile(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
                          const float* weights, float* tile, bool accumulate) {
@@ -179,6 +179,7 @@ void fill_direct_tiles(DirectTiles& tiles) {
   tiles.taps[NV] = T;
   fill_forward_tiles<Isa, NV, Q, 0>(tiles.forward[NV]);
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
+  fill_forward_tiles<Isa, NV, Q, 2>(tiles.forward_stride2[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
   tiles.to_planes = &direct_row_to_planes<Isa>;
 }
