@@ -34,6 +34,7 @@ CUDA_KERNELS = "tests/test_cuda_kernels.py"
 DEPTHWISE = "tests/test_depthwise.py"
 PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA device
 TUNING = "tests/test_tuning.py"
+BIAS = ("-k", "bias", "tests/test_ops.py")
 
 
 @dataclass
@@ -102,6 +103,12 @@ MUTANTS = [
     Mutant("pixel-pack-batch-first-channel", "index math", "csrc/cpu/pixel_gemm.cpp",
            "transpose(src + (panel * nr * channels + c0 + c) * pixels,", "transpose(src + (panel * nr * channels + c0) * pixels,",
            (PIXEL,)),
+    Mutant("bias-grad-drops-leftover-pixels", "boundary", "csrc/cpu/bias_gradient.cpp",
+           "add_rows(dy + rows * width, P - rows * k, C, C, sums);", "(void)k;", BIAS),
+    Mutant("bias-grad-group-fold", "index math", "csrc/cpu/bias_gradient.cpp",
+           "sums[c0 + j / plane] += columns[j];", "sums[c0 + j % channels] += columns[j];", BIAS),
+    Mutant("bias-grad-float-sums", "precision", "csrc/cpu/bias_gradient.cpp",
+           "sums[j] += static_cast<double>(sum);", "sums[j] = static_cast<float>(sums[j] + sum);", BIAS),
     Mutant("pixel-skips-inf-weight-check", "special values", "csrc/cpu/pixel_gemm.cpp",
            "stage.at(t, k * mr + r) = v;\n              special |= is_special(v);", "stage.at(t, k * mr + r) = v;",
            (PIXEL,)),

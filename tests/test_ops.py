@@ -584,6 +584,50 @@ def test_conv2d_large_layer_spans_several_workspace_blocks(device):
                        [x, w, b], torch.float32)
 
 
+# (shape, layout): each of the CPU bias gradient's ways (csrc/cpu/bias_gradient.cpp), with
+# remainders: NHWC rows of 6 channels read 10 pixels at a time and 130 channels one at a time;
+# NCHW planes of 3x3 in groups of 8 channels, of 5x13 one channel at a time, of 40x41 summed
+# along the plane; runs and groups of rows that do not divide evenly.
+BIAS_GRADIENT_CASES = [
+    ((37, 6, 23, 9), "nhwc"), ((9, 130, 7, 5), "nhwc"), ((3, 1, 300, 301), "nhwc"),
+    ((19, 21, 3, 3), "nchw"), ((11, 7, 5, 13), "nchw"), ((3, 5, 40, 41), "nchw"), ((2, 3, 1, 1), "nchw"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,layout", BIAS_GRADIENT_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_conv2d_backward_bias_is_the_exact_channel_sum(shape, layout, dtype, device, monkeypatch):
+    """The bias gradient against the float64 sum, to the dtype's rounding of that sum (the CPU
+    accumulates in double): mean-free values, so that digits lost along the way would show.
+    Bitwise the same on 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    dy = (torch.randn(shape, generator=gen, dtype=torch.float64) + 3).to(device=device, dtype=dtype)
+    if layout == "nhwc":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    exact = dy.double().sum((0, 2, 3))
+    db = ops.conv2d_backward_bias(dy)
+    assert db.dtype == dtype and db.shape == (shape[1],)
+    if device == "cpu":
+        rounding = {torch.float64: 1e-15, torch.float32: 2e-7, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+        torch.testing.assert_close(db, exact.to(dtype), rtol=0, atol=exact.abs().max().item() * rounding)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one_thread = ops.conv2d_backward_bias(dy)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(db, one_thread)
+    else:
+        assert_matches(db, exact.to(dtype), dtype)
+
+
+def test_conv2d_backward_bias_of_any_strides_and_an_empty_batch():
+    base = torch.randn(4, 9, 12, 10, dtype=torch.float64)
+    for dy in (base[:, ::2, 1:, ::3], base.transpose(2, 3), base[:0]):
+        torch.testing.assert_close(ops.conv2d_backward_bias(dy), dy.sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_conv_is_the_book_matrix_product(stride, device):

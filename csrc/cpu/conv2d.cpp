@@ -1347,11 +1347,4 @@ Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input
   return backward_weight_pass(grad_output, input, weight_size, stride, padding, dilation, groups, HalfTypes::kChoose);
 }
 
-Tensor conv2d_backward_bias_cpu(const Tensor& grad_output) {
-  check_image_batch("cuconv.conv2d_backward_bias", "grad_output", grad_output.sizes());
-  // torch's own reduction (float accumulation for the half types): a sum, not a convolution.
-  const int64_t dims[] = {0, 2, 3};
-  return torch::stable::sum(grad_output, IntArrayRef(dims));
-}
-
 }  // namespace cuconv

@@ -41,16 +41,6 @@
 #include "streaming.h"
 #include "window.h"
 
-// Clones of a function for wider vector units, chosen when the library loads.
-#if CUCONV_X86_SIMD
-#define CUCONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CUCONV_VECTOR_CLONES
-#endif
-// For helpers, lambdas included, that a clone calls: a helper left out of line is compiled
-// once, for the baseline x86-64 (SSE2), whichever clone calls it.
-#define CUCONV_INLINE_INTO_CLONES inline __attribute__((always_inline))
-
 namespace cuconv {
 namespace {
 

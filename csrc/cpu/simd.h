@@ -10,6 +10,17 @@
 #define CUCONV_X86_SIMD 0
 #endif
 
+// Clones of a function for wider vector units, chosen when the library loads (pooling, the
+// bias gradient).
+#if CUCONV_X86_SIMD
+#define CUCONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CUCONV_VECTOR_CLONES
+#endif
+// For helpers, lambdas included, that a clone calls: a helper left out of line is compiled
+// once, for the baseline x86-64 (SSE2), whichever clone calls it.
+#define CUCONV_INLINE_INTO_CLONES inline __attribute__((always_inline))
+
 #include <algorithm>
 #include <cstdint>
 
