@@ -14,6 +14,14 @@ products), each expressed with cuconv's own ops:
 
 Tensors are saved for backward only when the gradient that needs them is requested.
 
+Forward mode (torch.func.jvp, jacfwd, hessian; dual tensors of torch.autograd.forward_ad): every
+op is linear in each tensor argument (the convolutions bilinear), so each tangent is the op itself
+applied to the tangents, e.g. conv2d: t_y = conv(t_x, w) + conv(x, t_w) + t_b, max_pool2d: t_x
+gathered at the indices. Those formulas are the `jvp` of the torch.func-form autograd.Function
+below, which calls take while a dual level is open (the op's own Autograd kernel, made by
+register_autograd, has no forward mode: torch would drop the tangents of inputs that do not
+require grad, and refuse the others).
+
 Each op is differentiable in two ways that share these formulas: its Autograd kernel
 (torch.library.register_autograd), and an autograd.Function in the form torch.func
 accepts (forward without ctx, setup_context, vmap rules generated from the ops' own in
@@ -34,6 +42,7 @@ Zen 3 a pooling layer's forward+backward spent ~140 us more than torch's in that
 import types
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from . import _C  # noqa: F401  (loading the extension registers torch.ops.cuconv)
 from . import _autocast
@@ -55,7 +64,8 @@ def _eager_call(args):
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # first: the tracer reads no further
         return None
     if (_functorch_active() or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._get_tracing_state() is not None):  # (torch.jit.trace records the op itself)
+            or torch._C._get_tracing_state() is not None  # (torch.jit.trace records the op itself)
+            or _fwad._current_level >= 0):  # (dual tensors: their tangents need the jvp formulas)
         return None
     records = False
     for a in args:
@@ -70,9 +80,155 @@ def _saved_if(needed, tensor):
     return tensor if needed else None
 
 
-def _register_autograd(name, backward, setup_context, autocast=False):
+def _gather_at_indices(values, indices):
+    """values[n, c][indices[n, c, ...]]: each plane's values at max pooling's flat indices."""
+    return values.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+
+
+# Forward mode's own steps. A jvp formula runs with forward-mode AD off, so under torch.func's
+# nested transforms (jvp of jvp, jacfwd of jacfwd) only what it computes through
+# autograd.Functions gets a tangent at the outer levels: a plain torch op there would drop it
+# (a second directional derivative of 0). The formulas' steps that are not cuconv ops are
+# therefore autograd.Functions of their own, each with its jvp.
+
+class _TangentSum(torch.autograd.Function):
+    """a + b."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, b):
+        return a + b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad
+
+    @staticmethod
+    def jvp(ctx, a_t, b_t):
+        return _TangentSum.apply(a_t, b_t)
+
+
+def _tangent_sum(*terms):
+    """The sum of the terms that are not None (None if all are: no tangent)."""
+    present = [t for t in terms if t is not None]
+    total = present[0] if present else None
+    for term in present[1:]:
+        total = _TangentSum.apply(total, term)
+    return total
+
+
+class _GatherAtIndices(torch.autograd.Function):
+    """_gather_at_indices(values, indices), differentiable in values (max pooling's tangent)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(values, indices):
+        return _gather_at_indices(values, indices)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.values_shape = inputs[0].shape
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        values = grad.new_zeros(ctx.values_shape).flatten(2)
+        return values.scatter_add(2, indices.flatten(2), grad.flatten(2)).view(ctx.values_shape), None
+
+    @staticmethod
+    def jvp(ctx, values_t, _):
+        (indices,) = ctx.saved_tensors
+        return _GatherAtIndices.apply(values_t, indices)
+
+
+class _BroadcastBias(torch.autograd.Function):
+    """A per-channel vector as an (N, C, H, W) tensor (a bias's tangent, spread over the output)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(bias, shape):
+        return bias.view(1, -1, 1, 1).expand(shape.value).contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return differentiable.conv2d_backward_bias(grad), None
+
+    @staticmethod
+    def jvp(ctx, bias_t, _):
+        return _BroadcastBias.apply(bias_t, ctx.shape)
+
+
+class _Whole:
+    """A list argument (sizes, strides) handed whole to torch.func's form of an op's
+    autograd.Function. Its generated vmap rule for jvp flattens the inputs' lists into their
+    items but takes one tangent per argument, and then fails to pair them (jacfwd of a
+    backward op: a Hessian's forward-over-reverse); a _Whole is one item."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _wrapped(args):
+    return tuple(_Whole(a) if isinstance(a, (list, tuple)) else a for a in args)
+
+
+def _unwrapped(args):
+    return tuple(a.value if isinstance(a, _Whole) else a for a in args)
+
+
+class _SetupRecorder:
+    """ctx for an op's setup_context in torch.func's form of its Function: records the tensors
+    it saves for backward (see function_setup_context), passes everything else through."""
+
+    def __init__(self, ctx):
+        object.__setattr__(self, "ctx", ctx)
+        object.__setattr__(self, "saved", ())
+
+    def save_for_backward(self, *tensors):
+        object.__setattr__(self, "saved", tensors)
+
+    def __getattr__(self, name):
+        return getattr(self.ctx, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.ctx, name, value)
+
+
+class _SavedPart:
+    """ctx with saved_tensors narrowed to the part saved for backward, or for jvp."""
+
+    def __init__(self, ctx, saved):
+        self.ctx, self.saved_tensors = ctx, saved
+
+    def __getattr__(self, name):
+        return getattr(self.ctx, name)
+
+
+def _forward_ad_active():
+    """Whether a forward-mode dual level is open (dual tensors exist only inside one)."""
+    return _fwad._current_level >= 0
+
+
+def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autocast=False):
     """Attach backward(ctx, *grads) to cuconv::name, and publish differentiable.<name>.
-    autocast: the op follows torch's convolution under torch.autocast (_autocast.py)."""
+    jvp(ctx, *tangents): the forward-mode formula (tangent None: none), its ctx.saved_tensors
+    the tensors that jvp_setup(ctx, inputs, output) returns. autocast: the op follows torch's
+    convolution under torch.autocast (_autocast.py)."""
     op = getattr(ops, name)
     overload = op.default  # (the packet would first pick the overload: ~0.3 us)
     torch.library.register_autograd(f"cuconv::{name}", backward, setup_context=setup_context)
@@ -84,11 +240,34 @@ def _register_autograd(name, backward, setup_context, autocast=False):
 
         @staticmethod
         def forward(*args):
-            return op(*args)  # autograd is off inside forward: this reaches the kernels
+            return op(*_unwrapped(args))  # autograd is off inside forward: this reaches the kernels
+
+    # Backward and jvp see one tuple of saved tensors, the backward's first: torch.func's vmap
+    # rules re-batch the saved tensors (ctx attributes they would miss) and keep one record of
+    # them, the last saved, for both.
+    def function_setup_context(ctx, inputs, output):
+        inputs = _unwrapped(inputs)
+        recorder = _SetupRecorder(ctx)
+        setup_context(recorder, inputs, output)
+        for_jvp = jvp_setup(ctx, inputs, output) if jvp_setup is not None else ()
+        ctx.save_for_backward(*recorder.saved, *for_jvp)
+        ctx.save_for_forward(*recorder.saved, *for_jvp)
+        ctx.backward_saves = len(recorder.saved)
+        ctx.inputs_count = len(inputs)
+        ctx.set_materialize_grads(False)  # (jvp: None for the inputs without a tangent, not zeros)
+
+    def function_backward(ctx, *grads):
+        if grads[0] is None:  # (no gradient reached the output)
+            return (None,) * ctx.inputs_count
+        return backward(_SavedPart(ctx, ctx.saved_tensors[:ctx.backward_saves]), *grads)
+
+    def function_jvp(ctx, *tangents):
+        return jvp(_SavedPart(ctx, ctx.saved_tensors[ctx.backward_saves:]), *tangents)
 
     Function.__name__ = Function.__qualname__ = f"{name}_function"
-    Function.setup_context = staticmethod(setup_context)
-    Function.backward = staticmethod(backward)
+    Function.setup_context = staticmethod(function_setup_context)
+    Function.backward = staticmethod(function_backward)
+    Function.jvp = staticmethod(function_jvp)
 
     def eager_forward(ctx, *args):
         with _below_autograd():
@@ -111,8 +290,8 @@ def _register_autograd(name, backward, setup_context, autocast=False):
                 return overload(*args)
         # (torch.compile's tracer cannot follow an autograd.Function whose backward applies
         # another one: there the op's own Autograd kernel does the job too.)
-        if _functorch_active() and not torch.compiler.is_compiling():
-            return Function.apply(*args)
+        if (_functorch_active() or _forward_ad_active()) and not torch.compiler.is_compiling():
+            return Function.apply(*_wrapped(args))
         return op(*args)
 
     apply.__name__ = name
@@ -143,7 +322,26 @@ def _conv2d_backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, *ctx.no_grads
 
 
-_register_autograd("conv2d", _conv2d_backward, _conv2d_setup_context, autocast=True)
+def _conv2d_jvp_setup(ctx, inputs, output):
+    ctx.output_shape = output.shape
+    return inputs[0], inputs[1]
+
+
+def _conv2d_jvp(ctx, input_t, weight_t, bias_t, *_):
+    input, weight = ctx.saved_tensors
+    terms = []  # (the bias's tangent rides on the first convolution's bias add; alone, it is broadcast)
+    if input_t is not None:
+        terms.append(differentiable.conv2d(input_t, weight, bias_t, *ctx.conv_args))
+        bias_t = None
+    if weight_t is not None:
+        terms.append(differentiable.conv2d(input, weight_t, bias_t, *ctx.conv_args))
+        bias_t = None
+    if bias_t is not None:
+        terms.append(_BroadcastBias.apply(bias_t, _Whole(ctx.output_shape)))
+    return _tangent_sum(*terms)
+
+
+_register_autograd("conv2d", _conv2d_backward, _conv2d_setup_context, _conv2d_jvp, _conv2d_jvp_setup, autocast=True)
 
 
 def _conv2d_backward_input_setup_context(ctx, inputs, output):
@@ -165,7 +363,22 @@ def _conv2d_backward_input_backward(ctx, grad_grad_input):
     return grad_grad_output, grad_weight, *ctx.no_grads
 
 
-_register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _conv2d_backward_input_setup_context)
+def _save_first_two_for_jvp(ctx, inputs, output):
+    ctx.size_arg = inputs[2]  # (the input's or the weight's size)
+    return inputs[0], inputs[1]
+
+
+def _conv2d_backward_input_jvp(ctx, grad_output_t, weight_t, *_):
+    grad_output, weight = ctx.saved_tensors
+    return _tangent_sum(
+        None if grad_output_t is None else
+        differentiable.conv2d_backward_input(grad_output_t, weight, ctx.size_arg, *ctx.conv_args),
+        None if weight_t is None else
+        differentiable.conv2d_backward_input(grad_output, weight_t, ctx.size_arg, *ctx.conv_args))
+
+
+_register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _conv2d_backward_input_setup_context,
+                   _conv2d_backward_input_jvp, _save_first_two_for_jvp)
 
 
 def _conv2d_backward_weight_setup_context(ctx, inputs, output):
@@ -187,7 +400,17 @@ def _conv2d_backward_weight_backward(ctx, grad_grad_weight):
     return grad_grad_output, grad_input, *ctx.no_grads
 
 
-_register_autograd("conv2d_backward_weight", _conv2d_backward_weight_backward, _conv2d_backward_weight_setup_context)
+def _conv2d_backward_weight_jvp(ctx, grad_output_t, input_t, *_):
+    grad_output, input = ctx.saved_tensors
+    return _tangent_sum(
+        None if grad_output_t is None else
+        differentiable.conv2d_backward_weight(grad_output_t, input, ctx.size_arg, *ctx.conv_args),
+        None if input_t is None else
+        differentiable.conv2d_backward_weight(grad_output, input_t, ctx.size_arg, *ctx.conv_args))
+
+
+_register_autograd("conv2d_backward_weight", _conv2d_backward_weight_backward, _conv2d_backward_weight_setup_context,
+                   _conv2d_backward_weight_jvp, _save_first_two_for_jvp)
 
 
 def _conv2d_backward_bias_setup_context(ctx, inputs, output):
@@ -198,7 +421,12 @@ def _conv2d_backward_bias_backward(ctx, grad_grad_bias):
     return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
 
 
-_register_autograd("conv2d_backward_bias", _conv2d_backward_bias_backward, _conv2d_backward_bias_setup_context)
+def _conv2d_backward_bias_jvp(ctx, grad_output_t):
+    return None if grad_output_t is None else differentiable.conv2d_backward_bias(grad_output_t)
+
+
+_register_autograd("conv2d_backward_bias", _conv2d_backward_bias_backward, _conv2d_backward_bias_setup_context,
+                   _conv2d_backward_bias_jvp)
 
 
 # max_pool2d ---------------------------------------------------------------------
@@ -222,7 +450,16 @@ def _max_pool2d_backward(ctx, grad_output, _grad_indices):
     return grad_input, None, None, None, None, None
 
 
-_register_autograd("max_pool2d", _max_pool2d_backward, _max_pool2d_setup_context)
+def _max_pool2d_jvp_setup(ctx, inputs, output):
+    return (output[1],)
+
+
+def _max_pool2d_jvp(ctx, input_t, *_):
+    (indices,) = ctx.saved_tensors
+    return (None if input_t is None else _GatherAtIndices.apply(input_t, indices)), None
+
+
+_register_autograd("max_pool2d", _max_pool2d_backward, _max_pool2d_setup_context, _max_pool2d_jvp, _max_pool2d_jvp_setup)
 
 
 def _max_pool2d_backward_setup_context(ctx, inputs, output):
@@ -232,11 +469,22 @@ def _max_pool2d_backward_setup_context(ctx, inputs, output):
 def _max_pool2d_backward_backward(ctx, grad_grad_input):
     # dx[p] = sum of dy[o] with idx[o] == p, so d<ggx, dx>/d dy[o] = ggx[idx[o]].
     (indices,) = ctx.saved_tensors
-    grad_grad_output = grad_grad_input.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
-    return (grad_grad_output,) + (None,) * 7
+    return (_gather_at_indices(grad_grad_input, indices),) + (None,) * 7
 
 
-_register_autograd("max_pool2d_backward", _max_pool2d_backward_backward, _max_pool2d_backward_setup_context)
+def _max_pool2d_backward_jvp_setup(ctx, inputs, output):
+    ctx.size_and_pool_args = inputs[2:]
+    return (inputs[1],)
+
+
+def _max_pool2d_backward_jvp(ctx, grad_output_t, *_):
+    (indices,) = ctx.saved_tensors
+    return None if grad_output_t is None else differentiable.max_pool2d_backward(grad_output_t, indices,
+                                                                                 *ctx.size_and_pool_args)
+
+
+_register_autograd("max_pool2d_backward", _max_pool2d_backward_backward, _max_pool2d_backward_setup_context,
+                   _max_pool2d_backward_jvp, _max_pool2d_backward_jvp_setup)
 
 
 # avg_pool2d ---------------------------------------------------------------------
@@ -252,7 +500,11 @@ def _avg_pool2d_backward(ctx, grad_output):
     return (grad_input,) + (None,) * len(ctx.pool_args)
 
 
-_register_autograd("avg_pool2d", _avg_pool2d_backward, _avg_pool2d_setup_context)
+def _avg_pool2d_jvp(ctx, input_t, *_):
+    return None if input_t is None else differentiable.avg_pool2d(input_t, *ctx.pool_args)
+
+
+_register_autograd("avg_pool2d", _avg_pool2d_backward, _avg_pool2d_setup_context, _avg_pool2d_jvp)
 
 
 def _avg_pool2d_backward_setup_context(ctx, inputs, output):
@@ -264,7 +516,18 @@ def _avg_pool2d_backward_backward(ctx, grad_grad_input):
     return (differentiable.avg_pool2d(grad_grad_input, *ctx.pool_args),) + (None,) * 7
 
 
-_register_autograd("avg_pool2d_backward", _avg_pool2d_backward_backward, _avg_pool2d_backward_setup_context)
+def _save_size_arg(ctx, inputs, output):
+    ctx.size_arg = inputs[1]  # (the input's size, or the adaptive output's)
+    return ()
+
+
+def _avg_pool2d_backward_jvp(ctx, grad_output_t, *_):
+    return None if grad_output_t is None else differentiable.avg_pool2d_backward(grad_output_t, ctx.size_arg,
+                                                                                 *ctx.pool_args)
+
+
+_register_autograd("avg_pool2d_backward", _avg_pool2d_backward_backward, _avg_pool2d_backward_setup_context,
+                   _avg_pool2d_backward_jvp, _save_size_arg)
 
 
 # adaptive_avg_pool2d --------------------------------------------------------------
@@ -277,7 +540,12 @@ def _adaptive_avg_pool2d_backward(ctx, grad_output):
     return differentiable.adaptive_avg_pool2d_backward(grad_output, ctx.input_shape), None
 
 
-_register_autograd("adaptive_avg_pool2d", _adaptive_avg_pool2d_backward, _adaptive_avg_pool2d_setup_context)
+def _adaptive_avg_pool2d_jvp(ctx, input_t, _):
+    return None if input_t is None else differentiable.adaptive_avg_pool2d(input_t, ctx.size_arg)
+
+
+_register_autograd("adaptive_avg_pool2d", _adaptive_avg_pool2d_backward, _adaptive_avg_pool2d_setup_context,
+                   _adaptive_avg_pool2d_jvp, _save_size_arg)
 
 
 def _adaptive_avg_pool2d_backward_setup_context(ctx, inputs, output):
@@ -288,4 +556,9 @@ def _adaptive_avg_pool2d_backward_backward(ctx, grad_grad_input):
     return differentiable.adaptive_avg_pool2d(grad_grad_input, ctx.output_size), None
 
 
-_register_autograd("adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_backward, _adaptive_avg_pool2d_backward_setup_context)
+def _adaptive_avg_pool2d_backward_jvp(ctx, grad_output_t, _):
+    return None if grad_output_t is None else differentiable.adaptive_avg_pool2d_backward(grad_output_t, ctx.size_arg)
+
+
+_register_autograd("adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_backward,
+                   _adaptive_avg_pool2d_backward_setup_context, _adaptive_avg_pool2d_backward_jvp, _save_size_arg)

@@ -35,6 +35,7 @@ DEPTHWISE = "tests/test_depthwise.py"
 PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA device
 TUNING = "tests/test_tuning.py"
 BIAS = ("-k", "bias", "tests/test_ops.py")
+FORWARD_MODE = ("-k", "forward or dual or jacfwd", "tests/test_transforms.py")
 
 
 @dataclass
@@ -397,11 +398,18 @@ MUTANTS = [
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride + 1;",
            "const int begin = shifted < reach ? 0 : (shifted - reach) / stride;", EMULATED_OPS),
     Mutant("eager-path-under-jit-trace", "dispatch (Python)", "cuconv/_ops.py",
-           "            or torch._C._get_tracing_state() is not None):", "            or False):",
+           "            or torch._C._get_tracing_state() is not None  #", "            or False  #",
            ("tests/test_export.py",)),
     Mutant("eager-path-drops-the-graph", "autograd (Python)", "cuconv/_ops.py",
            "            records = records or a.requires_grad", "            records = records and a.requires_grad",
            (OPS,)),
+    Mutant("eager-path-ignores-dual-tensors", "forward mode (Python)", "cuconv/_ops.py",
+           "            or _fwad._current_level >= 0):", "            or False):", FORWARD_MODE),
+    Mutant("conv-jvp-drops-the-bias-tangent", "forward mode (Python)", "cuconv/_ops.py",
+           "terms.append(differentiable.conv2d(input_t, weight, bias_t, *ctx.conv_args))",
+           "terms.append(differentiable.conv2d(input_t, weight, None, *ctx.conv_args))", FORWARD_MODE),
+    Mutant("jvp-sums-with-a-plain-add", "forward mode (Python)", "cuconv/_ops.py",
+           "        total = _TangentSum.apply(total, term)", "        total = total + term", FORWARD_MODE),
 ]
 
 

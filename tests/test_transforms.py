@@ -1,15 +1,17 @@
-"""Everything torch does to a layer besides calling it: double backward, autocast, torch.func
-(vmap, grad, per-sample gradients, jacrev), against torch.nn.functional on the same inputs."""
+"""Everything torch does to a layer besides calling it: double backward, forward mode, autocast,
+torch.func (vmap, grad, per-sample gradients, jacrev, jvp, jacfwd, hessian), against torch.nn.functional on the same inputs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 import cuconv
 import cuconv.functional as CF
 from conftest import DEVICES
+from cuconv._ops import differentiable
 from test_ops import CONV_CASES, SmallNet, assert_matches, conv_tensors, random_pool_cases
 
 ops = torch.ops.cuconv
@@ -123,6 +125,119 @@ def test_raw_backward_ops_are_differentiable(device):
     for fn, inputs in checks:
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+# --- forward mode (jvp) ----------------------------------------------------------------------
+
+def _forward_ad_cases(device):
+    """Every op, the backward ops included, as a function of its tensor arguments (float64).
+    The backward ops as cuconv's formulas call them (`differentiable`): called raw
+    (torch.ops.cuconv.*), an op has torch's custom-op autograd, which has no forward mode."""
+    D = differentiable
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+
+    conv = ([2, 1], [1, 1], [1, 2], 2)
+    x, w, b, dy = rand(2, 4, 9, 8), rand(6, 2, 3, 3), rand(6), rand(2, 6, 5, 6)
+    _, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
+    pool = ([3, 3], [2, 2], [1, 1], [1, 1], True)
+    avg = ([3, 2], [2, 2], [1, 1], True, False, None)
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    return {
+        "conv2d": (lambda x, w, b: CF.conv2d(x, w, b, *conv), (x, w, b)),
+        "conv2d_channels_last_1x1": (lambda x, w: CF.conv2d(x, w, None, 2), (x_cl, rand(5, 4, 1, 1))),
+        "conv2d_depthwise": (lambda x, w: CF.conv2d(x, w, None, 1, 1, 1, 4), (x, rand(8, 1, 3, 3))),
+        "conv2d_backward_input": (lambda dy, w: D.conv2d_backward_input(dy, w, [2, 4, 9, 8], *conv), (dy, w)),
+        "conv2d_backward_weight": (lambda dy, x: D.conv2d_backward_weight(dy, x, [6, 2, 3, 3], *conv), (dy, x)),
+        "conv2d_backward_bias": (D.conv2d_backward_bias, (dy,)),
+        "max_pool2d": (lambda x: CF.max_pool2d(x, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True), (x,)),
+        "max_pool2d_channels_last": (lambda x: CF.max_pool2d(x, 3, 2, 1), (x_cl,)),
+        "max_pool2d_backward": (lambda g: D.max_pool2d_backward(g, idx, [2, 4, 9, 8], *pool), (rand(*idx.shape),)),
+        "avg_pool2d": (lambda x: CF.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,)),
+        "avg_pool2d_backward": (lambda g: D.avg_pool2d_backward(g, [2, 4, 9, 8], *avg), (rand(2, 4, 5, 5),)),
+        "adaptive_avg_pool2d": (lambda x: CF.adaptive_avg_pool2d(x, (4, 3)), (x,)),
+        "adaptive_avg_pool2d_backward": (lambda g: D.adaptive_avg_pool2d_backward(g, [2, 4, 9, 8]), (rand(2, 4, 4, 3),)),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("name", list(_forward_ad_cases("cpu")))
+def test_forward_ad_gradcheck(name, device):
+    """Forward mode (dual tensors) against finite differences, the reverse mode checked along
+    with it. (Not gradcheck's batched forward mode: it runs torch's legacy vmap, which has no
+    rule for the gather of max pooling's tangent, as for torch's own; torch.func.jacfwd below.)"""
+    fn, inputs = _forward_ad_cases(device)[name]
+    assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True)
+
+
+def _dual_tangent(fn, primals, tangents, requires_grad):
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p.detach().requires_grad_(requires_grad), t) for p, t in zip(primals, tangents)]
+        out = fn(*duals)
+        return fwAD.unpack_dual(out).tangent
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_dual_tensors_carry_their_tangents_like_torch_s(requires_grad, device):
+    """Dual tensors through each layer, with and without requires_grad (without, torch would
+    skip a custom op's autograd and drop the tangent silently), each tangent alone and all
+    together: torch's tangents."""
+    x = torch.randn(2, 3, 10, 9, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    b = torch.randn(4, dtype=torch.float64, device=device)
+    tangents = [torch.randn_like(t) for t in (x, w, b)]
+    layers = [
+        (lambda x, w, b: CF.conv2d(x, w, b, 2, 1), lambda x, w, b: F.conv2d(x, w, b, 2, 1), 3),
+        (lambda x: CF.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), 1),
+        (lambda x: CF.avg_pool2d(x, 2, ceil_mode=True), lambda x: F.avg_pool2d(x, 2, ceil_mode=True), 1),
+        (lambda x: CF.adaptive_avg_pool2d(x, (3, 4)), lambda x: F.adaptive_avg_pool2d(x, (3, 4)), 1),
+    ]
+    for ours, theirs, arity in layers:
+        primals = [x, w, b][:arity]
+        for which in [[i] for i in range(arity)] + [list(range(arity))]:  # one tangent at a time, then all
+            ts = [t if i in which else torch.zeros_like(t) for i, t in enumerate(tangents[:arity])]
+            expected = _dual_tangent(theirs, primals, ts, requires_grad)
+            assert expected.abs().max() > 0
+            assert_matches(_dual_tangent(ours, primals, ts, requires_grad), expected, torch.float64)
+
+
+def test_jacfwd_and_forward_over_reverse_hessians_equal_torch_s():
+    """torch.func's forward-mode transforms through a small model: jacfwd, the Hessian as
+    jacfwd(jacrev) (forward over reverse: the backward ops' tangents) and as jacfwd(jacfwd)
+    (forward over forward: the tangents' own tangents), and jvp of jvp in every argument."""
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+
+    def f(api):
+        return lambda x, w, b: api.avg_pool2d(api.max_pool2d(torch.tanh(api.conv2d(x, w, b, 1, 1)), 2), 3).sum()
+
+    ours, theirs = f(CF), f(F)
+    for argnums in (0, 1, 2):
+        assert_matches(jacfwd(ours, argnums)(x, w, b), jacfwd(theirs, argnums)(x, w, b), torch.float64)
+        assert_matches(hessian(ours, argnums)(x, w, b), hessian(theirs, argnums)(x, w, b), torch.float64)
+        forward_over_forward = lambda fn: jacfwd(jacfwd(fn, argnums), argnums)(x, w, b)  # noqa: E731
+        assert_matches(forward_over_forward(ours), forward_over_forward(theirs), torch.float64)
+    primals, tangents = (x, w, b), tuple(torch.randn_like(p) for p in (x, w, b))
+    second = lambda fn: jvp(lambda *p: jvp(fn, p, tangents)[1], primals, tangents)[1]  # noqa: E731
+    expected = second(theirs)
+    assert expected.abs() > 0
+    assert_matches(second(ours), expected, torch.float64)
+
+
+def test_nn_module_jvp_through_a_converted_model():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    twin = cuconv.convert(model)
+    x, t = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    tangents = {k: torch.randn_like(v) for k, v in params.items()}
+    results = [jvp(lambda p, x: functional_call(net, p, (x,)), (params, x), (tangents, t)) for net in (model, twin)]
+    for ours, theirs in zip(results[1], results[0]):
+        assert theirs.abs().max() > 0
+        assert_matches(ours, theirs, torch.float64)
 
 
 # --- autocast --------------------------------------------------------------------------------
