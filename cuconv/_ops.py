@@ -368,13 +368,15 @@ def _save_first_two_for_jvp(ctx, inputs, output):
     return inputs[0], inputs[1]
 
 
+def _bilinear_jvp(op, ctx, a_t, b_t):
+    """The tangent of op(a, b, size, *conv_args), linear in a and in b: op(a_t, b) + op(a, b_t)."""
+    a, b = ctx.saved_tensors
+    return _tangent_sum(None if a_t is None else op(a_t, b, ctx.size_arg, *ctx.conv_args),
+                        None if b_t is None else op(a, b_t, ctx.size_arg, *ctx.conv_args))
+
+
 def _conv2d_backward_input_jvp(ctx, grad_output_t, weight_t, *_):
-    grad_output, weight = ctx.saved_tensors
-    return _tangent_sum(
-        None if grad_output_t is None else
-        differentiable.conv2d_backward_input(grad_output_t, weight, ctx.size_arg, *ctx.conv_args),
-        None if weight_t is None else
-        differentiable.conv2d_backward_input(grad_output, weight_t, ctx.size_arg, *ctx.conv_args))
+    return _bilinear_jvp(differentiable.conv2d_backward_input, ctx, grad_output_t, weight_t)
 
 
 _register_autograd("conv2d_backward_input", _conv2d_backward_input_backward, _conv2d_backward_input_setup_context,
@@ -401,12 +403,7 @@ def _conv2d_backward_weight_backward(ctx, grad_grad_weight):
 
 
 def _conv2d_backward_weight_jvp(ctx, grad_output_t, input_t, *_):
-    grad_output, input = ctx.saved_tensors
-    return _tangent_sum(
-        None if grad_output_t is None else
-        differentiable.conv2d_backward_weight(grad_output_t, input, ctx.size_arg, *ctx.conv_args),
-        None if input_t is None else
-        differentiable.conv2d_backward_weight(grad_output, input_t, ctx.size_arg, *ctx.conv_args))
+    return _bilinear_jvp(differentiable.conv2d_backward_weight, ctx, grad_output_t, input_t)
 
 
 _register_autograd("conv2d_backward_weight", _conv2d_backward_weight_backward, _conv2d_backward_weight_setup_context,
