@@ -32,7 +32,7 @@ setup_context): torch.func.grad, jacrev and vmap(grad(...)) (per-sample gradient
 through the second. (Outside them the second would cost ~10 us a call more: torch binds
 its arguments with inspect.signature on every apply.)
 
-Plain eager calls (no compile, export, jit.trace, torch.func, dispatch or function mode, only plain tensors)
+Plain eager calls (no compile, export, jit.trace, torch.func, dispatch or function mode, dual level, only plain tensors)
 take a third, leaner way with the same formulas: without gradients, the kernels directly (below
 the Autograd key, whose Python kernel costs ~15 us a call); with them, an autograd.Function of the
 classic form (forward(ctx, ...)), which skips register_autograd's per-call argument handling. On a
