@@ -597,10 +597,10 @@ BIAS_GRADIENT_CASES = [
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape,layout", BIAS_GRADIENT_CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
-def test_conv2d_backward_bias_is_the_exact_channel_sum(shape, layout, dtype, device, monkeypatch):
+def test_conv2d_backward_bias_is_the_exact_channel_sum(shape, layout, dtype, device):
     """The bias gradient against the float64 sum, to the dtype's rounding of that sum (the CPU
-    accumulates in double): mean-free values, so that digits lost along the way would show.
-    Bitwise the same on 1 and 2 threads."""
+    accumulates in double): values of mean 3, whose large sums would show digits lost along the
+    way. Bitwise the same on one thread and on all."""
     gen = torch.Generator().manual_seed(sum(shape))
     dy = (torch.randn(shape, generator=gen, dtype=torch.float64) + 3).to(device=device, dtype=dtype)
     if layout == "nhwc":
