@@ -1,5 +1,6 @@
 """Everything torch does to a layer besides calling it: double backward, forward mode, autocast,
-torch.func (vmap, grad, per-sample gradients, jacrev, jvp, jacfwd, hessian), against torch.nn.functional on the same inputs."""
+torch.func (vmap, grad, per-sample gradients, jacrev, jvp, jacfwd, hessian), against
+torch.nn.functional on the same inputs."""
 
 import pytest
 import torch
@@ -202,7 +203,7 @@ def test_dual_tensors_carry_their_tangents_like_torch_s(requires_grad, device):
             assert_matches(_dual_tangent(ours, primals, ts, requires_grad), expected, torch.float64)
 
 
-def test_jacfwd_and_forward_over_reverse_hessians_equal_torch_s():
+def test_jacfwd_hessians_and_jvp_of_jvp_equal_torch_s():
     """torch.func's forward-mode transforms through a small model: jacfwd, the Hessian as
     jacfwd(jacrev) (forward over reverse: the backward ops' tangents) and as jacfwd(jacfwd)
     (forward over forward: the tangents' own tangents), and jvp of jvp in every argument."""
