@@ -5,24 +5,23 @@
 # and batch order, on the Fashion-MNIST subset (say so with the results).
 #
 # The subset lives in ../shared beside the checkout, which does not travel to the device:
-# copy it into .device-data/ (ignored by git) once, and carry that folder:
+# copy it into .device-data/ (ignored by git) once, and carry that folder with the modules
+# that `bash benchmarks/gpu_run.sh prebuild` compiled (without them they are built there first):
 #   mkdir -p .device-data && cp -r ../shared/data/fashion-mnist-subset .device-data/
-#   run (carry [".device-data"]): BUILD=1 bash benchmarks/gpu_train.sh
-# BUILD=1 builds and installs cuconv first (not needed right after gpu_run.sh on the same
-# warm machine). $OUT receives train.log and, per model, train-MODEL/{metrics.json,curves.png}
-# (7 files: at most 8 come back).
+#   run (carry [".device-data", "cuconv/_C.abi3.so", "cuconv/_C_cuda.abi3.so", "cuconv/_build_info.py"]):
+#       bash benchmarks/gpu_train.sh
+# $OUT receives train.log and, per model, train-MODEL/{metrics.json,curves.png} (7 files: at
+# most 8 come back). MODELS="lenet" (say) trains fewer.
 set -uo pipefail
+cd "$(dirname "$0")/.."
+. benchmarks/gpu_common.sh
 out=${OUT:-gpu-run}
 data=${DATA:-$PWD/.device-data/fashion-mnist-subset}
 mkdir -p "$out"
 log="$out/train.log"
-{ date -u; nvidia-smi; } > "$log" 2>&1
-if [ "${BUILD:-0}" = 1 ]; then
-  MAX_JOBS=16 CUCONV_REQUIRE_CUDA=1 python3 -m pip install --no-build-isolation --no-deps . >> "$log" 2>&1 \
-    || { tail -50 "$log"; exit 1; }
-fi
-cd /tmp  # import the installed package, not the source tree
-for model in lenet vgg resnet18; do
+describe_machine "$log"
+ensure_cuda_modules "$log" || { tail -40 "$log"; exit 1; }
+for model in ${MODELS:-lenet vgg resnet18}; do
   PYTHONUNBUFFERED=1 python3 -m cuconv train --model "$model" --backend both --device cuda \
     --data-dir "$data" --out "$out/train-$model" 2>&1 | tee -a "$log" | tail -6
 done

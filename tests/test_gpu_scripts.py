@@ -1,0 +1,38 @@
+"""The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh, gpu_protocol.py), checked
+where there is none: the device time they get is too short to find a broken script there."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cuconv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["benchmarks/gpu_run.sh", "benchmarks/gpu_train.sh", "benchmarks/gpu_common.sh"]
+
+
+def test_the_gpu_shell_scripts_parse_and_an_unknown_stage_says_which_there_are():
+    for script in SCRIPTS:
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+    run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_run.sh"), "everything"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench" in run.stderr
+
+
+def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left(tmp_path):
+    # On the CPU, at batch 2: the first layer of the quick subset starts within any budget, the
+    # next ones not once it is spent; the report is written all the same.
+    env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))  # the cuconv under test
+    json_path, markdown_path = tmp_path / "protocol.json", tmp_path / "protocol.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu", "--quick",
+                    "--batch", "2", "--reps", "1", "--inner", "1", "--budget", "0.001", "--json", str(json_path),
+                    "--markdown", str(markdown_path)], check=True, capture_output=True, env=env, cwd=tmp_path)
+    report = json.loads(json_path.read_text())
+    measured = {row["case"] for row in report["rows"]}
+    left = report["header"]["layers_left_out"]
+    assert len(measured) == 1 and len(left) >= 1 and measured.isdisjoint(left)
+    assert all(row["correct"] and row["ratio"] > 0 for row in report["rows"])
+    assert len(report["rows"]) == 3 * 2 * 3 * 2  # precisions x layouts x passes x cudnn.benchmark
+    assert f"{len(left)} layers not measured ({', '.join(left)})" in markdown_path.read_text()
