@@ -353,6 +353,38 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
     assert_matches(out, F.conv2d(x, w, b, padding=1), torch.float32)
 
 
+# 512 input channels: 4,608 products per output, for 512 output channels (the direct kernels'
+# channel tiles) and for 6 (their row tiles, as LeNet's layers).
+@pytest.mark.parametrize("out_channels, size", [(512, 3), (6, 14)], ids=["channel_tiles", "row_tiles"])
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "gemm"])
+def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channels, size, monkeypatch):
+    """Either way (the direct kernels' chains of at most a few hundred products, each from zero,
+    then added up; the GEMM's depth slices) the forward pass and the input gradient of a
+    512-channel 3x3 layer stay within 3x oneDNN's distance from float64 (the direct kernels
+    summed all 4,608 products in one chain: 7-8x)."""
+    if direct == "1" and cuconv._C.cpu_kernels()["direct_conv"] == "never":
+        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 512, size, size, generator=gen, dtype=torch.float64)
+    w = torch.randn(out_channels, 512, 3, 3, generator=gen, dtype=torch.float64) / (512 * 9) ** 0.5
+    dy = torch.randn(8, out_channels, size, size, generator=gen, dtype=torch.float64)
+    args = ([1, 1], [1, 1], [1, 1], 1, False)
+
+    def distance(got, exact):
+        return ((got.double() - exact).abs().max() / exact.abs().max()).item()
+
+    forward = (lambda x, w, dy: CF.conv2d(x, w, None, 1, 1),
+               lambda x, w, dy: F.conv2d(x, w, None, 1, 1))
+    input_grad = (lambda x, w, dy: torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), *args),
+                  lambda x, w, dy: torch.ops.aten.convolution_backward(dy, x, w, None, *args[:3], False, [0, 0], 1,
+                                                                       [True, False, False])[0])
+    for ours, torchs in (forward, input_grad):
+        exact = torchs(x, w, dy)
+        single = [t.float() for t in (x, w, dy)]
+        assert distance(ours(*single), exact) <= 3 * distance(torchs(*single), exact)
+
+
 # Planes of 56x56 (each starting on a cache line) and 55x55 (most starting off one).
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [56, 55])
