@@ -385,6 +385,24 @@ def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channel
         assert distance(ours(*single), exact) <= 3 * distance(torchs(*single), exact)
 
 
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "gemm"])
+def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, monkeypatch):
+    """The weight gradient of VGG's first layer sums 2 x 50,176 pixels per weight. Either way (the
+    direct kernels' chains of rows of ~512 pixels, each from zero, added up; the GEMM's depth
+    slices) it is within 2e-6 of the largest gradient from float64 (oneDNN: ~9e-6; the direct
+    kernels in one chain per image: 4e-6)."""
+    if direct == "1" and cuconv._C.cpu_kernels()["direct_conv"] == "never":
+        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 224, 224, generator=gen, dtype=torch.float64)
+    dy = torch.randn(2, 16, 224, 224, generator=gen, dtype=torch.float64)
+    args = ([16, 1, 3, 3], [1, 1], [1, 1], [1, 1], 1, False)
+    exact = torch.ops.cuconv.conv2d_backward_weight(dy, x, *args)
+    ours = torch.ops.cuconv.conv2d_backward_weight(dy.float(), x.float(), *args)
+    assert ((ours.double() - exact).abs().max() / exact.abs().max()).item() <= 2e-6
+
+
 # Planes of 56x56 (each starting on a cache line) and 55x55 (most starting off one).
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [56, 55])

@@ -211,8 +211,8 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
 // floats, and past L1 every tile would read them all from L2 again (ResNet's b4.conv1: 295 KB
 // per 64-channel panel, for 6 pixels). So the taps go in blocks whose weights fill half of L1,
 // each block running over the tiles of a group of rows (at least 8 tiles, where a sample has the
-// rows) before the next block adds to their sums: the same additions in the same order, so the
-// same bits. A group's rows also leave to_planes one run of pixels per plane.
+// rows) before the next block adds its sums to theirs (each block's from zero: shorter chains of
+// additions, direct_tile.h). A group's rows also leave to_planes one run of pixels per plane.
 struct ForwardBlocking {
   int64_t taps, group_rows;
 };

@@ -11,16 +11,20 @@
 //
 // Forward tile, Q consecutive output pixels of a row x NV channel vectors, over taps [0, depth)
 // (a block of the layer's taps: taps and weights point at its first), stored into `tile` or, to
-// go on after an earlier block, added to the sums it left there:
+// go on after an earlier block, added to the sums it left there (each block a chain of additions
+// of its own, below; direct_conv.cpp's blocks are of 16 to a few hundred taps, as L1 holds them):
 //   for each tap k:  w = weights[k] (NV vectors)
 //                    for q: acc[q][:] += w * x[origin + q*stride + taps[k]]
-// (Each block sums from zero: a float sum's rounding error grows with the length of its chain of
-// additions, and a 512-channel 3x3 layer's 4,608 taps in one chain were ~9x as far from float64
-// as blocks added up are.)
 // Weight tile, T taps x NV channel vectors, summed over the output pixels of an image:
 //   for each pixel:  g = grad_t[pixel] (NV vectors, grad_output transposed)
 //                    for t: acc[t][:] += g * x[origin(pixel) + taps[t]]
 // Q*NV (or T*NV) accumulators + NV + 1 vectors must fit the register file.
+
+// A float sum's rounding error grows with the length of its chain of additions: the tiles sum a
+// block of products into accumulators from zero, then add those sums to the others' (a
+// 512-channel 3x3 layer's 4,608 taps in one chain were 7-8x as far from float64). The weight and
+// row tiles' chains hold about kChainProducts products.
+constexpr int64_t kChainProducts = 512;
 
 // kStride: the column stride when known at compile time (1 or 2), else 0 and `stride` is used.
 template <class Isa, int NV, int Q, int kStride>
@@ -55,8 +59,23 @@ void direct_forward_tile(const float* origin, int64_t stride, const int64_t* tap
     }
 }
 
-// Adds one image's sums into partial[T][NV*kLanes]. The taps live in a local array and
-// every loop over t and v is unrolled, so the accumulators stay in registers.
+// Adds acc to partial[T][NV*kLanes] and zeroes it.
+template <class Isa, int NV, int T>
+inline void add_weight_sums(typename Isa::V (&acc)[T][NV], float* partial) {
+  constexpr int L = Isa::kLanes;
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* sum = partial + (t * NV + v) * L;
+      Isa::store(sum, Isa::add(Isa::load(sum), acc[t][v]));
+      acc[t][v] = Isa::zero();
+    }
+}
+
+// Adds one image's sums into partial[T][NV*kLanes], in chains of rows of about kChainProducts
+// pixels (at least one row). The taps live in a local array and every loop over t and v is
+// unrolled, so the accumulators stay in registers.
 template <class Isa, int NV, int T>
 void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
                         const int64_t* taps, const float* grad_t, float* partial) {
@@ -70,6 +89,7 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
   int64_t tap[T];
 #pragma GCC unroll 16
   for (int t = 0; t < T; ++t) tap[t] = taps[t];
+  int64_t chained = 0;  // pixels in the accumulators' chain
   for (int64_t oh = 0; oh < out_h; ++oh) {
     const float* x_row = x_image + oh * row_step;
     const float* g_row = grad_t + oh * out_w * NV * L;
@@ -85,14 +105,13 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
         for (int v = 0; v < NV; ++v) acc[t][v] = Isa::fma(g[v], xt, acc[t][v]);
       }
     }
-  }
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* sum = partial + (t * NV + v) * L;
-      Isa::store(sum, Isa::add(Isa::load(sum), acc[t][v]));
+    chained += out_w;
+    if (chained >= kChainProducts) {
+      add_weight_sums<Isa, NV, T>(acc, partial);
+      chained = 0;
     }
+  }
+  if (chained > 0) add_weight_sums<Isa, NV, T>(acc, partial);
 }
 
 // Row tile, for layers with few output channels (LeNet's): vectors run along an output row
@@ -102,16 +121,14 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
 //                                   acc[r][o] += w[o] * v          (kLanes columns, stride 1)
 // weights: [C][kH][kW][OT] (zeros past the channels in use); tile: [R][OT][kLanes].
 // R*OT accumulators + OT + 1 vectors must fit the register file. The channels are summed in
-// chains of at most ~kChainTaps products, each from zero, the chains added up in `tile` (as the
-// forward tile's blocks: a long chain of additions rounds further from the exact sum).
-constexpr int64_t kChainTaps = 512;
+// chains of at most ~kChainProducts products, each from zero, the chains added up in `tile`.
 
 template <class Isa, int R, int OT>
 void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
                      int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
-  const int64_t chain_channels = kChainTaps / (kernel_h * kernel_w) > 0 ? kChainTaps / (kernel_h * kernel_w) : 1;
+  const int64_t chain_channels = kChainProducts / (kernel_h * kernel_w) > 0 ? kChainProducts / (kernel_h * kernel_w) : 1;
   for (int64_t c0 = 0; c0 < channels; c0 += chain_channels) {
     const int64_t c_end = c0 + chain_channels < channels ? c0 + chain_channels : channels;
     V acc[R][OT];
