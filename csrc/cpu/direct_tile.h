@@ -122,7 +122,6 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
 // weights: [C][kH][kW][OT] (zeros past the channels in use); tile: [R][OT][kLanes].
 // R*OT accumulators + OT + 1 vectors must fit the register file. The channels are summed in
 // chains of at most ~kChainProducts products, each from zero, the chains added up in `tile`.
-
 template <class Isa, int R, int OT>
 void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
                      int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile) {
