@@ -12,13 +12,14 @@ input gradient, weight gradient), in every combination of
 it first checks both libraries against float64 on the same inputs: a timing is taken only when
 cuconv's largest error is within 4x cuDNN's plus the project's float32 tolerance, 1e-5 of the
 largest result, or one rounding of the result's precision where that is coarser (else the row
-says "wrong" and no time). Sums in a different order are not wrong: on the CPU, at batch 2,
-the 4,608-product sums of resnet.b5.conv2 are off by 2.6e-6 of the largest result in cuconv's
-direct kernel, 3e-7 in its GEMM and in oneDNN. Then it times each with CUDA events after
-warm-up: the median of --reps timed calls, each event pair around --inner calls. Reports the
-time of each and cuconv/cuDNN (below 1: cuconv faster), with the GPU, the date and the
-command. With --budget, no layer is started once that many seconds have passed, and the report
-says which were left.
+says "wrong" and no time). Sums in a different order are not wrong: resnet.b5.conv2's 4,608
+products per output, added in one chain of float32 additions, were off by 2.6e-6 of the largest
+result (cuconv's CPU direct kernel until 2026-12-04), summed in blocks by ~3e-7 (oneDNN, and
+cuconv's CPU kernels since). Then it times each with CUDA events after warm-up: the median of
+--reps timed calls, each event pair around --inner calls. Reports the time of each and
+cuconv/cuDNN (below 1: cuconv faster), with the GPU, the date and the command. With --budget,
+no layer after the first is started once that many seconds have passed; on an interrupt
+(SIGINT) the layers measured so far are reported; either way the report says which were left.
 """
 
 import argparse
@@ -115,7 +116,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds after which no further layer is started (the report names those left)")
+                        help="seconds after which no further layer is started, the first one apart (the report "
+                             "names those left)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
@@ -125,10 +127,10 @@ def main(argv=None):
     start = time.monotonic()
     saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark)
     try:
-        for case in cases:
-            if args.budget is not None and time.monotonic() - start > args.budget:
-                left.append(case.name)
-                continue
+        for done, case in enumerate(cases):
+            if done > 0 and args.budget is not None and time.monotonic() - start > args.budget:
+                left = [c.name for c in cases[done:]]
+                break
             for precision in PRECISIONS:
                 dtype = set_precision(precision)
                 for layout in LAYOUTS:
@@ -154,6 +156,9 @@ def main(argv=None):
                                 row["ratio"] = row["cuconv_ms"] / row["cudnn_ms"]
                             rows.append(row)
                             print(json.dumps(row), flush=True)
+    except KeyboardInterrupt:  # (SIGINT, e.g. from `timeout -s INT`: the rows so far are still reported)
+        measured = {r["case"] for r in rows}
+        left = [c.name for c in cases if c.name not in measured]
     finally:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark = saved
     header = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -168,8 +173,8 @@ def main(argv=None):
             f.write(f"{header['device']}, {header['date']}, torch {header['torch']}, batch {args.batch}: "
                     f"`{header['command']}`\n\n")
             if left:
-                f.write(f"Stopped at the --budget of {args.budget:g} s: {len(left)} layers not measured "
-                        f"({', '.join(left)}).\n\n")
+                f.write(f"Stopped early (the --budget of {args.budget} s, or an interrupt): {len(left)} layers "
+                        f"not measured ({', '.join(left)}).\n\n")
             for precision in PRECISIONS:
                 for benchmark in (False, True):
                     picked = [r for r in rows if r["precision"] == precision and r["cudnn_benchmark"] == benchmark]

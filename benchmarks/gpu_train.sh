@@ -8,8 +8,7 @@
 # copy it into .device-data/ (ignored by git) once, and carry that folder with the modules
 # that `bash benchmarks/gpu_run.sh prebuild` compiled (without them they are built there first):
 #   mkdir -p .device-data && cp -r ../shared/data/fashion-mnist-subset .device-data/
-#   run (carry [".device-data", "cuconv/_C.abi3.so", "cuconv/_C_cuda.abi3.so", "cuconv/_build_info.py"]):
-#       bash benchmarks/gpu_train.sh
+#   run (carry [".device-data", ".device-modules"]): bash benchmarks/gpu_train.sh
 # $OUT receives train.log and, per model, train-MODEL/{metrics.json,curves.png} (7 files: at
 # most 8 come back). MODELS="lenet" (say) trains fewer.
 set -uo pipefail

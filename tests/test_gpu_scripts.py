@@ -3,6 +3,7 @@ where there is none: the device time they get is too short to find a broken scri
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,12 @@ def test_the_gpu_shell_scripts_parse_and_an_unknown_stage_says_which_there_are()
 
 
 def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left(tmp_path):
-    # On the CPU, at batch 2: the first layer of the quick subset starts within any budget, the
+    # On the CPU, at batch 2: the first layer of the quick subset runs whatever the budget, the
     # next ones not once it is spent; the report is written all the same.
     env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))  # the cuconv under test
     json_path, markdown_path = tmp_path / "protocol.json", tmp_path / "protocol.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu", "--quick",
-                    "--batch", "2", "--reps", "1", "--inner", "1", "--budget", "0.001", "--json", str(json_path),
+                    "--batch", "2", "--reps", "1", "--inner", "1", "--budget", "0", "--json", str(json_path),
                     "--markdown", str(markdown_path)], check=True, capture_output=True, env=env, cwd=tmp_path)
     report = json.loads(json_path.read_text())
     measured = {row["case"] for row in report["rows"]}
@@ -36,3 +37,19 @@ def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left
     assert all(row["correct"] and row["ratio"] > 0 for row in report["rows"])
     assert len(report["rows"]) == 3 * 2 * 3 * 2  # precisions x layouts x passes x cudnn.benchmark
     assert f"{len(left)} layers not measured ({', '.join(left)})" in markdown_path.read_text()
+
+
+def test_the_protocol_reports_the_layers_measured_before_an_interrupt(tmp_path):
+    """`timeout -s INT` (gpu_run.sh) stops it with SIGINT: the rows so far still reach the report."""
+    env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))
+    json_path = tmp_path / "protocol.json"
+    process = subprocess.Popen([sys.executable, "-u", str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu",
+                                "--quick", "--batch", "2", "--reps", "1", "--inner", "1", "--json", str(json_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    first_row = json.loads(process.stdout.readline())  # a row printed: the first layer has begun
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    report = json.loads(json_path.read_text())
+    measured = {row["case"] for row in report["rows"]}
+    assert first_row["case"] in measured
+    assert report["header"]["layers_left_out"] and measured.isdisjoint(report["header"]["layers_left_out"])
