@@ -123,7 +123,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = args.device
     cases = [c for c in CONV_CASES if c.quick or not args.quick]
-    rows, left = [], []
+    rows, left, interrupted = [], [], False
     start = time.monotonic()
     saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark)
     try:
@@ -157,6 +157,7 @@ def main(argv=None):
                             rows.append(row)
                             print(json.dumps(row), flush=True)
     except KeyboardInterrupt:  # (SIGINT, e.g. from `timeout -s INT`: the rows so far are still reported)
+        interrupted = True
         measured = {r["case"] for r in rows}
         left = [c.name for c in cases if c.name not in measured]
     finally:
@@ -173,8 +174,8 @@ def main(argv=None):
             f.write(f"{header['device']}, {header['date']}, torch {header['torch']}, batch {args.batch}: "
                     f"`{header['command']}`\n\n")
             if left:
-                f.write(f"Stopped early (the --budget of {args.budget} s, or an interrupt): {len(left)} layers "
-                        f"not measured ({', '.join(left)}).\n\n")
+                reason = "an interrupt" if interrupted else f"the --budget of {args.budget:g} s"
+                f.write(f"Stopped early ({reason}): {len(left)} layers not measured ({', '.join(left)}).\n\n")
             for precision in PRECISIONS:
                 for benchmark in (False, True):
                     picked = [r for r in rows if r["precision"] == precision and r["cudnn_benchmark"] == benchmark]

@@ -12,8 +12,9 @@ import cuconv
 
 def test_build_info_names_this_torch():
     """The torch of the build is this one, except for modules compiled on another machine and
-    carried to this one (benchmarks/gpu_run.sh prebuild, which sets CUCONV_BUILT_ELSEWHERE=1):
-    they name theirs, which the stable ABI lets run under any torch >= 2.10."""
+    carried to this one (`gpu_run.sh prebuild`; benchmarks/gpu_common.sh sets
+    CUCONV_BUILT_ELSEWHERE=1 where it uses them): they name theirs, and the stable ABI is meant to
+    let them run under any torch >= 2.10."""
     if os.environ.get("CUCONV_BUILT_ELSEWHERE") == "1":
         major, minor = (int(v) for v in cuconv.built_with_torch.split(".")[:2])
         assert (major, minor) >= (2, 10)

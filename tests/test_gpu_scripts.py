@@ -42,9 +42,10 @@ def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left
 def test_the_protocol_reports_the_layers_measured_before_an_interrupt(tmp_path):
     """`timeout -s INT` (gpu_run.sh) stops it with SIGINT: the rows so far still reach the report."""
     env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))
-    json_path = tmp_path / "protocol.json"
+    json_path, markdown_path = tmp_path / "protocol.json", tmp_path / "protocol.md"
     process = subprocess.Popen([sys.executable, "-u", str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu",
-                                "--quick", "--batch", "2", "--reps", "1", "--inner", "1", "--json", str(json_path)],
+                                "--quick", "--batch", "2", "--reps", "1", "--inner", "1", "--json", str(json_path),
+                                "--markdown", str(markdown_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     first_row = json.loads(process.stdout.readline())  # a row printed: the first layer has begun
     process.send_signal(signal.SIGINT)
@@ -53,3 +54,4 @@ def test_the_protocol_reports_the_layers_measured_before_an_interrupt(tmp_path):
     measured = {row["case"] for row in report["rows"]}
     assert first_row["case"] in measured
     assert report["header"]["layers_left_out"] and measured.isdisjoint(report["header"]["layers_left_out"])
+    assert "Stopped early (an interrupt)" in markdown_path.read_text()
