@@ -353,6 +353,18 @@ def test_direct_forward_streams_an_output_larger_than_the_last_level_cache(width
     assert_matches(out, F.conv2d(x, w, b, padding=1), torch.float32)
 
 
+def _force_direct(direct, monkeypatch):
+    """CUCONV_CPU_DIRECT=direct; skips "1" where there are no direct kernels."""
+    if direct == "1" and cuconv._C.cpu_kernels()["direct_conv"] == "never":
+        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+
+
+def _distance_from(exact, got):
+    """max |got - exact| / max |exact|."""
+    return ((got.double() - exact).abs().max() / exact.abs().max()).item()
+
+
 # 512 input channels: 4,608 products per output, for 512 output channels (the direct kernels'
 # channel tiles) and for 6 (with AVX-512 their row tiles, as LeNet's layers; AVX2's 8-lane
 # vectors fill enough of their lanes for the channel tiles to run).
@@ -363,18 +375,12 @@ def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channel
     then added up; the GEMM's depth slices) the forward pass and the input gradient of a
     512-channel 3x3 layer stay within 3x oneDNN's distance from float64 (the direct kernels
     summed all 4,608 products in one chain: 7-8x)."""
-    if direct == "1" and cuconv._C.cpu_kernels()["direct_conv"] == "never":
-        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
-    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    _force_direct(direct, monkeypatch)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(8, 512, size, size, generator=gen, dtype=torch.float64)
     w = torch.randn(out_channels, 512, 3, 3, generator=gen, dtype=torch.float64) / (512 * 9) ** 0.5
     dy = torch.randn(8, out_channels, size, size, generator=gen, dtype=torch.float64)
     args = ([1, 1], [1, 1], [1, 1], 1, False)
-
-    def distance(got, exact):
-        return ((got.double() - exact).abs().max() / exact.abs().max()).item()
-
     forward = (lambda x, w, dy: CF.conv2d(x, w, None, 1, 1),
                lambda x, w, dy: F.conv2d(x, w, None, 1, 1))
     input_grad = (lambda x, w, dy: torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), *args),
@@ -383,7 +389,7 @@ def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channel
     for ours, torchs in (forward, input_grad):
         exact = torchs(x, w, dy)
         single = [t.float() for t in (x, w, dy)]
-        assert distance(ours(*single), exact) <= 3 * distance(torchs(*single), exact)
+        assert _distance_from(exact, ours(*single)) <= 3 * _distance_from(exact, torchs(*single))
 
 
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "gemm"])
@@ -392,16 +398,14 @@ def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, monk
     direct kernels' chains of rows of ~512 pixels, each from zero, added up; the GEMM's depth
     slices) it is within 2e-6 of the largest gradient from float64 (oneDNN: ~9e-6; the direct
     kernels in one chain per image: 4e-6)."""
-    if direct == "1" and cuconv._C.cpu_kernels()["direct_conv"] == "never":
-        pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
-    monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    _force_direct(direct, monkeypatch)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 1, 224, 224, generator=gen, dtype=torch.float64)
     dy = torch.randn(2, 16, 224, 224, generator=gen, dtype=torch.float64)
     args = ([16, 1, 3, 3], [1, 1], [1, 1], [1, 1], 1, False)
     exact = torch.ops.cuconv.conv2d_backward_weight(dy, x, *args)
     ours = torch.ops.cuconv.conv2d_backward_weight(dy.float(), x.float(), *args)
-    assert ((ours.double() - exact).abs().max() / exact.abs().max()).item() <= 2e-6
+    assert _distance_from(exact, ours) <= 2e-6
 
 
 # Planes of 56x56 (each starting on a cache line) and 55x55 (most starting off one).

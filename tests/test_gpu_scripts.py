@@ -22,14 +22,21 @@ def test_the_gpu_shell_scripts_parse_and_an_unknown_stage_says_which_there_are()
     assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench" in run.stderr
 
 
+def _protocol_on_the_cpu(tmp_path, *extra):
+    """gpu_protocol.py's command on the quick subset at batch 2 on the CPU, with the cuconv under
+    test: (argv, env), the JSON and markdown reports in tmp_path."""
+    argv = [sys.executable, "-u", str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu", "--quick",
+            "--batch", "2", "--reps", "1", "--inner", "1", "--json", str(tmp_path / "protocol.json"),
+            "--markdown", str(tmp_path / "protocol.md"), *extra]
+    return argv, dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))
+
+
 def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left(tmp_path):
     # On the CPU, at batch 2: the first layer of the quick subset runs whatever the budget, the
     # next ones not once it is spent; the report is written all the same.
-    env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))  # the cuconv under test
+    argv, env = _protocol_on_the_cpu(tmp_path, "--budget", "0")
+    subprocess.run(argv, check=True, capture_output=True, env=env, cwd=tmp_path)
     json_path, markdown_path = tmp_path / "protocol.json", tmp_path / "protocol.md"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu", "--quick",
-                    "--batch", "2", "--reps", "1", "--inner", "1", "--budget", "0", "--json", str(json_path),
-                    "--markdown", str(markdown_path)], check=True, capture_output=True, env=env, cwd=tmp_path)
     report = json.loads(json_path.read_text())
     measured = {row["case"] for row in report["rows"]}
     left = report["header"]["layers_left_out"]
@@ -41,12 +48,10 @@ def test_the_protocol_stops_starting_layers_at_its_budget_and_says_which_it_left
 
 def test_the_protocol_reports_the_layers_measured_before_an_interrupt(tmp_path):
     """`timeout -s INT` (gpu_run.sh) stops it with SIGINT: the rows so far still reach the report."""
-    env = dict(os.environ, PYTHONPATH=str(Path(cuconv.__file__).parents[1]))
+    argv, env = _protocol_on_the_cpu(tmp_path)
     json_path, markdown_path = tmp_path / "protocol.json", tmp_path / "protocol.md"
-    process = subprocess.Popen([sys.executable, "-u", str(ROOT / "benchmarks/gpu_protocol.py"), "--device", "cpu",
-                                "--quick", "--batch", "2", "--reps", "1", "--inner", "1", "--json", str(json_path),
-                                "--markdown", str(markdown_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                               cwd=tmp_path)
     first_row = json.loads(process.stdout.readline())  # a row printed: the first layer has begun
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
