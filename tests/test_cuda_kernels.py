@@ -422,6 +422,29 @@ def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_wa
     assert blocks[132] > blocks[1] + 4, blocks
 
 
+@pytest.mark.parametrize("dtype,channels,kernels,family", [
+    (torch.float32, 2, "simple", "simple"), (torch.float32, 2, "fastest", "simt"),
+    (torch.bfloat16, 16, "fastest", "tensor_core")], ids=str)
+def test_long_weight_gradient_sums_are_cut_into_chains_of_4096(dtype, channels, kernels, family):
+    """A weight gradient sums N*Ho*Wo products per value, in slices summed in order. On one
+    multiprocessor 4 slices would fill the GPU, but each slice's sum is one chain of float32
+    additions whose error grows with its length: 65,536 products take 16 slices of 4,096 (on an
+    H200, 6.4 million products erred by 5.3e-6 of the largest value in 64 slices, by 1.9e-6 in
+    455: benchmarks/gpu_long_sums.py, 2026-12-04)."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(16)
+    x, dy = _random((2, channels, 128, 256), dtype, "cpu", g), _random((2, channels, 128, 256), dtype, "cpu", g)
+    with emulated_cuda.configured(multiprocessor_count=1):
+        dw, ran = Target("emulated").run("conv2d_backward_weight", dy, x, [channels, channels, 1, 1], (1, 1), (0, 0),
+                                         (1, 1), 1, False, kernels=kernels)
+        splits = emulated_cuda.module.last_kernels()["splits"]
+    assert (ran, splits) == (family, 16)
+    ref = torch.nn.grad.conv2d_weight(x.double(), [channels, channels, 1, 1], dy.double())
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(dw.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("out_channels,sm_count,tensor_core_tile,simt_tile", [
     (136, 132, "128x128", "128x128"),
     (48, 1, "128x64", "128x64"),     # few channels, tiles enough for the GPU: 64 columns

@@ -192,8 +192,11 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
 // Split reductions (conv2d.cu): how many slices, the buffer the slices write (`out` itself when
 // there is one slice of out's own dtype, else [splits, out.numel()] in opmath), and the sum of
 // the slices into `out` in slice order (nothing when the buffer is `out`).
-int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t partial_per_split,
-                     int64_t max_z, int sm_count);
+// The longest chain of additions a split reduction leaves to one accumulator (products or
+// values), where memory allows: reduction_splits' max_work is this in its own units of work.
+constexpr int64_t kMaxChain = 4096;
+int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t max_work,
+                     int64_t partial_per_split, int64_t max_z, int sm_count);
 Tensor partial_buffer(const Tensor& out, int splits);
 // Split-K for the forward pass and the input gradient (the tensor-core and float32 GEMMs): a
 // layer whose `blocks` output tiles fill less than two waves of the GPU (blocks_per_sm resident

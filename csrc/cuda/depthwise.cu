@@ -280,7 +280,7 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   CUCONV_CHECK(elements <= cuda_detail::kMaxInt32Index, "cuconv.conv2d_backward_weight: too many weight elements");
   const bool taps_in_registers = p.kernel_h == p.kernel_w && (p.kernel_h == 3 || p.kernel_h == 5 || p.kernel_h == 7);
   const int64_t blocks_per_split = taps_in_registers ? p.out_channels : elements;
-  const int splits = reduction_splits(blocks_per_split, positions, 16 * kReduceThreads, elements,
+  const int splits = reduction_splits(blocks_per_split, positions, 16 * kReduceThreads, kMaxChain * kReduceThreads, elements,
                                       cuda_detail::max_grid_yz(), call.sm_count);
   Tensor partial = partial_buffer(dw, splits);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cuda", [&] {

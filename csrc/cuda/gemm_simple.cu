@@ -581,7 +581,8 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   const int m = p.out_per_group, n = p.in_per_group * p.taps, k = p.batch * p.out_plane;
   const int64_t tiles = static_cast<int64_t>(ceil_div(m, ConvGemm::kBlockM)) * ceil_div(n, ConvGemm::kBlockN) * call.groups;
   const int64_t k_steps = ceil_div<int64_t>(k, ConvGemm::kBlockK);
-  const int splits = reduction_splits(tiles, k_steps, 8, dw.numel(), cuda_detail::max_grid_yz(), call.sm_count);
+  const int splits = reduction_splits(tiles, k_steps, 8, kMaxChain / ConvGemm::kBlockK, dw.numel(),
+                                      cuda_detail::max_grid_yz(), call.sm_count);
   Tensor partial = partial_buffer(dw, splits);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_weight_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;

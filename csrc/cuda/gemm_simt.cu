@@ -497,7 +497,7 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
   q.m = p.out_per_group, q.n = p.in_per_group * p.taps, q.k = p.batch * p.out_plane;
   const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
-  q.splits = reduction_splits(tiles * call.groups, ceil_div(q.k, Tile::kBlockK), 8, dw.numel(),
+  q.splits = reduction_splits(tiles * call.groups, ceil_div(q.k, Tile::kBlockK), 8, kMaxChain / Tile::kBlockK, dw.numel(),
                               cuda_detail::max_grid_yz() / call.groups, call.sm_count);
   q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
   q.partial_stride = dw.numel();

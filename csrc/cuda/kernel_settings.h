@@ -5,7 +5,8 @@
 //   kernels("simple")    sets it (tests run the simple kernels as the oracle of the fast ones)
 //   last_kernels()       -> {"forward": ..., "backward_input": ..., "backward_weight": ...}, the
 //                           family each pass ran last ("tensor_core", "simt", "simple", "depthwise",
-//                           "none") and the tile configuration of the last GEMM launched ("tile")
+//                           "none"), the tile configuration of the last GEMM launched ("tile") and
+//                           the slices of the last split reduction ("splits": weight and bias gradients)
 // Python's limited API only, as the modules.
 
 #include <Python.h>
@@ -34,9 +35,9 @@ inline PyObject* py_kernels(PyObject*, PyObject* args) {
 
 inline PyObject* py_last_kernels(PyObject*, PyObject*) {
   const LastKernels& last = last_kernels();
-  return Py_BuildValue("{s:s,s:s,s:s,s:s}", "forward", last.forward.load(), "backward_input",
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i}", "forward", last.forward.load(), "backward_input",
                        last.backward_input.load(), "backward_weight", last.backward_weight.load(), "tile",
-                       last.tile.load());
+                       last.tile.load(), "splits", last.splits.load());
 }
 
 }  // namespace cuconv::conv_cuda
