@@ -34,9 +34,16 @@ def forward_and_grads(fn, tensors, seed=1):
     return out.detach(), grads
 
 
-def compare_with_torch(ours, theirs, tensors, dtype):
+def compare_with_torch(ours, theirs, tensors, dtype, reference_dtype=None):
+    """ours against theirs (torch) on the same tensors, forward and every gradient. With
+    reference_dtype, torch computes in that dtype (float64: our own error alone, not the sum of
+    ours and torch's; cuDNN's float32 weight gradients on long sums err by up to 3e-4 of the
+    largest value on an H200, 2026-12-04)."""
     out, grads = forward_and_grads(ours, tensors)
+    if reference_dtype is not None:
+        tensors = [t.to(reference_dtype) if t.is_floating_point() else t for t in tensors]
     ref_out, ref_grads = forward_and_grads(theirs, tensors)
+    ref_out, ref_grads = ref_out.to(out.dtype), [r.to(g.dtype) for r, g in zip(ref_grads, grads)]
     assert out.shape == ref_out.shape
     assert_matches(out, ref_out, dtype)
     for g, ref_g in zip(grads, ref_grads):
@@ -420,8 +427,10 @@ def test_any_layout_gives_torch_results(layout, device):
     assert layout == "contiguous" or not x.is_contiguous()
     compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, 2, 1, 1, 2),
                        lambda x, w, b: F.conv2d(x, w, b, 2, 1, 1, 2), [x, w, b], torch.float64)
-    # the convolution's output keeps a channels_last input's layout, as torch's does
-    ours, theirs = CF.conv2d(x, w, b, 2, 1, 1, 2), F.conv2d(x, w, b, 2, 1, 1, 2)
+    # the convolution's output keeps a channels_last input's layout, as torch's does (in float32:
+    # on CUDA torch returns float64 as NCHW, cuDNN having no NHWC float64 kernels; cuconv keeps it)
+    x32, w32, b32 = x.float(), w.float(), b.float()
+    ours, theirs = CF.conv2d(x32, w32, b32, 2, 1, 1, 2), F.conv2d(x32, w32, b32, 2, 1, 1, 2)
     assert ours.is_contiguous(memory_format=torch.channels_last) == theirs.is_contiguous(memory_format=torch.channels_last)
     assert ours.is_contiguous() == theirs.is_contiguous()
     compare_with_torch(lambda t: CF.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x], torch.float64)
@@ -581,7 +590,7 @@ def test_conv2d_large_layer_spans_several_workspace_blocks(device):
     w = torch.randn(16, 128, 3, 3, device=device) / 30
     b = torch.randn(16, device=device)
     compare_with_torch(lambda x, w, b: CF.conv2d(x, w, b, padding=1), lambda x, w, b: F.conv2d(x, w, b, padding=1),
-                       [x, w, b], torch.float32)
+                       [x, w, b], torch.float32, reference_dtype=torch.float64)
 
 
 # (shape, layout): each of the CPU bias gradient's ways (csrc/cpu/bias_gradient.cpp), with
