@@ -10,8 +10,9 @@
 #              do not load, the stages build there first, in at most 4 minutes).
 #   device:  bash benchmarks/gpu_run.sh check       (carrying .device-modules)
 #              the machine, the whole test suite (cuda cases included), compute-sanitizer over a
-#              subset, the layer protocol's quick subset against cuDNN: at most ~8 minutes with
-#              the prebuilt modules (give the call timeout_s 540).
+#              subset, the layer protocol's quick subset against cuDNN, the float32 weight
+#              gradients' long sums against float64 (gpu_long_sums.py): at most ~8.5 minutes with
+#              the prebuilt modules (give the call timeout_s 540; the first run took ~4).
 #   device:  bash benchmarks/gpu_run.sh bench       (same carry, with the device time left)
 #              the whole layer protocol (float32 / TF32 / bfloat16, NCHW / channels_last,
 #              cudnn.benchmark off / on) and the quick pytest-benchmark suite on cuda, in about
@@ -31,12 +32,12 @@ export PYTHONUNBUFFERED=1
 failed=0
 
 # step SECONDS NAME LOG COMMAND...: runs COMMAND for at most SECONDS (then SIGINT, and SIGKILL
-# 20 s later), its output into LOG, and says how it ended in summary.log.
+# 20 s later), its output appended to LOG, and says how it ended in summary.log.
 step() {
   local seconds=$1 name=$2 log=$3
   shift 3
   local start=$SECONDS
-  timeout -s INT -k 20 "$seconds" "$@" > "$log" 2>&1
+  timeout -s INT -k 20 "$seconds" "$@" >> "$log" 2>&1
   local code=$?
   local how="exit $code"
   [ "$code" = 124 ] && how="stopped at its ${seconds} s limit"
@@ -61,7 +62,7 @@ fi
 
 out=${OUT:-gpu-run}
 mkdir -p "$out"
-: > "$out/summary.log"
+rm -f "$out"/*.log "$out"/*.json "$out"/*.md  # (the steps append to their logs)
 describe_machine "$out/build.log"
 ensure_cuda_modules "$out/build.log" || { tail -40 "$out/build.log"; exit 1; }
 if [ "$stage" = check ]; then
@@ -73,12 +74,14 @@ if [ "$stage" = check ]; then
   tail -3 "$out/tests.log"
   # (compute-sanitizer refuses the device on some machines' runtimes: KINDS.md)
   for tool in memcheck racecheck; do
-    step 45 "compute-sanitizer $tool" "$out/sanitizer-$tool.log" compute-sanitizer --tool "$tool" \
+    step 45 "compute-sanitizer $tool" "$out/sanitizer.log" compute-sanitizer --tool "$tool" \
       --error-exitcode 1 python3 -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "agree or stream or deterministic"
   done
   step 90 "gpu_protocol --quick" "$out/protocol-quick.log" python3 benchmarks/gpu_protocol.py --quick \
     --budget 60 --json "$out/protocol-quick.json" --markdown "$out/protocol-quick.md"
   head -8 "$out/protocol-quick.md" 2> /dev/null
+  step 60 "gpu_long_sums" "$out/long-sums.log" python3 benchmarks/gpu_long_sums.py
+  cat "$out/long-sums.log"
 else
   total=${BENCH_SECONDS:-240}
   step $((total / 2)) gpu_protocol "$out/protocol.log" python3 benchmarks/gpu_protocol.py \

@@ -1,4 +1,4 @@
-"""The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh, gpu_protocol.py), checked
+"""The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh, gpu_protocol.py, gpu_long_sums.py), checked
 where there is none: the device time they get is too short to find a broken script there."""
 
 import json
@@ -8,15 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import cuconv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["benchmarks/gpu_run.sh", "benchmarks/gpu_train.sh", "benchmarks/gpu_common.sh"]
 
 
-def test_the_gpu_shell_scripts_parse_and_an_unknown_stage_says_which_there_are():
+def test_the_gpu_scripts_parse_and_an_unknown_stage_says_which_there_are():
     for script in SCRIPTS:
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+    for script in ("benchmarks/gpu_protocol.py", "benchmarks/gpu_long_sums.py"):
+        compile((ROOT / script).read_text(), script, "exec")
     run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_run.sh"), "everything"], capture_output=True, text=True)
     assert run.returncode == 2
     assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench" in run.stderr
@@ -60,3 +64,27 @@ def test_the_protocol_reports_the_layers_measured_before_an_interrupt(tmp_path):
     assert first_row["case"] in measured
     assert report["header"]["layers_left_out"] and measured.isdisjoint(report["header"]["layers_left_out"])
     assert "Stopped early (an interrupt)" in markdown_path.read_text()
+
+
+def test_the_protocol_measures_the_layers_named_and_refuses_unknown_names(tmp_path):
+    argv, env = _protocol_on_the_cpu(tmp_path, "--layers", "lenet.conv2")
+    subprocess.run(argv, check=True, capture_output=True, env=env, cwd=tmp_path)
+    report = json.loads((tmp_path / "protocol.json").read_text())
+    assert {row["case"] for row in report["rows"]} == {"lenet.conv2"}
+    argv, env = _protocol_on_the_cpu(tmp_path, "--layers", "lenet.conv2,lenet.conv9")
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 2 and "--layers: no such layer lenet.conv9" in run.stderr
+
+
+def test_the_protocol_gate_allows_tf32_its_own_rounding():
+    """On an H200 cuDNN ran some TF32-allowed layers in full float32 (error 5e-6): cuconv's TF32
+    error (2e-3, say, against a largest value of 10) is then no fault, while in float32 it is."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_protocol
+    finally:
+        sys.path.pop(0)
+    assert gpu_protocol.within_gate(2e-3, 5e-6, 10.0, "tf32", torch.float32)
+    assert not gpu_protocol.within_gate(2e-3, 5e-6, 10.0, "float32", torch.float32)
+    assert not gpu_protocol.within_gate(2e-2, 5e-6, 10.0, "tf32", torch.float32)
+    assert gpu_protocol.within_gate(2e-2, 5e-6, 10.0, "bfloat16", torch.bfloat16)  # (bfloat16: 2^-7)
