@@ -13,6 +13,9 @@
 #              subset, the layer protocol's quick subset against cuDNN, the float32 weight
 #              gradients' long sums against float64 (gpu_long_sums.py): at most ~8.5 minutes with
 #              the prebuilt modules (give the call timeout_s 540; the first run took ~4).
+#   device:  bash benchmarks/gpu_run.sh profile     (same carry)
+#              Nsight Compute's counters (time, SM and memory throughput, occupancy, registers,
+#              bank conflicts) of both libraries' kernels on a few layers: gpu_profile.py, ~2 min.
 #   device:  bash benchmarks/gpu_run.sh bench       (same carry, with the device time left)
 #              the whole layer protocol (float32 / TF32 / bfloat16, NCHW / channels_last,
 #              cudnn.benchmark off / on) and the quick pytest-benchmark suite on cuda, in about
@@ -25,8 +28,8 @@ cd "$(dirname "$0")/.."
 . benchmarks/gpu_common.sh
 stage=${1:-check}
 case "$stage" in
-  prebuild | check | bench) ;;
-  *) echo "usage: bash benchmarks/gpu_run.sh prebuild | check | bench" >&2; exit 2 ;;
+  prebuild | check | bench | profile) ;;
+  *) echo "usage: bash benchmarks/gpu_run.sh prebuild | check | bench | profile" >&2; exit 2 ;;
 esac
 export PYTHONUNBUFFERED=1
 failed=0
@@ -82,6 +85,16 @@ if [ "$stage" = check ]; then
   head -8 "$out/protocol-quick.md" 2> /dev/null
   step 60 "gpu_long_sums" "$out/long-sums.log" python3 benchmarks/gpu_long_sums.py
   cat "$out/long-sums.log"
+elif [ "$stage" = profile ]; then
+  # the sections this ncu has, of those gpu_profile.py's summary reads (an unknown one stops ncu)
+  sections=""
+  for section in SpeedOfLight Occupancy LaunchStats MemoryWorkloadAnalysis_Tables; do
+    ncu --list-sections 2> /dev/null | grep -qw "$section" && sections="$sections --section $section"
+  done
+  step 150 ncu "$out/ncu.log" ncu --profile-from-start off --clock-control none --print-units base $sections \
+    --csv --page raw --log-file "$out/ncu.csv" python3 benchmarks/gpu_profile.py --labels "$out/labels.txt"
+  python3 benchmarks/gpu_profile.py --summarize "$out/ncu.csv" --labels "$out/labels.txt" > "$out/profile.md" 2>&1
+  cat "$out/profile.md"
 else
   total=${BENCH_SECONDS:-240}
   step $((total / 2)) gpu_protocol "$out/protocol.log" python3 benchmarks/gpu_protocol.py \

@@ -1,4 +1,4 @@
-"""The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh, gpu_protocol.py, gpu_long_sums.py), checked
+"""The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh and the Python ones they call), checked
 where there is none: the device time they get is too short to find a broken script there."""
 
 import json
@@ -19,11 +19,11 @@ SCRIPTS = ["benchmarks/gpu_run.sh", "benchmarks/gpu_train.sh", "benchmarks/gpu_c
 def test_the_gpu_scripts_parse_and_an_unknown_stage_says_which_there_are():
     for script in SCRIPTS:
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
-    for script in ("benchmarks/gpu_protocol.py", "benchmarks/gpu_long_sums.py"):
+    for script in ("benchmarks/gpu_protocol.py", "benchmarks/gpu_long_sums.py", "benchmarks/gpu_profile.py"):
         compile((ROOT / script).read_text(), script, "exec")
     run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_run.sh"), "everything"], capture_output=True, text=True)
     assert run.returncode == 2
-    assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench" in run.stderr
+    assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench | profile" in run.stderr
 
 
 def _protocol_on_the_cpu(tmp_path, *extra):
@@ -88,3 +88,33 @@ def test_the_protocol_gate_allows_tf32_its_own_rounding():
     assert not gpu_protocol.within_gate(2e-3, 5e-6, 10.0, "float32", torch.float32)
     assert not gpu_protocol.within_gate(2e-2, 5e-6, 10.0, "tf32", torch.float32)
     assert gpu_protocol.within_gate(2e-2, 5e-6, 10.0, "bfloat16", torch.bfloat16)  # (bfloat16: 2^-7)
+
+
+def test_the_profile_summary_names_each_call_s_kernels_from_the_markers(tmp_path):
+    """ncu's raw-page CSV as it writes it (its log lines, a header, a units row, one row a kernel
+    in launch order): the marker kernels split the rows, the labels name the groups."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_profile
+    finally:
+        sys.path.pop(0)
+    header = ["ID", "Kernel Name", "Grid Size", "Block Size", "gpu__time_duration.sum",
+              "sm__throughput.avg.pct_of_peak_sustained_elapsed", "launch__registers_per_thread"]
+    rows = [["", "", "", "", "nsecond", "%", "register/thread"],
+            ["0", "spin_kernel(long)", "(1, 1, 1)", "(1, 1, 1)", "1,024", "0.1", "16"],
+            ["1", "void cuconv::conv_cuda::simt::gather_kernel<SimtTile<128>>(float const*)", "(36, 1, 4)",
+             "(256, 1, 1)", "152,300", "71.5", "128"],
+            ["2", "sum_partials_kernel", "(264, 1, 1)", "(256, 1, 1)", "4,100", "12.0", "20"],
+            ["3", "spin_kernel(long)", "(1, 1, 1)", "(1, 1, 1)", "1,010", "0.1", "16"],
+            ["4", "cudnn_sm90_kernel", "(120, 1, 1)", "(128, 1, 1)", "98,000", "80.2", "168"]]
+    csv_path = tmp_path / "ncu.csv"
+    csv_path.write_text("==PROF== Connected to process 1\n"
+                        + "".join(",".join(f'"{v}"' for v in line) + "\n" for line in [header, *rows]))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("vgg.b3.conv2 float32 forward cuconv\nvgg.b3.conv2 float32 forward cuDNN\n")
+    table = gpu_profile.summarize(csv_path, labels).splitlines()
+    assert table[0] == "| call | kernel | grid | block | us | SM % | registers |"
+    assert table[2] == "| vgg.b3.conv2 float32 forward cuconv | gather_kernel | (36, 1, 4) | (256, 1, 1) | 152.3 | 71.5 | 128 |"
+    assert table[3].startswith("| vgg.b3.conv2 float32 forward cuconv | sum_partials_kernel |")
+    assert table[4].startswith("| vgg.b3.conv2 float32 forward cuDNN | cudnn_sm90_kernel | (120, 1, 1) | (128, 1, 1) | 98.0 |")
+    assert len(table) == 5
