@@ -422,6 +422,24 @@ def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_wa
     assert blocks[132] > blocks[1] + 4, blocks
 
 
+@pytest.mark.parametrize("out_channels,tile", [(24, "64x128"), (64, "64x128"), (65, "128x128"), (136, "128x128")])
+def test_simt_weight_gradient_tile_follows_the_output_channels(out_channels, tile):
+    """Layers of at most 64 output channels a group take 64 x 128 tiles (a 128-row tile would
+    multiply zero rows for half its products or more), the rest 128 x 128; both against float64,
+    with K split and a partial last tile in each direction (144 columns (c, i, j))."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(17)
+    x, dy = _random((2, 16, 11, 13), torch.float32, "cpu", g), _random((2, out_channels, 11, 13), torch.float32, "cpu", g)
+    with emulated_cuda.configured(multiprocessor_count=132):
+        dw, ran = Target("emulated").run("conv2d_backward_weight", dy, x, [out_channels, 16, 3, 3], (1, 1), (1, 1),
+                                         (1, 1), 1, False)
+        last = emulated_cuda.module.last_kernels()
+    assert (ran, last["tile"]) == ("simt", tile) and last["splits"] > 1
+    ref = torch.nn.grad.conv2d_weight(x.double(), [out_channels, 16, 3, 3], dy.double(), 1, 1)
+    torch.testing.assert_close(dw.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype,channels,kernels,family", [
     (torch.float32, 2, "simple", "simple"), (torch.float32, 2, "fastest", "simt"),
     (torch.bfloat16, 16, "fastest", "tensor_core")], ids=str)

@@ -316,12 +316,26 @@ void launch_gather(GatherConv q, const float* src, const float* w, const float* 
 // --- The weight gradient, per group g and split s:
 //     partial[s, g*O_g + o, (c, i, j)] = sum over this split's pixels k = (n, oh, ow) of A[o, k] B[k, (c, i, j)]
 //     A[o, k] = dy[n, g*O_g + o, oh, ow],  B[k, (c, i, j)] = x[n, g*C_g + c, oh*sH - pH + i*dH, ow*sW - pW + j*dW]
-// The same block tile, warp layout and pipeline as gather_conv_kernel. Both operands are read
-// along K (consecutive pixels are consecutive addresses), so a thread copies, at k = k0 + t%8 and
-// k0 + t%8 + 8, rows t/8 + 32e of A (output channels) and columns t/8 + 32e of B ((c, i, j),
-// fixed for the K loop): 8 consecutive pixels a row, 32-byte segments. Element r of shared row k
-// is stored at r ^ 4*(k % 8): the 8 k x 4 rows a warp stores fall in 32 different banks, and a
+// The same warp tiles and pipeline as gather_conv_kernel, in block tiles of BlockM x 128:
+// 128 x 128 (8 warps, 2 along o), or 64 x 128 (4 warps, 1 along o) for layers of at most 64
+// output channels a group, which would leave half of a 128-row tile's products on zero rows (the
+// book's VGG and ResNet-18's first stage; on an H200 those weight gradients took 2.0-3.5x cuDNN's
+// time, against 1.8-2.2x for 128+ channels). Both operands are read along K (consecutive pixels
+// are consecutive addresses), so a thread copies, at k = k0 + t%8 and k0 + t%8 + 8, rows
+// t/8 + (threads/8)e of A (output channels) and columns t/8 + (threads/8)e of B ((c, i, j), fixed
+// for the K loop): 8 consecutive pixels a row, 32-byte segments. Element r of shared row k is
+// stored at r ^ 4*(k % 8): the 8 k x 4 rows a warp stores fall in 32 different banks, and a
 // lane's 4 consecutive rows stay one aligned float4 for the reads.
+template <int BlockM>
+struct WeightGradTile {
+  static constexpr int kBlockM = BlockM, kBlockN = 128, kBlockK = 16, kStages = 3;
+  static constexpr int kWarpM = 64, kWarpN = 32, kWarpsM = BlockM / kWarpM;
+  static constexpr int kThreads = 32 * kWarpsM * (kBlockN / kWarpN);
+  static constexpr int kCopyStride = kThreads / 8;            // rows apart a thread's copies are
+  static constexpr int kARows = kBlockM / kCopyStride;        // 4: a thread's A rows at each of its 2 k's
+  static constexpr int kBColumns = kBlockN / kCopyStride;     // 4 or 8: its B columns
+  static constexpr const char* kName = BlockM == 128 ? "128x128" : "64x128";
+};
 struct WeightGradConv {
   int batch, in_h, in_w, in_plane, out_h, out_w, out_plane;
   int64_t in_sample, out_sample;
@@ -332,12 +346,12 @@ struct WeightGradConv {
   int64_t partial_stride;  // one split's slice: C_out*C_g*kH*kW
 };
 
-__global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
+template <typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1)
     weight_grad_kernel(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partial,
                        const WeightGradConv q) {
-  using Tile = SimtTile<128>;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, BK = Tile::kBlockK;
-  constexpr int kRows = BM * BK / Tile::kThreads / 2;  // 4 rows (or columns) at each of a thread's 2 k's
+  constexpr int kARows = Tile::kARows, kBColumns = Tile::kBColumns, kCopyStride = Tile::kCopyStride;
   CUCONV_SHARED(a_tile, float[Tile::kStages][BK][BM]);
   CUCONV_SHARED(b_tile, float[Tile::kStages][BK][BN]);
   auto swizzle = [](int k, int r) { return r ^ ((k & 7) << 2); };
@@ -349,17 +363,20 @@ __global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
   const int k_begin = split * q.k_per_split, k_end = min(q.k, k_begin + q.k_per_split);
   const int tid = static_cast<int>(threadIdx.x);
 
-  // --- copies: k = k0 + tid%8 + 8h, rows / columns tid/8 + 32e
+  // --- copies: k = k0 + tid%8 + 8h, rows / columns tid/8 + kCopyStride*e
   const int copy_k = tid % 8, copy_row = tid / 8;
-  const float* a_row[kRows];  // dy[0, g*O_g + o]; rows past O_g read nothing
-  bool a_ok[kRows];
-  int b_channel[kRows], b_dh[kRows], b_dw[kRows];  // c*H*W and the tap's offsets; columns past N: dh far outside
+  const float* a_row[kARows];  // dy[0, g*O_g + o]; rows past O_g read nothing
+  bool a_ok[kARows];
 #pragma unroll
-  for (int e = 0; e < kRows; ++e) {
-    const int o = m0 + copy_row + 32 * e;
+  for (int e = 0; e < kARows; ++e) {
+    const int o = m0 + copy_row + kCopyStride * e;
     a_ok[e] = o < q.m;
     a_row[e] = dy + static_cast<int64_t>(group * q.out_per_group + (a_ok[e] ? o : 0)) * q.out_plane;
-    const int col = n0 + copy_row + 32 * e;
+  }
+  int b_channel[kBColumns], b_dh[kBColumns], b_dw[kBColumns];  // c*H*W and the tap's offsets; columns past N: dh far outside
+#pragma unroll
+  for (int e = 0; e < kBColumns; ++e) {
+    const int col = n0 + copy_row + kCopyStride * e;
     const int taps = q.kernel_h * q.kernel_w;
     const int c = col / taps, tap = col - c * taps;
     const int i = tap / q.kernel_w, j = tap - i * q.kernel_w;
@@ -380,15 +397,20 @@ __global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
       const int64_t dy_offset = pixel[h].outer * q.out_sample + pixel[h].mid * q.out_w + pixel[h].inner;
       const float* x_sample = x + pixel[h].outer * q.in_sample;
       const int ih0 = pixel[h].mid * q.stride_h, iw0 = pixel[h].inner * q.stride_w;
+      const int k = copy_k + 8 * h;
 #pragma unroll
-      for (int e = 0; e < kRows; ++e) {
+      for (int e = 0; e < kARows; ++e) {
         const bool a_copy = k_ok && a_ok[e];
-        const int k = copy_k + 8 * h, r = swizzle(k, copy_row + 32 * e);
-        cp_async<4>(&a_tile[stage][k][r], a_copy ? a_row[e] + dy_offset : dy, a_copy);
+        cp_async<4>(&a_tile[stage][k][swizzle(k, copy_row + kCopyStride * e)], a_copy ? a_row[e] + dy_offset : dy,
+                    a_copy);
+      }
+#pragma unroll
+      for (int e = 0; e < kBColumns; ++e) {
         const int ih = ih0 + b_dh[e], iw = iw0 + b_dw[e];
         const bool b_copy = k_ok && static_cast<unsigned>(ih) < static_cast<unsigned>(q.in_h) &&
                             static_cast<unsigned>(iw) < static_cast<unsigned>(q.in_w);
-        cp_async<4>(&b_tile[stage][k][r], b_copy ? x_sample + (b_channel[e] + ih * q.in_w + iw) : x, b_copy);
+        cp_async<4>(&b_tile[stage][k][swizzle(k, copy_row + kCopyStride * e)],
+                    b_copy ? x_sample + (b_channel[e] + ih * q.in_w + iw) : x, b_copy);
       }
       pixel[h].advance(pixel_step, q.out_h, q.out_w);
     }
@@ -396,8 +418,8 @@ __global__ void __launch_bounds__(SimtTile<128>::kThreads, 1)
   };
 
   const int lane = tid % 32, warp = tid / 32;
-  const int row_base = (warp % 2) * Tile::kWarpM + (lane % 8) * 4;
-  const int col_base = (warp / 2) * Tile::kWarpN + (lane / 8) * 4;
+  const int row_base = (warp % Tile::kWarpsM) * Tile::kWarpM + (lane % 8) * 4;
+  const int col_base = (warp / Tile::kWarpsM) * Tile::kWarpN + (lane / 8) * 4;
   float acc[8][8];
 #pragma unroll
   for (int i = 0; i < 8; ++i)
@@ -484,10 +506,33 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
 }
 
 
+namespace {
+
+// Launches weight_grad_kernel with Tile over all groups, K split by reduction_splits (blocks
+// counted in 256-thread units, so that a 64-row tile's half-size blocks are wanted twice as many).
+template <typename Tile>
+void launch_weight_grad(WeightGradConv q, const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
+  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
+  q.splits = reduction_splits(ceil_div<int64_t>(tiles * call.groups * Tile::kThreads, 256), ceil_div(q.k, Tile::kBlockK),
+                              8, kMaxChain / Tile::kBlockK, dw.numel(), cuda_detail::max_grid_yz() / call.groups,
+                              call.sm_count);
+  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
+  q.partial_stride = dw.numel();
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index, "cuconv: weight gradient too large for one launch");
+  Tensor partial = partial_buffer(dw, q.splits);
+  last_kernels().tile = Tile::kName;
+  cuda_detail::launch(weight_grad_kernel<Tile>,
+                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
+                      Tile::kThreads, 0, call.stream, dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                      partial.mutable_data_ptr<float>(), q);
+  finish_partials(partial, dw, q.splits, call.stream);
+}
+
+}  // namespace
+
 bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw) {
   if (dy.scalar_type() != ScalarType::Float) return false;
   const ConvParams& p = call.p;
-  using Tile = SimtTile<128>;
   WeightGradConv q;
   q.batch = p.batch, q.in_h = p.in_h, q.in_w = p.in_w, q.in_plane = p.in_plane;
   q.out_h = p.out_h, q.out_w = p.out_w, q.out_plane = p.out_plane;
@@ -496,19 +541,11 @@ bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
   q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.dilation_h = p.dilation_h, q.dilation_w = p.dilation_w;
   q.in_per_group = p.in_per_group, q.out_per_group = p.out_per_group;
   q.m = p.out_per_group, q.n = p.in_per_group * p.taps, q.k = p.batch * p.out_plane;
-  const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
-  q.splits = reduction_splits(tiles * call.groups, ceil_div(q.k, Tile::kBlockK), 8, kMaxChain / Tile::kBlockK, dw.numel(),
-                              cuda_detail::max_grid_yz() / call.groups, call.sm_count);
-  q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
-  q.partial_stride = dw.numel();
-  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index, "cuconv: weight gradient too large for one launch");
-  Tensor partial = partial_buffer(dw, q.splits);
-  last_kernels().tile = Tile::kName;
-  cuda_detail::launch(weight_grad_kernel,
-                      dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(call.groups * q.splits)),
-                      Tile::kThreads, 0, call.stream, dy.const_data_ptr<float>(), x.const_data_ptr<float>(),
-                      partial.mutable_data_ptr<float>(), q);
-  finish_partials(partial, dw, q.splits, call.stream);
+  if (q.m <= 64) {
+    launch_weight_grad<WeightGradTile<64>>(q, call, dy, x, dw);
+  } else {
+    launch_weight_grad<WeightGradTile<128>>(q, call, dy, x, dw);
+  }
   return true;
 }
 
