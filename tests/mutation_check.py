@@ -395,6 +395,8 @@ MUTANTS = [
            "8, kMaxChain / Tile::kBlockK, dw.numel(),", "8, q.k, dw.numel(),", (CUDA_KERNELS,)),
     Mutant("simt-weight-grad-copy-stride", "tile bounds (CUDA)", "csrc/cuda/gemm_simt.cu",
            "a_copy ? a_row[e] + dy_offset : dy", "a_copy && e < 2 ? a_row[e] + dy_offset : dy", (CUDA_KERNELS,)),
+    Mutant("tapless-phases-left-unfilled", "padding edge (CUDA)", "csrc/cuda/gemm_simt.cu",
+           "  if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);\n", "", (CUDA_KERNELS,)),
     Mutant("cuda-group-chunks-restart", "grid chunking (CUDA)", "csrc/cuda/gemm_simple.cu",
            "shape.group_base = base;", "shape.group_base = 0;", (EMULATION,)),
     Mutant("tensor-core-tf32-truncates", "rounding (CUDA)", "csrc/cuda/gemm_tensor_core.cu",

@@ -422,6 +422,27 @@ def test_forward_and_input_gradient_split_k_when_the_tiles_fill_less_than_two_wa
     assert blocks[132] > blocks[1] + 4, blocks
 
 
+@pytest.mark.parametrize("dtype,kernel,launches", [(torch.float32, "simt", 2), (torch.bfloat16, "tensor_core", 3)],
+                         ids=str)
+def test_a_1x1_stride_2_input_gradient_launches_only_its_one_phase_with_taps(dtype, kernel, launches):
+    """Three of the four stride phases of a 1x1 stride-2 layer's input gradient get no tap: their
+    pixels are zeros, filled once, and only the fourth phase is launched (SIMT: the weight packing
+    and one gather; tensor cores: dy to NHWC, the packing, one gather), not a launch each."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(18)
+    w, dy = _random((32, 16, 1, 1), dtype, "cpu", g), _random((2, 32, 6, 6), dtype, "cpu", g)
+    before = emulated_cuda.module.stats()["launches"]
+    dx = torch.ops.cuconv_emulated.conv2d_backward_input(dy, w, [2, 16, 12, 12], (2, 2), (0, 0), (1, 1), 1)
+    assert emulated_cuda.module.stats()["launches"] - before == launches
+    assert emulated_cuda.module.last_kernels()["backward_input"] == kernel
+    assert torch.equal(dx[:, :, 1::2], torch.zeros_like(dx[:, :, 1::2]))
+    assert torch.equal(dx[:, :, :, 1::2], torch.zeros_like(dx[:, :, :, 1::2]))
+    ref = torch.nn.grad.conv2d_input([2, 16, 12, 12], w.double(), dy.double(), 2)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(dx.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("out_channels,tile", [(24, "64x128"), (64, "64x128"), (65, "128x128"), (136, "128x128")])
 def test_simt_weight_gradient_tile_follows_the_output_channels(out_channels, tile):
     """Layers of at most 64 output channels a group take 64 x 128 tiles (a 128-row tile would

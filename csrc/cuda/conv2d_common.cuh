@@ -4,6 +4,7 @@
 // each kernel family, which conv2d.cu's entry points choose between. The index math and the
 // GEMM formulation of the three passes are described at the top of conv2d.cu.
 
+#include <algorithm>
 #include <numeric>
 #include <optional>
 
@@ -127,6 +128,18 @@ inline PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilati
     }
   }
   return t;
+}
+
+// Whether some stride phase of the input gradient has no tap in it (3 of a 1x1 stride-2
+// layer's 4): its rows of dx are zeros, filled once for all such phases before the phases with
+// taps run, rather than a weight packing and a launch each (small layers are launch-bound).
+inline bool has_tapless_phase(const ConvParams& p) {
+  for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph)
+    for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw)
+      if (phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h).count == 0 ||
+          phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w).count == 0)
+        return true;
+  return false;
 }
 
 // Block reductions (bias and depthwise weight gradients): kReduceThreads threads a block.

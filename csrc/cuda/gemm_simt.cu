@@ -14,7 +14,7 @@
 //                    i = i0 + t*(sH/gcd(sH, dH)), reading dy row a + (ph + pH - i*dH)/sH, an
 //                    arithmetic progression in t: src = dy, s = 1, r0 = (ph + pH - i0*dH)/sH,
 //                    dr = -dH/gcd; rows ph + sH*a of dx; W[g, (o, ti, tj), c] = w[g*O_g + o, c, i, j].
-//                    One launch a phase; a phase without taps writes zeros.
+//                    One launch a phase; the phases without taps are zero-filled, together.
 // W is packed on the device before the launch (pack_weight_kernel): [G][K_pad][N_pad] with
 // k = (ci, ti, tj), zeros in the padding, so that a row of B is 128 contiguous floats.
 //
@@ -479,17 +479,19 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx) {
   if (dy.scalar_type() != ScalarType::Float) return false;
   const ConvParams& p = call.p;
+  if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);
   for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
     for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
       const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
       const PhaseTaps tw = phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+      if (th.count == 0 || tw.count == 0) continue;  // (zeros: filled above)
       GatherConv q;
       q.batch = p.batch, q.groups = call.groups;
       q.channels = p.out_per_group, q.src_h = p.out_h, q.src_w = p.out_w, q.src_plane = p.out_plane;
       q.src_sample = p.out_sample;
       q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
       q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
-      q.taps_h = std::max(th.count, 1), q.taps_w = std::max(tw.count, 1);  // (a phase without taps: K = 0)
+      q.taps_h = th.count, q.taps_w = tw.count;
       q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
       q.out_sample = p.in_sample, q.out_plane = p.in_plane, q.out_w = p.in_w;
       q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
