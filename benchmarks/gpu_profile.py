@@ -98,7 +98,7 @@ def summarize(csv_path, labels_path):
             call += 1
             continue
         label = labels[call] if 0 <= call < len(labels) else "(unlabelled)"
-        short = name.split("(")[0].split("<")[0].split("::")[-1] or name
+        short = name.replace("(anonymous namespace)::", "").split("(")[0].split("<")[0].split("::")[-1] or name
         values = []
         for metric, title in columns:
             value = kernel[metric].replace(",", "")

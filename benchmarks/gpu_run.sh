@@ -15,7 +15,8 @@
 #              the prebuilt modules (give the call timeout_s 540; the first run took ~4).
 #   device:  bash benchmarks/gpu_run.sh profile     (same carry)
 #              Nsight Compute's counters (time, SM and memory throughput, occupancy, registers,
-#              bank conflicts) of both libraries' kernels on a few layers: gpu_profile.py, ~2 min.
+#              bank conflicts) of both libraries' kernels on a few layers at batch 32:
+#              gpu_profile.py, at most ~3.5 min (never yet run: ncu's time per kernel is a guess).
 #   device:  bash benchmarks/gpu_run.sh bench       (same carry, with the device time left)
 #              the whole layer protocol (float32 / TF32 / bfloat16, NCHW / channels_last,
 #              cudnn.benchmark off / on) and the quick pytest-benchmark suite on cuda, in about
@@ -87,12 +88,14 @@ if [ "$stage" = check ]; then
   cat "$out/long-sums.log"
 elif [ "$stage" = profile ]; then
   # the sections this ncu has, of those gpu_profile.py's summary reads (an unknown one stops ncu)
+  available=$(ncu --list-sections 2> /dev/null)
   sections=""
   for section in SpeedOfLight Occupancy LaunchStats MemoryWorkloadAnalysis_Tables; do
-    ncu --list-sections 2> /dev/null | grep -qw "$section" && sections="$sections --section $section"
+    grep -qw "$section" <<< "$available" && sections="$sections --section $section"
   done
-  step 150 ncu "$out/ncu.log" ncu --profile-from-start off --clock-control none --print-units base $sections \
-    --csv --page raw --log-file "$out/ncu.csv" python3 benchmarks/gpu_profile.py --labels "$out/labels.txt"
+  # (ncu writes its CSV when the program ends: a step stopped at its limit leaves none)
+  step 200 ncu "$out/ncu.log" ncu --profile-from-start off --clock-control none --print-units base $sections \
+    --csv --page raw --log-file "$out/ncu.csv" python3 benchmarks/gpu_profile.py --labels "$out/labels.txt" --batch 32
   python3 benchmarks/gpu_profile.py --summarize "$out/ncu.csv" --labels "$out/labels.txt" > "$out/profile.md" 2>&1
   cat "$out/profile.md"
 else

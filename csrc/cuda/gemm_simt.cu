@@ -520,7 +520,9 @@ void launch_weight_grad(WeightGradConv q, const ConvCall& call, const Tensor& dy
                               call.sm_count);
   q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
   q.partial_stride = dw.numel();
-  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index, "cuconv: weight gradient too large for one launch");
+  CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index &&
+                   static_cast<int64_t>(call.groups) * q.splits <= cuda_detail::max_grid_yz(),
+               "cuconv: weight gradient too large for one launch");
   Tensor partial = partial_buffer(dw, q.splits);
   last_kernels().tile = Tile::kName;
   cuda_detail::launch(weight_grad_kernel<Tile>,
