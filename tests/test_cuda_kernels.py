@@ -443,6 +443,32 @@ def test_a_1x1_stride_2_input_gradient_launches_only_its_one_phase_with_taps(dty
     torch.testing.assert_close(dx.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype,family", [(torch.float32, "simt"), (torch.bfloat16, "tensor_core")], ids=str)
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (1, 0), (2, 0)], ids=["3x3", "1x1", "2x2"])
+def test_strided_input_gradient_splits_k_across_its_phases(kernel, padding, dtype, family):
+    """A stride-2 input gradient runs one gather a stride phase, each writing a quarter of dx. Its
+    tiles make two waves on 1 multiprocessor; on 132 they would not, so every phase splits K into
+    the same zeroed slices, summed once: the same results to the dtype's accuracy, no pixel left
+    unwritten (the emulator's outputs start as NaN), the tapless phases zero."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(19)
+    out = (64 + 2 * padding - kernel) // 2 + 1
+    w, dy = _random((256, 8, kernel, kernel), dtype, "cpu", g), _random((2, 256, out, out), dtype, "cpu", g)
+    ref = torch.nn.grad.conv2d_input([2, 8, 64, 64], w.double(), dy.double(), 2, padding)
+    splits = {}
+    for sm_count in (1, 132):
+        with emulated_cuda.configured(multiprocessor_count=sm_count):
+            dx = torch.ops.cuconv_emulated.conv2d_backward_input(dy, w, [2, 8, 64, 64], (2, 2), (padding, padding),
+                                                                 (1, 1), 1)
+        last = emulated_cuda.module.last_kernels()
+        assert last["backward_input"] == family
+        splits[sm_count] = last["splits"]
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(dx.double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+    assert splits[1] == 1 and splits[132] > 1, splits
+
+
 @pytest.mark.parametrize("out_channels,tile", [(24, "64x128"), (64, "64x128"), (65, "128x128"), (136, "128x128")])
 def test_simt_weight_gradient_tile_follows_the_output_channels(out_channels, tile):
     """Layers of at most 64 output channels a group take 64 x 128 tiles (a 128-row tile would

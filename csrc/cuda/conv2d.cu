@@ -131,6 +131,27 @@ void finish_partials(const Tensor& partial, Tensor& out, int splits, cuda_detail
   });
 }
 
+KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted) {
+  KSlices slices;
+  if (phases != nullptr) {
+    if (phases->splits == 0) {
+      phases->splits = std::max(wanted, 1);
+      if (phases->splits > 1) {
+        phases->partial = cuda_detail::new_output(out, {phases->splits, out.numel()}, ScalarType::Float);
+        torch::stable::fill_(phases->partial, 0.0);  // (a phase writes only its own positions)
+      }
+    }
+    slices.count = phases->splits;
+    if (slices.count > 1) slices.partial = phases->partial.mutable_data_ptr<float>();
+  } else if (wanted > 1) {
+    slices.count = wanted;
+    slices.own = cuda_detail::new_output(out, {wanted, out.numel()}, ScalarType::Float);
+    slices.partial = slices.own.mutable_data_ptr<float>();
+  }
+  last_kernels().splits = slices.count;
+  return slices;
+}
+
 }  // namespace conv_cuda
 
 // ---------------------------------------------------------------------------

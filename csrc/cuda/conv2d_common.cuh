@@ -142,6 +142,16 @@ inline bool has_tapless_phase(const ConvParams& p) {
   return false;
 }
 
+// The longest K of the input gradient's stride phases: O_g x the most taps a phase gets.
+inline int longest_phase_k(const ConvParams& p) {
+  int longest = 0;
+  for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph)
+    for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw)
+      longest = std::max(longest, p.out_per_group * phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h).count *
+                                      phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w).count);
+  return longest;
+}
+
 // Block reductions (bias and depthwise weight gradients): kReduceThreads threads a block.
 constexpr int kReduceThreads = 256;
 
@@ -217,5 +227,23 @@ Tensor partial_buffer(const Tensor& out, int splits);
 // waves, each of at least 4 K steps, at most 16, and at most 2^25 partial sums in all.
 int split_k_slices(int64_t blocks, int64_t k_steps, int64_t out_numel, int sm_count, int blocks_per_sm);
 void finish_partials(const Tensor& partial, Tensor& out, int splits, cuda_detail::Stream stream);
+// Split-K shared by the stride phases of one input gradient (the GEMMs' backward_input), each of
+// which writes only its own positions of dx: every phase's launch writes its slices into the same
+// zeroed float [splits, dx] buffer, summed into dx once after the last phase. The first launch
+// sizes it, by its tiles and the longest phase's K (a shorter phase leaves some slices zero).
+struct PhaseSplits {
+  int longest_k = 0;
+  Tensor partial;
+  int splits = 0;  // 0: not sized yet
+};
+// Where one gather launch's K slices go (`count` 1: straight into out): the phases' shared
+// buffer, sized by the first launch to `wanted`, or without `phases`, when `wanted` > 1, a
+// float buffer of its own (`own`), which the caller sums into out after the launch.
+struct KSlices {
+  int count = 1;
+  Tensor own;
+  float* partial = nullptr;
+};
+KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted);
 
 }  // namespace cuconv::conv_cuda

@@ -15,6 +15,9 @@
 //                    arithmetic progression in t: src = dy, s = 1, r0 = (ph + pH - i0*dH)/sH,
 //                    dr = -dH/gcd; rows ph + sH*a of dx; W[g, (o, ti, tj), c] = w[g*O_g + o, c, i, j].
 //                    One launch a phase; the phases without taps are zero-filled, together.
+//                    Where the first phase's tiles fill less than two waves, every phase splits
+//                    K into the same zeroed slices (a phase adds only its own positions), summed
+//                    into dx after the last phase.
 // W is packed on the device before the launch (pack_weight_kernel): [G][K_pad][N_pad] with
 // k = (ci, ti, tj), zeros in the padding, so that a row of B is 128 contiguous floats.
 //
@@ -264,36 +267,37 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
   }
 }
 
-// Runs the gather convolution with the packed W over all groups in tiles of Tile; K is split
-// (split_k_slices, resident blocks: 16 warps' worth) when `out` is written whole by this launch.
+// Runs the gather convolution with the packed W over all groups in tiles of Tile, K split
+// (split_k_slices, resident blocks: 16 warps' worth) when the tiles fill less than two waves:
+// into slices of its own, summed into `out` here, or with `phases`, into the phases' shared ones.
 template <typename Tile>
-void launch_tiles(GatherConv q, const float* src, const Tensor& packed, const float* bias, Tensor& out, bool split_k,
-                  int sm_count, cuda_detail::Stream stream) {
+void launch_tiles(GatherConv q, const float* src, const Tensor& packed, const float* bias, Tensor& out,
+                  PhaseSplits* phases, int sm_count, cuda_detail::Stream stream) {
   const int64_t m = static_cast<int64_t>(q.batch) * q.rows * q.cols;
   const int64_t tiles = ceil_div<int64_t>(m, Tile::kBlockM) * ceil_div(q.n, Tile::kBlockN);
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && q.groups <= cuda_detail::max_grid_yz(),
                "cuconv: convolution too large for one launch");
   if (tiles == 0) return;
-  q.splits = split_k ? split_k_slices(tiles * q.groups, ceil_div(q.k, Tile::kBlockK), out.numel(), sm_count,
-                                      std::max(1, 16 / Tile::kWarps))
-                     : 1;
-  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / q.groups);
+  const int k = phases != nullptr ? std::max(q.k, phases->longest_k) : q.k;
+  const int wanted = split_k_slices(tiles * q.groups, ceil_div(k, Tile::kBlockK), out.numel(), sm_count,
+                                    std::max(1, 16 / Tile::kWarps));
+  const KSlices slices = k_slices(phases, out, std::min(wanted, cuda_detail::max_grid_yz() / q.groups));
+  q.splits = slices.count;
   q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), Tile::kBlockK) * Tile::kBlockK;
   q.out_numel = out.numel();
   last_kernels().tile = Tile::kName;
-  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}) : Tensor();
   cuda_detail::launch(gather_conv_kernel<Tile>,
                       dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(q.groups * q.splits)),
                       Tile::kThreads, 0, stream, src, packed.const_data_ptr<float>(), bias, out.mutable_data_ptr<float>(),
-                      q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
-  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
+                      slices.partial, q);
+  if (slices.own.defined()) finish_partials(slices.own, out, q.splits, stream);
 }
 
 // Packs W for `q` and runs the gather convolution over all groups, in the tile configuration of
 // this table (by N, the output channels per group; blocks of 128 output positions):
 //   N > 64: 128 x 128 (8 warps)    32 < N <= 64: 128 x 64 (4 warps)    N <= 32: 128 x 32 (2 warps)
 // so that no more than half of a tile's columns is padding.
-void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, Tensor& out, bool split_k,
+void launch_gather(GatherConv q, const float* src, const float* w, const float* bias, Tensor& out, PhaseSplits* phases,
                    int sm_count, int64_t w_group, int w_co, int w_ci, int w_ti, int w_tj, int w_base,
                    cuda_detail::Stream stream) {
   constexpr int BK = SimtTile<128>::kBlockK;
@@ -304,11 +308,11 @@ void launch_gather(GatherConv q, const float* src, const float* w, const float* 
   cuda_detail::launch(pack_weight_kernel, cuda_detail::grid_stride_blocks(total), cuda_detail::kThreadsPerBlock, 0,
                       stream, w, packed.mutable_data_ptr<float>(), q, w_group, w_co, w_ci, w_ti, w_tj, w_base);
   if (q.n > 64) {
-    launch_tiles<SimtTile<128>>(q, src, packed, bias, out, split_k, sm_count, stream);
+    launch_tiles<SimtTile<128>>(q, src, packed, bias, out, phases, sm_count, stream);
   } else if (q.n > 32) {
-    launch_tiles<SimtTile<64>>(q, src, packed, bias, out, split_k, sm_count, stream);
+    launch_tiles<SimtTile<64>>(q, src, packed, bias, out, phases, sm_count, stream);
   } else {
-    launch_tiles<SimtTile<32>>(q, src, packed, bias, out, split_k, sm_count, stream);
+    launch_tiles<SimtTile<32>>(q, src, packed, bias, out, phases, sm_count, stream);
   }
 }
 
@@ -470,7 +474,7 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
   q.out_sample = p.out_sample, q.out_plane = p.out_plane, q.out_w = p.out_w;
   q.row0 = q.col0 = 0, q.row_step = q.col_step = 1;
   launch_gather(q, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                bias.has_value() ? bias->const_data_ptr<float>() : nullptr, y, true, call.sm_count,
+                bias.has_value() ? bias->const_data_ptr<float>() : nullptr, y, nullptr, call.sm_count,
                 static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.in_per_group * p.taps, p.taps,
                 p.kernel_w, 1, 0, call.stream);
   return true;
@@ -479,7 +483,11 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx) {
   if (dy.scalar_type() != ScalarType::Float) return false;
   const ConvParams& p = call.p;
-  if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);
+  // Several phases (stride > 1) split K through shared slices; one phase splits its own.
+  const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
+  PhaseSplits phases;
+  phases.longest_k = longest_phase_k(p);
+  if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);  // (unless K is split: the sum writes them)
   for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
     for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
       const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
@@ -496,14 +504,14 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
       q.out_sample = p.in_sample, q.out_plane = p.in_plane, q.out_w = p.in_w;
       q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
       // W[g, (o, ti, tj), c] = w[g*O_g + o, c, first_h + ti*step_h, first_w + tj*step_w]
-      // (split-K only with one phase: the partial slices cover all of dx, a phase writes part of it)
-      const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
-      launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx, one_phase, call.sm_count,
+      launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx,
+                    one_phase ? nullptr : &phases, call.sm_count,
                     static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
                     p.in_per_group * p.taps, th.step * p.kernel_w, tw.step, th.first * p.kernel_w + tw.first,
                     call.stream);
     }
   }
+  if (phases.splits > 1) finish_partials(phases.partial, dx, phases.splits, call.stream);
   return true;
 }
 

@@ -514,28 +514,29 @@ struct WeightGather {
 };
 
 // Launches the kernel with tile configuration Tile over all groups, K split as split_k_slices
-// says when `split_k` (resident blocks a multiprocessor: about 16 warps' worth).
+// says (resident blocks a multiprocessor: about 16 warps' worth): into slices of its own,
+// summed into `out` here, or with `phases`, into the stride phases' shared ones (k_slices).
 template <typename T, typename Tile>
 void launch_tiles(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& packed, const T* bias, Tensor& out,
-                  int groups, bool split_k, int sm_count, cuda_detail::Stream stream) {
+                  int groups, PhaseSplits* phases, int sm_count, cuda_detail::Stream stream) {
   constexpr int kStepElements = Tile::kRowBytes / sizeof(T);
   const int64_t tiles = static_cast<int64_t>(ceil_div(q.m, Tile::kBlockM)) * ceil_div(q.n, Tile::kBlockN);
   CUCONV_CHECK(tiles <= cuda_detail::kMaxInt32Index && groups <= cuda_detail::max_grid_yz(),
                "cuconv: convolution too large for one tensor-core launch");
   if (tiles == 0) return;
   const int blocks_per_sm = 16 / (Tile::kWarpsM * Tile::kWarpsN);
-  q.splits = split_k ? split_k_slices(tiles * groups, ceil_div(q.k, kStepElements), out.numel(), sm_count, blocks_per_sm)
-                     : 1;
-  q.splits = std::min(q.splits, cuda_detail::max_grid_yz() / groups);
+  const int k = phases != nullptr ? std::max(q.k, phases->longest_k) : q.k;
+  const int wanted = split_k_slices(tiles * groups, ceil_div(k, kStepElements), out.numel(), sm_count, blocks_per_sm);
+  const KSlices slices = k_slices(phases, out, std::min(wanted, cuda_detail::max_grid_yz() / groups));
+  q.splits = slices.count;
   q.k_per_split = ceil_div(ceil_div(std::max(q.k, 1), q.splits), kStepElements) * kStepElements;
   q.out_numel = out.numel();
   last_kernels().tile = Tile::kName;
-  Tensor partial = q.splits > 1 ? cuda_detail::new_output(out, {q.splits, out.numel()}, ScalarType::Float) : Tensor();
   cuda_detail::launch(conv_tensor_core_kernel<T, Tile>,
                       dim3(static_cast<unsigned int>(tiles), 1, static_cast<unsigned int>(groups * q.splits)),
                       Tile::kThreads, 0, stream, src_nhwc.const_data_ptr<T>(), packed.const_data_ptr<T>(), bias,
-                      out.mutable_data_ptr<T>(), q.splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, q);
-  if (q.splits > 1) finish_partials(partial, out, q.splits, stream);
+                      out.mutable_data_ptr<T>(), slices.partial, q);
+  if (slices.own.defined()) finish_partials(slices.own, out, q.splits, stream);
 }
 
 // The tile configuration of a layer (its GEMM: m output pixels, n output channels a group, in
@@ -556,7 +557,7 @@ TileChoice choose_tile(int m, int n, int groups, int sm_count) {
 // as tensors, out contiguous or channels_last) over all groups.
 template <typename T>
 void launch_gather(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& w, const WeightGather& gather,
-                   const T* bias, Tensor& out, int groups, bool split_k, int sm_count, cuda_detail::Stream stream) {
+                   const T* bias, Tensor& out, int groups, PhaseSplits* phases, int sm_count, cuda_detail::Stream stream) {
   Tensor packed = cuda_detail::new_output(w, {groups, q.n, std::max(q.k, 1)});
   const int64_t total = static_cast<int64_t>(groups) * q.n * q.k;
   if (total > 0)
@@ -571,11 +572,11 @@ void launch_gather(TensorCoreConv q, const Tensor& src_nhwc, const Tensor& w, co
   q.m = q.batch * q.rows * q.cols;
   switch (choose_tile(q.m, q.n, groups, sm_count)) {
     case TileChoice::kWide:
-      return launch_tiles<T, WideTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+      return launch_tiles<T, WideTile>(q, src_nhwc, packed, bias, out, groups, phases, sm_count, stream);
     case TileChoice::kNarrow:
-      return launch_tiles<T, NarrowTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+      return launch_tiles<T, NarrowTile>(q, src_nhwc, packed, bias, out, groups, phases, sm_count, stream);
     case TileChoice::kSmall:
-      return launch_tiles<T, SmallTile>(q, src_nhwc, packed, bias, out, groups, split_k, sm_count, stream);
+      return launch_tiles<T, SmallTile>(q, src_nhwc, packed, bias, out, groups, phases, sm_count, stream);
   }
 }
 
@@ -610,7 +611,7 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const Tensor x_nhwc = nhwc<scalar_t>(x, call.stream);
       launch_gather<scalar_t>(q, x_nhwc, contiguous_or_self(w), gather,
-                              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y, call.groups, true,
+                              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y, call.groups, nullptr,
                               call.sm_count, call.stream);
       done = true;
     }
@@ -626,10 +627,12 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);
       const Tensor w_contiguous = contiguous_or_self(w);
-      // One launch a stride phase (gemm_simt.cu's header); split-K only with one phase, whose
-      // partial slices cover all of dx.
+      // One launch a stride phase (gemm_simt.cu's header): several phases (stride > 1) split K
+      // through shared slices, one phase splits its own.
       const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
-      if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);
+      PhaseSplits phases;
+      phases.longest_k = longest_phase_k(p);
+      if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);  // (unless K is split: the sum writes them)
       for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
         for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
           const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
@@ -647,10 +650,11 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
           const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
                                     p.in_per_group * p.taps, th.step * p.kernel_w, tw.step,
                                     th.first * p.kernel_w + tw.first};
-          launch_gather<scalar_t>(q, dy_nhwc, w_contiguous, gather, nullptr, dx, call.groups, one_phase,
-                                  call.sm_count, call.stream);
+          launch_gather<scalar_t>(q, dy_nhwc, w_contiguous, gather, nullptr, dx, call.groups,
+                                  one_phase ? nullptr : &phases, call.sm_count, call.stream);
         }
       }
+      if (phases.splits > 1) finish_partials(phases.partial, dx, phases.splits, call.stream);
       done = true;
     }
   });

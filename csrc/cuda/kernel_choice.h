@@ -15,7 +15,7 @@ std::atomic<KernelChoice>& kernel_choice();
 struct LastKernels {
   std::atomic<const char*> forward{"none"}, backward_input{"none"}, backward_weight{"none"};
   std::atomic<const char*> tile{"none"};  // the tile configuration of the last GEMM launched ("128x64", ...)
-  std::atomic<int> splits{0};             // the slices of the last split reduction (reduction_splits)
+  std::atomic<int> splits{0};             // the K slices of the last GEMM or split reduction launched
 };
 LastKernels& last_kernels();
 

@@ -6,7 +6,7 @@
 //   last_kernels()       -> {"forward": ..., "backward_input": ..., "backward_weight": ...}, the
 //                           family each pass ran last ("tensor_core", "simt", "simple", "depthwise",
 //                           "none"), the tile configuration of the last GEMM launched ("tile") and
-//                           the slices of the last split reduction ("splits": weight and bias gradients)
+//                           the K slices of the last GEMM or split reduction launched ("splits")
 // Python's limited API only, as the modules.
 
 #include <Python.h>
