@@ -11,11 +11,13 @@ csrc/cuda/conv2d.cu); the first GPU run (H200, 2026-12-04) measured that rule ag
 before it (at most 64 slices): benchmarks/RESULTS.md.
 """
 
-import statistics
+import os
+import sys
 
 import torch
 
-import cuconv  # noqa: F401  (registers torch.ops.cuconv)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_protocol import time_ms  # noqa: E402  (CUDA events after warm-up; cuconv's ops registered)
 
 # (name, batch, in channels, out channels, height, width), each a 3x3 kernel with padding 1
 CASES = [
@@ -25,20 +27,6 @@ CASES = [
     ("512->512 at 7x7, batch 64", 64, 512, 512, 7, 7),  # its last stage
     ("128->16 at 48x96, batch 5", 5, 128, 16, 48, 96),  # tests/test_ops.py's workspace-blocks layer
 ]
-
-
-def median_ms(fn, reps=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main():
@@ -64,11 +52,12 @@ def main():
             return torch.ops.cuconv.conv2d_backward_weight(dy, x, w_shape, *args, False)
 
         err_theirs = (theirs().double() - ref).abs().max().item() / scale
-        t_theirs = median_ms(theirs)
+        t_theirs = time_ms(theirs, "cuda", 20, 1)
         first = ours()
         err = (first.double() - ref).abs().max().item() / scale
         same = torch.equal(first, ours())
-        print(f"| {name} | {err:.2e} | {err_theirs:.2e} | {same} | {median_ms(ours):.3f} | {t_theirs:.3f} |", flush=True)
+        t_ours = time_ms(ours, "cuda", 20, 1)
+        print(f"| {name} | {err:.2e} | {err_theirs:.2e} | {same} | {t_ours:.3f} | {t_theirs:.3f} |", flush=True)
         del x, dy, ref
         torch.cuda.empty_cache()
 

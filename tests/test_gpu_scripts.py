@@ -1,6 +1,7 @@
 """The scripts a lent GPU runs (benchmarks/gpu_run.sh, gpu_train.sh and the Python ones they call), checked
 where there is none: the device time they get is too short to find a broken script there."""
 
+import importlib
 import json
 import os
 import signal
@@ -24,6 +25,15 @@ def test_the_gpu_scripts_parse_and_an_unknown_stage_says_which_there_are():
     run = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_run.sh"), "everything"], capture_output=True, text=True)
     assert run.returncode == 2
     assert "usage: bash benchmarks/gpu_run.sh prebuild | check | bench | profile" in run.stderr
+
+
+def _benchmark_script(name):
+    """A module of benchmarks/ (its scripts import each other by name)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def _protocol_on_the_cpu(tmp_path, *extra):
@@ -79,11 +89,7 @@ def test_the_protocol_measures_the_layers_named_and_refuses_unknown_names(tmp_pa
 def test_the_protocol_gate_allows_tf32_its_own_rounding():
     """On an H200 cuDNN ran some TF32-allowed layers in full float32 (error 5e-6): cuconv's TF32
     error (2e-3, say, against a largest value of 10) is then no fault, while in float32 it is."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_protocol
-    finally:
-        sys.path.pop(0)
+    gpu_protocol = _benchmark_script("gpu_protocol")
     assert gpu_protocol.within_gate(2e-3, 5e-6, 10.0, "tf32", torch.float32)
     assert not gpu_protocol.within_gate(2e-3, 5e-6, 10.0, "float32", torch.float32)
     assert not gpu_protocol.within_gate(2e-2, 5e-6, 10.0, "tf32", torch.float32)
@@ -93,11 +99,7 @@ def test_the_protocol_gate_allows_tf32_its_own_rounding():
 def test_the_profile_summary_names_each_call_s_kernels_from_the_markers(tmp_path):
     """ncu's raw-page CSV as it writes it (its log lines, a header, a units row, one row a kernel
     in launch order): the marker kernels split the rows, the labels name the groups."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_profile
-    finally:
-        sys.path.pop(0)
+    gpu_profile = _benchmark_script("gpu_profile")
     header = ["ID", "Kernel Name", "Grid Size", "Block Size", "gpu__time_duration.sum",
               "sm__throughput.avg.pct_of_peak_sustained_elapsed", "launch__registers_per_thread"]
     rows = [["", "", "", "", "nsecond", "%", "register/thread"],
