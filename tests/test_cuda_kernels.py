@@ -393,6 +393,76 @@ def _pair(v):
     return tuple(v) if isinstance(v, tuple) else (v, v)
 
 
+@pytest.mark.parametrize("kernel", [(3, 3), (7, 7), (2, 5)], ids=str)
+@pytest.mark.parametrize("stride,padding,dilation", [(1, (1, 2), 1), (2, (3, 1), 1), ((2, 3), (0, 2), (2, 1)),
+                                                     (3, (2, 2), 2), ((1, 2), (1, 0), (1, 3))], ids=str)
+@pytest.mark.parametrize("layer", ["first-layer", "depthwise-x2", "wide-first-layer"])
+def test_one_input_channel_input_gradient(target, kernel, stride, padding, dilation, layer):
+    """A gather that walks only the taps of each input pixel's stride phase: strides that leave
+    phases with no tap, stride and dilation with a common divisor (the taps step by stride / gcd),
+    paddings beyond the kernel's reach, several output channels a group (reduced innermost)."""
+    g = torch.Generator().manual_seed(17)
+    x_shape, w_shape, groups = {"first-layer": ((2, 1, 21, 23), (6, 1, *kernel), 1),
+                                "depthwise-x2": ((2, 4, 20, 21), (8, 1, *kernel), 4),
+                                "wide-first-layer": ((1, 1, 20, 22), (40, 1, *kernel), 1)}[layer]
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    y_shape = F.conv2d(torch.empty(x_shape, dtype=torch.float64), torch.empty(w_shape, dtype=torch.float64), None,
+                       stride, padding, dilation, groups).shape
+    w, dy = _random(w_shape, torch.float64, target.device, g), _random(y_shape, torch.float64, target.device, g)
+    dx, ran = target.run("conv2d_backward_input", dy, w, list(x_shape), stride, padding, dilation, groups)
+    assert ran == "depthwise"
+    ref = torch.nn.grad.conv2d_input(x_shape, w.cpu(), dy.cpu(), stride, padding, dilation, groups)
+    torch.testing.assert_close(dx.cpu(), ref)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,groups", [
+    ((2, 1, 20, 18), (64, 1, 7, 7), 2, 3, 1),   # ResNet's stem, smaller
+    ((1, 1, 13, 11), (32, 1, 5, 5), 1, 2, 1),
+    ((2, 2, 12, 12), (64, 1, 4, 4), 1, 1, 2),   # 32 output channels a group
+], ids=["stem", "5x5", "groups"])
+def test_one_input_channel_forward_with_many_channels_and_taps_runs_on_the_float32_gemm(target, x_shape, w_shape,
+                                                                                     stride, padding, groups):
+    """At least 32 output channels a group and 16 taps in float32: the forward pass on the float32
+    GEMM (its tiles filled); the gradients on the depthwise kernels (as GEMMs: one tile of few
+    columns for the weight, one column for the input)."""
+    g = torch.Generator().manual_seed(18)
+    x, w = _random(x_shape, torch.float32, target.device, g), _random(w_shape, torch.float32, target.device, g)
+    b = _random(w_shape[:1], torch.float32, target.device, g)
+    conv = ((stride, stride), (padding, padding), (1, 1), groups)
+    y, ran = target.run("conv2d", x, w, b, *conv)
+    assert ran == "simt"
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), b.cpu().double(), stride, padding, 1, groups)
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    dy = _random(ref.shape, torch.float32, target.device, g)
+    dw, ran = target.run("conv2d_backward_weight", dy, x, list(w_shape), *conv)
+    assert ran == "depthwise"
+    ref = torch.nn.grad.conv2d_weight(x.cpu().double(), w_shape, dy.cpu().double(), stride, padding, 1, groups)
+    torch.testing.assert_close(dw.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    dx, ran = target.run("conv2d_backward_input", dy, w, list(x_shape), *conv)
+    assert ran == "depthwise"
+    ref = torch.nn.grad.conv2d_input(x_shape, w.cpu().double(), dy.cpu().double(), stride, padding, 1, groups)
+    torch.testing.assert_close(dx.cpu().double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("w_shape,groups,dtype", [
+    ((31, 1, 7, 7), 1, torch.float32),     # 31 output channels
+    ((64, 1, 3, 5), 1, torch.float32),     # 15 taps
+    ((62, 1, 4, 4), 2, torch.float32),     # 31 a group
+    ((64, 1, 7, 7), 1, torch.float64),
+    ((64, 1, 7, 7), 1, torch.bfloat16),
+], ids=["31-channels", "15-taps", "31-a-group", "float64", "bfloat16"])
+def test_one_input_channel_forward_below_the_gemm_thresholds_stays_on_the_depthwise_kernels(target, w_shape, groups,
+                                                                                         dtype):
+    g = torch.Generator().manual_seed(19)
+    x = _random((2, groups, 11, 10), dtype, target.device, g)
+    w = _random(w_shape, dtype, target.device, g)
+    y, ran = target.run("conv2d", x, w, None, (1, 1), (2, 2), (1, 1), groups)
+    assert ran == "depthwise"
+    ref = F.conv2d(x.cpu().double(), w.cpu().double(), None, 1, 2, 1, groups)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
+
+
 # --- scheduling -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.bfloat16, "tensor_core"), (torch.float32, "simt")], ids=str)

@@ -163,6 +163,20 @@ using conv_cuda::make_conv_params;
 
 namespace {
 bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::kFastest; }
+
+// One input channel a group runs on the depthwise kernels, except the float32 forward pass of a
+// layer with at least 32 output channels a group and 16 taps (ResNet's 7x7 stem: 64 and 49): a
+// GEMM with K = the taps that fills most of the float32 GEMM's tiles (the stem: 49 of K's 64, all
+// 64 columns, 18 tiles a sample). The depthwise forward re-reads every output's window from the
+// L1 cache: on an H200 the stem's ran at 6% of the FP32 peak, 3.9x cuDNN's time
+// (benchmarks/RESULTS.md, 2026-12-04). The weight gradient stays there: as a GEMM it would be one
+// tile of 49 columns, split at most 64 ways (reduction_splits), 64 blocks on 132 multiprocessors;
+// the input gradient's GEMM would have one column (C_g).
+bool forward_on_depthwise_kernels(const ConvParams& p, ScalarType dtype) {
+  if (p.in_per_group != 1) return false;
+  const bool gemm = fastest() && dtype == ScalarType::Float && p.out_per_group >= 32 && p.taps >= 16;
+  return !gemm;
+}
 }  // namespace
 
 // The entry points hand the tensor-core kernels the tensors as they come (they read NCHW or
@@ -190,7 +204,7 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
   const Tensor x = contiguous_or_self(input);
   const Tensor w = contiguous_or_self(weight);
   Tensor out = y.is_contiguous() ? y : cuda_detail::new_output(input, sizes);
-  if (call.p.in_per_group == 1) {
+  if (forward_on_depthwise_kernels(call.p, x.scalar_type())) {
     conv_cuda::depthwise::forward(call, x, w, b, out);
     ran = "depthwise";
   } else if (fastest() && conv_cuda::simt::forward(call, x, w, b, out)) {

@@ -5,7 +5,6 @@
 // GEMM formulation of the three passes are described at the top of conv2d.cu.
 
 #include <algorithm>
-#include <numeric>
 #include <optional>
 
 #include "../shape.h"
@@ -114,8 +113,18 @@ struct PhaseTaps {
   int first = 0, step = 1, count = 0, offset = 0, delta = 0;
 };
 
-inline PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilation) {
-  const int g = std::gcd(stride, dilation);
+__host__ __device__ inline int greatest_common_divisor(int a, int b) {
+  while (b != 0) {
+    const int rest = a % b;
+    a = b;
+    b = rest;
+  }
+  return a;
+}
+
+// (On the host for the GEMMs' phase launches, on the device for depthwise.cu's gather, a pixel at a time.)
+__host__ __device__ inline PhaseTaps phase_taps(int phase, int size, int stride, int pad, int dilation) {
+  const int g = greatest_common_divisor(stride, dilation);
   PhaseTaps t;
   t.step = stride / g;
   t.delta = -(dilation / g);

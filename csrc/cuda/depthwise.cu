@@ -1,12 +1,17 @@
 // Depthwise-like convolutions on CUDA (C_g == 1: one input channel per group, groups == C_in
-// for depthwise proper): direct kernels, no GEMM. The forward pass gives a thread a strip of 4
-// outputs of a row, taps and input row segments in registers (square 3, 5, 7 kernels without
-// dilation, column stride 1 or 2; else one thread an output); the input gradient one thread an input element (a gather over the outputs
-// and taps that see its pixel);
-// backward weight gives one block per (output channel, split) that reads each dy element once and
-// accumulates every tap in registers (3x3, 5x5, 7x7 kernels; other sizes one block per weight
-// element), the split slices summed in fixed order (conv2d.cu's finish_partials): deterministic,
-// no atomics. One-input-channel layers without groups (the book's first layers) come here too.
+// for depthwise proper): direct kernels, no GEMM.
+// - forward: a thread a strip of 4 outputs of a row, the taps and the input row segments in
+//   registers (square 3, 5, 7 kernels without dilation, column stride 1 or 2); else one thread an
+//   output;
+// - input gradient: one thread an input element, a gather over the outputs and the taps of its
+//   stride phase;
+// - weight gradient: one block per (output channel, split) that reads each dy element once and
+//   accumulates every tap in registers (3x3, 5x5, 7x7 kernels; other sizes one block per weight
+//   element), the split slices summed in fixed order (conv2d.cu's finish_partials):
+//   deterministic, no atomics.
+// One-input-channel layers without groups (the book's first layers) come here too, except the
+// float32 forward pass of those with many output channels and taps, which conv2d.cu gives the
+// float32 GEMM.
 
 #include "conv2d_common.cuh"
 
@@ -105,7 +110,12 @@ __global__ void depthwise_forward_strip_kernel(const scalar_t* __restrict__ inpu
 }
 
 // dx[n, c, ih, iw] = sum over the O_g channels o of group c, taps (i, j) and the output pixel
-// (oh, ow) that tap maps onto (ih, iw) of dy[n, o, oh, ow] * w[o, 0, i, j]: a gather.
+// (oh, ow) that tap maps onto (ih, iw) of dy[n, o, oh, ow] * w[o, 0, i, j]: a gather, one thread
+// an input pixel. The taps that reach a pixel are its stride phase's (gemm_simt.cu's header,
+// phase_taps): i = first + t*step, reading dy row ih / sH + offset + t*delta, and the same in
+// columns. Found once a pixel, they let the loops walk only those taps (a 7x7 stride-2 kernel
+// reaches a pixel with 9-16 of its 49), without a division; the channels come innermost, so a
+// tap's bounds are checked once for all O_g of them.
 template <typename scalar_t>
 __global__ void depthwise_backward_input_kernel(const scalar_t* __restrict__ grad_output,
                                                 const scalar_t* __restrict__ weight,
@@ -118,23 +128,23 @@ __global__ void depthwise_backward_input_kernel(const scalar_t* __restrict__ gra
     const int ih = pixel / p.in_w, iw = pixel - ih * p.in_w;
     const int c = static_cast<int>(plane % p.in_channels);
     const int64_t n = plane / p.in_channels;
+    const PhaseTaps rows = phase_taps(ih % p.stride_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+    const PhaseTaps cols = phase_taps(iw % p.stride_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+    const int oh0 = ih / p.stride_h + rows.offset, ow0 = iw / p.stride_w + cols.offset;
+    const scalar_t* dy = grad_output + n * p.out_sample + static_cast<int64_t>(c) * p.out_per_group * p.out_plane;
+    const scalar_t* w = weight + c * p.out_per_group * p.taps;
     acc_t sum = 0;
-    for (int m = 0; m < p.out_per_group; ++m) {
-      const int o = c * p.out_per_group + m;
-      const scalar_t* dy = grad_output + n * p.out_sample + static_cast<int64_t>(o) * p.out_plane;
-      const scalar_t* w = weight + o * p.taps;
-      for (int i = 0; i < p.kernel_h; ++i) {
-        int oh = 0;
-        const int oh_num = ih + p.pad_h - i * p.dilation_h;
-        if (oh_num < 0) break;  // and for every larger i
-        if (!exact_quotient(oh_num, p.stride_h, oh) || oh >= p.out_h) continue;
-        for (int j = 0; j < p.kernel_w; ++j) {
-          int ow = 0;
-          const int ow_num = iw + p.pad_w - j * p.dilation_w;
-          if (ow_num < 0) break;
-          if (!exact_quotient(ow_num, p.stride_w, ow) || ow >= p.out_w) continue;
-          sum += static_cast<acc_t>(dy[oh * p.out_w + ow]) * static_cast<acc_t>(w[i * p.kernel_w + j]);
-        }
+    for (int t = 0; t < rows.count; ++t) {
+      const int oh = oh0 + t * rows.delta;
+      if (static_cast<unsigned>(oh) >= static_cast<unsigned>(p.out_h)) continue;
+      const int i = rows.first + t * rows.step;
+      for (int u = 0; u < cols.count; ++u) {
+        const int ow = ow0 + u * cols.delta;
+        if (static_cast<unsigned>(ow) >= static_cast<unsigned>(p.out_w)) continue;
+        const scalar_t* dy_tap = dy + oh * p.out_w + ow;
+        const scalar_t* w_tap = w + i * p.kernel_w + cols.first + u * cols.step;
+        for (int m = 0; m < p.out_per_group; ++m, dy_tap += p.out_plane, w_tap += p.taps)
+          sum += static_cast<acc_t>(*dy_tap) * static_cast<acc_t>(*w_tap);
       }
     }
     grad_input[index] = static_cast<scalar_t>(sum);
