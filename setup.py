@@ -107,6 +107,7 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 
 CUDA_SOURCES = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+TUNING_SOURCES = sorted(glob.glob(os.path.join("csrc", "tuning", "*.cpp")))  # in every module, a table each
 WITH_CUDA = _cuda_build_wanted()
 if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     # torch would look for a GPU to choose the architectures and fail with a bare IndexError.
@@ -124,7 +125,7 @@ HIDDEN = ["-fvisibility=hidden"]  # only PyInit_* is exported, as torch's stable
 ext_modules = [
     cpp_extension.CppExtension(
         "cuconv._C",
-        sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+        sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + TUNING_SOURCES),
         define_macros=LIMITED_API,
         extra_compile_args={"cxx": ["-O3", *WARNINGS, *HIDDEN, *STABLE]},
         py_limited_api=True,
@@ -137,7 +138,7 @@ if WITH_CUDA:
         nvcc_flags.append("-Xptxas=-v")
     ext_modules.append(cpp_extension.CUDAExtension(
         "cuconv._C_cuda",
-        CUDA_SOURCES + [os.path.join("csrc", "cuda", "registration.cpp")],
+        CUDA_SOURCES + [os.path.join("csrc", "cuda", "registration.cpp")] + TUNING_SOURCES,
         define_macros=LIMITED_API + [("USE_CUDA", None)],
         extra_compile_args={"cxx": ["-O3", *WARNINGS, *HIDDEN, *STABLE], "nvcc": nvcc_flags + ["-Xcompiler=-fvisibility=hidden"]},
         py_limited_api=True,
@@ -154,7 +155,7 @@ def _emulated_extension(name, sanitize):
         link = ["-fsanitize=address,undefined"]
     return cpp_extension.CppExtension(
         name,
-        sorted(glob.glob(os.path.join("csrc", "emulation", "*.cpp"))),
+        sorted(glob.glob(os.path.join("csrc", "emulation", "*.cpp"))) + TUNING_SOURCES,
         define_macros=LIMITED_API + [("CUCONV_EMULATED", None), ("CUCONV_EMULATED_MODULE", name.split(".")[-1])],
         extra_compile_args={"cxx": flags},
         extra_link_args=link,

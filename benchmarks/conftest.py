@@ -93,7 +93,7 @@ def synchronize(device):
 def settle(step, impl):
     """Runs cuconv's step until its kernel choices are settled: the first call of a shape measures
     the candidate kernels, and the winner's next calls are checked, the last one measuring the
-    others again (csrc/cpu/tuner.h). The timed rounds then see the steady speed; the first call's
+    others again (csrc/tuning/measured_choice.h; on the CPU and on CUDA). The timed rounds then see the steady speed; the first call's
     cost is reported apart (README, "Kernel choice by measurement")."""
     for _ in range(8):
         if impl != "cuconv" or cuconv.tuning.unsettled() == 0:

@@ -8,7 +8,8 @@ input gradient, weight gradient), in every combination of
     precision      float32 (strict: TF32 off for both), tf32 (TF32 on for both: torch's conv
                    fp32_precision = "tf32", which cuconv.functional follows), bfloat16
     layout         NCHW, channels_last
-    cudnn.benchmark off, on (cuDNN's algorithm search; cuconv has none)
+    cudnn.benchmark off, on (cuDNN's algorithm search; cuconv measures its own choice of kernel
+                   family in both, unless CUCONV_CUDA_TUNE=0: README, "Kernel choice by measurement")
 it first checks both libraries against float64 on the same inputs: a timing is taken only when
 cuconv's largest error is within 4x cuDNN's plus the project's float32 tolerance, 1e-5 of the
 largest result, or one rounding of the precision (TF32's 2^-10 included) where that is coarser (else the row
@@ -94,7 +95,9 @@ def reference(case, pass_name, x, w, dy):
 
 
 def time_ms(fn, device, reps, inner):
-    for _ in range(3):
+    # Warm-up, past cuconv's checks of a measured choice too (its next four calls, the last of
+    # which measures the other families once more).
+    for _ in range(6):
         fn()
     if device == "cuda":
         torch.cuda.synchronize()

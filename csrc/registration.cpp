@@ -23,6 +23,7 @@
 #include "cpu/tuner.h"
 #include "ops.h"
 #include "schemas.h"
+#include "tuning/python_table.h"
 
 STABLE_TORCH_LIBRARY(cuconv, m) { CUCONV_DEFINE_SCHEMAS(m); }
 
@@ -84,48 +85,14 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
 PyObject* cpu_tuning_kernels(PyObject*, PyObject*) { return PyUnicode_FromString(cuconv::kernel_names().c_str()); }
 
 // cuconv._C.cpu_tuning(): the measured choices so far, {key: winner}.
-PyObject* cpu_tuning(PyObject*, PyObject*) {
-  PyObject* result = PyDict_New();
-  if (result == nullptr) return nullptr;
-  for (const auto& [key, winner] : cuconv::tuning_table()) {
-    PyObject* value = PyUnicode_FromString(winner.c_str());
-    if (value == nullptr || PyDict_SetItemString(result, key.c_str(), value) != 0) {
-      Py_XDECREF(value);
-      Py_DECREF(result);
-      return nullptr;
-    }
-    Py_DECREF(value);
-  }
-  return result;
-}
+PyObject* cpu_tuning(PyObject*, PyObject*) { return cuconv::tuning_table_as_dict(); }
 
 // cuconv._C.cpu_tuning_unsettled(): how many choices are still being checked (tuner.h).
 PyObject* cpu_tuning_unsettled(PyObject*, PyObject*) { return PyLong_FromLong(cuconv::unsettled_choices()); }
 
 // cuconv._C.cpu_tuning_set(dict): records {key: winner} choices (loaded from a cache) as if
 // measured; cpu_tuning_set(None) forgets every choice.
-PyObject* cpu_tuning_set(PyObject*, PyObject* choices) {
-  if (choices == Py_None) {
-    cuconv::clear_tuning();
-    Py_RETURN_NONE;
-  }
-  if (!PyDict_Check(choices)) {
-    PyErr_SetString(PyExc_TypeError, "cpu_tuning_set: expected a dict {key: winner} or None");
-    return nullptr;
-  }
-  PyObject *key, *value;
-  Py_ssize_t position = 0;
-  while (PyDict_Next(choices, &position, &key, &value)) {
-    const char* key_text = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, nullptr) : nullptr;
-    const char* value_text = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, nullptr) : nullptr;
-    if (key_text == nullptr || value_text == nullptr) {
-      if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "cpu_tuning_set: expected str keys and str winners");
-      return nullptr;
-    }
-    cuconv::set_tuning(key_text, value_text);
-  }
-  Py_RETURN_NONE;
-}
+PyObject* cpu_tuning_set(PyObject*, PyObject* choices) { return cuconv::set_tuning_from(choices, "cpu_tuning_set"); }
 
 // cuconv._C.cpu_tuner_pick(key, seconds): runs the tuner on candidates that only wait for
 // the given times (by name "0", "1", ...); returns the winner's index. For the tests: the

@@ -1,4 +1,5 @@
-"""The CPU kernel choices cuconv measures (csrc/cpu/tuner.h), and their on-disk cache.
+"""The kernel choices cuconv measures (csrc/tuning/measured_choice.h): the CPU's, with their
+on-disk cache, and the CUDA kernels'.
 
 The first call of each float32 convolution shape and pass times the kernels that can run it
 (the direct and the im2col + GEMM kernels, Winograd on 3x3 stride-1 layers, the per-pixel
@@ -12,13 +13,21 @@ per candidate and one more.
   imported and saved to it at exit, under the CPU model, cuconv version and set of kernels that
   made them (a different CPU, version or kernel set measures again). ``load`` / ``save`` do the
   same by hand.
+
+On a GPU the first call of each convolution shape and pass times the kernel families that can
+run it (float32 with TF32 allowed: the tensor cores' and the FP32 units'; one input channel a
+group: the direct kernels and the float32 GEMM), waiting for the stream before and after each
+run, and keeps the fastest for the process (``cuda_choices``). Calls made while a CUDA graph is
+being captured measure nothing (a recorded choice or the rule decides). ``CUCONV_CUDA_TUNE=0``
+leaves every choice to the rules (reproducible from run to run). Not kept on disk: measuring
+costs a few calls of each layer, once.
 """
 
 import atexit
 import json
 import os
 
-__all__ = ["choices", "clear", "load", "save", "machine", "unsettled"]
+__all__ = ["choices", "cuda_choices", "clear", "load", "save", "machine", "unsettled"]
 
 
 def _cpuinfo_fields():
@@ -58,20 +67,43 @@ def choices():
     return _C.cpu_tuning()
 
 
+def _cuda_module():
+    import cuconv
+
+    if not cuconv.with_cuda:
+        return None
+    from cuconv import _C_cuda
+
+    return _C_cuda
+
+
+def cuda_choices():
+    """The CUDA kernel families chosen by measurement so far in this process: {key: family}
+    (empty without cuconv's CUDA kernels)."""
+    module = _cuda_module()
+    return module.cuda_tuning() if module is not None else {}
+
+
 def unsettled():
-    """How many choices are still being checked: after measuring, a choice's winner is timed on
-    its next few calls, the last of which measures the other kernels once more (a second look;
-    csrc/cpu/tuner.h). A benchmark of steady speed runs its shapes until this is 0."""
+    """How many choices are still being checked, the CPU's and the CUDA kernels': after
+    measuring, a choice's winner is timed on its next few calls, the last of which measures the
+    other kernels once more (a second look; csrc/tuning/measured_choice.h). A benchmark of
+    steady speed runs its shapes until this is 0."""
     from cuconv import _C
 
-    return _C.cpu_tuning_unsettled()
+    module = _cuda_module()
+    return _C.cpu_tuning_unsettled() + (module.cuda_tuning_unsettled() if module is not None else 0)
 
 
 def clear():
-    """Forgets every choice (the next call of each shape measures again)."""
+    """Forgets every choice, the CPU's and the CUDA kernels' (the next call of each shape
+    measures again)."""
     from cuconv import _C
 
     _C.cpu_tuning_set(None)
+    module = _cuda_module()
+    if module is not None:
+        module.cuda_tuning_set(None)
 
 
 def _read(path):

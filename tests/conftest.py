@@ -6,11 +6,18 @@ cuconv._C_emulated was built (CUCONV_EMULATED_CUDA=1): the CUDA kernels on the e
 device (tests/emulated_cuda.py), with CPU tensors, so the test receives device "cpu".
 """
 
+import os
+
 import pytest
 import torch
 
-import cuconv
-import emulated_cuda
+# The CUDA kernels' family is measured per shape (csrc/cuda/conv2d.cu), which on the emulated
+# device times emulation, and tests assert which family ran: the rules decide here, and the tests
+# of the measured choice (test_cuda_tuning.py) turn it on where they want it.
+os.environ["CUCONV_CUDA_TUNE"] = "0"
+
+import cuconv  # noqa: E402
+import emulated_cuda  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available() and cuconv.with_cuda
 

@@ -1,6 +1,7 @@
-"""The measured choice of CPU kernels (csrc/cpu/tuner.h, cuconv/tuning.py): the chooser picks the
-faster candidate, the call that measures returns the winner's result, recorded choices are
-followed, and the choices survive a process through the on-disk cache."""
+"""The measured choice of CPU kernels (csrc/tuning/measured_choice.h, csrc/cpu/tuner.h,
+cuconv/tuning.py): the chooser picks the faster candidate, the call that measures returns the
+winner's result, recorded choices are followed, and the choices survive a process through the
+on-disk cache. (The CUDA kernels' use of the same chooser: test_cuda_tuning.py.)"""
 
 import json
 import os

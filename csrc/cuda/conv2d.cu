@@ -25,15 +25,20 @@
 //   gemm_tensor_core.cu  NHWC implicit GEMM on the tensor cores: float16, bfloat16, TF32
 //   gemm_simt.cu     float32 on the CUDA cores: all three passes (the input gradient by stride phase)
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
-// The entry points below check the arguments (shape.h, as the CPU kernels do), make the
-// operands contiguous and choose a family. Split reductions (the weight and bias gradients)
+// The entry points below check the arguments (shape.h, as the CPU kernels do) and choose a
+// family among those that can run the call: by measurement the first time a shape is seen
+// (tuning/measured_choice.h; CUCONV_CUDA_TUNE=0 for the rules alone), each family making its
+// operands contiguous as it needs them. Split reductions (the weight and bias gradients)
 // write opmath-typed partial slices summed in fixed order by sum_partials_kernel, so every
 // pass is deterministic (no atomics, whatever torch.use_deterministic_algorithms says).
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "../ops.h"
+#include "../tuning/measured_choice.h"
 #include "conv2d_common.cuh"
 
 namespace cuconv {
@@ -155,7 +160,8 @@ KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted) {
 }  // namespace conv_cuda
 
 // ---------------------------------------------------------------------------
-// Entry points: the checks and output shapes of cpu/conv2d.cpp.
+// Entry points: the checks and output shapes of cpu/conv2d.cpp, then the measured choice among
+// the kernel families that can run the call.
 
 using conv_cuda::ConvCall;
 using conv_cuda::ConvParams;
@@ -164,24 +170,77 @@ using conv_cuda::make_conv_params;
 namespace {
 bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::kFastest; }
 
-// One input channel a group runs on the depthwise kernels, except the float32 forward pass of a
-// layer with at least 32 output channels a group and 16 taps (ResNet's 7x7 stem: 64 and 49): a
-// GEMM with K = the taps that fills most of the float32 GEMM's tiles (the stem: 49 of K's 64, all
-// 64 columns, 18 tiles a sample). The depthwise forward re-reads every output's window from the
-// L1 cache: on an H200 the stem's ran at 6% of the FP32 peak, 3.9x cuDNN's time
-// (benchmarks/RESULTS.md, 2026-12-04). The weight gradient stays there: as a GEMM it would be one
-// tile of 49 columns, split at most 64 ways (reduction_splits), 64 blocks on 132 multiprocessors;
-// the input gradient's GEMM would have one column (C_g).
-bool forward_on_depthwise_kernels(const ConvParams& p, ScalarType dtype) {
-  if (p.in_per_group != 1) return false;
-  const bool gemm = fastest() && dtype == ScalarType::Float && p.out_per_group >= 32 && p.taps >= 16;
-  return !gemm;
+// Where nothing measures, one input channel a group runs on the depthwise kernels, except the
+// float32 forward pass of a layer with at least 32 output channels a group and 16 taps (ResNet's
+// 7x7 stem: 64 and 49): a GEMM with K = the taps that fills most of the float32 GEMM's tiles (the
+// stem: 49 of K's 64, all 64 columns, 18 tiles a sample). The depthwise forward re-reads every
+// output's window from the L1 cache: on an H200 the stem's ran at 6% of the FP32 peak, 3.9x
+// cuDNN's time (benchmarks/RESULTS.md, 2026-12-04). For the weight gradient the rule keeps the
+// depthwise kernels: as a GEMM it is one tile of 49 columns, split at most 64 ways
+// (reduction_splits), 64 blocks on 132 multiprocessors. (The input gradient's GEMM would have one
+// column, C_g: not a candidate.)
+bool forward_rule_is_the_gemm(const ConvParams& p) { return p.out_per_group >= 32 && p.taps >= 16; }
+
+const char* dtype_name(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    default: return "other";
+  }
+}
+
+// The measured choice's key: everything the families' speed depends on.
+std::string tuning_key(const char* pass, const ConvCall& call, const Tensor& t, bool allow_tf32) {
+  const ConvParams& p = call.p;
+  char key[384];
+  std::snprintf(key, sizeof key,
+                "%s %s%s%s N=%d C=%d H=%d W=%d O=%d k=%dx%d s=%dx%d p=%dx%d d=%dx%d groups=%d gpu=%s", pass,
+                dtype_name(t.scalar_type()), allow_tf32 && t.scalar_type() == ScalarType::Float ? " tf32" : "",
+                is_channels_last(t) ? " channels_last" : "", p.batch, p.in_channels, p.in_h, p.in_w, p.out_channels,
+                p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w,
+                call.groups, cuda_detail::device_name(t).c_str());
+  return key;
+}
+
+// Runs one of `candidates` (each computes the whole result; candidates[0] is the rule's choice)
+// and records its name in `ran` (last_kernels()). With more than one, the first call of each key
+// measures them (tuning/measured_choice.h), waiting for the stream before and after each timed
+// run; CUCONV_CUDA_TUNE=0 leaves the choice to the rule, and while the stream captures a CUDA graph
+// (when nothing may wait for it) a recorded choice or the rule decides, unmeasured.
+void run_chosen(const char* pass, const ConvCall& call, const Tensor& t, bool allow_tf32,
+                const std::vector<Candidate>& candidates, std::atomic<const char*>& ran) {
+  size_t chosen = 0;
+  if (candidates.size() == 1 || !env_flag("CUCONV_CUDA_TUNE", true)) {
+    candidates[0].run();
+  } else if (cuda_detail::capturing(call.stream)) {
+    chosen = run_recorded_or_first(tuning_key(pass, call, t, allow_tf32), candidates);
+  } else {
+    chosen = run_tuned(tuning_key(pass, call, t, allow_tf32), candidates,
+                       [&] { cuda_detail::synchronize(call.stream); });
+  }
+  ran = candidates[chosen].name;
+}
+
+// Runs `family` on contiguous NCHW operands (every family but the tensor cores' computes so),
+// copying the result into `result` where that is channels_last.
+template <typename Family>
+void in_nchw(const Tensor& a, const Tensor& b, Tensor& result, const Tensor& like, IntArrayRef sizes, Family family) {
+  const Tensor a_nchw = contiguous_or_self(a), b_nchw = contiguous_or_self(b);
+  Tensor out = result.is_contiguous() ? result : cuda_detail::new_output(like, sizes);
+  family(a_nchw, b_nchw, out);
+  if (!result.is_contiguous()) torch::stable::copy_(result, out);
 }
 }  // namespace
 
-// The entry points hand the tensor-core kernels the tensors as they come (they read NCHW or
-// channels_last and write the output in the input's layout); every other family computes in
-// contiguous NCHW, copied into a channels_last output where the input is channels_last.
+// The tensor-core family reads NCHW or channels_last as it comes and writes the output in the
+// input's layout; the others compute in contiguous NCHW (in_nchw). The families each pass may
+// choose from, the rule's first:
+//   one input channel a group  forward: depthwise, simt (float32; first where forward_rule_is_the_gemm)
+//                              input gradient: depthwise    weight gradient: depthwise, simt (float32)
+//   otherwise                  tensor_core (16-bit types, float32 with allow_tf32), simt (float32);
+//                              simple where neither takes it, and everywhere under kernels("simple")
 
 Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                            IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
@@ -196,24 +255,28 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
                       cuda_detail::current_stream(input), cuda_detail::multiprocessor_count(input)};
   std::optional<Tensor> b;
   if (bias.has_value() && bias->defined()) b = contiguous_or_self(*bias);
-  auto& ran = conv_cuda::last_kernels().forward;
-  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::forward(call, input, weight, b, y, allow_tf32)) {
-    ran = "tensor_core";
-    return y;
+  const ConvParams& p = call.p;
+  const ScalarType dtype = input.scalar_type();
+  auto nchw = [&](const char* name, auto family) {
+    return Candidate{name, [&, family] {
+      in_nchw(input, weight, y, input, sizes, [&](const Tensor& x, const Tensor& w, Tensor& out) { family(call, x, w, b, out); });
+    }};
+  };
+  const Candidate depthwise = nchw("depthwise", conv_cuda::depthwise::forward);
+  const Candidate simt = nchw("simt", conv_cuda::simt::forward);
+  const Candidate simple = nchw("simple", conv_cuda::simple::forward);
+  const Candidate tensor_core{"tensor_core", [&] { conv_cuda::tensor_core::forward(call, input, weight, b, y, allow_tf32); }};
+  std::vector<Candidate> candidates;
+  if (p.in_per_group == 1) {
+    candidates = {depthwise};
+    if (fastest() && dtype == ScalarType::Float)
+      candidates.insert(forward_rule_is_the_gemm(p) ? candidates.begin() : candidates.end(), simt);
+  } else if (fastest()) {
+    if (conv_cuda::tensor_core::takes_forward(p, dtype, allow_tf32)) candidates.push_back(tensor_core);
+    if (dtype == ScalarType::Float) candidates.push_back(simt);
   }
-  const Tensor x = contiguous_or_self(input);
-  const Tensor w = contiguous_or_self(weight);
-  Tensor out = y.is_contiguous() ? y : cuda_detail::new_output(input, sizes);
-  if (forward_on_depthwise_kernels(call.p, x.scalar_type())) {
-    conv_cuda::depthwise::forward(call, x, w, b, out);
-    ran = "depthwise";
-  } else if (fastest() && conv_cuda::simt::forward(call, x, w, b, out)) {
-    ran = "simt";
-  } else {
-    conv_cuda::simple::forward(call, x, w, b, out);
-    ran = "simple";
-  }
-  if (!y.is_contiguous()) torch::stable::copy_(y, out);
+  if (candidates.empty()) candidates = {simple};
+  run_chosen("conv2d_forward", call, input, allow_tf32, candidates, conv_cuda::last_kernels().forward);
   return y;
 }
 
@@ -228,25 +291,24 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
   if (dx.numel() == 0) return dx;
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
-  auto& ran = conv_cuda::last_kernels().backward_input;
-  if (call.p.in_per_group > 1 && fastest() &&
-      conv_cuda::tensor_core::backward_input(call, grad_output, weight, dx, allow_tf32)) {
-    ran = "tensor_core";
-    return dx;
+  const ConvParams& p = call.p;
+  const ScalarType dtype = grad_output.scalar_type();
+  auto nchw = [&](const char* name, auto family) {
+    return Candidate{name, [&, family] {
+      in_nchw(grad_output, weight, dx, grad_output, input_size,
+              [&](const Tensor& dy, const Tensor& w, Tensor& out) { family(call, dy, w, out); });
+    }};
+  };
+  std::vector<Candidate> candidates;
+  if (p.in_per_group == 1) {
+    candidates = {nchw("depthwise", conv_cuda::depthwise::backward_input)};
+  } else if (fastest()) {
+    if (conv_cuda::tensor_core::takes_backward_input(p, dtype, allow_tf32))
+      candidates.push_back({"tensor_core", [&] { conv_cuda::tensor_core::backward_input(call, grad_output, weight, dx, allow_tf32); }});
+    if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_input));
   }
-  const Tensor dy = contiguous_or_self(grad_output);
-  const Tensor w = contiguous_or_self(weight);
-  Tensor out = dx.is_contiguous() ? dx : cuda_detail::new_output(grad_output, input_size);
-  if (call.p.in_per_group == 1) {
-    conv_cuda::depthwise::backward_input(call, dy, w, out);
-    ran = "depthwise";
-  } else if (fastest() && conv_cuda::simt::backward_input(call, dy, w, out)) {
-    ran = "simt";
-  } else {
-    conv_cuda::simple::backward_input(call, dy, w, out);
-    ran = "simple";
-  }
-  if (!dx.is_contiguous()) torch::stable::copy_(dx, out);
+  if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_input)};
+  run_chosen("conv2d_backward_input", call, grad_output, allow_tf32, candidates, conv_cuda::last_kernels().backward_input);
   return dx;
 }
 
@@ -260,22 +322,25 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   if (dw.numel() == 0) return dw;
   const ConvCall call{make_conv_params(op, shape, stride, padding, dilation), static_cast<int>(groups),
                       cuda_detail::current_stream(grad_output), cuda_detail::multiprocessor_count(grad_output)};
-  auto& ran = conv_cuda::last_kernels().backward_weight;
-  if (call.p.in_per_group > 1 && fastest() && conv_cuda::tensor_core::backward_weight(call, grad_output, input, dw, allow_tf32)) {
-    ran = "tensor_core";
-    return dw;
+  const ConvParams& p = call.p;
+  const ScalarType dtype = grad_output.scalar_type();
+  auto nchw = [&](const char* name, auto family) {  // (dw is contiguous: in_nchw copies nothing back)
+    return Candidate{name, [&, family] {
+      in_nchw(grad_output, input, dw, grad_output, weight_size,
+              [&](const Tensor& dy, const Tensor& x, Tensor& out) { family(call, dy, x, out); });
+    }};
+  };
+  std::vector<Candidate> candidates;
+  if (p.in_per_group == 1) {
+    candidates = {nchw("depthwise", conv_cuda::depthwise::backward_weight)};
+    if (fastest() && dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_weight));
+  } else if (fastest()) {
+    if (conv_cuda::tensor_core::takes_backward_weight(p, dtype, allow_tf32))
+      candidates.push_back({"tensor_core", [&] { conv_cuda::tensor_core::backward_weight(call, grad_output, input, dw, allow_tf32); }});
+    if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_weight));
   }
-  const Tensor x = contiguous_or_self(input);
-  const Tensor dy = contiguous_or_self(grad_output);
-  if (call.p.in_per_group == 1) {
-    conv_cuda::depthwise::backward_weight(call, dy, x, dw);
-    ran = "depthwise";
-  } else if (fastest() && conv_cuda::simt::backward_weight(call, dy, x, dw)) {
-    ran = "simt";
-  } else {
-    conv_cuda::simple::backward_weight(call, dy, x, dw);
-    ran = "simple";
-  }
+  if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_weight)};
+  run_chosen("conv2d_backward_weight", call, grad_output, allow_tf32, candidates, conv_cuda::last_kernels().backward_weight);
   return dw;
 }
 

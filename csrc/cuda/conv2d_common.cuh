@@ -197,9 +197,13 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
 }  // namespace simple
 
 // The tensor-core implicit GEMM (gemm_tensor_core.cu) for float16, bfloat16 and, with
-// allow_tf32, float32. Returns false, having done nothing, for what it does not take (other
-// dtypes, channel counts that do not fill 16-byte chunks); the caller then falls back.
+// allow_tf32, float32: takes_*() say whether it takes a pass (not other dtypes, nor channel
+// counts that do not fill 16-byte chunks); the passes return false, having done nothing, for
+// what it does not take.
 namespace tensor_core {
+bool takes_forward(const ConvParams& p, ScalarType dtype, bool allow_tf32);
+bool takes_backward_input(const ConvParams& p, ScalarType dtype, bool allow_tf32);
+bool takes_backward_weight(const ConvParams& p, ScalarType dtype, bool allow_tf32);
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
              bool allow_tf32);
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32);

@@ -7,6 +7,8 @@
 // leaves unwritten shows in the tests.
 
 #include <limits>
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -46,6 +48,16 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
   const std::string error = emu::take_last_error();
   CUCONV_CHECK(error.empty(), "CUDA error: ", error);
 }
+
+// The launches have already run; a wait is counted (stats()) and refused while "capturing".
+inline void synchronize(Stream) {
+  CUCONV_CHECK(!emu::device_config().capturing, "CUDA error: operation not permitted when stream is capturing");
+  ++emu::stats().synchronizations;
+}
+
+inline bool capturing(Stream) { return emu::device_config().capturing; }
+
+inline std::string device_name(const Tensor&) { return "emulated"; }
 
 // A new tensor (like `like`, of `sizes` and optionally another dtype; channels_last: 4-D NCHW
 // sizes laid out NHWC) for a kernel to fill: NaN, or for integers -2^62, so that what a kernel
@@ -93,6 +105,31 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
 inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt,
                          bool channels_last = false) {
   return channels_last ? empty_channels_last_like(like, sizes, dtype) : empty_like_with(like, sizes, dtype);
+}
+
+// Waits until the stream's work is done (the measured kernel choice times whole calls).
+inline void synchronize(Stream stream) { STD_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+// Whether the stream is capturing a CUDA graph: then nothing may wait for it.
+inline bool capturing(Stream stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  STD_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The GPU's name (cudaDeviceProp::name), for the measured choices' keys; looked up once a device.
+inline std::string device_name(const Tensor& t) {
+  static std::mutex mutex;
+  static std::map<int, std::string> names;
+  const int index = t.get_device_index();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = names.find(index);
+  if (found == names.end()) {
+    cudaDeviceProp properties{};
+    STD_CUDA_CHECK(cudaGetDeviceProperties(&properties, index));
+    found = names.emplace(index, properties.name).first;
+  }
+  return found->second;
 }
 
 #endif

@@ -592,10 +592,23 @@ bool supports(ScalarType dtype, bool allow_tf32) {
   return dtype == ScalarType::Half || dtype == ScalarType::BFloat16 || (dtype == ScalarType::Float && allow_tf32);
 }
 
+bool takes_forward(const ConvParams& p, ScalarType dtype, bool allow_tf32) {
+  return supports(dtype, allow_tf32) && channels_fill_chunks(dtype, p.in_per_group);
+}
+
+bool takes_backward_input(const ConvParams& p, ScalarType dtype, bool allow_tf32) {
+  return supports(dtype, allow_tf32) && channels_fill_chunks(dtype, p.out_per_group);
+}
+
+bool takes_backward_weight(const ConvParams& p, ScalarType dtype, bool allow_tf32) {
+  return supports(dtype, allow_tf32) && channels_fill_chunks(dtype, p.in_per_group) &&
+         channels_fill_chunks(dtype, p.out_per_group);
+}
+
 bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, Tensor& y,
              bool allow_tf32) {
   const ConvParams& p = call.p;
-  if (!supports(x.scalar_type(), allow_tf32) || !channels_fill_chunks(x.scalar_type(), p.in_per_group)) return false;
+  if (!takes_forward(p, x.scalar_type(), allow_tf32)) return false;
   TensorCoreConv q;
   q.batch = p.batch, q.src_h = p.in_h, q.src_w = p.in_w, q.src_channels = p.in_channels;
   q.channels = p.in_per_group, q.rows = p.out_h, q.cols = p.out_w;
@@ -621,7 +634,7 @@ bool forward(const ConvCall& call, const Tensor& x, const Tensor& w, const std::
 
 bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Tensor& dx, bool allow_tf32) {
   const ConvParams& p = call.p;
-  if (!supports(dy.scalar_type(), allow_tf32) || !channels_fill_chunks(dy.scalar_type(), p.out_per_group)) return false;
+  if (!takes_backward_input(p, dy.scalar_type(), allow_tf32)) return false;
   bool done = false;
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_tensor_core", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -664,9 +677,7 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
 bool backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Tensor& dw, bool allow_tf32) {
   const ConvParams& p = call.p;
   const ScalarType dtype = dy.scalar_type();
-  if (!supports(dtype, allow_tf32) || !channels_fill_chunks(dtype, p.in_per_group) ||
-      !channels_fill_chunks(dtype, p.out_per_group))
-    return false;
+  if (!takes_backward_weight(p, dtype, allow_tf32)) return false;
   // (K steps of 32 pixels: as the 16-bit kernel's, for the split count)
   using Tile = WeightGradTile<c10::Half>;
   TensorCoreWeightGrad q;

@@ -7,12 +7,16 @@
 //                           family each pass ran last ("tensor_core", "simt", "simple", "depthwise",
 //                           "none"), the tile configuration of the last GEMM launched ("tile") and
 //                           the K slices of the last GEMM or split reduction launched ("splits")
+//   cuda_tuning()        -> {key: family}, the families chosen by measurement so far (conv2d.cu)
+//   cuda_tuning_set(d)   records {key: family} choices as if measured; None forgets them all
+//   cuda_tuning_unsettled() -> how many of them are still being checked
 // Python's limited API only, as the modules.
 
 #include <Python.h>
 
 #include <cstring>
 
+#include "../tuning/python_table.h"
 #include "kernel_choice.h"
 
 namespace cuconv::conv_cuda {
@@ -40,11 +44,23 @@ inline PyObject* py_last_kernels(PyObject*, PyObject*) {
                        last.tile.load(), "splits", last.splits.load());
 }
 
+inline PyObject* py_cuda_tuning(PyObject*, PyObject*) { return tuning_table_as_dict(); }
+
+inline PyObject* py_cuda_tuning_set(PyObject*, PyObject* choices) { return set_tuning_from(choices, "cuda_tuning_set"); }
+
+inline PyObject* py_cuda_tuning_unsettled(PyObject*, PyObject*) { return PyLong_FromLong(unsettled_choices()); }
+
 }  // namespace cuconv::conv_cuda
 
-// The two entries of a PyMethodDef table.
+// The entries of a PyMethodDef table.
 #define CUCONV_KERNEL_SETTINGS_METHODS                                                                     \
   {"kernels", ::cuconv::conv_cuda::py_kernels, METH_VARARGS,                                               \
    "kernels([choice]) -> 'fastest' or 'simple': the convolution kernels the entry points choose among."}, \
   {"last_kernels", ::cuconv::conv_cuda::py_last_kernels, METH_NOARGS,                                      \
-   "The kernel family each convolution pass ran last."}
+   "The kernel family each convolution pass ran last."},                                                   \
+  {"cuda_tuning", ::cuconv::conv_cuda::py_cuda_tuning, METH_NOARGS,                                        \
+   "The convolution kernel families chosen by measurement so far, {key: family}."},                        \
+  {"cuda_tuning_set", ::cuconv::conv_cuda::py_cuda_tuning_set, METH_O,                                     \
+   "Records {key: family} choices as if measured; None forgets them all."},                                \
+  {"cuda_tuning_unsettled", ::cuconv::conv_cuda::py_cuda_tuning_unsettled, METH_NOARGS,                    \
+   "How many of the measured choices are still being checked."}

@@ -92,11 +92,13 @@ struct DeviceConfig {
   int max_grid_yz = 65535;                      // gridDim.y and gridDim.z
   Schedule schedule = Schedule::kForward;
   uint64_t seed = 0;                            // for Schedule::kRandom
+  bool capturing = false;                       // the stream "captures a CUDA graph": nothing may wait for it
 };
 DeviceConfig& device_config();
 
 struct Stats {
   uint64_t launches = 0, blocks = 0, threads = 0, barriers = 0, collectives = 0;
+  uint64_t synchronizations = 0;  // host waits for the stream (the measured kernel choice's)
 };
 Stats& stats();
 

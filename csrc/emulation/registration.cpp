@@ -5,9 +5,9 @@
 // Built only when setup.py is asked to (CUCONV_EMULATED_CUDA); never part of a normal build.
 //
 // The Python module also configures the device: configure(multiprocessor_count=..., max_grid_yz=...,
-// schedule="forward"|"reverse"|"random", seed=..., shared_per_block=..., shared_per_block_optin=...)
-// returns the whole configuration, and reports stats() (launches, blocks, threads,
-// barriers, collectives) so tests can tell that the emulated kernels did run; kernels() and
+// schedule="forward"|"reverse"|"random", seed=..., shared_per_block=..., shared_per_block_optin=...,
+// capturing=...) returns the whole configuration, and reports stats() (launches, blocks, threads,
+// barriers, collectives, host waits for the stream) so tests can tell that the emulated kernels did run; kernels() and
 // last_kernels() choose and report the convolution kernels (cuda/kernel_settings.h).
 
 #include <Python.h>
@@ -34,21 +34,22 @@ const char* schedule_name(Schedule s) {
 
 PyObject* configuration(void) {
   const cuconv::emu::DeviceConfig& c = cuconv::emu::device_config();
-  return Py_BuildValue("{s:i,s:i,s:n,s:n,s:s,s:K}", "multiprocessor_count", c.multiprocessor_count,
+  return Py_BuildValue("{s:i,s:i,s:n,s:n,s:s,s:K,s:O}", "multiprocessor_count", c.multiprocessor_count,
                        "max_grid_yz", c.max_grid_yz, "shared_per_block", static_cast<Py_ssize_t>(c.shared_per_block),
                        "shared_per_block_optin", static_cast<Py_ssize_t>(c.shared_per_block_optin), "schedule",
-                       schedule_name(c.schedule), "seed", static_cast<unsigned long long>(c.seed));
+                       schedule_name(c.schedule), "seed", static_cast<unsigned long long>(c.seed), "capturing",
+                       c.capturing ? Py_True : Py_False);
 }
 
 // configure(**settings) -> the whole configuration, after applying the settings given.
 PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
   static const char* keywords[] = {"multiprocessor_count", "max_grid_yz", "schedule", "seed", "shared_per_block",
-                                   "shared_per_block_optin", nullptr};
-  int sm_count = -1, max_grid_yz = -1;
+                                   "shared_per_block_optin", "capturing", nullptr};
+  int sm_count = -1, max_grid_yz = -1, capturing = -1;
   const char* schedule = nullptr;
   long long seed = -1, shared = -1, shared_optin = -1;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$iizLLL", const_cast<char**>(keywords), &sm_count, &max_grid_yz,
-                                   &schedule, &seed, &shared, &shared_optin))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$iizLLLp", const_cast<char**>(keywords), &sm_count, &max_grid_yz,
+                                   &schedule, &seed, &shared, &shared_optin, &capturing))
     return nullptr;
   cuconv::emu::DeviceConfig& c = cuconv::emu::device_config();
   if (max_grid_yz != -1) {
@@ -81,15 +82,17 @@ PyObject* configure(PyObject*, PyObject* args, PyObject* kwargs) {
   if (seed != -1) c.seed = static_cast<uint64_t>(seed);
   if (shared != -1) c.shared_per_block = static_cast<size_t>(shared);
   if (shared_optin != -1) c.shared_per_block_optin = static_cast<size_t>(shared_optin);
+  if (capturing != -1) c.capturing = capturing != 0;
   return configuration();
 }
 
 PyObject* stats(PyObject*, PyObject*) {
   const cuconv::emu::Stats& s = cuconv::emu::stats();
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "launches", static_cast<unsigned long long>(s.launches), "blocks",
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "launches", static_cast<unsigned long long>(s.launches), "blocks",
                        static_cast<unsigned long long>(s.blocks), "threads", static_cast<unsigned long long>(s.threads),
                        "barriers", static_cast<unsigned long long>(s.barriers), "collectives",
-                       static_cast<unsigned long long>(s.collectives));
+                       static_cast<unsigned long long>(s.collectives), "synchronizations",
+                       static_cast<unsigned long long>(s.synchronizations));
 }
 
 PyMethodDef methods[] = {
