@@ -81,9 +81,11 @@ if [ "$stage" = check ]; then
     step 45 "compute-sanitizer $tool" "$out/sanitizer.log" compute-sanitizer --tool "$tool" \
       --error-exitcode 1 python3 -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "agree or stream or deterministic"
   done
-  step 90 "gpu_protocol --quick" "$out/protocol-quick.log" python3 benchmarks/gpu_protocol.py --quick \
+  # (CUCONV_LOG=1: the log keeps each measured choice of kernel family with the families' times)
+  step 90 "gpu_protocol --quick" "$out/protocol-quick.log" env CUCONV_LOG=1 python3 benchmarks/gpu_protocol.py --quick \
     --budget 60 --json "$out/protocol-quick.json" --markdown "$out/protocol-quick.md"
   head -8 "$out/protocol-quick.md" 2> /dev/null
+  grep "^cuconv: tuned" "$out/protocol-quick.log" | sed 's/^cuconv: tuned //' | head -12
   step 60 "gpu_long_sums" "$out/long-sums.log" python3 benchmarks/gpu_long_sums.py
   cat "$out/long-sums.log"
 elif [ "$stage" = profile ]; then

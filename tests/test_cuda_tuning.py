@@ -58,6 +58,16 @@ def _call(target, name, case, g):
     return target.run(name, *args), args
 
 
+def _reference(name, args, case):
+    _, w_shape, stride, padding, groups, _ = case
+    a, b = args[0].cpu().double(), args[1].cpu().double()
+    if name == "conv2d":
+        return F.conv2d(a, b, None, stride, padding, 1, groups)
+    if name == "conv2d_backward_input":
+        return torch.nn.grad.conv2d_input(args[2], b, a, stride, padding, 1, groups)
+    return torch.nn.grad.conv2d_weight(b, w_shape, a, stride, padding, 1, groups)
+
+
 @pytest.mark.parametrize("layer", MEASURED)
 def test_each_family_that_can_run_a_call_is_measured_and_the_winner_recorded(target, layer, capfd, monkeypatch):
     """The first call of a shape times every family that can run it (the log names them with
@@ -79,11 +89,17 @@ def test_each_family_that_can_run_a_call_is_measured_and_the_winner_recorded(tar
         assert key.endswith("gpu=emulated" if target.name == "emulated" else "gpu=" + torch.cuda.get_device_name())
         if before is not None:  # around each of 2 rounds x the candidates
             assert _synchronizations(target) - before >= 2 * 2 * len(families)
-        # The call's result is the winner's: the winner alone, recorded, computes the same.
-        target.module.cuda_tuning_set({key: ran})
-        again, ran_again = target.run(name, *args)
-        assert ran_again == ran
-        torch.testing.assert_close(again, out, rtol=0, atol=0)
+        # The call's result is the winner's: the winner alone, recorded, computes the same. And
+        # every family, recorded, gives torch's values (TF32: to a TF32 rounding).
+        ref = _reference(name, args, case)
+        tolerance = 2e-3 if case[-1] else 1e-5
+        for family in families:
+            target.module.cuda_tuning_set({key: family})
+            again, ran_again = target.run(name, *args)
+            assert ran_again == family
+            if family == ran:
+                torch.testing.assert_close(again, out, rtol=0, atol=0)
+            torch.testing.assert_close(again.cpu().double(), ref, rtol=tolerance, atol=tolerance * ref.abs().max().item())
         target.module.cuda_tuning_set(None)
 
 

@@ -227,7 +227,7 @@ void backward_weight(const ConvCall& call, const Tensor& dy, const Tensor& x, Te
 
 // Split reductions (conv2d.cu): how many slices, the buffer the slices write (`out` itself when
 // there is one slice of out's own dtype, else [splits, out.numel()] in opmath), and the sum of
-// the slices into `out` in slice order (nothing when the buffer is `out`).
+// the slices into `out` in a fixed order (sum_partials_kernel; nothing when the buffer is `out`).
 // The longest chain of additions a split reduction leaves to one accumulator (products or
 // values), where memory allows: reduction_splits' max_work is this in its own units of work.
 constexpr int64_t kMaxChain = 4096;
