@@ -90,7 +90,18 @@ def _cuda_build_wanted():
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """Also writes cuconv/_build_info.py: what the modules were built with and for."""
+    """Also writes cuconv/_build_info.py: what the modules were built with and for. Each module
+    compiles into a build folder of its own: some sources go into several modules with different
+    flags (csrc/tuning in every one, the emulated device's in the sanitizer build too), and a
+    shared object file would be rebuilt for each module, or linked into the wrong one."""
+
+    def build_extension(self, ext):
+        build_temp = self.build_temp
+        self.build_temp = os.path.join(build_temp, ext.name.rsplit(".", 1)[-1])
+        try:
+            super().build_extension(ext)
+        finally:
+            self.build_temp = build_temp
 
     def run(self):
         super().run()

@@ -55,9 +55,9 @@ def run_cases(labels_path, batch):
                 ours, theirs = gpu_protocol.pass_functions(case, pass_name, x, w, dy)
                 for library, fn in (("cuconv", ours), ("cuDNN", theirs)):
                     calls.append((f"{name} {precision} {pass_name} {library}", precision, fn))
-    for _, precision, fn in calls:  # warm-up: module loads, cuDNN's heuristics and workspaces,
-        gpu_protocol.set_precision(precision)  # cuconv's measured choice and its four checked calls
-        for _ in range(5):
+    for _, precision, fn in calls:  # warm-up: module loads, cuDNN's heuristics and workspaces (and
+        gpu_protocol.set_precision(precision)  # with CUCONV_CUDA_TUNE=1 cuconv's measured choices)
+        for _ in range(gpu_protocol.SETTLING_CALLS):
             fn()
     torch.cuda.synchronize()
     with open(labels_path, "w") as labels:

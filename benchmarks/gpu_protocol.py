@@ -8,8 +8,8 @@ input gradient, weight gradient), in every combination of
     precision      float32 (strict: TF32 off for both), tf32 (TF32 on for both: torch's conv
                    fp32_precision = "tf32", which cuconv.functional follows), bfloat16
     layout         NCHW, channels_last
-    cudnn.benchmark off, on (cuDNN's algorithm search; cuconv measures its own choice of kernel
-                   family in both, unless CUCONV_CUDA_TUNE=0: README, "Kernel choice by measurement")
+    cudnn.benchmark off, on (cuDNN's algorithm search; with it, cuconv measures its choice of
+                   kernel family, CUCONV_CUDA_TUNE=1: README, "Kernel choice by measurement")
 it first checks both libraries against float64 on the same inputs: a timing is taken only when
 cuconv's largest error is within 4x cuDNN's plus the project's float32 tolerance, 1e-5 of the
 largest result, or one rounding of the precision (TF32's 2^-10 included) where that is coarser (else the row
@@ -46,6 +46,11 @@ PASSES = ["forward", "input_grad", "weight_grad"]
 # One rounding of each precision's operands: TF32 keeps 10 of float32's 23 mantissa bits (cuDNN
 # may still run a TF32-allowed layer in full float32, so its error is no bound for ours).
 EPSILON = {"tf32": 2.0 ** -10}
+
+
+# Calls that settle a measured choice of cuconv's (csrc/tuning/measured_choice.h): the measuring
+# call and the four checked calls after it, the last of which may measure again.
+SETTLING_CALLS = 5
 
 
 def set_precision(precision):
@@ -95,9 +100,7 @@ def reference(case, pass_name, x, w, dy):
 
 
 def time_ms(fn, device, reps, inner):
-    # Warm-up, past cuconv's checks of a measured choice too (its next four calls, the last of
-    # which measures the other families once more).
-    for _ in range(6):
+    for _ in range(3):
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -145,6 +148,7 @@ def main(argv=None):
     rows, left, interrupted = [], [], False
     start = time.monotonic()
     saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark)
+    saved_tune = os.environ.get("CUCONV_CUDA_TUNE")
     try:
         for done, case in enumerate(cases):
             if done > 0 and args.budget is not None and time.monotonic() - start > args.budget:
@@ -157,14 +161,20 @@ def main(argv=None):
                     for pass_name in PASSES:
                         ref = reference(case, pass_name, *exact)
                         ours, theirs = pass_functions(case, pass_name, x, w, dy)
-                        err_ours = (ours().double() - ref).abs().max().item()
-                        err_theirs = (theirs().double() - ref).abs().max().item()
-                        correct = within_gate(err_ours, err_theirs, ref.abs().max().item(), precision, dtype)
-                        kernel = cuconv._C_cuda.last_kernels()[pass_name.replace("_grad", "").replace(
-                            "input", "backward_input").replace("weight", "backward_weight")] \
-                            if device == "cuda" else "cpu"
                         for benchmark in (False, True):
                             torch.backends.cudnn.benchmark = benchmark
+                            # cuconv measures its choice of kernel family where cuDNN searches; its
+                            # measuring call and four checked calls first, so that the family gated
+                            # below is the one timed
+                            os.environ["CUCONV_CUDA_TUNE"] = "1" if benchmark else "0"
+                            for _ in range(SETTLING_CALLS):
+                                ours()
+                            err_ours = (ours().double() - ref).abs().max().item()
+                            err_theirs = (theirs().double() - ref).abs().max().item()
+                            correct = within_gate(err_ours, err_theirs, ref.abs().max().item(), precision, dtype)
+                            kernel = cuconv._C_cuda.last_kernels()[pass_name.replace("_grad", "").replace(
+                                "input", "backward_input").replace("weight", "backward_weight")] \
+                                if device == "cuda" else "cpu"
                             row = dict(case=case.name, pass_=pass_name, precision=precision, layout=layout,
                                        cudnn_benchmark=benchmark, kernel=kernel, err_cuconv=err_ours,
                                        err_cudnn=err_theirs, correct=correct)
@@ -180,6 +190,10 @@ def main(argv=None):
         left = [c.name for c in cases if c.name not in measured]
     finally:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark = saved
+        if saved_tune is None:
+            os.environ.pop("CUCONV_CUDA_TUNE", None)
+        else:
+            os.environ["CUCONV_CUDA_TUNE"] = saved_tune
     header = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "command": " ".join(sys.argv), "batch": args.batch,

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 #include <torch/csrc/stable/library.h>
@@ -98,7 +99,7 @@ PyObject* cpu_tuning_set(PyObject*, PyObject* choices) { return cuconv::set_tuni
 // the given times (by name "0", "1", ...); returns the winner's index. For the tests: the
 // chooser itself, with speeds made clearly different. A candidate's entry is a time or a
 // sequence of times: the k-th run in this call waits the k-th (the last one repeated), which
-// plays a measurement disturbed by load from elsewhere.
+// plays a measurement disturbed by load from elsewhere; a negative time fails (throws).
 PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
   const char* key = nullptr;
   PyObject* seconds = nullptr;
@@ -133,14 +134,24 @@ PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
     candidates.push_back({names[c], [waits, runs] {
                             const double wait = waits[std::min(*runs, waits.size() - 1)];
                             ++*runs;
+                            if (wait < 0) throw std::runtime_error("candidate failed");  // a failing kernel
                             std::this_thread::sleep_for(std::chrono::duration<double>(wait));
                           }});
   }
   size_t winner = 0;
+  std::string error;
   const std::string tuning_key(key);
   Py_BEGIN_ALLOW_THREADS
-  winner = cuconv::run_tuned(tuning_key, candidates);
+  try {
+    winner = cuconv::run_tuned(tuning_key, candidates);
+  } catch (const std::exception& failure) {
+    error = failure.what();
+  }
   Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
   return PyLong_FromSize_t(winner);
 }
 

@@ -11,9 +11,8 @@ import os
 import pytest
 import torch
 
-# The CUDA kernels' family is measured per shape (csrc/cuda/conv2d.cu), which on the emulated
-# device times emulation, and tests assert which family ran: the rules decide here, and the tests
-# of the measured choice (test_cuda_tuning.py) turn it on where they want it.
+# Tests assert which CUDA kernel family ran: the rules decide (the default), whatever the
+# environment says; the tests of the measured choice (test_cuda_tuning.py) turn it on.
 os.environ["CUCONV_CUDA_TUNE"] = "0"
 
 import cuconv  # noqa: E402

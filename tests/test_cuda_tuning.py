@@ -5,7 +5,7 @@ recorded choice decides, that nothing waits for a stream capturing a CUDA graph,
 switch. On the emulated device (where the times are the emulation's: which family wins there
 means nothing) and on a GPU where there is one.
 
-conftest.py turns the measuring off for the rest of the suite; these tests turn it on."""
+Measuring is off by default (CUCONV_CUDA_TUNE=1 turns it on); these tests turn it on."""
 
 import re
 
@@ -85,7 +85,7 @@ def test_each_family_that_can_run_a_call_is_measured_and_the_winner_recorded(tar
         key, times, winner = lines[0]
         assert re.findall(r"(\w+) [0-9.]+ ms", times) == families
         assert target.module.cuda_tuning() == {key: winner} and winner == ran
-        assert key.startswith(PASS_NAMES[name] + " float32" + (" tf32" if case[-1] else "") + " N=")
+        assert key.startswith(PASS_NAMES[name] + " float32" + (" tf32" if case[-1] else "") + " layouts=nchw,nchw N=")
         assert key.endswith("gpu=emulated" if target.name == "emulated" else "gpu=" + torch.cuda.get_device_name())
         if before is not None:  # around each of 2 rounds x the candidates
             assert _synchronizations(target) - before >= 2 * 2 * len(families)
@@ -126,6 +126,20 @@ def test_a_recorded_family_that_cannot_run_the_call_is_measured_again(target):
     assert ran in ("tensor_core", "simt") and target.module.cuda_tuning()[key] == ran
 
 
+def test_layouts_and_bias_are_keyed_apart(target):
+    """A channels_last input makes the NCHW families copy it, a bias changes the epilogue: each its own choice."""
+    g = torch.Generator().manual_seed(27)
+    x = _random((2, 16, 9, 11), torch.float32, target.device, g)
+    w, b = _random((24, 16, 3, 3), torch.float32, target.device, g), _random((24,), torch.float32, target.device, g)
+    conv = ((1, 1), (1, 1), (1, 1), 1, True)
+    for tensor, bias in ((x, None), (x.to(memory_format=torch.channels_last), None), (x, b)):
+        target.run("conv2d", tensor, w, bias, *conv)
+    keys = sorted(target.module.cuda_tuning())
+    assert len(keys) == 3, keys
+    assert {("layouts=channels_last,nchw" in k, " bias " in k) for k in keys} == {(False, False), (False, True),
+                                                                                   (True, False)}
+
+
 @pytest.mark.skipif("emulated" not in TARGETS, reason="the emulated device plays the capture")
 def test_while_a_graph_is_captured_nothing_waits_and_a_recorded_choice_or_the_rule_decides(target):
     if target.name != "emulated":
@@ -145,9 +159,14 @@ def test_while_a_graph_is_captured_nothing_waits_and_a_recorded_choice_or_the_ru
         assert ran == "simt"
 
 
-def test_measuring_off_leaves_every_choice_to_the_rule_and_a_bad_setting_is_an_error(target, monkeypatch):
+@pytest.mark.parametrize("setting", ["0", None])
+def test_measuring_off_leaves_every_choice_to_the_rule_and_a_bad_setting_is_an_error(target, monkeypatch, setting):
+    """Off by default (unset), as torch's cudnn.benchmark."""
     case, passes = MEASURED["one-input-channel"]
-    monkeypatch.setenv("CUCONV_CUDA_TUNE", "0")
+    if setting is None:
+        monkeypatch.delenv("CUCONV_CUDA_TUNE")
+    else:
+        monkeypatch.setenv("CUCONV_CUDA_TUNE", setting)
     before = _synchronizations(target)
     g = torch.Generator().manual_seed(25)
     for name, families in passes.items():
@@ -190,3 +209,23 @@ def test_a_shape_first_seen_inside_a_graph_capture_is_not_measured_and_the_repla
     eager = torch.ops.cuconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, True)
     torch.testing.assert_close(y, eager, rtol=0, atol=0) if cuconv._C_cuda.last_kernels()["forward"] == "tensor_core" \
         else torch.testing.assert_close(y, eager, rtol=2e-3, atol=2e-3 * eager.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "cuda" not in TARGETS, reason="no CUDA GPU")
+def test_measuring_on_a_side_stream_gives_torchs_values(monkeypatch):
+    import cuconv
+
+    monkeypatch.setenv("CUCONV_CUDA_TUNE", "1")
+    cuconv.tuning.clear()
+    x = torch.randn(4, 16, 20, 20, device="cuda")
+    w = torch.randn(32, 16, 3, 3, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # queued before the measured call: the wait must cover it
+        y = torch.ops.cuconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, True)  # measured here
+    torch.cuda.current_stream().wait_stream(side)
+    assert len(cuconv.tuning.cuda_choices()) == 1
+    ref = F.conv2d(x.double(), w.double(), None, 1, 1)
+    torch.testing.assert_close(y.double(), ref, rtol=2e-3, atol=2e-3 * ref.abs().max().item())  # (TF32)
+    cuconv.tuning.clear()

@@ -42,6 +42,17 @@ def test_the_chooser_picks_the_faster_candidate_and_remembers_it(waits, faster):
     assert _C.cpu_tuner_pick(key, slower_now) == faster
 
 
+@pytest.mark.parametrize("waits, winner", [((-1, 0.002), 1), ((0.002, -1), 0), ((0.03, -1, 0.002), 2)])
+def test_a_candidate_that_fails_is_passed_over_and_only_all_failing_fail_the_call(waits, winner):
+    """(Out of memory for one kernel's buffers must not fail a call another kernel can make.)"""
+    key = f"failing {waits}"
+    assert _C.cpu_tuner_pick(key, waits) == winner
+    assert cuconv.tuning.choices()[key] == str(winner)
+    with pytest.raises(RuntimeError, match="candidate failed"):
+        _C.cpu_tuner_pick("all failing", (-1, -1))
+    assert "all failing" not in cuconv.tuning.choices()
+
+
 def test_a_choice_measured_in_a_burst_of_load_is_measured_again_once():
     # Both candidates measured slow (a burst of load elsewhere): "1" looks faster and wins.
     key = "test disturbed"

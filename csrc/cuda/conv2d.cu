@@ -26,9 +26,9 @@
 //   gemm_simt.cu     float32 on the CUDA cores: all three passes (the input gradient by stride phase)
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
 // The entry points below check the arguments (shape.h, as the CPU kernels do) and choose a
-// family among those that can run the call: by measurement the first time a shape is seen
-// (tuning/measured_choice.h; CUCONV_CUDA_TUNE=0 for the rules alone), each family making its
-// operands contiguous as it needs them. Split reductions (the weight and bias gradients)
+// family among those that can run the call: by rule, or with CUCONV_CUDA_TUNE=1 by measurement
+// the first time a shape is seen (tuning/measured_choice.h), each family making its operands
+// contiguous as it needs them. Split reductions (the weight and bias gradients)
 // write opmath-typed partial slices summed in a fixed order by sum_partials_kernel, so every
 // pass is deterministic (no atomics, whatever torch.use_deterministic_algorithms says).
 
@@ -101,7 +101,8 @@ __global__ void __launch_bounds__(kReduceThreads)
 // How many slices to split a reduction into: enough blocks for ~4 per SM (at least `min_work`
 // items a slice, at most 64 slices), and more where a slice would exceed `max_work` items, as far
 // as 2^24 partial values and 1024 slices allow. Each slice's sum is one chain of float additions
-// whose rounding error grows with its length; the slices are then summed in order. (On an H200, a
+// whose rounding error grows with its length; the slices are then summed in a fixed order
+// (sum_partials_kernel). (On an H200, a
 // 6.4M-product weight gradient: 5.3e-6 of its largest value from float64 in 64 slices, 1.9e-6
 // in slices of 4,096, and 15% faster: benchmarks/RESULTS.md, 2026-12-04.)
 int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t max_work,
@@ -187,7 +188,7 @@ using conv_cuda::make_conv_params;
 namespace {
 bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::kFastest; }
 
-// Where nothing measures, one input channel a group runs on the depthwise kernels, except the
+// By rule, one input channel a group runs on the depthwise kernels, except the
 // float32 forward pass of a layer with at least 32 output channels a group and 16 taps (ResNet's
 // 7x7 stem: 64 and 49): a GEMM with K = the taps that fills most of the float32 GEMM's tiles (the
 // stem: 49 of K's 64, all 64 columns, 18 tiles a sample). The depthwise forward re-reads every
@@ -208,33 +209,41 @@ const char* dtype_name(ScalarType dtype) {
   }
 }
 
-// The measured choice's key: everything the families' speed depends on.
-std::string tuning_key(const char* pass, const ConvCall& call, const Tensor& t, bool allow_tf32) {
+const char* layout_name(const Tensor& t) {
+  return is_channels_last(t) ? "channels_last" : t.is_contiguous() ? "nchw" : "strided";
+}
+
+// The measured choice's key: everything the families' speed depends on (the pass's two operands
+// a and b: their layouts decide which copies a family makes).
+std::string tuning_key(const char* pass, const ConvCall& call, const Tensor& a, const Tensor& b, bool bias,
+                       bool allow_tf32) {
   const ConvParams& p = call.p;
-  char key[384];
+  char key[448];
   std::snprintf(key, sizeof key,
-                "%s %s%s%s N=%d C=%d H=%d W=%d O=%d k=%dx%d s=%dx%d p=%dx%d d=%dx%d groups=%d gpu=%s", pass,
-                dtype_name(t.scalar_type()), allow_tf32 && t.scalar_type() == ScalarType::Float ? " tf32" : "",
-                is_channels_last(t) ? " channels_last" : "", p.batch, p.in_channels, p.in_h, p.in_w, p.out_channels,
-                p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w,
-                call.groups, cuda_detail::device_name(t).c_str());
+                "%s %s%s%s layouts=%s,%s N=%d C=%d H=%d W=%d O=%d k=%dx%d s=%dx%d p=%dx%d d=%dx%d groups=%d gpu=%s",
+                pass, dtype_name(a.scalar_type()), allow_tf32 && a.scalar_type() == ScalarType::Float ? " tf32" : "",
+                bias ? " bias" : "", layout_name(a), layout_name(b), p.batch, p.in_channels, p.in_h, p.in_w,
+                p.out_channels, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h,
+                p.dilation_w, call.groups, cuda_detail::device_name(a).c_str());
   return key;
 }
 
 // Runs one of `candidates` (each computes the whole result; candidates[0] is the rule's choice)
-// and records its name in `ran` (last_kernels()). With more than one, the first call of each key
-// measures them (tuning/measured_choice.h), waiting for the stream before and after each timed
-// run; CUCONV_CUDA_TUNE=0 leaves the choice to the rule, and while the stream captures a CUDA graph
-// (when nothing may wait for it) a recorded choice or the rule decides, unmeasured.
-void run_chosen(const char* pass, const ConvCall& call, const Tensor& t, bool allow_tf32,
+// and records its name in `ran` (last_kernels()). The rule decides unless CUCONV_CUDA_TUNE=1 (off
+// by default, as torch's cudnn.benchmark: the same family, so the same bits, in every run). With
+// it and more than one candidate, the first call of each key measures them
+// (tuning/measured_choice.h), waiting for the stream before and after each timed run; while the
+// stream captures a CUDA graph (when nothing may wait for it) a recorded choice or the rule
+// decides, unmeasured.
+void run_chosen(const char* pass, const ConvCall& call, const Tensor& a, const Tensor& b, bool bias, bool allow_tf32,
                 const std::vector<Candidate>& candidates, std::atomic<const char*>& ran) {
   size_t chosen = 0;
-  if (candidates.size() == 1 || !env_flag("CUCONV_CUDA_TUNE", true)) {
+  if (candidates.size() == 1 || !env_flag("CUCONV_CUDA_TUNE", false)) {
     candidates[0].run();
   } else if (cuda_detail::capturing(call.stream)) {
-    chosen = run_recorded_or_first(tuning_key(pass, call, t, allow_tf32), candidates);
+    chosen = run_recorded_or_first(tuning_key(pass, call, a, b, bias, allow_tf32), candidates);
   } else {
-    chosen = run_tuned(tuning_key(pass, call, t, allow_tf32), candidates,
+    chosen = run_tuned(tuning_key(pass, call, a, b, bias, allow_tf32), candidates,
                        [&] { cuda_detail::synchronize(call.stream); });
   }
   ran = candidates[chosen].name;
@@ -293,7 +302,8 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
     if (dtype == ScalarType::Float) candidates.push_back(simt);
   }
   if (candidates.empty()) candidates = {simple};
-  run_chosen("conv2d_forward", call, input, allow_tf32, candidates, conv_cuda::last_kernels().forward);
+  run_chosen("conv2d_forward", call, input, weight, b.has_value(), allow_tf32, candidates,
+             conv_cuda::last_kernels().forward);
   return y;
 }
 
@@ -325,7 +335,8 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
     if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_input));
   }
   if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_input)};
-  run_chosen("conv2d_backward_input", call, grad_output, allow_tf32, candidates, conv_cuda::last_kernels().backward_input);
+  run_chosen("conv2d_backward_input", call, grad_output, weight, false, allow_tf32, candidates,
+             conv_cuda::last_kernels().backward_input);
   return dx;
 }
 
@@ -357,7 +368,8 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
     if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_weight));
   }
   if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_weight)};
-  run_chosen("conv2d_backward_weight", call, grad_output, allow_tf32, candidates, conv_cuda::last_kernels().backward_weight);
+  run_chosen("conv2d_backward_weight", call, grad_output, input, false, allow_tf32, candidates,
+             conv_cuda::last_kernels().backward_weight);
   return dw;
 }
 

@@ -107,8 +107,17 @@ inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<Sc
   return channels_last ? empty_channels_last_like(like, sizes, dtype) : empty_like_with(like, sizes, dtype);
 }
 
-// Waits until the stream's work is done (the measured kernel choice times whole calls).
-inline void synchronize(Stream stream) { STD_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+// Waits until the stream's work is done (the measured kernel choice times whole calls). In the
+// thread's relaxed capture mode, as c10's caching allocator frees memory: while another thread
+// captures a CUDA graph in torch's default (global) mode, a wait would otherwise be an error
+// that also invalidates that capture. (This call's own stream is not capturing: capturing().)
+inline void synchronize(Stream stream) {
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  STD_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  const cudaError_t waited = cudaStreamSynchronize(stream);
+  STD_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));  // the thread's mode back
+  STD_CUDA_CHECK(waited);
+}
 
 // Whether the stream is capturing a CUDA graph: then nothing may wait for it.
 inline bool capturing(Stream stream) {

@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
 // elements], rows of 16-byte chunks, chunk q of row k stored at q ^ (k % 8)). float16 and
 // bfloat16 fragments come from ldmatrix.trans; TF32 ones (ldmatrix moves 16-bit elements) from
 // one 32-bit shared load an element, rounded to TF32 in the loop. K (N*Ho*Wo) is split into
-// slices (blockIdx.z = group * splits + split) whose partial sums finish_partials adds in order.
+// slices (blockIdx.z = group * splits + split) whose partial sums finish_partials adds in a fixed order.
 // Warps and mma tiles as the forward kernel's; K steps of 32 pixels (16-bit types) or 16 (TF32),
 // 8 KiB an operand a stage, 3 stages.
 template <typename T>

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -58,21 +59,33 @@ double seconds_to_run(const Candidate& candidate, const std::function<void()>& s
   return seconds_since(start);
 }
 
-// Runs every candidate but `skip` once, keeping each one's best time; returns the last one run.
+constexpr size_t kNone = std::numeric_limits<size_t>::max();
+
+// Runs every candidate but `skip` once, keeping each one's best time; returns the last one run
+// (kNone when that one failed: what it left of the result is no one's). A candidate that fails
+// (out of memory for its own buffers, a launch limit only it reaches) keeps an infinite time, so
+// the others are chosen among; `failure` keeps the first error, for when every candidate fails.
 size_t measure_round(const std::vector<Candidate>& candidates, std::vector<double>& best, size_t skip,
-                     const std::function<void()>& settle) {
+                     const std::function<void()>& settle, std::exception_ptr& failure) {
   size_t last = skip;
   for (size_t c = 0; c < candidates.size(); ++c) {
     if (c == skip) continue;
-    best[c] = std::min(best[c], seconds_to_run(candidates[c], settle));
-    last = c;
+    try {
+      best[c] = std::min(best[c], seconds_to_run(candidates[c], settle));
+      last = c;
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+      last = kNone;
+    }
   }
   return last;
 }
 
-size_t fastest(const std::vector<double>& best) {
+// The fastest candidate that ran; rethrows the first failure when none did.
+size_t fastest_that_ran(const std::vector<double>& best, const std::exception_ptr& failure) {
   size_t winner = 0;
   for (size_t c = 1; c < best.size(); ++c) winner = best[c] < best[winner] ? c : winner;
+  if (best[winner] == std::numeric_limits<double>::infinity() && failure) std::rethrow_exception(failure);
   return winner;
 }
 
@@ -106,8 +119,9 @@ size_t measure_again(const std::string& key, const std::vector<Candidate>& candi
   std::vector<double> best = choice.best;
   if (best.size() != candidates.size()) best.assign(candidates.size(), std::numeric_limits<double>::infinity());
   best[recorded] = std::min(best[recorded], seconds);
-  const size_t last = measure_round(candidates, best, recorded, settle);
-  const size_t winner = fastest(best);
+  std::exception_ptr failure;
+  const size_t last = measure_round(candidates, best, recorded, settle, failure);
+  const size_t winner = fastest_that_ran(best, failure);
   if (winner != last) candidates[winner].run();  // the call returns the winner's result
   record(key, {candidates[winner].name, best[winner], 0, best});
   log_choice(why, key, candidates, best, winner, seconds_since(start) + seconds);
@@ -156,8 +170,9 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
   // Two rounds: the first also pays for cold caches, page faults and any choice a candidate
   // makes inside (the NCHW candidate of a channels_last layer tunes its own kernels).
   size_t last = 0;
-  for (int round = 0; round < 2; ++round) last = measure_round(candidates, best, candidates.size(), settle);
-  const size_t winner = fastest(best);
+  std::exception_ptr failure;
+  for (int round = 0; round < 2; ++round) last = measure_round(candidates, best, candidates.size(), settle, failure);
+  const size_t winner = fastest_that_ran(best, failure);
   if (winner != last) candidates[winner].run();  // the call returns the winner's result
   record(key, {candidates[winner].name, best[winner], kChecks, best});
   log_choice("tuned", key, candidates, best, winner, seconds_since(start));

@@ -21,6 +21,10 @@
 // candidate leaves the winner's time as it was, and once made LeNet's second layer run the GEMM
 // at 3x the direct kernel's time on a CPU). A choice is measured again exactly once.
 //
+// A candidate that fails while measured (out of memory for its own buffers, a launch limit only
+// it reaches) gets an infinite time and the others are chosen among; the call fails only when
+// every candidate does, with the first error.
+//
 // So a call that tunes costs at most two calls per candidate and one more, one later call one
 // more per candidate (bounded: no repeats until the times settle); each returns the winner's
 // result, and every call after the checks (the winner alone) repeats it bitwise. Candidates
