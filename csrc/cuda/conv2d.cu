@@ -178,8 +178,8 @@ KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted) {
 }  // namespace conv_cuda
 
 // ---------------------------------------------------------------------------
-// Entry points: the checks and output shapes of cpu/conv2d.cpp, then the measured choice among
-// the kernel families that can run the call.
+// Entry points: the checks and output shapes of cpu/conv2d.cpp, then the choice (by rule, or
+// measured) among the kernel families that can run the call.
 
 using conv_cuda::ConvCall;
 using conv_cuda::ConvParams;
@@ -250,11 +250,11 @@ void run_chosen(const char* pass, const ConvCall& call, const Tensor& a, const T
 }
 
 // Runs `family` on contiguous NCHW operands (every family but the tensor cores' computes so),
-// copying the result into `result` where that is channels_last.
+// copying the result (of `sizes`) into `result` where that is channels_last.
 template <typename Family>
-void in_nchw(const Tensor& a, const Tensor& b, Tensor& result, const Tensor& like, IntArrayRef sizes, Family family) {
+void in_nchw(const Tensor& a, const Tensor& b, Tensor& result, IntArrayRef sizes, Family family) {
   const Tensor a_nchw = contiguous_or_self(a), b_nchw = contiguous_or_self(b);
-  Tensor out = result.is_contiguous() ? result : cuda_detail::new_output(like, sizes);
+  Tensor out = result.is_contiguous() ? result : cuda_detail::new_output(a, sizes);
   family(a_nchw, b_nchw, out);
   if (!result.is_contiguous()) torch::stable::copy_(result, out);
 }
@@ -285,7 +285,7 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
   const ScalarType dtype = input.scalar_type();
   auto nchw = [&](const char* name, auto family) {
     return Candidate{name, [&, family] {
-      in_nchw(input, weight, y, input, sizes, [&](const Tensor& x, const Tensor& w, Tensor& out) { family(call, x, w, b, out); });
+      in_nchw(input, weight, y, sizes, [&](const Tensor& x, const Tensor& w, Tensor& out) { family(call, x, w, b, out); });
     }};
   };
   const Candidate depthwise = nchw("depthwise", conv_cuda::depthwise::forward);
@@ -322,7 +322,7 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
   const ScalarType dtype = grad_output.scalar_type();
   auto nchw = [&](const char* name, auto family) {
     return Candidate{name, [&, family] {
-      in_nchw(grad_output, weight, dx, grad_output, input_size,
+      in_nchw(grad_output, weight, dx, input_size,
               [&](const Tensor& dy, const Tensor& w, Tensor& out) { family(call, dy, w, out); });
     }};
   };
@@ -354,7 +354,7 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
   const ScalarType dtype = grad_output.scalar_type();
   auto nchw = [&](const char* name, auto family) {  // (dw is contiguous: in_nchw copies nothing back)
     return Candidate{name, [&, family] {
-      in_nchw(grad_output, input, dw, grad_output, weight_size,
+      in_nchw(grad_output, input, dw, weight_size,
               [&](const Tensor& dy, const Tensor& x, Tensor& out) { family(call, dy, x, out); });
     }};
   };
