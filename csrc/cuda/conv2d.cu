@@ -288,20 +288,18 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
       in_nchw(input, weight, y, sizes, [&](const Tensor& x, const Tensor& w, Tensor& out) { family(call, x, w, b, out); });
     }};
   };
-  const Candidate depthwise = nchw("depthwise", conv_cuda::depthwise::forward);
-  const Candidate simt = nchw("simt", conv_cuda::simt::forward);
-  const Candidate simple = nchw("simple", conv_cuda::simple::forward);
-  const Candidate tensor_core{"tensor_core", [&] { conv_cuda::tensor_core::forward(call, input, weight, b, y, allow_tf32); }};
   std::vector<Candidate> candidates;
   if (p.in_per_group == 1) {
-    candidates = {depthwise};
+    candidates = {nchw("depthwise", conv_cuda::depthwise::forward)};
     if (fastest() && dtype == ScalarType::Float)
-      candidates.insert(forward_rule_is_the_gemm(p) ? candidates.begin() : candidates.end(), simt);
+      candidates.insert(forward_rule_is_the_gemm(p) ? candidates.begin() : candidates.end(),
+                        nchw("simt", conv_cuda::simt::forward));
   } else if (fastest()) {
-    if (conv_cuda::tensor_core::takes_forward(p, dtype, allow_tf32)) candidates.push_back(tensor_core);
-    if (dtype == ScalarType::Float) candidates.push_back(simt);
+    if (conv_cuda::tensor_core::takes_forward(p, dtype, allow_tf32))
+      candidates.push_back({"tensor_core", [&] { conv_cuda::tensor_core::forward(call, input, weight, b, y, allow_tf32); }});
+    if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::forward));
   }
-  if (candidates.empty()) candidates = {simple};
+  if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::forward)};
   run_chosen("conv2d_forward", call, input, weight, b.has_value(), allow_tf32, candidates,
              conv_cuda::last_kernels().forward);
   return y;
