@@ -14,13 +14,14 @@ per candidate and one more.
   made them (a different CPU, version or kernel set measures again). ``load`` / ``save`` do the
   same by hand.
 
-On a GPU the first call of each convolution shape and pass times the kernel families that can
-run it (float32 with TF32 allowed: the tensor cores' and the FP32 units'; one input channel a
-group: the direct kernels and the float32 GEMM), waiting for the stream before and after each
-run, and keeps the fastest for the process (``cuda_choices``). Calls made while a CUDA graph is
-being captured measure nothing (a recorded choice or the rule decides). ``CUCONV_CUDA_TUNE=0``
-leaves every choice to the rules (reproducible from run to run). Not kept on disk: measuring
-costs a few calls of each layer, once.
+On a GPU the kernel family is chosen by rule unless ``CUCONV_CUDA_TUNE=1`` (off by default, as
+torch's cudnn.benchmark: the same kernels and bits in every run). With it, the first call of
+each convolution shape and pass times the families that can run it (float32 with TF32 allowed:
+the tensor cores' and the FP32 units'; one input channel a group: the direct kernels and the
+float32 GEMM), waiting for the stream before and after each run, and keeps the fastest for the
+process (``cuda_choices``). Calls made while a CUDA graph is being captured measure nothing (a
+recorded choice or the rule decides). Not kept on disk: measuring costs a few calls of each
+layer, once.
 """
 
 import atexit
