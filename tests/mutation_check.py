@@ -433,6 +433,8 @@ MUTANTS = [
     Mutant("sum-partials-drops-a-warp", "reduction (CUDA)", "csrc/cuda/conv2d.cu",
            "for (int w = 1; w < warps; ++w) total += sums[w][lane];",
            "for (int w = 1; w < warps - 1; ++w) total += sums[w][lane];", (CUDA_KERNELS,)),
+    Mutant("reduction-slices-capped-at-64", "kernel choice (CUDA)", "csrc/cuda/conv2d.cu",
+           "std::min({wanted, by_work, int64_t{256}})", "std::min({wanted, by_work, int64_t{64}})", (CUDA_KERNELS,)),
     Mutant("one-channel-gemm-threshold", "kernel choice (CUDA)", "csrc/cuda/conv2d.cu",
            "p.out_per_group >= 32 && p.taps >= 16", "p.out_per_group > 32 && p.taps >= 16", (CUDA_KERNELS,)),
     Mutant("tf32-weight-grad-fragment", "fragment layout (CUDA)", "csrc/cuda/gemm_tensor_core.cu",

@@ -557,6 +557,22 @@ def test_simt_weight_gradient_tile_follows_the_output_channels(out_channels, til
     torch.testing.assert_close(dw.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+def test_a_one_tile_weight_gradient_fills_the_gpu_with_up_to_256_slices():
+    """A reduction of one tile (16 x 36 here) is split for about 4 blocks an SM, up to 256 slices
+    (64 until the slices' final sum was shared by a block's warps); each slice at least 8 K steps."""
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("needs the emulated device")
+    g = torch.Generator().manual_seed(20)
+    x, dy = _random((8, 4, 64, 64), torch.float32, "cpu", g), _random((8, 16, 64, 64), torch.float32, "cpu", g)
+    with emulated_cuda.configured(multiprocessor_count=132):
+        dw, ran = Target("emulated").run("conv2d_backward_weight", dy, x, [16, 4, 3, 3], (1, 1), (1, 1), (1, 1), 1,
+                                         False)
+        last = emulated_cuda.module.last_kernels()
+    assert ran == "simt" and last["splits"] == 256  # 2,048 K steps: 256 slices of 8
+    ref = torch.nn.grad.conv2d_weight(x.double(), [16, 4, 3, 3], dy.double(), 1, 1)
+    torch.testing.assert_close(dw.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype,channels,kernels,family", [
     (torch.float32, 2, "simple", "simple"), (torch.float32, 2, "fastest", "simt"),
     (torch.bfloat16, 16, "fastest", "tensor_core")], ids=str)

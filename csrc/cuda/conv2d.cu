@@ -99,19 +99,21 @@ __global__ void __launch_bounds__(kReduceThreads)
 }  // namespace
 
 // How many slices to split a reduction into: enough blocks for ~4 per SM (at least `min_work`
-// items a slice, at most 64 slices), and more where a slice would exceed `max_work` items, as far
-// as 2^24 partial values and 1024 slices allow. Each slice's sum is one chain of float additions
-// whose rounding error grows with its length; the slices are then summed in a fixed order
-// (sum_partials_kernel). (On an H200, a
-// 6.4M-product weight gradient: 5.3e-6 of its largest value from float64 in 64 slices, 1.9e-6
-// in slices of 4,096, and 15% faster: benchmarks/RESULTS.md, 2026-12-04.)
+// items a slice, at most 256 slices), and more where a slice would exceed `max_work` items, as
+// far as 2^24 partial values and 1024 slices allow. Each slice's sum is one chain of float
+// additions whose rounding error grows with its length; the slices are then summed in a fixed
+// order (sum_partials_kernel). (On an H200, a 6.4M-product weight gradient: 5.3e-6 of its largest
+// value from float64 in 64 slices, 1.9e-6 in slices of 4,096, and 15% faster, as more blocks kept
+// the GPU busy: benchmarks/RESULTS.md, 2026-12-04. The cap for filling the GPU was 64 slices then,
+// which left a reduction of one or two tiles (a first layer's weight gradient as a GEMM) 64-128
+// blocks on 132 SMs; 256 since, the slices' final sum being shared by 8 warps a block.)
 int reduction_splits(int64_t blocks_per_split, int64_t work, int64_t min_work, int64_t max_work,
                      int64_t partial_per_split, int64_t max_z, int sm_count) {
   const int64_t wanted = ceil_div<int64_t>(4 * static_cast<int64_t>(sm_count), std::max<int64_t>(blocks_per_split, 1));
   const int64_t by_work = std::max<int64_t>(1, work / std::max<int64_t>(min_work, 1));
   const int64_t by_chain = ceil_div<int64_t>(work, std::max<int64_t>(max_work, 1));
   const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(partial_per_split, 1));
-  const int64_t splits = std::max(std::min({wanted, by_work, int64_t{64}}), by_chain);
+  const int64_t splits = std::max(std::min({wanted, by_work, int64_t{256}}), by_chain);
   const int chosen = static_cast<int>(std::clamp<int64_t>(std::min({splits, by_memory, max_z, int64_t{1024}}), 1, 1024));
   last_kernels().splits = chosen;
   return chosen;
@@ -194,9 +196,8 @@ bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::k
 // stem: 49 of K's 64, all 64 columns, 18 tiles a sample). The depthwise forward re-reads every
 // output's window from the L1 cache: on an H200 the stem's ran at 6% of the FP32 peak, 3.9x
 // cuDNN's time (benchmarks/RESULTS.md, 2026-12-04). For the weight gradient the rule keeps the
-// depthwise kernels: as a GEMM it is one tile of 49 columns, split at most 64 ways
-// (reduction_splits), 64 blocks on 132 multiprocessors. (The input gradient's GEMM would have one
-// column, C_g: not a candidate.)
+// depthwise kernels: as a GEMM it is one tile of 49 of 128 columns (a measured candidate,
+// CUCONV_CUDA_TUNE=1). (The input gradient's GEMM would have one column, C_g: not a candidate.)
 bool forward_rule_is_the_gemm(const ConvParams& p) { return p.out_per_group >= 32 && p.taps >= 16; }
 
 const char* dtype_name(ScalarType dtype) {
