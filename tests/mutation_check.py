@@ -390,7 +390,7 @@ MUTANTS = [
            "for (int s = warp; s < splits; s += warps) sum += partial[s * count + e];",
            "for (int s = warp; s < splits - (splits > 2); s += warps) sum += partial[s * count + e];", (EMULATION,)),
     Mutant("cuda-reduction-long-chains", "accuracy (CUDA)", "csrc/cuda/conv2d.cu",
-           "std::max(std::min({wanted, by_work, int64_t{64}}), by_chain)", "std::min({wanted, by_work, int64_t{64}})",
+           "std::max(std::min({wanted, by_work, int64_t{256}}), by_chain)", "std::min({wanted, by_work, int64_t{256}})",
            (CUDA_KERNELS,)),
     Mutant("simt-weight-grad-long-chains", "accuracy (CUDA)", "csrc/cuda/gemm_simt.cu",
            "8, kMaxChain / Tile::kBlockK, dw.numel(),", "8, q.k, dw.numel(),", (CUDA_KERNELS,)),
