@@ -398,7 +398,7 @@ MUTANTS = [
            "8, kMaxChain / Tile::kBlockK, dw.numel(),", "8, q.k, dw.numel(),", (CUDA_KERNELS,)),
     Mutant("simt-weight-grad-copy-stride", "tile bounds (CUDA)", "csrc/cuda/gemm_simt.cu",
            "a_copy ? a_row[e] + dy_offset : dy", "a_copy && e < 2 ? a_row[e] + dy_offset : dy", (CUDA_KERNELS,)),
-    Mutant("tapless-phases-left-unfilled", "padding edge (CUDA)", "csrc/cuda/gemm_simt.cu",
+    Mutant("tapless-phases-left-unfilled", "padding edge (CUDA)", "csrc/cuda/conv2d_common.cuh",
            "if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);", "", (CUDA_KERNELS,)),
     Mutant("phase-slices-not-zeroed", "reduction (CUDA)", "csrc/cuda/conv2d.cu",
            "        torch::stable::fill_(phases->partial, 0.0);", "", (CUDA_KERNELS,)),

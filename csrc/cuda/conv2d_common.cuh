@@ -259,4 +259,25 @@ struct KSlices {
 };
 KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted);
 
+// The GEMMs' input gradient by stride phase (gemm_simt.cu's header): zero-fills dx where some
+// phase has no tap (3 of a 1x1 stride-2 layer's 4; no launch for those), calls
+// launch_phase(ph, pw, taps_h, taps_w, phases) for each phase with taps, `phases` being the
+// shared K slices (nullptr with one phase, which splits its own), and sums those into dx at the end.
+template <typename LaunchPhase>
+void for_each_phase_with_taps(const ConvParams& p, Tensor& dx, cuda_detail::Stream stream, LaunchPhase launch_phase) {
+  const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
+  PhaseSplits phases;
+  phases.longest_k = longest_phase_k(p);
+  if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);  // (unless K is split: the sum writes them)
+  for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
+    for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
+      const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+      const PhaseTaps tw = phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+      if (th.count == 0 || tw.count == 0) continue;  // (zeros: filled above)
+      launch_phase(ph, pw, th, tw, one_phase ? nullptr : &phases);
+    }
+  }
+  if (phases.splits > 1) finish_partials(phases.partial, dx, phases.splits, stream);
+}
+
 }  // namespace cuconv::conv_cuda

@@ -640,34 +640,24 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const Tensor dy_nhwc = nhwc<scalar_t>(dy, call.stream);
       const Tensor w_contiguous = contiguous_or_self(w);
-      // One launch a stride phase (gemm_simt.cu's header): several phases (stride > 1) split K
-      // through shared slices, one phase splits its own.
-      const bool one_phase = p.stride_h == 1 && p.stride_w == 1;
-      PhaseSplits phases;
-      phases.longest_k = longest_phase_k(p);
-      if (has_tapless_phase(p)) torch::stable::fill_(dx, 0.0);  // (unless K is split: the sum writes them)
-      for (int ph = 0; ph < std::min(p.stride_h, p.in_h); ++ph) {
-        for (int pw = 0; pw < std::min(p.stride_w, p.in_w); ++pw) {
-          const PhaseTaps th = phase_taps(ph, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
-          const PhaseTaps tw = phase_taps(pw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
-          if (th.count == 0 || tw.count == 0) continue;  // (zeros: filled above)
-          TensorCoreConv q;
-          q.batch = p.batch, q.src_h = p.out_h, q.src_w = p.out_w, q.src_channels = p.out_channels;
-          q.channels = p.out_per_group;
-          q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
-          q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
-          q.taps_h = th.count, q.taps_w = tw.count;
-          q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
-          q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
-          // W[c, (ti, tj, o)] = w[o, c, first_h + ti*step_h, first_w + tj*step_w]
-          const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
-                                    p.in_per_group * p.taps, th.step * p.kernel_w, tw.step,
-                                    th.first * p.kernel_w + tw.first};
-          launch_gather<scalar_t>(q, dy_nhwc, w_contiguous, gather, nullptr, dx, call.groups,
-                                  one_phase ? nullptr : &phases, call.sm_count, call.stream);
-        }
-      }
-      if (phases.splits > 1) finish_partials(phases.partial, dx, phases.splits, call.stream);
+      // One launch a stride phase (gemm_simt.cu's header)
+      for_each_phase_with_taps(p, dx, call.stream, [&](int ph, int pw, const PhaseTaps& th, const PhaseTaps& tw,
+                                                       PhaseSplits* phases) {
+        TensorCoreConv q;
+        q.batch = p.batch, q.src_h = p.out_h, q.src_w = p.out_w, q.src_channels = p.out_channels;
+        q.channels = p.out_per_group;
+        q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
+        q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
+        q.taps_h = th.count, q.taps_w = tw.count;
+        q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
+        q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
+        // W[c, (ti, tj, o)] = w[o, c, first_h + ti*step_h, first_w + tj*step_w]
+        const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
+                                  p.in_per_group * p.taps, th.step * p.kernel_w, tw.step,
+                                  th.first * p.kernel_w + tw.first};
+        launch_gather<scalar_t>(q, dy_nhwc, w_contiguous, gather, nullptr, dx, call.groups, phases, call.sm_count,
+                                call.stream);
+      });
       done = true;
     }
   });
