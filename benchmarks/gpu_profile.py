@@ -56,7 +56,7 @@ def run_cases(labels_path, batch):
                 for library, fn in (("cuconv", ours), ("cuDNN", theirs)):
                     calls.append((f"{name} {precision} {pass_name} {library}", precision, fn))
     for _, precision, fn in calls:  # warm-up: module loads, cuDNN's heuristics and workspaces (and
-        gpu_protocol.set_precision(precision)  # with CUCONV_CUDA_TUNE=1 cuconv's measured choices)
+        gpu_protocol.set_precision(precision)  # with cudnn.benchmark on, cuconv's measured choices)
         for _ in range(gpu_protocol.SETTLING_CALLS):
             fn()
     torch.cuda.synchronize()

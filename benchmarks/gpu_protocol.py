@@ -9,7 +9,7 @@ input gradient, weight gradient), in every combination of
                    fp32_precision = "tf32", which cuconv.functional follows), bfloat16
     layout         NCHW, channels_last
     cudnn.benchmark off, on (cuDNN's algorithm search; with it, cuconv measures its choice of
-                   kernel family, CUCONV_CUDA_TUNE=1: README, "Kernel choice by measurement")
+                   kernel family: README, "Kernel choice by measurement")
 it first checks both libraries against float64 on the same inputs: a timing is taken only when
 cuconv's largest error is within 4x cuDNN's plus the project's float32 tolerance, 1e-5 of the
 largest result, or one rounding of the precision (TF32's 2^-10 included) where that is coarser (else the row
@@ -82,14 +82,18 @@ def pass_functions(case, pass_name, x, w, dy):
     """(cuconv's, torch's) zero-argument callables for one pass."""
     args = ((case.stride, case.stride), (case.padding, case.padding), (1, 1), case.groups)
     allow_tf32 = x.device.type == "cuda" and CF._cuda_conv_allows_tf32()
+
+    def benchmark():  # read at each call: the protocol turns cudnn.benchmark on and off
+        return x.device.type == "cuda" and CF._cuda_conv_benchmarks()
+
     if pass_name == "forward":
         return (lambda: CF.conv2d(x, w, None, case.stride, case.padding, 1, case.groups),
                 lambda: F.conv2d(x, w, None, case.stride, case.padding, 1, case.groups))
     if pass_name == "input_grad":
-        return (lambda: torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), *args, allow_tf32),
+        return (lambda: torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), *args, allow_tf32, benchmark()),
                 lambda: torch.ops.aten.convolution_backward(dy, x, w, None, *args[:3], False, [0, 0], case.groups,
                                                             [True, False, False])[0])
-    return (lambda: torch.ops.cuconv.conv2d_backward_weight(dy, x, list(w.shape), *args, allow_tf32),
+    return (lambda: torch.ops.cuconv.conv2d_backward_weight(dy, x, list(w.shape), *args, allow_tf32, benchmark()),
             lambda: torch.ops.aten.convolution_backward(dy, x, w, None, *args[:3], False, [0, 0], case.groups,
                                                         [False, True, False])[1])
 
@@ -148,7 +152,7 @@ def main(argv=None):
     rows, left, interrupted = [], [], False
     start = time.monotonic()
     saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark)
-    saved_tune = os.environ.get("CUCONV_CUDA_TUNE")
+    saved_tune = os.environ.pop("CUCONV_CUDA_TUNE", None)  # (torch's cudnn.benchmark decides, below)
     try:
         for done, case in enumerate(cases):
             if done > 0 and args.budget is not None and time.monotonic() - start > args.budget:
@@ -166,7 +170,6 @@ def main(argv=None):
                             # cuconv measures its choice of kernel family where cuDNN searches; its
                             # measuring call and four checked calls first, so that the family gated
                             # below is the one timed
-                            os.environ["CUCONV_CUDA_TUNE"] = "1" if benchmark else "0"
                             for _ in range(SETTLING_CALLS):
                                 ours()
                             err_ours = (ours().double() - ref).abs().max().item()
@@ -190,9 +193,7 @@ def main(argv=None):
         left = [c.name for c in cases if c.name not in measured]
     finally:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark = saved
-        if saved_tune is None:
-            os.environ.pop("CUCONV_CUDA_TUNE", None)
-        else:
+        if saved_tune is not None:
             os.environ["CUCONV_CUDA_TUNE"] = saved_tune
     header = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -15,15 +15,15 @@ namespace cuconv {
 #define CUCONV_DECLARE_KERNELS(SUFFIX)                                                          \
   Tensor conv2d_forward_##SUFFIX(const Tensor& input, const Tensor& weight,         \
                                      const std::optional<Tensor>& bias, IntArrayRef stride, \
-                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups, bool allow_tf32); \
+                                     IntArrayRef padding, IntArrayRef dilation, int64_t groups, bool allow_tf32, bool benchmark); \
   Tensor conv2d_backward_input_##SUFFIX(const Tensor& grad_output,                      \
                                             const Tensor& weight, IntArrayRef input_size,   \
                                             IntArrayRef stride, IntArrayRef padding,            \
-                                            IntArrayRef dilation, int64_t groups, bool allow_tf32); \
+                                            IntArrayRef dilation, int64_t groups, bool allow_tf32, bool benchmark); \
   Tensor conv2d_backward_weight_##SUFFIX(const Tensor& grad_output,                     \
                                              const Tensor& input, IntArrayRef weight_size,  \
                                              IntArrayRef stride, IntArrayRef padding,           \
-                                             IntArrayRef dilation, int64_t groups, bool allow_tf32); \
+                                             IntArrayRef dilation, int64_t groups, bool allow_tf32, bool benchmark); \
   Tensor conv2d_backward_bias_##SUFFIX(const Tensor& grad_output);                      \
   std::tuple<Tensor, Tensor> max_pool2d_forward_##SUFFIX(                               \
       const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,                     \

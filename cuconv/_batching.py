@@ -48,44 +48,44 @@ def _unstack_channels(tensor, size):
     return tensor.unflatten(1, (size, -1))
 
 
-def _conv2d_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups, allow_tf32=False):
+def _conv2d_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     B = info.batch_size
     x_dim, w_dim, b_dim = in_dims[:3]
     if w_dim is None:
         y = _unfold_batch(ops.conv2d(_fold_into_batch(input, x_dim, B), weight,
-                                     bias if b_dim is None else None, stride, padding, dilation, groups, allow_tf32), B)
+                                     bias if b_dim is None else None, stride, padding, dilation, groups, allow_tf32, benchmark), B)
         if b_dim is not None:  # per-copy bias on a shared weight: add it after the shared convolution
             y = y + bias.movedim(b_dim, 0)[:, None, :, None, None]
         return y, 0
     if bias is not None:
         bias = _batch_first(bias, b_dim, B).flatten()
     y = ops.conv2d(_stack_channels(input, x_dim, B), _stack_filters(weight, w_dim, B), bias,
-                   stride, padding, dilation, B * groups, allow_tf32)
+                   stride, padding, dilation, B * groups, allow_tf32, benchmark)
     return _unstack_channels(y, B), 1
 
 
 def _conv2d_backward_input_vmap(info, in_dims, grad_output, weight, input_size, stride, padding, dilation,
-                                groups, allow_tf32=False):
+                                groups, allow_tf32=False, benchmark=False):
     B = info.batch_size
     dy_dim, w_dim = in_dims[:2]
     N, C, H, W = input_size
     if w_dim is None:
         dx = ops.conv2d_backward_input(_fold_into_batch(grad_output, dy_dim, B), weight, [B * N, C, H, W],
-                                       stride, padding, dilation, groups, allow_tf32)
+                                       stride, padding, dilation, groups, allow_tf32, benchmark)
         return _unfold_batch(dx, B), 0
     dx = ops.conv2d_backward_input(_stack_channels(grad_output, dy_dim, B), _stack_filters(weight, w_dim, B),
-                                   [N, B * C, H, W], stride, padding, dilation, B * groups, allow_tf32)
+                                   [N, B * C, H, W], stride, padding, dilation, B * groups, allow_tf32, benchmark)
     return _unstack_channels(dx, B), 1
 
 
 def _conv2d_backward_weight_vmap(info, in_dims, grad_output, input, weight_size, stride, padding, dilation,
-                                 groups, allow_tf32=False):
+                                 groups, allow_tf32=False, benchmark=False):
     # Per-sample weight gradients: copy b's filters only see copy b's images.
     B = info.batch_size
     dy_dim, x_dim = in_dims[:2]
     O, C_g, kH, kW = weight_size
     dw = ops.conv2d_backward_weight(_stack_channels(grad_output, dy_dim, B), _stack_channels(input, x_dim, B),
-                                    [B * O, C_g, kH, kW], stride, padding, dilation, B * groups, allow_tf32)
+                                    [B * O, C_g, kH, kW], stride, padding, dilation, B * groups, allow_tf32, benchmark)
     return _unfold_batch(dw, B), 0
 
 

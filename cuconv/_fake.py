@@ -42,20 +42,20 @@ def _new_in_layout_of(model, shape, dtype=None):
 
 
 @_fake("conv2d")
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=False):
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     shape = _shape.check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding, dilation, groups)
     return _new_in_layout_of(input, shape)
 
 
 @_fake("conv2d_backward_input")
-def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, allow_tf32=False):
+def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     _shape.check_conv2d_backward_input("cuconv.conv2d_backward_input", grad_output, weight, input_size, stride,
                                        padding, dilation, groups)
     return _new_in_layout_of(grad_output, input_size)
 
 
 @_fake("conv2d_backward_weight")
-def _conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, allow_tf32=False):
+def _conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     _shape.check_conv2d_backward_weight("cuconv.conv2d_backward_weight", grad_output, input, weight_size, stride,
                                         padding, dilation, groups)
     return grad_output.new_empty(weight_size)

@@ -301,7 +301,7 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
 # conv2d -----------------------------------------------------------------------
 
 def _conv2d_setup_context(ctx, inputs, output):
-    input, weight, bias, *conv_args = inputs  # stride, padding, dilation, groups[, allow_tf32]
+    input, weight, bias, *conv_args = inputs  # stride, padding, dilation, groups[, allow_tf32, benchmark]
     ctx.conv_args = conv_args
     ctx.no_grads = (None,) * len(conv_args)
     ctx.input_shape = input.shape

@@ -75,6 +75,13 @@ def _cuda_conv_allows_tf32():
     return False
 
 
+@torch.compiler.assume_constant_result
+def _cuda_conv_benchmarks():
+    """Whether torch's own convolutions on CUDA choose their algorithm by measurement
+    (torch.backends.cudnn.benchmark): cuconv's then choose their kernel family so."""
+    return bool(torch.backends.cudnn.benchmark)
+
+
 def _same_padding(input, weight, dilation):
     """Symmetric padding for padding='same', and input padded on the bottom/right when the
     total padding d*(k-1) is odd (as torch does)."""
@@ -118,9 +125,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
-    # Float32 on CUDA follows torch's TF32 setting for convolutions (README "TF32").
+    # On CUDA, float32 follows torch's TF32 setting for convolutions (README "TF32"), and the kernel
+    # family is measured where torch's cudnn.benchmark is on (README "Kernel choice by measurement").
     allow_tf32 = x.is_cuda and _cuda_conv_allows_tf32()
-    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32)
+    benchmark = x.is_cuda and _cuda_conv_benchmarks()
+    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32, benchmark)
     return y.squeeze(0) if unbatched else y
 
 

@@ -36,7 +36,7 @@ def _pads(padding, extra=(0, 0)):
     return [padding[0], padding[1], padding[0] + extra[0], padding[1] + extra[1]]
 
 
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=False):
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     op = _opset()
     args = (input, weight) if bias is None else (input, weight, bias)
     return op.Conv(*args, strides=list(stride), pads=_pads(padding), dilations=list(dilation), group=groups,

@@ -14,8 +14,9 @@ per candidate and one more.
   made them (a different CPU, version or kernel set measures again). ``load`` / ``save`` do the
   same by hand.
 
-On a GPU the kernel family is chosen by rule unless ``CUCONV_CUDA_TUNE=1`` (off by default, as
-torch's cudnn.benchmark: the same kernels and bits in every run). With it, the first call of
+On a GPU the kernel family is chosen by rule unless ``torch.backends.cudnn.benchmark`` is on (off
+by default: the same kernels and bits in every run; ``CUCONV_CUDA_TUNE=1`` / ``0``, where set,
+overrides the flag). Measuring, the first call of
 each convolution shape and pass times the families that can run it (float32 with TF32 allowed:
 the tensor cores' and the FP32 units'; one input channel a group: the direct kernels and the
 float32 GEMM), waiting for the stream before and after each run, and keeps the fastest for the

@@ -5,7 +5,8 @@ recorded choice decides, that nothing waits for a stream capturing a CUDA graph,
 switch. On the emulated device (where the times are the emulation's: which family wins there
 means nothing) and on a GPU where there is one.
 
-Measuring is off by default (CUCONV_CUDA_TUNE=1 turns it on); these tests turn it on."""
+Measuring is off by default: the ops' `benchmark` argument (cuconv.functional passes torch's
+cudnn.benchmark) turns it on, CUCONV_CUDA_TUNE=1 / 0 overrides that; these tests turn it on."""
 
 import re
 
@@ -47,10 +48,10 @@ PASS_NAMES = {"conv2d": "conv2d_forward", "conv2d_backward_input": "conv2d_backw
               "conv2d_backward_weight": "conv2d_backward_weight"}
 
 
-def _call(target, name, case, g):
+def _call(target, name, case, g, benchmark=False):
     x_shape, w_shape, stride, padding, groups, allow_tf32 = case
     x, w = _random(x_shape, torch.float32, target.device, g), _random(w_shape, torch.float32, target.device, g)
-    conv = ((stride, stride), (padding, padding), (1, 1), groups, allow_tf32)
+    conv = ((stride, stride), (padding, padding), (1, 1), groups, allow_tf32, benchmark)
     y_shape = F.conv2d(torch.empty(x_shape), torch.empty(w_shape), None, stride, padding, 1, groups).shape
     dy = _random(y_shape, torch.float32, target.device, g)
     args = {"conv2d": (x, w, None, *conv), "conv2d_backward_input": (dy, w, list(x_shape), *conv),
@@ -176,6 +177,26 @@ def test_measuring_off_leaves_every_choice_to_the_rule_and_a_bad_setting_is_an_e
     monkeypatch.setenv("CUCONV_CUDA_TUNE", "yes")
     with pytest.raises(ValueError, match="CUCONV_CUDA_TUNE to be 0 or 1, but got 'yes'"):
         _call(target, "conv2d", case, g)
+
+
+@pytest.mark.parametrize("setting, cudnn_benchmark, measured", [(None, True, True), (None, False, False),
+                                                         ("0", True, False), ("1", False, True)])
+def test_the_benchmark_argument_turns_measuring_on_unless_the_variable_says_otherwise(
+        target, monkeypatch, setting, cudnn_benchmark, measured):
+    """The ops' benchmark argument (torch.backends.cudnn.benchmark, from cuconv.functional) measures
+    where CUCONV_CUDA_TUNE is unset; set, the variable decides."""
+    case, passes = MEASURED["one-input-channel"]
+    if setting is None:
+        monkeypatch.delenv("CUCONV_CUDA_TUNE")
+    else:
+        monkeypatch.setenv("CUCONV_CUDA_TUNE", setting)
+    before = _synchronizations(target)
+    g = torch.Generator().manual_seed(27)
+    for name in passes:
+        _call(target, name, case, g, cudnn_benchmark)
+    assert len(target.module.cuda_tuning()) == (len(passes) if measured else 0)
+    if before is not None:
+        assert (_synchronizations(target) > before) == measured
 
 
 def test_one_family_is_not_measured(target):

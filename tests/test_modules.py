@@ -286,8 +286,14 @@ class ArgRecorder(TorchDispatchMode):
 
 
 def _allows_tf32(args):
-    # allow_tf32 is the 8th argument; the dispatcher drops it where it is its default (False)
-    return len(args) == 8 and args[7] is True
+    # allow_tf32 is the 8th argument; the dispatcher drops it where it and those after it are their
+    # defaults (False)
+    return len(args) >= 8 and args[7] is True
+
+
+def _benchmarks(args):
+    # benchmark is the 9th argument (default False)
+    return len(args) == 9 and args[8] is True
 
 
 @pytest.mark.parametrize("precision", ["tf32", "ieee"])
@@ -318,19 +324,41 @@ def test_conv2d_on_cuda_follows_torchs_tf32_setting(precision):
         torch.backends.cudnn.allow_tf32 = saved_legacy
 
 
-@pytest.mark.parametrize("allow_tf32", [False, True])
-def test_backward_passes_make_the_forwards_tf32_choice(allow_tf32):
+@pytest.mark.parametrize("cudnn_benchmark", [False, True])
+def test_conv2d_on_cuda_follows_torchs_cudnn_benchmark_setting(cudnn_benchmark):
+    """With torch.backends.cudnn.benchmark on, a cuconv.Conv2d on CUDA asks for its kernel family to
+    be measured, as torch.nn.Conv2d asks cuDNN (csrc/cuda/conv2d.cu run_chosen; README "Kernel
+    choice by measurement"); on the CPU the flag changes nothing. (Fake CUDA tensors: the argument
+    is passed before any kernel runs.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        for device in ["cuda", "cpu"]:
+            with FakeTensorMode():
+                layer = cuconv.Conv2d(8, 8, 3, padding=1, device=device)
+                with ArgRecorder() as rec:
+                    layer(torch.empty(2, 8, 6, 6, device=device))
+            assert [_benchmarks(a) for a in rec.args["cuconv.conv2d"]] == [cudnn_benchmark and device == "cuda"]
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+@pytest.mark.parametrize("allow_tf32, measure", [(False, False), (True, False), (False, True), (True, True)])
+def test_backward_passes_make_the_forwards_tf32_and_benchmark_choices(allow_tf32, measure):
     """The gradients of a convolution, and their gradients (double backward), are computed with
-    the TF32 choice of the forward pass."""
+    the TF32 and measuring choices of the forward pass."""
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     w = torch.randn(6, 4, 3, 3, requires_grad=True)
     with ArgRecorder() as rec:
-        y = torch.ops.cuconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, allow_tf32)
+        y = torch.ops.cuconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, allow_tf32, measure)
         gx, gw = torch.autograd.grad(y.square().sum(), [x, w], create_graph=True)
         (gx.sum() + gw.sum()).backward()
     calls = [a for op in ["cuconv.conv2d", "cuconv.conv2d_backward_input", "cuconv.conv2d_backward_weight"]
              for a in rec.args[op]]
-    assert len(calls) >= 5 and all(_allows_tf32(a) == allow_tf32 for a in calls)
+    assert len(calls) >= 5
+    assert all(_allows_tf32(a) == allow_tf32 and _benchmarks(a) == measure for a in calls)
 
 
 # --- LazyConv2d ----------------------------------------------------------------------------

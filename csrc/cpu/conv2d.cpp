@@ -1042,7 +1042,7 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
           const std::optional<Tensor> bias_float =
               b.defined() ? std::optional<Tensor>(converted(b, ScalarType::Float)) : std::nullopt;
           return converted(conv2d_forward_cpu(converted(input, ScalarType::Float), converted(w, ScalarType::Float),
-                                              bias_float, stride, padding, dilation, groups, false),
+                                              bias_float, stride, padding, dilation, groups, false, false),
                            input.scalar_type());
         });
   }
@@ -1144,7 +1144,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
         [&] {
           return converted(conv2d_backward_input_cpu(converted(grad_output, ScalarType::Float),
                                                      converted(w, ScalarType::Float), input_size, stride, padding,
-                                                     dilation, groups, false),
+                                                     dilation, groups, false, false),
                            grad_output.scalar_type());
         });
   }
@@ -1250,7 +1250,7 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
         [&] {
           return converted(conv2d_backward_weight_cpu(converted(grad_output, ScalarType::Float),
                                                       converted(input, ScalarType::Float), weight_size, stride,
-                                                      padding, dilation, groups, false),
+                                                      padding, dilation, groups, false, false),
                            grad_output.scalar_type());
         });
   }
@@ -1331,19 +1331,20 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
 
 Tensor conv2d_forward_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                           IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                          bool /*allow_tf32: float32 on the CPU is float32*/) {
+                          bool /*allow_tf32: float32 on the CPU is float32*/,
+                          bool /*benchmark: the CPU measures unless CUCONV_CPU_TUNE=0*/) {
   return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kChoose);
 }
 
 Tensor conv2d_backward_input_cpu(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                 bool /*allow_tf32*/) {
+                                 bool /*allow_tf32*/, bool /*benchmark*/) {
   return backward_input_pass(grad_output, weight, input_size, stride, padding, dilation, groups, HalfTypes::kChoose);
 }
 
 Tensor conv2d_backward_weight_cpu(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                  bool /*allow_tf32*/) {
+                                  bool /*allow_tf32*/, bool /*benchmark*/) {
   return backward_weight_pass(grad_output, input, weight_size, stride, padding, dilation, groups, HalfTypes::kChoose);
 }
 

@@ -26,9 +26,9 @@
 //   gemm_simt.cu     float32 on the CUDA cores: all three passes (the input gradient by stride phase)
 //   depthwise.cu     direct kernels for one input channel per group (depthwise convolutions)
 // The entry points below check the arguments (shape.h, as the CPU kernels do) and choose a
-// family among those that can run the call: by rule, or with CUCONV_CUDA_TUNE=1 by measurement
-// the first time a shape is seen (tuning/measured_choice.h), each family making its operands
-// contiguous as it needs them. Split reductions (the weight and bias gradients)
+// family among those that can run the call: by rule, or (torch.backends.cudnn.benchmark, or
+// CUCONV_CUDA_TUNE=1) by measurement the first time a shape is seen (tuning/measured_choice.h),
+// each family making its operands contiguous as it needs them. Split reductions (the weight and bias gradients)
 // write opmath-typed partial slices summed in a fixed order by sum_partials_kernel, so every
 // pass is deterministic (no atomics, whatever torch.use_deterministic_algorithms says).
 
@@ -197,7 +197,7 @@ bool fastest() { return conv_cuda::kernel_choice() == conv_cuda::KernelChoice::k
 // output's window from the L1 cache: on an H200 the stem's ran at 6% of the FP32 peak, 3.9x
 // cuDNN's time (benchmarks/RESULTS.md, 2026-12-04). For the weight gradient the rule keeps the
 // depthwise kernels: as a GEMM it is one tile of 49 of 128 columns (a measured candidate,
-// CUCONV_CUDA_TUNE=1). (The input gradient's GEMM would have one column, C_g: not a candidate.)
+// cudnn.benchmark). (The input gradient's GEMM would have one column, C_g: not a candidate.)
 bool forward_rule_is_the_gemm(const ConvParams& p) { return p.out_per_group >= 32 && p.taps >= 16; }
 
 const char* dtype_name(ScalarType dtype) {
@@ -230,16 +230,17 @@ std::string tuning_key(const char* pass, const ConvCall& call, const Tensor& a, 
 }
 
 // Runs one of `candidates` (each computes the whole result; candidates[0] is the rule's choice)
-// and records its name in `ran` (last_kernels()). The rule decides unless CUCONV_CUDA_TUNE=1 (off
-// by default, as torch's cudnn.benchmark: the same family, so the same bits, in every run). With
-// it and more than one candidate, the first call of each key measures them
+// and records its name in `ran` (last_kernels()). The rule decides unless `benchmark` (torch's
+// cudnn.benchmark, passed by cuconv.functional; off by default: the same family, so the same bits,
+// in every run); CUCONV_CUDA_TUNE=1 / 0, where set, overrides it. Measuring, with more than one
+// candidate, the first call of each key measures them
 // (tuning/measured_choice.h), waiting for the stream before and after each timed run; while the
 // stream captures a CUDA graph (when nothing may wait for it) a recorded choice or the rule
 // decides, unmeasured.
 void run_chosen(const char* pass, const ConvCall& call, const Tensor& a, const Tensor& b, bool bias, bool allow_tf32,
-                const std::vector<Candidate>& candidates, std::atomic<const char*>& ran) {
+                bool benchmark, const std::vector<Candidate>& candidates, std::atomic<const char*>& ran) {
   size_t chosen = 0;
-  if (candidates.size() == 1 || !env_flag("CUCONV_CUDA_TUNE", false)) {
+  if (candidates.size() == 1 || !env_flag("CUCONV_CUDA_TUNE", benchmark)) {
     candidates[0].run();
   } else if (cuda_detail::capturing(call.stream)) {
     chosen = run_recorded_or_first(tuning_key(pass, call, a, b, bias, allow_tf32), candidates);
@@ -271,7 +272,7 @@ void in_nchw(const Tensor& a, const Tensor& b, Tensor& result, IntArrayRef sizes
 
 Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                            IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                           bool allow_tf32) {
+                           bool allow_tf32, bool benchmark) {
   const char* op = "cuconv.conv2d";
   const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(input);
@@ -301,14 +302,14 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
     if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::forward));
   }
   if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::forward)};
-  run_chosen("conv2d_forward", call, input, weight, b.has_value(), allow_tf32, candidates,
+  run_chosen("conv2d_forward", call, input, weight, b.has_value(), allow_tf32, benchmark, candidates,
              conv_cuda::last_kernels().forward);
   return y;
 }
 
 Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weight, IntArrayRef input_size,
                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                  bool allow_tf32) {
+                                  bool allow_tf32, bool benchmark) {
   const char* op = "cuconv.conv2d_backward_input";
   const auto shape = check_conv2d_backward_input(op, grad_output, weight, input_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
@@ -334,14 +335,14 @@ Tensor conv2d_backward_input_cuda(const Tensor& grad_output, const Tensor& weigh
     if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_input));
   }
   if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_input)};
-  run_chosen("conv2d_backward_input", call, grad_output, weight, false, allow_tf32, candidates,
+  run_chosen("conv2d_backward_input", call, grad_output, weight, false, allow_tf32, benchmark, candidates,
              conv_cuda::last_kernels().backward_input);
   return dx;
 }
 
 Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& input, IntArrayRef weight_size,
                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
-                                   bool allow_tf32) {
+                                   bool allow_tf32, bool benchmark) {
   const char* op = "cuconv.conv2d_backward_weight";
   const auto shape = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride, padding, dilation, groups);
   cuda_detail::DeviceGuard guard(grad_output);
@@ -367,7 +368,7 @@ Tensor conv2d_backward_weight_cuda(const Tensor& grad_output, const Tensor& inpu
     if (dtype == ScalarType::Float) candidates.push_back(nchw("simt", conv_cuda::simt::backward_weight));
   }
   if (candidates.empty()) candidates = {nchw("simple", conv_cuda::simple::backward_weight)};
-  run_chosen("conv2d_backward_weight", call, grad_output, input, false, allow_tf32, candidates,
+  run_chosen("conv2d_backward_weight", call, grad_output, input, false, allow_tf32, benchmark, candidates,
              conv_cuda::last_kernels().backward_weight);
   return dw;
 }
