@@ -502,9 +502,10 @@ def test_grouped_switch_rejects_other_values(monkeypatch):
 
 def test_half_type_choice_is_measured(monkeypatch):
     """Unforced, a half-type pass measures its GEMM (packing the half type as float, or bfloat16 in
-    pairs) against the float32 kernels on float32 copies; the result keeps the input's dtype and
+    pairs) against the float32 kernels on float32 copies (and, for bfloat16 on a CPU with
+    AVX512-BF16, the direct kernels on channel pairs); the result keeps the input's dtype and
     layout."""
-    for name in ("CUCONV_CPU_HALF_AS_FLOAT", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT"):
+    for name in ("CUCONV_CPU_HALF_AS_FLOAT", "CUCONV_CPU_TUNE", "CUCONV_CPU_DIRECT", "CUCONV_CPU_DIRECT_PAIRS"):
         monkeypatch.delenv(name, raising=False)
     x = torch.randn(2, 10, 9, 8).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(7, 10, 3, 3).bfloat16().requires_grad_()
@@ -515,4 +516,5 @@ def test_half_type_choice_is_measured(monkeypatch):
     chosen = {key: winner for key, winner in cuconv.tuning.choices().items()
               if " channels_last N=2 C=10 H=9 W=8 O=7 " in key and " bfloat16" in key}
     assert {key.split()[0] for key in chosen} == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}
-    assert all(winner in ("gemm", "float32") for winner in chosen.values()), chosen
+    assert all(winner in ("gemm", "float32", "direct_pairs", "direct_pairs_streamed")
+               for winner in chosen.values()), chosen

@@ -139,6 +139,59 @@ def test_bfloat16_gemm_on_pairs_and_on_floats(case, isa, monkeypatch):
         assert cuconv._C.cpu_kernels()["last_gemm"] == isa
 
 
+# Layers the direct kernels on bfloat16 channel pairs take (groups 1; the input gradient at stride
+# 1): odd channel counts (a zero channel in the last pair), both compiled column strides and a
+# run-time one, dilation, more padding than the kernel's reach, panels of 1-4 vectors.
+PAIR_CASES = {
+    "3x3-pad1": CONV_CASES["3x3-pad1"],
+    "7x7-stride1": CONV_CASES["7x7-stride1"],
+    "1x1": CONV_CASES["1x1"],
+    "many-channels": CONV_CASES["many-channels"],
+    "odd-depths": ODD_DEPTHS,
+    "stride2-dilation": dict(x=(2, 9, 13, 14), w=(33, 9, 3, 2), args=(2, (1, 2), (2, 1), 1)),
+    "stride3-odd-channels": dict(x=(2, 5, 14, 13), w=(50, 5, 4, 3), args=(3, 2, 1, 1)),
+    "wide-padding": dict(x=(1, 3, 5, 6), w=(64, 3, 2, 2), args=(1, 3, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, monkeypatch):
+    """bfloat16 forward passes (and stride-1 input gradients) by the direct kernels on pairs of
+    channels (vdpbf16ps; CUCONV_CPU_DIRECT_PAIRS=1 forces them): as accurate as torch, in the
+    input's layout, and the kernel record says they ran."""
+    for name in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT"):
+        monkeypatch.delenv(name, raising=False)
+    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
+    c = PAIR_CASES[case]
+    w_scale = 1 / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    used = []
+
+    def ours(x, w, b):
+        y = CF.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"])
+        used.append(cuconv._C.cpu_kernels()["last_direct"])
+        assert y.is_contiguous(memory_format=layout)
+        return y
+
+    assert_as_accurate_as_torch(
+        ours, lambda x, w, b: F.conv2d(x.contiguous(memory_format=layout), w, b, *c["args"]),
+        [c["x"], c["w"], (c["w"][0],)], torch.bfloat16, "cpu", scale=[1.0, w_scale, 1.0])
+    assert used == ["avx512_bf16"]
+    x = torch.randn(c["x"]).bfloat16().contiguous(memory_format=layout).requires_grad_()
+    w = (torch.randn(c["w"]) * w_scale).bfloat16()
+    y = CF.conv2d(x, w, None, *c["args"])
+    dy = torch.randn(y.shape).bfloat16().contiguous(memory_format=layout)
+    dx, = torch.autograd.grad(y, x, dy)
+    exact, = torch.autograd.grad(F.conv2d(x.double(), w.double(), None, *c["args"]), x, dy.double())
+    assert_correctly_rounded("grad input", dx, exact, torch.bfloat16)
+    if c["args"][0] == 1:  # the stride-1 input gradient is a forward pass on pairs too
+        assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16"
+        assert dx.is_contiguous(memory_format=layout)
+
+
 POOL_CASES = {
     # the CPU's write-once 2x2 kernels (LeNet's average pooling, VGG's max pooling)
     "max-2x2": (lambda f: lambda t: f.max_pool2d(t, 2), (2, 3, 12, 14)),

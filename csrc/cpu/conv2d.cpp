@@ -840,6 +840,14 @@ OutputStores stores_by_rule(const DirectConv& p) {
   return stores_by_rule(p.batch * p.out_channels * p.out_h * p.out_w * static_cast<int64_t>(sizeof(float)));
 }
 
+// Whether the direct kernels' output streamed past the caches is measured as a candidate of its
+// own (run_float_pass, run_half_types): an output larger than the threads' L2 caches together (a
+// smaller one could stay in cache for the op after it), or one the rule streams.
+bool streaming_is_a_candidate(int64_t output_bytes) {
+  return output_bytes > l2_cache_bytes() * torch::stable::get_num_threads() ||
+         stores_by_rule(output_bytes) == OutputStores::kStreamed;
+}
+
 // The float32 kernels of one pass (not depthwise), for run_float_pass.
 struct FloatPass {
   // the direct kernels, writing their output as they are told (direct_conv.h; the weight
@@ -859,9 +867,8 @@ struct FloatPass {
 
 // Runs a float32 pass by the direct kernels, the GEMM or, where they suit, Winograd
 // (winograd.h) or the per-pixel products (pixel_gemm.h), as chosen above.
-// The direct kernels' output streamed past the caches is a candidate of its own wherever the
-// output is larger than the threads' L2 caches together (a smaller one could stay in cache for
-// the op after it): whether streaming pays depends on the layer and on how much of the
+// The direct kernels' output streamed past the caches is a candidate of its own where
+// streaming_is_a_candidate: whether streaming pays depends on the layer and on how much of the
 // last-level cache the process really gets (on a VM, a slice of a cache shared with other
 // machines, whose size Linux reports whole), so it is measured. Without measuring, the rule of
 // streaming.h decides (an output larger than the last-level cache streams).
@@ -880,7 +887,7 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   std::vector<Candidate> candidates;
   if (direct_runs) {
     candidates.push_back({kernel_name(KernelName::kDirect), [&] { kernels.direct(OutputStores::kCached); }});
-    if (streamable > l2_cache_bytes() * torch::stable::get_num_threads() || by_rule == OutputStores::kStreamed)
+    if (streaming_is_a_candidate(streamable))
       candidates.push_back({kernel_name(KernelName::kDirectStreamed), [&] { kernels.direct(OutputStores::kStreamed); }});
   }
   candidates.push_back({kernel_name(KernelName::kGemm), kernels.gemm});
@@ -1009,17 +1016,84 @@ Tensor converted(const Tensor& t, ScalarType dtype) {
 // type) or `via_float` (float32 copies through every float32 kernel), measured per shape
 // (tuner.h; `via_float` with CUCONV_CPU_TUNE=0; CUCONV_CPU_HALF_AS_FLOAT=1 / 0 forces one): the
 // copies cost more than they save on small products (a 1x1 layer on a 1x1 image), less on the rest.
+// A bfloat16 forward pass has a third way where the CPU has AVX512-BF16, `on_pairs` (the direct
+// kernels on channel pairs, forward_on_pairs; empty elsewhere), its output cached or streamed as
+// the float32 direct kernels' (run_float_pass): CUCONV_CPU_DIRECT_PAIRS=1 runs it wherever it can
+// (tests; writing as streaming.h's rule says), =0 never; unset, it is measured with the other two.
+struct OnPairs {
+  std::function<Tensor(OutputStores)> run;  // empty where the pairs cannot run
+  int64_t output_bytes = 0;                 // of the float sums
+};
+
 Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& packed,
-                      const std::function<Tensor()>& via_float) {
+                      const std::function<Tensor()>& via_float, const OnPairs& on_pairs = {}) {
+  const OptionalMode pairs = on_pairs.run ? optional_kernel_mode("CUCONV_CPU_DIRECT_PAIRS") : OptionalMode::kNever;
+  if (pairs == OptionalMode::kAlways) return on_pairs.run(stores_by_rule(on_pairs.output_bytes));
   const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_HALF_AS_FLOAT");
   if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? via_float() : packed();
   if (!tuning_enabled()) return via_float();
   Tensor result;
   std::string variant = dtype_variant(model.scalar_type());
   if (is_channels_last(model)) variant += " channels_last";
-  run_tuned(tuning_key(g, pass, variant.c_str()), {{kernel_name(KernelName::kGemm), [&] { result = packed(); }},
-                                                   {kernel_name(KernelName::kFloat32), [&] { result = via_float(); }}});
+  std::vector<Candidate> candidates{{kernel_name(KernelName::kGemm), [&] { result = packed(); }},
+                                    {kernel_name(KernelName::kFloat32), [&] { result = via_float(); }}};
+  if (pairs == OptionalMode::kAuto) {
+    candidates.push_back({kernel_name(KernelName::kDirectPairs), [&] { result = on_pairs.run(OutputStores::kCached); }});
+    if (streaming_is_a_candidate(on_pairs.output_bytes))
+      candidates.push_back({kernel_name(KernelName::kDirectPairsStreamed),
+                            [&] { result = on_pairs.run(OutputStores::kStreamed); }});
+  }
+  run_tuned(tuning_key(g, pass, variant.c_str()), candidates);
   return result;
+}
+
+// bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q`'s
+// float32 NCHW sums over contiguous NCHW x and OIHW weights w (bfloat16 bits), interleaved into
+// pairs of channels first; `bias` (float) may be null.
+Tensor pair_sums(const DirectConv& q, const Tensor& x, const uint16_t* w, const float* bias, OutputStores stores) {
+  const int64_t pair_count = (q.in_channels + 1) / 2;
+  PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
+  PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * q.kernel_h * q.kernel_w);
+  interleave_channel_pairs(static_cast<const uint16_t*>(x.const_data_ptr()), q.batch, q.in_channels,
+                           q.height * q.width, x_pairs.data());
+  interleave_channel_pairs(w, q.out_channels, q.in_channels, q.kernel_h * q.kernel_w, w_pairs.data());
+  Tensor sums = empty_like_with(x, {q.batch, q.out_channels, q.out_h, q.out_w}, ScalarType::Float);
+  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
+  return sums;
+}
+
+// `sums` rounded once into a tensor of `model`'s dtype and layout.
+Tensor rounded_in_layout_of(const Tensor& model, const Tensor& sums) {
+  Tensor result = empty_in_layout_of(model, sums.sizes());
+  torch::stable::copy_(result, sums);
+  return result;
+}
+
+Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
+                        OutputStores stores) {
+  const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
+  return rounded_in_layout_of(input, pair_sums(direct_problem(g), contiguous_or_self(input),
+                                               static_cast<const uint16_t*>(w.const_data_ptr()),
+                                               b.defined() ? b_float.const_data_ptr<float>() : nullptr, stores));
+}
+
+// The stride-1 input gradient as the forward pass it is (direct_conv.h, input_gradient_as_forward).
+Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, OutputStores stores) {
+  const DirectConv p = direct_problem(g);
+  const std::vector<uint16_t> flipped = flipped_kernel(p, static_cast<const uint16_t*>(w.const_data_ptr()));
+  return rounded_in_layout_of(grad_output, pair_sums(input_gradient_as_forward(p), contiguous_or_self(grad_output),
+                                                     flipped.data(), nullptr, stores));
+}
+
+// The pairs' way for run_half_types where it can run: bfloat16, groups = 1, a CPU with AVX512-BF16,
+// and for the input gradient stride 1 (direct_conv_backward_input_suits).
+OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, ScalarType dtype, int64_t output_elements,
+                  std::function<Tensor(OutputStores)> run) {
+  const bool runs = dtype == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
+                    (pass == ConvPass::kForward ||
+                     (pass == ConvPass::kInput && direct_conv_backward_input_suits(direct_problem(g))));
+  if (!runs) return {};
+  return {std::move(run), output_elements * static_cast<int64_t>(sizeof(float))};
 }
 
 // Whether a pass of a half type still chooses between the two ways above (the public ops), or
@@ -1035,6 +1109,9 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
   if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
+    const OnPairs on_pairs =
+        pairs_for(g, ConvPass::kForward, input.scalar_type(), shape.batch * shape.out_channels * g.out_plane(),
+                  [&](OutputStores stores) { return forward_on_pairs(g, input, w, b, stores); });
     return run_half_types(
         g, ConvPass::kForward, input,
         [&] { return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kPacked); },
@@ -1044,7 +1121,8 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
           return converted(conv2d_forward_cpu(converted(input, ScalarType::Float), converted(w, ScalarType::Float),
                                               bias_float, stride, padding, dilation, groups, false, false),
                            input.scalar_type());
-        });
+        },
+        on_pairs);
   }
   // NCHW kernels (a channels_last input is read through a contiguous copy)
   auto nchw = [&]() -> Tensor {
@@ -1135,6 +1213,9 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   const Tensor w = contiguous_or_self(weight);
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size);
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
+    const OnPairs on_pairs =
+        pairs_for(g, ConvPass::kInput, grad_output.scalar_type(), shape.batch * shape.in_channels * g.height * g.width,
+                  [&](OutputStores stores) { return backward_input_on_pairs(g, grad_output, w, stores); });
     return run_half_types(
         g, ConvPass::kInput, grad_output,
         [&] {
@@ -1146,7 +1227,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                                                      converted(w, ScalarType::Float), input_size, stride, padding,
                                                      dilation, groups, false, false),
                            grad_output.scalar_type());
-        });
+        },
+        on_pairs);
   }
   auto nchw = [&]() -> Tensor {
     const Tensor dy = contiguous_or_self(grad_output);

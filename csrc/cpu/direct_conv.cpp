@@ -42,8 +42,9 @@
 namespace cuconv {
 
 #if CUCONV_X86_SIMD
-DirectTiles avx512_direct_tiles();  // simd_avx512.cpp
-DirectTiles avx2_direct_tiles();    // simd_avx2.cpp
+DirectTiles avx512_direct_tiles();             // simd_avx512.cpp
+DirectTiles avx2_direct_tiles();               // simd_avx2.cpp
+DirectTiles avx512_bf16_direct_pair_tiles();  // simd_avx512.cpp
 #endif
 
 namespace {
@@ -63,6 +64,18 @@ const DirectTiles* cpu_direct_tiles() {
       return &avx2;
     }
     default: break;
+  }
+#endif
+  return nullptr;
+}
+
+// The forward tiles on bfloat16 pairs where the CPU has AVX512-BF16 (bf16_dot_products()) and
+// the direct kernels run, else null.
+const DirectTiles* cpu_direct_pair_tiles() {
+#if CUCONV_X86_SIMD
+  if (cpu_direct_tiles() != nullptr && direct_conv_mode() != DirectMode::kNever && bf16_dot_products()) {
+    static const DirectTiles pairs = avx512_bf16_direct_pair_tiles();
+    return &pairs;
   }
 #endif
   return nullptr;
@@ -232,10 +245,12 @@ bool direct_conv_forward_can_stream(const DirectConv& p) {
   return tiles != nullptr && !row_tiles_suit(p, *tiles);
 }
 
-void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
-                         float* out, OutputStores stores) {
-  const DirectTiles& tiles = tiles_or_fail();
-  if (row_tiles_suit(p, tiles)) return row_forward(p, in, weight, bias, out, tiles);
+namespace {
+
+// The forward pass by channel panels (the file's comment), on `tiles`: the float tiles, or the
+// bfloat16 pair tiles, whose 32-bit values (pairs) it moves as floats.
+void panel_forward(const DirectTiles& tiles, const DirectConv& p, const float* in, const float* weight,
+                   const float* bias, float* out, OutputStores stores) {
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<PackedBuffer<float>> w = packed_weights(p, weight, panels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
@@ -316,6 +331,46 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
     }
     if (stream) stream_fence();
   });
+}
+
+}  // namespace
+
+void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
+                         float* out, OutputStores stores) {
+  const DirectTiles& tiles = tiles_or_fail();
+  if (row_tiles_suit(p, tiles)) return row_forward(p, in, weight, bias, out, tiles);
+  panel_forward(tiles, p, in, weight, bias, out, stores);
+}
+
+bool direct_conv_pairs_available() { return cpu_direct_pair_tiles() != nullptr; }
+
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs) {
+  const int64_t pair_count = (channels + 1) / 2;
+  torch::stable::parallel_for(0, count * pair_count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / pair_count, c = item % pair_count * 2;
+      const uint16_t* low = x + (n * channels + c) * plane;
+      const uint16_t* high = c + 1 < channels ? low + plane : nullptr;  // (past an odd count: zeros)
+      uint32_t* out = pairs + item * plane;
+      if (high != nullptr) {
+        for (int64_t i = 0; i < plane; ++i) out[i] = low[i] | static_cast<uint32_t>(high[i]) << 16;
+      } else {
+        for (int64_t i = 0; i < plane; ++i) out[i] = low[i];
+      }
+    }
+  });
+}
+
+void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
+                               const float* bias, float* out, OutputStores stores) {
+  const DirectTiles* tiles = cpu_direct_pair_tiles();
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  DirectConv pairs = p;
+  pairs.in_channels = (p.in_channels + 1) / 2;
+  pairs.in_sample_stride = 0;
+  panel_forward(*tiles, pairs, reinterpret_cast<const float*>(in_pairs), reinterpret_cast<const float*>(weight_pairs),
+                bias, out, stores);
 }
 
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,

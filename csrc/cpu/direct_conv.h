@@ -53,6 +53,23 @@ bool direct_conv_forward_can_stream(const DirectConv& p);
 void direct_conv_forward(const DirectConv& p, const float* in, const float* weight, const float* bias,
                          float* out, OutputStores stores);
 
+// bfloat16 forward on pairs of input channels (AVX512-BF16's vdpbf16ps, as oneDNN's bfloat16
+// kernels: two products a lane per instruction, twice the float tiles' work): the float forward
+// with channel pairs for channels, each 32-bit value holding channel 2c in its low half and
+// 2c + 1 in its high half (a zero channel past an odd count). `in_pairs` is
+// [N][ceil(C/2)][H][W] and `weight_pairs` [O][ceil(C/2)][kH][kW] such values
+// (interleave_channel_pairs), `p` the layer as it is (C channels, contiguous); the sums are float,
+// written to the float32 NCHW `out` (bias, float, may be null). The products of bfloat16 are exact
+// in float, so the sums are the float kernels' up to the order of each pair's two products and
+// the instruction's flushing of subnormal values to zero (oneDNN's too).
+bool direct_conv_pairs_available();  // AVX512-BF16, and the direct kernels not switched off
+void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
+                               const float* bias, float* out, OutputStores stores);
+
+// `count` blocks of `channels` planes of `plane` bfloat16 values (their bits) as `count` blocks of
+// ceil(channels / 2) planes of channel pairs, as direct_conv_forward_pairs reads them.
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs);
+
 // Weight gradient: grad_w[o, c, i, j] = sum_{n,oh,ow} grad_out[n, o, oh, ow] * in_padded[...],
 // summed in a fixed order (deterministic for a given thread count).
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);

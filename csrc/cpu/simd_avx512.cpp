@@ -5,7 +5,8 @@
 // - direct convolution (direct_conv.h): Q pixels or T taps x NV channel vectors, 24
 //   accumulators for NV = 2..4 (12 x 2, 8 x 3, 6 x 4), 12 x 1.
 // - bfloat16 GEMM on pairs (gemm.h, PairMicrokernel): the GEMM's tiles with vdpbf16ps, for CPUs
-//   with AVX512-BF16 as well.
+//   with AVX512-BF16 as well; and the direct forward tiles on pairs of input channels
+//   (direct_conv.h, direct_conv_forward_pairs), the float tiles' shapes with vdpbf16ps.
 
 #include "direct_conv.h"
 #include "gemm.h"
@@ -157,7 +158,47 @@ void pair_tile(int64_t pairs, const uint16_t* a, const uint16_t* b, float* c, in
   store_tile<Avx512Float, MR, NV>(acc, c, ldc, accumulate, bias, nullptr);
 }
 
+// direct_tile.h's forward tile on pairs of input channels: every 32-bit value (a weight's lanes,
+// a broadcast pixel) holds two bfloat16, channel 2c in the low half and 2c + 1 in the high, and
+// vdpbf16ps adds both products to a lane's float sum. The tile moves those values as floats
+// (loads, broadcasts: bits only, no arithmetic), so the float tile's code runs them unchanged.
+struct Avx512Bf16Pairs : Avx512Float {
+  static V fma(V pairs_a, V pairs_b, V sums) {
+    return _mm512_dpbf16_ps(sums, reinterpret_cast<__m512bh>(pairs_a), reinterpret_cast<__m512bh>(pairs_b));
+  }
+};
+
+// direct_tile.h once more, its templates compiled for AVX512-BF16 here (instantiated from the copy
+// above, compiled for AVX-512 alone, a tile could not inline vdpbf16ps: a call per product).
+namespace with_bf16 {
+#include "direct_tile.h"
+}  // namespace with_bf16
+
+// The forward tiles of NV channel vectors and up to Q pixels, for each column stride.
+template <int NV, int Q>
+void fill_pair_forward_tiles(DirectTiles& tiles) {
+  tiles.pixels[NV] = Q;
+  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 0>(tiles.forward[NV]);
+  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 1>(tiles.forward_stride1[NV]);
+  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 2>(tiles.forward_stride2[NV]);
+}
+
 }  // namespace
+
+// The float forward tiles' shapes (avx512_direct_tiles); no weight or row tiles. The sums are
+// float: the float tiles' to_planes writes them.
+DirectTiles avx512_bf16_direct_pair_tiles() {
+  DirectTiles t;
+  t.isa = "avx512_bf16";
+  t.lanes = 16;
+  t.max_vectors = 4;
+  fill_pair_forward_tiles<1, 12>(t);
+  fill_pair_forward_tiles<2, 12>(t);
+  fill_pair_forward_tiles<3, 8>(t);
+  fill_pair_forward_tiles<4, 6>(t);
+  t.to_planes = &direct_row_to_planes<Avx512Float>;
+  return t;
+}
 
 // The shapes of the float tiles above (8 x 3 and 6 x 4 vectors): the same panels, narrowed.
 PairTileKernel avx512_bf16_pair_tile(int64_t mr, int64_t nr) {
