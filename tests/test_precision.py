@@ -192,6 +192,49 @@ def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, monkeypat
         assert dx.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_bfloat16_weight_gradient_on_pixel_pairs(case, monkeypatch):
+    """bfloat16 weight gradients by the direct kernels on pairs of output pixels (CUCONV_CPU_DIRECT_PAIRS=1):
+    each element the exact sum rounded once, for even and odd output rows (a zero pixel after the
+    last) and every column stride; the kernel record says they ran."""
+    for name in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT"):
+        monkeypatch.delenv(name, raising=False)
+    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
+    c = PAIR_CASES[case]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(c["x"], generator=gen).bfloat16()
+    w = torch.randn(c["w"], generator=gen).bfloat16().requires_grad_()
+    y = CF.conv2d(x, w, None, *c["args"])
+    dy = torch.randn(y.shape, generator=gen).bfloat16()
+    dw, = torch.autograd.grad(y, w, dy)
+    assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16"
+    w64 = w.detach().double().requires_grad_()
+    exact, = torch.autograd.grad(F.conv2d(x.double(), w64, None, *c["args"]), w64, dy.double())
+    assert_correctly_rounded("grad weight", dw, exact, torch.bfloat16)
+
+
+@pytest.mark.parametrize("special", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_reads(special, monkeypatch):
+    """An odd output row's missing pixel (the pairs' zero) would multiply the input one stride past
+    the row's last window: where that value is Inf or NaN another kernel runs, and the gradient is
+    torch's (finite here: no window reads it)."""
+    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
+        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
+    monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
+    x = torch.randn(2, 4, 6, 8).bfloat16()
+    x[:, :, :, 7] = special  # stride 2, 3 columns a window: outputs 0-2 read columns 0-6 only
+    w = torch.randn(5, 4, 3, 3).bfloat16().requires_grad_()
+    y = CF.conv2d(x, w, None, 2, 0)
+    assert y.shape[-1] == 3 and torch.isfinite(y).all()
+    dw, = torch.autograd.grad(y, w, torch.ones_like(y))
+    w64 = w.detach().double().requires_grad_()
+    exact, = torch.autograd.grad(F.conv2d(x.double(), w64, None, 2, 0), w64, torch.ones(y.shape, dtype=torch.float64))
+    assert torch.isfinite(exact).all()
+    assert_correctly_rounded("grad weight", dw, exact, torch.bfloat16)
+
+
 POOL_CASES = {
     # the CPU's write-once 2x2 kernels (LeNet's average pooling, VGG's max pooling)
     "max-2x2": (lambda f: lambda t: f.max_pool2d(t, 2), (2, 3, 12, 14)),

@@ -223,8 +223,8 @@ def test_a_large_output_is_also_measured_streamed_and_either_way_gives_torchs_va
 def test_bfloat16_layers_also_measure_the_direct_kernels_on_pairs(monkeypatch, capfd):
     """Where the CPU has AVX512-BF16, a bfloat16 forward pass and stride-1 input gradient measure
     the direct kernels on channel pairs beside the GEMM and the float32 copies, cached and, for an
-    output larger than the threads' L2 caches, streamed; recorded, each way gives the same bits,
-    as accurate as the others."""
+    output larger than the threads' L2 caches, streamed (the weight gradient, on pixel pairs,
+    cached: a small output); recorded, each way gives the same bits, as accurate as the others."""
     monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
     if _C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
         pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
@@ -232,26 +232,27 @@ def test_bfloat16_layers_also_measure_the_direct_kernels_on_pairs(monkeypatch, c
     batch = _C.cpu_kernels()["l2_cache_bytes"] * threads * 5 // 4 // (32 * 20 * 20 * 4) + 1
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(batch, 31, 20, 20, generator=gen).bfloat16().requires_grad_()
-    w = (torch.randn(32, 31, 3, 3, generator=gen) / 16).bfloat16()
+    w = (torch.randn(32, 31, 3, 3, generator=gen) / 16).bfloat16().requires_grad_()
     b = torch.randn(32, generator=gen).bfloat16()
     dy = torch.randn(batch, 32, 20, 20, generator=gen).bfloat16()
 
-    def forward_and_input_gradient():
+    def forward_and_gradients():
         y = CF.conv2d(x, w, b, padding=1)
-        return y.detach(), torch.autograd.grad(y, x, dy)[0]
+        return y.detach(), *torch.autograd.grad(y, [x, w], dy)
 
     monkeypatch.setenv("CUCONV_LOG", "1")
-    forward_and_input_gradient()
+    forward_and_gradients()
     tuned = [line for line in capfd.readouterr().err.splitlines() if line.startswith("cuconv: tuned")]
     passes = {line.split()[2]: line for line in tuned if " bfloat16" in line}
-    assert set(passes) == {"conv2d_forward", "conv2d_backward_input"}, tuned
-    assert all(f" {name} " in line for line in passes.values()
-               for name in ("gemm", "float32", "direct_pairs", "direct_pairs_streamed")), tuned
+    assert set(passes) == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}, tuned
+    for name, line in passes.items():
+        measured = ["gemm", "float32", "direct_pairs"] + (["direct_pairs_streamed"] if "weight" not in name else [])
+        assert all(f" {path} " in line for path in measured) and ("streamed" in line) == ("weight" not in name), line
     keys = [key for key in cuconv.tuning.choices() if " bfloat16" in key]
     results = {}
     for path in ("direct_pairs", "direct_pairs_streamed", "float32"):
         _C.cpu_tuning_set({key: path for key in keys})
-        results[path] = forward_and_input_gradient()
+        results[path] = forward_and_gradients()
     assert all(torch.equal(a, s) for a, s in zip(results["direct_pairs"], results["direct_pairs_streamed"]))
     for ours, theirs in zip(results["direct_pairs"], results["float32"]):  # (bfloat16's rounding apart)
         torch.testing.assert_close(ours, theirs, rtol=2 ** -7, atol=2 ** -7 * theirs.abs().max().item())

@@ -809,6 +809,17 @@ OptionalMode optional_kernel_mode(const char* variable) {
   return value == "1" ? OptionalMode::kAlways : OptionalMode::kNever;
 }
 
+// The same for bfloat16 values (their bits).
+bool all_finite_bfloat16(const uint16_t* data, int64_t count) {
+  std::atomic<bool> finite{true};
+  torch::stable::parallel_for(0, count, 1 << 16, [&](int64_t begin, int64_t end) {
+    uint32_t special = 0;
+    for (int64_t i = begin; i < end; ++i) special |= (data[i] & 0x7f80u) == 0x7f80u;
+    if (special != 0) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
+
 bool all_finite(const float* data, int64_t count) {
   std::atomic<bool> finite{true};
   torch::stable::parallel_for(0, count, 1 << 16, [&](int64_t begin, int64_t end) {
@@ -1047,6 +1058,8 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
   return result;
 }
 
+const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
+
 // bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q`'s
 // float32 NCHW sums over contiguous NCHW x and OIHW weights w (bfloat16 bits), interleaved into
 // pairs of channels first; `bias` (float) may be null.
@@ -1054,8 +1067,7 @@ Tensor pair_sums(const DirectConv& q, const Tensor& x, const uint16_t* w, const 
   const int64_t pair_count = (q.in_channels + 1) / 2;
   PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
   PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * q.kernel_h * q.kernel_w);
-  interleave_channel_pairs(static_cast<const uint16_t*>(x.const_data_ptr()), q.batch, q.in_channels,
-                           q.height * q.width, x_pairs.data());
+  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, x_pairs.data());
   interleave_channel_pairs(w, q.out_channels, q.in_channels, q.kernel_h * q.kernel_w, w_pairs.data());
   Tensor sums = empty_like_with(x, {q.batch, q.out_channels, q.out_h, q.out_w}, ScalarType::Float);
   direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
@@ -1073,16 +1085,31 @@ Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor
                         OutputStores stores) {
   const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
   return rounded_in_layout_of(input, pair_sums(direct_problem(g), contiguous_or_self(input),
-                                               static_cast<const uint16_t*>(w.const_data_ptr()),
-                                               b.defined() ? b_float.const_data_ptr<float>() : nullptr, stores));
+                                               bfloat16_bits(w), b.defined() ? b_float.const_data_ptr<float>() : nullptr,
+                                               stores));
 }
 
 // The stride-1 input gradient as the forward pass it is (direct_conv.h, input_gradient_as_forward).
 Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, OutputStores stores) {
   const DirectConv p = direct_problem(g);
-  const std::vector<uint16_t> flipped = flipped_kernel(p, static_cast<const uint16_t*>(w.const_data_ptr()));
+  const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
   return rounded_in_layout_of(grad_output, pair_sums(input_gradient_as_forward(p), contiguous_or_self(grad_output),
                                                      flipped.data(), nullptr, stores));
+}
+
+// The weight gradient on pairs of output pixels (direct_conv.h), as weight_size's contiguous
+// tensor; undefined where an odd output row's missing pixel could meet an Inf or NaN (some other
+// kernel must run then).
+Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& input,
+                                IntArrayRef weight_size) {
+  const DirectConv p = direct_problem(g);
+  const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
+  if (p.out_w % 2 != 0 && !all_finite_bfloat16(bfloat16_bits(x), x.numel())) return Tensor();
+  PackedBuffer<uint32_t> dy_pairs(p.batch * p.out_channels * p.out_h * ((p.out_w + 1) / 2));
+  pair_adjacent_columns(bfloat16_bits(dy), p.batch * p.out_channels, p.out_h, p.out_w, dy_pairs.data());
+  Tensor sums = empty_like_with(x, weight_size, ScalarType::Float);
+  direct_conv_backward_weight_pairs(p, bfloat16_bits(x), dy_pairs.data(), sums.mutable_data_ptr<float>());
+  return converted(sums, ScalarType::BFloat16);
 }
 
 // The pairs' way for run_half_types where it can run: bfloat16, groups = 1, a CPU with AVX512-BF16,
@@ -1090,8 +1117,7 @@ Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output,
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, ScalarType dtype, int64_t output_elements,
                   std::function<Tensor(OutputStores)> run) {
   const bool runs = dtype == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
-                    (pass == ConvPass::kForward ||
-                     (pass == ConvPass::kInput && direct_conv_backward_input_suits(direct_problem(g))));
+                    (pass != ConvPass::kInput || direct_conv_backward_input_suits(direct_problem(g)));
   if (!runs) return {};
   return {std::move(run), output_elements * static_cast<int64_t>(sizeof(float))};
 }
@@ -1323,18 +1349,23 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
   const ConvGeometry g(shape, stride, padding, dilation);
   if (is_depthwise(g)) return depthwise_conv2d_backward_weight(depthwise_problem(g), grad_output, input, weight_size);
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
+    auto via_float = [&] {
+      return converted(conv2d_backward_weight_cpu(converted(grad_output, ScalarType::Float),
+                                                  converted(input, ScalarType::Float), weight_size, stride, padding,
+                                                  dilation, groups, false, false),
+                       grad_output.scalar_type());
+    };
+    const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output.scalar_type(), 0, [&](OutputStores) {
+      const Tensor dw = backward_weight_on_pairs(g, grad_output, input, weight_size);
+      return dw.defined() ? dw : via_float();
+    });
     return run_half_types(
         g, ConvPass::kWeight, grad_output,
         [&] {
           return backward_weight_pass(grad_output, input, weight_size, stride, padding, dilation, groups,
                                       HalfTypes::kPacked);
         },
-        [&] {
-          return converted(conv2d_backward_weight_cpu(converted(grad_output, ScalarType::Float),
-                                                      converted(input, ScalarType::Float), weight_size, stride,
-                                                      padding, dilation, groups, false, false),
-                           grad_output.scalar_type());
-        });
+        via_float, on_pairs);
   }
   auto nchw = [&]() -> Tensor {
     const Tensor x = contiguous_or_self(input);

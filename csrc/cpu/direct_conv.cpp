@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "gemm.h"
@@ -373,14 +374,23 @@ void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, co
                 bias, out, stores);
 }
 
-void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
-                                 float* grad_weight) {
-  const DirectTiles& tiles = tiles_or_fail();
+namespace {
+
+// Sample n of the input as the weight tiles read it ([C][Hp][Wp], zero-padded): in place, or
+// written into `buffer` (sample_values() values; null where `needs_buffer` is false).
+struct WeightSamples {
+  std::function<const float*(int64_t n, float* buffer)> of;
+  bool needs_buffer;
+};
+
+// The weight gradient by channel panels (the file's comment) on `tiles`: the float tiles, or the
+// bfloat16 pair tiles with `p` the layer of pixel pairs (direct_conv_backward_weight_pairs).
+void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const WeightSamples& samples,
+                           const float* grad_out, float* grad_weight) {
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<int64_t> taps = tap_offsets(p);
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
-  const bool pads = p.pad_h > 0 || p.pad_w > 0;
   const TransposeFloats transpose = cpu_transpose_floats();
   // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
   // into rows that are never read), and where the panel starts in the arrays.
@@ -398,7 +408,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
   PackedBuffer<float> partial(parts * partial_at.back(), 0.f);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     PackedBuffer<float> grad_t(grad_at.back());
-    PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
+    PackedBuffer<float> sample(samples.needs_buffer ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* sums = partial.data() + part * partial_at.back();
@@ -408,8 +418,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
         const int64_t n = row / p.out_h, oh_begin = row % p.out_h;
         const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row)), pixels = (oh_end - oh_begin) * p.out_w;
         const float* g = grad_out + n * p.out_stride() + oh_begin * p.out_w;
-        if (pads) copy_into_padding(p, in + n * p.in_stride(), sample.data());
-        const float* x_rows = (pads ? sample.data() : in + n * p.in_stride()) + oh_begin * row_step;
+        const float* x_rows = samples.of(n, sample.data()) + oh_begin * row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
@@ -440,6 +449,71 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
       }
     }
   });
+}
+
+}  // namespace
+
+void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
+                                 float* grad_weight) {
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  const WeightSamples samples{[&](int64_t n, float* buffer) {
+                                const float* sample = in + n * p.in_stride();
+                                if (!pads) return sample;
+                                copy_into_padding(p, sample, buffer);
+                                return static_cast<const float*>(buffer);
+                              },
+                              pads};
+  panel_backward_weight(tiles_or_fail(), p, samples, grad_out, grad_weight);
+}
+
+void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height, int64_t width, uint32_t* pairs) {
+  const int64_t pair_width = (width + 1) / 2;
+  torch::stable::parallel_for(0, count * height, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const uint16_t* in = planes + row * width;
+      uint32_t* out = pairs + row * pair_width;
+      for (int64_t m = 0; m < width / 2; ++m) out[m] = in[2 * m] | static_cast<uint32_t>(in[2 * m + 1]) << 16;
+      if (width % 2 != 0) out[pair_width - 1] = in[width - 1];  // (a zero pixel after the last)
+    }
+  });
+}
+
+void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
+                                       float* grad_weight) {
+  const DirectTiles* tiles = cpu_direct_pair_tiles();
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  // The tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart.
+  DirectConv pairs = p;
+  pairs.out_w = (p.out_w + 1) / 2;
+  pairs.stride_w = 2 * p.stride_w;
+  pairs.in_sample_stride = pairs.out_sample_stride = 0;
+  // Sample n's padded planes as column pairs: the value at column w and the one sW columns right
+  // (zero past the padded row), [C][Hp][Wp], so that pixel pair (2m, 2m + 1) reads tap (c, i, j)
+  // at the float kernels' offset from its first pixel's origin.
+  const int64_t hp = padded_h(p), wp = padded_w(p), step = p.stride_w;
+  const WeightSamples samples{[&](int64_t n, float* buffer) {
+                                uint32_t* out = reinterpret_cast<uint32_t*>(buffer);
+                                const uint16_t* sample = in + n * p.in_channels * p.height * p.width;
+                                for (int64_t c = 0; c < p.in_channels; ++c)
+                                  for (int64_t h = 0; h < hp; ++h) {
+                                    uint32_t* row = out + (c * hp + h) * wp;
+                                    const int64_t ih = h - p.pad_h;
+                                    if (ih < 0 || ih >= p.height) {
+                                      std::fill(row, row + wp, 0u);
+                                      continue;
+                                    }
+                                    const uint16_t* x = sample + (c * p.height + ih) * p.width;
+                                    auto at = [&](int64_t w) -> uint32_t {
+                                      const int64_t iw = w - p.pad_w;
+                                      return iw >= 0 && iw < p.width ? x[iw] : 0u;
+                                    };
+                                    for (int64_t w = 0; w < wp; ++w) row[w] = at(w) | at(w + step) << 16;
+                                  }
+                                return static_cast<const float*>(buffer);
+                              },
+                              true};
+  panel_backward_weight(*tiles, pairs, samples, reinterpret_cast<const float*>(grad_out_pairs), grad_weight);
 }
 
 bool direct_conv_backward_input_suits(const DirectConv& p) {

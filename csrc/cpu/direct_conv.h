@@ -70,6 +70,20 @@ void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, co
 // ceil(channels / 2) planes of channel pairs, as direct_conv_forward_pairs reads them.
 void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs);
 
+// bfloat16 weight gradient on pairs of output pixels: the float weight tiles over pixel pairs
+// (2m, 2m + 1) of each output row, `grad_out_pairs` [N][O][H_out][ceil(W_out/2)] such pairs
+// (pair_adjacent_columns; a zero pixel after an odd row's last), the input (bfloat16 bits,
+// contiguous NCHW) read as pairs of the columns the two pixels' taps meet. The sums are float,
+// into `grad_weight` [O][C][kH][kW]. An odd row's missing pixel multiplies its zero gradient by
+// the input value one stride past the row's last window: NaN where that value is Inf or NaN, so
+// the caller runs another kernel then.
+void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
+                                       float* grad_weight);
+
+// `count` planes of `height` rows of `width` bfloat16 values as rows of ceil(width / 2) pairs of
+// adjacent values (a zero after an odd row's last).
+void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height, int64_t width, uint32_t* pairs);
+
 // Weight gradient: grad_w[o, c, i, j] = sum_{n,oh,ow} grad_out[n, o, oh, ow] * in_padded[...],
 // summed in a fixed order (deterministic for a given thread count).
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);

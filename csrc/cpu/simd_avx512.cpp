@@ -174,29 +174,20 @@ namespace with_bf16 {
 #include "direct_tile.h"
 }  // namespace with_bf16
 
-// The forward tiles of NV channel vectors and up to Q pixels, for each column stride.
-template <int NV, int Q>
-void fill_pair_forward_tiles(DirectTiles& tiles) {
-  tiles.pixels[NV] = Q;
-  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 0>(tiles.forward[NV]);
-  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 1>(tiles.forward_stride1[NV]);
-  with_bf16::fill_forward_tiles<Avx512Bf16Pairs, NV, Q, 2>(tiles.forward_stride2[NV]);
-}
-
 }  // namespace
 
-// The float forward tiles' shapes (avx512_direct_tiles); no weight or row tiles. The sums are
-// float: the float tiles' to_planes writes them.
+// The float tiles' shapes (avx512_direct_tiles), without the row tiles. The forward tiles take
+// pairs of input channels, the weight tiles pairs of output pixels (direct_conv.h); the sums are
+// float, which to_planes (the float tiles' arithmetic) writes.
 DirectTiles avx512_bf16_direct_pair_tiles() {
   DirectTiles t;
+  with_bf16::fill_direct_tiles<Avx512Bf16Pairs, 1, 12, 12>(t);
+  with_bf16::fill_direct_tiles<Avx512Bf16Pairs, 2, 12, 12>(t);
+  with_bf16::fill_direct_tiles<Avx512Bf16Pairs, 3, 8, 8>(t);
+  with_bf16::fill_direct_tiles<Avx512Bf16Pairs, 4, 6, 6>(t);
   t.isa = "avx512_bf16";
   t.lanes = 16;
   t.max_vectors = 4;
-  fill_pair_forward_tiles<1, 12>(t);
-  fill_pair_forward_tiles<2, 12>(t);
-  fill_pair_forward_tiles<3, 8>(t);
-  fill_pair_forward_tiles<4, 6>(t);
-  t.to_planes = &direct_row_to_planes<Avx512Float>;
   return t;
 }
 
