@@ -1061,14 +1061,17 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
 const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
 
 // bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q`'s
-// float32 NCHW sums over contiguous NCHW x and OIHW weights w (bfloat16 bits), interleaved into
-// pairs of channels first; `bias` (float) may be null.
-Tensor pair_sums(const DirectConv& q, const Tensor& x, const uint16_t* w, const float* bias, OutputStores stores) {
+// float32 NCHW sums over x (bfloat16; contiguous NCHW, or channels_last: read in place) and
+// contiguous OIHW weights w (their bits), interleaved into pairs of channels first; `bias`
+// (float) may be null.
+Tensor pair_sums(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias, OutputStores stores) {
+  const bool nhwc = is_channels_last(input);
+  const Tensor x = nhwc ? input : contiguous_or_self(input);
   const int64_t pair_count = (q.in_channels + 1) / 2;
   PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
   PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * q.kernel_h * q.kernel_w);
-  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, x_pairs.data());
-  interleave_channel_pairs(w, q.out_channels, q.in_channels, q.kernel_h * q.kernel_w, w_pairs.data());
+  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, nhwc, x_pairs.data());
+  interleave_channel_pairs(w, q.out_channels, q.in_channels, q.kernel_h * q.kernel_w, false, w_pairs.data());
   Tensor sums = empty_like_with(x, {q.batch, q.out_channels, q.out_h, q.out_w}, ScalarType::Float);
   direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
   return sums;
@@ -1084,7 +1087,7 @@ Tensor rounded_in_layout_of(const Tensor& model, const Tensor& sums) {
 Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
                         OutputStores stores) {
   const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
-  return rounded_in_layout_of(input, pair_sums(direct_problem(g), contiguous_or_self(input),
+  return rounded_in_layout_of(input, pair_sums(direct_problem(g), input,
                                                bfloat16_bits(w), b.defined() ? b_float.const_data_ptr<float>() : nullptr,
                                                stores));
 }
@@ -1093,7 +1096,7 @@ Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor
 Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, OutputStores stores) {
   const DirectConv p = direct_problem(g);
   const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
-  return rounded_in_layout_of(grad_output, pair_sums(input_gradient_as_forward(p), contiguous_or_self(grad_output),
+  return rounded_in_layout_of(grad_output, pair_sums(input_gradient_as_forward(p), grad_output,
                                                      flipped.data(), nullptr, stores));
 }
 

@@ -345,18 +345,22 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
 
 bool direct_conv_pairs_available() { return cpu_direct_pair_tiles() != nullptr; }
 
-void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs) {
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
+                              uint32_t* pairs) {
   const int64_t pair_count = (channels + 1) / 2;
+  // (NCHW: a channel's values one after another; NHWC: a pixel's channels, a pair adjacent)
+  const int64_t channel_step = channels_last ? 1 : plane, pixel_step = channels_last ? channels : 1;
   torch::stable::parallel_for(0, count * pair_count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / pair_count, c = item % pair_count * 2;
-      const uint16_t* low = x + (n * channels + c) * plane;
-      const uint16_t* high = c + 1 < channels ? low + plane : nullptr;  // (past an odd count: zeros)
+      const uint16_t* low = x + n * channels * plane + c * channel_step;
+      const uint16_t* high = c + 1 < channels ? low + channel_step : nullptr;  // (past an odd count: zeros)
       uint32_t* out = pairs + item * plane;
       if (high != nullptr) {
-        for (int64_t i = 0; i < plane; ++i) out[i] = low[i] | static_cast<uint32_t>(high[i]) << 16;
+        for (int64_t i = 0; i < plane; ++i)
+          out[i] = low[i * pixel_step] | static_cast<uint32_t>(high[i * pixel_step]) << 16;
       } else {
-        for (int64_t i = 0; i < plane; ++i) out[i] = low[i];
+        for (int64_t i = 0; i < plane; ++i) out[i] = low[i * pixel_step];
       }
     }
   });

@@ -66,9 +66,11 @@ bool direct_conv_pairs_available();  // AVX512-BF16, and the direct kernels not 
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
                                const float* bias, float* out, OutputStores stores);
 
-// `count` blocks of `channels` planes of `plane` bfloat16 values (their bits) as `count` blocks of
-// ceil(channels / 2) planes of channel pairs, as direct_conv_forward_pairs reads them.
-void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs);
+// `count` blocks of `channels` planes of `plane` bfloat16 values (their bits; NCHW, or NHWC where
+// `channels_last`) as `count` blocks of ceil(channels / 2) planes of channel pairs, as
+// direct_conv_forward_pairs reads them.
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
+                              uint32_t* pairs);
 
 // bfloat16 weight gradient on pairs of output pixels: the float weight tiles over pixel pairs
 // (2m, 2m + 1) of each output row, `grad_out_pairs` [N][O][H_out][ceil(W_out/2)] such pairs
