@@ -251,7 +251,7 @@ MUTANTS = [
     Mutant("pairs-weight-skips-finite-check", "special values", "csrc/cpu/conv2d.cpp",
            "if (p.out_w % 2 != 0 && !all_finite_bfloat16(", "if (false && !all_finite_bfloat16(", (PRECISION,)),
     Mutant("pairs-weight-column-step", "index math", "csrc/cpu/direct_conv.cpp",
-           "row[w] = at(w) | at(w + step) << 16;", "row[w] = at(w) | at(w + 1) << 16;", (PRECISION,)),
+           "row[w] = at(w) | at(w + p.stride_w) << 16;", "row[w] = at(w) | at(w + 1) << 16;", (PRECISION,)),
     Mutant("pairs-odd-row-drops-last-pixel", "boundary", "csrc/cpu/direct_conv.cpp",
            "if (width % 2 != 0) out[pair_width - 1] = in[width - 1];", "", (PRECISION,)),
     Mutant("pairs-input-gradient-unflipped", "index math", "csrc/cpu/conv2d.cpp",

@@ -30,6 +30,14 @@ def target(request, monkeypatch):
     t.module.cuda_tuning_set(None)
 
 
+def _set_tuning_variable(monkeypatch, setting):
+    """CUCONV_CUDA_TUNE set to `setting`, or unset for None."""
+    if setting is None:
+        monkeypatch.delenv("CUCONV_CUDA_TUNE")
+    else:
+        monkeypatch.setenv("CUCONV_CUDA_TUNE", setting)
+
+
 def _synchronizations(target):
     return emulated_cuda.module.stats()["synchronizations"] if target.name == "emulated" else None
 
@@ -164,10 +172,7 @@ def test_while_a_graph_is_captured_nothing_waits_and_a_recorded_choice_or_the_ru
 def test_measuring_off_leaves_every_choice_to_the_rule_and_a_bad_setting_is_an_error(target, monkeypatch, setting):
     """Off by default (unset), as torch's cudnn.benchmark."""
     case, passes = MEASURED["one-input-channel"]
-    if setting is None:
-        monkeypatch.delenv("CUCONV_CUDA_TUNE")
-    else:
-        monkeypatch.setenv("CUCONV_CUDA_TUNE", setting)
+    _set_tuning_variable(monkeypatch, setting)
     before = _synchronizations(target)
     g = torch.Generator().manual_seed(25)
     for name, families in passes.items():
@@ -186,10 +191,7 @@ def test_the_benchmark_argument_turns_measuring_on_unless_the_variable_says_othe
     """The ops' benchmark argument (torch.backends.cudnn.benchmark, from cuconv.functional) measures
     where CUCONV_CUDA_TUNE is unset; set, the variable decides."""
     case, passes = MEASURED["one-input-channel"]
-    if setting is None:
-        monkeypatch.delenv("CUCONV_CUDA_TUNE")
-    else:
-        monkeypatch.setenv("CUCONV_CUDA_TUNE", setting)
+    _set_tuning_variable(monkeypatch, setting)
     before = _synchronizations(target)
     g = torch.Generator().manual_seed(27)
     for name in passes:

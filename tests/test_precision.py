@@ -154,17 +154,23 @@ PAIR_CASES = {
 }
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("case", PAIR_CASES)
-def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, monkeypatch):
-    """bfloat16 forward passes (and stride-1 input gradients) by the direct kernels on pairs of
-    channels (vdpbf16ps; CUCONV_CPU_DIRECT_PAIRS=1 forces them): as accurate as torch, in the
-    input's layout, and the kernel record says they ran."""
+@pytest.fixture
+def pairs_forced(monkeypatch):
+    """The direct kernels on bfloat16 pairs wherever they can run (CUCONV_CPU_DIRECT_PAIRS=1), on
+    a CPU with AVX512-BF16 (else the test is skipped)."""
     for name in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT"):
         monkeypatch.delenv(name, raising=False)
     if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
         pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
     monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_forced):
+    """bfloat16 forward passes (and stride-1 input gradients) by the direct kernels on pairs of
+    channels (vdpbf16ps): as accurate as torch, in the input's layout, and the kernel record says
+    they ran."""
     c = PAIR_CASES[case]
     w_scale = 1 / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -193,15 +199,10 @@ def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, monkeypat
 
 
 @pytest.mark.parametrize("case", PAIR_CASES)
-def test_bfloat16_weight_gradient_on_pixel_pairs(case, monkeypatch):
-    """bfloat16 weight gradients by the direct kernels on pairs of output pixels (CUCONV_CPU_DIRECT_PAIRS=1):
-    each element the exact sum rounded once, for even and odd output rows (a zero pixel after the
-    last) and every column stride; the kernel record says they ran."""
-    for name in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT"):
-        monkeypatch.delenv(name, raising=False)
-    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
-        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
-    monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
+def test_bfloat16_weight_gradient_on_pixel_pairs(case, pairs_forced):
+    """bfloat16 weight gradients by the direct kernels on pairs of output pixels: each element the
+    exact sum rounded once, for even and odd output rows (a zero pixel after the last) and every
+    column stride; the kernel record says they ran."""
     c = PAIR_CASES[case]
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(c["x"], generator=gen).bfloat16()
@@ -216,13 +217,10 @@ def test_bfloat16_weight_gradient_on_pixel_pairs(case, monkeypatch):
 
 
 @pytest.mark.parametrize("special", [float("inf"), float("nan")], ids=["inf", "nan"])
-def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_reads(special, monkeypatch):
+def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_reads(special, pairs_forced):
     """An odd output row's missing pixel (the pairs' zero) would multiply the input one stride past
     the row's last window: where that value is Inf or NaN another kernel runs, and the gradient is
     torch's (finite here: no window reads it)."""
-    if cuconv._C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
-        pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
-    monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
     x = torch.randn(2, 4, 6, 8).bfloat16()
     x[:, :, :, 7] = special  # stride 2, 3 columns a window: outputs 0-2 read columns 0-6 only
     w = torch.randn(5, 4, 3, 3).bfloat16().requires_grad_()

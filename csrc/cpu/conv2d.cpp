@@ -1027,10 +1027,11 @@ Tensor converted(const Tensor& t, ScalarType dtype) {
 // type) or `via_float` (float32 copies through every float32 kernel), measured per shape
 // (tuner.h; `via_float` with CUCONV_CPU_TUNE=0; CUCONV_CPU_HALF_AS_FLOAT=1 / 0 forces one): the
 // copies cost more than they save on small products (a 1x1 layer on a 1x1 image), less on the rest.
-// A bfloat16 forward pass has a third way where the CPU has AVX512-BF16, `on_pairs` (the direct
-// kernels on channel pairs, forward_on_pairs; empty elsewhere), its output cached or streamed as
-// the float32 direct kernels' (run_float_pass): CUCONV_CPU_DIRECT_PAIRS=1 runs it wherever it can
-// (tests; writing as streaming.h's rule says), =0 never; unset, it is measured with the other two.
+// A bfloat16 pass has a third way where the CPU has AVX512-BF16, `on_pairs` (the direct kernels on
+// pairs: forward_on_pairs, backward_input_on_pairs, backward_weight_on_pairs; empty elsewhere),
+// its output cached or streamed as the float32 direct kernels' (run_float_pass; the weight
+// gradient's is small, always cached): CUCONV_CPU_DIRECT_PAIRS=1 runs it wherever it can (tests;
+// writing as streaming.h's rule says), =0 never; unset, it is measured with the other two.
 struct OnPairs {
   std::function<Tensor(OutputStores)> run;  // empty where the pairs cannot run
   int64_t output_bytes = 0;                 // of the float sums
@@ -1358,7 +1359,8 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
                                                   dilation, groups, false, false),
                        grad_output.scalar_type());
     };
-    const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output.scalar_type(), 0, [&](OutputStores) {
+    const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output.scalar_type(), /*output_elements=*/0,
+                                       [&](OutputStores /*a small output: cached*/) {
       const Tensor dw = backward_weight_on_pairs(g, grad_output, input, weight_size);
       return dw.defined() ? dw : via_float();
     });

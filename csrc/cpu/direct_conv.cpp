@@ -70,8 +70,8 @@ const DirectTiles* cpu_direct_tiles() {
   return nullptr;
 }
 
-// The forward tiles on bfloat16 pairs where the CPU has AVX512-BF16 (bf16_dot_products()) and
-// the direct kernels run, else null.
+// The tiles on bfloat16 pairs (forward and weight) where the CPU has AVX512-BF16
+// (bf16_dot_products()) and the direct kernels run, else null.
 const DirectTiles* cpu_direct_pair_tiles() {
 #if CUCONV_X86_SIMD
   if (cpu_direct_tiles() != nullptr && direct_conv_mode() != DirectMode::kNever && bf16_dot_products()) {
@@ -381,7 +381,7 @@ void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, co
 namespace {
 
 // Sample n of the input as the weight tiles read it ([C][Hp][Wp], zero-padded): in place, or
-// written into `buffer` (sample_values() values; null where `needs_buffer` is false).
+// written into `buffer` (a padded sample's size; null where `needs_buffer` is false).
 struct WeightSamples {
   std::function<const float*(int64_t n, float* buffer)> of;
   bool needs_buffer;
@@ -482,6 +482,32 @@ void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height
   });
 }
 
+namespace {
+
+// One bfloat16 sample's zero-padded planes as column pairs, [C][Hp][Wp]: the value at column w
+// and the one sW columns right (zero past the padded row), so that output pixels 2m and 2m + 1
+// read tap (c, i, j) as one value, at the float kernels' offset from pixel 2m's origin.
+void column_pairs(const DirectConv& p, const uint16_t* sample, uint32_t* out) {
+  const int64_t hp = padded_h(p), wp = padded_w(p);
+  for (int64_t c = 0; c < p.in_channels; ++c)
+    for (int64_t h = 0; h < hp; ++h) {
+      uint32_t* row = out + (c * hp + h) * wp;
+      const int64_t ih = h - p.pad_h;
+      if (ih < 0 || ih >= p.height) {
+        std::fill(row, row + wp, 0u);
+        continue;
+      }
+      const uint16_t* x = sample + (c * p.height + ih) * p.width;
+      auto at = [&](int64_t w) -> uint32_t {
+        const int64_t iw = w - p.pad_w;
+        return iw >= 0 && iw < p.width ? x[iw] : 0u;
+      };
+      for (int64_t w = 0; w < wp; ++w) row[w] = at(w) | at(w + p.stride_w) << 16;
+    }
+}
+
+}  // namespace
+
 void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
                                        float* grad_weight) {
   const DirectTiles* tiles = cpu_direct_pair_tiles();
@@ -492,28 +518,9 @@ void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, 
   pairs.out_w = (p.out_w + 1) / 2;
   pairs.stride_w = 2 * p.stride_w;
   pairs.in_sample_stride = pairs.out_sample_stride = 0;
-  // Sample n's padded planes as column pairs: the value at column w and the one sW columns right
-  // (zero past the padded row), [C][Hp][Wp], so that pixel pair (2m, 2m + 1) reads tap (c, i, j)
-  // at the float kernels' offset from its first pixel's origin.
-  const int64_t hp = padded_h(p), wp = padded_w(p), step = p.stride_w;
   const WeightSamples samples{[&](int64_t n, float* buffer) {
-                                uint32_t* out = reinterpret_cast<uint32_t*>(buffer);
-                                const uint16_t* sample = in + n * p.in_channels * p.height * p.width;
-                                for (int64_t c = 0; c < p.in_channels; ++c)
-                                  for (int64_t h = 0; h < hp; ++h) {
-                                    uint32_t* row = out + (c * hp + h) * wp;
-                                    const int64_t ih = h - p.pad_h;
-                                    if (ih < 0 || ih >= p.height) {
-                                      std::fill(row, row + wp, 0u);
-                                      continue;
-                                    }
-                                    const uint16_t* x = sample + (c * p.height + ih) * p.width;
-                                    auto at = [&](int64_t w) -> uint32_t {
-                                      const int64_t iw = w - p.pad_w;
-                                      return iw >= 0 && iw < p.width ? x[iw] : 0u;
-                                    };
-                                    for (int64_t w = 0; w < wp; ++w) row[w] = at(w) | at(w + step) << 16;
-                                  }
+                                column_pairs(p, in + n * p.in_channels * p.height * p.width,
+                                             reinterpret_cast<uint32_t*>(buffer));
                                 return static_cast<const float*>(buffer);
                               },
                               true};

@@ -5,8 +5,9 @@
 // - direct convolution (direct_conv.h): Q pixels or T taps x NV channel vectors, 24
 //   accumulators for NV = 2..4 (12 x 2, 8 x 3, 6 x 4), 12 x 1.
 // - bfloat16 GEMM on pairs (gemm.h, PairMicrokernel): the GEMM's tiles with vdpbf16ps, for CPUs
-//   with AVX512-BF16 as well; and the direct forward tiles on pairs of input channels
-//   (direct_conv.h, direct_conv_forward_pairs), the float tiles' shapes with vdpbf16ps.
+//   with AVX512-BF16 as well; and the direct tiles on pairs, the float tiles' shapes with
+//   vdpbf16ps (direct_conv.h: forward on pairs of input channels, weight gradient on pairs of
+//   output pixels).
 
 #include "direct_conv.h"
 #include "gemm.h"
@@ -158,8 +159,8 @@ void pair_tile(int64_t pairs, const uint16_t* a, const uint16_t* b, float* c, in
   store_tile<Avx512Float, MR, NV>(acc, c, ldc, accumulate, bias, nullptr);
 }
 
-// direct_tile.h's forward tile on pairs of input channels: every 32-bit value (a weight's lanes,
-// a broadcast pixel) holds two bfloat16, channel 2c in the low half and 2c + 1 in the high, and
+// direct_tile.h's tiles on pairs: every 32-bit value (a vector's lanes, a broadcast value) holds
+// two bfloat16 (two input channels, or two output pixels), the first in the low half, and
 // vdpbf16ps adds both products to a lane's float sum. The tile moves those values as floats
 // (loads, broadcasts: bits only, no arithmetic), so the float tile's code runs them unchanged.
 struct Avx512Bf16Pairs : Avx512Float {
