@@ -259,6 +259,18 @@ struct KSlices {
 };
 KSlices k_slices(PhaseSplits* phases, const Tensor& out, int wanted);
 
+// The geometry of phase (ph, pw)'s gather, the same in every GEMM family's parameters (GatherConv,
+// TensorCoreConv): its output pixels (the phase's rows and columns of dx, stride apart from
+// (ph, pw)), the dy rows and columns its taps read, and its K = O_g x the phase's taps.
+template <typename Gather>
+void set_phase_geometry(Gather& q, const ConvParams& p, int ph, int pw, const PhaseTaps& th, const PhaseTaps& tw) {
+  q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
+  q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
+  q.taps_h = th.count, q.taps_w = tw.count;
+  q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
+  q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
+}
+
 // The GEMMs' input gradient by stride phase (gemm_simt.cu's header): zero-fills dx where some
 // phase has no tap (3 of a 1x1 stride-2 layer's 4; no launch for those), calls
 // launch_phase(ph, pw, taps_h, taps_w, phases) for each phase with taps, `phases` being the

@@ -489,12 +489,8 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
     q.batch = p.batch, q.groups = call.groups;
     q.channels = p.out_per_group, q.src_h = p.out_h, q.src_w = p.out_w, q.src_plane = p.out_plane;
     q.src_sample = p.out_sample;
-    q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
-    q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
-    q.taps_h = th.count, q.taps_w = tw.count;
-    q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
+    set_phase_geometry(q, p, ph, pw, th, tw);
     q.out_sample = p.in_sample, q.out_plane = p.in_plane, q.out_w = p.in_w;
-    q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
     // W[g, (o, ti, tj), c] = w[g*O_g + o, c, first_h + ti*step_h, first_w + tj*step_w]
     launch_gather(q, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), nullptr, dx, phases, call.sm_count,
                   static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps, p.in_per_group * p.taps,

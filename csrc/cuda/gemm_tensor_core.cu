@@ -646,11 +646,7 @@ bool backward_input(const ConvCall& call, const Tensor& dy, const Tensor& w, Ten
         TensorCoreConv q;
         q.batch = p.batch, q.src_h = p.out_h, q.src_w = p.out_w, q.src_channels = p.out_channels;
         q.channels = p.out_per_group;
-        q.rows = ceil_div(p.in_h - ph, p.stride_h), q.cols = ceil_div(p.in_w - pw, p.stride_w);
-        q.s_r = q.s_c = 1, q.r0 = th.offset, q.c0 = tw.offset, q.dr = th.delta, q.dc = tw.delta;
-        q.taps_h = th.count, q.taps_w = tw.count;
-        q.n = p.in_per_group, q.k = p.out_per_group * th.count * tw.count;
-        q.row0 = ph, q.col0 = pw, q.row_step = p.stride_h, q.col_step = p.stride_w;
+        set_phase_geometry(q, p, ph, pw, th, tw);
         // W[c, (ti, tj, o)] = w[o, c, first_h + ti*step_h, first_w + tj*step_w]
         const WeightGather gather{static_cast<int64_t>(p.out_per_group) * p.in_per_group * p.taps, p.taps,
                                   p.in_per_group * p.taps, th.step * p.kernel_w, tw.step,
