@@ -151,6 +151,9 @@ PAIR_CASES = {
     "stride2-dilation": dict(x=(2, 9, 13, 14), w=(33, 9, 3, 2), args=(2, (1, 2), (2, 1), 1)),
     "stride3-odd-channels": dict(x=(2, 5, 14, 13), w=(50, 5, 4, 3), args=(3, 2, 1, 1)),
     "wide-padding": dict(x=(1, 3, 5, 6), w=(64, 3, 2, 2), args=(1, 3, 1, 1)),
+    # a strided 1x1 layer without padding (its channels_last input gradient is a forward pass on
+    # pairs placed at the stride): odd channels both ways, a last row and column no output reaches
+    "1x1-strided": dict(x=(2, 7, 10, 11), w=(13, 7, 1, 1), args=((3, 2), 0, 1, 1)),
 }
 
 
@@ -165,9 +168,27 @@ def pairs_forced(monkeypatch):
     monkeypatch.setenv("CUCONV_CPU_DIRECT_PAIRS", "1")
 
 
+def input_gradient_on_pairs(case, channels_last):
+    """Whether the case's input gradient runs on pairs: as a forward pass where the stride is 1 and
+    the padding within the kernel's reach, and in channels_last where the layer is 1x1 unpadded."""
+    stride, padding, dilation = (v if isinstance(v, tuple) else (v, v) for v in case["args"][:3])
+    kernel = case["w"][2:]
+    as_forward = stride == (1, 1) and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation, kernel))
+    return as_forward or (channels_last and kernel == (1, 1) and padding == (0, 0))
+
+
+def note_a_float32_direct_pass(monkeypatch):
+    """Runs a float32 convolution on the direct kernels, whose record ("avx512") the bfloat16 pairs'
+    ("avx512_bf16") must then replace."""
+    with monkeypatch.context() as m:
+        m.setenv("CUCONV_CPU_DIRECT", "1")
+        CF.conv2d(torch.randn(1, 3, 6, 6), torch.randn(16, 3, 3, 3))
+    assert cuconv._C.cpu_kernels()["last_direct"] == "avx512"
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", PAIR_CASES)
-def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_forced):
+def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_forced, monkeypatch):
     """bfloat16 forward passes (and stride-1 input gradients) by the direct kernels on pairs of
     channels (vdpbf16ps): as accurate as torch, in the input's layout, and the kernel record says
     they ran."""
@@ -190,10 +211,11 @@ def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_for
     w = (torch.randn(c["w"]) * w_scale).bfloat16()
     y = CF.conv2d(x, w, None, *c["args"])
     dy = torch.randn(y.shape).bfloat16().contiguous(memory_format=layout)
+    note_a_float32_direct_pass(monkeypatch)  # (so the record below is the input gradient's)
     dx, = torch.autograd.grad(y, x, dy)
     exact, = torch.autograd.grad(F.conv2d(x.double(), w.double(), None, *c["args"]), x, dy.double())
     assert_correctly_rounded("grad input", dx, exact, torch.bfloat16)
-    if c["args"][0] == 1:  # the stride-1 input gradient is a forward pass on pairs too
+    if input_gradient_on_pairs(c, channels_last):
         assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16"
         assert dx.is_contiguous(memory_format=layout)
 

@@ -1061,44 +1061,76 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
 
 const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
 
-// bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q`'s
-// float32 NCHW sums over x (bfloat16; contiguous NCHW, or channels_last: read in place) and
-// contiguous OIHW weights w (their bits), interleaved into pairs of channels first; `bias`
-// (float) may be null.
-Tensor pair_sums(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias, OutputStores stores) {
-  const bool nhwc = is_channels_last(input);
-  const Tensor x = nhwc ? input : contiguous_or_self(input);
+// The layer `q` on the direct kernels' channel pairs with the channels innermost (direct_conv.h,
+// direct_conv_forward_pairs_nhwc) over the channels_last bfloat16 `input`, read as it is (channel
+// pairs are adjacent there; a copy with a zero channel where C is odd), `w_pairs` its weights
+// already paired; into a channels_last bfloat16 tensor of `out_size`, as `placement` puts it.
+Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uint32_t* w_pairs, const float* bias,
+                             IntArrayRef out_size, const PixelPlacement* placement = nullptr) {
   const int64_t pair_count = (q.in_channels + 1) / 2;
-  PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
-  PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * q.kernel_h * q.kernel_w);
-  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, nhwc, x_pairs.data());
-  interleave_channel_pairs(w, q.out_channels, q.in_channels, q.kernel_h * q.kernel_w, false, w_pairs.data());
-  Tensor sums = empty_like_with(x, {q.batch, q.out_channels, q.out_h, q.out_w}, ScalarType::Float);
-  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
-  return sums;
+  PackedBuffer<uint32_t> x_pairs(q.in_channels % 2 != 0 ? q.batch * q.height * q.width * pair_count : 0);
+  if (q.in_channels % 2 != 0)
+    channel_pairs_innermost(bfloat16_bits(input), q.batch, q.in_channels, q.height * q.width, true, x_pairs.data());
+  Tensor y = empty_channels_last_like(input, out_size);
+  direct_conv_forward_pairs_nhwc(q, x_pairs.empty() ? static_cast<const uint32_t*>(input.const_data_ptr()) : x_pairs.data(),
+                                 w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), placement);
+  return y;
 }
 
-// `sums` rounded once into a tensor of `model`'s dtype and layout.
-Tensor rounded_in_layout_of(const Tensor& model, const Tensor& sums) {
-  Tensor result = empty_in_layout_of(model, sums.sizes());
-  torch::stable::copy_(result, sums);
-  return result;
+// bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q` over
+// x (bfloat16, in its layout) and contiguous OIHW weights w (their bits), plus `bias` (float, may
+// be null), in x's layout. NCHW: x and w interleaved into planes of channel pairs, float sums
+// (written as `stores` says), rounded once by a copy. channels_last: nhwc_forward_on_pairs, the
+// tiles' rows rounded straight into the NHWC output (no float sums, no copy; `stores` does not apply).
+Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias,
+                         OutputStores stores) {
+  const int64_t pair_count = (q.in_channels + 1) / 2, taps = q.kernel_h * q.kernel_w;
+  const std::vector<int64_t> out_size{q.batch, q.out_channels, q.out_h, q.out_w};
+  PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * taps);
+  if (is_channels_last(input)) {
+    channel_pairs_innermost(w, q.out_channels, q.in_channels, taps, false, w_pairs.data());
+    return nhwc_forward_on_pairs(q, input, w_pairs.data(), bias, out_size);
+  }
+  const Tensor x = contiguous_or_self(input);
+  PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
+  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, x_pairs.data());
+  interleave_channel_pairs(w, q.out_channels, q.in_channels, taps, w_pairs.data());
+  Tensor sums = empty_like_with(x, out_size, ScalarType::Float);
+  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
+  return converted(sums, ScalarType::BFloat16);
 }
 
 Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
                         OutputStores stores) {
   const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
-  return rounded_in_layout_of(input, pair_sums(direct_problem(g), input,
-                                               bfloat16_bits(w), b.defined() ? b_float.const_data_ptr<float>() : nullptr,
-                                               stores));
+  return pair_sums_rounded(direct_problem(g), input, bfloat16_bits(w),
+                           b.defined() ? b_float.const_data_ptr<float>() : nullptr, stores);
 }
 
-// The stride-1 input gradient as the forward pass it is (direct_conv.h, input_gradient_as_forward).
+// Whether the input gradient of a strided 1x1 layer without padding runs on pairs: channels_last.
+// Each output pixel's gradient times W^T lands on one input pixel, (oh * sH, ow * sW), and the
+// other pixels' gradients are zero: a 1x1 forward pass over grad_output (O channels in, C out)
+// placed at the stride (direct_conv.h, PixelPlacement). (ResNet's shortcuts.)
+bool unpadded_1x1(const DirectConv& p) {
+  return p.kernel_h == 1 && p.kernel_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+}
+
+// The input gradient on pairs: at stride 1 the forward pass it is (direct_conv.h,
+// input_gradient_as_forward); else an unpadded 1x1 layer's, channels_last (above).
 Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, OutputStores stores) {
   const DirectConv p = direct_problem(g);
-  const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
-  return rounded_in_layout_of(grad_output, pair_sums(input_gradient_as_forward(p), grad_output,
-                                                     flipped.data(), nullptr, stores));
+  if (direct_conv_backward_input_suits(p)) {
+    const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
+    return pair_sums_rounded(input_gradient_as_forward(p), grad_output, flipped.data(), nullptr, stores);
+  }
+  CUCONV_CHECK(unpadded_1x1(p) && is_channels_last(grad_output), "cuconv: internal error: no input gradient on pairs");
+  const DirectConv over_grad{p.batch, p.out_channels, p.out_h, p.out_w, p.in_channels, p.out_h, p.out_w,
+                             1,       1,              1,       1,       0,             0,       1,       1};
+  PackedBuffer<uint32_t> w_pairs(p.in_channels * ((p.out_channels + 1) / 2));
+  channel_pairs_innermost(bfloat16_bits(w), 1, p.out_channels, p.in_channels, false, w_pairs.data());  // W^T's rows
+  const PixelPlacement at{p.height, p.width, p.stride_h, p.stride_w};
+  return nhwc_forward_on_pairs(over_grad, grad_output, w_pairs.data(), nullptr,
+                               std::vector<int64_t>{p.batch, p.in_channels, p.height, p.width}, &at);
 }
 
 // The weight gradient on pairs of output pixels (direct_conv.h), as weight_size's contiguous
@@ -1117,13 +1149,18 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 }
 
 // The pairs' way for run_half_types where it can run: bfloat16, groups = 1, a CPU with AVX512-BF16,
-// and for the input gradient stride 1 (direct_conv_backward_input_suits).
-OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, ScalarType dtype, int64_t output_elements,
+// and for the input gradient stride 1 or an unpadded 1x1 layer in channels_last
+// (backward_input_on_pairs). `model` is the pass's input (its dtype and layout); an NCHW output of
+// `output_elements` may be streamed.
+OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
                   std::function<Tensor(OutputStores)> run) {
-  const bool runs = dtype == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
-                    (pass != ConvPass::kInput || direct_conv_backward_input_suits(direct_problem(g)));
+  const DirectConv p = direct_problem(g);
+  const bool runs = model.scalar_type() == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
+                    (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
+                     (unpadded_1x1(p) && is_channels_last(model)));
   if (!runs) return {};
-  return {std::move(run), output_elements * static_cast<int64_t>(sizeof(float))};
+  const int64_t float_sums = is_channels_last(model) ? 0 : output_elements;  // (NHWC: no float sums)
+  return {std::move(run), float_sums * static_cast<int64_t>(sizeof(float))};
 }
 
 // Whether a pass of a half type still chooses between the two ways above (the public ops), or
@@ -1140,7 +1177,7 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =
-        pairs_for(g, ConvPass::kForward, input.scalar_type(), shape.batch * shape.out_channels * g.out_plane(),
+        pairs_for(g, ConvPass::kForward, input, shape.batch * shape.out_channels * g.out_plane(),
                   [&](OutputStores stores) { return forward_on_pairs(g, input, w, b, stores); });
     return run_half_types(
         g, ConvPass::kForward, input,
@@ -1244,7 +1281,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size);
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
-        pairs_for(g, ConvPass::kInput, grad_output.scalar_type(), shape.batch * shape.in_channels * g.height * g.width,
+        pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,
                   [&](OutputStores stores) { return backward_input_on_pairs(g, grad_output, w, stores); });
     return run_half_types(
         g, ConvPass::kInput, grad_output,
@@ -1359,7 +1396,7 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
                                                   dilation, groups, false, false),
                        grad_output.scalar_type());
     };
-    const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output.scalar_type(), /*output_elements=*/0,
+    const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output, /*output_elements=*/0,
                                        [&](OutputStores /*a small output: cached*/) {
       const Tensor dw = backward_weight_on_pairs(g, grad_output, input, weight_size);
       return dw.defined() ? dw : via_float();

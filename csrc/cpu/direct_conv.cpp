@@ -248,31 +248,176 @@ bool direct_conv_forward_can_stream(const DirectConv& p) {
 
 namespace {
 
+// Where the forward pass reads the input, per layout, as the tiles address it: window origins
+// row_step / column_step elements apart for adjacent output rows / columns, tap k (in the
+// weights' order) at taps[k] from its window's origin, in a sample zero-padded by copy_padded
+// where the layer pads (one per thread, in cache), else read in place.
+//   NCHW ([C][Hp][Wp]): tap (c, i, j) at (c*Hp + i*dH)*Wp + j*dW,  steps sH*Wp and sW
+//   NHWC ([Hp][Wp][C]): tap (i, j, c) at (i*dH*Wp + j*dW)*C + c,   steps sH*Wp*C and sW*C
+struct ForwardInput {
+  const float* data;  // sample 0
+  int64_t row_step, column_step;
+  std::vector<int64_t> taps;
+  void (*copy_padded)(const DirectConv& p, const float* sample, float* padded);
+};
+
+ForwardInput nchw_input(const DirectConv& p, const float* in) {
+  return {in, p.stride_h * padded_w(p), p.stride_w, tap_offsets(p),
+          [](const DirectConv& q, const float* sample, float* padded) { copy_into_padding(q, sample, padded); }};
+}
+
+ForwardInput nhwc_input(const DirectConv& p, const float* in) {
+  const int64_t C = p.in_channels, wp = padded_w(p);
+  std::vector<int64_t> taps;
+  taps.reserve(taps_of(p));
+  for (int64_t i = 0; i < p.kernel_h; ++i)
+    for (int64_t j = 0; j < p.kernel_w; ++j)
+      for (int64_t c = 0; c < C; ++c) taps.push_back((i * p.dilation_h * wp + j * p.dilation_w) * C + c);
+  return {in, p.stride_h * wp * C, p.stride_w * C, std::move(taps),
+          [](const DirectConv& q, const float* sample, float* padded) {
+            const int64_t row = q.width * q.in_channels;  // one input row's elements
+            for (int64_t h = 0; h < q.height; ++h)
+              std::memcpy(padded + ((h + q.pad_h) * padded_w(q) + q.pad_w) * q.in_channels, sample + h * row,
+                          row * sizeof(float));
+          }};
+}
+
+// The forward pass's outputs. panel_forward leaves each panel's sums for a group of rows of one
+// sample pixel-major (`rows`: [pixels][width], the group's pixels in order), and a writer of
+// the thread's (Output::Writer) takes them from there; its prefetch(call, calls) runs before
+// each of the `calls` tiles of the panel and group, to fetch the lines write() will store to.
+
+// NCHW float planes, cached (the lines fetched ahead) or streamed past the caches through a
+// stage: to_planes transposes each run of `pixels` (one per channel of the panel) into them.
+struct PlaneOutput {
+  const DirectTiles& tiles;
+  const DirectConv& p;
+  float* out;
+  const float* bias;  // may be null
+  bool stream;
+
+  class Writer {
+   public:
+    Writer(const PlaneOutput& o, int64_t group_pixels)
+        : o_(o), stage_(o.stream ? o.tiles.max_vectors * o.tiles.lanes * group_pixels : 0) {}
+    ~Writer() {
+      if (o_.stream) stream_fence();
+    }
+    void start(const Panel& panel, int64_t n, int64_t oh0, int64_t pixels) {
+      panel_ = &panel, pixels_ = pixels;
+      y_rows_ = o_.out + n * o_.p.out_stride() + panel.first * plane() + oh0 * o_.p.out_w;
+    }
+    // Meanwhile the group's output lines are fetched, a few planes' before each tile: to_planes
+    // stores to them all at once, and where they are not in cache those stores fill the core's
+    // store buffer, the tiles' next stores waiting behind them (VGG's 64 -> 128 layer at 28x28:
+    // 39 ms in one block of taps, 46 in blocks, 35.6 in blocks with the lines fetched; ResNet's
+    // stem, cached, 15.7 -> 6.6). (Written inline: GCC drops a call to a function whose only
+    // effect is a prefetch.)
+    void prefetch(int64_t call, int64_t calls) const {
+      for (int64_t o = call * panel_->count / calls; !o_.stream && o < (call + 1) * panel_->count / calls; ++o) {
+        const uintptr_t first = reinterpret_cast<uintptr_t>(y_rows_ + o * plane());
+        for (uintptr_t line = first & ~uintptr_t{63}; line < first + pixels_ * sizeof(float); line += 64)
+          __builtin_prefetch(reinterpret_cast<const void*>(line), /*write=*/1, /*locality=*/3);
+      }
+    }
+    void write(const float* rows, int64_t width) {
+      const float* panel_bias = o_.bias != nullptr ? o_.bias + panel_->first : nullptr;
+      if (!o_.stream) return o_.tiles.to_planes(rows, pixels_, width, panel_->count, panel_bias, y_rows_, plane());
+      o_.tiles.to_planes(rows, pixels_, width, panel_->count, panel_bias, stage_.data(), pixels_);
+      for (int64_t c = 0; c < panel_->count; ++c)
+        stream_copy(y_rows_ + c * plane(), stage_.data() + c * pixels_, pixels_ * static_cast<int64_t>(sizeof(float)));
+    }
+
+   private:
+    int64_t plane() const { return o_.p.out_h * o_.p.out_w; }
+    const PlaneOutput& o_;
+    PackedBuffer<float> stage_;
+    const Panel* panel_ = nullptr;
+    int64_t pixels_ = 0;
+    float* y_rows_ = nullptr;
+  };
+};
+
+// NHWC bfloat16 (their bits): each pixel's sums plus bias rounded once (to_bfloat16_pixels),
+// the panel's channels of the pixel at once. Output pixel (oh, ow) goes to pixel (oh * step_h,
+// ow * step_w) of an image of `placement`'s size (the layer's output, steps 1, where none is given).
+struct BFloat16PixelOutput {
+  const DirectTiles& tiles;
+  const DirectConv& p;
+  uint16_t* out;
+  const float* bias;  // may be null
+  PixelPlacement placement;
+
+  class Writer {
+   public:
+    Writer(const BFloat16PixelOutput& o, int64_t) : o_(o) {}
+    void start(const Panel& panel, int64_t n, int64_t oh0, int64_t pixels) {
+      panel_ = &panel, oh0_ = oh0, rows_ = pixels / o_.p.out_w;
+      const PixelPlacement& at = o_.placement;
+      y_ = o_.out + n * at.height * at.width * o_.p.out_channels + panel.first;
+    }
+    void prefetch(int64_t, int64_t) const {}
+    void write(const float* rows, int64_t width) const {
+      const PixelPlacement& at = o_.placement;
+      const int64_t O = o_.p.out_channels;
+      for (int64_t r = 0; r < rows_; ++r)
+        o_.tiles.to_bfloat16_pixels(rows + r * o_.p.out_w * width, o_.p.out_w, width, panel_->count,
+                                    o_.bias != nullptr ? o_.bias + panel_->first : nullptr,
+                                    y_ + (oh0_ + r) * at.step_h * at.width * O, at.step_w * O);
+    }
+
+   private:
+    const BFloat16PixelOutput& o_;
+    const Panel* panel_ = nullptr;
+    int64_t oh0_ = 0, rows_ = 0;
+    uint16_t* y_ = nullptr;
+  };
+};
+
+// Zeroes the pixels of an NHWC bfloat16 output that `at` places no output pixel of `p` on.
+void zero_unplaced_pixels(const DirectConv& p, const PixelPlacement& at, uint16_t* out) {
+  const int64_t O = p.out_channels;
+  torch::stable::parallel_for(0, p.batch * at.height, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      uint16_t* y = out + row * at.width * O;
+      const int64_t h = row % at.height;
+      if (h % at.step_h != 0 || h / at.step_h >= p.out_h) {
+        std::fill_n(y, at.width * O, uint16_t{0});
+        continue;
+      }
+      for (int64_t w = 0; w < at.width; ++w)
+        if (w % at.step_w != 0 || w / at.step_w >= p.out_w) std::fill_n(y + w * O, O, uint16_t{0});
+    }
+  });
+}
+
 // The forward pass by channel panels (the file's comment), on `tiles`: the float tiles, or the
-// bfloat16 pair tiles, whose 32-bit values (pairs) it moves as floats.
-void panel_forward(const DirectTiles& tiles, const DirectConv& p, const float* in, const float* weight,
-                   const float* bias, float* out, OutputStores stores) {
+// bfloat16 pair tiles, whose 32-bit values (pairs) it moves as floats; `weight` [O][K] in the
+// order of input.taps.
+template <typename Output>
+void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardInput& input, const float* weight,
+                   const Output& output) {
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
   const std::vector<PackedBuffer<float>> w = packed_weights(p, weight, panels, tiles);
-  const std::vector<int64_t> taps = tap_offsets(p);
-  const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
+  const int64_t k_count = taps_of(p);
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   const ForwardBlocking blocking = forward_blocking(p, tiles);
   // Each panel's rows of a group are computed pixel-major into `rows` (the tiles' own layout; the
-  // group's rows follow one another, as in the planes), then transposed into the planes
-  // (to_planes, a run of group x out_w pixels per channel); streamed, through `stage`,
-  // [channel][group x out_w], to the planes past the caches (streaming.h).
+  // group's rows follow one another), then written out by the thread's writer.
   const int64_t max_width = tiles.max_vectors * tiles.lanes, group_pixels = blocking.group_rows * p.out_w;
   const int64_t rows_size = (group_pixels + tiles.lanes - 1) / tiles.lanes * tiles.lanes * max_width;  // whole blocks
-  const bool stream = stores == OutputStores::kStreamed;
+  // the tiles compiled for the column step where there are some (1 and 2), else the run-time one
+  const int64_t step = input.column_step;
+  const DirectTiles::Forward(*by_vectors)[DirectTiles::kMaxPixels + 1] =
+      step == 1 ? tiles.forward_stride1 : step == 2 ? tiles.forward_stride2 : tiles.forward;
   // Rows are independent: threads take chunks of them (parallel.h); a grain of a few rows keeps
   // threads busy at batch 1. A padded layer's thread copies each sample it reaches zero-padded
   // into a buffer of its own (in cache, and no fresh pages per call).
   parallel_chunks(0, p.batch * p.out_h, 4, [&](ChunkQueue& chunks) {
     PackedBuffer<float> rows(rows_size, 0.f);
-    PackedBuffer<float> stage(stream ? max_width * group_pixels : 0);
     PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // its border stays zero
+    typename Output::Writer writer(output, group_pixels);
     int64_t padded_sample = -1;
     for (int64_t row_begin, row_end; chunks.next(row_begin, row_end);) {
       // groups of rows [r, r + group) of one sample
@@ -280,57 +425,35 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const float* i
         const int64_t n = r / p.out_h, oh0 = r % p.out_h;
         group = std::min({blocking.group_rows, row_end - r, p.out_h - oh0});
         if (pads && n != padded_sample) {
-          copy_into_padding(p, in + n * p.in_stride(), sample.data());
+          input.copy_padded(p, input.data + n * p.in_stride(), sample.data());
           padded_sample = n;
         }
-        const float* x_rows = (pads ? sample.data() : in + n * p.in_stride()) + oh0 * p.stride_h * padded_w(p);
-        const int64_t pixels = group * p.out_w;  // the group's run in each plane
+        const float* x_rows = (pads ? sample.data() : input.data + n * p.in_stride()) + oh0 * input.row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, q_max = tiles.pixels[panel.vectors];
-          const DirectTiles::Forward* run = p.stride_w == 1   ? tiles.forward_stride1[panel.vectors]
-                                            : p.stride_w == 2 ? tiles.forward_stride2[panel.vectors]
-                                                              : tiles.forward[panel.vectors];
-          float* y_rows = out + n * p.out_stride() + panel.first * plane + oh0 * p.out_w;
-          // Each block of taps runs over every tile of the group, adding to the sums the last
-          // left. Meanwhile the group's output lines are fetched, a few planes' before each tile:
-          // to_planes stores to them all at once, and where they are not in cache those stores
-          // fill the core's store buffer, the tiles' next stores waiting behind them (VGG's
-          // 64 -> 128 layer at 28x28: 39 ms in one block of taps, 46 in blocks, 35.6 in blocks
-          // with the lines fetched; ResNet's stem, cached, 15.7 -> 6.6). (Written inline: GCC
-          // drops a call to a function whose only effect is a prefetch.)
+          const DirectTiles::Forward* run = by_vectors[panel.vectors];
+          writer.start(panel, n, oh0, group * p.out_w);
+          // Each block of taps runs over every tile of the group, adding to the sums the last left.
           const int64_t tiles_per_row = (p.out_w + q_max - 1) / q_max;
           const int64_t calls = (k_count + blocking.taps - 1) / blocking.taps * group * tiles_per_row;
           int64_t call = 0;
           for (int64_t k0 = 0; k0 < k_count; k0 += blocking.taps) {
             const int64_t depth = std::min(blocking.taps, k_count - k0);
             for (int64_t g = 0; g < group; ++g) {
-              const float* x_row = x_rows + g * p.stride_h * padded_w(p);
+              const float* x_row = x_rows + g * input.row_step;
               for (int64_t ow = 0; ow < p.out_w; ow += q_max) {
-                for (int64_t o = call * panel.count / calls; !stream && o < (call + 1) * panel.count / calls; ++o) {
-                  const uintptr_t first = reinterpret_cast<uintptr_t>(y_rows + o * plane);
-                  for (uintptr_t line = first & ~uintptr_t{63}; line < first + pixels * sizeof(float); line += 64)
-                    __builtin_prefetch(reinterpret_cast<const void*>(line), /*write=*/1, /*locality=*/3);
-                }
-                ++call;
-                run[std::min(q_max, p.out_w - ow)](x_row + ow * p.stride_w, p.stride_w, taps.data() + k0, depth,
+                writer.prefetch(call++, calls);
+                run[std::min(q_max, p.out_w - ow)](x_row + ow * step, step, input.taps.data() + k0, depth,
                                                    w[pi].data() + k0 * width, rows.data() + (g * p.out_w + ow) * width,
                                                    /*accumulate=*/k0 > 0);
               }
             }
           }
-          const float* panel_bias = bias != nullptr ? bias + panel.first : nullptr;
-          if (stream) {
-            tiles.to_planes(rows.data(), pixels, width, panel.count, panel_bias, stage.data(), pixels);
-            for (int64_t o = 0; o < panel.count; ++o)
-              stream_copy(y_rows + o * plane, stage.data() + o * pixels, pixels * static_cast<int64_t>(sizeof(float)));
-          } else {
-            tiles.to_planes(rows.data(), pixels, width, panel.count, panel_bias, y_rows, plane);
-          }
+          writer.write(rows.data(), width);
         }
       }
     }
-    if (stream) stream_fence();
   });
 }
 
@@ -340,42 +463,76 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
                          float* out, OutputStores stores) {
   const DirectTiles& tiles = tiles_or_fail();
   if (row_tiles_suit(p, tiles)) return row_forward(p, in, weight, bias, out, tiles);
-  panel_forward(tiles, p, in, weight, bias, out, stores);
+  panel_forward(tiles, p, nchw_input(p, in), weight, PlaneOutput{tiles, p, out, bias, stores == OutputStores::kStreamed});
 }
 
 bool direct_conv_pairs_available() { return cpu_direct_pair_tiles() != nullptr; }
 
-void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
-                              uint32_t* pairs) {
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs) {
   const int64_t pair_count = (channels + 1) / 2;
-  // (NCHW: a channel's values one after another; NHWC: a pixel's channels, a pair adjacent)
-  const int64_t channel_step = channels_last ? 1 : plane, pixel_step = channels_last ? channels : 1;
   torch::stable::parallel_for(0, count * pair_count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / pair_count, c = item % pair_count * 2;
-      const uint16_t* low = x + n * channels * plane + c * channel_step;
-      const uint16_t* high = c + 1 < channels ? low + channel_step : nullptr;  // (past an odd count: zeros)
+      const uint16_t* low = x + (n * channels + c) * plane;
       uint32_t* out = pairs + item * plane;
-      if (high != nullptr) {
-        for (int64_t i = 0; i < plane; ++i)
-          out[i] = low[i * pixel_step] | static_cast<uint32_t>(high[i * pixel_step]) << 16;
+      if (c + 1 < channels) {
+        const uint16_t* high = low + plane;
+        for (int64_t i = 0; i < plane; ++i) out[i] = low[i] | static_cast<uint32_t>(high[i]) << 16;
       } else {
-        for (int64_t i = 0; i < plane; ++i) out[i] = low[i * pixel_step];
+        std::copy_n(low, plane, out);  // (a zero channel past an odd count)
       }
     }
   });
 }
+
+namespace {
+
+// The forward tiles take channel pairs for channels: the layer with ceil(C/2) of them (contiguous).
+DirectConv channel_pair_problem(const DirectConv& p) {
+  DirectConv pairs = p;
+  pairs.in_channels = (p.in_channels + 1) / 2;
+  pairs.in_sample_stride = pairs.out_sample_stride = 0;
+  return pairs;
+}
+
+}  // namespace
 
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
                                const float* bias, float* out, OutputStores stores) {
   const DirectTiles* tiles = cpu_direct_pair_tiles();
   CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
-  DirectConv pairs = p;
-  pairs.in_channels = (p.in_channels + 1) / 2;
-  pairs.in_sample_stride = 0;
-  panel_forward(*tiles, pairs, reinterpret_cast<const float*>(in_pairs), reinterpret_cast<const float*>(weight_pairs),
-                bias, out, stores);
+  const DirectConv pairs = channel_pair_problem(p);
+  panel_forward(*tiles, pairs, nchw_input(pairs, reinterpret_cast<const float*>(in_pairs)),
+                reinterpret_cast<const float*>(weight_pairs),
+                PlaneOutput{*tiles, pairs, out, bias, stores == OutputStores::kStreamed});
+}
+
+void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
+                             uint32_t* pairs) {
+  const int64_t pair_count = (channels + 1) / 2;
+  const int64_t channel_step = channels_last ? 1 : plane, position_step = channels_last ? channels : 1;
+  torch::stable::parallel_for(0, count * plane, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const uint16_t* values = x + item / plane * channels * plane + item % plane * position_step;
+      uint32_t* out = pairs + item * pair_count;
+      for (int64_t c = 0; c + 1 < channels; c += 2)
+        out[c / 2] = values[c * channel_step] | static_cast<uint32_t>(values[(c + 1) * channel_step]) << 16;
+      if (channels % 2 != 0) out[pair_count - 1] = values[(channels - 1) * channel_step];  // (a zero channel past the last)
+    }
+  });
+}
+
+void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
+                                    const float* bias, uint16_t* out, const PixelPlacement* placement) {
+  const DirectTiles* tiles = cpu_direct_pair_tiles();
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  const DirectConv pairs = channel_pair_problem(p);
+  const PixelPlacement at = placement != nullptr ? *placement : PixelPlacement{p.out_h, p.out_w, 1, 1};
+  if (placement != nullptr) zero_unplaced_pixels(p, at, out);
+  panel_forward(*tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs)),
+                reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{*tiles, pairs, out, bias, at});
 }
 
 namespace {

@@ -66,11 +66,29 @@ bool direct_conv_pairs_available();  // AVX512-BF16, and the direct kernels not 
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
                                const float* bias, float* out, OutputStores stores);
 
-// `count` blocks of `channels` planes of `plane` bfloat16 values (their bits; NCHW, or NHWC where
-// `channels_last`) as `count` blocks of ceil(channels / 2) planes of channel pairs, as
-// direct_conv_forward_pairs reads them.
-void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
-                              uint32_t* pairs);
+// The same on pairs of input channels with the channels innermost (NHWC), as oneDNN's bfloat16
+// kernels read a channels_last tensor: `in_pairs` [N][H][W][ceil(C/2)] (a channels_last tensor of
+// even C is that as it is) and `weight_pairs` [O][kH][kW][ceil(C/2)] (channel_pairs_innermost); the
+// float sums plus bias (may be null) rounded once to bfloat16 (to nearest, ties to even, as torch
+// rounds) into the NHWC `out` [N][H_out][W_out][O] (their bits). Written through the caches.
+// With a `placement`, output pixel (oh, ow) goes to pixel (oh * step_h, ow * step_w) of an NHWC
+// image of height x width pixels instead, and every other pixel of it is zero: the input gradient
+// of a strided 1x1 layer without padding, a 1x1 forward pass over grad_output (conv2d.cpp).
+struct PixelPlacement {
+  int64_t height, width, step_h, step_w;
+};
+void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
+                                    const float* bias, uint16_t* out, const PixelPlacement* placement = nullptr);
+
+// `count` blocks of `plane` positions of `channels` bfloat16 values (their bits; channel-major as
+// NCHW or OIHW, or position-major as NHWC where `channels_last`) as [count][plane][ceil(channels/2)]
+// channel pairs (a zero channel past an odd count), as direct_conv_forward_pairs_nhwc reads them.
+void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
+                             uint32_t* pairs);
+
+// `count` blocks of `channels` planes of `plane` bfloat16 values (their bits; NCHW) as `count`
+// blocks of ceil(channels / 2) planes of channel pairs, as direct_conv_forward_pairs reads them.
+void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, uint32_t* pairs);
 
 // bfloat16 weight gradient on pairs of output pixels: the float weight tiles over pixel pairs
 // (2m, 2m + 1) of each output row, `grad_out_pairs` [N][O][H_out][ceil(W_out/2)] such pairs
@@ -147,6 +165,9 @@ struct DirectTiles {
           forward_stride2[kMaxVectors + 1][kMaxPixels + 1] = {};
   Weight weight[kMaxVectors + 1] = {};
   ToPlanes to_planes = nullptr;  // a pixel-major output row into NCHW planes (direct_row_to_planes)
+  using ToBFloat16Pixels = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
+                                    uint16_t* y, int64_t pixel_stride);
+  ToBFloat16Pixels to_bfloat16_pixels = nullptr;  // the same row rounded into NHWC bfloat16 (direct_row_to_bfloat16_pixels)
   // the row tile (vectors along output columns): row_rows x row_channels, for few channels
   Row row = nullptr;
   int64_t row_rows = 0, row_channels = 0;

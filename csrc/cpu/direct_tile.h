@@ -2,8 +2,9 @@
 // every vector ISA. Included by simd_avx512.cpp and simd_avx2.cpp *after* their
 // `#pragma GCC target`; like gemm_tile.h it must not include any header itself.
 //
-// Isa provides: V (vector of floats), kLanes, zero(), load(p), store(p, v), set1(x),
-// fma(a, b, c) = a*b + c, add(a, b). DirectTiles (direct_conv.h) must be declared before.
+// Isa provides: V (vector of floats), kLanes, Floats / Ints / Shorts (GCC vector types of a
+// register's lanes), zero(), load(p), store(p, v), set1(x), fma(a, b, c) = a*b + c, add(a, b),
+// load_first(p, n). DirectTiles (direct_conv.h) must be declared before.
 //
 // The direct convolution is a matrix product whose pixel operand is never packed:
 // every use of an input pixel is a broadcast, and a broadcast can read from anywhere.
@@ -198,6 +199,40 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
   }
 }
 
+// An output row's sums plus bias rounded into NHWC bfloat16 (their bits): y[q * pixel_stride + o]
+// = round(row[q * width + o] + bias[o]) for channels o < count and pixels q < pixels, rounded to
+// nearest with ties to even and NaN as 0x7fc0 (torch's rounding of float to bfloat16, bit for
+// bit), a vector of kLanes channels at a time. The forward tiles leave a row pixel-major, as NHWC
+// wants it: no transpose. bias may be null.
+template <class Isa>
+void direct_row_to_bfloat16_pixels(const float* row, int64_t pixels, int64_t width, int64_t count,
+                                   const float* bias, uint16_t* y, int64_t pixel_stride) {
+  using Floats = typename Isa::Floats;
+  using Ints = typename Isa::Ints;  // (signed: the shifts' sign bits never reach the 16 bits kept)
+  constexpr int L = Isa::kLanes;
+  const int64_t vectors = (count + L - 1) / L, last = count - (vectors - 1) * L;  // channels of the last vector
+  Floats b[DirectTiles::kMaxVectors] = {};
+  for (int64_t v = 0; bias != nullptr && v < vectors; ++v)
+    b[v] = (Floats)(v + 1 < vectors || last == L ? Isa::load(bias + v * L) : Isa::load_first(bias + v * L, last));
+  for (int64_t q = 0; q < pixels; ++q) {
+    for (int64_t v = 0; v < vectors; ++v) {
+      Floats sums;
+      __builtin_memcpy(&sums, row + q * width + v * L, sizeof sums);  // (lanes past count: the tiles' zeros)
+      const Ints bits = (Ints)(sums + b[v]);
+      const Ints is_nan = (bits & 0x7fffffff) > 0x7f800000;  // all ones where NaN
+      const Ints rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+      const typename Isa::Shorts halves = __builtin_convertvector((rounded & ~is_nan) | (0x7fc0 & is_nan),
+                                                                  typename Isa::Shorts);
+      uint16_t* out = y + q * pixel_stride + v * L;
+      if (v + 1 < vectors || last == L) {
+        __builtin_memcpy(out, &halves, sizeof halves);
+      } else {
+        for (int64_t o = 0; o < last; ++o) out[o] = static_cast<uint16_t>(halves[o]);
+      }
+    }
+  }
+}
+
 // table[q] = the forward tile of q pixels, for q = 1..Q (a row's last tile may be short).
 template <class Isa, int NV, int Q, int kStride>
 void fill_forward_tiles(DirectTiles::Forward* table) {
@@ -215,4 +250,5 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 2>(tiles.forward_stride2[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
   tiles.to_planes = &direct_row_to_planes<Isa>;
+  tiles.to_bfloat16_pixels = &direct_row_to_bfloat16_pixels<Isa>;
 }

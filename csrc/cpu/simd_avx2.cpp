@@ -21,9 +21,10 @@ namespace {
 struct Avx2Float {
   using T = float;
   // plain GCC vector types of a register (V is may_alias, which keeps arrays of it in memory):
-  // floats and lane indices for register_transpose.h
+  // floats and lane indices for register_transpose.h, 16-bit lanes for bfloat16 bits (direct_tile.h)
   typedef float Floats __attribute__((vector_size(32)));
   typedef int32_t Ints __attribute__((vector_size(32)));
+  typedef int16_t Shorts __attribute__((vector_size(16)));  // as many 16-bit lanes
   using V = __m256;
   static constexpr int kLanes = 8;
   static constexpr int kRegisters = 16;

@@ -27,9 +27,10 @@ namespace {
 struct Avx512Float {
   using T = float;
   // plain GCC vector types of a register (V is may_alias, which keeps arrays of it in memory):
-  // floats and lane indices for register_transpose.h
+  // floats and lane indices for register_transpose.h, 16-bit lanes for bfloat16 bits (direct_tile.h)
   typedef float Floats __attribute__((vector_size(64)));
   typedef int32_t Ints __attribute__((vector_size(64)));
+  typedef int16_t Shorts __attribute__((vector_size(32)));  // as many 16-bit lanes
   using V = __m512;
   static constexpr int kLanes = 16;
   static constexpr int kRegisters = 32;
