@@ -220,17 +220,20 @@ def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_for
         assert dx.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", PAIR_CASES)
-def test_bfloat16_weight_gradient_on_pixel_pairs(case, pairs_forced):
+def test_bfloat16_weight_gradient_on_pixel_pairs(case, channels_last, pairs_forced, monkeypatch):
     """bfloat16 weight gradients by the direct kernels on pairs of output pixels: each element the
     exact sum rounded once, for even and odd output rows (a zero pixel after the last) and every
-    column stride; the kernel record says they ran."""
+    column stride, in either layout (channels_last read as it is); the kernel record says they ran."""
     c = PAIR_CASES[case]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(5)
-    x = torch.randn(c["x"], generator=gen).bfloat16()
+    x = torch.randn(c["x"], generator=gen).bfloat16().contiguous(memory_format=layout)
     w = torch.randn(c["w"], generator=gen).bfloat16().requires_grad_()
     y = CF.conv2d(x, w, None, *c["args"])
-    dy = torch.randn(y.shape, generator=gen).bfloat16()
+    dy = torch.randn(y.shape, generator=gen).bfloat16().contiguous(memory_format=layout)
+    note_a_float32_direct_pass(monkeypatch)  # (so the record below is the weight gradient's)
     dw, = torch.autograd.grad(y, w, dy)
     assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16"
     w64 = w.detach().double().requires_grad_()
@@ -238,17 +241,21 @@ def test_bfloat16_weight_gradient_on_pixel_pairs(case, pairs_forced):
     assert_correctly_rounded("grad weight", dw, exact, torch.bfloat16)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("special", [float("inf"), float("nan")], ids=["inf", "nan"])
-def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_reads(special, pairs_forced):
+def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_reads(special, channels_last,
+                                                                                     pairs_forced):
     """An odd output row's missing pixel (the pairs' zero) would multiply the input one stride past
     the row's last window: where that value is Inf or NaN another kernel runs, and the gradient is
     torch's (finite here: no window reads it)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 4, 6, 8).bfloat16()
     x[:, :, :, 7] = special  # stride 2, 3 columns a window: outputs 0-2 read columns 0-6 only
+    x = x.contiguous(memory_format=layout)
     w = torch.randn(5, 4, 3, 3).bfloat16().requires_grad_()
     y = CF.conv2d(x, w, None, 2, 0)
     assert y.shape[-1] == 3 and torch.isfinite(y).all()
-    dw, = torch.autograd.grad(y, w, torch.ones_like(y))
+    dw, = torch.autograd.grad(y, w, torch.ones_like(y).contiguous(memory_format=layout))
     w64 = w.detach().double().requires_grad_()
     exact, = torch.autograd.grad(F.conv2d(x.double(), w64, None, 2, 0), w64, torch.ones(y.shape, dtype=torch.float64))
     assert torch.isfinite(exact).all()

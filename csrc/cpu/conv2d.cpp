@@ -1139,12 +1139,17 @@ Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output,
 Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& input,
                                 IntArrayRef weight_size) {
   const DirectConv p = direct_problem(g);
-  const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
+  const bool nhwc = is_channels_last(input) && is_channels_last(grad_output);  // (read as they are)
+  const Tensor x = nhwc ? input : contiguous_or_self(input), dy = nhwc ? grad_output : contiguous_or_self(grad_output);
   if (p.out_w % 2 != 0 && !all_finite_bfloat16(bfloat16_bits(x), x.numel())) return Tensor();
-  PackedBuffer<uint32_t> dy_pairs(p.batch * p.out_channels * p.out_h * ((p.out_w + 1) / 2));
-  pair_adjacent_columns(bfloat16_bits(dy), p.batch * p.out_channels, p.out_h, p.out_w, dy_pairs.data());
   Tensor sums = empty_like_with(x, weight_size, ScalarType::Float);
-  direct_conv_backward_weight_pairs(p, bfloat16_bits(x), dy_pairs.data(), sums.mutable_data_ptr<float>());
+  if (nhwc) {
+    direct_conv_backward_weight_pairs_nhwc(p, bfloat16_bits(x), bfloat16_bits(dy), sums.mutable_data_ptr<float>());
+  } else {
+    PackedBuffer<uint32_t> dy_pairs(p.batch * p.out_channels * p.out_h * ((p.out_w + 1) / 2));
+    pair_adjacent_columns(bfloat16_bits(dy), p.batch * p.out_channels, p.out_h, p.out_w, dy_pairs.data());
+    direct_conv_backward_weight_pairs(p, bfloat16_bits(x), dy_pairs.data(), sums.mutable_data_ptr<float>());
+  }
   return converted(sums, ScalarType::BFloat16);
 }
 

@@ -266,13 +266,18 @@ ForwardInput nchw_input(const DirectConv& p, const float* in) {
           [](const DirectConv& q, const float* sample, float* padded) { copy_into_padding(q, sample, padded); }};
 }
 
+// Tap (c, i, j)'s offset from its window's origin in a zero-padded NHWC sample ([Hp][Wp][C]).
+int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
+  return (i * p.dilation_h * padded_w(p) + j * p.dilation_w) * p.in_channels + c;
+}
+
 ForwardInput nhwc_input(const DirectConv& p, const float* in) {
   const int64_t C = p.in_channels, wp = padded_w(p);
   std::vector<int64_t> taps;
   taps.reserve(taps_of(p));
   for (int64_t i = 0; i < p.kernel_h; ++i)
     for (int64_t j = 0; j < p.kernel_w; ++j)
-      for (int64_t c = 0; c < C; ++c) taps.push_back((i * p.dilation_h * wp + j * p.dilation_w) * C + c);
+      for (int64_t c = 0; c < C; ++c) taps.push_back(nhwc_tap_offset(p, c, i, j));
   return {in, p.stride_h * wp * C, p.stride_w * C, std::move(taps),
           [](const DirectConv& q, const float* sample, float* padded) {
             const int64_t row = q.width * q.in_channels;  // one input row's elements
@@ -374,19 +379,19 @@ struct BFloat16PixelOutput {
   };
 };
 
-// Zeroes the pixels of an NHWC bfloat16 output that `at` places no output pixel of `p` on.
+// Zeroes the pixels of an NHWC bfloat16 output that `at` places no output pixel of `p` on: those
+// off the steps (the placement covers every pixel on them: direct_conv_forward_pairs_nhwc checks).
 void zero_unplaced_pixels(const DirectConv& p, const PixelPlacement& at, uint16_t* out) {
   const int64_t O = p.out_channels;
   torch::stable::parallel_for(0, p.batch * at.height, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       uint16_t* y = out + row * at.width * O;
-      const int64_t h = row % at.height;
-      if (h % at.step_h != 0 || h / at.step_h >= p.out_h) {
+      if (row % at.height % at.step_h != 0) {
         std::fill_n(y, at.width * O, uint16_t{0});
         continue;
       }
       for (int64_t w = 0; w < at.width; ++w)
-        if (w % at.step_w != 0 || w / at.step_w >= p.out_w) std::fill_n(y + w * O, O, uint16_t{0});
+        if (w % at.step_w != 0) std::fill_n(y + w * O, O, uint16_t{0});
     }
   });
 }
@@ -530,29 +535,54 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
   note_kernel_use(KernelPath::kDirect, tiles->isa);
   const DirectConv pairs = channel_pair_problem(p);
   const PixelPlacement at = placement != nullptr ? *placement : PixelPlacement{p.out_h, p.out_w, 1, 1};
-  if (placement != nullptr) zero_unplaced_pixels(p, at, out);
+  if (placement != nullptr) {
+    CUCONV_CHECK((p.out_h - 1) * at.step_h < at.height && at.height <= p.out_h * at.step_h &&
+                     (p.out_w - 1) * at.step_w < at.width && at.width <= p.out_w * at.step_w,
+                 "cuconv: internal error: a placement must put an output pixel on every pixel on its steps");
+    zero_unplaced_pixels(p, at, out);
+  }
   panel_forward(*tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs)),
                 reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{*tiles, pairs, out, bias, at});
 }
 
 namespace {
 
-// Sample n of the input as the weight tiles read it ([C][Hp][Wp], zero-padded): in place, or
-// written into `buffer` (a padded sample's size; null where `needs_buffer` is false).
-struct WeightSamples {
-  std::function<const float*(int64_t n, float* buffer)> of;
+// The weight gradient's operands as the weight tiles read them, per layout: sample n of the input
+// zero-padded (in place, or written into `buffer`, a padded sample's size, where `needs_buffer`),
+// tap k = (c, i, j) (the weights' order) at taps[k] from its pixel's window origin, the origins
+// row_step / column_step apart for adjacent output rows / columns, and grad_output's rows
+// [oh_begin, oh_end) of sample n for a panel's channels, pixel-major ([pixel][width], zeros past
+// the panel's channels).
+//   NCHW ([C][Hp][Wp]): tap at (c*Hp + i*dH)*Wp + j*dW,  steps sH*Wp and sW
+//   NHWC ([Hp][Wp][C]): tap at (i*dH*Wp + j*dW)*C + c,   steps sH*Wp*C and sW*C
+struct WeightOperands {
+  std::function<const float*(int64_t n, float* buffer)> sample;
   bool needs_buffer;
+  std::vector<int64_t> taps;
+  int64_t row_step, column_step;
+  std::function<void(const Panel& panel, int64_t width, int64_t n, int64_t oh_begin, int64_t oh_end, float* rows)>
+      grad_rows;
 };
+
+// grad_output's rows as NCHW planes: transposed (element by element: 8% of LeNet's step).
+std::function<void(const Panel&, int64_t, int64_t, int64_t, int64_t, float*)> grad_rows_from_planes(
+    const DirectConv& p, const float* grad_out) {
+  return [&p, grad_out, transpose = cpu_transpose_floats()](const Panel& panel, int64_t width, int64_t n,
+                                                             int64_t oh_begin, int64_t oh_end, float* rows) {
+    const int64_t plane = p.out_h * p.out_w;
+    transpose(grad_out + n * p.out_stride() + oh_begin * p.out_w + panel.first * plane, plane, panel.count,
+              (oh_end - oh_begin) * p.out_w, width, rows, width);
+  };
+}
 
 // The weight gradient by channel panels (the file's comment) on `tiles`: the float tiles, or the
 // bfloat16 pair tiles with `p` the layer of pixel pairs (direct_conv_backward_weight_pairs).
-void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const WeightSamples& samples,
-                           const float* grad_out, float* grad_weight) {
+void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const WeightOperands& operands,
+                           float* grad_weight) {
   const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
-  const std::vector<int64_t> taps = tap_offsets(p);
+  const std::vector<int64_t>& taps = operands.taps;
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
-  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p), row_step = p.stride_h * padded_w(p);
-  const TransposeFloats transpose = cpu_transpose_floats();
+  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
   // into rows that are never read), and where the panel starts in the arrays.
   std::vector<int64_t> rows(panels.size()), partial_at(panels.size() + 1, 0), grad_at(panels.size() + 1, 0);
@@ -569,7 +599,7 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
   PackedBuffer<float> partial(parts * partial_at.back(), 0.f);
   torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     PackedBuffer<float> grad_t(grad_at.back());
-    PackedBuffer<float> sample(samples.needs_buffer ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
+    PackedBuffer<float> sample(operands.needs_buffer ? sample_in : 0, 0.f);  // a padded sample (as the forward pass's)
     std::vector<int64_t> tile_taps(16);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* sums = partial.data() + part * partial_at.back();
@@ -577,19 +607,17 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
       for (int64_t row = part * total_rows / parts; row < last;) {
         // Output rows [oh_begin, oh_end) of image n.
         const int64_t n = row / p.out_h, oh_begin = row % p.out_h;
-        const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row)), pixels = (oh_end - oh_begin) * p.out_w;
-        const float* g = grad_out + n * p.out_stride() + oh_begin * p.out_w;
-        const float* x_rows = samples.of(n, sample.data()) + oh_begin * row_step;
+        const int64_t oh_end = std::min(p.out_h, oh_begin + (last - row));
+        const float* x_rows = operands.sample(n, sample.data()) + oh_begin * operands.row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, t_count = tiles.taps[panel.vectors];
           float* panel_grad = grad_t.data() + grad_at[pi];
-          // grad_output's rows pixel-major, lanes past count 0 (element by element: 8% of LeNet's step)
-          transpose(g + panel.first * plane, plane, panel.count, pixels, width, panel_grad, width);
+          operands.grad_rows(panel, width, n, oh_begin, oh_end, panel_grad);
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
             for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
-            tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, row_step, p.stride_w, tile_taps.data(),
-                                        panel_grad, sums + partial_at[pi] + k0 * width);
+            tiles.weight[panel.vectors](x_rows, oh_end - oh_begin, p.out_w, operands.row_step, operands.column_step,
+                                        tile_taps.data(), panel_grad, sums + partial_at[pi] + k0 * width);
           }
         }
         row += oh_end - oh_begin;
@@ -617,14 +645,18 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
                                  float* grad_weight) {
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
-  const WeightSamples samples{[&](int64_t n, float* buffer) {
-                                const float* sample = in + n * p.in_stride();
-                                if (!pads) return sample;
-                                copy_into_padding(p, sample, buffer);
-                                return static_cast<const float*>(buffer);
-                              },
-                              pads};
-  panel_backward_weight(tiles_or_fail(), p, samples, grad_out, grad_weight);
+  const WeightOperands operands{[&](int64_t n, float* buffer) {
+                                  const float* sample = in + n * p.in_stride();
+                                  if (!pads) return sample;
+                                  copy_into_padding(p, sample, buffer);
+                                  return static_cast<const float*>(buffer);
+                                },
+                                pads,
+                                tap_offsets(p),
+                                p.stride_h * padded_w(p),
+                                p.stride_w,
+                                grad_rows_from_planes(p, grad_out)};
+  panel_backward_weight(tiles_or_fail(), p, operands, grad_weight);
 }
 
 void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height, int64_t width, uint32_t* pairs) {
@@ -665,23 +697,100 @@ void column_pairs(const DirectConv& p, const uint16_t* sample, uint32_t* out) {
 
 }  // namespace
 
-void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
-                                       float* grad_weight) {
-  const DirectTiles* tiles = cpu_direct_pair_tiles();
-  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
-  note_kernel_use(KernelPath::kDirect, tiles->isa);
-  // The tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart.
+namespace {
+
+// The weight tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart.
+DirectConv pixel_pair_problem(const DirectConv& p) {
   DirectConv pairs = p;
   pairs.out_w = (p.out_w + 1) / 2;
   pairs.stride_w = 2 * p.stride_w;
   pairs.in_sample_stride = pairs.out_sample_stride = 0;
-  const WeightSamples samples{[&](int64_t n, float* buffer) {
-                                column_pairs(p, in + n * p.in_channels * p.height * p.width,
-                                             reinterpret_cast<uint32_t*>(buffer));
-                                return static_cast<const float*>(buffer);
-                              },
-                              true};
-  panel_backward_weight(*tiles, pairs, samples, reinterpret_cast<const float*>(grad_out_pairs), grad_weight);
+  return pairs;
+}
+
+const DirectTiles& pair_tiles_or_fail() {
+  const DirectTiles* tiles = cpu_direct_pair_tiles();
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  return *tiles;
+}
+
+// One bfloat16 NHWC sample zero-padded as column pairs, [Hp][Wp][C]: channel c of the pixel at
+// column w and of the one sW columns right (zero past the padded row), as column_pairs pairs
+// them in NCHW; a pixel's channels are a contiguous run in both.
+void column_pairs_nhwc(const DirectConv& p, const uint16_t* sample, const uint16_t* zeros, uint32_t* out) {
+  const int64_t C = p.in_channels, hp = padded_h(p), wp = padded_w(p);
+  auto pixel = [&](int64_t ih, int64_t w) {
+    const int64_t iw = w - p.pad_w;
+    return iw >= 0 && iw < p.width ? sample + (ih * p.width + iw) * C : zeros;
+  };
+  for (int64_t h = 0; h < hp; ++h) {
+    uint32_t* row = out + h * wp * C;
+    const int64_t ih = h - p.pad_h;
+    if (ih < 0 || ih >= p.height) {
+      std::fill(row, row + wp * C, 0u);
+      continue;
+    }
+    for (int64_t w = 0; w < wp; ++w) {
+      const uint16_t *low = pixel(ih, w), *high = pixel(ih, w + p.stride_w);
+      for (int64_t c = 0; c < C; ++c) row[w * C + c] = low[c] | static_cast<uint32_t>(high[c]) << 16;
+    }
+  }
+}
+
+}  // namespace
+
+void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
+                                       float* grad_weight) {
+  const DirectTiles& tiles = pair_tiles_or_fail();
+  const DirectConv pairs = pixel_pair_problem(p);
+  const WeightOperands operands{[&](int64_t n, float* buffer) {
+                                  column_pairs(p, in + n * p.in_channels * p.height * p.width,
+                                               reinterpret_cast<uint32_t*>(buffer));
+                                  return static_cast<const float*>(buffer);
+                                },
+                                true,
+                                tap_offsets(pairs),
+                                pairs.stride_h * padded_w(pairs),
+                                pairs.stride_w,
+                                grad_rows_from_planes(pairs, reinterpret_cast<const float*>(grad_out_pairs))};
+  panel_backward_weight(tiles, pairs, operands, grad_weight);
+}
+
+void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t* in, const uint16_t* grad_out,
+                                            float* grad_weight) {
+  const DirectTiles& tiles = pair_tiles_or_fail();
+  const DirectConv pairs = pixel_pair_problem(p);
+  const int64_t C = p.in_channels, O = p.out_channels, wp = padded_w(p);
+  std::vector<int64_t> taps;  // tap (c, i, j) of a [Hp][Wp][C] sample (any order would do: each tap sums apart)
+  taps.reserve(taps_of(p));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < p.kernel_h; ++i)
+      for (int64_t j = 0; j < p.kernel_w; ++j) taps.push_back(nhwc_tap_offset(p, c, i, j));
+  const std::vector<uint16_t> zeros(std::max(C, O), 0);
+  const WeightOperands operands{
+      [&](int64_t n, float* buffer) {
+        column_pairs_nhwc(p, in + n * p.height * p.width * C, zeros.data(), reinterpret_cast<uint32_t*>(buffer));
+        return static_cast<const float*>(buffer);
+      },
+      true,
+      std::move(taps),
+      p.stride_h * wp * C,
+      pairs.stride_w * C,
+      // grad_output's adjacent pixels (2m, 2m + 1) of a row paired channel by channel, the panel's
+      // channels of each pair a row of `width` (zeros past them, and for an odd row's missing pixel)
+      [&](const Panel& panel, int64_t width, int64_t n, int64_t oh_begin, int64_t oh_end, float* rows) {
+        uint32_t* out = reinterpret_cast<uint32_t*>(rows);
+        for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+          const uint16_t* dy_row = grad_out + ((n * p.out_h + oh) * p.out_w) * O + panel.first;
+          for (int64_t m = 0; m < pairs.out_w; ++m, out += width) {
+            const uint16_t *low = dy_row + 2 * m * O, *high = 2 * m + 1 < p.out_w ? low + O : zeros.data();
+            for (int64_t o = 0; o < panel.count; ++o) out[o] = low[o] | static_cast<uint32_t>(high[o]) << 16;
+            std::fill(out + panel.count, out + width, 0u);
+          }
+        }
+      }};
+  panel_backward_weight(tiles, pairs, operands, grad_weight);
 }
 
 bool direct_conv_backward_input_suits(const DirectConv& p) {

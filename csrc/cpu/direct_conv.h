@@ -100,6 +100,13 @@ void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels
 void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, const uint32_t* grad_out_pairs,
                                        float* grad_weight);
 
+// The same with the channels innermost: `in` [N][H][W][C] and `grad_out` [N][H_out][W_out][O]
+// NHWC bfloat16 (their bits; channels_last tensors as they are), the input read as pairs of the
+// columns the two pixels' taps meet (NHWC), grad_output's adjacent pixels paired as the tiles go.
+// The same caveat for an odd row's missing pixel.
+void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t* in, const uint16_t* grad_out,
+                                            float* grad_weight);
+
 // `count` planes of `height` rows of `width` bfloat16 values as rows of ceil(width / 2) pairs of
 // adjacent values (a zero after an odd row's last).
 void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height, int64_t width, uint32_t* pairs);
