@@ -225,18 +225,22 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
 // floats, and past L1 every tile would read them all from L2 again (ResNet's b4.conv1: 295 KB
 // per 64-channel panel, for 6 pixels). So the taps go in blocks whose weights fill half of L1,
 // each block running over the tiles of a group of rows (at least 8 tiles, where a sample has the
-// rows) before the next block adds its sums to theirs (each block's from zero: shorter chains of
-// additions, direct_tile.h). A group's rows also leave to_planes one run of pixels per plane.
+// rows, or where the output's rows may cross samples, its next samples' rows) before the next
+// block adds its sums to theirs (each block's from zero: shorter chains of additions,
+// direct_tile.h). A group's rows also leave to_planes one run of pixels per plane. (The weights of
+// a 512-channel layer on 3x3 images, 4.7 MB in bfloat16 pairs, came from L3 once per sample's 3
+// rows when groups stayed within a sample.)
 struct ForwardBlocking {
   int64_t taps, group_rows;
 };
 
-ForwardBlocking forward_blocking(const DirectConv& p, const DirectTiles& tiles) {
+ForwardBlocking forward_blocking(const DirectConv& p, const DirectTiles& tiles, bool rows_cross_samples) {
   constexpr int64_t kTilesPerGroup = 8;
   const int64_t width = tiles.max_vectors * tiles.lanes, q = tiles.pixels[tiles.max_vectors];
   const int64_t fit = std::max<int64_t>(16, l1_data_cache_bytes() / 2 / (width * static_cast<int64_t>(sizeof(float))));
   const int64_t tiles_per_row = (p.out_w + q - 1) / q;
-  return {std::min(fit, taps_of(p)), std::clamp<int64_t>((kTilesPerGroup + tiles_per_row - 1) / tiles_per_row, 1, p.out_h)};
+  const int64_t rows = (kTilesPerGroup + tiles_per_row - 1) / tiles_per_row;
+  return {std::min(fit, taps_of(p)), rows_cross_samples ? rows : std::clamp<int64_t>(rows, 1, p.out_h)};
 }
 
 }  // namespace
@@ -308,8 +312,10 @@ struct PlaneOutput {
     ~Writer() {
       if (o_.stream) stream_fence();
     }
-    void start(const Panel& panel, int64_t n, int64_t oh0, int64_t pixels) {
-      panel_ = &panel, pixels_ = pixels;
+    static constexpr bool kRowsCrossSamples = false;  // (a plane's run is one sample's)
+    void start(const Panel& panel, int64_t first_row, int64_t rows) {
+      panel_ = &panel, pixels_ = rows * o_.p.out_w;
+      const int64_t n = first_row / o_.p.out_h, oh0 = first_row % o_.p.out_h;
       y_rows_ = o_.out + n * o_.p.out_stride() + panel.first * plane() + oh0 * o_.p.out_w;
     }
     // Meanwhile the group's output lines are fetched, a few planes' before each tile: to_planes
@@ -356,26 +362,25 @@ struct BFloat16PixelOutput {
   class Writer {
    public:
     Writer(const BFloat16PixelOutput& o, int64_t) : o_(o) {}
-    void start(const Panel& panel, int64_t n, int64_t oh0, int64_t pixels) {
-      panel_ = &panel, oh0_ = oh0, rows_ = pixels / o_.p.out_w;
-      const PixelPlacement& at = o_.placement;
-      y_ = o_.out + n * at.height * at.width * o_.p.out_channels + panel.first;
-    }
+    static constexpr bool kRowsCrossSamples = true;  // (each row placed on its own)
+    void start(const Panel& panel, int64_t first_row, int64_t rows) { panel_ = &panel, first_row_ = first_row, rows_ = rows; }
     void prefetch(int64_t, int64_t) const {}
     void write(const float* rows, int64_t width) const {
       const PixelPlacement& at = o_.placement;
       const int64_t O = o_.p.out_channels;
-      for (int64_t r = 0; r < rows_; ++r)
+      for (int64_t r = 0; r < rows_; ++r) {
+        const int64_t n = (first_row_ + r) / o_.p.out_h, oh = (first_row_ + r) % o_.p.out_h;
         o_.tiles.to_bfloat16_pixels(rows + r * o_.p.out_w * width, o_.p.out_w, width, panel_->count,
                                     o_.bias != nullptr ? o_.bias + panel_->first : nullptr,
-                                    y_ + (oh0_ + r) * at.step_h * at.width * O, at.step_w * O);
+                                    o_.out + ((n * at.height + oh * at.step_h) * at.width) * O + panel_->first,
+                                    at.step_w * O);
+      }
     }
 
    private:
     const BFloat16PixelOutput& o_;
     const Panel* panel_ = nullptr;
-    int64_t oh0_ = 0, rows_ = 0;
-    uint16_t* y_ = nullptr;
+    int64_t first_row_ = 0, rows_ = 0;
   };
 };
 
@@ -407,7 +412,8 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
   const int64_t k_count = taps_of(p);
   const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
-  const ForwardBlocking blocking = forward_blocking(p, tiles);
+  constexpr bool cross = Output::Writer::kRowsCrossSamples;
+  const ForwardBlocking blocking = forward_blocking(p, tiles, cross);
   // Each panel's rows of a group are computed pixel-major into `rows` (the tiles' own layout; the
   // group's rows follow one another), then written out by the thread's writer.
   const int64_t max_width = tiles.max_vectors * tiles.lanes, group_pixels = blocking.group_rows * p.out_w;
@@ -416,29 +422,38 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
   const int64_t step = input.column_step;
   const DirectTiles::Forward(*by_vectors)[DirectTiles::kMaxPixels + 1] =
       step == 1 ? tiles.forward_stride1 : step == 2 ? tiles.forward_stride2 : tiles.forward;
+  // A padded layer's thread copies each sample it reaches zero-padded into a buffer of its own
+  // (in cache, and no fresh pages per call): one per sample a group can span (sample n in slot
+  // n % slots, kept while it is used).
+  const int64_t slots = pads ? (cross ? (blocking.group_rows + p.out_h - 1) / p.out_h + 1 : 1) : 0;
   // Rows are independent: threads take chunks of them (parallel.h); a grain of a few rows keeps
-  // threads busy at batch 1. A padded layer's thread copies each sample it reaches zero-padded
-  // into a buffer of its own (in cache, and no fresh pages per call).
+  // threads busy at batch 1.
   parallel_chunks(0, p.batch * p.out_h, 4, [&](ChunkQueue& chunks) {
     PackedBuffer<float> rows(rows_size, 0.f);
-    PackedBuffer<float> sample(pads ? sample_in : 0, 0.f);  // its border stays zero
+    PackedBuffer<float> padded(slots * sample_in, 0.f);  // the borders stay zero
+    std::vector<int64_t> held(slots, -1);                // the sample in each slot
+    std::vector<const float*> x_rows(blocking.group_rows);
+    auto sample = [&](int64_t n) -> const float* {
+      if (!pads) return input.data + n * p.in_stride();
+      float* slot = padded.data() + n % slots * sample_in;
+      if (held[n % slots] != n) {
+        input.copy_padded(p, input.data + n * p.in_stride(), slot);
+        held[n % slots] = n;
+      }
+      return slot;
+    };
     typename Output::Writer writer(output, group_pixels);
-    int64_t padded_sample = -1;
     for (int64_t row_begin, row_end; chunks.next(row_begin, row_end);) {
-      // groups of rows [r, r + group) of one sample
+      // groups of rows [r, r + group) (of one sample, unless the output's rows cross samples)
       for (int64_t r = row_begin, group; r < row_end; r += group) {
-        const int64_t n = r / p.out_h, oh0 = r % p.out_h;
-        group = std::min({blocking.group_rows, row_end - r, p.out_h - oh0});
-        if (pads && n != padded_sample) {
-          input.copy_padded(p, input.data + n * p.in_stride(), sample.data());
-          padded_sample = n;
-        }
-        const float* x_rows = (pads ? sample.data() : input.data + n * p.in_stride()) + oh0 * input.row_step;
+        group = std::min(blocking.group_rows, row_end - r);
+        if (!cross) group = std::min(group, p.out_h - r % p.out_h);
+        for (int64_t g = 0; g < group; ++g) x_rows[g] = sample((r + g) / p.out_h) + (r + g) % p.out_h * input.row_step;
         for (size_t pi = 0; pi < panels.size(); ++pi) {
           const Panel& panel = panels[pi];
           const int64_t width = panel.vectors * tiles.lanes, q_max = tiles.pixels[panel.vectors];
           const DirectTiles::Forward* run = by_vectors[panel.vectors];
-          writer.start(panel, n, oh0, group * p.out_w);
+          writer.start(panel, r, group);
           // Each block of taps runs over every tile of the group, adding to the sums the last left.
           const int64_t tiles_per_row = (p.out_w + q_max - 1) / q_max;
           const int64_t calls = (k_count + blocking.taps - 1) / blocking.taps * group * tiles_per_row;
@@ -446,10 +461,9 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
           for (int64_t k0 = 0; k0 < k_count; k0 += blocking.taps) {
             const int64_t depth = std::min(blocking.taps, k_count - k0);
             for (int64_t g = 0; g < group; ++g) {
-              const float* x_row = x_rows + g * input.row_step;
               for (int64_t ow = 0; ow < p.out_w; ow += q_max) {
                 writer.prefetch(call++, calls);
-                run[std::min(q_max, p.out_w - ow)](x_row + ow * step, step, input.taps.data() + k0, depth,
+                run[std::min(q_max, p.out_w - ow)](x_rows[g] + ow * step, step, input.taps.data() + k0, depth,
                                                    w[pi].data() + k0 * width, rows.data() + (g * p.out_w + ow) * width,
                                                    /*accumulate=*/k0 > 0);
               }
