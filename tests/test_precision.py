@@ -262,6 +262,23 @@ def test_bfloat16_weight_gradient_on_pixel_pairs_never_meets_a_value_no_window_r
     assert_correctly_rounded("grad weight", dw, exact, torch.bfloat16)
 
 
+@pytest.mark.parametrize("special", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_bfloat16_channels_last_pairs_multiply_the_padding_by_special_weights(special, pairs_forced):
+    """In channels_last the pairs skip the kernel rows that fall in the padding, but only where the
+    weights are finite: an Inf or NaN weight times the padding's zeros is NaN, as torch's float64
+    convolution has it (and an Inf times an input value is infinite)."""
+    x = torch.randn(2, 6, 3, 3).bfloat16().contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 6, 3, 3).bfloat16()
+    w[1, 2, 0, 1] = special  # kernel row 0: in the padding for output row 0
+    y = CF.conv2d(x, w, None, 1, 1)
+    expected = F.conv2d(x.double(), w.double(), None, 1, 1)
+    assert torch.isnan(expected[:, 1, 0]).all()
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    assert torch.equal(torch.isinf(y), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    assert_correctly_rounded("output", y[finite], expected[finite], torch.bfloat16)
+
+
 POOL_CASES = {
     # the CPU's write-once 2x2 kernels (LeNet's average pooling, VGG's max pooling)
     "max-2x2": (lambda f: lambda t: f.max_pool2d(t, 2), (2, 3, 12, 14)),

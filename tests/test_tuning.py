@@ -229,7 +229,7 @@ def test_bfloat16_layers_also_measure_the_direct_kernels_on_pairs(monkeypatch, c
     if _C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
         pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
     threads = torch.get_num_threads()
-    batch = _C.cpu_kernels()["l2_cache_bytes"] * threads * 5 // 4 // (32 * 20 * 20 * 4) + 1
+    batch = _C.cpu_kernels()["l2_cache_bytes"] * threads * 5 // 4 // (32 * 20 * 20 * 2) + 1  # (bfloat16 outputs)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(batch, 31, 20, 20, generator=gen).bfloat16().requires_grad_()
     w = (torch.randn(32, 31, 3, 3, generator=gen) / 16).bfloat16().requires_grad_()

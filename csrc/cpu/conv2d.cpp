@@ -1034,7 +1034,7 @@ Tensor converted(const Tensor& t, ScalarType dtype) {
 // writing as streaming.h's rule says), =0 never; unset, it is measured with the other two.
 struct OnPairs {
   std::function<Tensor(OutputStores)> run;  // empty where the pairs cannot run
-  int64_t output_bytes = 0;                 // of the float sums
+  int64_t output_bytes = 0;                 // of the output (0: not streamable)
 };
 
 Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& packed,
@@ -1064,24 +1064,26 @@ const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16
 // The layer `q` on the direct kernels' channel pairs with the channels innermost (direct_conv.h,
 // direct_conv_forward_pairs_nhwc) over the channels_last bfloat16 `input`, read as it is (channel
 // pairs are adjacent there; a copy with a zero channel where C is odd), `w_pairs` its weights
-// already paired; into a channels_last bfloat16 tensor of `out_size`, as `placement` puts it.
-Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uint32_t* w_pairs, const float* bias,
-                             IntArrayRef out_size, const PixelPlacement* placement = nullptr) {
+// already paired (`finite_weights`: no Inf or NaN among them, so the kernel rows in the padding may
+// be skipped); into a channels_last bfloat16 tensor of `out_size`, as `placement` puts it.
+Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uint32_t* w_pairs, bool finite_weights,
+                             const float* bias, IntArrayRef out_size, const PixelPlacement* placement = nullptr) {
   const int64_t pair_count = (q.in_channels + 1) / 2;
   PackedBuffer<uint32_t> x_pairs(q.in_channels % 2 != 0 ? q.batch * q.height * q.width * pair_count : 0);
   if (q.in_channels % 2 != 0)
     channel_pairs_innermost(bfloat16_bits(input), q.batch, q.in_channels, q.height * q.width, true, x_pairs.data());
   Tensor y = empty_channels_last_like(input, out_size);
   direct_conv_forward_pairs_nhwc(q, x_pairs.empty() ? static_cast<const uint32_t*>(input.const_data_ptr()) : x_pairs.data(),
-                                 w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), placement);
+                                 w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), finite_weights,
+                                 placement);
   return y;
 }
 
 // bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q` over
 // x (bfloat16, in its layout) and contiguous OIHW weights w (their bits), plus `bias` (float, may
-// be null), in x's layout. NCHW: x and w interleaved into planes of channel pairs, float sums
-// (written as `stores` says), rounded once by a copy. channels_last: nhwc_forward_on_pairs, the
-// tiles' rows rounded straight into the NHWC output (no float sums, no copy; `stores` does not apply).
+// be null), in x's layout, the tiles' float sums rounded once straight into it (no float tensor,
+// no copy). NCHW: x and w interleaved into planes of channel pairs, the output written as `stores`
+// says. channels_last: nhwc_forward_on_pairs (`stores` does not apply).
 Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias,
                          OutputStores stores) {
   const int64_t pair_count = (q.in_channels + 1) / 2, taps = q.kernel_h * q.kernel_w;
@@ -1089,15 +1091,17 @@ Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_
   PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * taps);
   if (is_channels_last(input)) {
     channel_pairs_innermost(w, q.out_channels, q.in_channels, taps, false, w_pairs.data());
-    return nhwc_forward_on_pairs(q, input, w_pairs.data(), bias, out_size);
+    return nhwc_forward_on_pairs(q, input, w_pairs.data(), all_finite_bfloat16(w, q.out_channels * q.in_channels * taps), bias,
+                                 out_size);
   }
   const Tensor x = contiguous_or_self(input);
   PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
   interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, x_pairs.data());
   interleave_channel_pairs(w, q.out_channels, q.in_channels, taps, w_pairs.data());
-  Tensor sums = empty_like_with(x, out_size, ScalarType::Float);
-  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, sums.mutable_data_ptr<float>(), stores);
-  return converted(sums, ScalarType::BFloat16);
+  Tensor y = empty_like_with(x, out_size);
+  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, static_cast<uint16_t*>(y.mutable_data_ptr()),
+                            stores);
+  return y;
 }
 
 Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
@@ -1129,7 +1133,7 @@ Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output,
   PackedBuffer<uint32_t> w_pairs(p.in_channels * ((p.out_channels + 1) / 2));
   channel_pairs_innermost(bfloat16_bits(w), 1, p.out_channels, p.in_channels, false, w_pairs.data());  // W^T's rows
   const PixelPlacement at{p.height, p.width, p.stride_h, p.stride_w};
-  return nhwc_forward_on_pairs(over_grad, grad_output, w_pairs.data(), nullptr,
+  return nhwc_forward_on_pairs(over_grad, grad_output, w_pairs.data(), /*finite_weights=*/false, nullptr,
                                std::vector<int64_t>{p.batch, p.in_channels, p.height, p.width}, &at);
 }
 
@@ -1156,7 +1160,7 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 // The pairs' way for run_half_types where it can run: bfloat16, groups = 1, a CPU with AVX512-BF16,
 // and for the input gradient stride 1 or an unpadded 1x1 layer in channels_last
 // (backward_input_on_pairs). `model` is the pass's input (its dtype and layout); an NCHW output of
-// `output_elements` may be streamed.
+// `output_elements` (bfloat16) may be streamed.
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
                   std::function<Tensor(OutputStores)> run) {
   const DirectConv p = direct_problem(g);
@@ -1164,8 +1168,8 @@ OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int
                     (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
                      (unpadded_1x1(p) && is_channels_last(model)));
   if (!runs) return {};
-  const int64_t float_sums = is_channels_last(model) ? 0 : output_elements;  // (NHWC: no float sums)
-  return {std::move(run), float_sums * static_cast<int64_t>(sizeof(float))};
+  const int64_t streamable = is_channels_last(model) ? 0 : output_elements;  // (NHWC: written through the caches)
+  return {std::move(run), streamable * static_cast<int64_t>(sizeof(uint16_t))};
 }
 
 // Whether a pass of a half type still chooses between the two ways above (the public ops), or

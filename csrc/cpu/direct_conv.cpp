@@ -258,16 +258,23 @@ namespace {
 // where the layer pads (one per thread, in cache), else read in place.
 //   NCHW ([C][Hp][Wp]): tap (c, i, j) at (c*Hp + i*dH)*Wp + j*dW,  steps sH*Wp and sW
 //   NHWC ([Hp][Wp][C]): tap (i, j, c) at (i*dH*Wp + j*dW)*C + c,   steps sH*Wp*C and sW*C
+// Output row oh's taps are [row_taps[oh].begin, row_taps[oh].end) of them (all, unless the
+// layout skips the rows of the kernel that fall in the padding: below).
+struct TapRange {
+  int64_t begin, end;
+};
 struct ForwardInput {
   const float* data;  // sample 0
   int64_t row_step, column_step;
   std::vector<int64_t> taps;
   void (*copy_padded)(const DirectConv& p, const float* sample, float* padded);
+  std::vector<TapRange> row_taps;
 };
 
 ForwardInput nchw_input(const DirectConv& p, const float* in) {
   return {in, p.stride_h * padded_w(p), p.stride_w, tap_offsets(p),
-          [](const DirectConv& q, const float* sample, float* padded) { copy_into_padding(q, sample, padded); }};
+          [](const DirectConv& q, const float* sample, float* padded) { copy_into_padding(q, sample, padded); },
+          std::vector<TapRange>(p.out_h, TapRange{0, taps_of(p)})};
 }
 
 // Tap (c, i, j)'s offset from its window's origin in a zero-padded NHWC sample ([Hp][Wp][C]).
@@ -275,20 +282,35 @@ int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
   return (i * p.dilation_h * padded_w(p) + j * p.dilation_w) * p.in_channels + c;
 }
 
-ForwardInput nhwc_input(const DirectConv& p, const float* in) {
-  const int64_t C = p.in_channels, wp = padded_w(p);
+// In NHWC the taps of one kernel row i are a contiguous run, [i*kW*C, (i+1)*kW*C): where
+// `skip_padding_rows`, output row oh takes only the kernel rows whose input row is inside the
+// image (ih = oh*sH - pH + i*dH), and the others' products (zeros times weights) are never made.
+// On a 3x3 image with a 3x3 kernel, 2 of its 9 kernel-row products; on 6x6, 2 of 18. (An Inf or
+// NaN weight times a zero is NaN, as torch has it: the caller skips only with finite weights.)
+ForwardInput nhwc_input(const DirectConv& p, const float* in, bool skip_padding_rows) {
+  const int64_t C = p.in_channels, wp = padded_w(p), row_taps = p.kernel_w * C;
   std::vector<int64_t> taps;
   taps.reserve(taps_of(p));
   for (int64_t i = 0; i < p.kernel_h; ++i)
     for (int64_t j = 0; j < p.kernel_w; ++j)
       for (int64_t c = 0; c < C; ++c) taps.push_back(nhwc_tap_offset(p, c, i, j));
+  std::vector<TapRange> ranges(p.out_h, TapRange{0, taps_of(p)});
+  for (int64_t oh = 0; skip_padding_rows && oh < p.out_h; ++oh) {
+    int64_t first = p.kernel_h, last = -1;  // the kernel rows inside the image
+    for (int64_t i = 0; i < p.kernel_h; ++i) {
+      const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dilation_h;
+      if (ih >= 0 && ih < p.height) first = std::min(first, i), last = i;
+    }
+    ranges[oh] = last < 0 ? TapRange{0, 0} : TapRange{first * row_taps, (last + 1) * row_taps};
+  }
   return {in, p.stride_h * wp * C, p.stride_w * C, std::move(taps),
           [](const DirectConv& q, const float* sample, float* padded) {
             const int64_t row = q.width * q.in_channels;  // one input row's elements
             for (int64_t h = 0; h < q.height; ++h)
               std::memcpy(padded + ((h + q.pad_h) * padded_w(q) + q.pad_w) * q.in_channels, sample + h * row,
                           row * sizeof(float));
-          }};
+          },
+          std::move(ranges)};
 }
 
 // The forward pass's outputs. panel_forward leaves each panel's sums for a group of rows of one
@@ -296,12 +318,14 @@ ForwardInput nhwc_input(const DirectConv& p, const float* in) {
 // the thread's (Output::Writer) takes them from there; its prefetch(call, calls) runs before
 // each of the `calls` tiles of the panel and group, to fetch the lines write() will store to.
 
-// NCHW float planes, cached (the lines fetched ahead) or streamed past the caches through a
-// stage: to_planes transposes each run of `pixels` (one per channel of the panel) into them.
+// NCHW planes of float, or of bfloat16 (Out = uint16_t: their bits, the sums rounded once), cached
+// (the lines fetched ahead) or streamed past the caches through a stage: to_planes /
+// to_bfloat16_planes transposes each run of `pixels` (one per channel of the panel) into them.
+template <typename Out>
 struct PlaneOutput {
   const DirectTiles& tiles;
   const DirectConv& p;
-  float* out;
+  Out* out;
   const float* bias;  // may be null
   bool stream;
 
@@ -327,25 +351,32 @@ struct PlaneOutput {
     void prefetch(int64_t call, int64_t calls) const {
       for (int64_t o = call * panel_->count / calls; !o_.stream && o < (call + 1) * panel_->count / calls; ++o) {
         const uintptr_t first = reinterpret_cast<uintptr_t>(y_rows_ + o * plane());
-        for (uintptr_t line = first & ~uintptr_t{63}; line < first + pixels_ * sizeof(float); line += 64)
+        for (uintptr_t line = first & ~uintptr_t{63}; line < first + pixels_ * sizeof(Out); line += 64)
           __builtin_prefetch(reinterpret_cast<const void*>(line), /*write=*/1, /*locality=*/3);
       }
     }
     void write(const float* rows, int64_t width) {
       const float* panel_bias = o_.bias != nullptr ? o_.bias + panel_->first : nullptr;
-      if (!o_.stream) return o_.tiles.to_planes(rows, pixels_, width, panel_->count, panel_bias, y_rows_, plane());
-      o_.tiles.to_planes(rows, pixels_, width, panel_->count, panel_bias, stage_.data(), pixels_);
+      if (!o_.stream) return to_planes(rows, width, panel_bias, y_rows_, plane());
+      to_planes(rows, width, panel_bias, stage_.data(), pixels_);
       for (int64_t c = 0; c < panel_->count; ++c)
-        stream_copy(y_rows_ + c * plane(), stage_.data() + c * pixels_, pixels_ * static_cast<int64_t>(sizeof(float)));
+        stream_copy(y_rows_ + c * plane(), stage_.data() + c * pixels_, pixels_ * static_cast<int64_t>(sizeof(Out)));
     }
 
    private:
     int64_t plane() const { return o_.p.out_h * o_.p.out_w; }
+    void to_planes(const float* rows, int64_t width, const float* bias, Out* y, int64_t y_plane) const {
+      if constexpr (sizeof(Out) == sizeof(float)) {
+        o_.tiles.to_planes(rows, pixels_, width, panel_->count, bias, y, y_plane);
+      } else {
+        o_.tiles.to_bfloat16_planes(rows, pixels_, width, panel_->count, bias, y, y_plane);
+      }
+    }
     const PlaneOutput& o_;
-    PackedBuffer<float> stage_;
+    PackedBuffer<Out> stage_;
     const Panel* panel_ = nullptr;
     int64_t pixels_ = 0;
-    float* y_rows_ = nullptr;
+    Out* y_rows_ = nullptr;
   };
 };
 
@@ -459,16 +490,22 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
           const int64_t calls = (k_count + blocking.taps - 1) / blocking.taps * group * tiles_per_row;
           int64_t call = 0;
           for (int64_t k0 = 0; k0 < k_count; k0 += blocking.taps) {
-            const int64_t depth = std::min(blocking.taps, k_count - k0);
             for (int64_t g = 0; g < group; ++g) {
+              // the block's taps that this row takes (each row's first block stores its sums)
+              const TapRange& row = input.row_taps[(r + g) % p.out_h];
+              const int64_t begin = std::max(k0, row.begin), end = std::min(k0 + blocking.taps, row.end);
               for (int64_t ow = 0; ow < p.out_w; ow += q_max) {
                 writer.prefetch(call++, calls);
-                run[std::min(q_max, p.out_w - ow)](x_rows[g] + ow * step, step, input.taps.data() + k0, depth,
-                                                   w[pi].data() + k0 * width, rows.data() + (g * p.out_w + ow) * width,
-                                                   /*accumulate=*/k0 > 0);
+                if (begin >= end) continue;
+                run[std::min(q_max, p.out_w - ow)](x_rows[g] + ow * step, step, input.taps.data() + begin, end - begin,
+                                                   w[pi].data() + begin * width, rows.data() + (g * p.out_w + ow) * width,
+                                                   /*accumulate=*/begin > row.begin);
               }
             }
           }
+          for (int64_t g = 0; g < group; ++g)  // (rows whose every tap is in the padding: sums of nothing)
+            if (input.row_taps[(r + g) % p.out_h].begin >= input.row_taps[(r + g) % p.out_h].end)
+              std::fill_n(rows.data() + g * p.out_w * width, p.out_w * width, 0.f);
           writer.write(rows.data(), width);
         }
       }
@@ -482,7 +519,8 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
                          float* out, OutputStores stores) {
   const DirectTiles& tiles = tiles_or_fail();
   if (row_tiles_suit(p, tiles)) return row_forward(p, in, weight, bias, out, tiles);
-  panel_forward(tiles, p, nchw_input(p, in), weight, PlaneOutput{tiles, p, out, bias, stores == OutputStores::kStreamed});
+  panel_forward(tiles, p, nchw_input(p, in), weight,
+                PlaneOutput<float>{tiles, p, out, bias, stores == OutputStores::kStreamed});
 }
 
 bool direct_conv_pairs_available() { return cpu_direct_pair_tiles() != nullptr; }
@@ -517,14 +555,14 @@ DirectConv channel_pair_problem(const DirectConv& p) {
 }  // namespace
 
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
-                               const float* bias, float* out, OutputStores stores) {
+                               const float* bias, uint16_t* out, OutputStores stores) {
   const DirectTiles* tiles = cpu_direct_pair_tiles();
   CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
   const DirectConv pairs = channel_pair_problem(p);
   panel_forward(*tiles, pairs, nchw_input(pairs, reinterpret_cast<const float*>(in_pairs)),
                 reinterpret_cast<const float*>(weight_pairs),
-                PlaneOutput{*tiles, pairs, out, bias, stores == OutputStores::kStreamed});
+                PlaneOutput<uint16_t>{*tiles, pairs, out, bias, stores == OutputStores::kStreamed});
 }
 
 void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
@@ -543,7 +581,8 @@ void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels,
 }
 
 void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
-                                    const float* bias, uint16_t* out, const PixelPlacement* placement) {
+                                    const float* bias, uint16_t* out, bool skip_padding_rows,
+                                    const PixelPlacement* placement) {
   const DirectTiles* tiles = cpu_direct_pair_tiles();
   CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
@@ -555,7 +594,7 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
                  "cuconv: internal error: a placement must put an output pixel on every pixel on its steps");
     zero_unplaced_pixels(p, at, out);
   }
-  panel_forward(*tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs)),
+  panel_forward(*tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs), skip_padding_rows),
                 reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{*tiles, pairs, out, bias, at});
 }
 

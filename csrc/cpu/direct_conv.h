@@ -58,19 +58,22 @@ void direct_conv_forward(const DirectConv& p, const float* in, const float* weig
 // with channel pairs for channels, each 32-bit value holding channel 2c in its low half and
 // 2c + 1 in its high half (a zero channel past an odd count). `in_pairs` is
 // [N][ceil(C/2)][H][W] and `weight_pairs` [O][ceil(C/2)][kH][kW] such values
-// (interleave_channel_pairs), `p` the layer as it is (C channels, contiguous); the sums are float,
-// written to the float32 NCHW `out` (bias, float, may be null). The products of bfloat16 are exact
-// in float, so the sums are the float kernels' up to the order of each pair's two products and
-// the instruction's flushing of subnormal values to zero (oneDNN's too).
+// (interleave_channel_pairs), `p` the layer as it is (C channels, contiguous); the float sums plus
+// bias (float, may be null) rounded once to bfloat16 (to nearest, ties to even, as torch rounds)
+// into the NCHW `out` (their bits), written as `stores` says. The products of bfloat16 are exact in
+// float, so the sums are the float kernels' up to the order of each pair's two products and the
+// instruction's flushing of subnormal values to zero (oneDNN's too).
 bool direct_conv_pairs_available();  // AVX512-BF16, and the direct kernels not switched off
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
-                               const float* bias, float* out, OutputStores stores);
+                               const float* bias, uint16_t* out, OutputStores stores);
 
 // The same on pairs of input channels with the channels innermost (NHWC), as oneDNN's bfloat16
 // kernels read a channels_last tensor: `in_pairs` [N][H][W][ceil(C/2)] (a channels_last tensor of
 // even C is that as it is) and `weight_pairs` [O][kH][kW][ceil(C/2)] (channel_pairs_innermost); the
 // float sums plus bias (may be null) rounded once to bfloat16 (to nearest, ties to even, as torch
 // rounds) into the NHWC `out` [N][H_out][W_out][O] (their bits). Written through the caches.
+// Where `skip_padding_rows` (the weights all finite), the products of kernel rows that fall in the
+// padding are not made (their zeros would only add zero).
 // With a `placement`, output pixel (oh, ow) goes to pixel (oh * step_h, ow * step_w) of an NHWC
 // image of height x width pixels instead, and every other pixel of it is zero: the input gradient
 // of a strided 1x1 layer without padding, a 1x1 forward pass over grad_output (conv2d.cpp).
@@ -78,7 +81,8 @@ struct PixelPlacement {
   int64_t height, width, step_h, step_w;
 };
 void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
-                                    const float* bias, uint16_t* out, const PixelPlacement* placement = nullptr);
+                                    const float* bias, uint16_t* out, bool skip_padding_rows,
+                                    const PixelPlacement* placement = nullptr);
 
 // `count` blocks of `plane` positions of `channels` bfloat16 values (their bits; channel-major as
 // NCHW or OIHW, or position-major as NHWC where `channels_last`) as [count][plane][ceil(channels/2)]
@@ -172,6 +176,9 @@ struct DirectTiles {
           forward_stride2[kMaxVectors + 1][kMaxPixels + 1] = {};
   Weight weight[kMaxVectors + 1] = {};
   ToPlanes to_planes = nullptr;  // a pixel-major output row into NCHW planes (direct_row_to_planes)
+  using ToBFloat16Planes = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
+                                    uint16_t* y, int64_t plane);
+  ToBFloat16Planes to_bfloat16_planes = nullptr;  // the same rounded to bfloat16
   using ToBFloat16Pixels = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
                                     uint16_t* y, int64_t pixel_stride);
   ToBFloat16Pixels to_bfloat16_pixels = nullptr;  // the same row rounded into NHWC bfloat16 (direct_row_to_bfloat16_pixels)

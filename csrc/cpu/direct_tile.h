@@ -161,17 +161,29 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
   }
 }
 
-// An output row's sums into the NCHW output, plus bias: y[o * plane + q] = row[q * width + o] +
-// bias[o] for channels o < count and pixels q < pixels. The forward tiles leave a row pixel-major
-// (each pixel's channels together, `width` apart), the output wants it channel-major: blocks of
-// kLanes pixels x kLanes channels are transposed in registers into one vector per channel and
-// stored whole, the row's last pixels (fewer than kLanes) by a masked store. `row` holds whole blocks
-// (rows past `pixels` are read, not stored). bias may be null. (Transposing each tile of Q
-// pixels as it came, kLanes - Q of its lanes wasted, took 37% of the ResNet stem's time with AVX2;
-// element by element, as long as the products.)
+// Float sums rounded to bfloat16 (their bits): to nearest with ties to even, NaN as 0x7fc0 (torch's
+// rounding of float to bfloat16, bit for bit), one register's lanes at a time.
 template <class Isa>
+inline typename Isa::Shorts round_to_bfloat16(typename Isa::Floats sums) {
+  using Ints = typename Isa::Ints;  // (signed: the shifts' sign bits never reach the 16 bits kept)
+  const Ints bits = (Ints)sums;
+  const Ints is_nan = (bits & 0x7fffffff) > 0x7f800000;  // all ones where NaN
+  const Ints rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+  return __builtin_convertvector((rounded & ~is_nan) | (0x7fc0 & is_nan), typename Isa::Shorts);
+}
+
+// An output row's sums into the NCHW output, plus bias: y[o * plane + q] = row[q * width + o] +
+// bias[o] for channels o < count and pixels q < pixels; `Out` float, or uint16_t for bfloat16
+// (round_to_bfloat16). The forward tiles leave a row pixel-major (each pixel's channels together,
+// `width` apart), the output wants it channel-major: blocks of kLanes pixels x kLanes channels are
+// transposed in registers into one vector per channel and stored whole, the row's last pixels
+// (fewer than kLanes) by a masked store. `row` holds whole blocks (rows past `pixels` are read, not
+// stored). bias may be null. (Transposing each tile of Q pixels as it came, kLanes - Q of its lanes
+// wasted, took 37% of the ResNet stem's time with AVX2; element by element, as long as the
+// products.)
+template <class Isa, typename Out>
 void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
-                          float* y, int64_t plane) {
+                          Out* y, int64_t plane) {
   using Floats = typename Isa::Floats;
   constexpr int L = Isa::kLanes;
   for (int64_t o0 = 0; o0 < count; o0 += L) {
@@ -186,12 +198,23 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
       for (int o = 0; o < L; ++o) {
         if (o < channels) {
           const Floats sums = block[o] + (bias != nullptr ? bias[o0 + o] : 0.f);
-          float* out = y + (o0 + o) * plane + q0;
-          if (left >= L) {
-            __builtin_memcpy(out, &sums, sizeof sums);
+          Out* out = y + (o0 + o) * plane + q0;
+          if constexpr (sizeof(Out) == sizeof(float)) {
+            if (left >= L) {
+              __builtin_memcpy(out, &sums, sizeof sums);
+            } else {
+              // (a loop here compiled to a memcpy call per channel: 20% of LeNet's conv2)
+              Isa::store_first(out, (typename Isa::V)sums, left);
+            }
           } else {
-            // (a loop here compiled to a memcpy call per channel: 20% of LeNet's conv2)
-            Isa::store_first(out, (typename Isa::V)sums, left);
+            const typename Isa::Shorts halves = round_to_bfloat16<Isa>(sums);
+            if (left >= L) {
+              __builtin_memcpy(out, &halves, sizeof halves);
+            } else {
+#pragma GCC unroll 16
+              for (int q = 0; q < L; ++q)
+                if (q < left) out[q] = static_cast<uint16_t>(halves[q]);
+            }
           }
         }
       }
@@ -200,15 +223,13 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
 }
 
 // An output row's sums plus bias rounded into NHWC bfloat16 (their bits): y[q * pixel_stride + o]
-// = round(row[q * width + o] + bias[o]) for channels o < count and pixels q < pixels, rounded to
-// nearest with ties to even and NaN as 0x7fc0 (torch's rounding of float to bfloat16, bit for
-// bit), a vector of kLanes channels at a time. The forward tiles leave a row pixel-major, as NHWC
+// = round(row[q * width + o] + bias[o]) for channels o < count and pixels q < pixels
+// (round_to_bfloat16), a vector of kLanes channels at a time. The forward tiles leave a row pixel-major, as NHWC
 // wants it: no transpose. bias may be null.
 template <class Isa>
 void direct_row_to_bfloat16_pixels(const float* row, int64_t pixels, int64_t width, int64_t count,
                                    const float* bias, uint16_t* y, int64_t pixel_stride) {
   using Floats = typename Isa::Floats;
-  using Ints = typename Isa::Ints;  // (signed: the shifts' sign bits never reach the 16 bits kept)
   constexpr int L = Isa::kLanes;
   const int64_t vectors = (count + L - 1) / L, last = count - (vectors - 1) * L;  // channels of the last vector
   Floats b[DirectTiles::kMaxVectors] = {};
@@ -218,11 +239,7 @@ void direct_row_to_bfloat16_pixels(const float* row, int64_t pixels, int64_t wid
     for (int64_t v = 0; v < vectors; ++v) {
       Floats sums;
       __builtin_memcpy(&sums, row + q * width + v * L, sizeof sums);  // (lanes past count: the tiles' zeros)
-      const Ints bits = (Ints)(sums + b[v]);
-      const Ints is_nan = (bits & 0x7fffffff) > 0x7f800000;  // all ones where NaN
-      const Ints rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
-      const typename Isa::Shorts halves = __builtin_convertvector((rounded & ~is_nan) | (0x7fc0 & is_nan),
-                                                                  typename Isa::Shorts);
+      const typename Isa::Shorts halves = round_to_bfloat16<Isa>(sums + b[v]);
       uint16_t* out = y + q * pixel_stride + v * L;
       if (v + 1 < vectors || last == L) {
         __builtin_memcpy(out, &halves, sizeof halves);
@@ -249,6 +266,7 @@ void fill_direct_tiles(DirectTiles& tiles) {
   fill_forward_tiles<Isa, NV, Q, 1>(tiles.forward_stride1[NV]);
   fill_forward_tiles<Isa, NV, Q, 2>(tiles.forward_stride2[NV]);
   tiles.weight[NV] = &direct_weight_tile<Isa, NV, T>;
-  tiles.to_planes = &direct_row_to_planes<Isa>;
+  tiles.to_planes = &direct_row_to_planes<Isa, float>;
+  tiles.to_bfloat16_planes = &direct_row_to_planes<Isa, uint16_t>;
   tiles.to_bfloat16_pixels = &direct_row_to_bfloat16_pixels<Isa>;
 }
