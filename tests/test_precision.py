@@ -213,11 +213,49 @@ def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_for
     dy = torch.randn(y.shape).bfloat16().contiguous(memory_format=layout)
     note_a_float32_direct_pass(monkeypatch)  # (so the record below is the input gradient's)
     dx, = torch.autograd.grad(y, x, dy)
-    exact, = torch.autograd.grad(F.conv2d(x.double(), w.double(), None, *c["args"]), x, dy.double())
+    x64 = x.detach().double().requires_grad_()  # (a float64 leaf: its gradient is not rounded to bfloat16)
+    exact, = torch.autograd.grad(F.conv2d(x64, w.double(), None, *c["args"]), x64, dy.double())
     assert_correctly_rounded("grad input", dx, exact, torch.bfloat16)
     if input_gradient_on_pairs(c, channels_last):
         assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16"
         assert dx.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_bfloat16_nchw_passes_on_pixels(case, pairs_forced, monkeypatch):
+    """An NCHW bfloat16 forward pass and stride-1 input gradient may also run on NHWC pixels (the
+    tuner's direct_pairs_nhwc: NHWC copies in and out): recorded as the choice, every element the
+    exact value rounded once, the result NCHW, and the kernel record says the pairs ran."""
+    monkeypatch.delenv("CUCONV_CPU_DIRECT_PAIRS")
+    c = PAIR_CASES[case]
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(c["x"], generator=gen).bfloat16().requires_grad_()
+    w = (torch.randn(c["w"], generator=gen) / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5).bfloat16()
+    b = torch.randn(c["w"][0], generator=gen).bfloat16()
+    y = CF.conv2d(x, w, b, *c["args"])  # (measures, recording the layer's keys)
+    dy = torch.randn(y.shape, generator=gen).bfloat16()
+    torch.autograd.grad(y, x, dy)
+    saved = cuconv.tuning.choices()
+    layer = f" N={c['x'][0]} C={c['x'][1]} H={c['x'][2]} W={c['x'][3]} O={c['w'][0]} "
+    forced = {key: "direct_pairs_nhwc" for key in saved
+              if layer in key and " bfloat16" in key and "channels_last" not in key and "weight" not in key}
+    assert forced, saved
+    try:
+        cuconv._C.cpu_tuning_set(forced)
+        note_a_float32_direct_pass(monkeypatch)
+        y = CF.conv2d(x, w, b, *c["args"])
+        assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16" and y.is_contiguous()
+        x64 = x.detach().double().requires_grad_()  # (a float64 leaf: its gradient is not rounded to bfloat16)
+        exact = F.conv2d(x64, w.double(), b.double(), *c["args"])
+        assert_correctly_rounded("output", y, exact, torch.bfloat16)
+        if input_gradient_on_pairs(c, channels_last=False):
+            note_a_float32_direct_pass(monkeypatch)
+            dx, = torch.autograd.grad(y, x, dy)
+            assert cuconv._C.cpu_kernels()["last_direct"] == "avx512_bf16" and dx.is_contiguous()
+            exact_dx, = torch.autograd.grad(exact, x64, dy.double())
+            assert_correctly_rounded("grad input", dx, exact_dx, torch.bfloat16)
+    finally:
+        cuconv._C.cpu_tuning_set({key: saved[key] for key in forced})
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

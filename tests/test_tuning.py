@@ -222,9 +222,10 @@ def test_a_large_output_is_also_measured_streamed_and_either_way_gives_torchs_va
 
 def test_bfloat16_layers_also_measure_the_direct_kernels_on_pairs(monkeypatch, capfd):
     """Where the CPU has AVX512-BF16, a bfloat16 forward pass and stride-1 input gradient measure
-    the direct kernels on channel pairs beside the GEMM and the float32 copies, cached and, for an
-    output larger than the threads' L2 caches, streamed (the weight gradient, on pixel pairs,
-    cached: a small output); recorded, each way gives the same bits, as accurate as the others."""
+    the direct kernels on channel pairs beside the GEMM and the float32 copies, on NCHW planes cached
+    and, for an output larger than the threads' L2 caches, streamed, and on NHWC pixels (the weight
+    gradient, on pixel pairs, cached: a small output); recorded, the planes' two ways give the same
+    bits, and every way is as accurate as the others."""
     monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
     if _C.cpu_kernels()["gemm_bfloat16"] != "avx512_bf16":
         pytest.skip("this CPU has no AVX512-BF16 (or no AVX-512): no bfloat16 pairs")
@@ -246,16 +247,18 @@ def test_bfloat16_layers_also_measure_the_direct_kernels_on_pairs(monkeypatch, c
     passes = {line.split()[2]: line for line in tuned if " bfloat16" in line}
     assert set(passes) == {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"}, tuned
     for name, line in passes.items():
-        measured = ["gemm", "float32", "direct_pairs"] + (["direct_pairs_streamed"] if "weight" not in name else [])
+        measured = ["gemm", "float32", "direct_pairs"]
+        measured += ["direct_pairs_streamed", "direct_pairs_nhwc"] if "weight" not in name else []
         assert all(f" {path} " in line for path in measured) and ("streamed" in line) == ("weight" not in name), line
     keys = [key for key in cuconv.tuning.choices() if " bfloat16" in key]
     results = {}
-    for path in ("direct_pairs", "direct_pairs_streamed", "float32"):
-        _C.cpu_tuning_set({key: path for key in keys})
+    for path in ("direct_pairs", "direct_pairs_streamed", "direct_pairs_nhwc", "float32"):
+        _C.cpu_tuning_set({key: path if "weight" not in key or "nhwc" not in path else "direct_pairs" for key in keys})
         results[path] = forward_and_gradients()
     assert all(torch.equal(a, s) for a, s in zip(results["direct_pairs"], results["direct_pairs_streamed"]))
-    for ours, theirs in zip(results["direct_pairs"], results["float32"]):  # (bfloat16's rounding apart)
-        torch.testing.assert_close(ours, theirs, rtol=2 ** -7, atol=2 ** -7 * theirs.abs().max().item())
+    for path in ("direct_pairs", "direct_pairs_nhwc"):  # (bfloat16's rounding apart)
+        for ours, theirs in zip(results[path], results["float32"]):
+            torch.testing.assert_close(ours, theirs, rtol=2 ** -7, atol=2 ** -7 * theirs.abs().max().item())
 
 
 def test_tuning_off_measures_nothing_and_a_bad_setting_is_an_error(monkeypatch):

@@ -1029,18 +1029,30 @@ Tensor converted(const Tensor& t, ScalarType dtype) {
 // copies cost more than they save on small products (a 1x1 layer on a 1x1 image), less on the rest.
 // A bfloat16 pass has a third way where the CPU has AVX512-BF16, `on_pairs` (the direct kernels on
 // pairs: forward_on_pairs, backward_input_on_pairs, backward_weight_on_pairs; empty elsewhere),
-// its output cached or streamed as the float32 direct kernels' (run_float_pass; the weight
-// gradient's is small, always cached): CUCONV_CPU_DIRECT_PAIRS=1 runs it wherever it can (tests;
-// writing as streaming.h's rule says), =0 never; unset, it is measured with the other two.
+// its NCHW output cached or streamed as the float32 direct kernels' (run_float_pass), and for an
+// NCHW forward pass or input gradient also on pixels (PairWay; the weight gradient's output is
+// small, always cached; a channels_last pass runs on pixels whichever way is asked):
+// CUCONV_CPU_DIRECT_PAIRS=1 runs it wherever it can (tests; on planes, writing as streaming.h's
+// rule says), =0 never; unset, it is measured with the other two.
+
+// How a pass runs on pairs (direct_conv.h): on NCHW planes of channel pairs, the output written
+// through the caches or streamed past them; or on NHWC pixels, a channels_last tensor's only way,
+// an NCHW tensor's through copies in and out (which small images repay: their kernel rows in the
+// padding skipped, their samples' rows grouped).
+enum class PairWay { kPlanes, kPlanesStreamed, kPixels };
+
 struct OnPairs {
-  std::function<Tensor(OutputStores)> run;  // empty where the pairs cannot run
-  int64_t output_bytes = 0;                 // of the output (0: not streamable)
+  std::function<Tensor(PairWay)> run;  // empty where the pairs cannot run
+  int64_t output_bytes = 0;            // of an NCHW output, which planes may stream (0: none)
+  bool on_pixels_too = false;          // an NCHW pass that may also run on pixels
 };
 
 Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& packed,
                       const std::function<Tensor()>& via_float, const OnPairs& on_pairs = {}) {
   const OptionalMode pairs = on_pairs.run ? optional_kernel_mode("CUCONV_CPU_DIRECT_PAIRS") : OptionalMode::kNever;
-  if (pairs == OptionalMode::kAlways) return on_pairs.run(stores_by_rule(on_pairs.output_bytes));
+  if (pairs == OptionalMode::kAlways)
+    return on_pairs.run(stores_by_rule(on_pairs.output_bytes) == OutputStores::kStreamed ? PairWay::kPlanesStreamed
+                                                                                          : PairWay::kPlanes);
   const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_HALF_AS_FLOAT");
   if (mode != OptionalMode::kAuto) return mode == OptionalMode::kAlways ? via_float() : packed();
   if (!tuning_enabled()) return via_float();
@@ -1050,10 +1062,12 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
   std::vector<Candidate> candidates{{kernel_name(KernelName::kGemm), [&] { result = packed(); }},
                                     {kernel_name(KernelName::kFloat32), [&] { result = via_float(); }}};
   if (pairs == OptionalMode::kAuto) {
-    candidates.push_back({kernel_name(KernelName::kDirectPairs), [&] { result = on_pairs.run(OutputStores::kCached); }});
+    candidates.push_back({kernel_name(KernelName::kDirectPairs), [&] { result = on_pairs.run(PairWay::kPlanes); }});
     if (streaming_is_a_candidate(on_pairs.output_bytes))
       candidates.push_back({kernel_name(KernelName::kDirectPairsStreamed),
-                            [&] { result = on_pairs.run(OutputStores::kStreamed); }});
+                            [&] { result = on_pairs.run(PairWay::kPlanesStreamed); }});
+    if (on_pairs.on_pixels_too)
+      candidates.push_back({kernel_name(KernelName::kDirectPairsNhwc), [&] { result = on_pairs.run(PairWay::kPixels); }});
   }
   run_tuned(tuning_key(g, pass, variant.c_str()), candidates);
   return result;
@@ -1062,18 +1076,21 @@ Tensor run_half_types(const ConvGeometry& g, ConvPass pass, const Tensor& model,
 const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
 
 // The layer `q` on the direct kernels' channel pairs with the channels innermost (direct_conv.h,
-// direct_conv_forward_pairs_nhwc) over the channels_last bfloat16 `input`, read as it is (channel
-// pairs are adjacent there; a copy with a zero channel where C is odd), `w_pairs` its weights
-// already paired (`finite_weights`: no Inf or NaN among them, so the kernel rows in the padding may
-// be skipped); into a channels_last bfloat16 tensor of `out_size`, as `placement` puts it.
+// direct_conv_forward_pairs_nhwc) over the bfloat16 `input`: channels_last read as it is (channel
+// pairs are adjacent there; a copy with a zero channel where C is odd), NCHW through a copy in
+// NHWC pairs; `w_pairs` its weights already paired (`finite_weights`: no Inf or NaN among them, so
+// the kernel rows in the padding may be skipped); into a channels_last bfloat16 tensor of
+// `out_size`, as `placement` puts it.
 Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uint32_t* w_pairs, bool finite_weights,
                              const float* bias, IntArrayRef out_size, const PixelPlacement* placement = nullptr) {
   const int64_t pair_count = (q.in_channels + 1) / 2;
-  PackedBuffer<uint32_t> x_pairs(q.in_channels % 2 != 0 ? q.batch * q.height * q.width * pair_count : 0);
-  if (q.in_channels % 2 != 0)
-    channel_pairs_innermost(bfloat16_bits(input), q.batch, q.in_channels, q.height * q.width, true, x_pairs.data());
+  const bool nhwc = is_channels_last(input), copies = !nhwc || q.in_channels % 2 != 0;
+  PackedBuffer<uint32_t> x_pairs(copies ? q.batch * q.height * q.width * pair_count : 0);
+  if (copies)
+    channel_pairs_innermost(bfloat16_bits(nhwc ? input : contiguous_or_self(input)), q.batch, q.in_channels,
+                            q.height * q.width, nhwc, x_pairs.data());
   Tensor y = empty_channels_last_like(input, out_size);
-  direct_conv_forward_pairs_nhwc(q, x_pairs.empty() ? static_cast<const uint32_t*>(input.const_data_ptr()) : x_pairs.data(),
+  direct_conv_forward_pairs_nhwc(q, copies ? x_pairs.data() : static_cast<const uint32_t*>(input.const_data_ptr()),
                                  w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), finite_weights,
                                  placement);
   return y;
@@ -1081,18 +1098,20 @@ Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uin
 
 // bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q` over
 // x (bfloat16, in its layout) and contiguous OIHW weights w (their bits), plus `bias` (float, may
-// be null), in x's layout, the tiles' float sums rounded once straight into it (no float tensor,
-// no copy). NCHW: x and w interleaved into planes of channel pairs, the output written as `stores`
-// says. channels_last: nhwc_forward_on_pairs (`stores` does not apply).
-Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias,
-                         OutputStores stores) {
+// be null), in x's layout, the tiles' float sums rounded once straight into it (no float tensor).
+// Planes: x and w interleaved into planes of channel pairs. Pixels: nhwc_forward_on_pairs.
+Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias, PairWay way) {
   const int64_t pair_count = (q.in_channels + 1) / 2, taps = q.kernel_h * q.kernel_w;
   const std::vector<int64_t> out_size{q.batch, q.out_channels, q.out_h, q.out_w};
   PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * taps);
-  if (is_channels_last(input)) {
+  if (is_channels_last(input) || way == PairWay::kPixels) {
     channel_pairs_innermost(w, q.out_channels, q.in_channels, taps, false, w_pairs.data());
-    return nhwc_forward_on_pairs(q, input, w_pairs.data(), all_finite_bfloat16(w, q.out_channels * q.in_channels * taps), bias,
-                                 out_size);
+    const Tensor y = nhwc_forward_on_pairs(q, input, w_pairs.data(),
+                                           all_finite_bfloat16(w, q.out_channels * q.in_channels * taps), bias, out_size);
+    if (is_channels_last(input)) return y;
+    Tensor planes = empty_like_with(input, out_size);
+    torch::stable::copy_(planes, y);
+    return planes;
   }
   const Tensor x = contiguous_or_self(input);
   PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
@@ -1100,15 +1119,14 @@ Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_
   interleave_channel_pairs(w, q.out_channels, q.in_channels, taps, w_pairs.data());
   Tensor y = empty_like_with(x, out_size);
   direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, static_cast<uint16_t*>(y.mutable_data_ptr()),
-                            stores);
+                            way == PairWay::kPlanesStreamed ? OutputStores::kStreamed : OutputStores::kCached);
   return y;
 }
 
-Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
-                        OutputStores stores) {
+Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b, PairWay way) {
   const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
   return pair_sums_rounded(direct_problem(g), input, bfloat16_bits(w),
-                           b.defined() ? b_float.const_data_ptr<float>() : nullptr, stores);
+                           b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
 }
 
 // Whether the input gradient of a strided 1x1 layer without padding runs on pairs: channels_last.
@@ -1121,11 +1139,11 @@ bool unpadded_1x1(const DirectConv& p) {
 
 // The input gradient on pairs: at stride 1 the forward pass it is (direct_conv.h,
 // input_gradient_as_forward); else an unpadded 1x1 layer's, channels_last (above).
-Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, OutputStores stores) {
+Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, PairWay way) {
   const DirectConv p = direct_problem(g);
   if (direct_conv_backward_input_suits(p)) {
     const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
-    return pair_sums_rounded(input_gradient_as_forward(p), grad_output, flipped.data(), nullptr, stores);
+    return pair_sums_rounded(input_gradient_as_forward(p), grad_output, flipped.data(), nullptr, way);
   }
   CUCONV_CHECK(unpadded_1x1(p) && is_channels_last(grad_output), "cuconv: internal error: no input gradient on pairs");
   const DirectConv over_grad{p.batch, p.out_channels, p.out_h, p.out_w, p.in_channels, p.out_h, p.out_w,
@@ -1162,14 +1180,15 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 // (backward_input_on_pairs). `model` is the pass's input (its dtype and layout); an NCHW output of
 // `output_elements` (bfloat16) may be streamed.
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
-                  std::function<Tensor(OutputStores)> run) {
+                  std::function<Tensor(PairWay)> run) {
   const DirectConv p = direct_problem(g);
   const bool runs = model.scalar_type() == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
                     (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
                      (unpadded_1x1(p) && is_channels_last(model)));
   if (!runs) return {};
-  const int64_t streamable = is_channels_last(model) ? 0 : output_elements;  // (NHWC: written through the caches)
-  return {std::move(run), streamable * static_cast<int64_t>(sizeof(uint16_t))};
+  const bool planes = !is_channels_last(model);  // (NHWC: written through the caches)
+  return {std::move(run), planes ? output_elements * static_cast<int64_t>(sizeof(uint16_t)) : 0,
+          planes && pass != ConvPass::kWeight};
 }
 
 // Whether a pass of a half type still chooses between the two ways above (the public ops), or
@@ -1187,7 +1206,7 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kForward, input, shape.batch * shape.out_channels * g.out_plane(),
-                  [&](OutputStores stores) { return forward_on_pairs(g, input, w, b, stores); });
+                  [&](PairWay way) { return forward_on_pairs(g, input, w, b, way); });
     return run_half_types(
         g, ConvPass::kForward, input,
         [&] { return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kPacked); },
@@ -1291,7 +1310,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,
-                  [&](OutputStores stores) { return backward_input_on_pairs(g, grad_output, w, stores); });
+                  [&](PairWay way) { return backward_input_on_pairs(g, grad_output, w, way); });
     return run_half_types(
         g, ConvPass::kInput, grad_output,
         [&] {
@@ -1406,7 +1425,7 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
                        grad_output.scalar_type());
     };
     const OnPairs on_pairs = pairs_for(g, ConvPass::kWeight, grad_output, /*output_elements=*/0,
-                                       [&](OutputStores /*a small output: cached*/) {
+                                       [&](PairWay /*a small output: cached, in place*/) {
       const Tensor dw = backward_weight_on_pairs(g, grad_output, input, weight_size);
       return dw.defined() ? dw : via_float();
     });

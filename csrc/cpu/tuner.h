@@ -19,7 +19,7 @@ namespace cuconv {
 // by a build with other candidates never tried the new ones, so they are measured again.
 enum class KernelName {
   kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
-  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kCount
+  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kCount
 };
 const char* kernel_name(KernelName name);
 std::string kernel_names();  // space-separated
