@@ -159,8 +159,8 @@ std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
 struct DirectTiles {
   using Forward = void (*)(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
                            const float* weights, float* tile, bool accumulate);
-  using Weight = void (*)(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
-                          const int64_t* taps, const float* grad_t, float* partial);
+  using Weight = void (*)(const float* const* x_rows, int64_t rows, int64_t out_w, int64_t stride, const int64_t* taps,
+                          const float* grad_t, float* partial);
   using Row = void (*)(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
                        int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile);
   using ToPlanes = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,

@@ -16,7 +16,7 @@
 // of its own, below; direct_conv.cpp's blocks are of 16 to a few hundred taps, as L1 holds them):
 //   for each tap k:  w = weights[k] (NV vectors)
 //                    for q: acc[q][:] += w * x[origin + q*stride + taps[k]]
-// Weight tile, T taps x NV channel vectors, summed over the output pixels of an image:
+// Weight tile, T taps x NV channel vectors, summed over the output pixels of a run of rows:
 //   for each pixel:  g = grad_t[pixel] (NV vectors, grad_output transposed)
 //                    for t: acc[t][:] += g * x[origin(pixel) + taps[t]]
 // Q*NV (or T*NV) accumulators + NV + 1 vectors must fit the register file.
@@ -74,11 +74,12 @@ inline void add_weight_sums(typename Isa::V (&acc)[T][NV], float* partial) {
     }
 }
 
-// Adds one image's sums into partial[T][NV*kLanes], in chains of rows of about kChainProducts
-// pixels (at least one row). The taps live in a local array and every loop over t and v is
-// unrolled, so the accumulators stay in registers.
+// Adds the sums over `rows` output rows (of one image, or of several: x_rows[r] is row r's first
+// window origin) into partial[T][NV*kLanes], in chains of rows of about kChainProducts pixels (at
+// least one row). The taps live in a local array and every loop over t and v is unrolled, so the
+// accumulators stay in registers.
 template <class Isa, int NV, int T>
-void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int64_t row_step, int64_t stride,
+void direct_weight_tile(const float* const* x_rows, int64_t rows, int64_t out_w, int64_t stride,
                         const int64_t* taps, const float* grad_t, float* partial) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
@@ -91,9 +92,9 @@ void direct_weight_tile(const float* x_image, int64_t out_h, int64_t out_w, int6
 #pragma GCC unroll 16
   for (int t = 0; t < T; ++t) tap[t] = taps[t];
   int64_t chained = 0;  // pixels in the accumulators' chain
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    const float* x_row = x_image + oh * row_step;
-    const float* g_row = grad_t + oh * out_w * NV * L;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x_row = x_rows[r];
+    const float* g_row = grad_t + r * out_w * NV * L;
     for (int64_t ow = 0; ow < out_w; ++ow) {
       const float* origin = x_row + ow * stride;
       V g[NV];
