@@ -1129,9 +1129,9 @@ Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor
                            b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
 }
 
-// Whether the input gradient of a strided 1x1 layer without padding runs on pairs: channels_last.
-// Each output pixel's gradient times W^T lands on one input pixel, (oh * sH, ow * sW), and the
-// other pixels' gradients are zero: a 1x1 forward pass over grad_output (O channels in, C out)
+// A 1x1 layer without padding, whose input gradient runs on pairs at any stride in channels_last:
+// each output pixel's gradient times W^T lands on one input pixel, (oh * sH, ow * sW), and the
+// other pixels' gradients are zero, a 1x1 forward pass over grad_output (O channels in, C out)
 // placed at the stride (direct_conv.h, PixelPlacement). (ResNet's shortcuts.)
 bool unpadded_1x1(const DirectConv& p) {
   return p.kernel_h == 1 && p.kernel_w == 1 && p.pad_h == 0 && p.pad_w == 0;

@@ -1,25 +1,29 @@
-// Direct float32 convolution: the drivers around the register tiles of direct_tile.h.
+// Direct convolution: the drivers around the register tiles of direct_tile.h (float32, and
+// bfloat16 pairs: the same tiles on 32-bit values that hold two bfloat16, direct_conv.h).
 //
-// Layout: each thread copies the samples it works on zero-padded, one at a time, into a
-// [C, Hp, Wp] buffer of its own (in cache; no fresh pages per call), so every tap of every
-// output pixel is in bounds. Tap k = (c*kH + i)*kW + j (the weight's own order) sits at
+// Layout: each thread copies the samples it works on zero-padded into buffers of its own (in
+// cache; no fresh pages per call), so every tap of every output pixel is in bounds. NCHW
+// ([C, Hp, Wp]): tap k = (c*kH + i)*kW + j (the weight's own order) sits at
 //   taps[k] = (c*Hp + i*dH)*Wp + j*dW
-// from the window origin (oh*sH)*Wp + ow*sW of its pixel. Output channels go in panels
-// of NV vectors (up to 4 x 16 with AVX-512, 2 x 8 with AVX2), and the weights are
-// packed per panel as [K][NV*lanes], tap-major with zeros past the last channel. Taps
-// over the padding are multiplied like any other, as in the im2col path, so Inf/NaN
-// weights give the NaNs torch gives (0 * Inf).
+// from the window origin (oh*sH)*Wp + ow*sW of its pixel; NHWC ([Hp, Wp, C], bfloat16 pairs):
+// tap (i, j, c) at (i*dH*Wp + j*dW)*C + c from (oh*sH*Wp + ow*sW)*C. Output channels go in
+// panels of NV vectors (up to 4 x 16 with AVX-512, 2 x 8 with AVX2), and the weights are packed
+// per panel as [K][NV*lanes], tap-major with zeros past the last channel. Taps over the padding
+// are multiplied like any other, as in the im2col path, so Inf/NaN weights give the NaNs torch
+// gives (0 * Inf); on NHWC pixels, with finite weights only, an output row skips the kernel
+// rows in the padding.
 //
 // Forward: threads take chunks of output rows (row = n*H_out + oh; parallel.h), and those in
-// groups of rows of one sample; each row is cut into tiles of Q pixels (the last one shorter).
-// Per panel, the taps go in blocks whose weights stay in L1, each block running over every
-// tile of the group (forward_blocking), which leaves the panel's rows pixel-major; whole
-// blocks of them are then transposed into the NCHW planes (or, as the caller asks, into a
-// stage streamed past the caches: OutputStores).
-// Weight gradient: threads take a fixed split of the output rows (counted across
-// images); per image's share of rows, grad_output is transposed to
-// [panel][pixel][NV*lanes] and each tile of T taps sums over those rows; the partial
-// sums of the split are added in order (deterministic).
+// groups of rows (of one sample for NCHW planes; across samples for NHWC pixels, which small
+// images need); each row is cut into tiles of Q pixels (the last one shorter). Per panel, the
+// taps go in blocks whose weights stay in L1, each block running over every tile of the group
+// (forward_blocking), which leaves the panel's rows pixel-major; a writer of the output's
+// layout takes them from there: whole blocks transposed into NCHW planes (or into a stage
+// streamed past the caches: OutputStores), or rounded into NHWC bfloat16 pixels as they are.
+// Weight gradient: threads take a fixed split of the output rows (counted across images), in
+// runs of a sample's rows or, on small images, of several samples' (kPixelsPerCall); per run,
+// grad_output's rows go pixel-major as [panel][pixel][NV*lanes] and each tile of T taps sums
+// over them; the partial sums of the split are added in order (deterministic).
 // Input gradient (stride 1): grad_input[n, c] = sum_{o,i,j} w[o, c, kH-1-i, kW-1-j] *
 // grad_padded[n, o, ih + i*dH, iw + j*dW] with grad_output padded by dH*(kH-1) - pH
 // (likewise in width): the forward pass with in and out channels swapped and the

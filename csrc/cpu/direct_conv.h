@@ -155,7 +155,8 @@ std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
 // NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward
 // tiles by the pixels q = 1..Q they take (a row's last tile may be short). A forward tile
 // sums `depth` taps from zero, or with `accumulate` onto the sums already in `tile` (the
-// next block of taps: direct_tile.h).
+// next block of taps: direct_tile.h); a weight tile sums over `rows` output rows, of one sample
+// or several, x_rows[r] the first window origin of row r.
 struct DirectTiles {
   using Forward = void (*)(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
                            const float* weights, float* tile, bool accumulate);
