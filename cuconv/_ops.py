@@ -45,7 +45,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 
 from . import _C  # noqa: F401  (loading the extension registers torch.ops.cuconv)
-from . import _autocast
+from . import _autocast, _shape
 
 ops = torch.ops.cuconv
 differentiable = types.SimpleNamespace()
@@ -307,6 +307,8 @@ def _conv2d_setup_context(ctx, inputs, output):
     ctx.input_shape = input.shape
     ctx.weight_shape = weight.shape
     ctx.has_bias = bias is not None
+    # torch's weight gradient is channels_last where the input or the weight is (_shape.py)
+    ctx.channels_last_weight_grad = _shape.convolution_prefers_channels_last(input, weight)
     ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], input), _saved_if(ctx.needs_input_grad[0], weight))
 
 
@@ -317,6 +319,8 @@ def _conv2d_backward(ctx, grad_output):
         grad_input = differentiable.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
         grad_weight = differentiable.conv2d_backward_weight(grad_output, input, ctx.weight_shape, *ctx.conv_args)
+        if ctx.channels_last_weight_grad:
+            grad_weight = grad_weight.contiguous(memory_format=torch.channels_last)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = differentiable.conv2d_backward_bias(grad_output)
     return grad_input, grad_weight, grad_bias, *ctx.no_grads

@@ -53,6 +53,21 @@ def check_floating(op, name, t):
 
 # --- convolution -------------------------------------------------------------------------------
 
+def suggests_channels_last(t):
+    """Whether a tensor suggests channels_last to torch's convolutions: 4-D, dense in NHWC order and
+    not also in NCHW order (where a size-1 dimension makes both one order, as for a depthwise
+    weight, torch keeps NCHW)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def convolution_prefers_channels_last(input, weight):
+    """torch's CPU and cuDNN convolutions return channels_last results, gradients included, when
+    the input or the weight suggests it (cuDNN not in float64, which it has no NHWC kernels for)."""
+    if input.is_cuda and torch.float64 in (input.dtype, weight.dtype):
+        return False
+    return suggests_channels_last(input) or suggests_channels_last(weight)
+
+
 def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups):
     """(batch, out_channels, out_h, out_w) after every check of csrc/shape.h's conv2d_shape."""
     check_pair(op, "stride", stride, 1)

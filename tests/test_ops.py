@@ -438,6 +438,42 @@ def test_any_layout_gives_torch_results(layout, device):
     compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, 3), lambda t: F.adaptive_avg_pool2d(t, 3), [x], torch.float64)
 
 
+def _strides_that_matter(t):
+    """A tensor's strides but of its size-1 dimensions (any stride reads the same there)."""
+    return tuple(s for s, n in zip(t.stride(), t.shape) if n != 1)
+
+
+CONV_LAYOUT_SHAPES = {
+    "groups1": ((2, 8, 10, 10), (16, 8, 3, 3), 1),
+    "groups2": ((2, 8, 10, 10), (8, 4, 3, 3), 2),
+    "depthwise": ((2, 8, 10, 10), (8, 1, 3, 3), 8),
+    "one-channel": ((2, 1, 10, 10), (4, 1, 3, 3), 1),
+    "one-pixel": ((2, 8, 1, 1), (4, 8, 1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("shape", CONV_LAYOUT_SHAPES)
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("input_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_conv2d_result_and_gradients_are_laid_out_as_torchs(dtype, input_layout, weight_layout, shape):
+    """The output, the input gradient and the weight gradient have torch's strides on the CPU:
+    channels_last where the input or the weight is (model.to(memory_format=torch.channels_last)
+    with NCHW images gives channels_last results), NCHW otherwise."""
+    x_size, w_size, groups = CONV_LAYOUT_SHAPES[shape]
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    results = []
+    for conv in (CF.conv2d, F.conv2d):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(x_size, generator=gen).to(dtype).contiguous(memory_format=layouts[input_layout])
+        w = torch.randn(w_size, generator=gen).to(dtype).contiguous(memory_format=layouts[weight_layout])
+        x.requires_grad_(), w.requires_grad_()
+        y = conv(x, w, None, 1, 1, 1, groups)
+        grads = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        results.append([_strides_that_matter(t) for t in (y, *grads)])
+    assert results[0] == results[1], f"cuconv (output, grad input, grad weight) {results[0]}, torch {results[1]}"
+
+
 POOLS_CHANNELS_LAST = {
     "max-2x2": (lambda t: CF.max_pool2d(t, 2), lambda t: F.max_pool2d(t, 2)),
     "max-3s2p1-ceil": (lambda t: CF.max_pool2d(t, 3, 2, 1, ceil_mode=True),
