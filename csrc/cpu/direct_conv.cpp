@@ -94,6 +94,14 @@ const DirectTiles& tiles_or_fail() {
   return *tiles;
 }
 
+// The same for the bfloat16 pair tiles.
+const DirectTiles& pair_tiles_or_fail() {
+  const DirectTiles* tiles = cpu_direct_pair_tiles();
+  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
+  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  return *tiles;
+}
+
 int64_t taps_of(const DirectConv& p) { return p.in_channels * p.kernel_h * p.kernel_w; }
 int64_t padded_h(const DirectConv& p) { return p.height + 2 * p.pad_h; }
 int64_t padded_w(const DirectConv& p) { return p.width + 2 * p.pad_w; }
@@ -560,13 +568,11 @@ DirectConv channel_pair_problem(const DirectConv& p) {
 
 void direct_conv_forward_pairs(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
                                const float* bias, uint16_t* out, OutputStores stores) {
-  const DirectTiles* tiles = cpu_direct_pair_tiles();
-  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
-  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  const DirectTiles& tiles = pair_tiles_or_fail();
   const DirectConv pairs = channel_pair_problem(p);
-  panel_forward(*tiles, pairs, nchw_input(pairs, reinterpret_cast<const float*>(in_pairs)),
+  panel_forward(tiles, pairs, nchw_input(pairs, reinterpret_cast<const float*>(in_pairs)),
                 reinterpret_cast<const float*>(weight_pairs),
-                PlaneOutput<uint16_t>{*tiles, pairs, out, bias, stores == OutputStores::kStreamed});
+                PlaneOutput<uint16_t>{tiles, pairs, out, bias, stores == OutputStores::kStreamed});
 }
 
 void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels, int64_t plane, bool channels_last,
@@ -587,9 +593,7 @@ void channel_pairs_innermost(const uint16_t* x, int64_t count, int64_t channels,
 void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pairs, const uint32_t* weight_pairs,
                                     const float* bias, uint16_t* out, bool skip_padding_rows,
                                     const PixelPlacement* placement) {
-  const DirectTiles* tiles = cpu_direct_pair_tiles();
-  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
-  note_kernel_use(KernelPath::kDirect, tiles->isa);
+  const DirectTiles& tiles = pair_tiles_or_fail();
   const DirectConv pairs = channel_pair_problem(p);
   const PixelPlacement at = placement != nullptr ? *placement : PixelPlacement{p.out_h, p.out_w, 1, 1};
   if (placement != nullptr) {
@@ -598,8 +602,8 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
                  "cuconv: internal error: a placement must put an output pixel on every pixel on its steps");
     zero_unplaced_pixels(p, at, out);
   }
-  panel_forward(*tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs), skip_padding_rows),
-                reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{*tiles, pairs, out, bias, at});
+  panel_forward(tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs), skip_padding_rows),
+                reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{tiles, pairs, out, bias, at});
 }
 
 namespace {
@@ -792,13 +796,6 @@ DirectConv pixel_pair_problem(const DirectConv& p) {
   pairs.stride_w = 2 * p.stride_w;
   pairs.in_sample_stride = pairs.out_sample_stride = 0;
   return pairs;
-}
-
-const DirectTiles& pair_tiles_or_fail() {
-  const DirectTiles* tiles = cpu_direct_pair_tiles();
-  CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
-  note_kernel_use(KernelPath::kDirect, tiles->isa);
-  return *tiles;
 }
 
 // One bfloat16 NHWC sample zero-padded as column pairs, [Hp][Wp][C]: channel c of the pixel at
