@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -127,6 +128,24 @@ def time_ms(fn, device, reps, inner):
     return statistics.median(times)
 
 
+class _Interrupted(Exception):
+    """SIGINT arrived: stop after the row under way."""
+
+
+def _stop_at_the_next_row_on_sigint():
+    """SIGINT sets a flag that the loop reads between rows, instead of raising KeyboardInterrupt
+    wherever Python happens to be: raised inside a finalizer (a tensor's, a cache's weakref
+    callback), the KeyboardInterrupt is printed as "Exception ignored" and lost, and the whole
+    subset ran on after a `timeout -s INT` (seen on a loaded 2-core CPU). Returns (flag, restore)."""
+    flag = {"set": False}
+
+    def on_sigint(signum, frame):
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return flag, lambda: signal.signal(signal.SIGINT, previous)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -153,6 +172,7 @@ def main(argv=None):
     start = time.monotonic()
     saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark)
     saved_tune = os.environ.pop("CUCONV_CUDA_TUNE", None)  # (torch's cudnn.benchmark decides, below)
+    sigint, restore_sigint = _stop_at_the_next_row_on_sigint()
     try:
         for done, case in enumerate(cases):
             if done > 0 and args.budget is not None and time.monotonic() - start > args.budget:
@@ -166,6 +186,8 @@ def main(argv=None):
                         ref = reference(case, pass_name, *exact)
                         ours, theirs = pass_functions(case, pass_name, x, w, dy)
                         for benchmark in (False, True):
+                            if sigint["set"]:
+                                raise _Interrupted
                             torch.backends.cudnn.benchmark = benchmark
                             # cuconv measures its choice of kernel family where cuDNN searches; its
                             # measuring call and four checked calls first, so that the family gated
@@ -187,11 +209,12 @@ def main(argv=None):
                                 row["ratio"] = row["cuconv_ms"] / row["cudnn_ms"]
                             rows.append(row)
                             print(json.dumps(row), flush=True)
-    except KeyboardInterrupt:  # (SIGINT, e.g. from `timeout -s INT`: the rows so far are still reported)
+    except _Interrupted:  # (SIGINT, e.g. from `timeout -s INT`: the rows so far are still reported)
         interrupted = True
         measured = {r["case"] for r in rows}
         left = [c.name for c in cases if c.name not in measured]
     finally:
+        restore_sigint()
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark = saved
         if saved_tune is not None:
             os.environ["CUCONV_CUDA_TUNE"] = saved_tune
