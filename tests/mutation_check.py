@@ -36,6 +36,7 @@ PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA devi
 TUNING = "tests/test_tuning.py"
 BIAS = ("-k", "bias", "tests/test_ops.py")
 FORWARD_MODE = ("-k", "forward or dual or jacfwd", "tests/test_transforms.py")
+TILED_2X2 = ("-k", "tiled_2x2", DISPATCH)  # each tiled 2x2 average pooling kernel, forced
 
 
 @dataclass
@@ -182,6 +183,17 @@ MUTANTS = [
            "return (bits & 0x7FFFFF) == 0 && sign_and_exponent != 0", "return sign_and_exponent != 0", (DISPATCH,)),
     Mutant("avg-unpool-2x2-groups-odd-column-gets-a-share", "index math", "csrc/cpu/pool_tile.h",
            "window_of[k] = h < 2 * Ho && w < 2 * Wo ?", "window_of[k] = h < 2 * Ho && w <= 2 * Wo ?", (DISPATCH,)),
+    Mutant("avg-pool-2x2-rows-sum-order", "reduction", "csrc/cpu/pool_tile.h",
+           "const Floats sum = (((Floats{} + __builtin_shuffle(t0, t1, even)) + __builtin_shuffle(t0, t1, odd)) +",
+           "const Floats sum = (((Floats{} + __builtin_shuffle(t0, t1, even)) + __builtin_shuffle(b0, b1, odd)) +",
+           (TILED_2X2,)),
+    Mutant("avg-pool-2x2-rows-output-order", "index math", "csrc/cpu/pool_tile.h",
+           "idx[o] = 4 * (p / 2) + 2 * half + p % 2;", "idx[o] = 4 * (p / 2) + half + 2 * (p % 2);", (TILED_2X2,)),
+    Mutant("avg-unpool-2x2-rows-on-untiled-planes", "padding edge", "csrc/cpu/pool2d.cpp",
+           "if (tiled_2x2(g) && (!gradient || (g.H == 2 * g.Ho && g.W == 2 * g.Wo))) return",
+           "if (tiled_2x2(g)) return", (TILED_2X2,)),
+    Mutant("avg-pool-2x2-rows-never-measured", "kernel choice", "csrc/cpu/pool2d.cpp",
+           "if (rows) candidates.push_back(", "if (false) candidates.push_back(", (TILED_2X2,)),
     Mutant("chunk-queue-drops-the-short-last-chunk", "work split", "csrc/cpu/parallel.h",
            "if (index >= (end_ - begin_ + chunk_ - 1) / chunk_) return false;",
            "if (index >= (end_ - begin_) / chunk_) return false;", (DISPATCH,)),

@@ -208,6 +208,59 @@ def test_average_pool_2x2_of_short_planes_matches_torch_bitwise_on_every_isa(sha
             assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), isa
 
 
+TILED_2X2_KERNELS = ("pool_groups", "pool_rows", "pool_planes")
+
+
+@pytest.mark.parametrize("shape", [(5, 19, 10, 10), (3, 17, 11, 13), (2, 6, 28, 28), (1, 3, 34, 36), (2, 9, 6, 6),
+                                   (4, 5, 7, 40), (1, 2, 2, 4), (3, 4, 4, 18)], ids=str)
+@pytest.mark.parametrize("divisor_override", [None, 3], ids=lambda d: f"divisor={d}")
+@pytest.mark.parametrize("isa", POOL_ISAS)
+def test_each_tiled_2x2_average_pool_kernel_matches_torch_bitwise(shape, divisor_override, isa, threads, monkeypatch):
+    """Tiled 2x2 average pooling of float32 has three kernels, measured per shape (pool2d.cpp,
+    run_2x2_kernel): groups of planes transposed in registers, the rows (two rows' pixels split
+    into even and odd in registers; vectors that run past a row, reads past the last plane kept
+    within the input, the last outputs through a buffer), the plane kernel. Each one, forced
+    through the tuning table, gives torch's forward and gradient bit for bit, -0.0, Inf and NaN
+    included, with any thread split. Shapes: LeNet's 10x10 and 28x28 planes, odd sizes (the
+    rows' gradient only where the windows tile the plane exactly), rows of 17-20 outputs (a
+    vector and a tail), one row of two windows, rows shorter than a vector."""
+    use_pool_isa(monkeypatch, isa)
+    monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(13))
+    planes = x.view(-1, shape[2] * shape[3])
+    planes[0] = -0.0
+    planes[1, 0], planes[-1, shape[3] + 1] = float("inf"), float("nan")
+    x.requires_grad_()
+    pool = lambda f: f.avg_pool2d(x, 2, divisor_override=divisor_override)
+    ref = pool(F)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(14))
+    dy.view(-1, ref.shape[2] * ref.shape[3])[0] = -0.0
+    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    saved = cuconv.tuning.choices()
+    try:
+        cuconv.tuning.clear()
+        torch.autograd.grad(pool(CF), x, dy)  # measured once: the keys of this shape
+        keys = [key for key in cuconv.tuning.choices() if key.startswith("avg_pool2d_2x2")]
+        # (no vector kernels: the plane kernel alone; a gradient only the plane kernel can run is not measured)
+        assert len([key for key in keys if "forward" in key]) == (isa != "generic"), keys
+        ran = set()
+        for kernel in TILED_2X2_KERNELS:
+            cuconv._C.cpu_tuning_set({key: kernel for key in keys})
+            out = pool(CF)
+            (dx,) = torch.autograd.grad(out, x, dy)
+            ran |= {(key, kernel) for key in keys if cuconv.tuning.choices()[key] == kernel}  # (else not a candidate here)
+            for ours, theirs in ((out, ref), (dx, ref_dx)):
+                torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=f"{isa} {kernel}")
+                assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), kernel
+        if keys:  # the rows and the plane kernel run every shape's forward; the rows' gradient tiles exactly
+            exact = shape[2] % 2 == 0 and shape[3] % 2 == 0
+            assert {kernel for key, kernel in ran if "forward" in key} >= {"pool_rows", "pool_planes"}
+            assert ("pool_rows" in {kernel for key, kernel in ran if "backward" in key}) == exact
+    finally:
+        cuconv.tuning.clear()
+        cuconv._C.cpu_tuning_set(saved)
+
+
 @pytest.mark.parametrize("isa", POOL_ISAS)
 def test_global_average_pool_of_large_planes_is_as_accurate_as_torch(isa, monkeypatch):
     """One float32 sum running over a 512x512 plane strays from the mean by more than torch's

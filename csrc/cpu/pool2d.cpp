@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -39,6 +40,7 @@
 #include "gemm.h"
 #include "simd.h"
 #include "streaming.h"
+#include "tuner.h"
 #include "window.h"
 
 namespace cuconv {
@@ -572,6 +574,40 @@ AvgPool2x2Groups short_plane_kernels_2x2(const PoolGeometry& g) {
 
 // The first planes of [begin, end), whole groups of `kernels.planes`, by `run` (the vector
 // kernels above); returns where the rest begins.
+// The vector kernels of this CPU for tiled 2x2 windows along the rows (simd.h: float32; the
+// gradient where the windows tile the plane exactly), or none.
+template <typename scalar_t>
+AvgPool2x2Rows row_kernels_2x2(const PoolGeometry& g, bool gradient) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tiled_2x2(g) && (!gradient || (g.H == 2 * g.Ho && g.W == 2 * g.Wo))) return pool_vector_kernels().avg_2x2_rows;
+  }
+  return {};
+}
+
+// Tiled 2x2 average pooling of float32 planes has up to three kernels: groups of a register's
+// lanes of planes transposed (short planes), the rows, and the plane kernel. Which is fastest
+// depends on the plane's size and on the CPU (the groups took 0.42-0.89 of the plane kernel's
+// time on 8x8 to 12x12 planes on a Zen 3, 1.06-1.3 on 14x14 and 16x16; their transposes cost a
+// Zen 1 several micro-ops a step), so it is measured per shape (tuner.h: pool_groups, pool_rows,
+// pool_planes); with CUCONV_CPU_TUNE=0 the groups run where they can, else the plane kernel.
+// run(kernel) does the whole pass with one of them (the plane kernel also takes the planes the
+// groups leave); all three sum and divide in the same order: the same results, bit for bit.
+enum class TiledKernel { kGroups, kRows, kPlanes };
+
+template <typename Run>
+void run_2x2_kernel(const char* pass, const PoolGeometry& g, int64_t planes, bool groups, bool rows, Run run) {
+  if (!tuning_enabled() || (!groups && !rows)) return run(groups ? TiledKernel::kGroups : TiledKernel::kPlanes);
+  std::vector<Candidate> candidates;
+  if (groups) candidates.push_back({kernel_name(KernelName::kPoolGroups), [&] { run(TiledKernel::kGroups); }});
+  if (rows) candidates.push_back({kernel_name(KernelName::kPoolRows), [&] { run(TiledKernel::kRows); }});
+  candidates.push_back({kernel_name(KernelName::kPoolPlanes), [&] { run(TiledKernel::kPlanes); }});
+  char key[200];
+  std::snprintf(key, sizeof key, "%s float32 planes=%lld H=%lld W=%lld threads=%d isa=%s", pass,
+                static_cast<long long>(planes), static_cast<long long>(g.H), static_cast<long long>(g.W),
+                static_cast<int>(torch::stable::get_num_threads()), pool_vector_kernels().isa);
+  run_tuned(key, candidates);
+}
+
 template <typename Run>
 int64_t in_plane_groups(const AvgPool2x2Groups& kernels, int64_t begin, int64_t end, Run run) {
   if (kernels.planes == 0) return begin;
@@ -585,22 +621,33 @@ void avg_pool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t planes,
   using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
   const AvgPool2x2Groups short_planes = short_plane_kernels_2x2<scalar_t>(g);
-  torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<scalar_t, float>)
-      begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
-        short_planes.pool(x + begin * g.H * g.W, groups, g.H, g.W, g.Ho, g.Wo,
-                          static_cast<float>(plan.divisor(plan.row_factor[0], 0)), y + begin * g.Ho * g.Wo);
-      });
-    std::vector<acc_t> sum(g.Wo);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const scalar_t* x_plane = x + plane * g.H * g.W;
-      scalar_t* y_plane = y + plane * g.Ho * g.Wo;
-      if (tiled) {
-        avg_pool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), x_plane, y_plane);
-      } else {
-        avg_pool_plane(g, plan, x_plane, y_plane, sum.data());
+  const AvgPool2x2Rows rows = row_kernels_2x2<scalar_t>(g, false);
+  const float divisor = static_cast<float>(plan.divisor(plan.row_factor[0], 0));
+  run_2x2_kernel("avg_pool2d_2x2_forward", g, planes, short_planes.planes != 0, rows.pool != nullptr,
+                 [&](TiledKernel kernel) {
+    torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (kernel == TiledKernel::kRows) {
+          rows.pool(x + begin * g.H * g.W, end - begin, g.H, g.W, g.Ho, g.Wo, divisor, (planes - begin) * g.H * g.W,
+                    y + begin * g.Ho * g.Wo);
+          return;
+        }
+        if (kernel == TiledKernel::kGroups)
+          begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
+            short_planes.pool(x + begin * g.H * g.W, groups, g.H, g.W, g.Ho, g.Wo, divisor, y + begin * g.Ho * g.Wo);
+          });
       }
-    }
+      std::vector<acc_t> sum(g.Wo);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* x_plane = x + plane * g.H * g.W;
+        scalar_t* y_plane = y + plane * g.Ho * g.Wo;
+        if (tiled) {
+          avg_pool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), x_plane, y_plane);
+        } else {
+          avg_pool_plane(g, plan, x_plane, y_plane, sum.data());
+        }
+      }
+    });
   });
 }
 
@@ -610,25 +657,37 @@ void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t plane
   using acc_t = opmath_t<scalar_t>;
   const bool tiled = tiled_2x2(g);
   const AvgPool2x2Groups short_planes = short_plane_kernels_2x2<scalar_t>(g);
-  torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<scalar_t, float>)
-      begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
-        short_planes.unpool(dy + begin * g.Ho * g.Wo, groups, g.H, g.W, g.Ho, g.Wo,
-                            static_cast<float>(plan.divisor(plan.row_factor[0], 0)), dx + begin * g.H * g.W);
-      });
-    std::vector<acc_t> share(g.Wo), buffer;
-    PlaneOutput<scalar_t> output(planes * g.H * g.W * static_cast<int64_t>(sizeof(scalar_t)), g.H * g.W);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
-      scalar_t* dx_plane = output.target(dx + plane * g.H * g.W);
-      if (tiled) {
-        avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
-      } else {
-        unpool_in_opmath(g.H * g.W, dx_plane, buffer,
-                         [&](acc_t* target) { avg_unpool_plane(g, plan, dy_plane, target, share.data()); });
+  const AvgPool2x2Rows rows = row_kernels_2x2<scalar_t>(g, true);
+  const float divisor = static_cast<float>(plan.divisor(plan.row_factor[0], 0));
+  run_2x2_kernel("avg_pool2d_2x2_backward", g, planes, short_planes.planes != 0, rows.unpool != nullptr,
+                 [&](TiledKernel kernel) {
+    torch::stable::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (kernel == TiledKernel::kRows) {
+          rows.unpool(dy + begin * g.Ho * g.Wo, end - begin, g.Ho, g.Wo, divisor, (planes - begin) * g.Ho * g.Wo,
+                      dx + begin * g.H * g.W);
+          return;
+        }
+        if (kernel == TiledKernel::kGroups)
+          begin = in_plane_groups(short_planes, begin, end, [&](int64_t groups) {
+            short_planes.unpool(dy + begin * g.Ho * g.Wo, groups, g.H, g.W, g.Ho, g.Wo, divisor,
+                                dx + begin * g.H * g.W);
+          });
       }
-      output.finish(dx + plane * g.H * g.W);
-    }
+      std::vector<acc_t> share(g.Wo), buffer;
+      PlaneOutput<scalar_t> output(planes * g.H * g.W * static_cast<int64_t>(sizeof(scalar_t)), g.H * g.W);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* dy_plane = dy + plane * g.Ho * g.Wo;
+        scalar_t* dx_plane = output.target(dx + plane * g.H * g.W);
+        if (tiled) {
+          avg_unpool_plane_2x2(g, plan.divisor(plan.row_factor[0], 0), dy_plane, dx_plane);
+        } else {
+          unpool_in_opmath(g.H * g.W, dx_plane, buffer,
+                           [&](acc_t* target) { avg_unpool_plane(g, plan, dy_plane, target, share.data()); });
+        }
+        output.finish(dx + plane * g.H * g.W);
+      }
+    });
   });
 }
 

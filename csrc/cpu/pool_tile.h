@@ -367,6 +367,129 @@ void avg_unpool_2x2_groups(const float* dy, int64_t groups, int64_t H, int64_t W
   power_of_two ? run(std::true_type{}) : run(std::false_type{});
 }
 
+// 2x2 average pooling with stride 2 (pool2d.cpp's tiled_2x2) along the output rows, no
+// transposes: output row oh of a plane from input rows 2oh and 2oh + 1, L outputs at a time.
+// The 2L pixels of each input row under them are two vectors, split into even and odd pixels
+// within 128-bit blocks (one vshufps each: block j of the split holds pairs 2j, 2j + 1 of the
+// first vector, then pairs L/2 + 2j, L/2 + 2j + 1 of the second), each window summed as the plane
+// kernel sums it, (((0 + x00) + x01) + x10) + x11, divided, and the pairs put in order by one
+// permute of 64-bit pieces. A vector that runs past its row reads the next row's pixels (or past
+// the last plane, only within `readable` floats of x; else the plane kernel's loop does those
+// outputs) and stores outputs of the next row, which its own vector overwrites afterwards; the
+// last outputs of the `planes` planes go through a buffer. The groups' transposes (above) cost
+// 17 8x8 transposes for eight 10x10 planes, their cross-block steps several micro-ops each on
+// CPUs with 128-bit vector units (AMD Zen 1).
+template <typename Floats, typename Ints, int L>
+struct RowPairLanes {
+  // lane i of the even (odd) pixels: pixel 2i (2i + 1) of 2L in the split's order
+  static Ints split(int odd) {
+    Ints idx;
+    for (int i = 0; i < L; ++i) {
+      const int block = i / 4, k = i % 4;
+      idx[i] = (k < 2 ? 0 : L) + 4 * block + 2 * (k % 2) + odd;
+    }
+    return idx;
+  }
+  // output o's lane in the split's order
+  static Ints order() {
+    Ints idx;
+    for (int o = 0; o < L; ++o) {
+      const int half = o < L / 2 ? 0 : 1, p = o - half * (L / 2);
+      idx[o] = 4 * (p / 2) + 2 * half + p % 2;
+    }
+    return idx;
+  }
+  // lanes 2i and 2i + 1 of the first (second) half: lane i (L/2 + i) of a vector
+  static Ints twice(int second) {
+    Ints idx;
+    for (int i = 0; i < L; ++i) idx[i] = second * (L / 2) + i / 2;
+    return idx;
+  }
+};
+
+template <typename Floats, typename Ints, int L>
+void avg_pool_2x2_rows(const float* x, int64_t planes, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                       float divisor, int64_t readable, float* y) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) && L % 4 == 0);
+  using Lanes = RowPairLanes<Floats, Ints, L>;
+  const Ints even = Lanes::split(0), odd = Lanes::split(1), order = Lanes::order();
+  const int64_t outputs = planes * Ho * Wo;
+  auto run = [&](auto by_inverse) {
+    const Floats count = Floats{} + (by_inverse ? 1.0f / divisor : divisor);
+    auto window_sums = [&](const float* top, const float* bottom) {
+      Floats t0, t1, b0, b1;
+      __builtin_memcpy(&t0, top, sizeof t0);
+      __builtin_memcpy(&t1, top + L, sizeof t1);
+      __builtin_memcpy(&b0, bottom, sizeof b0);
+      __builtin_memcpy(&b1, bottom + L, sizeof b1);
+      const Floats sum = (((Floats{} + __builtin_shuffle(t0, t1, even)) + __builtin_shuffle(t0, t1, odd)) +
+                          __builtin_shuffle(b0, b1, even)) + __builtin_shuffle(b0, b1, odd);
+      return __builtin_shuffle(by_inverse ? sum * count : sum / count, order);
+    };
+    for (int64_t p = 0; p < planes; ++p)
+      for (int64_t oh = 0; oh < Ho; ++oh) {
+        const float* top = x + p * H * W + 2 * oh * W;
+        const int64_t first = (p * Ho + oh) * Wo;  // the row's first output
+        for (int64_t ow = 0; ow < Wo; ow += L) {
+          const bool in_x = (top - x) + W + 2 * ow + 2 * L <= readable;
+          if (in_x && first + ow + L <= outputs) {
+            const Floats means = window_sums(top + 2 * ow, top + W + 2 * ow);
+            __builtin_memcpy(y + first + ow, &means, sizeof means);
+            continue;
+          }
+          // the planes' last outputs (or pixels at the end of x): the plane kernel's loop
+          for (int64_t o = ow; o < Wo; ++o) {
+            const float* t = top + 2 * o;
+            const float sum = (((0.0f + t[0]) + t[1]) + t[W]) + t[W + 1];
+            y[first + o] = by_inverse ? sum * (1.0f / divisor) : sum / divisor;
+          }
+          break;
+        }
+      }
+  };
+  is_power_of_two(divisor) ? run(std::true_type{}) : run(std::false_type{});
+}
+
+// Its gradient where the windows tile the plane exactly (H = 2 Ho, W = 2 Wo): L outputs' shares
+// 0 + dy / divisor, each twice in a row (two permutes), stored into both input rows. A row's last
+// vectors run past it: the top row's into the bottom row, written after it, the bottom row's
+// into the next top row, likewise; the planes' last pixels go through a buffer, and dy is read
+// only within `readable` floats.
+template <typename Floats, typename Ints, int L>
+void avg_unpool_2x2_rows(const float* dy, int64_t planes, int64_t Ho, int64_t Wo, float divisor, int64_t readable,
+                         float* dx) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  using Lanes = RowPairLanes<Floats, Ints, L>;
+  const Ints first_half = Lanes::twice(0), second_half = Lanes::twice(1);
+  const int64_t W = 2 * Wo, pixels = planes * 4 * Ho * Wo;
+  auto run = [&](auto by_inverse) {
+    const Floats count = Floats{} + (by_inverse ? 1.0f / divisor : divisor);
+    const float scalar_count = by_inverse ? 1.0f / divisor : divisor;
+    auto share = [&](float g) { return 0.0f + (by_inverse ? g * scalar_count : g / scalar_count); };
+    for (int64_t r = 0; r < planes * Ho; ++r) {  // row pairs: planes' rows follow each other
+      const float* g = dy + r * Wo;
+      float* top = dx + 2 * r * W;
+      for (int row = 0; row < 2; ++row) {
+        float* out = top + row * W;
+        for (int64_t ow = 0; ow < Wo; ow += L) {
+          if ((g - dy) + ow + L <= readable && (out - dx) + 2 * ow + 2 * L <= pixels) {
+            Floats v;
+            __builtin_memcpy(&v, g + ow, sizeof v);
+            const Floats shares = Floats{} + (by_inverse ? v * count : v / count);
+            const Floats lo = __builtin_shuffle(shares, first_half), hi = __builtin_shuffle(shares, second_half);
+            __builtin_memcpy(out + 2 * ow, &lo, sizeof lo);
+            __builtin_memcpy(out + 2 * ow + L, &hi, sizeof hi);
+            continue;
+          }
+          for (int64_t o = ow; o < Wo; ++o) out[2 * o] = out[2 * o + 1] = share(g[o]);
+          break;
+        }
+      }
+    }
+  };
+  is_power_of_two(divisor) ? run(std::true_type{}) : run(std::false_type{});
+}
+
 // Global average pooling in float32 of one plane (of more than kGlobalSumBlock values, or one of
 // the last planes the kernel above leaves), along the plane: 16 partial sums (value k into sum k mod 16, here 16 / L registers of L lanes), in blocks
 // of kGlobalSumBlock values whose partial sums are added into 16 totals in order, the totals
@@ -445,5 +568,6 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   k.global_max = &global_max_groups<F, I, N, L>;
   k.global_sum_along_plane = &global_sum_along_plane<F, L>;
   k.avg_2x2 = {&avg_pool_2x2_groups<F, I, L>, &avg_unpool_2x2_groups<F, I, L>, L};
+  k.avg_2x2_rows = {&avg_pool_2x2_rows<F, I, L>, &avg_unpool_2x2_rows<F, I, L>, L};
   return k;
 }

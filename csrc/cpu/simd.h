@@ -84,6 +84,17 @@ struct AvgPool2x2Groups {
   int64_t planes = 0;
 };
 
+// Along the rows instead (pool_tile.h, avg_pool_2x2_rows): `planes` planes of tiled 2x2 windows,
+// L outputs of a row at a time, reading x (dy) only within `readable` floats; the gradient where
+// the windows tile the plane exactly (H = 2 Ho, W = 2 Wo).
+struct AvgPool2x2Rows {
+  void (*pool)(const float* x, int64_t planes, int64_t H, int64_t W, int64_t Ho, int64_t Wo, float divisor,
+               int64_t readable, float* y) = nullptr;
+  void (*unpool)(const float* dy, int64_t planes, int64_t Ho, int64_t Wo, float divisor, int64_t readable,
+                 float* dx) = nullptr;
+  int64_t lanes = 0;
+};
+
 // Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp; all of
 // them written once, pool_tile.h); pool2d.cpp takes those of the CPU's ISA (none for the generic
 // one). The AVX2 file also has a set with AVX-512's 16 lanes (CUCONV_CPU_POOL_LANES=16), which
@@ -99,6 +110,7 @@ struct PoolVectorKernels {
   GlobalMaxGroups global_max = nullptr;
   GlobalSumAlongPlane global_sum_along_plane = nullptr;
   AvgPool2x2Groups avg_2x2;
+  AvgPool2x2Rows avg_2x2_rows;
 };
 PoolVectorKernels avx512_pool_vector_kernels();
 PoolVectorKernels avx2_pool_vector_kernels();

@@ -1,5 +1,5 @@
 #pragma once
-// Which CPU kernel runs a convolution pass, chosen by measurement on the machine itself
+// Which CPU kernel runs a convolution pass (or tiled 2x2 average pooling), chosen by measurement on the machine itself
 // (tuning/measured_choice.h: the algorithm, shared with the CUDA kernels). Here: the names the
 // CPU's candidates are recorded by, and the switch.
 //
@@ -19,7 +19,9 @@ namespace cuconv {
 // by a build with other candidates never tried the new ones, so they are measured again.
 enum class KernelName {
   kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
-  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kCount
+  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc,
+  kPoolGroups, kPoolRows, kPoolPlanes,  // tiled 2x2 average pooling (pool2d.cpp)
+  kCount
 };
 const char* kernel_name(KernelName name);
 std::string kernel_names();  // space-separated
