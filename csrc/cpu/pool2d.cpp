@@ -572,8 +572,6 @@ AvgPool2x2Groups short_plane_kernels_2x2(const PoolGeometry& g) {
   return {};
 }
 
-// The first planes of [begin, end), whole groups of `kernels.planes`, by `run` (the vector
-// kernels above); returns where the rest begins.
 // The vector kernels of this CPU for tiled 2x2 windows along the rows (simd.h: float32; the
 // gradient where the windows tile the plane exactly), or none.
 template <typename scalar_t>
@@ -608,6 +606,8 @@ void run_2x2_kernel(const char* pass, const PoolGeometry& g, int64_t planes, boo
   run_tuned(key, candidates);
 }
 
+// The first planes of [begin, end), whole groups of `kernels.planes`, by `run` (the vector
+// kernels above); returns where the rest begins.
 template <typename Run>
 int64_t in_plane_groups(const AvgPool2x2Groups& kernels, int64_t begin, int64_t end, Run run) {
   if (kernels.planes == 0) return begin;

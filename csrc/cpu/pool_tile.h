@@ -376,7 +376,7 @@ void avg_unpool_2x2_groups(const float* dy, int64_t groups, int64_t H, int64_t W
 // permute of 64-bit pieces. A vector that runs past its row reads the next row's pixels (or past
 // the last plane, only within `readable` floats of x; else the plane kernel's loop does those
 // outputs) and stores outputs of the next row, which its own vector overwrites afterwards; the
-// last outputs of the `planes` planes go through a buffer. The groups' transposes (above) cost
+// last outputs of the `planes` planes are computed one by one. The groups' transposes (above) cost
 // 17 8x8 transposes for eight 10x10 planes, their cross-block steps several micro-ops each on
 // CPUs with 128-bit vector units (AMD Zen 1).
 template <typename Floats, typename Ints, int L>
@@ -453,7 +453,7 @@ void avg_pool_2x2_rows(const float* x, int64_t planes, int64_t H, int64_t W, int
 // Its gradient where the windows tile the plane exactly (H = 2 Ho, W = 2 Wo): L outputs' shares
 // 0 + dy / divisor, each twice in a row (two permutes), stored into both input rows. A row's last
 // vectors run past it: the top row's into the bottom row, written after it, the bottom row's
-// into the next top row, likewise; the planes' last pixels go through a buffer, and dy is read
+// into the next top row, likewise; the planes' last pixels are written one by one, and dy is read
 // only within `readable` floats.
 template <typename Floats, typename Ints, int L>
 void avg_unpool_2x2_rows(const float* dy, int64_t planes, int64_t Ho, int64_t Wo, float divisor, int64_t readable,
@@ -568,6 +568,6 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   k.global_max = &global_max_groups<F, I, N, L>;
   k.global_sum_along_plane = &global_sum_along_plane<F, L>;
   k.avg_2x2 = {&avg_pool_2x2_groups<F, I, L>, &avg_unpool_2x2_groups<F, I, L>, L};
-  k.avg_2x2_rows = {&avg_pool_2x2_rows<F, I, L>, &avg_unpool_2x2_rows<F, I, L>, L};
+  k.avg_2x2_rows = {&avg_pool_2x2_rows<F, I, L>, &avg_unpool_2x2_rows<F, I, L>};
   return k;
 }

@@ -92,7 +92,6 @@ struct AvgPool2x2Rows {
                int64_t readable, float* y) = nullptr;
   void (*unpool)(const float* dy, int64_t planes, int64_t Ho, int64_t Wo, float divisor, int64_t readable,
                  float* dx) = nullptr;
-  int64_t lanes = 0;
 };
 
 // Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp; all of

@@ -1,7 +1,7 @@
 #pragma once
-// Which CPU kernel runs a convolution pass (or tiled 2x2 average pooling), chosen by measurement on the machine itself
-// (tuning/measured_choice.h: the algorithm, shared with the CUDA kernels). Here: the names the
-// CPU's candidates are recorded by, and the switch.
+// Which CPU kernel runs a convolution pass (or tiled 2x2 average pooling, pool2d.cpp), chosen by
+// measurement on the machine itself (tuning/measured_choice.h: the algorithm, shared with the
+// CUDA kernels). Here: the names the CPU's candidates are recorded by, and the switch.
 //
 // CUCONV_CPU_TUNE=0 turns measuring off (conv2d.cpp's static rules decide; for runs that must
 // not depend on timing). CUCONV_LOG=1 prints each decision, with the candidates' times and the
