@@ -177,6 +177,30 @@ def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkey
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), equal_nan=True)
 
 
+def _average_pool_2x2_case(shape, divisor_override, seed):
+    """(x, pool, dy, expected): an input with a plane of -0.0, an Inf and a NaN, pool(f) = 2x2
+    average pooling through f (torch.nn.functional or cuconv's), a grad_output with a plane of
+    -0.0, and torch's output and input gradient."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    planes = x.view(-1, shape[2] * shape[3])
+    planes[0] = -0.0
+    planes[len(planes) // 2, 0], planes[-1, shape[3] + 1] = float("inf"), float("nan")
+    x.requires_grad_()
+    pool = lambda f: f.avg_pool2d(x, 2, divisor_override=divisor_override)
+    ref = pool(F)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1))
+    dy.view(-1, ref.shape[2] * ref.shape[3])[0] = -0.0
+    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    return x, pool, dy, (ref, ref_dx)
+
+
+def _assert_bitwise(results, expected, msg):
+    """Each result equal to its expected tensor bit for bit: NaN where NaN, -0.0 where -0.0."""
+    for ours, theirs in zip(results, expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=msg)
+        assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), msg
+
+
 @pytest.mark.parametrize("shape", [(5, 19, 10, 10), (3, 17, 11, 13), (2, 33, 12, 12), (1, 18, 21, 12), (4, 9, 6, 6),
                                    (2, 40, 4, 4), (3, 7, 14, 14), (1, 5, 17, 15)], ids=str)
 @pytest.mark.parametrize("divisor_override", [None, 3, 8], ids=lambda d: f"divisor={d}")
@@ -189,23 +213,11 @@ def test_average_pool_2x2_of_short_planes_matches_torch_bitwise_on_every_isa(sha
     column in no window, whose gradient is 0), 252 values (21x12), 9 and 4 outputs (fewer than 16
     and 8 lanes), rows of 7 outputs (the plane kernel). Divisors: 4 and 8 divide as
     multiplications by their inverse, 3 as a division."""
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
-    planes = x.view(-1, shape[2] * shape[3])
-    planes[1] = -0.0
-    planes[2, 0], planes[-1, shape[3] + 1] = float("inf"), float("nan")
-    x.requires_grad_()
-    pool = lambda f: f.avg_pool2d(x, 2, divisor_override=divisor_override)
-    ref = pool(F)
-    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(12))
-    dy.view(-1, ref.shape[2] * ref.shape[3])[0] = -0.0
-    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    x, pool, dy, expected = _average_pool_2x2_case(shape, divisor_override, 11)
     for isa in POOL_ISAS:
         use_pool_isa(monkeypatch, isa)
         out = pool(CF)
-        (dx,) = torch.autograd.grad(out, x, dy)
-        for ours, theirs in ((out, ref), (dx, ref_dx)):
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=isa)
-            assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), isa
+        _assert_bitwise((out, *torch.autograd.grad(out, x, dy)), expected, isa)
 
 
 TILED_2X2_KERNELS = ("pool_groups", "pool_rows", "pool_planes")
@@ -226,16 +238,7 @@ def test_each_tiled_2x2_average_pool_kernel_matches_torch_bitwise(shape, divisor
     vector and a tail), one row of two windows, rows shorter than a vector."""
     use_pool_isa(monkeypatch, isa)
     monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(13))
-    planes = x.view(-1, shape[2] * shape[3])
-    planes[0] = -0.0
-    planes[1, 0], planes[-1, shape[3] + 1] = float("inf"), float("nan")
-    x.requires_grad_()
-    pool = lambda f: f.avg_pool2d(x, 2, divisor_override=divisor_override)
-    ref = pool(F)
-    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(14))
-    dy.view(-1, ref.shape[2] * ref.shape[3])[0] = -0.0
-    (ref_dx,) = torch.autograd.grad(ref, x, dy)
+    x, pool, dy, expected = _average_pool_2x2_case(shape, divisor_override, 13)
     saved = cuconv.tuning.choices()
     try:
         cuconv.tuning.clear()
@@ -247,11 +250,8 @@ def test_each_tiled_2x2_average_pool_kernel_matches_torch_bitwise(shape, divisor
         for kernel in TILED_2X2_KERNELS:
             cuconv._C.cpu_tuning_set({key: kernel for key in keys})
             out = pool(CF)
-            (dx,) = torch.autograd.grad(out, x, dy)
+            _assert_bitwise((out, *torch.autograd.grad(out, x, dy)), expected, f"{isa} {kernel}")
             ran |= {(key, kernel) for key in keys if cuconv.tuning.choices()[key] == kernel}  # (else not a candidate here)
-            for ours, theirs in ((out, ref), (dx, ref_dx)):
-                torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=f"{isa} {kernel}")
-                assert torch.equal(ours.signbit() & ~ours.isnan(), theirs.signbit() & ~theirs.isnan()), kernel
         if keys:  # the rows and the plane kernel run every shape's forward; the rows' gradient tiles exactly
             exact = shape[2] % 2 == 0 and shape[3] % 2 == 0
             assert {kernel for key, kernel in ran if "forward" in key} >= {"pool_rows", "pool_planes"}
