@@ -51,6 +51,12 @@ inline void check_floating(const char* op, const char* name, const Tensor& t) {
                    " to be a floating-point tensor, but got ", t.scalar_type());
 }
 
+// Max pooling also takes integer tensors, as torch's CPU max pooling does (a label map, uint8 images).
+inline void check_floating_or_integer(const char* op, const char* name, const Tensor& t) {
+  CUCONV_CHECK(is_floating(t.scalar_type()) || is_integer(t.scalar_type()), op, ": expected ", name,
+               " to be a floating-point or integer tensor, but got ", t.scalar_type());
+}
+
 // ---------------------------------------------------------------------------
 // Convolution
 // out = floor((in + 2*padding - dilation*(kernel-1) - 1) / stride) + 1
@@ -249,7 +255,7 @@ inline Conv2dShape check_conv2d_backward_weight(const char* op, const Tensor& gr
 inline Pool2dShape check_max_pool2d(const char* op, const Tensor& input, IntArrayRef kernel_size,
                                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                 bool ceil_mode) {
-  check_floating(op, "input", input);
+  check_floating_or_integer(op, "input", input);
   return pool2d_shape(op, input.sizes(), kernel_size, stride, padding, dilation, ceil_mode);
 }
 

@@ -9,7 +9,7 @@
 //   stable STD_TORCH_CHECK prefixes the C++ function, file and line);
 // - printing of sizes, dtypes and devices in those messages, as torch prints them;
 // - the op-math type (float for the half types), and dtype dispatch over the four floating
-//   types cuconv supports;
+//   types cuconv supports (and, for max pooling, the integer types);
 // - new tensors with another tensor's dtype and device.
 
 #include <torch/csrc/stable/device.h>
@@ -71,30 +71,45 @@ std::string message(const Args&... args) {
 #define CUCONV_CHECK_INDEX(cond, ...) \
   if (!(cond)) throw std::out_of_range(::cuconv::message(__VA_ARGS__))
 
-// float32, float64, float16 and bfloat16: runs the body (a lambda) with scalar_t naming the
-// element type, as AT_DISPATCH does. (The body is substituted as it is, commas and all.)
-#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...)                                                   \
-  [&] {                                                                                            \
-    switch (TYPE) {                                                                                \
-      case ::torch::headeronly::ScalarType::Float: {                                               \
-        using scalar_t = float;                                                                    \
-        return __VA_ARGS__();                                                                      \
-      }                                                                                            \
-      case ::torch::headeronly::ScalarType::Double: {                                              \
-        using scalar_t = double;                                                                   \
-        return __VA_ARGS__();                                                                      \
-      }                                                                                            \
-      case ::torch::headeronly::ScalarType::Half: {                                                \
-        using scalar_t = ::c10::Half;                                                              \
-        return __VA_ARGS__();                                                                      \
-      }                                                                                            \
-      case ::torch::headeronly::ScalarType::BFloat16: {                                            \
-        using scalar_t = ::c10::BFloat16;                                                          \
-        return __VA_ARGS__();                                                                      \
-      }                                                                                            \
-      default:                                                                                     \
+// Dtype dispatch: runs the body (a lambda) with scalar_t naming the element type, as AT_DISPATCH
+// does. (The body is substituted as it is, commas and all.)
+#define CUCONV_DISPATCH_CASE(ENUM, TYPE, ...)   \
+  case ::torch::headeronly::ScalarType::ENUM: { \
+    using scalar_t = TYPE;                      \
+    return __VA_ARGS__();                       \
+  }
+#define CUCONV_FLOATING_CASES(...)                          \
+  CUCONV_DISPATCH_CASE(Float, float, __VA_ARGS__)           \
+  CUCONV_DISPATCH_CASE(Double, double, __VA_ARGS__)         \
+  CUCONV_DISPATCH_CASE(Half, ::c10::Half, __VA_ARGS__)      \
+  CUCONV_DISPATCH_CASE(BFloat16, ::c10::BFloat16, __VA_ARGS__)
+#define CUCONV_INTEGER_CASES(...)                   \
+  CUCONV_DISPATCH_CASE(Byte, uint8_t, __VA_ARGS__)  \
+  CUCONV_DISPATCH_CASE(Char, int8_t, __VA_ARGS__)   \
+  CUCONV_DISPATCH_CASE(Short, int16_t, __VA_ARGS__) \
+  CUCONV_DISPATCH_CASE(Int, int32_t, __VA_ARGS__)   \
+  CUCONV_DISPATCH_CASE(Long, int64_t, __VA_ARGS__)
+
+// float32, float64, float16 and bfloat16.
+#define CUCONV_DISPATCH_FLOATING(TYPE, NAME, ...)                                                         \
+  [&] {                                                                                                  \
+    switch (TYPE) {                                                                                      \
+      CUCONV_FLOATING_CASES(__VA_ARGS__)                                                                 \
+      default:                                                                                           \
         throw std::runtime_error(::cuconv::message(NAME, ": expected a floating-point dtype, but got ", TYPE)); \
-    }                                                                                              \
+    }                                                                                                    \
+  }()
+
+// Those and the integer types torch's CPU max pooling takes (uint8, int8, int16, int32, int64).
+#define CUCONV_DISPATCH_FLOATING_AND_INTEGER(TYPE, NAME, ...)                                      \
+  [&] {                                                                                           \
+    switch (TYPE) {                                                                               \
+      CUCONV_FLOATING_CASES(__VA_ARGS__)                                                          \
+      CUCONV_INTEGER_CASES(__VA_ARGS__)                                                           \
+      default:                                                                                    \
+        throw std::runtime_error(                                                                 \
+            ::cuconv::message(NAME, ": expected a floating-point or integer dtype, but got ", TYPE)); \
+    }                                                                                             \
   }()
 
 namespace cuconv {
@@ -126,6 +141,12 @@ constexpr ScalarType scalar_type_of() {
 
 inline bool is_floating(ScalarType t) {
   return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
+}
+
+// The integer types of CUCONV_DISPATCH_FLOATING_AND_INTEGER (not bool).
+inline bool is_integer(ScalarType t) {
+  return t == ScalarType::Byte || t == ScalarType::Char || t == ScalarType::Short || t == ScalarType::Int ||
+         t == ScalarType::Long;
 }
 
 // --- tensors -------------------------------------------------------------------------------

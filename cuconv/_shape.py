@@ -51,6 +51,16 @@ def check_floating(op, name, t):
         raise TypeError(f"{op}: expected {name} to be a floating-point tensor, but got {_dtype_name(t.dtype)}")
 
 
+# Max pooling also takes integer tensors, as torch's CPU max pooling does (a label map, uint8 images).
+_INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_floating_or_integer(op, name, t):
+    if not (t.is_floating_point() or t.dtype in _INTEGER_TYPES):
+        raise TypeError(f"{op}: expected {name} to be a floating-point or integer tensor, but got "
+                        f"{_dtype_name(t.dtype)}")
+
+
 # --- convolution -------------------------------------------------------------------------------
 
 def suggests_channels_last(t):
@@ -205,7 +215,7 @@ def check_adaptive_backward(op, grad_size, input_size):
 
 
 def check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode):
-    check_floating(op, "input", input)
+    check_floating_or_integer(op, "input", input)
     return pool2d_shape(op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
 
 

@@ -46,12 +46,13 @@ def _check_tensor(op, name, value):
         raise TypeError(f"{op}: expected {name} to be a torch.Tensor, but got {type(value).__name__}")
 
 
-def _batched(op, input, floating=True):
-    """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too. The pooling
-    ops and, unless told otherwise, every op want a floating-point input."""
+def _batched(op, input, check_dtype=_shape.check_floating):
+    """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too. The input's
+    dtype is checked by check_dtype (None: by the caller); unless told otherwise, every op wants a
+    floating-point input."""
     _check_tensor(op, "input", input)
-    if floating:
-        _shape.check_floating(op, "input", input)
+    if check_dtype is not None:
+        check_dtype(op, "input", input)
     if input.dim() == 4:
         return input, False
     if input.dim() == 3:
@@ -98,7 +99,7 @@ def _same_padding(input, weight, dilation):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
-    x, unbatched = _batched(op, input, floating=False)  # checked with the weight below
+    x, unbatched = _batched(op, input, check_dtype=None)  # checked with the weight below
     _check_tensor(op, "weight", weight)
     if bias is not None:
         _check_tensor(op, "bias", bias)
@@ -148,9 +149,10 @@ def _pool_args(op, kernel_size, stride, padding):
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    """2-D max pooling, as torch.nn.functional.max_pool2d."""
+    """2-D max pooling, as torch.nn.functional.max_pool2d (integer tensors too, as torch's CPU
+    max pooling; on the CPU and CUDA)."""
     op = "cuconv.max_pool2d"
-    x, unbatched = _batched(op, input)
+    x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_integer)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
     y, indices = differentiable.max_pool2d(x, kernel_size, stride, padding, dilation, bool(ceil_mode))

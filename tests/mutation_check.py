@@ -37,6 +37,9 @@ TUNING = "tests/test_tuning.py"
 BIAS = ("-k", "bias", "tests/test_ops.py")
 FORWARD_MODE = ("-k", "forward or dual or jacfwd", "tests/test_transforms.py")
 TILED_2X2 = ("-k", "tiled_2x2", DISPATCH)  # each tiled 2x2 average pooling kernel, forced
+INTEGERS = ("-k", "integers", OPS)  # max pooling of integer tensors, every kernel and device
+HALF_POOLING = ("-k", "float16", PRECISION)  # float16 pooling: cuconv's own conversions (opmath.h)
+CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
 
 
 @dataclass
@@ -203,8 +206,8 @@ MUTANTS = [
            "else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};",
            "else return Ints{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 14};", (DISPATCH,)),
     Mutant("global-sum-scalar-tail-one-lane", "reduction", "csrc/cpu/pool2d.cpp",
-           "for (int64_t t = 0; k + t < end; ++t) part[t] += static_cast<acc_t>(x[k + t]);",
-           "for (int64_t t = 0; k + t < end; ++t) part[0] += static_cast<acc_t>(x[k + t]);", (DISPATCH,)),
+           "for (int64_t t = 0; k + t < end; ++t) part[t] += to_opmath(x[k + t]);",
+           "for (int64_t t = 0; k + t < end; ++t) part[0] += to_opmath(x[k + t]);", (DISPATCH,)),
     Mutant("layout-ambiguous-reads-nchw", "layout", "csrc/stable.h",
            "  if (!strides_suggest_channels_last(t)) return false;",
            "  if (!strides_suggest_channels_last(t) || t.is_contiguous()) return false;", (OPS,)),
@@ -441,6 +444,30 @@ MUTANTS = [
     Mutant("max-pool-tie-takes-last", "index math", "csrc/cpu/pool2d.cpp",
            "return -static_cast<Bits>(((order(v) > order(best)) & !is_nan(best)) | is_nan(v));",
            "return -static_cast<Bits>(((order(v) >= order(best)) & !is_nan(best)) | is_nan(v));", (OPS,)),
+    Mutant("max-pool-integer-tie-takes-last", "index math", "csrc/cpu/pool2d.cpp",
+           "return -static_cast<std::make_signed_t<T>>(v > best); }",
+           "return -static_cast<std::make_signed_t<T>>(v >= best); }", INTEGERS),
+    Mutant("max-pool-integer-starts-at-zero", "special values", "csrc/cpu/pool2d.cpp",
+           "return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();",
+           "return -std::numeric_limits<T>::infinity();", INTEGERS),
+    Mutant("max-pool-integer-cuda-starts-at-zero", "special values", "csrc/cuda/pool2d.cu",
+           "return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();",
+           "return -std::numeric_limits<T>::infinity();", INTEGERS),
+    Mutant("float16-rounds-ties-up", "half precision", "csrc/cpu/opmath.h",
+           "(magnitude + 0xFFFu + ((magnitude >> 13) & 1u) - (112u << 23)) >> 13",
+           "(magnitude + 0x1000u - (112u << 23)) >> 13", HALF_POOLING),
+    Mutant("float16-subnormal-input-scale", "half precision", "csrc/cpu/opmath.h",
+           "static_cast<float>(static_cast<int32_t>(magnitude)) * 0x1p-24f", "static_cast<float>(static_cast<int32_t>(magnitude)) * 0x1p-23f",
+           HALF_POOLING),
+    Mutant("float16-subnormal-output", "half precision", "csrc/cpu/opmath.h",
+           "bits_as<float>(magnitude) + 0.5f) - 0x3F000000u", "bits_as<float>(magnitude) + 1.0f) - 0x3F800000u", HALF_POOLING),
+    Mutant("float16-overflow-not-inf", "half precision", "csrc/cpu/opmath.h",
+           "result = select(mask_of(result > 0x7C00u), 0x7C00u, result);", "", HALF_POOLING),
+    Mutant("float16-nan-becomes-inf", "half precision", "csrc/cpu/opmath.h",
+           "result = select(mask_of(magnitude > 0x7F800000u), 0x7E00u, result);", "", HALF_POOLING),
+    Mutant("nhwc-avg-block-writes-the-first-block", "index math", "csrc/cpu/pool2d.cpp",
+           "y[ow * C + c0 + c] = from_opmath<scalar_t>(block[c] / divisor);",
+           "y[ow * C + c] = from_opmath<scalar_t>(block[c] / divisor);", CHANNELS_LAST_POOLING),
     Mutant("adaptive-window-floor", "index math", "csrc/shape.h",
            "return ((i + 1) * in + out - 1) / out;", "return ((i + 1) * in) / out;", (OPS,)),
     Mutant("avg-divisor-ignores-padding", "padding edge", "csrc/cpu/pool2d.cpp",

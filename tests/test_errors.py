@@ -154,12 +154,18 @@ def _raw_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
 
 
 # Rejected by design although torch accepts them: integer tensors (torch has integer kernels
-# for some of these ops; cuconv's are floating-point only).
+# for some of these ops; cuconv's are floating-point only but for max pooling), complex ones
+# (torch's convolution and adaptive average pooling take them).
 STRICTER_THAN_TORCH = {"integer-input", "int32-input", "uint8-input", "integer-input-float-weight", "bool-input",
-                       "no-input-channels"}
+                       "complex-input", "no-input-channels"}
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
 # in both): that case is tested as valid in test_ops.py instead.
 VALID_FOR_ADAPTIVE = {"empty-channels"}
+# Max pooling takes integer tensors, as torch's CPU max pooling (tested in test_ops.py); it refuses
+# bool and complex ones, with a message of its own.
+VALID_FOR_MAX = {"integer-input", "uint8-input"}
+MAX_DTYPE_MESSAGES = {"bool-input": r"input to be a floating-point or integer tensor, but got Bool",
+                      "complex-input": r"input to be a floating-point or integer tensor, but got torch\.complex64"}
 
 
 def _raw(exc):
@@ -202,6 +208,9 @@ POOL_INPUT_CASES = [
     ("integer-input", lambda f, **k: f(x4().long(), **k), TypeError, r"input to be a floating-point tensor, but got Long"),
     ("uint8-input", lambda f, **k: f(x4().to(torch.uint8), **k), TypeError,
      r"input to be a floating-point tensor, but got Byte"),
+    ("bool-input", lambda f, **k: f(x4() > 0, **k), TypeError, r"input to be a floating-point tensor, but got Bool"),
+    ("complex-input", lambda f, **k: f(x4().to(torch.complex64), **k), TypeError,
+     r"input to be a floating-point tensor, but got torch\.complex64"),
     ("empty-height", lambda f, **k: f(x4(2, 3, 0, 4), **k), ValueError,
      r"non-zero .*height and width.*\[2, 3, 0, 4\]"),
     ("empty-channels", lambda f, **k: f(x4(2, 0, 4, 4), **k), ValueError,
@@ -281,9 +290,12 @@ def _pool_cases(table, call, reference):
 
 def _pool_input_cases(call, reference, **kwargs):
     params = []
+    is_max = call in (CF.max_pool2d, F.max_pool2d)
     for case_id, make, exc, pattern in POOL_INPUT_CASES:
-        if "output_size" in kwargs and case_id in VALID_FOR_ADAPTIVE:
+        if "output_size" in kwargs and case_id in VALID_FOR_ADAPTIVE or is_max and case_id in VALID_FOR_MAX:
             continue
+        if is_max:
+            pattern = MAX_DTYPE_MESSAGES.get(case_id, pattern)
         ref = (lambda make=make: make(reference, **kwargs)) if reference is not None and case_id not in STRICTER_THAN_TORCH else None
         params.append(pytest.param(lambda make=make: make(call, **kwargs), exc, pattern, ref, id=case_id))
     return params
@@ -472,8 +484,8 @@ ERROR_CASES = (
     + [
         pytest.param(lambda: ops.max_pool2d(x4(4, 8, 8), [2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
                      r"input to be 4-D .*but got 3-D with shape \[4, 8, 8\]", None, id="raw-max_pool2d-input-3d"),
-        pytest.param(lambda: ops.max_pool2d(x4().long(), [2, 2], [2, 2], [0, 0], [1, 1], False), RuntimeError,
-                     r"input to be a floating-point tensor, but got Long", None, id="raw-max_pool2d-integer"),
+        pytest.param(lambda: ops.max_pool2d(x4() > 0, [2, 2], [2, 2], [0, 0], [1, 1], False), RuntimeError,
+                     r"input to be a floating-point or integer tensor, but got Bool", None, id="raw-max_pool2d-bool"),
         pytest.param(lambda: ops.max_pool2d(x4(), [2, 2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
                      r"kernel_size to be a pair of ints \(height, width\), but got 3 values \[2, 2, 2\]", None,
                      id="raw-max_pool2d-kernel-3-values"),
@@ -540,6 +552,8 @@ VALID_EDGE_CASES = [
     ("max_pool2d-ceil-last-window-in-padding", lambda f: f.max_pool2d(x4(), 2, stride=2, padding=1, ceil_mode=True)),
     ("max_pool2d-ceil-partial", lambda f: f.max_pool2d(x4(), 4, stride=3, padding=2, ceil_mode=True)),
     ("max_pool2d-unbatched", lambda f: f.max_pool2d(x4(4, 8, 8), 2)),
+    ("max_pool2d-int64", lambda f: f.max_pool2d((x4() * 100).long(), 3, stride=2, padding=1)),
+    ("max_pool2d-uint8-unbatched", lambda f: f.max_pool2d((x4(4, 8, 8) * 50 + 100).to(torch.uint8), 2)),
     ("avg_pool2d-divisor-negative", lambda f: f.avg_pool2d(x4(), 2, divisor_override=-2)),
     ("avg_pool2d-ceil-count-exclude", lambda f: f.avg_pool2d(x4(), 4, 3, 2, ceil_mode=True, count_include_pad=False)),
     ("avg_pool2d-ceil-count-include", lambda f: f.avg_pool2d(x4(), 4, 3, 2, ceil_mode=True)),

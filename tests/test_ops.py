@@ -369,6 +369,60 @@ def test_max_pool2d_cpu_special_kernels_match_torch(config, size, dtype, device)
     assert torch.equal(idx, ref_idx)
 
 
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+def random_integers(shape, dtype, ties, seed):
+    """Values over the dtype's whole range (its lowest and highest among them), or from a few
+    values, so that windows hold ties."""
+    gen = torch.Generator().manual_seed(seed)
+    info = torch.iinfo(dtype)
+    low, high = (info.min, info.max) if not ties else (max(info.min, -2), 2)
+    x = torch.randint(low, high, shape, generator=gen, dtype=torch.int64).to(dtype)
+    x.view(-1)[:: 7] = info.min
+    x.view(-1)[3:: 11] = info.max
+    return x
+
+
+# Max pooling of integer tensors (a label map, uint8 images), as torch's CPU max pooling: the same
+# values and indices, on the CPU's plane kernels (general, tiled 2x2 with short and long rows,
+# separable stride 2), its NHWC kernel, and the CUDA kernel. (torch's reference is computed NCHW on
+# the CPU: its CUDA max pooling takes no integers, and its NHWC kernel refuses int8 and uint8 planes
+# of more than 127 pixels.)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+@pytest.mark.parametrize("ties", [False, True], ids=["whole-range", "ties"])
+def test_max_pool2d_of_integers_matches_torch(ties, dtype, layout, device):
+    configs = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+               dict(kernel_size=(2, 3), stride=2, padding=(1, 1)), dict(kernel_size=(3, 2), dilation=2, ceil_mode=True)]
+    configs += [dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
+                     ceil_mode=c["ceil_mode"]) for c in random_pool_cases(6, seed=5, with_dilation=True)]
+    for size in [(8, 10), (9, 7), (6, 40), (12, 12)]:
+        x = random_integers((2, 3, *size), dtype, ties, seed=sum(size))
+        for config in configs:
+            try:
+                ref, ref_idx = F.max_pool2d(x, return_indices=True, **config)
+            except RuntimeError:  # (a random window larger than this input)
+                continue
+            out, idx = CF.max_pool2d(x.to(device).contiguous(memory_format=layout), return_indices=True, **config)
+            assert out.dtype == dtype and out.is_contiguous(memory_format=layout), config
+            assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx), config
+    unbatched = CF.max_pool2d(x[0].to(device), 3, 2, 1)  # (C, H, W), as torch's
+    assert torch.equal(unbatched.cpu(), F.max_pool2d(x[0], 3, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_max_pool2d_of_integers_through_module_compile_and_opcheck(dtype):
+    """The module, torch.compile and the op's registration (fake kernel, schema) take integers too;
+    no gradient is recorded."""
+    x = random_integers((2, 3, 10, 10), dtype, ties=True, seed=1)
+    expected = F.max_pool2d(x, 3, 2, 1)
+    assert torch.equal(cuconv.MaxPool2d(3, 2, 1)(x), expected)
+    assert torch.equal(torch.compile(lambda t: CF.max_pool2d(t, 3, 2, 1), fullgraph=True)(x), expected)
+    torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False))
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])
@@ -504,17 +558,19 @@ def use_pool_isa(monkeypatch, isa):
 
 
 @pytest.mark.parametrize("isa", POOL_ISAS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", POOLS_CHANNELS_LAST)
 def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype, isa, monkeypatch):
     """channels_last pooling runs NHWC kernels (channels innermost) on the CPU: values, argmax
     indices and gradients as torch's, results channels_last like torch's. (float32 max pooling
-    runs a vector kernel of each ISA on 16 channels at a time, 8 with AVX2, here 19: whole
-    vectors and a tail; CUCONV_CPU_ISA asks for a lesser one than the CPU has, POOL_ISAS.)"""
+    runs a vector kernel of each ISA on 16 channels at a time, 8 with AVX2, and float32 and
+    float64 average pooling sums blocks of 64 and 32 channels in registers; here 83 channels:
+    whole vectors and blocks, and a tail; CUCONV_CPU_ISA asks for a lesser ISA than the CPU has,
+    POOL_ISAS.)"""
     use_pool_isa(monkeypatch, isa)
     ours, theirs = POOLS_CHANNELS_LAST[case]
     gen = torch.Generator().manual_seed(len(case))
-    x = torch.randn(3, 19, 9, 15, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 83, 9, 15, generator=gen, dtype=dtype).to(memory_format=torch.channels_last)
     if case.startswith("max"):  # ties, -inf and NaN follow torch's rule too
         x[0, :, 1:4, 1:4] = 0.5
         x[1, 2] = float("-inf")
@@ -529,7 +585,7 @@ def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype
     # copied into x's layout when it accumulates into x.grad); cuconv's is in x's layout, as
     # every other pooling gradient of both
     assert dx.stride() == (x.stride() if case == "adaptive-global" else ref_dx.stride())
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol, equal_nan=True)
     torch.testing.assert_close(dx, ref_dx, rtol=tol, atol=tol, equal_nan=True)
     if case.startswith("max"):

@@ -349,6 +349,61 @@ def test_pooling_float16_near_its_maximum(case, device):
     assert_as_accurate_as_torch(make(CF), make(F), [shape], torch.float16, device, scale=15000.0, grad_scale=1000.0)
 
 
+def _float16_of_every_kind(shape, seed):
+    """float16 values over every finite magnitude (subnormals, each exponent, up to 65504) and both
+    signs, zeros included."""
+    gen = torch.Generator().manual_seed(seed)
+    magnitude = torch.randint(0, 0x7C00, shape, generator=gen, dtype=torch.int32)
+    sign = torch.randint(0, 2, shape, generator=gen, dtype=torch.int32) * 0x8000
+    return (magnitude | sign).to(torch.uint16).view(torch.float16)
+
+
+def _assert_same_bits(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(actual), nan)
+    assert torch.equal(actual[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
+FLOAT16_BITWISE_CASES = {
+    "max-1x1": lambda f, t: f.max_pool2d(t, 1),
+    "max-2x2": lambda f, t: f.max_pool2d(t, 2),
+    "max-3s2": lambda f, t: f.max_pool2d(t, 3, 2, 1),
+    "avg-2x2": lambda f, t: f.avg_pool2d(t, 2),
+    "avg-3s1": lambda f, t: f.avg_pool2d(t, 3, 1, 1, count_include_pad=False),
+    "avg-sum-overflows": lambda f, t: f.avg_pool2d(t, 2, divisor_override=1),
+    "adaptive-global": lambda f, t: f.adaptive_avg_pool2d(t, 1),
+    "adaptive-overlapping": lambda f, t: f.adaptive_avg_pool2d(t, (4, 7)),
+}
+
+
+# The CPU's pooling kernels convert float16 to float and back by cuconv's own code where they read
+# channels or planes in a row (csrc/cpu/opmath.h, written to vectorise): a float16 result must then
+# be the float32 result on the same values rounded as torch rounds it, bit for bit, in either layout,
+# forward and backward (the float32 kernels sum in the same order).
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", FLOAT16_BITWISE_CASES)
+def test_float16_pooling_is_float32_pooling_rounded(case, layout):
+    fn = FLOAT16_BITWISE_CASES[case]
+    x = _float16_of_every_kind((2, 19, 9, 10), seed=len(case))
+    grad_output = _float16_of_every_kind(fn(F, x).shape, seed=1) * 2.0 ** -12  # (scatter sums stay finite)
+    x16 = x.clone(memory_format=layout).requires_grad_()
+    x32 = x.float().contiguous(memory_format=layout).requires_grad_()
+    y16, y32 = fn(CF, x16), fn(CF, x32)
+    _assert_same_bits(y16, y32.half())
+    grad_output = grad_output.contiguous(memory_format=layout)  # (both through the same layout's kernels)
+    y16.backward(grad_output)
+    y32.backward(grad_output.float())
+    _assert_same_bits(x16.grad, x32.grad.half())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_every_float16_value_passes_max_pooling_unchanged(layout):
+    """All 65536 float16 bit patterns through 1x1 max pooling (NaN stays NaN)."""
+    x = torch.arange(65536, dtype=torch.int32).to(torch.uint16).view(torch.float16).reshape(1, 16, 64, 64)
+    _assert_same_bits(CF.max_pool2d(x.contiguous(memory_format=layout), 1), x)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_conv2d_float16_large_values(device):
     """Large activations times small weights: sums of large terms that cancel."""

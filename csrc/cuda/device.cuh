@@ -59,14 +59,25 @@ inline bool capturing(Stream) { return emu::device_config().capturing; }
 
 inline std::string device_name(const Tensor&) { return "emulated"; }
 
+// What new_output fills a tensor with: NaN, or for integers a value of bytes 0xA5 (int64: -2^62).
+inline double poison_value(ScalarType t) {
+  switch (t) {
+    case ScalarType::Long: return -4611686018427387904.0;
+    case ScalarType::Int: return -1515870811.0;
+    case ScalarType::Short: return -23131.0;
+    case ScalarType::Char: return -91.0;
+    case ScalarType::Byte: return 165.0;
+    default: return std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
 // A new tensor (like `like`, of `sizes` and optionally another dtype; channels_last: 4-D NCHW
-// sizes laid out NHWC) for a kernel to fill: NaN, or for integers -2^62, so that what a kernel
-// leaves unwritten shows.
+// sizes laid out NHWC) for a kernel to fill with poison_value, so that what a kernel leaves
+// unwritten shows.
 inline Tensor new_output(const Tensor& like, IntArrayRef sizes, std::optional<ScalarType> dtype = std::nullopt,
                          bool channels_last = false) {
   Tensor t = channels_last ? empty_channels_last_like(like, sizes, dtype) : empty_like_with(like, sizes, dtype);
-  torch::stable::fill_(t, is_floating(t.scalar_type()) ? std::numeric_limits<double>::quiet_NaN()
-                                                       : -4611686018427387904.0);
+  torch::stable::fill_(t, poison_value(t.scalar_type()));
   return t;
 }
 

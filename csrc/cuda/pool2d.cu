@@ -23,6 +23,7 @@
 
 
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -81,6 +82,22 @@ __device__ __forceinline__ CoveringRange covering_outputs(int in, int pad, int r
 // ---------------------------------------------------------------------------
 // Max pooling
 
+// Where a running maximum starts: -inf, or an integer type's lowest value (as torch).
+template <typename T>
+__host__ __device__ constexpr T lowest_for_max() {
+  return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
+}
+
+// NaN test for the floating types; integers are never NaN.
+template <typename T>
+__device__ __forceinline__ bool is_nan(T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return isnan(v);
+  } else {
+    return false;
+  }
+}
+
 template <typename scalar_t>
 __global__ void max_pool_forward_kernel(const scalar_t* __restrict__ input,
                                         scalar_t* __restrict__ output,
@@ -102,11 +119,11 @@ __global__ void max_pool_forward_kernel(const scalar_t* __restrict__ input,
     const scalar_t* plane_input = input + plane * p.in_plane;
     // As torch and the CPU kernel: the first in-bounds pixel wins ties and all -inf windows, NaN wins always.
     int best = h0 * p.in_w + w0;
-    acc_t best_value = -std::numeric_limits<acc_t>::infinity();
+    acc_t best_value = lowest_for_max<acc_t>();
     for (int ih = h0; ih < h1; ih += p.dilation_h) {
       for (int iw = w0; iw < w1; iw += p.dilation_w) {
         const acc_t v = static_cast<acc_t>(plane_input[ih * p.in_w + iw]);
-        if (v > best_value || isnan(v)) {
+        if (v > best_value || is_nan(v)) {
           best_value = v;
           best = ih * p.in_w + iw;
         }
@@ -364,7 +381,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cuda(const Tensor& input,
   if (total == 0) return {in_layout_of(input, y), in_layout_of(input, indices)};
   const PoolParams p = make_pool_params(op, s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const cuda_detail::Stream stream = cuda_detail::current_stream(input);
-  CUCONV_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
+  CUCONV_DISPATCH_FLOATING_AND_INTEGER(input.scalar_type(), "max_pool2d_forward_cuda", [&] {
     cuda_detail::launch(max_pool_forward_kernel<scalar_t>, grid_stride_blocks(total), kThreadsPerBlock, 0, stream,
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>(), p, total);
