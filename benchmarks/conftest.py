@@ -121,7 +121,9 @@ def random_tensor(shape, generator, device, dtype, scale=1.0):
 
 # Relative to each tensor's largest value: float32 sums of thousands of products differ from
 # torch's in the last bits; the half types by their rounding step.
-CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+# Integers (max pooling) exactly.
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 4e-3,
+                   **{t: 0.0 for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}}
 TF32_CHECK_TOLERANCE = 5e-3
 
 
