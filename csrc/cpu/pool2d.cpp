@@ -949,17 +949,42 @@ struct WindowTable {
   }
 };
 
-// One pixel's C channels px into the running maxima of a window (torch's rule: v replaces best
-// when v > best or v is NaN). (A function of its own with __restrict__ pointers: inside the row
-// kernel GCC compiled this loop to scalar code with branches for some types, 3x slower.)
+// How the NHWC loop below keeps a window's running maximum, with torch's rule (v replaces best
+// when v > best or v is NaN): as the op-math value; float16 as its bits, never converted (the
+// conversion costs more than the compare, opmath.h), compared by a key that orders as the values
+// do (sign and magnitude to two's complement: -0 and +0 tie), NaN apart.
+template <typename T>
+struct RunningMax {
+  using type = opmath_t<T>;
+  static type of(T v) { return to_opmath(v); }
+  static T value(type m) { return from_opmath<T>(m); }
+  static bool takes(type v, type best) { return (v > best) | (v != v); }
+};
+template <>
+struct RunningMax<c10::Half> {
+  using type = int16_t;
+  static type of(c10::Half v) { return static_cast<int16_t>(v.x); }
+  static c10::Half value(type m) { return c10::Half(static_cast<uint16_t>(m), c10::Half::from_bits()); }
+  static bool takes(type v, type best) {
+    const int16_t magnitude_v = v & 0x7FFF, magnitude_best = best & 0x7FFF;
+    const int16_t sign_v = v >> 15, sign_best = best >> 15;  // all ones if negative
+    const int16_t key_v = (magnitude_v ^ sign_v) - sign_v, key_best = (magnitude_best ^ sign_best) - sign_best;
+    const bool nan_v = magnitude_v > 0x7C00, nan_best = magnitude_best > 0x7C00;
+    return ((key_v > key_best) & !nan_v & !nan_best) | nan_v;
+  }
+};
+
+// One pixel's C channels px into the running maxima of a window. (A function of its own with
+// __restrict__ pointers: inside the row kernel GCC compiled this loop to scalar code with
+// branches for some types, 3x slower.)
 template <typename scalar_t, typename index_t>
 CUCONV_INLINE_INTO_CLONES void take_pixel_maxima(const scalar_t* __restrict__ px, index_t position, int64_t C,
-                                                 opmath_t<scalar_t>* __restrict__ best,
+                                                 typename RunningMax<scalar_t>::type* __restrict__ best,
                                                  index_t* __restrict__ best_index) {
-  using acc_t = opmath_t<scalar_t>;
+  using Max = RunningMax<scalar_t>;
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t v = to_opmath(px[c]);
-    const bool takes = v > best[c] || v != v;
+    const typename Max::type v = Max::of(px[c]);
+    const bool takes = Max::takes(v, best[c]);
     best[c] = takes ? v : best[c];
     best_index[c] = takes ? position : best_index[c];
   }
@@ -971,12 +996,14 @@ CUCONV_INLINE_INTO_CLONES void take_pixel_maxima(const scalar_t* __restrict__ px
 // this CPU where there are (`vector`, pool_tile.h: a register of channels at a time over the
 // whole window); other channels keep the running maximum and its index (index_t: 32 bits
 // where the plane allows, so the compare-and-select vectorises in lanes of one width) in
-// `best` / `best_index` (opmath), written out once.
+// `best` (RunningMax) / `best_index`, written out once.
 template <typename scalar_t, typename index_t>
 CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, const scalar_t* x,
                                             scalar_t* __restrict__ y, int64_t* __restrict__ indices,
                                             const PoolVectorKernels& vector, index_t* __restrict__ window,
-                                            opmath_t<scalar_t>* __restrict__ best, index_t* __restrict__ best_index) {
+                                            typename RunningMax<scalar_t>::type* __restrict__ best,
+                                            index_t* __restrict__ best_index) {
+  using Max = RunningMax<scalar_t>;
   for (int64_t ow = 0; ow < g.Wo; ++ow) {
     int64_t taps = 0;
     for (int64_t ih = g.first_row(oh); ih < g.end_row(oh); ih += g.dH)
@@ -994,9 +1021,9 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
     }
     if (c0 == C) continue;
     const scalar_t* first = x + window[0] * C;
-    for (int64_t c = c0; c < C; ++c) best[c] = to_opmath(first[c]), best_index[c] = window[0];
+    for (int64_t c = c0; c < C; ++c) best[c] = Max::of(first[c]), best_index[c] = window[0];
     for (int64_t t = 1; t < taps; ++t) take_pixel_maxima(x + window[t] * C + c0, window[t], C - c0, best + c0, best_index + c0);
-    for (int64_t c = c0; c < C; ++c) y[ow * C + c] = from_opmath<scalar_t>(best[c]), indices[ow * C + c] = best_index[c];
+    for (int64_t c = c0; c < C; ++c) y[ow * C + c] = Max::value(best[c]), indices[ow * C + c] = best_index[c];
   }
 }
 
@@ -1008,7 +1035,7 @@ void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* 
     // (the grain counts the values an output row reads: global pooling's one row reads the sample)
     torch::stable::parallel_for(0, N * g.Ho, plane_grain(g.Wo * C * g.kH * g.kW), [&](int64_t begin, int64_t end) {
       std::vector<index_t> window(g.kH * g.kW), best_index(C);
-      std::vector<opmath_t<scalar_t>> best(C);
+      std::vector<typename RunningMax<scalar_t>::type> best(C);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t out = row * g.Wo * C;
         max_pool_row_nhwc(g, C, row % g.Ho, x + row / g.Ho * g.H * g.W * C, y + out, indices + out, vector,
