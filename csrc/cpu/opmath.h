@@ -6,7 +6,7 @@
 // (GCC keeps a ?: between floating-point results as a branch). Exact: every float16 value to its
 // float (a signalling NaN quietened, as c10 and F16C do), and every float to the float16 that
 // c10::Half rounds it to (nearest, ties to even; NaN to 0x7E00 with its sign); checked against
-// c10::Half over all 2^32 floats when written, and through the ops in tests/test_ops.py.
+// c10::Half over all 2^32 floats when written, and through the ops in tests/test_precision.py.
 // Where a loop reads its elements with a stride (NCHW pooling windows), the kernels keep
 // c10::Half's conversion: the vectoriser gathers there, and float16 2x2 pooling measured 1.4x
 // slower with these.
