@@ -398,6 +398,7 @@ def test_max_pool2d_of_integers_matches_torch(ties, dtype, layout, device):
                dict(kernel_size=(2, 3), stride=2, padding=(1, 1)), dict(kernel_size=(3, 2), dilation=2, ceil_mode=True)]
     configs += [dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
                      ceil_mode=c["ceil_mode"]) for c in random_pool_cases(6, seed=5, with_dilation=True)]
+    compared = 0
     for size in [(8, 10), (9, 7), (6, 40), (12, 12)]:
         x = random_integers((2, 3, *size), dtype, ties, seed=sum(size))
         for config in configs:
@@ -405,9 +406,11 @@ def test_max_pool2d_of_integers_matches_torch(ties, dtype, layout, device):
                 ref, ref_idx = F.max_pool2d(x, return_indices=True, **config)
             except RuntimeError:  # (a random window larger than this input)
                 continue
+            compared += 1
             out, idx = CF.max_pool2d(x.to(device).contiguous(memory_format=layout), return_indices=True, **config)
             assert out.dtype == dtype and out.is_contiguous(memory_format=layout), config
             assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx), config
+    assert compared >= 4 * 4  # (every fixed config on every size, and random ones)
     unbatched = CF.max_pool2d(x[0].to(device), 3, 2, 1)  # (C, H, W), as torch's
     assert torch.equal(unbatched.cpu(), F.max_pool2d(x[0], 3, 2, 1))
 
