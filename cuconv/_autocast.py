@@ -13,6 +13,8 @@ torch.ops.cuconv.conv2d directly. torch.library.register_autocast would cast to 
 fixed at registration; torch's autocast dtype is chosen per region, hence these kernels.
 """
 
+import contextlib
+
 import torch
 
 DEVICES = ("cpu", "cuda")
@@ -32,6 +34,13 @@ def cast_args(args):
         return args
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(_cast(arg, device_type, dtype) for arg in args)
+
+
+def disabled(device_type):
+    """A region where autocast is off for device_type (no-op where it is not on)."""
+    if device_type in DEVICES and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def register_kernels(lib, name, op):

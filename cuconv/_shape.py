@@ -61,13 +61,34 @@ def check_floating_or_integer(op, name, t):
                         f"{_dtype_name(t.dtype)}")
 
 
+# Convolution and adaptive average pooling also take complex tensors, as torch's (cuconv.functional
+# computes them from the real and imaginary parts).
+def check_floating_or_complex(op, name, t):
+    if not (t.is_floating_point() or t.is_complex()):
+        raise TypeError(f"{op}: expected {name} to be a floating-point or complex tensor, but got "
+                        f"{_dtype_name(t.dtype)}")
+
+
 # --- convolution -------------------------------------------------------------------------------
 
 def suggests_channels_last(t):
     """Whether a tensor suggests channels_last to torch's convolutions: 4-D, dense in NHWC order and
     not also in NCHW order (where a size-1 dimension makes both one order, as for a depthwise
     weight, torch keeps NCHW)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return t.dim() == 4 and t.numel() > 0 and not _dense_in_order(t, (0, 1, 2, 3)) and _dense_in_order(t, (0, 2, 3, 1))
+
+
+def _dense_in_order(t, dims):
+    """t.is_contiguous() for dims (0, 1, 2, 3), t.is_contiguous(memory_format=torch.channels_last)
+    for (0, 2, 3, 1): dense with dims from outermost to innermost, size-1 dims ignored, as torch
+    reads it. (From the strides: inside torch.func.vmap, is_contiguous takes no memory format.)"""
+    expected = 1
+    for d in reversed(dims):
+        if t.shape[d] != 1:
+            if t.stride(d) != expected:
+                return False
+            expected *= t.shape[d]
+    return True
 
 
 def convolution_prefers_channels_last(input, weight):

@@ -103,6 +103,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_tensor(op, "weight", weight)
     if bias is not None:
         _check_tensor(op, "bias", bias)
+    if x.is_complex():
+        y = _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups)
+        return y.squeeze(0) if unbatched else y
     _shape.check_floating(op, "input", x)
     # The dtypes the kernel will see: under torch.autocast, the convolution's casts first.
     cast_x, cast_weight, cast_bias = _autocast.cast_args((x, weight, bias))
@@ -136,6 +139,33 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         x = x.contiguous(memory_format=torch.channels_last)
     y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32, benchmark)
     return y.squeeze(0) if unbatched else y
+
+
+def _real_and_imaginary(t):
+    """The real and imaginary parts of a complex tensor, as dense tensors in its layout (the parts
+    are strided views, which would lose a channels_last layout; a conjugate's imaginary part is a
+    lazily negated view, which the kernels, reading memory, must not be given)."""
+    layout = torch.channels_last if _shape.suggests_channels_last(t) else torch.contiguous_format
+    return tuple(part.resolve_neg().contiguous(memory_format=layout) for part in (t.real, t.imag))
+
+
+def _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups):
+    """A complex convolution as three real ones (Gauss's trick, as torch computes it): with
+    x = a + ib, weight = c + id and bias = e + if, and conv linear in the input and the weight,
+        real part       = conv(a, c) + e - conv(b, d)
+        imaginary part  = conv(a + b, c + d) + e + f - (conv(a, c) + e) - conv(b, d).
+    Autograd differentiates through the parts (torch's complex gradient convention). Autocast
+    leaves complex tensors alone, as torch's convolution: the real ones run in the parts' dtype."""
+    _shape.check_same_dtype_device(op, "input", x, "weight", weight)
+    if bias is not None:
+        _shape.check_same_dtype_device(op, "input", x, "bias", bias)
+    (a, b), (c, d) = _real_and_imaginary(x), _real_and_imaginary(weight)
+    e, f = _real_and_imaginary(bias) if bias is not None else (None, None)
+    with _autocast.disabled(x.device.type):
+        ac = conv2d(a, c, e, stride, padding, dilation, groups)
+        bd = conv2d(b, d, None, stride, padding, dilation, groups)
+        cross = conv2d(a + b, c + d, e + f if bias is not None else None, stride, padding, dilation, groups)
+    return torch.complex(ac - bd, cross - ac - bd)
 
 
 def _pool_args(op, kernel_size, stride, padding):
@@ -179,9 +209,14 @@ def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
     output_size: an int, or (H, W) where None keeps the input's size."""
     op = "cuconv.adaptive_avg_pool2d"
-    x, unbatched = _batched(op, input)
+    x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_complex)
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2 and None in output_size:
         output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
     output_size = _pair(op, "output_size", output_size)
-    y = differentiable.adaptive_avg_pool2d(x, output_size)
+    if x.is_complex():  # (a mean: of the real and the imaginary parts apart)
+        real, imaginary = _real_and_imaginary(x)
+        y = torch.complex(differentiable.adaptive_avg_pool2d(real, output_size),
+                          differentiable.adaptive_avg_pool2d(imaginary, output_size))
+    else:
+        y = differentiable.adaptive_avg_pool2d(x, output_size)
     return y.squeeze(0) if unbatched else y

@@ -49,6 +49,8 @@ TOLERANCES = {
     torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
     torch.float16: dict(rtol=2e-3, atol=2e-3),
 }
+TOLERANCES.update({torch.complex128: TOLERANCES[torch.float64], torch.complex64: TOLERANCES[torch.float32],
+                   torch.complex32: TOLERANCES[torch.float16]})
 
 
 def pytest_report_header(config):

@@ -159,8 +159,11 @@ def _raw_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
 STRICTER_THAN_TORCH = {"integer-input", "int32-input", "uint8-input", "integer-input-float-weight", "bool-input",
                        "complex-input", "no-input-channels"}
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
-# in both): that case is tested as valid in test_ops.py instead.
-VALID_FOR_ADAPTIVE = {"empty-channels"}
+# in both), and complex tensors: those cases are tested as valid in test_ops.py and
+# test_dtypes.py instead; it refuses the others with a message of its own.
+VALID_FOR_ADAPTIVE = {"empty-channels", "complex-input"}
+ADAPTIVE_DTYPE_MESSAGES = {case: rf"input to be a floating-point or complex tensor, but got {name}"
+                           for case, name in [("integer-input", "Long"), ("uint8-input", "Byte"), ("bool-input", "Bool")]}
 # Max pooling takes integer tensors, as torch's CPU max pooling (tested in test_ops.py); it refuses
 # bool and complex ones, with a message of its own.
 VALID_FOR_MAX = {"integer-input", "uint8-input"}
@@ -296,6 +299,8 @@ def _pool_input_cases(call, reference, **kwargs):
             continue
         if is_max:
             pattern = MAX_DTYPE_MESSAGES.get(case_id, pattern)
+        if "output_size" in kwargs:
+            pattern = ADAPTIVE_DTYPE_MESSAGES.get(case_id, pattern)
         ref = (lambda make=make: make(reference, **kwargs)) if reference is not None and case_id not in STRICTER_THAN_TORCH else None
         params.append(pytest.param(lambda make=make: make(call, **kwargs), exc, pattern, ref, id=case_id))
     return params
@@ -505,6 +510,9 @@ ERROR_CASES = (
         pytest.param(lambda: ops.adaptive_avg_pool2d(x4().long(), [2, 2]), RuntimeError,
                      r"input to be a floating-point tensor, but got Long", None,
                      id="raw-adaptive_avg_pool2d-integer"),
+        pytest.param(lambda: ops.adaptive_avg_pool2d(x4().to(torch.complex64), [2, 2]), RuntimeError,
+                     r"input to be a floating-point tensor, but got ComplexFloat", None,
+                     id="raw-adaptive_avg_pool2d-complex"),  # (cuconv.functional pools the parts)
     ]
     + [pytest.param(fn, exc, pattern, None, id=case_id) for case_id, fn, exc, pattern in BOOK_CASES]
     + [pytest.param(fn, exc, pattern, None, id=case_id) for case_id, fn, exc, pattern in MODULE_CASES]

@@ -25,12 +25,14 @@ def assert_matches(actual, expected, dtype):
 
 
 def forward_and_grads(fn, tensors, seed=1):
-    """fn(*tensors) and the gradients of a random projection of it w.r.t. every tensor."""
-    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    """fn(*tensors) and the gradients of a random projection of it w.r.t. every tensor (of a
+    complex output: the projection's real part, a real loss)."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point() or t.is_complex()) for t in tensors]
     out = fn(*leaves)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
-    grads = torch.autograd.grad((out * weights).sum(), [t for t in leaves if t.requires_grad])
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.complex128 if out.is_complex() else torch.float64)
+    loss = (out * weights.to(out)).sum()
+    grads = torch.autograd.grad(loss.real if loss.is_complex() else loss, [t for t in leaves if t.requires_grad])
     return out.detach(), grads
 
 
@@ -367,63 +369,6 @@ def test_max_pool2d_cpu_special_kernels_match_torch(config, size, dtype, device)
     _, idx = CF.max_pool2d(x, return_indices=True, **config)
     _, ref_idx = F.max_pool2d(x, return_indices=True, **config)
     assert torch.equal(idx, ref_idx)
-
-
-INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
-
-
-def random_integers(shape, dtype, ties, seed):
-    """Values over the dtype's whole range (its lowest and highest among them), or from a few
-    values, so that windows hold ties."""
-    gen = torch.Generator().manual_seed(seed)
-    info = torch.iinfo(dtype)
-    low, high = (info.min, info.max) if not ties else (max(info.min, -2), 2)
-    x = torch.randint(low, high, shape, generator=gen, dtype=torch.int64).to(dtype)
-    x.view(-1)[:: 7] = info.min
-    x.view(-1)[3:: 11] = info.max
-    return x
-
-
-# Max pooling of integer tensors (a label map, uint8 images), as torch's CPU max pooling: the same
-# values and indices, on the CPU's plane kernels (general, tiled 2x2 with short and long rows,
-# separable stride 2), its NHWC kernel, and the CUDA kernel. (torch's reference is computed NCHW on
-# the CPU: its CUDA max pooling takes no integers, and its NHWC kernel refuses int8 and uint8 planes
-# of more than 127 pixels.)
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
-@pytest.mark.parametrize("ties", [False, True], ids=["whole-range", "ties"])
-def test_max_pool2d_of_integers_matches_torch(ties, dtype, layout, device):
-    configs = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
-               dict(kernel_size=(2, 3), stride=2, padding=(1, 1)), dict(kernel_size=(3, 2), dilation=2, ceil_mode=True)]
-    configs += [dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
-                     ceil_mode=c["ceil_mode"]) for c in random_pool_cases(6, seed=5, with_dilation=True)]
-    compared = 0
-    for size in [(8, 10), (9, 7), (6, 40), (12, 12)]:
-        x = random_integers((2, 3, *size), dtype, ties, seed=sum(size))
-        for config in configs:
-            try:
-                ref, ref_idx = F.max_pool2d(x, return_indices=True, **config)
-            except RuntimeError:  # (a random window larger than this input)
-                continue
-            compared += 1
-            out, idx = CF.max_pool2d(x.to(device).contiguous(memory_format=layout), return_indices=True, **config)
-            assert out.dtype == dtype and out.is_contiguous(memory_format=layout), config
-            assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx), config
-    assert compared >= 4 * 4  # (every fixed config on every size, and random ones)
-    unbatched = CF.max_pool2d(x[0].to(device), 3, 2, 1)  # (C, H, W), as torch's
-    assert torch.equal(unbatched.cpu(), F.max_pool2d(x[0], 3, 2, 1))
-
-
-@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
-def test_max_pool2d_of_integers_through_module_compile_and_opcheck(dtype):
-    """The module, torch.compile and the op's registration (fake kernel, schema) take integers too;
-    no gradient is recorded."""
-    x = random_integers((2, 3, 10, 10), dtype, ties=True, seed=1)
-    expected = F.max_pool2d(x, 3, 2, 1)
-    assert torch.equal(cuconv.MaxPool2d(3, 2, 1)(x), expected)
-    assert torch.equal(torch.compile(lambda t: CF.max_pool2d(t, 3, 2, 1), fullgraph=True)(x), expected)
-    torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False))
 
 
 @pytest.mark.parametrize("device", DEVICES, indirect=True)

@@ -373,6 +373,16 @@ def test_vmap_of_weights_runs_one_grouped_convolution():
     assert len(calls) == 2  # the vmapped call and the one grouped kernel call it becomes (a loop: 1 + 5)
 
 
+@pytest.mark.parametrize("per_sample", [lambda t: t.transpose(2, 3), lambda t: t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)],
+                         ids=["transposed", "channels_last"])
+def test_vmap_of_strided_samples_equals_a_loop(per_sample):
+    """Each sample a strided view (its layout read from its strides: inside vmap,
+    is_contiguous takes no memory format)."""
+    x, w = torch.randn(3, 2, 4, 6, 6, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    conv = lambda t: CF.conv2d(per_sample(t), w, padding=1)  # noqa: E731
+    assert_matches(vmap(conv)(x), torch.stack([conv(t) for t in x]), torch.float64)
+
+
 def test_jacrev_and_hessian_vector_products_equal_torch_s():
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)

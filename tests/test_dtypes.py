@@ -1,0 +1,180 @@
+"""Tensors beyond the floating-point types, where torch's ops take them: complex convolution and
+adaptive average pooling (computed by cuconv.functional from the real and imaginary parts, on
+cuconv's real kernels), and integer max pooling (cuconv's kernels, CPU and CUDA)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuconv
+import cuconv.functional as CF
+from conftest import DEVICES
+from test_ops import compare_with_torch, conv_fns, conv_tensors, random_conv_cases, random_pool_cases
+
+ops = torch.ops.cuconv
+
+# --- complex tensors --------------------------------------------------------------------------
+
+COMPLEX_DTYPES = [torch.complex64, torch.complex128]
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", COMPLEX_DTYPES, ids=str)
+@pytest.mark.parametrize("case", random_conv_cases(10, seed=77),
+                         ids=lambda c: "g{groups}k{kernel}s{stride}p{padding}d{dilation}".format(**c))
+def test_complex_conv2d_matches_torch(case, dtype, device):
+    """Forward and the gradients of input, weight and bias (torch's complex convention: the
+    conjugate Wirtinger derivative of a real loss), over the whole parameter space."""
+    x, w, b = conv_tensors(case, dtype, device)
+    ours, theirs = conv_fns(case, b is not None)
+    compare_with_torch(ours, theirs, [t for t in (x, w, b) if t is not None], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_complex_conv2d_of_conjugates_layouts_and_unbatched_input(device):
+    """Conjugate views (lazily conjugated: their imaginary parts are lazily negated views), a
+    channels_last input (a channels_last result, as torch's), padding='same', an unbatched
+    input and complex32 (torch's experimental complex half) give torch's results."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 7, dtype=torch.complex128, generator=gen).to(device)
+    w = torch.randn(6, 4, 3, 2, dtype=torch.complex128, generator=gen).to(device)
+    b = torch.randn(6, dtype=torch.complex128, generator=gen).to(device)
+    for args in [(x.conj(), w, b), (x, w.conj(), b.conj()), (x.conj(), w.conj(), None)]:
+        assert args[0].is_conj() or args[1].is_conj()
+        torch.testing.assert_close(CF.conv2d(*args, padding=1), F.conv2d(*args, padding=1), rtol=1e-10, atol=1e-10)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y = CF.conv2d(x_cl, w, b, stride=2)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, stride=2), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(CF.conv2d(x[0], w, b, padding="same"), F.conv2d(x[0], w, b, padding="same"),
+                               rtol=1e-10, atol=1e-10)
+    half_x, half_w = x.to(torch.complex64).to(torch.complex32), w.to(torch.complex64).to(torch.complex32)
+    y = CF.conv2d(half_x, half_w)
+    assert y.dtype == torch.complex32
+    torch.testing.assert_close(y.to(torch.complex64), F.conv2d(half_x, half_w).to(torch.complex64), rtol=2e-3, atol=2e-2)
+
+
+def test_complex_conv2d_gradcheck_gradgradcheck_module_and_autocast():
+    gen = torch.Generator().manual_seed(4)
+    x, w, b = (torch.randn(*shape, dtype=torch.complex128, generator=gen, requires_grad=True)
+               for shape in [(2, 4, 6, 5), (4, 2, 3, 2), (4,)])
+    conv = lambda x, w, b: CF.conv2d(x, w, b, (1, 2), 1, (2, 1), 2)  # noqa: E731
+    assert torch.autograd.gradcheck(conv, (x, w, b))
+    assert torch.autograd.gradgradcheck(conv, (x, w, b))
+    layer = cuconv.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", dtype=torch.complex64)
+    twin = torch.nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", dtype=torch.complex64)
+    twin.load_state_dict(layer.state_dict())
+    x64 = x.detach().to(torch.complex64)
+    torch.testing.assert_close(layer(x64), twin(x64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # leaves complex convolutions alone, as torch's
+        assert layer(x64).dtype == twin(x64).dtype == torch.complex64
+        torch.testing.assert_close(layer(x64), twin(x64))
+    compiled = torch.compile(lambda t: CF.conv2d(t, layer.weight, layer.bias, padding=1), fullgraph=True)
+    torch.testing.assert_close(compiled(x64), F.conv2d(x64, layer.weight, layer.bias, padding=1))
+    vmapped = torch.func.vmap(lambda t: CF.conv2d(t, layer.weight, padding=1))(x64.unsqueeze(1))
+    torch.testing.assert_close(vmapped.squeeze(1), F.conv2d(x64, layer.weight, padding=1))
+
+
+def test_complex_conv2d_refuses_mixed_dtypes():
+    x, w = torch.randn(1, 2, 5, 5, dtype=torch.complex64), torch.randn(3, 2, 3, 3)
+    with pytest.raises(TypeError, match=r"weight to have the dtype of input \(torch\.complex64\), but got Float"):
+        CF.conv2d(x, w)
+    with pytest.raises(TypeError, match=r"weight to have the dtype of input \(Float\), but got torch\.complex64"):
+        CF.conv2d(w, x)
+    with pytest.raises(TypeError, match=r"bias to have the dtype of input \(torch\.complex64\), but got Float"):
+        CF.conv2d(x, w.to(torch.complex64), torch.randn(3))
+    with pytest.raises(RuntimeError, match=r"input to be a floating-point tensor, but got ComplexFloat"):
+        ops.conv2d(x, w.to(torch.complex64), None, [1, 1], [0, 0], [1, 1], 1)  # (the raw op: real tensors only)
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", COMPLEX_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("in_size,out_size", [((7, 9), (3, 4)), ((8, 8), 1), ((4, 5), (7, 9)), ((13, 3), (4, None))])
+def test_complex_adaptive_avg_pool2d_is_the_mean_of_each_part(in_size, out_size, layout, dtype, device):
+    """torch takes complex tensors for a global average only (other output sizes and channels_last
+    inputs it refuses): there it is the reference, elsewhere the real and imaginary parts pooled apart."""
+    x = torch.randn(2, 3, *in_size, dtype=dtype, device=device).contiguous(memory_format=layout)
+    if out_size == 1 and layout == torch.contiguous_format:
+        reference = lambda t: F.adaptive_avg_pool2d(t, out_size)  # noqa: E731
+    else:
+        reference = lambda t: torch.complex(F.adaptive_avg_pool2d(t.real, out_size),  # noqa: E731
+                                            F.adaptive_avg_pool2d(t.imag, out_size))
+    compare_with_torch(lambda t: CF.adaptive_avg_pool2d(t, out_size), reference, [x], dtype)
+    unbatched = CF.adaptive_avg_pool2d(x[0].conj(), out_size)
+    torch.testing.assert_close(unbatched, reference(x[0].conj().resolve_conj()))
+
+
+def test_complex_adaptive_avg_pool2d_gradcheck_and_module():
+    x = torch.randn(2, 3, 6, 5, dtype=torch.complex128, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: CF.adaptive_avg_pool2d(t, (4, 3)), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: CF.adaptive_avg_pool2d(t, (4, 3)), (x,))
+    torch.testing.assert_close(cuconv.AdaptiveAvgPool2d(1)(x), torch.nn.AdaptiveAvgPool2d(1)(x))
+
+
+@pytest.mark.parametrize("pool", [lambda t: CF.max_pool2d(t, 2), lambda t: CF.avg_pool2d(t, 2)], ids=["max", "avg"])
+def test_window_pooling_refuses_complex_tensors_as_torch(pool):
+    with pytest.raises(TypeError, match=r"input to be a floating-point.*tensor, but got torch\.complex64"):
+        pool(torch.randn(1, 2, 4, 4, dtype=torch.complex64))
+
+
+# --- integer tensors ---------------------------------------------------------------------------
+
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+def random_integers(shape, dtype, ties, seed):
+    """Values over the dtype's whole range (its lowest and highest among them), or from a few
+    values, so that windows hold ties."""
+    gen = torch.Generator().manual_seed(seed)
+    info = torch.iinfo(dtype)
+    low, high = (info.min, info.max) if not ties else (max(info.min, -2), 2)
+    x = torch.randint(low, high, shape, generator=gen, dtype=torch.int64).to(dtype)
+    x.view(-1)[:: 7] = info.min
+    x.view(-1)[3:: 11] = info.max
+    return x
+
+
+# Max pooling of integer tensors (a label map, uint8 images), as torch's CPU max pooling: the same
+# values and indices, on the CPU's plane kernels (general, tiled 2x2 with short and long rows,
+# separable stride 2), its NHWC kernel, and the CUDA kernel. (torch's reference is computed NCHW on
+# the CPU: its CUDA max pooling takes no integers, and its NHWC kernel refuses int8 and uint8 planes
+# of more than 127 pixels.)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+@pytest.mark.parametrize("ties", [False, True], ids=["whole-range", "ties"])
+def test_max_pool2d_of_integers_matches_torch(ties, dtype, layout, device):
+    configs = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+               dict(kernel_size=(2, 3), stride=2, padding=(1, 1)), dict(kernel_size=(3, 2), dilation=2, ceil_mode=True)]
+    configs += [dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
+                     ceil_mode=c["ceil_mode"]) for c in random_pool_cases(6, seed=5, with_dilation=True)]
+    compared = 0
+    for size in [(8, 10), (9, 7), (6, 40), (12, 12)]:
+        x = random_integers((2, 3, *size), dtype, ties, seed=sum(size))
+        for config in configs:
+            try:
+                ref, ref_idx = F.max_pool2d(x, return_indices=True, **config)
+            except RuntimeError:  # (a random window larger than this input)
+                continue
+            compared += 1
+            out, idx = CF.max_pool2d(x.to(device).contiguous(memory_format=layout), return_indices=True, **config)
+            assert out.dtype == dtype and out.is_contiguous(memory_format=layout), config
+            assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx), config
+    assert compared >= 4 * 4  # (every fixed config on every size, and random ones)
+    unbatched = CF.max_pool2d(x[0].to(device), 3, 2, 1)  # (C, H, W), as torch's
+    assert torch.equal(unbatched.cpu(), F.max_pool2d(x[0], 3, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_max_pool2d_of_integers_through_module_compile_and_opcheck(dtype):
+    """The module, torch.compile and the op's registration (fake kernel, schema) take integers too;
+    no gradient is recorded."""
+    x = random_integers((2, 3, 10, 10), dtype, ties=True, seed=1)
+    expected = F.max_pool2d(x, 3, 2, 1)
+    assert torch.equal(cuconv.MaxPool2d(3, 2, 1)(x), expected)
+    assert torch.equal(torch.compile(lambda t: CF.max_pool2d(t, 3, 2, 1), fullgraph=True)(x), expected)
+    torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False))
+
+
