@@ -58,14 +58,17 @@ def skip_unless_selected(case, quick):
 def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measurement_pass):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
+    integers = not dt.is_floating_point  # (--dtypes uint8,int32,...: the forward alone, on the CPU, as torch)
+    if integers and (mode != "forward" or device != "cpu"):
+        pytest.skip("integer tensors: the CPU's forward only")
     gen = seeded_generator(case.name, batch)
-    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt)
+    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt, scale=100.0 if integers else 1.0)
     if case.channels_last:
         x = x.to(memory_format=torch.channels_last)
     fan_in = case.in_channels // case.groups * case.kernel ** 2
     w = random_tensor((case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel), gen, device, dt,
-                      scale=fan_in ** -0.5)
-    b = random_tensor((case.out_channels,), gen, device, dt)
+                      scale=10.0 if integers else fan_in ** -0.5)
+    b = random_tensor((case.out_channels,), gen, device, dt, scale=100.0 if integers else 1.0)
     flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
     label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
@@ -82,9 +85,11 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
 def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick, measurement_pass):
     skip_unless_selected(case, quick)
     dt = getattr(torch, dtype)
-    integers = not dt.is_floating_point  # (--dtypes uint8,int32,...: max pooling's forward alone, as torch)
-    if integers and (case.kind != "max" or mode != "forward"):
-        pytest.skip("integer tensors: max pooling's forward only")
+    # (--dtypes uint8,int32,...: max pooling's forward alone, and int64 average pooling's on the CPU, as torch)
+    integers = not dt.is_floating_point
+    if integers and not (mode == "forward" and (case.kind == "max" or
+                                                case.kind == "avg" and dt == torch.int64 and device == "cpu")):
+        pytest.skip("integer tensors: max pooling's forward, and int64 average pooling's on the CPU, only")
     # torch's NHWC max pooling refuses int8 and uint8 planes of over 127 pixels: no torch time
     # there, and cuconv's result is checked against torch's NCHW one
     torch_refuses = integers and dt in (torch.uint8, torch.int8) and case.channels_last and case.size ** 2 > 127

@@ -57,6 +57,26 @@ inline void check_floating_or_integer(const char* op, const char* name, const Te
                " to be a floating-point or integer tensor, but got ", t.scalar_type());
 }
 
+// The integer dtypes an op takes besides the floating-point ones: torch's CPU convolution takes
+// every integer type and its CPU average pooling int64; their CUDA twins take none, nor do
+// cuconv's CUDA kernels (the CPU kernels pass kAll / kInt64, the CUDA ones kNone).
+enum class Integers { kNone, kInt64, kAll };
+
+inline void check_floating_or(const char* op, const char* name, const Tensor& t, Integers integers) {
+  const ScalarType type = t.scalar_type();
+  if (integers == Integers::kAll) {
+    check_floating_or_integer(op, name, t);
+    return;
+  }
+  if (integers == Integers::kInt64) {
+    CUCONV_CHECK(is_floating(type) || type == ScalarType::Long, op, ": expected ", name,
+                 " to be a floating-point or int64 tensor, but got ", type);
+    return;
+  }
+  CUCONV_CHECK(is_floating(type), op, ": expected ", name, " to be a floating-point tensor, but got ", type,
+               is_integer(type) ? " (integer tensors: on the CPU only, as torch's)" : "");
+}
+
 // ---------------------------------------------------------------------------
 // Convolution
 // out = floor((in + 2*padding - dilation*(kernel-1) - 1) / stride) + 1
@@ -124,8 +144,8 @@ inline void check_conv2d_bias(const char* op, const std::optional<Tensor>& bias,
 // shapes they restore (input_size / weight_size) to conv2d_shape directly.
 inline Conv2dShape check_conv2d(const char* op, const Tensor& input, const Tensor& weight,
                             const std::optional<Tensor>& bias, IntArrayRef stride,
-                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  check_floating(op, "input", input);
+                            IntArrayRef padding, IntArrayRef dilation, int64_t groups, Integers integers) {
+  check_floating_or(op, "input", input, integers);
   check_same_dtype_device(op, "input", input, "weight", weight);
   if (bias.has_value() && bias->defined()) check_same_dtype_device(op, "input", input, "bias", *bias);
   auto s = conv2d_shape(op, input.sizes(), weight.sizes(), stride, padding, dilation,
@@ -276,8 +296,8 @@ inline Pool2dShape check_max_pool2d_backward(const char* op, const Tensor& grad_
 
 inline Pool2dShape check_avg_pool2d(const char* op, const Tensor& input, IntArrayRef kernel_size,
                                 IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
-                                std::optional<int64_t> divisor_override) {
-  check_floating(op, "input", input);
+                                std::optional<int64_t> divisor_override, Integers integers) {
+  check_floating_or(op, "input", input, integers);
   check_divisor_override(op, divisor_override);
   return pool2d_shape(op, input.sizes(), kernel_size, stride, padding, {1, 1}, ceil_mode);
 }

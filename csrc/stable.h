@@ -112,6 +112,28 @@ std::string message(const Args&... args) {
     }                                                                                             \
   }()
 
+// The floating-point types and int64 (torch's CPU average pooling takes those).
+#define CUCONV_DISPATCH_FLOATING_AND_INT64(TYPE, NAME, ...)                                        \
+  [&] {                                                                                           \
+    switch (TYPE) {                                                                               \
+      CUCONV_FLOATING_CASES(__VA_ARGS__)                                                          \
+      CUCONV_DISPATCH_CASE(Long, int64_t, __VA_ARGS__)                                            \
+      default:                                                                                    \
+        throw std::runtime_error(                                                                 \
+            ::cuconv::message(NAME, ": expected a floating-point or int64 dtype, but got ", TYPE)); \
+    }                                                                                             \
+  }()
+
+// The integer types alone.
+#define CUCONV_DISPATCH_INTEGER(TYPE, NAME, ...)                                                          \
+  [&] {                                                                                                  \
+    switch (TYPE) {                                                                                      \
+      CUCONV_INTEGER_CASES(__VA_ARGS__)                                                                  \
+      default:                                                                                           \
+        throw std::runtime_error(::cuconv::message(NAME, ": expected an integer dtype, but got ", TYPE)); \
+    }                                                                                                    \
+  }()
+
 namespace cuconv {
 
 // --- types ---------------------------------------------------------------------------------

@@ -61,12 +61,33 @@ def check_floating_or_integer(op, name, t):
                         f"{_dtype_name(t.dtype)}")
 
 
-# Convolution and adaptive average pooling also take complex tensors, as torch's (cuconv.functional
-# computes them from the real and imaginary parts).
+# The integer dtypes an op takes besides the floating-point ones (csrc/shape.h's Integers): torch's
+# CPU convolution takes every integer type and its CPU average pooling int64; their CUDA twins take
+# none, nor do cuconv's CUDA kernels. Through cuconv.functional, convolution and adaptive average
+# pooling also take complex tensors (computed from the real and imaginary parts).
+ALL_INTEGERS = _INTEGER_TYPES
+
+
+def check_floating_or(op, name, t, integers, complex_allowed=False):
+    if t.is_floating_point() or t.dtype in integers or (complex_allowed and t.is_complex()):
+        return
+    kinds = (["floating-point"] + (["integer"] if integers == ALL_INTEGERS else [str(d).removeprefix("torch.") for d in integers])
+             + (["complex"] if complex_allowed else []))  # (int64: as csrc/shape.h names it)
+    expected = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+    note = " (integer tensors: on the CPU only, as torch's)" if not integers and t.dtype in _INTEGER_TYPES else ""
+    raise TypeError(f"{op}: expected {name} to be a {expected} tensor, but got {_dtype_name(t.dtype)}{note}")
+
+
 def check_floating_or_complex(op, name, t):
-    if not (t.is_floating_point() or t.is_complex()):
-        raise TypeError(f"{op}: expected {name} to be a floating-point or complex tensor, but got "
-                        f"{_dtype_name(t.dtype)}")
+    check_floating_or(op, name, t, (), complex_allowed=True)
+
+
+def check_conv2d_dtype(op, name, t, complex_allowed=False):
+    check_floating_or(op, name, t, ALL_INTEGERS if t.device.type == "cpu" else (), complex_allowed)
+
+
+def check_avg_pool2d_dtype(op, name, t):
+    check_floating_or(op, name, t, (torch.int64,) if t.device.type == "cpu" else ())
 
 
 # --- convolution -------------------------------------------------------------------------------
@@ -142,7 +163,7 @@ def check_conv2d_bias(op, bias, out_channels):
 
 
 def check_conv2d(op, input, weight, bias, stride, padding, dilation, groups):
-    check_floating(op, "input", input)
+    check_conv2d_dtype(op, "input", input)
     check_same_dtype_device(op, "input", input, "weight", weight)
     if bias is not None:
         check_same_dtype_device(op, "input", input, "bias", bias)
@@ -253,7 +274,7 @@ def check_max_pool2d_backward(op, grad_output, indices, input_size, kernel_size,
 
 
 def check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override):
-    check_floating(op, "input", input)
+    check_avg_pool2d_dtype(op, "input", input)
     check_divisor_override(op, divisor_override)
     return pool2d_shape(op, input.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
 

@@ -106,7 +106,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if x.is_complex():
         y = _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups)
         return y.squeeze(0) if unbatched else y
-    _shape.check_floating(op, "input", x)
+    _shape.check_conv2d_dtype(op, "input", x, complex_allowed=True)
     # The dtypes the kernel will see: under torch.autocast, the convolution's casts first.
     cast_x, cast_weight, cast_bias = _autocast.cast_args((x, weight, bias))
     _shape.check_same_dtype_device(op, "input", cast_x, "weight", cast_weight)
@@ -143,10 +143,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def _real_and_imaginary(t):
     """The real and imaginary parts of a complex tensor, as dense tensors in its layout (the parts
-    are strided views, which would lose a channels_last layout; a conjugate's imaginary part is a
-    lazily negated view, which the kernels, reading memory, must not be given)."""
+    are strided views, which would lose a channels_last layout). (A conjugate's imaginary part is a
+    lazily negated view: torch's dispatcher negates it before a kernel reads it.)"""
     layout = torch.channels_last if _shape.suggests_channels_last(t) else torch.contiguous_format
-    return tuple(part.resolve_neg().contiguous(memory_format=layout) for part in (t.real, t.imag))
+    return tuple(part.contiguous(memory_format=layout) for part in (t.real, t.imag))
 
 
 def _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups):
@@ -193,9 +193,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    """2-D average pooling, as torch.nn.functional.avg_pool2d."""
+    """2-D average pooling, as torch.nn.functional.avg_pool2d (int64 tensors too on the CPU, as torch's:
+    each window's sum divided by its divisor, rounding toward zero)."""
     op = "cuconv.avg_pool2d"
-    x, unbatched = _batched(op, input)
+    x, unbatched = _batched(op, input, check_dtype=_shape.check_avg_pool2d_dtype)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
     if divisor_override is not None and not _is_int(divisor_override):
         raise TypeError(f"{op}: expected divisor_override to be an int or None, but got "

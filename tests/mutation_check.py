@@ -37,7 +37,10 @@ TUNING = "tests/test_tuning.py"
 BIAS = ("-k", "bias", "tests/test_ops.py")
 FORWARD_MODE = ("-k", "forward or dual or jacfwd", "tests/test_transforms.py")
 TILED_2X2 = ("-k", "tiled_2x2", DISPATCH)  # each tiled 2x2 average pooling kernel, forced
-INTEGERS = ("-k", "integers", OPS)  # max pooling of integer tensors, every kernel and device
+DTYPES = "tests/test_dtypes.py"
+INTEGERS = ("-k", "integers", DTYPES)  # max pooling and convolution of integer tensors
+INT64_POOLING = ("-k", "int64", DTYPES)  # average pooling of int64 tensors
+COMPLEX = ("-k", "complex", DTYPES)  # complex convolution and adaptive average pooling
 HALF_POOLING = ("-k", "float16", PRECISION)  # float16 pooling: cuconv's own conversions (opmath.h)
 CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
 
@@ -580,6 +583,31 @@ MUTANTS = [
            "terms.append(differentiable.conv2d(input_t, weight, None, *ctx.conv_args))", FORWARD_MODE),
     Mutant("jvp-sums-with-a-plain-add", "forward mode (Python)", "cuconv/_ops.py",
            "        total = _TangentSum.apply(total, term)", "        total = total + term", FORWARD_MODE),
+    # integer and complex tensors (tests/test_dtypes.py)
+    Mutant("complex-conv-imaginary-sign", "complex (Python)", "cuconv/functional.py",
+           "return torch.complex(ac - bd, cross - ac - bd)", "return torch.complex(ac - bd, cross - ac + bd)", COMPLEX),
+    Mutant("complex-parts-lose-the-layout", "complex (Python)", "cuconv/functional.py",
+           "layout = torch.channels_last if _shape.suggests_channels_last(t) else torch.contiguous_format",
+           "layout = torch.contiguous_format", COMPLEX),
+    Mutant("complex-autocast-casts-the-parts", "complex (Python)", "cuconv/functional.py",
+           "    with _autocast.disabled(x.device.type):\n", "    if True:\n", COMPLEX),
+    Mutant("integer-conv-int32-in-16-bit-sums", "integer arithmetic", "csrc/cpu/conv2d_integer.cpp",
+           "std::conditional_t<(sizeof(T) <= 2), uint16_t,", "std::conditional_t<(sizeof(T) <= 4), uint16_t,", INTEGERS),
+    Mutant("integer-conv-reach-rounds-down", "index math", "csrc/cpu/conv2d_integer.cpp",
+           "const int64_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;",
+           "const int64_t first = offset >= 0 ? 0 : -offset / stride;", INTEGERS),
+    Mutant("integer-conv-channel-vectors-row-dilation", "index math", "csrc/cpu/conv2d_integer.cpp",
+           "const int64_t ih = oh * p.sH - p.pH + i * p.dH;", "const int64_t ih = oh * p.sH - p.pH + i;", INTEGERS),
+    Mutant("integer-conv-rows-bias-of-the-group", "index math", "csrc/cpu/conv2d_integer.cpp",
+           "std::fill(sums, sums + p.Ho * p.Wo, bias != nullptr ? static_cast<sum_t>(bias[o]) : sum_t(0));",
+           "std::fill(sums, sums + p.Ho * p.Wo, bias != nullptr ? static_cast<sum_t>(bias[g]) : sum_t(0));", INTEGERS),
+    Mutant("integer-conv-writes-with-input-strides", "layout", "csrc/cpu/conv2d_integer.cpp",
+           "y.stride(0), y.stride(1), y.stride(2), y.stride(3)}", "input.stride(0), input.stride(1), input.stride(2), input.stride(3)}",
+           INTEGERS),
+    Mutant("avg-pool-int64-rounds-down", "integer arithmetic", "csrc/cpu/pool2d.cpp",
+           "    for (int64_t ow = 0; ow < g.Wo; ++ow) y_row[ow] = static_cast<scalar_t>(sum[ow] / static_cast<acc_t>(plan.divisor(row, ow)));",
+           "    for (int64_t ow = 0; ow < g.Wo; ++ow) y_row[ow] = static_cast<scalar_t>(std::floor(sum[ow] / plan.divisor(row, ow)));",
+           INT64_POOLING),
 ]
 
 

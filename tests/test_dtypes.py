@@ -1,6 +1,7 @@
 """Tensors beyond the floating-point types, where torch's ops take them: complex convolution and
 adaptive average pooling (computed by cuconv.functional from the real and imaginary parts, on
-cuconv's real kernels), and integer max pooling (cuconv's kernels, CPU and CUDA)."""
+cuconv's real kernels), integer max pooling (cuconv's kernels, CPU and CUDA) and integer
+convolution (the CPU's)."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 import cuconv
 import cuconv.functional as CF
+import emulated_cuda
 from conftest import DEVICES
 from test_ops import compare_with_torch, conv_fns, conv_tensors, random_conv_cases, random_pool_cases
 
@@ -84,7 +86,7 @@ def test_complex_conv2d_refuses_mixed_dtypes():
         CF.conv2d(w, x)
     with pytest.raises(TypeError, match=r"bias to have the dtype of input \(torch\.complex64\), but got Float"):
         CF.conv2d(x, w.to(torch.complex64), torch.randn(3))
-    with pytest.raises(RuntimeError, match=r"input to be a floating-point tensor, but got ComplexFloat"):
+    with pytest.raises(RuntimeError, match=r"input to be a floating-point or integer tensor, but got ComplexFloat"):
         ops.conv2d(x, w.to(torch.complex64), None, [1, 1], [0, 0], [1, 1], 1)  # (the raw op: real tensors only)
 
 
@@ -178,3 +180,121 @@ def test_max_pool2d_of_integers_through_module_compile_and_opcheck(dtype):
     torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False))
 
 
+
+
+def integer_conv_cases(count, seed):
+    """random_conv_cases with output channels per group from 1 to 17: the CPU's two loop orders
+    (rows below 8 per group, channel vectors from 8)."""
+    cases = random_conv_cases(count, seed)
+    for case, per_group in zip(cases, [1, 8, 3, 17, 2, 9, 1, 16] * count):
+        case["out_channels"] = case["groups"] * per_group
+    return cases
+
+
+# Integer convolution, as torch's CPU convolution (which takes integers, dilated ones in int64
+# only): overflow wraps around, so the reference is torch's int64 convolution truncated to the
+# dtype, and where torch takes the dtype itself, its own result is that too. Every layout of the
+# input (NCHW, channels_last, strided), the result in the input's layout.
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_conv2d_of_integers_matches_torch_modulo_the_dtype(dtype, layout):
+    for index, case in enumerate(integer_conv_cases(16, seed=31)):
+        x, w, b = (random_integers(t.shape, dtype, ties=False, seed=index * 3 + k) if t is not None else None
+                   for k, t in enumerate(conv_tensors(case, torch.float32, "cpu")))
+        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+        expected = F.conv2d(x.long(), w.long(), b.long() if b is not None else None, *args).to(dtype)
+        if dtype == torch.int64 or case["dilation"] == (1, 1):
+            assert torch.equal(F.conv2d(x, w, b, *args), expected)  # (torch wraps around too)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "strided":
+            x = x.transpose(2, 3).contiguous().transpose(2, 3)[:, :, :, :]
+        y = CF.conv2d(x, w, b, *args)
+        assert y.dtype == dtype and torch.equal(y, expected), case
+        torch_y = F.conv2d(x.double(), w.double(), None, *args)  # (the layout torch gives)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            assert y.is_contiguous(memory_format=memory_format) == torch_y.is_contiguous(memory_format=memory_format)
+
+
+def test_conv2d_of_integers_unbatched_same_padding_compile_and_opcheck():
+    """(No module: torch.nn's parameters cannot be integer tensors.)"""
+    x = random_integers((2, 4, 9, 8), torch.uint8, ties=False, seed=5)
+    w = random_integers((8, 2, 3, 2), torch.uint8, ties=False, seed=6)
+    expected = F.conv2d(x, w, padding="same", groups=2)
+    assert torch.equal(CF.conv2d(x, w, padding="same", groups=2), expected)
+    assert torch.equal(CF.conv2d(x[1], w, padding="same", groups=2), expected[1])
+    compiled = torch.compile(lambda t, k: CF.conv2d(t, k, None, 2, 1, 1, 2), fullgraph=True)
+    assert torch.equal(compiled(x.int(), w.int()), F.conv2d(x.int(), w.int(), None, 2, 1, 1, 2))
+    torch.library.opcheck(ops.conv2d.default, (x.to(torch.int16), w.to(torch.int16), None, [1, 2], [1, 0], [2, 1], 2))
+
+
+def test_conv2d_of_integers_refused_by_the_cuda_kernels_and_bool_everywhere():
+    """torch's CUDA convolution takes no integers, and cuconv's CUDA kernels neither (on the emulated
+    device here: cuconv.functional refuses them for a CUDA tensor before, with a TypeError)."""
+    x, w = random_integers((1, 2, 5, 5), torch.int32, ties=False, seed=1), random_integers((3, 2, 3, 3), torch.int32, False, 2)
+    with pytest.raises(TypeError, match=r"floating-point, integer or complex tensor, but got Bool"):
+        CF.conv2d(x > 0, w > 0)
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("the emulated CUDA device is not built")
+    with emulated_cuda.routed(), pytest.raises(
+            RuntimeError, match=r"input to be a floating-point tensor, but got Int \(integer tensors: on the CPU only"):
+        ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+
+
+def random_int64(shape, seed):
+    """int64 values of both signs up to 2^40 (sums of a window do not overflow: torch's would be
+    undefined behaviour), with exact multiples of small divisors among them."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2**40, 2**40, shape, generator=gen, dtype=torch.int64)
+    x.view(-1)[::5] = torch.randint(-12, 13, x.view(-1)[::5].shape, generator=gen) * 36
+    return x
+
+
+# int64 average pooling, as torch's CPU average pooling (which takes int64 among the integer
+# types): each window's sum divided by its divisor, rounding toward zero (C++ integer division).
+# The general plane kernel, the tiled 2x2 one, whole-plane windows and the NHWC kernel.
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_avg_pool2d_of_int64_matches_torch(layout):
+    configs = [dict(kernel_size=2), dict(kernel_size=(8, 10)), dict(kernel_size=3, stride=2, padding=1),
+               dict(kernel_size=3, stride=1, padding=1, count_include_pad=False, ceil_mode=True),
+               dict(kernel_size=(2, 3), divisor_override=-7)]
+    configs += [dict(kernel_size=c["kernel"], stride=c["stride"], padding=c["padding"], ceil_mode=c["ceil_mode"],
+                     count_include_pad=index % 2 == 0, divisor_override=[None, 3, None, -2][index % 4])
+                for index, c in enumerate(random_pool_cases(8, seed=13, with_dilation=False))]
+    compared = 0
+    for size in [(8, 10), (9, 7), (12, 12)]:
+        x = random_int64((2, 3, *size), seed=sum(size))
+        for config in configs:
+            try:
+                expected = F.avg_pool2d(x, **config)
+            except RuntimeError:  # (a random window larger than this input)
+                continue
+            compared += 1
+            y = CF.avg_pool2d(x.contiguous(memory_format=layout), **config)
+            assert y.dtype == torch.int64 and y.is_contiguous(memory_format=layout), config
+            assert torch.equal(y, expected), config
+    assert compared >= 3 * 5
+    assert torch.equal(CF.avg_pool2d(x[0], 3, 2, 1), F.avg_pool2d(x[0], 3, 2, 1))  # (C, H, W), as torch's
+    negative = torch.tensor([[[[-7, 0], [0, 0]]]])  # (-7 / 4 rounds toward zero: -1, not -2; -7 / 2: -3)
+    assert CF.avg_pool2d(negative, 2).item() == F.avg_pool2d(negative, 2).item() == -1
+    assert CF.avg_pool2d(negative[..., :1, :], (1, 2)).item() == F.avg_pool2d(negative[..., :1, :], (1, 2)).item() == -3
+
+
+def test_avg_pool2d_of_int64_through_module_compile_and_opcheck():
+    x = random_int64((2, 3, 10, 10), seed=1)
+    expected = F.avg_pool2d(x, 3, 2, 1)
+    assert torch.equal(cuconv.AvgPool2d(3, 2, 1)(x), expected)
+    assert torch.equal(torch.compile(lambda t: CF.avg_pool2d(t, 3, 2, 1), fullgraph=True)(x), expected)
+    torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 3], [2, 2], [1, 1], False, True, None))
+
+
+def test_avg_pool2d_refuses_other_integers_and_the_cuda_kernels_int64():
+    """torch's average pooling takes int64 alone among the integer types, and on the CPU only; so does
+    cuconv's (its CUDA kernels on the emulated device here)."""
+    with pytest.raises(TypeError, match=r"floating-point or int64 tensor, but got Int"):
+        CF.avg_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2)
+    if not emulated_cuda.AVAILABLE:
+        pytest.skip("the emulated CUDA device is not built")
+    with emulated_cuda.routed(), pytest.raises(
+            RuntimeError, match=r"input to be a floating-point tensor, but got Long \(integer tensors: on the CPU only"):
+        ops.avg_pool2d(random_int64((1, 1, 4, 4), seed=2), [2, 2], [2, 2], [0, 0], False, True, None)

@@ -102,13 +102,11 @@ CONV_CASES = [
      r"weight to have the dtype of input \(Double\), but got Float"),
     ("bias-dtype", lambda f: f(x4(), w4(), torch.randn(6, dtype=torch.float64)), TypeError,
      r"bias to have the dtype of input \(Float\), but got Double"),
-    ("integer-input", lambda f: f(x4().long(), w4().long()), TypeError,
-     r"input to be a floating-point tensor, but got Long"),
-    ("int32-input", lambda f: f(x4().int(), w4().int()), TypeError,
-     r"input to be a floating-point tensor, but got Int"),
+    # (integer tensors are valid on the CPU, complex ones through cuconv.functional: test_dtypes.py)
     ("integer-input-float-weight", lambda f: f(x4().long(), w4()), TypeError,
-     r"input to be a floating-point tensor, but got Long"),
-    ("bool-input", lambda f: f(x4() > 0, w4() > 0), TypeError, r"input to be a floating-point tensor, but got Bool"),
+     r"weight to have the dtype of input \(Long\), but got Float"),
+    ("bool-input", lambda f: f(x4() > 0, w4() > 0), TypeError,
+     r"input to be a floating-point(, integer or complex| or integer) tensor, but got Bool"),
     # --- bias shape
     ("bias-wrong-size", lambda f: f(x4(), w4(), torch.randn(5)), ValueError,
      r"bias of shape \[6\].*but got shape \[5\]"),
@@ -153,11 +151,10 @@ def _raw_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     return ops.conv2d(input, weight, bias, pair(stride), pair(padding), pair(dilation), groups)
 
 
-# Rejected by design although torch accepts them: integer tensors (torch has integer kernels
-# for some of these ops; cuconv's are floating-point only but for max pooling), complex ones
-# (torch's convolution and adaptive average pooling take them).
-STRICTER_THAN_TORCH = {"integer-input", "int32-input", "uint8-input", "integer-input-float-weight", "bool-input",
-                       "complex-input", "no-input-channels"}
+# Rejected by design although torch accepts them: a convolution over zero input channels; and
+# cases where torch raises another error or none (integer and complex tensors that some of these
+# ops take and others refuse: tested as valid where they are, test_dtypes.py).
+STRICTER_THAN_TORCH = {"integer-input", "uint8-input", "bool-input", "complex-input", "no-input-channels"}
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
 # in both), and complex tensors: those cases are tested as valid in test_ops.py and
 # test_dtypes.py instead; it refuses the others with a message of its own.
@@ -167,6 +164,11 @@ ADAPTIVE_DTYPE_MESSAGES = {case: rf"input to be a floating-point or complex tens
 # Max pooling takes integer tensors, as torch's CPU max pooling (tested in test_ops.py); it refuses
 # bool and complex ones, with a message of its own.
 VALID_FOR_MAX = {"integer-input", "uint8-input"}
+# Average pooling takes int64 tensors on the CPU, as torch's (tested in test_dtypes.py); it refuses
+# other integer types, with a message of its own.
+VALID_FOR_AVG = {"integer-input"}
+AVG_DTYPE_MESSAGES = {case: rf"input to be a floating-point or int64 tensor, but got {name}"
+                      for case, name in [("uint8-input", "Byte"), ("bool-input", "Bool"), ("complex-input", r"torch\.complex64")]}
 MAX_DTYPE_MESSAGES = {"bool-input": r"input to be a floating-point or integer tensor, but got Bool",
                       "complex-input": r"input to be a floating-point or integer tensor, but got torch\.complex64"}
 
@@ -293,12 +295,15 @@ def _pool_cases(table, call, reference):
 
 def _pool_input_cases(call, reference, **kwargs):
     params = []
-    is_max = call in (CF.max_pool2d, F.max_pool2d)
+    is_max, is_avg = call in (CF.max_pool2d, F.max_pool2d), call in (CF.avg_pool2d, F.avg_pool2d)
     for case_id, make, exc, pattern in POOL_INPUT_CASES:
-        if "output_size" in kwargs and case_id in VALID_FOR_ADAPTIVE or is_max and case_id in VALID_FOR_MAX:
+        if ("output_size" in kwargs and case_id in VALID_FOR_ADAPTIVE or is_max and case_id in VALID_FOR_MAX
+                or is_avg and case_id in VALID_FOR_AVG):
             continue
         if is_max:
             pattern = MAX_DTYPE_MESSAGES.get(case_id, pattern)
+        if is_avg:
+            pattern = AVG_DTYPE_MESSAGES.get(case_id, pattern)
         if "output_size" in kwargs:
             pattern = ADAPTIVE_DTYPE_MESSAGES.get(case_id, pattern)
         ref = (lambda make=make: make(reference, **kwargs)) if reference is not None and case_id not in STRICTER_THAN_TORCH else None
@@ -374,7 +379,7 @@ MODULE_CASES = [
     ("Conv2d-dtype", lambda: cuconv.Conv2d(4, 6, 3).double()(x4()), TypeError,
      r"weight to have the dtype of input \(Float\), but got Double"),
     ("Conv2d-integer-input", lambda: cuconv.Conv2d(4, 6, 3)(x4().long()), TypeError,
-     r"input to be a floating-point tensor, but got Long"),
+     r"weight to have the dtype of input \(Long\), but got Float"),
     ("Conv2d-kernel-too-large", lambda: cuconv.Conv2d(4, 6, 9)(x4()), ValueError,
      r"kernel \(9 x 9\) to fit in the padded input \(8 x 8\)"),
     ("Conv2d-stride-0", lambda: cuconv.Conv2d(4, 6, 3, stride=0)(x4()), ValueError, r"stride=\[0, 0\]"),
@@ -398,7 +403,7 @@ MODULE_CASES = [
     ("LazyConv2d-input-2d", lambda: cuconv.LazyConv2d(6, 3)(x4(8, 8)), RuntimeError,
      r"3D \(unbatched\) or 4D \(batched\) input to LazyConv2d, but got input of size: torch\.Size\(\[8, 8\]\)"),
     ("LazyConv2d-integer-input", lambda: cuconv.LazyConv2d(6, 3)(x4().long()), TypeError,
-     r"input to be a floating-point tensor, but got Long"),
+     r"weight to have the dtype of input \(Long\), but got Float"),
     ("MaxPool2d-padding-above-half", lambda: cuconv.MaxPool2d(2, padding=2)(x4()), ValueError,
      r"padding to be at most half of kernel_size \[2, 2\], but got padding=\[2, 2\]"),
     ("MaxPool2d-too-small", lambda: cuconv.MaxPool2d(3)(x4(1, 1, 2, 2)), ValueError,
@@ -412,8 +417,8 @@ MODULE_CASES = [
     ("AvgPool2d-padding-above-half", lambda: cuconv.AvgPool2d(3, padding=2)(x4()), ValueError,
      r"at most half of kernel_size \[3, 3\], but got padding=\[2, 2\]"),
     ("AvgPool2d-stride-0", lambda: cuconv.AvgPool2d(2, stride=0)(x4()), ValueError, r"stride=\[0, 0\]"),
-    ("AvgPool2d-integer-input", lambda: cuconv.AvgPool2d(2)(x4().long()), TypeError,
-     r"input to be a floating-point tensor, but got Long"),
+    ("AvgPool2d-integer-input", lambda: cuconv.AvgPool2d(2)(x4().int()), TypeError,
+     r"input to be a floating-point or int64 tensor, but got Int"),
     ("AdaptiveAvgPool2d-negative", lambda: cuconv.AdaptiveAvgPool2d(-1)(x4()), ValueError,
      r"output_size value to be >= 0, but got output_size=\[-1, -1\]"),
     ("AdaptiveAvgPool2d-negative-w", lambda: cuconv.AdaptiveAvgPool2d((None, -2))(x4()), ValueError,
@@ -497,7 +502,7 @@ ERROR_CASES = (
         pytest.param(lambda: ops.avg_pool2d(x4(4, 8, 8), [2, 2], [2, 2], [0, 0], False, True, None), ValueError,
                      r"input to be 4-D .*but got 3-D with shape \[4, 8, 8\]", None, id="raw-avg_pool2d-input-3d"),
         pytest.param(lambda: ops.avg_pool2d(x4().int(), [2, 2], [2, 2], [0, 0], False, True, None), RuntimeError,
-                     r"input to be a floating-point tensor, but got Int", None, id="raw-avg_pool2d-integer"),
+                     r"input to be a floating-point or int64 tensor, but got Int", None, id="raw-avg_pool2d-integer"),
         pytest.param(lambda: ops.adaptive_avg_pool2d(x4(), [-1, 2]), ValueError,
                      r"output_size value to be >= 0, but got output_size=\[-1, 2\]", None,
                      id="raw-adaptive_avg_pool2d-negative"),

@@ -56,6 +56,7 @@
 #include "../ops.h"
 #include "../shape.h"
 #include "conv2d_channels_last.h"
+#include "conv2d_integer.h"
 #include "depthwise.h"
 #include "direct_conv.h"
 #include "gemm.h"
@@ -1198,10 +1199,11 @@ enum class HalfTypes { kChoose, kPacked };
 Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias, IntArrayRef stride,
                     IntArrayRef padding, IntArrayRef dilation, int64_t groups, HalfTypes half) {
   const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
-                                           dilation, groups);
+                                           dilation, groups, Integers::kAll);
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
+  if (is_integer(input.scalar_type())) return integer_conv2d_forward(shape, input, w, b, stride, padding, dilation);
   if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =

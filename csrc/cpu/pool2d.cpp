@@ -1356,13 +1356,15 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
                                   IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                   bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override, Integers::kInt64);
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
+  // (int64 as torch's CPU average pooling: sums in int64, each divided by its window's divisor,
+  // rounding toward zero)
   if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
-    CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+    CUCONV_DISPATCH_FLOATING_AND_INT64(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
       avg_pool_nhwc(WindowTable(g, plan), s.batch, g.H, g.W, s.channels, input.const_data_ptr<scalar_t>(),
                     y.mutable_data_ptr<scalar_t>());
     });
@@ -1371,7 +1373,7 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
   const Tensor x = contiguous_or_self(input);
   Tensor y = empty_in_layout_of(input, {s.batch, s.channels, s.out_h, s.out_w});
 
-  CUCONV_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
+  CUCONV_DISPATCH_FLOATING_AND_INT64(input.scalar_type(), "avg_pool2d_forward_cpu", [&] {
     if (window_is_whole_plane(g, plan))
       global_pool(s.batch * s.channels, g.H * g.W, plan.divisor(plan.row_factor[0], 0), x.const_data_ptr<scalar_t>(),
                   y.mutable_data_ptr<scalar_t>());

@@ -274,7 +274,7 @@ Tensor conv2d_forward_cuda(const Tensor& input, const Tensor& weight, const std:
                            IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups,
                            bool allow_tf32, bool benchmark) {
   const char* op = "cuconv.conv2d";
-  const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups);
+  const auto shape = check_conv2d(op, input, weight, bias, stride, padding, dilation, groups, Integers::kNone);
   cuda_detail::DeviceGuard guard(input);
   const std::vector<int64_t> sizes{shape.batch, shape.out_channels, shape.out_h, shape.out_w};
   Tensor y = cuda_detail::new_output(input, sizes, std::nullopt, is_channels_last(input));

@@ -424,7 +424,7 @@ Tensor avg_pool2d_forward_cuda(const Tensor& input, IntArrayRef kernel_size,
                                    IntArrayRef stride, IntArrayRef padding, bool ceil_mode,
                                    bool count_include_pad, std::optional<int64_t> divisor_override) {
   const char* op = "cuconv.avg_pool2d";
-  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const auto s = check_avg_pool2d(op, input, kernel_size, stride, padding, ceil_mode, divisor_override, Integers::kNone);
   cuda_detail::DeviceGuard guard(input);
   const Tensor x = contiguous_or_self(input);
   Tensor y = cuda_detail::new_output(input, {s.batch, s.channels, s.out_h, s.out_w});
