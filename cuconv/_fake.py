@@ -12,31 +12,11 @@ def _fake(name):
     return torch.library.register_fake(f"cuconv::{name}")
 
 
-def _strides_suggest_channels_last(t):
-    """torch's reading of a 4-D tensor's strides (csrc/stable.h says how)."""
-    if t.dim() != 4 or t.stride(1) == 0:
-        return False
-    smallest = 0
-    for d in (1, 3, 2, 0):
-        if t.size(d) == 0 or t.stride(d) < smallest:
-            return False
-        if d == 0 and smallest == t.stride(1):
-            return False
-        smallest = t.stride(d) * max(t.size(d), 1)
-    return True
-
-
-def _is_channels_last(t):
-    """As csrc/stable.h's is_channels_last: torch suggests channels_last for it, and it is
-    channels-last contiguous."""
-    return _strides_suggest_channels_last(t) and t.is_contiguous(memory_format=torch.channels_last)
-
-
 def _new_in_layout_of(model, shape, dtype=None):
     """An empty tensor of `shape` like `model` (of `dtype` if given), channels_last where `model`
     is (the kernels' rule)."""
     dtype = dtype or model.dtype
-    if _is_channels_last(model):
+    if _shape.is_channels_last(model):
         return torch.empty(shape, dtype=dtype, device=model.device, memory_format=torch.channels_last)
     return model.new_empty(shape, dtype=dtype)
 

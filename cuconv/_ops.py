@@ -307,20 +307,23 @@ def _conv2d_setup_context(ctx, inputs, output):
     ctx.input_shape = input.shape
     ctx.weight_shape = weight.shape
     ctx.has_bias = bias is not None
-    # torch's weight gradient is channels_last where the input or the weight is (_shape.py)
-    ctx.channels_last_weight_grad = _shape.convolution_prefers_channels_last(input, weight)
+    # torch's gradients are channels_last where the input or the weight is (_shape.py)
+    ctx.channels_last = _shape.convolution_prefers_channels_last(input, weight)
     ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], input), _saved_if(ctx.needs_input_grad[0], weight))
 
 
 def _conv2d_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
+    if ctx.channels_last and not _shape.is_channels_last(grad_output):
+        # (the input gradient's kernels follow grad_output's layout; a clone, as in cuconv.functional)
+        grad_output = grad_output.clone(memory_format=torch.channels_last)
     if ctx.needs_input_grad[0]:
         grad_input = differentiable.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
         grad_weight = differentiable.conv2d_backward_weight(grad_output, input, ctx.weight_shape, *ctx.conv_args)
-        if ctx.channels_last_weight_grad:
-            grad_weight = grad_weight.contiguous(memory_format=torch.channels_last)
+        if ctx.channels_last and not _shape.is_channels_last(grad_weight):
+            grad_weight = grad_weight.clone(memory_format=torch.channels_last)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = differentiable.conv2d_backward_bias(grad_output)
     return grad_input, grad_weight, grad_bias, *ctx.no_grads

@@ -93,16 +93,31 @@ def check_avg_pool2d_dtype(op, name, t):
 # --- convolution -------------------------------------------------------------------------------
 
 def suggests_channels_last(t):
-    """Whether a tensor suggests channels_last to torch's convolutions: 4-D, dense in NHWC order and
-    not also in NCHW order (where a size-1 dimension makes both one order, as for a depthwise
-    weight, torch keeps NCHW)."""
-    return t.dim() == 4 and t.numel() > 0 and not _dense_in_order(t, (0, 1, 2, 3)) and _dense_in_order(t, (0, 2, 3, 1))
+    """Whether torch reads a 4-D tensor as channels_last (Tensor.suggest_memory_format(), which
+    torch's convolutions follow): by the order of its strides, C innermost, then W, H, N; where
+    size-1 dimensions leave both orders possible, NCHW (csrc/stable.h reads strides the same way).
+    From the strides alone: inside torch.func.vmap, is_contiguous takes no memory format."""
+    if t.dim() != 4 or t.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if t.size(d) == 0 or t.stride(d) < smallest:
+            return False
+        if d == 0 and smallest == t.stride(1):
+            return False
+        smallest = t.stride(d) * max(t.size(d), 1)
+    return True
+
+
+def is_channels_last(t):
+    """csrc/stable.h's is_channels_last, the kernels' rule for a channels_last input (and result):
+    torch reads it as channels_last, and it is dense in that order."""
+    return suggests_channels_last(t) and _dense_in_order(t, (0, 2, 3, 1))
 
 
 def _dense_in_order(t, dims):
-    """t.is_contiguous() for dims (0, 1, 2, 3), t.is_contiguous(memory_format=torch.channels_last)
-    for (0, 2, 3, 1): dense with dims from outermost to innermost, size-1 dims ignored, as torch
-    reads it. (From the strides: inside torch.func.vmap, is_contiguous takes no memory format.)"""
+    """Dense with dims from outermost to innermost, size-1 dims ignored, as torch's is_contiguous
+    reads it ((0, 2, 3, 1): channels_last)."""
     expected = 1
     for d in reversed(dims):
         if t.shape[d] != 1:

@@ -135,8 +135,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     benchmark = x.is_cuda and _cuda_conv_benchmarks()
     # A channels_last weight makes the result channels_last, as torch's: the kernels follow their
     # input's layout (and the weight gradient too, _ops.py), so the input is given in it.
-    if _shape.convolution_prefers_channels_last(x, weight) and not _shape.suggests_channels_last(x):
-        x = x.contiguous(memory_format=torch.channels_last)
+    # (a clone: `contiguous` keeps a tensor that is also NCHW-contiguous, such as one channel, as it is)
+    if _shape.convolution_prefers_channels_last(x, weight) and not _shape.is_channels_last(x):
+        x = x.clone(memory_format=torch.channels_last)
     y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32, benchmark)
     return y.squeeze(0) if unbatched else y
 

@@ -542,6 +542,45 @@ def test_pooling_channels_last_matches_torch_and_stays_channels_last(case, dtype
         assert torch.equal(idx, ref_idx) and idx.stride() == ref_idx.stride()
 
 
+def _dense_as_strided(shape, order, rng):
+    """A dense tensor of `shape` with dims in `order` from outermost to innermost; its size-1 dims
+    get any of a few strides (torch ignores them for contiguity, not for its layout choice)."""
+    strides, size = [0] * 4, 1
+    for d in reversed(order):
+        strides[d], size = size, size * shape[d]
+    for d in range(4):
+        if shape[d] == 1:
+            strides[d] = rng.choice([1, strides[d], 7, size])
+    return torch.randn(size).as_strided(shape, strides)  # (float32: torch's float64 backward refuses some)
+
+
+@pytest.mark.parametrize("x_shape", [(2, 1, 5, 6), (1, 3, 5, 6), (2, 3, 1, 6), (2, 3, 5, 1), (2, 3, 5, 6), (2, 1, 1, 1)],
+                         ids=str)
+def test_conv2d_layouts_of_any_strides_are_torchs(x_shape):
+    """torch lays out a convolution's result and input gradient as Tensor.suggest_memory_format()
+    reads the input and the weight (channels_last if either, by stride order, size-1 dims
+    included); cuconv the same, with the same strides, for dense tensors in every dim order and
+    odd strides of size-1 dims. The weight gradient: the same layout."""
+    rng = random.Random(sum(x_shape))
+    compared = 0
+    for w_shape in [(4, x_shape[1], 3, 1), (4, x_shape[1], 1, 1), (1, x_shape[1], 3, 3)]:
+        if w_shape[2] > x_shape[2] or w_shape[3] > x_shape[3]:
+            continue
+        for x_order in [(0, 1, 2, 3), (0, 2, 3, 1), (0, 1, 3, 2), (0, 3, 1, 2)]:
+            for w_order in [(0, 1, 2, 3), (0, 2, 3, 1)]:
+                x = _dense_as_strided(x_shape, x_order, rng).requires_grad_()
+                w = _dense_as_strided(w_shape, w_order, rng).requires_grad_()
+                ours, theirs = CF.conv2d(x, w), F.conv2d(x, w)
+                assert ours.stride() == theirs.stride(), (x.stride(), w.stride())
+                assert_matches(ours, theirs, torch.float32)
+                (dx, dw), (ref_dx, ref_dw) = (torch.autograd.grad(y.sum(), [x, w]) for y in (ours, theirs))
+                assert dx.stride() == ref_dx.stride(), (x.stride(), w.stride())
+                for layout in (torch.contiguous_format, torch.channels_last):
+                    assert dw.is_contiguous(memory_format=layout) == ref_dw.is_contiguous(memory_format=layout)
+                compared += 1
+    assert compared >= 8
+
+
 @pytest.mark.parametrize("strides", [(4, 1, 1, 1), (4, 1, 4, 4), (1, 1, 1, 1)], ids=str)
 def test_ambiguous_layout_reads_as_torch_reads_it(strides):
     """A (2, 4, 1, 1) tensor is NCHW- and channels_last-contiguous at once; torch decides by the

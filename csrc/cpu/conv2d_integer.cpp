@@ -62,8 +62,8 @@ Reach reach(int64_t size, int64_t offset, int64_t stride, int64_t outputs) {
   return {std::min(first, outputs), std::clamp(last, std::min(first, outputs), outputs)};
 }
 
-// A vector of 32-bit sums in a 256-bit register: where O_g fills one, the channel-vector loop
-// runs (a rule of the vector width, not a tuned constant).
+// Output channels per group from which the channel-vector loop runs: a 256-bit register of 32-bit
+// sums (a rule of the vector width, not a tuned constant).
 constexpr int64_t kChannelLanes = 8;
 
 // The convolution's sizes and the strides of its input and output, in plain int64.
