@@ -581,6 +581,23 @@ def test_conv2d_layouts_of_any_strides_are_torchs(x_shape):
     assert compared >= 8
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_conv2d_of_sliced_inputs_is_laid_out_as_torchs(layout):
+    """Inputs that are not dense (channels sliced off) keep the layout they read as:
+    a sliced channels_last input gives a channels_last result and input gradient, as torch's."""
+    gen = torch.Generator().manual_seed(8)
+    base = torch.randn(2, 6, 7, 9, generator=gen).contiguous(memory_format=layout)
+    x = base[:, 1:5].detach().requires_grad_()
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    for weight_layout in (torch.contiguous_format, torch.channels_last):
+        w = torch.randn(3, 4, 3, 2, generator=gen).contiguous(memory_format=weight_layout).requires_grad_()
+        ours, theirs = CF.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+        assert ours.stride() == theirs.stride()
+        assert_matches(ours, theirs, torch.float32)
+        dx, ref_dx = (torch.autograd.grad(y.sum(), x)[0] for y in (ours, theirs))
+        assert dx.stride() == ref_dx.stride()
+
+
 @pytest.mark.parametrize("strides", [(4, 1, 1, 1), (4, 1, 4, 4), (1, 1, 1, 1)], ids=str)
 def test_ambiguous_layout_reads_as_torch_reads_it(strides):
     """A (2, 4, 1, 1) tensor is NCHW- and channels_last-contiguous at once; torch decides by the
