@@ -18,9 +18,10 @@
 //   channel vectors (O_g >= kChannelLanes): one output row (n, oh) per task; the sums of each of
 //     its pixels' O_g channels side by side, and every input pixel in reach of a tap times the
 //     tap's O_g weights (transposed to lie side by side): a vector loop over the channels;
-//   rows (fewer: depthwise filters, one-channel maps): one output plane (n, o) per task; for
-//     each input channel and tap (i, j), each output row in reach adds the input row's pixels
-//     times the weight: a vector loop over the pixels.
+//   padded planes (fewer: depthwise filters, one-channel maps): one sample and group (n, g) per
+//     task; each input channel copied once into a zero-padded plane, and for each output channel
+//     and tap (i, j) the output plane adds the shifted input plane times the weight: a vector
+//     loop over the pixels (padded_planes says how).
 // Tasks are shared out over the threads; each thread sums into a buffer of its own.
 
 #include <algorithm>
@@ -123,44 +124,60 @@ void conv_by_channel_vectors(const IntegerConv& p, const T* x, const T* w, const
   });
 }
 
-// Rows, output plane (n, o); `sums` holds Ho*Wo.
+// Padded planes, sample n and group g, all O (< kChannelLanes) output channels at once: each
+// input channel is copied once into `padded` (Hp x Wp, zeros around, widened to sum_t), so that
+// no tap needs bounds. Output (oh, ow) of tap (i, j) reads padded[(oh*sH + i*dH)*Wp + ow*sW + j*dW].
+// With stride 1 the sums live on a grid Wp wide (columns past Wo unused), where a tap is one run
+// over the whole plane: sums[q] += padded[q + i*dH*Wp + j*dW] for q < (Ho-1)*Wp + Wo, a long
+// vector loop (LeNet's 28-pixel rows were too short for one); otherwise row by row.
 template <typename T, typename sum_t = wrapping_sum_t<T>>
-CUCONV_VECTOR_CLONES void rows_plane(const IntegerConv& p, const T* x, const T* w, const T* bias, int64_t n, int64_t o,
-                                     sum_t* __restrict__ sums, T* y) {
-  const int64_t g = o / p.O;
-  std::fill(sums, sums + p.Ho * p.Wo, bias != nullptr ? static_cast<sum_t>(bias[o]) : sum_t(0));
+CUCONV_VECTOR_CLONES void padded_planes(const IntegerConv& p, const T* x, const T* w, const T* bias, int64_t n,
+                                        int64_t g, sum_t* __restrict__ padded, sum_t* __restrict__ sums, T* y) {
+  const int64_t Hp = p.H + 2 * p.pH, Wp = p.W + 2 * p.pW;
+  const bool unit_stride = p.sH == 1 && p.sW == 1;
+  const int64_t pitch = unit_stride ? Wp : p.Wo, plane = p.Ho * pitch;  // (of the sums)
+  for (int64_t o = 0; o < p.O; ++o)
+    std::fill(sums + o * plane, sums + (o + 1) * plane, bias != nullptr ? static_cast<sum_t>(bias[g * p.O + o]) : sum_t(0));
+  std::fill(padded, padded + Hp * Wp, sum_t(0));
   for (int64_t c = 0; c < p.C; ++c) {
     const T* x_plane = x + n * p.x_n + (g * p.C + c) * p.x_c;
-    const T* taps = w + (o * p.C + c) * p.kH * p.kW;
-    for (int64_t i = 0; i < p.kH; ++i) {
-      const Reach rows = reach(p.H, i * p.dH - p.pH, p.sH, p.Ho);
-      for (int64_t j = 0; j < p.kW; ++j) {
-        const Reach cols = reach(p.W, j * p.dW - p.pW, p.sW, p.Wo);
-        const sum_t weight = static_cast<sum_t>(taps[i * p.kW + j]);
-        const int64_t step = p.sW * p.x_w;  // (between the pixels of neighbouring outputs)
-        for (int64_t oh = rows.first; oh < rows.last; ++oh) {
-          // the input pixel of output (oh, ow): origin + ow*step
-          const int64_t origin = (oh * p.sH + i * p.dH - p.pH) * p.x_h + (j * p.dW - p.pW) * p.x_w;
-          sum_t* __restrict__ sum_row = sums + oh * p.Wo;
-          for (int64_t ow = cols.first; ow < cols.last; ++ow)
-            sum_row[ow] = wrapping_madd(sum_row[ow], static_cast<sum_t>(x_plane[origin + ow * step]), weight);
+    for (int64_t ih = 0; ih < p.H; ++ih)
+      for (int64_t iw = 0; iw < p.W; ++iw)
+        padded[(ih + p.pH) * Wp + iw + p.pW] = static_cast<sum_t>(x_plane[ih * p.x_h + iw * p.x_w]);
+    for (int64_t o = 0; o < p.O; ++o) {
+      const T* taps = w + ((g * p.O + o) * p.C + c) * p.kH * p.kW;
+      sum_t* __restrict__ out = sums + o * plane;
+      for (int64_t i = 0; i < p.kH; ++i)
+        for (int64_t j = 0; j < p.kW; ++j) {
+          const sum_t weight = static_cast<sum_t>(taps[i * p.kW + j]);
+          const sum_t* __restrict__ in = padded + i * p.dH * Wp + j * p.dW;
+          if (unit_stride) {
+            for (int64_t q = 0; q < (p.Ho - 1) * Wp + p.Wo; ++q) out[q] = wrapping_madd(out[q], in[q], weight);
+          } else {
+            for (int64_t oh = 0; oh < p.Ho; ++oh)
+              for (int64_t ow = 0; ow < p.Wo; ++ow)
+                out[oh * pitch + ow] = wrapping_madd(out[oh * pitch + ow], in[oh * p.sH * Wp + ow * p.sW], weight);
+          }
         }
-      }
     }
   }
-  T* y_plane = y + n * p.y_n + o * p.y_c;
-  for (int64_t oh = 0; oh < p.Ho; ++oh)
-    for (int64_t ow = 0; ow < p.Wo; ++ow) y_plane[oh * p.y_h + ow * p.y_w] = static_cast<T>(sums[oh * p.Wo + ow]);  // (mod 2^bits)
+  for (int64_t o = 0; o < p.O; ++o) {
+    T* y_plane = y + n * p.y_n + (g * p.O + o) * p.y_c;
+    for (int64_t oh = 0; oh < p.Ho; ++oh)
+      for (int64_t ow = 0; ow < p.Wo; ++ow)
+        y_plane[oh * p.y_h + ow * p.y_w] = static_cast<T>(sums[o * plane + oh * pitch + ow]);  // (mod 2^bits)
+  }
 }
 
 template <typename T>
-void conv_by_rows(const IntegerConv& p, const T* x, const T* w, const T* bias, T* y) {
-  parallel_chunks(0, p.batch * p.out_channels(), IntegerConv::grain(p.C * p.kH * p.kW * p.Ho * p.Wo),
+void conv_by_padded_planes(const IntegerConv& p, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t Hp = p.H + 2 * p.pH, Wp = p.W + 2 * p.pW;
+  parallel_chunks(0, p.batch * p.groups, IntegerConv::grain(p.O * p.C * p.kH * p.kW * p.Ho * p.Wo),
                   [&](ChunkQueue& chunks) {
-    std::vector<wrapping_sum_t<T>> sums(p.Ho * p.Wo);  // one output plane
+    std::vector<wrapping_sum_t<T>> padded(Hp * Wp), sums(p.O * p.Ho * std::max(Wp, p.Wo));
     for (int64_t begin, end; chunks.next(begin, end);)
-      for (int64_t plane = begin; plane < end; ++plane)
-        rows_plane(p, x, w, bias, plane / p.out_channels(), plane % p.out_channels(), sums.data(), y);
+      for (int64_t task = begin; task < end; ++task)
+        padded_planes(p, x, w, bias, task / p.groups, task % p.groups, padded.data(), sums.data(), y);
   });
 }
 
@@ -183,7 +200,7 @@ Tensor integer_conv2d_forward(const Conv2dShape& shape, const Tensor& input, con
     const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     if (p.O >= kChannelLanes) conv_by_channel_vectors(p, x_data, w_data, b_data, y_data);
-    else conv_by_rows(p, x_data, w_data, b_data, y_data);
+    else conv_by_padded_planes(p, x_data, w_data, b_data, y_data);
   });
   return y;
 }
