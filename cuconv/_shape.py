@@ -51,31 +51,28 @@ def check_floating(op, name, t):
         raise TypeError(f"{op}: expected {name} to be a floating-point tensor, but got {_dtype_name(t.dtype)}")
 
 
-# Max pooling also takes integer tensors, as torch's CPU max pooling does (a label map, uint8 images).
-_INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def check_floating_or_integer(op, name, t):
-    if not (t.is_floating_point() or t.dtype in _INTEGER_TYPES):
-        raise TypeError(f"{op}: expected {name} to be a floating-point or integer tensor, but got "
-                        f"{_dtype_name(t.dtype)}")
-
-
 # The integer dtypes an op takes besides the floating-point ones (csrc/shape.h's Integers): torch's
-# CPU convolution takes every integer type and its CPU average pooling int64; their CUDA twins take
-# none, nor do cuconv's CUDA kernels. Through cuconv.functional, convolution and adaptive average
-# pooling also take complex tensors (computed from the real and imaginary parts).
-ALL_INTEGERS = _INTEGER_TYPES
+# CPU convolution takes every integer type, its CPU average pooling int64 and its CPU max pooling
+# every integer type; their CUDA twins take none, nor do cuconv's CUDA kernels but max pooling's.
+# Through cuconv.functional, convolution and adaptive average pooling also take complex tensors
+# (computed from the real and imaginary parts).
+ALL_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def check_floating_or(op, name, t, integers, complex_allowed=False):
+def check_floating_or(op, name, t, integers, complex_allowed=False, integers_on_cpu=False):
+    """A floating-point tensor, one of `integers`, or a complex one where allowed; integers_on_cpu:
+    the op takes integer tensors on the CPU (the message says so for one on another device)."""
     if t.is_floating_point() or t.dtype in integers or (complex_allowed and t.is_complex()):
         return
     kinds = (["floating-point"] + (["integer"] if integers == ALL_INTEGERS else [str(d).removeprefix("torch.") for d in integers])
              + (["complex"] if complex_allowed else []))  # (int64: as csrc/shape.h names it)
     expected = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
-    note = " (integer tensors: on the CPU only, as torch's)" if not integers and t.dtype in _INTEGER_TYPES else ""
+    note = " (integer tensors: on the CPU only, as torch's)" if integers_on_cpu and t.dtype in ALL_INTEGERS else ""
     raise TypeError(f"{op}: expected {name} to be a {expected} tensor, but got {_dtype_name(t.dtype)}{note}")
+
+
+def check_floating_or_integer(op, name, t):  # (max pooling, on the CPU and CUDA)
+    check_floating_or(op, name, t, ALL_INTEGERS)
 
 
 def check_floating_or_complex(op, name, t):
@@ -83,11 +80,13 @@ def check_floating_or_complex(op, name, t):
 
 
 def check_conv2d_dtype(op, name, t, complex_allowed=False):
-    check_floating_or(op, name, t, ALL_INTEGERS if t.device.type == "cpu" else (), complex_allowed)
+    on_cpu = t.device.type == "cpu"
+    check_floating_or(op, name, t, ALL_INTEGERS if on_cpu else (), complex_allowed, integers_on_cpu=not on_cpu)
 
 
 def check_avg_pool2d_dtype(op, name, t):
-    check_floating_or(op, name, t, (torch.int64,) if t.device.type == "cpu" else ())
+    on_cpu = t.device.type == "cpu"
+    check_floating_or(op, name, t, (torch.int64,) if on_cpu else (), integers_on_cpu=not on_cpu)
 
 
 # --- convolution -------------------------------------------------------------------------------

@@ -234,6 +234,8 @@ def test_conv2d_of_integers_refused_by_the_cuda_kernels_and_bool_everywhere():
     x, w = random_integers((1, 2, 5, 5), torch.int32, ties=False, seed=1), random_integers((3, 2, 3, 3), torch.int32, False, 2)
     with pytest.raises(TypeError, match=r"floating-point, integer or complex tensor, but got Bool"):
         CF.conv2d(x > 0, w > 0)
+    with pytest.raises(TypeError, match=r"floating-point or complex tensor, but got Int \(integer tensors: on the CPU only"):
+        CF.conv2d(x.to("meta"), w.to("meta"))  # (off the CPU: cuconv.functional's check, as on a GPU)
     if not emulated_cuda.AVAILABLE:
         pytest.skip("the emulated CUDA device is not built")
     with emulated_cuda.routed(), pytest.raises(
