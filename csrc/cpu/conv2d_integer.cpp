@@ -71,7 +71,6 @@ constexpr int64_t kChannelLanes = 8;
 struct IntegerConv {
   int64_t batch, C, O, groups, H, W, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW;  // C, O: per group
   int64_t x_n, x_c, x_h, x_w, y_n, y_c, y_h, y_w;                             // element strides
-  int64_t out_channels() const { return O * groups; }
   // Enough multiply-adds per task to pay for a thread: the grain of `work` per task.
   static int64_t grain(int64_t work) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, work)); }
 };
