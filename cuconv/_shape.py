@@ -79,13 +79,18 @@ def check_floating_or_complex(op, name, t):
     check_floating_or(op, name, t, (), complex_allowed=True)
 
 
+def _takes_cpu_dtypes(t):
+    """The CPU's dtypes: on the CPU, and on the meta device (shapes only), as torch's meta kernels."""
+    return t.device.type in ("cpu", "meta")
+
+
 def check_conv2d_dtype(op, name, t, complex_allowed=False):
-    on_cpu = t.device.type == "cpu"
+    on_cpu = _takes_cpu_dtypes(t)
     check_floating_or(op, name, t, ALL_INTEGERS if on_cpu else (), complex_allowed, integers_on_cpu=not on_cpu)
 
 
 def check_avg_pool2d_dtype(op, name, t):
-    on_cpu = t.device.type == "cpu"
+    on_cpu = _takes_cpu_dtypes(t)
     check_floating_or(op, name, t, (torch.int64,) if on_cpu else (), integers_on_cpu=not on_cpu)
 
 

@@ -5,6 +5,7 @@ convolution (the CPU's)."""
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 import torch.nn.functional as F
 
 import cuconv
@@ -234,8 +235,10 @@ def test_conv2d_of_integers_refused_by_the_cuda_kernels_and_bool_everywhere():
     x, w = random_integers((1, 2, 5, 5), torch.int32, ties=False, seed=1), random_integers((3, 2, 3, 3), torch.int32, False, 2)
     with pytest.raises(TypeError, match=r"floating-point, integer or complex tensor, but got Bool"):
         CF.conv2d(x > 0, w > 0)
-    with pytest.raises(TypeError, match=r"floating-point or complex tensor, but got Int \(integer tensors: on the CPU only"):
-        CF.conv2d(x.to("meta"), w.to("meta"))  # (off the CPU: cuconv.functional's check, as on a GPU)
+    with FakeTensorMode(), pytest.raises(
+            TypeError, match=r"floating-point or complex tensor, but got Int \(integer tensors: on the CPU only"):
+        CF.conv2d(torch.empty(x.shape, dtype=x.dtype, device="cuda"), torch.empty(w.shape, dtype=w.dtype, device="cuda"))
+        # (cuconv.functional's check of a CUDA tensor; fake tensors: no GPU needed)
     if not emulated_cuda.AVAILABLE:
         pytest.skip("the emulated CUDA device is not built")
     with emulated_cuda.routed(), pytest.raises(
@@ -290,11 +293,28 @@ def test_avg_pool2d_of_int64_through_module_compile_and_opcheck():
     torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 3], [2, 2], [1, 1], False, True, None))
 
 
+def test_integer_convolution_and_int64_average_pooling_on_the_meta_device():
+    """The meta device (shapes without data: deferred initialisation, shape inference) takes the
+    CPU's dtypes, as torch's meta kernels take them; the result's layout is the CPU's."""
+    x, w = torch.empty(2, 4, 9, 8, dtype=torch.uint8, device="meta"), torch.empty(6, 2, 3, 2, dtype=torch.uint8, device="meta")
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y = CF.conv2d(x.contiguous(memory_format=layout), w, None, 2, 1, 1, 2)
+        assert (y.device.type, y.dtype, y.shape) == ("meta", torch.uint8, (2, 6, 5, 5))
+        assert y.is_contiguous(memory_format=layout)
+    y = cuconv.AvgPool2d(3, 2, 1)(x.long())
+    assert (y.device.type, y.dtype, y.shape) == ("meta", torch.int64, (2, 4, 5, 4))
+    with pytest.raises(TypeError, match=r"floating-point or int64 tensor, but got Byte"):
+        CF.avg_pool2d(x, 2)
+
+
 def test_avg_pool2d_refuses_other_integers_and_the_cuda_kernels_int64():
     """torch's average pooling takes int64 alone among the integer types, and on the CPU only; so does
     cuconv's (its CUDA kernels on the emulated device here)."""
     with pytest.raises(TypeError, match=r"floating-point or int64 tensor, but got Int"):
         CF.avg_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2)
+    with FakeTensorMode(), pytest.raises(
+            TypeError, match=r"floating-point tensor, but got Long \(integer tensors: on the CPU only"):
+        CF.avg_pool2d(torch.empty(1, 1, 4, 4, dtype=torch.int64, device="cuda"), 2)
     if not emulated_cuda.AVAILABLE:
         pytest.skip("the emulated CUDA device is not built")
     with emulated_cuda.routed(), pytest.raises(
