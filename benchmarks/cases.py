@@ -3,7 +3,8 @@
 Each case is one layer as the network sees it on Fashion-MNIST (1 input channel):
 LeNet at 28x28, the reduced VGG ((1,16),(1,32),(2,64),(2,128),(2,128)) at 224x224 and
 ResNet-18 at 96x96, batch 128 (the book's) or a smaller batch in quick mode; a few grouped
-(RegNetX, chapter 8.8) and depthwise layers besides.
+(RegNetX, chapter 8.8) and depthwise layers besides, and transposed convolutions (the book's
+DCGAN generator, chapter 20.2, and a U-Net's 2x2 upsampling).
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +30,26 @@ class ConvCase:
         """Multiply-adds x 2 of the forward pass."""
         out = self.output_size()
         return 2 * batch * self.out_channels * out * out * (self.in_channels // self.groups) * self.kernel ** 2
+
+
+@dataclass(frozen=True)
+class ConvTransposeCase:
+    """A transposed convolution (upsampling) layer; the weight is (in_channels, out_channels, k, k)."""
+    name: str
+    in_channels: int
+    out_channels: int
+    size: int  # input height = width
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    quick: bool = False
+
+    def output_size(self):
+        return (self.size - 1) * self.stride - 2 * self.padding + self.kernel
+
+    def flops(self, batch):
+        """Multiply-adds x 2 of the forward pass: every input value times every tap and output channel."""
+        return 2 * batch * self.in_channels * self.size ** 2 * self.out_channels * self.kernel ** 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,16 @@ CONV_CASES += [
     ConvCase("regnet.s2.conv", 80, 80, 12, 3, padding=1, groups=5),
     ConvCase("depthwise.56", 64, 64, 56, 3, padding=1, groups=64),
     ConvCase("depthwise.14", 256, 256, 14, 3, padding=1, groups=256),
+]
+
+# The book's DCGAN generator (chapter 20.2, n_G = 64, 64x64 images) after its first block, and a
+# U-Net decoder's 2x2 stride-2 upsampling.
+CONV_TRANSPOSE_CASES = [
+    ConvTransposeCase("dcgan.g2", 512, 256, 4, 4, stride=2, padding=1),
+    ConvTransposeCase("dcgan.g3", 256, 128, 8, 4, stride=2, padding=1),
+    ConvTransposeCase("dcgan.g4", 128, 64, 16, 4, stride=2, padding=1, quick=True),
+    ConvTransposeCase("dcgan.g5", 64, 3, 32, 4, stride=2, padding=1),
+    ConvTransposeCase("unet.up", 128, 64, 28, 2, stride=2, quick=True),
 ]
 
 POOL_CASES = [

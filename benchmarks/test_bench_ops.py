@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import ceilings
 import cuconv
 import cuconv.functional as CF
-from cases import CONV_CASES, POOL_CASES
+from cases import CONV_CASES, CONV_TRANSPOSE_CASES, POOL_CASES
 from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, settle, synchronize
 
 IMPLS = {"cuconv": CF, "torch": F}
@@ -72,6 +72,29 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
     flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
     label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
+                   (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
+    if mode == "forward+backward":
+        for t in (x, w, b):
+            t.requires_grad_()
+    run(benchmark, conv, (x, w, b), mode, device, impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CONV_TRANSPOSE_CASES, ids=lambda c: c.name)
+def test_conv_transpose2d(benchmark, case, mode, impl, device, dtype, batch, quick, measurement_pass):
+    skip_unless_selected(case, quick)
+    dt = getattr(torch, dtype)
+    if not dt.is_floating_point:
+        pytest.skip("integer tensors: no transposed convolution")
+    gen = seeded_generator(case.name, batch)
+    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt)
+    w = random_tensor((case.in_channels, case.out_channels, case.kernel, case.kernel), gen, device, dt,
+                      scale=(case.in_channels * case.kernel ** 2) ** -0.5)
+    b = random_tensor((case.out_channels,), gen, device, dt)
+    flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
+    label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
+    conv = checked(impl, lambda api: lambda x, w, b: api.conv_transpose2d(x, w, b, case.stride, case.padding),
                    (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
     if mode == "forward+backward":
         for t in (x, w, b):

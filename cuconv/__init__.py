@@ -73,7 +73,8 @@ from ._build_info import torch_version as built_with_torch  # noqa: E402
 from ._ops import ops  # noqa: E402
 from . import _batching, _fake  # noqa: E402,F401  (vmap rules, fake kernels)
 from .book import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1, pool2d  # noqa: E402
-from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, LazyConv2d, MaxPool2d, convert  # noqa: E402
+from .modules import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, ConvTranspose2d, LazyConv2d,  # noqa: E402
+                      LazyConvTranspose2d, MaxPool2d, convert)
 
 with_cuda = _load_cuda_kernels()  # cuconv's CUDA kernels are registered for CUDA tensors
 
@@ -94,7 +95,8 @@ from . import tuning  # noqa: E402  (the measured CPU kernel choices)
 tuning._use_cache_from_environment()
 
 __all__ = [
-    "functional", "ops", "Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "functional", "ops", "Conv2d", "LazyConv2d", "ConvTranspose2d", "LazyConvTranspose2d", "MaxPool2d", "AvgPool2d",
+    "AdaptiveAvgPool2d",
     "convert", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1",
     "pool2d", "with_cuda", "built_with_torch", "tuning",
 ]

@@ -174,6 +174,51 @@ def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups)
     return (batch, out_channels, (padded_h - reach_h) // stride[0] + 1, (padded_w - reach_w) // stride[1] + 1)
 
 
+def conv_transpose2d_shape(op, input_size, weight_size, stride, padding, output_padding, dilation, groups):
+    """The transposed convolution's output size (batch, out_channels, out_h, out_w), after torch's
+    checks. Python only (no C++ twin): cuconv.functional composes the op from
+    conv2d_backward_input, whose own checks then hold. Called where torch.compile traces
+    cuconv.functional, with sizes that may be symbolic: each message is built only to be raised."""
+    for name, values, low in (("stride", stride, 1), ("padding", padding, 0), ("output_padding", output_padding, 0),
+                              ("dilation", dilation, 1)):  # (pairs: cuconv.functional's _pair made them)
+        if not (values[0] >= low and values[1] >= low):
+            raise ValueError(f"{op}: expected every {name} value to be >= {low}, but got {name}={_sizes(values)}")
+    if groups < 1:
+        raise ValueError(f"{op}: expected groups >= 1, but got groups={groups}")
+    if len(input_size) != 4:
+        raise ValueError(f"{op}: expected input to be 4-D (batch, channels, height, width), but got "
+                         f"{len(input_size)}-D with shape {_sizes(input_size)}")
+    if len(weight_size) != 4:
+        raise ValueError(f"{op}: expected weight to be 4-D (in_channels, out_channels/groups, kH, kW), but got "
+                         f"{len(weight_size)}-D with shape {_sizes(weight_size)}")
+    batch, in_channels, in_h, in_w = input_size
+    if not (weight_size[1] > 0 and weight_size[2] > 0 and weight_size[3] > 0):
+        raise ValueError(f"{op}: expected weight to have at least one output channel a group and a kernel of at "
+                         f"least 1x1, but got weight of shape {_sizes(weight_size)}")
+    if not (in_channels > 0 and in_h > 0 and in_w > 0):
+        raise ValueError(f"{op}: expected input to have non-zero channels, height and width (only the batch may "
+                         f"be 0), but got shape {_sizes(input_size)}")
+    if in_channels % groups != 0:
+        raise ValueError(f"{op}: expected in_channels (input.shape[1]={in_channels}) to be divisible by "
+                         f"groups={groups}")
+    if weight_size[0] != in_channels:
+        raise ValueError(f"{op}: expected weight of shape [in_channels, out_channels/groups, kH, kW] with "
+                         f"in_channels={in_channels} (the input's channels), but got weight of shape "
+                         f"{_sizes(weight_size)}")
+    if not all(output_padding[i] < max(stride[i], dilation[i]) for i in (0, 1)):
+        raise ValueError(f"{op}: expected output_padding to be smaller than the stride or the dilation, but got "
+                         f"output_padding={_sizes(output_padding)}, stride={_sizes(stride)}, "
+                         f"dilation={_sizes(dilation)}")
+    out = [(size - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight_size[2 + i] - 1) + 1 + output_padding[i]
+           for i, size in enumerate((in_h, in_w))]
+    if not (out[0] >= 1 and out[1] >= 1):
+        raise ValueError(f"{op}: input of shape {_sizes(input_size)} with weight of shape {_sizes(weight_size)}, "
+                         f"stride={_sizes(stride)}, padding={_sizes(padding)}, output_padding="
+                         f"{_sizes(output_padding)} and dilation={_sizes(dilation)} gives an output of {out[0]} x "
+                         f"{out[1]}: expected at least 1 x 1")
+    return (batch, weight_size[1] * groups, out[0], out[1])
+
+
 def check_conv2d_bias(op, bias, out_channels):
     if bias is None:
         return

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from . import _autocast, _shape
 from ._ops import differentiable
 
-__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+__all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
 
 def _is_int(value):
@@ -96,6 +96,19 @@ def _same_padding(input, weight, dilation):
     return input, padding
 
 
+def _convolution_input(x, weight):
+    """The input as the kernels take it, and the CUDA settings (allow_tf32, benchmark) of a
+    convolution or transposed convolution. A channels_last weight makes the result channels_last,
+    as torch's: the kernels follow their input's layout (and the weight gradient too, _ops.py), so
+    the input is given in it (a clone: `contiguous` keeps a tensor that is also NCHW-contiguous,
+    such as one channel, as it is). On CUDA, float32 follows torch's TF32 setting for
+    convolutions (README "TF32"), and the kernel family is measured where torch's cudnn.benchmark
+    is on (README "Kernel choice by measurement")."""
+    if _shape.convolution_prefers_channels_last(x, weight) and not _shape.is_channels_last(x):
+        x = x.clone(memory_format=torch.channels_last)
+    return x, (x.is_cuda and _cuda_conv_allows_tf32(), x.is_cuda and _cuda_conv_benchmarks())
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
@@ -104,7 +117,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if bias is not None:
         _check_tensor(op, "bias", bias)
     if x.is_complex():
-        y = _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups)
+        y = _complex_convolution(op, conv2d, x, weight, bias, stride, padding, dilation, groups)
         return y.squeeze(0) if unbatched else y
     _shape.check_conv2d_dtype(op, "input", x, complex_allowed=True)
     # The dtypes the kernel will see: under torch.autocast, the convolution's casts first.
@@ -129,16 +142,58 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
-    # On CUDA, float32 follows torch's TF32 setting for convolutions (README "TF32"), and the kernel
-    # family is measured where torch's cudnn.benchmark is on (README "Kernel choice by measurement").
-    allow_tf32 = x.is_cuda and _cuda_conv_allows_tf32()
-    benchmark = x.is_cuda and _cuda_conv_benchmarks()
-    # A channels_last weight makes the result channels_last, as torch's: the kernels follow their
-    # input's layout (and the weight gradient too, _ops.py), so the input is given in it.
-    # (a clone: `contiguous` keeps a tensor that is also NCHW-contiguous, such as one channel, as it is)
-    if _shape.convolution_prefers_channels_last(x, weight) and not _shape.is_channels_last(x):
-        x = x.clone(memory_format=torch.channels_last)
-    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), allow_tf32, benchmark)
+    x, cuda_settings = _convolution_input(x, weight)
+    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), *cuda_settings)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The transposed convolution, as torch.nn.functional.conv_transpose2d (weight of shape
+    (in_channels, out_channels / groups, kH, kW)): the gradient of the convolution that maps an
+    output of this op's size to an input of `input`'s size, with respect to that convolution's
+    input; cuconv's conv2d_backward_input kernels compute it, `input` in the role of the
+    incoming gradient, and the bias is added after."""
+    op = "cuconv.conv_transpose2d"
+    x, unbatched = _batched(op, input, check_dtype=None)  # checked with the weight below
+    _check_tensor(op, "weight", weight)
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+    if x.is_complex():
+        y = _complex_convolution(op, conv_transpose2d, x, weight, bias, stride, padding, output_padding, groups,
+                                 dilation)
+        return y.squeeze(0) if unbatched else y
+    _shape.check_floating_or_complex(op, "input", x)
+    x, weight, bias = _autocast.cast_args((x, weight, bias))  # (torch's autocast casts it as a convolution)
+    _shape.check_same_dtype_device(op, "input", x, "weight", weight)
+    if bias is not None:
+        _shape.check_same_dtype_device(op, "input", x, "bias", bias)
+    stride = _pair(op, "stride", stride, allow_single=True)
+    padding = _pair(op, "padding", padding, allow_single=True)
+    output_padding = _pair(op, "output_padding", output_padding, allow_single=True)
+    dilation = _pair(op, "dilation", dilation, allow_single=True)
+    if not _is_int(groups):
+        raise TypeError(f"{op}: expected groups to be an int, but got {type(groups).__name__} {groups!r}")
+    size = _shape.conv_transpose2d_shape(op, x.shape, weight.shape, stride, padding, output_padding, dilation,
+                                         int(groups))
+    _shape.check_conv2d_bias(op, bias, size[1])
+    x, cuda_settings = _convolution_input(x, weight)
+    if output_padding[0] < stride[0] and output_padding[1] < stride[1]:
+        # The convolution with these arguments maps an output of this size back to the input's.
+        y = differentiable.conv2d_backward_input(x, weight, size, stride, padding, dilation, int(groups),
+                                                 *cuda_settings)
+    else:
+        # Output padding of at least the stride (torch allows it below the dilation): no
+        # convolution maps this size back to the input's. The whole transposed convolution,
+        # unpadded (the first (in - 1) * stride + reach rows and columns of any padding's), is
+        # cropped by the padding at the top and left, and zeros fill what it does not reach.
+        reach = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)]
+        whole = [(x.shape[2 + i] - 1) * stride[i] + reach[i] for i in (0, 1)]
+        y = differentiable.conv2d_backward_input(x, weight, (size[0], size[1], *whole), stride, (0, 0), dilation,
+                                                 int(groups), *cuda_settings)
+        y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]
+        y = F.pad(y, (0, size[3] - y.shape[3], 0, size[2] - y.shape[2]))
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1)
     return y.squeeze(0) if unbatched else y
 
 
@@ -150,9 +205,10 @@ def _real_and_imaginary(t):
     return tuple(part.contiguous(memory_format=layout) for part in (t.real, t.imag))
 
 
-def _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups):
-    """A complex convolution as three real ones (Gauss's trick, as torch computes it): with
-    x = a + ib, weight = c + id and bias = e + if, and conv linear in the input and the weight,
+def _complex_convolution(op, conv, x, weight, bias, *conv_args):
+    """A complex convolution (conv: conv2d or conv_transpose2d) as three real ones (Gauss's trick,
+    as torch computes it): with x = a + ib, weight = c + id and bias = e + if, and conv linear in
+    the input and the weight,
         real part       = conv(a, c) + e - conv(b, d)
         imaginary part  = conv(a + b, c + d) + e + f - (conv(a, c) + e) - conv(b, d).
     Autograd differentiates through the parts (torch's complex gradient convention). Autocast
@@ -163,9 +219,9 @@ def _complex_conv2d(op, x, weight, bias, stride, padding, dilation, groups):
     (a, b), (c, d) = _real_and_imaginary(x), _real_and_imaginary(weight)
     e, f = _real_and_imaginary(bias) if bias is not None else (None, None)
     with _autocast.disabled(x.device.type):
-        ac = conv2d(a, c, e, stride, padding, dilation, groups)
-        bd = conv2d(b, d, None, stride, padding, dilation, groups)
-        cross = conv2d(a + b, c + d, e + f if bias is not None else None, stride, padding, dilation, groups)
+        ac = conv(a, c, e, *conv_args)
+        bd = conv(b, d, None, *conv_args)
+        cross = conv(a + b, c + d, e + f if bias is not None else None, *conv_args)
     return torch.complex(ac - bd, cross - ac - bd)
 
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from . import functional as CF
 
-__all__ = ["Conv2d", "LazyConv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "convert"]
+__all__ = ["Conv2d", "LazyConv2d", "ConvTranspose2d", "LazyConvTranspose2d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "convert"]
 
 
 class _NotScriptable:
@@ -43,6 +44,25 @@ class LazyConv2d(nn.LazyConv2d, Conv2d):
     cls_to_become = Conv2d
 
 
+class ConvTranspose2d(_NotScriptable, nn.ConvTranspose2d):
+    """torch.nn.ConvTranspose2d on cuconv's kernels (the convolution's input-gradient ones)."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')  # (torch's words)
+        # torch.nn's own choice of output_padding for a requested output_size (checked there)
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        return CF.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                   self.groups, self.dilation)
+
+
+class LazyConvTranspose2d(nn.LazyConvTranspose2d, ConvTranspose2d):
+    """torch.nn.LazyConvTranspose2d that becomes a cuconv.ConvTranspose2d once in_channels is known."""
+
+    cls_to_become = ConvTranspose2d
+
+
 class MaxPool2d(_NotScriptable, nn.MaxPool2d):
     """torch.nn.MaxPool2d on cuconv's max-pooling kernels."""
 
@@ -71,6 +91,8 @@ class AdaptiveAvgPool2d(_NotScriptable, nn.AdaptiveAvgPool2d):
 _TWINS = {
     nn.Conv2d: Conv2d,
     nn.LazyConv2d: LazyConv2d,
+    nn.ConvTranspose2d: ConvTranspose2d,
+    nn.LazyConvTranspose2d: LazyConvTranspose2d,
     nn.MaxPool2d: MaxPool2d,
     nn.AvgPool2d: AvgPool2d,
     nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
@@ -78,8 +100,9 @@ _TWINS = {
 
 
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Return `model` with every nn.Conv2d, nn.LazyConv2d, nn.MaxPool2d, nn.AvgPool2d and
-    nn.AdaptiveAvgPool2d running on cuconv's kernels.
+    """Return `model` with every nn.Conv2d, nn.LazyConv2d, nn.ConvTranspose2d,
+    nn.LazyConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d and nn.AdaptiveAvgPool2d running on
+    cuconv's kernels.
 
     The twins add no state, so each layer keeps its parameters, buffers, hooks and
     state_dict keys; only its class changes. With inplace=False (default) a deep

@@ -5,6 +5,8 @@ lower each cuconv op to standard ONNX operators, so the exported model runs in a
 runtime without cuconv:
 
     cuconv.conv2d               Conv
+    cuconv.conv2d_backward_input ConvTranspose (cuconv.functional.conv_transpose2d's kernel;
+                                static H and W)
     cuconv.max_pool2d           MaxPool (indices taken within each plane, as torch's)
     cuconv.avg_pool2d           AveragePool; Conv with a ones kernel for divisor_override
     cuconv.adaptive_avg_pool2d  GlobalAveragePool (1x1), AveragePool (sizes that divide),
@@ -41,6 +43,20 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, allow_tf32=F
     args = (input, weight) if bias is None else (input, weight, bias)
     return op.Conv(*args, strides=list(stride), pads=_pads(padding), dilations=list(dilation), group=groups,
                    kernel_shape=list(weight.shape[2:]))
+
+
+def _conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, allow_tf32=False,
+                           benchmark=False):
+    """ConvTranspose, the op a transposed convolution runs (cuconv.functional.conv_transpose2d):
+    output_padding makes up input_size from the size the windows reach."""
+    op = _opset()
+    output_padding = []
+    for i in (0, 1):
+        size = _static_size(grad_output, 2 + i, "conv2d_backward_input (a transposed convolution)")
+        reach = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        output_padding.append(int(input_size[2 + i]) - ((size - 1) * stride[i] + reach - 2 * padding[i]))
+    return op.ConvTranspose(grad_output, weight, strides=list(stride), pads=_pads(padding), dilations=list(dilation),
+                            group=groups, kernel_shape=list(weight.shape[2:]), output_padding=output_padding)
 
 
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -122,6 +138,7 @@ def translation_table():
     """{cuconv op: ONNX translation} for torch.onnx.export(custom_translation_table=...)."""
     return {
         _ops.conv2d.default: _conv2d,
+        _ops.conv2d_backward_input.default: _conv2d_backward_input,
         _ops.max_pool2d.default: _max_pool2d,
         _ops.avg_pool2d.default: _avg_pool2d,
         _ops.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,

@@ -43,6 +43,7 @@ INT64_POOLING = ("-k", "int64", DTYPES)  # average pooling of int64 tensors
 COMPLEX = ("-k", "complex", DTYPES)  # complex convolution and adaptive average pooling
 HALF_POOLING = ("-k", "float16", PRECISION)  # float16 pooling: cuconv's own conversions (opmath.h)
 CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
+CONV_TRANSPOSE = "tests/test_conv_transpose.py"
 
 
 @dataclass
@@ -297,18 +298,33 @@ MUTANTS = [
     Mutant("conv-ignores-a-channels-last-weight", "layout (Python)", "cuconv/functional.py",
            "    if _shape.convolution_prefers_channels_last(x, weight) and not _shape.is_channels_last(x):",
            "    if False:", (OPS,)),
-    Mutant("conv-weight-grad-always-nchw", "layout (Python)", "cuconv/_ops.py",
-           "        if ctx.channels_last and not _shape.is_channels_last(grad_weight):", "        if False:", (OPS,)),
+    Mutant("conv-gradients-always-nchw", "layout (Python)", "cuconv/_ops.py",
+           "    if channels_last and not _shape.is_channels_last(t):", "    if False:", (OPS,)),
     Mutant("suggests-channels-last-ignores-sizes", "layout (Python)", "cuconv/_shape.py",
            "        smallest = t.stride(d) * max(t.size(d), 1)", "        smallest = t.stride(d)", (OPS,)),
     Mutant("is-channels-last-not-dense", "layout (Python)", "cuconv/_shape.py",
            "    return suggests_channels_last(t) and _dense_in_order(t, (0, 2, 3, 1))", "    return suggests_channels_last(t)",
            (OPS,)),
     Mutant("conv-input-gradient-in-grad-output-layout", "layout (Python)", "cuconv/_ops.py",
-           "    if ctx.channels_last and not _shape.is_channels_last(grad_output):", "    if False:", (OPS,)),
+           "    grad_output = _channels_last_if(ctx.channels_last, grad_output)",
+           "    grad_output = _channels_last_if(False, grad_output)", (OPS,)),
     Mutant("conv-channels-last-input-by-contiguous", "layout (Python)", "cuconv/functional.py",
            "        x = x.clone(memory_format=torch.channels_last)", "        x = x.contiguous(memory_format=torch.channels_last)",
            (OPS,)),
+    Mutant("conv-transpose-crops-at-the-bottom", "padding edge", "cuconv/functional.py",
+           "y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]",
+           "y = y[:, :, :size[2], :size[3]]", (CONV_TRANSPOSE,)),
+    Mutant("conv-transpose-past-stride-as-below", "boundary", "cuconv/functional.py",
+           "    if output_padding[0] < stride[0] and output_padding[1] < stride[1]:",
+           "    if output_padding[0] <= stride[0] and output_padding[1] <= stride[1]:", (CONV_TRANSPOSE,)),
+    Mutant("conv-transpose-bias-per-row", "index math", "cuconv/functional.py",
+           "        y = y + bias.view(1, -1, 1, 1)", "        y = y + bias.view(1, -1, 1)", (CONV_TRANSPOSE,)),
+    Mutant("conv-transpose-weight-gradient-nchw", "layout (Python)", "cuconv/_ops.py",
+           "    ctx.channels_last = _shape.convolution_prefers_channels_last(grad_output, weight)",
+           "    ctx.channels_last = False", (CONV_TRANSPOSE,)),
+    Mutant("onnx-conv-transpose-one-side-padding", "padding edge", "cuconv/onnx.py",
+           "((size - 1) * stride[i] + reach - 2 * padding[i])", "((size - 1) * stride[i] + reach - padding[i])",
+           ("-k", "conv_transpose", "tests/test_onnx.py")),
     Mutant("pairs-strided-1x1-gradient-not-offered", "kernel choice", "csrc/cpu/conv2d.cpp",
            "(unpadded_1x1(p) && is_channels_last(model))", "(false)", (PRECISION,)),
     Mutant("pairs-placement-leaves-gaps", "boundary", "csrc/cpu/direct_conv.cpp",
@@ -554,7 +570,7 @@ MUTANTS = [
            'env_flag("CUCONV_CUDA_TUNE", benchmark)', 'env_flag("CUCONV_CUDA_TUNE", false)',
            ("tests/test_cuda_tuning.py",)),
     Mutant("conv2d-ignores-cudnn-benchmark", "measurement (CUDA)", "cuconv/functional.py",
-           "benchmark = x.is_cuda and _cuda_conv_benchmarks()", "benchmark = False",
+           "x.is_cuda and _cuda_conv_benchmarks())", "False)",
            ("tests/test_modules.py",)),
     Mutant("cuda-tuning-times-launches-only", "measurement (CUDA)", "csrc/cuda/conv2d.cu",
            "[&] { cuda_detail::synchronize(call.stream); }", "[&] {}", ("tests/test_cuda_tuning.py",)),

@@ -95,3 +95,17 @@ def test_onnx_conv2d(stride, padding, dilation, groups, bias):
     w = torch.randn(8, 4 // groups, 3, 2)
     b = torch.randn(8) if bias else None
     assert_onnx_matches(lambda t: CF.conv2d(t, w, b, stride, padding, dilation, groups), torch.randn(2, 4, 11, 10))
+
+
+# The transposed convolution's op, conv2d_backward_input, as ConvTranspose: output padding below
+# the stride, at least the stride (below the dilation: cropped and padded with zeros), groups.
+@pytest.mark.parametrize("stride,padding,output_padding,dilation,groups,bias", [
+    (1, 0, 0, 1, 1, True), (2, 1, 1, 1, 2, True), ((2, 3), (1, 0), (1, 2), (1, 2), 1, False),
+    (1, 1, 1, 2, 4, True)])
+def test_onnx_conv_transpose2d(stride, padding, output_padding, dilation, groups, bias):
+    w = torch.randn(4, 8 // groups, 3, 2)
+    b = torch.randn(8) if bias else None
+    assert_onnx_matches(lambda t: CF.conv_transpose2d(t, w, b, stride, padding, output_padding, groups, dilation),
+                        torch.randn(2, 4, 7, 6))
+    if groups == 2:  # (and the module)
+        assert_onnx_matches(cuconv.convert(torch.nn.ConvTranspose2d(4, 8, 3, 2, 1, 1)).eval(), torch.randn(2, 4, 5, 6))
