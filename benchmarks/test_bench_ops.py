@@ -22,6 +22,10 @@ MODES = ["forward", "forward+backward"]
 
 
 def run(benchmark, fn, inputs, mode, device, impl):
+    if mode == "forward+backward":
+        for t in inputs:
+            t.requires_grad_()
+
     def step():
         out = fn(*inputs)
         if mode == "forward+backward":
@@ -73,9 +77,6 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
     label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
                    (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
-    if mode == "forward+backward":
-        for t in (x, w, b):
-            t.requires_grad_()
     run(benchmark, conv, (x, w, b), mode, device, impl)
 
 
@@ -96,9 +97,6 @@ def test_conv_transpose2d(benchmark, case, mode, impl, device, dtype, batch, qui
     label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv_transpose2d(x, w, b, case.stride, case.padding),
                    (x, w, b), mode, f"{case.name} {mode} {device} {dtype}")
-    if mode == "forward+backward":
-        for t in (x, w, b):
-            t.requires_grad_()
     run(benchmark, conv, (x, w, b), mode, device, impl)
 
 
@@ -135,7 +133,6 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
         return lambda x: api.adaptive_avg_pool2d(x, case.output)
 
     fn = checked(impl, make, (x,), mode, f"{case.name} {mode} {device} {dtype}")
-    x.requires_grad_(mode == "forward+backward")
     run(benchmark, fn, (x,), mode, device, impl)
 
 

@@ -96,6 +96,16 @@ def _same_padding(input, weight, dilation):
     return input, padding
 
 
+def _convolution_tensors(op, input, weight, bias):
+    """(input as 4-D, whether it came unbatched), with weight and bias checked to be tensors (their
+    dtypes are checked with the input's, after autocast's casts)."""
+    x, unbatched = _batched(op, input, check_dtype=None)
+    _check_tensor(op, "weight", weight)
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+    return x, unbatched
+
+
 def _convolution_input(x, weight):
     """The input as the kernels take it, and the CUDA settings (allow_tf32, benchmark) of a
     convolution or transposed convolution. A channels_last weight makes the result channels_last,
@@ -112,10 +122,7 @@ def _convolution_input(x, weight):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
-    x, unbatched = _batched(op, input, check_dtype=None)  # checked with the weight below
-    _check_tensor(op, "weight", weight)
-    if bias is not None:
-        _check_tensor(op, "bias", bias)
+    x, unbatched = _convolution_tensors(op, input, weight, bias)
     if x.is_complex():
         y = _complex_convolution(op, conv2d, x, weight, bias, stride, padding, dilation, groups)
         return y.squeeze(0) if unbatched else y
@@ -154,10 +161,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     input; cuconv's conv2d_backward_input kernels compute it, `input` in the role of the
     incoming gradient, and the bias is added after."""
     op = "cuconv.conv_transpose2d"
-    x, unbatched = _batched(op, input, check_dtype=None)  # checked with the weight below
-    _check_tensor(op, "weight", weight)
-    if bias is not None:
-        _check_tensor(op, "bias", bias)
+    x, unbatched = _convolution_tensors(op, input, weight, bias)
     if x.is_complex():
         y = _complex_convolution(op, conv_transpose2d, x, weight, bias, stride, padding, output_padding, groups,
                                  dilation)
