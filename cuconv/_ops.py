@@ -300,11 +300,13 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
 
 # conv2d -----------------------------------------------------------------------
 
-def _channels_last_if(channels_last, t):
-    """t, or a channels_last clone of it where the convolution's gradients are channels_last and t
-    is not (a clone, as in cuconv.functional: `contiguous` keeps a tensor that is both layouts)."""
-    if channels_last and not _shape.is_channels_last(t):
-        return t.clone(memory_format=torch.channels_last)
+def _in_layout(channels_last, t):
+    """t in the convolution's layout (channels_last or NCHW, torch's rule: _shape.py): t itself, or
+    a clone where the kernels would read it in the other (as in cuconv.functional: `contiguous`
+    keeps a tensor that is both layouts as it is). The kernels follow their first operand's
+    layout, so a gradient that arrives channels_last to an NCHW convolution is cloned too."""
+    if channels_last != _shape.is_channels_last(t):
+        return t.clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return t
 
 
@@ -323,12 +325,11 @@ def _conv2d_setup_context(ctx, inputs, output):
 def _conv2d_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
-    # (the input gradient's kernels follow grad_output's layout)
-    grad_output = _channels_last_if(ctx.channels_last, grad_output)
+    grad_output = _in_layout(ctx.channels_last, grad_output)
     if ctx.needs_input_grad[0]:
         grad_input = differentiable.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
-        grad_weight = _channels_last_if(ctx.channels_last, differentiable.conv2d_backward_weight(
+        grad_weight = _in_layout(ctx.channels_last, differentiable.conv2d_backward_weight(
             grad_output, input, ctx.weight_shape, *ctx.conv_args))
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = differentiable.conv2d_backward_bias(grad_output)
@@ -362,8 +363,8 @@ def _conv2d_backward_input_setup_context(ctx, inputs, output):
     ctx.conv_args = conv_args
     ctx.no_grads = (None,) * (1 + len(conv_args))
     ctx.weight_shape = weight.shape
-    # (a transposed convolution, cuconv.functional's: torch's gradients are channels_last where
-    # its input or weight is, as a convolution's)
+    # (the layout of its gradients: a transposed convolution's, cuconv.functional's, and a
+    # convolution's second derivatives; channels_last where its operands are, as torch's)
     ctx.channels_last = _shape.convolution_prefers_channels_last(grad_output, weight)
     ctx.save_for_backward(_saved_if(ctx.needs_input_grad[1], grad_output),
                           _saved_if(ctx.needs_input_grad[0], weight))
@@ -372,11 +373,11 @@ def _conv2d_backward_input_setup_context(ctx, inputs, output):
 def _conv2d_backward_input_backward(ctx, grad_grad_input):
     grad_output, weight = ctx.saved_tensors
     grad_grad_output = grad_weight = None
-    grad_grad_input = _channels_last_if(ctx.channels_last, grad_grad_input)  # (as in _conv2d_backward)
+    grad_grad_input = _in_layout(ctx.channels_last, grad_grad_input)  # (as in _conv2d_backward)
     if ctx.needs_input_grad[0]:
         grad_grad_output = differentiable.conv2d(grad_grad_input, weight, None, *ctx.conv_args)
     if ctx.needs_input_grad[1]:
-        grad_weight = _channels_last_if(ctx.channels_last, differentiable.conv2d_backward_weight(
+        grad_weight = _in_layout(ctx.channels_last, differentiable.conv2d_backward_weight(
             grad_output, grad_grad_input, ctx.weight_shape, *ctx.conv_args))
     return grad_grad_output, grad_weight, *ctx.no_grads
 

@@ -80,7 +80,8 @@ def check_floating_or_complex(op, name, t):
 
 
 def _takes_cpu_dtypes(t):
-    """The CPU's dtypes: on the CPU, and on the meta device (shapes only), as torch's meta kernels."""
+    """The CPU's dtypes: on the CPU, and on the meta device (shapes only; torch's meta kernels take
+    integer tensors for these ops too)."""
     return t.device.type in ("cpu", "meta")
 
 
@@ -177,8 +178,9 @@ def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups)
 def conv_transpose2d_shape(op, input_size, weight_size, stride, padding, output_padding, dilation, groups):
     """The transposed convolution's output size (batch, out_channels, out_h, out_w), after torch's
     checks. Python only (no C++ twin): cuconv.functional composes the op from
-    conv2d_backward_input, whose own checks then hold. Called where torch.compile traces
-    cuconv.functional, with sizes that may be symbolic: each message is built only to be raised."""
+    conv2d_backward_input, whose own checks then hold. It runs on every call, torch.compile's
+    traces of cuconv.functional included, where sizes may be symbolic: so each message is built
+    only to be raised."""
     for name, values, low in (("stride", stride, 1), ("padding", padding, 0), ("output_padding", output_padding, 0),
                               ("dilation", dilation, 1)):  # (pairs: cuconv.functional's _pair made them)
         if not (values[0] >= low and values[1] >= low):
@@ -193,7 +195,7 @@ def conv_transpose2d_shape(op, input_size, weight_size, stride, padding, output_
                          f"{len(weight_size)}-D with shape {_sizes(weight_size)}")
     batch, in_channels, in_h, in_w = input_size
     if not (weight_size[1] > 0 and weight_size[2] > 0 and weight_size[3] > 0):
-        raise ValueError(f"{op}: expected weight to have at least one output channel a group and a kernel of at "
+        raise ValueError(f"{op}: expected weight to have at least one output channel per group and a kernel of at "
                          f"least 1x1, but got weight of shape {_sizes(weight_size)}")
     if not (in_channels > 0 and in_h > 0 and in_w > 0):
         raise ValueError(f"{op}: expected input to have non-zero channels, height and width (only the batch may "

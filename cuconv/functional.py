@@ -196,6 +196,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                                  int(groups), *cuda_settings)
         y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]
         y = F.pad(y, (0, size[3] - y.shape[3], 0, size[2] - y.shape[2]))
+        if _shape.is_channels_last(x) and not _shape.is_channels_last(y):
+            y = y.clone(memory_format=torch.channels_last)  # (padding cropped it all: F.pad made it NCHW)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     return y.squeeze(0) if unbatched else y

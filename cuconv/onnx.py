@@ -4,13 +4,13 @@ torch.onnx.export(..., dynamo=True) does not know the cuconv namespace; these tr
 lower each cuconv op to standard ONNX operators, so the exported model runs in any ONNX
 runtime without cuconv:
 
-    cuconv.conv2d               Conv
-    cuconv.conv2d_backward_input ConvTranspose (cuconv.functional.conv_transpose2d's kernel;
-                                static H and W)
-    cuconv.max_pool2d           MaxPool (indices taken within each plane, as torch's)
-    cuconv.avg_pool2d           AveragePool; Conv with a ones kernel for divisor_override
-    cuconv.adaptive_avg_pool2d  GlobalAveragePool (1x1), AveragePool (sizes that divide),
-                                else two MatMuls with the averaging matrices (static H, W)
+    cuconv.conv2d                 Conv
+    cuconv.conv2d_backward_input  ConvTranspose (the op of cuconv.functional.conv_transpose2d;
+                                  static H, W)
+    cuconv.max_pool2d             MaxPool (indices taken within each plane, as torch's)
+    cuconv.avg_pool2d             AveragePool; Conv with a ones kernel for divisor_override
+    cuconv.adaptive_avg_pool2d    GlobalAveragePool (1x1), AveragePool (sizes that divide),
+                                  else two MatMuls with the averaging matrices (static H, W)
 
 Use
     cuconv.onnx.export(model, args, "model.onnx")          # torch.onnx.export with the table

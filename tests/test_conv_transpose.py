@@ -118,6 +118,29 @@ def test_conv_transpose2d_result_and_gradients_are_laid_out_as_torchs(output_pad
         assert_matches(ours.float(), theirs.float(), torch.float32 if dtype != torch.bfloat16 else dtype)
 
 
+def test_conv_transpose2d_layouts_where_padding_crops_everything_and_of_a_channels_last_gradient():
+    """Padding larger than all that the windows reach (output padding past the stride): the
+    result is the bias alone, channels_last as torch's; a channels_last gradient arriving at an
+    NCHW transposed convolution gives NCHW gradients, as torch's."""
+    cl = torch.channels_last
+    x = torch.randn(1, 2, 1, 2, dtype=torch.float64).contiguous(memory_format=cl)
+    w = torch.randn(2, 2, 1, 2, dtype=torch.float64)
+    ours, theirs = (fn(x, w, padding=(1, 0), output_padding=(2, 0), dilation=(3, 1))
+                    for fn in (CF.conv_transpose2d, F.conv_transpose2d))
+    assert ours.shape == theirs.shape == (1, 2, 1, 3) and ours.stride() == theirs.stride()
+    assert_matches(ours, theirs, torch.float64)
+    results = []
+    for fn in (CF.conv_transpose2d, F.conv_transpose2d):
+        x = torch.randn(1, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        w = torch.randn(2, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        y = fn(x, w, None, 2)
+        grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        results.append(torch.autograd.grad(y, (x, w), grad.contiguous(memory_format=cl)))
+    for ours, theirs in zip(*results):
+        assert ours.stride() == theirs.stride()
+        assert_matches(ours, theirs, torch.float64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_conv_transpose2d_half_types_match_torch_in_float32(dtype):
     case = dict(CASES[0], batch=2, in_channels=8, out_channels=16, groups=2, bias=True)

@@ -598,6 +598,28 @@ def test_conv2d_of_sliced_inputs_is_laid_out_as_torchs(layout):
         assert dx.stride() == ref_dx.stride()
 
 
+@pytest.mark.parametrize("conv_layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_conv2d_gradients_follow_the_convolution_not_grad_output(conv_layout):
+    """The gradients are laid out as the convolution is, whatever the layout of the gradient that
+    arrives: torch's rule (second derivatives: the values; torch lays out the weight's in an
+    order of its own, (9, 36, 3, 1) here)."""
+    gen = torch.Generator().manual_seed(9)
+    x0 = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64).contiguous(memory_format=conv_layout)
+    w0 = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    other = torch.contiguous_format if conv_layout == torch.channels_last else torch.channels_last
+    results = []
+    for conv in (CF.conv2d, F.conv2d):
+        x, w = x0.clone(memory_format=torch.preserve_format).requires_grad_(), w0.clone().requires_grad_()
+        y = conv(x, w, None, 1, 1)
+        grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        dx, dw = torch.autograd.grad(y, (x, w), grad.contiguous(memory_format=other), create_graph=True)
+        ddx = torch.randn(dx.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        results.append((y, dx, dw, *torch.autograd.grad(dx, (w,), ddx.contiguous(memory_format=other))))
+    for index, (ours, theirs) in enumerate(zip(*results)):
+        assert index == 3 or ours.stride() == theirs.stride()
+        assert_matches(ours, theirs, torch.float64)
+
+
 @pytest.mark.parametrize("strides", [(4, 1, 1, 1), (4, 1, 4, 4), (1, 1, 1, 1)], ids=str)
 def test_ambiguous_layout_reads_as_torch_reads_it(strides):
     """A (2, 4, 1, 1) tensor is NCHW- and channels_last-contiguous at once; torch decides by the
