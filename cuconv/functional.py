@@ -46,16 +46,22 @@ def _check_tensor(op, name, value):
         raise TypeError(f"{op}: expected {name} to be a torch.Tensor, but got {type(value).__name__}")
 
 
-def _batched(op, input, check_dtype=_shape.check_floating):
+def _batched(op, input, check_dtype=_shape.check_floating, channels_may_be_zero=False):
     """(input as 4-D, whether it came unbatched): torch's ops accept (C, H, W) too. The input's
     dtype is checked by check_dtype (None: by the caller); unless told otherwise, every op wants a
-    floating-point input."""
+    floating-point input. An unbatched input's sizes are checked here, so that a message names the
+    shape the caller gave (the op's own checks see it with a batch of 1)."""
     _check_tensor(op, "input", input)
     if check_dtype is not None:
         check_dtype(op, "input", input)
     if input.dim() == 4:
         return input, False
     if input.dim() == 3:
+        channels, height, width = input.shape
+        if height == 0 or width == 0 or (channels == 0 and not channels_may_be_zero):
+            expected = "non-zero height and width" if channels_may_be_zero else "non-zero channels, height and width"
+            raise ValueError(f"{op}: expected an unbatched input (C, H, W) to have {expected}, but got shape "
+                             f"{tuple(input.shape)}")
         return input.unsqueeze(0), True
     raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), but got "
                      f"{input.dim()}-D with shape {tuple(input.shape)}")
@@ -273,7 +279,7 @@ def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
     output_size: an int, or (H, W) where None keeps the input's size."""
     op = "cuconv.adaptive_avg_pool2d"
-    x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_complex)
+    x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_complex, channels_may_be_zero=True)
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2 and None in output_size:
         output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
     output_size = _pair(op, "output_size", output_size)

@@ -45,6 +45,8 @@ CONV_CASES = [
     ("input-5d", lambda f: f(x4(1, 2, 4, 8, 8), w4()), ValueError,
      r"input to be 3-D .* or 4-D .*but got 5-D with shape \(1, 2, 4, 8, 8\)"),
     ("input-1d", lambda f: f(x4(8), w4()), ValueError, r"input to be 3-D .*but got 1-D with shape \(8,\)"),
+    ("input-unbatched-empty-height", lambda f: f(x4(4, 0, 8), w4()), ValueError,
+     r"unbatched input \(C, H, W\) to have non-zero channels, height and width, but got shape \(4, 0, 8\)"),
     ("weight-3d", lambda f: f(x4(), w4(6, 4, 3)), ValueError,
      r"weight to be 4-D .*but got 3-D with shape \[6, 4, 3\]"),
     ("weight-5d", lambda f: f(x4(), w4(6, 4, 3, 3, 1)), ValueError,
@@ -158,7 +160,7 @@ STRICTER_THAN_TORCH = {"integer-input", "uint8-input", "bool-input", "complex-in
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
 # in both), and complex tensors: those cases are tested as valid in test_ops.py and
 # test_dtypes.py instead; it refuses the others with a message of its own.
-VALID_FOR_ADAPTIVE = {"empty-channels", "complex-input"}
+VALID_FOR_ADAPTIVE = {"empty-channels", "unbatched-empty-channels", "complex-input"}
 ADAPTIVE_DTYPE_MESSAGES = {case: rf"input to be a floating-point or complex tensor, but got {name}"
                            for case, name in [("integer-input", "Long"), ("uint8-input", "Byte"), ("bool-input", "Bool")]}
 # Max pooling takes integer tensors, as torch's CPU max pooling (tested in test_ops.py); it refuses
@@ -221,6 +223,11 @@ POOL_INPUT_CASES = [
     ("empty-channels", lambda f, **k: f(x4(2, 0, 4, 4), **k), ValueError,
      r"input to have non-zero channels, height and width .*but got shape \[2, 0, 4, 4\]"),
     ("input-not-tensor", lambda f, **k: f([[1.0]], **k), TypeError, r"input to be a torch\.Tensor, but got list"),
+    # an unbatched input's message names its own shape, not the batch of one the op sees
+    ("unbatched-empty-height", lambda f, **k: f(x4(3, 0, 4), **k), ValueError,
+     r"unbatched input \(C, H, W\) to have non-zero (channels, )?height and width, but got shape \(3, 0, 4\)"),
+    ("unbatched-empty-channels", lambda f, **k: f(x4(0, 4, 4), **k), ValueError,
+     r"unbatched input \(C, H, W\) to have non-zero channels, height and width, but got shape \(0, 4, 4\)"),
 ]
 
 # Window arguments shared by max_pool2d and avg_pool2d (pool(input, **kwargs)).
@@ -576,6 +583,7 @@ VALID_EDGE_CASES = [
     ("adaptive-larger-than-input", lambda f: f.adaptive_avg_pool2d(x4(), (20, 9))),
     ("adaptive-torch-size", lambda f: f.adaptive_avg_pool2d(x4(), torch.Size([3, 5]))),
     ("adaptive-list", lambda f: f.adaptive_avg_pool2d(x4(), [3, None])),
+    ("adaptive-unbatched-no-channels", lambda f: f.adaptive_avg_pool2d(x4(0, 4, 4), 2)),
 ]
 
 
