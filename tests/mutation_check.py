@@ -44,6 +44,7 @@ COMPLEX = ("-k", "complex", DTYPES)  # complex convolution and adaptive average 
 HALF_POOLING = ("-k", "float16", PRECISION)  # float16 pooling: cuconv's own conversions (opmath.h)
 CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
 CONV_TRANSPOSE = "tests/test_conv_transpose.py"
+STRIDE_PHASES = "tests/test_stride_phases.py"
 
 
 @dataclass
@@ -633,6 +634,28 @@ MUTANTS = [
            "    for (int64_t ow = 0; ow < g.Wo; ++ow) y_row[ow] = static_cast<scalar_t>(sum[ow] / static_cast<acc_t>(plan.divisor(row, ow)));",
            "    for (int64_t ow = 0; ow < g.Wo; ++ow) y_row[ow] = static_cast<scalar_t>(std::floor(sum[ow] / plan.divisor(row, ow)));",
            INT64_POOLING),
+    # the input gradient by stride phase (stride_phases.cpp)
+    Mutant("phase-window-pad-sign", "padding edge", "csrc/cpu/stride_phases.cpp",
+           "a.pad = (a.taps - 1) * e - (phase + pad - k * dilation) / stride;",
+           "a.pad = (a.taps - 1) * e + (phase + pad - k * dilation) / stride;", (STRIDE_PHASES,)),
+    Mutant("phase-taps-step-ignores-dilation", "index math", "csrc/cpu/stride_phases.cpp",
+           "step = stride / g, e = dilation / g;", "step = stride, e = dilation / g;", (STRIDE_PHASES,)),
+    Mutant("phase-window-column-offset", "padding edge", "csrc/cpu/stride_phases.cpp",
+           "std::memcpy(to + col_begin + c.pad, from + col_begin,", "std::memcpy(to + col_begin, from + col_begin,",
+           (STRIDE_PHASES,)),
+    Mutant("phase-taps-unflipped", "index math", "csrc/cpu/stride_phases.cpp",
+           "p.kernel_h + r.first + (r.taps - 1 - u) * r.step)", "p.kernel_h + r.first + u * r.step)",
+           (STRIDE_PHASES,)),
+    Mutant("phase-untouched-positions-left", "boundary", "csrc/cpu/stride_phases.cpp",
+           "for (int64_t j = 0; j < c.size; ++j) to[c.phase + j * sW] = 0.f;",
+           "for (int64_t j = 0; j < c.size; ++j) to[c.phase + j * sW] = 1.f;", (STRIDE_PHASES,)),
+    Mutant("by-phase-never-measured", "kernel choice", "csrc/cpu/conv2d.cpp",
+           "if (phase_mode == OptionalMode::kAuto) candidates.push_back",
+           "if (phase_mode == OptionalMode::kNever) candidates.push_back", (STRIDE_PHASES,)),
+    Mutant("by-phase-of-grouped-layers", "index math", "csrc/cpu/conv2d.cpp",
+           ".by_phase = g.groups > 1 || g.stride_h", ".by_phase = g.stride_h", (STRIDE_PHASES,)),
+    Mutant("by-phase-with-non-finite-weights", "special values", "csrc/cpu/conv2d.cpp",
+           "kernels.by_phase && kernels.direct_exact ?", "kernels.by_phase ?", (STRIDE_PHASES,)),
 ]
 
 

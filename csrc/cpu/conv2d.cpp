@@ -38,7 +38,8 @@
 // Two layer kinds skip im2col: depthwise layers (depthwise.h, every dtype) and, pass by
 // pass, float32 layers that the direct kernels (direct_conv.h), Winograd (winograd.h) or
 // the per-pixel products (pixel_gemm.h) run faster (run_float_pass below: measured per
-// shape, tuner.h).
+// shape, tuner.h). A strided layer's float32 input gradient may also run by stride phase, as
+// forward passes of the phases' taps (stride_phases.h), where that measures faster than col2im.
 
 
 #include <algorithm>
@@ -63,6 +64,7 @@
 #include "parallel.h"
 #include "pixel_gemm.h"
 #include "streaming.h"
+#include "stride_phases.h"
 #include "tuner.h"
 #include "window.h"
 #include "winograd.h"
@@ -797,7 +799,8 @@ std::string dtype_variant(ScalarType dtype) {
 }
 
 // Whether an optional kernel joins the measured choice: its variable (CUCONV_CPU_WINOGRAD for
-// Winograd, winograd.h; CUCONV_CPU_PIXEL_GEMM for the per-pixel products, pixel_gemm.h) =1 runs
+// Winograd, winograd.h; CUCONV_CPU_PIXEL_GEMM for the per-pixel products, pixel_gemm.h;
+// CUCONV_CPU_BY_PHASE for the input gradient by stride phase, stride_phases.h) =1 runs
 // it wherever it can (tests), =0 never; unset, it is a candidate when nothing else is forced
 // (CUCONV_CPU_DIRECT unset) and tuning is on. Any other value is an error.
 enum class OptionalMode { kAuto, kAlways, kNever };
@@ -866,10 +869,12 @@ struct FloatPass {
   // gradient, a small output, as it always does)
   std::function<void(OutputStores)> direct;
   std::function<void()> gemm, winograd, pixel;
+  // a strided layer's input gradient by stride phase (stride_phases.h); empty elsewhere
+  std::function<void()> by_phase = nullptr;
   // The output's size in bytes where the direct kernels can stream it past the caches (their
   // forward and input gradient, not by the row tiles), else 0.
   int64_t streamable_bytes = 0;
-  // false: the direct kernels would not give the exact answer for these values
+  // false: the direct kernels, or the phases, would not give the exact answer for these values
   bool direct_exact = true;
   // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
   // subtract inputs, so Inf - Inf would turn an infinite result into NaN): these are they.
@@ -887,9 +892,12 @@ struct FloatPass {
 void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kernels) {
   const OptionalMode wmode = winograd_can_run(g, pass) ? optional_kernel_mode("CUCONV_CPU_WINOGRAD") : OptionalMode::kNever;
   const OptionalMode pmode = pixel_gemm_can_run(g) ? optional_kernel_mode("CUCONV_CPU_PIXEL_GEMM") : OptionalMode::kNever;
+  const OptionalMode phase_mode =
+      kernels.by_phase && kernels.direct_exact ? optional_kernel_mode("CUCONV_CPU_BY_PHASE") : OptionalMode::kNever;
   auto winograd_or_gemm = [&] { all_finite(kernels.winograd_inputs) ? kernels.winograd() : kernels.gemm(); };
   if (wmode == OptionalMode::kAlways) return winograd_or_gemm();
   if (pmode == OptionalMode::kAlways) return kernels.pixel();
+  if (phase_mode == OptionalMode::kAlways) return kernels.by_phase();
   const DirectMode mode = direct_conv_mode();
   const bool direct_runs = mode != DirectMode::kNever && direct_can_run(g, pass) && kernels.direct_exact;
   const int64_t streamable = kernels.streamable_bytes;
@@ -906,6 +914,7 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   if (mode == DirectMode::kAuto) {
     if (wmode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kWinograd), winograd_or_gemm});
     if (pmode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kPixel), kernels.pixel});
+    if (phase_mode == OptionalMode::kAuto) candidates.push_back({kernel_name(KernelName::kByPhase), kernels.by_phase});
   }
   if (candidates.size() == 1) return kernels.gemm();
   run_tuned(tuning_key(g, pass), candidates);
@@ -1196,6 +1205,19 @@ OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int
 // runs the kernels for it (the `packed` candidate).
 enum class HalfTypes { kChoose, kPacked };
 
+// A stride phase's forward pass (stride_phases.h): by the direct kernels where they run (a
+// measured choice per phase would nest a second measurement inside the one that times the
+// phases against col2im, and make a new layer's first call slower still), else the GEMM.
+void phase_forward(const DirectConv& phase, const float* window, const float* weight, float* out) {
+  if (direct_conv_mode() != DirectMode::kNever)
+    return direct_conv_forward(phase, window, weight, nullptr, out, OutputStores::kCached);
+  const Conv2dShape shape{phase.batch,    phase.in_channels, phase.height, phase.width, phase.out_channels,
+                          phase.kernel_h, phase.kernel_w,    phase.out_h,  phase.out_w, 1};
+  const int64_t one[2] = {1, 1}, zero[2] = {0, 0}, dilation[2] = {phase.dilation_h, phase.dilation_w};
+  gemm_forward<float>(ConvGeometry(shape, IntArrayRef(one, 2), IntArrayRef(zero, 2), IntArrayRef(dilation, 2)),
+                      window, weight, nullptr, out);
+}
+
 Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias, IntArrayRef stride,
                     IntArrayRef padding, IntArrayRef dilation, int64_t groups, HalfTypes half) {
   const auto shape = check_conv2d("cuconv.conv2d", input, weight, bias, stride, padding,
@@ -1352,10 +1374,14 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                             },
                         .winograd = [&] { winograd_backward_input(p, dyf, wf, dxf); },
                         .pixel = [&] { pixel_gemm_backward_input(p, dyf, wf, dxf); },
+                        .by_phase = g.groups > 1 || g.stride_h * g.stride_w == 1 ? nullptr : std::function<void()>([&] {
+                          input_gradient_by_phase(p, dyf, wf, dxf, phase_forward);
+                        }),
                         .streamable_bytes =
                             direct_conv_forward_can_stream(input_gradient_as_forward(p)) ? float_bytes(dx) : 0,
-                        // The direct input gradient multiplies the zero border of its padded grad_output
-                        // by every tap: a NaN or Inf weight would make NaN where the true gradient has none.
+                        // The direct input gradient (and the phases) multiply the zero border of a padded
+                        // grad_output by every tap: a NaN or Inf weight would make NaN where the true
+                        // gradient has none.
                         .direct_exact = std::all_of(wf, wf + w.numel(), [](float v) { return std::isfinite(v); }),
                         .winograd_inputs = {{dyf, dy.numel()}, {wf, w.numel()}}});
       } else {
