@@ -649,6 +649,8 @@ MUTANTS = [
     Mutant("phase-untouched-positions-left", "boundary", "csrc/cpu/stride_phases.cpp",
            "for (int64_t j = 0; j < c.size; ++j) to[c.phase + j * sW] = 0.f;",
            "for (int64_t j = 0; j < c.size; ++j) to[c.phase + j * sW] = 1.f;", (STRIDE_PHASES,)),
+    Mutant("phase-chunks-read-the-first-samples", "index math", "csrc/cpu/stride_phases.cpp",
+           "const float* dy = grad_out + n0 * O * p.out_h * p.out_w;", "const float* dy = grad_out;", (STRIDE_PHASES,)),
     Mutant("by-phase-never-measured", "kernel choice", "csrc/cpu/conv2d.cpp",
            "if (phase_mode == OptionalMode::kAuto) candidates.push_back",
            "if (phase_mode == OptionalMode::kNever) candidates.push_back", (STRIDE_PHASES,)),

@@ -25,7 +25,7 @@ needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
     for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_PIXEL_GEMM", "CUCONV_CPU_BY_PHASE",
-                 "CUCONV_CPU_BY_GROUP", "CUCONV_CPU_TUNE", "CUCONV_LOG"):
+                 "CUCONV_CPU_BY_GROUP", "CUCONV_CPU_PHASE_CHUNK", "CUCONV_CPU_TUNE", "CUCONV_LOG"):
         monkeypatch.delenv(name, raising=False)
     saved = cuconv.tuning.choices()
     cuconv.tuning.clear()
@@ -54,7 +54,7 @@ def random_cases(count, seed):
 
 CASES = random_cases(40, seed=5) + [
     # ResNet's stride-2 3x3 layer: phases of 1, 2, 2 and 4 taps, windows padded at the end
-    dict(batch=3, in_channels=24, out_channels=40, kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+    dict(batch=5, in_channels=24, out_channels=40, kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
          size=(12, 12)),
     # the DCGAN generator's 4x4 kernel of stride 2: 2x2 taps a phase, windows padded at either end
     dict(batch=2, in_channels=16, out_channels=32, kernel=(4, 4), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
@@ -101,10 +101,13 @@ def _expected(case, dy, w, size):
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["phases-direct", "phases-gemm"])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_input_gradient_by_phase_matches_torch(case, direct, monkeypatch):
+    """Batches of 5 run in chunks of 2 samples (2, 2 and 1), the others whole."""
     if direct == "1" and _C.cpu_kernels()["direct_conv"] == "never":
         pytest.skip("no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
     monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "1")
     monkeypatch.setenv("CUCONV_CPU_DIRECT", direct)
+    if case["batch"] == 5:
+        monkeypatch.setenv("CUCONV_CPU_PHASE_CHUNK", "2")
     dy, w, size = _operands(case)
     got = _input_gradient(case, dy.float(), w.float(), size)
     assert got.shape == tuple(size) and got.is_contiguous()
@@ -117,6 +120,7 @@ def test_by_phase_is_the_path_that_runs(monkeypatch):
     case = CASES[-5]
     dy, w, size = _operands(case)
     x = torch.randn(size, dtype=torch.float64)
+    monkeypatch.setenv("CUCONV_CPU_PIXEL_GEMM", "0")  # off, the GEMM and col2im alone
     results = {}
     for setting in ("1", "0"):
         monkeypatch.setenv("CUCONV_CPU_BY_PHASE", setting)
@@ -168,22 +172,33 @@ def test_the_measured_choice_takes_the_phases_as_a_candidate(monkeypatch, capfd)
     assert not torch.equal(results["by_phase"], results["gemm"])
 
 
-def test_a_bad_setting_is_an_error(monkeypatch):
-    monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "yes")
+@pytest.mark.parametrize("variable, value, expected", [
+    ("CUCONV_CPU_BY_PHASE", "yes", r"CUCONV_CPU_BY_PHASE to be 0 or 1, but got 'yes'"),
+    ("CUCONV_CPU_PHASE_CHUNK", "0", r"CUCONV_CPU_PHASE_CHUNK to be a positive integer, but got '0'"),
+    ("CUCONV_CPU_PHASE_CHUNK", "2x", r"CUCONV_CPU_PHASE_CHUNK to be a positive integer, but got '2x'"),
+])
+def test_a_bad_setting_is_an_error(variable, value, expected, monkeypatch):
+    monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "1")
+    monkeypatch.setenv(variable, value)
     case = CASES[-5]
     dy, w, size = (t.float() if torch.is_tensor(t) else t for t in _operands(case))
-    with pytest.raises(ValueError, match=r"CUCONV_CPU_BY_PHASE to be 0 or 1, but got 'yes'"):
+    with pytest.raises(ValueError, match=expected):
         _input_gradient(case, dy, w, size)
 
 
 @pytest.mark.parametrize("case", [CASES[-5], CASES[-4]], ids=["dcgan", "unet"])
 def test_the_transposed_convolution_runs_by_phase(case, monkeypatch):
-    """conv_transpose2d's forward pass is this input gradient: by phase, torch's values, and its
-    gradients too."""
-    monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "1")
+    """conv_transpose2d's forward pass is this input gradient: by phase (its sums round otherwise
+    than col2im's), torch's values, and its gradients too."""
     dy, w, size = _operands(case)
+    monkeypatch.setenv("CUCONV_CPU_PIXEL_GEMM", "0")
+    monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "0")
+    by_col2im = CF.conv_transpose2d(dy.float(), w.float(), stride=case["stride"], padding=case["padding"])
+    monkeypatch.setenv("CUCONV_CPU_BY_PHASE", "1")
     x = dy.float().requires_grad_()
     ours = CF.conv_transpose2d(x, w.float(), stride=case["stride"], padding=case["padding"])
+    if case["kernel"] != case["stride"]:  # (one tap a phase, the U-Net's: the same sums either way)
+        assert not torch.equal(ours.detach(), by_col2im)
     expected = F.conv_transpose2d(dy, w, stride=case["stride"], padding=case["padding"])
     assert_matches(ours, expected.float(), torch.float32)
     g = torch.randn(ours.shape, generator=torch.Generator().manual_seed(2))
