@@ -17,21 +17,7 @@ import cuconv
 import cuconv.functional as CF
 from cuconv import _C, ops
 from test_ops import assert_matches
-
-needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
-                                  reason="no direct kernels on this CPU (or CUCONV_CPU_ISA=generic)")
-
-
-@pytest.fixture(autouse=True)
-def fresh_choices(monkeypatch):
-    for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_PIXEL_GEMM", "CUCONV_CPU_BY_PHASE",
-                 "CUCONV_CPU_BY_GROUP", "CUCONV_CPU_PHASE_CHUNK", "CUCONV_CPU_TUNE", "CUCONV_LOG"):
-        monkeypatch.delenv(name, raising=False)
-    saved = cuconv.tuning.choices()
-    cuconv.tuning.clear()
-    yield
-    cuconv.tuning.clear()
-    _C.cpu_tuning_set(saved)
+from test_tuning import fresh_choices, needs_direct  # noqa: F401 (fresh_choices: autouse, the switches unset)
 
 
 def random_cases(count, seed):

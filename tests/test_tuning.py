@@ -23,7 +23,7 @@ needs_direct = pytest.mark.skipif(_C.cpu_kernels()["direct_conv"] == "never",
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
     for name in ("CUCONV_CPU_DIRECT", "CUCONV_CPU_WINOGRAD", "CUCONV_CPU_PIXEL_GEMM", "CUCONV_CPU_BY_PHASE",
-                 "CUCONV_CPU_BY_GROUP", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
+                 "CUCONV_CPU_PHASE_CHUNK", "CUCONV_CPU_BY_GROUP", "CUCONV_CPU_TUNE", "CUCONV_LOG", "CUCONV_TUNE_CACHE"):
         monkeypatch.delenv(name, raising=False)
     saved = cuconv.tuning.choices()
     cuconv.tuning.clear()
