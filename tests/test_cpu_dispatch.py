@@ -153,21 +153,25 @@ def _global_sums(x):
 @pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
                                    (3, 37, 7, 7), (3, 37, 14, 14), (2, 24, 17, 19), (1, 20, 56, 56), (1, 5, 16, 17)],
                          ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkeypatch):
-    """Global average pooling sums each plane in _global_sums's order on every ISA (bfloat16 in
-    float, the mean rounded once): the vector kernels (planes of up to 256 values: 16 at once on
-    AVX-512, 8 on AVX2, 8 and 4 in float64, their partial sums transposed in registers for the
-    pairwise adds; larger float32 planes: 16 partial sums in registers) give the scalar loops'
-    sums bit for bit. Shapes: tails of planes (the last load of a plane runs past it), planes
+    """Global average pooling sums each plane in _global_sums's order on every ISA (bfloat16 and
+    float16 in float, the mean rounded once): the vector kernels (planes of up to 256 values: 16
+    at once on AVX-512, 8 on AVX2, 8 and 4 in float64, their partial sums transposed in registers
+    for the pairwise adds; float16 converted by F16C; larger float32 planes: 16 partial sums in
+    registers) give the scalar loops' sums bit for bit. Shapes: tails of planes (the last load of a plane runs past it), planes
     smaller than, equal to and larger than a block, and (2, 16, 3, 3), whose last group would
     read past the tensor (the scalar loop takes it). An Inf and a NaN must come through, and a
-    plane of -0.0 averages to +0.0 as the in-order sum from +0 has it (torch's too)."""
+    plane of -0.0 averages to +0.0 as the in-order sum from +0 has it (torch's too). float16's
+    means are the scalar loop's bits, NaN included: a NaN with a payload (which F16C's conversion
+    would keep) comes out as c10::Half writes every NaN, 0x7E00 with its sign."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     x.view(-1, shape[2] * shape[3])[3, -1] = float("inf")
     x.view(-1, shape[2] * shape[3])[-2, 0] = float("nan")
     x.view(-1, shape[2] * shape[3])[1] = -0.0
-    accumulated = x.float() if dtype == torch.bfloat16 else x
+    if dtype == torch.float16:
+        x.view(torch.int16).view(-1, shape[2] * shape[3])[2, 0] = -0x02FF  # 0xFD01: -NaN, payload 0x101 (a vector kernel's plane)
+    accumulated = x.float() if dtype in (torch.bfloat16, torch.float16) else x
     expected = (_global_sums(accumulated) / (shape[2] * shape[3])).to(dtype).view(*shape[:2], 1, 1)
     for isa in POOL_ISAS:
         use_pool_isa(monkeypatch, isa)
@@ -175,6 +179,10 @@ def test_global_average_pool_sums_in_one_order_on_every_isa(shape, dtype, monkey
         torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True, msg=isa)
         assert torch.equal(out.signbit() & ~out.isnan(), expected.signbit() & ~expected.isnan()), isa  # (== takes -0 for +0)
         torch.testing.assert_close(out, F.adaptive_avg_pool2d(x, 1), equal_nan=True)
+        if dtype == torch.float16:
+            bits = out.view(torch.int16).flatten()
+            assert (bits[out.isnan().flatten()] & 0x7FFF == 0x7E00).all(), isa
+            assert bits[2] == -0x0200, isa  # 0xFE00
 
 
 def _average_pool_2x2_case(shape, divisor_override, seed):

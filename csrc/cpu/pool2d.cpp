@@ -578,6 +578,7 @@ PoolVectorKernels pool_vector_kernels() {
     case CpuIsa::kAvx2: kernels = sixteen ? avx2_pool_vector_kernels_16_lanes() : avx2_pool_vector_kernels(); break;
     default: break;
   }
+  if (!__builtin_cpu_supports("f16c")) kernels.global_pool_half = nullptr;
 #endif
   note_kernel_use(KernelPath::kPool, kernels.isa);
   return kernels;
@@ -833,17 +834,19 @@ CUCONV_VECTOR_CLONES void global_pool_range(int64_t begin, int64_t end, int64_t 
   }
 }
 
-// The element type the vector kernels read for scalar_t: bfloat16 as its bits.
+// The element type the vector kernels read for scalar_t: bfloat16 and float16 as their bits.
 template <typename scalar_t>
-using VectorElement = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t, scalar_t>;
+using VectorElement = std::conditional_t<std::is_same_v<scalar_t, c10::BFloat16>, uint16_t,
+                                         std::conditional_t<std::is_same_v<scalar_t, c10::Half>, Float16Bits, scalar_t>>;
 
-// The vector kernel of this CPU for planes of scalar_t (simd.h), or null (float16, and the
-// generic ISA).
+// The vector kernel of this CPU for planes of scalar_t (simd.h), or null (the generic ISA, and
+// float16 on a CPU without F16C).
 template <typename scalar_t>
 GlobalPoolGroups<VectorElement<scalar_t>> global_pool_groups_of() {
   if constexpr (std::is_same_v<scalar_t, float>) return pool_vector_kernels().global_pool;
   else if constexpr (std::is_same_v<scalar_t, double>) return pool_vector_kernels().global_pool_double;
   else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return pool_vector_kernels().global_pool_bf16;
+  else if constexpr (std::is_same_v<scalar_t, c10::Half>) return pool_vector_kernels().global_pool_half;
   else return nullptr;
 }
 

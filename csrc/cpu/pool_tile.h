@@ -152,28 +152,52 @@ template <typename Floats, typename Ints, int L, typename Take>
 }
 
 // L values of x at p as the accumulator type: float32 and float64 as they are, bfloat16 (its bits,
-// uint16_t) widened to float exactly.
+// uint16_t) widened to float exactly, float16 (Float16Bits) by F16C's conversion, 8 values an
+// instruction (exact; a signalling NaN quietened, as c10's conversion does).
 template <typename Values, typename Lanes, int L, typename Element>
 inline Values load_values(const Element* p) {
+  Values v;
   if constexpr (std::is_same_v<Element, uint16_t>) {
     return load_as_floats<Values, Lanes, L>(p);
+  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
+    static_assert(L % 8 == 0);
+    for (int i = 0; i < L; i += 8) {
+      __m128i bits;
+      __builtin_memcpy(&bits, p + i, sizeof bits);
+      const __m256 floats = _mm256_cvtph_ps(bits);
+      __builtin_memcpy(reinterpret_cast<char*>(&v) + i * sizeof(float), &floats, sizeof floats);
+    }
   } else {
-    Values v;
     __builtin_memcpy(&v, p, sizeof v);
-    return v;
   }
+  return v;
 }
 
-// Stores L accumulators at p, bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
-// becomes 0x7FC0).
+// Stores L accumulators at p: bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
+// becomes 0x7FC0), float16 likewise by F16C (to nearest even, past the largest float16 to Inf),
+// every NaN then made 0x7E00 with its sign, as c10::Half has it (F16C keeps a NaN's payload).
 template <typename Values, typename Lanes, int L, typename Element>
 inline void store_values(Element* p, const Values& v) {
+  typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
   if constexpr (std::is_same_v<Element, uint16_t>) {
-    typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
     Lanes bits;  // (the adds below stay in range for every value but a NaN, whose lane is replaced)
     __builtin_memcpy(&bits, &v, sizeof bits);
     const Lanes rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
     const Halves narrow = __builtin_convertvector(v != v ? Lanes{} + 0x7FC0 : rounded, Halves);
+    __builtin_memcpy(p, &narrow, sizeof narrow);
+  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
+    Halves narrow;
+    for (int i = 0; i < L; i += 8) {
+      __m256 floats;
+      __builtin_memcpy(&floats, reinterpret_cast<const char*>(&v) + i * sizeof(float), sizeof floats);
+      const __m128i bits = _mm256_cvtps_ph(floats, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __builtin_memcpy(reinterpret_cast<char*>(&narrow) + i * sizeof(uint16_t), &bits, sizeof bits);
+    }
+    typedef int16_t Shorts __attribute__((vector_size(L * sizeof(int16_t))));
+    const Lanes is_nan = v != v;                                 // all ones where NaN,
+    const Shorts nan_lanes = __builtin_convertvector(is_nan, Shorts);  // narrowed (a signed -1 stays all ones)
+    const Halves nan = reinterpret_cast<const Halves&>(nan_lanes);
+    narrow = (narrow & ~nan) | (nan & ((narrow & 0x8000) | 0x7E00));
     __builtin_memcpy(p, &narrow, sizeof narrow);
   } else {
     __builtin_memcpy(p, &v, sizeof v);
@@ -194,8 +218,8 @@ inline void store_values(Element* p, const Values& v) {
 // adding each plane's values in order, lanes across planes, 2x). One plane at a time: all L
 // planes' partial sums side by side need 16 registers, all AVX2 has (spilled, 3x3 planes ran
 // 1.4x slower than in order). Values / Lanes: GCC vectors of L accumulators
-// (float or double) and of L integers as wide; Element: float, double, or bfloat16's bits
-// (uint16_t, summed in float). Returns the planes done (a multiple of L).
+// (float or double) and of L integers as wide; Element: float, double, or bfloat16's or
+// float16's bits (uint16_t, Float16Bits; summed in float). Returns the planes done (a multiple of L).
 template <typename Values, typename Lanes, int L, typename Element>
 int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, double divisor, int64_t readable,
                            Element* y) {
@@ -565,6 +589,7 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   k.global_pool_double =
       &global_pool_groups<typename PoolLanes<L>::Doubles, typename PoolLanes<L>::DoubleLanes, L / 2, double>;
   k.global_pool_bf16 = &global_pool_groups<F, I, L, uint16_t>;
+  k.global_pool_half = &global_pool_groups<F, I, L, Float16Bits>;  // (pool2d.cpp keeps it where F16C is)
   k.global_max = &global_max_groups<F, I, N, L>;
   k.global_sum_along_plane = &global_sum_along_plane<F, L>;
   k.avg_2x2 = {&avg_pool_2x2_groups<F, I, L>, &avg_unpool_2x2_groups<F, I, L>, L};

@@ -54,10 +54,14 @@ constexpr int64_t kGlobalSumBlock = 256;
 // That sum of one large plane, float32, compiled for the ISA (pool_tile.h).
 using GlobalSumAlongPlane = float (*)(const float* x, int64_t plane);
 
+// float16 as its bits, a type of its own (bfloat16's bits are plain uint16_t).
+enum class Float16Bits : uint16_t {};
+
 // Global average pooling of planes of at most kGlobalSumBlock values, a register's lanes of
 // planes at a time (pool_tile.h): the sums of the planes of x[0, planes * plane), divided by
 // `divisor`, into y, reading no further than x[readable - 1]; returns the planes done (the caller
-// does the rest). For float32, float64, and bfloat16 as its bits (summed in float).
+// does the rest). For float32, float64, and bfloat16 and float16 as their bits (summed in float;
+// float16's kernel converts with F16C, so it is set only on CPUs that have it).
 template <typename Element>
 using GlobalPoolGroups = int64_t (*)(const Element* x, int64_t planes, int64_t plane, double divisor,
                                      int64_t readable, Element* y);
@@ -106,6 +110,7 @@ struct PoolVectorKernels {
   GlobalPoolGroups<float> global_pool = nullptr;
   GlobalPoolGroups<double> global_pool_double = nullptr;
   GlobalPoolGroups<uint16_t> global_pool_bf16 = nullptr;
+  GlobalPoolGroups<Float16Bits> global_pool_half = nullptr;
   GlobalMaxGroups global_max = nullptr;
   GlobalSumAlongPlane global_sum_along_plane = nullptr;
   AvgPool2x2Groups avg_2x2;

@@ -11,9 +11,10 @@
 #if CUCONV_X86_SIMD
 #include <immintrin.h>
 
-// Everything below is compiled for AVX2 + FMA; it is only called when the CPU has them.
+// Everything below is compiled for AVX2 + FMA; it is only called when the CPU has them. (And
+// F16C, which only float16's global pooling uses, set where the CPU has it: pool2d.cpp.)
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 
 namespace cuconv {
 namespace {

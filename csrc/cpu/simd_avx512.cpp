@@ -17,9 +17,10 @@
 #if CUCONV_X86_SIMD
 #include <immintrin.h>
 
-// Everything below is compiled for AVX-512; it is only called when the CPU has it.
+// Everything below is compiled for AVX-512; it is only called when the CPU has it. (And F16C,
+// as simd_avx2.cpp.)
 #pragma GCC push_options
-#pragma GCC target("avx512f")
+#pragma GCC target("avx512f,f16c")
 
 namespace cuconv {
 namespace {
