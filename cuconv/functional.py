@@ -186,6 +186,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     size = _shape.conv_transpose2d_shape(op, x.shape, weight.shape, stride, padding, output_padding, dilation,
                                          int(groups))
     _shape.check_conv2d_bias(op, bias, size[1])
+    if torch.jit.is_tracing():
+        # torch.jit.trace sees sizes as tensors, and its tracer cannot record them in an op's list
+        # of sizes: the trace keeps this input's output size (another input size raises there).
+        size = [int(s) for s in size]
     x, cuda_settings = _convolution_input(x, weight)
     if output_padding[0] < stride[0] and output_padding[1] < stride[1]:
         # The convolution with these arguments maps an output of this size back to the input's.
@@ -197,7 +201,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # unpadded (the first (in - 1) * stride + reach rows and columns of any padding's), is
         # cropped by the padding at the top and left, and zeros fill what it does not reach.
         reach = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)]
-        whole = [(x.shape[2 + i] - 1) * stride[i] + reach[i] for i in (0, 1)]
+        whole = [int((x.shape[2 + i] - 1) * stride[i] + reach[i]) for i in (0, 1)]
         y = differentiable.conv2d_backward_input(x, weight, (size[0], size[1], *whole), stride, (0, 0), dilation,
                                                  int(groups), *cuda_settings)
         y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]

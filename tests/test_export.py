@@ -79,3 +79,20 @@ def test_jit_trace_works_and_jit_script_says_what_to_use():
     torch.testing.assert_close(traced(x), model(x))
     with pytest.raises(RuntimeError, match=r"cuconv.Conv2d does not support torch.jit.script. Use torch.jit.trace"):
         torch.jit.script(model)
+
+
+@pytest.mark.parametrize("args", [dict(stride=2, padding=1, output_padding=1),
+                                  dict(stride=2, output_padding=(2, 1), dilation=3)], ids=str)
+def test_jit_trace_of_a_transposed_convolution_keeps_its_output_size(args):
+    """The transposed convolution passes its output size to cuconv's op as a list, which
+    torch.jit.trace cannot record from traced shapes: the trace keeps the traced input's output
+    size (both ways to compute it: output padding below the stride and not), and another input
+    size raises a clear error instead of giving a wrong shape."""
+    torch.manual_seed(3)
+    model = cuconv.ConvTranspose2d(8, 4, 3, **args)
+    x = torch.randn(2, 8, 5, 6)
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), torch.nn.functional.conv_transpose2d(x, model.weight, model.bias, **args))
+    with pytest.raises(RuntimeError, match=r"expected grad_output of shape \[2, 8, 5, 6\], but got \[3, 8, 5, 6\]"):
+        traced(torch.randn(3, 8, 5, 6))
