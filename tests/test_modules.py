@@ -866,3 +866,35 @@ def test_book_learning_a_kernel():
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-5)
     for w, ref_w in zip(weights, ref_weights):
         torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
+
+
+def _counted_flops(module, x):
+    """FlopCounterMode's total for module's forward pass, and for forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as forward:
+        module(x)
+    with FlopCounterMode(display=False) as both:
+        module(x).sum().backward()
+    return forward.get_total_flops(), both.get_total_flops()
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (torch.nn.Conv2d, dict(kernel_size=3, padding=1)),
+    (torch.nn.Conv2d, dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=(2, 1))),
+    (torch.nn.ConvTranspose2d, dict(kernel_size=3, stride=2, padding=1, output_padding=1)),
+    (torch.nn.ConvTranspose2d, dict(kernel_size=(2, 3), stride=(3, 1), dilation=2)),
+], ids=str)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_flop_counter_counts_cuconv_convolutions(cls, kwargs, groups):
+    """torch.utils.flop_counter counts cuconv's convolutions by torch's formula: the forward
+    pass and the whole step as torch's for one group. A grouped layer's step is three times its
+    forward pass (the two gradients cost one forward pass each), where torch counts the weight
+    gradient as if the layer had one group."""
+    torch.manual_seed(0)
+    ours_cls = cuconv.Conv2d if cls is torch.nn.Conv2d else cuconv.ConvTranspose2d
+    x = torch.randn(2, 6, 9, 10, requires_grad=True)
+    forward, both = _counted_flops(ours_cls(6, 4, groups=groups, **kwargs), x)
+    torch_forward, torch_both = _counted_flops(cls(6, 4, groups=groups, **kwargs), x)
+    assert forward == torch_forward > 0
+    assert both == (torch_both if groups == 1 else 3 * forward)
