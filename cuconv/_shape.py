@@ -213,11 +213,11 @@ def conv_transpose2d_shape(op, input_size, weight_size, stride, padding, output_
                          f"dilation={_sizes(dilation)}")
     out = [(size - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight_size[2 + i] - 1) + 1 + output_padding[i]
            for i, size in enumerate((in_h, in_w))]
-    if not (out[0] >= 1 and out[1] >= 1):
+    if not (out[0] >= 0 and out[1] >= 0):  # (an empty output, 0 high or wide, is torch's result too)
         raise ValueError(f"{op}: input of shape {_sizes(input_size)} with weight of shape {_sizes(weight_size)}, "
                          f"stride={_sizes(stride)}, padding={_sizes(padding)}, output_padding="
                          f"{_sizes(output_padding)} and dilation={_sizes(dilation)} gives an output of {out[0]} x "
-                         f"{out[1]}: expected at least 1 x 1")
+                         f"{out[1]}: expected no negative size")
     return (batch, weight_size[1] * groups, out[0], out[1])
 
 

@@ -191,13 +191,13 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # of sizes: the trace keeps this input's output size (another input size raises there).
         size = [int(s) for s in size]
     x, cuda_settings = _convolution_input(x, weight)
-    if output_padding[0] < stride[0] and output_padding[1] < stride[1]:
+    if output_padding[0] < stride[0] and output_padding[1] < stride[1] and size[2] > 0 and size[3] > 0:
         # The convolution with these arguments maps an output of this size back to the input's.
         y = differentiable.conv2d_backward_input(x, weight, size, stride, padding, dilation, int(groups),
                                                  *cuda_settings)
     else:
-        # Output padding of at least the stride (torch allows it below the dilation): no
-        # convolution maps this size back to the input's. The whole transposed convolution,
+        # Output padding of at least the stride (torch allows it below the dilation), or an empty
+        # output: no convolution maps this size back to the input's. The whole transposed convolution,
         # unpadded (the first (in - 1) * stride + reach rows and columns of any padding's), is
         # cropped by the padding at the top and left, and zeros fill what it does not reach.
         reach = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)]

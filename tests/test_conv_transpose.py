@@ -141,6 +141,30 @@ def test_conv_transpose2d_layouts_where_padding_crops_everything_and_of_a_channe
         assert_matches(ours, theirs, torch.float64)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, shape", [
+    ((2, 6, 8, 1), (6, 1, 4, 2), dict(stride=3, padding=1, output_padding=(2, 0), groups=3, dilation=(2, 1)),
+     (2, 3, 28, 0)),
+    ((2, 6, 1, 4), (6, 3, 2, 1), dict(padding=(1, 0)), (2, 3, 0, 4)),
+    ((2, 6, 1, 1), (6, 3, 2, 4), dict(stride=2, padding=(1, 2)), (2, 3, 0, 0)),
+], ids=str)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_conv_transpose2d_of_an_empty_output_is_torchs(x_shape, w_shape, kwargs, shape, layout):
+    """Padding may crop the whole output in a dimension: torch's float32 transposed convolution
+    returns an empty result there (0 high or wide, any batch; its float64 one raises "Output size
+    is too small", and so does its backward), and cuconv's does in every dtype, with zero
+    gradients for the input, weight and bias."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(x_shape, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+        w = torch.randn(w_shape, dtype=dtype, requires_grad=True)
+        b = torch.randn(3, dtype=dtype, requires_grad=True)
+        ours = CF.conv_transpose2d(x, w, b, **kwargs)
+        assert ours.shape == shape and ours.dtype == dtype
+        if dtype == torch.float32:
+            assert ours.shape == F.conv_transpose2d(x, w, b, **kwargs).shape
+        for grad, tensor in zip(torch.autograd.grad(ours.sum(), (x, w, b)), (x, w, b)):
+            assert grad.shape == tensor.shape and not grad.any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_conv_transpose2d_half_types_match_torch_in_float32(dtype):
     case = dict(CASES[0], batch=2, in_channels=8, out_channels=16, groups=2, bias=True)
