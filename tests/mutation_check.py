@@ -41,7 +41,7 @@ DTYPES = "tests/test_dtypes.py"
 INTEGERS = ("-k", "integers", DTYPES)  # max pooling and convolution of integer tensors
 INT64_POOLING = ("-k", "int64", DTYPES)  # average pooling of int64 tensors
 COMPLEX = ("-k", "complex", DTYPES)  # complex convolution and adaptive average pooling
-HALF_POOLING = ("-k", "float16", PRECISION)  # float16 pooling: cuconv's own conversions (opmath.h)
+HALF_POOLING = ("-k", "float16", PRECISION, DISPATCH)  # float16 pooling: cuconv's own conversions (opmath.h)
 CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
 CONV_TRANSPOSE = "tests/test_conv_transpose.py"
 STRIDE_PHASES = "tests/test_stride_phases.py"
@@ -174,8 +174,15 @@ MUTANTS = [
            "_mm256_cvtps_ph(floats, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)", (DISPATCH,)),
     Mutant("global-pool-half-loads-one-register", "index math", "csrc/cpu/pool_tile.h",
            "__builtin_memcpy(&bits, p + i, sizeof bits);", "__builtin_memcpy(&bits, p, sizeof bits);", (DISPATCH,)),
-    Mutant("global-pool-half-keeps-nan-payload", "special values", "csrc/cpu/pool_tile.h",
-           "narrow = (narrow & ~nan) | (nan & ((narrow & 0x8000) | 0x7E00));", "", (DISPATCH,)),
+    Mutant("half-chunks-written-to-the-first-samples", "index math", "csrc/cpu/pool2d.cpp",
+           "Tensor slice = torch::stable::narrow(results[i], 0, first, parts[i].size(0));",
+           "Tensor slice = torch::stable::narrow(results[i], 0, 0, parts[i].size(0));", HALF_POOLING),
+    Mutant("half-chunks-read-the-first-samples", "index math", "csrc/cpu/pool2d.cpp",
+           "const Tensor part = torch::stable::narrow(whole, 0, first, count);",
+           "const Tensor part = torch::stable::narrow(whole, 0, 0, count);", HALF_POOLING),
+    Mutant("half-max-unpool-indices-of-the-first-chunk", "index math", "csrc/cpu/pool2d.cpp",
+           "torch::stable::narrow(all_indices, 0, first, count)", "torch::stable::narrow(all_indices, 0, 0, count)",
+           HALF_POOLING),
     Mutant("global-pool-tail-unmasked", "padding edge", "csrc/cpu/pool_tile.h",
            "part[r] += inside[r] ? v : Values{};", "part[r] += v;", (DISPATCH,)),
     Mutant("global-pool-pairwise-from-the-middle", "reduction", "csrc/cpu/pool_tile.h",
@@ -323,8 +330,13 @@ MUTANTS = [
            "y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]",
            "y = y[:, :, :size[2], :size[3]]", (CONV_TRANSPOSE,)),
     Mutant("conv-transpose-past-stride-as-below", "boundary", "cuconv/functional.py",
-           "    if output_padding[0] < stride[0] and output_padding[1] < stride[1]:",
-           "    if output_padding[0] <= stride[0] and output_padding[1] <= stride[1]:", (CONV_TRANSPOSE,)),
+           "    if output_padding[0] < stride[0] and output_padding[1] < stride[1] and size[2] > 0",
+           "    if output_padding[0] <= stride[0] and output_padding[1] <= stride[1] and size[2] > 0", (CONV_TRANSPOSE,)),
+    Mutant("conv-transpose-empty-output-to-the-op", "boundary", "cuconv/functional.py",
+           "and output_padding[1] < stride[1] and size[2] > 0 and size[3] > 0:",
+           "and output_padding[1] < stride[1]:", (CONV_TRANSPOSE,)),
+    Mutant("conv-transpose-traced-size-kept-as-tensors", "dispatch (Python)", "cuconv/functional.py",
+           "        size = [int(s) for s in size]", "        pass", ("-k", "jit", "tests/test_export.py")),
     Mutant("conv-transpose-empty-crop-nchw", "layout (Python)", "cuconv/functional.py",
            "        if _shape.is_channels_last(x) and not _shape.is_channels_last(y):", "        if False:",
            (CONV_TRANSPOSE,)),

@@ -153,7 +153,7 @@ def test_conv_transpose2d_of_an_empty_output_is_torchs(x_shape, w_shape, kwargs,
     returns an empty result there (0 high or wide, any batch; its float64 one raises "Output size
     is too small", and so does its backward), and cuconv's does in every dtype, with zero
     gradients for the input, weight and bias."""
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         x = torch.randn(x_shape, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
         w = torch.randn(w_shape, dtype=dtype, requires_grad=True)
         b = torch.randn(3, dtype=dtype, requires_grad=True)

@@ -381,11 +381,16 @@ FLOAT16_BITWISE_CASES = {
 # channels or planes in a row (csrc/cpu/opmath.h, written to vectorise): a float16 result must then
 # be the float32 result on the same values rounded as torch rounds it, bit for bit, in either layout,
 # forward and backward (the float32 kernels sum in the same order).
+# Most float16 pooling runs the float32 kernels on chunks of samples converted to float32
+# (pool2d.cpp, via_float): one chunk here, and with CUCONV_CPU_HALF_CHUNK=2 three of a batch of 5.
+@pytest.mark.parametrize("chunk", [None, "2"], ids=["one-chunk", "chunks-of-2"])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", FLOAT16_BITWISE_CASES)
-def test_float16_pooling_is_float32_pooling_rounded(case, layout):
+def test_float16_pooling_is_float32_pooling_rounded(case, layout, chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setenv("CUCONV_CPU_HALF_CHUNK", chunk)
     fn = FLOAT16_BITWISE_CASES[case]
-    x = _float16_of_every_kind((2, 19, 9, 10), seed=len(case))
+    x = _float16_of_every_kind((5 if chunk else 2, 19, 9, 10), seed=len(case))
     grad_output = _float16_of_every_kind(fn(F, x).shape, seed=1) * 2.0 ** -12  # (scatter sums stay finite)
     x16 = x.clone(memory_format=layout).requires_grad_()
     x32 = x.float().contiguous(memory_format=layout).requires_grad_()
@@ -395,6 +400,18 @@ def test_float16_pooling_is_float32_pooling_rounded(case, layout):
     y16.backward(grad_output)
     y32.backward(grad_output.float())
     _assert_same_bits(x16.grad, x32.grad.half())
+
+
+def test_float16_pooling_of_an_empty_batch_and_a_bad_chunk_setting(monkeypatch):
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(0, 3, 8, 8, dtype=torch.float16).contiguous(memory_format=layout).requires_grad_()
+        for fn in FLOAT16_BITWISE_CASES.values():
+            y, ref = fn(CF, x), fn(F, x)
+            assert y.shape == ref.shape and y.dtype == torch.float16
+            assert torch.autograd.grad(y, x, torch.zeros_like(y))[0].shape == x.shape
+    monkeypatch.setenv("CUCONV_CPU_HALF_CHUNK", "0")
+    with pytest.raises(ValueError, match=r"CUCONV_CPU_HALF_CHUNK to be a positive integer, but got '0'"):
+        CF.avg_pool2d(torch.randn(2, 3, 8, 8, dtype=torch.float16), 2)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])

@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <cstdlib>
@@ -196,6 +197,20 @@ int64_t l2_cache_bytes() {
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = std::max(read_cache_bytes(3), l2_cache_bytes());
   return bytes;
+}
+
+int64_t samples_per_chunk(int64_t sample_bytes, int64_t batch, double share, const char* setting) {
+  const char* value = std::getenv(setting);
+  if (value != nullptr && *value != '\0') {
+    char* end = nullptr;
+    const long long samples = std::strtoll(value, &end, 10);
+    CUCONV_CHECK_VALUE(*end == '\0' && samples >= 1, "cuconv: expected the environment variable ", setting,
+                       " to be a positive integer, but got '", std::string(value), "'");
+    return std::min<int64_t>(samples, std::max<int64_t>(batch, 1));
+  }
+  const auto by_cache = static_cast<int64_t>(static_cast<double>(last_level_cache_bytes()) * share) /
+                        std::max<int64_t>(sample_bytes, 1);
+  return std::clamp<int64_t>(by_cache, 1, std::max<int64_t>(batch, 1));
 }
 
 namespace {

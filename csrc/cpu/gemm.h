@@ -165,6 +165,12 @@ int64_t l2_cache_bytes();
 // them there.
 int64_t last_level_cache_bytes();
 
+// Samples per chunk for a pass that works through a batch a chunk at a time so that its buffers
+// are read back from the last-level cache: `share` of that cache's worth of samples of
+// `sample_bytes` each, at least one, at most the batch. The environment variable `setting` (a
+// test switch), where set to n, makes it n, so that small tests cross chunks.
+int64_t samples_per_chunk(int64_t sample_bytes, int64_t batch, double share, const char* setting);
+
 // Allocates on cache-line (64-byte) boundaries, so a panel's vectors never straddle two lines
 // (std::vector's malloc gives 16 bytes; misaligned B panels measured up to 30% slower), and
 // leaves elements uninitialized unless a value is given: the packers write every element

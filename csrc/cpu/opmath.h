@@ -9,7 +9,9 @@
 // c10::Half over all 2^32 floats when written, and through the ops in tests/test_precision.py.
 // Where a loop reads its elements with a stride (NCHW pooling windows), the kernels keep
 // c10::Half's conversion: the vectoriser gathers there, and float16 2x2 pooling measured 1.4x
-// slower with these.
+// slower with these. Most float16 pooling now runs as float32 on converted copies (pool2d.cpp,
+// via_float); these serve the float16 paths left (global pooling's planes past the vector
+// kernel's and its gradient, NHWC max pooling and its 2x2 gradient's fallback).
 
 #include <cstdint>
 #include <cstring>

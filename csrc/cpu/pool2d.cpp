@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -1201,6 +1202,64 @@ bool window_is_whole_plane(const PoolGeometry& g, const AvgPlan& plan) {
          plan.cols[0].end == g.W;
 }
 
+// ---------------------------------------------------------------------------
+// float16 as float32. The kernels above convert float16 value by value with c10's conversion
+// wherever they read with a stride (NCHW windows) or scatter (every gradient), and by portable
+// bit code along NHWC channels: float16 pooling took 2-8x the float32 kernels' time (thirty-second
+// session). So a float16 pass runs the float32 one on chunks of samples converted by torch's copy
+// (F16C), and its results are copied back, rounded to nearest even: the same sums in the same
+// order, so the same bits as rounding the float32 result (a NaN's payload is kept, where c10's
+// conversion writes 0x7E00). Not where float16 has fast kernels of its own: NHWC max pooling's
+// forward (it compares the values' bits) and its gradient of tiled 2x2 windows (VGG's layer in
+// the benchmark suite: forward+backward 0.72 of torch's time so, 1.15 through float32 copies),
+// NCHW global average pooling of small planes (F16C, pool_tile.h) and its gradient (a fill). Chunks of about a quarter of the last-level cache in float32, so that
+// the copies are read back from cache (CUCONV_CPU_HALF_CHUNK=n, a test switch, makes them n
+// samples).
+
+// Sizes with the batch replaced.
+std::vector<int64_t> with_batch(IntArrayRef sizes, int64_t batch) {
+  std::vector<int64_t> out(sizes.begin(), sizes.end());
+  out[0] = batch;
+  return out;
+}
+
+// Samples [first, first + count) of t, as float32 in t's layout (the whole tensor's: a chunk of
+// one sample of a batch-strided tensor could pass for channels_last).
+Tensor float_samples(const Tensor& t, int64_t first, int64_t count) {
+  Tensor whole = t;
+  const Tensor part = torch::stable::narrow(whole, 0, first, count);
+  Tensor copy = empty_in_layout_of(t, part.sizes(), ScalarType::Float);
+  torch::stable::copy_(copy, part);
+  return copy;
+}
+
+// The results of `run(first, count)` (the float32 pass over samples [first, first + count); float
+// results become float16, indices stay int64) over all `batch` samples, chunk by chunk; a sample's
+// float32 inputs and outputs take `sample_bytes`.
+std::vector<Tensor> via_float(int64_t batch, int64_t sample_bytes,
+                              const std::function<std::vector<Tensor>(int64_t first, int64_t count)>& run) {
+  const int64_t chunk = samples_per_chunk(sample_bytes, batch, 0.25, "CUCONV_CPU_HALF_CHUNK");
+  std::vector<Tensor> parts = run(0, std::min(chunk, batch));
+  std::vector<Tensor> results;
+  for (const Tensor& part : parts) {  // (laid out as the float32 pass lays out its own: NCHW or NHWC)
+    const ScalarType dtype = part.scalar_type() == ScalarType::Float ? ScalarType::Half : part.scalar_type();
+    results.push_back(empty_strided_like(part, with_batch(part.sizes(), batch), part.strides(), dtype));
+  }
+  for (int64_t first = 0; first < batch; first += chunk) {
+    if (first > 0) parts = run(first, std::min(chunk, batch - first));
+    for (size_t i = 0; i < parts.size(); ++i) {
+      Tensor slice = torch::stable::narrow(results[i], 0, first, parts[i].size(0));
+      torch::stable::copy_(slice, parts[i]);
+    }
+  }
+  return results;
+}
+
+// Whether NCHW global average pooling of this float16 input runs its own kernel (above).
+bool half_global_pool_runs_natively(const Tensor& input, int64_t plane) {
+  return !runs_nhwc(input) && plane <= kGlobalSumBlock && pool_vector_kernels().global_pool_half != nullptr;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
@@ -1210,6 +1269,14 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   const char* op = "cuconv.max_pool2d";
   const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
+  if (input.scalar_type() == ScalarType::Half && !runs_nhwc(input)) {
+    const std::vector<Tensor> results = via_float(s.batch, s.channels * (g.H * g.W + 3 * g.Ho * g.Wo) * 4, [&](int64_t first, int64_t count) {
+      const auto [y, indices] = max_pool2d_forward_cpu(float_samples(input, first, count), kernel_size, stride, padding,
+                                                       dilation, ceil_mode);
+      return std::vector<Tensor>{y, indices};
+    });
+    return {results[0], results[1]};
+  }
   if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w});
     Tensor indices = empty_channels_last_like(input, {s.batch, s.channels, s.out_h, s.out_w}, ScalarType::Long);
@@ -1285,6 +1352,14 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
                                                     stride, padding, dilation, ceil_mode);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
+  if (grad_output.scalar_type() == ScalarType::Half && !(runs_nhwc(grad_output) && tiled_2x2(g))) {
+    return via_float(s.batch, s.channels * (plane_in + 3 * plane_out) * 4, [&](int64_t first, int64_t count) {
+      Tensor all_indices = indices;
+      return std::vector<Tensor>{max_pool2d_backward_cpu(
+          float_samples(grad_output, first, count), torch::stable::narrow(all_indices, 0, first, count),
+          with_batch(input_size, count), kernel_size, stride, padding, dilation, ceil_mode)};
+    })[0];
+  }
   if (runs_nhwc(grad_output)) {
     const Tensor idx = channels_last_or_copy(indices);
     Tensor dx = empty_channels_last_like(grad_output, input_size);
@@ -1363,6 +1438,13 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
+  if (input.scalar_type() == ScalarType::Half &&
+      !(window_is_whole_plane(g, plan) && half_global_pool_runs_natively(input, g.H * g.W))) {
+    return via_float(s.batch, s.channels * (g.H * g.W + g.Ho * g.Wo) * 4, [&](int64_t first, int64_t count) {
+      return std::vector<Tensor>{avg_pool2d_forward_cpu(float_samples(input, first, count), kernel_size, stride,
+                                                        padding, ceil_mode, count_include_pad, divisor_override)};
+    })[0];
+  }
   // (int64 as torch's CPU average pooling: sums in int64, each divided by its window's divisor,
   // rounding toward zero)
   if (runs_nhwc(input)) {
@@ -1396,6 +1478,13 @@ Tensor avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef input_size
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
+  if (grad_output.scalar_type() == ScalarType::Half && (runs_nhwc(grad_output) || !window_is_whole_plane(g, plan))) {
+    return via_float(s.batch, s.channels * (g.H * g.W + g.Ho * g.Wo) * 4, [&](int64_t first, int64_t count) {
+      return std::vector<Tensor>{avg_pool2d_backward_cpu(float_samples(grad_output, first, count),
+                                                         with_batch(input_size, count), kernel_size, stride, padding,
+                                                         ceil_mode, count_include_pad, divisor_override)};
+    })[0];
+  }
   if (runs_nhwc(grad_output)) {
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
@@ -1422,6 +1511,11 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
   check_adaptive_avg_pool2d(op, input, output_size);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
+  if (input.scalar_type() == ScalarType::Half && !(Ho == 1 && Wo == 1 && half_global_pool_runs_natively(input, H * W))) {
+    return via_float(N, C * (H * W + Ho * Wo) * 4, [&](int64_t first, int64_t count) {
+      return std::vector<Tensor>{adaptive_avg_pool2d_forward_cpu(float_samples(input, first, count), output_size)};
+    })[0];
+  }
   if (runs_nhwc(input)) {
     Tensor y = empty_channels_last_like(input, {N, C, Ho, Wo});
     CUCONV_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward_cpu", [&] {
@@ -1459,6 +1553,12 @@ Tensor adaptive_avg_pool2d_backward_cpu(const Tensor& grad_output, IntArrayRef i
   check_adaptive_backward(op, grad_output.sizes(), input_size);
   const int64_t N = input_size[0], C = input_size[1], H = input_size[2], W = input_size[3];
   const int64_t Ho = grad_output.size(2), Wo = grad_output.size(3);
+  if (grad_output.scalar_type() == ScalarType::Half && (runs_nhwc(grad_output) || !(Ho == 1 && Wo == 1))) {
+    return via_float(N, C * (H * W + Ho * Wo) * 4, [&](int64_t first, int64_t count) {
+      return std::vector<Tensor>{
+          adaptive_avg_pool2d_backward_cpu(float_samples(grad_output, first, count), with_batch(input_size, count))};
+    })[0];
+  }
   if (runs_nhwc(grad_output)) {
     Tensor dx = empty_channels_last_like(grad_output, input_size);
     CUCONV_DISPATCH_FLOATING(grad_output.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {

@@ -174,8 +174,9 @@ inline Values load_values(const Element* p) {
 }
 
 // Stores L accumulators at p: bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
-// becomes 0x7FC0), float16 likewise by F16C (to nearest even, past the largest float16 to Inf),
-// every NaN then made 0x7E00 with its sign, as c10::Half has it (F16C keeps a NaN's payload).
+// becomes 0x7FC0), float16 likewise by F16C (to nearest even, past the largest float16 to Inf; a
+// NaN keeps its payload's high bits, as torch's float16 copies do, where c10::Half's scalar
+// conversion writes 0x7E00: cuconv promises neither).
 template <typename Values, typename Lanes, int L, typename Element>
 inline void store_values(Element* p, const Values& v) {
   typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
@@ -193,11 +194,6 @@ inline void store_values(Element* p, const Values& v) {
       const __m128i bits = _mm256_cvtps_ph(floats, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       __builtin_memcpy(reinterpret_cast<char*>(&narrow) + i * sizeof(uint16_t), &bits, sizeof bits);
     }
-    typedef int16_t Shorts __attribute__((vector_size(L * sizeof(int16_t))));
-    const Lanes is_nan = v != v;                                 // all ones where NaN,
-    const Shorts nan_lanes = __builtin_convertvector(is_nan, Shorts);  // narrowed (a signed -1 stays all ones)
-    const Halves nan = reinterpret_cast<const Halves&>(nan_lanes);
-    narrow = (narrow & ~nan) | (nan & ((narrow & 0x8000) | 0x7E00));
     __builtin_memcpy(p, &narrow, sizeof narrow);
   } else {
     __builtin_memcpy(p, &v, sizeof v);

@@ -3,10 +3,8 @@
 #include "stride_phases.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
-#include <string>
 #include <vector>
 
 #include "../stable.h"
@@ -69,21 +67,6 @@ void copy_window(const float* grad_out, int64_t planes, int64_t out_h, int64_t o
   });
 }
 
-// Samples per chunk: about half the last-level cache's worth of a sample's phase outputs and
-// windows, at least one; CUCONV_CPU_PHASE_CHUNK=n (a test switch) makes it n, so that small
-// tests cross chunks.
-int64_t samples_per_chunk(int64_t sample_bytes, int64_t batch) {
-  const char* setting = std::getenv("CUCONV_CPU_PHASE_CHUNK");
-  if (setting != nullptr && *setting != '\0') {
-    char* end = nullptr;
-    const long long samples = std::strtoll(setting, &end, 10);
-    CUCONV_CHECK_VALUE(*end == '\0' && samples >= 1, "cuconv: expected the environment variable ",
-                       "CUCONV_CPU_PHASE_CHUNK to be a positive integer, but got '", std::string(setting), "'");
-    return std::min<int64_t>(samples, batch);
-  }
-  return std::clamp<int64_t>(last_level_cache_bytes() / 2 / sample_bytes, 1, batch);
-}
-
 }  // namespace
 
 void input_gradient_by_phase(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in,
@@ -120,7 +103,8 @@ void input_gradient_by_phase(const DirectConv& p, const float* grad_out, const f
   // outputs and the windows (about grad_output's size) to be read back from the last-level cache
   // (a U-Net layer at batch 128 has 100 MB of outputs).
   const int64_t plane = p.height * p.width;
-  const int64_t chunk = samples_per_chunk((C * plane + O * p.out_h * p.out_w) * int64_t{sizeof(float)}, p.batch);
+  const int64_t chunk = samples_per_chunk((C * plane + O * p.out_h * p.out_w) * int64_t{sizeof(float)}, p.batch, 0.5,
+                                          "CUCONV_CPU_PHASE_CHUNK");
   std::vector<const float*> outputs(rows.size() * cols.size());
   PackedBuffer<float> sums(chunk * C * plane), window;
   for (int64_t n0 = 0; n0 < p.batch; n0 += chunk) {
