@@ -300,12 +300,25 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
 
 # conv2d -----------------------------------------------------------------------
 
+def batched_by_vmap(t):
+    """Whether t is batched by torch.func.vmap at some level of torch.func's wrappers."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        if torch._C._functorch.is_batchedtensor(t):
+            return True
+        t = torch._C._functorch.get_unwrapped(t)
+    return False
+
+
 def _in_layout(channels_last, t):
-    """t in the convolution's layout (channels_last or NCHW, torch's rule: _shape.py): t itself, or
-    a clone where the kernels would read it in the other (as in cuconv.functional: `contiguous`
-    keeps a tensor that is both layouts as it is). The kernels follow their first operand's
-    layout, so a gradient that arrives channels_last to an NCHW convolution is cloned too."""
+    """t in a convolution's or pooling's layout (channels_last or NCHW, torch's rule: _shape.py):
+    t itself, or a clone where the kernels would read it in the other (as in cuconv.functional:
+    `contiguous` keeps a tensor that is both layouts as it is). The kernels follow their first
+    operand's layout, so a gradient that arrives channels_last to an NCHW layer is cloned too. Under
+    vmap (jacrev, hessian) t stays as it is: vmap clones into no layout but torch's contiguous
+    one, and the kernels give the same values in either (only the layout follows)."""
     if channels_last != _shape.is_channels_last(t):
+        if channels_last and batched_by_vmap(t):
+            return t
         return t.clone(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return t
 
@@ -447,10 +460,24 @@ _register_autograd("conv2d_backward_bias", _conv2d_backward_bias_backward, _conv
 
 # max_pool2d ---------------------------------------------------------------------
 
+def _pooling_layout(input):
+    """Whether pooling's input gradient is channels_last: where the input is (torch's rule; a dense
+    NCHW input, the common case, is settled by one call into torch)."""
+    return not input.is_contiguous() and _shape.is_channels_last(input)
+
+
+def _in_pooling_layout(channels_last, grad_output):
+    """The incoming gradient in the input's layout (_pooling_layout), as torch's pooling takes it."""
+    if not channels_last and grad_output.is_contiguous():  # (the common case, as above)
+        return grad_output
+    return _in_layout(channels_last, grad_output)
+
+
 def _max_pool2d_setup_context(ctx, inputs, output):
     input, *pool_args = inputs
     ctx.pool_args = pool_args
     ctx.input_shape = input.shape
+    ctx.channels_last = _pooling_layout(input)
     ctx.save_for_backward(output[1])
     ctx.mark_non_differentiable(output[1])
     # No zeros for the indices' gradient (autograd would fill one of their size, int64, on every
@@ -462,6 +489,7 @@ def _max_pool2d_backward(ctx, grad_output, _grad_indices):
     if grad_output is None:  # (no gradient reached the output: gradcheck's undefined-grad check)
         return (None,) * 6
     (indices,) = ctx.saved_tensors
+    grad_output = _in_pooling_layout(ctx.channels_last, grad_output)
     grad_input = differentiable.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.pool_args)
     return grad_input, None, None, None, None, None
 
@@ -509,9 +537,11 @@ def _avg_pool2d_setup_context(ctx, inputs, output):
     input, *pool_args = inputs
     ctx.pool_args = pool_args
     ctx.input_shape = input.shape
+    ctx.channels_last = _pooling_layout(input)
 
 
 def _avg_pool2d_backward(ctx, grad_output):
+    grad_output = _in_pooling_layout(ctx.channels_last, grad_output)
     grad_input = differentiable.avg_pool2d_backward(grad_output, ctx.input_shape, *ctx.pool_args)
     return (grad_input,) + (None,) * len(ctx.pool_args)
 
@@ -550,9 +580,11 @@ _register_autograd("avg_pool2d_backward", _avg_pool2d_backward_backward, _avg_po
 
 def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
     ctx.input_shape = inputs[0].shape
+    ctx.channels_last = _pooling_layout(inputs[0])
 
 
 def _adaptive_avg_pool2d_backward(ctx, grad_output):
+    grad_output = _in_pooling_layout(ctx.channels_last, grad_output)
     return differentiable.adaptive_avg_pool2d_backward(grad_output, ctx.input_shape), None
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _autocast, _shape
-from ._ops import differentiable
+from ._ops import batched_by_vmap, differentiable
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -250,6 +250,17 @@ def _pool_args(op, kernel_size, stride, padding):
         op, "padding", padding, allow_single=True)
 
 
+def _pooling_input(x):
+    """The input as the pooling kernels take it: torch's pooling returns channels_last where the
+    input suggests it (_shape.py), strided or not, and the kernels run NHWC on dense channels_last
+    tensors, so a strided one that suggests it (a crop of a channels_last tensor) is given as a
+    dense copy in that layout. (Not under vmap, which copies into no layout but its own. A dense
+    NCHW tensor, the common case, is settled by one call into torch.)"""
+    if x.is_contiguous() or not _shape.suggests_channels_last(x) or _shape.is_channels_last(x) or batched_by_vmap(x):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (integer tensors too, as torch's CPU
@@ -258,7 +269,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_integer)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
-    y, indices = differentiable.max_pool2d(x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    y, indices = differentiable.max_pool2d(_pooling_input(x), kernel_size, stride, padding, dilation, bool(ceil_mode))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return (y, indices) if return_indices else y
@@ -274,8 +285,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if divisor_override is not None and not _is_int(divisor_override):
         raise TypeError(f"{op}: expected divisor_override to be an int or None, but got "
                         f"{type(divisor_override).__name__} {divisor_override!r}")
-    y = differentiable.avg_pool2d(x, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
-                       divisor_override)
+    y = differentiable.avg_pool2d(_pooling_input(x), kernel_size, stride, padding, bool(ceil_mode),
+                                  bool(count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
 
 
@@ -284,6 +295,7 @@ def adaptive_avg_pool2d(input, output_size):
     output_size: an int, or (H, W) where None keeps the input's size."""
     op = "cuconv.adaptive_avg_pool2d"
     x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_complex, channels_may_be_zero=True)
+    x = _pooling_input(x)
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2 and None in output_size:
         output_size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(output_size))
     output_size = _pair(op, "output_size", output_size)

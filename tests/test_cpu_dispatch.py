@@ -351,13 +351,14 @@ def test_max_pool_over_the_whole_plane_on_every_isa(shape, args, monkeypatch):
     assert all(torch.equal(results[isa][1], results["generic"][1]) for isa in POOL_ISAS)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("channels", [5, 8, 16, 24, 37, 72])
 def test_channels_last_max_pool_on_every_isa(channels, dtype, monkeypatch):
     """channels_last max pooling runs float32 and bfloat16 a register of channels at a time (16 on
     AVX-512, 8 on AVX2; the last channels as the last whole register, overlapping the one before,
-    or one by one where there are fewer): maxima and indices exactly torch's, ties (many in
-    bfloat16) to the first maximum, a NaN wins, padding never."""
+    or one by one where there are fewer), float16 by comparing its bits: maxima and indices
+    exactly torch's, ties (many in the half types) to the first maximum, a NaN wins, padding
+    never."""
     x = torch.randn(3, channels, 11, 10, generator=torch.Generator().manual_seed(channels)).to(dtype)
     x[0, -1, 4, 4] = float("nan")
     x[1, 0, :3, :3] = float("-inf")
@@ -371,6 +372,46 @@ def test_channels_last_max_pool_on_every_isa(channels, dtype, monkeypatch):
             assert out.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True, msg=isa)
             assert torch.equal(idx, ref_idx), isa
+
+
+CHANNELS_LAST_AVERAGES = {  # (function of torch.nn.functional's signature, arguments)
+    "2x2": ("avg_pool2d", (2,)),
+    "3s2p1-ceil-no-pad": ("avg_pool2d", (3, 2, 1, True, False)),
+    "overflows": ("avg_pool2d", ((3, 2), 1, (1, 0), False, True, 1)),  # sums of up to 6 values, divided by 1
+    "adaptive-uneven": ("adaptive_avg_pool2d", ((4, 3),)),
+    "adaptive-global": ("adaptive_avg_pool2d", (1,)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("channels", [5, 8, 16, 24, 37, 72])
+@pytest.mark.parametrize("case", CHANNELS_LAST_AVERAGES)
+def test_channels_last_average_pool_on_every_isa(case, channels, dtype, monkeypatch):
+    """channels_last average pooling runs float16 a register of channels at a time (F16C), as max
+    pooling (above), each sum in float from +0 in the window's order and rounded once: the same
+    bits on every ISA as the scalar kernels' (float16 there: the float32 kernels rounded,
+    pool2d.cpp's via_float), NaN, Inf and float16's overflow to Inf included; float32 and
+    bfloat16 sum blocks of channels, the same bits on every ISA; values as torch's."""
+    name, args = CHANNELS_LAST_AVERAGES[case]
+    x = torch.randn(3, channels, 11, 10, generator=torch.Generator().manual_seed(channels)).to(dtype)
+    x[0, -1, 4, 4] = float("nan")
+    x[1, 0, 2, 3] = float("inf")
+    x[2, channels // 2, 6, 6] = float("-inf")
+    if dtype == torch.float16:  # sums past float16's largest, 65504
+        x[1, -1, :4, :4] = 40000.0
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref = getattr(F, name)(x.float(), *args).to(dtype)  # (float16's overflow: Inf)
+    results = {}
+    for isa in POOL_ISAS:
+        use_pool_isa(monkeypatch, isa)
+        results[isa] = getattr(CF, name)(x, *args)
+        assert results[isa].is_contiguous(memory_format=torch.channels_last), isa
+        torch.testing.assert_close(results[isa], ref, rtol=1e-2, atol=1e-2, equal_nan=True, msg=isa)
+    for isa in POOL_ISAS:
+        nan = torch.isnan(results["generic"])
+        assert torch.equal(torch.isnan(results[isa]), nan), isa
+        assert torch.equal(results[isa][~nan], results["generic"][~nan]), isa
+        assert torch.equal(results[isa][~nan].signbit(), results["generic"][~nan].signbit()), isa
 
 
 @pytest.mark.parametrize("size", [(3, 3), (1, 1), (4, 4), (2, 7)])

@@ -659,6 +659,29 @@ def test_one_channel_channels_last_pooling_keeps_torch_layout(op):
     torch.testing.assert_close(dx, ref_dx)
 
 
+@pytest.mark.parametrize("case", [c for c in POOLS_CHANNELS_LAST if c != "adaptive-global"])
+def test_pooling_layouts_follow_the_input_as_torch_s(case):
+    """torch lays pooling's result and input gradient out as the input suggests: a crop of a
+    channels_last tensor (strided, not dense) gives channels_last results, and an NCHW gradient
+    arriving at a channels_last input (torch.autograd.grad with torch.ones) gives a channels_last
+    input gradient; and an NCHW input takes a channels_last gradient to NCHW. (Global pooling's
+    gradient: README, Limitations.)"""
+    ours, theirs = POOLS_CHANNELS_LAST[case]
+    gen = torch.Generator().manual_seed(len(case))
+    whole = torch.randn(3, 6, 10, 17, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    for x in (whole[:, :, 1:, 2:], whole, whole.contiguous()):
+        x = x.detach().requires_grad_(True)
+        out, ref = ours(x), theirs(x)
+        assert out.stride() == ref.stride()
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            dy = torch.randn(out.shape, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
+            (dx,) = torch.autograd.grad(out, x, dy, retain_graph=True)
+            (ref_dx,) = torch.autograd.grad(ref, x, dy, retain_graph=True)
+            assert dx.stride() == ref_dx.stride(), layout
+            torch.testing.assert_close(dx, ref_dx, rtol=1e-12, atol=1e-12)
+
+
 _MAX_ARGS = {"max-2x2": (2,), "max-3s2p1-ceil": (3, 2, 1, 1, True), "max-dilated": ((2, 3), (1, 2), (1, 0), (2, 1))}
 
 

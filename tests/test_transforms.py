@@ -396,6 +396,20 @@ def test_jacrev_and_hessian_vector_products_equal_torch_s():
                        torch.float64)
 
 
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_jacobians_and_hessians_of_a_channels_last_layer_equal_torch_s(op):
+    """jacrev and hessian run the backward under vmap, where a tensor cannot be cloned
+    channels_last: a channels_last layer's gradients keep vmap's layout there (the values are the
+    same in either), with respect to the input and to the weight."""
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(*((3, 2) if op == "conv2d" else (2, 3)), 3, 3, dtype=torch.float64)
+    ours, theirs = (lambda x, w, f=getattr(lib, op): f(x, w, None, 2, 1) for lib in (CF, F))
+    for argnums in (0, 1):
+        assert_matches(jacrev(ours, argnums)(x, w), jacrev(theirs, argnums)(x, w), torch.float64)
+        loss = lambda f: lambda x, w: f(x, w).square().sum()  # noqa: E731
+        assert_matches(hessian(loss(ours), argnums)(x, w), hessian(loss(theirs), argnums)(x, w), torch.float64)
+
+
 def test_nn_module_double_backward_through_a_model():
     """WGAN-GP's penalty through a whole model converted to cuconv equals torch's."""
     torch.manual_seed(4)

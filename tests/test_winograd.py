@@ -173,6 +173,42 @@ def test_channels_last_inf_and_nan_get_the_nhwc_answer(special, where, monkeypat
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("where", ["input", "weight", "neither"])
+def test_operands_large_enough_to_overflow_the_transforms_get_the_other_answer(where, layout, monkeypatch):
+    """Finite operands so large that Winograd's transforms or sums could overflow float32 (here
+    values up to 1.8e38, which its input transform adds four of, its weight transform 2.25 times)
+    run the other kernels instead (the GEMM NCHW, the NHWC kernels channels_last), bitwise, so a
+    forward pass whose exact answer is finite gives it, as torch's does; operands of everyday
+    magnitude ("neither": 1e6 and 1e3) still run Winograd."""
+    x, w, b = _tensors(dict(batch=2, in_channels=4, out_channels=3, padding=1, size=(6, 7), bias=True))
+    if where == "input":  # (the other operand so small that only the transform itself overflows)
+        x, w = x.clamp(-3, 3) * 6e37, w * 1e-12
+    elif where == "weight":
+        x, w = x * 1e-12, w.clamp(-3, 3) * 6e37
+    else:
+        x, w = x * 1e6, w * 1e3
+    monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
+    passes = _forward_and_grads if layout == torch.contiguous_format else _nhwc_forward_and_grads
+    if layout == torch.contiguous_format:
+        monkeypatch.setenv("CUCONV_CPU_DIRECT", "0")
+    results = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("CUCONV_CPU_WINOGRAD", setting)
+        if setting == "0" and layout == torch.channels_last:
+            monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+        results[setting] = passes(x, w, b, 1)
+    y = results["1"][0]
+    assert torch.isfinite(y).all()
+    expected = F.conv2d(x.double(), w.double(), b.double(), 1, 1)
+    assert_matches(y, expected.float(), torch.float32)
+    if where == "neither":
+        assert not torch.equal(y, results["0"][0])  # (Winograd's rounding)
+    else:
+        for k in (0, 1) if where == "weight" else (0, 2):  # of y, dx, dw: those the large operand feeds
+            torch.testing.assert_close(results["1"][k], results["0"][k], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 def test_winograd_at_any_thread_count_matches_float64_and_repeats_bitwise(layout, winograd):
     """Threads split blocks of tiles (batch 7 of 20 tiles: blocks cross samples and tile rows).
     Every tile's output is summed alone, so y and dx are bitwise the same at any thread count; the

@@ -49,6 +49,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <numeric>
 #include <type_traits>
@@ -844,6 +845,49 @@ bool all_finite(const Operands& operands) {
   return std::all_of(operands.begin(), operands.end(), [](const auto& o) { return all_finite(o.first, o.second); });
 }
 
+// The largest magnitude among the values: Inf where one is Inf or NaN. (The largest of the bits
+// without the sign: non-negative floats order as their bits do, NaN's above Inf's; a loop that
+// vectorises.)
+float largest_magnitude(const float* data, int64_t count) {
+  std::atomic<uint32_t> largest{0};
+  torch::stable::parallel_for(0, count, 1 << 16, [&](int64_t begin, int64_t end) {
+    uint32_t part = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, data + i, sizeof bits);
+      part = std::max(part, bits & 0x7fffffffu);
+    }
+    uint32_t seen = largest.load(std::memory_order_relaxed);
+    while (part > seen && !largest.compare_exchange_weak(seen, part, std::memory_order_relaxed)) {
+    }
+  });
+  const uint32_t bits = std::min(largest.load(), 0x7f800000u);
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// Whether Winograd's answer for a pass over these two operands is finite wherever the exact sum's
+// is: no Inf or NaN among them (its transforms subtract inputs, so Inf - Inf would turn an
+// infinite result into NaN), and no transform or sum that can overflow float32 on finite values
+// (the GEMM's sums could not). F(2x2, 3x3)'s transforms at most quadruple an input and multiply a
+// weight by 2.25, and each output adds 9 of the channel sums; F(3x3, 2x2)'s likewise: every value
+// it computes is at most 81 times the reduction's length (at most the larger operand's size)
+// times the two operands' largest magnitudes. Asking for 256 times that to stay below float32's
+// largest value leaves everyday data (|values| up to ~1e12 each) on Winograd; larger values take
+// the GEMM (inputs of 2e38 with weights of 1e-5 had given all NaN where torch's answer is finite).
+bool winograd_stays_finite(const Operands& operands) {
+  double bound = 256.0;
+  int64_t length = 1;
+  for (const auto& [data, count] : operands) {
+    const double largest = largest_magnitude(data, count);
+    if (!(16.0 * largest < std::numeric_limits<float>::max())) return false;
+    bound *= largest;
+    length = std::max(length, count);
+  }
+  return bound * static_cast<double>(length) < std::numeric_limits<float>::max();
+}
+
 int64_t float_bytes(const Tensor& t) { return t.numel() * static_cast<int64_t>(sizeof(float)); }
 
 // How the direct kernels write an output of this size where nothing measures the choice:
@@ -876,9 +920,9 @@ struct FloatPass {
   int64_t streamable_bytes = 0;
   // false: the direct kernels, or the phases, would not give the exact answer for these values
   bool direct_exact = true;
-  // Winograd gets the GEMM's answer whenever its operands hold an Inf or NaN (its transforms
-  // subtract inputs, so Inf - Inf would turn an infinite result into NaN): these are they.
-  // (The per-pixel products check their own operands: pixel_gemm.h.)
+  // Winograd gets the GEMM's answer unless its answer stays finite for its operands
+  // (winograd_stays_finite): these are they. (The per-pixel products check their own operands:
+  // pixel_gemm.h.)
   Operands winograd_inputs;
 };
 
@@ -894,7 +938,7 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   const OptionalMode pmode = pixel_gemm_can_run(g) ? optional_kernel_mode("CUCONV_CPU_PIXEL_GEMM") : OptionalMode::kNever;
   const OptionalMode phase_mode =
       kernels.by_phase && kernels.direct_exact ? optional_kernel_mode("CUCONV_CPU_BY_PHASE") : OptionalMode::kNever;
-  auto winograd_or_gemm = [&] { all_finite(kernels.winograd_inputs) ? kernels.winograd() : kernels.gemm(); };
+  auto winograd_or_gemm = [&] { winograd_stays_finite(kernels.winograd_inputs) ? kernels.winograd() : kernels.gemm(); };
   if (wmode == OptionalMode::kAlways) return winograd_or_gemm();
   if (pmode == OptionalMode::kAlways) return kernels.pixel();
   if (phase_mode == OptionalMode::kAlways) return kernels.by_phase();
@@ -947,14 +991,14 @@ void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const
 }
 
 // choose_layout's Winograd candidate for a float32 pass over operands a and b (none for other
-// dtypes): the NHWC Winograd unless an operand holds an Inf or NaN (see
-// FloatPass::winograd_inputs), which the NHWC kernels then take. (a and b must outlive it.)
+// dtypes): the NHWC Winograd where its answer stays finite (winograd_stays_finite), else the NHWC
+// kernels. (a and b must outlive it.)
 std::function<void()> nhwc_winograd_or(std::function<void()> nhwc, const Tensor& a, const Tensor& b,
                                        std::function<void()> winograd) {
   if (a.scalar_type() != ScalarType::Float) return nullptr;
   return [nhwc = std::move(nhwc), &a, &b, winograd = std::move(winograd)] {
-    all_finite(Operands{{a.const_data_ptr<float>(), a.numel()}, {b.const_data_ptr<float>(), b.numel()}}) ? winograd()
-                                                                                                         : nhwc();
+    const Operands operands{{a.const_data_ptr<float>(), a.numel()}, {b.const_data_ptr<float>(), b.numel()}};
+    winograd_stays_finite(operands) ? winograd() : nhwc();
   };
 }
 

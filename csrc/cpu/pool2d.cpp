@@ -579,7 +579,7 @@ PoolVectorKernels pool_vector_kernels() {
     case CpuIsa::kAvx2: kernels = sixteen ? avx2_pool_vector_kernels_16_lanes() : avx2_pool_vector_kernels(); break;
     default: break;
   }
-  if (!__builtin_cpu_supports("f16c")) kernels.global_pool_half = nullptr;
+  if (!__builtin_cpu_supports("f16c")) kernels.global_pool_half = nullptr, kernels.nhwc_half = {};
 #endif
   note_kernel_use(KernelPath::kPool, kernels.isa);
   return kernels;
@@ -851,6 +851,16 @@ GlobalPoolGroups<VectorElement<scalar_t>> global_pool_groups_of() {
   else return nullptr;
 }
 
+// The channels_last kernels of this CPU for scalar_t (simd.h), or none (the generic ISA, other
+// dtypes, and float16 on a CPU without F16C).
+template <typename scalar_t>
+PoolPixelNhwc<VectorElement<scalar_t>> nhwc_kernels_of() {
+  if constexpr (std::is_same_v<scalar_t, float>) return pool_vector_kernels().nhwc;
+  else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return pool_vector_kernels().nhwc_bf16;
+  else if constexpr (std::is_same_v<scalar_t, c10::Half>) return pool_vector_kernels().nhwc_half;
+  else return {};
+}
+
 template <typename scalar_t>
 void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
   using Element = VectorElement<scalar_t>;
@@ -1004,7 +1014,8 @@ CUCONV_INLINE_INTO_CLONES void take_pixel_maxima(const scalar_t* __restrict__ px
 template <typename scalar_t, typename index_t>
 CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, int64_t oh, const scalar_t* x,
                                             scalar_t* __restrict__ y, int64_t* __restrict__ indices,
-                                            const PoolVectorKernels& vector, index_t* __restrict__ window,
+                                            const PoolPixelNhwc<VectorElement<scalar_t>>& vector,
+                                            index_t* __restrict__ window,
                                             typename RunningMax<scalar_t>::type* __restrict__ best,
                                             index_t* __restrict__ best_index) {
   using Max = RunningMax<scalar_t>;
@@ -1016,12 +1027,11 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
         if (iw >= 0 && iw < g.W) window[taps++] = static_cast<index_t>(ih * g.W + iw);
       }
     int64_t c0 = 0;
-    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
-      if (vector.max_pixel_nhwc != nullptr) c0 = vector.max_pixel_nhwc(x, C, window, taps, y + ow * C, indices + ow * C);
-    } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<index_t, int32_t>) {
-      if (vector.max_pixel_nhwc_bf16 != nullptr)
-        c0 = vector.max_pixel_nhwc_bf16(reinterpret_cast<const uint16_t*>(x), C, window, taps,
-                                        reinterpret_cast<uint16_t*>(y + ow * C), indices + ow * C);
+    if constexpr (std::is_same_v<index_t, int32_t>) {
+      using Element = VectorElement<scalar_t>;
+      if (vector.max != nullptr)
+        c0 = vector.max(reinterpret_cast<const Element*>(x), C, window, taps, reinterpret_cast<Element*>(y + ow * C),
+                        indices + ow * C);
     }
     if (c0 == C) continue;
     const scalar_t* first = x + window[0] * C;
@@ -1033,7 +1043,7 @@ CUCONV_VECTOR_CLONES void max_pool_row_nhwc(const PoolGeometry& g, int64_t C, in
 
 template <typename scalar_t>
 void max_pool_nhwc(const PoolGeometry& g, int64_t N, int64_t C, const scalar_t* x, scalar_t* y, int64_t* indices) {
-  const PoolVectorKernels vector = pool_vector_kernels();
+  const auto vector = nhwc_kernels_of<scalar_t>();
   auto run = [&](auto index_zero) {
     using index_t = decltype(index_zero);
     // (the grain counts the values an output row reads: global pooling's one row reads the sample)
@@ -1101,25 +1111,40 @@ CUCONV_VECTOR_CLONES std::optional<int64_t> max_unpool_sample_nhwc(int64_t plane
 }
 
 // y[n, oh, ow, :] = the window's sum / its divisor, each channel's pixels added in (row, column)
-// order from 0. Blocks of kBlock channels are summed in registers over the whole window (a sum
-// kept in memory waits on its own store every pixel: global pooling of 28x28 planes took 2.5x
+// order from 0. float16 runs the vector kernel of this CPU where there is one (`vector`,
+// pool_tile.h, over the window's pixels listed in `window`, converted in registers by F16C).
+// Otherwise blocks of kBlock channels are summed in registers over the whole window (a sum kept
+// in memory waits on its own store every pixel: global pooling of 28x28 planes took 2.5x
 // torch's time), the channels past the last block in `sum`.
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int64_t C, int64_t oh, const scalar_t* x,
-                                            scalar_t* __restrict__ y, opmath_t<scalar_t>* __restrict__ sum) {
+                                            scalar_t* __restrict__ y, opmath_t<scalar_t>* __restrict__ sum,
+                                            const PoolPixelNhwc<VectorElement<scalar_t>>& vector,
+                                            int32_t* __restrict__ window) {
   using acc_t = opmath_t<scalar_t>;
-  // (float and double only: half types, converted in the loop, measured slower so)
+  // (float and double only: half types, converted in the loop, measured slower so; the vector
+  // kernel of float32 and bfloat16, pool_tile.h, measured no faster than these loops)
   constexpr int64_t kBlock = std::is_same_v<scalar_t, acc_t> ? 256 / sizeof(acc_t) : 0;  // (8 AVX2 registers)
   for (int64_t ow = 0; ow < t.Wo; ++ow) {
     const acc_t divisor = static_cast<acc_t>(t.divisor[oh * t.Wo + ow]);
     auto for_each_pixel = [&](auto add) __attribute__((always_inline)) {
       for (int64_t ih = t.row_start[oh]; ih < t.row_end[oh]; ++ih)
-        for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) add(x + (ih * W + iw) * C);
+        for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) add(ih * W + iw);
     };
     int64_t c0 = 0;
+    if (vector.avg != nullptr) {  // (set only where the pixels' numbers fit in int32)
+      using Element = VectorElement<scalar_t>;
+      int64_t taps = 0;
+      for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
+        window[taps++] = static_cast<int32_t>(pixel);
+      });
+      c0 = vector.avg(reinterpret_cast<const Element*>(x), C, window, taps, static_cast<float>(divisor),
+                      reinterpret_cast<Element*>(y + ow * C));
+    }
     for (; kBlock > 0 && c0 + kBlock <= C; c0 += kBlock) {
       acc_t block[kBlock > 0 ? kBlock : 1] = {};
-      for_each_pixel([&](const scalar_t* px) __attribute__((always_inline)) {
+      for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
+        const scalar_t* px = x + pixel * C;
 #pragma GCC unroll 64
         for (int64_t c = 0; c < kBlock; ++c) block[c] += to_opmath(px[c0 + c]);
       });
@@ -1128,7 +1153,8 @@ CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int
     }
     if (c0 == C) continue;
     std::fill(sum + c0, sum + C, acc_t(0));
-    for_each_pixel([&](const scalar_t* px) __attribute__((always_inline)) {
+    for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
+      const scalar_t* px = x + pixel * C;
       for (int64_t c = c0; c < C; ++c) sum[c] += to_opmath(px[c]);
     });
     for (int64_t c = c0; c < C; ++c) y[ow * C + c] = from_opmath<scalar_t>(sum[c] / divisor);
@@ -1137,12 +1163,15 @@ CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int
 
 template <typename scalar_t>
 void avg_pool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_t C, const scalar_t* x, scalar_t* y) {
+  PoolPixelNhwc<VectorElement<scalar_t>> vector = nhwc_kernels_of<scalar_t>();
+  if (H * W > std::numeric_limits<int32_t>::max()) vector = {};
   // (the grain counts the values an output row reads: global pooling's one row reads the sample)
   torch::stable::parallel_for(0, N * t.Ho, plane_grain(t.Wo * C * t.largest_window()), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t<scalar_t>> sum(C);
+    std::vector<int32_t> window(vector.avg != nullptr ? t.largest_window() : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / t.Ho, oh = row % t.Ho;
-      avg_pool_row_nhwc(t, W, C, oh, x + n * H * W * C, y + row * t.Wo * C, sum.data());
+      avg_pool_row_nhwc(t, W, C, oh, x + n * H * W * C, y + row * t.Wo * C, sum.data(), vector, window.data());
     }
   });
 }
@@ -1204,17 +1233,20 @@ bool window_is_whole_plane(const PoolGeometry& g, const AvgPlan& plan) {
 
 // ---------------------------------------------------------------------------
 // float16 as float32. The kernels above convert float16 value by value with c10's conversion
-// wherever they read with a stride (NCHW windows) or scatter (every gradient), and by portable
-// bit code along NHWC channels: float16 pooling took 2-8x the float32 kernels' time (thirty-second
-// session). So a float16 pass runs the float32 one on chunks of samples converted by torch's copy
-// (F16C), and its results are copied back, rounded to nearest even: the same sums in the same
-// order, so the same bits as rounding the float32 result (a NaN's payload is kept, where c10's
-// conversion writes 0x7E00). Not where float16 has fast kernels of its own: NHWC max pooling's
-// forward (it compares the values' bits) and its gradient of tiled 2x2 windows (VGG's layer in
-// the benchmark suite: forward+backward 0.72 of torch's time so, 1.15 through float32 copies),
-// NCHW global average pooling of small planes (F16C, pool_tile.h) and its gradient (a fill). Chunks of about a quarter of the last-level cache in float32, so that
-// the copies are read back from cache (CUCONV_CPU_HALF_CHUNK=n, a test switch, makes them n
-// samples).
+// wherever they read with a stride (NCHW windows) or scatter (every gradient): float16 pooling
+// took 2-8x the float32 kernels' time (thirty-second session). So a float16 pass runs the float32
+// one on chunks of samples converted by torch's copy (F16C), and its results are copied back,
+// rounded to nearest even: the same sums in the same order, so the same bits as rounding the
+// float32 result (a NaN's payload is kept, where c10's conversion writes 0x7E00). Not where
+// float16 has fast kernels of its own:
+// - channels_last max pooling's forward (it compares the values' bits, RunningMax), and average
+//   pooling's (half_avg_pool_runs_natively: the vector kernel converts in registers with F16C,
+//   pool_tile.h);
+// - channels_last max pooling's gradient of tiled 2x2 windows (VGG's layer in the benchmark
+//   suite: forward+backward 0.72 of torch's time so, 1.15 through float32 copies);
+// - NCHW global average pooling of small planes (F16C, pool_tile.h) and its gradient (a fill).
+// Chunks of about a quarter of the last-level cache in float32, so that the copies are read back
+// from cache (CUCONV_CPU_HALF_CHUNK=n, a test switch, makes them n samples).
 
 // Sizes with the batch replaced.
 std::vector<int64_t> with_batch(IntArrayRef sizes, int64_t batch) {
@@ -1255,9 +1287,16 @@ std::vector<Tensor> via_float(int64_t batch, int64_t sample_bytes,
   return results;
 }
 
-// Whether NCHW global average pooling of this float16 input runs its own kernel (above).
-bool half_global_pool_runs_natively(const Tensor& input, int64_t plane) {
-  return !runs_nhwc(input) && plane <= kGlobalSumBlock && pool_vector_kernels().global_pool_half != nullptr;
+// Whether average pooling of this float16 input runs kernels of its own (above) rather than
+// via_float: the channels_last vector kernels (F16C) where a register's channels or more, NCHW
+// global pooling's (F16C) on small planes.
+bool half_avg_pool_runs_natively(const Tensor& input, bool whole_plane) {
+  const int64_t plane = input.size(2) * input.size(3);
+  const PoolVectorKernels kernels = pool_vector_kernels();
+  if (runs_nhwc(input))
+    return kernels.nhwc_half.avg != nullptr && input.size(1) >= kernels.nhwc_half.lanes &&
+           plane <= std::numeric_limits<int32_t>::max();
+  return whole_plane && plane <= kGlobalSumBlock && kernels.global_pool_half != nullptr;
 }
 
 }  // namespace
@@ -1270,7 +1309,8 @@ std::tuple<Tensor, Tensor> max_pool2d_forward_cpu(const Tensor& input,
   const auto s = check_max_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, dilation);
   if (input.scalar_type() == ScalarType::Half && !runs_nhwc(input)) {
-    const std::vector<Tensor> results = via_float(s.batch, s.channels * (g.H * g.W + 3 * g.Ho * g.Wo) * 4, [&](int64_t first, int64_t count) {
+    const int64_t sample_bytes = s.channels * (g.H * g.W + 3 * g.Ho * g.Wo) * 4;
+    const std::vector<Tensor> results = via_float(s.batch, sample_bytes, [&](int64_t first, int64_t count) {
       const auto [y, indices] = max_pool2d_forward_cpu(float_samples(input, first, count), kernel_size, stride, padding,
                                                        dilation, ceil_mode);
       return std::vector<Tensor>{y, indices};
@@ -1438,8 +1478,7 @@ Tensor avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef kernel_size,
   const int64_t no_dilation[] = {1, 1};
   const PoolGeometry g(s.in_h, s.in_w, s.out_h, s.out_w, kernel_size, stride, padding, no_dilation);
   const AvgPlan plan(g, count_include_pad, divisor_override);
-  if (input.scalar_type() == ScalarType::Half &&
-      !(window_is_whole_plane(g, plan) && half_global_pool_runs_natively(input, g.H * g.W))) {
+  if (input.scalar_type() == ScalarType::Half && !half_avg_pool_runs_natively(input, window_is_whole_plane(g, plan))) {
     return via_float(s.batch, s.channels * (g.H * g.W + g.Ho * g.Wo) * 4, [&](int64_t first, int64_t count) {
       return std::vector<Tensor>{avg_pool2d_forward_cpu(float_samples(input, first, count), kernel_size, stride,
                                                         padding, ceil_mode, count_include_pad, divisor_override)};
@@ -1511,7 +1550,7 @@ Tensor adaptive_avg_pool2d_forward_cpu(const Tensor& input, IntArrayRef output_s
   check_adaptive_avg_pool2d(op, input, output_size);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = output_size[0], Wo = output_size[1];
-  if (input.scalar_type() == ScalarType::Half && !(Ho == 1 && Wo == 1 && half_global_pool_runs_natively(input, H * W))) {
+  if (input.scalar_type() == ScalarType::Half && !half_avg_pool_runs_natively(input, Ho == 1 && Wo == 1)) {
     return via_float(N, C * (H * W + Ho * Wo) * 4, [&](int64_t first, int64_t count) {
       return std::vector<Tensor>{adaptive_avg_pool2d_forward_cpu(float_samples(input, first, count), output_size)};
     })[0];

@@ -2,17 +2,13 @@
 // and simd_avx2.cpp after their `#pragma GCC target`, where GCC's vector types below compile to
 // one AVX-512 register or two AVX2 ones.
 //
-// Max pooling of one NHWC output pixel in float32 or bfloat16, registers of channels at a time
-// (the channels_last kernel), with GCC's vector types of the ISA's own width: Floats of L floats,
-// Ints and Longs of as many 32- and 64-bit lanes (the AVX-512 file takes 16, the AVX2 file 8;
-// a 16-float type on AVX2 compiled to scalar code, 7-12x slower than torch). (In pool2d.cpp's
-// target_clones functions GCC 12 lowers them to scalar code too, 10x slower; so do plain loops
-// over the channels, which it unrolls before vectorising.) As gemm_tile.h: no #include here.
-//
-// For channels [c0, c0 + L) of every register: the maximum over the window's pixels
-// x + window[t] * C (t < taps), by torch's rule (v replaces the best when v > best or v is NaN;
-// the first pixel stands for an all -inf window), and its pixel index. Returns the channels
-// done: all of them, or none where C < L (the caller does them).
+// Max and average pooling of one NHWC output pixel, registers of channels at a time (the
+// channels_last kernels; which dtypes take each: simd.h), with GCC's vector types of the ISA's
+// own width: Floats of L floats, Ints and Longs of as many 32- and 64-bit lanes (the AVX-512 file
+// takes 16, the AVX2 file 8; a 16-float type on AVX2 compiled to scalar code, 7-12x slower than
+// torch). (In pool2d.cpp's target_clones functions GCC 12 lowers them to scalar code too, 10x
+// slower; so do plain loops over the channels, which it unrolls before vectorising.) As
+// gemm_tile.h: no #include here.
 
 typedef float PoolFloats __attribute__((vector_size(64)));
 typedef int32_t PoolInts __attribute__((vector_size(64)));
@@ -24,26 +20,79 @@ typedef double PoolDoubles __attribute__((vector_size(64)));  // global average 
 typedef double PoolDoubles4 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs4 __attribute__((vector_size(32)));
 
-// Element: float, or bfloat16 as its bits (uint16_t, the upper half of a float's): widened to
-// float exactly and, the maximum being one of the inputs, narrowed back exactly.
+// L values at p as floats: float32 as they are, bfloat16 (its bits, uint16_t: the upper half of a
+// float's) widened exactly, float16 (Float16Bits) by F16C's conversion, 8 values an instruction
+// (exact; a signalling NaN quietened, as c10's conversion does).
 template <typename Floats, typename Ints, int L, typename Element>
 inline Floats load_as_floats(const Element* p) {
   Floats v;
-  if constexpr (sizeof(Element) == sizeof(float)) {
-    __builtin_memcpy(&v, p, sizeof v);
-  } else {
+  if constexpr (std::is_same_v<Element, uint16_t>) {
     typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
     Halves bits;
     __builtin_memcpy(&bits, p, sizeof bits);
     // (bits >= 0x8000 shift into the sign bit: GCC's vector shifts wrap, as the hardware's do)
     const Ints wide = __builtin_convertvector(bits, Ints) << 16;
     __builtin_memcpy(&v, &wide, sizeof v);
+  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
+    static_assert(L % 8 == 0);
+    for (int i = 0; i < L; i += 8) {
+      __m128i bits;
+      __builtin_memcpy(&bits, p + i, sizeof bits);
+      const __m256 floats = _mm256_cvtph_ps(bits);
+      __builtin_memcpy(reinterpret_cast<char*>(&v) + i * sizeof(float), &floats, sizeof floats);
+    }
+  } else {
+    static_assert(sizeof(Element) == sizeof(float));
+    __builtin_memcpy(&v, p, sizeof v);
   }
   return v;
 }
 
-// NV registers of channels from c0 (each an independent chain of compare-and-selects over the
-// window: one register alone waits on each select's latency, tap after tap).
+// L values of x at p as the accumulator type: float64 as they are, the others as load_as_floats.
+template <typename Values, typename Lanes, int L, typename Element>
+inline Values load_values(const Element* p) {
+  if constexpr (std::is_same_v<Element, double>) {
+    Values v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  } else {
+    return load_as_floats<Values, Lanes, L>(p);
+  }
+}
+
+// Stores L accumulators at p: bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
+// becomes 0x7FC0), float16 likewise by F16C (to nearest even, past the largest float16 to Inf; a
+// NaN keeps its payload's high bits, as torch's float16 copies do, where c10::Half's scalar
+// conversion writes 0x7E00: cuconv promises neither).
+template <typename Values, typename Lanes, int L, typename Element>
+inline void store_values(Element* p, const Values& v) {
+  typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
+  if constexpr (std::is_same_v<Element, uint16_t>) {
+    Lanes bits;  // (the adds below stay in range for every value but a NaN, whose lane is replaced)
+    __builtin_memcpy(&bits, &v, sizeof bits);
+    const Lanes rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+    const Halves narrow = __builtin_convertvector(v != v ? Lanes{} + 0x7FC0 : rounded, Halves);
+    __builtin_memcpy(p, &narrow, sizeof narrow);
+  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
+    Halves narrow;
+    for (int i = 0; i < L; i += 8) {
+      __m256 floats;
+      __builtin_memcpy(&floats, reinterpret_cast<const char*>(&v) + i * sizeof(float), sizeof floats);
+      const __m128i bits = _mm256_cvtps_ph(floats, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __builtin_memcpy(reinterpret_cast<char*>(&narrow) + i * sizeof(uint16_t), &bits, sizeof bits);
+    }
+    __builtin_memcpy(p, &narrow, sizeof narrow);
+  } else {
+    __builtin_memcpy(p, &v, sizeof v);
+  }
+}
+
+// Max pooling, for channels [c0, c0 + L) of every register: the maximum over the window's pixels
+// x + window[t] * C (t < taps), by torch's rule (v replaces the best when v > best or v is NaN;
+// the first pixel stands for an all -inf window), and its pixel index; narrowed back exactly
+// (the maximum is one of the inputs). NV registers of channels from c0 (each an independent
+// chain of compare-and-selects over the window: one register alone waits on each select's
+// latency, tap after tap).
 template <typename Floats, typename Ints, typename Longs, int L, int NV, typename Element>
 inline void max_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, const int32_t* window, int64_t taps,
                                     Element* y, int64_t* indices) {
@@ -68,9 +117,9 @@ inline void max_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, con
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     const Longs wide = __builtin_convertvector(best_index[v], Longs);
-    if constexpr (sizeof(Element) == sizeof(float)) {
-      __builtin_memcpy(y + c0 + v * L, &best[v], sizeof best[v]);
-    } else {
+    if constexpr (!std::is_same_v<Element, uint16_t>) {
+      store_values<Floats, Ints, L>(y + c0 + v * L, best[v]);
+    } else {  // (bfloat16 by its bits: a NaN keeps its payload)
       typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
       Ints bits;
       __builtin_memcpy(&bits, &best[v], sizeof bits);
@@ -81,7 +130,9 @@ inline void max_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, con
   }
 }
 
-template <typename Floats, typename Ints, typename Longs, int L, typename Element = float>
+// Every channel of one max-pooled pixel: returns the channels done, all of them, or none where
+// C < L (the caller does them).
+template <typename Floats, typename Ints, typename Longs, int L, typename Element>
 int64_t max_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, int64_t taps, Element* y,
                             int64_t* indices) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats) &&
@@ -93,6 +144,38 @@ int64_t max_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, 
   for (; c0 + 4 * L <= C; c0 += 4 * L) max_pool_registers_nhwc<Floats, Ints, Longs, L, 4>(x, C, c0, window, taps, y, indices);
   for (; c0 + L <= C; c0 += L) max_pool_registers_nhwc<Floats, Ints, Longs, L, 1>(x, C, c0, window, taps, y, indices);
   if (c0 < C) max_pool_registers_nhwc<Floats, Ints, Longs, L, 1>(x, C, C - L, window, taps, y, indices);
+  return C;
+}
+
+// Average pooling, NV registers of channels from c0: each channel's sum of the window's pixels
+// x + window[t] * C in the order of `window` from +0, in float (the scalar kernel's sums, so the
+// same bits), divided by `divisor` and stored rounded (store_values).
+template <typename Floats, typename Ints, int L, int NV, typename Element>
+inline void avg_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, const int32_t* window, int64_t taps,
+                                    float divisor, Element* y) {
+  Floats sum[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) sum[v] = Floats{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const Element* pixel = x + window[t] * C + c0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) sum[v] += load_as_floats<Floats, Ints, L>(pixel + v * L);
+  }
+  const Floats count = Floats{} + divisor;
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) store_values<Floats, Ints, L>(y + c0 + v * L, sum[v] / count);
+}
+
+// Every channel of one average-pooled pixel, as max_pool_pixel_nhwc.
+template <typename Floats, typename Ints, int L, typename Element>
+int64_t avg_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, int64_t taps, float divisor,
+                            Element* y) {
+  static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
+  if (C < L) return 0;
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= C; c0 += 4 * L) avg_pool_registers_nhwc<Floats, Ints, L, 4>(x, C, c0, window, taps, divisor, y);
+  for (; c0 + L <= C; c0 += L) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, c0, window, taps, divisor, y);
+  if (c0 < C) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, C - L, window, taps, divisor, y);
   return C;
 }
 
@@ -148,55 +231,6 @@ template <typename Floats, typename Ints, int L, typename Take>
 #pragma GCC unroll 16
     for (int j = 0; j < L; ++j)
       if (j >= first && j < last) take(rows[j], start + j);
-  }
-}
-
-// L values of x at p as the accumulator type: float32 and float64 as they are, bfloat16 (its bits,
-// uint16_t) widened to float exactly, float16 (Float16Bits) by F16C's conversion, 8 values an
-// instruction (exact; a signalling NaN quietened, as c10's conversion does).
-template <typename Values, typename Lanes, int L, typename Element>
-inline Values load_values(const Element* p) {
-  Values v;
-  if constexpr (std::is_same_v<Element, uint16_t>) {
-    return load_as_floats<Values, Lanes, L>(p);
-  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
-    static_assert(L % 8 == 0);
-    for (int i = 0; i < L; i += 8) {
-      __m128i bits;
-      __builtin_memcpy(&bits, p + i, sizeof bits);
-      const __m256 floats = _mm256_cvtph_ps(bits);
-      __builtin_memcpy(reinterpret_cast<char*>(&v) + i * sizeof(float), &floats, sizeof floats);
-    }
-  } else {
-    __builtin_memcpy(&v, p, sizeof v);
-  }
-  return v;
-}
-
-// Stores L accumulators at p: bfloat16 rounded to nearest even as c10::BFloat16 rounds (a NaN
-// becomes 0x7FC0), float16 likewise by F16C (to nearest even, past the largest float16 to Inf; a
-// NaN keeps its payload's high bits, as torch's float16 copies do, where c10::Half's scalar
-// conversion writes 0x7E00: cuconv promises neither).
-template <typename Values, typename Lanes, int L, typename Element>
-inline void store_values(Element* p, const Values& v) {
-  typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
-  if constexpr (std::is_same_v<Element, uint16_t>) {
-    Lanes bits;  // (the adds below stay in range for every value but a NaN, whose lane is replaced)
-    __builtin_memcpy(&bits, &v, sizeof bits);
-    const Lanes rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
-    const Halves narrow = __builtin_convertvector(v != v ? Lanes{} + 0x7FC0 : rounded, Halves);
-    __builtin_memcpy(p, &narrow, sizeof narrow);
-  } else if constexpr (std::is_same_v<Element, Float16Bits>) {
-    Halves narrow;
-    for (int i = 0; i < L; i += 8) {
-      __m256 floats;
-      __builtin_memcpy(&floats, reinterpret_cast<const char*>(&v) + i * sizeof(float), sizeof floats);
-      const __m128i bits = _mm256_cvtps_ph(floats, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __builtin_memcpy(reinterpret_cast<char*>(&narrow) + i * sizeof(uint16_t), &bits, sizeof bits);
-    }
-    __builtin_memcpy(p, &narrow, sizeof narrow);
-  } else {
-    __builtin_memcpy(p, &v, sizeof v);
   }
 }
 
@@ -578,14 +612,15 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   using N = typename PoolLanes<L>::Longs;
   PoolVectorKernels k;
   k.isa = isa;
-  k.max_pixel_nhwc = &max_pool_pixel_nhwc<F, I, N, L>;
-  k.max_pixel_nhwc_bf16 = &max_pool_pixel_nhwc<F, I, N, L, uint16_t>;
+  k.nhwc = {&max_pool_pixel_nhwc<F, I, N, L, float>, nullptr, L};
+  k.nhwc_bf16 = {&max_pool_pixel_nhwc<F, I, N, L, uint16_t>, nullptr, L};
+  k.nhwc_half = {nullptr, &avg_pool_pixel_nhwc<F, I, L, Float16Bits>, L};
   k.global_unpool = {&global_unpool_groups<F, I, L>, L};
   k.global_pool = &global_pool_groups<F, I, L, float>;
   k.global_pool_double =
       &global_pool_groups<typename PoolLanes<L>::Doubles, typename PoolLanes<L>::DoubleLanes, L / 2, double>;
   k.global_pool_bf16 = &global_pool_groups<F, I, L, uint16_t>;
-  k.global_pool_half = &global_pool_groups<F, I, L, Float16Bits>;  // (pool2d.cpp keeps it where F16C is)
+  k.global_pool_half = &global_pool_groups<F, I, L, Float16Bits>;  // (pool2d.cpp keeps float16's where F16C is)
   k.global_max = &global_max_groups<F, I, N, L>;
   k.global_sum_along_plane = &global_sum_along_plane<F, L>;
   k.avg_2x2 = {&avg_pool_2x2_groups<F, I, L>, &avg_unpool_2x2_groups<F, I, L>, L};

@@ -28,15 +28,26 @@
 
 namespace cuconv {
 
-// The vector kernels of pooling (pool_tile.h). channels_last float32 max pooling of one output
-// pixel, registers of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels
-// done (all of them, or none where C is less than a register). Each ISA's set: PoolVectorKernels
-// below.
-using MaxPoolPixelNhwc = int64_t (*)(const float* x, int64_t C, const int32_t* window, int64_t taps, float* y,
-                                     int64_t* indices);
-// The same for bfloat16, its values as their bits.
-using MaxPoolPixelNhwcBf16 = int64_t (*)(const uint16_t* x, int64_t C, const int32_t* window, int64_t taps,
-                                         uint16_t* y, int64_t* indices);
+// float16 as its bits, a type of its own (bfloat16's bits are plain uint16_t).
+enum class Float16Bits : uint16_t {};
+
+// The vector kernels of pooling (pool_tile.h). channels_last pooling of one output pixel,
+// registers of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels done
+// (all of them, or none where C is less than a register): max pooling's maxima and their indices
+// (pixels of the window listed in `window`, the first standing for an all -inf window), average
+// pooling's sums of the window's pixels divided by `divisor`. Max pooling for float32 and
+// bfloat16 (as its bits), average pooling for float16 (as its bits, converted by F16C, so set
+// only on CPUs that have it); computed in float. The other dtypes' loops in pool2d.cpp measured as
+// fast or faster (float16's max pooling compares the values' bits, 16 to a register; float32's
+// and bfloat16's average pooling sums blocks of channels). Each ISA's set: PoolVectorKernels below.
+template <typename Element>
+struct PoolPixelNhwc {
+  int64_t (*max)(const Element* x, int64_t C, const int32_t* window, int64_t taps, Element* y,
+                 int64_t* indices) = nullptr;
+  int64_t (*avg)(const Element* x, int64_t C, const int32_t* window, int64_t taps, float divisor,
+                 Element* y) = nullptr;
+  int64_t lanes = 0;  // channels in a register
+};
 
 // Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
 // planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
@@ -53,9 +64,6 @@ constexpr int64_t kGlobalSumBlock = 256;
 
 // That sum of one large plane, float32, compiled for the ISA (pool_tile.h).
 using GlobalSumAlongPlane = float (*)(const float* x, int64_t plane);
-
-// float16 as its bits, a type of its own (bfloat16's bits are plain uint16_t).
-enum class Float16Bits : uint16_t {};
 
 // Global average pooling of planes of at most kGlobalSumBlock values, a register's lanes of
 // planes at a time (pool_tile.h): the sums of the planes of x[0, planes * plane), divided by
@@ -104,8 +112,9 @@ struct AvgPool2x2Rows {
 // runs the AVX-512 kernels' code paths on a CPU without AVX-512 (for the tests: slower).
 struct PoolVectorKernels {
   const char* isa = "generic";  // their name: "avx512", "avx2", "avx2_16_lanes"
-  MaxPoolPixelNhwc max_pixel_nhwc = nullptr;
-  MaxPoolPixelNhwcBf16 max_pixel_nhwc_bf16 = nullptr;
+  PoolPixelNhwc<float> nhwc;
+  PoolPixelNhwc<uint16_t> nhwc_bf16;
+  PoolPixelNhwc<Float16Bits> nhwc_half;
   GlobalUnpoolGroups global_unpool;
   GlobalPoolGroups<float> global_pool = nullptr;
   GlobalPoolGroups<double> global_pool_double = nullptr;
