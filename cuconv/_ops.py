@@ -301,7 +301,10 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
 # conv2d -----------------------------------------------------------------------
 
 def batched_by_vmap(t):
-    """Whether t is batched by torch.func.vmap at some level of torch.func's wrappers."""
+    """Whether t is batched by torch.func.vmap at some level of torch.func's wrappers. (Under
+    torch.compile, the outermost level only: dynamo traces is_batchedtensor, not the unwrapping.)"""
+    if torch.compiler.is_compiling():
+        return torch._C._functorch.is_batchedtensor(t)
     while torch._C._functorch.is_functorch_wrapped_tensor(t):
         if torch._C._functorch.is_batchedtensor(t):
             return True
@@ -460,15 +463,25 @@ _register_autograd("conv2d_backward_bias", _conv2d_backward_bias_backward, _conv
 
 # max_pool2d ---------------------------------------------------------------------
 
+def _dense_in(t, channels_last):
+    """Whether t is dense in that layout, by one call into torch where it can answer (~0.3 us; a
+    walk over the strides in _shape.py costs ~10 us on a slow VM): not for channels_last under
+    vmap, where is_contiguous takes no memory format."""
+    if not channels_last:
+        return t.is_contiguous()
+    return not batched_by_vmap(t) and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _pooling_layout(input):
-    """Whether pooling's input gradient is channels_last: where the input is (torch's rule; a dense
-    NCHW input, the common case, is settled by one call into torch)."""
-    return not input.is_contiguous() and _shape.is_channels_last(input)
+    """Whether pooling's input gradient is channels_last: where the input is (torch's rule)."""
+    if _dense_in(input, False) or _dense_in(input, True):  # (a tensor dense in both: as NCHW)
+        return not input.is_contiguous()
+    return _shape.is_channels_last(input)
 
 
 def _in_pooling_layout(channels_last, grad_output):
     """The incoming gradient in the input's layout (_pooling_layout), as torch's pooling takes it."""
-    if not channels_last and grad_output.is_contiguous():  # (the common case, as above)
+    if _dense_in(grad_output, channels_last):  # (the common case)
         return grad_output
     return _in_layout(channels_last, grad_output)
 

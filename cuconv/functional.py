@@ -256,9 +256,9 @@ def _pooling_input(x):
     tensors, so a strided one that suggests it (a crop of a channels_last tensor) is given as a
     dense copy in that layout. (Not under vmap, which copies into no layout but its own. A dense
     NCHW tensor, the common case, is settled by one call into torch.)"""
-    if x.is_contiguous() or not _shape.suggests_channels_last(x) or _shape.is_channels_last(x) or batched_by_vmap(x):
+    if x.is_contiguous() or batched_by_vmap(x) or x.is_contiguous(memory_format=torch.channels_last):
         return x
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last) if _shape.suggests_channels_last(x) else x
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,

@@ -390,8 +390,9 @@ def test_channels_last_average_pool_on_every_isa(case, channels, dtype, monkeypa
     """channels_last average pooling runs float16 a register of channels at a time (F16C), as max
     pooling (above), each sum in float from +0 in the window's order and rounded once: the same
     bits on every ISA as the scalar kernels' (float16 there: the float32 kernels rounded,
-    pool2d.cpp's via_float), NaN, Inf and float16's overflow to Inf included; float32 and
-    bfloat16 sum blocks of channels, the same bits on every ISA; values as torch's."""
+    pool2d.cpp's via_float), NaN, Inf and float16's overflow to Inf included. (float32, bfloat16,
+    and float16 with fewer channels than a register, run loops that CUCONV_CPU_ISA does not
+    switch: for them this checks the values against torch.)"""
     name, args = CHANNELS_LAST_AVERAGES[case]
     x = torch.randn(3, channels, 11, 10, generator=torch.Generator().manual_seed(channels)).to(dtype)
     x[0, -1, 4, 4] = float("nan")

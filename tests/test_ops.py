@@ -663,9 +663,9 @@ def test_one_channel_channels_last_pooling_keeps_torch_layout(op):
 def test_pooling_layouts_follow_the_input_as_torch_s(case):
     """torch lays pooling's result and input gradient out as the input suggests: a crop of a
     channels_last tensor (strided, not dense) gives channels_last results, and an NCHW gradient
-    arriving at a channels_last input (torch.autograd.grad with torch.ones) gives a channels_last
-    input gradient; and an NCHW input takes a channels_last gradient to NCHW. (Global pooling's
-    gradient: README, Limitations.)"""
+    arriving at a channels_last input (as torch.autograd.grad with a plain tensor gives it) gives
+    a channels_last input gradient; and an NCHW input takes a channels_last gradient to NCHW.
+    Compiled (fullgraph) too. (Global pooling's gradient: README, Limitations.)"""
     ours, theirs = POOLS_CHANNELS_LAST[case]
     gen = torch.Generator().manual_seed(len(case))
     whole = torch.randn(3, 6, 10, 17, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
@@ -674,6 +674,9 @@ def test_pooling_layouts_follow_the_input_as_torch_s(case):
         out, ref = ours(x), theirs(x)
         assert out.stride() == ref.stride()
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        compiled = torch.compile(ours, fullgraph=True)(x)
+        assert compiled.stride() == ref.stride()
+        torch.testing.assert_close(compiled, ref, rtol=1e-12, atol=1e-12)
         for layout in (torch.contiguous_format, torch.channels_last):
             dy = torch.randn(out.shape, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
             (dx,) = torch.autograd.grad(out, x, dy, retain_graph=True)

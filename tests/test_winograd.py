@@ -173,18 +173,21 @@ def test_channels_last_inf_and_nan_get_the_nhwc_answer(special, where, monkeypat
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("where", ["input", "weight", "neither"])
+@pytest.mark.parametrize("where", ["input", "weight", "both", "neither"])
 def test_operands_large_enough_to_overflow_the_transforms_get_the_other_answer(where, layout, monkeypatch):
     """Finite operands so large that Winograd's transforms or sums could overflow float32 (here
-    values up to 1.8e38, which its input transform adds four of, its weight transform 2.25 times)
-    run the other kernels instead (the GEMM NCHW, the NHWC kernels channels_last), bitwise, so a
-    forward pass whose exact answer is finite gives it, as torch's does; operands of everyday
-    magnitude ("neither": 1e6 and 1e3) still run Winograd."""
+    values up to 1.8e38, which its input transform adds four of, its weight transform 2.25 times;
+    or "both" up to 1.5e18, whose products' sums could pass float32's largest value) run the other
+    kernels instead (the GEMM NCHW, the NHWC kernels channels_last), bitwise, so a forward pass
+    whose exact answer is finite gives it, as torch's does; operands of everyday magnitude
+    ("neither": 1e6 and 1e3) still run Winograd."""
     x, w, b = _tensors(dict(batch=2, in_channels=4, out_channels=3, padding=1, size=(6, 7), bias=True))
     if where == "input":  # (the other operand so small that only the transform itself overflows)
         x, w = x.clamp(-3, 3) * 6e37, w * 1e-12
     elif where == "weight":
         x, w = x * 1e-12, w.clamp(-3, 3) * 6e37
+    elif where == "both":
+        x, w = x.clamp(-3, 3) * 5e17, w.clamp(-3, 3) * 5e17
     else:
         x, w = x * 1e6, w * 1e3
     monkeypatch.delenv("CUCONV_CPU_DIRECT", raising=False)
@@ -204,7 +207,8 @@ def test_operands_large_enough_to_overflow_the_transforms_get_the_other_answer(w
     if where == "neither":
         assert not torch.equal(y, results["0"][0])  # (Winograd's rounding)
     else:
-        for k in (0, 1) if where == "weight" else (0, 2):  # of y, dx, dw: those the large operand feeds
+        # of y, dx, dw: those the large operand feeds ("both": y alone; dy is small)
+        for k in {"input": (0, 2), "weight": (0, 1), "both": (0,)}[where]:
             torch.testing.assert_close(results["1"][k], results["0"][k], rtol=0, atol=0, equal_nan=True)
 
 

@@ -579,7 +579,10 @@ PoolVectorKernels pool_vector_kernels() {
     case CpuIsa::kAvx2: kernels = sixteen ? avx2_pool_vector_kernels_16_lanes() : avx2_pool_vector_kernels(); break;
     default: break;
   }
-  if (!__builtin_cpu_supports("f16c")) kernels.global_pool_half = nullptr, kernels.nhwc_half = {};
+  if (!__builtin_cpu_supports("f16c")) {
+    kernels.global_pool_half = nullptr;
+    kernels.nhwc_half = {};
+  }
 #endif
   note_kernel_use(KernelPath::kPool, kernels.isa);
   return kernels;
@@ -1112,15 +1115,14 @@ CUCONV_VECTOR_CLONES std::optional<int64_t> max_unpool_sample_nhwc(int64_t plane
 
 // y[n, oh, ow, :] = the window's sum / its divisor, each channel's pixels added in (row, column)
 // order from 0. float16 runs the vector kernel of this CPU where there is one (`vector`,
-// pool_tile.h, over the window's pixels listed in `window`, converted in registers by F16C).
+// pool_tile.h, converted in registers by F16C).
 // Otherwise blocks of kBlock channels are summed in registers over the whole window (a sum kept
 // in memory waits on its own store every pixel: global pooling of 28x28 planes took 2.5x
 // torch's time), the channels past the last block in `sum`.
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int64_t C, int64_t oh, const scalar_t* x,
                                             scalar_t* __restrict__ y, opmath_t<scalar_t>* __restrict__ sum,
-                                            const PoolPixelNhwc<VectorElement<scalar_t>>& vector,
-                                            int32_t* __restrict__ window) {
+                                            const PoolPixelNhwc<VectorElement<scalar_t>>& vector) {
   using acc_t = opmath_t<scalar_t>;
   // (float and double only: half types, converted in the loop, measured slower so; the vector
   // kernel of float32 and bfloat16, pool_tile.h, measured no faster than these loops)
@@ -1129,22 +1131,18 @@ CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int
     const acc_t divisor = static_cast<acc_t>(t.divisor[oh * t.Wo + ow]);
     auto for_each_pixel = [&](auto add) __attribute__((always_inline)) {
       for (int64_t ih = t.row_start[oh]; ih < t.row_end[oh]; ++ih)
-        for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) add(ih * W + iw);
+        for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) add(x + (ih * W + iw) * C);
     };
     int64_t c0 = 0;
-    if (vector.avg != nullptr) {  // (set only where the pixels' numbers fit in int32)
+    if (vector.avg != nullptr) {
       using Element = VectorElement<scalar_t>;
-      int64_t taps = 0;
-      for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
-        window[taps++] = static_cast<int32_t>(pixel);
-      });
-      c0 = vector.avg(reinterpret_cast<const Element*>(x), C, window, taps, static_cast<float>(divisor),
+      const PoolRectangle window{t.row_start[oh], t.row_end[oh], t.col_start[ow], t.col_end[ow], W};
+      c0 = vector.avg(reinterpret_cast<const Element*>(x), C, window, static_cast<float>(divisor),
                       reinterpret_cast<Element*>(y + ow * C));
     }
     for (; kBlock > 0 && c0 + kBlock <= C; c0 += kBlock) {
       acc_t block[kBlock > 0 ? kBlock : 1] = {};
-      for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
-        const scalar_t* px = x + pixel * C;
+      for_each_pixel([&](const scalar_t* px) __attribute__((always_inline)) {
 #pragma GCC unroll 64
         for (int64_t c = 0; c < kBlock; ++c) block[c] += to_opmath(px[c0 + c]);
       });
@@ -1153,8 +1151,7 @@ CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int
     }
     if (c0 == C) continue;
     std::fill(sum + c0, sum + C, acc_t(0));
-    for_each_pixel([&](int64_t pixel) __attribute__((always_inline)) {
-      const scalar_t* px = x + pixel * C;
+    for_each_pixel([&](const scalar_t* px) __attribute__((always_inline)) {
       for (int64_t c = c0; c < C; ++c) sum[c] += to_opmath(px[c]);
     });
     for (int64_t c = c0; c < C; ++c) y[ow * C + c] = from_opmath<scalar_t>(sum[c] / divisor);
@@ -1163,15 +1160,13 @@ CUCONV_VECTOR_CLONES void avg_pool_row_nhwc(const WindowTable& t, int64_t W, int
 
 template <typename scalar_t>
 void avg_pool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_t C, const scalar_t* x, scalar_t* y) {
-  PoolPixelNhwc<VectorElement<scalar_t>> vector = nhwc_kernels_of<scalar_t>();
-  if (H * W > std::numeric_limits<int32_t>::max()) vector = {};
+  const PoolPixelNhwc<VectorElement<scalar_t>> vector = nhwc_kernels_of<scalar_t>();
   // (the grain counts the values an output row reads: global pooling's one row reads the sample)
   torch::stable::parallel_for(0, N * t.Ho, plane_grain(t.Wo * C * t.largest_window()), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t<scalar_t>> sum(C);
-    std::vector<int32_t> window(vector.avg != nullptr ? t.largest_window() : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / t.Ho, oh = row % t.Ho;
-      avg_pool_row_nhwc(t, W, C, oh, x + n * H * W * C, y + row * t.Wo * C, sum.data(), vector, window.data());
+      avg_pool_row_nhwc(t, W, C, oh, x + n * H * W * C, y + row * t.Wo * C, sum.data(), vector);
     }
   });
 }
@@ -1293,9 +1288,7 @@ std::vector<Tensor> via_float(int64_t batch, int64_t sample_bytes,
 bool half_avg_pool_runs_natively(const Tensor& input, bool whole_plane) {
   const int64_t plane = input.size(2) * input.size(3);
   const PoolVectorKernels kernels = pool_vector_kernels();
-  if (runs_nhwc(input))
-    return kernels.nhwc_half.avg != nullptr && input.size(1) >= kernels.nhwc_half.lanes &&
-           plane <= std::numeric_limits<int32_t>::max();
+  if (runs_nhwc(input)) return kernels.nhwc_half.avg != nullptr && input.size(1) >= kernels.nhwc_half.lanes;
   return whole_plane && plane <= kGlobalSumBlock && kernels.global_pool_half != nullptr;
 }
 

@@ -148,19 +148,20 @@ int64_t max_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, 
 }
 
 // Average pooling, NV registers of channels from c0: each channel's sum of the window's pixels
-// x + window[t] * C in the order of `window` from +0, in float (the scalar kernel's sums, so the
-// same bits), divided by `divisor` and stored rounded (store_values).
+// x + (row * width + column) * C in (row, column) order from +0, in float (the scalar kernel's
+// sums, so the same bits), divided by `divisor` and stored rounded (store_values).
 template <typename Floats, typename Ints, int L, int NV, typename Element>
-inline void avg_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, const int32_t* window, int64_t taps,
+inline void avg_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, const PoolRectangle& window,
                                     float divisor, Element* y) {
   Floats sum[NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) sum[v] = Floats{};
-  for (int64_t t = 0; t < taps; ++t) {
-    const Element* pixel = x + window[t] * C + c0;
+  for (int64_t row = window.row_begin; row < window.row_end; ++row)
+    for (int64_t column = window.col_begin; column < window.col_end; ++column) {
+      const Element* pixel = x + (row * window.width + column) * C + c0;
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) sum[v] += load_as_floats<Floats, Ints, L>(pixel + v * L);
-  }
+      for (int v = 0; v < NV; ++v) sum[v] += load_as_floats<Floats, Ints, L>(pixel + v * L);
+    }
   const Floats count = Floats{} + divisor;
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) store_values<Floats, Ints, L>(y + c0 + v * L, sum[v] / count);
@@ -168,14 +169,13 @@ inline void avg_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, con
 
 // Every channel of one average-pooled pixel, as max_pool_pixel_nhwc.
 template <typename Floats, typename Ints, int L, typename Element>
-int64_t avg_pool_pixel_nhwc(const Element* x, int64_t C, const int32_t* window, int64_t taps, float divisor,
-                            Element* y) {
+int64_t avg_pool_pixel_nhwc(const Element* x, int64_t C, const PoolRectangle& window, float divisor, Element* y) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
   if (C < L) return 0;
   int64_t c0 = 0;
-  for (; c0 + 4 * L <= C; c0 += 4 * L) avg_pool_registers_nhwc<Floats, Ints, L, 4>(x, C, c0, window, taps, divisor, y);
-  for (; c0 + L <= C; c0 += L) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, c0, window, taps, divisor, y);
-  if (c0 < C) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, C - L, window, taps, divisor, y);
+  for (; c0 + 4 * L <= C; c0 += 4 * L) avg_pool_registers_nhwc<Floats, Ints, L, 4>(x, C, c0, window, divisor, y);
+  for (; c0 + L <= C; c0 += L) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, c0, window, divisor, y);
+  if (c0 < C) avg_pool_registers_nhwc<Floats, Ints, L, 1>(x, C, C - L, window, divisor, y);
   return C;
 }
 

@@ -35,17 +35,21 @@ enum class Float16Bits : uint16_t {};
 // registers of channels at a time (16 with AVX-512, 8 with AVX2), returning the channels done
 // (all of them, or none where C is less than a register): max pooling's maxima and their indices
 // (pixels of the window listed in `window`, the first standing for an all -inf window), average
-// pooling's sums of the window's pixels divided by `divisor`. Max pooling for float32 and
+// pooling's sums of the window's pixels (a rectangle) divided by `divisor`. Max pooling for float32 and
 // bfloat16 (as its bits), average pooling for float16 (as its bits, converted by F16C, so set
 // only on CPUs that have it); computed in float. The other dtypes' loops in pool2d.cpp measured as
 // fast or faster (float16's max pooling compares the values' bits, 16 to a register; float32's
 // and bfloat16's average pooling sums blocks of channels). Each ISA's set: PoolVectorKernels below.
+// An average-pooling window: rows [row_begin, row_end) and columns [col_begin, col_end) of a
+// plane `width` pixels wide.
+struct PoolRectangle {
+  int64_t row_begin, row_end, col_begin, col_end, width;
+};
 template <typename Element>
 struct PoolPixelNhwc {
   int64_t (*max)(const Element* x, int64_t C, const int32_t* window, int64_t taps, Element* y,
                  int64_t* indices) = nullptr;
-  int64_t (*avg)(const Element* x, int64_t C, const int32_t* window, int64_t taps, float divisor,
-                 Element* y) = nullptr;
+  int64_t (*avg)(const Element* x, int64_t C, const PoolRectangle& window, float divisor, Element* y) = nullptr;
   int64_t lanes = 0;  // channels in a register
 };
 
