@@ -182,3 +182,62 @@ def test_depthwise_special_values_propagate_as_torch():
         xs = x.contiguous(memory_format=layout)
         torch.testing.assert_close(CF.conv2d(xs, w, None, 1, 1, 1, 16), F.conv2d(xs, w, None, 1, 1, 1, 16),
                                    equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+# Half-type staging (depthwise.cpp, staged_rows and write_back): runs of a pixel's block of
+# channels (NHWC; 70 channels are blocks of 32 with AVX-512, 16 with AVX2, so a block is less
+# than a pixel), whole planes widened then transposed (NCHW), value by value where the
+# multiplier is > 1. The float32 kernels do the arithmetic either way, so the half types' results
+# are float32's results rounded, bit for bit, NaN and Inf included.
+HALF_STAGING_CASES = [
+    dict(batch=2, channels=70, multiplier=1, size=(9, 11), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), bias=True),
+    dict(batch=1, channels=16, multiplier=1, size=(13, 7), kernel=(3, 2), stride=(2, 1), padding=(1, 0),
+         dilation=(1, 1), bias=False),
+    dict(batch=2, channels=7, multiplier=1, size=(6, 5), kernel=(1, 1), stride=(1, 1), padding=(0, 0),
+         dilation=(1, 1), bias=True),
+    dict(batch=1, channels=9, multiplier=2, size=(8, 8), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), bias=True),
+]
+
+
+def _rounded_from_float32(case, tensors, dtype):
+    """cuconv's float32 forward and gradients on the half tensors' values, rounded to dtype."""
+    leaves = [t.detach().float().requires_grad_() for t in tensors]
+    if tensors[0].is_contiguous(memory_format=torch.channels_last):
+        leaves[0] = leaves[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = _conv(CF, case)(*leaves)
+    return out, leaves
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", HALF_STAGING_CASES, ids=lambda c: "c{channels}m{multiplier}k{kernel}".format(**c))
+def test_depthwise_half_types_are_float32_rounded_bitwise(case, dtype, channels_last):
+    tensors = _tensors(case, dtype, channels_last)
+    tensors[0][0, :6, 0, 0] = torch.tensor([float("inf"), float("-inf"), float("nan"), 3e38, -3e38, 1e-40])
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = _conv(CF, case)(*leaves)
+    assert cuconv._C.cpu_kernels()["last_depthwise"] is not None
+    ref, ref_leaves = _rounded_from_float32(case, tensors, dtype)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or out.shape[1] == 1
+    grad_output = torch.randn(out.shape, dtype=dtype)
+    grads = torch.autograd.grad(out, leaves, grad_output)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_output.float())
+    for ours, theirs in zip((out, *grads), (ref, *ref_grads)):
+        torch.testing.assert_close(ours, theirs.to(dtype), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype, step", [(torch.bfloat16, 2.0**-7), (torch.float16, 2.0**-10)], ids=str)
+def test_depthwise_half_types_round_ties_to_even(dtype, step, channels_last):
+    """Every output halfway between two values of dtype: x a multiple of the last place in [1, 2),
+    times a weight of 1, plus half a last place; rounded to the even neighbour as torch rounds."""
+    x = (1 + step * torch.randint(0, int(1 / step), (2, 40, 5, 6))).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.ones(40, 1, 1, 1, dtype=dtype)
+    bias = torch.full((40,), step / 2, dtype=dtype)
+    expected = (x.float() + step / 2).to(dtype)
+    assert not torch.equal(expected, (x.float() + step).to(dtype))  # (both neighbours occur)
+    torch.testing.assert_close(CF.conv2d(x, w, bias, 1, 0, 1, 40), expected, rtol=0, atol=0)

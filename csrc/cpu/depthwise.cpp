@@ -31,7 +31,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "gemm.h"  // cpu_isa, l2_cache_bytes, note_kernel_use
+#include "gemm.h"  // cpu_isa, l2_cache_bytes, note_kernel_use, cpu_transpose_floats
+#include "opmath.h"
 #include "parallel.h"
 #include "simd.h"
 #include "window.h"
@@ -118,20 +119,47 @@ Rows<P> rows_in_place(const Image<S>& image, int64_t n, int64_t c0) {
   return {image.at(n, c0, 0, 0), 0, image.width * image.channels, image.channels};
 }
 
-// Rows [h0, h1) of channels [c0, c0 + count) copied into `buffer` as T, NHWC with `count`
-// channels a pixel; channel k of the block reads the tensor's channel (c0 + k) / repeat.
+// A work item's staging buffers: the rows the kernels read or write, and (float16, bfloat16
+// NCHW) the planes' values as floats before the transpose.
+template <typename T>
+struct Staging {
+  std::vector<T> rows;
+  std::vector<float> planes;
+};
+
+// Rows [h0, h1) of channels [c0, c0 + count) copied into the staging rows as T, NHWC with
+// `count` channels a pixel; channel k of the block reads the tensor's channel (c0 + k) / repeat.
+// The common cases (repeat 1, T float) copy runs of values with the vectorised conversions
+// (opmath.h) and NCHW planes through the register transpose (gemm.h): value by value, bfloat16
+// layers took 2.5-7x torch's time.
 template <typename T, typename S>
 Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, int64_t h1, int64_t c0, int64_t count,
-                          int64_t repeat, std::vector<T>& buffer) {
-  const int64_t W = image.width;
-  buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * W * count));
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
-    if (!image.nhwc && repeat == 1 && h0 < h1) {
-      // the band's rows are contiguous in each plane: `count` planes of (h1 - h0) * W pixels to
-      // as many pixels of `count` channels, in registers (gemm.h)
-      cpu_transpose_floats()(image.at(n, c0, h0, 0), image.height * W, count, (h1 - h0) * W, count, buffer.data(),
-                             count);
-      return {buffer.data(), h0, W * count, count};
+                          int64_t repeat, Staging<T>& staging) {
+  const int64_t W = image.width, pixels = std::max<int64_t>(0, h1 - h0) * W;
+  std::vector<T>& buffer = staging.rows;
+  buffer.resize(static_cast<size_t>(pixels * count));
+  const Rows<const T> rows{buffer.data(), h0, W * count, count};
+  if constexpr (std::is_same_v<T, float>) {
+    if (repeat == 1 && pixels > 0) {
+      if (image.nhwc) {
+        to_opmath_runs(image.at(n, c0, h0, 0), image.channels, pixels, count, buffer.data());  // a pixel's block a run
+      } else {
+        // the band's rows are contiguous in each plane: `count` planes of `pixels` values to as
+        // many pixels of `count` channels, in registers (gemm.h); other types as floats first
+        const float* planes;
+        int64_t plane_stride;
+        if constexpr (std::is_same_v<S, float>) {
+          planes = image.at(n, c0, h0, 0);
+          plane_stride = image.height * W;
+        } else {
+          staging.planes.resize(static_cast<size_t>(count * pixels));
+          to_opmath_runs(image.at(n, c0, h0, 0), image.height * W, count, pixels, staging.planes.data());
+          planes = staging.planes.data();
+          plane_stride = pixels;
+        }
+        cpu_transpose_floats()(planes, plane_stride, count, pixels, count, buffer.data(), count);
+      }
+      return rows;
     }
   }
   for (int64_t h = h0; h < h1; ++h) {
@@ -139,47 +167,54 @@ Rows<const T> staged_rows(const Image<const S>& image, int64_t n, int64_t h0, in
     if (image.nhwc) {
       for (int64_t w = 0; w < W; ++w) {
         const S* pixel = image.at(n, 0, h, w);
-        if (repeat == 1) {
-          for (int64_t k = 0; k < count; ++k) row[w * count + k] = static_cast<T>(pixel[c0 + k]);
-        } else {
-          for (int64_t k = 0; k < count; ++k) row[w * count + k] = static_cast<T>(pixel[(c0 + k) / repeat]);
-        }
+        for (int64_t k = 0; k < count; ++k) row[w * count + k] = to_opmath(pixel[(c0 + k) / repeat]);
       }
     } else {
       for (int64_t k = 0; k < count; ++k) {
         const S* plane_row = image.at(n, (c0 + k) / repeat, h, 0);
-        for (int64_t w = 0; w < W; ++w) row[w * count + k] = static_cast<T>(plane_row[w]);
+        for (int64_t w = 0; w < W; ++w) row[w * count + k] = to_opmath(plane_row[w]);
       }
     }
   }
-  return {buffer.data(), h0, W * count, count};
+  return rows;
 }
 
-// Rows [h0, h1) of `count` channels a pixel in `buffer`, for a kernel to write.
+// Rows [h0, h1) of `count` channels a pixel in the staging rows, for a kernel to write.
 template <typename T>
-Rows<T> buffer_rows(std::vector<T>& buffer, int64_t h0, int64_t h1, int64_t width, int64_t count) {
-  buffer.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * width * count));
-  return {buffer.data(), h0, width * count, count};
+Rows<T> buffer_rows(Staging<T>& staging, int64_t h0, int64_t h1, int64_t width, int64_t count) {
+  staging.rows.resize(static_cast<size_t>(std::max<int64_t>(0, h1 - h0) * width * count));
+  return {staging.rows.data(), h0, width * count, count};
 }
 
 // Writes staged rows [h0, h1) back into the tensor: its channel c0 / sum_of + k is the sum of
 // the block's channels k*sum_of .. k*sum_of + sum_of - 1 (the M output channels of one input
-// channel, for the input gradient), converted to the tensor's dtype.
+// channel, for the input gradient), converted to the tensor's dtype (as staged_rows: runs and
+// the register transpose where sum_of is 1 and T float).
 template <typename T, typename S>
 void write_back(const Rows<T>& rows, int64_t h0, int64_t h1, const Image<S>& image, int64_t n, int64_t c0,
-                int64_t count, int64_t sum_of) {
+                int64_t count, int64_t sum_of, Staging<T>& staging) {
   const int64_t W = image.width, channels = count / sum_of, first = c0 / sum_of;
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
-    if (!image.nhwc && sum_of == 1 && h0 < h1) {
-      cpu_transpose_floats()(rows.row(h0), count, (h1 - h0) * W, count, (h1 - h0) * W, image.at(n, c0, h0, 0),
-                             image.height * W);
+  const int64_t pixels = std::max<int64_t>(0, h1 - h0) * W;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sum_of == 1 && pixels > 0) {
+      const T* staged = rows.row(h0);
+      S* target = image.at(n, c0, h0, 0);
+      if (image.nhwc) {
+        from_opmath_runs(staged, pixels, count, target, image.channels);
+      } else if constexpr (std::is_same_v<S, float>) {
+        cpu_transpose_floats()(staged, count, pixels, count, pixels, target, image.height * W);
+      } else {
+        staging.planes.resize(static_cast<size_t>(count * pixels));
+        cpu_transpose_floats()(staged, count, pixels, count, pixels, staging.planes.data(), pixels);
+        from_opmath_runs(staging.planes.data(), count, pixels, target, image.height * W);
+      }
       return;
     }
   }
   auto value = [&](const T* pixel, int64_t k) {
     T total = pixel[k * sum_of];
     for (int64_t m = 1; m < sum_of; ++m) total += pixel[k * sum_of + m];
-    return static_cast<S>(total);
+    return from_opmath<S>(total);
   };
   for (int64_t h = h0; h < h1; ++h) {
     const T* row = rows.row(h);
@@ -317,7 +352,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
   const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
                              (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> x_buffer, y_buffer;
+    Staging<T> x_staging, y_staging;
     TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (s.blocks * s.bands), block = item / s.bands % s.blocks, band = item % s.bands;
@@ -328,17 +363,17 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
       if constexpr (std::is_same_v<S, T>) {
         if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
       }
-      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer);
+      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
       Rows<T> yr{};
       if constexpr (std::is_same_v<S, T>) {
         if (y_in_place) yr = rows_in_place<T>(y, n, c0);
       }
-      if (!y_in_place) yr = buffer_rows(y_buffer, r0, r1, p.out_w, count);
+      if (!y_in_place) yr = buffer_rows(y_staging, r0, r1, p.out_w, count);
       for (int64_t oh = r0; oh < r1; ++oh) {
         const DepthwiseTaps<T> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
-      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1);
+      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, y_staging);
     }
   });
 }
@@ -367,7 +402,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
   const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
                              (dx_in_place ? 0 : p.width) + (dy_in_place ? 0 : (p.out_w + sH - 1) / sH), sizeof(T));
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dy_buffer, dx_buffer;
+    Staging<T> dy_staging, dx_staging;
     std::vector<const T*> weights(taps);
     std::vector<int64_t> origins(taps), offsets(taps);
     for (int64_t item = begin; item < end; ++item) {
@@ -383,12 +418,12 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       if constexpr (std::is_same_v<S, T>) {
         if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
       }
-      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_buffer);
+      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_staging);
       Rows<T> dxr{};
       if constexpr (std::is_same_v<S, T>) {
         if (dx_in_place) dxr = rows_in_place<T>(dx, n, c0);
       }
-      if (!dx_in_place) dxr = buffer_rows(dx_buffer, r0, r1, p.width, count);
+      if (!dx_in_place) dxr = buffer_rows(dx_staging, r0, r1, p.width, count);
       DepthwiseTaps<T> row;
       row.weights = weights.data();
       row.base = dyr.first_row;
@@ -420,7 +455,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
           kernels.forward_row(row, nullptr, dxr.row(ih) + residue * dxr.stride, sW * dxr.stride);
         }
       }
-      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M);
+      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, dx_staging);
     }
   });
 }
@@ -442,7 +477,7 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
   std::vector<T> partial(static_cast<size_t>(parts * taps * O));  // each item zeroes its own sums
   const OutputRange interior = forward_interior(p);
   parallel_for_chunks(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dy_buffer, x_buffer;
+    Staging<T> dy_staging, x_staging;
     TapLists<T> lists(taps);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t part = item % parts, c0 = item / parts * block, count = std::min(block, O - c0);
@@ -457,8 +492,8 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
           if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
           if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
         }
-        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_buffer);
-        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_buffer);
+        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
+        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_staging);
         for (int64_t oh = r0; oh < r1; ++oh)
           kernels.weight_row(forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, lists), dyr.row(oh),
                              dyr.stride);

@@ -11,7 +11,9 @@
 // c10::Half's conversion: the vectoriser gathers there, and float16 2x2 pooling measured 1.4x
 // slower with these. Most float16 pooling now runs as float32 on converted copies (pool2d.cpp,
 // via_float); these serve the float16 paths left (global pooling's planes past the vector
-// kernel's and its gradient, NHWC max pooling and its 2x2 gradient's fallback).
+// kernel's and its gradient, NHWC max pooling and its 2x2 gradient's fallback), and the depthwise
+// kernels' staging copies of both half types (to_opmath_runs, from_opmath_runs). bfloat16's
+// rounding is written likewise, as a select (c10's branches on NaN).
 
 #include <cstdint>
 #include <cstring>
@@ -62,6 +64,14 @@ CUCONV_INLINE_INTO_CLONES uint16_t from_float(float f) {
   return static_cast<uint16_t>(sign | result);
 }
 
+// float to bfloat16 as c10::BFloat16 rounds it: to nearest, ties to even, in integer arithmetic
+// on the bits (no carry reaches past bit 31 for any value but a NaN); NaN to 0x7FC0.
+CUCONV_INLINE_INTO_CLONES uint16_t bfloat16_from_float(float f) {
+  const uint32_t w = bits_as<uint32_t>(f);
+  const uint32_t rounded = (w + 0x7FFFu + ((w >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(select(mask_of((w & 0x7FFFFFFFu) > 0x7F800000u), 0x7FC0u, rounded));
+}
+
 }  // namespace half_bits
 
 // v in its op-math type.
@@ -71,11 +81,30 @@ CUCONV_INLINE_INTO_CLONES opmath_t<T> to_opmath(T v) {
   else return static_cast<opmath_t<T>>(v);
 }
 
-// An op-math value as T (float16 and bfloat16 rounded to nearest even).
+// An op-math value as T (float16 and bfloat16 rounded to nearest even, as c10 rounds).
 template <typename T>
 CUCONV_INLINE_INTO_CLONES T from_opmath(opmath_t<T> v) {
   if constexpr (std::is_same_v<T, c10::Half>) return c10::Half(half_bits::from_float(v), c10::Half::from_bits());
+  else if constexpr (std::is_same_v<T, c10::BFloat16>)
+    return c10::BFloat16(half_bits::bfloat16_from_float(v), c10::BFloat16::from_bits());
   else return static_cast<T>(v);
+}
+
+// `pixels` runs of `count` values in their op-math type, and back: run q of src starts at
+// src + q * src_step, of dst at dst + q * count (and the reverse); loops that vectorise in
+// each ISA's clone (the float16 and bfloat16 staging copies of the depthwise kernels: channel
+// blocks of NHWC pixels, or whole planes).
+template <typename T>
+CUCONV_VECTOR_CLONES void to_opmath_runs(const T* src, int64_t src_step, int64_t pixels, int64_t count,
+                                         opmath_t<T>* dst) {
+  for (int64_t q = 0; q < pixels; ++q)
+    for (int64_t i = 0; i < count; ++i) dst[q * count + i] = to_opmath(src[q * src_step + i]);
+}
+template <typename T>
+CUCONV_VECTOR_CLONES void from_opmath_runs(const opmath_t<T>* src, int64_t pixels, int64_t count, T* dst,
+                                           int64_t dst_step) {
+  for (int64_t q = 0; q < pixels; ++q)
+    for (int64_t i = 0; i < count; ++i) dst[q * dst_step + i] = from_opmath<T>(src[q * count + i]);
 }
 
 }  // namespace cuconv
