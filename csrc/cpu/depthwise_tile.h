@@ -18,7 +18,9 @@
 //     sums_k[c] += sum_u dy[u*dy_step + c] * src_k[(u*step + offset_k)*stride + c]   (same taps)
 //
 // Register tiles: forward, 4 output pixels x up to 4 channel vectors (each tap's weight vectors
-// loaded once for the 4 pixels); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
+// loaded once for the 4 pixels; at stride 1, three taps on adjacent pixels of a row load each
+// source pixel once for all three, 6 loads for 12 FMAs a vector where one tap at a time takes
+// 15); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
 // 1-2 (each dy vector loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
 // DepthwiseTaps::interior) run these tiles without bounds checks; the few at the row's ends run
 // one pixel at a time, skipping the taps that fall in the padding.
@@ -51,8 +53,29 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
     for (int q = 0; q < Q; ++q) acc[q][v] = b;
   }
   const int64_t step = r.source_step * r.source_stride, first = u0 * step + c;
-  for (int64_t k = 0; k < r.taps; ++k) {
+  for (int64_t k = 0; k < r.taps;) {
     const typename Isa::T* src = r.base + (r.origins[k] + first);
+    if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
+        r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
+      // three taps on adjacent pixels of a row, output pixels adjacent too (stride 1): source
+      // pixel m serves output q = m - t with tap k + t, so each is loaded once for up to three
+      // FMAs; each accumulator still takes its taps in order
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        V wv[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < 3; ++t) wv[t] = depthwise_load<Isa, kWhole>(r.weights[k + t] + c + v * L, lanes);
+#pragma GCC unroll 10
+        for (int m = 0; m < Q + 2; ++m) {
+          const V x = depthwise_load<Isa, kWhole>(src + m * step + v * L, lanes);
+#pragma GCC unroll 3
+          for (int t = 0; t < 3; ++t)
+            if (m - t >= 0 && m - t < Q) acc[m - t][v] = Isa::fma(wv[t], x, acc[m - t][v]);
+        }
+      }
+      k += 3;
+      continue;
+    }
     const typename Isa::T* w = r.weights[k] + c;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
@@ -61,6 +84,7 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
       for (int q = 0; q < Q; ++q)
         acc[q][v] = Isa::fma(wv, depthwise_load<Isa, kWhole>(src + q * step + v * L, lanes), acc[q][v]);
     }
+    ++k;
   }
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q)
