@@ -474,9 +474,9 @@ def _dense_in(t, channels_last):
 
 def _pooling_layout(input):
     """Whether pooling's input gradient is channels_last: where the input is (torch's rule)."""
-    if _dense_in(input, False) or _dense_in(input, True):  # (a tensor dense in both: as NCHW)
-        return not input.is_contiguous()
-    return _shape.is_channels_last(input)
+    if input.is_contiguous():  # (a tensor dense in both layouts: NCHW, as torch's)
+        return False
+    return _dense_in(input, True) or _shape.is_channels_last(input)
 
 
 def _in_pooling_layout(channels_last, grad_output):

@@ -412,6 +412,8 @@ MUTANTS = [
            "(r1 - 1) * p.stride_h - p.pad_h + (p.kernel_h - 1) * p.dilation_h", (DEPTHWISE,)),
     Mutant("depthwise-run-of-three-unchecked", "index math", "csrc/cpu/depthwise_tile.h",
            "r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {", "true) {", (DEPTHWISE,)),
+    Mutant("depthwise-run-of-three-reversed", "order of sums", "csrc/cpu/depthwise_tile.h",
+           "for (int m = 0; m < Q + 2; ++m) {", "for (int m = Q + 1; m >= 0; --m) {", (DEPTHWISE,)),
     Mutant("depthwise-half-staging-ignores-pixel-stride", "half precision", "csrc/cpu/depthwise.cpp",
            "to_opmath_runs(image.at(n, c0, h0, 0), image.channels, pixels, count, buffer.data());",
            "to_opmath_runs(image.at(n, c0, h0, 0), count, pixels, count, buffer.data());", (DEPTHWISE,)),

@@ -186,7 +186,7 @@ def test_depthwise_special_values_propagate_as_torch():
 
 # Half-type staging (depthwise.cpp, staged_rows and write_back): runs of a pixel's block of
 # channels (NHWC; 70 channels are blocks of 32 with AVX-512, 16 with AVX2, so a block is less
-# than a pixel), whole planes widened then transposed (NCHW), value by value where the
+# than a pixel), bands of planes widened then transposed (NCHW), value by value where the
 # multiplier is > 1. The float32 kernels do the arithmetic either way, so the half types' results
 # are float32's results rounded, bit for bit, NaN and Inf included.
 HALF_STAGING_CASES = [
@@ -202,7 +202,7 @@ HALF_STAGING_CASES = [
 
 
 def _rounded_from_float32(case, tensors, dtype):
-    """cuconv's float32 forward and gradients on the half tensors' values, rounded to dtype."""
+    """cuconv's float32 forward on the half tensors' values (the caller rounds), and its leaves."""
     leaves = [t.detach().float().requires_grad_() for t in tensors]
     if tensors[0].is_contiguous(memory_format=torch.channels_last):
         leaves[0] = leaves[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -239,5 +239,16 @@ def test_depthwise_half_types_round_ties_to_even(dtype, step, channels_last):
     w = torch.ones(40, 1, 1, 1, dtype=dtype)
     bias = torch.full((40,), step / 2, dtype=dtype)
     expected = (x.float() + step / 2).to(dtype)
-    assert not torch.equal(expected, (x.float() + step).to(dtype))  # (both neighbours occur)
+    assert (expected != x).any() and (expected == x).any()  # (ties round up and down)
     torch.testing.assert_close(CF.conv2d(x, w, bias, 1, 0, 1, 40), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_depthwise_taps_are_added_in_order(channels_last):
+    """The forward row kernels add a row's taps left to right (three at a time where their source
+    pixels are adjacent): products 1e8, -1e8 and 1 give 1 in that order, 0 in the reverse one."""
+    x = torch.ones(2, 40, 5, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.tensor([1e8, -1e8, 1.0]).repeat(40, 1, 1, 1)
+    assert torch.equal(CF.conv2d(x, w, None, 1, 0, 1, 40), torch.ones(2, 40, 5, 7))

@@ -18,9 +18,9 @@
 //     sums_k[c] += sum_u dy[u*dy_step + c] * src_k[(u*step + offset_k)*stride + c]   (same taps)
 //
 // Register tiles: forward, 4 output pixels x up to 4 channel vectors (each tap's weight vectors
-// loaded once for the 4 pixels; at stride 1, three taps on adjacent pixels of a row load each
-// source pixel once for all three, 6 loads for 12 FMAs a vector where one tap at a time takes
-// 15); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
+// loaded once for the 4 pixels; where three taps read three adjacent source pixels and adjacent
+// outputs read adjacent pixels, each source pixel is loaded once for all three taps: 3 weight and
+// 6 source loads for 12 FMAs a vector, where one tap at a time takes 3 and 12); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
 // 1-2 (each dy vector loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
 // DepthwiseTaps::interior) run these tiles without bounds checks; the few at the row's ends run
 // one pixel at a time, skipping the taps that fall in the padding.
@@ -57,9 +57,11 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
     const typename Isa::T* src = r.base + (r.origins[k] + first);
     if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
         r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
-      // three taps on adjacent pixels of a row, output pixels adjacent too (stride 1): source
-      // pixel m serves output q = m - t with tap k + t, so each is loaded once for up to three
-      // FMAs; each accumulator still takes its taps in order
+      // three taps reading adjacent source pixels, adjacent outputs reading adjacent pixels
+      // (source_step 1: a stride-1 row, or the input gradient's gather form; the addresses are
+      // compared, so taps of different rows of a narrow image qualify too): source pixel m
+      // serves output q = m - t with tap k + t, each loaded once for up to three FMAs; each
+      // accumulator still takes its taps in order
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         V wv[3];

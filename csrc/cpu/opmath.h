@@ -93,7 +93,7 @@ CUCONV_INLINE_INTO_CLONES T from_opmath(opmath_t<T> v) {
 // `pixels` runs of `count` values in their op-math type, and back: run q of src starts at
 // src + q * src_step, of dst at dst + q * count (and the reverse); loops that vectorise in
 // each ISA's clone (the float16 and bfloat16 staging copies of the depthwise kernels: channel
-// blocks of NHWC pixels, or whole planes).
+// blocks of NHWC pixels, or bands of NCHW planes).
 template <typename T>
 CUCONV_VECTOR_CLONES void to_opmath_runs(const T* src, int64_t src_step, int64_t pixels, int64_t count,
                                          opmath_t<T>* dst) {
