@@ -51,7 +51,9 @@ def _unstack_channels(tensor, size):
 def _conv2d_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups, allow_tf32=False, benchmark=False):
     B = info.batch_size
     x_dim, w_dim, b_dim = in_dims[:3]
-    if w_dim is None:
+    # (a half type's per-copy bias goes into the kernels, below: added after them, the sum would
+    # be rounded twice)
+    if w_dim is None and (b_dim is None or input.dtype not in (torch.float16, torch.bfloat16)):
         y = _unfold_batch(ops.conv2d(_fold_into_batch(input, x_dim, B), weight,
                                      bias if b_dim is None else None, stride, padding, dilation, groups, allow_tf32, benchmark), B)
         if b_dim is not None:  # per-copy bias on a shared weight: add it after the shared convolution

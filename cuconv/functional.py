@@ -165,7 +165,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     (in_channels, out_channels / groups, kH, kW)): the gradient of the convolution that maps an
     output of this op's size to an input of `input`'s size, with respect to that convolution's
     input; cuconv's conv2d_backward_input kernels compute it, `input` in the role of the
-    incoming gradient, and the bias is added after."""
+    incoming gradient, and the bias is added after (in float32 for the half types)."""
     op = "cuconv.conv_transpose2d"
     x, unbatched = _convolution_tensors(op, input, weight, bias)
     if x.is_complex():
@@ -177,6 +177,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     _shape.check_same_dtype_device(op, "input", x, "weight", weight)
     if bias is not None:
         _shape.check_same_dtype_device(op, "input", x, "bias", bias)
+    result_dtype = x.dtype
+    if bias is not None and result_dtype in (torch.float16, torch.bfloat16):
+        # The bias is added after the kernels: in a half type the sum would be rounded twice (the
+        # kernels' result, then the sum; a third of bfloat16's outputs off by one last place). In
+        # float32 and rounded once, as conv2d's kernels add their bias.
+        x, weight, bias = x.float(), weight.float(), bias.float()
     stride = _pair(op, "stride", stride, allow_single=True)
     padding = _pair(op, "padding", padding, allow_single=True)
     output_padding = _pair(op, "output_padding", output_padding, allow_single=True)
@@ -209,7 +215,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         if _shape.is_channels_last(x) and not _shape.is_channels_last(y):
             y = y.clone(memory_format=torch.channels_last)  # (padding cropped it all: F.pad made it NCHW)
     if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
+        y = (y + bias.view(1, -1, 1, 1)).to(result_dtype)
     return y.squeeze(0) if unbatched else y
 
 

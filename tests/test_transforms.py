@@ -364,6 +364,17 @@ def test_vmap_rules_equal_a_loop(index, device):
         assert_matches(g, e, torch.float64) if g.is_floating_point() else torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_vmap_of_a_half_type_bias_adds_it_before_rounding(dtype):
+    """A per-copy bias on a shared weight, in a half type, goes into the kernels with the weight
+    (added after them, each sum was rounded twice): the same as each copy's call, bit for bit."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 9, 9, generator=gen).to(dtype)
+    w, b = torch.randn(12, 8, 3, 3, generator=gen).to(dtype), torch.randn(4, 12, generator=gen).to(dtype)
+    conv = lambda b: ops.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1)  # noqa: E731
+    torch.testing.assert_close(vmap(conv)(b), _loop(conv, (0,), (b,)), rtol=0, atol=0)
+
+
 def test_vmap_of_weights_runs_one_grouped_convolution():
     """A vmapped weight is one grouped kernel call, not a Python loop over the copies."""
     x, w = torch.randn(2, 4, 8, 8), torch.randn(5, 6, 4, 3, 3)
