@@ -20,10 +20,11 @@
 // Register tiles: forward, 4 output pixels x up to 4 channel vectors (each tap's weight vectors
 // loaded once for the 4 pixels; where three taps read three adjacent source pixels and adjacent
 // outputs read adjacent pixels, each source pixel is loaded once for all three taps: 3 weight and
-// 6 source loads for 12 FMAs a vector, where one tap at a time takes 3 and 12); weight, up to 6 taps x 4 channel vectors (AVX-512) or 8 taps x
-// 1-2 (each dy vector loaded once for the taps). The output pixels whose every tap is in bounds (the row's interior,
-// DepthwiseTaps::interior) run these tiles without bounds checks; the few at the row's ends run
-// one pixel at a time, skipping the taps that fall in the padding.
+// 6 source loads for 12 FMAs a vector, where one tap at a time takes 3 and 12); weight, up to 6
+// taps x 4 channel vectors (AVX-512) or 8 taps x 1-2 (each dy vector loaded once for the taps).
+// The output pixels whose every tap is in bounds (the row's interior, DepthwiseTaps::interior)
+// run these tiles without bounds checks; the few at the row's ends run one pixel at a time,
+// skipping the taps that fall in the padding.
 
 // A whole vector of channels, or the first `lanes` of one.
 template <class Isa, bool kWhole>
