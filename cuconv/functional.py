@@ -62,6 +62,10 @@ def _batched(op, input, check_dtype=_shape.check_floating, channels_may_be_zero=
             expected = "non-zero height and width" if channels_may_be_zero else "non-zero channels, height and width"
             raise ValueError(f"{op}: expected an unbatched input (C, H, W) to have {expected}, but got shape "
                              f"{tuple(input.shape)}")
+        if not batched_by_vmap(input):
+            # a 3-D tensor has no channels_last: torch lays out the result and the gradient of one
+            # strided as a channels_last batch's sample (HWC) as it does a contiguous one's
+            input = input.contiguous()
         return input.unsqueeze(0), True
     raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), but got "
                      f"{input.dim()}-D with shape {tuple(input.shape)}")

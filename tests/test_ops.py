@@ -685,6 +685,22 @@ def test_pooling_layouts_follow_the_input_as_torch_s(case):
             torch.testing.assert_close(dx, ref_dx, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", list(POOLS_CHANNELS_LAST))
+def test_pooling_of_an_unbatched_channels_last_sample_is_laid_out_as_torch_s(case):
+    """A sample of a channels_last batch, unbatched (strides HWC): a 3-D tensor has no
+    channels_last, and torch lays out its result and input gradient contiguous."""
+    ours, theirs = POOLS_CHANNELS_LAST[case]
+    gen = torch.Generator().manual_seed(len(case))
+    whole = torch.randn(2, 6, 10, 17, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    x = whole[1].detach().requires_grad_(True)
+    out, ref = ours(x), theirs(x)
+    assert out.stride() == ref.stride()
+    dy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (dx,), (ref_dx,) = torch.autograd.grad(out, x, dy), torch.autograd.grad(ref, x, dy)
+    assert dx.stride() == ref_dx.stride()
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-12, atol=1e-12)
+
+
 _MAX_ARGS = {"max-2x2": (2,), "max-3s2p1-ceil": (3, 2, 1, 1, True), "max-dilated": ((2, 3), (1, 2), (1, 0), (2, 1))}
 
 
