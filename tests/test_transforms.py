@@ -367,12 +367,18 @@ def test_vmap_rules_equal_a_loop(index, device):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_vmap_of_a_half_type_bias_adds_it_before_rounding(dtype):
     """A per-copy bias on a shared weight, in a half type, goes into the kernels with the weight
-    (added after them, each sum was rounded twice): the same as each copy's call, bit for bit."""
+    (added after them, each sum was rounded twice, and a third of bfloat16's results were not the
+    nearest value): as each copy's call, float32 sums rounded once, nearly all the nearest value
+    (the kernels' float32 sums are not exact; which kernel runs is measured, so the order of
+    their sums, and a rare last bit, may differ from the copies' calls)."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 8, 9, 9, generator=gen).to(dtype)
     w, b = torch.randn(12, 8, 3, 3, generator=gen).to(dtype), torch.randn(4, 12, generator=gen).to(dtype)
     conv = lambda b: ops.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1)  # noqa: E731
-    torch.testing.assert_close(vmap(conv)(b), _loop(conv, (0,), (b,)), rtol=0, atol=0)
+    got = vmap(conv)(b)
+    assert_matches(got, _loop(conv, (0,), (b,)), dtype)
+    nearest = torch.stack([F.conv2d(x.double(), w.double(), copy.double(), 1, 1) for copy in b]).to(dtype)
+    assert (got != nearest).float().mean() < 0.02
 
 
 def test_vmap_of_weights_runs_one_grouped_convolution():
