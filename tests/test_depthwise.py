@@ -201,15 +201,6 @@ HALF_STAGING_CASES = [
 ]
 
 
-def _rounded_from_float32(case, tensors, dtype):
-    """cuconv's float32 forward on the half tensors' values (the caller rounds), and its leaves."""
-    leaves = [t.detach().float().requires_grad_() for t in tensors]
-    if tensors[0].is_contiguous(memory_format=torch.channels_last):
-        leaves[0] = leaves[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = _conv(CF, case)(*leaves)
-    return out, leaves
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", HALF_STAGING_CASES, ids=lambda c: "c{channels}m{multiplier}k{kernel}".format(**c))
@@ -219,7 +210,8 @@ def test_depthwise_half_types_are_float32_rounded_bitwise(case, dtype, channels_
     leaves = [t.detach().clone().requires_grad_() for t in tensors]
     out = _conv(CF, case)(*leaves)
     assert cuconv._C.cpu_kernels()["last_depthwise"] is not None
-    ref, ref_leaves = _rounded_from_float32(case, tensors, dtype)
+    ref_leaves = [t.detach().float().requires_grad_() for t in tensors]  # (.float() keeps the layout)
+    ref = _conv(CF, case)(*ref_leaves)  # float32's result, rounded below
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or out.shape[1] == 1
     grad_output = torch.randn(out.shape, dtype=dtype)
     grads = torch.autograd.grad(out, leaves, grad_output)
