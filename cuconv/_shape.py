@@ -144,8 +144,9 @@ def convolution_prefers_channels_last(input, weight):
     return suggests_channels_last(input) or suggests_channels_last(weight)
 
 
-def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups):
-    """(batch, out_channels, out_h, out_w) after every check of csrc/shape.h's conv2d_shape."""
+def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups, channels_may_be_zero=False):
+    """(batch, out_channels, out_h, out_w) after every check of csrc/shape.h's conv2d_shape
+    (channels_may_be_zero: all but the first, for cuconv.functional's convolution of no channels)."""
     check_pair(op, "stride", stride, 1)
     check_pair(op, "padding", padding, 0)
     check_pair(op, "dilation", dilation, 1)
@@ -159,7 +160,7 @@ def conv2d_shape(op, input_size, weight_size, stride, padding, dilation, groups)
     out_channels, kernel_h, kernel_w = weight_size[0], weight_size[2], weight_size[3]
     _value_error(kernel_h > 0 and kernel_w > 0, op, ": expected a kernel of at least 1x1, but got weight of shape ",
                  _sizes(weight_size))
-    _value_error(in_channels > 0, op, ": expected input to have at least one channel, but got shape ",
+    _value_error(in_channels > 0 or channels_may_be_zero, op, ": expected input to have at least one channel, but got shape ",
                  _sizes(input_size))
     _value_error(in_h > 0 and in_w > 0, op, ": expected input to have a height and width of at least 1, but got shape ",
                  _sizes(input_size))

@@ -21,22 +21,52 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _as_int(value):
+    """value as an int where torch's argument parser takes it as one: an int (not a bool), a numpy
+    int, or a one-element tensor of an integer or bool dtype (`stride=torch.tensor(2)`); else None."""
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not (value.is_floating_point() or value.is_complex()):
+        return int(value.item())
+    return None
+
+
+def _int(op, name, value, or_none=False):
+    """An int argument (groups, divisor_override) as torch's parser takes it, else a TypeError."""
+    as_int = _as_int(value)
+    if as_int is None:
+        expected = "an int or None" if or_none else "an int"
+        raise TypeError(f"{op}: expected {name} to be {expected}, but got {type(value).__name__} {value!r}")
+    return as_int
+
+
+def _bool(op, name, value):
+    """A bool flag: torch's parser takes a Python bool only (ceil_mode=1 is a TypeError there too)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: expected {name} to be a bool, but got {type(value).__name__} {value!r}")
+    return value
+
+
 def _pair(op, name, value, allow_single=False):
-    """An int or a sequence of two ints (or one, where torch allows it) as a tuple of two ints."""
+    """An int or a sequence of two ints (or one, where torch allows it) as a tuple of two ints; ints
+    as _as_int takes them, and a 1-D tensor as the sequence of its values."""
     if type(value) is int:  # the common cases first, without the slower ABC checks below (~1 us each)
         return (value, value)
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
         return value
-    if _is_int(value):
-        return (int(value), int(value))
-    if isinstance(value, (tuple, list, torch.Size)) and all(_is_int(v) for v in value):
-        if len(value) == 2:
-            return (int(value[0]), int(value[1]))
-        if len(value) == 1 and allow_single:
-            return (int(value[0]), int(value[0]))
-        expected = "an int or a sequence of 1 or 2 ints" if allow_single else "an int or a pair of ints"
-        raise ValueError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(value)!r} "
-                         f"({len(value)} values)")
+    single = _as_int(value)
+    if single is not None:
+        return (single, single)
+    if isinstance(value, (tuple, list, torch.Size)) or (isinstance(value, torch.Tensor) and value.dim() == 1):
+        values = [_as_int(v) for v in value]
+        if all(v is not None for v in values):
+            if len(values) == 2:
+                return (values[0], values[1])
+            if len(values) == 1 and allow_single:
+                return (values[0], values[0])
+            expected = "an int or a sequence of 1 or 2 ints" if allow_single else "an int or a pair of ints"
+            raise ValueError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(values)!r} "
+                             f"({len(values)} values)")
     raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, but got "
                     f"{type(value).__name__} {value!r}")
 
@@ -106,10 +136,10 @@ def _same_padding(input, weight, dilation):
     return input, padding
 
 
-def _convolution_tensors(op, input, weight, bias):
+def _convolution_tensors(op, input, weight, bias, channels_may_be_zero=False):
     """(input as 4-D, whether it came unbatched), with weight and bias checked to be tensors (their
     dtypes are checked with the input's, after autocast's casts)."""
-    x, unbatched = _batched(op, input, check_dtype=None)
+    x, unbatched = _batched(op, input, check_dtype=None, channels_may_be_zero=channels_may_be_zero)
     _check_tensor(op, "weight", weight)
     if bias is not None:
         _check_tensor(op, "bias", bias)
@@ -132,7 +162,7 @@ def _convolution_input(x, weight):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
-    x, unbatched = _convolution_tensors(op, input, weight, bias)
+    x, unbatched = _convolution_tensors(op, input, weight, bias, channels_may_be_zero=True)
     if x.is_complex():
         y = _complex_convolution(op, conv2d, x, weight, bias, stride, padding, dilation, groups)
         return y.squeeze(0) if unbatched else y
@@ -144,8 +174,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         _shape.check_same_dtype_device(op, "input", cast_x, "bias", cast_bias)
     stride = _pair(op, "stride", stride, allow_single=True)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
-    if not _is_int(groups):
-        raise TypeError(f"{op}: expected groups to be an int, but got {type(groups).__name__} {groups!r}")
+    groups = _int(op, "groups", groups)
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0, 0)
@@ -159,9 +188,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
+    if x.shape[1] == 0:
+        y = _convolution_of_no_channels(op, cast_x, cast_weight, cast_bias, stride, padding, dilation, groups)
+        return y.squeeze(0) if unbatched else y
     x, cuda_settings = _convolution_input(x, weight)
-    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, int(groups), *cuda_settings)
+    y = differentiable.conv2d(x, weight, bias, stride, padding, dilation, groups, *cuda_settings)
     return y.squeeze(0) if unbatched else y
+
+
+def _convolution_of_no_channels(op, x, weight, bias, stride, padding, dilation, groups):
+    """A convolution of an input with zero channels: each output value is a sum of no products, so
+    the bias (or zero), as torch's documented formula has it (torch 2.14 itself returns zero output
+    channels there). The kernels take at least one channel, so it is computed here. x and weight
+    enter the result as their sums (0) so that their gradients come back, empty, as torch's do."""
+    shape = _shape.conv2d_shape(op, x.shape, weight.shape, stride, padding, dilation, groups,
+                                channels_may_be_zero=True)
+    _shape.check_conv2d_bias(op, bias, shape[1])
+    layout = torch.channels_last if _shape.convolution_prefers_channels_last(x, weight) else torch.contiguous_format
+    y = torch.zeros(shape, dtype=x.dtype, device=x.device).contiguous(memory_format=layout) + (x.sum() + weight.sum())
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
@@ -191,10 +236,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     padding = _pair(op, "padding", padding, allow_single=True)
     output_padding = _pair(op, "output_padding", output_padding, allow_single=True)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
-    if not _is_int(groups):
-        raise TypeError(f"{op}: expected groups to be an int, but got {type(groups).__name__} {groups!r}")
+    groups = _int(op, "groups", groups)
     size = _shape.conv_transpose2d_shape(op, x.shape, weight.shape, stride, padding, output_padding, dilation,
-                                         int(groups))
+                                         groups)
     _shape.check_conv2d_bias(op, bias, size[1])
     if torch.jit.is_tracing():
         # torch.jit.trace sees sizes as tensors, and its tracer cannot record them in an op's list
@@ -203,7 +247,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     x, cuda_settings = _convolution_input(x, weight)
     if output_padding[0] < stride[0] and output_padding[1] < stride[1] and size[2] > 0 and size[3] > 0:
         # The convolution with these arguments maps an output of this size back to the input's.
-        y = differentiable.conv2d_backward_input(x, weight, size, stride, padding, dilation, int(groups),
+        y = differentiable.conv2d_backward_input(x, weight, size, stride, padding, dilation, groups,
                                                  *cuda_settings)
     else:
         # Output padding of at least the stride (torch allows it below the dilation), or an empty
@@ -213,7 +257,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         reach = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in (0, 1)]
         whole = [int((x.shape[2 + i] - 1) * stride[i] + reach[i]) for i in (0, 1)]
         y = differentiable.conv2d_backward_input(x, weight, (size[0], size[1], *whole), stride, (0, 0), dilation,
-                                                 int(groups), *cuda_settings)
+                                                 groups, *cuda_settings)
         y = y[:, :, padding[0]:padding[0] + size[2], padding[1]:padding[1] + size[3]]
         y = F.pad(y, (0, size[3] - y.shape[3], 0, size[2] - y.shape[2]))
         if _shape.is_channels_last(x) and not _shape.is_channels_last(y):
@@ -279,7 +323,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched = _batched(op, input, check_dtype=_shape.check_floating_or_integer)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
     dilation = _pair(op, "dilation", dilation, allow_single=True)
-    y, indices = differentiable.max_pool2d(_pooling_input(x), kernel_size, stride, padding, dilation, bool(ceil_mode))
+    y, indices = differentiable.max_pool2d(_pooling_input(x), kernel_size, stride, padding, dilation,
+                                           _bool(op, "ceil_mode", ceil_mode))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return (y, indices) if return_indices else y
@@ -292,11 +337,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     op = "cuconv.avg_pool2d"
     x, unbatched = _batched(op, input, check_dtype=_shape.check_avg_pool2d_dtype)
     kernel_size, stride, padding = _pool_args(op, kernel_size, stride, padding)
-    if divisor_override is not None and not _is_int(divisor_override):
-        raise TypeError(f"{op}: expected divisor_override to be an int or None, but got "
-                        f"{type(divisor_override).__name__} {divisor_override!r}")
-    y = differentiable.avg_pool2d(_pooling_input(x), kernel_size, stride, padding, bool(ceil_mode),
-                                  bool(count_include_pad), divisor_override)
+    if divisor_override is not None:
+        divisor_override = _int(op, "divisor_override", divisor_override, or_none=True)
+    y = differentiable.avg_pool2d(_pooling_input(x), kernel_size, stride, padding, _bool(op, "ceil_mode", ceil_mode),
+                                  _bool(op, "count_include_pad", count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
 
 

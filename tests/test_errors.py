@@ -46,7 +46,7 @@ CONV_CASES = [
      r"input to be 3-D .* or 4-D .*but got 5-D with shape \(1, 2, 4, 8, 8\)"),
     ("input-1d", lambda f: f(x4(8), w4()), ValueError, r"input to be 3-D .*but got 1-D with shape \(8,\)"),
     ("input-unbatched-empty-height", lambda f: f(x4(4, 0, 8), w4()), ValueError,
-     r"unbatched input \(C, H, W\) to have non-zero channels, height and width, but got shape \(4, 0, 8\)"),
+     r"unbatched input \(C, H, W\) to have non-zero height and width, but got shape \(4, 0, 8\)"),
     ("weight-3d", lambda f: f(x4(), w4(6, 4, 3)), ValueError,
      r"weight to be 4-D .*but got 3-D with shape \[6, 4, 3\]"),
     ("weight-5d", lambda f: f(x4(), w4(6, 4, 3, 3, 1)), ValueError,
@@ -57,9 +57,6 @@ CONV_CASES = [
      r"weight of shape \[6, 3, 3, 3\].*input of shape \[2, 4, 8, 8\] to have 3 channels, but got 4"),
     ("channel-mismatch-unbatched", lambda f: f(x4(5, 8, 8), w4()), ValueError,
      r"input of shape \[1, 5, 8, 8\] to have 4 channels, but got 5"),
-    # torch returns an empty [2, 0, 6, 6] here; cuconv refuses a convolution over no channels
-    ("no-input-channels", lambda f: f(x4(2, 0, 8, 8), w4(6, 0, 3, 3)), ValueError,
-     r"input to have at least one channel, but got shape \[2, 0, 8, 8\]"),
     ("groups-not-dividing-in", lambda f: f(x4(2, 5, 8, 8), w4(6, 2, 3, 3), groups=2), ValueError,
      r"groups=2 .*to have 4 channels, but got 5"),
     ("groups-not-dividing-out", lambda f: f(x4(), w4(5, 2, 3, 3), groups=2), ValueError,
@@ -140,6 +137,10 @@ CONV_FUNCTIONAL_ONLY = [
     ("stride-none", lambda f: f(x4(), w4(), stride=None), TypeError, r"stride to be an int.*NoneType None"),
     ("groups-float", lambda f: f(x4(), w4(), groups=1.5), TypeError, r"groups to be an int, but got float 1\.5"),
     ("groups-bool", lambda f: f(x4(), w4(), groups=True), TypeError, r"groups to be an int, but got bool True"),
+    ("groups-float-tensor", lambda f: f(x4(), w4(), groups=torch.tensor(1.0)), TypeError,
+     r"groups to be an int, but got Tensor tensor\(1\.\)"),
+    ("stride-float-tensor", lambda f: f(x4(), w4(), stride=torch.tensor(2.0)), TypeError,
+     r"stride to be an int or a pair of ints, but got Tensor tensor\(2\.\)"),
     ("input-not-tensor", lambda f: f([[1.0, 2.0]], w4()), TypeError, r"input to be a torch\.Tensor, but got list"),
     ("weight-not-tensor", lambda f: f(x4(), 3), TypeError, r"weight to be a torch\.Tensor, but got int"),
     ("bias-not-tensor", lambda f: f(x4(), w4(), [0.0] * 6), TypeError, r"bias to be a torch\.Tensor, but got list"),
@@ -153,10 +154,9 @@ def _raw_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     return ops.conv2d(input, weight, bias, pair(stride), pair(padding), pair(dilation), groups)
 
 
-# Rejected by design although torch accepts them: a convolution over zero input channels; and
-# cases where torch raises another error or none (integer and complex tensors that some of these
+# Cases where torch raises another error or none (integer and complex tensors that some of these
 # ops take and others refuse: tested as valid where they are, test_dtypes.py).
-STRICTER_THAN_TORCH = {"integer-input", "uint8-input", "bool-input", "complex-input", "no-input-channels"}
+STRICTER_THAN_TORCH = {"integer-input", "uint8-input", "bool-input", "complex-input"}
 # Adaptive pooling accepts zero channels, as torch does (every other pooling op rejects them
 # in both), and complex tensors: those cases are tested as valid in test_ops.py and
 # test_dtypes.py instead; it refuses the others with a message of its own.
@@ -260,6 +260,11 @@ WINDOW_CASES = [
     ("stride-float", dict(kernel_size=2, stride=2.5), TypeError, r"stride to be an int.*float 2\.5"),
     ("padding-string", dict(kernel_size=3, padding="same"), TypeError, r"padding to be an int.*str 'same'"),
     ("kernel-float-in-pair", dict(kernel_size=(2, 2.0)), TypeError, r"kernel_size to be an int.*\(2, 2\.0\)"),
+    # torch's parser takes a Python bool for these flags and nothing else
+    ("ceil-mode-int", dict(kernel_size=2, ceil_mode=1), TypeError, r"ceil_mode to be a bool, but got int 1"),
+    ("ceil-mode-none", dict(kernel_size=2, ceil_mode=None), TypeError, r"ceil_mode to be a bool, but got NoneType None"),
+    ("ceil-mode-tensor", dict(kernel_size=2, ceil_mode=torch.tensor(True)), TypeError,
+     r"ceil_mode to be a bool, but got Tensor tensor\(True\)"),
 ]
 
 MAX_ONLY_CASES = [
@@ -278,6 +283,8 @@ AVG_ONLY_CASES = [
      r"divisor_override to be an int or None, but got float 1\.5"),
     ("divisor-override-bool", dict(kernel_size=2, divisor_override=True), TypeError,
      r"divisor_override to be an int or None, but got bool True"),
+    ("count-include-pad-int", dict(kernel_size=2, count_include_pad=0), TypeError,
+     r"count_include_pad to be a bool, but got int 0"),
 ]
 
 ADAPTIVE_CASES = [
@@ -332,7 +339,9 @@ def _raw_avg(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_
 
 
 # Window cases whose arguments the raw ops can take at all (ints, two values).
-_RAW_WINDOW = [c for c in WINDOW_CASES if "float" not in c[0] and "string" not in c[0] and "3-values" not in c[0]]
+# (the Python argument checks: the raw ops take pairs and flags as torch's dispatcher parses them)
+_RAW_WINDOW = [c for c in WINDOW_CASES
+               if not any(word in c[0] for word in ("float", "string", "3-values", "ceil-mode"))]
 
 BOOK_CASES = [
     ("corr2d-X-3d", lambda: cuconv.corr2d(x4(2, 3, 3), x4(2, 2)), ValueError,
@@ -584,6 +593,18 @@ VALID_EDGE_CASES = [
     ("adaptive-torch-size", lambda f: f.adaptive_avg_pool2d(x4(), torch.Size([3, 5]))),
     ("adaptive-list", lambda f: f.adaptive_avg_pool2d(x4(), [3, None])),
     ("adaptive-unbatched-no-channels", lambda f: f.adaptive_avg_pool2d(x4(0, 4, 4), 2)),
+    # ints as torch's argument parser takes them: one-element tensors of an integer or bool dtype
+    ("conv2d-tensor-ints", lambda f: f.conv2d(x4(), w4(), stride=torch.tensor(2), padding=torch.tensor([1]),
+                                              dilation=torch.tensor(True), groups=torch.tensor(1))),
+    ("conv2d-pair-of-tensors", lambda f: f.conv2d(x4(), w4(), stride=(torch.tensor(2, dtype=torch.uint8),
+                                                                    torch.tensor([[1]])))),
+    ("conv_transpose2d-tensor-ints", lambda f: f.conv_transpose2d(
+        x4(), w4(4, 6, 3, 3), stride=torch.tensor(2), padding=torch.tensor(1), output_padding=torch.tensor(1),
+        groups=torch.tensor(2, dtype=torch.int32), dilation=(1, torch.tensor(2)))),
+    ("max_pool2d-tensor-ints", lambda f: f.max_pool2d(x4(), torch.tensor(3), torch.tensor([2]), (torch.tensor(1), 0))),
+    ("avg_pool2d-tensor-ints", lambda f: f.avg_pool2d(x4(), torch.tensor([3]), padding=torch.tensor(1),
+                                                      divisor_override=torch.tensor(5))),
+    ("adaptive-tensor-pair", lambda f: f.adaptive_avg_pool2d(x4(), torch.tensor([3, 5]))),
 ]
 
 

@@ -409,6 +409,47 @@ def test_adaptive_avg_pool2d_empty_cases(channels, output_size, device):
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias,groups,unbatched", [(True, 1, False), (False, 1, False), (True, 3, False),
+                                                   (True, 1, True)])
+def test_conv2d_of_no_channels_is_the_bias(bias, groups, unbatched, dtype, device):
+    """Each output of a convolution over zero input channels is a sum of no products: the bias, or
+    zero (torch.nn.Conv2d's formula; torch 2.14's own op returns zero output channels there). The
+    bias gradient sums grad_output as always; input and weight get empty gradients of their shapes."""
+    make = lambda *shape: torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)  # noqa: E731
+    x = make(0, 7, 5) if unbatched else make(2, 0, 7, 5)
+    w, b = make(6, 0, 3, 2), (make(6) if bias else None)
+    out = CF.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), groups=groups)
+    batch_shape = (6, 4, 4) if unbatched else (2, 6, 4, 4)
+    expected = torch.zeros(batch_shape, device=device, dtype=dtype)
+    if bias:
+        expected += b.detach().view(6, 1, 1)
+    assert out.dtype == dtype and out.device == x.device
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad = torch.randn(batch_shape, device=device, dtype=dtype)
+    out.backward(grad)
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    if bias:
+        torch.testing.assert_close(b.grad, grad.sum(dim=(-1, -2) if unbatched else (0, 2, 3)))
+    # the module: in_channels=0 (torch's initialisation warns that an empty weight is left as it is)
+    with pytest.warns(UserWarning, match="zero-element"):
+        module = cuconv.Conv2d(0, 4, 3, padding=1, bias=bias).to(device=device, dtype=dtype)
+    assert module(x.detach()).shape == ((4, 7, 5) if unbatched else (2, 4, 7, 5))
+
+
+def test_conv2d_of_no_channels_checks_its_arguments():
+    x = torch.randn(2, 0, 5, 5)
+    with pytest.raises(ValueError, match=r"the dilated kernel \(7 x 7\) to fit in the padded input \(5 x 5\)"):
+        CF.conv2d(x, torch.randn(3, 0, 7, 7))
+    with pytest.raises(ValueError, match=r"expected bias of shape \[3\]"):
+        CF.conv2d(x, torch.randn(3, 0, 3, 3), torch.randn(4))
+    with pytest.raises(ValueError, match=r"to be divisible by groups=2"):
+        CF.conv2d(x, torch.randn(3, 0, 3, 3), groups=2)
+    with pytest.raises(ValueError, match=r"at least one channel"):  # (the raw op takes at least one)
+        ops.conv2d(x, torch.randn(3, 0, 3, 3), None, [1, 1], [0, 0], [1, 1], 1)
+
+
 # --- layouts, batch sizes and dtypes ------------------------------------------------------
 
 LAYOUTS = {
