@@ -113,6 +113,8 @@ CONV_CASES += [
 CONV_CASES += [
     ConvCase("regnet.s1.conv", 32, 32, 24, 3, padding=1, groups=2),
     ConvCase("regnet.s2.conv", 80, 80, 12, 3, padding=1, groups=5),
+    ConvCase("regnet.s1.conv.cl", 32, 32, 24, 3, padding=1, groups=2, channels_last=True),
+    ConvCase("regnet.s2.conv.cl", 80, 80, 12, 3, padding=1, groups=5, channels_last=True),
     ConvCase("depthwise.56", 64, 64, 56, 3, padding=1, groups=64),
     ConvCase("depthwise.14", 256, 256, 14, 3, padding=1, groups=256),
 ]

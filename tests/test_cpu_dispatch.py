@@ -438,6 +438,13 @@ GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)
     ((2, 8, 13, 9), (8, 2, 3, 2), (2, 1), (1, 0), (1, 2), 4),
     ((4, 64, 7, 7), (64, 16, 1, 1), 1, 0, 1, 4),
     ((2, 6, 9, 12), (4, 3, 5, 5), 2, 2, 1, 2),
+    # wider groups, as RegNet's (the NHWC kernels' panels: one vector of output channels, one and
+    # a part, three), strided, dilated, and unpadded (read in place, a pixel's channels apart)
+    ((2, 80, 6, 7), (80, 16, 3, 3), 1, 1, 1, 5),
+    ((2, 48, 9, 9), (48, 24, 3, 3), 2, 1, 1, 2),
+    ((2, 32, 8, 9), (96, 16, 3, 3), 1, 2, 2, 2),
+    ((3, 64, 5, 5), (40, 32, 1, 1), 1, 0, 1, 2),
+    ((2, 24, 7, 6), (36, 8, 2, 3), (1, 2), 0, 1, 3),
 ]
 
 
@@ -610,6 +617,62 @@ def test_direct_by_group_leaves_a_nonfinite_weight_to_the_other_ways(monkeypatch
     ours = torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), [1, 1], [1, 1], [1, 1], 2)
     theirs = torch.ops.aten.convolution_backward(dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 2,
                                                  [True, False, False])[0]
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+# (input, weight, stride, padding, dilation): output channels within a vector, one and a part, and
+# several panels; 1x1 in place, strided, dilated, uneven kernels; images of fewer pixels than a tile
+NHWC_DIRECT_CASES = [
+    ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1),
+    ((2, 16, 9, 8), (20, 16, 3, 3), 1, 1, 1),
+    ((2, 24, 7, 7), (70, 24, 3, 3), 2, 1, 1),
+    ((3, 64, 6, 6), (130, 64, 1, 1), 1, 0, 1),
+    ((2, 32, 9, 9), (48, 32, 1, 1), 2, 0, 1),
+    ((2, 8, 11, 10), (5, 8, 3, 2), (1, 2), (2, 1), (2, 1)),
+    ((5, 40, 3, 3), (36, 40, 3, 3), 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("case", NHWC_DIRECT_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
+def test_channels_last_direct_kernels_match_torch(case, isa, monkeypatch):
+    """CUCONV_CPU_DIRECT=1 runs a float32 channels_last layer on the direct kernels over NHWC pixels
+    (the forward pass and weight gradient always, the input gradient at stride 1): torch's values
+    in torch's channels_last layout, every pass."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    if cuconv._C.cpu_kernels()["isa"] != isa:
+        pytest.skip(f"no {isa} on this CPU")
+    x_shape, w_shape, stride, padding, dilation = case
+    x = torch.randn(*x_shape).contiguous(memory_format=torch.channels_last)
+    tensors = [x, torch.randn(*w_shape), torch.randn(w_shape[0])]
+    conv = lambda f: (lambda x, w, b: f.conv2d(x, w, b, stride, padding, dilation))  # noqa: E731
+    out, grads = forward_and_grads(conv(CF), tensors)
+    assert cuconv._C.cpu_kernels()["last_direct"] == isa
+    ref, ref_grads = forward_and_grads(lambda x, w, b: conv(F)(x.double(), w.double(), b.double()), tensors)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    assert_matches(out, ref.float(), torch.float32)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r.float(), torch.float32)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_direct_forward_keeps_the_nans_of_nonfinite_weights(channels_last, groups, monkeypatch):
+    """An Inf or NaN weight times the padding's zeros is NaN (the reference is torch's convolution
+    of the explicitly padded input, as in test_errors.py: torch's float32 kernels skip the padding,
+    its float64 ones give NaN): the direct kernels, of one group or group by group, skip no tap of
+    the padding then (in NHWC they skip the kernel rows in the padding only for finite weights)."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    x, w = torch.randn(2, 16 * groups, 7, 6), torch.randn(32, 16, 3, 3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w[3, 5, 0, 1] = float("inf")
+    w[20, 0, 2, 2] = float("nan")
+    ours = CF.conv2d(x, w, None, 1, 1, 1, groups)
+    theirs = F.conv2d(F.pad(x, (1, 1, 1, 1)), w, None, 1, 0, 1, groups)
+    assert ours.isnan().any() and ours.isfinite().any()
     torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 

@@ -972,22 +972,34 @@ bool runs_channels_last(const ConvGeometry& g, const Tensor& t) {
 }
 
 // Which runs such a pass: the NHWC kernels, the NHWC Winograd (`winograd`, given for float32;
-// where it suits, CUCONV_CPU_WINOGRAD as for NCHW) or the NCHW kernels between two layout
-// copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). Which wins depends on the
-// layer and pass (benchmarks/NOTES.md: Winograd on 3x3 stride-1 layers, the NCHW kernels between
-// copies on some small images).
+// where it suits, CUCONV_CPU_WINOGRAD as for NCHW), the direct kernels on NHWC pixels (`direct`,
+// given for float32 where they can run; CUCONV_CPU_DIRECT=1 runs them) or the NCHW kernels between
+// two layout copies, measured per shape (tuner.h; "nhwc" with CUCONV_CPU_TUNE=0). Which wins
+// depends on the layer and pass (benchmarks/NOTES.md: Winograd on 3x3 stride-1 layers, the NCHW
+// kernels between copies on some small images, the direct ones on few channels).
 void choose_layout(const ConvGeometry& g, ConvPass pass, ScalarType dtype, const std::function<void()>& nhwc,
-                   const std::function<void()>& nchw, const std::function<void()>& winograd) {
+                   const std::function<void()>& nchw, const std::function<void()>& winograd,
+                   const std::function<void()>& direct) {
   const OptionalMode wmode = winograd && winograd_can_run(g, pass)
                                  ? optional_kernel_mode("CUCONV_CPU_WINOGRAD")
                                  : OptionalMode::kNever;
   if (wmode == OptionalMode::kAlways) return winograd();
+  const DirectMode dmode = direct ? direct_conv_mode() : DirectMode::kNever;
+  if (dmode == DirectMode::kAlways) return direct();
   if (!tuning_enabled()) return nhwc();
   const char* variant = dtype == ScalarType::Double ? "float64 channels_last" : "float32 channels_last";
   std::vector<Candidate> candidates{{kernel_name(KernelName::kNhwc), nhwc}, {kernel_name(KernelName::kNchw), nchw}};
   if (wmode == OptionalMode::kAuto && direct_conv_mode() == DirectMode::kAuto)
     candidates.push_back({kernel_name(KernelName::kNhwcWinograd), winograd});
+  if (dmode == DirectMode::kAuto) candidates.push_back({kernel_name(KernelName::kNhwcDirect), direct});
   run_tuned(tuning_key(g, pass, variant), candidates);
+}
+
+// choose_layout's direct candidate: `run` for a float32 pass where the direct kernels can run
+// (and `suits`), else none.
+std::function<void()> nhwc_direct_if(const Tensor& t, bool suits, std::function<void()> run) {
+  if (t.scalar_type() != ScalarType::Float || !suits || direct_conv_mode() == DirectMode::kNever) return nullptr;
+  return run;
 }
 
 // choose_layout's Winograd candidate for a float32 pass over operands a and b (none for other
@@ -1320,15 +1332,24 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   if (g.groups > 1) {
     std::function<Tensor()> direct_by_group;
     if (input.scalar_type() == ScalarType::Float) direct_by_group = [&] {
-      const Tensor x = contiguous_or_self(input);
-      Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
       const DirectConv p = group_problem(g);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      const float* wf = w.const_data_ptr<float>();
+      const float* bf = b.defined() ? b.const_data_ptr<float>() : nullptr;
+      if (is_channels_last(input)) {  // NHWC in place: a group's channels are a run of each pixel's
+        Tensor y = empty_channels_last_like(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
+        const bool finite = all_finite(Operands{{wf, w.numel()}});
+        for (int64_t gi = 0; gi < g.groups; ++gi)
+          direct_conv_forward_nhwc(p, input.const_data_ptr<float>() + gi * C, wf + gi * O * g.column_rows(),
+                                   bf != nullptr ? bf + gi * O : nullptr, y.mutable_data_ptr<float>() + gi * O, finite);
+        return y;
+      }
+      const Tensor x = contiguous_or_self(input);
+      Tensor y = empty_like_with(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
       for (int64_t gi = 0; gi < g.groups; ++gi)
-        direct_conv_forward(p, x.const_data_ptr<float>() + gi * C * g.height * g.width,
-                            w.const_data_ptr<float>() + gi * O * g.column_rows(),
-                            b.defined() ? b.const_data_ptr<float>() + gi * O : nullptr,
-                            y.mutable_data_ptr<float>() + gi * O * g.out_plane(), stores_by_rule(p));
+        direct_conv_forward(p, x.const_data_ptr<float>() + gi * C * g.height * g.width, wf + gi * O * g.column_rows(),
+                            bf != nullptr ? bf + gi * O : nullptr, y.mutable_data_ptr<float>() + gi * O * g.out_plane(),
+                            stores_by_rule(p));
       return in_layout_of(input, y);
     };
     return run_grouped(g, ConvPass::kForward, input, [&] { return in_layout_of(input, nchw()); }, direct_by_group, [&] {
@@ -1361,6 +1382,12 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
                                                    w.const_data_ptr<float>(),
                                                    b.defined() ? b.const_data_ptr<float>() : nullptr,
                                                    y.mutable_data_ptr<float>());
+                  }),
+                  nhwc_direct_if(input, true, [&] {
+                    const float* wf = w.const_data_ptr<float>();
+                    direct_conv_forward_nhwc(direct_problem(g), input.const_data_ptr<float>(), wf,
+                                             b.defined() ? b.const_data_ptr<float>() : nullptr,
+                                             y.mutable_data_ptr<float>(), all_finite(Operands{{wf, w.numel()}}));
                   }));
     return y;
   }
@@ -1440,9 +1467,17 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
     if (grad_output.scalar_type() == ScalarType::Float && direct_conv_backward_input_suits(group) &&
         all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}))  // (as run_float_pass's direct_exact)
       direct_by_group = [&] {
+        const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+        if (is_channels_last(grad_output)) {  // NHWC in place, as the forward pass
+          Tensor dx = empty_channels_last_like(grad_output, input_size);
+          for (int64_t gi = 0; gi < g.groups; ++gi)
+            direct_conv_backward_input_nhwc(group, grad_output.const_data_ptr<float>() + gi * O,
+                                            w.const_data_ptr<float>() + gi * O * g.column_rows(),
+                                            dx.mutable_data_ptr<float>() + gi * C);
+          return dx;
+        }
         const Tensor dy = contiguous_or_self(grad_output);
         Tensor dx = empty_like_with(grad_output, input_size);
-        const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
         for (int64_t gi = 0; gi < g.groups; ++gi)
           direct_conv_backward_input(group, dy.const_data_ptr<float>() + gi * O * g.out_plane(),
                                      w.const_data_ptr<float>() + gi * O * g.column_rows(),
@@ -1475,7 +1510,16 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                   nhwc_winograd_or(native, grad_output, w, [&] {
                     winograd_channels_last_backward_input(direct_problem(g), grad_output.const_data_ptr<float>(),
                                                           w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
-                  }));
+                  }),
+                  // (finite weights only: the padding's products are skipped)
+                  nhwc_direct_if(grad_output,
+                                 grad_output.scalar_type() == ScalarType::Float &&
+                                     direct_conv_backward_input_suits(direct_problem(g)) &&
+                                     all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}),
+                                 [&] {
+                                   direct_conv_backward_input_nhwc(direct_problem(g), grad_output.const_data_ptr<float>(),
+                                                                   w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
+                                 }));
     return dx;
   }
   return in_layout_of(grad_output, nchw());
@@ -1538,10 +1582,18 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
   if (g.groups > 1) {
     std::function<Tensor()> direct_by_group;
     if (grad_output.scalar_type() == ScalarType::Float) direct_by_group = [&] {
-      const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
-      Tensor dw = empty_like_with(dy, weight_size);
       const DirectConv p = group_problem(g);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
+      if (is_channels_last(grad_output) && is_channels_last(input)) {  // NHWC in place, as the forward pass
+        Tensor dw = empty_like_with(grad_output, weight_size);
+        for (int64_t gi = 0; gi < g.groups; ++gi)
+          direct_conv_backward_weight_nhwc(p, input.const_data_ptr<float>() + gi * C,
+                                           grad_output.const_data_ptr<float>() + gi * O,
+                                           dw.mutable_data_ptr<float>() + gi * O * g.column_rows());
+        return dw;
+      }
+      const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);
+      Tensor dw = empty_like_with(dy, weight_size);
       for (int64_t gi = 0; gi < g.groups; ++gi)
         direct_conv_backward_weight(p, x.const_data_ptr<float>() + gi * C * g.height * g.width,
                                     dy.const_data_ptr<float>() + gi * O * g.out_plane(),
@@ -1576,6 +1628,10 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
                     winograd_channels_last_backward_weight(direct_problem(g), input.const_data_ptr<float>(),
                                                            grad_output.const_data_ptr<float>(),
                                                            dw.mutable_data_ptr<float>());
+                  }),
+                  nhwc_direct_if(grad_output, true, [&] {
+                    direct_conv_backward_weight_nhwc(direct_problem(g), input.const_data_ptr<float>(),
+                                                     grad_output.const_data_ptr<float>(), dw.mutable_data_ptr<float>());
                   }));
     return dw;
   }

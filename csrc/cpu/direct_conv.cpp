@@ -289,9 +289,33 @@ ForwardInput nchw_input(const DirectConv& p, const float* in) {
           std::vector<TapRange>(p.out_h, TapRange{0, taps_of(p)})};
 }
 
-// Tap (c, i, j)'s offset from its window's origin in a zero-padded NHWC sample ([Hp][Wp][C]).
+// An NHWC tensor's elements from one pixel to the next: its channels, or where `p` is one group of
+// a grouped channels_last layer (read in place), the whole layer's (its sample stride over a plane).
+int64_t input_pixel_stride(const DirectConv& p) { return p.in_stride() / (p.height * p.width); }
+int64_t output_pixel_stride(const DirectConv& p) { return p.out_stride() / (p.out_h * p.out_w); }
+
+// Tap (c, i, j)'s offset from its window's origin in an NHWC sample of `row` elements a row and
+// `pixel` a pixel ([Hp][Wp][C] zero-padded: Wp*C and C).
+int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j, int64_t row, int64_t pixel) {
+  return i * p.dilation_h * row + j * p.dilation_w * pixel + c;
+}
 int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
-  return (i * p.dilation_h * padded_w(p) + j * p.dilation_w) * p.in_channels + c;
+  return nhwc_tap_offset(p, c, i, j, padded_w(p) * p.in_channels, p.in_channels);
+}
+
+// One NHWC sample (pixels input_pixel_stride(p) elements apart) into the interior of its
+// zero-padded copy [Hp][Wp][C] (the border is left as it is: zero).
+void copy_into_nhwc_padding(const DirectConv& p, const float* sample, float* padded) {
+  const int64_t C = p.in_channels, pixel = input_pixel_stride(p);
+  const DirectTiles::GatherPixels gather = pixel != C ? cpu_direct_tiles()->gather_pixels : nullptr;
+  for (int64_t h = 0; h < p.height; ++h) {
+    float* row = padded + ((h + p.pad_h) * padded_w(p) + p.pad_w) * C;
+    if (gather == nullptr) {
+      std::memcpy(row, sample + h * p.width * C, p.width * C * sizeof(float));
+    } else {
+      gather(sample + h * p.width * pixel, p.width, pixel, C, row);
+    }
+  }
 }
 
 // In NHWC the taps of one kernel row i are a contiguous run, [i*kW*C, (i+1)*kW*C): where
@@ -299,13 +323,16 @@ int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
 // image (ih = oh*sH - pH + i*dH), and the others' products (zeros times weights) are never made.
 // On a 3x3 image with a 3x3 kernel, 2 of its 9 kernel-row products; on 6x6, 2 of 18. (An Inf or
 // NaN weight times a zero is NaN, as torch has it: the caller skips only with finite weights.)
+// An unpadded sample is read in place, its pixels input_pixel_stride(p) elements apart.
 ForwardInput nhwc_input(const DirectConv& p, const float* in, bool skip_padding_rows) {
-  const int64_t C = p.in_channels, wp = padded_w(p), row_taps = p.kernel_w * C;
+  const int64_t C = p.in_channels, row_taps = p.kernel_w * C;
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  const int64_t pixel = pads ? C : input_pixel_stride(p), row = padded_w(p) * pixel;
   std::vector<int64_t> taps;
   taps.reserve(taps_of(p));
   for (int64_t i = 0; i < p.kernel_h; ++i)
     for (int64_t j = 0; j < p.kernel_w; ++j)
-      for (int64_t c = 0; c < C; ++c) taps.push_back(nhwc_tap_offset(p, c, i, j));
+      for (int64_t c = 0; c < C; ++c) taps.push_back(nhwc_tap_offset(p, c, i, j, row, pixel));
   std::vector<TapRange> ranges(p.out_h, TapRange{0, taps_of(p)});
   for (int64_t oh = 0; skip_padding_rows && oh < p.out_h; ++oh) {
     int64_t first = p.kernel_h, last = -1;  // the kernel rows inside the image
@@ -315,14 +342,7 @@ ForwardInput nhwc_input(const DirectConv& p, const float* in, bool skip_padding_
     }
     ranges[oh] = last < 0 ? TapRange{0, 0} : TapRange{first * row_taps, (last + 1) * row_taps};
   }
-  return {in, p.stride_h * wp * C, p.stride_w * C, std::move(taps),
-          [](const DirectConv& q, const float* sample, float* padded) {
-            const int64_t row = q.width * q.in_channels;  // one input row's elements
-            for (int64_t h = 0; h < q.height; ++h)
-              std::memcpy(padded + ((h + q.pad_h) * padded_w(q) + q.pad_w) * q.in_channels, sample + h * row,
-                          row * sizeof(float));
-          },
-          std::move(ranges)};
+  return {in, p.stride_h * row, p.stride_w * pixel, std::move(taps), copy_into_nhwc_padding, std::move(ranges)};
 }
 
 // The forward pass's outputs. panel_forward leaves each panel's sums for a group of rows of one
@@ -422,6 +442,38 @@ struct BFloat16PixelOutput {
 
    private:
     const BFloat16PixelOutput& o_;
+    const Panel* panel_ = nullptr;
+    int64_t first_row_ = 0, rows_ = 0;
+  };
+};
+
+// NHWC float: each pixel's sums plus bias, the panel's channels of the pixel at once, the pixels
+// output_pixel_stride(p) floats apart (one group's channels of a grouped layer's output, in place).
+struct FloatPixelOutput {
+  const DirectTiles& tiles;
+  const DirectConv& p;
+  float* out;
+  const float* bias;  // may be null
+
+  class Writer {
+   public:
+    Writer(const FloatPixelOutput& o, int64_t) : o_(o) {}
+    static constexpr bool kRowsCrossSamples = true;  // (each row placed on its own)
+    void start(const Panel& panel, int64_t first_row, int64_t rows) { panel_ = &panel, first_row_ = first_row, rows_ = rows; }
+    void prefetch(int64_t, int64_t) const {}
+    void write(const float* rows, int64_t width) const {
+      const DirectConv& p = o_.p;
+      const int64_t pixel = output_pixel_stride(p);
+      for (int64_t r = 0; r < rows_; ++r) {
+        const int64_t n = (first_row_ + r) / p.out_h, oh = (first_row_ + r) % p.out_h;
+        o_.tiles.to_pixels(rows + r * p.out_w * width, p.out_w, width, panel_->count,
+                           o_.bias != nullptr ? o_.bias + panel_->first : nullptr,
+                           o_.out + n * p.out_stride() + oh * p.out_w * pixel + panel_->first, pixel);
+      }
+    }
+
+   private:
+    const FloatPixelOutput& o_;
     const Panel* panel_ = nullptr;
     int64_t first_row_ = 0, rows_ = 0;
   };
@@ -604,6 +656,33 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
   }
   panel_forward(tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs), skip_padding_rows),
                 reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{tiles, pairs, out, bias, at});
+}
+
+namespace {
+
+// OIHW weights as [O][kH][kW][C], the order of nhwc_input's taps.
+std::vector<float> channels_innermost(const float* weight, int64_t O, int64_t C, int64_t kernel_taps) {
+  std::vector<float> w(O * C * kernel_taps);
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < kernel_taps; ++k) w[(o * kernel_taps + k) * C + c] = weight[(o * C + c) * kernel_taps + k];
+  return w;
+}
+
+}  // namespace
+
+void direct_conv_forward_nhwc(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
+                              bool skip_padding_rows) {
+  const DirectTiles& tiles = tiles_or_fail();
+  const std::vector<float> w = channels_innermost(weight, p.out_channels, p.in_channels, p.kernel_h * p.kernel_w);
+  panel_forward(tiles, p, nhwc_input(p, in, skip_padding_rows), w.data(), FloatPixelOutput{tiles, p, out, bias});
+}
+
+void direct_conv_backward_input_nhwc(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
+  CUCONV_CHECK(direct_conv_backward_input_suits(p), "cuconv: internal error: no direct input gradient for this layer");
+  // (the padding's zeros skipped: the weights are finite, the caller's promise)
+  direct_conv_forward_nhwc(input_gradient_as_forward(p), grad_out, flipped_kernel(p, weight).data(), nullptr, grad_in,
+                           /*skip_padding_rows=*/true);
 }
 
 namespace {
@@ -874,6 +953,41 @@ void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t*
         }
       }};
   panel_backward_weight(tiles, pairs, operands, grad_weight);
+}
+
+void direct_conv_backward_weight_nhwc(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight) {
+  const int64_t C = p.in_channels;
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  const int64_t pixel = pads ? C : input_pixel_stride(p), row = padded_w(p) * pixel;
+  const int64_t out_pixel = output_pixel_stride(p);
+  std::vector<int64_t> taps;  // tap (c, i, j), the weight's order
+  taps.reserve(taps_of(p));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < p.kernel_h; ++i)
+      for (int64_t j = 0; j < p.kernel_w; ++j) taps.push_back(nhwc_tap_offset(p, c, i, j, row, pixel));
+  const WeightOperands operands{
+      [&](int64_t n, float* buffer) {
+        const float* sample = in + n * p.in_stride();
+        if (!pads) return sample;
+        copy_into_nhwc_padding(p, sample, buffer);
+        return static_cast<const float*>(buffer);
+      },
+      pads,
+      std::move(taps),
+      p.stride_h * row,
+      p.stride_w * pixel,
+      // grad_output's rows, NHWC already pixel-major: the panel's channels of each pixel, zeros past them
+      [&](const Panel& panel, int64_t width, int64_t first, int64_t count, float* rows) {
+        for (int64_t r = first; r < first + count; ++r) {
+          const int64_t n = r / p.out_h, oh = r % p.out_h;
+          const float* dy = grad_out + n * p.out_stride() + oh * p.out_w * out_pixel + panel.first;
+          for (int64_t ow = 0; ow < p.out_w; ++ow, rows += width) {
+            std::copy_n(dy + ow * out_pixel, panel.count, rows);
+            std::fill(rows + panel.count, rows + width, 0.f);
+          }
+        }
+      }};
+  panel_backward_weight(tiles_or_fail(), p, operands, grad_weight);
 }
 
 bool direct_conv_backward_input_suits(const DirectConv& p) {

@@ -84,6 +84,21 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
                                     const float* bias, uint16_t* out, bool skip_padding_rows,
                                     const PixelPlacement* placement = nullptr);
 
+// float32 with the channels innermost (NHWC): the float tiles on nhwc pixels, for one group of a
+// grouped channels_last layer read and written in place. `p` is the group's problem (its
+// channels), its sample strides the whole layer's (H*W*C_total and H_out*W_out*O_total, as
+// group_problem in conv2d.cpp sets them; 0 for a layer of one group), and `in` / `out` (`grad_*`)
+// point at the group's first channel of sample 0; weights are OIHW, as torch's. The sums are the
+// NCHW direct kernels' up to the order of the taps (here kernel row, column, then channel).
+// Forward: where `skip_padding_rows` (the weights all finite), the products of kernel rows that fall
+// in the padding are not made.
+void direct_conv_forward_nhwc(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
+                              bool skip_padding_rows);
+// Input gradient (direct_conv_backward_input_suits; finite weights only: the padding's rows are skipped).
+void direct_conv_backward_input_nhwc(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in);
+// Weight gradient, into the group's OIHW `grad_weight` (every element written), in a fixed order.
+void direct_conv_backward_weight_nhwc(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight);
+
 // `count` blocks of `plane` positions of `channels` bfloat16 values (their bits; channel-major as
 // NCHW or OIHW, or position-major as NHWC where `channels_last`) as [count][plane][ceil(channels/2)]
 // channel pairs (a zero channel past an odd count), as direct_conv_forward_pairs_nhwc reads them.
@@ -183,6 +198,11 @@ struct DirectTiles {
   using ToBFloat16Pixels = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
                                     uint16_t* y, int64_t pixel_stride);
   ToBFloat16Pixels to_bfloat16_pixels = nullptr;  // the same row rounded into NHWC bfloat16 (direct_row_to_bfloat16_pixels)
+  using ToPixels = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias, float* y,
+                            int64_t pixel_stride);
+  ToPixels to_pixels = nullptr;  // the same row into NHWC float (direct_row_to_pixels)
+  using GatherPixels = void (*)(const float* in, int64_t pixels, int64_t stride, int64_t count, float* out);
+  GatherPixels gather_pixels = nullptr;  // runs of floats a stride apart, packed (direct_gather_pixels)
   // the row tile (vectors along output columns): row_rows x row_channels, for few channels
   Row row = nullptr;
   int64_t row_rows = 0, row_channels = 0;

@@ -223,6 +223,43 @@ void direct_row_to_planes(const float* row, int64_t pixels, int64_t width, int64
   }
 }
 
+// An output row's sums plus bias into NHWC float pixels: y[q * pixel_stride + o] = row[q * width + o]
+// + bias[o] for channels o < count and pixels q < pixels, a vector of kLanes channels at a time
+// (the last one masked). bias may be null.
+template <class Isa>
+void direct_row_to_pixels(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias, float* y,
+                          int64_t pixel_stride) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  const int64_t vectors = (count + L - 1) / L, last = count - (vectors - 1) * L;  // channels of the last vector
+  V b[DirectTiles::kMaxVectors];
+  for (int64_t v = 0; v < vectors; ++v)
+    b[v] = bias == nullptr ? Isa::zero() : v + 1 < vectors || last == L ? Isa::load(bias + v * L)
+                                                                        : Isa::load_first(bias + v * L, last);
+  for (int64_t q = 0; q < pixels; ++q)
+    for (int64_t v = 0; v < vectors; ++v) {
+      const V sums = Isa::add(Isa::load(row + q * width + v * L), b[v]);  // (lanes past count: the tiles' zeros)
+      if (v + 1 < vectors || last == L) {
+        Isa::store(y + q * pixel_stride + v * L, sums);
+      } else {
+        Isa::store_first(y + q * pixel_stride + v * L, sums, last);
+      }
+    }
+}
+
+// `pixels` runs of `count` floats, `stride` floats apart, one after another into `out`: a group's
+// channels of NHWC pixels into a zero-padded sample's row (a memcpy call per pixel took 9% of a
+// grouped layer's forward pass).
+template <class Isa>
+void direct_gather_pixels(const float* in, int64_t pixels, int64_t stride, int64_t count, float* out) {
+  constexpr int L = Isa::kLanes;
+  for (int64_t q = 0; q < pixels; ++q, in += stride, out += count) {
+    int64_t c = 0;
+    for (; c + L <= count; c += L) Isa::store(out + c, Isa::load(in + c));
+    if (c < count) Isa::store_first(out + c, Isa::load_first(in + c, count - c), count - c);
+  }
+}
+
 // An output row's sums plus bias rounded into NHWC bfloat16 (their bits): y[q * pixel_stride + o]
 // = round(row[q * width + o] + bias[o]) for channels o < count and pixels q < pixels
 // (round_to_bfloat16), a vector of kLanes channels at a time. The forward tiles leave a row pixel-major, as NHWC
@@ -270,4 +307,6 @@ void fill_direct_tiles(DirectTiles& tiles) {
   tiles.to_planes = &direct_row_to_planes<Isa, float>;
   tiles.to_bfloat16_planes = &direct_row_to_planes<Isa, uint16_t>;
   tiles.to_bfloat16_pixels = &direct_row_to_bfloat16_pixels<Isa>;
+  tiles.to_pixels = &direct_row_to_pixels<Isa>;
+  tiles.gather_pixels = &direct_gather_pixels<Isa>;
 }

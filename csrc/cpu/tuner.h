@@ -19,7 +19,7 @@ namespace cuconv {
 // by a build with other candidates never tried the new ones, so they are measured again.
 enum class KernelName {
   kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
-  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kByPhase,
+  kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kByPhase, kNhwcDirect,
   kPoolGroups, kPoolRows, kPoolPlanes,  // tiled 2x2 average pooling (pool2d.cpp)
   kCount
 };
