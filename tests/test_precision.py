@@ -156,6 +156,18 @@ PAIR_CASES = {
     "1x1-strided": dict(x=(2, 7, 10, 11), w=(13, 7, 1, 1), args=((3, 2), 0, 1, 1)),
 }
 
+# Grouped layers: the forward pass (and stride-1 input gradient) on pairs, group by group in place
+# (an even number of channels a group, input channels for the forward pass, output channels for
+# the input gradient): a vector and a half of output channels a group, strided and dilated with
+# three pairs a group, unpadded 1x1 (read in place, a pixel's pairs a group apart), and three
+# output channels a group.
+GROUPED_PAIR_CASES = {
+    "grouped-3x3": dict(x=(2, 32, 9, 8), w=(48, 16, 3, 3), args=(1, 1, 1, 2)),
+    "grouped-strided-dilated": dict(x=(3, 24, 11, 10), w=(16, 6, 3, 2), args=((2, 1), (1, 2), (1, 2), 4)),
+    "grouped-1x1": dict(x=(2, 20, 6, 7), w=(10, 4, 1, 1), args=(1, 0, 1, 5)),
+    "grouped-odd-outputs": dict(x=(2, 12, 7, 9), w=(9, 4, 3, 3), args=(1, 1, 1, 3)),  # (input gradient: no pairs)
+}
+
 
 @pytest.fixture
 def pairs_forced(monkeypatch):
@@ -172,8 +184,10 @@ def input_gradient_on_pairs(case, channels_last):
     """Whether the case's input gradient runs on pairs: as a forward pass where the stride is 1 and
     the padding within the kernel's reach, and in channels_last where the layer is 1x1 unpadded."""
     stride, padding, dilation = (v if isinstance(v, tuple) else (v, v) for v in case["args"][:3])
-    kernel = case["w"][2:]
+    kernel, groups = case["w"][2:], case["args"][3]
     as_forward = stride == (1, 1) and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation, kernel))
+    if groups > 1:  # (as forward passes group by group, where a group's output channels pair up)
+        return as_forward and case["w"][0] // groups % 2 == 0
     return as_forward or (channels_last and kernel == (1, 1) and padding == (0, 0))
 
 
@@ -187,12 +201,12 @@ def note_a_float32_direct_pass(monkeypatch):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("case", PAIR_CASES)
+@pytest.mark.parametrize("case", [*PAIR_CASES, *GROUPED_PAIR_CASES])
 def test_bfloat16_direct_kernels_on_channel_pairs(case, channels_last, pairs_forced, monkeypatch):
-    """bfloat16 forward passes (and stride-1 input gradients) by the direct kernels on pairs of
-    channels (vdpbf16ps): as accurate as torch, in the input's layout, and the kernel record says
-    they ran."""
-    c = PAIR_CASES[case]
+    """bfloat16 forward passes (and stride-1 input gradients of one group) by the direct kernels on
+    pairs of channels (vdpbf16ps): as accurate as torch, in the input's layout, and the kernel
+    record says they ran."""
+    c = {**PAIR_CASES, **GROUPED_PAIR_CASES}[case]
     w_scale = 1 / (c["w"][1] * c["w"][2] * c["w"][3]) ** 0.5
     layout = torch.channels_last if channels_last else torch.contiguous_format
     used = []

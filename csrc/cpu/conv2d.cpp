@@ -1195,6 +1195,64 @@ Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor
                            b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
 }
 
+// A grouped layer's bfloat16 pass as forward passes on the pairs, group by group in place: `q` one
+// group's problem (C' input and O' output channels, an even C' so that no pair straddles two
+// groups; its samples the whole layer's elements apart), `w` [groups * O'][C'][kH][kW] (bits), `bias`
+// float (may be null). A channels_last input's pairs are read as they are, each group's a run of
+// every pixel's; an NCHW input's are interleaved into planes of pairs once, each group's a run of
+// every sample's planes (PairWay::kPixels is for one group only).
+Tensor grouped_pair_sums_rounded(const DirectConv& q, int64_t groups, const Tensor& input, const uint16_t* w,
+                                 const float* bias, PairWay way) {
+  const int64_t C = q.in_channels, O = q.out_channels, taps = q.kernel_h * q.kernel_w;
+  const std::vector<int64_t> out_size{q.batch, groups * O, q.out_h, q.out_w};
+  PackedBuffer<uint32_t> w_pairs(groups * O * C / 2 * taps);  // each output channel's, its group's input channels
+  const int64_t group_weights = O * C / 2 * taps;
+  if (is_channels_last(input)) {
+    channel_pairs_innermost(w, groups * O, C, taps, /*channels_last=*/false, w_pairs.data());
+    const bool finite = all_finite_bfloat16(w, groups * O * C * taps);
+    Tensor y = empty_channels_last_like(input, out_size);
+    const uint32_t* x_pairs = static_cast<const uint32_t*>(input.const_data_ptr());
+    for (int64_t gi = 0; gi < groups; ++gi)
+      direct_conv_forward_pairs_nhwc(q, x_pairs + gi * C / 2, w_pairs.data() + gi * group_weights,
+                                     bias != nullptr ? bias + gi * O : nullptr,
+                                     static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O, finite);
+    return y;
+  }
+  const Tensor x = contiguous_or_self(input);
+  const int64_t plane = q.height * q.width;
+  PackedBuffer<uint32_t> x_pairs(q.batch * groups * C / 2 * plane);
+  interleave_channel_pairs(bfloat16_bits(x), q.batch, groups * C, plane, x_pairs.data());
+  interleave_channel_pairs(w, groups * O, C, taps, w_pairs.data());
+  Tensor y = empty_like_with(x, out_size);
+  for (int64_t gi = 0; gi < groups; ++gi)
+    direct_conv_forward_pairs(q, x_pairs.data() + gi * C / 2 * plane, w_pairs.data() + gi * group_weights,
+                              bias != nullptr ? bias + gi * O : nullptr,
+                              static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O * q.out_h * q.out_w,
+                              way == PairWay::kPlanesStreamed ? OutputStores::kStreamed : OutputStores::kCached);
+  return y;
+}
+
+Tensor grouped_forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
+                                PairWay way) {
+  const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
+  return grouped_pair_sums_rounded(group_problem(g), g.groups, input, bfloat16_bits(w),
+                                   b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
+}
+
+// The stride-1 input gradient of a grouped layer as its forward pass over grad_output, each
+// group's kernel flipped (an even number of output channels a group).
+Tensor grouped_backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w,
+                                       PairWay way) {
+  const DirectConv q = group_problem(g);
+  const int64_t group_weights = q.out_channels * q.in_channels * q.kernel_h * q.kernel_w;
+  std::vector<uint16_t> flipped(g.groups * group_weights);
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    const std::vector<uint16_t> group = flipped_kernel(q, bfloat16_bits(w) + gi * group_weights);
+    std::copy(group.begin(), group.end(), flipped.begin() + gi * group_weights);
+  }
+  return grouped_pair_sums_rounded(input_gradient_as_forward(q), g.groups, grad_output, flipped.data(), nullptr, way);
+}
+
 // A 1x1 layer without padding, whose input gradient runs on pairs at any stride in channels_last:
 // each output pixel's gradient times W^T lands on one input pixel, (oh * sH, ow * sW), and the
 // other pixels' gradients are zero, a 1x1 forward pass over grad_output (O channels in, C out)
@@ -1248,13 +1306,17 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
                   std::function<Tensor(PairWay)> run) {
   const DirectConv p = direct_problem(g);
-  const bool runs = model.scalar_type() == ScalarType::BFloat16 && g.groups == 1 && direct_conv_pairs_available() &&
+  // (grouped layers: the forward pass and stride-1 input gradient, group by group, where the pairs
+  // of the channels summed over stay within a group)
+  const bool layer_runs = g.groups == 1 || (pass == ConvPass::kForward && g.channels_per_group % 2 == 0) ||
+                          (pass == ConvPass::kInput && g.out_channels_per_group % 2 == 0);
+  const bool runs = model.scalar_type() == ScalarType::BFloat16 && layer_runs && direct_conv_pairs_available() &&
                     (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
-                     (unpadded_1x1(p) && is_channels_last(model)));
+                     (unpadded_1x1(p) && is_channels_last(model) && g.groups == 1));
   if (!runs) return {};
   const bool planes = !is_channels_last(model);  // (NHWC: written through the caches)
   return {std::move(run), planes ? output_elements * static_cast<int64_t>(sizeof(uint16_t)) : 0,
-          planes && pass != ConvPass::kWeight};
+          planes && pass != ConvPass::kWeight && g.groups == 1};
 }
 
 // Whether a pass of a half type still chooses between the two ways above (the public ops), or
@@ -1286,7 +1348,9 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kForward, input, shape.batch * shape.out_channels * g.out_plane(),
-                  [&](PairWay way) { return forward_on_pairs(g, input, w, b, way); });
+                  [&](PairWay way) {
+                    return g.groups > 1 ? grouped_forward_on_pairs(g, input, w, b, way) : forward_on_pairs(g, input, w, b, way);
+                  });
     return run_half_types(
         g, ConvPass::kForward, input,
         [&] { return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kPacked); },
@@ -1405,7 +1469,10 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,
-                  [&](PairWay way) { return backward_input_on_pairs(g, grad_output, w, way); });
+                  [&](PairWay way) {
+                    return g.groups > 1 ? grouped_backward_input_on_pairs(g, grad_output, w, way)
+                                        : backward_input_on_pairs(g, grad_output, w, way);
+                  });
     return run_half_types(
         g, ConvPass::kInput, grad_output,
         [&] {

@@ -430,7 +430,7 @@ struct BFloat16PixelOutput {
     void prefetch(int64_t, int64_t) const {}
     void write(const float* rows, int64_t width) const {
       const PixelPlacement& at = o_.placement;
-      const int64_t O = o_.p.out_channels;
+      const int64_t O = output_pixel_stride(o_.p);  // (a group's: the whole layer's channels)
       for (int64_t r = 0; r < rows_; ++r) {
         const int64_t n = (first_row_ + r) / o_.p.out_h, oh = (first_row_ + r) % o_.p.out_h;
         o_.tiles.to_bfloat16_pixels(rows + r * o_.p.out_w * width, o_.p.out_w, width, panel_->count,
@@ -608,11 +608,12 @@ void interleave_channel_pairs(const uint16_t* x, int64_t count, int64_t channels
 
 namespace {
 
-// The forward tiles take channel pairs for channels: the layer with ceil(C/2) of them (contiguous).
+// The forward tiles take channel pairs for channels: the layer with ceil(C/2) of them (one group of
+// a grouped layer: its samples the whole layer's pairs apart; its output, bfloat16, as it is).
 DirectConv channel_pair_problem(const DirectConv& p) {
   DirectConv pairs = p;
   pairs.in_channels = (p.in_channels + 1) / 2;
-  pairs.in_sample_stride = pairs.out_sample_stride = 0;
+  pairs.in_sample_stride = p.in_sample_stride / 2;
   return pairs;
 }
 
