@@ -273,12 +273,13 @@ def test_bfloat16_nchw_passes_on_pixels(case, pairs_forced, monkeypatch):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("case", PAIR_CASES)
+@pytest.mark.parametrize("case", [*PAIR_CASES, *GROUPED_PAIR_CASES])
 def test_bfloat16_weight_gradient_on_pixel_pairs(case, channels_last, pairs_forced, monkeypatch):
     """bfloat16 weight gradients by the direct kernels on pairs of output pixels: each element the
     exact sum rounded once, for even and odd output rows (a zero pixel after the last) and every
-    column stride, in either layout (channels_last read as it is); the kernel record says they ran."""
-    c = PAIR_CASES[case]
+    column stride, in either layout (channels_last read as it is; a grouped layer's group by group
+    in place); the kernel record says they ran."""
+    c = {**PAIR_CASES, **GROUPED_PAIR_CASES}[case]
     layout = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(c["x"], generator=gen).bfloat16().contiguous(memory_format=layout)

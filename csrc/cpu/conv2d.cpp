@@ -1284,17 +1284,24 @@ Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output,
 // kernel must run then).
 Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& input,
                                 IntArrayRef weight_size) {
-  const DirectConv p = direct_problem(g);
+  // (a grouped layer's group by group in place: each group's channels, the whole layer's strides)
+  const DirectConv p = g.groups > 1 ? group_problem(g) : direct_problem(g);
   const bool nhwc = is_channels_last(input) && is_channels_last(grad_output);  // (read as they are)
   const Tensor x = nhwc ? input : contiguous_or_self(input), dy = nhwc ? grad_output : contiguous_or_self(grad_output);
   if (p.out_w % 2 != 0 && !all_finite_bfloat16(bfloat16_bits(x), x.numel())) return Tensor();
   Tensor sums = empty_like_with(x, weight_size, ScalarType::Float);
+  const int64_t C = p.in_channels, O = p.out_channels, pair_w = (p.out_w + 1) / 2;
+  float* sums_data = sums.mutable_data_ptr<float>();
   if (nhwc) {
-    direct_conv_backward_weight_pairs_nhwc(p, bfloat16_bits(x), bfloat16_bits(dy), sums.mutable_data_ptr<float>());
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      direct_conv_backward_weight_pairs_nhwc(p, bfloat16_bits(x) + gi * C, bfloat16_bits(dy) + gi * O,
+                                             sums_data + gi * O * g.column_rows());
   } else {
-    PackedBuffer<uint32_t> dy_pairs(p.batch * p.out_channels * p.out_h * ((p.out_w + 1) / 2));
-    pair_adjacent_columns(bfloat16_bits(dy), p.batch * p.out_channels, p.out_h, p.out_w, dy_pairs.data());
-    direct_conv_backward_weight_pairs(p, bfloat16_bits(x), dy_pairs.data(), sums.mutable_data_ptr<float>());
+    PackedBuffer<uint32_t> dy_pairs(p.batch * g.groups * O * p.out_h * pair_w);
+    pair_adjacent_columns(bfloat16_bits(dy), p.batch * g.groups * O, p.out_h, p.out_w, dy_pairs.data());
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      direct_conv_backward_weight_pairs(p, bfloat16_bits(x) + gi * C * p.height * p.width,
+                                        dy_pairs.data() + gi * O * p.out_h * pair_w, sums_data + gi * O * g.column_rows());
   }
   return converted(sums, ScalarType::BFloat16);
 }
@@ -1306,10 +1313,10 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
                   std::function<Tensor(PairWay)> run) {
   const DirectConv p = direct_problem(g);
-  // (grouped layers: the forward pass and stride-1 input gradient, group by group, where the pairs
-  // of the channels summed over stay within a group)
+  // (grouped layers group by group: the forward pass and stride-1 input gradient where the pairs of
+  // the channels summed over stay within a group; the weight gradient, on pairs of pixels, always)
   const bool layer_runs = g.groups == 1 || (pass == ConvPass::kForward && g.channels_per_group % 2 == 0) ||
-                          (pass == ConvPass::kInput && g.out_channels_per_group % 2 == 0);
+                          (pass == ConvPass::kInput && g.out_channels_per_group % 2 == 0) || pass == ConvPass::kWeight;
   const bool runs = model.scalar_type() == ScalarType::BFloat16 && layer_runs && direct_conv_pairs_available() &&
                     (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
                      (unpadded_1x1(p) && is_channels_last(model) && g.groups == 1));

@@ -869,12 +869,14 @@ void column_pairs(const DirectConv& p, const uint16_t* sample, uint32_t* out) {
 
 namespace {
 
-// The weight tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart.
+// The weight tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart
+// (one group of a grouped layer: its samples of grad_output's pairs the whole layer's planes apart).
 DirectConv pixel_pair_problem(const DirectConv& p) {
   DirectConv pairs = p;
   pairs.out_w = (p.out_w + 1) / 2;
   pairs.stride_w = 2 * p.stride_w;
-  pairs.in_sample_stride = pairs.out_sample_stride = 0;
+  pairs.in_sample_stride = 0;  // (the input is read through column_pairs' copies)
+  pairs.out_sample_stride = p.out_sample_stride / (p.out_h * p.out_w) * p.out_h * pairs.out_w;
   return pairs;
 }
 
@@ -882,10 +884,10 @@ DirectConv pixel_pair_problem(const DirectConv& p) {
 // column w and of the one sW columns right (zero past the padded row), as column_pairs pairs
 // them in NCHW; a pixel's channels are a contiguous run in both.
 void column_pairs_nhwc(const DirectConv& p, const uint16_t* sample, const uint16_t* zeros, uint32_t* out) {
-  const int64_t C = p.in_channels, hp = padded_h(p), wp = padded_w(p);
+  const int64_t C = p.in_channels, hp = padded_h(p), wp = padded_w(p), stride = input_pixel_stride(p);
   auto pixel = [&](int64_t ih, int64_t w) {
     const int64_t iw = w - p.pad_w;
-    return iw >= 0 && iw < p.width ? sample + (ih * p.width + iw) * C : zeros;
+    return iw >= 0 && iw < p.width ? sample + (ih * p.width + iw) * stride : zeros;
   };
   for (int64_t h = 0; h < hp; ++h) {
     uint32_t* row = out + h * wp * C;
@@ -908,8 +910,7 @@ void direct_conv_backward_weight_pairs(const DirectConv& p, const uint16_t* in, 
   const DirectTiles& tiles = pair_tiles_or_fail();
   const DirectConv pairs = pixel_pair_problem(p);
   const WeightOperands operands{[&](int64_t n, float* buffer) {
-                                  column_pairs(p, in + n * p.in_channels * p.height * p.width,
-                                               reinterpret_cast<uint32_t*>(buffer));
+                                  column_pairs(p, in + n * p.in_stride(), reinterpret_cast<uint32_t*>(buffer));
                                   return static_cast<const float*>(buffer);
                                 },
                                 true,
@@ -933,7 +934,7 @@ void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t*
   const std::vector<uint16_t> zeros(std::max(C, O), 0);
   const WeightOperands operands{
       [&](int64_t n, float* buffer) {
-        column_pairs_nhwc(p, in + n * p.height * p.width * C, zeros.data(), reinterpret_cast<uint32_t*>(buffer));
+        column_pairs_nhwc(p, in + n * p.in_stride(), zeros.data(), reinterpret_cast<uint32_t*>(buffer));
         return static_cast<const float*>(buffer);
       },
       true,
@@ -942,12 +943,15 @@ void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t*
       pairs.stride_w * C,
       // grad_output's adjacent pixels (2m, 2m + 1) of a row paired channel by channel, the panel's
       // channels of each pair a row of `width` (zeros past them, and for an odd row's missing pixel)
+      // (pixels output_pixel_stride apart: a group's channels of a grouped layer's, in place)
       [&](const Panel& panel, int64_t width, int64_t first, int64_t count, float* rows) {
         uint32_t* out = reinterpret_cast<uint32_t*>(rows);
+        const int64_t pixel = output_pixel_stride(p);
         for (int64_t row = first; row < first + count; ++row) {
-          const uint16_t* dy_row = grad_out + row * p.out_w * O + panel.first;  // (row n*H_out + oh: NHWC's order)
+          const int64_t n = row / p.out_h, oh = row % p.out_h;
+          const uint16_t* dy_row = grad_out + n * p.out_stride() + oh * p.out_w * pixel + panel.first;
           for (int64_t m = 0; m < pairs.out_w; ++m, out += width) {
-            const uint16_t *low = dy_row + 2 * m * O, *high = 2 * m + 1 < p.out_w ? low + O : zeros.data();
+            const uint16_t *low = dy_row + 2 * m * pixel, *high = 2 * m + 1 < p.out_w ? low + pixel : zeros.data();
             for (int64_t o = 0; o < panel.count; ++o) out[o] = low[o] | static_cast<uint32_t>(high[o]) << 16;
             std::fill(out + panel.count, out + width, 0u);
           }
