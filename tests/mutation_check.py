@@ -289,7 +289,7 @@ MUTANTS = [
     Mutant("pairs-nhwc-weight-column-step", "index math", "csrc/cpu/direct_conv.cpp",
            "*high = pixel(ih, w + p.stride_w);", "*high = pixel(ih, w + 1);", (PRECISION,)),
     Mutant("pairs-nhwc-weight-odd-row", "boundary", "csrc/cpu/direct_conv.cpp",
-           "*high = 2 * m + 1 < p.out_w ? low + O : zeros.data();", "*high = low + O;", (PRECISION,)),
+           "*high = 2 * m + 1 < p.out_w ? low + pixel : zeros.data();", "*high = low + pixel;", (PRECISION,)),
     Mutant("pairs-nhwc-rounds-down", "rounding", "csrc/cpu/direct_tile.h",
            "const Ints rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;",
            "const Ints rounded = bits >> 16;", (PRECISION,)),
