@@ -350,7 +350,7 @@ MUTANTS = [
            "((size - 1) * stride[i] + reach - 2 * padding[i])", "((size - 1) * stride[i] + reach - padding[i])",
            ("-k", "conv_transpose", "tests/test_onnx.py")),
     Mutant("pairs-strided-1x1-gradient-not-offered", "kernel choice", "csrc/cpu/conv2d.cpp",
-           "(unpadded_1x1(p) && is_channels_last(model))", "(false)", (PRECISION,)),
+           "(unpadded_1x1(p) && is_channels_last(model) && g.groups == 1)", "(false)", (PRECISION,)),
     Mutant("pairs-placement-leaves-gaps", "boundary", "csrc/cpu/direct_conv.cpp",
            "if (w % at.step_w != 0) std::fill_n(", "if (w % at.step_w > 1) std::fill_n(", (PRECISION,)),
     Mutant("pairs-odd-channel-count", "boundary", "csrc/cpu/direct_conv.cpp",
