@@ -736,6 +736,30 @@ def test_conv2d_nan_inf_like_torch(config, where, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("way", [{"CUCONV_CPU_TUNE": "0"}, {"CUCONV_CPU_DIRECT": "0"}, {}, {"CUCONV_CPU_BY_GROUP": "1"}],
+                         ids=["fixed-rules", "no-direct", "measured", "by-group"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channels_last_input_gradient_of_special_weights(groups, way, dtype, monkeypatch):
+    """The input gradient sums only products that exist: an Inf weight makes Inf (or NaN where
+    Inf and -Inf meet), never the NaN of Inf times a padding zero. The channels_last kernels' stride-1
+    form (a forward pass over grad_output's zero-padded border) runs with finite weights only; the
+    reference is torch's float64 NCHW gradient, which cuconv's NCHW kernels match."""
+    for name, value in way.items():
+        monkeypatch.setenv(name, value)
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(6, 4 // groups, 3, 3, dtype=dtype)
+    w[1, 0, 0, 0] = float("inf")
+    dy = torch.randn(2, 6, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dx, = torch.autograd.grad(CF.conv2d(x, w, None, 1, 1, 1, groups), x, dy)
+    x64 = x.detach().double().contiguous().requires_grad_()
+    expected, = torch.autograd.grad(F.conv2d(x64, w.double(), None, 1, 1, 1, groups), x64, dy.double().contiguous())
+    assert torch.isinf(expected).any() and torch.isfinite(expected).any()
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(dx.double(), expected, equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_conv2d_single_special_weight_tap_over_zero_padding(value, dtype):
     """0 * NaN and 0 * Inf are NaN: a special weight tap that lands on zero padding makes the

@@ -23,6 +23,7 @@
 #include "conv2d_channels_last.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../ops.h"
@@ -159,9 +160,13 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
 template <typename T>
 void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T* w, T* dx) {
   const Nhwc g{p};
-  if (direct_conv_backward_input_suits(p)) {  // stride 1, padding within the kernel's reach
+  const int64_t weights = p.out_channels * p.in_channels * p.kernel_h * p.kernel_w;
+  const bool finite = std::all_of(w, w + weights, [](T v) { return std::isfinite(v); });
+  if (direct_conv_backward_input_suits(p) && finite) {  // stride 1, padding within the kernel's reach
     // Stride 1: dx is the forward pass over dy with the kernel flipped (direct_conv.h): the
-    // indirect forward writes every element, no col2im.
+    // indirect forward writes every element, no col2im. (With finite weights only: it multiplies
+    // dy's zero border by every tap, and an Inf or NaN weight would make NaN where the true
+    // gradient has none; col2im below adds only the products that exist.)
     conv_channels_last_forward<T>(input_gradient_as_forward(p), dy, flipped_kernel(p, w).data(), nullptr, dx);
     return;
   }
