@@ -99,6 +99,11 @@ _TWINS = {
 }
 
 
+def _uninitialized_like(t):
+    kind = nn.parameter.UninitializedParameter if isinstance(t, nn.Parameter) else nn.parameter.UninitializedBuffer
+    return kind(requires_grad=t.requires_grad, device=t.device, dtype=t.dtype)
+
+
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return `model` with every nn.Conv2d, nn.LazyConv2d, nn.ConvTranspose2d,
     nn.LazyConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d and nn.AdaptiveAvgPool2d running on
@@ -114,7 +119,11 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         import copy
 
-        model = copy.deepcopy(model)
+        # torch cannot deepcopy a lazy layer's uninitialized parameters and buffers (d2l's models
+        # are lazy until their first batch): the copy gets fresh uninitialized ones of its own.
+        memo = {id(t): _uninitialized_like(t) for t in [*model.parameters(), *model.buffers()]
+                if nn.parameter.is_lazy(t)}
+        model = copy.deepcopy(model, memo)
     for module in model.modules():
         twin = _TWINS.get(type(module))
         if twin is not None:

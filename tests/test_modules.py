@@ -497,6 +497,26 @@ def _pairs_of_types(model):
     return [(name, type(m)) for name, m in model.named_modules()]
 
 
+def test_convert_a_lazy_model_before_its_first_batch():
+    """d2l's models are lazy until their first batch, and torch cannot deepcopy an uninitialized
+    parameter: convert copies one all the same, the copy's lazy layers are cuconv's and become
+    cuconv.Conv2d on the first batch, the original stays lazy and torch's."""
+    def make():
+        return nn.Sequential(nn.LazyConv2d(6, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(3))
+    torch.manual_seed(0)
+    model = make()
+    converted = cuconv.convert(model)
+    assert type(converted[0]) is cuconv.LazyConv2d and type(model[0]) is nn.LazyConv2d
+    x = torch.randn(2, 3, 10, 10)
+    reference = make()
+    reference(x), converted(x)  # (the first batch: every lazy layer takes its shapes)
+    assert type(converted[0]) is cuconv.Conv2d and type(converted[4]) is cuconv.Conv2d
+    assert nn.parameter.is_lazy(model[0].weight) and nn.parameter.is_lazy(model[1].running_mean)
+    converted.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(converted(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_convert_small_model():
     torch.manual_seed(0)
     model = small_model().to(DTYPE)
