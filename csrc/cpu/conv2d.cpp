@@ -1146,111 +1146,73 @@ const uint16_t* bfloat16_bits(const Tensor& t) { return static_cast<const uint16
 // pairs are adjacent there; a copy with a zero channel where C is odd), NCHW through a copy in
 // NHWC pairs; `w_pairs` its weights already paired (`finite_weights`: no Inf or NaN among them, so
 // the kernel rows in the padding may be skipped); into a channels_last bfloat16 tensor of
-// `out_size`, as `placement` puts it.
+// `out_size`, as `placement` puts it. `q` may be one group of `groups` (pair_sums_rounded): each
+// group's pairs a run of every pixel's, read in place (an even C).
 Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uint32_t* w_pairs, bool finite_weights,
-                             const float* bias, IntArrayRef out_size, const PixelPlacement* placement = nullptr) {
+                             const float* bias, IntArrayRef out_size, const PixelPlacement* placement = nullptr,
+                             int64_t groups = 1) {
   const int64_t pair_count = (q.in_channels + 1) / 2;
   const bool nhwc = is_channels_last(input), copies = !nhwc || q.in_channels % 2 != 0;
+  CUCONV_CHECK(groups == 1 || !copies, "cuconv: internal error: a grouped layer's pairs are read in place");
   PackedBuffer<uint32_t> x_pairs(copies ? q.batch * q.height * q.width * pair_count : 0);
   if (copies)
     channel_pairs_innermost(bfloat16_bits(nhwc ? input : contiguous_or_self(input)), q.batch, q.in_channels,
                             q.height * q.width, nhwc, x_pairs.data());
   Tensor y = empty_channels_last_like(input, out_size);
-  direct_conv_forward_pairs_nhwc(q, copies ? x_pairs.data() : static_cast<const uint32_t*>(input.const_data_ptr()),
-                                 w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), finite_weights,
-                                 placement);
+  const uint32_t* x = copies ? x_pairs.data() : static_cast<const uint32_t*>(input.const_data_ptr());
+  const int64_t O = q.out_channels, group_weights = O * pair_count * q.kernel_h * q.kernel_w;
+  for (int64_t gi = 0; gi < groups; ++gi)
+    direct_conv_forward_pairs_nhwc(q, x + gi * pair_count, w_pairs + gi * group_weights,
+                                   bias != nullptr ? bias + gi * O : nullptr,
+                                   static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O, finite_weights, placement);
   return y;
 }
 
-// bfloat16 on the direct kernels' channel pairs (direct_conv.h), groups = 1: the layer `q` over
-// x (bfloat16, in its layout) and contiguous OIHW weights w (their bits), plus `bias` (float, may
-// be null), in x's layout, the tiles' float sums rounded once straight into it (no float tensor).
-// Planes: x and w interleaved into planes of channel pairs. Pixels: nhwc_forward_on_pairs.
-Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias, PairWay way) {
-  const int64_t pair_count = (q.in_channels + 1) / 2, taps = q.kernel_h * q.kernel_w;
-  const std::vector<int64_t> out_size{q.batch, q.out_channels, q.out_h, q.out_w};
-  PackedBuffer<uint32_t> w_pairs(q.out_channels * pair_count * taps);
+// bfloat16 on the direct kernels' channel pairs (direct_conv.h): the layer `q` over x (bfloat16, in
+// its layout) and contiguous OIHW weights w (their bits), plus `bias` (float, may be null), in x's
+// layout, the tiles' float sums rounded once straight into it (no float tensor). Planes: x and w
+// interleaved into planes of channel pairs. Pixels: nhwc_forward_on_pairs. Where `groups` > 1, `q`
+// is one group's problem (an even number of input channels C', so that no pair straddles two
+// groups; its samples the whole layer's elements apart) and w is [groups * O'][C'][kH][kW]: the
+// groups run one by one in place, each group's pairs a run of every pixel's or of every sample's
+// planes (PairWay::kPixels is for one group only).
+Tensor pair_sums_rounded(const DirectConv& q, const Tensor& input, const uint16_t* w, const float* bias, PairWay way,
+                         int64_t groups = 1) {
+  const int64_t pair_count = (q.in_channels + 1) / 2, taps = q.kernel_h * q.kernel_w, O = q.out_channels;
+  const std::vector<int64_t> out_size{q.batch, groups * O, q.out_h, q.out_w};
+  PackedBuffer<uint32_t> w_pairs(groups * O * pair_count * taps);
   if (is_channels_last(input) || way == PairWay::kPixels) {
-    channel_pairs_innermost(w, q.out_channels, q.in_channels, taps, false, w_pairs.data());
+    channel_pairs_innermost(w, groups * O, q.in_channels, taps, false, w_pairs.data());
     const Tensor y = nhwc_forward_on_pairs(q, input, w_pairs.data(),
-                                           all_finite_bfloat16(w, q.out_channels * q.in_channels * taps), bias, out_size);
+                                           all_finite_bfloat16(w, groups * O * q.in_channels * taps), bias, out_size,
+                                           nullptr, groups);
     if (is_channels_last(input)) return y;
     Tensor planes = empty_like_with(input, out_size);
     torch::stable::copy_(planes, y);
     return planes;
   }
   const Tensor x = contiguous_or_self(input);
-  PackedBuffer<uint32_t> x_pairs(q.batch * pair_count * q.height * q.width);
-  interleave_channel_pairs(bfloat16_bits(x), q.batch, q.in_channels, q.height * q.width, x_pairs.data());
-  interleave_channel_pairs(w, q.out_channels, q.in_channels, taps, w_pairs.data());
-  Tensor y = empty_like_with(x, out_size);
-  direct_conv_forward_pairs(q, x_pairs.data(), w_pairs.data(), bias, static_cast<uint16_t*>(y.mutable_data_ptr()),
-                            way == PairWay::kPlanesStreamed ? OutputStores::kStreamed : OutputStores::kCached);
-  return y;
-}
-
-Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b, PairWay way) {
-  const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
-  return pair_sums_rounded(direct_problem(g), input, bfloat16_bits(w),
-                           b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
-}
-
-// A grouped layer's bfloat16 pass as forward passes on the pairs, group by group in place: `q` one
-// group's problem (C' input and O' output channels, an even C' so that no pair straddles two
-// groups; its samples the whole layer's elements apart), `w` [groups * O'][C'][kH][kW] (bits), `bias`
-// float (may be null). A channels_last input's pairs are read as they are, each group's a run of
-// every pixel's; an NCHW input's are interleaved into planes of pairs once, each group's a run of
-// every sample's planes (PairWay::kPixels is for one group only).
-Tensor grouped_pair_sums_rounded(const DirectConv& q, int64_t groups, const Tensor& input, const uint16_t* w,
-                                 const float* bias, PairWay way) {
-  const int64_t C = q.in_channels, O = q.out_channels, taps = q.kernel_h * q.kernel_w;
-  const std::vector<int64_t> out_size{q.batch, groups * O, q.out_h, q.out_w};
-  PackedBuffer<uint32_t> w_pairs(groups * O * C / 2 * taps);  // each output channel's, its group's input channels
-  const int64_t group_weights = O * C / 2 * taps;
-  if (is_channels_last(input)) {
-    channel_pairs_innermost(w, groups * O, C, taps, /*channels_last=*/false, w_pairs.data());
-    const bool finite = all_finite_bfloat16(w, groups * O * C * taps);
-    Tensor y = empty_channels_last_like(input, out_size);
-    const uint32_t* x_pairs = static_cast<const uint32_t*>(input.const_data_ptr());
-    for (int64_t gi = 0; gi < groups; ++gi)
-      direct_conv_forward_pairs_nhwc(q, x_pairs + gi * C / 2, w_pairs.data() + gi * group_weights,
-                                     bias != nullptr ? bias + gi * O : nullptr,
-                                     static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O, finite);
-    return y;
-  }
-  const Tensor x = contiguous_or_self(input);
   const int64_t plane = q.height * q.width;
-  PackedBuffer<uint32_t> x_pairs(q.batch * groups * C / 2 * plane);
-  interleave_channel_pairs(bfloat16_bits(x), q.batch, groups * C, plane, x_pairs.data());
-  interleave_channel_pairs(w, groups * O, C, taps, w_pairs.data());
+  PackedBuffer<uint32_t> x_pairs(q.batch * groups * pair_count * plane);
+  interleave_channel_pairs(bfloat16_bits(x), q.batch, groups * q.in_channels, plane, x_pairs.data());
+  interleave_channel_pairs(w, groups * O, q.in_channels, taps, w_pairs.data());
   Tensor y = empty_like_with(x, out_size);
   for (int64_t gi = 0; gi < groups; ++gi)
-    direct_conv_forward_pairs(q, x_pairs.data() + gi * C / 2 * plane, w_pairs.data() + gi * group_weights,
+    direct_conv_forward_pairs(q, x_pairs.data() + gi * pair_count * plane, w_pairs.data() + gi * O * pair_count * taps,
                               bias != nullptr ? bias + gi * O : nullptr,
                               static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O * q.out_h * q.out_w,
                               way == PairWay::kPlanesStreamed ? OutputStores::kStreamed : OutputStores::kCached);
   return y;
 }
 
-Tensor grouped_forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b,
-                                PairWay way) {
-  const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
-  return grouped_pair_sums_rounded(group_problem(g), g.groups, input, bfloat16_bits(w),
-                                   b.defined() ? b_float.const_data_ptr<float>() : nullptr, way);
-}
+// The problem the pairs run a layer by: the whole layer, or one group of a grouped one (its
+// tensors read in place group by group: pair_sums_rounded).
+DirectConv pair_problem(const ConvGeometry& g) { return g.groups > 1 ? group_problem(g) : direct_problem(g); }
 
-// The stride-1 input gradient of a grouped layer as its forward pass over grad_output, each
-// group's kernel flipped (an even number of output channels a group).
-Tensor grouped_backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w,
-                                       PairWay way) {
-  const DirectConv q = group_problem(g);
-  const int64_t group_weights = q.out_channels * q.in_channels * q.kernel_h * q.kernel_w;
-  std::vector<uint16_t> flipped(g.groups * group_weights);
-  for (int64_t gi = 0; gi < g.groups; ++gi) {
-    const std::vector<uint16_t> group = flipped_kernel(q, bfloat16_bits(w) + gi * group_weights);
-    std::copy(group.begin(), group.end(), flipped.begin() + gi * group_weights);
-  }
-  return grouped_pair_sums_rounded(input_gradient_as_forward(q), g.groups, grad_output, flipped.data(), nullptr, way);
+Tensor forward_on_pairs(const ConvGeometry& g, const Tensor& input, const Tensor& w, const Tensor& b, PairWay way) {
+  const Tensor b_float = b.defined() ? converted(b, ScalarType::Float) : Tensor();
+  return pair_sums_rounded(pair_problem(g), input, bfloat16_bits(w), b.defined() ? b_float.const_data_ptr<float>() : nullptr,
+                           way, g.groups);
 }
 
 // A 1x1 layer without padding, whose input gradient runs on pairs at any stride in channels_last:
@@ -1262,12 +1224,18 @@ bool unpadded_1x1(const DirectConv& p) {
 }
 
 // The input gradient on pairs: at stride 1 the forward pass it is (direct_conv.h,
-// input_gradient_as_forward); else an unpadded 1x1 layer's, channels_last (above).
+// input_gradient_as_forward; a grouped layer's group by group); else an unpadded 1x1 layer's,
+// channels_last (above).
 Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& w, PairWay way) {
-  const DirectConv p = direct_problem(g);
-  if (direct_conv_backward_input_suits(p)) {
-    const std::vector<uint16_t> flipped = flipped_kernel(p, bfloat16_bits(w));
-    return pair_sums_rounded(input_gradient_as_forward(p), grad_output, flipped.data(), nullptr, way);
+  const DirectConv p = pair_problem(g);
+  if (direct_conv_backward_input_suits(p)) {  // (a grouped layer's: each group's kernel flipped)
+    const int64_t group_weights = p.out_channels * p.in_channels * p.kernel_h * p.kernel_w;
+    std::vector<uint16_t> flipped(g.groups * group_weights);
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      const std::vector<uint16_t> group = flipped_kernel(p, bfloat16_bits(w) + gi * group_weights);
+      std::copy(group.begin(), group.end(), flipped.begin() + gi * group_weights);
+    }
+    return pair_sums_rounded(input_gradient_as_forward(p), grad_output, flipped.data(), nullptr, way, g.groups);
   }
   CUCONV_CHECK(unpadded_1x1(p) && is_channels_last(grad_output), "cuconv: internal error: no input gradient on pairs");
   const DirectConv over_grad{p.batch, p.out_channels, p.out_h, p.out_w, p.in_channels, p.out_h, p.out_w,
@@ -1285,7 +1253,7 @@ Tensor backward_input_on_pairs(const ConvGeometry& g, const Tensor& grad_output,
 Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output, const Tensor& input,
                                 IntArrayRef weight_size) {
   // (a grouped layer's group by group in place: each group's channels, the whole layer's strides)
-  const DirectConv p = g.groups > 1 ? group_problem(g) : direct_problem(g);
+  const DirectConv p = pair_problem(g);
   const bool nhwc = is_channels_last(input) && is_channels_last(grad_output);  // (read as they are)
   const Tensor x = nhwc ? input : contiguous_or_self(input), dy = nhwc ? grad_output : contiguous_or_self(grad_output);
   if (p.out_w % 2 != 0 && !all_finite_bfloat16(bfloat16_bits(x), x.numel())) return Tensor();
@@ -1355,9 +1323,7 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kForward, input, shape.batch * shape.out_channels * g.out_plane(),
-                  [&](PairWay way) {
-                    return g.groups > 1 ? grouped_forward_on_pairs(g, input, w, b, way) : forward_on_pairs(g, input, w, b, way);
-                  });
+                  [&](PairWay way) { return forward_on_pairs(g, input, w, b, way); });
     return run_half_types(
         g, ConvPass::kForward, input,
         [&] { return forward_pass(input, weight, bias, stride, padding, dilation, groups, HalfTypes::kPacked); },
@@ -1476,10 +1442,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,
-                  [&](PairWay way) {
-                    return g.groups > 1 ? grouped_backward_input_on_pairs(g, grad_output, w, way)
-                                        : backward_input_on_pairs(g, grad_output, w, way);
-                  });
+                  [&](PairWay way) { return backward_input_on_pairs(g, grad_output, w, way); });
     return run_half_types(
         g, ConvPass::kInput, grad_output,
         [&] {
