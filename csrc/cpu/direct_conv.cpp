@@ -412,68 +412,44 @@ struct PlaneOutput {
   };
 };
 
-// NHWC bfloat16 (their bits): each pixel's sums plus bias rounded once (to_bfloat16_pixels),
-// the panel's channels of the pixel at once. Output pixel (oh, ow) goes to pixel (oh * step_h,
-// ow * step_w) of an image of `placement`'s size (the layer's output, steps 1, where none is given).
-struct BFloat16PixelOutput {
+// NHWC pixels of float, or of bfloat16 (Out = uint16_t: their bits, the sums rounded once): each
+// pixel's sums plus bias (to_pixels / to_bfloat16_pixels), the panel's channels of the pixel at
+// once. The pixels are output_pixel_stride(p) apart (one group's channels of a grouped layer's
+// output, in place). Output pixel (oh, ow) goes to pixel (oh * step_h, ow * step_w) of an image of
+// `placement`'s size (the layer's output, steps 1, by default).
+template <typename Out>
+struct PixelOutput {
   const DirectTiles& tiles;
   const DirectConv& p;
-  uint16_t* out;
+  Out* out;
   const float* bias;  // may be null
-  PixelPlacement placement;
+  PixelPlacement placement{p.out_h, p.out_w, 1, 1};
 
   class Writer {
    public:
-    Writer(const BFloat16PixelOutput& o, int64_t) : o_(o) {}
-    static constexpr bool kRowsCrossSamples = true;  // (each row placed on its own)
-    void start(const Panel& panel, int64_t first_row, int64_t rows) { panel_ = &panel, first_row_ = first_row, rows_ = rows; }
-    void prefetch(int64_t, int64_t) const {}
-    void write(const float* rows, int64_t width) const {
-      const PixelPlacement& at = o_.placement;
-      const int64_t O = output_pixel_stride(o_.p);  // (a group's: the whole layer's channels)
-      for (int64_t r = 0; r < rows_; ++r) {
-        const int64_t n = (first_row_ + r) / o_.p.out_h, oh = (first_row_ + r) % o_.p.out_h;
-        o_.tiles.to_bfloat16_pixels(rows + r * o_.p.out_w * width, o_.p.out_w, width, panel_->count,
-                                    o_.bias != nullptr ? o_.bias + panel_->first : nullptr,
-                                    o_.out + ((n * at.height + oh * at.step_h) * at.width) * O + panel_->first,
-                                    at.step_w * O);
-      }
-    }
-
-   private:
-    const BFloat16PixelOutput& o_;
-    const Panel* panel_ = nullptr;
-    int64_t first_row_ = 0, rows_ = 0;
-  };
-};
-
-// NHWC float: each pixel's sums plus bias, the panel's channels of the pixel at once, the pixels
-// output_pixel_stride(p) floats apart (one group's channels of a grouped layer's output, in place).
-struct FloatPixelOutput {
-  const DirectTiles& tiles;
-  const DirectConv& p;
-  float* out;
-  const float* bias;  // may be null
-
-  class Writer {
-   public:
-    Writer(const FloatPixelOutput& o, int64_t) : o_(o) {}
+    Writer(const PixelOutput& o, int64_t) : o_(o) {}
     static constexpr bool kRowsCrossSamples = true;  // (each row placed on its own)
     void start(const Panel& panel, int64_t first_row, int64_t rows) { panel_ = &panel, first_row_ = first_row, rows_ = rows; }
     void prefetch(int64_t, int64_t) const {}
     void write(const float* rows, int64_t width) const {
       const DirectConv& p = o_.p;
+      const PixelPlacement& at = o_.placement;
       const int64_t pixel = output_pixel_stride(p);
+      const float* bias = o_.bias != nullptr ? o_.bias + panel_->first : nullptr;
       for (int64_t r = 0; r < rows_; ++r) {
         const int64_t n = (first_row_ + r) / p.out_h, oh = (first_row_ + r) % p.out_h;
-        o_.tiles.to_pixels(rows + r * p.out_w * width, p.out_w, width, panel_->count,
-                           o_.bias != nullptr ? o_.bias + panel_->first : nullptr,
-                           o_.out + n * p.out_stride() + oh * p.out_w * pixel + panel_->first, pixel);
+        const float* sums = rows + r * p.out_w * width;
+        Out* y = o_.out + ((n * at.height + oh * at.step_h) * at.width) * pixel + panel_->first;
+        if constexpr (sizeof(Out) == sizeof(float)) {
+          o_.tiles.to_pixels(sums, p.out_w, width, panel_->count, bias, y, at.step_w * pixel);
+        } else {
+          o_.tiles.to_bfloat16_pixels(sums, p.out_w, width, panel_->count, bias, y, at.step_w * pixel);
+        }
       }
     }
 
    private:
-    const FloatPixelOutput& o_;
+    const PixelOutput& o_;
     const Panel* panel_ = nullptr;
     int64_t first_row_ = 0, rows_ = 0;
   };
@@ -656,7 +632,7 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
     zero_unplaced_pixels(p, at, out);
   }
   panel_forward(tiles, pairs, nhwc_input(pairs, reinterpret_cast<const float*>(in_pairs), skip_padding_rows),
-                reinterpret_cast<const float*>(weight_pairs), BFloat16PixelOutput{tiles, pairs, out, bias, at});
+                reinterpret_cast<const float*>(weight_pairs), PixelOutput<uint16_t>{tiles, pairs, out, bias, at});
 }
 
 namespace {
@@ -676,7 +652,7 @@ void direct_conv_forward_nhwc(const DirectConv& p, const float* in, const float*
                               bool skip_padding_rows) {
   const DirectTiles& tiles = tiles_or_fail();
   const std::vector<float> w = channels_innermost(weight, p.out_channels, p.in_channels, p.kernel_h * p.kernel_w);
-  panel_forward(tiles, p, nhwc_input(p, in, skip_padding_rows), w.data(), FloatPixelOutput{tiles, p, out, bias});
+  panel_forward(tiles, p, nhwc_input(p, in, skip_padding_rows), w.data(), PixelOutput<float>{tiles, p, out, bias});
 }
 
 void direct_conv_backward_input_nhwc(const DirectConv& p, const float* grad_out, const float* weight, float* grad_in) {
