@@ -736,14 +736,16 @@ def test_conv2d_nan_inf_like_torch(config, where, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("way", [{"CUCONV_CPU_TUNE": "0"}, {"CUCONV_CPU_DIRECT": "0"}, {}, {"CUCONV_CPU_BY_GROUP": "1"}],
-                         ids=["fixed-rules", "no-direct", "measured", "by-group"])
+@pytest.mark.parametrize("way", [{"CUCONV_CPU_TUNE": "0"}, {"CUCONV_CPU_DIRECT": "0"}, {"CUCONV_CPU_DIRECT": "1"}, {},
+                                 {"CUCONV_CPU_BY_GROUP": "1"}],
+                         ids=["fixed-rules", "no-direct", "direct", "measured", "by-group"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_channels_last_input_gradient_of_special_weights(groups, way, dtype, monkeypatch):
     """The input gradient sums only products that exist: an Inf weight makes Inf (or NaN where
-    Inf and -Inf meet), never the NaN of Inf times a padding zero. The channels_last kernels' stride-1
-    form (a forward pass over grad_output's zero-padded border) runs with finite weights only; the
-    reference is torch's float64 NCHW gradient, which cuconv's NCHW kernels match."""
+    Inf and -Inf meet), never the NaN of Inf times a padding zero. The channels_last kernels'
+    stride-1 forms over grad_output's zero-padded border (the NHWC kernels', the direct kernels')
+    run with finite weights only; the reference is torch's float64 NCHW gradient, which cuconv's
+    NCHW kernels match."""
     for name, value in way.items():
         monkeypatch.setenv(name, value)
     torch.manual_seed(3)

@@ -1548,15 +1548,12 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                     winograd_channels_last_backward_input(direct_problem(g), grad_output.const_data_ptr<float>(),
                                                           w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
                   }),
-                  // (finite weights only: the padding's products are skipped)
-                  nhwc_direct_if(grad_output,
-                                 grad_output.scalar_type() == ScalarType::Float &&
-                                     direct_conv_backward_input_suits(direct_problem(g)) &&
-                                     all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}),
-                                 [&] {
-                                   direct_conv_backward_input_nhwc(direct_problem(g), grad_output.const_data_ptr<float>(),
-                                                                   w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
-                                 }));
+                  // (finite weights only: the padding's products are skipped; else the NHWC kernels)
+                  nhwc_direct_if(grad_output, direct_conv_backward_input_suits(direct_problem(g)), [&] {
+                    if (!all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}})) return native();
+                    direct_conv_backward_input_nhwc(direct_problem(g), grad_output.const_data_ptr<float>(),
+                                                    w.const_data_ptr<float>(), dx.mutable_data_ptr<float>());
+                  }));
     return dx;
   }
   return in_layout_of(grad_output, nchw());

@@ -23,7 +23,6 @@
 #include "conv2d_channels_last.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "../ops.h"
@@ -157,12 +156,24 @@ void conv_channels_last_forward(const DirectConv& p, const T* x, const T* w, con
   });
 }
 
+namespace {
+
+// No Inf or NaN among the weights (v - v is 0 for every finite v, NaN else; a loop with no early
+// exit, which vectorises).
+template <typename T>
+bool all_finite_weights(const T* w, int64_t count) {
+  bool special = false;
+  for (int64_t i = 0; i < count; ++i) special |= !(w[i] - w[i] == T(0));
+  return !special;
+}
+
+}  // namespace
+
 template <typename T>
 void conv_channels_last_backward_input(const DirectConv& p, const T* dy, const T* w, T* dx) {
   const Nhwc g{p};
-  const int64_t weights = p.out_channels * p.in_channels * p.kernel_h * p.kernel_w;
-  const bool finite = std::all_of(w, w + weights, [](T v) { return std::isfinite(v); });
-  if (direct_conv_backward_input_suits(p) && finite) {  // stride 1, padding within the kernel's reach
+  if (direct_conv_backward_input_suits(p) && all_finite_weights(w, p.out_channels * p.in_channels * p.kernel_h * p.kernel_w)) {
+    // (stride 1, padding within the kernel's reach)
     // Stride 1: dx is the forward pass over dy with the kernel flipped (direct_conv.h): the
     // indirect forward writes every element, no col2im. (With finite weights only: it multiplies
     // dy's zero border by every tap, and an Inf or NaN weight would make NaN where the true
