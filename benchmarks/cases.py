@@ -117,6 +117,8 @@ CONV_CASES += [
     ConvCase("regnet.s2.conv.cl", 80, 80, 12, 3, padding=1, groups=5, channels_last=True),
     ConvCase("depthwise.56", 64, 64, 56, 3, padding=1, groups=64),
     ConvCase("depthwise.14", 256, 256, 14, 3, padding=1, groups=256),
+    ConvCase("depthwise.56.cl", 64, 64, 56, 3, padding=1, groups=64, channels_last=True),
+    ConvCase("depthwise.14.cl", 256, 256, 14, 3, padding=1, groups=256, channels_last=True),
 ]
 
 # The book's DCGAN generator (chapter 20.2, n_G = 64, 64x64 images) after its first block, and a

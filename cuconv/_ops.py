@@ -81,8 +81,10 @@ def _saved_if(needed, tensor):
 
 
 def _gather_at_indices(values, indices):
-    """values[n, c][indices[n, c, ...]]: each plane's values at max pooling's flat indices."""
-    return values.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    """values[n, c][indices[n, c, ...]]: each plane's values at max pooling's flat indices.
+    (reshape, not flatten: autograd's older vmap has no rule for flatten.)"""
+    n, c = indices.shape[:2]
+    return values.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)
 
 
 # Forward mode's own steps. A jvp formula runs with forward-mode AD off, so under torch.func's
@@ -301,10 +303,14 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
 # conv2d -----------------------------------------------------------------------
 
 def batched_by_vmap(t):
-    """Whether t is batched by torch.func.vmap at some level of torch.func's wrappers. (Under
-    torch.compile, the outermost level only: dynamo traces is_batchedtensor, not the unwrapping.)"""
+    """Whether t is batched by torch.func.vmap at some level of torch.func's wrappers, or by
+    autograd's older vmap (is_grads_batched, jacobian(vectorize=True), gradcheck's batched
+    gradients), which refuses the same layout queries. (Under torch.compile, the outermost level
+    only: dynamo traces is_batchedtensor, not the unwrapping.)"""
     if torch.compiler.is_compiling():
         return torch._C._functorch.is_batchedtensor(t)
+    if torch._C._functorch.is_legacy_batchedtensor(t):
+        return True
     while torch._C._functorch.is_functorch_wrapped_tensor(t):
         if torch._C._functorch.is_batchedtensor(t):
             return True

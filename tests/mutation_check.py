@@ -725,6 +725,11 @@ MUTANTS = [
            "terms.append(differentiable.conv2d(input_t, weight, None, *ctx.conv_args))", FORWARD_MODE),
     Mutant("jvp-sums-with-a-plain-add", "forward mode (Python)", "cuconv/_ops.py",
            "        total = _TangentSum.apply(total, term)", "        total = total + term", FORWARD_MODE),
+    Mutant("older-vmap-not-seen-as-batched", "autograd (Python)", "cuconv/_ops.py",
+           "    if torch._C._functorch.is_legacy_batchedtensor(t):\n        return True\n", "", (TRANSFORMS,)),
+    Mutant("max-pool-gather-by-flatten", "autograd (Python)", "cuconv/_ops.py",
+           "    return values.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)",
+           "    return values.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)", (TRANSFORMS,)),
     # integer and complex tensors (tests/test_dtypes.py)
     Mutant("complex-conv-imaginary-sign", "complex (Python)", "cuconv/functional.py",
            "return torch.complex(ac - bd, cross - ac - bd)", "return torch.complex(ac - bd, cross - ac + bd)", COMPLEX),

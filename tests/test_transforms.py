@@ -165,10 +165,54 @@ def _forward_ad_cases(device):
 @pytest.mark.parametrize("name", list(_forward_ad_cases("cpu")))
 def test_forward_ad_gradcheck(name, device):
     """Forward mode (dual tensors) against finite differences, the reverse mode checked along
-    with it. (Not gradcheck's batched forward mode: it runs torch's legacy vmap, which has no
-    rule for the gather of max pooling's tangent, as for torch's own; torch.func.jacfwd below.)"""
+    with it."""
     fn, inputs = _forward_ad_cases(device)[name]
     assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True)
+
+
+@pytest.mark.parametrize("name", list(_forward_ad_cases("cpu")))
+def test_batched_gradients_of_autograd_s_older_vmap(name):
+    """gradcheck's batched gradients, both modes, and gradgradcheck's for the layers (the backward
+    ops' second derivatives are the layers' own formulas): they run autograd's older vmap
+    (torch._vmap_internals, as is_grads_batched and jacobian(vectorize=True) do), which refuses
+    channels_last layout queries and has no rule for flatten. On the CPU: the layout logic is
+    Python's, the same for every device, and the emulated device takes minutes here."""
+    fn, inputs = _forward_ad_cases("cpu")[name]
+    assert torch.autograd.gradcheck(fn, inputs, check_batched_grad=True, check_forward_ad=True,
+                                    check_batched_forward_grad=True)
+    if "backward" not in name:
+        assert torch.autograd.gradgradcheck(fn, inputs, check_batched_grad=True)
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_vectorized_jacobians_and_hessians_are_torch_s(layout, device):
+    """jacobian(vectorize=True) of each layer, hessian(vectorize=True) through max pooling's
+    gradient, and is_grads_batched: torch's values (float64)."""
+    from torch.autograd.functional import hessian, jacobian
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, device=device).contiguous(memory_format=memory_format)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device)
+    layers = {
+        "conv2d": lambda m: lambda a: m.conv2d(a, w, padding=1),
+        "conv_transpose2d": lambda m: lambda a: m.conv_transpose2d(a, w.transpose(0, 1).contiguous(), stride=2),
+        "max_pool2d": lambda m: lambda a: m.max_pool2d(a, 2, 1),
+        "avg_pool2d": lambda m: lambda a: m.avg_pool2d(a, 2, 1),
+        "adaptive_avg_pool2d": lambda m: lambda a: m.adaptive_avg_pool2d(a, 1),
+    }
+    for name, layer in layers.items():
+        torch.testing.assert_close(jacobian(layer(CF), x, vectorize=True), jacobian(layer(F), x, vectorize=True),
+                                   rtol=1e-12, atol=1e-12, msg=name)
+    cube = lambda m: lambda a: m.max_pool2d(a, 2, 1).pow(3).sum()  # noqa: E731
+    torch.testing.assert_close(hessian(cube(CF), x, vectorize=True), hessian(cube(F), x, vectorize=True),
+                               rtol=1e-12, atol=1e-12)
+    xs = x.clone().requires_grad_()
+    y = CF.conv2d(xs, w, padding=1)
+    grads = torch.randn(4, *y.shape, dtype=torch.float64, device=device)
+    got, = torch.autograd.grad(y, xs, grads, is_grads_batched=True)
+    xt = x.clone().requires_grad_()
+    expected, = torch.autograd.grad(F.conv2d(xt, w, padding=1), xt, grads, is_grads_batched=True)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def _dual_tangent(fn, primals, tangents, requires_grad):
