@@ -480,14 +480,18 @@ def _dense_in(t, channels_last):
 
 def _pooling_layout(input):
     """Whether pooling's input gradient is channels_last: where the input is (torch's rule)."""
-    if input.is_contiguous():  # (a tensor dense in both layouts: NCHW, as torch's)
-        return False
+    if input.is_contiguous():
+        # (dense in both layouts too where it has one channel or one pixel: torch reads the
+        # strides then, as the kernels do)
+        return _dense_in(input, True) and _shape.is_channels_last(input)
     return _dense_in(input, True) or _shape.is_channels_last(input)
 
 
 def _in_pooling_layout(channels_last, grad_output):
-    """The incoming gradient in the input's layout (_pooling_layout), as torch's pooling takes it."""
-    if _dense_in(grad_output, channels_last):  # (the common case)
+    """The incoming gradient in the input's layout (_pooling_layout), as torch's pooling takes it.
+    A gradient dense in both layouts (one pixel or one channel: is_contiguous cannot tell them
+    apart) goes by the kernels' own reading of its strides (_in_layout), which sets the result's."""
+    if _dense_in(grad_output, channels_last) and not _dense_in(grad_output, not channels_last):  # (the common case)
         return grad_output
     return _in_layout(channels_last, grad_output)
 

@@ -735,30 +735,33 @@ def test_conv2d_nan_inf_like_torch(config, where, dtype):
              [tensors["input"], tensors["weight"], tensors["bias"]], dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("way", [{"CUCONV_CPU_TUNE": "0"}, {"CUCONV_CPU_DIRECT": "0"}, {"CUCONV_CPU_DIRECT": "1"}, {},
-                                 {"CUCONV_CPU_BY_GROUP": "1"}],
-                         ids=["fixed-rules", "no-direct", "direct", "measured", "by-group"])
+                                 {"CUCONV_CPU_BY_GROUP": "1"}, {"CUCONV_CPU_DIRECT_PAIRS": "1"}],
+                         ids=["fixed-rules", "no-direct", "direct", "measured", "by-group", "bfloat16-pairs"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_channels_last_input_gradient_of_special_weights(groups, way, dtype, monkeypatch):
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_input_gradient_of_special_weights(layout, groups, way, dtype, monkeypatch):
     """The input gradient sums only products that exist: an Inf weight makes Inf (or NaN where
-    Inf and -Inf meet), never the NaN of Inf times a padding zero. The channels_last kernels'
-    stride-1 forms over grad_output's zero-padded border (the NHWC kernels', the direct kernels')
-    run with finite weights only; the reference is torch's float64 NCHW gradient, which cuconv's
-    NCHW kernels match."""
+    Inf and -Inf meet), never the NaN of Inf times a padding zero. The stride-1 forms over
+    grad_output's zero-padded border (the NHWC kernels', the direct kernels', the bfloat16 pairs')
+    run with finite weights only; the reference is torch's float64 NCHW gradient (of the bfloat16
+    values, rounded once to bfloat16: cuconv's sums are float)."""
     for name, value in way.items():
         monkeypatch.setenv(name, value)
     torch.manual_seed(3)
-    x = torch.randn(2, 4, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(6, 4 // groups, 3, 3, dtype=dtype)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 4, 6, 5, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
+    w = torch.randn(8, 4 // groups, 3, 3, dtype=dtype)  # (an even 4 outputs a group: grouped bfloat16 pairs run)
     w[1, 0, 0, 0] = float("inf")
-    dy = torch.randn(2, 6, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(2, 8, 6, 5, dtype=dtype).contiguous(memory_format=memory_format)
     dx, = torch.autograd.grad(CF.conv2d(x, w, None, 1, 1, 1, groups), x, dy)
     x64 = x.detach().double().contiguous().requires_grad_()
     expected, = torch.autograd.grad(F.conv2d(x64, w.double(), None, 1, 1, 1, groups), x64, dy.double().contiguous())
     assert torch.isinf(expected).any() and torch.isfinite(expected).any()
-    assert dx.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(dx.double(), expected, equal_nan=True, rtol=1e-5, atol=1e-5)
+    assert dx.is_contiguous(memory_format=memory_format)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(dx.double(), expected.to(dtype).double(), equal_nan=True, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -661,6 +661,35 @@ def test_conv2d_gradients_follow_the_convolution_not_grad_output(conv_layout):
         assert_matches(ours, theirs, torch.float64)
 
 
+@pytest.mark.parametrize("grad_layout", ["nchw", "channels_last", "flattened"])
+@pytest.mark.parametrize("input_layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_pooling_gradients_follow_the_input_not_grad_output(input_layout, grad_layout):
+    """A pooling's input gradient is laid out as its input is, whatever the strides of the gradient
+    that arrives, also where that gradient is one pixel a plane and so dense in both layouts (one
+    that comes back through flatten: (C, 1, 1, 1)): torch's strides and values. (Global average
+    pooling: torch takes a mean, whose gradient is NCHW either way; cuconv's is in x's layout, as
+    every other pooling gradient of both: test_pooling_channels_last_matches_torch_and_stays_channels_last.)"""
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(2, 16, 5, 4, generator=gen, dtype=torch.float64).contiguous(memory_format=input_layout)
+    layers = {"max": lambda f, x: f.max_pool2d(x, (5, 4)), "max_2x2": lambda f, x: f.max_pool2d(x, 2),
+              "avg": lambda f, x: f.avg_pool2d(x, (5, 4)), "global": lambda f, x: f.adaptive_avg_pool2d(x, 1),
+              "adaptive": lambda f, x: f.adaptive_avg_pool2d(x, (2, 3))}
+    for name, layer in layers.items():
+        shape = layer(F, x0).shape
+        grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if grad_layout == "channels_last":
+            grad = grad.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        elif grad_layout == "flattened" and shape[2:] == (1, 1):
+            grad = grad.flatten(1).view(shape)
+        results = []
+        for f in (CF, F):
+            x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+            results.append(torch.autograd.grad(layer(f, x), x, grad)[0])
+        ours, theirs = results
+        assert ours.stride() == (x0.stride() if name == "global" else theirs.stride()), name
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("strides", [(4, 1, 1, 1), (4, 1, 4, 4), (1, 1, 1, 1)], ids=str)
 def test_ambiguous_layout_reads_as_torch_reads_it(strides):
     """A (2, 4, 1, 1) tensor is NCHW- and channels_last-contiguous at once; torch decides by the

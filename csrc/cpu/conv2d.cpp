@@ -1277,16 +1277,18 @@ Tensor backward_weight_on_pairs(const ConvGeometry& g, const Tensor& grad_output
 // The pairs' way for run_half_types where it can run: bfloat16, groups = 1, a CPU with AVX512-BF16,
 // and for the input gradient stride 1 or an unpadded 1x1 layer in channels_last
 // (backward_input_on_pairs). `model` is the pass's input (its dtype and layout); an NCHW output of
-// `output_elements` (bfloat16) may be streamed.
+// `output_elements` (bfloat16) may be streamed. `finite_weights` (the input gradient's): the
+// stride-1 form multiplies grad_output's zero border by every tap, so an Inf or NaN weight would
+// make NaN where the gradient has none (as run_float_pass's direct_exact).
 OnPairs pairs_for(const ConvGeometry& g, ConvPass pass, const Tensor& model, int64_t output_elements,
-                  std::function<Tensor(PairWay)> run) {
+                  std::function<Tensor(PairWay)> run, bool finite_weights = true) {
   const DirectConv p = direct_problem(g);
   // (grouped layers group by group: the forward pass and stride-1 input gradient where the pairs of
   // the channels summed over stay within a group; the weight gradient, on pairs of pixels, always)
   const bool layer_runs = g.groups == 1 || (pass == ConvPass::kForward && g.channels_per_group % 2 == 0) ||
                           (pass == ConvPass::kInput && g.out_channels_per_group % 2 == 0) || pass == ConvPass::kWeight;
   const bool runs = model.scalar_type() == ScalarType::BFloat16 && layer_runs && direct_conv_pairs_available() &&
-                    (pass != ConvPass::kInput || direct_conv_backward_input_suits(p) ||
+                    (pass != ConvPass::kInput || (direct_conv_backward_input_suits(p) && finite_weights) ||
                      (unpadded_1x1(p) && is_channels_last(model) && g.groups == 1));
   if (!runs) return {};
   const bool planes = !is_channels_last(model);  // (NHWC: written through the caches)
@@ -1442,7 +1444,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,
-                  [&](PairWay way) { return backward_input_on_pairs(g, grad_output, w, way); });
+                  [&](PairWay way) { return backward_input_on_pairs(g, grad_output, w, way); },
+                  grad_output.scalar_type() != ScalarType::BFloat16 || all_finite_bfloat16(bfloat16_bits(w), w.numel()));
     return run_half_types(
         g, ConvPass::kInput, grad_output,
         [&] {
