@@ -2,9 +2,10 @@
 channel multiplier, every dtype and both layouts, against torch.nn.functional.conv2d.
 
 The kernels take channels as the vector axis: channel counts around the vector widths (4, 8,
-16 lanes) reach the part-filled last vector; NCHW tensors, the half types and multipliers > 1
-go through staged rows, channels_last float32/float64 tensors are read in place; images wide
-and tall enough split into bands of rows and (weight gradient) into parts of pixels."""
+16 lanes) reach the part-filled last vector; NCHW tensors, float16 and multipliers > 1 go through
+staged rows, channels_last float32/float64 tensors are read in place, and channels_last bfloat16
+ones too (multiplier 1); images wide and tall enough split into bands of rows and (weight
+gradient) into parts of pixels."""
 
 import random
 
@@ -127,14 +128,15 @@ def test_depthwise_weight_gradient_is_the_same_at_any_thread_count():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_depthwise_on_every_isa(requested, channels_last, monkeypatch):
     """Each instruction set's kernels run when asked for (the kernels' own record says which) and
-    match torch; AVX2 and AVX-512 do the same operations in the same order: bitwise equal."""
+    match torch; AVX2 and AVX-512 do the same operations in the same order: bitwise equal.
+    (bfloat16: channels_last rows of its bits in place, widened and rounded in each ISA's code.)"""
     best = cuconv._C.cpu_kernels()["isa"]
     if ISAS.index(requested) > ISAS.index(best):
         pytest.skip(f"this CPU has no {requested}")
     monkeypatch.setenv("CUCONV_CPU_ISA", requested)
     results = []
     for case in CASES[:12] + SPLIT_CASES[:1]:
-        for dtype in (torch.float32, torch.float64):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
             tensors = _tensors(case, dtype, channels_last)
             out, grads = forward_and_grads(_conv(CF, case), tensors)
             assert cuconv._C.cpu_kernels()["last_depthwise"] == requested
@@ -187,8 +189,10 @@ def test_depthwise_special_values_propagate_as_torch():
 # Half-type staging (depthwise.cpp, staged_rows and write_back): runs of a pixel's block of
 # channels (NHWC; 70 channels are blocks of 32 with AVX-512, 16 with AVX2, so a block is less
 # than a pixel), bands of planes widened then transposed (NCHW), value by value where the
-# multiplier is > 1. The float32 kernels do the arithmetic either way, so the half types' results
-# are float32's results rounded, bit for bit, NaN and Inf included.
+# multiplier is > 1; and channels_last bfloat16 with multiplier 1 in place (depthwise_tile.h: each
+# vector widened as it is loaded and rounded as it is stored; 70 channels end in a part-filled
+# vector). The float32 kernels do the arithmetic either way, so the half types' results are
+# float32's results rounded, bit for bit, NaN and Inf included.
 HALF_STAGING_CASES = [
     dict(batch=2, channels=70, multiplier=1, size=(9, 11), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
          dilation=(1, 1), bias=True),

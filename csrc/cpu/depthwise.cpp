@@ -4,12 +4,14 @@
 //   y[n, o, oh, ow] = bias[o] + sum_{i,j} w[o, 0, i, j] * x[n, o/M, oh*sH - pH + i*dH, ow*sW - pW + j*dW]
 //
 // Channels are the vector axis (a tap is one FMA over a vector of channels), so the row
-// kernels (depthwise_tile.h, per ISA) read and write NHWC rows: a channels_last tensor of the
-// computing type (float, double) in place, anything else (NCHW, the half types, and the input
-// of a layer with M > 1, whose channels are repeated M times) through a staged copy of the rows
-// and channels a work item needs, transposed to NHWC and converted to float or double; staged
-// outputs are transposed back. Each work item is (sample, block of output channels, band of
-// rows), sized so that its staged rows stay in L2 and every thread has several.
+// kernels (depthwise_tile.h, per ISA) read and write NHWC rows: a channels_last tensor of float
+// or double in place, and of bfloat16 too where every tensor of the pass is channels_last and
+// M = 1 (the kernels widen its values as they load them and round as they store: half the bytes
+// of float copies); anything else (NCHW, float16, and the input of a layer with M > 1, whose
+// channels are repeated M times) through a staged copy of the rows and channels a work item
+// needs, transposed to NHWC and converted to float or double; staged outputs are transposed back.
+// Each work item is (sample, block of output channels, band of rows), sized so that its staged
+// rows stay in L2 and every thread has several.
 //
 //   forward          y row oh    = forward_row over the taps (i, j) whose input row is inside
 //   input gradient   dx row ih, columns iw = r + sW*u of each residue r < sW (gather form):
@@ -45,6 +47,10 @@ template <typename Scalar, int Lanes>
 struct PortableVector {
   using T = Scalar;
   typedef Scalar V __attribute__((vector_size(sizeof(Scalar) * Lanes)));
+  // float lanes as bfloat16_vector.h wants them (bfloat16 rows: Scalar float)
+  typedef float Floats __attribute__((vector_size(sizeof(float) * Lanes)));
+  typedef int32_t Ints __attribute__((vector_size(sizeof(int32_t) * Lanes)));
+  typedef int16_t Shorts __attribute__((vector_size(sizeof(int16_t) * Lanes)));
   static constexpr int kLanes = Lanes;
   static constexpr int kRegisters = 16;
   static V zero() { return V{}; }
@@ -64,22 +70,37 @@ struct PortableVector {
   static void store_first(T* p, V v, int64_t n) { std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T)); }
 };
 
+#include "bfloat16_vector.h"
 #include "depthwise_tile.h"
 
-template <typename T>
-DepthwiseKernels<T> kernels_for_this_cpu() {
+// The row kernels for T and rows of K (T, or uint16_t: bfloat16's bits).
+template <typename T, typename K>
+DepthwiseKernels<T, K> kernels_for_this_cpu() {
 #if CUCONV_X86_SIMD
   switch (cpu_isa()) {
     case CpuIsa::kAvx512:
-      if constexpr (std::is_same_v<T, float>) return avx512_depthwise_kernels_float();
+      if constexpr (std::is_same_v<K, uint16_t>) return avx512_depthwise_kernels_bfloat16();
+      else if constexpr (std::is_same_v<T, float>) return avx512_depthwise_kernels_float();
       else return avx512_depthwise_kernels_double();
     case CpuIsa::kAvx2:
-      if constexpr (std::is_same_v<T, float>) return avx2_depthwise_kernels_float();
+      if constexpr (std::is_same_v<K, uint16_t>) return avx2_depthwise_kernels_bfloat16();
+      else if constexpr (std::is_same_v<T, float>) return avx2_depthwise_kernels_float();
       else return avx2_depthwise_kernels_double();
     default: break;
   }
 #endif
-  return depthwise_kernels_of<PortableVector<T, 16 / sizeof(T)>>("generic");
+  return depthwise_kernels_of<PortableVector<T, 16 / sizeof(T)>, K>("generic");
+}
+
+// Calls f with a value of the type the row kernels read and write a pass's rows as: bfloat16's
+// bits where they can do so in place (`in_place`: every tensor of the pass channels_last and
+// M = 1), else the op-math type (staged copies for the half types).
+template <typename S, typename F>
+void with_row_type(bool in_place, F&& f) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    if (in_place) return f(uint16_t{});
+  }
+  f(opmath_t<S>{});
 }
 
 // Output pixels per part of the weight gradient's reduction: enough work per part to pay for a
@@ -113,10 +134,12 @@ struct Rows {
   P* row(int64_t h) const { return first_row + (h - first) * row_elements; }
 };
 
-// The rows straight in an NHWC tensor of the computing type, from channel c0.
+// The rows straight in an NHWC tensor, from channel c0, as the kernels' type P (S itself, or
+// bfloat16's bits).
 template <typename P, typename S>
 Rows<P> rows_in_place(const Image<S>& image, int64_t n, int64_t c0) {
-  return {image.at(n, c0, 0, 0), 0, image.width * image.channels, image.channels};
+  static_assert(sizeof(P) == sizeof(S));
+  return {reinterpret_cast<P*>(image.at(n, c0, 0, 0)), 0, image.width * image.channels, image.channels};
 }
 
 // A work item's staging buffers: the rows the kernels read or write, and (float16, bfloat16
@@ -289,9 +312,9 @@ struct TapLists {
 
 // The taps of output row oh that read inside the image (rows of x), for channel block c0: each
 // with its weights (wt, forward) or its sums (weight gradient).
-template <typename T>
-DepthwiseTaps<T> forward_taps(const DirectConv& p, int64_t oh, const Rows<const T>& x, const T* wt, T* sums,
-                              int64_t c0, int64_t count, OutputRange interior, TapLists<T>& lists) {
+template <typename T, typename K>
+DepthwiseTaps<T, K> forward_taps(const DirectConv& p, int64_t oh, const Rows<const K>& x, const T* wt, T* sums,
+                                 int64_t c0, int64_t count, OutputRange interior, TapLists<T>& lists) {
   std::vector<const T*>& weights = lists.weights;
   std::vector<T*>& sum_rows = lists.sums;
   std::vector<int64_t>&origins = lists.origins, &offsets = lists.offsets;
@@ -307,7 +330,7 @@ DepthwiseTaps<T> forward_taps(const DirectConv& p, int64_t oh, const Rows<const 
       origins[k] = (ih - x.first) * x.row_elements + offsets[k] * x.stride;
     }
   }
-  DepthwiseTaps<T> row;
+  DepthwiseTaps<T, K> row;
   row.taps = k;
   row.weights = weights.data();
   row.sums = sum_rows.data();
@@ -337,17 +360,27 @@ OutputRange input_rows_of(const DirectConv& p, int64_t r0, int64_t r1) {
   return {first, std::max(first, last)};
 }
 
-template <typename S>
+// The passes below run their row kernels on rows of K: T (float, double), or bfloat16's bits
+// (with_row_type), which they read and write in the tensors themselves (kInPlace: K as wide as
+// S), where those are NHWC (and for the input, M = 1); other rows are staged, as T.
+template <typename S, typename K>
+constexpr bool kInPlace = sizeof(K) == sizeof(S);
+template <typename S, typename K>
+constexpr bool kStaged = std::is_same_v<K, opmath_t<S>>;  // may rows be staged (as T)
+
+template <typename S, typename K>
 void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* bias, const Image<S>& y) {
   using T = opmath_t<S>;
-  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  const DepthwiseKernels<T, K> kernels = kernels_for_this_cpu<T, K>();
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
   const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w;
   const std::vector<T> wt = tap_major_weights<T>(p, w);
   const OutputRange interior = forward_interior(p);
   std::vector<T> bt;
   if (bias != nullptr) bt.assign(bias, bias + p.out_channels);
-  const bool x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1, y_in_place = y.nhwc && std::is_same_v<S, T>;
+  const bool x_in_place = x.nhwc && kInPlace<S, K> && M == 1, y_in_place = y.nhwc && kInPlace<S, K>;
+  CUCONV_CHECK((kStaged<S, K>) || (x_in_place && y_in_place), "cuconv: depthwise rows of bfloat16 bits need NHWC ",
+               "tensors and M = 1");
   // per output row: about sH * W values of x and out_w of y, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
                              (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
@@ -359,34 +392,38 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
       const int64_t c0 = block * s.block, count = std::min(s.block, p.out_channels - c0);
       const int64_t r0 = band * s.band, r1 = std::min(p.out_h, r0 + s.band);
       const OutputRange in = input_rows_of(p, r0, r1);
-      Rows<const T> xr{};
-      if constexpr (std::is_same_v<S, T>) {
-        if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
+      Rows<const K> xr{};
+      Rows<K> yr{};
+      if constexpr (kInPlace<S, K>) {
+        if (x_in_place) xr = rows_in_place<const K>(x, n, c0);
+        if (y_in_place) yr = rows_in_place<K>(y, n, c0);
       }
-      if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
-      Rows<T> yr{};
-      if constexpr (std::is_same_v<S, T>) {
-        if (y_in_place) yr = rows_in_place<T>(y, n, c0);
+      if constexpr (kStaged<S, K>) {
+        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
+        if (!y_in_place) yr = buffer_rows(y_staging, r0, r1, p.out_w, count);
       }
-      if (!y_in_place) yr = buffer_rows(y_staging, r0, r1, p.out_w, count);
       for (int64_t oh = r0; oh < r1; ++oh) {
-        const DepthwiseTaps<T> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
+        const DepthwiseTaps<T, K> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
-      if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, y_staging);
+      if constexpr (kStaged<S, K>) {
+        if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, y_staging);
+      }
     }
   });
 }
 
-template <typename S>
+template <typename S, typename K>
 void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, const Image<S>& dx) {
   using T = opmath_t<S>;
-  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  const DepthwiseKernels<T, K> kernels = kernels_for_this_cpu<T, K>();
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
   const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w;
   const int64_t sH = p.stride_h, sW = p.stride_w;
   const std::vector<T> wt = tap_major_weights<T>(p, w);
-  const bool dy_in_place = dy.nhwc && std::is_same_v<S, T>, dx_in_place = dx.nhwc && std::is_same_v<S, T> && M == 1;
+  const bool dy_in_place = dy.nhwc && kInPlace<S, K>, dx_in_place = dx.nhwc && kInPlace<S, K> && M == 1;
+  CUCONV_CHECK((kStaged<S, K>) || (dy_in_place && dx_in_place), "cuconv: depthwise rows of bfloat16 bits need NHWC ",
+               "tensors and M = 1");
   // per residue of the input column: the columns u whose every tap reads inside grad_output
   std::vector<OutputRange> interiors;
   for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
@@ -414,17 +451,17 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       const int64_t lowest = r0 + p.pad_h - (p.kernel_h - 1) * p.dilation_h;
       const int64_t first = std::min(p.out_h, lowest <= 0 ? int64_t{0} : (lowest + sH - 1) / sH);
       const int64_t last = std::clamp<int64_t>((r1 - 1 + p.pad_h) / sH + 1, first, p.out_h);
-      Rows<const T> dyr{};
-      if constexpr (std::is_same_v<S, T>) {
-        if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
+      Rows<const K> dyr{};
+      Rows<K> dxr{};
+      if constexpr (kInPlace<S, K>) {
+        if (dy_in_place) dyr = rows_in_place<const K>(dy, n, c0);
+        if (dx_in_place) dxr = rows_in_place<K>(dx, n, c0);
       }
-      if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_staging);
-      Rows<T> dxr{};
-      if constexpr (std::is_same_v<S, T>) {
-        if (dx_in_place) dxr = rows_in_place<T>(dx, n, c0);
+      if constexpr (kStaged<S, K>) {
+        if (!dy_in_place) dyr = staged_rows<T>(dy, n, first, last, c0, count, 1, dy_staging);
+        if (!dx_in_place) dxr = buffer_rows(dx_staging, r0, r1, p.width, count);
       }
-      if (!dx_in_place) dxr = buffer_rows(dx_staging, r0, r1, p.width, count);
-      DepthwiseTaps<T> row;
+      DepthwiseTaps<T, K> row;
       row.weights = weights.data();
       row.base = dyr.first_row;
       row.origins = origins.data();
@@ -455,18 +492,22 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
           kernels.forward_row(row, nullptr, dxr.row(ih) + residue * dxr.stride, sW * dxr.stride);
         }
       }
-      if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, dx_staging);
+      if constexpr (kStaged<S, K>) {
+        if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, dx_staging);
+      }
     }
   });
 }
 
-template <typename S>
+template <typename S, typename K>
 void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<const S>& x, S* dw) {
   using T = opmath_t<S>;
-  const DepthwiseKernels<T> kernels = kernels_for_this_cpu<T>();
+  const DepthwiseKernels<T, K> kernels = kernels_for_this_cpu<T, K>();
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
   const int64_t M = p.out_channels / p.in_channels, taps = p.kernel_h * p.kernel_w, O = p.out_channels;
-  const bool dy_in_place = dy.nhwc && std::is_same_v<S, T>, x_in_place = x.nhwc && std::is_same_v<S, T> && M == 1;
+  const bool dy_in_place = dy.nhwc && kInPlace<S, K>, x_in_place = x.nhwc && kInPlace<S, K> && M == 1;
+  CUCONV_CHECK((kStaged<S, K>) || (dy_in_place && x_in_place), "cuconv: depthwise rows of bfloat16 bits need NHWC ",
+               "tensors and M = 1");
   // parts: runs of output rows (counted across samples) of about kPartPixels pixels, as few as
   // keep their sums within kPartValues; both fixed by the shape alone
   const int64_t rows = p.batch * p.out_h, most_parts = std::max<int64_t>(1, kPartValues / (taps * O));
@@ -487,13 +528,15 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
       for (int64_t r = part * rows_per_part; r < row_end;) {  // one sample's run of rows at a time
         const int64_t n = r / p.out_h, r0 = r % p.out_h, r1 = std::min(p.out_h, r0 + (row_end - r));
         const OutputRange in = input_rows_of(p, r0, r1);
-        Rows<const T> xr{}, dyr{};
-        if constexpr (std::is_same_v<S, T>) {
-          if (x_in_place) xr = rows_in_place<const T>(x, n, c0);
-          if (dy_in_place) dyr = rows_in_place<const T>(dy, n, c0);
+        Rows<const K> xr{}, dyr{};
+        if constexpr (kInPlace<S, K>) {
+          if (x_in_place) xr = rows_in_place<const K>(x, n, c0);
+          if (dy_in_place) dyr = rows_in_place<const K>(dy, n, c0);
         }
-        if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
-        if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_staging);
+        if constexpr (kStaged<S, K>) {
+          if (!x_in_place) xr = staged_rows<T>(x, n, in.begin, in.end, c0, count, M, x_staging);
+          if (!dy_in_place) dyr = staged_rows<T>(dy, n, r0, r1, c0, count, 1, dy_staging);
+        }
         for (int64_t oh = r0; oh < r1; ++oh)
           kernels.weight_row(forward_taps<T>(p, oh, xr, nullptr, sums, c0, count, interior, lists), dyr.row(oh),
                              dyr.stride);
@@ -524,9 +567,11 @@ Tensor depthwise_conv2d_forward(const DirectConv& p, const Tensor& input, const 
   const int64_t sizes[4] = {p.batch, p.out_channels, p.out_h, p.out_w};
   Tensor y = nhwc ? empty_channels_last_like(x, IntArrayRef(sizes, 4)) : empty_like_with(x, IntArrayRef(sizes, 4));
   CUCONV_DISPATCH_FLOATING(x.scalar_type(), "cuconv.conv2d", [&] {
-    forward<scalar_t>(p, image_of(x.const_data_ptr<scalar_t>(), x, nhwc), w.const_data_ptr<scalar_t>(),
-                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                      image_of(y.mutable_data_ptr<scalar_t>(), y, nhwc));
+    with_row_type<scalar_t>(nhwc && p.out_channels == p.in_channels, [&](auto rows) {
+      forward<scalar_t, decltype(rows)>(p, image_of(x.const_data_ptr<scalar_t>(), x, nhwc),
+                                        w.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                        image_of(y.mutable_data_ptr<scalar_t>(), y, nhwc));
+    });
   });
   return y;
 }
@@ -537,8 +582,11 @@ Tensor depthwise_conv2d_backward_input(const DirectConv& p, const Tensor& grad_o
   const bool nhwc = is_channels_last(dy);
   Tensor dx = nhwc ? empty_channels_last_like(dy, input_size) : empty_like_with(dy, input_size);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "cuconv.conv2d_backward_input", [&] {
-    backward_input<scalar_t>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, nhwc), w.const_data_ptr<scalar_t>(),
-                             image_of(dx.mutable_data_ptr<scalar_t>(), dx, nhwc));
+    with_row_type<scalar_t>(nhwc && p.out_channels == p.in_channels, [&](auto rows) {
+      backward_input<scalar_t, decltype(rows)>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, nhwc),
+                                               w.const_data_ptr<scalar_t>(),
+                                               image_of(dx.mutable_data_ptr<scalar_t>(), dx, nhwc));
+    });
   });
   return dx;
 }
@@ -547,10 +595,13 @@ Tensor depthwise_conv2d_backward_weight(const DirectConv& p, const Tensor& grad_
                                         IntArrayRef weight_size) {
   const Tensor dy = in_kernel_layout(grad_output), x = in_kernel_layout(input);
   Tensor dw = empty_like_with(dy, weight_size);
+  const bool nhwc = is_channels_last(dy) && is_channels_last(x);
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "cuconv.conv2d_backward_weight", [&] {
-    backward_weight<scalar_t>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, is_channels_last(dy)),
-                              image_of(x.const_data_ptr<scalar_t>(), x, is_channels_last(x)),
-                              dw.mutable_data_ptr<scalar_t>());
+    with_row_type<scalar_t>(nhwc && p.out_channels == p.in_channels, [&](auto rows) {
+      backward_weight<scalar_t, decltype(rows)>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, is_channels_last(dy)),
+                                                image_of(x.const_data_ptr<scalar_t>(), x, is_channels_last(x)),
+                                                dw.mutable_data_ptr<scalar_t>());
+    });
   });
   return dw;
 }

@@ -6,7 +6,13 @@
 //
 // Isa provides: T (float or double), V (a vector of kLanes of them), kRegisters, zero(), load(p),
 // store(p, v), fma(a, b, c) = a*b + c, add(a, b), and load_first(p, n) / store_first(p, v, n)
-// for the first n < kLanes lanes (the channels past the last whole vector).
+// for the first n < kLanes lanes (the channels past the last whole vector); for bfloat16 rows
+// also Floats / Ints / Shorts (bfloat16_vector.h, which must be included before).
+//
+// The rows (source, output, dy) are of DepthwiseIsa::S: T, or uint16_t for bfloat16's bits,
+// widened to floats as they are loaded and rounded as they are stored (channels_last bfloat16
+// layers read and write their tensors in place, half the bytes of float copies); the weights,
+// bias and sums are T.
 //
 // Channels are innermost (NHWC rows, `source_stride` elements from pixel to pixel), so every
 // operation is on whole vectors of channels and a depthwise tap is one vector FMA. Per row:
@@ -26,24 +32,45 @@
 // run these tiles without bounds checks; the few at the row's ends run one pixel at a time,
 // skipping the taps that fall in the padding.
 
-// A whole vector of channels, or the first `lanes` of one.
-template <class Isa, bool kWhole>
-inline typename Isa::V depthwise_load(const typename Isa::T* p, int64_t lanes) {
-  if constexpr (kWhole) return Isa::load(p);
-  else return Isa::load_first(p, lanes);
+// The ISA with the rows' element type S.
+template <class Isa, typename Rows>
+struct DepthwiseIsa : Isa {
+  using S = Rows;
+};
+template <class Isa>
+using DepthwiseRow = DepthwiseTaps<typename Isa::T, typename Isa::S>;
+
+// A whole vector of channels, or the first `lanes` of one, of T or of bfloat16 bits.
+template <class Isa, bool kWhole, typename E>
+inline typename Isa::V depthwise_load(const E* p, int64_t lanes) {
+  if constexpr (std::is_same_v<E, uint16_t>) {
+    typename Isa::Shorts halves{};
+    __builtin_memcpy(&halves, p, (kWhole ? Isa::kLanes : lanes) * sizeof(uint16_t));
+    return (typename Isa::V)widen_bfloat16<Isa>(halves);
+  } else if constexpr (kWhole) {
+    return Isa::load(p);
+  } else {
+    return Isa::load_first(p, lanes);
+  }
 }
-template <class Isa, bool kWhole>
-inline void depthwise_store(typename Isa::T* p, typename Isa::V v, int64_t lanes) {
-  if constexpr (kWhole) Isa::store(p, v);
-  else Isa::store_first(p, v, lanes);
+template <class Isa, bool kWhole, typename E>
+inline void depthwise_store(E* p, typename Isa::V v, int64_t lanes) {
+  if constexpr (std::is_same_v<E, uint16_t>) {
+    const typename Isa::Shorts halves = round_to_bfloat16<Isa>((typename Isa::Floats)v);
+    __builtin_memcpy(p, &halves, (kWhole ? Isa::kLanes : lanes) * sizeof(uint16_t));
+  } else if constexpr (kWhole) {
+    Isa::store(p, v);
+  } else {
+    Isa::store_first(p, v, lanes);
+  }
 }
 
 // Forward tile: Q interior output pixels u0 .. u0 + Q - 1 x NV channel vectors from channel c
 // (with kWhole false: NV = 1 vector of `lanes` channels). Each tap's NV weight vectors serve
 // the Q pixels; the tap's bookkeeping (its source, offset, weights) serves Q x NV FMAs.
 template <class Isa, int Q, int NV, bool kWhole>
-inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t u0, int64_t c, int64_t lanes,
-                                   const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64_t c, int64_t lanes,
+                                   const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
   using V = typename Isa::V;
   constexpr int64_t L = Isa::kLanes;
   V acc[Q][NV];
@@ -55,7 +82,7 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
   }
   const int64_t step = r.source_step * r.source_stride, first = u0 * step + c;
   for (int64_t k = 0; k < r.taps;) {
-    const typename Isa::T* src = r.base + (r.origins[k] + first);
+    const typename Isa::S* src = r.base + (r.origins[k] + first);
     if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
         r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
       // three taps reading adjacent source pixels, adjacent outputs reading adjacent pixels
@@ -97,8 +124,8 @@ inline void depthwise_forward_tile(const DepthwiseTaps<typename Isa::T>& r, int6
 
 // One output pixel at a row's end, NV channel vectors: the taps in the padding are skipped.
 template <class Isa, int NV, bool kWhole>
-inline void depthwise_forward_edge(const DepthwiseTaps<typename Isa::T>& r, int64_t u, int64_t c, int64_t lanes,
-                                   const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+inline void depthwise_forward_edge(const DepthwiseRow<Isa>& r, int64_t u, int64_t c, int64_t lanes,
+                                   const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
   using V = typename Isa::V;
   constexpr int64_t L = Isa::kLanes;
   V acc[NV];
@@ -107,7 +134,7 @@ inline void depthwise_forward_edge(const DepthwiseTaps<typename Isa::T>& r, int6
   for (int64_t k = 0; k < r.taps; ++k) {
     const int64_t column = u * r.source_step + r.offsets[k];
     if (column < 0 || column >= r.source_width) continue;
-    const typename Isa::T* src = r.base + (r.origins[k] + u * r.source_step * r.source_stride + c);
+    const typename Isa::S* src = r.base + (r.origins[k] + u * r.source_step * r.source_stride + c);
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[v] = Isa::fma(depthwise_load<Isa, kWhole>(r.weights[k] + c + v * L, lanes),
@@ -120,8 +147,8 @@ inline void depthwise_forward_edge(const DepthwiseTaps<typename Isa::T>& r, int6
 // Every output pixel of the row for NV channel vectors from channel c: the ends one pixel at a
 // time, the interior in tiles of 4 pixels (then 2, 1).
 template <class Isa, int NV, bool kWhole>
-void depthwise_forward_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t c, int64_t lanes,
-                                const typename Isa::T* bias, typename Isa::T* out, int64_t out_step) {
+void depthwise_forward_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t lanes,
+                                const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
   const OutputRange interior = r.interior;
   for (int64_t u = 0; u < interior.begin; ++u) depthwise_forward_edge<Isa, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
   int64_t u = interior.begin;
@@ -137,8 +164,8 @@ void depthwise_forward_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t
 // The row's channels: groups of up to kMaxVectors whole vectors (4 x 4 accumulators with
 // AVX-512's 32 registers, 4 x 2 with 16), then the last part-filled vector.
 template <class Isa>
-void depthwise_forward_row(const DepthwiseTaps<typename Isa::T>& r, const typename Isa::T* bias,
-                           typename Isa::T* out, int64_t out_step) {
+void depthwise_forward_row(const DepthwiseRow<Isa>& r, const typename Isa::T* bias,
+                           typename Isa::S* out, int64_t out_step) {
   constexpr int64_t L = Isa::kLanes, kMaxVectors = Isa::kRegisters >= 32 ? 4 : 2;
   int64_t c = 0;
   for (; c + kMaxVectors * L <= r.channels; c += kMaxVectors * L)
@@ -157,10 +184,11 @@ void depthwise_forward_row(const DepthwiseTaps<typename Isa::T>& r, const typena
 // in order (the row's ends with their bounds checked), then added into the taps' sums. Each dy
 // load serves K taps.
 template <class Isa, int K, int NV, bool kWhole>
-void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, int64_t c, int64_t lanes,
-                           const typename Isa::T* dy, int64_t dy_step) {
+void depthwise_weight_tile(const DepthwiseRow<Isa>& r, int64_t k0, int64_t c, int64_t lanes,
+                           const typename Isa::S* dy, int64_t dy_step) {
   using V = typename Isa::V;
   using T = typename Isa::T;
+  using S = typename Isa::S;
   constexpr int64_t L = Isa::kLanes;
   const OutputRange interior = r.interior;
   V acc[K][NV];
@@ -176,7 +204,7 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
     for (int k = 0; k < K; ++k) {
       const int64_t column = u * r.source_step + r.offsets[k0 + k];
       if (column < 0 || column >= r.source_width) continue;
-      const T* src = r.base + (r.origins[k0 + k] + u * r.source_step * r.source_stride + c);
+      const S* src = r.base + (r.origins[k0 + k] + u * r.source_step * r.source_stride + c);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[k][v] = Isa::fma(d[v], depthwise_load<Isa, kWhole>(src + v * L, lanes), acc[k][v]);
     }
@@ -184,11 +212,11 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
   for (int64_t u = 0; u < interior.begin; ++u) edge(u);
   if (interior.begin < interior.end) {
     const int64_t step = r.source_step * r.source_stride;
-    const T* src[K];  // each tap's source at the first interior pixel
+    const S* src[K];  // each tap's source at the first interior pixel
 #pragma GCC unroll 8
     for (int k = 0; k < K; ++k)
       src[k] = r.base + (r.origins[k0 + k] + interior.begin * step + c);
-    const T* g = dy + interior.begin * dy_step + c;
+    const S* g = dy + interior.begin * dy_step + c;
     for (int64_t i = 0; i < interior.end - interior.begin; ++i) {
       V d[NV];
 #pragma GCC unroll 4
@@ -214,8 +242,8 @@ void depthwise_weight_tile(const DepthwiseTaps<typename Isa::T>& r, int64_t k0, 
 // vectors: 24 accumulators) of equal size (9 taps: 4 + 5, rather than 8 + a lone tap that would
 // load dy for one FMA).
 template <class Isa, int NV, bool kWhole>
-void depthwise_weight_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t c, int64_t lanes,
-                               const typename Isa::T* dy, int64_t dy_step) {
+void depthwise_weight_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t lanes,
+                               const typename Isa::S* dy, int64_t dy_step) {
   constexpr int64_t kMaxTaps = NV >= 4 ? 6 : 8;
   const int64_t chunks = (r.taps + kMaxTaps - 1) / kMaxTaps;
   for (int64_t i = 0, k0 = 0; i < chunks; ++i) {
@@ -239,7 +267,7 @@ void depthwise_weight_channels(const DepthwiseTaps<typename Isa::T>& r, int64_t 
 // accumulators, each pixel's 256 bytes of channels read together), then pairs; single vectors
 // (all of them with 16 registers); then the last part-filled one.
 template <class Isa>
-void depthwise_weight_row(const DepthwiseTaps<typename Isa::T>& r, const typename Isa::T* dy, int64_t dy_step) {
+void depthwise_weight_row(const DepthwiseRow<Isa>& r, const typename Isa::S* dy, int64_t dy_step) {
   constexpr int64_t L = Isa::kLanes;
   int64_t c = 0;
   if constexpr (Isa::kRegisters >= 32)
@@ -250,8 +278,9 @@ void depthwise_weight_row(const DepthwiseTaps<typename Isa::T>& r, const typenam
   if (c < r.channels) depthwise_weight_channels<Isa, 1, false>(r, c, r.channels - c, dy, dy_step);
 }
 
-// This ISA's row kernels for T = Isa::T.
-template <class Isa>
-DepthwiseKernels<typename Isa::T> depthwise_kernels_of(const char* isa) {
-  return {&depthwise_forward_row<Isa>, &depthwise_weight_row<Isa>, Isa::kLanes, isa};
+// This ISA's row kernels for T = Isa::T and rows of S.
+template <class Isa, typename S = typename Isa::T>
+DepthwiseKernels<typename Isa::T, S> depthwise_kernels_of(const char* isa) {
+  using RowsIsa = DepthwiseIsa<Isa, S>;
+  return {&depthwise_forward_row<RowsIsa>, &depthwise_weight_row<RowsIsa>, Isa::kLanes, isa};
 }

@@ -162,17 +162,6 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
   }
 }
 
-// Float sums rounded to bfloat16 (their bits): to nearest with ties to even, NaN as 0x7fc0 (torch's
-// rounding of float to bfloat16, bit for bit), one register's lanes at a time.
-template <class Isa>
-inline typename Isa::Shorts round_to_bfloat16(typename Isa::Floats sums) {
-  using Ints = typename Isa::Ints;  // (signed: the shifts' sign bits never reach the 16 bits kept)
-  const Ints bits = (Ints)sums;
-  const Ints is_nan = (bits & 0x7fffffff) > 0x7f800000;  // all ones where NaN
-  const Ints rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
-  return __builtin_convertvector((rounded & ~is_nan) | (0x7fc0 & is_nan), typename Isa::Shorts);
-}
-
 // An output row's sums into the NCHW output, plus bias: y[o * plane + q] = row[q * width + o] +
 // bias[o] for channels o < count and pixels q < pixels; `Out` float, or uint16_t for bfloat16
 // (round_to_bfloat16). The forward tiles leave a row pixel-major (each pixel's channels together,

@@ -150,13 +150,14 @@ WinogradNhwcTransforms avx2_winograd_nhwc_transforms();
 // `channels` channels from each pixel's first. Tap k's column 0 is base + origins[k] (elements;
 // before its row's start where the tap's offset is negative), so a tap's source is one load and
 // an add. The forward-type kernel reads each tap's weights at weights[k] (one per channel), the
-// weight-type kernel adds each tap's sums into sums[k].
-template <typename T>
+// weight-type kernel adds each tap's sums into sums[k]. Weights and sums are T (float, double),
+// the rows S: T, or uint16_t for bfloat16's bits (read and written as they are, computed in float).
+template <typename T, typename S = T>
 struct DepthwiseTaps {
   int64_t taps = 0;
   const T* const* weights = nullptr;
   T* const* sums = nullptr;
-  const T* base = nullptr;
+  const S* base = nullptr;
   const int64_t* origins = nullptr;
   const int64_t* offsets = nullptr;
   int64_t source_step = 1, source_width = 0, source_stride = 1, channels = 0, count = 0;
@@ -177,17 +178,20 @@ inline OutputRange depthwise_interior(const int64_t* offsets, int64_t taps, int6
 
 // The depthwise row kernels of one ISA and dtype (depthwise_tile.h): `forward_row` writes
 // out[u*out_step + c] = bias[c] (0 without) + the taps' products, `weight_row` adds
-// sum_u dy[u*dy_step + c] * (the tap's source) into each tap's sums; `lanes` per vector.
-template <typename T>
+// sum_u dy[u*dy_step + c] * (the tap's source) into each tap's sums; `lanes` per vector. Rows
+// (source, out, dy) of S, as DepthwiseTaps.
+template <typename T, typename S = T>
 struct DepthwiseKernels {
-  void (*forward_row)(const DepthwiseTaps<T>& row, const T* bias, T* out, int64_t out_step) = nullptr;
-  void (*weight_row)(const DepthwiseTaps<T>& row, const T* dy, int64_t dy_step) = nullptr;
+  void (*forward_row)(const DepthwiseTaps<T, S>& row, const T* bias, S* out, int64_t out_step) = nullptr;
+  void (*weight_row)(const DepthwiseTaps<T, S>& row, const S* dy, int64_t dy_step) = nullptr;
   int64_t lanes = 1;
   const char* isa = "generic";
 };
 DepthwiseKernels<float> avx512_depthwise_kernels_float();
 DepthwiseKernels<double> avx512_depthwise_kernels_double();
+DepthwiseKernels<float, uint16_t> avx512_depthwise_kernels_bfloat16();
 DepthwiseKernels<float> avx2_depthwise_kernels_float();
 DepthwiseKernels<double> avx2_depthwise_kernels_double();
+DepthwiseKernels<float, uint16_t> avx2_depthwise_kernels_bfloat16();
 
 }  // namespace cuconv

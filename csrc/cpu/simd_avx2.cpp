@@ -60,6 +60,7 @@ struct Avx2Double {
 };
 
 #include "register_transpose.h"
+#include "bfloat16_vector.h"
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"
@@ -88,6 +89,9 @@ WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx2_depthwise_kernels_float() { return depthwise_kernels_of<Avx2Float>("avx2"); }
 DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }
+DepthwiseKernels<float, uint16_t> avx2_depthwise_kernels_bfloat16() {
+  return depthwise_kernels_of<Avx2Float, uint16_t>("avx2");
+}
 
 DirectTiles avx2_direct_tiles() {
   DirectTiles t;

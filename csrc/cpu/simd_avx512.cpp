@@ -62,6 +62,7 @@ struct Avx512Double {
 };
 
 #include "register_transpose.h"
+#include "bfloat16_vector.h"
 #include "direct_tile.h"
 #include "gemm_tile.h"
 #include "pool_tile.h"
@@ -109,6 +110,9 @@ WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
 
 DepthwiseKernels<float> avx512_depthwise_kernels_float() { return depthwise_kernels_of<Avx512Float>("avx512"); }
 DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }
+DepthwiseKernels<float, uint16_t> avx512_depthwise_kernels_bfloat16() {
+  return depthwise_kernels_of<Avx512Float, uint16_t>("avx512");
+}
 
 DirectTiles avx512_direct_tiles() {
   DirectTiles t;
