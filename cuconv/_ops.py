@@ -332,6 +332,17 @@ def _in_layout(channels_last, t):
     return t
 
 
+def _in_input_layout(channels_last, grad_input, grad_output):
+    """An input gradient channels_last where its input asked for that (ctx.channels_last, torch's
+    rule) but grad_output was one value a sample, (N, 1, 1, 1): no strides of that shape read as
+    channels_last (torch reads them all as NCHW), so the kernels, which follow grad_output's layout,
+    wrote NCHW. A copy in the input's layout then, as torch returns it."""
+    if (channels_last and grad_input is not None and tuple(grad_output.shape[1:]) == (1, 1, 1)
+            and not batched_by_vmap(grad_input) and not _shape.is_channels_last(grad_input)):
+        return grad_input.clone(memory_format=torch.channels_last)
+    return grad_input
+
+
 def _conv2d_setup_context(ctx, inputs, output):
     input, weight, bias, *conv_args = inputs  # stride, padding, dilation, groups[, allow_tf32, benchmark]
     ctx.conv_args = conv_args
@@ -349,7 +360,8 @@ def _conv2d_backward(ctx, grad_output):
     grad_input = grad_weight = grad_bias = None
     grad_output = _in_layout(ctx.channels_last, grad_output)
     if ctx.needs_input_grad[0]:
-        grad_input = differentiable.conv2d_backward_input(grad_output, weight, ctx.input_shape, *ctx.conv_args)
+        grad_input = _in_input_layout(ctx.channels_last, differentiable.conv2d_backward_input(
+            grad_output, weight, ctx.input_shape, *ctx.conv_args), grad_output)
     if ctx.needs_input_grad[1]:
         grad_weight = _in_layout(ctx.channels_last, differentiable.conv2d_backward_weight(
             grad_output, input, ctx.weight_shape, *ctx.conv_args))
@@ -514,7 +526,7 @@ def _max_pool2d_backward(ctx, grad_output, _grad_indices):
     (indices,) = ctx.saved_tensors
     grad_output = _in_pooling_layout(ctx.channels_last, grad_output)
     grad_input = differentiable.max_pool2d_backward(grad_output, indices, ctx.input_shape, *ctx.pool_args)
-    return grad_input, None, None, None, None, None
+    return _in_input_layout(ctx.channels_last, grad_input, grad_output), None, None, None, None, None
 
 
 def _max_pool2d_jvp_setup(ctx, inputs, output):
@@ -566,7 +578,7 @@ def _avg_pool2d_setup_context(ctx, inputs, output):
 def _avg_pool2d_backward(ctx, grad_output):
     grad_output = _in_pooling_layout(ctx.channels_last, grad_output)
     grad_input = differentiable.avg_pool2d_backward(grad_output, ctx.input_shape, *ctx.pool_args)
-    return (grad_input,) + (None,) * len(ctx.pool_args)
+    return (_in_input_layout(ctx.channels_last, grad_input, grad_output),) + (None,) * len(ctx.pool_args)
 
 
 def _avg_pool2d_jvp(ctx, input_t, *_):

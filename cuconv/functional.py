@@ -249,6 +249,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         # The convolution with these arguments maps an output of this size back to the input's.
         y = differentiable.conv2d_backward_input(x, weight, size, stride, padding, dilation, groups,
                                                  *cuda_settings)
+        if tuple(x.shape[1:]) == (1, 1, 1) and _shape.convolution_prefers_channels_last(x, weight):
+            # (no strides of one value a sample read as channels_last, and the kernels follow x's)
+            y = y.clone(memory_format=torch.channels_last)
     else:
         # Output padding of at least the stride (torch allows it below the dilation), or an empty
         # output: no convolution maps this size back to the input's. The whole transposed convolution,

@@ -729,6 +729,38 @@ def test_one_channel_channels_last_pooling_keeps_torch_layout(op):
     torch.testing.assert_close(dx, ref_dx)
 
 
+@pytest.mark.parametrize("layer", ["max", "avg", "conv", "conv_transpose"])
+def test_one_value_a_sample_keeps_the_input_layout(layer):
+    """A grad_output (or transposed convolution input) of one value a sample, (N, 1, 1, 1), has no
+    strides that read as channels_last, and the kernels follow its layout; the result is still laid
+    out as torch lays it: channels_last where the input (or weight) is. One-channel pooling and a
+    convolution of one output channel to a 1x1 output; a one-channel 1x1 transposed input with a
+    channels_last weight. (Global average pooling: README, Limitations.)"""
+    gen = torch.Generator().manual_seed(17)
+    one_channel = torch.randn(3, 2, 3, 1, generator=gen, dtype=torch.float64).permute(0, 3, 1, 2)  # (3, 1, 2, 3)
+    four_channels = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    weight = torch.randn(1, 4, 3, 3, generator=gen, dtype=torch.float64)
+    transposed_weight = torch.randn(1, 3, 2, 2, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    x, call = {"max": (one_channel, lambda f, x: f.max_pool2d(x, (2, 3))),
+               "avg": (one_channel, lambda f, x: f.avg_pool2d(x, (1, 3), (3, 4), (0, 1))),
+               "conv": (four_channels, lambda f, x: f.conv2d(x, weight)),
+               "conv_transpose": (torch.randn(2, 1, 1, 1, generator=gen, dtype=torch.float64),
+                                  lambda f, x: f.conv_transpose2d(x, transposed_weight))}[layer]
+    results = []
+    for f in (CF, F):
+        leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        out = call(f, leaf)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        results.append((out, torch.autograd.grad(out, leaf, grad)[0]))
+    (ours, ours_dx), (theirs, theirs_dx) = results
+    assert ours.stride() == theirs.stride() and ours_dx.stride() == theirs_dx.stride()
+    # (the case itself: torch's result reads as channels_last)
+    assert torch._prims_common.suggest_memory_format(theirs_dx if layer != "conv_transpose" else theirs) \
+        == torch.channels_last
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_dx, theirs_dx, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", [c for c in POOLS_CHANNELS_LAST if c != "adaptive-global"])
 def test_pooling_layouts_follow_the_input_as_torch_s(case):
     """torch lays pooling's result and input gradient out as the input suggests: a crop of a

@@ -108,7 +108,7 @@ def test_pixel_gemm_is_the_path_that_runs(monkeypatch):
 @pytest.mark.parametrize("special", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", ["weight", "grad_output"])
 def test_inf_and_nan_get_the_gemm_answer(special, where, monkeypatch):
-    """The GEMM (like torch) multiplies the padding's zeros by the weights in the forward pass and by
+    """The GEMM (like torch's float64) multiplies the padding's zeros by the weights in the forward pass and by
     grad_output in the weight gradient, and 0 * Inf is NaN; the per-pixel products skip those
     terms, so with such an operand the pass runs the GEMM, and its result is the GEMM's, bitwise."""
     case = dict(batch=32, in_channels=4, out_channels=3, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
