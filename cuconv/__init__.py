@@ -71,6 +71,7 @@ _check_build()
 from . import functional  # noqa: E402
 from ._build_info import torch_version as built_with_torch  # noqa: E402
 from ._ops import ops  # noqa: E402
+from ._shape import ArgumentError, DtypeError  # noqa: E402
 from . import _batching, _fake, _flops  # noqa: E402,F401  (vmap rules, fake kernels, FLOP counts)
 from .book import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1, pool2d  # noqa: E402
 from .modules import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, ConvTranspose2d, LazyConv2d,  # noqa: E402
@@ -98,5 +99,5 @@ __all__ = [
     "functional", "ops", "Conv2d", "LazyConv2d", "ConvTranspose2d", "LazyConvTranspose2d", "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d",
     "convert", "corr2d", "corr2d_multi_in", "corr2d_multi_in_out", "corr2d_multi_in_out_1x1",
-    "pool2d", "with_cuda", "built_with_torch", "tuning",
+    "pool2d", "with_cuda", "built_with_torch", "tuning", "ArgumentError", "DtypeError",
 ]

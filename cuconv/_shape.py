@@ -6,11 +6,22 @@ stable ABI cannot pass to C++, so the same checks run here in Python, with the s
 messages: each function below mirrors the C++ function of the same name, line for line.
 tests/test_shape_checks.py holds the two to each other on random arguments, valid and not.
 
-The dtype and device checks raise TypeError / RuntimeError here, before any kernel sees the
-tensors; cuconv.functional runs them for eager calls too.
+The dtype and device checks raise DtypeError / RuntimeError here, before any kernel sees the
+tensors; cuconv.functional runs them for eager calls too. Bad shapes and values raise
+ArgumentError (the C++ checks' ValueError becomes one in cuconv.functional).
 """
 
 import torch
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A bad shape or argument value: a ValueError, and a RuntimeError as well, which torch raises
+    for the same calls, so that code written for either (or for torch.nn) catches it."""
+
+
+class DtypeError(TypeError, RuntimeError):
+    """A tensor of a dtype the op does not take, or operands of different dtypes: a TypeError, and
+    a RuntimeError as well, as torch raises there."""
 
 
 def _sizes(values):
@@ -20,7 +31,7 @@ def _sizes(values):
 
 def _value_error(condition, *parts):
     if not condition:
-        raise ValueError("".join(str(p) for p in parts))
+        raise ArgumentError("".join(str(p) for p in parts))
 
 
 def check_pair(op, name, values, min_value):
@@ -40,7 +51,7 @@ def check_image_batch(op, name, size):
 
 def check_same_dtype_device(op, name_a, a, name_b, b):
     if a.dtype != b.dtype:
-        raise TypeError(f"{op}: expected {name_b} to have the dtype of {name_a} ({_dtype_name(a.dtype)}), but got "
+        raise DtypeError(f"{op}: expected {name_b} to have the dtype of {name_a} ({_dtype_name(a.dtype)}), but got "
                         f"{_dtype_name(b.dtype)}")
     if a.device != b.device:
         raise RuntimeError(f"{op}: expected {name_b} to be on the device of {name_a} ({a.device}), but got {b.device}")
@@ -48,7 +59,7 @@ def check_same_dtype_device(op, name_a, a, name_b, b):
 
 def check_floating(op, name, t):
     if not t.is_floating_point():
-        raise TypeError(f"{op}: expected {name} to be a floating-point tensor, but got {_dtype_name(t.dtype)}")
+        raise DtypeError(f"{op}: expected {name} to be a floating-point tensor, but got {_dtype_name(t.dtype)}")
 
 
 # The integer dtypes an op takes besides the floating-point ones (csrc/shape.h's Integers): torch's
@@ -68,7 +79,7 @@ def check_floating_or(op, name, t, integers, complex_allowed=False, integers_on_
              + (["complex"] if complex_allowed else []))  # (int64: as csrc/shape.h names it)
     expected = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
     note = " (integer tensors: on the CPU only, as torch's)" if integers_on_cpu and t.dtype in ALL_INTEGERS else ""
-    raise TypeError(f"{op}: expected {name} to be a {expected} tensor, but got {_dtype_name(t.dtype)}{note}")
+    raise DtypeError(f"{op}: expected {name} to be a {expected} tensor, but got {_dtype_name(t.dtype)}{note}")
 
 
 def check_floating_or_integer(op, name, t):  # (max pooling, on the CPU and CUDA)
@@ -189,37 +200,37 @@ def conv_transpose2d_shape(op, input_size, weight_size, stride, padding, output_
     for name, values, low in (("stride", stride, 1), ("padding", padding, 0), ("output_padding", output_padding, 0),
                               ("dilation", dilation, 1)):  # (pairs: cuconv.functional's _pair made them)
         if not (values[0] >= low and values[1] >= low):
-            raise ValueError(f"{op}: expected every {name} value to be >= {low}, but got {name}={_sizes(values)}")
+            raise ArgumentError(f"{op}: expected every {name} value to be >= {low}, but got {name}={_sizes(values)}")
     if groups < 1:
-        raise ValueError(f"{op}: expected groups >= 1, but got groups={groups}")
+        raise ArgumentError(f"{op}: expected groups >= 1, but got groups={groups}")
     if len(input_size) != 4:
-        raise ValueError(f"{op}: expected input to be 4-D (batch, channels, height, width), but got "
+        raise ArgumentError(f"{op}: expected input to be 4-D (batch, channels, height, width), but got "
                          f"{len(input_size)}-D with shape {_sizes(input_size)}")
     if len(weight_size) != 4:
-        raise ValueError(f"{op}: expected weight to be 4-D (in_channels, out_channels/groups, kH, kW), but got "
+        raise ArgumentError(f"{op}: expected weight to be 4-D (in_channels, out_channels/groups, kH, kW), but got "
                          f"{len(weight_size)}-D with shape {_sizes(weight_size)}")
     batch, in_channels, in_h, in_w = input_size
     if not (weight_size[1] > 0 and weight_size[2] > 0 and weight_size[3] > 0):
-        raise ValueError(f"{op}: expected weight to have at least one output channel per group and a kernel of at "
+        raise ArgumentError(f"{op}: expected weight to have at least one output channel per group and a kernel of at "
                          f"least 1x1, but got weight of shape {_sizes(weight_size)}")
     if not (in_channels > 0 and in_h > 0 and in_w > 0):
-        raise ValueError(f"{op}: expected input to have non-zero channels, height and width (only the batch may "
+        raise ArgumentError(f"{op}: expected input to have non-zero channels, height and width (only the batch may "
                          f"be 0), but got shape {_sizes(input_size)}")
     if in_channels % groups != 0:
-        raise ValueError(f"{op}: expected in_channels (input.shape[1]={in_channels}) to be divisible by "
+        raise ArgumentError(f"{op}: expected in_channels (input.shape[1]={in_channels}) to be divisible by "
                          f"groups={groups}")
     if weight_size[0] != in_channels:
-        raise ValueError(f"{op}: expected weight of shape [in_channels, out_channels/groups, kH, kW] with "
+        raise ArgumentError(f"{op}: expected weight of shape [in_channels, out_channels/groups, kH, kW] with "
                          f"in_channels={in_channels} (the input's channels), but got weight of shape "
                          f"{_sizes(weight_size)}")
     if not all(output_padding[i] < max(stride[i], dilation[i]) for i in (0, 1)):
-        raise ValueError(f"{op}: expected output_padding to be smaller than the stride or the dilation, but got "
+        raise ArgumentError(f"{op}: expected output_padding to be smaller than the stride or the dilation, but got "
                          f"output_padding={_sizes(output_padding)}, stride={_sizes(stride)}, "
                          f"dilation={_sizes(dilation)}")
     out = [(size - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight_size[2 + i] - 1) + 1 + output_padding[i]
            for i, size in enumerate((in_h, in_w))]
     if not (out[0] >= 0 and out[1] >= 0):  # (an empty output, 0 high or wide, is torch's result too)
-        raise ValueError(f"{op}: input of shape {_sizes(input_size)} with weight of shape {_sizes(weight_size)}, "
+        raise ArgumentError(f"{op}: input of shape {_sizes(input_size)} with weight of shape {_sizes(weight_size)}, "
                          f"stride={_sizes(stride)}, padding={_sizes(padding)}, output_padding="
                          f"{_sizes(output_padding)} and dilation={_sizes(dilation)} gives an output of {out[0]} x "
                          f"{out[1]}: expected no negative size")

@@ -1,11 +1,13 @@
 """cuconv.functional: torch.nn.functional's convolution and pooling, on cuconv's kernels.
 
 Same signatures and defaults as torch.nn.functional. This module turns the Python arguments
-into the ops' canonical form (pairs of ints, 4-D input) and checks dtypes (TypeError, as
-torch raises); every check that depends on shapes lives with the kernels (csrc/shape.h, and
-cuconv/_shape.py for traced calls).
+into the ops' canonical form (pairs of ints, 4-D input) and checks dtypes (DtypeError: a
+TypeError and a RuntimeError); every check that depends on shapes lives with the kernels
+(csrc/shape.h, and cuconv/_shape.py for traced calls), and raises ArgumentError (a ValueError
+and a RuntimeError): torch raises RuntimeError for both, Python's convention is the other.
 """
 
+import functools
 import numbers
 
 import torch
@@ -15,6 +17,20 @@ from . import _autocast, _shape
 from ._ops import batched_by_vmap, differentiable
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+
+
+def _raising_argument_errors(function):
+    """The op, its C++ checks' ValueError (the one error type the stable ABI has for them) raised as
+    an ArgumentError, as the Python checks raise them."""
+    @functools.wraps(function)
+    def op(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ValueError as error:
+            if isinstance(error, _shape.ArgumentError):
+                raise
+            raise _shape.ArgumentError(*error.args) from None
+    return op
 
 
 def _is_int(value):
@@ -65,7 +81,7 @@ def _pair(op, name, value, allow_single=False):
             if len(values) == 1 and allow_single:
                 return (values[0], values[0])
             expected = "an int or a sequence of 1 or 2 ints" if allow_single else "an int or a pair of ints"
-            raise ValueError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(values)!r} "
+            raise _shape.ArgumentError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(values)!r} "
                              f"({len(values)} values)")
     raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, but got "
                     f"{type(value).__name__} {value!r}")
@@ -90,14 +106,14 @@ def _batched(op, input, check_dtype=_shape.check_floating, channels_may_be_zero=
         channels, height, width = input.shape
         if height == 0 or width == 0 or (channels == 0 and not channels_may_be_zero):
             expected = "non-zero height and width" if channels_may_be_zero else "non-zero channels, height and width"
-            raise ValueError(f"{op}: expected an unbatched input (C, H, W) to have {expected}, but got shape "
+            raise _shape.ArgumentError(f"{op}: expected an unbatched input (C, H, W) to have {expected}, but got shape "
                              f"{tuple(input.shape)}")
         if not batched_by_vmap(input):
             # a 3-D tensor has no channels_last: torch lays out the result and the gradient of one
             # strided as a channels_last batch's sample (HWC) as it does a contiguous one's
             input = input.contiguous()
         return input.unsqueeze(0), True
-    raise ValueError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), but got "
+    raise _shape.ArgumentError(f"{op}: expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), but got "
                      f"{input.dim()}-D with shape {tuple(input.shape)}")
 
 
@@ -159,6 +175,7 @@ def _convolution_input(x, weight):
     return x, (x.is_cuda and _cuda_conv_allows_tf32(), x.is_cuda and _cuda_conv_benchmarks())
 
 
+@_raising_argument_errors
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
@@ -180,11 +197,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             padding = (0, 0)
         elif padding == "same":
             if stride != (1, 1):
-                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions, "
+                raise _shape.ArgumentError(f"{op}: padding='same' is not supported for strided convolutions, "
                                  f"but got stride={stride}")
             x, padding = _same_padding(x, weight, dilation)
         else:
-            raise ValueError(f"{op}: expected padding to be 'valid', 'same', an int or a pair of ints, "
+            raise _shape.ArgumentError(f"{op}: expected padding to be 'valid', 'same', an int or a pair of ints, "
                              f"but got {padding!r}")
     else:
         padding = _pair(op, "padding", padding, allow_single=True)
@@ -209,6 +226,7 @@ def _convolution_of_no_channels(op, x, weight, bias, stride, padding, dilation, 
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
+@_raising_argument_errors
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """The transposed convolution, as torch.nn.functional.conv_transpose2d (weight of shape
     (in_channels, out_channels / groups, kH, kW)): the gradient of the convolution that maps an
@@ -318,6 +336,7 @@ def _pooling_input(x):
     return x.contiguous(memory_format=torch.channels_last) if _shape.suggests_channels_last(x) else x
 
 
+@_raising_argument_errors
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (integer tensors too, as torch's CPU
@@ -333,6 +352,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return (y, indices) if return_indices else y
 
 
+@_raising_argument_errors
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d (int64 tensors too on the CPU, as torch's:
@@ -347,6 +367,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     return y.squeeze(0) if unbatched else y
 
 
+@_raising_argument_errors
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
     output_size: an int, or (H, W) where None keeps the input's size."""

@@ -2,15 +2,16 @@
 for the fake kernels that torch.compile traces with (cuconv/_shape.py: the stable ABI cannot
 take symbolic sizes). Here the two meet on thousands of random argument sets, most of them
 invalid: every op must accept exactly the same ones with the same output shape, and reject the
-others with the same exception type and message. (A dtype mismatch is the one exception: the
-C++ kernels can only raise RuntimeError for it, the Python checks raise TypeError.)"""
+others with the same exception type and message. (The Python checks raise cuconv's
+ArgumentError, a ValueError, where C++ raises ValueError; and for a dtype mismatch DtypeError, a
+TypeError, where C++ can only raise RuntimeError.)"""
 
 import random
 
 import pytest
 import torch
 
-import cuconv  # noqa: F401  (registers the ops)
+import cuconv
 
 ops = torch.ops.cuconv
 
@@ -19,7 +20,10 @@ def _outcome(call):
     try:
         out = call()
     except (ValueError, IndexError, TypeError, RuntimeError) as error:
-        return type(error).__name__, str(error)
+        kind = type(error)
+        if kind in (cuconv.ArgumentError, cuconv.DtypeError):
+            kind = kind.__mro__[1]  # (ValueError, TypeError: the built-in type it is first)
+        return kind.__name__, str(error)
     outs = out if isinstance(out, tuple) else (out,)
     return "ok", [(tuple(o.shape), o.dtype) for o in outs]
 
