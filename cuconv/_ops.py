@@ -30,7 +30,9 @@ which is the op itself (its Autograd kernel records the graph) except inside tor
 transforms, which refuse the autograd.Function that register_autograd builds (it has no
 setup_context): torch.func.grad, jacrev and vmap(grad(...)) (per-sample gradients) go
 through the second. (Outside them the second would cost ~10 us a call more: torch binds
-its arguments with inspect.signature on every apply.)
+its arguments with inspect.signature on every apply.) Under torch.compile too, as one call
+in the graph (allow_in_graph), so that compiled transforms and dual tensors, fullgraph
+included, get the same formulas.
 
 Plain eager calls (no compile, export, jit.trace, torch.func, dispatch or function mode, dual level, only plain tensors)
 take a third, leaner way with the same formulas: without gradients, the kernels directly (below
@@ -281,6 +283,13 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
     EagerFunction = type(f"{name}_eager", (torch.autograd.Function,),
                          {"forward": staticmethod(eager_forward), "backward": staticmethod(backward)})
 
+    # Under torch.compile, the Function as one call in the graph: dynamo does not trace into it
+    # (it cannot follow an autograd.Function whose backward applies another one), AOTAutograd
+    # runs it under the transforms as eager code would.
+    @torch._dynamo.allow_in_graph
+    def function_in_graph(*args):
+        return Function.apply(*_wrapped(args))
+
     def apply(*args):
         if autocast:  # before autograd sees the arguments, so that it records the casts
             args = _autocast.cast_args(args)
@@ -290,9 +299,11 @@ def _register_autograd(name, backward, setup_context, jvp, jvp_setup=None, autoc
         if call is False:
             with _below_autograd():
                 return overload(*args)
-        # (torch.compile's tracer cannot follow an autograd.Function whose backward applies
-        # another one: there the op's own Autograd kernel does the job too.)
-        if (_functorch_active() or _forward_ad_active()) and not torch.compiler.is_compiling():
+        if _functorch_active() or _forward_ad_active():
+            # (not the op's own Autograd kernel, compiled or not: it has no forward mode, and a
+            # tangent through it would be dropped, zeros; nor any functorch rule)
+            if torch.compiler.is_compiling():
+                return function_in_graph(*args)
             return Function.apply(*_wrapped(args))
         return op(*args)
 

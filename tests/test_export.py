@@ -1,11 +1,15 @@
-"""Leaving eager PyTorch with a cuconv model: torch.compile (inductor), torch.export with a
-dynamic batch, an AOTInductor package, torch.jit.trace, and the clear refusal of
-torch.jit.script. ONNX: test_onnx.py."""
+"""Leaving eager PyTorch with a cuconv model: torch.compile (inductor; torch.func's transforms
+and dual tensors compiled), torch.export with a dynamic batch, an AOTInductor package,
+torch.jit.trace, and the clear refusal of torch.jit.script. ONNX: test_onnx.py."""
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
+import torch.func as tf
+import torch.nn.functional as F
 
 import cuconv
+import cuconv.functional as CF
 from test_ops import SmallNet, forward_and_grads
 
 
@@ -43,6 +47,54 @@ def test_compile_with_dynamic_shapes_traces_once_for_every_batch_size():
             x = torch.randn(batch, 3, 16, 16)
             torch.testing.assert_close(compiled(x), model(x))
     assert len(graphs) == 1
+
+
+# torch.func's transforms and forward mode, compiled with fullgraph=True: cuconv's autograd.Function
+# for them is one call in the graph (cuconv/_ops.py). Before, the compiled call took the op's own
+# Autograd kernel: a jvp's tangent came back zero, and grad/jacrev/hessian did not compile.
+_X = torch.randn(3, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+_V = torch.randn(3, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+_W = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+_WT = torch.randn(2, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+COMPILED_OPS = {
+    "conv2d": lambda f, z: f.conv2d(z, _W, None, 1, 1),
+    "conv_transpose2d": lambda f, z: f.conv_transpose2d(z, _WT, None, 2, 1, 1),
+    "max_pool2d": lambda f, z: f.max_pool2d(z, 3, 2, 1, return_indices=True)[0],
+    "avg_pool2d": lambda f, z: f.avg_pool2d(z, 3, 2, 1),
+    "adaptive_avg_pool2d": lambda f, z: f.adaptive_avg_pool2d(z, (4, 3)),
+}
+
+
+def _dual_tangent(f, op):
+    with fwAD.dual_level():
+        return fwAD.unpack_dual(op(f, fwAD.make_dual(_X, _V))).tangent
+
+
+COMPILED_TRANSFORMS = {
+    "grad": lambda f, op: tf.grad(lambda z: op(f, z).pow(2).sum())(_X),
+    "vmap_grad": lambda f, op: tf.vmap(tf.grad(lambda z: op(f, z[None]).pow(2).sum()))(_X),
+    "jacrev": lambda f, op: tf.jacrev(lambda z: op(f, z))(_X[:1, :, :4, :4]),
+    "jvp": lambda f, op: tf.jvp(lambda z: op(f, z), (_X,), (_V,))[1],
+    "jacfwd": lambda f, op: tf.jacfwd(lambda z: op(f, z))(_X[:1, :, :4, :4]),
+    "hessian": lambda f, op: tf.hessian(lambda z: op(f, z).pow(3).sum())(_X[:1, :, :3, :3]),
+    "dual_tensors": _dual_tangent,
+}
+
+
+@pytest.mark.parametrize("transform", list(COMPILED_TRANSFORMS))
+@pytest.mark.parametrize("op", list(COMPILED_OPS))
+def test_compiled_transforms_equal_torch_s(op, transform):
+    torch._dynamo.reset()
+    call, layer = COMPILED_TRANSFORMS[transform], COMPILED_OPS[op]
+    ours = torch.compile(lambda: call(CF, layer), backend="aot_eager", fullgraph=True)()
+    torch.testing.assert_close(ours, call(F, layer), rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_jvp_with_inductor_equals_torch_s():
+    torch._dynamo.reset()
+    call, layer = COMPILED_TRANSFORMS["jvp"], COMPILED_OPS["conv2d"]
+    ours = torch.compile(lambda: call(CF, layer), fullgraph=True)()
+    torch.testing.assert_close(ours, call(F, layer), rtol=1e-9, atol=1e-9)
 
 
 def _exported(model):
