@@ -82,6 +82,26 @@ def test_depthwise_half_types_match_torch(case, dtype, channels_last):
     _check(case, dtype, channels_last)
 
 
+# Wide pixels: channels_last rows read in place take every channel of a pixel, and the row
+# kernels run each pixel tile over every group of 4 (AVX-512; 2 with AVX2) vectors before the
+# next tile; 200 channels are 3 such groups, 8 channels and (AVX-512) a part-filled vector.
+WIDE_CASES = [
+    dict(batch=2, channels=200, multiplier=1, size=(7, 9), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), bias=True),
+    dict(batch=1, channels=136, multiplier=1, size=(6, 11), kernel=(3, 5), stride=(2, 2), padding=(1, 2),
+         dilation=(1, 1), bias=False),
+    dict(batch=2, channels=72, multiplier=2, size=(5, 8), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 2), bias=True),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: "c{channels}m{multiplier}k{kernel}s{stride}".format(**c))
+def test_depthwise_wide_pixels_match_torch(case, dtype, channels_last):
+    _check(case, dtype, channels_last)
+
+
 # Large enough to split: a batch of one splits its rows into bands (one per thread at least), and
 # the weight gradient's pixels into parts of 1024; 70 channels are 4 vectors and a part-filled one
 # of AVX-512 (2 blocks of 64 in place, 3 of 32 staged).

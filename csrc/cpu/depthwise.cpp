@@ -273,11 +273,14 @@ int64_t channel_block(int64_t channels, int64_t multiplier, int64_t lanes, int64
 }
 
 // `staged_row_elements`: values per row (and channel) of the operands that are staged, if any
-// (0 when nothing is): a band's staged rows should stay within a quarter of the L2.
+// (0 when nothing is): a band's staged rows should stay within a quarter of the L2. Rows read and
+// written in place take whole pixels (every channel): an item's rows are then one run of memory,
+// which the hardware prefetchers follow (blocks of 64 of 256 channels read 256 bytes of every
+// 1 KB pixel, a stride the prefetchers gave up on at each page: the loads waited on memory).
 Split split_work(int64_t batch, int64_t channels, int64_t multiplier, int64_t rows, int64_t lanes,
                  int64_t staged_row_elements, int64_t value_bytes) {
   Split s;
-  s.block = channel_block(channels, multiplier, lanes, (staged_row_elements > 0 ? 2 : 4) * lanes);
+  s.block = staged_row_elements > 0 ? channel_block(channels, multiplier, lanes, 2 * lanes) : channels;
   s.blocks = (channels + s.block - 1) / s.block;
   s.band = rows;
   if (staged_row_elements > 0) {

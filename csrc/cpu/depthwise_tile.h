@@ -144,40 +144,53 @@ inline void depthwise_forward_edge(const DepthwiseRow<Isa>& r, int64_t u, int64_
   for (int v = 0; v < NV; ++v) depthwise_store<Isa, kWhole>(out + u * out_step + c + v * L, acc[v], lanes);
 }
 
-// Every output pixel of the row for NV channel vectors from channel c: the ends one pixel at a
-// time, the interior in tiles of 4 pixels (then 2, 1).
+// Every output pixel of the row for `groups` groups of NV channel vectors from channel c (NV * L
+// channels apart): the ends one pixel at a time, the interior in tiles of 4 pixels (then 2, 1),
+// each pixel or tile for every group before the next (a pixel's channels are one run of memory,
+// read in order: group by group along the row, wide pixels were read with a stride the hardware
+// prefetchers dropped at each page).
 template <class Isa, int NV, bool kWhole>
-void depthwise_forward_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t lanes,
+void depthwise_forward_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t groups, int64_t lanes,
                                 const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
+  constexpr int64_t G = NV * Isa::kLanes;
+  const int64_t end = c + groups * G;
   const OutputRange interior = r.interior;
-  for (int64_t u = 0; u < interior.begin; ++u) depthwise_forward_edge<Isa, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  auto edge = [&](int64_t u) {
+    for (int64_t cg = c; cg < end; cg += G) depthwise_forward_edge<Isa, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
+  };
+  for (int64_t u = 0; u < interior.begin; ++u) edge(u);
   int64_t u = interior.begin;
-  for (; u + 4 <= interior.end; u += 4) depthwise_forward_tile<Isa, 4, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  for (; u + 4 <= interior.end; u += 4)
+    for (int64_t cg = c; cg < end; cg += G)
+      depthwise_forward_tile<Isa, 4, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
   if (u + 2 <= interior.end) {
-    depthwise_forward_tile<Isa, 2, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+    for (int64_t cg = c; cg < end; cg += G)
+      depthwise_forward_tile<Isa, 2, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
     u += 2;
   }
-  if (u < interior.end) depthwise_forward_tile<Isa, 1, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
-  for (u = interior.end; u < r.count; ++u) depthwise_forward_edge<Isa, NV, kWhole>(r, u, c, lanes, bias, out, out_step);
+  if (u < interior.end)
+    for (int64_t cg = c; cg < end; cg += G)
+      depthwise_forward_tile<Isa, 1, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
+  for (u = interior.end; u < r.count; ++u) edge(u);
 }
 
-// The row's channels: groups of up to kMaxVectors whole vectors (4 x 4 accumulators with
-// AVX-512's 32 registers, 4 x 2 with 16), then the last part-filled vector.
+// The row's channels: groups of kMaxVectors whole vectors (4 x 4 accumulators with AVX-512's 32
+// registers, 4 x 2 with 16), then the 1-3 whole vectors left, then the last part-filled vector.
 template <class Isa>
 void depthwise_forward_row(const DepthwiseRow<Isa>& r, const typename Isa::T* bias,
                            typename Isa::S* out, int64_t out_step) {
   constexpr int64_t L = Isa::kLanes, kMaxVectors = Isa::kRegisters >= 32 ? 4 : 2;
-  int64_t c = 0;
-  for (; c + kMaxVectors * L <= r.channels; c += kMaxVectors * L)
-    depthwise_forward_channels<Isa, kMaxVectors, true>(r, c, L, bias, out, out_step);
+  const int64_t groups = r.channels / (kMaxVectors * L);
+  if (groups > 0) depthwise_forward_channels<Isa, kMaxVectors, true>(r, 0, groups, L, bias, out, out_step);
+  int64_t c = groups * kMaxVectors * L;
   switch ((r.channels - c) / L) {
-    case 3: depthwise_forward_channels<Isa, 3, true>(r, c, L, bias, out, out_step); break;
-    case 2: depthwise_forward_channels<Isa, 2, true>(r, c, L, bias, out, out_step); break;
-    case 1: depthwise_forward_channels<Isa, 1, true>(r, c, L, bias, out, out_step); break;
+    case 3: depthwise_forward_channels<Isa, 3, true>(r, c, 1, L, bias, out, out_step); break;
+    case 2: depthwise_forward_channels<Isa, 2, true>(r, c, 1, L, bias, out, out_step); break;
+    case 1: depthwise_forward_channels<Isa, 1, true>(r, c, 1, L, bias, out, out_step); break;
     default: break;
   }
   c += (r.channels - c) / L * L;
-  if (c < r.channels) depthwise_forward_channels<Isa, 1, false>(r, c, r.channels - c, bias, out, out_step);
+  if (c < r.channels) depthwise_forward_channels<Isa, 1, false>(r, c, 1, r.channels - c, bias, out, out_step);
 }
 
 // Weight tile: taps k0 .. k0 + K - 1 x NV channel vectors from channel c, summed over the row
