@@ -39,9 +39,13 @@ def _is_int(value):
 
 def _as_int(value):
     """value as an int where torch's argument parser takes it as one: an int (not a bool), a numpy
-    int, or a one-element tensor of an integer or bool dtype (`stride=torch.tensor(2)`); else None."""
+    int, or a one-element tensor of an integer or bool dtype (`stride=torch.tensor(2)`); else None.
+    A symbolic int (torch.export and compile trace sizes as SymInt) stays as it is: int() would
+    make the tracer specialise it."""
     if _is_int(value):
         return int(value)
+    if isinstance(value, torch.SymInt):
+        return value
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not (value.is_floating_point() or value.is_complex()):
         return int(value.item())
     return None
@@ -82,7 +86,7 @@ def _pair(op, name, value, allow_single=False):
                 return (values[0], values[0])
             expected = "an int or a sequence of 1 or 2 ints" if allow_single else "an int or a pair of ints"
             raise _shape.ArgumentError(f"{op}: expected {name} to be {expected}, but got {name}={tuple(values)!r} "
-                             f"({len(values)} values)")
+                                       f"({len(values)} values)")
     raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, but got "
                     f"{type(value).__name__} {value!r}")
 

@@ -114,6 +114,46 @@ def test_torch_export_with_a_dynamic_batch_records_cuconv_ops():
         torch.testing.assert_close(program.module()(x), model(x))
 
 
+class _Upsample(torch.nn.Module):
+    """A transposed convolution to twice the input's size: torch.nn's output_size handling hands
+    cuconv an output_padding of SymInts when the height and width are dynamic."""
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, output_size=[x.shape[2] * 2, x.shape[3] * 2])
+
+
+class _PaddedBySize(torch.nn.Module):
+    """A padding computed from the input's sizes (a SymInt under export), of value 1."""
+    def __init__(self, conv, weight):
+        super().__init__()
+        self.conv, self.weight = conv, torch.nn.Parameter(weight)
+
+    def forward(self, x):
+        return self.conv(x, self.weight, None, 1, x.shape[0] // x.shape[0])
+
+
+@pytest.mark.parametrize("case", ["output_size", "padding"])
+def test_export_with_dynamic_sizes_takes_symbolic_int_arguments(case):
+    torch.manual_seed(0)
+    if case == "output_size":
+        theirs = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
+        ours = cuconv.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
+        ours.load_state_dict(theirs.state_dict())
+        theirs, ours = _Upsample(theirs), _Upsample(ours)
+    else:
+        weight = torch.randn(4, 3, 3, 3)
+        theirs, ours = _PaddedBySize(F.conv2d, weight), _PaddedBySize(CF.conv2d, weight)
+    sizes = {0: torch.export.Dim("n"), 2: torch.export.Dim("h", min=2, max=64), 3: torch.export.Dim("w", min=2, max=64)}
+    program = torch.export.export(ours, (torch.randn(2, 3, 5, 5),), dynamic_shapes=(sizes,))
+    with torch.no_grad():
+        for shape in ((3, 3, 7, 9), (1, 3, 12, 4)):
+            x = torch.randn(shape)
+            torch.testing.assert_close(program.module()(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_aot_inductor_package_runs_with_another_batch(tmp_path):
     model = _model()
