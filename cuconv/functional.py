@@ -19,11 +19,17 @@ from ._ops import batched_by_vmap, differentiable
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
 
-def _raising_argument_errors(function):
-    """The op, its C++ checks' ValueError (the one error type the stable ABI has for them) raised as
-    an ArgumentError, as the Python checks raise them."""
+def _public_op(function):
+    """The op as the module exports it:
+    - under torch.fx.symbolic_trace, whose Proxy its checks cannot read, an input that is a
+      Proxy makes it one call_function node of the graph, as torch.nn.functional's ops are;
+    - its C++ checks' ValueError (the one error type the stable ABI has for them) is raised as an
+      ArgumentError, as the Python checks raise them."""
     @functools.wraps(function)
     def op(*args, **kwargs):
+        input = args[0] if args else kwargs.get("input")
+        if isinstance(input, torch.fx.Proxy):
+            return input.tracer.create_proxy("call_function", op, args, kwargs)
         try:
             return function(*args, **kwargs)
         except ValueError as error:
@@ -179,7 +185,7 @@ def _convolution_input(x, weight):
     return x, (x.is_cuda and _cuda_conv_allows_tf32(), x.is_cuda and _cuda_conv_benchmarks())
 
 
-@_raising_argument_errors
+@_public_op
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as torch.nn.functional.conv2d (padding may be 'same' or 'valid')."""
     op = "cuconv.conv2d"
@@ -230,7 +236,7 @@ def _convolution_of_no_channels(op, x, weight, bias, stride, padding, dilation, 
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
-@_raising_argument_errors
+@_public_op
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """The transposed convolution, as torch.nn.functional.conv_transpose2d (weight of shape
     (in_channels, out_channels / groups, kH, kW)): the gradient of the convolution that maps an
@@ -340,7 +346,7 @@ def _pooling_input(x):
     return x.contiguous(memory_format=torch.channels_last) if _shape.suggests_channels_last(x) else x
 
 
-@_raising_argument_errors
+@_public_op
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (integer tensors too, as torch's CPU
@@ -356,7 +362,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return (y, indices) if return_indices else y
 
 
-@_raising_argument_errors
+@_public_op
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d (int64 tensors too on the CPU, as torch's:
@@ -371,7 +377,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     return y.squeeze(0) if unbatched else y
 
 
-@_raising_argument_errors
+@_public_op
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
     output_size: an int, or (H, W) where None keeps the input's size."""

@@ -27,8 +27,27 @@ class _NotScriptable:
             "ops, and cuconv.onnx.export writes the model as ONNX.")
 
 
+def _fx_leaf(module, *args):
+    """Under torch.fx.symbolic_trace (called with a Proxy): the module as one call_module node, as
+    FX records torch.nn's own layers (it traces into the forward of any module outside torch.nn,
+    where cuconv's argument checks cannot read a Proxy), so that torchvision's
+    create_feature_extractor and FX quantization find cuconv's layers where torch.nn's were.
+    None otherwise, and for the traced module itself (FX traces the root's forward, where
+    cuconv.functional records its op as a call_function node, as torch.nn.functional's)."""
+    if isinstance(args[0], torch.fx.Proxy):
+        tracer = args[0].tracer
+        path = tracer.path_of_module(module)
+        if path:
+            return tracer.create_proxy("call_module", path, args, {})
+    return None
+
+
 class Conv2d(_NotScriptable, nn.Conv2d):
     """torch.nn.Conv2d on cuconv's convolution kernels."""
+
+    def forward(self, input):
+        traced = _fx_leaf(self, input)
+        return traced if traced is not None else super().forward(input)
 
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
@@ -48,6 +67,9 @@ class ConvTranspose2d(_NotScriptable, nn.ConvTranspose2d):
     """torch.nn.ConvTranspose2d on cuconv's kernels (the convolution's input-gradient ones)."""
 
     def forward(self, input, output_size=None):
+        traced = _fx_leaf(self, input, output_size)
+        if traced is not None:
+            return traced
         if self.padding_mode != "zeros":
             raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')  # (torch's words)
         # torch.nn's own choice of output_padding for a requested output_size (checked there)
@@ -67,6 +89,9 @@ class MaxPool2d(_NotScriptable, nn.MaxPool2d):
     """torch.nn.MaxPool2d on cuconv's max-pooling kernels."""
 
     def forward(self, input):
+        traced = _fx_leaf(self, input)
+        if traced is not None:
+            return traced
         return CF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
@@ -75,6 +100,9 @@ class AvgPool2d(_NotScriptable, nn.AvgPool2d):
     """torch.nn.AvgPool2d on cuconv's average-pooling kernels."""
 
     def forward(self, input):
+        traced = _fx_leaf(self, input)
+        if traced is not None:
+            return traced
         return CF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                              self.count_include_pad, self.divisor_override)
 
@@ -83,6 +111,9 @@ class AdaptiveAvgPool2d(_NotScriptable, nn.AdaptiveAvgPool2d):
     """torch.nn.AdaptiveAvgPool2d on cuconv's adaptive-pooling kernels."""
 
     def forward(self, input):
+        traced = _fx_leaf(self, input)
+        if traced is not None:
+            return traced
         return CF.adaptive_avg_pool2d(input, self.output_size)
 
 

@@ -154,6 +154,47 @@ def test_export_with_dynamic_sizes_takes_symbolic_int_arguments(case):
             torch.testing.assert_close(program.module()(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fx_symbolic_trace_records_cuconv_layers_as_torch_nn_s():
+    """torch.fx keeps torch.nn's layers as call_module nodes (leaves) and traces into any other
+    module: cuconv's layers are leaves too, so a converted model traces to the same graph, and
+    torchvision's create_feature_extractor (built on FX) takes the same node names."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    reference = SmallNet().eval()
+    model = cuconv.convert(reference)
+    graph, reference_graph = torch.fx.symbolic_trace(model), torch.fx.symbolic_trace(reference)
+    assert [(n.op, str(n.target)) for n in graph.graph.nodes] == [(n.op, str(n.target))
+                                                                 for n in reference_graph.graph.nodes]
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(graph(x), model(x), rtol=0, atol=0)
+    nodes = ["features.0", "features.5"]  # a convolution's output and an average pool's
+    ours, theirs = create_feature_extractor(model, nodes)(x), create_feature_extractor(reference, nodes)(x)
+    for node in nodes:
+        torch.testing.assert_close(ours[node], theirs[node], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "functional"])
+def test_fx_symbolic_trace_of_a_layer_or_a_functional_call(layer):
+    """A traced cuconv layer, or a module of the user's that calls cuconv.functional: its op is a
+    call_function node, as torch.nn.functional's, and the traced module computes what it does."""
+    torch.manual_seed(0)
+
+    class UsesFunctional(torch.nn.Module):
+        def forward(self, x):
+            return CF.max_pool2d(CF.conv2d(x, torch.ones(2, 3, 3, 3), stride=2), 2, ceil_mode=True)
+
+    module = UsesFunctional() if layer == "functional" else {
+        "Conv2d": lambda: cuconv.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+        "MaxPool2d": lambda: cuconv.MaxPool2d(3, 2, 1, return_indices=True),
+        "AvgPool2d": lambda: cuconv.AvgPool2d(2, ceil_mode=True), "AdaptiveAvgPool2d": lambda: cuconv.AdaptiveAvgPool2d(3),
+    }[layer]()
+    traced = torch.fx.symbolic_trace(module)
+    assert any(n.op == "call_function" and n.target.__module__ == "cuconv.functional" for n in traced.graph.nodes)
+    x = torch.randn(2, 3, 9, 8)
+    torch.testing.assert_close(traced(x), module(x), rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_aot_inductor_package_runs_with_another_batch(tmp_path):
     model = _model()
