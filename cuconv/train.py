@@ -291,6 +291,10 @@ def run(args):
     dataset = dataset.limit(args.limit_train, args.limit_val)
     if len(dataset.train_labels) == 0 or len(dataset.val_labels) == 0:
         raise SystemExit("cuconv train: no training or validation images left (check --limit-train/--limit-val)")
+    if _normalises_batches(args.model) and len(dataset.train_labels) % batch_size == 1:
+        raise SystemExit(f"cuconv train: {args.model} normalises each training batch, and the last batch would hold "
+                         f"one image ({len(dataset.train_labels)} images in batches of {batch_size}), which torch's "
+                         "batch norm refuses; change --batch-size or --limit-train")
     title = _MODEL_TITLES[args.model] + (" (full VGG-11 widths)" if args.model == "vgg" and args.vgg_arch == "full" else "")
     description = dataset.describe() + (f", {world_size} processes (DDP)" if world_size > 1 else "")
     tag = "[synthetic] " if dataset.name == "synthetic" else ""
@@ -340,8 +344,8 @@ def run(args):
     return metrics
 
 
-def _positive(kind):
-    """An argparse type: a number of `kind` (int or float) greater than 0."""
+def _positive(kind, most=None):
+    """An argparse type: a number of `kind` (int or float) greater than 0 (and at most `most`)."""
     def parse(text):
         try:
             value = kind(text)
@@ -349,10 +353,28 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
         if not value > 0 or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__} of at most {most:g}, got {text!r}")
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _seed(text):
+    """An argparse type: a seed torch's generators take and cuconv's data shuffling too."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
+# The largest input side `--resize` takes: a 4096 x 4096 image is 64 MB a channel in float32
+# (larger ones were as likely to exhaust memory as to be meant).
+MAX_RESIZE = 4096
 
 
 def build_parser(parser=None):
@@ -368,9 +390,10 @@ def build_parser(parser=None):
       help="cuconv layers, torch.nn layers (oneDNN/cuDNN), or both from the same weights (default both)")
     a("--epochs", type=positive_int, default=None, help="default 10 (the book)")
     a("--batch-size", type=positive_int, default=None, help="global batch size (default 128, the book)")
-    a("--lr", type=positive_float, default=None,
+    # (at most float32's largest: the optimizer multiplies float32 gradients by it)
+    a("--lr", type=_positive(float, most=float(torch.finfo(torch.float32).max)), default=None,
       help="SGD learning rate (default: lenet and lenet-bn 0.1, vgg 0.01, resnet18 0.01)")
-    a("--resize", type=positive_int, default=None,
+    a("--resize", type=_positive(int, most=MAX_RESIZE), default=None,
       help="input side in pixels (default: lenet and lenet-bn 28, vgg 224, resnet18 96)")
     a("--vgg-arch", choices=("small", "full"), default="small",
       help="VGG widths: the book's Fashion-MNIST 'small' ((1,16),(1,32),(2,64),(2,128),(2,128)) or 'full' VGG-11")
@@ -382,7 +405,7 @@ def build_parser(parser=None):
     a("--download-timeout", type=positive_float, default=30.0, help="seconds per download request (default 30)")
     a("--limit-train", type=positive_int, default=None, metavar="N", help="use only the first N training images")
     a("--limit-val", type=positive_int, default=None, metavar="N", help="use only the first N validation images")
-    a("--seed", type=int, default=0, help="seed for the initial weights, batch order and dropout (default 0)")
+    a("--seed", type=_seed, default=0, help="seed for the initial weights, batch order and dropout (default 0)")
     a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     a("--out", default=None, metavar="DIR", help="write DIR/metrics.json and DIR/curves.png")
     a("--threads", type=positive_int, default=None, metavar="N",
@@ -392,9 +415,10 @@ def build_parser(parser=None):
 
 
 def _smallest_input(model_name, vgg_arch, start):
-    """The smallest input side from `start` up that the model accepts (its torch.nn twin, no gradients)."""
+    """The smallest input side from `start` up (to MAX_RESIZE) that the model accepts (its torch.nn
+    twin, no gradients)."""
     model = cmodels.build_model(model_name, "torch", 10, vgg_arch).eval()
-    for side in range(start, 1025):
+    for side in range(start, MAX_RESIZE + 1):
         try:
             with torch.no_grad():
                 model(torch.zeros(1, 1, side, side))
@@ -404,9 +428,18 @@ def _smallest_input(model_name, vgg_arch, start):
     return None
 
 
+def _normalises_batches(model_name):
+    """Whether the model has batch norm layers (which cannot train on a batch of one image)."""
+    model = cmodels.build_model(model_name, "torch", 10)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def check_args(parser, args):
     """The checks argparse cannot make alone, before any data is read or model trained: an input
     size the model can take, and an --out folder that can be written. Errors exit with code 2."""
+    if args.batch_size == 1 and _normalises_batches(args.model):
+        parser.error(f"argument --batch-size: {args.model} normalises each batch, which needs at least 2 images, "
+                     "got 1")
     if args.resize is not None:
         vgg_arch = cmodels.VGG_ARCH_FULL if args.vgg_arch == "full" else cmodels.VGG_ARCH_SMALL
         smallest = _smallest_input(args.model, vgg_arch, args.resize)

@@ -236,6 +236,12 @@ def test_quick_start_recipe_learns_with_identical_curves(tmp_path):
     (["--resize", "8"], "argument --resize: lenet needs inputs of at least 12 x 12 pixels, got 8"),
     (["--model", "vgg", "--resize", "20"], "argument --resize: vgg needs inputs of at least 32 x 32 pixels, got 20"),
     (["--out", "/proc/cuconv-cannot-write-here"], "argument --out: cannot write to '/proc/cuconv-cannot-write-here'"),
+    (["--resize", "5000"], "argument --resize: expected a positive int of at most 4096, got '5000'"),
+    (["--seed", str(2**64)], f"argument --seed: expected a seed from 0 to 2**63 - 1, got '{2**64}'"),
+    (["--seed", "-1"], "argument --seed: expected a seed from 0 to 2**63 - 1, got '-1'"),
+    (["--lr", "1e308"], "argument --lr: expected a positive float of at most 3.40282e+38, got '1e308'"),
+    (["--model", "lenet-bn", "--batch-size", "1"],
+     "argument --batch-size: lenet-bn normalises each batch, which needs at least 2 images, got 1"),
 ])
 def test_cli_rejects_bad_arguments_before_training(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -245,6 +251,22 @@ def test_cli_rejects_bad_arguments_before_training(args, message, capsys):
     assert captured.err.count("\n") == 1 and message in captured.err, captured.err
     assert captured.err.startswith("cuconv train: error: ")
     assert "epoch" not in captured.out + captured.err.replace("--epochs", "")  # nothing trained
+
+
+def test_cli_takes_a_large_input_side_the_model_takes():
+    """--resize above the sizes searched before (1024) is checked by the model itself."""
+    parser = train.build_parser()
+    train.check_args(parser, parser.parse_args(["--resize", "1100"]))  # (no SystemExit)
+
+
+def test_cli_refuses_a_last_batch_of_one_image_for_batch_norm(capsys):
+    """torch's batch norm cannot train on one image: a run whose last batch would hold one stops
+    before training, with a message, not with a traceback in the middle of an epoch."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--model", "lenet-bn", "--data-dir", str(SUBSET), "--limit-train", "129",
+                  "--limit-val", "8", "--no-progress", "--backend", "cuconv"])
+    assert "the last batch would hold one image (129 images in batches of 128)" in str(exit_info.value.code)
+    assert "epoch" not in capsys.readouterr().out
 
 
 def test_curves_have_integer_epoch_ticks_markers_and_a_throughput_panel():
