@@ -221,6 +221,21 @@ def test_large_grouped_grids_are_launched_in_chunks():
     assert launches >= 3 * 3  # 12 groups in chunks of at most 5: >= 3 launches for each of the 3 GEMMs
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_batch_beyond_the_grid_is_transposed_in_chunks(dtype):
+    """The tensor-core passes copy an NCHW operand to NHWC with one grid z-block a sample: a batch
+    of more than max_grid_yz samples (65,535 on a GPU; 5 here) goes in several launches."""
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(7, 16, 3, 4, generator=gen).to(dtype), torch.randn(16, 16, 1, 1, generator=gen).to(dtype)
+    with emulated_cuda.routed(max_grid_yz=5):
+        out, grads = forward_and_grads(lambda x, w: CF.conv2d(x, w), [x, w])
+        assert emulated_cuda.module.last_kernels()["forward"].startswith("tensor_core")
+    ref, ref_grads = forward_and_grads(lambda x, w: F.conv2d(x.double(), w.double()), [x, w])
+    assert_matches(out, ref.to(dtype), dtype)
+    for g, r in zip(grads, ref_grads):
+        assert_matches(g, r.to(dtype), dtype)
+
+
 def test_configuration_is_checked():
     with pytest.raises(ValueError, match="schedule to be forward, reverse or random"):
         emulated_cuda.module.configure(schedule="sideways")

@@ -374,11 +374,14 @@ def test_max_pool2d_cpu_special_kernels_match_torch(config, size, dtype, device)
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])
-@pytest.mark.parametrize("config", TIE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", TIE_CONFIGS + [dict(kernel_size=2, stride=2, dilation=(2, 1)),
+                                                  dict(kernel_size=3, padding=1, dilation=2)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_max_pool2d_backward_follows_any_index_in_the_plane(config, size, layout, device):
     """max_pool2d_backward adds each gradient at its index, as torch does, also where an
     index is not a pixel of its own window (the 2x2 kernels' write-once passes, NCHW and NHWC,
-    must then give way to the general scatter): compared with scatter_add."""
+    must then give way to the general scatter; with dilation, an index inside a window's span
+    but off its grid is such a stray, once): compared with scatter_add."""
     x = torch.randn(2, 3, *size, dtype=torch.float64, device=device).to(memory_format=layout)
     out, idx = CF.max_pool2d(x, return_indices=True, **config)
     gen = torch.Generator().manual_seed(5)

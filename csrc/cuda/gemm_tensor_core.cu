@@ -485,10 +485,16 @@ Tensor transposed(const Tensor& in, int64_t batch, int64_t channels, int64_t pos
                   cuda_detail::Stream stream) {
   Tensor out = cuda_detail::new_output(in, sizes);
   if (out.numel() == 0) return out;
-  const dim3 grid(static_cast<unsigned int>(ceil_div<int64_t>(positions, 32)),
-                  static_cast<unsigned int>(ceil_div<int64_t>(channels, 32)), static_cast<unsigned int>(batch));
-  cuda_detail::launch(transpose_kernel<T>, grid, dim3(32, 8), 0, stream, in.const_data_ptr<T>(),
-                      out.mutable_data_ptr<T>(), static_cast<int>(channels), static_cast<int>(positions));
+  const int64_t channel_tiles = ceil_div<int64_t>(channels, 32), most = cuda_detail::max_grid_yz();
+  CUCONV_CHECK(channel_tiles <= most, "cuconv: ", channels, " channels are more than a transpose grid holds");
+  // gridDim.z holds at most max_grid_yz() matrices: a larger batch in several launches
+  for (int64_t first = 0; first < batch; first += most) {
+    const int64_t count = std::min(most, batch - first), offset = first * channels * positions;
+    const dim3 grid(static_cast<unsigned int>(ceil_div<int64_t>(positions, 32)), static_cast<unsigned int>(channel_tiles),
+                    static_cast<unsigned int>(count));
+    cuda_detail::launch(transpose_kernel<T>, grid, dim3(32, 8), 0, stream, in.const_data_ptr<T>() + offset,
+                        out.mutable_data_ptr<T>() + offset, static_cast<int>(channels), static_cast<int>(positions));
+  }
   return out;
 }
 

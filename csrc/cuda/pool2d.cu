@@ -134,7 +134,9 @@ __global__ void max_pool_forward_kernel(const scalar_t* __restrict__ input,
   }
 }
 
-// dx[plane, ih, iw] = sum of dy over the outputs whose window covers (ih, iw) and whose index is it.
+// dx[plane, ih, iw] = sum of dy over the outputs whose window holds (ih, iw) (its span covers the
+// pixel, on its dilation grid: index_in_window's rule, so that the strays below are the others)
+// and whose index is it.
 template <typename scalar_t>
 __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ grad_output,
                                          const int64_t* __restrict__ indices,
@@ -153,9 +155,11 @@ __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ grad_outpu
     const int64_t* plane_indices = indices + plane * p.out_plane;
     acc_t sum = 0;
     for (int oh = rows.begin; oh < rows.end; ++oh) {
+      if ((ih + p.pad_h - oh * p.stride_h) % p.dilation_h != 0) continue;
       for (int ow = cols.begin; ow < cols.end; ++ow) {
         const int o = oh * p.out_w + ow;
-        if (plane_indices[o] == pixel) sum += static_cast<acc_t>(plane_grad[o]);
+        if (plane_indices[o] == pixel && (iw + p.pad_w - ow * p.stride_w) % p.dilation_w == 0)
+          sum += static_cast<acc_t>(plane_grad[o]);
       }
     }
     grad_input[index] = static_cast<scalar_t>(sum);
