@@ -26,8 +26,10 @@ layer, once.
 """
 
 import atexit
+import contextlib
 import json
 import os
+import tempfile
 
 __all__ = ["choices", "cuda_choices", "clear", "load", "save", "machine", "unsettled"]
 
@@ -133,18 +135,38 @@ def load(path):
     return len(saved)
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on ``path``.lock (POSIX flock) for the block: processes, and threads of
+    one process (each opens the file anew), saving to one cache take turns, so that none reads
+    the file before another's write and drops its choices."""
+    try:
+        import fcntl
+    except ImportError:  # (no flock: saves may then lose each other's updates)
+        yield
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def save(path):
     """Adds this process's choices to ``path`` under this machine (other machines' are kept)."""
-    data = _read(path)
-    entry = data.get(machine(), {})
-    entry.update(choices())
-    data[machine()] = entry
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(temporary, path)  # whole or not at all, with other processes saving too
+    with _locked(path):
+        data = _read(path)
+        entry = data.get(machine(), {})
+        entry.update(choices())
+        data[machine()] = entry
+        # a temporary file of this call's own, replacing the cache whole: a reader never sees half
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(temporary, path)
 
 
 def _use_cache_from_environment():

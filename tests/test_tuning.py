@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -304,6 +305,49 @@ def test_the_cache_keeps_each_machines_choices(tmp_path):
     assert data["Some Other CPU / cuconv 0"] == {"test a": "direct"}
     assert data[cuconv.tuning.machine()] == {"test a": "gemm", "test b": "direct", "test c": "gemm"}
     assert cuconv.tuning.load(tmp_path / "missing.json") == 0
+
+
+_SAVER = threading.local()  # the choices each saving thread (or forked process) reports
+
+
+def _save_many(path, name, saves):
+    """Saves `saves` times choices named after `name` (each save adds one more of its own)."""
+    for i in range(saves):
+        _SAVER.choices = {f"{name} {j}": "gemm" for j in range(i + 1)}
+        cuconv.tuning.save(path)
+
+
+def test_concurrent_saves_keep_every_choice_and_a_whole_file(tmp_path, monkeypatch):
+    """Processes and threads saving to one cache at once take turns (a lock): none drops
+    another's choices, and none reads a half-written file (each writes a temporary of its own)."""
+    import multiprocessing
+
+    monkeypatch.setattr(cuconv.tuning, "choices", lambda: _SAVER.choices)
+    path = tmp_path / "tuning.json"
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_save_many, args=(path, f"process {p}", 15)) for p in range(3)]
+    for process in processes:
+        process.start()
+    errors = []
+
+    def in_thread(t):
+        try:
+            _save_many(path, f"thread {t}", 15)
+        except Exception as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=in_thread, args=(t,)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0
+    assert errors == []
+    saved = json.loads(path.read_text())[cuconv.tuning.machine()]
+    assert sorted(saved) == sorted(f"{who} {j}" for who in [f"process {p}" for p in range(3)]
+                                   + [f"thread {t}" for t in range(3)] for j in range(15))
 
 
 def test_a_cache_made_with_other_kernels_is_measured_again(tmp_path):
