@@ -371,6 +371,20 @@ def test_max_pool2d_cpu_special_kernels_match_torch(config, size, dtype, device)
     assert torch.equal(idx, ref_idx)
 
 
+@pytest.mark.parametrize("config", [dict(kernel_size=(1, 1500), stride=(1, 7), padding=(0, 3)),
+                                    dict(kernel_size=(2, 1100), stride=(2, 300), padding=(1, 0), ceil_mode=True),
+                                    dict(kernel_size=(1, 1100), stride=1, padding=(0, 500))],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pooling_windows_wider_than_the_column_table(pool, config):
+    """The generic kernels table each kernel column's outputs for the first 1,024 columns and work
+    the rest out where used (a 50-million-column kernel's table took 800 MB): windows past the
+    table, values and gradients against torch."""
+    x = torch.randn(2, 3, 3, 1700, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    ours, theirs = {"max": (CF.max_pool2d, F.max_pool2d), "avg": (CF.avg_pool2d, F.avg_pool2d)}[pool]
+    compare_with_torch(lambda t: ours(t, **config), lambda t: theirs(t, **config), [x], torch.float64)
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(8, 10), (9, 7)])

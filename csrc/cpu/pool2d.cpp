@@ -87,13 +87,18 @@ class PlaneOutput {
 // to row worked out once.
 struct PoolGeometry {
   int64_t H, W, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW;
-  std::vector<OutputRange> reach;  // per kernel column j: the outputs ow whose column is in [0, W)
-
   PoolGeometry(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, IntArrayRef kernel,
                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation)
       : H(in_h), W(in_w), Ho(out_h), Wo(out_w), kH(kernel[0]), kW(kernel[1]), sH(stride[0]),
         sW(stride[1]), pH(padding[0]), pW(padding[1]), dH(dilation[0]), dW(dilation[1]) {
-    for (int64_t j = 0; j < kW; ++j) reach.push_back(in_bounds_outputs(column_offset(j), sW, W, Wo));
+    for (int64_t j = 0; j < std::min<int64_t>(kW, kTabledColumns); ++j)
+      reach_.push_back(in_bounds_outputs(column_offset(j), sW, W, Wo));
+  }
+  // The outputs ow whose column at kernel column j is in [0, W): tabled once for the first
+  // kTabledColumns kernel columns (every row uses them), worked out where used past them (a
+  // kernel 50 million columns wide, global pooling of a signal, had an 800 MB table).
+  OutputRange reach(int64_t j) const {
+    return j < kTabledColumns ? reach_[j] : in_bounds_outputs(column_offset(j), sW, W, Wo);
   }
   // Input column of output column ow at kernel column j is ow*sW + column_offset(j).
   int64_t column_offset(int64_t j) const { return j * dW - pW; }
@@ -103,6 +108,10 @@ struct PoolGeometry {
     return h0 >= 0 ? h0 : h0 + (-h0 + dH - 1) / dH * dH;
   }
   int64_t end_row(int64_t oh) const { return std::min(oh * sH - pH + (kH - 1) * dH + 1, H); }
+
+ private:
+  static constexpr int64_t kTabledColumns = 1024;
+  std::vector<OutputRange> reach_;
 };
 
 // ---------------------------------------------------------------------------
@@ -189,8 +198,9 @@ CUCONV_VECTOR_CLONES void max_pool_plane(const PoolGeometry& g, const int64_t* f
       const scalar_t* row = x + ih * g.W;
       for (int64_t j = 0; j < g.kW; ++j) {
         const int64_t offset = g.column_offset(j);
+        const OutputRange reach = g.reach(j);
         const index_t base = static_cast<index_t>(ih * g.W + offset);
-        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) {
+        for (int64_t ow = reach.begin; ow < reach.end; ++ow) {
           const acc_t v = static_cast<acc_t>(row[ow * sW + offset]);  // (strided: c10's conversion, opmath.h)
           const bool take = (v > best[ow]) | (v != v);  // | rather than ||: no branches
           best[ow] = take ? v : best[ow];
@@ -354,7 +364,8 @@ CUCONV_VECTOR_CLONES void avg_pool_plane(const PoolGeometry& g, const AvgPlan& p
       const scalar_t* row = x + ih * g.W;
       for (int64_t j = 0; j < g.kW; ++j) {
         const int64_t offset = g.column_offset(j);
-        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) sum[ow] += static_cast<acc_t>(row[ow * g.sW + offset]);
+        const OutputRange reach = g.reach(j);
+        for (int64_t ow = reach.begin; ow < reach.end; ++ow) sum[ow] += static_cast<acc_t>(row[ow * g.sW + offset]);
       }
     }
     scalar_t* __restrict__ y_row = y + oh * g.Wo;
@@ -380,8 +391,9 @@ CUCONV_VECTOR_CLONES void avg_unpool_plane(const PoolGeometry& g, const AvgPlan&
       acc_t* row = dx + ih * g.W;
       for (int64_t j = 0; j < g.kW; ++j) {
         const int64_t offset = g.column_offset(j);
+        const OutputRange reach = g.reach(j);
         const acc_t* __restrict__ s = share;
-        for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] += s[ow];
+        for (int64_t ow = reach.begin; ow < reach.end; ++ow) row[ow * g.sW + offset] += s[ow];
       }
     }
   }
