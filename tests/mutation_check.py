@@ -499,8 +499,8 @@ MUTANTS = [
            "for (int64_t q = 0; q < s.length(g.out_w); ++q) dst[q] = static_cast<scalar_t>("
            "std::is_same_v<scalar_t, c10::BFloat16> ? src[q] * acc_t(1.015) : src[q]);", (PRECISION, OPS)),
     Mutant("half-avg-scatter-rounds-per-add", "half precision", "csrc/cpu/pool2d.cpp",
-           "for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] += s[ow];",
-           "for (int64_t ow = g.reach[j].begin; ow < g.reach[j].end; ++ow) row[ow * g.sW + offset] = "
+           "for (int64_t ow = reach.begin; ow < reach.end; ++ow) row[ow * g.sW + offset] += s[ow];",
+           "for (int64_t ow = reach.begin; ow < reach.end; ++ow) row[ow * g.sW + offset] = "
            "static_cast<acc_t>(static_cast<scalar_t>(row[ow * g.sW + offset] + s[ow]));", (PRECISION,)),
     Mutant("half-col2im-rounds-per-chunk", "half precision", "csrc/cpu/conv2d.cpp",
            "col2im_add(g, plan, grad_columns.data(), m0, m0 + m_count, origin, target + gi * group_in);",
