@@ -27,9 +27,9 @@ def _public_op(function):
       ArgumentError, as the Python checks raise them."""
     @functools.wraps(function)
     def op(*args, **kwargs):
-        input = args[0] if args else kwargs.get("input")
-        if isinstance(input, torch.fx.Proxy):
-            return input.tracer.create_proxy("call_function", op, args, kwargs)
+        first = args[0] if args else kwargs.get("input")
+        if isinstance(first, torch.fx.Proxy):
+            return first.tracer.create_proxy("call_function", op, args, kwargs)
         try:
             return function(*args, **kwargs)
         except ValueError as error:

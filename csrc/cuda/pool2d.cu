@@ -155,10 +155,11 @@ __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ grad_outpu
     const int64_t* plane_indices = indices + plane * p.out_plane;
     acc_t sum = 0;
     for (int oh = rows.begin; oh < rows.end; ++oh) {
-      if ((ih + p.pad_h - oh * p.stride_h) % p.dilation_h != 0) continue;
       for (int ow = cols.begin; ow < cols.end; ++ow) {
         const int o = oh * p.out_w + ow;
-        if (plane_indices[o] == pixel && (iw + p.pad_w - ow * p.stride_w) % p.dilation_w == 0)
+        // (the grid's remainders only for a matching index: no division in the loop's common path)
+        if (plane_indices[o] == pixel && (ih + p.pad_h - oh * p.stride_h) % p.dilation_h == 0 &&
+            (iw + p.pad_w - ow * p.stride_w) % p.dilation_w == 0)
           sum += static_cast<acc_t>(plane_grad[o]);
       }
     }
