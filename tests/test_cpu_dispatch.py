@@ -25,6 +25,8 @@ def _conv(stride=1, padding=1, dilation=1, groups=1):
 THREAD_CASES = {
     "conv-gemm": (_conv(), [(9, 20, 13, 11), (24, 20, 3, 3), (24,)], "0"),
     "conv-direct": (_conv(), [(9, 20, 13, 11), (24, 20, 3, 3), (24,)], "1"),
+    # few output channels: the weight gradient's row tiles (rows of 30 columns, two samples a call)
+    "conv-direct-few-channels": (_conv(1, 2), [(9, 2, 13, 30), (7, 2, 5, 5), (7,)], "1"),
     "conv-rules": (_conv(2, 1), [(8, 40, 17, 16), (70, 40, 3, 3), (70,)], ""),
     "conv-grouped-dilated": (_conv((2, 1), 2, (2, 1), 2), [(7, 12, 15, 14), (10, 6, 3, 3), (10,)], ""),
     "conv-depthwise": (_conv(1, 1, 1, 12), [(9, 12, 10, 9), (24, 1, 3, 3), (24,)], ""),
@@ -518,8 +520,11 @@ def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channel
         assert _distance_from(exact, ours(*single)) <= 3 * _distance_from(exact, torchs(*single))
 
 
+# 16 output channels (the channel tiles) and 6 (the row weight tiles, where a vector holds more
+# than 6 floats: chains of ~512 products a lane)
+@pytest.mark.parametrize("out_channels", [16, 6])
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "gemm"])
-def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, monkeypatch):
+def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, out_channels, monkeypatch):
     """The weight gradient of VGG's first layer sums 2 x 50,176 pixels per weight. Either way (the
     direct kernels' chains of rows of ~512 pixels, each from zero, added up; the GEMM's depth
     slices) it is within 2e-6 of the largest gradient from float64 (oneDNN: ~9e-6; the direct
@@ -527,8 +532,8 @@ def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, monk
     _force_direct(direct, monkeypatch)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 1, 224, 224, generator=gen, dtype=torch.float64)
-    dy = torch.randn(2, 16, 224, 224, generator=gen, dtype=torch.float64)
-    args = ([16, 1, 3, 3], [1, 1], [1, 1], [1, 1], 1, False)
+    dy = torch.randn(2, out_channels, 224, 224, generator=gen, dtype=torch.float64)
+    args = ([out_channels, 1, 3, 3], [1, 1], [1, 1], [1, 1], 1, False)
     exact = torch.ops.cuconv.conv2d_backward_weight(dy, x, *args)
     ours = torch.ops.cuconv.conv2d_backward_weight(dy.float(), x.float(), *args)
     assert _distance_from(exact, ours) <= 2e-6
@@ -655,6 +660,55 @@ def test_channels_last_direct_kernels_match_torch(case, isa, monkeypatch):
     assert_matches(out, ref.float(), torch.float32)
     for g, r in zip(grads, ref_grads):
         assert_matches(g, r.float(), torch.float32)
+
+
+# Layers of fewer output channels than a vector has lanes, stride 1 along rows: the weight
+# gradient's row tiles. (x shape, weight shape, stride, padding, dilation, groups): LeNet's first
+# layer (rows of 28: a short last vector), 13 channels (groups of channels and a narrower last
+# group), rows of exactly 32 without padding (read in place, no short vector), a grouped layer (by
+# group), 3-row images (a call's rows span samples), and 200 rows of 40 (chains of ~512 products a
+# lane, then added up).
+ROW_WEIGHT_CASES = [
+    ((3, 1, 28, 28), (6, 1, 5, 5), 1, 2, 1, 1),
+    ((2, 3, 17, 32), (13, 3, 3, 4), (2, 1), (1, 2), (1, 2), 1),
+    ((2, 2, 12, 36), (5, 2, 3, 3), 1, 0, (2, 2), 1),
+    ((2, 6, 11, 19), (8, 3, 3, 3), 1, 1, 1, 2),
+    ((7, 2, 3, 21), (4, 2, 3, 3), 1, 1, 1, 1),
+    ((1, 1, 202, 42), (3, 1, 3, 3), 1, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("case", ROW_WEIGHT_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_weight_gradient_by_row_tiles_matches_float64(case, isa, monkeypatch):
+    """With few output channels the direct weight gradient runs along output rows (a row's last
+    vector partly filled): within float32 rounding of torch's float64 gradient, on either ISA; and
+    an Inf at the end of every input row gives NaN exactly where float64 has it (the short vector's
+    unused lanes multiply zeros, never the columns past the row)."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    if cuconv._C.cpu_kernels()["isa"] != isa:
+        pytest.skip(f"no {isa} on this CPU")
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(*x_shape, generator=gen), torch.randn(*w_shape, generator=gen)
+    dy = torch.randn(F.conv2d(x, w, None, stride, padding, dilation, groups).shape, generator=gen)
+    dy[..., -1] = 0  # (so that the Inf column below meets zeros in some windows only)
+
+    def weight_gradient(conv, x, w, dy):
+        w = w.clone().requires_grad_()
+        return torch.autograd.grad(conv(x, w, None, stride, padding, dilation, groups), w, dy)[0]
+
+    for inf_at_row_ends in (False, True):
+        if inf_at_row_ends:
+            x[..., -1] = float("inf")
+        ours = weight_gradient(CF.conv2d, x, w, dy)
+        kernels = cuconv._C.cpu_kernels()
+        assert kernels["last_direct"] == isa and kernels["last_direct_tiles"] == "rows", kernels
+        exact = weight_gradient(F.conv2d, x.double(), w.double(), dy.double())
+        assert torch.equal(ours.isnan(), exact.isnan()) and torch.equal(ours.isinf(), exact.isinf())
+        finite = exact.isfinite()
+        assert_matches(ours[finite], exact[finite].float(), torch.float32)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

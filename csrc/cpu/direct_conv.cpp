@@ -91,6 +91,7 @@ const DirectTiles& tiles_or_fail() {
   const DirectTiles* tiles = cpu_direct_tiles();
   CUCONV_CHECK(tiles != nullptr, "cuconv: the direct convolution kernels need AVX2 or AVX-512");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
+  note_kernel_use(KernelPath::kDirectTiles, "channels");  // (the row tiles' drivers note "rows")
   return *tiles;
 }
 
@@ -193,6 +194,7 @@ bool row_tiles_suit(const DirectConv& p, const DirectTiles& tiles) {
 // past the last vector and band, so every read is in bounds.
 void row_forward(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
                  const DirectTiles& tiles) {
+  note_kernel_use(KernelPath::kDirectTiles, "rows");
   const int64_t L = tiles.lanes, R = tiles.row_rows, OT = tiles.row_channels;
   const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
   const int64_t vectors = (p.out_w + L - 1) / L, bands = (p.out_h + R - 1) / R, groups = (O + OT - 1) / OT;
@@ -786,10 +788,103 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
   });
 }
 
+// Whether the row weight tiles fill more lanes than the channel panels: stride-1 columns, and a
+// row's vectors fuller than the output channels' (the row_tiles_suit of the weight gradient).
+bool row_weight_tiles_suit(const DirectConv& p, const DirectTiles& tiles) {
+  return tiles.row_weight_channels > 0 && p.stride_w == 1 && used(p.out_w, tiles.lanes) > used(p.out_channels, tiles.lanes);
+}
+
+// The weight gradient by row weight tiles (direct_tile.h), NCHW: as panel_backward_weight, a fixed
+// split of the output rows (counted across samples), one partial sum each, added in order; a call
+// sums a run of rows (of one sample, or of several on small images) for a group of up to
+// row_weight_channels output channels and a block of taps, reading grad_output's planes in place.
+// The runs are short enough that a group's grad_output rows stay in L1 across its tap blocks, and
+// that each lane sums at most kChainProducts products of a run before they join the partial sums.
+void row_backward_weight(const DirectTiles& tiles, const DirectConv& p, const float* in, const float* grad_out,
+                         float* grad_weight) {
+  note_kernel_use(KernelPath::kDirectTiles, "rows");
+  const int64_t L = tiles.lanes, O = p.out_channels, k_count = taps_of(p), plane = p.out_h * p.out_w;
+  const bool pads = p.pad_h > 0 || p.pad_w > 0;
+  const std::vector<int64_t> taps = tap_offsets(p);
+  // groups of output channels, each with its taps rounded up to whole tiles (the last tile repeats
+  // the last tap into rows that are never read), and where its partial sums [k][OT][L] start
+  struct Group {
+    int64_t first, count, tile_taps, at;
+  };
+  std::vector<Group> groups;
+  int64_t partial_size = 0;
+  for (int64_t first = 0; first < O; first += tiles.row_weight_channels) {
+    const int64_t count = std::min(tiles.row_weight_channels, O - first), t = tiles.row_weight_taps[count];
+    groups.push_back({first, count, t, partial_size});
+    partial_size += (k_count + t - 1) / t * t * count * L;
+  }
+  const int64_t group_bytes = tiles.row_weight_channels * p.out_w * static_cast<int64_t>(sizeof(float));
+  const int64_t row_vectors = (p.out_w + L - 1) / L;
+  const int64_t rows_per_call = std::max<int64_t>(1, std::min(l1_data_cache_bytes() / 2 / group_bytes, kChainProducts / row_vectors));
+  const int64_t total_rows = p.batch * p.out_h;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(torch::stable::get_num_threads()), total_rows));
+  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
+  const int64_t slots = pads ? (rows_per_call + p.out_h - 1) / p.out_h + 1 : 0;  // the samples a call's rows span
+  PackedBuffer<float> partial(parts * partial_size, 0.f);
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+    PackedBuffer<float> padded(slots * sample_in, 0.f);  // (borders stay zero)
+    std::vector<int64_t> held(slots, -1);
+    std::vector<const float*> x_rows(rows_per_call), g_rows(rows_per_call);
+    std::vector<int64_t> tile_taps(*std::max_element(std::begin(tiles.row_weight_taps), std::end(tiles.row_weight_taps)));
+    auto sample = [&](int64_t n) {
+      const float* x = in + n * p.in_stride();
+      if (!pads) return x;
+      float* slot = padded.data() + n % slots * sample_in;
+      if (held[n % slots] != n) {
+        copy_into_padding(p, x, slot);
+        held[n % slots] = n;
+      }
+      return static_cast<const float*>(slot);
+    };
+    for (int64_t part = part_begin; part < part_end; ++part) {
+      float* sums = partial.data() + part * partial_size;
+      const int64_t last = (part + 1) * total_rows / parts;
+      for (int64_t row = part * total_rows / parts; row < last;) {
+        const int64_t count = std::min(rows_per_call, last - row);
+        for (int64_t r = 0; r < count; ++r)
+          x_rows[r] = sample((row + r) / p.out_h) + (row + r) % p.out_h * p.stride_h * padded_w(p);
+        for (const Group& group : groups) {
+          const int64_t t_count = group.tile_taps;
+          for (int64_t r = 0; r < count; ++r) {  // the group's first channel, row (n, oh)
+            const int64_t n = (row + r) / p.out_h, oh = (row + r) % p.out_h;
+            g_rows[r] = grad_out + n * p.out_stride() + group.first * plane + oh * p.out_w;
+          }
+          for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
+            for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
+            tiles.row_weight[group.count](x_rows.data(), g_rows.data(), count, p.out_w, plane, tile_taps.data(),
+                                          sums + group.at + k0 * group.count * L);
+          }
+        }
+        row += count;
+      }
+    }
+  });
+  // grad_weight[o][k] = the parts' sums added in order, each its lanes in order
+  torch::stable::parallel_for(0, O, 1, [&](int64_t begin, int64_t end) {
+    for (const Group& group : groups)
+      for (int64_t o = std::max(begin, group.first); o < std::min(end, group.first + group.count); ++o)
+        for (int64_t k = 0; k < k_count; ++k) {
+          float total = 0.f;
+          for (int64_t part = 0; part < parts; ++part) {
+            const float* lanes = partial.data() + part * partial_size + group.at + (k * group.count + o - group.first) * L;
+            for (int64_t lane = 0; lane < L; ++lane) total += lanes[lane];
+          }
+          grad_weight[o * k_count + k] = total;
+        }
+  });
+}
+
 }  // namespace
 
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
                                  float* grad_weight) {
+  const DirectTiles& tiles = tiles_or_fail();
+  if (row_weight_tiles_suit(p, tiles)) return row_backward_weight(tiles, p, in, grad_out, grad_weight);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   const WeightOperands operands{[&](int64_t n, float* buffer) {
                                   const float* sample = in + n * p.in_stride();
@@ -802,7 +897,7 @@ void direct_conv_backward_weight(const DirectConv& p, const float* in, const flo
                                 p.stride_h * padded_w(p),
                                 p.stride_w,
                                 grad_rows_from_planes(p, grad_out)};
-  panel_backward_weight(tiles_or_fail(), p, operands, grad_weight);
+  panel_backward_weight(tiles, p, operands, grad_weight);
 }
 
 void pair_adjacent_columns(const uint16_t* planes, int64_t count, int64_t height, int64_t width, uint32_t* pairs) {

@@ -166,6 +166,13 @@ std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
   return flipped;
 }
 
+// A float sum's rounding error grows with the length of its chain of additions: the tiles sum a
+// block of products into accumulators from zero, then add those sums to the others' (a
+// 512-channel 3x3 layer's 4,608 taps in one chain were 7-8x as far from float64). The weight and
+// row tiles' chains (and the row weight tiles' lanes, by the rows they are given) hold about
+// kChainProducts products.
+constexpr int64_t kChainProducts = 512;
+
 // The register tiles of one vector ISA (simd_avx512.cpp, simd_avx2.cpp), indexed by
 // NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward
 // tiles by the pixels q = 1..Q they take (a row's last tile may be short). A forward tile
@@ -206,6 +213,13 @@ struct DirectTiles {
   // the row tile (vectors along output columns): row_rows x row_channels, for few channels
   Row row = nullptr;
   int64_t row_rows = 0, row_channels = 0;
+  // the row weight tiles (vectors along output columns, for few output channels): row_weight[OT]
+  // sums row_weight_taps[OT] taps x OT channels, OT = 1..row_weight_channels (0: none)
+  using RowWeight = void (*)(const float* const* x_rows, const float* const* g_rows, int64_t rows, int64_t out_w,
+                             int64_t g_plane, const int64_t* taps, float* partial);
+  static constexpr int kMaxRowWeightChannels = 8;
+  RowWeight row_weight[kMaxRowWeightChannels + 1] = {};
+  int64_t row_weight_taps[kMaxRowWeightChannels + 1] = {}, row_weight_channels = 0;
 };
 
 }  // namespace cuconv

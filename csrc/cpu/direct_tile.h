@@ -21,11 +21,7 @@
 //                    for t: acc[t][:] += g * x[origin(pixel) + taps[t]]
 // Q*NV (or T*NV) accumulators + NV + 1 vectors must fit the register file.
 
-// A float sum's rounding error grows with the length of its chain of additions: the tiles sum a
-// block of products into accumulators from zero, then add those sums to the others' (a
-// 512-channel 3x3 layer's 4,608 taps in one chain were 7-8x as far from float64). The weight and
-// row tiles' chains hold about kChainProducts products.
-constexpr int64_t kChainProducts = 512;
+// (kChainProducts, the length of the tiles' chains of additions: direct_conv.h)
 
 // kStride: the column stride when known at compile time (1 or 2), else 0 and `stride` is used.
 template <class Isa, int NV, int Q, int kStride>
@@ -160,6 +156,68 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
         Isa::store(sum, c0 > 0 ? Isa::add(Isa::load(sum), acc[r][o]) : acc[r][o]);
       }
   }
+}
+
+// Row weight tile, the weight gradient's counterpart of the row tile (LeNet's first layer: 6
+// output channels fill 6 of AVX-512's 16 lanes in a channel vector, 28 columns 28 of 32 in two
+// row vectors). Vectors run along output rows (column stride 1); T taps x OT output channels of
+// one vector each, summed over the columns of `rows` output rows:
+//   for each row r, each vector of kLanes columns from c0:
+//     g[o] = grad_out[o][row r][c0, c0 + kLanes)              (OT loads, g_plane apart)
+//     for t: x = in_padded[x_rows[r] + taps[t] + c0, + kLanes)  (one load)
+//            acc[t][o] += g[o] * x
+// A row's last vector loads only its columns, in g and x alike (the rest zero: 0 * 0, never an
+// Inf or NaN column past the row). The lanes' sums are added to partial[T][OT][kLanes]; the
+// caller adds the lanes up, and keeps each lane's chain of products short by the rows it passes
+// (a call's rows x vectors a row <= kChainProducts). T*OT accumulators + OT + 1 vectors must fit
+// the register file.
+template <class Isa, int OT, int T>
+void direct_row_weight_tile(const float* const* x_rows, const float* const* g_rows, int64_t rows, int64_t out_w,
+                            int64_t g_plane, const int64_t* taps, float* partial) {
+  using V = typename Isa::V;
+  constexpr int L = Isa::kLanes;
+  V acc[T][OT];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+    for (int o = 0; o < OT; ++o) acc[t][o] = Isa::zero();
+  int64_t tap[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) tap[t] = taps[t];
+  const int64_t whole = out_w / L * L, tail = out_w - whole;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x_row = x_rows[r];
+    const float* g_row = g_rows[r];
+    for (int64_t c0 = 0; c0 < whole; c0 += L) {
+      V g[OT];
+#pragma GCC unroll 8
+      for (int o = 0; o < OT; ++o) g[o] = Isa::load(g_row + o * g_plane + c0);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const V x = Isa::load(x_row + tap[t] + c0);
+#pragma GCC unroll 8
+        for (int o = 0; o < OT; ++o) acc[t][o] = Isa::fma(g[o], x, acc[t][o]);
+      }
+    }
+    if (tail > 0) {
+      V g[OT];
+#pragma GCC unroll 8
+      for (int o = 0; o < OT; ++o) g[o] = Isa::load_first(g_row + o * g_plane + whole, tail);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const V x = Isa::load_first(x_row + tap[t] + whole, tail);
+#pragma GCC unroll 8
+        for (int o = 0; o < OT; ++o) acc[t][o] = Isa::fma(g[o], x, acc[t][o]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+    for (int o = 0; o < OT; ++o) {
+      float* sum = partial + (t * OT + o) * L;
+      Isa::store(sum, Isa::add(Isa::load(sum), acc[t][o]));
+    }
 }
 
 // An output row's sums into the NCHW output, plus bias: y[o * plane + q] = row[q * width + o] +
@@ -298,4 +356,14 @@ void fill_direct_tiles(DirectTiles& tiles) {
   tiles.to_bfloat16_pixels = &direct_row_to_bfloat16_pixels<Isa>;
   tiles.to_pixels = &direct_row_to_pixels<Isa>;
   tiles.gather_pixels = &direct_gather_pixels<Isa>;
+}
+
+// Fills the row weight tiles of 1..OT output channels, T taps for OT (the group's full width; it
+// sets row_weight_channels) and Ts... for the narrower ones, as the register file allows each.
+template <class Isa, int OT, int T, int... Ts>
+void fill_row_weight_tiles(DirectTiles& tiles) {
+  tiles.row_weight[OT] = &direct_row_weight_tile<Isa, OT, T>;
+  tiles.row_weight_taps[OT] = T;
+  if (tiles.row_weight_channels < OT) tiles.row_weight_channels = OT;
+  if constexpr (sizeof...(Ts) > 0) fill_row_weight_tiles<Isa, OT - 1, Ts...>(tiles);
 }

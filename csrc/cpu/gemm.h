@@ -138,8 +138,10 @@ Microkernel<T> cpu_microkernel_for_columns(int64_t columns);
 // call), as the kernels themselves name it, and of pooling's vector kernels last fetched (a
 // note per fetch; "generic": none): cuconv._C.cpu_kernels() reports it, and the tests check
 // with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512 results are
-// bitwise identical, so no numeric test can tell them apart).
-enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3 };
+// bitwise identical, so no numeric test can tell them apart). kDirectTiles is no instruction set
+// but which tiles the last direct pass ran on: "channels" (vectors along output channels) or
+// "rows" (along output rows: row_tiles_suit, row_weight_tiles_suit in direct_conv.cpp).
+enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3, kDirectTiles = 4 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 

@@ -103,6 +103,7 @@ DirectTiles avx2_direct_tiles() {
   t.row = &direct_row_tile<Avx2Float, 2, 4>;  // 8 accumulators, 4 broadcasts
   t.row_rows = 2;
   t.row_channels = 4;
+  fill_row_weight_tiles<Avx2Float, 3, 4, 6, 8>(t);  // 3 x 4: 12 accumulators, 3 + 1 loads
   return t;
 }
 

@@ -126,6 +126,7 @@ DirectTiles avx512_direct_tiles() {
   t.row = &direct_row_tile<Avx512Float, 4, 6>;  // 24 accumulators, 6 broadcasts
   t.row_rows = 4;
   t.row_channels = 6;
+  fill_row_weight_tiles<Avx512Float, 6, 4, 5, 6, 8, 8, 8>(t);  // 6 x 4: 24 accumulators, 6 + 1 loads
   return t;
 }
 
