@@ -95,6 +95,19 @@ from . import tuning  # noqa: E402  (the measured CPU kernel choices)
 
 tuning._use_cache_from_environment()
 
+# Submodules imported on first use, so that `import cuconv` stays light (PEP 562):
+# cuconv.data, .info, .models, .onnx and .train work after a plain `import cuconv`.
+_LAZY_SUBMODULES = ("data", "info", "models", "onnx", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "functional", "ops", "Conv2d", "LazyConv2d", "ConvTranspose2d", "LazyConvTranspose2d", "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d",

@@ -161,6 +161,9 @@ def _md5(path):
         return hashlib.md5(Path(path).read_bytes(), usedforsecurity=False).hexdigest()
 
 
+MAX_TIMEOUT = 86400.0  # seconds: a day
+
+
 def download_fashion_mnist(folder=None, mirrors=None, md5=None, timeout=30.0, progress=False):
     """Fetch the four .gz files into `folder` (default: the cache folder) from the first mirror
     that serves each, checking every file against its md5 sum; files already there and intact
@@ -168,6 +171,10 @@ def download_fashion_mnist(folder=None, mirrors=None, md5=None, timeout=30.0, pr
     folder = Path(folder) if folder is not None else default_data_dir()
     mirrors = list(MIRRORS if mirrors is None else mirrors)
     md5 = dict(MD5 if md5 is None else md5)
+    if not mirrors:
+        raise ValueError("Fashion-MNIST: expected at least one mirror to download from, but got an empty list")
+    if not 0 < timeout <= MAX_TIMEOUT:  # (socket timeouts past ~9e9 s overflow; NaN fails here too)
+        raise ValueError(f"Fashion-MNIST: expected a download timeout of 0 to {MAX_TIMEOUT:g} seconds, got {timeout}")
     errors = []
     for filename, checksum in md5.items():
         target = folder / filename
@@ -242,7 +249,7 @@ class Dataset:
     def batches(self, split, batch_size, device="cpu", resize=None, generator=None, shuffle=None,
                 rank=0, world_size=1, dtype=torch.float32):
         """Yield (X, y) batches: X float32 (B, 1, H, W) = pixel / 255 on `device`, resized there to
-        resize x resize (bilinear, no antialias) when `resize` is not 28; y int64.
+        resize x resize (bilinear, antialiased when shrinking, as torchvision's Resize) when `resize` is not 28; y int64.
 
         Training batches are shuffled (a fresh permutation per call, drawn from `generator`),
         validation batches are in order, as the book's loaders. With world_size > 1 and shuffling,
@@ -270,11 +277,11 @@ class Dataset:
 
 
 def resize_batch(X, size):
-    """Resize a (B, C, H, W) float batch to size x size on its own device (bilinear, as the
-    book's transforms.Resize on upsampling); size None or equal to the input: unchanged."""
+    """Resize a (B, C, H, W) float batch to size x size on its own device (bilinear, antialiased
+    when shrinking: as the book's transforms.Resize); size None or equal to the input: unchanged."""
     if size is None or tuple(X.shape[-2:]) == (size, size):
         return X
-    return F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _load_split(found, images_name, labels_name):

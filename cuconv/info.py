@@ -3,6 +3,7 @@ into a bug report. `cuconv.info.collect()` returns the same as a dict."""
 
 import os
 import platform
+import sys
 
 import torch
 
@@ -66,3 +67,9 @@ def format_report(info):
         f"threads: {info['threads']}; Python {info['python']}",
     ]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m cuconv.info (as cuconv info)
+    from cuconv.__main__ import main
+
+    sys.exit(main(["info", *sys.argv[1:]]))

@@ -101,6 +101,22 @@ def evaluate(model, dataset, batch_size, device="cpu", resize=None, rank=0, worl
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+class _NoBar:
+    """Stands in for a tqdm bar where none is shown."""
+
+    def __init__(self, iterable, **_):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **_):
+        pass
+
+    def close(self):
+        pass
+
+
 def fit(model, dataset, epochs, batch_size, lr, device="cpu", resize=None, seed=0, label="",
         progress=True, rank=0, world_size=1, dtype=torch.float32):
     """Train with plain SGD on the mean cross-entropy; returns one dict per epoch:
@@ -110,7 +126,10 @@ def fit(model, dataset, epochs, batch_size, lr, device="cpu", resize=None, seed=
     `val_seconds`); `images_per_second` counts the images of all ranks. The batch order comes
     from a generator seeded with `seed`, and the global RNG (dropout) is reseeded with it too.
     """
-    from tqdm.auto import tqdm
+    if progress:
+        from tqdm.auto import tqdm
+    else:  # (tqdm is needed for progress bars only: cuconv train --no-progress runs without it)
+        tqdm = _NoBar
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -256,6 +275,18 @@ def curves_figure(metrics):
     return fig
 
 
+def _finite_or_none(value):
+    """`value` with every NaN or infinite float as None: metrics.json stays standard JSON (null)
+    when a run diverges (Python's json would write NaN, which JSON parsers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def run(args):
     """Train as `args` (from build_parser) says; returns the metrics dict (on every rank)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -291,9 +322,15 @@ def run(args):
     dataset = dataset.limit(args.limit_train, args.limit_val)
     if len(dataset.train_labels) == 0 or len(dataset.val_labels) == 0:
         raise SystemExit("cuconv train: no training or validation images left (check --limit-train/--limit-val)")
-    if _normalises_batches(args.model) and len(dataset.train_labels) % batch_size == 1:
-        raise SystemExit(f"cuconv train: {args.model} normalises each training batch, and the last batch would hold "
-                         f"one image ({len(dataset.train_labels)} images in batches of {batch_size}), which torch's "
+    if len(dataset.train_labels) < world_size:
+        raise SystemExit(f"cuconv train: {len(dataset.train_labels)} training images cannot be shared over {world_size} "
+                         "processes (check --limit-train)")
+    last = len(dataset.train_labels) % batch_size
+    if last and world_size <= last < 2 * world_size and _needs_two_images(args.model, resize, vgg_arch):
+        shard = "the last batch would hold one image" if world_size == 1 else \
+            f"a process's share of the last batch ({last} images over {world_size} processes) would hold one image"
+        raise SystemExit(f"cuconv train: {args.model} normalises each training batch, and {shard} "
+                         f"({len(dataset.train_labels)} images in batches of {batch_size}), which torch's "
                          "batch norm refuses; change --batch-size or --limit-train")
     title = _MODEL_TITLES[args.model] + (" (full VGG-11 widths)" if args.model == "vgg" and args.vgg_arch == "full" else "")
     description = dataset.describe() + (f", {world_size} processes (DDP)" if world_size > 1 else "")
@@ -324,6 +361,7 @@ def run(args):
         timed = history[1:] if len(history) > 1 else history  # the first epoch includes warm-up
         metrics["runs"][backend] = dict(
             epochs=history,
+            diverged=not all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history),
             mean_seconds=sum(r["seconds"] for r in timed) / max(len(timed), 1),
             mean_images_per_second=sum(r["images_per_second"] for r in timed) / max(len(timed), 1))
     runs = metrics["runs"]
@@ -334,7 +372,7 @@ def run(args):
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (out / "metrics.json").write_text(json.dumps(_finite_or_none(metrics), indent=2, allow_nan=False) + "\n")
             plot_curves(metrics, out / "curves.png")
             print(f"{tag}cuconv train: [{dataset.name}] wrote {out / 'metrics.json'} and {out / 'curves.png'}")
     if world_size > 1:
@@ -375,6 +413,7 @@ def _seed(text):
 # The largest input side `--resize` takes: a 4096 x 4096 image is 64 MB a channel in float32
 # (larger ones were as likely to exhaust memory as to be meant).
 MAX_RESIZE = 4096
+MAX_THREADS = 1024  # (torch.set_num_threads overflows past 2**31; OpenMP runs out of memory far below)
 
 
 def build_parser(parser=None):
@@ -402,13 +441,14 @@ def build_parser(parser=None):
     a("--data-dir", default=None, help="folder with the four Fashion-MNIST IDX files (.gz or not); default: "
       "$CUCONV_DATA_DIR or ~/.cache/cuconv/fashion-mnist, downloaded there if missing")
     a("--no-download", action="store_true", help="never download; fail if the files are missing")
-    a("--download-timeout", type=positive_float, default=30.0, help="seconds per download request (default 30)")
+    a("--download-timeout", type=_positive(float, most=cdata.MAX_TIMEOUT), default=30.0,
+      help="seconds a download may wait for the server at each step: connecting, each read (default 30)")
     a("--limit-train", type=positive_int, default=None, metavar="N", help="use only the first N training images")
     a("--limit-val", type=positive_int, default=None, metavar="N", help="use only the first N validation images")
     a("--seed", type=_seed, default=0, help="seed for the initial weights, batch order and dropout (default 0)")
     a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     a("--out", default=None, metavar="DIR", help="write DIR/metrics.json and DIR/curves.png")
-    a("--threads", type=positive_int, default=None, metavar="N",
+    a("--threads", type=_positive(int, most=MAX_THREADS), default=None, metavar="N",
       help="CPU threads for torch and cuconv (default: torch's default; on a busy shared machine 1 is often faster)")
     a("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
     return parser
@@ -416,36 +456,62 @@ def build_parser(parser=None):
 
 def _smallest_input(model_name, vgg_arch, start):
     """The smallest input side from `start` up (to MAX_RESIZE) that the model accepts (its torch.nn
-    twin, no gradients)."""
-    model = cmodels.build_model(model_name, "torch", 10, vgg_arch).eval()
-    for side in range(start, MAX_RESIZE + 1):
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 1, side, side))
-            return side
-        except RuntimeError:
-            continue
+    twin on the meta device: shapes only, so that a large side's weights take no memory)."""
+    with torch.device("meta"):
+        model = cmodels.build_model(model_name, "torch", 10, vgg_arch).eval()
+        for side in range(start, MAX_RESIZE + 1):
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, 1, side, side))
+                return side
+            except RuntimeError:
+                continue
     return None
 
 
-def _normalises_batches(model_name):
-    """Whether the model has batch norm layers (which cannot train on a batch of one image)."""
-    model = cmodels.build_model(model_name, "torch", 10)
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def _needs_two_images(model_name, resize, vgg_arch=cmodels.VGG_ARCH_SMALL):
+    """Whether training the model on a batch of one image fails: torch's batch norm needs more than
+    one value a channel (LeNet-BN's dense layers; ResNet-18's 1 x 1 maps below 64 x 64 inputs).
+    Tried on the meta device."""
+    with torch.device("meta"):
+        model = cmodels.build_model(model_name, "torch", 10, vgg_arch).train()
+        try:
+            model(torch.zeros(1, 1, resize, resize))
+        except ValueError:
+            return True
+    return False
+
+
+def _missing_packages(args):
+    """The optional packages this run needs that are not installed (the `train` extra)."""
+    import importlib.util
+
+    needed = (["tqdm"] if not args.no_progress else []) + (["matplotlib"] if args.out is not None else [])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def check_args(parser, args):
-    """The checks argparse cannot make alone, before any data is read or model trained: an input
-    size the model can take, and an --out folder that can be written. Errors exit with code 2."""
-    if args.batch_size == 1 and _normalises_batches(args.model):
-        parser.error(f"argument --batch-size: {args.model} normalises each batch, which needs at least 2 images, "
-                     "got 1")
+    """The checks argparse cannot make alone, before any data is read or model trained: a batch
+    that every process can take, an input size the model can take, a device that is there, an
+    --out folder that can be written, and the packages the run needs. Errors exit with code 2."""
+    vgg_arch = cmodels.VGG_ARCH_FULL if args.vgg_arch == "full" else cmodels.VGG_ARCH_SMALL
     if args.resize is not None:
-        vgg_arch = cmodels.VGG_ARCH_FULL if args.vgg_arch == "full" else cmodels.VGG_ARCH_SMALL
         smallest = _smallest_input(args.model, vgg_arch, args.resize)
         if smallest != args.resize:
             parser.error(f"argument --resize: {args.model} needs inputs of at least {smallest} x {smallest} "
                          f"pixels, got {args.resize}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # (torchrun's processes)
+    batch_size = args.batch_size or cmodels.MODEL_DEFAULTS[args.model]["batch_size"]
+    processes = f" over {world_size} processes" if world_size > 1 else ""
+    if batch_size < world_size:
+        parser.error(f"argument --batch-size: each batch is shared{processes}, which needs at least {world_size} "
+                     f"images, got {batch_size}")
+    resize = args.resize or cmodels.MODEL_DEFAULTS[args.model]["resize"]
+    if batch_size < 2 * world_size and _needs_two_images(args.model, resize, vgg_arch):
+        parser.error(f"argument --batch-size: {args.model} normalises each batch{' a process takes' if processes else ''}, "
+                     f"which needs at least {2 * world_size} images{processes} at {resize} x {resize}, got {batch_size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda, but torch sees no CUDA GPU")
     if args.out is not None:
         import tempfile
 
@@ -455,6 +521,11 @@ def check_args(parser, args):
                 pass
         except OSError as error:
             parser.error(f"argument --out: cannot write to {args.out!r} ({error.strerror or error})")
+    missing = _missing_packages(args)
+    if missing:
+        purposes = {"tqdm": "tqdm for its progress bars (or --no-progress)", "matplotlib": "matplotlib for --out's plots"}
+        parser.error(f"this run needs {' and '.join(purposes[name] for name in missing)}, not installed: "
+                     "pip install 'cuconv[train]'")
 
 
 def main(argv=None):
@@ -475,3 +546,7 @@ def main_with_args(args):
             if dist.is_initialized():
                 dist.destroy_process_group()
     return 0
+
+
+if __name__ == "__main__":  # python -m cuconv.train ... (as cuconv train ...)
+    sys.exit(main())

@@ -142,3 +142,28 @@ def test_runs_on_a_cpu_without_avx512():
                             capture_output=True, text=True, timeout=900, cwd=package_parent)
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
     assert "capability AVX512" not in result.stdout  # valgrind did hide AVX-512
+
+
+def _readme_python_blocks():
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+def test_readme_python_snippets_run_after_a_plain_import(tmp_path):
+    """README's Python blocks run as written, in a fresh interpreter (from another folder, so that
+    the installed or in-place-built cuconv is imported), and the submodules README names work
+    after a plain `import cuconv`: cuconv.onnx.export and cuconv.info.collect failed with
+    AttributeError until imported by name."""
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 2
+    script = "\n\n".join(blocks) + (
+        "\nimport cuconv\n"
+        "model = torch.nn.Sequential(cuconv.Conv2d(1, 2, 3), cuconv.MaxPool2d(2))\n"
+        "assert callable(cuconv.onnx.export) and callable(cuconv.onnx.translation_table)\n"
+        "assert cuconv.info.collect()['cuconv'] == cuconv.__version__\n"
+        "assert cuconv.models.LeNet and cuconv.data.load_fashion_mnist and cuconv.train.fit\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -200,6 +200,18 @@ def test_download_from_loopback(tmp_path, mirror_dir, monkeypatch):
         assert len(requests) == 4
 
 
+@pytest.mark.parametrize("mirrors, timeout, message", [
+    ([], 10, "expected at least one mirror to download from, but got an empty list"),
+    (["http://127.0.0.1:9/"], 1e10, "expected a download timeout of 0 to 86400 seconds, got 10000000000.0"),
+    (["http://127.0.0.1:9/"], float("nan"), "expected a download timeout of 0 to 86400 seconds, got nan"),
+])
+def test_download_arguments_are_checked(tmp_path, mirrors, timeout, message):
+    """No mirrors gave a KeyError later (nothing downloaded, no error), a timeout past ~9e9 seconds
+    an OverflowError from the socket."""
+    with pytest.raises(ValueError, match=message):
+        data.download_fashion_mnist(tmp_path, mirrors=mirrors, timeout=timeout)
+
+
 def test_download_checksum_mismatch(tmp_path, mirror_dir):
     table = _md5_table(mirror_dir)
     table["train-labels-idx1-ubyte.gz"] = "0" * 32
@@ -259,6 +271,15 @@ def test_batches_normalise_and_resize():
     torch.testing.assert_close(X96, F.interpolate(X, size=(96, 96), mode="bilinear", align_corners=False))
     assert data.resize_batch(X, 28) is X and data.resize_batch(X, None) is X
     assert [len(y) for _, y in d.batches("val", 4)] == [4, 3]
+
+
+@pytest.mark.parametrize("size", [20, 96])
+def test_resize_is_torchvisions_both_ways(size):
+    """As the book's transforms.Resize (antialiased): shrinking too (without antialiasing a 20 x 20
+    image differed from torchvision's by up to 0.34)."""
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    X = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(size))
+    torch.testing.assert_close(data.resize_batch(X, size), functional.resize(X, [size, size], antialias=True))
 
 
 def test_shuffling_is_reproducible():

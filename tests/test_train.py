@@ -241,7 +241,11 @@ def test_quick_start_recipe_learns_with_identical_curves(tmp_path):
     (["--seed", "-1"], "argument --seed: expected a seed from 0 to 2**63 - 1, got '-1'"),
     (["--lr", "1e308"], "argument --lr: expected a positive float of at most 3.40282e+38, got '1e308'"),
     (["--model", "lenet-bn", "--batch-size", "1"],
-     "argument --batch-size: lenet-bn normalises each batch, which needs at least 2 images, got 1"),
+     "argument --batch-size: lenet-bn normalises each batch, which needs at least 2 images at 28 x 28, got 1"),
+    (["--model", "resnet18", "--resize", "32", "--batch-size", "1"],
+     "argument --batch-size: resnet18 normalises each batch, which needs at least 2 images at 32 x 32, got 1"),
+    (["--threads", "2147483648"], "argument --threads: expected a positive int of at most 1024, got '2147483648'"),
+    (["--download-timeout", "1e10"], "argument --download-timeout: expected a positive float of at most 86400, got '1e10'"),
 ])
 def test_cli_rejects_bad_arguments_before_training(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -253,10 +257,80 @@ def test_cli_rejects_bad_arguments_before_training(args, message, capsys):
     assert "epoch" not in captured.out + captured.err.replace("--epochs", "")  # nothing trained
 
 
+@pytest.mark.parametrize("world_size, args, message", [
+    (4, ["--batch-size", "3"], "argument --batch-size: each batch is shared over 4 processes, which needs at least 4 "
+                               "images, got 3"),
+    (2, ["--model", "lenet-bn", "--batch-size", "3"],
+     "argument --batch-size: lenet-bn normalises each batch a process takes, which needs at least 4 images over 2 "
+     "processes at 28 x 28, got 3"),
+])
+def test_cli_under_torchrun_rejects_batches_a_process_cannot_take(world_size, args, message, capsys, monkeypatch):
+    """Under torchrun each global batch is cut into one shard a process: a batch smaller than the
+    processes leaves one without images, and a batch-normalised model's shard of one image made
+    torch's batch norm raise in the middle of the first epoch."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--dataset", "synthetic", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_last_batch_that_leaves_a_process_one_image(capsys, monkeypatch):
+    """67 images in batches of 64 over 2 processes: the last batch's 3 images are shards of 2 and 1."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = train.build_parser().parse_args(["--model", "lenet-bn", "--dataset", "synthetic", "--limit-train", "67",
+                                            "--limit-val", "8", "--batch-size", "64", "--no-progress"])
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # (the check comes before any process group is used)
+    with pytest.raises(SystemExit) as exit_info:
+        train.run(args)
+    assert ("a process's share of the last batch (3 images over 2 processes) would hold one image (67 images in "
+            "batches of 64)") in str(exit_info.value.code)
+
+
+@pytest.mark.parametrize("args, missing", [([], "tqdm for its progress bars (or --no-progress)"),
+                                           (["--no-progress", "--out", "OUT"], "matplotlib for --out's plots")])
+def test_cli_names_the_missing_train_extra_before_training(args, missing, tmp_path, capsys, monkeypatch):
+    """A plain `pip install .` has neither tqdm nor matplotlib (the `train` extra): the run stops
+    at once, naming what it needs (they failed with a traceback in the first epoch, and after the
+    whole training at the plot); --no-progress without --out needs neither."""
+    for name in ("tqdm", "matplotlib"):
+        monkeypatch.setitem(sys.modules, name, None)  # (import and find_spec fail, as when not installed)
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--dataset", "synthetic", *args])
+    assert exit_info.value.code == 2
+    assert f"this run needs {missing}, not installed: pip install 'cuconv[train]'" in capsys.readouterr().err
+    assert cli_main(["train", "--dataset", "synthetic", "--epochs", "1", "--limit-train", "32", "--limit-val", "8",
+                     "--backend", "cuconv", "--no-progress"]) == 0
+
+
+def test_cli_trains_resnet18_on_one_image_where_its_batch_norm_can():
+    """ResNet-18's batch norm has 3 x 3 maps at 96 x 96 to normalise over: a batch of one image
+    trains (it was refused, as LeNet-BN's dense layers' must be), and a run that diverges writes
+    standard JSON (null for NaN) and says so."""
+    assert cli_main(["train", "--model", "resnet18", "--dataset", "synthetic", "--batch-size", "1", "--epochs", "1",
+                     "--limit-train", "2", "--limit-val", "1", "--backend", "cuconv", "--no-progress"]) == 0
+
+
+def test_a_diverging_run_writes_standard_json(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", "lenet", "--dataset", "synthetic", "--lr", "3e38", "--epochs", "2",
+                     "--limit-train", "64", "--limit-val", "16", "--backend", "cuconv", "--no-progress",
+                     "--out", str(out)]) == 0
+    text = (out / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
+    run = metrics["runs"]["cuconv"]
+    assert run["diverged"] is True and None in (run["epochs"][-1]["train_loss"], run["epochs"][-1]["val_loss"])
+
+
 def test_cli_takes_a_large_input_side_the_model_takes():
-    """--resize above the sizes searched before (1024) is checked by the model itself."""
+    """--resize above the sizes searched before (1024) is checked by the model itself, on the meta
+    device (the full VGG's first dense layer at 4096 x 4096 takes 34 GB: a failed allocation was
+    reported as "needs inputs of at least None x None")."""
     parser = train.build_parser()
     train.check_args(parser, parser.parse_args(["--resize", "1100"]))  # (no SystemExit)
+    train.check_args(parser, parser.parse_args(["--model", "vgg", "--vgg-arch", "full", "--resize", "4096"]))
 
 
 def test_cli_refuses_a_last_batch_of_one_image_for_batch_norm(capsys):
