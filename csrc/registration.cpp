@@ -57,7 +57,8 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 // "channels" or "rows", the tiles of the last direct pass, gemm.h's KernelPath::kDirectTiles), the L2 size is
 // the one the CPU blocks are sized from and the last-level cache's the size above which the direct kernels stream
 // their output past the caches.
-// A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT raises ValueError, as the kernels would.
+// "measured_choice": "on", or "off" with CUCONV_CPU_TUNE=0 (tuner.h).
+// A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT / CUCONV_CPU_TUNE raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {
   try {
     const char* isa = isa_name(cuconv::cpu_isa());
@@ -67,9 +68,11 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const cuconv::PairMicrokernel pairs = cuconv::cpu_pair_microkernel(cuconv::cpu_microkernel<float>());
     const char* gemm_bfloat16 = pairs.tile != nullptr ? pairs.isa : gemm_float;
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
+    const char* measured_choice = cuconv::tuning_enabled() ? "on" : "off";
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:z,s:L,s:L,s:L}", "isa", isa, "gemm_float", gemm_float, "gemm_double",
-                         gemm_double, "gemm_bfloat16", gemm_bfloat16, "direct_conv", direct, "last_gemm",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:z,s:L,s:L,s:L}", "isa", isa, "gemm_float", gemm_float,
+                         "gemm_double", gemm_double, "gemm_bfloat16", gemm_bfloat16, "direct_conv", direct,
+                         "measured_choice", measured_choice, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "last_direct_tiles",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirectTiles), "last_depthwise",

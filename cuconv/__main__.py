@@ -43,7 +43,10 @@ def main(argv=None):
     if args.command == "info":
         from . import info
 
-        report = info.collect()
+        try:
+            report = info.collect()
+        except ValueError as error:  # a bad CUCONV_* setting (the kernels would refuse it too)
+            info_parser.exit(2, f"{info_parser.prog}: error: {error}\n")
         if args.json:
             import json
 

@@ -40,8 +40,7 @@ def collect():
         "cpu": _cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_kernels": _C.cpu_kernels(),
-        "settings": {k: os.environ[k] for k in ("CUCONV_CPU_ISA", "CUCONV_CPU_DIRECT", "CUCONV_CPU_TUNE", "CUCONV_TUNE_CACHE")
-                     if k in os.environ},
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CUCONV_")},
         "tuned_shapes": len(cuconv.tuning.choices()),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -62,8 +61,9 @@ def format_report(info):
         f"{kernels['last_level_cache_bytes'] >> 20} MiB)",
         f"CPU kernels: instruction set {kernels['isa']}; GEMM microkernels {kernels['gemm_float']} (float), "
         f"{kernels['gemm_double']} (double), {kernels['gemm_bfloat16']} (bfloat16); direct float32 convolution: {kernels['direct_conv']} "
-        f"(auto = the faster measured per shape unless CUCONV_CPU_TUNE=0; {info['tuned_shapes']} choices made so far)",
-        f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (CUCONV_CPU_ISA, CUCONV_CPU_DIRECT, CUCONV_CPU_TUNE, CUCONV_TUNE_CACHE unset)'}",
+        f"(auto = the faster measured per shape unless CUCONV_CPU_TUNE=0); kernel choice by measurement "
+        f"{kernels['measured_choice']} ({info['tuned_shapes']} choices made so far)",
+        f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (no CUCONV_* variable set)'}",
         f"threads: {info['threads']}; Python {info['python']}",
     ]
     return "\n".join(lines)

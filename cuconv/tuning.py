@@ -155,10 +155,19 @@ def _locked(path):
 
 def save(path):
     """Adds this process's choices to ``path`` under this machine (other machines' are kept)."""
+    _save(path, replace_unreadable=False)
+
+
+def _save(path, replace_unreadable):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with _locked(path):
-        data = _read(path)
+        try:
+            data = _read(path)
+        except ValueError:
+            if not replace_unreadable:
+                raise
+            data = {}
         entry = data.get(machine(), {})
         entry.update(choices())
         data[machine()] = entry
@@ -166,11 +175,35 @@ def save(path):
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(handle, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
+        os.chmod(temporary, 0o666 & ~_umask())  # (mkstemp's file is private: 0600, whatever the umask)
         os.replace(temporary, path)
 
 
+def _umask():
+    """The process's umask, read without changing it where Linux shows it (os.umask sets it, for
+    a moment, for every thread of the process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _use_cache_from_environment():
+    """CUCONV_TUNE_CACHE: its choices taken at import, this process's added at exit. A cache that
+    cannot be read (a half-written or foreign file) is reported, not fatal: the choices are
+    measured afresh and the file is replaced at exit."""
     path = os.environ.get("CUCONV_TUNE_CACHE")
     if path:
-        load(path)
-        atexit.register(save, path)
+        try:
+            load(path)
+        except ValueError as error:
+            import warnings
+
+            warnings.warn(f"{error}; measuring afresh, and replacing the file at exit", RuntimeWarning, stacklevel=3)
+        atexit.register(_save, path, True)

@@ -796,6 +796,45 @@ def test_book_helpers_integer_tensors_compute_in_float():
     assert torch.equal(cuconv.pool2d(X, (2, 2)), torch.tensor([[4.0, 5.0], [7.0, 8.0]]))
 
 
+def test_book_helpers_correlate_complex_tensors_as_complex_numbers():
+    """Complex X and K were cast to real first (the imaginary parts dropped, with a warning): now
+    the book's loop over complex numbers (its Y made complex), through the complex convolution."""
+    gen = torch.Generator().manual_seed(12)
+    X = torch.randn(6, 7, generator=gen, dtype=torch.complex128)
+    K = torch.randn(2, 3, generator=gen, dtype=torch.complex128)
+    Y = cuconv.corr2d(X, K)
+    assert Y.dtype == torch.complex128
+    torch.testing.assert_close(Y, book_corr2d(X, K))
+    Xc, Kc = torch.randn(3, 6, 7, generator=gen, dtype=torch.complex64), torch.randn(2, 3, 2, 3, generator=gen,
+                                                                                        dtype=torch.complex64)
+    expected = torch.stack([sum(book_corr2d(x, k) for x, k in zip(Xc, ko)) for ko in Kc])
+    torch.testing.assert_close(cuconv.corr2d_multi_in_out(Xc, Kc), expected)
+    with pytest.raises(cuconv.DtypeError, match="cuconv.pool2d: expected a real tensor X, but got torch.complex128"):
+        cuconv.pool2d(X, (2, 2))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: cuconv.corr2d(torch.ones(2, 2), torch.ones(3, 3)),
+     "cuconv.corr2d: expected a kernel no larger than X's 2 x 2 plane, but got 3 x 3"),
+    (lambda: cuconv.corr2d(torch.ones(2, 2, 2), torch.ones(1, 1)),
+     r"cuconv.corr2d: expected X to be 2-D \(height, width\), but got 3-D"),
+    (lambda: cuconv.corr2d_multi_in(torch.ones(2, 4, 4), torch.ones(3, 2, 2)),
+     r"cuconv.corr2d_multi_in: expected K to have X's 2 input channels, but got 3"),
+    (lambda: cuconv.corr2d_multi_in_out(torch.ones(2, 4, 4), torch.ones(5, 2, 5, 1)),
+     "cuconv.corr2d_multi_in_out: expected a kernel no larger than X's 4 x 4 plane, but got 5 x 1"),
+    (lambda: cuconv.corr2d_multi_in_out_1x1(torch.ones(2, 4, 4), torch.ones(5, 3, 1, 1)),
+     "cuconv.corr2d_multi_in_out_1x1: expected K to have X's 2 input channels, but got 3"),
+    (lambda: cuconv.pool2d(torch.ones(3, 3), (4, 1)),
+     "cuconv.pool2d: expected a window no larger than X's 3 x 3 plane, but got 4 x 1"),
+    (lambda: cuconv.pool2d(torch.ones(3, 3), 2, mode="min"), "cuconv.pool2d: expected mode to be 'max' or 'avg'"),
+])
+def test_book_helpers_name_themselves_in_their_errors(call, message):
+    """A kernel larger than the image was refused by the op underneath, naming cuconv.conv2d and a 4-D
+    shape the user never made, as a plain ValueError (no RuntimeError, as cuconv's other errors)."""
+    with pytest.raises(cuconv.ArgumentError, match=message):
+        call()
+
+
 def test_book_helpers_are_differentiable():
     X = torch.randn(5, 6, dtype=DTYPE, requires_grad=True)
     K = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)

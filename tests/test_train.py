@@ -372,6 +372,26 @@ def test_cli_version_and_info(capsys):
     assert info["cuda_kernels_compiled"] == cuconv.with_cuda
 
 
+def test_cli_info_lists_every_setting_and_refuses_bad_ones(capsys, monkeypatch):
+    """`cuconv info` shows every CUCONV_* variable set (it showed four, "none" with others set) and
+    whether kernels are chosen by measurement; a value the kernels would refuse is a one-line
+    error (a traceback for CUCONV_CPU_ISA; CUCONV_CPU_TUNE=2 was shown as if fine)."""
+    monkeypatch.setenv("CUCONV_CPU_WINOGRAD", "1")
+    monkeypatch.setenv("CUCONV_CPU_TUNE", "0")
+    assert cli_main(["info"]) == 0
+    report = capsys.readouterr().out
+    assert "settings: CUCONV_CPU_TUNE=0, CUCONV_CPU_WINOGRAD=1" in report
+    assert "kernel choice by measurement off" in report
+    for name, value in (("CUCONV_CPU_TUNE", "2"), ("CUCONV_CPU_ISA", "bogus")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["info"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith("cuconv info: error: ") and f"{name} to be" in err and repr(value) in err
+        monkeypatch.delenv(name)
+
+
 def test_cli_without_a_command_says_so(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main([])

@@ -376,6 +376,25 @@ def test_a_bad_cache_file_is_a_clear_error(tmp_path):
         cuconv.tuning.load(path)
 
 
+@needs_direct
+def test_an_unreadable_cache_named_by_the_environment_is_replaced_not_fatal(tmp_path):
+    """A half-written or foreign CUCONV_TUNE_CACHE made `import cuconv` itself fail: now one warning,
+    the choices measured afresh, and a readable cache in its place at exit, readable by others as
+    the umask allows (mkstemp's files are 0600)."""
+    path = tmp_path / "tuning.json"
+    path.write_text("{not json")
+    env = dict(os.environ, CUCONV_TUNE_CACHE=str(path))
+    env.pop("CUCONV_CPU_DIRECT", None)
+    env.pop("CUCONV_CPU_TUNE", None)
+    script = "import os; os.umask(0o022)\n" + _SCRIPT
+    run = dict(env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(cuconv.__file__)))
+    result = subprocess.run([sys.executable, "-c", script], **run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot read the tuning cache" in result.stderr and "replacing the file at exit" in result.stderr
+    assert result.stdout.strip() == "1" and len(json.loads(path.read_text())[cuconv.tuning.machine()]) == 1
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 _SCRIPT = """
 import torch, cuconv, cuconv.functional as CF
 x, w = torch.randn(2, 16, 9, 9), torch.randn(8, 16, 3, 3)
