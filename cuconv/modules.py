@@ -135,14 +135,35 @@ def _uninitialized_like(t):
     return kind(requires_grad=t.requires_grad, device=t.device, dtype=t.dtype)
 
 
+def _twin_class(module):
+    """The class `module` takes on cuconv's kernels, or None. An exact torch.nn class's twin; and for
+    a layer under torch.nn.utils.parametrize (spectral_norm, weight_norm, orthogonal: parametrize
+    gives it a class of its own, Parametrized<Conv2d>, holding the parametrized tensors' properties),
+    the same class made over the twin, so that removing the parametrizations leaves the twin."""
+    cls = type(module)
+    twin = _TWINS.get(cls)
+    if twin is not None or len(cls.__bases__) != 1:
+        return twin
+    base = cls.__bases__[0]
+    if base not in _TWINS or cls.__name__ != f"Parametrized{base.__name__}":
+        return None
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(module):
+        return None
+    members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, (_TWINS[base],), members)
+
+
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return `model` with every nn.Conv2d, nn.LazyConv2d, nn.ConvTranspose2d,
     nn.LazyConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d and nn.AdaptiveAvgPool2d running on
     cuconv's kernels.
 
-    The twins add no state, so each layer keeps its parameters, buffers, hooks and
-    state_dict keys; only its class changes. With inplace=False (default) a deep
-    copy is converted and the original model is left as it was.
+    The twins add no state, so each layer keeps its parameters, buffers, hooks,
+    parametrizations (torch.nn.utils.parametrize) and state_dict keys; only its class
+    changes. With inplace=False (default) a deep copy is converted and the original
+    model is left as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"cuconv.convert: expected model to be a torch.nn.Module, but got "
@@ -154,9 +175,13 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         # are lazy until their first batch): the copy gets fresh uninitialized ones of its own.
         memo = {id(t): _uninitialized_like(t) for t in [*model.parameters(), *model.buffers()]
                 if nn.parameter.is_lazy(t)}
-        model = copy.deepcopy(model, memo)
+        try:
+            model = copy.deepcopy(model, memo)
+        except RuntimeError as error:  # (torch's own deepcopy of the model fails the same way)
+            raise RuntimeError(f"cuconv.convert: cannot copy the model to convert ({error}); convert it in place "
+                               "with inplace=True") from error
     for module in model.modules():
-        twin = _TWINS.get(type(module))
+        twin = _twin_class(module)
         if twin is not None:
             module.__class__ = twin
     return model

@@ -610,6 +610,48 @@ def test_convert_keeps_hooks_and_attributes():
     assert not converted.training
 
 
+@pytest.mark.parametrize("parametrization", ["spectral_norm", "weight_norm", "orthogonal"])
+@pytest.mark.parametrize("layer", ["Conv2d", "ConvTranspose2d"])
+def test_convert_takes_parametrized_layers(layer, parametrization):
+    """A layer under torch.nn.utils.parametrize has a class of parametrize's own
+    (ParametrizedConv2d, a subclass of nn.Conv2d), which convert left on torch's kernels silently:
+    now it runs on cuconv's, its parametrizations kept (outputs, spectral norm's power iterations
+    in training, gradients to the originals: torch's), and removing them leaves cuconv's layer."""
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(0)
+    kernel = 1 if parametrization == "orthogonal" else 3  # (orthogonal: a square-able 8 x 3 matrix)
+    torch_layer = getattr(nn, layer)(3, 8, kernel, padding=1).double()
+    getattr(parametrizations, parametrization)(torch_layer)
+    ours = cuconv.convert(torch_layer)
+    assert isinstance(ours, getattr(cuconv, layer)) and parametrize.is_parametrized(ours, "weight")
+    assert list(ours.state_dict()) == list(torch_layer.state_dict())
+    for _ in range(2):  # training mode: spectral norm's power iteration updates its vectors each call
+        x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+        out, ref = ours(x), torch_layer(x)
+        assert_close64(out, ref)
+        grads = torch.autograd.grad(out.square().sum(), list(ours.parameters()))
+        ref_grads = torch.autograd.grad(ref.square().sum(), list(torch_layer.parameters()))
+        for g, r in zip(grads, ref_grads):
+            assert_close64(g, r)
+    parametrize.remove_parametrizations(ours, "weight")
+    assert type(ours) is getattr(cuconv, layer)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+def test_convert_says_to_convert_in_place_where_torch_cannot_copy_the_model():
+    """torch cannot deepcopy a layer under the old nn.utils.weight_norm (a non-leaf weight): the error
+    says what to do instead, and inplace=True converts it."""
+    model = nn.Sequential(nn.utils.weight_norm(nn.Conv2d(2, 4, 3)))
+    x = torch.randn(1, 2, 5, 5)
+    model(x)  # (the forward pre-hook makes the non-leaf weight)
+    with pytest.raises(RuntimeError, match="cuconv.convert: cannot copy the model to convert .*inplace=True"):
+        cuconv.convert(model)
+    expected = model(x)
+    assert isinstance(cuconv.convert(model, inplace=True)[0], cuconv.Conv2d)
+    torch.testing.assert_close(model(x), expected)
+
+
 def test_converted_model_pickles():
     torch.manual_seed(0)
     model = cuconv.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AvgPool2d(2)))
