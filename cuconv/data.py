@@ -249,13 +249,15 @@ class Dataset:
     def batches(self, split, batch_size, device="cpu", resize=None, generator=None, shuffle=None,
                 rank=0, world_size=1, dtype=torch.float32):
         """Yield (X, y) batches: X float32 (B, 1, H, W) = pixel / 255 on `device`, resized there to
-        resize x resize (bilinear, antialiased when shrinking, as torchvision's Resize) when `resize` is not 28; y int64.
+        resize x resize (bilinear, antialiased when shrinking, as torchvision's Resize) when
+        `resize` is not 28; y int64.
 
         Training batches are shuffled (a fresh permutation per call, drawn from `generator`),
         validation batches are in order, as the book's loaders. With world_size > 1 and shuffling,
         each global batch of `batch_size` is cut into world_size nearly equal consecutive shards and
         this rank gets shard `rank` (global batches with fewer than world_size examples are dropped),
-        so that the ranks together take the same optimisation steps as one process; without
+        so that the ranks together take the same optimisation steps as one process (but for batch
+        norm's statistics, each rank's shard's, as torch's DDP without SyncBatchNorm); without
         shuffling (evaluation) this rank takes every world_size-th example, so that the ranks
         together cover the split exactly once.
         """

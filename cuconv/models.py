@@ -246,7 +246,7 @@ MODEL_DEFAULTS = {
 
 
 def build_model(name, backend="cuconv", num_classes=10, vgg_arch=VGG_ARCH_SMALL):
-    """A fresh (uninitialised, lazy) model by CLI name: 'lenet', 'vgg' or 'resnet18'."""
+    """A fresh (uninitialised, lazy) model by CLI name: 'lenet', 'lenet-bn', 'vgg' or 'resnet18'."""
     if name == "lenet":
         return LeNet(MODEL_DEFAULTS[name]["lr"], num_classes, backend)
     if name == "lenet-bn":
