@@ -1,6 +1,6 @@
 """Options of the benchmark suite (pytest-benchmark, cuconv and torch side by side).
 
-    pytest benchmarks --quick                  # a subset of shapes at batch 16, a few minutes
+    pytest benchmarks --quick                  # a subset of shapes at batch 16, under a minute
     pytest benchmarks --benchmark-json=out.json && python benchmarks/report.py out.json
 
 Every case is timed only after its cuconv result (output and gradients) has been checked
