@@ -108,6 +108,10 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
 __all__ = [
     "functional", "ops", "Conv2d", "LazyConv2d", "ConvTranspose2d", "LazyConvTranspose2d", "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d",

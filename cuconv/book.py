@@ -104,6 +104,8 @@ def pool2d(X, pool_size, mode="max"):
     from .functional import _pair
 
     size = _pair("cuconv.pool2d", "pool_size", pool_size)
+    if min(size) < 1:
+        raise ArgumentError(f"cuconv.pool2d: expected pool_size to be positive, but got {tuple(size)}")
     if size[0] > X.shape[0] or size[1] > X.shape[1]:
         raise ArgumentError(f"cuconv.pool2d: expected a window no larger than X's {X.shape[0]} x {X.shape[1]} plane, "
                             f"but got {size[0]} x {size[1]}")

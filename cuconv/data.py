@@ -171,15 +171,16 @@ def download_fashion_mnist(folder=None, mirrors=None, md5=None, timeout=30.0, pr
     folder = Path(folder) if folder is not None else default_data_dir()
     mirrors = list(MIRRORS if mirrors is None else mirrors)
     md5 = dict(MD5 if md5 is None else md5)
-    if not mirrors:
-        raise ValueError("Fashion-MNIST: expected at least one mirror to download from, but got an empty list")
-    if not 0 < timeout <= MAX_TIMEOUT:  # (socket timeouts past ~9e9 s overflow; NaN fails here too)
-        raise ValueError(f"Fashion-MNIST: expected a download timeout of 0 to {MAX_TIMEOUT:g} seconds, got {timeout}")
+    if not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:  # (past ~9e9 s sockets overflow)
+        raise ValueError(f"Fashion-MNIST: expected a download timeout of more than 0 and at most {MAX_TIMEOUT:g} "
+                         f"seconds, got {timeout!r}")
     errors = []
     for filename, checksum in md5.items():
         target = folder / filename
         if target.is_file() and _md5(target) == checksum:
             continue
+        if not mirrors:
+            raise ValueError("Fashion-MNIST: expected at least one mirror to download from, but got an empty list")
         tried = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + filename
@@ -283,7 +284,10 @@ def resize_batch(X, size):
     when shrinking: as the book's transforms.Resize); size None or equal to the input: unchanged."""
     if size is None or tuple(X.shape[-2:]) == (size, size):
         return X
-    return F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    # (half types through float32, rounded once: torch's antialiased kernel takes no half type)
+    wide = X if X.dtype in (torch.float32, torch.float64) else X.float()
+    shrinks = size < X.shape[-2] or size < X.shape[-1]  # (antialiasing changes nothing when enlarging)
+    return F.interpolate(wide, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinks).to(X.dtype)
 
 
 def _load_split(found, images_name, labels_name):

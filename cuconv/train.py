@@ -471,7 +471,7 @@ def _smallest_input(model_name, vgg_arch, start):
 
 def _needs_two_images(model_name, resize, vgg_arch=cmodels.VGG_ARCH_SMALL):
     """Whether training the model on a batch of one image fails: torch's batch norm needs more than
-    one value a channel (LeNet-BN's dense layers; ResNet-18's 1 x 1 maps below 64 x 64 inputs).
+    one value a channel (LeNet-BN's dense layers; ResNet-18's 1 x 1 maps at 32 x 32 and smaller).
     Tried on the meta device."""
     with torch.device("meta"):
         model = cmodels.build_model(model_name, "torch", 10, vgg_arch).train()

@@ -155,28 +155,25 @@ def _locked(path):
 
 def save(path):
     """Adds this process's choices to ``path`` under this machine (other machines' are kept)."""
-    _save(path, replace_unreadable=False)
-
-
-def _save(path, replace_unreadable):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with _locked(path):
-        try:
-            data = _read(path)
-        except ValueError:
-            if not replace_unreadable:
-                raise
-            data = {}
+        data = _read(path)
         entry = data.get(machine(), {})
+        if not isinstance(entry, dict):
+            raise ValueError(f"cuconv.tuning: expected {path!r} to map each machine to {{key: winner}}")
         entry.update(choices())
         data[machine()] = entry
         # a temporary file of this call's own, replacing the cache whole: a reader never sees half
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        with os.fdopen(handle, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(temporary, 0o666 & ~_umask())  # (mkstemp's file is private: 0600, whatever the umask)
-        os.replace(temporary, path)
+        try:
+            with os.fdopen(handle, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.chmod(temporary, 0o666 & ~_umask())  # (mkstemp's file is private: 0600, whatever the umask)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
 
 
 def _umask():
@@ -195,9 +192,9 @@ def _umask():
 
 
 def _use_cache_from_environment():
-    """CUCONV_TUNE_CACHE: its choices taken at import, this process's added at exit. A cache that
-    cannot be read (a half-written or foreign file) is reported, not fatal: the choices are
-    measured afresh and the file is replaced at exit."""
+    """CUCONV_TUNE_CACHE: its choices taken at import, this process's added at exit. A file that
+    is not a cache cuconv can read (a mistyped path to another file, a folder) is reported in one
+    warning and left as it is, not fatal: the choices are measured afresh and not saved."""
     path = os.environ.get("CUCONV_TUNE_CACHE")
     if path:
         try:
@@ -205,5 +202,7 @@ def _use_cache_from_environment():
         except ValueError as error:
             import warnings
 
-            warnings.warn(f"{error}; measuring afresh, and replacing the file at exit", RuntimeWarning, stacklevel=3)
-        atexit.register(_save, path, True)
+            warnings.warn(f"{error}; measuring afresh, and leaving the file as it is (not saving to it)",
+                          RuntimeWarning, stacklevel=3)
+            return
+        atexit.register(save, path)

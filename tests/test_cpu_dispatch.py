@@ -521,7 +521,7 @@ def test_long_float32_sums_are_as_close_to_float64_as_torchs(direct, out_channel
 
 
 # 16 output channels (the channel tiles) and 6 (the row weight tiles, where a vector holds more
-# than 6 floats: chains of ~512 products a lane)
+# than 6 floats: each lane's chains a run of rows long, a few dozen products, then added up)
 @pytest.mark.parametrize("out_channels", [16, 6])
 @pytest.mark.parametrize("direct", ["1", "0"], ids=["direct", "gemm"])
 def test_a_weight_gradient_over_large_images_stays_close_to_float64(direct, out_channels, monkeypatch):
@@ -664,13 +664,13 @@ def test_channels_last_direct_kernels_match_torch(case, isa, monkeypatch):
 
 # Layers of fewer output channels than a vector has lanes, stride 1 along rows: the weight
 # gradient's row tiles. (x shape, weight shape, stride, padding, dilation, groups): LeNet's first
-# layer (rows of 28: a short last vector), 13 channels (groups of channels and a narrower last
-# group), rows of exactly 32 without padding (read in place, no short vector), a grouped layer (by
-# group), 3-row images (a call's rows span samples), and 200 rows of 40 (chains of ~512 products a
-# lane, then added up).
+# layer (rows of 28: a short last vector), 7 channels (groups of channels and a narrower last
+# group: 6 + 1 with AVX-512, 3 + 3 + 1 with AVX2), rows of exactly 32 without padding (read in
+# place, no short vector), a grouped layer (by group), 3-row images (a call's rows span samples),
+# and 200 rows of 40 (several runs of rows, their sums added up).
 ROW_WEIGHT_CASES = [
     ((3, 1, 28, 28), (6, 1, 5, 5), 1, 2, 1, 1),
-    ((2, 3, 17, 32), (13, 3, 3, 4), (2, 1), (1, 2), (1, 2), 1),
+    ((2, 3, 17, 32), (7, 3, 3, 4), (2, 1), (1, 2), (1, 2), 1),
     ((2, 2, 12, 36), (5, 2, 3, 3), 1, 0, (2, 2), 1),
     ((2, 6, 11, 19), (8, 3, 3, 3), 1, 1, 1, 2),
     ((7, 2, 3, 21), (4, 2, 3, 3), 1, 1, 1, 1),

@@ -202,12 +202,13 @@ def test_download_from_loopback(tmp_path, mirror_dir, monkeypatch):
 
 @pytest.mark.parametrize("mirrors, timeout, message", [
     ([], 10, "expected at least one mirror to download from, but got an empty list"),
-    (["http://127.0.0.1:9/"], 1e10, "expected a download timeout of 0 to 86400 seconds, got 10000000000.0"),
-    (["http://127.0.0.1:9/"], float("nan"), "expected a download timeout of 0 to 86400 seconds, got nan"),
+    (["http://127.0.0.1:9/"], 1e10, "expected a download timeout of more than 0 and at most 86400 seconds, got 10000000000.0"),
+    (["http://127.0.0.1:9/"], float("nan"), "at most 86400 seconds, got nan"),
+    (["http://127.0.0.1:9/"], None, "at most 86400 seconds, got None"),
 ])
 def test_download_arguments_are_checked(tmp_path, mirrors, timeout, message):
-    """No mirrors gave a KeyError later (nothing downloaded, no error), a timeout past ~9e9 seconds
-    an OverflowError from the socket."""
+    """No mirrors for a missing file gave a KeyError later (nothing downloaded, no error), a timeout
+    past ~9e9 seconds an OverflowError from the socket."""
     with pytest.raises(ValueError, match=message):
         data.download_fashion_mnist(tmp_path, mirrors=mirrors, timeout=timeout)
 
@@ -276,10 +277,15 @@ def test_batches_normalise_and_resize():
 @pytest.mark.parametrize("size", [20, 96])
 def test_resize_is_torchvisions_both_ways(size):
     """As the book's transforms.Resize (antialiased): shrinking too (without antialiasing a 20 x 20
-    image differed from torchvision's by up to 0.34)."""
+    image differed from torchvision's by up to 0.34); and half-type batches (torch's antialiased
+    kernel has no half-type version) resize as their float32 values do, then round."""
     functional = pytest.importorskip("torchvision.transforms.functional")
     X = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(size))
     torch.testing.assert_close(data.resize_batch(X, size), functional.resize(X, [size, size], antialias=True))
+    for dtype in (torch.bfloat16, torch.float16):
+        half = data.resize_batch(X.to(dtype), size)
+        assert half.dtype == dtype
+        torch.testing.assert_close(half, data.resize_batch(X.to(dtype).float(), size).to(dtype), rtol=0, atol=0)
 
 
 def test_shuffling_is_reproducible():

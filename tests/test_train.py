@@ -307,13 +307,14 @@ def test_cli_names_the_missing_train_extra_before_training(args, missing, tmp_pa
 
 def test_cli_trains_resnet18_on_one_image_where_its_batch_norm_can():
     """ResNet-18's batch norm has 3 x 3 maps at 96 x 96 to normalise over: a batch of one image
-    trains (it was refused, as LeNet-BN's dense layers' must be), and a run that diverges writes
-    standard JSON (null for NaN) and says so."""
+    trains (it was refused, as LeNet-BN's dense layers' must be)."""
     assert cli_main(["train", "--model", "resnet18", "--dataset", "synthetic", "--batch-size", "1", "--epochs", "1",
                      "--limit-train", "2", "--limit-val", "1", "--backend", "cuconv", "--no-progress"]) == 0
 
 
 def test_a_diverging_run_writes_standard_json(tmp_path):
+    """A run whose loss becomes NaN writes standard JSON (null for NaN: Python wrote NaN, which JSON
+    parsers refuse) and says it diverged."""
     out = tmp_path / "run"
     assert cli_main(["train", "--model", "lenet", "--dataset", "synthetic", "--lr", "3e38", "--epochs", "2",
                      "--limit-train", "64", "--limit-val", "16", "--backend", "cuconv", "--no-progress",

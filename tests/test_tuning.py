@@ -377,21 +377,38 @@ def test_a_bad_cache_file_is_a_clear_error(tmp_path):
 
 
 @needs_direct
-def test_an_unreadable_cache_named_by_the_environment_is_replaced_not_fatal(tmp_path):
-    """A half-written or foreign CUCONV_TUNE_CACHE made `import cuconv` itself fail: now one warning,
-    the choices measured afresh, and a readable cache in its place at exit, readable by others as
-    the umask allows (mkstemp's files are 0600)."""
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "MACHINE_LIST", None], ids=["text", "list", "entry-list", "folder"])
+def test_an_unreadable_cache_named_by_the_environment_is_reported_not_fatal(content, tmp_path):
+    """A CUCONV_TUNE_CACHE that is no cache cuconv can read (another file, a folder) made
+    `import cuconv` itself fail: now one warning, the choices measured afresh, and the file left
+    exactly as it was (a mistyped path must not destroy a user's file)."""
     path = tmp_path / "tuning.json"
-    path.write_text("{not json")
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content.replace("MACHINE_LIST", json.dumps({cuconv.tuning.machine(): [1]})))
+    before = None if content is None else path.read_text()
     env = dict(os.environ, CUCONV_TUNE_CACHE=str(path))
     env.pop("CUCONV_CPU_DIRECT", None)
     env.pop("CUCONV_CPU_TUNE", None)
-    script = "import os; os.umask(0o022)\n" + _SCRIPT
     run = dict(env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(cuconv.__file__)))
-    result = subprocess.run([sys.executable, "-c", script], **run)
+    result = subprocess.run([sys.executable, "-c", _SCRIPT], **run)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "cannot read the tuning cache" in result.stderr and "replacing the file at exit" in result.stderr
-    assert result.stdout.strip() == "1" and len(json.loads(path.read_text())[cuconv.tuning.machine()]) == 1
+    assert "leaving the file as it is" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.strip() == "1"
+    assert (path.is_dir() if content is None else path.read_text() == before)
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["tuning.json"], ["tuning.json", "tuning.json.lock"])
+
+
+def test_a_saved_cache_follows_the_umask(tmp_path):
+    """mkstemp makes its file 0600 whatever the umask: a cache meant for several users was theirs
+    to read only by chance."""
+    path = tmp_path / "tuning.json"
+    mask = os.umask(0o022)
+    try:
+        cuconv.tuning.save(path)
+    finally:
+        os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
 
 

@@ -100,6 +100,7 @@ const DirectTiles& pair_tiles_or_fail() {
   const DirectTiles* tiles = cpu_direct_pair_tiles();
   CUCONV_CHECK(tiles != nullptr, "cuconv: the direct kernels on bfloat16 pairs need AVX512-BF16");
   note_kernel_use(KernelPath::kDirect, tiles->isa);
+  note_kernel_use(KernelPath::kDirectTiles, "channels");  // (the pairs have no row tiles)
   return *tiles;
 }
 
@@ -788,18 +789,24 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
   });
 }
 
-// Whether the row weight tiles fill more lanes than the channel panels: stride-1 columns, and a
-// row's vectors fuller than the output channels' (the row_tiles_suit of the weight gradient).
+// Whether the row weight tiles fill more lanes than the channel panels: stride-1 columns, fewer
+// output channels than a vector's lanes, and a row's vectors fuller than the output channels'
+// (the row_tiles_suit of the weight gradient). Their partial sums hold a vector per tap and output
+// channel (the panels' a lane), so they run only where a thread's partial sums stay in L2.
 bool row_weight_tiles_suit(const DirectConv& p, const DirectTiles& tiles) {
-  return tiles.row_weight_channels > 0 && p.stride_w == 1 && used(p.out_w, tiles.lanes) > used(p.out_channels, tiles.lanes);
+  const int64_t partial_bytes = taps_of(p) * p.out_channels * tiles.lanes * static_cast<int64_t>(sizeof(float));
+  return tiles.row_weight_channels > 0 && p.stride_w == 1 && p.out_channels < tiles.lanes &&
+         used(p.out_w, tiles.lanes) > used(p.out_channels, tiles.lanes) && partial_bytes <= l2_cache_bytes() / 2;
 }
 
 // The weight gradient by row weight tiles (direct_tile.h), NCHW: as panel_backward_weight, a fixed
 // split of the output rows (counted across samples), one partial sum each, added in order; a call
 // sums a run of rows (of one sample, or of several on small images) for a group of up to
 // row_weight_channels output channels and a block of taps, reading grad_output's planes in place.
-// The runs are short enough that a group's grad_output rows stay in L1 across its tap blocks, and
-// that each lane sums at most kChainProducts products of a run before they join the partial sums.
+// The runs are short enough that a group's grad_output rows stay in L1 across its tap blocks; each
+// lane's chain of additions is a run's rows x a row's vectors products long (the L1 bound keeps it
+// under kChainProducts where an L1 holds 32 KB or more; the bound is kept explicit for the
+// rest, as long as one row's vectors, a 16th of a channel panel's chain for the row, fit it).
 void row_backward_weight(const DirectTiles& tiles, const DirectConv& p, const float* in, const float* grad_out,
                          float* grad_weight) {
   note_kernel_use(KernelPath::kDirectTiles, "rows");

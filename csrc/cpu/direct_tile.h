@@ -169,8 +169,8 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
 // A row's last vector loads only its columns, in g and x alike (the rest zero: 0 * 0, never an
 // Inf or NaN column past the row). The lanes' sums are added to partial[T][OT][kLanes]; the
 // caller adds the lanes up, and keeps each lane's chain of products short by the rows it passes
-// (a call's rows x vectors a row <= kChainProducts). T*OT accumulators + OT + 1 vectors must fit
-// the register file.
+// (a call's rows x vectors a row). T*OT accumulators + OT + 1 vectors must fit the register file
+// (AVX2's 3 x 4 fills all 16: the last vector's mask is reloaded from the stack a tap).
 template <class Isa, int OT, int T>
 void direct_row_weight_tile(const float* const* x_rows, const float* const* g_rows, int64_t rows, int64_t out_w,
                             int64_t g_plane, const int64_t* taps, float* partial) {
@@ -362,6 +362,7 @@ void fill_direct_tiles(DirectTiles& tiles) {
 // sets row_weight_channels) and Ts... for the narrower ones, as the register file allows each.
 template <class Isa, int OT, int T, int... Ts>
 void fill_row_weight_tiles(DirectTiles& tiles) {
+  static_assert(sizeof...(Ts) == OT - 1, "one tap count for each of 1..OT output channels");
   tiles.row_weight[OT] = &direct_row_weight_tile<Isa, OT, T>;
   tiles.row_weight_taps[OT] = T;
   if (tiles.row_weight_channels < OT) tiles.row_weight_channels = OT;

@@ -19,7 +19,7 @@ std::string kernel_names() {
   std::string all;
   for (int n = 0; n < static_cast<int>(KernelName::kCount); ++n)
     all += std::string(n == 0 ? "" : " ") + kernel_name(static_cast<KernelName>(n));
-  return all;
+  return all + " (revision " + std::to_string(kCandidatesRevision) + ")";
 }
 
 bool tuning_enabled() { return env_flag("CUCONV_CPU_TUNE", true); }

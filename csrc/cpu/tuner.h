@@ -24,7 +24,11 @@ enum class KernelName {
   kCount
 };
 const char* kernel_name(KernelName name);
-std::string kernel_names();  // space-separated
+// Raised when a candidate's kernels change enough that choices measured before should be
+// measured again (kernel_names() ends with it, and so the disk cache's section name): 2, the
+// direct weight gradient's row tiles (a cached GEMM for LeNet's first layer never tried them).
+constexpr int kCandidatesRevision = 2;
+std::string kernel_names();  // space-separated, then "(revision N)"
 
 // False when CUCONV_CPU_TUNE=0 (any value but 0 or 1 is an error).
 bool tuning_enabled();
