@@ -711,6 +711,26 @@ def test_weight_gradient_by_row_tiles_matches_float64(case, isa, monkeypatch):
         assert_matches(ours[finite], exact[finite].float(), torch.float32)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("out_channels", [1, 2, 3, 4, 5, 6, 7, 11, 13])
+def test_forward_by_row_tiles_of_every_width(out_channels, isa, monkeypatch):
+    """The forward pass along output rows takes the channels in groups of the widest row tile (6
+    with AVX-512, 4 with AVX2) and the rest on a tile of their own width (it had padded them with
+    zero weights: a 1-channel layer made 6 products for each one it needed): torch's values in
+    float64, for every width, on either ISA, with the bias of each group."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    if cuconv._C.cpu_kernels()["isa"] != isa:
+        pytest.skip(f"no {isa} on this CPU")
+    gen = torch.Generator().manual_seed(out_channels)
+    x = torch.randn(2, 3, 10, 32, generator=gen)
+    w, b = torch.randn(out_channels, 3, 3, 3, generator=gen), torch.randn(out_channels, generator=gen)
+    out = CF.conv2d(x, w, b, 1, 1)
+    kernels = cuconv._C.cpu_kernels()
+    assert kernels["last_direct"] == isa and kernels["last_direct_tiles"] == "rows", kernels
+    assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1).float(), torch.float32)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_direct_forward_keeps_the_nans_of_nonfinite_weights(channels_last, groups, monkeypatch):

@@ -178,21 +178,22 @@ DirectMode direct_conv_mode() {
 namespace {
 
 // The fraction of the lanes' multiplies that are real work: channel tiles waste the lanes past
-// the output channels; row tiles the columns past a row's end, the rows past the last band and
-// the channels past the last group of row_channels.
+// the output channels; row tiles the columns past a row's end and the rows past the last band
+// (a narrower tile takes the channels past the last whole group of row_channels).
 double used(int64_t count, int64_t tile) { return static_cast<double>(count) / static_cast<double>((count + tile - 1) / tile * tile); }
 
 bool row_tiles_suit(const DirectConv& p, const DirectTiles& tiles) {
-  if (tiles.row == nullptr || p.stride_w != 1) return false;
+  if (tiles.row_channels == 0 || p.stride_w != 1) return false;
   const double channel_use = used(p.out_channels, tiles.lanes);
-  const double row_use = used(p.out_w, tiles.lanes) * used(p.out_h, tiles.row_rows) * used(p.out_channels, tiles.row_channels);
+  const double row_use = used(p.out_w, tiles.lanes) * used(p.out_h, tiles.row_rows);
   return row_use > channel_use;
 }
 
 // The forward pass by row tiles (direct_tile.h): threads take (sample, band of row_rows output
-// rows) items; each runs every channel group and column vector of its band. Each thread copies
-// a sample zero-padded into a buffer of its own (one sample: small, and in cache), with room
-// past the last vector and band, so every read is in bounds.
+// rows) items; each runs every channel group (row_channels channels, the last group the rest,
+// on the tile of its width) and column vector of its band. Each thread copies a sample
+// zero-padded into a buffer of its own (one sample: small, and in cache), with room past the
+// last vector and band, so every read is in bounds.
 void row_forward(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
                  const DirectTiles& tiles) {
   note_kernel_use(KernelPath::kDirectTiles, "rows");
@@ -201,11 +202,13 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
   const int64_t vectors = (p.out_w + L - 1) / L, bands = (p.out_h + R - 1) / R, groups = (O + OT - 1) / OT;
   const int64_t wp = std::max(p.width + 2 * p.pad_w, vectors * L + (kw - 1) * p.dilation_w);
   const int64_t hp = std::max(p.height + 2 * p.pad_h, (bands * R - 1) * p.stride_h + (kh - 1) * p.dilation_h + 1);
-  // weights of channel group g as [C][kH][kW][OT], zeros past the last channel
+  // weights of channel group g (its `width` channels) as [C][kH][kW][width], from g * taps * OT
   const int64_t taps = C * kh * kw;
-  PackedBuffer<float> w(groups * taps * OT, 0.f);
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t k = 0; k < taps; ++k) w[(o / OT * taps + k) * OT + o % OT] = weight[o * taps + k];
+  PackedBuffer<float> w(O * taps);
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t width = std::min(OT, O - o / OT * OT);
+    for (int64_t k = 0; k < taps; ++k) w[o / OT * taps * OT + k * width + o % OT] = weight[o * taps + k];
+  }
   const int64_t plane_out = p.out_h * p.out_w;
   torch::stable::parallel_for(0, p.batch * bands, 1, [&](int64_t first, int64_t last) {
     PackedBuffer<float> x(C * hp * wp, 0.f), tile(R * OT * L);  // x's border stays zero
@@ -221,13 +224,13 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
         const int64_t channels = std::min(OT, O - g * OT);
         for (int64_t v = 0; v < vectors; ++v) {
           const int64_t ow0 = v * L, cols = std::min(L, p.out_w - ow0);
-          tiles.row(band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, p.dilation_w, C, kh, kw,
-                    w.data() + g * taps * OT, tile.data());
+          tiles.row[channels](band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, p.dilation_w, C, kh, kw,
+                              w.data() + g * taps * OT, tile.data());
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t o = 0; o < channels; ++o) {
               const float b = bias != nullptr ? bias[g * OT + o] : 0.f;
               float* y = out + n * p.out_stride() + (g * OT + o) * plane_out + (oh0 + r) * p.out_w + ow0;
-              const float* t = tile.data() + (r * OT + o) * L;
+              const float* t = tile.data() + (r * channels + o) * L;
               for (int64_t l = 0; l < cols; ++l) y[l] = t[l] + b;
             }
         }

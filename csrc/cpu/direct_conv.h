@@ -210,8 +210,11 @@ struct DirectTiles {
   ToPixels to_pixels = nullptr;  // the same row into NHWC float (direct_row_to_pixels)
   using GatherPixels = void (*)(const float* in, int64_t pixels, int64_t stride, int64_t count, float* out);
   GatherPixels gather_pixels = nullptr;  // runs of floats a stride apart, packed (direct_gather_pixels)
-  // the row tile (vectors along output columns): row_rows x row_channels, for few channels
-  Row row = nullptr;
+  // the row tiles (vectors along output columns), for few channels: row[OT] takes row_rows output
+  // rows x OT output channels, OT = 1..row_channels (0: none; wider layers go in groups of
+  // row_channels, the last group on the tile of its width)
+  static constexpr int kMaxRowChannels = 6;
+  Row row[kMaxRowChannels + 1] = {};
   int64_t row_rows = 0, row_channels = 0;
   // the row weight tiles (vectors along output columns, for few output channels): row_weight[OT]
   // sums row_weight_taps[OT] taps x OT channels, OT = 1..row_weight_channels (0: none)

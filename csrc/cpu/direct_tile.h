@@ -142,7 +142,10 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
           for (int o = 0; o < OT; ++o) w[o] = Isa::set1(weights[o]);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
-            const V v = Isa::load(x + r * row_step + j * tap_col);
+            V v = Isa::load(x + r * row_step + j * tap_col);
+            // one load into a register for the OT products (GCC otherwise folds the load into
+            // each FMA: OT loads of the vector, R*OT + OT loads a tap, and the tile load-bound)
+            asm("" : "+v"(v));
 #pragma GCC unroll 8
             for (int o = 0; o < OT; ++o) acc[r][o] = Isa::fma(w[o], v, acc[r][o]);
           }
@@ -356,6 +359,15 @@ void fill_direct_tiles(DirectTiles& tiles) {
   tiles.to_bfloat16_pixels = &direct_row_to_bfloat16_pixels<Isa>;
   tiles.to_pixels = &direct_row_to_pixels<Isa>;
   tiles.gather_pixels = &direct_gather_pixels<Isa>;
+}
+
+// Fills the row tiles of R rows x 1..OT output channels (row_channels = OT, the widest).
+template <class Isa, int R, int OT>
+void fill_row_tiles(DirectTiles& tiles) {
+  tiles.row[OT] = &direct_row_tile<Isa, R, OT>;
+  if (tiles.row_channels < OT) tiles.row_channels = OT;
+  tiles.row_rows = R;
+  if constexpr (OT > 1) fill_row_tiles<Isa, R, OT - 1>(tiles);
 }
 
 // Fills the row weight tiles of 1..OT output channels, T taps for OT (the group's full width; it
