@@ -364,6 +364,7 @@ void fill_direct_tiles(DirectTiles& tiles) {
 // Fills the row tiles of R rows x 1..OT output channels (row_channels = OT, the widest).
 template <class Isa, int R, int OT>
 void fill_row_tiles(DirectTiles& tiles) {
+  static_assert(OT <= DirectTiles::kMaxRowChannels, "DirectTiles::row holds kMaxRowChannels widths");
   tiles.row[OT] = &direct_row_tile<Isa, R, OT>;
   if (tiles.row_channels < OT) tiles.row_channels = OT;
   tiles.row_rows = R;
@@ -375,6 +376,7 @@ void fill_row_tiles(DirectTiles& tiles) {
 template <class Isa, int OT, int T, int... Ts>
 void fill_row_weight_tiles(DirectTiles& tiles) {
   static_assert(sizeof...(Ts) == OT - 1, "one tap count for each of 1..OT output channels");
+  static_assert(OT <= DirectTiles::kMaxRowWeightChannels, "DirectTiles::row_weight holds kMaxRowWeightChannels widths");
   tiles.row_weight[OT] = &direct_row_weight_tile<Isa, OT, T>;
   tiles.row_weight_taps[OT] = T;
   if (tiles.row_weight_channels < OT) tiles.row_weight_channels = OT;
