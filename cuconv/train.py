@@ -422,7 +422,7 @@ def build_parser(parser=None):
 
         parser = ArgumentParser(prog="cuconv train", description=__doc__.split("\n\n")[0])
     a = parser.add_argument
-    positive_int, positive_float = _positive(int), _positive(float)
+    positive_int = _positive(int)
     a("--model", choices=tuple(cmodels.MODEL_DEFAULTS), default="lenet",
       help="which of the book's models (default lenet; lenet-bn is the batch-normalised LeNet of d2l 8.5)")
     a("--backend", choices=("cuconv", "torch", "both"), default="both",
