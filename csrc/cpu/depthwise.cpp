@@ -68,6 +68,11 @@ struct PortableVector {
     return v;
   }
   static void store_first(T* p, V v, int64_t n) { std::memcpy(p, &v, static_cast<size_t>(n) * sizeof(T)); }
+  // (templates: GCC checks __builtin_convertvector's operand in a class template's plain members)
+  template <typename H>
+  static Ints widen_shorts(H h) { return __builtin_convertvector(h, Ints); }
+  template <typename I>
+  static Shorts narrow_ints(I i) { return __builtin_convertvector(i, Shorts); }
 };
 
 #include "bfloat16_vector.h"

@@ -20,6 +20,31 @@ typedef double PoolDoubles __attribute__((vector_size(64)));  // global average 
 typedef double PoolDoubles4 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs4 __attribute__((vector_size(32)));
 
+// 16-bit lanes zero-extended to 32, and 32-bit lanes cut to their low 16: one instruction a
+// register where the ISA has one (GCC 12's __builtin_convertvector splits these into 128-bit
+// pieces and packs them again, 3-4x the instructions).
+// The including file says whether it is compiled for AVX-512 (kCompiledForAvx512: a `#pragma GCC
+// target` defines no __AVX512F__); the AVX2 file compiles the 16-lane kernels too, for tests, and
+// keeps GCC's conversions there.
+template <typename Ints, typename Halves>
+inline Ints widen_halves(Halves h) {
+  if constexpr (kCompiledForAvx512 && sizeof(Halves) == 32 && sizeof(Ints) == 64) {
+    return (Ints)_mm512_cvtepu16_epi32((__m256i)h);
+  } else if constexpr (sizeof(Halves) == 16 && sizeof(Ints) == 32) {
+    return (Ints)_mm256_cvtepu16_epi32((__m128i)h);
+  } else {
+    return __builtin_convertvector(h, Ints);
+  }
+}
+template <typename Halves, typename Ints>
+inline Halves narrow_to_halves(Ints v) {
+  if constexpr (kCompiledForAvx512 && sizeof(Ints) == 64 && sizeof(Halves) == 32) {
+    return (Halves)_mm512_cvtepi32_epi16((__m512i)v);
+  } else {
+    return __builtin_convertvector(v, Halves);
+  }
+}
+
 // L values at p as floats: float32 as they are, bfloat16 (its bits, uint16_t: the upper half of a
 // float's) widened exactly, float16 (Float16Bits) by F16C's conversion, 8 values an instruction
 // (exact; a signalling NaN quietened, as c10's conversion does).
@@ -31,7 +56,7 @@ inline Floats load_as_floats(const Element* p) {
     Halves bits;
     __builtin_memcpy(&bits, p, sizeof bits);
     // (bits >= 0x8000 shift into the sign bit: GCC's vector shifts wrap, as the hardware's do)
-    const Ints wide = __builtin_convertvector(bits, Ints) << 16;
+    const Ints wide = widen_halves<Ints>(bits) << 16;
     __builtin_memcpy(&v, &wide, sizeof v);
   } else if constexpr (std::is_same_v<Element, Float16Bits>) {
     static_assert(L % 8 == 0);
@@ -71,7 +96,7 @@ inline void store_values(Element* p, const Values& v) {
     Lanes bits;  // (the adds below stay in range for every value but a NaN, whose lane is replaced)
     __builtin_memcpy(&bits, &v, sizeof bits);
     const Lanes rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
-    const Halves narrow = __builtin_convertvector(v != v ? Lanes{} + 0x7FC0 : rounded, Halves);
+    const Halves narrow = narrow_to_halves<Halves>(v != v ? Lanes{} + 0x7FC0 : rounded);
     __builtin_memcpy(p, &narrow, sizeof narrow);
   } else if constexpr (std::is_same_v<Element, Float16Bits>) {
     Halves narrow;
@@ -123,7 +148,7 @@ inline void max_pool_registers_nhwc(const Element* x, int64_t C, int64_t c0, con
       typedef uint16_t Halves __attribute__((vector_size(L * sizeof(uint16_t))));
       Ints bits;
       __builtin_memcpy(&bits, &best[v], sizeof bits);
-      const Halves narrow = __builtin_convertvector(bits >> 16, Halves);
+      const Halves narrow = narrow_to_halves<Halves>(bits >> 16);
       __builtin_memcpy(y + c0 + v * L, &narrow, sizeof narrow);
     }
     __builtin_memcpy(indices + c0 + v * L, &wide, sizeof wide);

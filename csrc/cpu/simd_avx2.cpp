@@ -41,6 +41,12 @@ struct Avx2Float {
   }
   static V load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, first(n)); }
   static void store_first(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, first(n), v); }
+  // 16-bit lanes sign-extended to 32 (one instruction: GCC 12's __builtin_convertvector splits it
+  // in halves), and 32-bit lanes that fit in 16 packed to 16 (saturating, exact for them)
+  static Ints widen_shorts(Shorts h) { return (Ints)_mm256_cvtepi16_epi32((__m128i)h); }
+  static Shorts narrow_ints(Ints i) {
+    return (Shorts)_mm_packs_epi32(_mm256_castsi256_si128((__m256i)i), _mm256_extracti128_si256((__m256i)i, 1));
+  }
 };
 
 struct Avx2Double {
@@ -58,6 +64,8 @@ struct Avx2Double {
   static V load_first(const double* p, int64_t n) { return _mm256_maskload_pd(p, first(n)); }
   static void store_first(double* p, V v, int64_t n) { _mm256_maskstore_pd(p, first(n), v); }
 };
+
+constexpr bool kCompiledForAvx512 = false;  // (for pool_tile.h)
 
 #include "register_transpose.h"
 #include "bfloat16_vector.h"

@@ -44,6 +44,10 @@ struct Avx512Float {
   // the first n < 16 lanes (the others 0 / untouched)
   static V load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
   static void store_first(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
+  // 16-bit lanes sign-extended to 32 and 32-bit lanes truncated to 16, one instruction each
+  // (GCC 12 splits __builtin_convertvector's into 128-bit halves and packs: 3-4x the work)
+  static Ints widen_shorts(Shorts h) { return (Ints)_mm512_cvtepi16_epi32((__m256i)h); }
+  static Shorts narrow_ints(Ints i) { return (Shorts)_mm512_cvtepi32_epi16((__m512i)i); }
 };
 
 struct Avx512Double {
@@ -60,6 +64,8 @@ struct Avx512Double {
   static V load_first(const double* p, int64_t n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }
   static void store_first(double* p, V v, int64_t n) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v); }
 };
+
+constexpr bool kCompiledForAvx512 = true;  // (for pool_tile.h)
 
 #include "register_transpose.h"
 #include "bfloat16_vector.h"
