@@ -41,6 +41,7 @@ classic form (forward(ctx, ...)), which skips register_autograd's per-call argum
 Zen 3 a pooling layer's forward+backward spent ~140 us more than torch's in that machinery.
 """
 
+import math
 import types
 
 import torch
@@ -84,9 +85,11 @@ def _saved_if(needed, tensor):
 
 def _gather_at_indices(values, indices):
     """values[n, c][indices[n, c, ...]]: each plane's values at max pooling's flat indices.
-    (reshape, not flatten: autograd's older vmap has no rule for flatten.)"""
+    (reshape, not flatten: autograd's older vmap has no rule for flatten; the planes' sizes
+    spelled out, as -1 is ambiguous in a batch of 0.)"""
     n, c = indices.shape[:2]
-    return values.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)
+    planes = values.reshape(n, c, math.prod(values.shape[2:]))
+    return planes.gather(2, indices.reshape(n, c, math.prod(indices.shape[2:]))).view(indices.shape)
 
 
 # Forward mode's own steps. A jvp formula runs with forward-mode AD off, so under torch.func's

@@ -861,6 +861,36 @@ def test_empty_batch_gives_empty_results(device):
     assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
+EMPTY_BATCH_OPS = {  # cuconv's op, torch's, the input's layout
+    "conv2d": (lambda x, w: CF.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1)),
+    "max_pool2d": (lambda x, w: CF.max_pool2d(x, 2), lambda x, w: F.max_pool2d(x, 2)),
+    "max_pool2d-indices": (lambda x, w: CF.max_pool2d(x, 3, 1, 1, return_indices=True)[0],
+                           lambda x, w: F.max_pool2d(x, 3, 1, 1, return_indices=True)[0]),
+    "avg_pool2d": (lambda x, w: CF.avg_pool2d(x, 2), lambda x, w: F.avg_pool2d(x, 2)),
+    "adaptive_avg_pool2d": (lambda x, w: CF.adaptive_avg_pool2d(x, 3), lambda x, w: F.adaptive_avg_pool2d(x, 3)),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("op", EMPTY_BATCH_OPS)
+def test_empty_batch_second_and_forward_mode_derivatives(op, channels_last):
+    """A batch of 0 through double backward and torch.func's jvp, as torch takes it (max pooling's
+    gather reshaped its planes with -1, which a batch of 0 leaves ambiguous)."""
+    ours, theirs = EMPTY_BATCH_OPS[op]
+    x = torch.randn(0, 3, 8, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    for f in (ours, theirs):
+        xr = x.clone().requires_grad_()
+        y = f(xr, w)
+        g = torch.randn(y.shape, dtype=torch.float64, requires_grad=True)
+        (gx,) = torch.autograd.grad(y, xr, g, create_graph=True)
+        (gg,) = torch.autograd.grad(gx.sum(), g, allow_unused=True, materialize_grads=True)
+        out, tangent = torch.func.jvp(lambda t: f(t, w), (x,), (torch.randn_like(x),))
+        assert gx.shape == x.shape and gg.shape == y.shape and out.shape == tangent.shape == y.shape
+
+
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_conv2d_large_layer_spans_several_workspace_blocks(device):
     """128 input channels x 3x3 over 96 columns: the CPU columns workspace holds one output
