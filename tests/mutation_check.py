@@ -793,8 +793,12 @@ MUTANTS = [
     Mutant("older-vmap-not-seen-as-batched", "autograd (Python)", "cuconv/_ops.py",
            "    if torch._C._functorch.is_legacy_batchedtensor(t):\n        return True\n", "", (TRANSFORMS,)),
     Mutant("max-pool-gather-by-flatten", "autograd (Python)", "cuconv/_ops.py",
-           "    return values.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)",
+           "    planes = values.reshape(n, c, math.prod(values.shape[2:]))\n"
+           "    return planes.gather(2, indices.reshape(n, c, math.prod(indices.shape[2:]))).view(indices.shape)",
            "    return values.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)", (TRANSFORMS,)),
+    Mutant("max-pool-gather-of-an-empty-batch", "boundary", "cuconv/_ops.py",
+           "    planes = values.reshape(n, c, math.prod(values.shape[2:]))",
+           "    planes = values.reshape(n, c, -1)", (OPS,)),
     # integer and complex tensors (tests/test_dtypes.py)
     Mutant("complex-conv-imaginary-sign", "complex (Python)", "cuconv/functional.py",
            "return torch.complex(ac - bd, cross - ac - bd)", "return torch.complex(ac - bd, cross - ac + bd)", COMPLEX),
