@@ -18,6 +18,6 @@
     m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor"); \
     m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor"); \
     m.def("avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor"); \
-    m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor"); \
+    m.def("adaptive_avg_pool2d(Tensor input, SymInt[2] output_size) -> Tensor"); \
     m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor"); \
   } while (0)

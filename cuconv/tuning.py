@@ -205,4 +205,16 @@ def _use_cache_from_environment():
             warnings.warn(f"{error}; measuring afresh, and leaving the file as it is (not saving to it)",
                           RuntimeWarning, stacklevel=3)
             return
-        atexit.register(save, path)
+        atexit.register(_save_at_exit, path)
+
+
+def _save_at_exit(path):
+    """save(path), where a place cuconv cannot write (a read-only folder, /proc) is reported in one
+    warning, not a traceback at the end of the program."""
+    try:
+        save(path)
+    except (OSError, ValueError) as error:
+        import warnings
+
+        warnings.warn(f"cuconv.tuning: cannot save the tuning cache {path!r} (CUCONV_TUNE_CACHE): {error}",
+                      RuntimeWarning, stacklevel=2)

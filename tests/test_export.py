@@ -4,6 +4,7 @@ torch.jit.trace, and the clear refusal of torch.jit.script. ONNX: test_onnx.py."
 
 import pytest
 import torch
+import torch._dynamo.testing
 import torch.autograd.forward_ad as fwAD
 import torch.func as tf
 import torch.nn.functional as F
@@ -29,6 +30,28 @@ def test_torch_compile_inductor_matches_eager():
         ref, ref_grads = forward_and_grads(model, [x])
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(grads, ref_grads)
+
+
+class _PooledToHalf(torch.nn.Module):
+    """Adaptive pooling to a size computed from the input's (SymInts under export and compile)."""
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x):
+        return self.pool(x, (x.shape[2] // 2, 3))
+
+
+@pytest.mark.parametrize("pool", [cuconv.AdaptiveAvgPool2d((None, 3)), _PooledToHalf(CF.adaptive_avg_pool2d)],
+                         ids=["none", "half"])
+def test_compile_with_dynamic_shapes_traces_adaptive_pooling_to_the_input_s_size_once(pool):
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(pool, backend=counter, dynamic=True, fullgraph=True)
+    for height in (10, 11, 12, 13, 14):
+        x = torch.randn(2, 4, height, 9)
+        torch.testing.assert_close(compiled(x), pool(x))
+    assert counter.frame_count == 1
 
 
 def test_compile_with_dynamic_shapes_traces_once_for_every_batch_size():
@@ -135,10 +158,17 @@ class _PaddedBySize(torch.nn.Module):
         return self.conv(x, self.weight, None, 1, x.shape[0] // x.shape[0])
 
 
-@pytest.mark.parametrize("case", ["output_size", "padding"])
+@pytest.mark.parametrize("case", ["output_size", "padding", "adaptive-none", "adaptive-half"])
 def test_export_with_dynamic_sizes_takes_symbolic_int_arguments(case):
+    """Sizes taken from the input reach the ops as symbolic ints (SymInt in their schemas): with an
+    `int[2]` output size, adaptive pooling to (None, 3) was specialised to the traced height."""
     torch.manual_seed(0)
-    if case == "output_size":
+    if case.startswith("adaptive"):
+        if case == "adaptive-none":
+            theirs, ours = torch.nn.AdaptiveAvgPool2d((None, 3)), cuconv.AdaptiveAvgPool2d((None, 3))
+        else:
+            theirs, ours = _PooledToHalf(F.adaptive_avg_pool2d), _PooledToHalf(CF.adaptive_avg_pool2d)
+    elif case == "output_size":
         theirs = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
         ours = cuconv.ConvTranspose2d(3, 4, 3, stride=2, padding=1)
         ours.load_state_dict(theirs.state_dict())
@@ -146,7 +176,8 @@ def test_export_with_dynamic_sizes_takes_symbolic_int_arguments(case):
     else:
         weight = torch.randn(4, 3, 3, 3)
         theirs, ours = _PaddedBySize(F.conv2d, weight), _PaddedBySize(CF.conv2d, weight)
-    sizes = {0: torch.export.Dim("n"), 2: torch.export.Dim("h", min=2, max=64), 3: torch.export.Dim("w", min=2, max=64)}
+    low = 4 if case == "adaptive-half" else 2  # (torch too guards against a half-height pooled to 1)
+    sizes = {0: torch.export.Dim("n"), 2: torch.export.Dim("h", min=low, max=64), 3: torch.export.Dim("w", min=2, max=64)}
     program = torch.export.export(ours, (torch.randn(2, 3, 5, 5),), dynamic_shapes=(sizes,))
     with torch.no_grad():
         for shape in ((3, 3, 7, 9), (1, 3, 12, 4)):

@@ -274,6 +274,50 @@ def test_tuning_off_measures_nothing_and_a_bad_setting_is_an_error(monkeypatch):
         _forward_backward(*_layer())
 
 
+def test_a_bad_log_setting_fails_every_measured_call_alike(monkeypatch):
+    """CUCONV_LOG was read only when a decision was logged: a bad value failed the calls that
+    measured (the first and the second look) and let the others through."""
+    monkeypatch.setenv("CUCONV_LOG", "yes")
+    x, w = torch.randn(4, 16, 9, 9), torch.randn(8, 16, 3, 3)
+    for _ in range(6):
+        with pytest.raises(ValueError, match="CUCONV_LOG to be 0 or 1, but got 'yes'"):
+            CF.conv2d(x, w, padding=1)
+
+
+@needs_direct
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_choices_made_inside_a_losing_candidate_leave_nothing_unsettled(dtype):
+    """A channels_last (or bfloat16) layer's candidates include one that runs a float32 NCHW layer
+    whose kernels are measured too: that inner choice's checks come only through the candidate
+    that made it. Where that candidate lost, they never came, and `unsettled()` stayed above 0
+    for good (the benchmarks' wait for a settled step gave up after 8 steps)."""
+    x = torch.randn(4, 16, 14, 14).to(dtype)
+    if dtype == torch.float32:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3).to(dtype)
+    for _ in range(12):
+        CF.conv2d(x, w, padding=1)
+    inner = [key for key in cuconv.tuning.choices() if key.startswith("conv2d_forward float32 N=")]
+    assert inner, "no choice made inside another's measurement: the test no longer covers one"
+    assert cuconv.tuning.unsettled() == 0
+
+
+@needs_direct
+def test_an_inner_choice_called_on_its_own_is_checked_as_any_other():
+    """A choice made inside a losing candidate is left unchecked, until its own layer calls it."""
+    y = torch.randn(4, 16, 14, 14)
+    CF.conv2d(y.contiguous(memory_format=torch.channels_last), torch.randn(32, 16, 3, 3), padding=1)
+    (outer,) = [key for key in cuconv.tuning.choices() if " channels_last " in key]
+    (inner,) = [key for key in cuconv.tuning.choices() if key != outer]
+    _C.cpu_tuning_set({outer: "nhwc"})  # the outer choice settled on a candidate other than "nchw"
+    assert cuconv.tuning.unsettled() == 0  # (the inner one has checks left, but no call reaches them)
+    CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)  # the inner key's own layer, NCHW
+    assert cuconv.tuning.unsettled() == 1
+    for _ in range(4):
+        CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)
+    assert cuconv.tuning.unsettled() == 0
+
+
 def test_the_choice_is_per_thread_count(monkeypatch):
     saved = torch.get_num_threads()
     try:
@@ -398,6 +442,20 @@ def test_an_unreadable_cache_named_by_the_environment_is_reported_not_fatal(cont
     assert result.stdout.strip() == "1"
     assert (path.is_dir() if content is None else path.read_text() == before)
     assert sorted(p.name for p in tmp_path.iterdir()) in (["tuning.json"], ["tuning.json", "tuning.json.lock"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc: a place no one can write, root included")
+def test_a_cache_that_cannot_be_written_is_reported_at_exit_not_a_traceback():
+    """A CUCONV_TUNE_CACHE where cuconv can read nothing and write nothing (a read-only folder for
+    a user; /proc here, as the tests may run as root) passed the import, and the save at exit
+    ended in a traceback."""
+    env = dict(os.environ, CUCONV_TUNE_CACHE="/proc/cuconv-test-tuning.json")
+    env.pop("CUCONV_CPU_TUNE", None)
+    run = dict(env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(cuconv.__file__)))
+    result = subprocess.run([sys.executable, "-c", _SCRIPT], **run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot save the tuning cache" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"
 
 
 def test_a_saved_cache_follows_the_umask(tmp_path):

@@ -10,6 +10,10 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "../ops.h"
 
@@ -27,7 +31,14 @@ struct Choice {
   double winner_seconds = 0.0;  // the winner's best time when chosen (0: set, not measured)
   int checks_left = 0;          // later calls still timed
   std::vector<double> best;     // every candidate's best time, for a second measurement
+  // A choice made inside another's measurement (the NCHW candidate of a channels_last layer
+  // tunes its own kernels): that key, and the candidate that was running. Its checks come only
+  // while that candidate is the other's winner: otherwise it is never called again.
+  std::string outer_key, outer_candidate;
 };
+
+// The measurements running on this thread, innermost last: (key, the candidate running).
+thread_local std::vector<std::pair<std::string, std::string>> measuring;
 
 std::mutex table_mutex;
 std::map<std::string, Choice>& table() {
@@ -65,11 +76,12 @@ constexpr size_t kNone = std::numeric_limits<size_t>::max();
 // (kNone when that one failed: what it left of the result is no one's). A candidate that fails
 // (out of memory for its own buffers, a launch limit only it reaches) keeps an infinite time, so
 // the others are chosen among; `failure` keeps the first error, for when every candidate fails.
-size_t measure_round(const std::vector<Candidate>& candidates, std::vector<double>& best, size_t skip,
-                     const std::function<void()>& settle, std::exception_ptr& failure) {
+size_t measure_round(const std::string& key, const std::vector<Candidate>& candidates, std::vector<double>& best,
+                     size_t skip, const std::function<void()>& settle, std::exception_ptr& failure) {
   size_t last = skip;
   for (size_t c = 0; c < candidates.size(); ++c) {
     if (c == skip) continue;
+    measuring.emplace_back(key, candidates[c].name);
     try {
       best[c] = std::min(best[c], seconds_to_run(candidates[c], settle));
       last = c;
@@ -77,6 +89,7 @@ size_t measure_round(const std::vector<Candidate>& candidates, std::vector<doubl
       if (!failure) failure = std::current_exception();
       last = kNone;
     }
+    measuring.pop_back();
   }
   return last;
 }
@@ -120,10 +133,10 @@ size_t measure_again(const std::string& key, const std::vector<Candidate>& candi
   if (best.size() != candidates.size()) best.assign(candidates.size(), std::numeric_limits<double>::infinity());
   best[recorded] = std::min(best[recorded], seconds);
   std::exception_ptr failure;
-  const size_t last = measure_round(candidates, best, recorded, settle, failure);
+  const size_t last = measure_round(key, candidates, best, recorded, settle, failure);
   const size_t winner = fastest_that_ran(best, failure);
   if (winner != last) candidates[winner].run();  // the call returns the winner's result
-  record(key, {candidates[winner].name, best[winner], 0, best});
+  record(key, {candidates[winner].name, best[winner], 0, best, choice.outer_key, choice.outer_candidate});
   log_choice(why, key, candidates, best, winner, seconds_since(start) + seconds);
   return winner;
 }
@@ -133,6 +146,7 @@ size_t measure_again(const std::string& key, const std::vector<Candidate>& candi
 size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidates,
                  const std::function<void()>& settle) {
   CUCONV_CHECK(!candidates.empty(), "cuconv: internal error: no candidate kernel for ", key);
+  env_flag("CUCONV_LOG", false);  // (a bad value fails every call, not only those that measure)
   Choice recorded;
   {
     std::lock_guard<std::mutex> lock(table_mutex);
@@ -141,8 +155,9 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
       Choice& choice = found->second;
       // every conv call passes here: the candidates' times are copied only while still checked
       recorded = {choice.winner, choice.winner_seconds, choice.checks_left,
-                  choice.checks_left > 0 ? choice.best : std::vector<double>{}};
+                  choice.checks_left > 0 ? choice.best : std::vector<double>{}, choice.outer_key, choice.outer_candidate};
       choice.checks_left = std::max(0, choice.checks_left - 1);
+      if (measuring.empty()) choice.outer_key.clear();  // called on its own: reached, whatever the outer chose
     }
   }
   for (size_t c = 0; c < candidates.size(); ++c) {
@@ -171,10 +186,13 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
   // makes inside (the NCHW candidate of a channels_last layer tunes its own kernels).
   size_t last = 0;
   std::exception_ptr failure;
-  for (int round = 0; round < 2; ++round) last = measure_round(candidates, best, candidates.size(), settle, failure);
+  for (int round = 0; round < 2; ++round)
+    last = measure_round(key, candidates, best, candidates.size(), settle, failure);
   const size_t winner = fastest_that_ran(best, failure);
   if (winner != last) candidates[winner].run();  // the call returns the winner's result
-  record(key, {candidates[winner].name, best[winner], kChecks, best});
+  Choice choice{candidates[winner].name, best[winner], kChecks, best, {}, {}};
+  if (!measuring.empty()) std::tie(choice.outer_key, choice.outer_candidate) = measuring.back();
+  record(key, std::move(choice));
   log_choice("tuned", key, candidates, best, winner, seconds_since(start));
   return winner;
 }
@@ -201,12 +219,25 @@ std::vector<std::pair<std::string, std::string>> tuning_table() {
   return winners;
 }
 
-void set_tuning(const std::string& key, const std::string& winner) { record(key, {winner, 0.0, 0, {}}); }
+void set_tuning(const std::string& key, const std::string& winner) { record(key, {winner, 0.0, 0, {}, {}, {}}); }
+
+namespace {
+
+// Whether `choice` is still reached: made on its own, or inside a candidate that won (and is
+// itself reached). The table's lock held.
+bool reached(const Choice& choice, int depth = 0) {
+  if (choice.outer_key.empty()) return true;
+  const auto outer = table().find(choice.outer_key);
+  return depth < 8 && outer != table().end() && outer->second.winner == choice.outer_candidate &&
+         reached(outer->second, depth + 1);
+}
+
+}  // namespace
 
 int unsettled_choices() {
   std::lock_guard<std::mutex> lock(table_mutex);
   int count = 0;
-  for (const auto& entry : table()) count += entry.second.checks_left > 0;
+  for (const auto& entry : table()) count += entry.second.checks_left > 0 && reached(entry.second);
   return count;
 }
 
