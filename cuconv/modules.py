@@ -31,7 +31,8 @@ def _fx_leaf(module, *args):
     """Under torch.fx.symbolic_trace (called with a Proxy): the module as one call_module node, as
     FX records torch.nn's own layers (it traces into the forward of any module outside torch.nn,
     where cuconv's argument checks cannot read a Proxy), so that torchvision's
-    create_feature_extractor and FX quantization find cuconv's layers where torch.nn's were.
+    create_feature_extractor finds cuconv's layers where torch.nn's were. (FX's fusion and
+    quantization match exact module types: they pass cuconv's layers by, unfused and in float.)
     None otherwise, and for the traced module itself (FX traces the root's forward, where
     cuconv.functional records its op as a call_function node, as torch.nn.functional's)."""
     if isinstance(args[0], torch.fx.Proxy):
