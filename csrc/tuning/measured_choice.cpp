@@ -153,9 +153,11 @@ size_t run_tuned(const std::string& key, const std::vector<Candidate>& candidate
     const auto found = table().find(key);
     if (found != table().end()) {
       Choice& choice = found->second;
-      // every conv call passes here: the candidates' times are copied only while still checked
-      recorded = {choice.winner, choice.winner_seconds, choice.checks_left,
-                  choice.checks_left > 0 ? choice.best : std::vector<double>{}, choice.outer_key, choice.outer_candidate};
+      // every conv call passes here: the times and the outer measurement are copied only while
+      // still checked (measure_again keeps them)
+      recorded = {choice.winner, choice.winner_seconds, choice.checks_left, {}, {}, {}};
+      if (choice.checks_left > 0)
+        recorded.best = choice.best, recorded.outer_key = choice.outer_key, recorded.outer_candidate = choice.outer_candidate;
       choice.checks_left = std::max(0, choice.checks_left - 1);
       if (measuring.empty()) choice.outer_key.clear();  // called on its own: reached, whatever the outer chose
     }
