@@ -1044,9 +1044,9 @@ void copy_into_channels(Tensor& whole, int64_t first, const Tensor& part) {
 }
 
 // Runs a grouped pass by `per_gemm` (the GEMM per group), `by_group`, or `direct_by_group` (float32:
-// the direct kernels group by group on the layer's own tensors, each group's channels read and
-// written in place through the whole layer's sample strides, no copies; empty where it cannot
-// run), as chosen above; CUCONV_CPU_DIRECT=1 asks for direct_by_group wherever it can run, =0 never.
+// the direct kernels on the layer's own tensors, each group's channels read and written in place
+// through the whole layer's sample strides, no copies: NCHW group by group, channels_last forward
+// passes every group at once, each sample read once for them all; empty where it cannot run), as chosen above; CUCONV_CPU_DIRECT=1 asks for direct_by_group wherever it can run, =0 never.
 Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& per_gemm,
                    const std::function<Tensor()>& direct_by_group, const std::function<Tensor()>& by_group) {
   const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_BY_GROUP");
@@ -1159,12 +1159,10 @@ Tensor nhwc_forward_on_pairs(const DirectConv& q, const Tensor& input, const uin
     channel_pairs_innermost(bfloat16_bits(nhwc ? input : contiguous_or_self(input)), q.batch, q.in_channels,
                             q.height * q.width, nhwc, x_pairs.data());
   Tensor y = empty_channels_last_like(input, out_size);
-  const uint32_t* x = copies ? x_pairs.data() : static_cast<const uint32_t*>(input.const_data_ptr());
-  const int64_t O = q.out_channels, group_weights = O * pair_count * q.kernel_h * q.kernel_w;
-  for (int64_t gi = 0; gi < groups; ++gi)
-    direct_conv_forward_pairs_nhwc(q, x + gi * pair_count, w_pairs + gi * group_weights,
-                                   bias != nullptr ? bias + gi * O : nullptr,
-                                   static_cast<uint16_t*>(y.mutable_data_ptr()) + gi * O, finite_weights, placement);
+  DirectConv all = q;  // (every group in one pass: each sample read once for them all)
+  all.groups = groups;
+  direct_conv_forward_pairs_nhwc(all, copies ? x_pairs.data() : static_cast<const uint32_t*>(input.const_data_ptr()),
+                                 w_pairs, bias, static_cast<uint16_t*>(y.mutable_data_ptr()), finite_weights, placement);
   return y;
 }
 
@@ -1378,9 +1376,9 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
       if (is_channels_last(input)) {  // NHWC in place: a group's channels are a run of each pixel's
         Tensor y = empty_channels_last_like(input, {shape.batch, shape.out_channels, g.out_h, g.out_w});
         const bool finite = all_finite(Operands{{wf, w.numel()}});
-        for (int64_t gi = 0; gi < g.groups; ++gi)
-          direct_conv_forward_nhwc(p, input.const_data_ptr<float>() + gi * C, wf + gi * O * g.column_rows(),
-                                   bf != nullptr ? bf + gi * O : nullptr, y.mutable_data_ptr<float>() + gi * O, finite);
+        DirectConv all = p;  // (every group in one pass: each sample read once for them all)
+        all.groups = g.groups;
+        direct_conv_forward_nhwc(all, input.const_data_ptr<float>(), wf, bf, y.mutable_data_ptr<float>(), finite);
         return y;
       }
       const Tensor x = contiguous_or_self(input);
@@ -1508,12 +1506,12 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
         all_finite(Operands{{w.const_data_ptr<float>(), w.numel()}}))  // (as run_float_pass's direct_exact)
       direct_by_group = [&] {
         const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
-        if (is_channels_last(grad_output)) {  // NHWC in place, as the forward pass
+        if (is_channels_last(grad_output)) {  // NHWC in place, every group in one pass, as the forward pass
           Tensor dx = empty_channels_last_like(grad_output, input_size);
-          for (int64_t gi = 0; gi < g.groups; ++gi)
-            direct_conv_backward_input_nhwc(group, grad_output.const_data_ptr<float>() + gi * O,
-                                            w.const_data_ptr<float>() + gi * O * g.column_rows(),
-                                            dx.mutable_data_ptr<float>() + gi * C);
+          DirectConv all = group;
+          all.groups = g.groups;
+          direct_conv_backward_input_nhwc(all, grad_output.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                          dx.mutable_data_ptr<float>());
           return dx;
         }
         const Tensor dy = contiguous_or_self(grad_output);

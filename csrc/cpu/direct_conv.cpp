@@ -128,9 +128,10 @@ void copy_into_padding(const DirectConv& p, const float* in, float* padded, int6
                   p.width * sizeof(float));
 }
 
-// Output channels [first, first + count), in `vectors` vectors.
+// Output channels [first, first + count), in `vectors` vectors, of the group whose input channels
+// start at `input_offset` in a pixel (DirectConv::groups; 0 for one group).
 struct Panel {
-  int64_t first, count, vectors;
+  int64_t first, count, vectors, input_offset = 0;
 };
 
 std::vector<Panel> channel_panels(int64_t channels, const DirectTiles& tiles) {
@@ -140,6 +141,17 @@ std::vector<Panel> channel_panels(int64_t channels, const DirectTiles& tiles) {
     const int64_t count = std::min(width, channels - first);
     panels.push_back({first, count, (count + tiles.lanes - 1) / tiles.lanes});
   }
+  return panels;
+}
+
+// The panels of each of p.groups groups in turn (group g's: its output channels from
+// g * out_channels, its input channels from g * in_channels of a pixel).
+std::vector<Panel> group_panels(const DirectConv& p, const DirectTiles& tiles) {
+  const std::vector<Panel> one = channel_panels(p.out_channels, tiles);
+  std::vector<Panel> panels;
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (const Panel& panel : one)
+      panels.push_back({g * p.out_channels + panel.first, panel.count, panel.vectors, g * p.in_channels});
   return panels;
 }
 
@@ -290,6 +302,7 @@ struct ForwardInput {
 };
 
 ForwardInput nchw_input(const DirectConv& p, const float* in) {
+  CUCONV_CHECK(p.groups == 1, "cuconv: internal error: the NCHW direct kernels take one group a pass");
   return {in, p.stride_h * padded_w(p), p.stride_w, tap_offsets(p),
           [](const DirectConv& q, const float* sample, float* padded) { copy_into_padding(q, sample, padded); },
           std::vector<TapRange>(p.out_h, TapRange{0, taps_of(p)})};
@@ -310,9 +323,10 @@ int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
 }
 
 // One NHWC sample (pixels input_pixel_stride(p) elements apart) into the interior of its
-// zero-padded copy [Hp][Wp][C] (the border is left as it is: zero).
+// zero-padded copy [Hp][Wp][C] (the border is left as it is: zero), C the channels of all
+// p.groups groups: a grouped layer's sample is copied once for them all.
 void copy_into_nhwc_padding(const DirectConv& p, const float* sample, float* padded) {
-  const int64_t C = p.in_channels, pixel = input_pixel_stride(p);
+  const int64_t C = p.groups * p.in_channels, pixel = input_pixel_stride(p);
   const DirectTiles::GatherPixels gather = pixel != C ? cpu_direct_tiles()->gather_pixels : nullptr;
   for (int64_t h = 0; h < p.height; ++h) {
     float* row = padded + ((h + p.pad_h) * padded_w(p) + p.pad_w) * C;
@@ -329,11 +343,13 @@ void copy_into_nhwc_padding(const DirectConv& p, const float* sample, float* pad
 // image (ih = oh*sH - pH + i*dH), and the others' products (zeros times weights) are never made.
 // On a 3x3 image with a 3x3 kernel, 2 of its 9 kernel-row products; on 6x6, 2 of 18. (An Inf or
 // NaN weight times a zero is NaN, as torch has it: the caller skips only with finite weights.)
-// An unpadded sample is read in place, its pixels input_pixel_stride(p) elements apart.
+// An unpadded sample is read in place, its pixels input_pixel_stride(p) elements apart; a padded
+// one's copy holds every group's channels. The taps are one group's (a panel adds its group's
+// input_offset).
 ForwardInput nhwc_input(const DirectConv& p, const float* in, bool skip_padding_rows) {
   const int64_t C = p.in_channels, row_taps = p.kernel_w * C;
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
-  const int64_t pixel = pads ? C : input_pixel_stride(p), row = padded_w(p) * pixel;
+  const int64_t pixel = pads ? p.groups * C : input_pixel_stride(p), row = padded_w(p) * pixel;
   std::vector<int64_t> taps;
   taps.reserve(taps_of(p));
   for (int64_t i = 0; i < p.kernel_h; ++i)
@@ -436,25 +452,34 @@ struct PixelOutput {
     Writer(const PixelOutput& o, int64_t) : o_(o) {}
     static constexpr bool kRowsCrossSamples = true;  // (each row placed on its own)
     void start(const Panel& panel, int64_t first_row, int64_t rows) { panel_ = &panel, first_row_ = first_row, rows_ = rows; }
+    // (no prefetch: the output's lines fetched for writing while the tiles run, as PlaneOutput's,
+    // measured no faster on a grouped 16 -> 16 layer, one thread or two)
     void prefetch(int64_t, int64_t) const {}
     void write(const float* rows, int64_t width) const {
       const DirectConv& p = o_.p;
-      const PixelPlacement& at = o_.placement;
-      const int64_t pixel = output_pixel_stride(p);
       const float* bias = o_.bias != nullptr ? o_.bias + panel_->first : nullptr;
       for (int64_t r = 0; r < rows_; ++r) {
-        const int64_t n = (first_row_ + r) / p.out_h, oh = (first_row_ + r) % p.out_h;
         const float* sums = rows + r * p.out_w * width;
-        Out* y = o_.out + ((n * at.height + oh * at.step_h) * at.width) * pixel + panel_->first;
+        Out* y = row_pixels(r);
         if constexpr (sizeof(Out) == sizeof(float)) {
-          o_.tiles.to_pixels(sums, p.out_w, width, panel_->count, bias, y, at.step_w * pixel);
+          o_.tiles.to_pixels(sums, p.out_w, width, panel_->count, bias, y, pixel_step());
         } else {
-          o_.tiles.to_bfloat16_pixels(sums, p.out_w, width, panel_->count, bias, y, at.step_w * pixel);
+          o_.tiles.to_bfloat16_pixels(sums, p.out_w, width, panel_->count, bias, y, pixel_step());
         }
       }
     }
 
    private:
+    // Where row r of the group's rows starts: the panel's first channel of its first pixel.
+    Out* row_pixels(int64_t r) const {
+      const DirectConv& p = o_.p;
+      const PixelPlacement& at = o_.placement;
+      const int64_t n = (first_row_ + r) / p.out_h, oh = (first_row_ + r) % p.out_h;
+      return o_.out + ((n * at.height + oh * at.step_h) * at.width) * output_pixel_stride(p) + panel_->first;
+    }
+    // From one of a row's output pixels to the next.
+    int64_t pixel_step() const { return o_.placement.step_w * output_pixel_stride(o_.p); }
+
     const PixelOutput& o_;
     const Panel* panel_ = nullptr;
     int64_t first_row_ = 0, rows_ = 0;
@@ -480,14 +505,15 @@ void zero_unplaced_pixels(const DirectConv& p, const PixelPlacement& at, uint16_
 
 // The forward pass by channel panels (the file's comment), on `tiles`: the float tiles, or the
 // bfloat16 pair tiles, whose 32-bit values (pairs) it moves as floats; `weight` [O][K] in the
-// order of input.taps.
+// order of input.taps ([groups * O][K]: NHWC passes may take a grouped layer's groups at once,
+// each row of rows computed for every group's panels while its sample is in cache).
 template <typename Output>
 void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardInput& input, const float* weight,
                    const Output& output) {
-  const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
+  const std::vector<Panel> panels = group_panels(p, tiles);
   const std::vector<PackedBuffer<float>> w = packed_weights(p, weight, panels, tiles);
   const int64_t k_count = taps_of(p);
-  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
+  const int64_t sample_in = p.groups * p.in_channels * padded_h(p) * padded_w(p);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   constexpr bool cross = Output::Writer::kRowsCrossSamples;
   const ForwardBlocking blocking = forward_blocking(p, tiles, cross);
@@ -543,7 +569,8 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
               for (int64_t ow = 0; ow < p.out_w; ow += q_max) {
                 writer.prefetch(call++, calls);
                 if (begin >= end) continue;
-                run[std::min(q_max, p.out_w - ow)](x_rows[g] + ow * step, step, input.taps.data() + begin, end - begin,
+                run[std::min(q_max, p.out_w - ow)](x_rows[g] + panel.input_offset + ow * step, step,
+                                                   input.taps.data() + begin, end - begin,
                                                    w[pi].data() + begin * width, rows.data() + (g * p.out_w + ow) * width,
                                                    /*accumulate=*/begin > row.begin);
               }
@@ -632,6 +659,7 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
   const DirectConv pairs = channel_pair_problem(p);
   const PixelPlacement at = placement != nullptr ? *placement : PixelPlacement{p.out_h, p.out_w, 1, 1};
   if (placement != nullptr) {
+    CUCONV_CHECK(p.groups == 1, "cuconv: internal error: a placement is for a layer of one group");
     CUCONV_CHECK((p.out_h - 1) * at.step_h < at.height && at.height <= p.out_h * at.step_h &&
                      (p.out_w - 1) * at.step_w < at.width && at.width <= p.out_w * at.step_w,
                  "cuconv: internal error: a placement must put an output pixel on every pixel on its steps");
@@ -657,7 +685,8 @@ std::vector<float> channels_innermost(const float* weight, int64_t O, int64_t C,
 void direct_conv_forward_nhwc(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
                               bool skip_padding_rows) {
   const DirectTiles& tiles = tiles_or_fail();
-  const std::vector<float> w = channels_innermost(weight, p.out_channels, p.in_channels, p.kernel_h * p.kernel_w);
+  const std::vector<float> w =
+      channels_innermost(weight, p.groups * p.out_channels, p.in_channels, p.kernel_h * p.kernel_w);
   panel_forward(tiles, p, nhwc_input(p, in, skip_padding_rows), w.data(), PixelOutput<float>{tiles, p, out, bias});
 }
 
@@ -1042,6 +1071,7 @@ void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t*
 }
 
 void direct_conv_backward_weight_nhwc(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight) {
+  CUCONV_CHECK(p.groups == 1, "cuconv: internal error: the NHWC weight gradient takes one group a pass");
   const int64_t C = p.in_channels;
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   const int64_t pixel = pads ? C : input_pixel_stride(p), row = padded_w(p) * pixel;

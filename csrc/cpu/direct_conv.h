@@ -26,6 +26,12 @@ struct DirectConv {
   // a grouped layer, read and written in place, has the whole layer's (conv2d.cpp). Only the
   // direct kernels below read these: the other kernels taking a DirectConv need contiguous tensors.
   int64_t in_sample_stride = 0, out_sample_stride = 0;
+  // The groups of a grouped channels_last layer that one pass takes, side by side in every pixel
+  // (`p` is one group's problem, its sample strides the whole layer's): group g's input channels
+  // from g * in_channels of a pixel, its output channels from g * out_channels, its weights
+  // from row g * out_channels. Only the NHWC forward passes take more than 1 (the sample's
+  // pixels are then read, or zero-padded, once for all its groups).
+  int64_t groups = 1;
 
   int64_t in_stride() const { return in_sample_stride != 0 ? in_sample_stride : in_channels * height * width; }
   int64_t out_stride() const { return out_sample_stride != 0 ? out_sample_stride : out_channels * out_h * out_w; }
@@ -84,11 +90,12 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
                                     const float* bias, uint16_t* out, bool skip_padding_rows,
                                     const PixelPlacement* placement = nullptr);
 
-// float32 with the channels innermost (NHWC): the float tiles on nhwc pixels, for one group of a
-// grouped channels_last layer read and written in place. `p` is the group's problem (its
+// float32 with the channels innermost (NHWC): the float tiles on nhwc pixels, also for the groups
+// of a grouped channels_last layer read and written in place. `p` is then one group's problem (its
 // channels), its sample strides the whole layer's (H*W*C_total and H_out*W_out*O_total, as
 // group_problem in conv2d.cpp sets them; 0 for a layer of one group), and `in` / `out` (`grad_*`)
-// point at the group's first channel of sample 0; weights are OIHW, as torch's. The sums are the
+// point at the first group's first channel of sample 0, the pass taking p.groups groups from
+// there (the forward passes; the weight gradient one); weights are OIHW, as torch's. The sums are the
 // NCHW direct kernels' up to the order of the taps (here kernel row, column, then channel).
 // Forward: where `skip_padding_rows` (the weights all finite), the products of kernel rows that fall
 // in the padding are not made.
@@ -152,17 +159,20 @@ inline DirectConv input_gradient_as_forward(const DirectConv& p) {
                     p.height,   p.width,        p.kernel_h, p.kernel_w, 1,
                     1,          p.dilation_h * (p.kernel_h - 1) - p.pad_h,
                     p.dilation_w * (p.kernel_w - 1) - p.pad_w,         p.dilation_h, p.dilation_w,
-                    p.out_sample_stride, p.in_sample_stride};
+                    p.out_sample_stride, p.in_sample_stride, p.groups};
 }
+// (each of p.groups groups' weights in turn: [groups * C][O][kH][kW])
 template <typename T>
 std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
-  const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
-  std::vector<T> flipped(C * O * kh * kw);
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t i = 0; i < kh; ++i)
-        for (int64_t j = 0; j < kw; ++j)
-          flipped[((c * O + o) * kh + i) * kw + j] = weight[((o * C + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+  const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w, size = C * O * kh * kw;
+  std::vector<T> flipped(p.groups * size);
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            flipped[g * size + ((c * O + o) * kh + i) * kw + j] =
+                weight[g * size + ((o * C + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
   return flipped;
 }
 
