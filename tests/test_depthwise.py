@@ -104,7 +104,8 @@ def test_depthwise_wide_pixels_match_torch(case, dtype, channels_last):
 
 # Large enough to split: a batch of one splits its rows into bands (one per thread at least), and
 # the weight gradient's pixels into parts of 1024; 70 channels are 4 vectors and a part-filled one
-# of AVX-512 (2 blocks of 64 in place, 3 of 32 staged).
+# of AVX-512 (2 blocks of 64 in place, 3 of 32 staged; the first case's weight gradient in place
+# takes whole pixels where its 4 parts give every thread work: up to 2 threads).
 SPLIT_CASES = [
     dict(batch=1, channels=70, multiplier=1, size=(61, 59), kernel=(3, 3), stride=(1, 1), padding=(1, 1),
          dilation=(1, 1), bias=True),

@@ -522,7 +522,13 @@ void backward_weight(const DirectConv& p, const Image<const S>& dy, const Image<
   int64_t rows_per_part = std::max<int64_t>(1, kPartPixels / p.out_w);
   rows_per_part = std::max(rows_per_part, (rows + most_parts - 1) / most_parts);
   const int64_t parts = std::max<int64_t>(1, (rows + rows_per_part - 1) / rows_per_part);
-  const int64_t block = channel_block(O, M, kernels.lanes, 4 * kernels.lanes), blocks = (O + block - 1) / block;
+  // Blocks of 4 vectors of channels; rows read in place take whole pixels instead wherever the
+  // parts alone give every thread work (as split_work: 64 of 256 channels read 256 bytes of every
+  // 1 KB pixel, a stride the prefetchers give up on)
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  const bool whole_pixels = dy_in_place && x_in_place && parts >= 2 * threads;
+  const int64_t block = whole_pixels ? O : channel_block(O, M, kernels.lanes, 4 * kernels.lanes);
+  const int64_t blocks = (O + block - 1) / block;
   std::vector<T> partial(static_cast<size_t>(parts * taps * O));  // each item zeroes its own sums
   const OutputRange interior = forward_interior(p);
   parallel_for_chunks(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
