@@ -662,6 +662,26 @@ def test_channels_last_direct_kernels_match_torch(case, isa, monkeypatch):
         assert_matches(g, r.float(), torch.float32)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_channels_last_direct_rows_wholly_in_the_padding_are_the_bias(isa, groups, monkeypatch):
+    """Output rows whose every kernel row falls in the padding (padding 2 above and below a 1-row
+    kernel) have no products to make: the NHWC direct forward writes them the bias alone, also
+    where the tiles store the other rows' sums in place (16 channels a group: whole vectors)."""
+    monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
+    monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+    if cuconv._C.cpu_kernels()["isa"] != isa:
+        pytest.skip(f"no {isa} on this CPU")
+    gen = torch.Generator().manual_seed(groups)
+    x = torch.randn(3, 16 * groups, 3, 14, generator=gen).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(32, 16, 1, 3, generator=gen), torch.randn(32, generator=gen)
+    out = CF.conv2d(x, w, b, 1, (2, 1), 1, groups)
+    assert cuconv._C.cpu_kernels()["last_direct"] == isa
+    ref = F.conv2d(x.double(), w.double(), b.double(), 1, (2, 1), 1, groups)
+    assert torch.equal(out[:, :, :2], b.view(1, 32, 1, 1).expand(3, 32, 2, 14))
+    assert_matches(out, ref.float(), torch.float32)
+
+
 # Layers of fewer output channels than a vector has lanes, stride 1 along rows: the weight
 # gradient's row tiles. (x shape, weight shape, stride, padding, dilation, groups): LeNet's first
 # layer (rows of 28: a short last vector), 7 channels (groups of channels and a narrower last

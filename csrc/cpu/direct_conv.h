@@ -188,10 +188,11 @@ constexpr int64_t kChainProducts = 512;
 // tiles by the pixels q = 1..Q they take (a row's last tile may be short). A forward tile
 // sums `depth` taps from zero, or with `accumulate` onto the sums already in `tile` (the
 // next block of taps: direct_tile.h); a weight tile sums over `rows` output rows, of one sample
-// or several, x_rows[r] the first window origin of row r.
+// or several, x_rows[r] the first window origin of row r; a forward tile stores pixel q's sums at
+// tile + q * out_step, adding `bias` (may be null).
 struct DirectTiles {
   using Forward = void (*)(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
-                           const float* weights, float* tile, bool accumulate);
+                           const float* weights, float* tile, int64_t out_step, bool accumulate, const float* bias);
   using Weight = void (*)(const float* const* x_rows, int64_t rows, int64_t out_w, int64_t stride, const int64_t* taps,
                           const float* grad_t, float* partial);
   using Row = void (*)(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,

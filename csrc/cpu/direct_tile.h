@@ -13,7 +13,9 @@
 // Forward tile, Q consecutive output pixels of a row x NV channel vectors, over taps [0, depth)
 // (a block of the layer's taps: taps and weights point at its first), stored into `tile` or, to
 // go on after an earlier block, added to the sums it left there (each block a chain of additions
-// of its own, below; direct_conv.cpp's blocks are of 16 to a few hundred taps, as L1 holds them):
+// of its own, below; direct_conv.cpp's blocks are of 16 to a few hundred taps, as L1 holds them),
+// pixel q's sums at tile + q * out_step (a row buffer's NV * kLanes, or an NHWC output's pixel
+// stride: the sums stored in place), plus `bias` (NV vectors) where it is not null (the last block):
 //   for each tap k:  w = weights[k] (NV vectors)
 //                    for q: acc[q][:] += w * x[origin + q*stride + taps[k]]
 // Weight tile, T taps x NV channel vectors, summed over the output pixels of a run of rows:
@@ -26,7 +28,7 @@
 // kStride: the column stride when known at compile time (1 or 2), else 0 and `stride` is used.
 template <class Isa, int NV, int Q, int kStride>
 void direct_forward_tile(const float* origin, int64_t stride, const int64_t* taps, int64_t depth,
-                         const float* weights, float* tile, bool accumulate) {
+                         const float* weights, float* tile, int64_t out_step, bool accumulate, const float* bias) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   const int64_t step = kStride > 0 ? kStride : stride;
@@ -51,8 +53,9 @@ void direct_forward_tile(const float* origin, int64_t stride, const int64_t* tap
   for (int q = 0; q < Q; ++q)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      float* sum = tile + (q * NV + v) * L;
-      Isa::store(sum, accumulate ? Isa::add(Isa::load(sum), acc[q][v]) : acc[q][v]);
+      float* sum = tile + q * out_step + v * L;
+      const V total = accumulate ? Isa::add(Isa::load(sum), acc[q][v]) : acc[q][v];
+      Isa::store(sum, bias != nullptr ? Isa::add(total, Isa::load(bias + v * L)) : total);
     }
 }
 
