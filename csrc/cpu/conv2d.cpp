@@ -1045,8 +1045,9 @@ void copy_into_channels(Tensor& whole, int64_t first, const Tensor& part) {
 
 // Runs a grouped pass by `per_gemm` (the GEMM per group), `by_group`, or `direct_by_group` (float32:
 // the direct kernels on the layer's own tensors, each group's channels read and written in place
-// through the whole layer's sample strides, no copies: NCHW group by group, channels_last forward
-// passes every group at once, each sample read once for them all; empty where it cannot run), as chosen above; CUCONV_CPU_DIRECT=1 asks for direct_by_group wherever it can run, =0 never.
+// through the whole layer's sample strides, no copies: NCHW group by group, channels_last every
+// group at once, each sample read once for them all; empty where it cannot run), as chosen above;
+// CUCONV_CPU_DIRECT=1 asks for direct_by_group wherever it can run, =0 never.
 Tensor run_grouped(const ConvGeometry& g, ConvPass pass, const Tensor& model, const std::function<Tensor()>& per_gemm,
                    const std::function<Tensor()>& direct_by_group, const std::function<Tensor()>& by_group) {
   const OptionalMode mode = optional_kernel_mode("CUCONV_CPU_BY_GROUP");
@@ -1619,12 +1620,12 @@ Tensor backward_weight_pass(const Tensor& grad_output, const Tensor& input, IntA
     if (grad_output.scalar_type() == ScalarType::Float) direct_by_group = [&] {
       const DirectConv p = group_problem(g);
       const int64_t C = g.channels_per_group, O = g.out_channels_per_group;
-      if (is_channels_last(grad_output) && is_channels_last(input)) {  // NHWC in place, as the forward pass
+      if (is_channels_last(grad_output) && is_channels_last(input)) {  // NHWC in place, every group at once
         Tensor dw = empty_like_with(grad_output, weight_size);
-        for (int64_t gi = 0; gi < g.groups; ++gi)
-          direct_conv_backward_weight_nhwc(p, input.const_data_ptr<float>() + gi * C,
-                                           grad_output.const_data_ptr<float>() + gi * O,
-                                           dw.mutable_data_ptr<float>() + gi * O * g.column_rows());
+        DirectConv all = p;
+        all.groups = g.groups;
+        direct_conv_backward_weight_nhwc(all, input.const_data_ptr<float>(), grad_output.const_data_ptr<float>(),
+                                         dw.mutable_data_ptr<float>());
         return dw;
       }
       const Tensor x = contiguous_or_self(input), dy = contiguous_or_self(grad_output);

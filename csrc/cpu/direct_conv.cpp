@@ -764,11 +764,11 @@ GradRows grad_rows_from_planes(const DirectConv& p, const float* grad_out) {
 void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const WeightOperands& operands,
                            float* grad_weight) {
   constexpr int64_t kPixelsPerCall = 64;
-  const std::vector<Panel> panels = channel_panels(p.out_channels, tiles);
+  const std::vector<Panel> panels = group_panels(p, tiles);
   const std::vector<int64_t>& taps = operands.taps;
   const int64_t k_count = taps_of(p), plane = p.out_h * p.out_w;
   const int64_t samples_per_call = (kPixelsPerCall + plane - 1) / plane, rows_per_call = samples_per_call * p.out_h;
-  const int64_t sample_in = p.in_channels * padded_h(p) * padded_w(p);
+  const int64_t sample_in = p.groups * p.in_channels * padded_h(p) * padded_w(p);
   // Per panel: taps rounded up to whole tap tiles (the last tile repeats the last tap
   // into rows that are never read), and where the panel starts in the arrays.
   std::vector<int64_t> rows(panels.size()), partial_at(panels.size() + 1, 0), grad_at(panels.size() + 1, 0);
@@ -814,7 +814,7 @@ void panel_backward_weight(const DirectTiles& tiles, const DirectConv& p, const 
           float* panel_grad = grad_t.data() + grad_at[pi];
           operands.grad_rows(panel, width, row, count, panel_grad);
           for (int64_t k0 = 0; k0 < k_count; k0 += t_count) {
-            for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)];
+            for (int64_t t = 0; t < t_count; ++t) tile_taps[t] = taps[std::min(k0 + t, k_count - 1)] + panel.input_offset;
             tiles.weight[panel.vectors](x_rows.data(), count, p.out_w, operands.column_step, tile_taps.data(),
                                         panel_grad, sums + partial_at[pi] + k0 * width);
           }
@@ -946,6 +946,7 @@ void row_backward_weight(const DirectTiles& tiles, const DirectConv& p, const fl
 void direct_conv_backward_weight(const DirectConv& p, const float* in, const float* grad_out,
                                  float* grad_weight) {
   const DirectTiles& tiles = tiles_or_fail();
+  CUCONV_CHECK(p.groups == 1, "cuconv: internal error: the NCHW direct kernels take one group a pass");
   if (row_weight_tiles_suit(p, tiles)) return row_backward_weight(tiles, p, in, grad_out, grad_weight);
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
   const WeightOperands operands{[&](int64_t n, float* buffer) {
@@ -1005,6 +1006,7 @@ namespace {
 // The weight tiles take pixel pairs for pixels: ceil(W_out / 2) of them a row, 2 * sW columns apart
 // (one group of a grouped layer: its samples of grad_output's pairs the whole layer's planes apart).
 DirectConv pixel_pair_problem(const DirectConv& p) {
+  CUCONV_CHECK(p.groups == 1, "cuconv: internal error: the pair weight gradients take one group a pass");
   DirectConv pairs = p;
   pairs.out_w = (p.out_w + 1) / 2;
   pairs.stride_w = 2 * p.stride_w;
@@ -1094,10 +1096,9 @@ void direct_conv_backward_weight_pairs_nhwc(const DirectConv& p, const uint16_t*
 }
 
 void direct_conv_backward_weight_nhwc(const DirectConv& p, const float* in, const float* grad_out, float* grad_weight) {
-  CUCONV_CHECK(p.groups == 1, "cuconv: internal error: the NHWC weight gradient takes one group a pass");
   const int64_t C = p.in_channels;
   const bool pads = p.pad_h > 0 || p.pad_w > 0;
-  const int64_t pixel = pads ? C : input_pixel_stride(p), row = padded_w(p) * pixel;
+  const int64_t pixel = pads ? p.groups * C : input_pixel_stride(p), row = padded_w(p) * pixel;
   const int64_t out_pixel = output_pixel_stride(p);
   std::vector<int64_t> taps;  // tap (c, i, j), the weight's order
   taps.reserve(taps_of(p));

@@ -29,8 +29,8 @@ struct DirectConv {
   // The groups of a grouped channels_last layer that one pass takes, side by side in every pixel
   // (`p` is one group's problem, its sample strides the whole layer's): group g's input channels
   // from g * in_channels of a pixel, its output channels from g * out_channels, its weights
-  // from row g * out_channels. Only the NHWC forward passes take more than 1 (the sample's
-  // pixels are then read, or zero-padded, once for all its groups).
+  // from row g * out_channels. Only the float NHWC passes and the bfloat16 NHWC forward pass take
+  // more than 1 (the sample's pixels are then read, or zero-padded, once for all its groups).
   int64_t groups = 1;
 
   int64_t in_stride() const { return in_sample_stride != 0 ? in_sample_stride : in_channels * height * width; }
@@ -95,7 +95,7 @@ void direct_conv_forward_pairs_nhwc(const DirectConv& p, const uint32_t* in_pair
 // channels), its sample strides the whole layer's (H*W*C_total and H_out*W_out*O_total, as
 // group_problem in conv2d.cpp sets them; 0 for a layer of one group), and `in` / `out` (`grad_*`)
 // point at the first group's first channel of sample 0, the pass taking p.groups groups from
-// there (the forward passes; the weight gradient one); weights are OIHW, as torch's. The sums are the
+// there; weights are OIHW, as torch's ([groups * O][C][kH][kW]). The sums are the
 // NCHW direct kernels' up to the order of the taps (here kernel row, column, then channel).
 // Forward: where `skip_padding_rows` (the weights all finite), the products of kernel rows that fall
 // in the padding are not made.
