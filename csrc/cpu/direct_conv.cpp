@@ -122,10 +122,9 @@ std::vector<int64_t> tap_offsets(const DirectConv& p) {
 // as it is: zero); hp and wp default to the padded size, and may be larger (the row tiles').
 void copy_into_padding(const DirectConv& p, const float* in, float* padded, int64_t hp = -1, int64_t wp = -1) {
   if (hp < 0) hp = padded_h(p), wp = padded_w(p);
+  const DirectTiles::CopyRows copy_rows = cpu_direct_tiles()->copy_rows;
   for (int64_t c = 0; c < p.in_channels; ++c)
-    for (int64_t h = 0; h < p.height; ++h)
-      std::memcpy(padded + (c * hp + h + p.pad_h) * wp + p.pad_w, in + (c * p.height + h) * p.width,
-                  p.width * sizeof(float));
+    copy_rows(in + c * p.height * p.width, p.height, p.width, padded + (c * hp + p.pad_h) * wp + p.pad_w, wp);
 }
 
 // Output channels [first, first + count), in `vectors` vectors, of the group whose input channels
@@ -322,20 +321,14 @@ int64_t nhwc_tap_offset(const DirectConv& p, int64_t c, int64_t i, int64_t j) {
   return nhwc_tap_offset(p, c, i, j, padded_w(p) * p.in_channels, p.in_channels);
 }
 
-// One NHWC sample (pixels input_pixel_stride(p) elements apart) into the interior of its
-// zero-padded copy [Hp][Wp][C] (the border is left as it is: zero), C the channels of all
-// p.groups groups: a grouped layer's sample is copied once for them all.
+// One NHWC sample into the interior of its zero-padded copy [Hp][Wp][C] (the border is left as
+// it is: zero), C the channels of all p.groups groups, a whole pixel's: a grouped layer's sample
+// is copied once for them all, a row at a time.
 void copy_into_nhwc_padding(const DirectConv& p, const float* sample, float* padded) {
-  const int64_t C = p.groups * p.in_channels, pixel = input_pixel_stride(p);
-  const DirectTiles::GatherPixels gather = pixel != C ? cpu_direct_tiles()->gather_pixels : nullptr;
-  for (int64_t h = 0; h < p.height; ++h) {
-    float* row = padded + ((h + p.pad_h) * padded_w(p) + p.pad_w) * C;
-    if (gather == nullptr) {
-      std::memcpy(row, sample + h * p.width * C, p.width * C * sizeof(float));
-    } else {
-      gather(sample + h * p.width * pixel, p.width, pixel, C, row);
-    }
-  }
+  const int64_t C = p.groups * p.in_channels;
+  CUCONV_CHECK(input_pixel_stride(p) == C, "cuconv: internal error: a padded NHWC pass takes every group at once");
+  const int64_t row = p.width * C;
+  cpu_direct_tiles()->copy_rows(sample, p.height, row, padded + (p.pad_h * padded_w(p) + p.pad_w) * C, padded_w(p) * C);
 }
 
 // In NHWC the taps of one kernel row i are a contiguous run, [i*kW*C, (i+1)*kW*C): where

@@ -219,8 +219,8 @@ struct DirectTiles {
   using ToPixels = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias, float* y,
                             int64_t pixel_stride);
   ToPixels to_pixels = nullptr;  // the same row into NHWC float (direct_row_to_pixels)
-  using GatherPixels = void (*)(const float* in, int64_t pixels, int64_t stride, int64_t count, float* out);
-  GatherPixels gather_pixels = nullptr;  // runs of floats a stride apart, packed (direct_gather_pixels)
+  using CopyRows = void (*)(const float* in, int64_t rows, int64_t width, float* out, int64_t out_stride);
+  CopyRows copy_rows = nullptr;  // contiguous rows of floats to rows a stride apart (direct_copy_rows)
   // the row tiles (vectors along output columns), for few channels: row[OT] takes row_rows output
   // rows x OT output channels, OT = 1..row_channels (0: none; wider layers go in groups of
   // row_channels, the last group on the tile of its width)
