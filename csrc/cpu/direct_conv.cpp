@@ -583,7 +583,10 @@ void panel_forward(const DirectTiles& tiles, const DirectConv& p, const ForwardI
                 int64_t sums_step = width;
                 const float* bias = nullptr;
                 if constexpr (Output::Writer::kStoresInPlace) {
-                  if (in_place) sums = writer.pixel(g, ow), sums_step = writer.pixel_step(), bias = end == row.end ? writer.panel_bias() : nullptr;
+                  if (in_place) {
+                    sums = writer.pixel(g, ow), sums_step = writer.pixel_step();
+                    bias = end == row.end ? writer.panel_bias() : nullptr;
+                  }
                 }
                 run[std::min(q_max, p.out_w - ow)](x_rows[g] + panel.input_offset + ow * step, step,
                                                    input.taps.data() + begin, end - begin, w[pi].data() + begin * width,
