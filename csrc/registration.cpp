@@ -50,11 +50,13 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 
 // cuconv._C.cpu_kernels(): which CPU kernels run now, for `cuconv info` and the tests:
 // {"isa": ..., "gemm_float": ..., "gemm_double": ..., "gemm_bfloat16": ..., "direct_conv": "auto"|"always"|"never",
-//  "last_gemm": ..., "last_direct": ..., "last_direct_tiles": ..., "last_depthwise": ..., "last_pool": ...,
+//  "last_gemm": ..., "last_direct": ..., "last_direct_tiles": ..., "last_depthwise": ..., "last_depthwise_rows": ...,
+//  "last_pool": ...,
 //  "l2_cache_bytes": ...,
 //  "last_level_cache_bytes": ...} where the last_ entries name the instruction set of the kernels the GEMM, direct and
 // depthwise paths ran last and of pooling's vector kernels last fetched (None before their first use; last_direct_tiles:
-// "channels" or "rows", the tiles of the last direct pass, gemm.h's KernelPath::kDirectTiles), the L2 size is
+// "channels" or "rows", the tiles of the last direct pass, gemm.h's KernelPath::kDirectTiles; last_depthwise_rows:
+// "fetched" or "hardware", KernelPath::kDepthwiseRows), the L2 size is
 // the one the CPU blocks are sized from and the last-level cache's the size above which the direct kernels stream
 // their output past the caches.
 // "measured_choice": "on", or "off" with CUCONV_CPU_TUNE=0 (tuner.h).
@@ -70,13 +72,14 @@ PyObject* cpu_kernels(PyObject*, PyObject*) {
     const char* direct = direct_mode_name(cuconv::direct_conv_mode());
     const char* measured_choice = cuconv::tuning_enabled() ? "on" : "off";
     // "z": None for a null pointer.
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:z,s:L,s:L,s:L}", "isa", isa, "gemm_float", gemm_float,
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:z,s:z,s:z,s:z,s:z,s:z,s:L,s:L,s:L}", "isa", isa, "gemm_float", gemm_float,
                          "gemm_double", gemm_double, "gemm_bfloat16", gemm_bfloat16, "direct_conv", direct,
                          "measured_choice", measured_choice, "last_gemm",
                          cuconv::last_kernel_use(cuconv::KernelPath::kGemm), "last_direct",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirect), "last_direct_tiles",
                          cuconv::last_kernel_use(cuconv::KernelPath::kDirectTiles), "last_depthwise",
-                         cuconv::last_kernel_use(cuconv::KernelPath::kDepthwise), "last_pool",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDepthwise), "last_depthwise_rows",
+                         cuconv::last_kernel_use(cuconv::KernelPath::kDepthwiseRows), "last_pool",
                          cuconv::last_kernel_use(cuconv::KernelPath::kPool), "l1_data_cache_bytes",
                          static_cast<long long>(cuconv::l1_data_cache_bytes()), "l2_cache_bytes",
                          static_cast<long long>(cuconv::l2_cache_bytes()), "last_level_cache_bytes",

@@ -51,9 +51,13 @@ def _tensors(case, dtype, channels_last):
     return tensors
 
 
+def _conv_args(case):
+    """stride, padding, dilation, groups: the arguments after (input, weight[, bias])."""
+    return case["stride"], case["padding"], case["dilation"], case["channels"]
+
+
 def _conv(module, case):
-    args = (case["stride"], case["padding"], case["dilation"], case["channels"])
-    return lambda x, w, b=None: module.conv2d(x, w, b, *args)
+    return lambda x, w, b=None: module.conv2d(x, w, b, *_conv_args(case))
 
 
 def _check(case, dtype, channels_last):
@@ -171,6 +175,70 @@ def test_depthwise_on_every_isa(requested, channels_last, monkeypatch):
         for case, tensors, out, grads in results:
             again, again_grads = forward_and_grads(_conv(CF, case), tensors)
             assert torch.equal(again, out) and all(torch.equal(a, b) for a, b in zip(again_grads, grads))
+
+
+# The rows fetched ahead: two samples of wide pixels (the fetches run on into the next sample),
+# a strided layer (two new input rows an output row) and a batch of one split into bands.
+FETCH_CASES = WIDE_CASES[:2] + SPLIT_CASES[:1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", FETCH_CASES, ids=lambda c: "n{batch}c{channels}k{kernel}s{stride}".format(**c))
+def test_channels_last_rows_fetched_or_not_give_the_same_bits(case, dtype, monkeypatch, capfd):
+    """Where a depthwise pass reads its rows in place (channels_last, multiplier 1, not float16),
+    the forward pass and the input gradient measure the rows brought into cache by the hardware
+    alone (`depthwise`) and by software prefetches too (`depthwise_fetched`); recorded, each way
+    runs as named (cpu_kernels' last_depthwise_rows) and gives the same bits, torch's values."""
+    for name in ("CUCONV_CPU_TUNE", "CUCONV_TUNE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CUCONV_LOG", "1")
+    saved = cuconv.tuning.choices()
+    cuconv.tuning.clear()
+    try:
+        tensors = _tensors(case, dtype, channels_last=True)
+        forward_and_grads(_conv(CF, case), tensors)
+        tuned = [line for line in capfd.readouterr().err.splitlines() if "channels_last depthwise" in line]
+        assert {line.split()[2] for line in tuned} == {"conv2d_forward", "conv2d_backward_input"}, tuned
+        assert all("depthwise " in line and "depthwise_fetched " in line for line in tuned), tuned
+        keys = list(cuconv.tuning.choices())
+        results = {}
+        for way, rows in (("depthwise", "hardware"), ("depthwise_fetched", "fetched")):
+            cuconv._C.cpu_tuning_set({key: way for key in keys})
+            out = _conv(CF, case)(*tensors)
+            assert cuconv._C.cpu_kernels()["last_depthwise_rows"] == rows
+            dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+            dy = dy.contiguous(memory_format=torch.channels_last)
+            dx = torch.ops.cuconv.conv2d_backward_input(dy, tensors[1], list(tensors[0].shape), *_conv_args(case))
+            assert cuconv._C.cpu_kernels()["last_depthwise_rows"] == rows
+            results[way] = (out, dx, dy)
+            assert cuconv.tuning.choices() == {key: way for key in keys}
+    finally:
+        cuconv.tuning.clear()
+        cuconv._C.cpu_tuning_set(saved)
+    (out, dx, dy), (out_f, dx_f, _) = results["depthwise"], results["depthwise_fetched"]
+    assert torch.equal(out, out_f) and torch.equal(dx, dx_f)
+    assert_matches(out, _conv(F, case)(*tensors), dtype)
+    dx_ref = torch.nn.grad.conv2d_input(tensors[0].shape, tensors[1].double(), dy.double(), *_conv_args(case))
+    assert_matches(dx, dx_ref.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("case, dtype, channels_last", [
+    (WIDE_CASES[0], torch.float32, False),  # NCHW rows are staged
+    (WIDE_CASES[2], torch.float32, True),  # multiplier 2: the input staged, its channels repeated
+    (WIDE_CASES[0], torch.float16, True),  # float16 rows are staged as float
+], ids=["nchw", "multiplier2", "float16"])
+def test_staged_rows_measure_nothing(case, dtype, channels_last, monkeypatch, capfd):
+    """Passes whose rows are staged have nothing to fetch in place: no choice is measured, and
+    their rows are left to the hardware."""
+    for name in ("CUCONV_CPU_TUNE", "CUCONV_TUNE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CUCONV_LOG", "1")
+    tensors = _tensors(case, dtype, channels_last)
+    out = _conv(CF, case)(*tensors)
+    assert cuconv._C.cpu_kernels()["last_depthwise_rows"] == "hardware"
+    torch.ops.cuconv.conv2d_backward_input(torch.randn_like(out), tensors[1], list(tensors[0].shape), *_conv_args(case))
+    assert cuconv._C.cpu_kernels()["last_depthwise_rows"] == "hardware"
+    assert "depthwise" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -964,6 +964,24 @@ void run_float_pass(const ConvGeometry& g, ConvPass pass, const FloatPass& kerne
   run_tuned(tuning_key(g, pass), candidates);
 }
 
+// A depthwise pass (`run`: the forward pass or the input gradient) whose rows are read in place
+// measures its rows fetched by the hardware alone and by software too (depthwise.h, RowFetch);
+// the others, and every pass without measuring, leave it to the hardware.
+Tensor run_depthwise(const ConvGeometry& g, ConvPass pass, const Tensor& source,
+                     const std::function<Tensor(RowFetch)>& run) {
+  if (!tuning_enabled() || !depthwise_rows_fetchable(depthwise_problem(g), source)) return run(RowFetch::kHardware);
+  const ScalarType dtype = source.scalar_type();
+  const char* variant = dtype == ScalarType::Float    ? "float32 channels_last depthwise"
+                        : dtype == ScalarType::Double ? "float64 channels_last depthwise"
+                                                      : "bfloat16 channels_last depthwise";
+  Tensor out;
+  const std::vector<Candidate> candidates{
+      {kernel_name(KernelName::kDepthwise), [&] { out = run(RowFetch::kHardware); }},
+      {kernel_name(KernelName::kDepthwiseFetched), [&] { out = run(RowFetch::kSoftware); }}};
+  run_tuned(tuning_key(g, pass, variant), candidates);
+  return out;
+}
+
 // channels_last float and double layers of one group can run NHWC in place
 // (conv2d_channels_last.h); the rest are computed NCHW and copied back into channels_last.
 bool runs_channels_last(const ConvGeometry& g, const Tensor& t) {
@@ -1320,7 +1338,9 @@ Tensor forward_pass(const Tensor& input, const Tensor& weight, const std::option
   const Tensor w = contiguous_or_self(weight);
   const Tensor b = bias.has_value() && bias->defined() ? contiguous_or_self(*bias) : Tensor();
   if (is_integer(input.scalar_type())) return integer_conv2d_forward(shape, input, w, b, stride, padding, dilation);
-  if (is_depthwise(g)) return depthwise_conv2d_forward(depthwise_problem(g), input, w, b);
+  if (is_depthwise(g))
+    return run_depthwise(g, ConvPass::kForward, input,
+                         [&](RowFetch fetch) { return depthwise_conv2d_forward(depthwise_problem(g), input, w, b, fetch); });
   if (half == HalfTypes::kChoose && is_half_type(input.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kForward, input, shape.batch * shape.out_channels * g.out_plane(),
@@ -1439,7 +1459,10 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
                                                          padding, dilation, groups);
   const ConvGeometry g(shape, stride, padding, dilation);
   const Tensor w = contiguous_or_self(weight);
-  if (is_depthwise(g)) return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size);
+  if (is_depthwise(g))
+    return run_depthwise(g, ConvPass::kInput, grad_output, [&](RowFetch fetch) {
+      return depthwise_conv2d_backward_input(depthwise_problem(g), grad_output, w, input_size, fetch);
+    });
   if (half == HalfTypes::kChoose && is_half_type(grad_output.scalar_type())) {
     const OnPairs on_pairs =
         pairs_for(g, ConvPass::kInput, grad_output, shape.batch * shape.in_channels * g.height * g.width,

@@ -118,7 +118,7 @@ constexpr int64_t kPartValues = int64_t{1} << 22;
 template <typename S>
 struct Image {
   S* data;
-  int64_t channels, height, width;
+  int64_t batch, channels, height, width;
   bool nhwc;
   S* at(int64_t n, int64_t c, int64_t h, int64_t w) const {
     return data + (nhwc ? ((n * height + h) * width + w) * channels + c : ((n * channels + c) * height + h) * width + w);
@@ -127,7 +127,7 @@ struct Image {
 
 template <typename S>
 Image<S> image_of(S* data, const Tensor& t, bool nhwc) {
-  return {data, t.size(1), t.size(2), t.size(3), nhwc};
+  return {data, t.size(0), t.size(1), t.size(2), t.size(3), nhwc};
 }
 
 // Rows of one sample and block of channels as the row kernels read or write them: NHWC,
@@ -309,6 +309,37 @@ std::vector<T> tap_major_weights(const DirectConv& p, const S* w) {
   return wt;
 }
 
+// Rows read in place are fetched ahead in software. The row kernels read a pixel's channels a
+// line or four at a time across a tile's six pixels and three rows; where a pixel is wide (256
+// float channels: 1 KB) the hardware prefetchers do not follow that order, and every row read
+// for the first time waited on memory (depthwise.14.cl's forward pass limited to AVX2: 80 us a
+// sample, 33 with its rows in cache; benchmarks/NOTES.md, forty-first session). So each row of
+// a pass fetches the source rows that the pass's row kRowsAhead later reads first, counting rows
+// on across samples (a thread's next work item is mostly the next band or sample).
+constexpr int64_t kRowsAhead = 2;
+
+// The source rows that row `row` of a pass reads first: after those of the row before, up to
+// last_read(row), the last source row (clamped to the image) that a row reads.
+template <typename LastRead>
+OutputRange first_reads(int64_t row, const LastRead& last_read) {
+  const int64_t first = row == 0 ? 0 : std::max<int64_t>(0, last_read(row - 1) + 1);
+  return {first, std::max(first, last_read(row) + 1)};
+}
+
+// Prefetches the source rows that row `row` + kRowsAhead of sample n's pass (of `rows` rows a
+// sample) reads first, whole NHWC rows; none past the batch. (Inline: GCC drops a call to a
+// function whose only effect is a prefetch.)
+template <typename S, typename LastRead>
+inline __attribute__((always_inline)) void fetch_ahead(const Image<const S>& source, int64_t n, int64_t row,
+                                                       int64_t rows, const LastRead& last_read) {
+  const int64_t ahead = n * rows + row + kRowsAhead, sample = ahead / rows;
+  if (sample >= source.batch) return;
+  const OutputRange reads = first_reads(ahead % rows, last_read);
+  const char* first = reinterpret_cast<const char*>(source.at(sample, 0, reads.begin, 0));
+  const int64_t bytes = (reads.end - reads.begin) * source.width * source.channels * static_cast<int64_t>(sizeof(S));
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b);
+}
+
 // A work item's lists of a row's taps, for DepthwiseTaps to point into.
 template <typename T>
 struct TapLists {
@@ -361,6 +392,11 @@ OutputRange forward_interior(const DirectConv& p) {
   return depthwise_interior(offsets.data(), p.kernel_w, p.stride_w, p.width, p.out_w);
 }
 
+// The last input row that output row oh reads, clamped to the image (-1: none).
+int64_t last_input_row_of(const DirectConv& p, int64_t oh) {
+  return std::min(p.height - 1, oh * p.stride_h - p.pad_h + (p.kernel_h - 1) * p.dilation_h);
+}
+
 // The input rows that output rows [r0, r1) read: [first, last), clamped to the image.
 OutputRange input_rows_of(const DirectConv& p, int64_t r0, int64_t r1) {
   const int64_t first = std::clamp<int64_t>(r0 * p.stride_h - p.pad_h, 0, p.height);
@@ -377,7 +413,8 @@ template <typename S, typename K>
 constexpr bool kStaged = std::is_same_v<K, opmath_t<S>>;  // may rows be staged (as T)
 
 template <typename S, typename K>
-void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* bias, const Image<S>& y) {
+void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* bias, const Image<S>& y,
+             RowFetch row_fetch) {
   using T = opmath_t<S>;
   const DepthwiseKernels<T, K> kernels = kernels_for_this_cpu<T, K>();
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
@@ -392,6 +429,9 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
   // per output row: about sH * W values of x and out_w of y, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
                              (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
+  const bool fetch = row_fetch == RowFetch::kSoftware && x_in_place && s.block == p.out_channels;
+  note_kernel_use(KernelPath::kDepthwiseRows, fetch ? "fetched" : "hardware");
+  auto last_input_row = [&](int64_t oh) { return last_input_row_of(p, oh); };
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     Staging<T> x_staging, y_staging;
     TapLists<T> lists(taps);
@@ -411,6 +451,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
         if (!y_in_place) yr = buffer_rows(y_staging, r0, r1, p.out_w, count);
       }
       for (int64_t oh = r0; oh < r1; ++oh) {
+        if (fetch) fetch_ahead(x, n, oh, p.out_h, last_input_row);
         const DepthwiseTaps<T, K> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
@@ -422,7 +463,7 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
 }
 
 template <typename S, typename K>
-void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, const Image<S>& dx) {
+void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, const Image<S>& dx, RowFetch row_fetch) {
   using T = opmath_t<S>;
   const DepthwiseKernels<T, K> kernels = kernels_for_this_cpu<T, K>();
   note_kernel_use(KernelPath::kDepthwise, kernels.isa);
@@ -446,6 +487,10 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
   // per input row: W values of dx and about out_w / sH of grad_output, where staged
   const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
                              (dx_in_place ? 0 : p.width) + (dy_in_place ? 0 : (p.out_w + sH - 1) / sH), sizeof(T));
+  const bool fetch = row_fetch == RowFetch::kSoftware && dy_in_place && s.block == p.out_channels;
+  note_kernel_use(KernelPath::kDepthwiseRows, fetch ? "fetched" : "hardware");
+  // input row ih gathers from grad_output rows up to (ih + pH) / sH (its first kernel row)
+  auto last_dy_row = [&](int64_t ih) { return std::min(p.out_h - 1, (ih + p.pad_h) / sH); };
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     Staging<T> dy_staging, dx_staging;
     std::vector<const T*> weights(taps);
@@ -479,6 +524,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       row.source_stride = dyr.stride;
       row.channels = count;
       for (int64_t ih = r0; ih < r1; ++ih) {
+        if (fetch) fetch_ahead(dy, n, ih, p.height, last_dy_row);
         for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
           int64_t k = 0;
           // taps from the last kernel row and column back, so that grad_output is read forwards
@@ -574,7 +620,15 @@ Tensor in_kernel_layout(const Tensor& t) { return is_channels_last(t) ? t : cont
 
 }  // namespace
 
-Tensor depthwise_conv2d_forward(const DirectConv& p, const Tensor& input, const Tensor& weight, const Tensor& bias) {
+bool depthwise_rows_fetchable(const DirectConv& p, const Tensor& source) {
+  // in place: NHWC, M = 1, a type the row kernels read as it is (float16 rows are staged as float)
+  const ScalarType dtype = source.scalar_type();
+  return is_channels_last(source) && p.out_channels == p.in_channels &&
+         (dtype == ScalarType::Float || dtype == ScalarType::Double || dtype == ScalarType::BFloat16);
+}
+
+Tensor depthwise_conv2d_forward(const DirectConv& p, const Tensor& input, const Tensor& weight, const Tensor& bias,
+                                RowFetch fetch) {
   const Tensor x = in_kernel_layout(input), w = contiguous_or_self(weight);
   const Tensor b = bias.defined() ? contiguous_or_self(bias) : Tensor();
   const bool nhwc = is_channels_last(x);
@@ -584,14 +638,14 @@ Tensor depthwise_conv2d_forward(const DirectConv& p, const Tensor& input, const 
     with_row_type<scalar_t>(nhwc && p.out_channels == p.in_channels, [&](auto rows) {
       forward<scalar_t, decltype(rows)>(p, image_of(x.const_data_ptr<scalar_t>(), x, nhwc),
                                         w.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                                        image_of(y.mutable_data_ptr<scalar_t>(), y, nhwc));
+                                        image_of(y.mutable_data_ptr<scalar_t>(), y, nhwc), fetch);
     });
   });
   return y;
 }
 
 Tensor depthwise_conv2d_backward_input(const DirectConv& p, const Tensor& grad_output, const Tensor& weight,
-                                       IntArrayRef input_size) {
+                                       IntArrayRef input_size, RowFetch fetch) {
   const Tensor dy = in_kernel_layout(grad_output), w = contiguous_or_self(weight);
   const bool nhwc = is_channels_last(dy);
   Tensor dx = nhwc ? empty_channels_last_like(dy, input_size) : empty_like_with(dy, input_size);
@@ -599,7 +653,7 @@ Tensor depthwise_conv2d_backward_input(const DirectConv& p, const Tensor& grad_o
     with_row_type<scalar_t>(nhwc && p.out_channels == p.in_channels, [&](auto rows) {
       backward_input<scalar_t, decltype(rows)>(p, image_of(dy.const_data_ptr<scalar_t>(), dy, nhwc),
                                                w.const_data_ptr<scalar_t>(),
-                                               image_of(dx.mutable_data_ptr<scalar_t>(), dx, nhwc));
+                                               image_of(dx.mutable_data_ptr<scalar_t>(), dx, nhwc), fetch);
     });
   });
   return dx;

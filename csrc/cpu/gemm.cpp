@@ -214,7 +214,7 @@ int64_t samples_per_chunk(int64_t sample_bytes, int64_t batch, double share, con
 }
 
 namespace {
-std::atomic<const char*> last_use[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // per KernelPath; names are string literals
+std::atomic<const char*> last_use[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};  // per KernelPath; names are string literals
 }  // namespace
 
 void note_kernel_use(KernelPath path, const char* isa) {

@@ -140,8 +140,10 @@ Microkernel<T> cpu_microkernel_for_columns(int64_t columns);
 // with it that CUCONV_CPU_ISA reaches the kernels that run (AVX2 and AVX-512 results are
 // bitwise identical, so no numeric test can tell them apart). kDirectTiles is no instruction set
 // but which tiles the last direct pass ran on: "channels" (vectors along output channels) or
-// "rows" (along output rows: row_tiles_suit, row_weight_tiles_suit in direct_conv.cpp).
-enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3, kDirectTiles = 4 };
+// "rows" (along output rows: row_tiles_suit, row_weight_tiles_suit in direct_conv.cpp); nor is
+// kDepthwiseRows, how the last depthwise forward pass or input gradient brought its rows into
+// cache: "fetched" (software prefetches ahead) or "hardware" (depthwise.h, RowFetch).
+enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3, kDirectTiles = 4, kDepthwiseRows = 5 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use
 
