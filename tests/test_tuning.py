@@ -303,19 +303,36 @@ def test_choices_made_inside_a_losing_candidate_leave_nothing_unsettled(dtype):
 
 
 @needs_direct
-def test_an_inner_choice_called_on_its_own_is_checked_as_any_other():
-    """A choice made inside a losing candidate is left unchecked, until its own layer calls it."""
+def test_an_inner_choice_called_on_its_own_is_checked_as_any_other(monkeypatch, capfd):
+    """A choice made inside a losing candidate is left unchecked, until its own layer calls it.
+    Any check may find a call clearly faster than the measurement and measure again for good
+    (CUCONV_LOG says so): then no check is left to count. Under load that happened, and this test
+    failed; such an attempt is made again (up to five times)."""
+    monkeypatch.setenv("CUCONV_LOG", "1")
     y = torch.randn(4, 16, 14, 14)
-    CF.conv2d(y.contiguous(memory_format=torch.channels_last), torch.randn(32, 16, 3, 3), padding=1)
-    (outer,) = [key for key in cuconv.tuning.choices() if " channels_last " in key]
-    (inner,) = [key for key in cuconv.tuning.choices() if key != outer]
-    _C.cpu_tuning_set({outer: "nhwc"})  # the outer choice settled on a candidate other than "nchw"
-    assert cuconv.tuning.unsettled() == 0  # (the inner one has checks left, but no call reaches them)
-    CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)  # the inner key's own layer, NCHW
-    assert cuconv.tuning.unsettled() == 1
-    for _ in range(4):
-        CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)
-    assert cuconv.tuning.unsettled() == 0
+
+    def measured_again(key):
+        return any("measured again" in line and f" {key}: " in line for line in capfd.readouterr().err.splitlines())
+
+    for _ in range(5):
+        cuconv.tuning.clear()
+        capfd.readouterr()
+        CF.conv2d(y.contiguous(memory_format=torch.channels_last), torch.randn(32, 16, 3, 3), padding=1)
+        (outer,) = [key for key in cuconv.tuning.choices() if " channels_last " in key]
+        (inner,) = [key for key in cuconv.tuning.choices() if key != outer]
+        if measured_again(inner):
+            continue  # settled while the outer layer measured: nothing left to check
+        _C.cpu_tuning_set({outer: "nhwc"})  # the outer choice settled on a candidate other than "nchw"
+        assert cuconv.tuning.unsettled() == 0  # (the inner one has checks left, but no call reaches them)
+        CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)  # the inner key's own layer, NCHW
+        if measured_again(inner):
+            continue
+        assert cuconv.tuning.unsettled() == 1
+        for _ in range(4):
+            CF.conv2d(y, torch.randn(32, 16, 3, 3), padding=1)
+        assert cuconv.tuning.unsettled() == 0
+        return
+    pytest.skip("every attempt's checks measured again: the machine's load left nothing to count")
 
 
 def test_the_choice_is_per_thread_count(monkeypatch):
