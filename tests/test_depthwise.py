@@ -197,7 +197,8 @@ def test_channels_last_rows_fetched_or_not_give_the_same_bits(case, dtype, monke
     try:
         tensors = _tensors(case, dtype, channels_last=True)
         forward_and_grads(_conv(CF, case), tensors)
-        tuned = [line for line in capfd.readouterr().err.splitlines() if "channels_last depthwise" in line]
+        tuned = [line for line in capfd.readouterr().err.splitlines()
+                 if line.startswith("cuconv: tuned") and "channels_last depthwise" in line]
         assert {line.split()[2] for line in tuned} == {"conv2d_forward", "conv2d_backward_input"}, tuned
         assert all("depthwise " in line and "depthwise_fetched " in line for line in tuned), tuned
         keys = list(cuconv.tuning.choices())

@@ -13,7 +13,7 @@ namespace cuconv {
 // whole pixels a work item) into cache: by the hardware prefetchers alone, or also by software
 // prefetches a few rows ahead. Which is faster depends on the pixel's width and the CPU (256
 // channels: 0.88 of the time limited to AVX2 on a Zen 4, 0.95 at AVX-512; 64 channels: 1.09),
-// so conv2d.cpp measures both where rows_fetchable (tuner.h). Same values either way.
+// so conv2d.cpp measures both where depthwise_rows_fetchable (tuner.h). Same values either way.
 enum class RowFetch { kHardware, kSoftware };
 // Whether a pass reading `source` (input, or grad_output) could fetch its rows: read in place.
 bool depthwise_rows_fetchable(const DirectConv& p, const Tensor& source);
