@@ -152,6 +152,33 @@ def _global_sums(x):
     return totals[:, :, 0]
 
 
+# Rows of 64 floats, which each ISA's bias gradient sums row by row (column_sums_tile.h): NHWC
+# 64, 32 and 16 channels (1, 2 and 4 pixels a row), one channel (64 pixels a row, and pixels
+# left over), NCHW planes of 8x8 (a channel a row, rows 5 planes apart) and of 1x1 (64 channels a
+# row); at least two blocks of 8 rows, and part of one left over.
+@pytest.mark.parametrize("shape, layout", [((3, 64, 5, 7), "nhwc"), ((9, 32, 6, 5), "nhwc"), ((2, 16, 9, 11), "nhwc"),
+                                           ((2, 1, 33, 40), "nhwc"), ((21, 5, 8, 8), "nchw"), ((21, 64, 1, 1), "nchw")],
+                         ids=str)
+def test_bias_gradient_has_the_same_bits_on_every_isa(shape, layout, monkeypatch):
+    """The vector kernels' column sums add each block's rows in the portable loop's order: the
+    same bits as CUCONV_CPU_ISA=generic, torch's sum to float rounding, a NaN and an Inf kept."""
+    dy = torch.randn(*shape, generator=torch.Generator().manual_seed(7)) + 3
+    if layout == "nhwc":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    dy[1, -1, 0, 0] = float("nan")
+    dy[-1, 0, -1, -1] = float("inf")
+    monkeypatch.delenv("CUCONV_CPU_ISA", raising=False)
+    best = cuconv._C.cpu_kernels()["isa"]
+    results = {}
+    for isa in ISAS[:ISAS.index(best) + 1]:
+        monkeypatch.setenv("CUCONV_CPU_ISA", isa)
+        results[isa] = torch.ops.cuconv.conv2d_backward_bias(dy)
+    assert len(results) > 1 or best == "generic"
+    for isa, db in results.items():
+        torch.testing.assert_close(db, results["generic"], rtol=0, atol=0, equal_nan=True, msg=isa)
+    torch.testing.assert_close(results["generic"], dy.double().sum((0, 2, 3)).float(), equal_nan=True)
+
+
 @pytest.mark.parametrize("shape", [(5, 67, 3, 3), (2, 16, 3, 3), (5, 67, 1, 1), (5, 67, 2, 7), (5, 67, 4, 4),
                                    (3, 37, 7, 7), (3, 37, 14, 14), (2, 24, 17, 19), (1, 20, 56, 56), (1, 5, 16, 17)],
                          ids=str)

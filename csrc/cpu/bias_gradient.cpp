@@ -20,14 +20,18 @@
 // NCHW groups and planes are one thread's each. So the result has the same bits on any number
 // of threads. Rows of fewer than kWideRow values (LeNet's 6 channels, ResNet's 3x3 planes) are
 // read several at a time as one longer row and folded back, so that the inner loop is long
-// enough for vector adds.
+// enough for vector adds. Rows of exactly 64 floats (64, 32, 16 NHWC channels; the ISA's vector
+// kernels, column_sums_tile.h) are read row by row in address order, the same sums in the same
+// order: the portable loop reads a block's rows column by column, which the prefetchers lose.
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
 #include "../shape.h"
+#include "gemm.h"  // cpu_isa
 #include "simd.h"
 
 namespace cuconv {
@@ -62,6 +66,37 @@ CUCONV_VECTOR_CLONES void add_rows(const scalar_t* x, int64_t rows, int64_t widt
     for (int64_t j = 0; j < width; ++j) sums[j] += as_double(x[r * stride + j]);
 }
 
+// The ISA's column sums (simd.h, column_sums_tile.h) where the CPU has them: they read float rows
+// of kColumnSumsWidth in address order, row by row (the loop above reads a block's rows column by
+// column, which the hardware prefetchers lose: benchmarks/NOTES.md, forty-first session).
+ColumnSums column_sums_for_this_cpu() {
+#if CUCONV_X86_SIMD
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return avx512_column_sums();
+    case CpuIsa::kAvx2: return avx2_column_sums();
+    default: break;
+  }
+#endif
+  return nullptr;
+}
+
+// add_rows, its whole blocks by the ISA's column sums where they suit (float rows of their width,
+// `column_sums` not null): the same operations in the same order, so the same bits.
+template <typename scalar_t>
+void add_rows_by_rows(const scalar_t* x, int64_t rows, int64_t width, int64_t stride, double* sums,
+                      ColumnSums column_sums) {
+  static_assert(kColumnSumsRows == kRowsAtOnce);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (column_sums != nullptr && width == kColumnSumsWidth) {
+      const int64_t blocks = rows / kRowsAtOnce;
+      column_sums(x, blocks, stride, sums);
+      x += blocks * kRowsAtOnce * stride;
+      rows -= blocks * kRowsAtOnce;
+    }
+  }
+  add_rows(x, rows, width, stride, sums);
+}
+
 // The sum of plane[0, length) in kPlaneLanes partial sums (independent adds, a vector register or two).
 template <typename scalar_t>
 CUCONV_VECTOR_CLONES double sum_plane(const scalar_t* plane, int64_t length) {
@@ -90,10 +125,11 @@ void sum_pixels(const scalar_t* dy, int64_t P, int64_t C, double* sums) {
                                            std::max<int64_t>(rows, 1));
   const int64_t per_run = (rows + runs - 1) / runs;
   std::vector<double> partial(static_cast<size_t>(runs * width), 0.0);
+  const ColumnSums column_sums = column_sums_for_this_cpu();
   torch::stable::parallel_for(0, runs, 1, [&](int64_t first, int64_t last) {
     for (int64_t run = first; run < last; ++run) {
       const int64_t begin = std::min(rows, run * per_run), end = std::min(rows, begin + per_run);
-      add_rows(dy + begin * width, end - begin, width, width, partial.data() + run * width);
+      add_rows_by_rows(dy + begin * width, end - begin, width, width, partial.data() + run * width, column_sums);
     }
   });
   for (int64_t run = 0; run < runs; ++run)
@@ -107,12 +143,13 @@ template <typename scalar_t>
 void sum_small_planes(const scalar_t* dy, int64_t N, int64_t C, int64_t plane, double* sums) {
   const int64_t per_group = std::min(C, (kWideRow + plane - 1) / plane);
   const int64_t groups = (C + per_group - 1) / per_group;
+  const ColumnSums column_sums = column_sums_for_this_cpu();
   torch::stable::parallel_for(0, groups, 1, [&](int64_t first, int64_t last) {
     std::vector<double> columns(static_cast<size_t>(per_group * plane));
     for (int64_t group = first; group < last; ++group) {
       const int64_t c0 = group * per_group, channels = std::min(per_group, C - c0);
       std::fill(columns.begin(), columns.end(), 0.0);
-      add_rows(dy + c0 * plane, N, channels * plane, C * plane, columns.data());
+      add_rows_by_rows(dy + c0 * plane, N, channels * plane, C * plane, columns.data(), column_sums);
       for (int64_t j = 0; j < channels * plane; ++j) sums[c0 + j / plane] += columns[j];
     }
   });

@@ -187,6 +187,14 @@ struct DepthwiseKernels {
   int64_t lanes = 1;
   const char* isa = "generic";
 };
+// The bias gradient's column sums (column_sums_tile.h): for `blocks` blocks of kColumnSumsRows
+// rows of kColumnSumsWidth floats, `stride` apart, sums[j] += the block's column j summed in
+// float, row by row, in order. Null: none for this CPU (bias_gradient.cpp's portable loop).
+constexpr int64_t kColumnSumsWidth = 64, kColumnSumsRows = 8;
+using ColumnSums = void (*)(const float* x, int64_t blocks, int64_t stride, double* sums);
+ColumnSums avx512_column_sums();
+ColumnSums avx2_column_sums();
+
 DepthwiseKernels<float> avx512_depthwise_kernels_float();
 DepthwiseKernels<double> avx512_depthwise_kernels_double();
 DepthwiseKernels<float, uint16_t> avx512_depthwise_kernels_bfloat16();

@@ -74,6 +74,7 @@ constexpr bool kCompiledForAvx512 = false;  // (for pool_tile.h)
 #include "pool_tile.h"
 #include "winograd_tile.h"
 #include "depthwise_tile.h"
+#include "column_sums_tile.h"
 
 }  // namespace
 
@@ -94,6 +95,8 @@ PoolVectorKernels avx2_pool_vector_kernels_16_lanes() { return pool_vector_kerne
 WinogradNhwcTransforms avx2_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<8>, &winograd_sums_nhwc<8>, &winograd_gradient_nhwc<8>};
 }
+
+ColumnSums avx2_column_sums() { return &column_sums<Avx2Float>; }
 
 DepthwiseKernels<float> avx2_depthwise_kernels_float() { return depthwise_kernels_of<Avx2Float>("avx2"); }
 DepthwiseKernels<double> avx2_depthwise_kernels_double() { return depthwise_kernels_of<Avx2Double>("avx2"); }

@@ -74,6 +74,7 @@ constexpr bool kCompiledForAvx512 = true;  // (for pool_tile.h)
 #include "pool_tile.h"
 #include "winograd_tile.h"
 #include "depthwise_tile.h"
+#include "column_sums_tile.h"
 
 // GatherKernel<float> (gemm.h): 16 offsets at a time, the padding's (negative) masked off.
 void gather_floats(float* dst, const float* src, const int32_t* offsets, int64_t count) {
@@ -113,6 +114,8 @@ PoolVectorKernels avx512_pool_vector_kernels() { return pool_vector_kernels_with
 WinogradNhwcTransforms avx512_winograd_nhwc_transforms() {
   return {&winograd_patch_nhwc<16>, &winograd_sums_nhwc<16>, &winograd_gradient_nhwc<16>};
 }
+
+ColumnSums avx512_column_sums() { return &column_sums<Avx512Float>; }
 
 DepthwiseKernels<float> avx512_depthwise_kernels_float() { return depthwise_kernels_of<Avx512Float>("avx512"); }
 DepthwiseKernels<double> avx512_depthwise_kernels_double() { return depthwise_kernels_of<Avx512Double>("avx512"); }
