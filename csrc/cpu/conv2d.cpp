@@ -223,6 +223,9 @@ struct ColumnRun {
 // Copy runs shorter than this on average (one AVX-512 vector of floats) make a block use
 // offset tables. Not a tuned constant: it says where a run stops being a vector copy.
 constexpr int64_t kShortRun = 16;
+// col2im adds runs of this many values or more (on average) a vector at a time, and takes the
+// tables only below: its vectors are 16 bytes (4 floats), whatever the CPU (col2im_add).
+constexpr int64_t kShortAddRun = 4;
 
 struct BlockPlan {
   int64_t columns = 0;                           // block width
@@ -241,6 +244,8 @@ struct BlockPlan {
   BlockPlan(const ConvGeometry& g) : copy(g.kernel_h * g.kernel_w), pad(g.kernel_h * g.kernel_w) {}
 
   bool tabled() const { return !output_table.empty(); }
+  // Whether col2im should add by the tables: the runs are too short for its vectors.
+  bool adds_by_table() const { return tabled() && copied < kShortAddRun * runs; }
 
   void build(const ConvGeometry& g, int64_t row_begin, int64_t row_end, int64_t nr) {
     const int64_t first = row_begin / g.out_h;  // the block's first sample
@@ -256,6 +261,7 @@ struct BlockPlan {
     output.clear();
     input_table.clear();
     output_table.clear();
+    runs = copied = 0;
     // Appends [column, column + count) cut at panel boundaries; the source moves by `step`.
     auto add = [nr](std::vector<ColumnRun>& runs, int64_t column, int64_t count, int64_t source, int64_t step) {
       while (count > 0) {
@@ -283,9 +289,9 @@ struct BlockPlan {
 
  private:
   int64_t built_for[3] = {0, 0, 0};  // the rows in the sample, their count and nr of the plan built last
+  int64_t runs = 0, copied = 0;      // the copy runs, and the columns they hold
 
   void build_tables(const ConvGeometry& g, int64_t row_begin, int64_t row_end) {
-    int64_t runs = 0, copied = 0;
     for (const auto& position : copy) {
       runs += static_cast<int64_t>(position.size());
       for (const ColumnRun& r : position) copied += r.count;
@@ -424,12 +430,48 @@ void pack_output_channel(const BlockPlan& plan, const scalar_t* dy_channel, acc_
              1, r.count);
 }
 
+// d[2q] += s[q] for q < count (a run of a stride-2 layer), a 16-byte vector of s at a time,
+// spread over the even lanes of two vectors of d with +0 in the odd ones (element by element,
+// the compiler's loop or the tables, col2im took 1.6-1.9x as long in dcgan.g4's input
+// gradient). The odd
+// lanes hold the pixels between the run's: v + +0 leaves each as it is, as col2im's sums
+// start at +0 and are never -0 (and NaN + 0 is the NaN). The last odd lane lies past the run's
+// last pixel, so the vectors stop one value short unless `room` says that pixel is in the row.
+template <typename acc_t>
+void add_run_stride_2(acc_t* __restrict__ d, const acc_t* __restrict__ s, int64_t count, bool room) {
+  typedef acc_t Vector __attribute__((vector_size(16)));
+  constexpr int64_t L = 16 / sizeof(acc_t);
+  const Vector zero = {};
+  int64_t q = 0;
+  for (; q + L <= count - (room ? 0 : 1); q += L) {
+    Vector v, low, high;
+    __builtin_memcpy(&v, s + q, sizeof v);
+    Vector even_low, even_high;  // values q .. q + L/2 - 1 and the rest, each followed by +0
+    if constexpr (L == 4) {
+      even_low = __builtin_shufflevector(v, zero, 0, 4, 1, 4);
+      even_high = __builtin_shufflevector(v, zero, 2, 4, 3, 4);
+    } else {
+      even_low = __builtin_shufflevector(v, zero, 0, 2);
+      even_high = __builtin_shufflevector(v, zero, 1, 2);
+    }
+    __builtin_memcpy(&low, d + 2 * q, sizeof low);
+    __builtin_memcpy(&high, d + 2 * q + L, sizeof high);
+    low += even_low;
+    high += even_high;
+    __builtin_memcpy(d + 2 * q, &low, sizeof low);
+    __builtin_memcpy(d + 2 * q + L, &high, sizeof high);
+  }
+  for (; q < count; ++q) d[2 * q] += s[q];
+}
+
 // grad_x += col2im of column rows [k_begin, k_end) of the planned block: each entry
 // goes back to the pixel it came from. `columns` holds row k at (k - k_begin)*columns
 // of the block; `grad_x` points at the group's channel 0 of the sample at input offset
 // `origin` (plan offsets count from sample 0, so a one-sample buffer passes its sample's).
 // grad_x is of the op-math type (float for half types, which would round after every
-// kernel tap: gemm_backward_input sums those in a float buffer).
+// kernel tap: gemm_backward_input sums those in a float buffer), and holds +0 where no
+// column has reached it yet. Each pixel takes its columns in the order of k, whichever way the
+// runs go: the same bits by runs or by tables.
 template <typename acc_t>
 void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* columns, int64_t k_begin,
                 int64_t k_end, int64_t origin, acc_t* grad_x) {
@@ -437,7 +479,7 @@ void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* colum
   for (int64_t k = k_begin; k < k_end; ++k) {
     const acc_t* row = columns + (k - k_begin) * plan.columns;
     const int64_t channel = k / positions * plane - origin;
-    if (plan.tabled()) {  // one input pixel per column at a given position: no two columns collide
+    if (plan.adds_by_table()) {  // one input pixel per column at a given position: no two columns collide
       acc_t* d = grad_x + channel + plan.input_origin;
       const int32_t* offsets = plan.input_table.data() + k % positions * plan.columns;
       for (int64_t col = 0; col < plan.columns; ++col)
@@ -449,6 +491,8 @@ void col2im_add(const ConvGeometry& g, const BlockPlan& plan, const acc_t* colum
       const acc_t* __restrict__ s = row + r.column;
       if (g.stride_w == 1) {  // the common case, kept apart so it vectorises
         for (int64_t q = 0; q < r.count; ++q) d[q] += s[q];
+      } else if (g.stride_w == 2) {  // (a source counts from a sample's start: % width is its column)
+        add_run_stride_2(d, s, r.count, r.source % g.width + 2 * r.count - 1 < g.width);
       } else {
         for (int64_t q = 0; q < r.count; ++q) d[q * g.stride_w] += s[q];
       }
@@ -577,6 +621,10 @@ void gemm_forward(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, c
   });
 }
 
+// dx need not be initialised: each sample is zeroed just before its first block adds into it,
+// while it is still in cache (zeroing the whole tensor first left col2im's first adds to each
+// line waiting on memory: the input gradients of transposed and stride-2 layers took 1.05-1.25x
+// as long).
 template <typename scalar_t>
 void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar_t* w, scalar_t* dx) {
   using acc_t = opmath_t<scalar_t>;
@@ -587,7 +635,12 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   const PairMicrokernel pairs = pair_microkernel_for<scalar_t>(kernel);
   note_kernel_use(KernelPath::kGemm, pairs.tile != nullptr ? pairs.isa : kernel.isa);
   const int64_t K = g.column_rows(), O = g.out_channels_per_group, rows = g.rows_per_block(kernel.nr, /*by_channels=*/true);
-  if (O == 0) return;  // no output channels: the input gradient stays zero
+  const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
+  const int64_t sample_in = g.groups * group_in;
+  if (O == 0) {  // no output channels: the input gradient is zero
+    std::fill(dx, dx + g.batch * sample_in, scalar_t(0));
+    return;
+  }
   // A = W_g^T: element (k, o) = w[o*K + k], depth O_g.
   const int64_t a_size = packed_size(K, kernel.mr, O);
   PackedBuffer<acc_t> a(g.groups * a_size);
@@ -595,9 +648,6 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
   PackedBuffer<uint16_t> a_pairs;
   if (pairs.tile != nullptr) narrowed(a_pairs, a.data(), g.groups * panels_of(K, kernel.mr), kernel.mr, O);
   const int64_t a_pair_size = panels_of(K, kernel.mr) * pair_panel_size(kernel.mr, O);
-
-  const int64_t group_in = g.channels_per_group * g.height * g.width, group_out = O * g.out_plane();
-  const int64_t sample_in = g.groups * group_in;
 
   // Threads take chunks of whole samples (parallel.h): col2im of neighbouring rows adds into the
   // same pixels.
@@ -650,8 +700,13 @@ void gemm_backward_input(const ConvGeometry& g, const scalar_t* dy, const scalar
           std::transform(sample.begin(), sample.end(), dx + n * sample_in, [](acc_t v) { return static_cast<scalar_t>(v); });
         }
       } else {
-        for_each_block(n_begin * g.out_h, n_end * g.out_h, rows,
-                       [&](int64_t r0, int64_t r1) { add_block(r0, r1, dx, 0); });
+        int64_t zeroed = n_begin;  // samples [n_begin, zeroed) hold zeros or sums
+        for_each_block(n_begin * g.out_h, n_end * g.out_h, rows, [&](int64_t r0, int64_t r1) {
+          const int64_t reached = (r1 - 1) / g.out_h + 1;  // the samples the block adds into end here
+          if (reached > zeroed) std::fill(dx + zeroed * sample_in, dx + reached * sample_in, scalar_t(0));
+          zeroed = std::max(zeroed, reached);
+          add_block(r0, r1, dx, 0);
+        });
       }
     }
   });
@@ -1484,11 +1539,8 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
   }
   auto nchw = [&]() -> Tensor {
     const Tensor dy = contiguous_or_self(grad_output);
-    // The direct kernels, and col2im for half types (through a float buffer per sample), write
-    // every element; col2im in float and double adds into zeros (float32 zeroes its buffer
-    // itself, as the direct kernels do not need it).
-    const bool writes_all = dy.scalar_type() != ScalarType::Double;
-    Tensor dx = writes_all ? empty_like_with(grad_output, input_size) : zeros_like_with(grad_output, input_size);
+    // Every kernel writes every element (col2im zeroes each sample before adding into it).
+    Tensor dx = empty_like_with(grad_output, input_size);
 
     CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
       const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
@@ -1500,11 +1552,7 @@ Tensor backward_input_pass(const Tensor& grad_output, const Tensor& weight, IntA
         const DirectConv p = direct_problem(g);
         run_float_pass(g, ConvPass::kInput,
                        {.direct = [&](OutputStores stores) { direct_conv_backward_input(p, dyf, wf, dxf, stores); },
-                        .gemm =
-                            [&] {
-                              torch::stable::fill_(dx, 0.0);
-                              gemm_backward_input<float>(g, dyf, wf, dxf);
-                            },
+                        .gemm = [&] { gemm_backward_input<float>(g, dyf, wf, dxf); },
                         .winograd = [&] { winograd_backward_input(p, dyf, wf, dxf); },
                         .pixel = [&] { pixel_gemm_backward_input(p, dyf, wf, dxf); },
                         .by_phase = g.groups > 1 || g.stride_h * g.stride_w == 1 ? nullptr : std::function<void()>([&] {
