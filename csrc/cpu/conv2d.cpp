@@ -433,10 +433,10 @@ void pack_output_channel(const BlockPlan& plan, const scalar_t* dy_channel, acc_
 // d[2q] += s[q] for q < count (a run of a stride-2 layer), a 16-byte vector of s at a time,
 // spread over the even lanes of two vectors of d with +0 in the odd ones (element by element,
 // the compiler's loop or the tables, col2im took 1.6-1.9x as long in dcgan.g4's input
-// gradient). The odd
-// lanes hold the pixels between the run's: v + +0 leaves each as it is, as col2im's sums
-// start at +0 and are never -0 (and NaN + 0 is the NaN). The last odd lane lies past the run's
-// last pixel, so the vectors stop one value short unless `room` says that pixel is in the row.
+// gradient). The odd lanes hold the pixels between the run's: v + +0 leaves each as it is, as
+// col2im's sums start at +0 and are never -0 (and NaN + 0 is the NaN). The last odd lane lies
+// past the run's last pixel, so the vectors stop one value short unless `room` says that pixel
+// is in the row (past it, it may be another thread's sample, or past the tensor).
 template <typename acc_t>
 void add_run_stride_2(acc_t* __restrict__ d, const acc_t* __restrict__ s, int64_t count, bool room) {
   typedef acc_t Vector __attribute__((vector_size(16)));
