@@ -507,6 +507,12 @@ def _dense_in(t, channels_last):
 def _pooling_layout(input):
     """Whether pooling's input gradient is channels_last: where the input is (torch's rule)."""
     if input.is_contiguous():
+        sizes = input.shape
+        if sizes[1] != 1 and sizes[2] * sizes[3] != 1:
+            # (the common case, settled from the sizes alone: dense in NCHW with several channels
+            # and pixels, so not in channels_last; the calls below into torch and _shape.py, with
+            # those of _in_pooling_layout, were 4-8% of a small pooling layer's step)
+            return False
         # (dense in both layouts too where it has one channel or one pixel: torch reads the
         # strides then, as the kernels do)
         return _dense_in(input, True) and _shape.is_channels_last(input)
@@ -517,7 +523,11 @@ def _in_pooling_layout(channels_last, grad_output):
     """The incoming gradient in the input's layout (_pooling_layout), as torch's pooling takes it.
     A gradient dense in both layouts (one pixel or one channel: is_contiguous cannot tell them
     apart) goes by the kernels' own reading of its strides (_in_layout), which sets the result's."""
-    if _dense_in(grad_output, channels_last) and not _dense_in(grad_output, not channels_last):  # (the common case)
+    if not channels_last and grad_output.is_contiguous() and not _shape.suggests_channels_last(grad_output):
+        # (NCHW, read as NCHW by the kernels too; the common case, global pooling's one pixel
+        # included, without the calls below)
+        return grad_output
+    if _dense_in(grad_output, channels_last) and not _dense_in(grad_output, not channels_last):  # (channels_last's)
         return grad_output
     return _in_layout(channels_last, grad_output)
 
