@@ -509,9 +509,10 @@ def _pooling_layout(input):
     if input.is_contiguous():
         sizes = input.shape
         if sizes[1] != 1 and sizes[2] * sizes[3] != 1:
-            # (the common case, settled from the sizes alone: dense in NCHW with several channels
-            # and pixels, so not in channels_last; the calls below into torch and _shape.py, with
-            # those of _in_pooling_layout, were 4-8% of a small pooling layer's step)
+            # (the common case, settled from the sizes alone: with several channels and pixels, a
+            # tensor dense in NCHW is not channels_last, and an empty one is not either, as
+            # _shape.suggests_channels_last has it; the calls below into torch and _shape.py,
+            # with those of _in_pooling_layout, were 4-8% of a small pooling layer's step)
             return False
         # (dense in both layouts too where it has one channel or one pixel: torch reads the
         # strides then, as the kernels do)
@@ -527,7 +528,7 @@ def _in_pooling_layout(channels_last, grad_output):
         # (NCHW, read as NCHW by the kernels too; the common case, global pooling's one pixel
         # included, without the calls below)
         return grad_output
-    if _dense_in(grad_output, channels_last) and not _dense_in(grad_output, not channels_last):  # (channels_last's)
+    if _dense_in(grad_output, channels_last) and not _dense_in(grad_output, not channels_last):  # (channels_last, vmap)
         return grad_output
     return _in_layout(channels_last, grad_output)
 

@@ -751,10 +751,12 @@ def test_one_channel_channels_last_pooling_keeps_torch_layout(op):
 @pytest.mark.parametrize("shape", ["one_pixel", "one_channel", "whole_plane_window"])
 def test_pooling_where_the_layout_is_read_from_the_strides_follows_torch(op, shape, strides):
     """The eager path settles an NCHW input's layout from its sizes, and an NCHW gradient's from
-    its strides, without the general checks (cuconv/_ops.py, _pooling_layout): its limits. An
-    input of one pixel or one channel is dense in both layouts, so torch (and cuconv) read its
-    strides; and a window covering the whole plane makes the gradient one pixel, dense in both,
-    where a gradient with channels_last strides must not set the layout of an NCHW input's."""
+    its strides, without the general checks (cuconv/_ops.py, _pooling_layout and
+    _in_pooling_layout): their limits. An input of one pixel or one channel is dense in both
+    layouts, so torch (and cuconv) read its strides; and a window covering the whole plane makes
+    the gradient one pixel, dense in both, where a gradient with channels_last strides must not
+    set the layout of an NCHW input's. (Adaptive average pooling shares both functions; its global
+    gradient's layout differs from torch's by design: README, Limitations.)"""
     gen = torch.Generator().manual_seed(23)
     sizes = {"one_pixel": (3, 4, 1, 1), "one_channel": (3, 1, 5, 6), "whole_plane_window": (3, 4, 5, 6)}[shape]
     x = torch.randn(sizes, generator=gen, dtype=torch.float64)
@@ -768,9 +770,11 @@ def test_pooling_where_the_layout_is_read_from_the_strides_follows_torch(op, sha
     n, c, h, w = out.shape
     # NCHW strides, and channels_last ones by a permute (`contiguous(memory_format=...)` gives a
     # one-pixel tensor NCHW strides): (c, 1, c, c) where the gradient is one pixel
+    nhwc = torch.randn(n, h, w, c, generator=gen, dtype=torch.float64)
     for layout, dy in (("nchw", torch.randn(out.shape, generator=gen, dtype=torch.float64)),
-                       ("channels_last", torch.randn(n, h, w, c, generator=gen, dtype=torch.float64).permute(0, 3, 1, 2))):
-        (dx,), (ref_dx,) = torch.autograd.grad(out, x, dy, retain_graph=True), torch.autograd.grad(ref, x, dy, retain_graph=True)
+                       ("channels_last", nhwc.permute(0, 3, 1, 2))):
+        (dx,) = torch.autograd.grad(out, x, dy, retain_graph=True)
+        (ref_dx,) = torch.autograd.grad(ref, x, dy, retain_graph=True)
         assert dx.stride() == ref_dx.stride(), layout
         torch.testing.assert_close(dx, ref_dx, rtol=1e-12, atol=1e-12)
 
