@@ -56,9 +56,10 @@ const char* direct_mode_name(cuconv::DirectMode mode) {
 //  "last_level_cache_bytes": ...} where the last_ entries name the instruction set of the kernels the GEMM, direct and
 // depthwise paths ran last and of pooling's vector kernels last fetched (None before their first use; last_direct_tiles:
 // "channels" or "rows", the tiles of the last direct pass, gemm.h's KernelPath::kDirectTiles; last_depthwise_rows:
-// "fetched" or "hardware", KernelPath::kDepthwiseRows), the L2 size is
-// the one the CPU blocks are sized from and the last-level cache's the size above which the direct kernels stream
-// their output past the caches.
+// "fetched" or "hardware", then ", streamed" where its output went past the caches,
+// KernelPath::kDepthwiseRows), the L2 size is
+// the one the CPU blocks are sized from and the last-level cache's the size above which the direct and depthwise
+// kernels stream their output past the caches.
 // "measured_choice": "on", or "off" with CUCONV_CPU_TUNE=0 (tuner.h).
 // A bad CUCONV_CPU_ISA / CUCONV_CPU_DIRECT / CUCONV_CPU_TUNE raises ValueError, as the kernels would.
 PyObject* cpu_kernels(PyObject*, PyObject*) {

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import cuconv
 import cuconv.functional as CF
+from test_cpu_dispatch import _batch_past_last_level_cache
 from test_ops import assert_matches, forward_and_grads
 
 ISAS = ("generic", "avx2", "avx512")
@@ -338,3 +339,29 @@ def test_depthwise_taps_are_added_in_order(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.tensor([1e8, -1e8, 1.0]).repeat(40, 1, 1, 1)
     assert torch.equal(CF.conv2d(x, w, None, 1, 0, 1, 40), torch.ones(2, 40, 5, 7))
+
+
+# Outputs larger than the last-level cache, channels_last rows written in place: 16 channels (a
+# pixel's vectors whole and aligned: streamed by AVX2's kernels) and 12 (a part-filled vector a
+# pixel: never streamed).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("channels", [16, 12])
+def test_a_channels_last_output_larger_than_the_last_level_cache_is_streamed(channels, dtype):
+    """The forward pass and the stride-1 input gradient write such an output's interior tiles past
+    the caches (non-temporal stores, where every vector of a pixel is aligned; cpu_kernels'
+    last_depthwise_rows ends in ", streamed"): torch's values all the same."""
+    size = 28
+    batch = _batch_past_last_level_cache(channels * size * size * dtype.itemsize)
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, 3, 3, generator=gen, dtype=dtype)
+    b = torch.randn(channels, generator=gen, dtype=dtype)
+    out = CF.conv2d(x, w, b, padding=1, groups=channels)
+    kernels = cuconv._C.cpu_kernels()
+    streams = kernels["last_depthwise"] == "avx2" and channels % (32 // dtype.itemsize) == 0
+    assert kernels["last_depthwise_rows"].endswith(", streamed") == streams, kernels
+    dy = torch.randn(out.shape, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dx = torch.ops.cuconv.conv2d_backward_input(dy, w, list(x.shape), [1, 1], [1, 1], [1, 1], channels)
+    assert cuconv._C.cpu_kernels()["last_depthwise_rows"].endswith(", streamed") == streams
+    assert_matches(out, F.conv2d(x, w, b, padding=1, groups=channels), dtype)
+    assert_matches(dx, torch.nn.grad.conv2d_input(x.shape, w, dy, padding=1, groups=channels), dtype)

@@ -37,6 +37,7 @@
 #include "opmath.h"
 #include "parallel.h"
 #include "simd.h"
+#include "streaming.h"
 #include "window.h"
 
 namespace cuconv {
@@ -267,6 +268,20 @@ struct Split {
   int64_t items(int64_t batch) const { return batch * blocks * bands; }
 };
 
+// Whether a pass writes its NHWC output `out` (of `elements` values of T, rows of `channels`
+// values a pixel, in place, whole pixels a work item, pixels written in order) past the caches:
+// where it is larger than the last-level cache (streaming.h) and every whole vector of a pixel
+// is aligned to its size (a non-temporal store's condition). depthwise.56.cl's forward pass
+// (103 MB out) on a Zen 3: 0.81 of the time on one thread and 0.74 on two with the rows left to
+// the hardware, 0.84 and 1.0 with them fetched in software (benchmarks/NOTES.md, forty-fourth
+// session).
+template <typename T, typename K>
+bool streams_rows(const DepthwiseKernels<T, K>& kernels, const void* out, int64_t elements, int64_t channels) {
+  const int64_t vector_bytes = kernels.lanes * static_cast<int64_t>(sizeof(T));
+  return kernels.streams && channels % kernels.lanes == 0 && reinterpret_cast<uintptr_t>(out) % vector_bytes == 0 &&
+         streams_output(elements * static_cast<int64_t>(sizeof(T)));
+}
+
 // Output channels per block: about `wanted`, a multiple of the multiplier M (the input gradient
 // adds each input channel's M) and, where that is not much more, of the vector width too (M = 3
 // in blocks of 30 left a part-filled register in every block).
@@ -338,6 +353,11 @@ inline __attribute__((always_inline)) void fetch_ahead(const Image<const S>& sou
   const char* first = reinterpret_cast<const char*>(source.at(sample, 0, reads.begin, 0));
   const int64_t bytes = (reads.end - reads.begin) * source.width * source.channels * static_cast<int64_t>(sizeof(S));
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b);
+}
+
+// How a pass brought its rows into cache, and wrote them (cpu_kernels' last_depthwise_rows).
+const char* rows_note(bool fetch, bool stream) {
+  return fetch ? (stream ? "fetched, streamed" : "fetched") : (stream ? "hardware, streamed" : "hardware");
 }
 
 // A work item's lists of a row's taps, for DepthwiseTaps to point into.
@@ -430,7 +450,9 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
   const Split s = split_work(p.batch, p.out_channels, M, p.out_h, kernels.lanes,
                              (x_in_place ? 0 : p.width * p.stride_h) + (y_in_place ? 0 : p.out_w), sizeof(T));
   const bool fetch = row_fetch == RowFetch::kSoftware && x_in_place && s.block == p.out_channels;
-  note_kernel_use(KernelPath::kDepthwiseRows, fetch ? "fetched" : "hardware");
+  const bool stream = y_in_place && s.block == p.out_channels &&
+                      streams_rows(kernels, y.data, p.batch * p.out_h * p.out_w * p.out_channels, p.out_channels);
+  note_kernel_use(KernelPath::kDepthwiseRows, rows_note(fetch, stream));
   auto last_input_row = [&](int64_t oh) { return last_input_row_of(p, oh); };
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
     Staging<T> x_staging, y_staging;
@@ -452,13 +474,15 @@ void forward(const DirectConv& p, const Image<const S>& x, const S* w, const S* 
       }
       for (int64_t oh = r0; oh < r1; ++oh) {
         if (fetch) fetch_ahead(x, n, oh, p.out_h, last_input_row);
-        const DepthwiseTaps<T, K> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
+        DepthwiseTaps<T, K> row = forward_taps<T>(p, oh, xr, wt.data(), nullptr, c0, count, interior, lists);
+        row.stream = stream;
         kernels.forward_row(row, bias != nullptr ? bt.data() + c0 : nullptr, yr.row(oh), yr.stride);
       }
       if constexpr (kStaged<S, K>) {
         if (!y_in_place) write_back(yr, r0, r1, y, n, c0, count, 1, y_staging);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -488,7 +512,11 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
   const Split s = split_work(p.batch, p.out_channels, M, p.height, kernels.lanes,
                              (dx_in_place ? 0 : p.width) + (dy_in_place ? 0 : (p.out_w + sH - 1) / sH), sizeof(T));
   const bool fetch = row_fetch == RowFetch::kSoftware && dy_in_place && s.block == p.out_channels;
-  note_kernel_use(KernelPath::kDepthwiseRows, fetch ? "fetched" : "hardware");
+  // (stride 1 only: a strided pass writes each row's pixels in sW interleaved sweeps, which would
+  // stream each cache line in parts)
+  const bool stream = dx_in_place && sW == 1 && s.block == p.out_channels &&
+                      streams_rows(kernels, dx.data, p.batch * p.height * p.width * p.out_channels, p.out_channels);
+  note_kernel_use(KernelPath::kDepthwiseRows, rows_note(fetch, stream));
   // input row ih gathers from grad_output rows up to (ih + pH) / sH (its first kernel row)
   auto last_dy_row = [&](int64_t ih) { return std::min(p.out_h - 1, (ih + p.pad_h) / sH); };
   parallel_for_chunks(0, s.items(p.batch), 1, [&](int64_t begin, int64_t end) {
@@ -523,6 +551,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
       row.source_width = p.out_w;
       row.source_stride = dyr.stride;
       row.channels = count;
+      row.stream = stream;
       for (int64_t ih = r0; ih < r1; ++ih) {
         if (fetch) fetch_ahead(dy, n, ih, p.height, last_dy_row);
         for (int64_t residue = 0; residue < std::min(sW, p.width); ++residue) {
@@ -550,6 +579,7 @@ void backward_input(const DirectConv& p, const Image<const S>& dy, const S* w, c
         if (!dx_in_place) write_back(dxr, r0, r1, dx, n, c0, count, M, dx_staging);
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -65,6 +65,14 @@ inline void depthwise_store(E* p, typename Isa::V v, int64_t lanes) {
   }
 }
 
+// Whether the ISA writes whole vectors past the caches (Isa::stream: AVX2's kernels; AVX-512's
+// measured no faster where the output fitted the L3, and have not been measured past it).
+template <class Isa, typename = void>
+struct StreamsVectors : std::false_type {};
+template <class Isa>
+struct StreamsVectors<Isa, std::void_t<decltype(Isa::stream(std::declval<typename Isa::T*>(),
+                                                           std::declval<typename Isa::V>()))>> : std::true_type {};
+
 // Forward tile: Q interior output pixels u0 .. u0 + Q - 1 x NV channel vectors from channel c
 // (with kWhole false: NV = 1 vector of `lanes` channels). Each tap's NV weight vectors serve
 // the Q pixels; the tap's bookkeeping (its source, offset, weights) serves Q x NV FMAs.
@@ -115,6 +123,15 @@ inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64
         acc[q][v] = Isa::fma(wv, depthwise_load<Isa, kWhole>(src + q * step + v * L, lanes), acc[q][v]);
     }
     ++k;
+  }
+  if constexpr (kWhole && StreamsVectors<Isa>::value && std::is_same_v<typename Isa::S, typename Isa::T>) {
+    if (r.stream) {  // (a row of an output larger than the cache: depthwise.cpp, streams_output)
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) Isa::stream(out + (u0 + q) * out_step + c + v * L, acc[q][v]);
+      return;
+    }
   }
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q)
@@ -295,5 +312,6 @@ void depthwise_weight_row(const DepthwiseRow<Isa>& r, const typename Isa::S* dy,
 template <class Isa, typename S = typename Isa::T>
 DepthwiseKernels<typename Isa::T, S> depthwise_kernels_of(const char* isa) {
   using RowsIsa = DepthwiseIsa<Isa, S>;
-  return {&depthwise_forward_row<RowsIsa>, &depthwise_weight_row<RowsIsa>, Isa::kLanes, isa};
+  return {&depthwise_forward_row<RowsIsa>, &depthwise_weight_row<RowsIsa>, Isa::kLanes, isa,
+          StreamsVectors<Isa>::value && std::is_same_v<S, typename Isa::T>};
 }

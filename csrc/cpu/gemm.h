@@ -142,7 +142,8 @@ Microkernel<T> cpu_microkernel_for_columns(int64_t columns);
 // but which tiles the last direct pass ran on: "channels" (vectors along output channels) or
 // "rows" (along output rows: row_tiles_suit, row_weight_tiles_suit in direct_conv.cpp); nor is
 // kDepthwiseRows, how the last depthwise forward pass or input gradient brought its rows into
-// cache: "fetched" (software prefetches ahead) or "hardware" (depthwise.h, RowFetch).
+// cache: "fetched" (software prefetches ahead) or "hardware" (depthwise.h, RowFetch), followed by
+// ", streamed" where it wrote its output past the caches (depthwise.cpp, streams_rows).
 enum class KernelPath { kGemm = 0, kDirect = 1, kDepthwise = 2, kPool = 3, kDirectTiles = 4, kDepthwiseRows = 5 };
 void note_kernel_use(KernelPath path, const char* isa);
 const char* last_kernel_use(KernelPath path);  // nullptr before the first use

@@ -163,6 +163,9 @@ struct DepthwiseTaps {
   int64_t source_step = 1, source_width = 0, source_stride = 1, channels = 0, count = 0;
   // the output pixels whose every tap reads inside [0, source_width) (depthwise_interior)
   OutputRange interior;
+  // forward-type rows: the interior's whole vectors written past the caches (non-temporal
+  // stores, where DepthwiseKernels::streams; every such vector aligned to its size)
+  bool stream = false;
 };
 
 // The interior of a row whose taps read at columns u*step + offsets[k], k < taps.
@@ -186,6 +189,7 @@ struct DepthwiseKernels {
   void (*weight_row)(const DepthwiseTaps<T, S>& row, const S* dy, int64_t dy_step) = nullptr;
   int64_t lanes = 1;
   const char* isa = "generic";
+  bool streams = false;  // whether forward_row honours DepthwiseTaps::stream
 };
 // The bias gradient's column sums (column_sums_tile.h): for `blocks` blocks of kColumnSumsRows
 // rows of kColumnSumsWidth floats, `stride` apart, sums[j] += the block's column j summed in
