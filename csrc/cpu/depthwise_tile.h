@@ -66,7 +66,7 @@ inline void depthwise_store(E* p, typename Isa::V v, int64_t lanes) {
 }
 
 // Whether the ISA writes whole vectors past the caches (Isa::stream: AVX2's kernels; AVX-512's
-// measured no faster where the output fitted the L3, and have not been measured past it).
+// lost where the output fitted the L3, thirty-sixth session, and have not been measured past it).
 template <class Isa, typename = void>
 struct StreamsVectors : std::false_type {};
 template <class Isa>
@@ -125,7 +125,7 @@ inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64
     ++k;
   }
   if constexpr (kWhole && StreamsVectors<Isa>::value && std::is_same_v<typename Isa::S, typename Isa::T>) {
-    if (r.stream) {  // (a row of an output larger than the cache: depthwise.cpp, streams_output)
+    if (r.stream) {  // (a row of an output larger than the cache: depthwise.cpp, streams_rows)
 #pragma GCC unroll 8
       for (int q = 0; q < Q; ++q)
 #pragma GCC unroll 4
