@@ -137,7 +137,8 @@ ext_modules = [
     cpp_extension.CppExtension(
         "cuconv._C",
         sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + TUNING_SOURCES),
-        define_macros=LIMITED_API,
+        # (its CPU tensors go on recycled memory: csrc/cpu/recycled_memory.cpp)
+        define_macros=LIMITED_API + [("CUCONV_RECYCLES_CPU_MEMORY", None)],
         extra_compile_args={"cxx": ["-O3", *WARNINGS, *HIDDEN, *STABLE]},
         py_limited_api=True,
     )

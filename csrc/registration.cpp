@@ -21,6 +21,7 @@
 
 #include "cpu/direct_conv.h"
 #include "cpu/gemm.h"
+#include "cpu/recycled_memory.h"
 #include "cpu/tuner.h"
 #include "ops.h"
 #include "schemas.h"
@@ -165,6 +166,29 @@ PyObject* cpu_tuner_pick(PyObject*, PyObject* args) {
   return PyLong_FromSize_t(winner);
 }
 
+// cuconv._C.cpu_memory(): the recycled CPU memory's state (recycled_memory.h's RecycledMemoryStats),
+// {"enabled": bool, "smallest_bytes": ..., "limit_bytes": ..., "held_bytes": ..., "held_buffers": ...,
+//  "reused": ..., "fresh": ...}. A bad CUCONV_RECYCLE_CPU_MEMORY raises ValueError.
+PyObject* cpu_memory(PyObject*, PyObject*) {
+  try {
+    const cuconv::RecycledMemoryStats stats = cuconv::recycled_memory_stats();
+    return Py_BuildValue("{s:O,s:L,s:L,s:L,s:L,s:L,s:L}", "enabled", stats.enabled ? Py_True : Py_False,
+                         "smallest_bytes", static_cast<long long>(stats.smallest), "limit_bytes",
+                         static_cast<long long>(stats.limit), "held_bytes", static_cast<long long>(stats.held_bytes),
+                         "held_buffers", static_cast<long long>(stats.held_buffers), "reused",
+                         static_cast<long long>(stats.reused), "fresh", static_cast<long long>(stats.fresh));
+  } catch (const std::invalid_argument& error) {
+    PyErr_SetString(PyExc_ValueError, error.what());
+    return nullptr;
+  }
+}
+
+// cuconv._C.cpu_memory_release(): returns every held buffer to malloc.
+PyObject* cpu_memory_release(PyObject*, PyObject*) {
+  cuconv::release_recycled_memory();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef cuconv_methods[] = {
     {"cpu_kernels", cpu_kernels, METH_NOARGS, "The CPU kernels cuconv chooses now (instruction set, paths)."},
     {"cpu_tuning", cpu_tuning, METH_NOARGS, "The measured kernel choices, {key: winner}."},
@@ -172,6 +196,8 @@ PyMethodDef cuconv_methods[] = {
     {"cpu_tuning_set", cpu_tuning_set, METH_O, "Records {key: winner} choices; None forgets them all."},
     {"cpu_tuning_unsettled", cpu_tuning_unsettled, METH_NOARGS, "How many choices are still being checked."},
     {"cpu_tuner_pick", cpu_tuner_pick, METH_VARARGS, "The tuner on candidates that wait given times (tests)."},
+    {"cpu_memory", cpu_memory, METH_NOARGS, "The recycled CPU memory's state."},
+    {"cpu_memory_release", cpu_memory_release, METH_NOARGS, "Returns every held CPU buffer to malloc."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef cuconv_module = {PyModuleDef_HEAD_INIT, "_C", "cuconv's compiled kernels", -1, cuconv_methods,

@@ -20,6 +20,10 @@
 #include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/HeaderOnlyArrayRef.h>
 
+#ifdef CUCONV_RECYCLES_CPU_MEMORY  // (the CPU module's: setup.py)
+#include "cpu/recycled_memory.h"
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -192,7 +196,8 @@ inline int32_t shim_dtype(ScalarType t) {
 
 // An uninitialised tensor of `sizes` and `strides` with `like`'s device and, unless given, its
 // dtype. Straight through the C shim (torch::stable::empty looks the op up by name and boxes
-// its arguments: ~1 us a call more, and every kernel call makes one or two).
+// its arguments: ~1 us a call more, and every kernel call makes one or two). In the CPU module
+// a CPU tensor goes on recycled memory where the policy allows (cpu/recycled_memory.cpp).
 inline Tensor empty_strided_like(const Tensor& like, IntArrayRef sizes, IntArrayRef strides,
                                  std::optional<ScalarType> dtype = std::nullopt) {
   int32_t device_type = 0, device_index = 0, code = 0;
@@ -203,6 +208,12 @@ inline Tensor empty_strided_like(const Tensor& like, IntArrayRef sizes, IntArray
   } else {
     STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &code));
   }
+#ifdef CUCONV_RECYCLES_CPU_MEMORY
+  if (device_type == aoti_torch_device_type_cpu()) {
+    AtenTensorHandle recycled = recycled_cpu_tensor(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(), code);
+    if (recycled != nullptr) return Tensor(recycled);
+  }
+#endif
   AtenTensorHandle handle = nullptr;
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(),
                                                          strides.data(), code, device_type, device_index, &handle));

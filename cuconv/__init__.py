@@ -96,8 +96,8 @@ from . import tuning  # noqa: E402  (the measured CPU kernel choices)
 tuning._use_cache_from_environment()
 
 # Submodules imported on first use, so that `import cuconv` stays light (PEP 562):
-# cuconv.data, .info, .models, .onnx and .train work after a plain `import cuconv`.
-_LAZY_SUBMODULES = ("data", "info", "models", "onnx", "train")
+# cuconv.data, .info, .memory, .models, .onnx and .train work after a plain `import cuconv`.
+_LAZY_SUBMODULES = ("data", "info", "memory", "models", "onnx", "train")
 
 
 def __getattr__(name):

@@ -40,11 +40,20 @@ def collect():
         "cpu": _cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_kernels": _C.cpu_kernels(),
+        "cpu_memory": _C.cpu_memory(),
         "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CUCONV_")},
         "tuned_shapes": len(cuconv.tuning.choices()),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+def _memory_line(memory):
+    if not memory["enabled"]:
+        return "CPU memory recycling: off (CUCONV_RECYCLE_CPU_MEMORY=0, or torch < 2.11)"
+    return (f"CPU memory recycling: on, tensors of {memory['smallest_bytes'] >> 10} KiB to "
+            f"{memory['limit_bytes'] >> 20} MiB; {memory['held_bytes'] >> 20} MiB held in {memory['held_buffers']} "
+            f"buffers; {memory['reused']} tensors made on a held buffer, {memory['fresh']} on a new one")
 
 
 def format_report(info):
@@ -63,6 +72,7 @@ def format_report(info):
         f"{kernels['gemm_double']} (double), {kernels['gemm_bfloat16']} (bfloat16); direct float32 convolution: {kernels['direct_conv']} "
         f"(auto = the faster measured per shape unless CUCONV_CPU_TUNE=0); kernel choice by measurement "
         f"{kernels['measured_choice']} ({info['tuned_shapes']} choices made so far)",
+        _memory_line(info["cpu_memory"]),
         f"settings: {', '.join(f'{k}={v}' for k, v in info['settings'].items()) or 'none (no CUCONV_* variable set)'}",
         f"threads: {info['threads']}; Python {info['python']}",
     ]

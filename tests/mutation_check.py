@@ -47,6 +47,7 @@ HALF_POOLING = ("-k", "float16", PRECISION, DISPATCH)  # float16 pooling: cuconv
 CHANNELS_LAST_POOLING = ("-k", "channels_last_matches_torch_and_stays", OPS)
 CONV_TRANSPOSE = "tests/test_conv_transpose.py"
 STRIDE_PHASES = "tests/test_stride_phases.py"
+RECYCLED = "tests/test_recycled_memory.py"
 
 
 @dataclass
@@ -943,6 +944,12 @@ MUTANTS = [
            ".by_phase = g.groups > 1 || g.stride_h", ".by_phase = g.stride_h", (STRIDE_PHASES,)),
     Mutant("by-phase-with-non-finite-weights", "special values", "csrc/cpu/conv2d.cpp",
            "kernels.by_phase && kernels.direct_exact ?", "kernels.by_phase ?", (STRIDE_PHASES,)),
+    Mutant("recycler-hands-out-the-oldest-buffer", "memory", "csrc/cpu/recycled_memory.cpp",
+           "for (size_t i = r.held.size(); i-- > 0;) {", "for (size_t i = 0; i < r.held.size(); ++i) {", (RECYCLED,)),
+    Mutant("recycler-keeps-the-buffer-it-hands-out", "memory", "csrc/cpu/recycled_memory.cpp",
+           "r.held.erase(r.held.begin() + static_cast<std::ptrdiff_t>(i));", "", (RECYCLED,)),
+    Mutant("recycler-holds-past-the-limit", "memory", "csrc/cpu/recycled_memory.cpp",
+           "while (r.held_bytes > limit_bytes()) {", "while (false) {", (RECYCLED,)),
 ]
 
 
