@@ -27,6 +27,7 @@
 
 #include <pthread.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -87,6 +88,10 @@ int64_t limit_bytes() {
   return limit;
 }
 
+// Set when torch_from_blob refuses a tensor: from then on torch's allocator serves every tensor
+// (a refusal costs a C++ exception inside torch; stats() then reports recycling off).
+std::atomic<bool> refused{false};
+
 // CUCONV_RECYCLE_CPU_MEMORY: unset or 1 recycles, 0 does not; anything else raises ValueError.
 bool enabled() {
   static const bool on = [] {
@@ -95,7 +100,7 @@ bool enabled() {
       throw std::invalid_argument(std::string("CUCONV_RECYCLE_CPU_MEMORY: expected 0 or 1, but got '") + setting + "'");
     return torch_from_blob != nullptr && !(setting != nullptr && std::strcmp(setting, "0") == 0);
   }();
-  return on;
+  return on && !refused.load(std::memory_order_relaxed);
 }
 
 int64_t element_bytes(int32_t dtype) {
@@ -174,6 +179,7 @@ AtenTensorHandle recycled_cpu_tensor(int64_t ndim, const int64_t* sizes, const i
   if (torch_from_blob(data, ndim, sizes, strides, /*storage_offset=*/0, dtype, aoti_torch_device_type_cpu(),
                       /*device_index=*/-1, &handle, aoti_torch_layout_strided(), nullptr, 0, &give_back,
                       context) != AOTI_TORCH_SUCCESS) {
+    refused.store(true, std::memory_order_relaxed);
     give_back(data, context);
     return nullptr;
   }

@@ -17,7 +17,7 @@ namespace cuconv {
 AtenTensorHandle recycled_cpu_tensor(int64_t ndim, const int64_t* sizes, const int64_t* strides, int32_t dtype);
 
 struct RecycledMemoryStats {
-  bool enabled;          // CUCONV_RECYCLE_CPU_MEMORY is not 0 and torch has the shim
+  bool enabled;          // CUCONV_RECYCLE_CPU_MEMORY is not 0, torch has the shim and has not refused it
   int64_t smallest;      // the policy: tensors of [smallest, limit] bytes are recycled,
   int64_t limit;         // and the held buffers total at most `limit` bytes
   int64_t held_bytes;    // buffers freed by torch and kept for the next tensors
