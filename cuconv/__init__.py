@@ -79,6 +79,10 @@ from .modules import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, ConvTranspose2d, Laz
 
 with_cuda = _load_cuda_kernels()  # cuconv's CUDA kernels are registered for CUDA tensors
 
+from . import _C  # noqa: E402
+
+_C.cpu_memory()  # a bad CUCONV_RECYCLE_CPU_MEMORY raises ValueError here, not inside a kernel (cuconv.memory)
+
 
 def _version():
     from importlib import metadata

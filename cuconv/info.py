@@ -48,12 +48,17 @@ def collect():
     }
 
 
+def _kib(count):
+    return f"{count / 1024:.0f} KiB"
+
+
 def _memory_line(memory):
     if not memory["enabled"]:
-        return "CPU memory recycling: off (CUCONV_RECYCLE_CPU_MEMORY=0, or torch < 2.11)"
-    return (f"CPU memory recycling: on, tensors of {memory['smallest_bytes'] >> 10} KiB to "
-            f"{memory['limit_bytes'] >> 20} MiB; {memory['held_bytes'] >> 20} MiB held in {memory['held_buffers']} "
-            f"buffers; {memory['reused']} tensors made on a held buffer, {memory['fresh']} on a new one")
+        return ("CPU memory recycling: off (CUCONV_RECYCLE_CPU_MEMORY=0, torch < 2.11, or torch refused a "
+                "recycled tensor)")
+    return (f"CPU memory recycling: on, tensors of {_kib(memory['smallest_bytes'])} to {_kib(memory['limit_bytes'])}; "
+            f"{_kib(memory['held_bytes'])} held in {memory['held_buffers']} buffers; {memory['reused']} tensors made "
+            f"on a held buffer, {memory['fresh']} on a new one")
 
 
 def format_report(info):

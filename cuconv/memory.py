@@ -6,11 +6,12 @@ rather than wherever malloc puts it (seldom the same place twice in a training l
 store would first read its line from memory). Freed buffers are held for the next tensors, at
 most the limit in all, the oldest returned to malloc first.
 
-- ``CUCONV_RECYCLE_CPU_MEMORY=0`` (set before the first CPU call): no recycling, every tensor
-  from torch's allocator.
+- ``CUCONV_RECYCLE_CPU_MEMORY=0`` (read when cuconv is imported; ``1`` or unset: on, any other
+  value raises ValueError there): no recycling, every tensor from torch's allocator.
 - Needs torch >= 2.11 (the stable ABI's ``torch_from_blob``); under 2.10 it is off.
-- Such a tensor's storage cannot grow in place: ``resize_`` to more elements raises, as on a
-  tensor made from a numpy array (``resize_`` to as many or fewer works).
+- Such a tensor's storage cannot be resized, as a numpy array's tensor's cannot:
+  ``Tensor.resize_`` to more elements and ``untyped_storage().resize_()`` raise
+  (``Tensor.resize_`` to as many or fewer elements works). README "CPU memory" has the rest.
 """
 
 __all__ = ["stats", "release"]

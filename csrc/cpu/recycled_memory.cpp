@@ -15,13 +15,13 @@
 //   and stay with malloc; a larger buffer would not come back from the caches whole;
 // - the held (freed) buffers total at most the limit, the oldest returned to malloc first: a
 //   step's recent outputs fit, and what a process keeps beyond torch's stays small beside any
-//   model's memory (a ResNet-18 step at batch 128 holds ~470 MiB);
+//   model's memory (a ResNet-18 step, batch 128 of 96 x 96 images, ~470 MiB);
 // - CUCONV_RECYCLE_CPU_MEMORY=0 turns it off (read once); cuconv.memory.release() empties it.
 //
 // How: torch_from_blob, a stable-ABI shim from torch 2.11 on, makes a tensor on our buffer with
 // our deleter. Under torch 2.10 the shim is missing (a weak reference, null) and torch's
-// allocator serves every tensor. A tensor made so has a storage torch cannot grow: resize_ to
-// more elements raises, as on a tensor made from a numpy array (README, "CPU memory").
+// allocator serves every tensor. A tensor made so has a storage torch cannot resize (resize_ to
+// more elements raises), as a tensor made from a numpy array has (README, "CPU memory").
 
 #include "recycled_memory.h"
 
@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include <torch/csrc/stable/c/shim.h>  // (declares torch_from_blob where the target is 2.11 or later)
 #include <torch/csrc/stable/version.h>
 
 #include "gemm.h"  // last_level_cache_bytes
@@ -92,13 +93,15 @@ int64_t limit_bytes() {
 // (a refusal costs a C++ exception inside torch; stats() then reports recycling off).
 std::atomic<bool> refused{false};
 
-// CUCONV_RECYCLE_CPU_MEMORY: unset or 1 recycles, 0 does not; anything else raises ValueError.
+// CUCONV_RECYCLE_CPU_MEMORY: unset, empty or 1 recycles, 0 does not; anything else raises
+// ValueError (cuconv's import reads it first, through cpu_memory()).
 bool enabled() {
   static const bool on = [] {
     const char* setting = std::getenv("CUCONV_RECYCLE_CPU_MEMORY");
-    if (setting != nullptr && std::strcmp(setting, "0") != 0 && std::strcmp(setting, "1") != 0)
+    const bool off = setting != nullptr && std::strcmp(setting, "0") == 0;
+    if (setting != nullptr && *setting != '\0' && !off && std::strcmp(setting, "1") != 0)
       throw std::invalid_argument(std::string("CUCONV_RECYCLE_CPU_MEMORY: expected 0 or 1, but got '") + setting + "'");
-    return torch_from_blob != nullptr && !(setting != nullptr && std::strcmp(setting, "0") == 0);
+    return torch_from_blob != nullptr && !off;
   }();
   return on && !refused.load(std::memory_order_relaxed);
 }
@@ -127,7 +130,12 @@ void give_back(void* data, void* context) {
   const auto bytes = static_cast<int64_t>(reinterpret_cast<intptr_t>(context));
   Recycler& r = recycler();
   std::lock_guard<std::mutex> guard(r.lock);
-  r.held.push_back({data, bytes});
+  try {
+    r.held.push_back({data, bytes});
+  } catch (...) {  // (no memory for the list's entry: a deleter must not throw)
+    std::free(data);
+    return;
+  }
   r.held_bytes += bytes;
   release_oldest_until_within_limit(r);  // (never the buffer just held: none exceeds the limit)
 }
@@ -179,8 +187,10 @@ AtenTensorHandle recycled_cpu_tensor(int64_t ndim, const int64_t* sizes, const i
   if (torch_from_blob(data, ndim, sizes, strides, /*storage_offset=*/0, dtype, aoti_torch_device_type_cpu(),
                       /*device_index=*/-1, &handle, aoti_torch_layout_strided(), nullptr, 0, &give_back,
                       context) != AOTI_TORCH_SUCCESS) {
+    // The buffer is left alone: where torch failed after taking it, it has handed it back through
+    // give_back already (and another thread may have released it since); else it stays
+    // allocated, once in the process's life, as recycling stops here. Never freed twice.
     refused.store(true, std::memory_order_relaxed);
-    give_back(data, context);
     return nullptr;
   }
   return handle;
