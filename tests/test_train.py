@@ -365,11 +365,15 @@ def test_cli_version_and_info(capsys):
     assert cli_main(["info"]) == 0
     report = capsys.readouterr().out
     for expected in ("torch: running", "built against", "CUDA kernels:", "GPUs:", "CPU kernels: instruction set",
-                     "direct float32 convolution", "threads:"):
+                     "direct float32 convolution", "CPU memory recycling: ", "threads:"):
         assert expected in report
     assert cli_main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["cpu_kernels"]["isa"] in ("avx512", "avx2", "generic")
+    memory = cuconv.memory.stats()  # (the policy; what is held moves between the two calls)
+    assert info["cpu_memory"].keys() == memory.keys()
+    assert [info["cpu_memory"][k] for k in ("enabled", "smallest_bytes", "limit_bytes")] == \
+        [memory[k] for k in ("enabled", "smallest_bytes", "limit_bytes")]
     assert info["cuda_kernels_compiled"] == cuconv.with_cuda
 
 
