@@ -25,7 +25,7 @@ KIB = 1 << 10
 needs_recycling = pytest.mark.skipif(not cuconv.memory.stats()["enabled"] or cuconv.memory.stats()["limit_bytes"] < 256 * KIB,
                                      reason="recycling is off (CUCONV_RECYCLE_CPU_MEMORY=0, or torch < 2.11), "
                                             "or the last-level cache is under 1 MiB")
-TORCH_HAS_THE_SHIM = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 11)
+TORCH_HAS_THE_SHIM = cuconv._torch_version() >= (2, 11)  # (torch_from_blob)
 
 
 @pytest.fixture(autouse=True)
