@@ -121,6 +121,11 @@ CONV_CASES += [
     ConvCase("depthwise.14.cl", 256, 256, 14, 3, padding=1, groups=256, channels_last=True),
 ]
 
+# The "large VGG/ResNet layers" of the CPU GEMM goal: 3x3, at least 64 input channels, NCHW, not
+# grouped (the grouped and depthwise layers are reported without a goal).
+GEMM_GOAL_CASES = [c for c in CONV_CASES if c.name.split(".")[0] in ("vgg", "resnet") and c.groups == 1
+                   and c.kernel == 3 and c.in_channels >= 64 and not c.channels_last]
+
 # The book's DCGAN generator (chapter 20.2, n_G = 64, 64x64 images) after its first block, and a
 # U-Net decoder's 2x2 stride-2 upsampling.
 CONV_TRANSPOSE_CASES = [

@@ -13,10 +13,12 @@ import json
 import math
 import platform
 from collections import defaultdict
+from statistics import median
 
-from cases import CONV_CASES, POOL_CASES
+from cases import GEMM_GOAL_CASES, POOL_CASES
 
 POOL_CASE_NAMES = {c.name for c in POOL_CASES}
+GEMM_GOAL_NAMES = {c.name for c in GEMM_GOAL_CASES}
 
 
 def load(path):
@@ -24,8 +26,15 @@ def load(path):
         data = json.load(f)
     rows = defaultdict(dict)
     ceilings = {}
+    alongside = defaultdict(list)  # (device, case) -> (layer, sgemm) GFLOP/s of the GEMM goal's rounds, every pass's
     for bench in data["benchmarks"]:
         info, stats = bench["extra_info"], bench["stats"]
+        if info["mode"] == "gemm goal":
+            seconds = info["seconds"]
+            alongside[(info["device"], info["case"])] += [
+                (info["flops"] / layer / 1e9, max(info["sgemm_flops"] / torch_s, info["sgemm_flops"] / cuconv_s) / 1e9)
+                for layer, torch_s, cuconv_s in zip(seconds["layer"], seconds["sgemm"], seconds["sgemm.cuconv"])]
+            continue
         if info["mode"] == "ceiling":
             # a ceiling is what the machine can do: its fastest round (on a 2-vCPU Xeon VM the FMA
             # chains' median round took 1.8x their fastest, the other vCPU being busy at times)
@@ -38,7 +47,7 @@ def load(path):
         # a case measured in several passes (conftest.py --passes): each backend's lowest median
         if info["impl"] not in rows[key] or entry["median"] < rows[key][info["impl"]]["median"]:
             rows[key][info["impl"]] = entry
-    return data, rows, ceilings
+    return data, rows, ceilings, alongside
 
 
 def ratio_table(rows, ceilings):
@@ -147,30 +156,44 @@ def goals(ratios):
     return "\n".join(lines)
 
 
-def _large_layer(case):
-    """The "large VGG/ResNet layers" of the GEMM goal: 3x3, at least 64 input channels (NCHW), not
-    grouped (the grouped and depthwise cases are reported without a goal)."""
-    return any(c.name == case and c.name.split(".")[0] in ("vgg", "resnet") and c.groups == 1 and c.kernel == 3
-               and c.in_channels >= 64 and not c.channels_last for c in CONV_CASES)
-
-
-def gemm_goal(rows, ceilings):
+def gemm_goal(rows, ceilings, alongside=None):
     """The GEMM goal on the CPU: the large layers' forward GFLOP/s (a direct convolution's FLOPs,
-    whatever the kernel did: Winograd and the per-pixel products do fewer) at >= 0.85 of the
-    best sgemm measured in the run, torch's or cuconv's; the FMA peak for scale."""
+    whatever the kernel did: Winograd and the per-pixel products do fewer) at >= 0.85 of the sgemm.
+    Where the run timed the layers alongside the sgemm (test_gemm_goal_alongside_sgemm), each
+    layer's share is the median over rounds of its speed / the faster sgemm of the same round, and
+    decides; the layers' medians against the run's fastest sgemm round follow for comparison
+    (the only statistic of runs before it, which on a VM with slow and fast phases compared two
+    phases). The FMA peak for scale."""
+    lines = []
+    shares = {case: median([layer / sgemm for layer, sgemm in measured])
+              for (device, case), measured in (alongside or {}).items() if device == "cpu" and measured}
+    if shares:
+        worst = min(shares, key=shares.get)
+        measured = alongside[("cpu", worst)]
+        low, high = min(layer / sgemm for layer, sgemm in measured), max(layer / sgemm for layer, sgemm in measured)
+        met = "met" if shares[worst] >= 0.85 else "**not met**"
+        lines.append(f"GEMM goal (each large layer's forward GFLOP/s, counted as a direct convolution's, >= 0.85 of "
+                     f"the faster sgemm, torch's or cuconv's, timed in the same rounds): {met}; worst {worst} at "
+                     f"{shares[worst]:.2f} (rounds {low:.2f}-{high:.2f}; {median([l for l, _ in measured]):.0f} "
+                     f"GFLOP/s against {median([s for _, s in measured]):.0f}) ({len(shares)} layers).")
     sgemm = max((ceilings.get(("cpu", c), 0.0) for c in ("sgemm", "sgemm.cuconv")), default=0.0)
     speeds = {case: impls["cuconv"]["flops"] / impls["cuconv"]["median"] / 1e9
               for (case, mode, device, dtype), impls in rows.items()
-              if device == "cpu" and dtype == "float32" and mode == "forward" and _large_layer(case) and "cuconv" in impls}
-    if not sgemm or not speeds:
-        return "GEMM goal (large layers' forward GFLOP/s >= 0.85 of the best sgemm): not run."
-    worst = min(speeds, key=speeds.get)
-    fma = ceilings.get(("cpu", "fma"))
-    of_peak = f", {speeds[worst] / fma:.2f} of the FMA peak" if fma else ""
-    met = "met" if speeds[worst] >= 0.85 * sgemm else "**not met**"
-    return (f"GEMM goal (the large layers' forward GFLOP/s, counted as a direct convolution's, >= 0.85 of the "
-            f"best sgemm measured, {sgemm:.0f} GFLOP/s): {met}; worst {worst} at {speeds[worst]:.0f} GFLOP/s, "
-            f"{speeds[worst] / sgemm:.2f} of that sgemm{of_peak} ({len(speeds)} layers).")
+              if device == "cpu" and dtype == "float32" and mode == "forward" and case in GEMM_GOAL_NAMES and "cuconv" in impls}
+    if sgemm and speeds:
+        worst = min(speeds, key=speeds.get)
+        fma = ceilings.get(("cpu", "fma"))
+        of_peak = f", {speeds[worst] / fma:.2f} of the FMA peak" if fma else ""
+        if shares:
+            lines.append(f"For comparison, the layers' medians in their own cases against the run's fastest sgemm "
+                         f"round, {sgemm:.0f} GFLOP/s: worst {worst} at {speeds[worst]:.0f} GFLOP/s, "
+                         f"{speeds[worst] / sgemm:.2f} of that sgemm{of_peak} ({len(speeds)} layers).")
+        else:
+            met = "met" if speeds[worst] >= 0.85 * sgemm else "**not met**"
+            lines.append(f"GEMM goal (the large layers' forward GFLOP/s, counted as a direct convolution's, >= 0.85 of "
+                         f"the best sgemm measured, {sgemm:.0f} GFLOP/s): {met}; worst {worst} at {speeds[worst]:.0f} "
+                         f"GFLOP/s, {speeds[worst] / sgemm:.2f} of that sgemm{of_peak} ({len(speeds)} layers).")
+    return " ".join(lines) or "GEMM goal (large layers' forward GFLOP/s >= 0.85 of the best sgemm): not run."
 
 
 def plot(ratios, path):
@@ -199,7 +222,7 @@ def main():
     parser.add_argument("--markdown", help="write the tables here (default: print)")
     parser.add_argument("--plot", help="write a PNG bar chart of the ratios here")
     args = parser.parse_args()
-    data, rows, ceilings = load(args.json)
+    data, rows, ceilings, alongside = load(args.json)
     table, ratios = ratio_table(rows, ceilings)
     machine = data.get("machine_info", {})
     batches = sorted({b["extra_info"].get("batch") for b in data["benchmarks"]} - {None})
@@ -209,7 +232,7 @@ def main():
     if "cuconv_isa" in machine:
         header += (f" Vector instructions: cuconv {machine['cuconv_isa']}, torch {machine['torch_cpu_capability']}"
                    f" (oneDNN at most {machine['onednn_max_cpu_isa']}).")
-    text = "\n\n".join([header, goals(ratios), gemm_goal(rows, ceilings), summary(ratios), table])
+    text = "\n\n".join([header, goals(ratios), gemm_goal(rows, ceilings, alongside), summary(ratios), table])
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")

@@ -7,6 +7,8 @@ runs in each of --passes passes over the suite (conftest.py); report.py keeps ea
 lowest median.
 """
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 import ceilings
 import cuconv
 import cuconv.functional as CF
-from cases import CONV_CASES, CONV_TRANSPOSE_CASES, POOL_CASES
+from cases import CONV_CASES, CONV_TRANSPOSE_CASES, GEMM_GOAL_CASES, POOL_CASES
 from conftest import check_against_torch, random_tensor, rounds_for, seeded_generator, settle, synchronize
 
 IMPLS = {"cuconv": CF, "torch": F}
@@ -56,6 +58,20 @@ def skip_unless_selected(case, quick):
         pytest.skip("not in the quick subset")
 
 
+def conv_inputs(case, batch, device, dt):
+    """The layer's seeded input, weight and bias (integer tensors: values in the hundreds)."""
+    integers = not dt.is_floating_point
+    gen = seeded_generator(case.name, batch)
+    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt, scale=100.0 if integers else 1.0)
+    if case.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    fan_in = case.in_channels // case.groups * case.kernel ** 2
+    w = random_tensor((case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel), gen, device, dt,
+                      scale=10.0 if integers else fan_in ** -0.5)
+    b = random_tensor((case.out_channels,), gen, device, dt, scale=100.0 if integers else 1.0)
+    return x, w, b
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
@@ -65,14 +81,7 @@ def test_conv2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
     integers = not dt.is_floating_point  # (--dtypes uint8,int32,...: the forward alone, on the CPU, as torch)
     if integers and (mode != "forward" or device != "cpu"):
         pytest.skip("integer tensors: the CPU's forward only")
-    gen = seeded_generator(case.name, batch)
-    x = random_tensor((batch, case.in_channels, case.size, case.size), gen, device, dt, scale=100.0 if integers else 1.0)
-    if case.channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    fan_in = case.in_channels // case.groups * case.kernel ** 2
-    w = random_tensor((case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel), gen, device, dt,
-                      scale=10.0 if integers else fan_in ** -0.5)
-    b = random_tensor((case.out_channels,), gen, device, dt, scale=100.0 if integers else 1.0)
+    x, w, b = conv_inputs(case, batch, device, dt)
     flops = case.flops(batch) * (3 if mode == "forward+backward" else 1)
     label(benchmark, case, mode, device, dtype, impl, measurement_pass, flops=flops, batch=batch)
     conv = checked(impl, lambda api: lambda x, w, b: api.conv2d(x, w, b, case.stride, case.padding, 1, case.groups),
@@ -138,20 +147,25 @@ def test_pool2d(benchmark, case, mode, impl, device, dtype, batch, quick, measur
 
 # --- the machine's ceilings, measured in the same run -----------------------------------------
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_ceiling_sgemm(benchmark, impl, device):
-    """An n^3 float32 matrix product: torch.mm, and cuconv's as a 1x1 convolution (C = W @ X with
-    W the [n, n] weight and X the input's [n, H*W] pixels)."""
+def sgemm_products(device):
+    """n and an n^3 float32 matrix product of each backend: torch.mm, and cuconv's as a 1x1
+    convolution (C = W @ X with W the [n, n] weight and X the input's [n, H*W] pixels), checked
+    against torch's."""
     n = 2048 if device == "cpu" else 8192
     gen = seeded_generator("sgemm", n)
     a = random_tensor((n, n), gen, device, torch.float32)
     b = random_tensor((n, n), gen, device, torch.float32)
-    if impl == "cuconv":
-        weight, pixels = a.reshape(n, n, 1, 1), b.reshape(1, n, 32, n // 32)
-        check_against_torch(CF.conv2d, F.conv2d, (pixels, weight), False, f"sgemm {device}")
-        product = lambda: CF.conv2d(pixels, weight)  # noqa: E731
-    else:
-        product = lambda: torch.mm(a, b)  # noqa: E731
+    weight, pixels = a.reshape(n, n, 1, 1), b.reshape(1, n, 32, n // 32)
+    check_against_torch(CF.conv2d, F.conv2d, (pixels, weight), False, f"sgemm {device}")
+    return n, {"torch": lambda: torch.mm(a, b), "cuconv": lambda: CF.conv2d(pixels, weight)}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ceiling_sgemm(benchmark, impl, device):
+    """An n^3 float32 matrix product: torch.mm, and cuconv's as a 1x1 convolution (C = W @ X with
+    W the [n, n] weight and X the input's [n, H*W] pixels)."""
+    n, products = sgemm_products(device)
+    product = products[impl]
     benchmark.group = f"ceiling {device}"
     benchmark.extra_info.update(case="sgemm" if impl == "torch" else "sgemm.cuconv", mode="ceiling", device=device,
                                 dtype="float32", impl=impl, flops=2 * n ** 3)
@@ -192,3 +206,43 @@ def test_ceiling_copy(benchmark, device):
 
     step()
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+
+
+# --- the GEMM goal: each large layer next to the sgemm ceiling, round by round -----------------
+@pytest.mark.parametrize("case", GEMM_GOAL_CASES, ids=lambda c: c.name)
+def test_gemm_goal_alongside_sgemm(benchmark, case, device, dtype, batch, quick, measurement_pass):
+    """The CPU GEMM goal compares a large layer's forward with the machine's sgemm. On a VM whose
+    speed moves by a third within minutes, a layer's median and the sgemm ceiling's fastest round,
+    measured minutes apart, read different phases of the machine. Here every round times the
+    layer's forward twice (the second counted: its tensors in cache, as in its own case's
+    back-to-back rounds), then torch's and cuconv's sgemm (the ceiling's products); report.py
+    compares each round's layer with the faster sgemm of the same round."""
+    skip_unless_selected(case, quick)
+    if device != "cpu" or dtype != "float32":
+        pytest.skip("the GEMM goal is the CPU's, in float32")
+    x, w, b = conv_inputs(case, batch, device, torch.float32)
+    layer = lambda: CF.conv2d(x, w, b, case.stride, case.padding)  # noqa: E731
+    check_against_torch(lambda *t: CF.conv2d(*t, case.stride, case.padding),
+                        lambda *t: F.conv2d(*t, case.stride, case.padding), (x, w, b), False, f"{case.name} gemm goal")
+    n, products = sgemm_products(device)
+    seconds = {"layer": [], "sgemm": [], "sgemm.cuconv": []}
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def one_round():
+        layer()
+        seconds["layer"].append(timed(layer))
+        seconds["sgemm"].append(timed(products["torch"]))
+        seconds["sgemm.cuconv"].append(timed(products["cuconv"]))
+
+    for warm_up in (layer, products["torch"], products["cuconv"]):
+        warm_up()
+    settle(layer, "cuconv")
+    benchmark.group = f"{case.name} gemm goal {device} {dtype}"
+    benchmark.pedantic(one_round, rounds=5, iterations=1)
+    benchmark.extra_info.update(case=case.name, mode="gemm goal", device=device, dtype=dtype, impl="cuconv",
+                                measurement_pass=measurement_pass, batch=batch, flops=case.flops(batch),
+                                sgemm_flops=2 * n ** 3, seconds=seconds)

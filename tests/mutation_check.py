@@ -950,6 +950,10 @@ MUTANTS = [
            "r.held.erase(r.held.begin() + static_cast<std::ptrdiff_t>(i));", "", (RECYCLED,)),
     Mutant("recycler-holds-past-the-limit", "memory", "csrc/cpu/recycled_memory.cpp",
            "while (r.held_bytes > limit_bytes()) {", "while (false) {", (RECYCLED,)),
+    Mutant("gemm-goal-against-the-fastest-sgemm-round", "statistic", "benchmarks/report.py",
+           "shares = {case: median([layer / sgemm for layer, sgemm in measured])",
+           "shares = {case: median([layer for layer, _ in measured]) / max(sgemm for _, sgemm in measured)",
+           ("tests/test_benchmark_report.py",)),
 ]
 
 

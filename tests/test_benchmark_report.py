@@ -1,5 +1,6 @@
 """The benchmark report's CPU ceilings and GEMM goal (benchmarks/report.py, ceilings.py): the FMA
-peak builds and measures, and the goal compares the large layers with the best sgemm."""
+peak builds and measures, and the goal compares the large layers with the best sgemm, round by
+round where the run timed them alongside it."""
 
 import importlib.util
 import sys
@@ -60,7 +61,7 @@ def test_a_case_measured_in_two_passes_keeps_each_backends_lowest_median(tmp_pat
     runs = [bench("cuconv", 0, 2.0), bench("torch", 0, 1.0), bench("cuconv", 1, 0.9), bench("torch", 1, 1.8)]
     path = tmp_path / "bench.json"
     path.write_text(__import__("json").dumps({"benchmarks": runs}))
-    _, rows, _ = report.load(path)
+    _, rows, _, _ = report.load(path)
     impls = rows[("vgg.b4.conv2", "forward", "cpu", "float32")]
     assert impls["cuconv"]["median"] == 0.9 and impls["torch"]["median"] == 1.0
 
@@ -72,5 +73,37 @@ def test_a_ceiling_is_its_fastest_round_not_its_median(tmp_path):
     runs = [dict(extra_info=info, stats=dict(min=0.01, median=0.02, q1=0.01, q3=0.02))]
     path = tmp_path / "bench.json"
     path.write_text(__import__("json").dumps({"benchmarks": runs}))
-    _, _, ceilings = report.load(path)
+    _, _, ceilings, _ = report.load(path)
     assert ceilings[("cpu", "fma")] == 400.0
+
+
+def _alongside_run(tmp_path, layer_seconds, sgemm_seconds, cuconv_sgemm_seconds):
+    """A run's JSON with one GEMM-goal case, resnet.b4.conv1 (1 GFLOP) beside a 2 GFLOP sgemm."""
+    info = dict(case="resnet.b4.conv1", mode="gemm goal", device="cpu", dtype="float32", impl="cuconv",
+                measurement_pass=0, batch=128, flops=1e9, sgemm_flops=2e9,
+                seconds={"layer": layer_seconds, "sgemm": sgemm_seconds, "sgemm.cuconv": cuconv_sgemm_seconds})
+    path = tmp_path / "bench.json"
+    path.write_text(__import__("json").dumps({"benchmarks": [dict(extra_info=info, stats=dict(median=1.0))]}))
+    return path
+
+
+def test_the_gemm_goal_compares_each_round_with_the_sgemm_of_that_round(tmp_path):
+    report = _module("report")
+    # a machine whose speed halves in the last three rounds: the layer at 0.9 of the faster
+    # sgemm (cuconv's in the first two rounds, torch's after) in every round
+    path = _alongside_run(tmp_path, [1 / 90, 1 / 90, 1 / 45, 1 / 45, 1 / 45],
+                          [2 / 80, 2 / 80, 2 / 50, 2 / 50, 2 / 50], [2 / 100, 2 / 100, 2 / 40, 2 / 40, 2 / 40])
+    _, rows, ceilings, alongside = report.load(path)
+    assert not rows and not ceilings
+    assert alongside[("cpu", "resnet.b4.conv1")][0] == pytest.approx((90.0, 100.0))
+    # the run's fastest sgemm round (100) against a median layer of the slow phase (45) would
+    # read 0.45; round by round the layer is at 0.9 throughout
+    ceilings = {("cpu", "sgemm"): 100.0}
+    rows = _rows({"resnet.b4.conv1": 45})
+    met = report.gemm_goal(rows, ceilings, alongside)
+    assert met.startswith("GEMM goal") and "): met; worst resnet.b4.conv1 at 0.90 (rounds 0.90-0.90" in met
+    assert "0.45 of that sgemm" in met  # (the old statistic, for comparison)
+
+    path = _alongside_run(tmp_path, [1 / 80] * 3, [2 / 100] * 3, [2 / 90] * 3)
+    missed = report.gemm_goal(rows, ceilings, report.load(path)[3])
+    assert "**not met**; worst resnet.b4.conv1 at 0.80" in missed
