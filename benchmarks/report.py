@@ -174,8 +174,8 @@ def gemm_goal(rows, ceilings, alongside=None):
         met = "met" if shares[worst] >= 0.85 else "**not met**"
         lines.append(f"GEMM goal (each large layer's forward GFLOP/s, counted as a direct convolution's, >= 0.85 of "
                      f"the faster sgemm, torch's or cuconv's, timed in the same rounds): {met}; worst {worst} at "
-                     f"{shares[worst]:.2f} (rounds {low:.2f}-{high:.2f}; {median([l for l, _ in measured]):.0f} "
-                     f"GFLOP/s against {median([s for _, s in measured]):.0f}) ({len(shares)} layers).")
+                     f"{shares[worst]:.2f} (rounds {low:.2f}-{high:.2f}; {median([layer for layer, _ in measured]):.0f} "
+                     f"GFLOP/s against {median([sgemm for _, sgemm in measured]):.0f}) ({len(shares)} layers).")
     sgemm = max((ceilings.get(("cpu", c), 0.0) for c in ("sgemm", "sgemm.cuconv")), default=0.0)
     speeds = {case: impls["cuconv"]["flops"] / impls["cuconv"]["median"] / 1e9
               for (case, mode, device, dtype), impls in rows.items()
