@@ -38,7 +38,21 @@ def _random_cases(count, seed):
     return cases
 
 
-CASES = _random_cases(40, seed=13)
+# MobileNet's layers: 3x3 taps, a stride of 1 along rows (the forward rows and the input
+# gradient's gather form as three triples of adjacent taps, depthwise_tile.h), with images whose
+# rows end in tiles of 4, 2 and 1 pixels, a channel count of whole vector groups and one past them;
+# its stride-2 layer (adjacent taps too, but not adjacent outputs); and a 1x9 row (three triples
+# too). The random cases above reach none of them with channels enough for whole vector groups.
+CASES = _random_cases(40, seed=13) + [
+    dict(batch=2, channels=channels, multiplier=multiplier, size=size, kernel=(3, 3), stride=(stride, 1),
+         padding=(1, 1), dilation=(1, 1), bias=bias)
+    for channels, multiplier, size, stride, bias in [(32, 1, (6, 9), 1, True), (33, 1, (7, 12), 1, False),
+                                                     (16, 2, (5, 11), 2, True), (40, 1, (3, 14), 1, False)]
+] + [
+    dict(batch=2, channels=32, multiplier=1, size=(9, 13), kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+         dilation=(1, 1), bias=False)
+] + [dict(batch=1, channels=32, multiplier=1, size=(3, 15), kernel=(1, 9), stride=(1, 1), padding=(0, 2),
+          dilation=(1, 1), bias=True)]
 
 
 def _tensors(case, dtype, channels_last):

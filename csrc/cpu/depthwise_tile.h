@@ -73,10 +73,51 @@ template <class Isa>
 struct StreamsVectors<Isa, std::void_t<decltype(Isa::stream(std::declval<typename Isa::T*>(),
                                                            std::declval<typename Isa::V>()))>> : std::true_type {};
 
+// Three taps k, k + 1, k + 2 reading adjacent source pixels, adjacent outputs reading adjacent
+// pixels (source_step 1: a stride-1 row, or the input gradient's gather form): source pixel m,
+// loaded once, serves output q = m - t with tap k + t (up to three FMAs); each accumulator still
+// takes its taps in order. `src` is tap k's source for the tile's first output pixel.
+template <class Isa, int Q, int NV, bool kWhole>
+__attribute__((always_inline)) inline void depthwise_triple_fmas(const DepthwiseRow<Isa>& r, int64_t k,
+                                                                 const typename Isa::S* src, int64_t step, int64_t c,
+                                                                 int64_t lanes, typename Isa::V (&acc)[Q][NV]) {
+  using V = typename Isa::V;
+  constexpr int64_t L = Isa::kLanes;
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    V wv[3];
+#pragma GCC unroll 3
+    for (int t = 0; t < 3; ++t) wv[t] = depthwise_load<Isa, kWhole>(r.weights[k + t] + c + v * L, lanes);
+#pragma GCC unroll 10
+    for (int m = 0; m < Q + 2; ++m) {
+      const V x = depthwise_load<Isa, kWhole>(src + m * step + v * L, lanes);
+#pragma GCC unroll 3
+      for (int t = 0; t < 3; ++t)
+        if (m - t >= 0 && m - t < Q) acc[m - t][v] = Isa::fma(wv[t], x, acc[m - t][v]);
+    }
+  }
+}
+
+// Whether the row's taps are a 3x3 window's, read as three such triples (depthwise_triple_fmas):
+// a stride-1 3x3 row with its three source rows in the image, or the input gradient's gather form
+// of a stride-1 3x3 layer.
+template <class Isa>
+bool three_triples(const DepthwiseRow<Isa>& r) {
+  if (r.taps != 9 || r.source_step != 1) return false;
+  for (int64_t k = 0; k < 9; k += 3)
+    if (r.origins[k + 1] != r.origins[k] + r.source_stride || r.origins[k + 2] != r.origins[k] + 2 * r.source_stride)
+      return false;
+  return true;
+}
+
 // Forward tile: Q interior output pixels u0 .. u0 + Q - 1 x NV channel vectors from channel c
 // (with kWhole false: NV = 1 vector of `lanes` channels). Each tap's NV weight vectors serve
-// the Q pixels; the tap's bookkeeping (its source, offset, weights) serves Q x NV FMAs.
-template <class Isa, int Q, int NV, bool kWhole>
+// the Q pixels; the tap's bookkeeping (its source, offset, weights) serves Q x NV FMAs. With
+// kThreeTriples (three_triples(r)) the taps are walked as three triples known when compiled:
+// no per-tile test of the taps' addresses and no loop over them (3x3 depthwise layers, the
+// common case: the forward and the input gradient of stride-1 layers 8-20% faster on a Zen 3,
+// benchmarks/NOTES.md, forty-sixth session).
+template <class Isa, int Q, int NV, bool kWhole, bool kThreeTriples = false>
 inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64_t c, int64_t lanes,
                                    const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
   using V = typename Isa::V;
@@ -89,28 +130,16 @@ inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64
     for (int q = 0; q < Q; ++q) acc[q][v] = b;
   }
   const int64_t step = r.source_step * r.source_stride, first = u0 * step + c;
-  for (int64_t k = 0; k < r.taps;) {
+  if constexpr (kThreeTriples) {
+#pragma GCC unroll 3
+    for (int k = 0; k < 9; k += 3) depthwise_triple_fmas<Isa, Q, NV, kWhole>(r, k, r.base + (r.origins[k] + first), step, c, lanes, acc);
+  }
+  for (int64_t k = 0; !kThreeTriples && k < r.taps;) {
     const typename Isa::S* src = r.base + (r.origins[k] + first);
     if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
         r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
-      // three taps reading adjacent source pixels, adjacent outputs reading adjacent pixels
-      // (source_step 1: a stride-1 row, or the input gradient's gather form; the addresses are
-      // compared, so taps of different rows of a narrow image qualify too): source pixel m
-      // serves output q = m - t with tap k + t, each loaded once for up to three FMAs; each
-      // accumulator still takes its taps in order
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        V wv[3];
-#pragma GCC unroll 3
-        for (int t = 0; t < 3; ++t) wv[t] = depthwise_load<Isa, kWhole>(r.weights[k + t] + c + v * L, lanes);
-#pragma GCC unroll 10
-        for (int m = 0; m < Q + 2; ++m) {
-          const V x = depthwise_load<Isa, kWhole>(src + m * step + v * L, lanes);
-#pragma GCC unroll 3
-          for (int t = 0; t < 3; ++t)
-            if (m - t >= 0 && m - t < Q) acc[m - t][v] = Isa::fma(wv[t], x, acc[m - t][v]);
-        }
-      }
+      // (the addresses are compared, so taps of different rows of a narrow image qualify too)
+      depthwise_triple_fmas<Isa, Q, NV, kWhole>(r, k, src, step, c, lanes, acc);
       k += 3;
       continue;
     }
@@ -166,7 +195,7 @@ inline void depthwise_forward_edge(const DepthwiseRow<Isa>& r, int64_t u, int64_
 // each pixel or tile for every group before the next (a pixel's channels are one run of memory,
 // read in order: group by group along the row, wide pixels were read with a stride the hardware
 // prefetchers dropped at each page).
-template <class Isa, int NV, bool kWhole>
+template <class Isa, int NV, bool kWhole, bool kThreeTriples = false>
 void depthwise_forward_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t groups, int64_t lanes,
                                 const typename Isa::T* bias, typename Isa::S* out, int64_t out_step) {
   constexpr int64_t G = NV * Isa::kLanes;
@@ -179,15 +208,15 @@ void depthwise_forward_channels(const DepthwiseRow<Isa>& r, int64_t c, int64_t g
   int64_t u = interior.begin;
   for (; u + 4 <= interior.end; u += 4)
     for (int64_t cg = c; cg < end; cg += G)
-      depthwise_forward_tile<Isa, 4, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
+      depthwise_forward_tile<Isa, 4, NV, kWhole, kThreeTriples>(r, u, cg, lanes, bias, out, out_step);
   if (u + 2 <= interior.end) {
     for (int64_t cg = c; cg < end; cg += G)
-      depthwise_forward_tile<Isa, 2, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
+      depthwise_forward_tile<Isa, 2, NV, kWhole, kThreeTriples>(r, u, cg, lanes, bias, out, out_step);
     u += 2;
   }
   if (u < interior.end)
     for (int64_t cg = c; cg < end; cg += G)
-      depthwise_forward_tile<Isa, 1, NV, kWhole>(r, u, cg, lanes, bias, out, out_step);
+      depthwise_forward_tile<Isa, 1, NV, kWhole, kThreeTriples>(r, u, cg, lanes, bias, out, out_step);
   for (u = interior.end; u < r.count; ++u) edge(u);
 }
 
@@ -198,7 +227,12 @@ void depthwise_forward_row(const DepthwiseRow<Isa>& r, const typename Isa::T* bi
                            typename Isa::S* out, int64_t out_step) {
   constexpr int64_t L = Isa::kLanes, kMaxVectors = Isa::kRegisters >= 32 ? 4 : 2;
   const int64_t groups = r.channels / (kMaxVectors * L);
-  if (groups > 0) depthwise_forward_channels<Isa, kMaxVectors, true>(r, 0, groups, L, bias, out, out_step);
+  if (groups > 0) {
+    if (three_triples<Isa>(r))
+      depthwise_forward_channels<Isa, kMaxVectors, true, true>(r, 0, groups, L, bias, out, out_step);
+    else
+      depthwise_forward_channels<Isa, kMaxVectors, true>(r, 0, groups, L, bias, out, out_step);
+  }
   int64_t c = groups * kMaxVectors * L;
   switch ((r.channels - c) / L) {
     case 3: depthwise_forward_channels<Isa, 3, true>(r, c, 1, L, bias, out, out_step); break;
