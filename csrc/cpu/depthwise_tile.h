@@ -98,9 +98,9 @@ __attribute__((always_inline)) inline void depthwise_triple_fmas(const Depthwise
   }
 }
 
-// Whether the row's taps are a 3x3 window's, read as three such triples (depthwise_triple_fmas):
-// a stride-1 3x3 row with its three source rows in the image, or the input gradient's gather form
-// of a stride-1 3x3 layer.
+// Whether the row's nine taps are three such triples (depthwise_triple_fmas) at stride 1 along
+// the row: a stride-1 3x3 row with its three source rows in the image (or a 1x9 row), and the
+// input gradient's gather form of such a layer.
 template <class Isa>
 bool three_triples(const DepthwiseRow<Isa>& r) {
   if (r.taps != 9 || r.source_step != 1) return false;
@@ -133,25 +133,26 @@ inline void depthwise_forward_tile(const DepthwiseRow<Isa>& r, int64_t u0, int64
   if constexpr (kThreeTriples) {
 #pragma GCC unroll 3
     for (int k = 0; k < 9; k += 3) depthwise_triple_fmas<Isa, Q, NV, kWhole>(r, k, r.base + (r.origins[k] + first), step, c, lanes, acc);
-  }
-  for (int64_t k = 0; !kThreeTriples && k < r.taps;) {
-    const typename Isa::S* src = r.base + (r.origins[k] + first);
-    if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
-        r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
-      // (the addresses are compared, so taps of different rows of a narrow image qualify too)
-      depthwise_triple_fmas<Isa, Q, NV, kWhole>(r, k, src, step, c, lanes, acc);
-      k += 3;
-      continue;
-    }
-    const typename Isa::T* w = r.weights[k] + c;
+  } else {
+    for (int64_t k = 0; k < r.taps;) {
+      const typename Isa::S* src = r.base + (r.origins[k] + first);
+      if (k + 3 <= r.taps && r.source_step == 1 && r.origins[k + 1] == r.origins[k] + r.source_stride &&
+          r.origins[k + 2] == r.origins[k] + 2 * r.source_stride) {
+        // (the addresses are compared, so taps of different rows of a narrow image qualify too)
+        depthwise_triple_fmas<Isa, Q, NV, kWhole>(r, k, src, step, c, lanes, acc);
+        k += 3;
+        continue;
+      }
+      const typename Isa::T* w = r.weights[k] + c;
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const V wv = depthwise_load<Isa, kWhole>(w + v * L, lanes);
+      for (int v = 0; v < NV; ++v) {
+        const V wv = depthwise_load<Isa, kWhole>(w + v * L, lanes);
 #pragma GCC unroll 8
-      for (int q = 0; q < Q; ++q)
-        acc[q][v] = Isa::fma(wv, depthwise_load<Isa, kWhole>(src + q * step + v * L, lanes), acc[q][v]);
+        for (int q = 0; q < Q; ++q)
+          acc[q][v] = Isa::fma(wv, depthwise_load<Isa, kWhole>(src + q * step + v * L, lanes), acc[q][v]);
+      }
+      ++k;
     }
-    ++k;
   }
   if constexpr (kWhole && StreamsVectors<Isa>::value && std::is_same_v<typename Isa::S, typename Isa::T>) {
     if (r.stream) {  // (a row of an output larger than the cache: depthwise.cpp, streams_rows)
