@@ -230,6 +230,15 @@ MUTANTS = [
            TILED_2X2),
     Mutant("avg-pool-2x2-rows-output-order", "index math", "csrc/cpu/pool_tile.h",
            "idx[o] = 4 * (p / 2) + 2 * half + p % 2;", "idx[o] = 4 * (p / 2) + half + 2 * (p % 2);", TILED_2X2),
+    Mutant("avg-pool-2x2-rows-one-vector-for-longer-rows", "index math", "csrc/cpu/pool_tile.h",
+           "Wo <= L ? unchecked_planes(std::true_type{})", "Wo <= 2 * L ? unchecked_planes(std::true_type{})",
+           TILED_2X2),
+    Mutant("avg-unpool-2x2-rows-vectors-before-rows", "index math", "csrc/cpu/pool_tile.h",
+           """        for (int row = 0; row < 2; ++row)
+          for (int64_t ow = 0; ow < (one_vector ? 1 : Wo); ow += L) unpool(dy + r * Wo + ow, dx + (2 * r + row) * W + 2 * ow);""",
+           """        for (int64_t ow = 0; ow < (one_vector ? 1 : Wo); ow += L)
+          for (int row = 0; row < 2; ++row) unpool(dy + r * Wo + ow, dx + (2 * r + row) * W + 2 * ow);""",
+           TILED_2X2),
     Mutant("avg-unpool-2x2-rows-on-untiled-planes", "padding edge", "csrc/cpu/pool2d.cpp",
            "if (tiled_2x2(g) && (!gradient || (g.H == 2 * g.Ho && g.W == 2 * g.Wo))) return",
            "if (tiled_2x2(g)) return", TILED_2X2),

@@ -229,6 +229,12 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
   }
 }
 
+// How many of the blocks 0, 1, ... `step` values apart reach at most `reach` values past their
+// start without going past `limit` values: those k >= 0 with k * step + reach <= limit.
+inline int64_t within(int64_t limit, int64_t reach, int64_t step) {
+  return limit >= reach ? (limit - reach) / step + 1 : 0;
+}
+
 // How many whole groups of L planes of `plane` values the kernels below may take from x, where
 // reading a group's planes runs `read_past` values past its last plane: only while x[0, readable)
 // holds them.
@@ -505,7 +511,26 @@ void avg_pool_2x2_rows(const float* x, int64_t planes, int64_t H, int64_t W, int
                           __builtin_shuffle(b0, b1, even)) + __builtin_shuffle(b0, b1, odd);
       return __builtin_shuffle(by_inverse ? sum * count : sum / count, order);
     };
-    for (int64_t p = 0; p < planes; ++p)
+    // The first planes, whose every vector reads inside x and writes inside y, without a check a
+    // vector (a row of at most L outputs, one vector without a loop: 1.2-1.6x faster on LeNet's
+    // 10x10 planes on a Zen 3, where the checks and the loop over a row's one vector held up
+    // every row)
+    const int64_t last = (Wo - 1) / L * L;  // a row's last vector's first output
+    const int64_t unchecked = std::min({planes, within(readable, (2 * Ho - 1) * W + 2 * last + 2 * L, H * W),
+                                        within(outputs, (Ho - 1) * Wo + last + L, Ho * Wo)});
+    auto unchecked_planes = [&](auto one_vector) {
+      for (int64_t p = 0; p < unchecked; ++p)
+        for (int64_t oh = 0; oh < Ho; ++oh) {
+          const float* top = x + p * H * W + 2 * oh * W;
+          float* row = y + (p * Ho + oh) * Wo;
+          for (int64_t ow = 0; ow < (one_vector ? 1 : Wo); ow += L) {
+            const Floats means = window_sums(top + 2 * ow, top + W + 2 * ow);
+            __builtin_memcpy(row + ow, &means, sizeof means);
+          }
+        }
+    };
+    Wo <= L ? unchecked_planes(std::true_type{}) : unchecked_planes(std::false_type{});
+    for (int64_t p = unchecked; p < planes; ++p)
       for (int64_t oh = 0; oh < Ho; ++oh) {
         const float* top = x + p * H * W + 2 * oh * W;
         const int64_t first = (p * Ho + oh) * Wo;  // the row's first output
@@ -545,19 +570,34 @@ void avg_unpool_2x2_rows(const float* dy, int64_t planes, int64_t Ho, int64_t Wo
     const Floats count = Floats{} + (by_inverse ? 1.0f / divisor : divisor);
     const float scalar_count = by_inverse ? 1.0f / divisor : divisor;
     auto share = [&](float g) { return 0.0f + (by_inverse ? g * scalar_count : g / scalar_count); };
-    for (int64_t r = 0; r < planes * Ho; ++r) {  // row pairs: planes' rows follow each other
+    // shares of the L outputs at g, each twice in a row, into 2L pixels of a row at out
+    auto unpool = [&](const float* g, float* out) {
+      Floats v;
+      __builtin_memcpy(&v, g, sizeof v);
+      const Floats shares = Floats{} + (by_inverse ? v * count : v / count);
+      const Floats lo = __builtin_shuffle(shares, first_half), hi = __builtin_shuffle(shares, second_half);
+      __builtin_memcpy(out, &lo, sizeof lo);
+      __builtin_memcpy(out + L, &hi, sizeof hi);
+    };
+    // The first row pairs, whose every vector reads inside dy and writes inside dx, without a
+    // check a vector (as the forward). Rows in order: a vector that runs past its row is
+    // overwritten by the next row's.
+    const int64_t rows = planes * Ho, last = (Wo - 1) / L * L;
+    const int64_t unchecked = std::min({rows, within(readable, last + L, Wo), within(pixels, W + 2 * last + 2 * L, 2 * W)});
+    auto unchecked_rows = [&](auto one_vector) {
+      for (int64_t r = 0; r < unchecked; ++r)
+        for (int row = 0; row < 2; ++row)
+          for (int64_t ow = 0; ow < (one_vector ? 1 : Wo); ow += L) unpool(dy + r * Wo + ow, dx + (2 * r + row) * W + 2 * ow);
+    };
+    Wo <= L ? unchecked_rows(std::true_type{}) : unchecked_rows(std::false_type{});
+    for (int64_t r = unchecked; r < rows; ++r) {  // row pairs: planes' rows follow each other
       const float* g = dy + r * Wo;
       float* top = dx + 2 * r * W;
       for (int row = 0; row < 2; ++row) {
         float* out = top + row * W;
         for (int64_t ow = 0; ow < Wo; ow += L) {
           if ((g - dy) + ow + L <= readable && (out - dx) + 2 * ow + 2 * L <= pixels) {
-            Floats v;
-            __builtin_memcpy(&v, g + ow, sizeof v);
-            const Floats shares = Floats{} + (by_inverse ? v * count : v / count);
-            const Floats lo = __builtin_shuffle(shares, first_half), hi = __builtin_shuffle(shares, second_half);
-            __builtin_memcpy(out + 2 * ow, &lo, sizeof lo);
-            __builtin_memcpy(out + 2 * ow + L, &hi, sizeof hi);
+            unpool(g + ow, out + 2 * ow);
             continue;
           }
           for (int64_t o = ow; o < Wo; ++o) out[2 * o] = out[2 * o + 1] = share(g[o]);
