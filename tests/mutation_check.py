@@ -38,7 +38,7 @@ PIXEL = "tests/test_pixel_gemm.py"  # the device suite on the emulated CUDA devi
 TUNING = "tests/test_tuning.py"
 BIAS = ("-k", "bias", "tests/test_ops.py")
 FORWARD_MODE = ("-k", "forward or dual or jacfwd", "tests/test_transforms.py")
-TILED_2X2 = ("-k", "tiled_2x2", DISPATCH)  # each tiled 2x2 average pooling kernel, forced
+TILED_2X2 = ("-k", "tiled_2x2", DISPATCH)  # each tiled 2x2 pooling kernel, forced
 DTYPES = "tests/test_dtypes.py"
 INTEGERS = ("-k", "integers", DTYPES)  # max pooling and convolution of integer tensors
 INT64_POOLING = ("-k", "int64", DTYPES)  # average pooling of int64 tensors
@@ -244,6 +244,25 @@ MUTANTS = [
            "if (tiled_2x2(g)) return", TILED_2X2),
     Mutant("avg-pool-2x2-rows-never-measured", "kernel choice", "csrc/cpu/pool2d.cpp",
            "if (rows) candidates.push_back(", "if (false) candidates.push_back(", TILED_2X2),
+    Mutant("max-unpool-2x2-rows-off-window-index-kept", "index math", "csrc/cpu/pool_tile.h",
+           "strays |= ((__builtin_shuffle(first_half, second_half, high) != 0) | ~in_window) & checked;",
+           "strays |= (__builtin_shuffle(first_half, second_half, high) != 0) & checked;", TILED_2X2),
+    Mutant("max-unpool-2x2-rows-high-half-unchecked", "index math", "csrc/cpu/pool_tile.h",
+           "strays |= ((__builtin_shuffle(first_half, second_half, high) != 0) | ~in_window) & checked;",
+           "strays |= ~in_window & checked;", TILED_2X2),
+    Mutant("max-unpool-2x2-rows-interleave", "index math", "csrc/cpu/pool_tile.h",
+           "interleave_high[j] = interleave_low[j] + L / 2;", "interleave_high[j] = interleave_low[j] + L / 4;",
+           TILED_2X2),
+    Mutant("max-unpool-2x2-rows-bottom-row-first", "index math", "csrc/cpu/pool_tile.h",
+           """    for (int row = 0; row < 2; ++row) {
+      const Ints left = bits & pick[row][0], right = bits & pick[row][1];""",
+           """    for (int row = 1; row >= 0; --row) {
+      const Ints left = bits & pick[row][0], right = bits & pick[row][1];""", TILED_2X2),
+    Mutant("max-unpool-2x2-rows-last-rows-bottom-left", "index math", "csrc/cpu/pool_tile.h",
+           "pair[W] = offset == W ? dy[o] : 0.0f;", "pair[W] = offset == W + 1 ? dy[o] : 0.0f;", TILED_2X2),
+    Mutant("max-unpool-2x2-rows-never-measured", "kernel choice", "csrc/cpu/pool2d.cpp",
+           'run_2x2_kernel("max_pool2d_2x2_backward", g, planes, false, rows != nullptr,',
+           'run_2x2_kernel("max_pool2d_2x2_backward", g, planes, false, false,', TILED_2X2),
     Mutant("chunk-queue-drops-the-short-last-chunk", "work split", "csrc/cpu/parallel.h",
            "if (index >= (end_ - begin_ + chunk_ - 1) / chunk_) return false;",
            "if (index >= (end_ - begin_) / chunk_) return false;", (DISPATCH,)),
@@ -411,8 +430,11 @@ MUTANTS = [
            "return pair_sums_rounded(input_gradient_as_forward(p), grad_output, bfloat16_bits(w), nullptr, way, g.groups);",
            (PRECISION,)),
     Mutant("pool-gradient-stream-skips-plane", "boundary", "csrc/cpu/pool2d.cpp",
-           "        output.finish(dx_data + plane * plane_in);",
-           "        if (plane != begin) output.finish(dx_data + plane * plane_in);", (DISPATCH,)),
+           "        output.finish(dx + plane * plane_in);\n      }\n    });",
+           "        if (plane != begin) output.finish(dx + plane * plane_in);\n      }\n    });", (DISPATCH,)),
+    Mutant("max-unpool-rows-stream-skips-plane", "boundary", "csrc/cpu/pool2d.cpp",
+           "          output.finish(dx + plane * plane_in);\n          continue;",
+           "          if (plane != begin) output.finish(dx + plane * plane_in);\n          continue;", (DISPATCH,)),
     Mutant("nhwc-pool-gradient-stream-skips-sample", "boundary", "csrc/cpu/pool2d.cpp",
            "          output.finish(dx_data + n * plane_in * C);",
            "          if (n != begin) output.finish(dx_data + n * plane_in * C);", (DISPATCH,)),

@@ -314,6 +314,75 @@ def test_each_tiled_2x2_average_pool_kernel_matches_torch_bitwise(shape, divisor
         cuconv._C.cpu_tuning_set(saved)
 
 
+def _forcing_each_tiled_2x2_kernel(prefix, call):
+    """Runs call() once to measure its tiled 2x2 keys starting with `prefix`, then once with each
+    kernel forced through the tuning table; yields (kernel, call()'s result, whether the kernel
+    ran), and restores the table."""
+    saved = cuconv.tuning.choices()
+    try:
+        cuconv.tuning.clear()
+        call()
+        keys = [key for key in cuconv.tuning.choices() if key.startswith(prefix)]
+        for kernel in TILED_2X2_KERNELS:
+            cuconv._C.cpu_tuning_set({key: kernel for key in keys})
+            result = call()
+            yield kernel, result, bool(keys) and all(cuconv.tuning.choices()[key] == kernel for key in keys)
+    finally:
+        cuconv.tuning.clear()
+        cuconv._C.cpu_tuning_set(saved)
+
+
+@pytest.mark.parametrize("shape", [(5, 19, 14, 14), (3, 7, 16, 16), (2, 9, 24, 24), (2, 5, 10, 36), (1, 3, 2, 4),
+                                   (4, 6, 2, 2), (2, 3, 34, 66), (3, 4, 11, 13)], ids=str)
+@pytest.mark.parametrize("isa", POOL_ISAS)
+def test_each_tiled_2x2_max_pool_gradient_kernel_matches_torch(shape, isa, threads, monkeypatch):
+    """Max pooling's float32 gradient over tiled 2x2 windows has two kernels, measured per shape
+    (pool2d.cpp, max_unpool_planes): the rows (pool_tile.h: vectors of a row's outputs, the last
+    overlapping the one before, or one vector running past a row shorter than a vector, the last
+    rows one output at a time) and the plane kernel. Each one, forced through the tuning table,
+    puts each gradient at its index, -0.0, Inf and NaN as they are, with any thread split; an
+    index off its window (moved elsewhere in its plane) takes the general scatter, and one outside
+    the plane, also past 32 bits, an IndexError. Shapes: rows of 7, 8, 12, 18, 2, 1 and 33
+    outputs (shorter than a vector, one, a vector and an overlap, on 8 and 16 lanes), and odd
+    sizes (no rows kernel: a last row and column in no window)."""
+    use_pool_isa(monkeypatch, isa)
+    monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=gen)
+    out, idx = torch.ops.cuconv.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    assert torch.equal(idx, F.max_pool2d(x, 2, return_indices=True)[1])
+    dy = torch.randn(out.shape, generator=gen)
+    flat = dy.view(-1)
+    flat[::5], flat[1::7], flat[2::11] = -0.0, float("inf"), float("nan")
+    moved = idx.clone()
+    moved.view(-1)[len(flat) // 2] = (moved.view(-1)[len(flat) // 2] + 2) % (shape[2] * shape[3])  # off its window
+
+    def gradient(indices):
+        return lambda: torch.ops.cuconv.max_pool2d_backward(dy, indices, list(shape), [2, 2], [2, 2], [0, 0],
+                                                            [1, 1], False)
+
+    exact = shape[2] % 2 == 0 and shape[3] % 2 == 0
+    for indices in (idx, moved):
+        # each pixel written once where the indices are distinct in their plane (-0.0 kept), else added
+        written = torch.zeros_like(x).flatten(2)
+        expected = (written.scatter_(2, indices.flatten(2), dy.flatten(2)) if indices is idx else
+                    written.scatter_add_(2, indices.flatten(2), dy.flatten(2))).view_as(x)
+        ran = set()
+        for kernel, grad, forced in _forcing_each_tiled_2x2_kernel("max_pool2d_2x2_backward", gradient(indices)):
+            if indices is idx:
+                _assert_bitwise((grad,), (expected,), f"{isa} {kernel}")
+            else:  # (the general scatter adds to +0.0, as torch's: -0.0 there comes out +0.0)
+                torch.testing.assert_close(grad, expected, rtol=0, atol=0, equal_nan=True, msg=f"{isa} {kernel}")
+            ran |= {kernel} if forced else set()
+        assert ran == ({"pool_rows", "pool_planes"} if exact and isa != "generic" else set()), ran
+    for bad, shown in ((idx.view(-1)[-1] + (1 << 32), None), (-1, "-1")):
+        outside = idx.clone()
+        outside.view(-1)[-1] = bad
+        for kernel, _, _ in _forcing_each_tiled_2x2_kernel("max_pool2d_2x2_backward", gradient(idx)):
+            with pytest.raises(IndexError, match=f"index {shown or int(bad)} in indices is outside the input plane"):
+                gradient(outside)()
+
+
 @pytest.mark.parametrize("isa", POOL_ISAS)
 def test_global_average_pool_of_large_planes_is_as_accurate_as_torch(isa, monkeypatch):
     """One float32 sum running over a 512x512 plane strays from the mean by more than torch's
@@ -590,6 +659,30 @@ def test_pooling_gradient_larger_than_the_last_level_cache_is_streamed(kind, win
     ref, ref_grad = run(F.max_pool2d if kind == "max" else F.avg_pool2d)
     assert_matches(out, ref, torch.float32)
     assert_matches(grad, ref_grad, torch.float32)
+
+
+@pytest.mark.parametrize("size", [56, 14])
+def test_max_pool_gradient_rows_streamed_past_the_last_level_cache(size):
+    """Where max pooling's gradient is larger than the last-level cache, the rows kernel writes
+    each plane into the buffer in cache that is streamed from there (pool2d.cpp,
+    max_unpool_planes): each gradient at its index, as the plane kernel's, for both kernels
+    forced. Rows of 28 outputs (vectors and an overlap) and of 7 (one vector past the row,
+    the plane's last row one output at a time)."""
+    channels = 8
+    batch = _batch_past_last_level_cache(channels * size * size * 4)
+    gen = torch.Generator().manual_seed(size)
+    x = torch.randn(batch, channels, size, size, generator=gen)
+    out, idx = torch.ops.cuconv.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    dy = torch.randn(out.shape, generator=gen)
+    expected = torch.zeros_like(x).flatten(2).scatter_(2, idx.flatten(2), dy.flatten(2)).view_as(x)
+    del x
+    gradient = lambda: torch.ops.cuconv.max_pool2d_backward(  # noqa: E731
+        dy, idx, list(expected.shape), [2, 2], [2, 2], [0, 0], [1, 1], False)
+    ran = set()
+    for kernel, grad, forced in _forcing_each_tiled_2x2_kernel("max_pool2d_2x2_backward", gradient):
+        assert torch.equal(grad, expected), kernel
+        ran |= {kernel} if forced else set()
+    assert ran == ({"pool_rows", "pool_planes"} if cuconv._C.cpu_kernels()["last_pool"] != "generic" else set())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)

@@ -71,6 +71,8 @@ class PlaneOutput {
   ~PlaneOutput() {
     if (stream_) stream_fence();  // (as the thread's share of the planes ends)
   }
+  // Whether the planes go through the buffer.
+  bool streams() const { return stream_; }
   // Where the plane that belongs at `destination` is to be written.
   T* target(T* destination) { return stream_ ? buffer_.data() : destination; }
   // That plane, written, to its destination.
@@ -623,6 +625,16 @@ AvgPool2x2Rows row_kernels_2x2(const PoolGeometry& g, bool gradient) {
   return {};
 }
 
+// This CPU's vector kernel for max pooling's gradient along the rows (simd.h: float32, where
+// the 2x2 windows tile the plane exactly), or none.
+template <typename scalar_t>
+MaxUnpool2x2Rows max_unpool_row_kernel(const PoolGeometry& g) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tiled_2x2(g) && g.H == 2 * g.Ho && g.W == 2 * g.Wo) return pool_vector_kernels().max_unpool_2x2_rows;
+  }
+  return nullptr;
+}
+
 // Tiled 2x2 average pooling of float32 planes has up to three kernels: groups of a register's
 // lanes of planes transposed (short planes), the rows, and the plane kernel. Which is fastest
 // depends on the plane's size and on the CPU (the groups took 0.42-0.89 of the plane kernel's
@@ -727,6 +739,52 @@ void avg_unpool_planes(const PoolGeometry& g, const AvgPlan& plan, int64_t plane
                            [&](acc_t* target) { avg_unpool_plane(g, plan, dy_plane, target, share.data()); });
         }
         output.finish(dx + plane * g.H * g.W);
+      }
+    });
+  });
+}
+
+// Max pooling's gradient of NCHW planes: each plane's pixels from dy at the indices (the first
+// index outside its plane noted in any_bad and bad_index). Tiled 2x2 windows of float32 have a
+// second kernel along the rows (vectors of a row's outputs, which the plane kernel's loop leaves
+// scalar on rows shorter than a vector: VGG's last pooling, 7 outputs a row), measured against
+// the plane kernel per shape as average pooling's (run_2x2_kernel).
+template <typename scalar_t>
+void max_unpool_planes(const PoolGeometry& g, int64_t planes, const scalar_t* dy, const int64_t* indices,
+                       scalar_t* dx, std::atomic<bool>& any_bad, std::atomic<int64_t>& bad_index) {
+  const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
+  const bool tiled = tiled_2x2(g);
+  const MaxUnpool2x2Rows rows = max_unpool_row_kernel<scalar_t>(g);
+  run_2x2_kernel("max_pool2d_2x2_backward", g, planes, false, rows != nullptr, [&](TiledKernel kernel) {
+    torch::stable::parallel_for(0, planes, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
+      PlaneOutput<scalar_t> output(planes * plane_in * static_cast<int64_t>(sizeof(scalar_t)), plane_in);
+      // the rows kernel on the whole range, or on each plane where the planes are streamed (its
+      // own stores took twice the time on VGG's first pooling's gradient, 205 MB); false, an index
+      // off its window: the plane kernels redo those planes
+      auto by_rows = [&](int64_t first, int64_t count, scalar_t* target) {
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          return kernel == TiledKernel::kRows && rows(dy + first * plane_out, indices + first * plane_out, count, g.Ho,
+                                                      g.Wo, (planes - first) * plane_out, target);
+        }
+        return false;
+      };
+      if (!output.streams() && by_rows(begin, end - begin, dx + begin * plane_in)) return;
+      std::vector<opmath_t<scalar_t>> buffer;
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* dy_plane = dy + plane * plane_out;
+        const int64_t* idx_plane = indices + plane * plane_out;
+        scalar_t* dx_plane = output.target(dx + plane * plane_in);
+        if (output.streams() && by_rows(plane, 1, dx_plane)) {
+          output.finish(dx + plane * plane_in);
+          continue;
+        }
+        if (!tiled || !max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) {
+          unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
+            const std::optional<int64_t> bad = max_unpool_plane(plane_in, plane_out, dy_plane, idx_plane, target);
+            if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
+          });
+        }
+        output.finish(dx + plane * plane_in);
       }
     });
   });
@@ -1445,7 +1503,7 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
   const Tensor idx = contiguous_or_self(indices);
   Tensor dx = empty_in_layout_of(grad_output, input_size);
 
-  const bool tiled = tiled_2x2(g);
+  const int64_t planes = s.batch * s.channels;
 
   CUCONV_DISPATCH_FLOATING(dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
@@ -1453,22 +1511,7 @@ Tensor max_pool2d_backward_cpu(const Tensor& grad_output, const Tensor& indices,
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     std::atomic<bool> any_bad{false};
     std::atomic<int64_t> bad_index{0};
-    torch::stable::parallel_for(0, s.batch * s.channels, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t<scalar_t>> buffer;
-      PlaneOutput<scalar_t> output(s.batch * s.channels * plane_in * static_cast<int64_t>(sizeof(scalar_t)), plane_in);
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* dy_plane = dy_data + plane * plane_out;
-        const int64_t* idx_plane = idx_data + plane * plane_out;
-        scalar_t* dx_plane = output.target(dx_data + plane * plane_in);
-        if (!tiled || !max_unpool_plane_2x2(g, dy_plane, idx_plane, dx_plane)) {
-          unpool_in_opmath(plane_in, dx_plane, buffer, [&](auto* target) {
-            const std::optional<int64_t> bad = max_unpool_plane(plane_in, plane_out, dy_plane, idx_plane, target);
-            if (bad && !any_bad.exchange(true)) bad_index.store(*bad);
-          });
-        }
-        output.finish(dx_data + plane * plane_in);
-      }
-    });
+    max_unpool_planes(g, planes, dy_data, idx_data, dx_data, any_bad, bad_index);
     CUCONV_CHECK_INDEX(!any_bad.load(), op, ": index ", bad_index.load(),
                        " in indices is outside the input plane of ", plane_in, " pixels");
   });

@@ -110,6 +110,14 @@ struct AvgPool2x2Rows {
                  float* dx) = nullptr;
 };
 
+// Max pooling's gradient along the rows where 2x2 windows with stride 2 tile the plane exactly
+// (pool_tile.h, max_unpool_2x2_rows): `planes` planes of dx from dy and the flat indices, each
+// window's four pixels written once; false when an index is none of its window's pixels (then
+// nothing is promised of dx). Reads dy and indices only within `readable` values; planes of
+// fewer than 2^31 pixels.
+using MaxUnpool2x2Rows = bool (*)(const float* dy, const int64_t* indices, int64_t planes, int64_t Ho, int64_t Wo,
+                                  int64_t readable, float* dx);
+
 // Pooling's vector kernels above, compiled for one ISA (simd_avx512.cpp, simd_avx2.cpp; all of
 // them written once, pool_tile.h); pool2d.cpp takes those of the CPU's ISA (none for the generic
 // one). The AVX2 file also has a set with AVX-512's 16 lanes (CUCONV_CPU_POOL_LANES=16), which
@@ -128,6 +136,7 @@ struct PoolVectorKernels {
   GlobalSumAlongPlane global_sum_along_plane = nullptr;
   AvgPool2x2Groups avg_2x2;
   AvgPool2x2Rows avg_2x2_rows;
+  MaxUnpool2x2Rows max_unpool_2x2_rows = nullptr;
 };
 PoolVectorKernels avx512_pool_vector_kernels();
 PoolVectorKernels avx2_pool_vector_kernels();

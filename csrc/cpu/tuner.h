@@ -20,7 +20,7 @@ namespace cuconv {
 enum class KernelName {
   kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
   kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kByPhase, kNhwcDirect,
-  kPoolGroups, kPoolRows, kPoolPlanes,  // tiled 2x2 average pooling (pool2d.cpp)
+  kPoolGroups, kPoolRows, kPoolPlanes,  // tiled 2x2 pooling (pool2d.cpp)
   kDepthwise, kDepthwiseFetched,        // depthwise rows read in place (depthwise.h, RowFetch)
   kCount
 };
