@@ -759,8 +759,8 @@ void max_unpool_planes(const PoolGeometry& g, int64_t planes, const scalar_t* dy
     torch::stable::parallel_for(0, planes, plane_grain(plane_in), [&](int64_t begin, int64_t end) {
       PlaneOutput<scalar_t> output(planes * plane_in * static_cast<int64_t>(sizeof(scalar_t)), plane_in);
       // the rows kernel on the whole range, or on each plane where the planes are streamed (its
-      // own stores took twice the time on VGG's first pooling's gradient, 205 MB); false, an index
-      // off its window: the plane kernels redo those planes
+      // own stores took 1.3x the time on VGG's first pooling's gradient, 411 MB, on a Zen 3);
+      // false, an index off its window: the plane kernels redo those planes
       auto by_rows = [&](int64_t first, int64_t count, scalar_t* target) {
         if constexpr (std::is_same_v<scalar_t, float>) {
           return kernel == TiledKernel::kRows && rows(dy + first * plane_out, indices + first * plane_out, count, g.Ho,
