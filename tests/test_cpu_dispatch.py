@@ -854,21 +854,33 @@ def test_weight_gradient_by_row_tiles_matches_float64(case, isa, monkeypatch):
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 @pytest.mark.parametrize("out_channels", [1, 2, 3, 4, 5, 6, 7, 11, 13])
 def test_forward_by_row_tiles_of_every_width(out_channels, isa, monkeypatch):
-    """The forward pass along output rows takes the channels in groups of the widest row tile (6
-    with AVX-512, 4 with AVX2) and the rest on a tile of their own width (it had padded them with
-    zero weights: a 1-channel layer made 6 products for each one it needed): torch's values in
-    float64, for every width, on either ISA, with the bias of each group."""
+    """The forward pass along output rows takes the channels in as few groups of at most 6 (the
+    widest row tile) as they need, their widths as even as they divide (7 as 4 + 3, 13 as 5 + 5 +
+    3: every tile width runs; a narrower tile had padded them with zero weights, a 1-channel
+    layer making 6 products for each one it needed), each tile writing its rows of the output
+    (11 rows: the last band of either ISA's tile short; 31 columns: the last vector short):
+    torch's values in float64, for every width, on either ISA, with the bias of each group; and
+    the input gradient, the same tiles on the flipped weights, with as few input channels."""
     monkeypatch.setenv("CUCONV_CPU_DIRECT", "1")
     monkeypatch.setenv("CUCONV_CPU_ISA", isa)
     if cuconv._C.cpu_kernels()["isa"] != isa:
         pytest.skip(f"no {isa} on this CPU")
     gen = torch.Generator().manual_seed(out_channels)
-    x = torch.randn(2, 3, 10, 32, generator=gen)
+    x = torch.randn(2, 3, 11, 31, generator=gen)
     w, b = torch.randn(out_channels, 3, 3, 3, generator=gen), torch.randn(out_channels, generator=gen)
     out = CF.conv2d(x, w, b, 1, 1)
     kernels = cuconv._C.cpu_kernels()
     assert kernels["last_direct"] == isa and kernels["last_direct_tiles"] == "rows", kernels
     assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1).float(), torch.float32)
+
+    dy, w_t = torch.randn(2, 8, 11, 31, generator=gen), torch.randn(8, out_channels, 3, 3, generator=gen)
+    args = ([1, 1], [1, 1], [1, 1], 1, False)
+    grad_input = torch.ops.cuconv.conv2d_backward_input(dy, w_t, [2, out_channels, 11, 31], *args)
+    kernels = cuconv._C.cpu_kernels()
+    assert kernels["last_direct"] == isa and kernels["last_direct_tiles"] == "rows", kernels
+    exact = torch.ops.aten.convolution_backward(dy.double(), x.new_empty(2, out_channels, 11, 31).double(), w_t.double(),
+                                                None, *args[:3], False, [0, 0], 1, [True, False, False])[0]
+    assert_matches(grad_input, exact.float(), torch.float32)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

@@ -201,16 +201,17 @@ bool row_tiles_suit(const DirectConv& p, const DirectTiles& tiles) {
 }
 
 // The forward pass by row tiles (direct_tile.h): threads take (sample, band of row_rows output
-// rows) items; each runs every channel group (row_channels channels, the last group the rest,
-// on the tile of its width) and column vector of its band. Each thread copies a sample
+// rows) items; each runs every channel group (as even as the widest tile allows, DirectTiles::row)
+// and column vector of its band, the tile writing its outputs. Each thread copies a sample
 // zero-padded into a buffer of its own (one sample: small, and in cache), with room past the
 // last vector and band, so every read is in bounds.
 void row_forward(const DirectConv& p, const float* in, const float* weight, const float* bias, float* out,
                  const DirectTiles& tiles) {
   note_kernel_use(KernelPath::kDirectTiles, "rows");
-  const int64_t L = tiles.lanes, R = tiles.row_rows, OT = tiles.row_channels;
+  const int64_t L = tiles.lanes, R = tiles.row_rows;
   const int64_t C = p.in_channels, O = p.out_channels, kh = p.kernel_h, kw = p.kernel_w;
-  const int64_t vectors = (p.out_w + L - 1) / L, bands = (p.out_h + R - 1) / R, groups = (O + OT - 1) / OT;
+  const int64_t groups = (O + tiles.row_channels - 1) / tiles.row_channels, OT = (O + groups - 1) / groups;
+  const int64_t vectors = (p.out_w + L - 1) / L, bands = (p.out_h + R - 1) / R;
   const int64_t wp = std::max(p.width + 2 * p.pad_w, vectors * L + (kw - 1) * p.dilation_w);
   const int64_t hp = std::max(p.height + 2 * p.pad_h, (bands * R - 1) * p.stride_h + (kh - 1) * p.dilation_h + 1);
   // weights of channel group g (its `width` channels) as [C][kH][kW][width], from g * taps * OT
@@ -222,7 +223,7 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
   }
   const int64_t plane_out = p.out_h * p.out_w;
   torch::stable::parallel_for(0, p.batch * bands, 1, [&](int64_t first, int64_t last) {
-    PackedBuffer<float> x(C * hp * wp, 0.f), tile(R * OT * L);  // x's border stays zero
+    PackedBuffer<float> x(C * hp * wp, 0.f), partial(R * OT * L);  // x's border stays zero
     int64_t padded_sample = -1;
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / bands, oh0 = item % bands * R, rows = std::min(R, p.out_h - oh0);
@@ -234,16 +235,12 @@ void row_forward(const DirectConv& p, const float* in, const float* weight, cons
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t channels = std::min(OT, O - g * OT);
         for (int64_t v = 0; v < vectors; ++v) {
-          const int64_t ow0 = v * L, cols = std::min(L, p.out_w - ow0);
+          const int64_t ow0 = v * L;
+          const RowTileOutput to{out + n * p.out_stride() + g * OT * plane_out + oh0 * p.out_w + ow0, rows,
+                                 std::min(L, p.out_w - ow0), p.out_w, plane_out,
+                                 bias != nullptr ? bias + g * OT : nullptr};
           tiles.row[channels](band + ow0, p.stride_h * wp, hp * wp, p.dilation_h * wp, p.dilation_w, C, kh, kw,
-                              w.data() + g * taps * OT, tile.data());
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t o = 0; o < channels; ++o) {
-              const float b = bias != nullptr ? bias[g * OT + o] : 0.f;
-              float* y = out + n * p.out_stride() + (g * OT + o) * plane_out + (oh0 + r) * p.out_w + ow0;
-              const float* t = tile.data() + (r * channels + o) * L;
-              for (int64_t l = 0; l < cols; ++l) y[l] = t[l] + b;
-            }
+                              w.data() + g * taps * OT, partial.data(), to);
         }
       }
     }

@@ -183,6 +183,15 @@ std::vector<T> flipped_kernel(const DirectConv& p, const T* weight) {
 // kChainProducts products.
 constexpr int64_t kChainProducts = 512;
 
+// Where a row tile (DirectTiles::row) writes its rows x OT channels x cols outputs, bias added
+// (bias may be null): output (r, o, l) at y[o * plane + r * row_stride + l], for r < rows <= R
+// and l < cols <= kLanes.
+struct RowTileOutput {
+  float* y;
+  int64_t rows, cols, row_stride, plane;
+  const float* bias;
+};
+
 // The register tiles of one vector ISA (simd_avx512.cpp, simd_avx2.cpp), indexed by
 // NV = 1..max_vectors, the vectors of output channels in a panel, and for the forward
 // tiles by the pixels q = 1..Q they take (a row's last tile may be short). A forward tile
@@ -196,7 +205,8 @@ struct DirectTiles {
   using Weight = void (*)(const float* const* x_rows, int64_t rows, int64_t out_w, int64_t stride, const int64_t* taps,
                           const float* grad_t, float* partial);
   using Row = void (*)(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
-                       int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile);
+                       int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* partial,
+                       const RowTileOutput& out);
   using ToPlanes = void (*)(const float* row, int64_t pixels, int64_t width, int64_t count, const float* bias,
                             float* y, int64_t plane);
   static constexpr int kMaxVectors = 4, kMaxPixels = 12;
@@ -222,8 +232,9 @@ struct DirectTiles {
   using CopyRows = void (*)(const float* in, int64_t rows, int64_t width, float* out, int64_t out_stride);
   CopyRows copy_rows = nullptr;  // contiguous rows of floats to rows a stride apart (direct_copy_rows)
   // the row tiles (vectors along output columns), for few channels: row[OT] takes row_rows output
-  // rows x OT output channels, OT = 1..row_channels (0: none; wider layers go in groups of
-  // row_channels, the last group on the tile of its width)
+  // rows x OT output channels, OT = 1..row_channels (0: none; wider layers go in as few groups of
+  // at most row_channels as they need, their widths as even as they divide: 7 channels as 4 + 3,
+  // not 6 + 1, whose tile would have 1 x R chains waiting on their FMAs' latency)
   static constexpr int kMaxRowChannels = 6;
   Row row[kMaxRowChannels + 1] = {};
   int64_t row_rows = 0, row_channels = 0;

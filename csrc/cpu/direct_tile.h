@@ -117,15 +117,19 @@ void direct_weight_tile(const float* const* x_rows, int64_t rows, int64_t out_w,
 
 // Row tile, for layers with few output channels (LeNet's): vectors run along an output row
 // instead, R output rows x OT output channels x one vector of kLanes consecutive columns:
-//   for each tap (c, i, j):  w[o] = weights[(c, i, j)][o]          (OT broadcasts)
-//                            for r: v = x[origin + r*row_step + c*plane + i*tap_row + j*tap_col]
-//                                   acc[r][o] += w[o] * v          (kLanes columns, stride 1)
-// weights: [C][kH][kW][OT] (zeros past the channels in use); tile: [R][OT][kLanes].
-// R*OT accumulators + OT + 1 vectors must fit the register file. The channels are summed in
-// chains of at most ~kChainProducts products, each from zero, the chains added up in `tile`.
+//   for each tap (c, i, j):  for r: v[r] = x[origin + r*row_step + c*plane + i*tap_row + j*tap_col]
+//                            for o: w = weights[(c, i, j)][o]      (one broadcast, R products)
+//                                   acc[r][o] += w * v[r]          (kLanes columns, stride 1)
+// weights: [C][kH][kW][OT] (zeros past the channels in use). R*OT accumulators + R + 1 vectors
+// must fit the register file (the R loads of a tap kept, one broadcast at a time: AVX2's 16
+// registers then hold 2 x 6, which LeNet's 6 channels fill in one tile; 2 x 4 and a 2 x 2 for
+// the rest, 4 chains of FMAs waiting on their latency, took twice as long). The channels are
+// summed in chains of at most ~kChainProducts products, each from zero: all but the last
+// chain's sums kept in `partial` ([R][OT][kLanes]), the last's added to them and written out.
 template <class Isa, int R, int OT>
 void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64_t tap_row, int64_t tap_col,
-                     int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* tile) {
+                     int64_t channels, int64_t kernel_h, int64_t kernel_w, const float* weights, float* partial,
+                     const RowTileOutput& out) {
   using V = typename Isa::V;
   constexpr int L = Isa::kLanes;
   const int64_t chain_channels = kChainProducts / (kernel_h * kernel_w) > 0 ? kChainProducts / (kernel_h * kernel_w) : 1;
@@ -140,26 +144,37 @@ void direct_row_tile(const float* origin, int64_t row_step, int64_t plane, int64
       for (int64_t i = 0; i < kernel_h; ++i) {
         const float* x = origin + c * plane + i * tap_row;
         for (int64_t j = 0; j < kernel_w; ++j, weights += OT) {
-          V w[OT];
-#pragma GCC unroll 8
-          for (int o = 0; o < OT; ++o) w[o] = Isa::set1(weights[o]);
+          V v[R];
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
-            V v = Isa::load(x + r * row_step + j * tap_col);
+            v[r] = Isa::load(x + r * row_step + j * tap_col);
             // one load into a register for the OT products (GCC otherwise folds the load into
             // each FMA: OT loads of the vector, R*OT + OT loads a tap, and the tile load-bound)
-            asm("" : "+v"(v));
+            asm("" : "+v"(v[r]));
+          }
 #pragma GCC unroll 8
-            for (int o = 0; o < OT; ++o) acc[r][o] = Isa::fma(w[o], v, acc[r][o]);
+          for (int o = 0; o < OT; ++o) {
+            const V w = Isa::set1(weights[o]);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) acc[r][o] = Isa::fma(w, v[r], acc[r][o]);
           }
         }
       }
+    const bool last_chain = c_end == channels;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
       for (int o = 0; o < OT; ++o) {
-        float* sum = tile + (r * OT + o) * L;
-        Isa::store(sum, c0 > 0 ? Isa::add(Isa::load(sum), acc[r][o]) : acc[r][o]);
+        float* kept = partial + (r * OT + o) * L;
+        const V sum = c0 > 0 ? Isa::add(Isa::load(kept), acc[r][o]) : acc[r][o];
+        if (!last_chain) {
+          Isa::store(kept, sum);
+        } else if (r < out.rows) {
+          const V y = Isa::add(sum, Isa::set1(out.bias != nullptr ? out.bias[o] : 0.f));
+          float* to = out.y + o * out.plane + r * out.row_stride;
+          if (out.cols == L) Isa::store(to, y);
+          else Isa::store_first(to, y, out.cols);
+        }
       }
   }
 }

@@ -113,7 +113,7 @@ DirectTiles avx2_direct_tiles() {
   t.max_vectors = 2;
   fill_direct_tiles<Avx2Float, 1, 6, 6>(t);
   fill_direct_tiles<Avx2Float, 2, 6, 6>(t);
-  fill_row_tiles<Avx2Float, 2, 4>(t);  // 2 x 4: 8 accumulators, 4 broadcasts
+  fill_row_tiles<Avx2Float, 2, 6>(t);  // 2 x 6: 12 accumulators, 2 loads and 6 broadcasts a tap
   fill_row_weight_tiles<Avx2Float, 3, 4, 6, 8>(t);  // 3 x 4: 12 accumulators, 3 + 1 loads
   return t;
 }

@@ -132,7 +132,7 @@ DirectTiles avx512_direct_tiles() {
   fill_direct_tiles<Avx512Float, 2, 12, 12>(t);
   fill_direct_tiles<Avx512Float, 3, 8, 8>(t);
   fill_direct_tiles<Avx512Float, 4, 6, 6>(t);
-  fill_row_tiles<Avx512Float, 4, 6>(t);  // 4 x 6: 24 accumulators, 6 broadcasts
+  fill_row_tiles<Avx512Float, 4, 6>(t);  // 4 x 6: 24 accumulators, 4 loads and 6 broadcasts a tap
   fill_row_weight_tiles<Avx512Float, 6, 4, 5, 6, 8, 8, 8>(t);  // 6 x 4: 24 accumulators, 6 + 1 loads
   return t;
 }
