@@ -122,8 +122,9 @@ void direct_weight_tile(const float* const* x_rows, int64_t rows, int64_t out_w,
 //                                   acc[r][o] += w * v[r]          (kLanes columns, stride 1)
 // weights: [C][kH][kW][OT] (zeros past the channels in use). R*OT accumulators + R + 1 vectors
 // must fit the register file (the R loads of a tap kept, one broadcast at a time: AVX2's 16
-// registers then hold 2 x 6, which LeNet's 6 channels fill in one tile; 2 x 4 and a 2 x 2 for
-// the rest, 4 chains of FMAs waiting on their latency, took twice as long). The channels are
+// registers then hold 2 x 6, which LeNet's 6 channels fill in one tile; on 2 x 4 and a 2 x 2 for
+// the rest, 4 chains of FMAs waiting on their latency, its second layer's input gradient took
+// 1.5-1.8x as long on a Zen 3). The channels are
 // summed in chains of at most ~kChainProducts products, each from zero: all but the last
 // chain's sums kept in `partial` ([R][OT][kLanes]), the last's added to them and written out.
 template <class Isa, int R, int OT>
