@@ -1,9 +1,9 @@
 """The CPU memory cuconv recycles (csrc/cpu/recycled_memory.cpp).
 
-A CPU tensor that cuconv's kernels make, of 64 KiB up to a quarter of the last-level cache (the
-limit), goes on the buffer most recently freed of exactly its size, which the caches still hold,
-rather than wherever malloc puts it (seldom the same place twice in a training loop, so every
-store would first read its line from memory). Freed buffers are held for the next tensors, at
+A CPU tensor that cuconv's kernels make, of 64 KiB up to half the last-level cache (the limit),
+goes on the buffer most recently freed of exactly its size, which the caches still hold, rather
+than wherever malloc puts it (seldom the same place twice in a training loop, so every store
+would first read its line from memory). Freed buffers are held for the next tensors, at
 most the limit in all, the oldest returned to malloc first.
 
 - ``CUCONV_RECYCLE_CPU_MEMORY=0`` (read when cuconv is imported; ``1`` or unset: on, any other
