@@ -887,6 +887,8 @@ MUTANTS = [
     Mutant("eager-path-drops-the-graph", "autograd (Python)", "cuconv/_ops.py",
            "            records = records or a.requires_grad", "            records = records and a.requires_grad",
            (OPS,)),
+    Mutant("eager-path-reads-the-first-tensor-only", "autograd (Python)", "cuconv/_ops.py",
+           "        call = _eager_call(args[:tensors])", "        call = _eager_call(args[:1])", (OPS,)),
     Mutant("eager-path-ignores-dual-tensors", "forward mode (Python)", "cuconv/_ops.py",
            "            or _fwad._current_level >= 0):", "            or False):", FORWARD_MODE),
     Mutant("conv-jvp-drops-the-bias-tangent", "forward mode (Python)", "cuconv/_ops.py",
