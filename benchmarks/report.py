@@ -76,11 +76,6 @@ def ratio_table(rows, ceilings):
                 parts.append(f"sgemm {ceilings[(device, case)]:.0f} GFLOP/s ({name})")
         if (device, "copy") in ceilings:
             parts.append(f"copy {ceilings[(device, 'copy')]:.1f} GB/s")
-        reads = [(case.removeprefix("read.").replace("MiB", " MiB"), gbs)
-                 for (d, case), gbs in sorted(ceilings.items()) if d == device and case.startswith("read.")]
-        if reads:
-            parts.append("reads of " + " and ".join(f"{size} {gbs:.1f} GB/s" for size, gbs in reads)
-                         + " (in the last-level cache, or past what the machine gives of it)")
         lines.append(f"Ceilings on {device}, measured in the same run: {', '.join(parts)}.")
     return "\n".join(lines), ratios
 

@@ -208,22 +208,6 @@ def test_ceiling_copy(benchmark, device):
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
 
 
-# Reads of a tensor that fits the last-level cache, and of one the size of ResNet's global
-# pooling step's working set (its input, its input gradient and x.grad, 3 x 2.4 MB at batch 128):
-# on a VM whose neighbours share the cache, the second runs at memory speed, and so does that
-# step's every kernel, cuconv's and torch's (RESULTS.md, the fifty-first session).
-@pytest.mark.parametrize("mebibytes", [2, 7])
-def test_ceiling_cache_read(benchmark, mebibytes, device):
-    if device != "cpu":
-        pytest.skip("a CPU ceiling (a GPU's L2 takes both sizes whole)")
-    x = torch.randn(mebibytes * 2 ** 18)
-    benchmark.group = f"ceiling {device}"
-    benchmark.extra_info.update(case=f"read.{mebibytes}MiB", mode="ceiling", device=device, dtype="float32",
-                                impl="torch", bytes=x.numel() * x.element_size())
-    x.sum()
-    benchmark.pedantic(x.sum, rounds=50, warmup_rounds=5)
-
-
 # --- the GEMM goal: each large layer next to the sgemm ceiling, round by round -----------------
 @pytest.mark.parametrize("case", GEMM_GOAL_CASES, ids=lambda c: c.name)
 def test_gemm_goal_alongside_sgemm(benchmark, case, device, dtype, batch, quick, measurement_pass):

@@ -77,14 +77,6 @@ def test_a_ceiling_is_its_fastest_round_not_its_median(tmp_path):
     assert ceilings[("cpu", "fma")] == 400.0
 
 
-def test_the_ceilings_line_names_the_cache_reads():
-    report = _module("report")
-    ceilings = {("cpu", "copy"): 20.0, ("cpu", "read.2MiB"): 41.0, ("cpu", "read.7MiB"): 12.5}
-    table, _ = report.ratio_table({}, ceilings)
-    assert ("copy 20.0 GB/s, reads of 2 MiB 41.0 GB/s and 7 MiB 12.5 GB/s (in the last-level cache, or past what "
-            "the machine gives of it)") in table
-
-
 def _alongside_run(tmp_path, layer_seconds, sgemm_seconds, cuconv_sgemm_seconds):
     """A run's JSON with one GEMM-goal case, resnet.b4.conv1 (1 GFLOP) beside a 2 GFLOP sgemm."""
     info = dict(case="resnet.b4.conv1", mode="gemm goal", device="cpu", dtype="float32", impl="cuconv",
