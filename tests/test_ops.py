@@ -1157,6 +1157,25 @@ def test_plain_eager_calls_take_the_lean_path_and_match_the_ops_autograd_kernel_
         assert torch.equal(a, k)
 
 
+def test_the_lean_path_leaves_tensors_with_more_dispatch_keys_to_the_dispatcher():
+    """The lean path (cuconv/_ops.py) calls the ops below autograd through the dispatcher, which
+    handles what the kernels do not: a negative view (torch._neg_view: its sign is applied by the
+    dispatcher's Negative fallback, not stored), in any tensor argument, and a tensor made in
+    inference mode give the plain tensor's values. (A shortcut to the CPU kernel by the operator's
+    handle for dense CPU tensors, tried in the fifty-first session, must leave these out; it also
+    hid the ops from torch.profiler: test_max_pool_backward_fills_no_zeros_for_the_indices.)"""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 7, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    negative_x, negative_w = torch._neg_view(x), torch._neg_view(w)
+    assert negative_x.is_neg() and negative_w.is_neg()
+    assert torch.equal(CF.avg_pool2d(negative_x, 2), CF.avg_pool2d(-x, 2))
+    assert torch.equal(CF.max_pool2d(negative_x, 2), CF.max_pool2d(-x, 2))
+    assert torch.equal(CF.conv2d(x, negative_w, padding=1), CF.conv2d(x, -w, padding=1))
+    with torch.inference_mode():
+        assert torch.equal(CF.conv2d(x.clone(), w, padding=1), CF.conv2d(x, w, padding=1))
+
+
 class SmallNet(nn.Module):
     def __init__(self):
         super().__init__()
