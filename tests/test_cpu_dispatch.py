@@ -529,6 +529,54 @@ def test_global_average_pool_gradient_matches_torch_on_every_isa(size, monkeypat
     assert all(torch.equal(grads[isa], grads["generic"]) for isa in POOL_ISAS)
 
 
+GLOBAL_POOL_KERNELS = ("pool_groups", "pool_quads")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 3), (2, 2), (2, 3), (2, 4), (3, 3), (3, 4), (2, 7), (4, 4), (7, 7),
+                                  (15, 17)], ids=str)
+@pytest.mark.parametrize("isa", POOL_ISAS)
+def test_each_global_average_pool_kernel_gives_the_same_bits(size, isa, threads, monkeypatch):
+    """Global average pooling of small float32 planes, and its gradient, have two vector kernels
+    each, measured per shape (pool2d.cpp, run_global_kernel): a register's lanes of planes at a
+    time, and quads of planes in 128-bit registers. Each one, forced through the tuning table,
+    sums in _global_sums's order (a plane of -0.0 averages to +0.0, an Inf and a NaN come through)
+    and divides the gradient as torch does, bit for bit, with any thread split. Planes of 1 to 16
+    values (each count of registers that reach into a plane: 1 to 4 quads, 1 or 2 groups of 8, and
+    planes that fill their last register), 49 and 255 (whole loads of 16, then the rest);
+    5 x 67 planes: whole groups and a tail, which the scalar loops take."""
+    use_pool_isa(monkeypatch, isa)
+    monkeypatch.delenv("CUCONV_CPU_TUNE", raising=False)
+    gen = torch.Generator().manual_seed(size[0] * 100 + size[1])
+    x = torch.randn(5, 67, *size, generator=gen, requires_grad=True)
+    with torch.no_grad():
+        planes = x.view(-1, size[0] * size[1])
+        planes[1] = -0.0
+        planes[3, -1] = float("inf")
+        planes[-2, 0] = float("nan")
+    dy = torch.randn(5, 67, 1, 1, generator=gen)
+    expected = (_global_sums(x.detach()) / (size[0] * size[1])).view(5, 67, 1, 1)
+    expected_grad = (dy / (size[0] * size[1])).expand_as(x)
+    saved = cuconv.tuning.choices()
+    try:
+        cuconv.tuning.clear()
+        torch.autograd.grad(CF.adaptive_avg_pool2d(x, 1), x, dy)  # measured once: the keys of this shape
+        keys = [key for key in cuconv.tuning.choices() if key.startswith("global_avg_pool")]
+        vector = cuconv._C.cpu_kernels()["isa"] != "generic"
+        assert sorted(key.split()[0] for key in keys) == (
+            ["global_avg_pool_backward"] * (size[0] * size[1] <= 16) + ["global_avg_pool_forward"]) * vector, keys
+        for kernel in GLOBAL_POOL_KERNELS:
+            cuconv._C.cpu_tuning_set({key: kernel for key in keys})
+            out = CF.adaptive_avg_pool2d(x, 1)
+            (grad,) = torch.autograd.grad(out, x, dy)
+            assert all(cuconv.tuning.choices()[key] == kernel for key in keys)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True, msg=f"{isa} {kernel}")
+            assert not (out == 0).logical_and(out.signbit()).any(), f"{isa} {kernel}: -0.0"
+            torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0, msg=f"{isa} {kernel}")
+    finally:
+        cuconv.tuning.clear()
+        cuconv._C.cpu_tuning_set(saved)
+
+
 # --- grouped layers: a GEMM per group, or group by group as groups = 1 layers -------------------
 
 GROUPED_CASES = [  # (input, weight, stride, padding, dilation, groups)

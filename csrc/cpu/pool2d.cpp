@@ -934,18 +934,45 @@ PoolPixelNhwc<VectorElement<scalar_t>> nhwc_kernels_of() {
   else return {};
 }
 
+// Global pooling of small float32 planes and its gradient have two vector kernels each (pool_tile.h):
+// groups of a register's lanes of planes, and quads, 4 planes in 128-bit registers. Which is
+// faster depends on the CPU (a Zen 1, whose vector units are 128 bits wide, ran the quads in 0.7
+// of the time on ResNet's 3x3 planes) and on the plane's size, so it is measured per shape as the
+// tiled 2x2 kernels are (run_2x2_kernel; tuner.h: pool_groups, pool_quads); with
+// CUCONV_CPU_TUNE=0 the groups run. Both sum (divide, store) in the same order: the same bits.
+// run(quads) does the whole pass with one of them.
+template <typename Run>
+void run_global_kernel(const char* pass, int64_t planes, int64_t plane, Run run) {
+  if (!tuning_enabled()) return run(false);
+  char key[160];
+  std::snprintf(key, sizeof key, "%s float32 planes=%lld plane=%lld threads=%d isa=%s", pass,
+                static_cast<long long>(planes), static_cast<long long>(plane),
+                static_cast<int>(torch::stable::get_num_threads()), pool_vector_kernels().isa);
+  run_tuned(key, {{kernel_name(KernelName::kPoolGroups), [&] { run(false); }},
+                  {kernel_name(KernelName::kPoolQuads), [&] { run(true); }}});
+}
+
 template <typename scalar_t>
 void global_pool(int64_t planes, int64_t plane, double divisor, const scalar_t* x, scalar_t* y) {
   using Element = VectorElement<scalar_t>;
   const GlobalPoolGroups<Element> groups_kernel = plane <= kGlobalSumBlock ? global_pool_groups_of<scalar_t>() : nullptr;
   GlobalSumAlongPlane along_plane = nullptr;
   if constexpr (std::is_same_v<scalar_t, float>) along_plane = pool_vector_kernels().global_sum_along_plane;
-  torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
-    if (groups_kernel != nullptr)
-      begin += groups_kernel(reinterpret_cast<const Element*>(x + begin * plane), end - begin, plane, divisor,
-                             (planes - begin) * plane, reinterpret_cast<Element*>(y + begin));
-    global_pool_range(begin, end, plane, divisor, x, y, along_plane);
-  });
+  auto run = [&](GlobalPoolGroups<Element> kernel) {
+    torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+      if (kernel != nullptr)
+        begin += kernel(reinterpret_cast<const Element*>(x + begin * plane), end - begin, plane, divisor,
+                        (planes - begin) * plane, reinterpret_cast<Element*>(y + begin));
+      global_pool_range(begin, end, plane, divisor, x, y, along_plane);
+    });
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const GlobalPoolGroups<float> quads = pool_vector_kernels().global_pool_quads;
+    if (groups_kernel != nullptr && quads != nullptr)
+      return run_global_kernel("global_avg_pool_forward", planes, plane,
+                               [&](bool use_quads) { run(use_quads ? quads : groups_kernel); });
+  }
+  run(groups_kernel);
 }
 
 // Its gradient: every element of plane p gets dy[p] / divisor. Planes of at most kSpan
@@ -975,21 +1002,28 @@ CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_
 // float32 planes of at most 16 values take the vector kernel of this CPU (pool_tile.h: AVX-512
 // or AVX2) in groups of a register's lanes of planes, 2x faster again; the range's last planes
 // the kernel above.
+// (the groups or the quads measured per shape: run_global_kernel)
 template <typename scalar_t>
 void global_unpool(int64_t planes, int64_t plane, double divisor, const scalar_t* dy, scalar_t* dx) {
-  GlobalUnpoolGroups groups_kernel;
-  if constexpr (std::is_same_v<scalar_t, float>)
-    if (plane <= 16) groups_kernel = pool_vector_kernels().global_unpool;
-  torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (groups_kernel.run != nullptr) {
-        const int64_t groups = (end - begin) / groups_kernel.planes;
-        groups_kernel.run(dy + begin, groups, plane, static_cast<float>(divisor), dx + begin * plane);
-        begin += groups * groups_kernel.planes;
+  auto run = [&](GlobalUnpoolGroups kernel) {
+    torch::stable::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (kernel.run != nullptr) {
+          const int64_t groups = (end - begin) / kernel.planes;
+          kernel.run(dy + begin, groups, plane, static_cast<float>(divisor), dx + begin * plane);
+          begin += groups * kernel.planes;
+        }
       }
-    }
-    global_unpool_range(begin, end, plane, divisor, dy, dx);
-  });
+      global_unpool_range(begin, end, plane, divisor, dy, dx);
+    });
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const GlobalUnpoolGroups groups = pool_vector_kernels().global_unpool, quads = pool_vector_kernels().global_unpool_quads;
+    if (plane <= 16 && groups.run != nullptr && quads.run != nullptr)
+      return run_global_kernel("global_avg_pool_backward", planes, plane,
+                               [&](bool use_quads) { run(use_quads ? quads : groups); });
+  }
+  run(GlobalUnpoolGroups{});
 }
 
 // Adaptive windows as plain pooling windows, when the output size divides the input size.

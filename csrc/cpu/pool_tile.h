@@ -16,6 +16,8 @@ typedef int64_t PoolLongs __attribute__((vector_size(128)));
 typedef float PoolFloats8 __attribute__((vector_size(32)));
 typedef int32_t PoolInts8 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs8 __attribute__((vector_size(64)));
+typedef float PoolFloats4 __attribute__((vector_size(16)));  // global average pooling's quads (below)
+typedef int32_t PoolInts4 __attribute__((vector_size(16)));
 typedef double PoolDoubles __attribute__((vector_size(64)));  // global average pooling of float64
 typedef double PoolDoubles4 __attribute__((vector_size(32)));
 typedef int64_t PoolLongs4 __attribute__((vector_size(32)));
@@ -204,12 +206,24 @@ int64_t avg_pool_pixel_nhwc(const Element* x, int64_t C, const PoolRectangle& wi
   return C;
 }
 
+// Lane picks[l] of v in lane l: one vpermilps for 4 lanes (GCC's own shuffle of 4 floats by a
+// variable mask widens them to a 256-bit vpermps, three micro-ops on a Zen 1), one vpermps for 8.
+template <typename Floats, typename Ints>
+inline Floats picked_lanes(Floats v, Ints picks) {
+  if constexpr (sizeof(Floats) == 16)
+    return (Floats)_mm_permutevar_ps((__m128)v, (__m128i)picks);
+  else
+    return __builtin_shuffle(v, picks);
+}
+
 // Global average pooling's gradient in float32 over planes of `plane` <= 16 values, L planes at
-// a time (L = 16 with AVX-512, 8 with AVX2): their L shares dy / divisor in one vector, and the
-// planes' L * plane outputs as `plane` vectors, vector m holding share (L*m + l) / plane in lane
-// l: one permute and one full store each (the scalar kernel's stores straddle planes). The
-// vector types are the ISA's own width (a permute of 16 floats compiles to scalar code on AVX2;
-// of 8 it is one vpermps).
+// a time (L = 16 with AVX-512, 8 with AVX2; 4, the quads, with either): their L shares
+// dy / divisor in one vector, and the planes' L * plane outputs as `plane` vectors, vector m
+// holding share (L*m + l) / plane in lane l: one permute and one full store each (the scalar
+// kernel's stores straddle planes). The vector types are the ISA's own width (a permute of 16
+// floats compiles to scalar code on AVX2; of 8 it is one vpermps) or 128 bits (a CPU whose
+// vector units are 128 bits wide splits each 256-bit permute and store in two: the quads took
+// 0.7 of the 8-lane kernel's time on 3x3 planes on a Zen 1, 1.1-1.8 on 2x2; pool2d.cpp measures).
 template <typename Floats, typename Ints, int L>
 void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
@@ -223,7 +237,7 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
     const Floats shares = Floats{} + g / count;  // (0 + x: -0 becomes +0, as the scalar kernel)
     float* out = dx + L * q * plane;
     for (int64_t m = 0; m < plane; ++m) {
-      const Floats v = __builtin_shuffle(shares, lanes[m]);
+      const Floats v = picked_lanes(shares, lanes[m]);
       __builtin_memcpy(out + L * m, &v, sizeof v);
     }
   }
@@ -266,7 +280,10 @@ template <typename Floats, typename Ints, int L, typename Take>
 }
 
 // Global average pooling of planes of at most kGlobalSumBlock values (simd.h), L planes at a time
-// (a register's lanes: float32 and bfloat16 16 with AVX-512, 8 with AVX2; float64 8 and 4), in the
+// (a register's lanes: float32 and bfloat16 16 with AVX-512, 8 with AVX2; float64 8 and 4; float32
+// also 4 in 128-bit registers, the quads, which a Zen 1 ran in 0.7 of the 8 lanes' time: its
+// vector units are 128 bits wide and its 256-bit lane-crossing shuffles several micro-ops each;
+// pool2d.cpp measures which is faster), in the
 // order of every global sum (pool2d.cpp, sum_along_plane): value k of a plane into partial sum k
 // mod 16, the 16 partial sums then added pairwise (i += i + s, s = 8, 4, 2, 1). Each plane's
 // partial sums are 16 / L registers along the plane, its last values a load of 16 that runs past
@@ -293,53 +310,64 @@ int64_t global_pool_groups(const Element* x, int64_t planes, int64_t plane, doub
   for (int r = 0; r < kRegisters; ++r)
     inside[r] = (lane_numbers<Lanes, L>() + r * L) < static_cast<decltype(Lanes{}[0] + 0)>(rest);
   const Values count = Values{} + static_cast<decltype(Values{}[0] + 0)>(divisor);
-  // Planes of < 16 values (ResNet's 3x3) are one masked load of 16 each: compiled apart, with no
-  // loop over whole loads and no prefetch (a group is a few cache lines the hardware's prefetcher
-  // follows), 128x512 planes of 3x3 took 112-117 us instead of 150-230 on a Zen 3 (one thread).
-  auto run_groups = [&](auto short_planes) {
-    constexpr bool kShort = decltype(short_planes)::value;
+  // Planes of < 16 values (ResNet's 3x3) are one masked load of 16 each, of which only the
+  // registers that reach into the plane (kLive, compiled apart: no loop over whole loads, no
+  // prefetch, as a group is a few cache lines the hardware's prefetcher follows; 128x512 planes of
+  // 3x3 took 112-117 us instead of 150-230 on a Zen 3, one thread), the last one alone masked;
+  // the registers past the plane, +0, are not added. A partial sum is then a plane's values
+  // alone, and may be -0 where the in-order sum from +0 has +0; a sum is -0 only when all its
+  // terms are, so the one +0 added to the group's sums at the end gives the in-order bits (the
+  // quads' 3x3 planes took 0.75 of the time that loading and adding all 16 values did, Zen 1).
+  auto run_groups = [&](auto live_registers) {
+    constexpr int kLive = decltype(live_registers)::value;  // 0: planes of >= 16 values
     for (int64_t q = 0; q < groups; ++q) {
       const Element* group = x + q * L * plane;
       Values sums[L];  // plane l's partial sums 0 .. L - 1 (after the adds of s >= L)
 #pragma GCC unroll 16
       for (int l = 0; l < L; ++l) {
         const Element* values = group + l * plane;
-        // partial sums r*L .. r*L + L - 1, from +0 (a short plane's from its values alone, no
-        // adds of +0: with fewer than 16 values some partial sums are the dropped lanes' +0, so a
-        // zero total is +0, as the in-order sum from +0 has it)
-        Values part[kRegisters] = {};
-        if constexpr (!kShort)
+        Values part[kRegisters] = {};  // partial sums r*L .. r*L + L - 1
+        if constexpr (kLive > 0) {
+#pragma GCC unroll 4
+          for (int r = 0; r < kLive; ++r) {
+            const Values v = load_values<Values, Lanes, L>(values + r * L);
+            part[r] = r + 1 < kLive ? v : (inside[r] ? v : Values{});
+          }
+        } else {
           for (int64_t k = 0; k < whole; k += 16)
 #pragma GCC unroll 4
             for (int r = 0; r < kRegisters; ++r) {
               part[r] += load_values<Values, Lanes, L>(values + k + r * L);
               __builtin_prefetch(values + L * plane + k + r * L);  // the next group's
             }
-        if (kShort || rest > 0)
+          if (rest > 0)
 #pragma GCC unroll 4
-          for (int r = 0; r < kRegisters; ++r) {
-            const Values v = load_values<Values, Lanes, L>(values + (kShort ? 0 : whole) + r * L);
-            if constexpr (kShort) {
-              part[r] = inside[r] ? v : Values{};
-            } else {
+            for (int r = 0; r < kRegisters; ++r) {
               __builtin_prefetch(values + L * plane + whole + r * L);
-              part[r] += inside[r] ? v : Values{};
+              part[r] += inside[r] ? load_values<Values, Lanes, L>(values + whole + r * L) : Values{};
             }
-          }
+        }
 #pragma GCC unroll 4
         for (int step = 8; step >= L; step /= 2)  // partial sum i += i + step, within the plane's registers
 #pragma GCC unroll 2
-          for (int r = 0; r < step / L; ++r) part[r] += part[r + step / L];
+          for (int r = 0; r < step / L; ++r)
+            if (kLive == 0 || r + step / L < kLive) part[r] += part[r + step / L];
         sums[l] = part[0];
       }
       transpose_adding_halves<Values, Lanes, L>(sums);  // the adds of s < L; lane l of sums[0]: plane l's sum
+      if constexpr (kLive > 0) sums[0] += Values{};  // (-0 to +0: above)
       store_values<Values, Lanes, L>(y + L * q, sums[0] / count);
     }
   };
-  if (whole == 0 && rest > 0)
-    run_groups(std::true_type{});
-  else
-    run_groups(std::false_type{});
+  if (whole > 0 || rest == 0) {
+    run_groups(std::integral_constant<int, 0>{});
+  } else {
+    const int64_t live = (rest + L - 1) / L;  // 1 .. kRegisters
+    if (live == 1) run_groups(std::integral_constant<int, 1>{});
+    if constexpr (kRegisters >= 2) if (live == 2) run_groups(std::integral_constant<int, 2>{});
+    if constexpr (kRegisters >= 3) if (live == 3) run_groups(std::integral_constant<int, 3>{});
+    if constexpr (kRegisters >= 4) if (live == 4) run_groups(std::integral_constant<int, 4>{});
+  }
   return groups * L;
 }
 
@@ -765,7 +793,9 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   k.nhwc_bf16 = {&max_pool_pixel_nhwc<F, I, N, L, uint16_t>, nullptr, L};
   k.nhwc_half = {nullptr, &avg_pool_pixel_nhwc<F, I, L, Float16Bits>, L};
   k.global_unpool = {&global_unpool_groups<F, I, L>, L};
+  k.global_unpool_quads = {&global_unpool_groups<PoolFloats4, PoolInts4, 4>, 4};
   k.global_pool = &global_pool_groups<F, I, L, float>;
+  k.global_pool_quads = &global_pool_groups<PoolFloats4, PoolInts4, 4, float>;
   k.global_pool_double =
       &global_pool_groups<typename PoolLanes<L>::Doubles, typename PoolLanes<L>::DoubleLanes, L / 2, double>;
   k.global_pool_bf16 = &global_pool_groups<F, I, L, uint16_t>;

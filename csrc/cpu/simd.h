@@ -54,7 +54,7 @@ struct PoolPixelNhwc {
 };
 
 // Global average pooling's gradient, float32, planes of <= 16 values in groups of `planes`
-// planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2.
+// planes, a register's lanes (pool_tile.h): 16 with AVX-512, 8 with AVX2, or 4 (the quads).
 struct GlobalUnpoolGroups {
   void (*run)(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) = nullptr;
   int64_t planes = 0;
@@ -129,6 +129,10 @@ struct PoolVectorKernels {
   PoolPixelNhwc<Float16Bits> nhwc_half;
   GlobalUnpoolGroups global_unpool;
   GlobalPoolGroups<float> global_pool = nullptr;
+  // float32 global pooling and its gradient in 128-bit registers, 4 planes at a time: faster
+  // than the register-wide kernels above on some CPUs, slower on others (pool2d.cpp measures)
+  GlobalUnpoolGroups global_unpool_quads;
+  GlobalPoolGroups<float> global_pool_quads = nullptr;
   GlobalPoolGroups<double> global_pool_double = nullptr;
   GlobalPoolGroups<uint16_t> global_pool_bf16 = nullptr;
   GlobalPoolGroups<Float16Bits> global_pool_half = nullptr;

@@ -11,6 +11,7 @@ const char* kernel_name(KernelName name) {
                                       "nchw",          "nhwc_winograd", "by_group", "float32", "direct_by_group",
                                       "direct_streamed", "direct_pairs", "direct_pairs_streamed", "direct_pairs_nhwc",
                                       "by_phase",      "nhwc_direct",   "pool_groups", "pool_rows", "pool_planes",
+                                      "pool_quads",
                                       "depthwise",     "depthwise_fetched"};
   static_assert(sizeof names / sizeof names[0] == static_cast<size_t>(KernelName::kCount));
   return names[static_cast<int>(name)];

@@ -21,6 +21,7 @@ enum class KernelName {
   kDirect, kGemm, kWinograd, kPixel, kNhwc, kNchw, kNhwcWinograd, kByGroup, kFloat32, kDirectByGroup,
   kDirectStreamed, kDirectPairs, kDirectPairsStreamed, kDirectPairsNhwc, kByPhase, kNhwcDirect,
   kPoolGroups, kPoolRows, kPoolPlanes,  // tiled 2x2 pooling (pool2d.cpp)
+  kPoolQuads,                           // global pooling in 128-bit registers (against kPoolGroups)
   kDepthwise, kDepthwiseFetched,        // depthwise rows read in place (depthwise.h, RowFetch)
   kCount
 };
