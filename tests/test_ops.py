@@ -543,6 +543,8 @@ POOLS_CHANNELS_LAST = {
     "avg-2x2": (lambda t: CF.avg_pool2d(t, 2), lambda t: F.avg_pool2d(t, 2)),
     "avg-3s2p1-ceil-no-pad": (lambda t: CF.avg_pool2d(t, 3, 2, 1, True, False),
                               lambda t: F.avg_pool2d(t, 3, 2, 1, True, False)),
+    # windows apart from one another (rows and columns in no window: their gradient is 0)
+    "avg-2s3p1": (lambda t: CF.avg_pool2d(t, 2, 3, 1), lambda t: F.avg_pool2d(t, 2, 3, 1)),
     "avg-divisor": (lambda t: CF.avg_pool2d(t, (3, 2), 1, (1, 0), divisor_override=5),
                     lambda t: F.avg_pool2d(t, (3, 2), 1, (1, 0), divisor_override=5)),
     "adaptive-global": (lambda t: CF.adaptive_avg_pool2d(t, 1), lambda t: F.adaptive_avg_pool2d(t, 1)),

@@ -1061,6 +1061,22 @@ struct WindowTable {
       for (int64_t ow = 0; ow < Wo; ++ow)
         divisor.push_back(static_cast<double>((row_end[oh] - row_start[oh]) * (col_end[ow] - col_start[ow])));
   }
+  // Whether no two windows share a pixel (global pooling's one window, windows that tile the
+  // plane): the gradient's pixels then each take one share, stored rather than added.
+  bool disjoint() const {
+    for (int64_t oh = 1; oh < Ho; ++oh)
+      if (row_start[oh] < row_end[oh - 1]) return false;
+    for (int64_t ow = 1; ow < Wo; ++ow)
+      if (col_start[ow] < col_end[ow - 1]) return false;
+    return true;
+  }
+  // The pixels of an H x W plane that some window holds, if they are disjoint.
+  int64_t covered_if_disjoint() const {
+    int64_t rows = 0, cols = 0;
+    for (int64_t oh = 0; oh < Ho; ++oh) rows += std::max<int64_t>(0, row_end[oh] - row_start[oh]);
+    for (int64_t ow = 0; ow < Wo; ++ow) cols += std::max<int64_t>(0, col_end[ow] - col_start[ow]);
+    return rows * cols;
+  }
   // The most pixels a window holds (the work of an output pixel, for the grain of the work split).
   int64_t largest_window() const {
     int64_t rows = 1, cols = 1;
@@ -1275,12 +1291,27 @@ void avg_pool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_
   });
 }
 
-// dx of one sample: every pixel of a window gets the output's share.
+// dx of one sample: every pixel of a window gets the output's share. Where no two windows share
+// a pixel (disjoint), each pixel's share is stored once, 0 + share as the sum from 0 has it, and
+// only a plane that the windows do not cover is zeroed first (the gradient op of ResNet's
+// global pooling, 128 x 512 x 3 x 3 channels_last, took 104 us instead of 143 on a Zen 1).
 template <typename scalar_t>
-CUCONV_VECTOR_CLONES void avg_unpool_sample_nhwc(const WindowTable& t, int64_t H, int64_t W, int64_t C,
-                                                 const scalar_t* dy, opmath_t<scalar_t>* __restrict__ dx,
+CUCONV_VECTOR_CLONES void avg_unpool_sample_nhwc(const WindowTable& t, bool disjoint, int64_t H, int64_t W,
+                                                 int64_t C, const scalar_t* dy, opmath_t<scalar_t>* __restrict__ dx,
                                                  opmath_t<scalar_t>* __restrict__ share) {
   using acc_t = opmath_t<scalar_t>;
+  if (disjoint) {
+    if (t.covered_if_disjoint() < H * W) std::fill_n(dx, H * W * C, acc_t(0));
+    for (int64_t oh = 0; oh < t.Ho; ++oh)
+      for (int64_t ow = 0; ow < t.Wo; ++ow) {
+        const acc_t divisor = static_cast<acc_t>(t.divisor[oh * t.Wo + ow]);
+        const scalar_t* g = dy + (oh * t.Wo + ow) * C;
+        for (int64_t c = 0; c < C; ++c) share[c] = acc_t(0) + to_opmath(g[c]) / divisor;
+        for (int64_t ih = t.row_start[oh]; ih < t.row_end[oh]; ++ih)
+          for (int64_t iw = t.col_start[ow]; iw < t.col_end[ow]; ++iw) std::copy_n(share, C, dx + (ih * W + iw) * C);
+      }
+    return;
+  }
   std::fill_n(dx, H * W * C, acc_t(0));
   for (int64_t oh = 0; oh < t.Ho; ++oh)
     for (int64_t ow = 0; ow < t.Wo; ++ow) {
@@ -1298,11 +1329,12 @@ CUCONV_VECTOR_CLONES void avg_unpool_sample_nhwc(const WindowTable& t, int64_t H
 template <typename scalar_t>
 void avg_unpool_nhwc(const WindowTable& t, int64_t N, int64_t H, int64_t W, int64_t C, const scalar_t* dy,
                      scalar_t* dx) {
+  const bool disjoint = t.disjoint();
   torch::stable::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<opmath_t<scalar_t>> buffer, share(C);
     for (int64_t n = begin; n < end; ++n) {
       unpool_in_opmath(H * W * C, dx + n * H * W * C, buffer, [&](auto* target) {
-        avg_unpool_sample_nhwc(t, H, W, C, dy + n * t.Ho * t.Wo * C, target, share.data());
+        avg_unpool_sample_nhwc(t, disjoint, H, W, C, dy + n * t.Ho * t.Wo * C, target, share.data());
       });
     }
   });
