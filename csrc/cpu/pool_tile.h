@@ -206,24 +206,12 @@ int64_t avg_pool_pixel_nhwc(const Element* x, int64_t C, const PoolRectangle& wi
   return C;
 }
 
-// Lane picks[l] of v in lane l: one vpermilps for 4 lanes (GCC's own shuffle of 4 floats by a
-// variable mask widens them to a 256-bit vpermps, three micro-ops on a Zen 1), one vpermps for 8.
-template <typename Floats, typename Ints>
-inline Floats picked_lanes(Floats v, Ints picks) {
-  if constexpr (sizeof(Floats) == 16)
-    return (Floats)_mm_permutevar_ps((__m128)v, (__m128i)picks);
-  else
-    return __builtin_shuffle(v, picks);
-}
-
 // Global average pooling's gradient in float32 over planes of `plane` <= 16 values, L planes at
-// a time (L = 16 with AVX-512, 8 with AVX2; 4, the quads, with either): their L shares
-// dy / divisor in one vector, and the planes' L * plane outputs as `plane` vectors, vector m
-// holding share (L*m + l) / plane in lane l: one permute and one full store each (the scalar
-// kernel's stores straddle planes). The vector types are the ISA's own width (a permute of 16
-// floats compiles to scalar code on AVX2; of 8 it is one vpermps) or 128 bits (a CPU whose
-// vector units are 128 bits wide splits each 256-bit permute and store in two: the quads took
-// 0.7 of the 8-lane kernel's time on 3x3 planes on a Zen 1, 1.1-1.8 on 2x2; pool2d.cpp measures).
+// a time (L = 16 with AVX-512, 8 with AVX2): their L shares dy / divisor in one vector, and the
+// planes' L * plane outputs as `plane` vectors, vector m holding share (L*m + l) / plane in lane
+// l: one permute and one full store each (the scalar kernel's stores straddle planes). The
+// vector types are the ISA's own width (a permute of 16 floats compiles to scalar code on AVX2;
+// of 8 it is one vpermps).
 template <typename Floats, typename Ints, int L>
 void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) {
   static_assert(sizeof(Floats) == L * sizeof(float) && sizeof(Ints) == sizeof(Floats));
@@ -237,10 +225,45 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
     const Floats shares = Floats{} + g / count;  // (0 + x: -0 becomes +0, as the scalar kernel)
     float* out = dx + L * q * plane;
     for (int64_t m = 0; m < plane; ++m) {
-      const Floats v = picked_lanes(shares, lanes[m]);
+      const Floats v = __builtin_shuffle(shares, lanes[m]);
       __builtin_memcpy(out + L * m, &v, sizeof v);
     }
   }
+}
+
+// The same over quads, 4 planes of P values at a time in 128-bit registers (a CPU whose vector
+// units are 128 bits wide splits each 256-bit permute and store above in two; pool2d.cpp
+// measures which is faster): vector m holds share (4m + l) / P in lane l. P is compiled in, so
+// each permute's lane picks are an immediate (one vpermilps or shufps); with the picks in a
+// register, as above, a Zen 1 took 1.8x as long, and the quads took 0.55 of the 8 lanes' time
+// on 3x3 planes.
+template <int P, int... M>
+void global_unpool_quads_of(const float* dy, int64_t groups, float divisor, float* dx,
+                            std::integer_sequence<int, M...>) {
+  const PoolFloats4 count = PoolFloats4{} + divisor;
+  for (int64_t q = 0; q < groups; ++q) {
+    PoolFloats4 g;
+    __builtin_memcpy(&g, dy + 4 * q, sizeof g);
+    const PoolFloats4 shares = PoolFloats4{} + g / count;  // (0 + x: -0 becomes +0, as the scalar kernel)
+    float* out = dx + 4 * q * P;
+    auto store = [&](int m, PoolFloats4 v) { __builtin_memcpy(out + 4 * m, &v, sizeof v); };
+    (store(M, __builtin_shuffle(shares, PoolInts4{4 * M / P, (4 * M + 1) / P, (4 * M + 2) / P, (4 * M + 3) / P})), ...);
+  }
+}
+template <int P>
+void global_unpool_quads_of_plane(const float* dy, int64_t groups, float divisor, float* dx) {
+  global_unpool_quads_of<P>(dy, groups, divisor, dx, std::make_integer_sequence<int, P>{});
+}
+template <int... P>
+void global_unpool_quads_by_plane(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx,
+                                  std::integer_sequence<int, P...>) {
+  using Kernel = void (*)(const float*, int64_t, float, float*);
+  static constexpr Kernel kernels[] = {&global_unpool_quads_of_plane<P + 1>...};
+  kernels[plane - 1](dy, groups, divisor, dx);
+}
+// (GlobalUnpoolGroups's signature; planes of 1 to 16 values)
+inline void global_unpool_quads(const float* dy, int64_t groups, int64_t plane, float divisor, float* dx) {
+  global_unpool_quads_by_plane(dy, groups, plane, divisor, dx, std::make_integer_sequence<int, 16>{});
 }
 
 // How many of the blocks 0, 1, ... `step` values apart reach at most `reach` values past their
@@ -793,7 +816,7 @@ PoolVectorKernels pool_vector_kernels_with_lanes(const char* isa) {
   k.nhwc_bf16 = {&max_pool_pixel_nhwc<F, I, N, L, uint16_t>, nullptr, L};
   k.nhwc_half = {nullptr, &avg_pool_pixel_nhwc<F, I, L, Float16Bits>, L};
   k.global_unpool = {&global_unpool_groups<F, I, L>, L};
-  k.global_unpool_quads = {&global_unpool_groups<PoolFloats4, PoolInts4, 4>, 4};
+  k.global_unpool_quads = {&global_unpool_quads, 4};
   k.global_pool = &global_pool_groups<F, I, L, float>;
   k.global_pool_quads = &global_pool_groups<PoolFloats4, PoolInts4, 4, float>;
   k.global_pool_double =
