@@ -235,7 +235,7 @@ void global_unpool_groups(const float* dy, int64_t groups, int64_t plane, float 
 // units are 128 bits wide splits each 256-bit permute and store above in two; pool2d.cpp
 // measures which is faster): vector m holds share (4m + l) / P in lane l. P is compiled in, so
 // each permute's lane picks are an immediate (one vpermilps or shufps); with the picks in a
-// register, as above, a Zen 1 took 1.8x as long, and the quads took 0.55 of the 8 lanes' time
+// register, as above, a Zen 1 took 1.8x as long, and the quads took 0.4 of the 8 lanes' time
 // on 3x3 planes.
 template <int P, int... M>
 void global_unpool_quads_of(const float* dy, int64_t groups, float divisor, float* dx,
@@ -304,7 +304,7 @@ template <typename Floats, typename Ints, int L, typename Take>
 
 // Global average pooling of planes of at most kGlobalSumBlock values (simd.h), L planes at a time
 // (a register's lanes: float32 and bfloat16 16 with AVX-512, 8 with AVX2; float64 8 and 4; float32
-// also 4 in 128-bit registers, the quads, which a Zen 1 ran in 0.7 of the 8 lanes' time: its
+// also 4 in 128-bit registers, the quads, which a Zen 1 ran in 0.6 of the 8 lanes' time: its
 // vector units are 128 bits wide and its 256-bit lane-crossing shuffles several micro-ops each;
 // pool2d.cpp measures which is faster), in the
 // order of every global sum (pool2d.cpp, sum_along_plane): value k of a plane into partial sum k
