@@ -936,11 +936,11 @@ PoolPixelNhwc<VectorElement<scalar_t>> nhwc_kernels_of() {
 
 // Global pooling of small float32 planes and its gradient have two vector kernels each (pool_tile.h):
 // groups of a register's lanes of planes, and quads, 4 planes in 128-bit registers. Which is
-// faster depends on the CPU (a Zen 1, whose vector units are 128 bits wide, ran the quads in 0.7
-// of the time on ResNet's 3x3 planes) and on the plane's size, so it is measured per shape as the
-// tiled 2x2 kernels are (run_2x2_kernel; tuner.h: pool_groups, pool_quads); with
-// CUCONV_CPU_TUNE=0 the groups run. Both sum (divide, store) in the same order: the same bits.
-// run(quads) does the whole pass with one of them.
+// faster depends on the CPU (a Zen 1, whose vector units are 128 bits wide, ran the quads in 0.6
+// of the groups' time forward and 0.4 backward on ResNet's 3x3 planes) and on the plane's size,
+// so it is measured per shape as the tiled 2x2 kernels are (run_2x2_kernel; tuner.h:
+// pool_groups, pool_quads); with CUCONV_CPU_TUNE=0 the groups run. Both sum (divide, store) in
+// the same order: the same bits. run(quads) does the whole pass with one of them.
 template <typename Run>
 void run_global_kernel(const char* pass, int64_t planes, int64_t plane, Run run) {
   if (!tuning_enabled()) return run(false);
@@ -999,10 +999,9 @@ CUCONV_VECTOR_CLONES void global_unpool_range(int64_t begin, int64_t end, int64_
   for (; p < end; ++p) std::fill_n(dx + p * plane, plane, share(p));
 }
 
-// float32 planes of at most 16 values take the vector kernel of this CPU (pool_tile.h: AVX-512
-// or AVX2) in groups of a register's lanes of planes, 2x faster again; the range's last planes
-// the kernel above.
-// (the groups or the quads measured per shape: run_global_kernel)
+// float32 planes of at most 16 values take a vector kernel of this CPU (pool_tile.h: AVX-512 or
+// AVX2), groups of a register's lanes of planes or quads, whichever measured faster for the shape
+// (run_global_kernel), 2x faster again; the range's last planes the kernel above.
 template <typename scalar_t>
 void global_unpool(int64_t planes, int64_t plane, double divisor, const scalar_t* dy, scalar_t* dx) {
   auto run = [&](GlobalUnpoolGroups kernel) {
